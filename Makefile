@@ -1,0 +1,38 @@
+# Stagecoach: the two commands a new user needs are `make run` and `make test`.
+# Each does its own set-up from a fresh clone and reuses everything on a second run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+export PYTHON
+
+.PHONY: run test setup lint bench test-fast clean help
+
+help:
+	@echo "make run    set up, then start Temporal (with Web UI), the worker and the API"
+	@echo "make test   set up, then lint, type-check and run the whole test suite"
+	@echo "make bench  run the benchmarks under tests/bench and print their figures"
+
+setup:
+	@scripts/bootstrap.sh
+	@scripts/temporal-cli.sh >/dev/null
+
+run: setup
+	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" $(VENV)/bin/stagecoach up
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup lint
+	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" \
+	 STAGECOACH_TEST_SERVER_PATH="$$(scripts/test-server.sh)" \
+	 $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: setup
+	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" \
+	 STAGECOACH_TEST_SERVER_PATH="$$(scripts/test-server.sh)" \
+	 $(VENV)/bin/pytest tests/bench --run-bench -s $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .stagecoach .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Stagecoach channel connectors: email, WeChat, CRM and webhook delivery."""

@@ -1,0 +1,3 @@
+"""Stagecoach engine: the domain core and the services around it."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""The ``stagecoach`` command: a composition root that wires settings, storage, Temporal
+and the API together.
+
+Every command turns a StagecoachError into one line on stderr (the cause and the fix)
+and exit code 2; nobody gets a traceback wall for a wrong URL or a busy port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+
+from engine.errors import StagecoachError
+from engine.logging import configure_logging
+from engine.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="stagecoach",
+    help="Lifecycle marketing automation on durable Temporal workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return settings
+
+
+@app.command()
+def up() -> None:
+    """Start the Temporal dev server, the worker and the API; Ctrl-C stops them all."""
+    from engine.cli.supervisor import run_up
+
+    raise typer.Exit(run_up(_settings(), out=lambda line: typer.echo(line)))
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker: the contact workflows and their activities."""
+    settings = _settings()
+    from engine.storage import make_engine
+    from workflows.client import connect
+    from workflows.system import SystemActivities
+    from workflows.worker import build_worker, run_until_signalled
+
+    engine = make_engine(settings.resolved_database_url)
+
+    async def serve() -> None:
+        client = await connect(settings)
+        activities = SystemActivities(engine)
+        built = build_worker(
+            client, task_queue=settings.temporal_task_queue, activities=activities.all()
+        )
+        await run_until_signalled(built)
+
+    asyncio.run(serve())
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API with uvicorn."""
+    settings = _settings()
+    import uvicorn
+
+    from engine.api import create_app
+    from engine.runtime import ensure_port_free
+
+    ensure_port_free(
+        settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def doctor(
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    deep: Annotated[
+        bool, typer.Option(help="Also run a SystemCheck workflow through the worker.")
+    ] = False,
+) -> None:
+    """Check the database, migrations, Temporal, search attributes and the worker."""
+    from engine.cli.doctor import as_json, run_checks
+
+    settings = _settings()
+    checks = asyncio.run(run_checks(settings, deep=deep))
+    if json_output:
+        typer.echo(json.dumps(as_json(checks), indent=2))
+    else:
+        width = max(len(c.name) for c in checks)
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            typer.echo(f"{mark}  {check.name:<{width}}  {check.detail}")
+            if not check.ok:
+                typer.echo(f"      {'':<{width}}  fix: {check.fix}")
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from engine.storage import current_revision, make_engine, upgrade
+    from engine.storage.db import redact
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine, revision)
+    typer.echo(
+        f"{redact(settings.resolved_database_url)} is at revision {current_revision(engine)}"
+    )
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and the newest one the code knows."""
+    from engine.storage import check_connection, current_revision, head_revision, make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    check_connection(engine)
+    typer.echo(f"current {current_revision(engine) or 'none'}, head {head_revision()}")
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Flush everything, then leave without interpreter teardown.
+
+    The Temporal SDK's Rust bridge keeps native threads that can touch the GIL while
+    CPython finalises, which aborts the process (SIGABRT) after a command has already
+    succeeded (temporalio/sdk-python#300). Nothing of ours needs teardown once logs and
+    stdio are flushed, so a command ends here instead.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main() -> NoReturn:
+    """Console entry point."""
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            typer.echo(exc.code, err=True)
+            code = 1
+        else:
+            code = exc.code or 0
+    except StagecoachError as exc:
+        typer.echo(f"stagecoach: error: {exc.one_line()}", err=True)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    _exit_now(code)

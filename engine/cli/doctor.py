@@ -1,0 +1,181 @@
+"""``stagecoach doctor``: each part of a running Stagecoach, checked, with the fix."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+from temporalio.api.enums.v1 import IndexedValueType, TaskQueueKind, TaskQueueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from engine.errors import StagecoachError
+from engine.messages import SystemCheckInput, SystemCheckResult
+from engine.search_attributes import SEARCH_ATTRIBUTES, registration_commands
+from engine.settings import Settings
+from engine.storage import check_connection, current_revision, head_revision, make_engine
+from engine.storage.db import redact
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _type_name(value: int) -> str:
+    # INDEXED_VALUE_TYPE_KEYWORD_LIST -> KeywordList, as the temporal CLI spells types.
+    raw = IndexedValueType.Name(value).removeprefix("INDEXED_VALUE_TYPE_")  # type: ignore[arg-type]
+    return "".join(part.capitalize() for part in raw.split("_"))
+
+
+def check_database(settings: Settings) -> list[Check]:
+    """Connectivity, then the schema revision against the newest migration."""
+    shown = redact(settings.resolved_database_url)
+    try:
+        engine = make_engine(settings.resolved_database_url)
+        check_connection(engine)
+    except StagecoachError as exc:
+        return [Check("database", False, exc.message, exc.fix)]
+    checks = [Check("database", True, shown)]
+    try:
+        current, head = current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+    if current == head:
+        checks.append(Check("migrations", True, f"at head ({head})"))
+    else:
+        checks.append(
+            Check(
+                "migrations",
+                False,
+                f"database is at {current or 'no revision'}, code expects {head}",
+                "run 'stagecoach db upgrade'",
+            )
+        )
+    return checks
+
+
+async def check_temporal(settings: Settings) -> tuple[Check, Client | None]:
+    from workflows.client import connect
+
+    try:
+        client = await connect(settings)
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=settings.temporal_namespace)
+        )
+    except StagecoachError as exc:
+        return Check("temporal", False, exc.message, exc.fix), None
+    except RPCError as exc:
+        return (
+            Check(
+                "temporal",
+                False,
+                f"Temporal at {settings.temporal_address} refused us: {exc.message}",
+                "check the namespace, TLS and API key settings",
+            ),
+            None,
+        )
+    detail = f"{settings.temporal_address}, namespace {settings.temporal_namespace}"
+    return Check("temporal", True, detail), client
+
+
+async def check_search_attributes(client: Client, settings: Settings) -> Check:
+    try:
+        resp = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=settings.temporal_namespace)
+        )
+    except RPCError as exc:
+        return Check(
+            "search attributes",
+            False,
+            f"cannot list search attributes: {exc.message}",
+            "register them with: " + "; ".join(registration_commands(settings.temporal_namespace)),
+        )
+    have = {name: _type_name(kind) for name, kind in resp.custom_attributes.items()}
+    wrong = [
+        f"{name} (want {kind}, have {have.get(name, 'none')})"
+        for name, kind in SEARCH_ATTRIBUTES.items()
+        if have.get(name) != kind
+    ]
+    if not wrong:
+        return Check("search attributes", True, ", ".join(SEARCH_ATTRIBUTES))
+    return Check(
+        "search attributes",
+        False,
+        "missing or mistyped: " + ", ".join(wrong),
+        "on the dev server restart 'stagecoach up' (it registers them); elsewhere run: "
+        + "; ".join(registration_commands(settings.temporal_namespace)),
+    )
+
+
+async def check_worker(client: Client, settings: Settings) -> Check:
+    resp = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace,
+            task_queue=TaskQueue(
+                name=settings.temporal_task_queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL
+            ),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    if resp.pollers:
+        return Check(
+            "worker",
+            True,
+            f"{len(resp.pollers)} poller(s) on task queue {settings.temporal_task_queue}",
+        )
+    return Check(
+        "worker",
+        False,
+        f"no worker polls task queue {settings.temporal_task_queue!r}",
+        "start one with 'stagecoach worker' ('stagecoach up' starts one for you)",
+    )
+
+
+async def check_round_trip(client: Client, settings: Settings) -> Check:
+    """Run the SystemCheck workflow: a worker takes it and its activity reaches the DB."""
+    try:
+        result: SystemCheckResult = await client.execute_workflow(
+            "SystemCheck",
+            SystemCheckInput(requested_by="doctor"),
+            id=f"stagecoach-doctor-{uuid.uuid4().hex[:12]}",
+            task_queue=settings.temporal_task_queue,
+            result_type=SystemCheckResult,
+            execution_timeout=timedelta(seconds=20),
+        )
+    except Exception as exc:  # any failure here is the finding, reported not raised
+        return Check(
+            "round trip",
+            False,
+            f"SystemCheck workflow did not complete: {exc}",
+            "check the worker's log for errors",
+        )
+    if not result.database_ok:
+        return Check("round trip", False, result.database_detail, "fix the worker's database")
+    return Check("round trip", True, f"worker ran SystemCheck ({result.database_detail})")
+
+
+async def run_checks(settings: Settings, *, deep: bool = False) -> list[Check]:
+    checks = check_database(settings)
+    temporal, client = await check_temporal(settings)
+    checks.append(temporal)
+    if client is not None:
+        checks.append(await check_search_attributes(client, settings))
+        worker = await check_worker(client, settings)
+        checks.append(worker)
+        if deep and worker.ok:
+            checks.append(await check_round_trip(client, settings))
+    return checks
+
+
+def as_json(checks: list[Check]) -> dict[str, object]:
+    return {"ok": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}

@@ -1,0 +1,98 @@
+"""Typed settings, read from ``STAGECOACH_*`` environment variables (and a ``.env`` file).
+
+One immutable object is built per entry point and passed down; nothing reads the
+environment anywhere else. ``TEMPORAL_CLI_PATH`` keeps its conventional unprefixed name.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.errors import ConfigurationError
+
+LogFormat = Literal["auto", "json", "console"]
+
+
+class Settings(BaseSettings):
+    """Stagecoach configuration. Every field maps to ``STAGECOACH_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STAGECOACH_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(
+        default=Path(".stagecoach"),
+        description="Where the embedded defaults keep state: SQLite files and logs.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite at <data_dir>/stagecoach.db. "
+        "PostgreSQL: postgresql://user:password@host:5432/stagecoach",
+    )
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "stagecoach"
+    temporal_tls: bool = False
+    temporal_tls_cert_path: Path | None = None
+    temporal_tls_key_path: Path | None = None
+    temporal_tls_ca_path: Path | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_ui_port: int = Field(default=8233, ge=1, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL the API is reached at; default http://api_host:port"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: LogFormat = "auto"
+    pipeline: str = "default"
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "stagecoach")
+    temporal_cli_path: Path | None = Field(
+        default=None, validation_alias="TEMPORAL_CLI_PATH", description="The Temporal CLI binary."
+    )
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """The database URL in use: the configured one or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'stagecoach.db'}"
+
+    @cached_property
+    def temporal_host_port(self) -> tuple[str, int]:
+        """``temporal_address`` split into host and port, validated."""
+        host, sep, port = self.temporal_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"STAGECOACH_TEMPORAL_ADDRESS={self.temporal_address!r} is not host:port",
+                fix="set it like 127.0.0.1:7233 or my-ns.a1b2c.tmprl.cloud:7233",
+            )
+        return host, int(port)
+
+    @property
+    def api_base_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def temporal_ui_url(self) -> str:
+        host, _ = self.temporal_host_port
+        return f"http://{host}:{self.temporal_ui_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        env = field if field.isupper() else f"STAGECOACH_{field.upper()}"
+        raise ConfigurationError(
+            f"{env} is invalid: {first['msg']}",
+            fix=f"correct or unset {env} (see README, 'Settings')",
+        ) from exc

@@ -1,0 +1,13 @@
+"""Storage: SQLModel models, the database engine and session factory, and migrations."""
+
+from engine.storage.db import check_connection, make_engine, session_factory
+from engine.storage.migrate import current_revision, head_revision, upgrade
+
+__all__ = [
+    "check_connection",
+    "current_revision",
+    "head_revision",
+    "make_engine",
+    "session_factory",
+    "upgrade",
+]

@@ -1,0 +1,223 @@
+"""The test harness every later test builds on.
+
+- ``env``: a Temporal environment. The real dev server (from the provisioned Temporal
+  CLI) by default; the Java time-skipping test server for tests marked
+  ``time_skipping``. Both are started once per session and only if a test needs them.
+- ``task_queue``: a fresh task queue per test, so workers never steal each other's work.
+- ``db_engine``: a migrated database per test. In-memory SQLite by default; a fresh
+  database on a real PostgreSQL server (installed and started here) for tests marked
+  ``postgres``.
+- ``--run-bench``: benchmarks under tests/bench run only when asked (``make bench``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from engine.settings import Settings
+from engine.storage import make_engine, upgrade
+from tests.helpers import free_port
+from workflows.search_attributes import ALL_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-bench", action="store_true", help="run tests/bench benchmarks")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-bench"):
+        return
+    skip = pytest.mark.skip(reason="benchmark: run with 'make bench' (--run-bench)")
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(skip)
+
+
+def _provision(env_var: str, script: str) -> str:
+    """A binary from the environment (the Makefile sets it) or from our own script."""
+    path = os.environ.get(env_var)
+    if path and os.access(path, os.X_OK):
+        return path
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / script)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/{script} failed: {result.stderr.strip()}")
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def temporal_cli_path() -> str:
+    return _provision("TEMPORAL_CLI_PATH", "temporal-cli.sh")
+
+
+@pytest.fixture(scope="session")
+def test_server_path() -> str:
+    return _provision("STAGECOACH_TEST_SERVER_PATH", "test-server.sh")
+
+
+@pytest.fixture(scope="session")
+async def dev_env(temporal_cli_path: str) -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli_path,
+        search_attributes=ALL_KEYS,
+        dev_server_log_level="error",
+        ui=False,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env(test_server_path: str) -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=test_server_path)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def env(request: pytest.FixtureRequest) -> WorkflowEnvironment:
+    """The Temporal environment this test asked for (see the module docstring)."""
+    name = "time_skipping_env" if request.node.get_closest_marker("time_skipping") else "dev_env"
+    environment: WorkflowEnvironment = request.getfixturevalue(name)
+    return environment
+
+
+@pytest.fixture
+def client(env: WorkflowEnvironment) -> Client:
+    return env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+# --- databases ---------------------------------------------------------------------------
+
+
+def _pg_bin() -> Path:
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "postgres.sh")], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        pytest.fail(f"scripts/postgres.sh failed: {out.stderr.strip()}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root; CI and dev machines run tests as root.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *argv]
+    return argv
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL."""
+    bindir = _pg_bin()
+    datadir = Path(tempfile.mkdtemp(prefix="stagecoach-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(datadir, user="postgres", group="postgres")
+    port = free_port()
+    subprocess.run(
+        _as_postgres_user(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    server = subprocess.Popen(
+        _as_postgres_user(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(datadir / "data"),
+                "-p",
+                str(port),
+                "-k",
+                str(datadir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"postgresql://postgres@127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        admin = make_engine(f"{base}/postgres")
+        while True:
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        admin.dispose()
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A URL to an empty database: a fresh PostgreSQL database or in-memory SQLite."""
+    if not request.node.get_closest_marker("postgres"):
+        return "sqlite://"
+    base: str = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = make_engine(f"{base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+def db_engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database for this test."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings confined to this test's temporary directory."""
+    return Settings(data_dir=tmp_path / ".stagecoach", cache_dir=tmp_path / "cache")

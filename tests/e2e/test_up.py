@@ -1,0 +1,112 @@
+"""``stagecoach up`` as a new user runs it: a real subprocess, real ports, Ctrl-C."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.client import Client
+
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.e2e
+STAGECOACH = [sys.executable, "-m", "engine.cli"]
+
+
+def _env(tmp_path: Path, temporal_cli_path: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"),
+        STAGECOACH_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        STAGECOACH_TEMPORAL_UI_PORT=str(free_port()),
+        STAGECOACH_API_PORT=str(free_port()),
+        TEMPORAL_CLI_PATH=temporal_cli_path,
+    )
+    return env
+
+
+def _wait_until_up(proc: subprocess.Popen[str], timeout: float = 120) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"stagecoach up exited early ({proc.wait()}): {''.join(lines)}")
+        lines.append(line)
+        if line.startswith("Press Ctrl-C"):
+            return lines
+    pytest.fail("stagecoach up did not print its ready banner in time")
+
+
+def _stop_and_check_no_orphans(proc: subprocess.Popen[str]) -> None:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    names = {c.pid: " ".join(c.cmdline()[:3]) for c in children}
+    assert len(children) >= 3, names  # temporal, worker, api
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {[names.get(p.pid) for p in alive]}"
+
+
+async def _temporal_answers(address: str) -> str:
+    client = await Client.connect(address)
+    info = await client.workflow_service.get_system_info(GetSystemInfoRequest())
+    return str(info.server_version)
+
+
+def test_up_serves_everything_and_ctrl_c_leaves_no_child(
+    tmp_path: Path, temporal_cli_path: str
+) -> None:
+    env = _env(tmp_path, temporal_cli_path)
+    api = f"http://127.0.0.1:{env['STAGECOACH_API_PORT']}"
+    for run in ("cold", "warm"):  # the second run reuses the same Temporal database file
+        proc = subprocess.Popen(
+            [*STAGECOACH, "up"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )
+        try:
+            banner = "".join(_wait_until_up(proc))
+            assert api in banner, banner
+            assert "Temporal Web UI" in banner, banner
+            assert httpx.get(f"{api}/healthz").json()["status"] == "ok"
+            ui = httpx.get(f"http://127.0.0.1:{env['STAGECOACH_TEMPORAL_UI_PORT']}/")
+            assert ui.status_code == 200
+            assert "<html" in ui.text.lower()
+            assert asyncio.run(_temporal_answers(env["STAGECOACH_TEMPORAL_ADDRESS"]))
+            doctor = subprocess.run(
+                [*STAGECOACH, "doctor", "--json", "--deep"],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                timeout=60,
+            )
+            report = json.loads(doctor.stdout)
+            assert doctor.returncode == 0, (run, doctor.stderr)
+            assert report["ok"], (run, report)
+            assert {c["name"] for c in report["checks"]} >= {
+                "database",
+                "migrations",
+                "temporal",
+                "search attributes",
+                "worker",
+                "round trip",
+            }
+            _stop_and_check_no_orphans(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert (tmp_path / ".stagecoach" / "temporal.db").exists()

@@ -1,0 +1,29 @@
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from engine.api import create_app
+from engine.settings import Settings
+from engine.storage import make_engine
+
+
+def test_healthz_reports_ok_with_a_reachable_database(
+    settings: Settings, db_engine: Engine
+) -> None:
+    with TestClient(create_app(settings, engine=db_engine)) as http:
+        resp = http.get("/healthz")
+    assert resp.status_code == 200
+    assert resp.json()["database"] == "ok"
+
+
+def test_healthz_is_503_with_the_cause_when_the_database_is_down(settings: Settings) -> None:
+    down = make_engine("postgresql://u@127.0.0.1:1/none")
+    with TestClient(create_app(settings, engine=down)) as http:
+        resp = http.get("/healthz")
+    assert resp.status_code == 503
+    assert "127.0.0.1:1" in resp.json()["database"]
+
+
+def test_openapi_documents_the_health_endpoint(settings: Settings, db_engine: Engine) -> None:
+    with TestClient(create_app(settings, engine=db_engine)) as http:
+        spec = http.get("/openapi.json").json()
+    assert "/healthz" in spec["paths"]

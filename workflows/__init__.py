@@ -1,0 +1,1 @@
+"""Stagecoach durable runtime: contact workflows, activities, the worker and client helpers."""

@@ -1,0 +1,52 @@
+"""The system check: a tiny workflow that proves a worker is alive end to end.
+
+``stagecoach doctor --deep`` runs it on the task queue; the smoke tests run it on the
+real dev server. It exercises what every contact workflow needs: a workflow task, an
+activity task, and the database the activities write to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from temporalio import activity, workflow
+
+with workflow.unsafe.imports_passed_through():
+    from sqlalchemy import Engine
+
+    from engine.errors import DatabaseError
+    from engine.messages import SystemCheckInput, SystemCheckResult
+    from engine.storage import check_connection
+
+
+class SystemActivities:
+    """Activities for the system check, with the database engine injected."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @activity.defn(name="system.check_database")
+    def check_database(self, _: SystemCheckInput) -> SystemCheckResult:
+        try:
+            check_connection(self._engine)
+        except DatabaseError as exc:
+            return SystemCheckResult(database_ok=False, database_detail=exc.one_line())
+        return SystemCheckResult(database_ok=True, database_detail=self._engine.dialect.name)
+
+    def all(self) -> list[Callable[..., object]]:
+        return [self.check_database]
+
+
+@workflow.defn(name="SystemCheck")
+class SystemCheckWorkflow:
+    @workflow.run
+    async def run(self, request: SystemCheckInput) -> SystemCheckResult:
+        result: SystemCheckResult = await workflow.execute_activity(
+            "system.check_database",
+            request,
+            result_type=SystemCheckResult,
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        result.task_queue = workflow.info().task_queue
+        return result

@@ -1,0 +1,50 @@
+"""Worker assembly: which workflows and activities a Stagecoach worker runs.
+
+The composition root (``stagecoach worker``) builds the dependencies (database engine,
+connectors, renderer) and hands them in; nothing here reads settings or opens sockets
+on its own, so tests build the same worker around fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from workflows.system import SystemCheckWorkflow
+
+WORKFLOWS: tuple[type, ...] = (SystemCheckWorkflow,)
+
+
+def build_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    activities: Sequence[Callable[..., object]],
+    workflows: Sequence[type] = WORKFLOWS,
+    max_concurrent_activities: int = 100,
+) -> Worker:
+    """A worker for ``task_queue`` running Stagecoach's workflows and the given activities."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=list(activities),
+        # Synchronous activities (database work) run on this pool, off the event loop.
+        activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
+        max_concurrent_activities=max_concurrent_activities,
+    )
+
+
+async def run_until_signalled(worker: Worker) -> None:
+    """Run ``worker`` until SIGINT or SIGTERM, then shut it down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        await stop.wait()
