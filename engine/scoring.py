@@ -1,0 +1,637 @@
+"""Engagement score, fit grade and the MQL test: pure functions over timestamps.
+
+Score (how engaged a contact is) and grade (how well the contact fits the ideal customer)
+are kept apart on purpose: a student who reads every whitepaper scores high but grades D;
+a CIO of a target account who never opens an email grades A but scores low. Sales wants
+both, and the MQL definition combines them (``score_at_least(60) & grade_at_least("B")``).
+
+Scoring model
+    * Each event is scored by the FIRST :class:`ScoreRule` whose matcher matches it, in
+      declaration order (like firewall rules): put specific rules (a pricing page view)
+      before general ones (any page view). One event never scores twice.
+    * Points may be negative (unsubscribe, bounce, sales rejection).
+    * Decay is exponential with a configurable half-life and applied lazily: the state
+      stores the value at ``as_of``; :func:`score_at` computes
+      ``value * 0.5 ** ((now - as_of) / half_life)`` without mutating anything. Nothing
+      polls, no timer fires to decay a score. Negative scores decay towards zero too.
+    * Caps bound the absolute points a rule awards, measured when awarded (undecayed):
+      ``cap_per_rule`` over the contact's lifetime, ``cap_per_period=(points, period)`` over
+      a SLIDING window, i.e. awards with timestamps in ``(event.at - period, event.at]``.
+      A sliding window needs no calendar or time zone and cannot be gamed at a window
+      boundary. An award that would cross a cap is cut to what is left (``capped=True``).
+    * Events may arrive late (``event.at < state.as_of``): their points are decayed to
+      ``as_of`` before they are added, which gives exactly the value an in-order delivery
+      would have produced. A late event's period cap is checked against the window ending
+      at its own timestamp.
+    * The state keeps the top contributing events (``top_n``, default 10), ranked by their
+      current decayed value. Because every contribution decays at the same rate the ranking
+      never changes with time, so it can be maintained incrementally.
+
+Grading model
+    Additive fit points: every :class:`GradeRule` whose condition holds adds its points
+    (negative allowed); the sum is compared with thresholds for A, B and C, best first;
+    anything below C is D. :class:`GradeResult` lists the rules that matched, so sales sees
+    the grade with the reasons behind it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.conditions import (
+    GRADES,
+    Condition,
+    EventMatcher,
+    EventRecord,
+    Facts,
+    condition_from_dict,
+)
+
+# Reference instant for the time-invariant ranking key of contributions (see _rank_key).
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class ScoringError(ValueError):
+    """A scoring or grading model, or a score state, is malformed; the message says the fix."""
+
+
+def _aware(value: datetime, what: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ScoringError(
+            f"{what} {value.isoformat()} has no time zone; pass an aware datetime"
+            " (workflow.now() is UTC-aware)"
+        )
+
+
+def _dt(raw: str) -> datetime:
+    return datetime.fromisoformat(raw)
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """Points for events that match.
+
+    Attributes:
+        name: Unique within the model; shown in score changes and handoffs.
+        matcher: Which events the rule scores (type plus property filters).
+        points: Points per matching event; negative takes points away.
+        cap_per_rule: Most absolute points this rule may award over a contact's lifetime.
+        cap_per_period: ``(points, period)``: most absolute points within any sliding
+            window of length ``period``.
+    """
+
+    name: str
+    matcher: EventMatcher
+    points: float
+    cap_per_rule: float | None = None
+    cap_per_period: tuple[float, timedelta] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ScoringError(
+                f"score rule for {self.matcher.type!r} has no name; name it, e.g. 'downloads'"
+            )
+        if self.points == 0:
+            raise ScoringError(
+                f"score rule {self.name!r} awards 0 points; give it points or remove it"
+            )
+        if self.cap_per_rule is not None and self.cap_per_rule <= 0:
+            raise ScoringError(
+                f"score rule {self.name!r}: cap_per_rule must be positive (it caps absolute"
+                " points, also for negative rules); use None for no cap"
+            )
+        if self.cap_per_period is not None:
+            cap, period = self.cap_per_period
+            if cap <= 0 or period <= timedelta(0):
+                raise ScoringError(
+                    f"score rule {self.name!r}: cap_per_period needs positive points and a"
+                    " positive period, e.g. (30, timedelta(days=7))"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        period = None
+        if self.cap_per_period is not None:
+            period = {
+                "points": self.cap_per_period[0],
+                "seconds": self.cap_per_period[1].total_seconds(),
+            }
+        return {
+            "name": self.name,
+            "matcher": self.matcher.to_dict(),
+            "points": self.points,
+            "cap_per_rule": self.cap_per_rule,
+            "cap_per_period": period,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreRule:
+        """Rebuild from :meth:`to_dict` output."""
+        period = data.get("cap_per_period")
+        return cls(
+            name=data["name"],
+            matcher=EventMatcher.from_dict(data["matcher"]),
+            points=float(data["points"]),
+            cap_per_rule=None if data.get("cap_per_rule") is None else float(data["cap_per_rule"]),
+            cap_per_period=None
+            if period is None
+            else (float(period["points"]), timedelta(seconds=period["seconds"])),
+        )
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """The engagement scoring rules of a pipeline.
+
+    Attributes:
+        rules: Tried in order; the first match scores the event.
+        half_life: Time for a score to halve; ``None`` turns decay off.
+        top_n: How many top contributing events a state remembers.
+    """
+
+    rules: tuple[ScoreRule, ...]
+    half_life: timedelta | None = timedelta(days=30)
+    top_n: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ScoringError(f"score rule name {rule.name!r} is used twice; rename one")
+            seen.add(rule.name)
+        if self.half_life is not None and self.half_life <= timedelta(0):
+            raise ScoringError("half_life must be positive, e.g. timedelta(days=30), or None")
+        if self.top_n < 0:
+            raise ScoringError("top_n must be 0 or more")
+
+    def rule_for(self, record: EventRecord) -> ScoreRule | None:
+        """The rule that scores ``record``: the first whose matcher matches, or ``None``."""
+        return next((r for r in self.rules if r.matcher.matches(record)), None)
+
+    def event_types(self) -> frozenset[str]:
+        """Event types any rule scores."""
+        return frozenset(r.matcher.type for r in self.rules)
+
+    def decay_factor(self, elapsed: timedelta) -> float:
+        """Multiplier for a value ``elapsed`` old: ``0.5 ** (elapsed / half_life)``."""
+        if self.half_life is None or elapsed <= timedelta(0):
+            return 1.0
+        return float(0.5 ** (elapsed / self.half_life))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "rules": [r.to_dict() for r in self.rules],
+            "half_life_seconds": None if self.half_life is None else self.half_life.total_seconds(),
+            "top_n": self.top_n,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoringModel:
+        """Rebuild from :meth:`to_dict` output."""
+        half_life = data.get("half_life_seconds")
+        return cls(
+            rules=tuple(ScoreRule.from_dict(r) for r in data.get("rules", ())),
+            half_life=None if half_life is None else timedelta(seconds=half_life),
+            top_n=int(data.get("top_n", 10)),
+        )
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One scored event, as remembered for "score with its top contributing events"."""
+
+    rule: str
+    event_type: str
+    at: datetime
+    points: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "rule": self.rule,
+            "event_type": self.event_type,
+            "at": self.at.isoformat(),
+            "points": self.points,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Contribution:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            rule=data["rule"],
+            event_type=data["event_type"],
+            at=_dt(data["at"]),
+            points=float(data["points"]),
+        )
+
+
+@dataclass(frozen=True)
+class ScoreState:
+    """A contact's score, as of its last scored event. Immutable; functions return new ones.
+
+    Attributes:
+        value: Score at ``as_of`` (decay up to ``as_of`` already applied).
+        as_of: Instant of the latest scored event; ``None`` before the first.
+        per_rule_totals: Absolute points each rule has awarded, lifetime (for cap_per_rule).
+        per_rule_window: Recent awards ``(at, absolute points)`` per rule that has a period
+            cap, oldest first, pruned to the period (for cap_per_period).
+        top: Top contributing events, best first.
+    """
+
+    value: float = 0.0
+    as_of: datetime | None = None
+    per_rule_totals: Mapping[str, float] = field(default_factory=dict)
+    per_rule_window: Mapping[str, tuple[tuple[datetime, float], ...]] = field(default_factory=dict)
+    top: tuple[Contribution, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (it is carried across continue-as-new)."""
+        return {
+            "value": self.value,
+            "as_of": None if self.as_of is None else self.as_of.isoformat(),
+            "per_rule_totals": dict(self.per_rule_totals),
+            "per_rule_window": {
+                rule: [[at.isoformat(), pts] for at, pts in awards]
+                for rule, awards in self.per_rule_window.items()
+            },
+            "top": [c.to_dict() for c in self.top],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreState:
+        """Rebuild from :meth:`to_dict` output; missing keys take their defaults."""
+        as_of = data.get("as_of")
+        return cls(
+            value=float(data.get("value", 0.0)),
+            as_of=None if as_of is None else _dt(as_of),
+            per_rule_totals={k: float(v) for k, v in data.get("per_rule_totals", {}).items()},
+            per_rule_window={
+                rule: tuple((_dt(at), float(pts)) for at, pts in awards)
+                for rule, awards in data.get("per_rule_window", {}).items()
+            },
+            top=tuple(Contribution.from_dict(c) for c in data.get("top", ())),
+        )
+
+
+@dataclass(frozen=True)
+class ScoreChange:
+    """What one event did to a score.
+
+    Attributes:
+        rule: The rule that matched.
+        event_type: The scored event's type.
+        at: The event's timestamp.
+        points: The rule's nominal points.
+        points_awarded: Points actually added (less than nominal when a cap cut it).
+        capped: Whether a cap reduced the award.
+        value: Score at the new state's ``as_of`` after the award.
+    """
+
+    rule: str
+    event_type: str
+    at: datetime
+    points: float
+    points_awarded: float
+    capped: bool
+    value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "rule": self.rule,
+            "event_type": self.event_type,
+            "at": self.at.isoformat(),
+            "points": self.points,
+            "points_awarded": self.points_awarded,
+            "capped": self.capped,
+            "value": self.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreChange:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            rule=data["rule"],
+            event_type=data["event_type"],
+            at=_dt(data["at"]),
+            points=float(data["points"]),
+            points_awarded=float(data["points_awarded"]),
+            capped=bool(data["capped"]),
+            value=float(data["value"]),
+        )
+
+
+def score_at(model: ScoringModel, state: ScoreState, now: datetime) -> float:
+    """The score at ``now``, decayed from ``state.as_of``; ``state`` is not changed.
+
+    A ``now`` earlier than ``as_of`` (clock skew between event time and workflow time)
+    returns the stored value: a score never grows by looking back.
+    """
+    _aware(now, "now")
+    if state.as_of is None:
+        return state.value
+    return state.value * model.decay_factor(now - state.as_of)
+
+
+def _rank_key(model: ScoringModel, c: Contribution) -> tuple[float, float, str]:
+    # log2 of the decayed value at a fixed reference time. All contributions decay at the
+    # same rate, so comparing at _EPOCH orders them exactly as comparing at any "now"
+    # would, without overflow for far-apart timestamps.
+    seconds = (c.at - _EPOCH).total_seconds()
+    grow = 0.0 if model.half_life is None else seconds / model.half_life.total_seconds()
+    return (-(math.log2(c.points) + grow), -seconds, c.rule)
+
+
+def _remember(
+    model: ScoringModel, top: Sequence[Contribution], new: Contribution
+) -> tuple[Contribution, ...]:
+    if new.points <= 0 or model.top_n == 0:
+        return tuple(top)
+    ranked = sorted((*top, new), key=lambda c: _rank_key(model, c))
+    return tuple(ranked[: model.top_n])
+
+
+def apply_event(
+    model: ScoringModel, state: ScoreState, event: EventRecord
+) -> tuple[ScoreState, ScoreChange | None]:
+    """Score one event.
+
+    Args:
+        model: The scoring rules.
+        state: The contact's score state before the event.
+        event: The event; its ``at`` must be timezone-aware.
+
+    Returns:
+        The new state and what changed, or ``(state, None)`` when no rule scores the event
+        (the state is returned unchanged: decay is lazy, nothing needs advancing).
+    """
+    _aware(event.at, f"event {event.type!r} at")
+    rule = model.rule_for(event)
+    if rule is None:
+        return state, None
+
+    wanted = abs(rule.points)
+    allowed = wanted
+    totals = dict(state.per_rule_totals)
+    windows = dict(state.per_rule_window)
+    if rule.cap_per_rule is not None:
+        allowed = min(allowed, max(0.0, rule.cap_per_rule - totals.get(rule.name, 0.0)))
+    recent: tuple[tuple[datetime, float], ...] = ()
+    if rule.cap_per_period is not None:
+        cap, period = rule.cap_per_period
+        start = event.at - period
+        in_window = [(at, pts) for at, pts in windows.get(rule.name, ()) if at > start]
+        used = sum(pts for at, pts in in_window if at <= event.at)
+        allowed = min(allowed, max(0.0, cap - used))
+        # Late events can sit before entries newer than them; keep everything still inside a
+        # window ending at the newest award, so the state stays bounded by the period.
+        recent = tuple(in_window)
+    # Float sums of partial awards can leave dust such as 1e-15 under a cap; that is zero.
+    awarded_abs = allowed if allowed > 1e-9 else 0.0
+    capped = awarded_abs < wanted
+    awarded = math.copysign(awarded_abs, rule.points) if awarded_abs > 0 else 0.0
+
+    if awarded_abs > 0:
+        totals[rule.name] = totals.get(rule.name, 0.0) + awarded_abs
+    if rule.cap_per_period is not None:
+        period = rule.cap_per_period[1]
+        entries = sorted((*recent, (event.at, awarded_abs)) if awarded_abs > 0 else recent)
+        newest = entries[-1][0] if entries else event.at
+        windows[rule.name] = tuple(e for e in entries if e[0] > newest - period)
+
+    if state.as_of is None or event.at >= state.as_of:
+        base = state.value if state.as_of is None else score_at(model, state, event.at)
+        value, as_of = base + awarded, event.at
+    else:
+        # Late event: its points have already decayed by the time of as_of.
+        value = state.value + awarded * model.decay_factor(state.as_of - event.at)
+        as_of = state.as_of
+
+    top = state.top
+    if awarded > 0:
+        top = _remember(model, top, Contribution(rule.name, event.type, event.at, awarded))
+    new_state = ScoreState(
+        value=value, as_of=as_of, per_rule_totals=totals, per_rule_window=windows, top=top
+    )
+    change = ScoreChange(
+        rule=rule.name,
+        event_type=event.type,
+        at=event.at,
+        points=rule.points,
+        points_awarded=awarded,
+        capped=capped,
+        value=value,
+    )
+    return new_state, change
+
+
+def apply_events(
+    model: ScoringModel, state: ScoreState, events: Sequence[EventRecord]
+) -> tuple[ScoreState, tuple[ScoreChange, ...]]:
+    """Score several events in the order given; unscored events produce no change."""
+    changes: list[ScoreChange] = []
+    for record in events:
+        state, change = apply_event(model, state, record)
+        if change is not None:
+            changes.append(change)
+    return state, tuple(changes)
+
+
+@dataclass(frozen=True)
+class TopContribution:
+    """A remembered contribution with its value decayed to the time asked about."""
+
+    contribution: Contribution
+    current_points: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {**self.contribution.to_dict(), "current_points": self.current_points}
+
+
+def top_contributions(
+    model: ScoringModel, state: ScoreState, now: datetime
+) -> tuple[TopContribution, ...]:
+    """The top contributing events, best first, with their points decayed to ``now``.
+
+    This is what a handoff shows next to the score.
+    """
+    _aware(now, "now")
+    return tuple(TopContribution(c, c.points * model.decay_factor(now - c.at)) for c in state.top)
+
+
+# Grading
+
+
+@dataclass(frozen=True)
+class GradeRule:
+    """Fit points when a condition over the contact's attributes holds.
+
+    Attributes:
+        name: Unique within the model; shown to sales as a reason for the grade.
+        when: Usually ``attribute(...)`` conditions combined with ``&``, ``|``, ``~``.
+        points: Points added when ``when`` holds; negative allowed.
+    """
+
+    name: str
+    when: Condition
+    points: float
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ScoringError("grade rule has no name; name it, e.g. 'target_industry'")
+        if self.points == 0:
+            raise ScoringError(
+                f"grade rule {self.name!r} adds 0 points; give it points or remove it"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"name": self.name, "when": self.when.to_dict(), "points": self.points}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GradeRule:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            name=data["name"],
+            when=condition_from_dict(data["when"]),
+            points=float(data["points"]),
+        )
+
+
+_DEFAULT_THRESHOLDS: Mapping[str, float] = {"A": 75.0, "B": 50.0, "C": 25.0}
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """A grade with the fit points and the rules that produced it."""
+
+    grade: str
+    points: float
+    matched_rules: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "grade": self.grade,
+            "points": self.points,
+            "matched_rules": list(self.matched_rules),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GradeResult:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            grade=data["grade"],
+            points=float(data["points"]),
+            matched_rules=tuple(data.get("matched_rules", ())),
+        )
+
+
+@dataclass(frozen=True)
+class GradingModel:
+    """Additive fit grading.
+
+    Attributes:
+        rules: Every rule whose condition holds adds its points.
+        thresholds: Minimum fit points for ``A``, ``B`` and ``C`` (strictly decreasing);
+            anything below the ``C`` threshold is ``D``.
+    """
+
+    rules: tuple[GradeRule, ...]
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_THRESHOLDS))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ScoringError(f"grade rule name {rule.name!r} is used twice; rename one")
+            seen.add(rule.name)
+        graded = GRADES[:-1]
+        if set(self.thresholds) != set(graded):
+            raise ScoringError(
+                f"grading thresholds must name exactly {', '.join(graded)} (D is everything"
+                f" below C); got {sorted(self.thresholds)}"
+            )
+        values = [float(self.thresholds[g]) for g in graded]
+        if any(a <= b for a, b in itertools.pairwise(values)):
+            raise ScoringError(
+                f"grading thresholds must decrease strictly from A to C; got {values}"
+            )
+        object.__setattr__(self, "thresholds", {g: float(self.thresholds[g]) for g in graded})
+
+    def event_types(self) -> frozenset[str]:
+        """Event types any grade rule looks at (usually none: grades are about attributes)."""
+        return frozenset().union(*(r.when.event_types() for r in self.rules))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"rules": [r.to_dict() for r in self.rules], "thresholds": dict(self.thresholds)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GradingModel:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            rules=tuple(GradeRule.from_dict(r) for r in data.get("rules", ())),
+            thresholds=dict(data.get("thresholds", _DEFAULT_THRESHOLDS)),
+        )
+
+
+def grade(model: GradingModel, facts: Facts) -> GradeResult:
+    """Grade a contact: sum the points of matching rules and compare with the thresholds."""
+    matched = tuple(r for r in model.rules if r.when.evaluate(facts))
+    points = float(sum(r.points for r in matched))
+    letter = next((g for g in GRADES[:-1] if points >= model.thresholds[g]), GRADES[-1])
+    return GradeResult(grade=letter, points=points, matched_rules=tuple(r.name for r in matched))
+
+
+def grade_attributes(
+    model: GradingModel, attributes: Mapping[str, Any], now: datetime
+) -> GradeResult:
+    """Grade from attributes alone, the usual case: ``Facts(now, attributes=...)``."""
+    return grade(model, Facts(now=now, attributes=attributes))
+
+
+# MQL
+
+
+@dataclass(frozen=True)
+class Mql:
+    """The marketing-qualified-lead definition: one condition, e.g. score and grade."""
+
+    condition: Condition
+
+    def is_mql(self, facts: Facts) -> bool:
+        """Whether the contact is marketing-qualified at ``facts.now``."""
+        return self.condition.evaluate(facts)
+
+    def event_types(self) -> frozenset[str]:
+        """Event types the condition looks at."""
+        return self.condition.event_types()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {"condition": self.condition.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Mql:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(condition_from_dict(data["condition"]))
+
+
+def is_mql(mql: Mql, facts: Facts) -> bool:
+    """Function form of :meth:`Mql.is_mql`."""
+    return mql.is_mql(facts)
+
+
+def with_score(facts: Facts, model: ScoringModel, state: ScoreState) -> Facts:
+    """``facts`` with ``score`` set to the state's score decayed to ``facts.now``."""
+    return replace(facts, score=score_at(model, state, facts.now))

@@ -1,0 +1,260 @@
+"""The marketers' pipelines: stages, stage rules, detours, scoring, grading and MQL.
+
+Edit this file to change how contacts move. Everything here is validated against the
+bundled event catalog (``workflows/events.py``) when the module is imported, so a typo
+fails the deploy, not a contact.
+
+``DEFAULT`` is the seven-stage lifecycle (acquisition 获新: suspect to customer; delight
+悦旧: customer to advocate). ``B2B_FUNNEL`` is the four-step B2B sales funnel. Settings pick
+one by name through :func:`active_pipeline`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from engine.conditions import (
+    EventMatcher,
+    PropertyFilter,
+    all_of,
+    any_of,
+    attribute,
+    event,
+    grade_at_least,
+    score_at_least,
+)
+from engine.pipeline import (
+    Detour,
+    Phase,
+    Pipeline,
+    PipelineDefinitionError,
+    Stage,
+    StageRule,
+    validate_pipelines,
+)
+from engine.scoring import GradeRule, GradingModel, Mql, ScoreRule, ScoringModel
+from workflows.events import CATALOG
+
+DAY = timedelta(days=1)
+WEEK = timedelta(days=7)
+
+REFERRALS_FOR_ADVOCATE = 2
+"""Converted referrals that make a fan (or customer) an advocate."""
+
+PROMOTER_NPS = 9
+"""NPS answers at or above this are promoters."""
+
+
+def _on(event_type: str, *where: PropertyFilter) -> EventMatcher:
+    return EventMatcher(event_type, tuple(where))
+
+
+# Engagement: first matching rule scores an event, so specific rules come first.
+SCORING = ScoringModel(
+    rules=(
+        ScoreRule(
+            "pricing_page_viewed",
+            _on("page.viewed", PropertyFilter("category", "eq", "pricing")),
+            10,
+            cap_per_period=(30, WEEK),
+        ),
+        ScoreRule("page_viewed", _on("page.viewed"), 1, cap_per_period=(10, WEEK)),
+        ScoreRule("content_downloaded", _on("content.downloaded"), 15, cap_per_rule=60),
+        ScoreRule(
+            "video_watched",
+            _on("video.watched", PropertyFilter("percent", "gte", 50)),
+            5,
+            cap_per_period=(20, WEEK),
+        ),
+        ScoreRule("email_clicked", _on("email.clicked"), 5, cap_per_period=(20, WEEK)),
+        ScoreRule("email_opened", _on("email.opened"), 1, cap_per_period=(5, WEEK)),
+        ScoreRule("form_submitted", _on("form.submitted"), 10, cap_per_period=(20, WEEK)),
+        ScoreRule("webinar_attended", _on("webinar.attended"), 20),
+        ScoreRule("trial_started", _on("trial.started"), 25, cap_per_rule=25),
+        ScoreRule("trial_activated", _on("trial.activated"), 15, cap_per_rule=30),
+        ScoreRule("demo_requested", _on("demo.requested"), 30, cap_per_period=(30, 30 * DAY)),
+        ScoreRule(
+            "consultation_booked",
+            _on("consultation.booked"),
+            30,
+            cap_per_period=(30, 30 * DAY),
+        ),
+        ScoreRule("wechat_subscribed", _on("wechat.subscribed"), 5, cap_per_rule=5),
+        ScoreRule("wechat_scanned", _on("wechat.scanned"), 5, cap_per_period=(10, WEEK)),
+        ScoreRule("email_unsubscribed", _on("email.unsubscribed"), -20),
+        ScoreRule("email_bounced", _on("email.bounced"), -10, cap_per_rule=30),
+        ScoreRule("email_complained", _on("email.complained"), -50),
+        ScoreRule("sales_rejected", _on("sales.rejected"), -30),
+    ),
+    half_life=30 * DAY,
+    top_n=10,
+)
+
+# Fit: points add up; A >= 75, B >= 50, C >= 25, else D.
+GRADING = GradingModel(
+    rules=(
+        GradeRule(
+            "target_industry",
+            attribute("industry", "in", ["manufacturing", "software", "finance", "healthcare"]),
+            30,
+        ),
+        GradeRule("large_company", attribute("company_size", "gte", 200), 30),
+        GradeRule(
+            "mid_size_company",
+            all_of(attribute("company_size", "gte", 50), attribute("company_size", "lt", 200)),
+            15,
+        ),
+        GradeRule(
+            "decision_maker",
+            attribute("role", "in", ["ceo", "cto", "cio", "it_director", "vp_engineering"]),
+            25,
+        ),
+        GradeRule("practitioner", attribute("role", "in", ["engineer", "manager"]), 10),
+        GradeRule(
+            "served_region",
+            attribute("region", "in", ["east_china", "north_china", "south_china"]),
+            15,
+        ),
+        GradeRule("student", attribute("role", "eq", "student"), -30),
+    ),
+    thresholds={"A": 75, "B": 50, "C": 25},
+)
+
+MQL = Mql(score_at_least(60) & grade_at_least("B"))
+
+# A recycled lead keeps its history; without this guard a still-high score would bounce it
+# straight back to lead on its next page view.
+_RECENTLY_REJECTED = event("sales.rejected", within=30 * DAY)
+
+DEFAULT = Pipeline(
+    name="default",
+    label="Customer lifecycle",
+    stages=(
+        Stage("suspect", "Suspect", "怀疑者", "acquisition"),
+        Stage("prospect", "Prospect", "潜在客户", "acquisition"),
+        Stage("lead", "Lead", "线索", "acquisition"),
+        Stage("opportunity", "Opportunity", "商机", "acquisition"),
+        Stage("customer", "Customer", "客户", "acquisition"),
+        Stage("fan", "Fan", "粉丝", "delight"),
+        Stage("advocate", "Advocate", "鼓吹者", "delight"),
+    ),
+    phases=(
+        Phase("acquisition", "Acquisition", "获新", "suspect", "customer"),
+        Phase("delight", "Delight", "悦旧", "customer", "advocate"),
+    ),
+    states=("disqualified",),
+    rules=(
+        StageRule(
+            "prospect",
+            any_of(
+                event("content.downloaded"),
+                event("form.submitted"),
+                event("webinar.attended"),
+                event("wechat.subscribed"),
+            ),
+            name="raised_hand",
+        ),
+        StageRule(
+            "lead",
+            any_of(
+                score_at_least(40) & ~_RECENTLY_REJECTED,
+                event("demo.requested", within=90 * DAY),
+                event("consultation.booked", within=90 * DAY),
+                event("trial.started", within=90 * DAY),
+            ),
+            name="engaged",
+        ),
+        StageRule("opportunity", event("sales.accepted"), name="sales_accepted"),
+        StageRule(
+            "customer",
+            any_of(event("order.paid"), event("sales.converted")),
+            name="purchased",
+        ),
+        StageRule(
+            "fan",
+            event(
+                "nps.answered",
+                where=[PropertyFilter("score", "gte", PROMOTER_NPS)],
+                within=180 * DAY,
+            ),
+            name="promoter",
+            from_stages=("customer",),
+        ),
+        StageRule(
+            "advocate",
+            event("referral.converted", count=REFERRALS_FOR_ADVOCATE),
+            name="referrer",
+            from_stages=("customer", "fan"),
+        ),
+    ),
+    detours=(
+        Detour("recycled", ("lead", "opportunity"), "prospect", reason_required=True),
+        Detour("disqualified", (), "disqualified", reason_required=True),
+        Detour("reactivated", ("disqualified",), "suspect", reason_required=True),
+    ),
+    mql=MQL,
+    scoring=SCORING,
+    grading=GRADING,
+    catalog=CATALOG,
+)
+"""The seven-stage lifecycle: suspect 怀疑者 to advocate 鼓吹者."""
+
+B2B_FUNNEL = Pipeline(
+    name="b2b_funnel",
+    label="B2B sales funnel",
+    stages=(
+        Stage("verification", "Verification", "验证", "sales"),
+        Stage("development", "Development", "开发", "sales"),
+        Stage("proposal", "Proposal", "提案", "sales"),
+        Stage("closing", "Closing", "成交", "sales"),
+    ),
+    phases=(Phase("sales", "Sales", "销售", "verification", "closing"),),
+    states=("lost",),
+    rules=(
+        StageRule(
+            "development",
+            any_of(
+                MQL.condition,
+                event("demo.requested", within=90 * DAY),
+                event("consultation.booked", within=90 * DAY),
+            ),
+            name="qualified",
+        ),
+        StageRule("proposal", event("sales.accepted"), name="sales_accepted"),
+        StageRule(
+            "closing",
+            any_of(event("order.paid"), event("sales.converted")),
+            name="won",
+        ),
+    ),
+    detours=(
+        Detour("recycled", ("development", "proposal"), "verification", reason_required=True),
+        Detour("lost", (), "lost", reason_required=True),
+    ),
+    mql=MQL,
+    scoring=SCORING,
+    grading=GRADING,
+    catalog=CATALOG,
+)
+"""The four-step B2B funnel: verification 验证, development 开发, proposal 提案, closing 成交."""
+
+PIPELINES: dict[str, Pipeline] = {p.name: p for p in (DEFAULT, B2B_FUNNEL)}
+"""Every bundled pipeline by name; settings choose one of these keys."""
+
+validate_pipelines(PIPELINES, CATALOG)
+
+
+def active_pipeline(name: str) -> Pipeline:
+    """The pipeline called ``name``.
+
+    Raises:
+        PipelineDefinitionError: ``name`` is not in :data:`PIPELINES`; the message lists
+            the choices.
+    """
+    try:
+        return PIPELINES[name]
+    except KeyError:
+        raise PipelineDefinitionError(
+            f"pipeline {name!r} is unknown; choose one of {', '.join(sorted(PIPELINES))}"
+            " (set the pipeline setting to one of these names)"
+        ) from None
