@@ -38,8 +38,6 @@ Errors::
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import InitVar, dataclass, replace
@@ -58,6 +56,7 @@ from engine.conditions import (
     condition_from_dict,
 )
 from engine.events import EventCatalog, UnknownEventError
+from engine.hashing import canonical_json, content_hash
 from engine.scoring import GradingModel, Mql, ScoringModel
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -663,28 +662,6 @@ class Pipeline:
     def version(self) -> str:
         """sha256 (hex) of the canonical JSON form: same definition, same version."""
         return content_hash(self.to_dict())
-
-
-def _canonical(value: Any) -> Any:
-    # 60 and 60.0 are the same threshold; a JSON round trip (or float() in a from_dict)
-    # must not change the version, so integral floats are written as integers.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def canonical_json(data: Mapping[str, Any]) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 text, integral floats as integers."""
-    return json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def content_hash(data: Mapping[str, Any]) -> str:
-    """sha256 (hex) of :func:`canonical_json`; the version of any JSON-able definition."""
-    return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()
 
 
 # Moving contacts

@@ -81,6 +81,11 @@ def make_engine(raw_url: str, *, echo: bool = False) -> Engine:
     return engine
 
 
+def driver_reason(exc: SADatabaseError | OperationalError) -> str:
+    """The first line of the driver's own message: the part a person can act on."""
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
 def check_connection(engine: Engine) -> None:
     """Open a connection and run ``SELECT 1``; raise DatabaseError with the fix if that fails."""
     shown = engine.url.render_as_string(hide_password=True)
@@ -88,9 +93,8 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except (OperationalError, SADatabaseError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseError(
-            f"cannot connect to the database {shown}: {reason}",
+            f"cannot connect to the database {shown}: {driver_reason(exc)}",
             fix="check that the server is running and that STAGECOACH_DATABASE_URL names "
             "the right host, port, user, password and database",
         ) from exc

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 
 from engine.errors import DatabaseError
+from engine.storage.db import driver_reason
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -42,9 +43,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(engine), revision)
     except (OperationalError, SADatabaseError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseError(
-            f"migration to {revision} failed on {engine.url.render_as_string()}: {reason}",
+            f"migration to {revision} failed on {engine.url.render_as_string()}: "
+            f"{driver_reason(exc)}",
             fix="check the database is reachable and writable, then run "
             "'stagecoach db upgrade' again",
         ) from exc
