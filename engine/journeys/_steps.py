@@ -1,0 +1,641 @@
+"""Step kinds, entry triggers and re-entry policies: the vocabulary of a journey.
+
+The same frozen dataclasses serve the DSL (where a ``None`` target means "the next step
+in order") and the compiled spec (where every target is explicit). Each class knows its
+JSON form, so the spec is data a workflow can carry in its history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import time, timedelta
+from typing import Any, ClassVar, Literal, TypeAlias, cast
+
+from engine.conditions import Condition, EventMatcher, condition_from_dict
+
+from ._errors import SpecFormatError
+
+END = "$end"
+"""Target meaning "the journey is complete" (``Completed(reason="end")``)."""
+
+EXIT_PREFIX = "$exit:"
+CHANNELS: tuple[str, ...] = ("email", "wechat")
+"""Concrete delivery channels; ``"preferred"`` stands for any of them."""
+
+Channel: TypeAlias = Literal["email", "wechat", "preferred"]
+
+
+def exit_to(reason: str) -> str:
+    """Target that exits the journey with ``reason`` without a dedicated exit step.
+
+    Args:
+        reason: Why the contact leaves, recorded in the ``Exit`` command.
+
+    Returns:
+        A reserved target string usable wherever a step id is.
+    """
+    return f"{EXIT_PREFIX}{reason}"
+
+
+def is_reserved_target(target: str) -> bool:
+    """True for ``END`` and ``exit_to(...)`` targets, which name no step."""
+    return target == END or target.startswith(EXIT_PREFIX)
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else value.total_seconds()
+
+
+def _delta(value: Any) -> timedelta | None:
+    return None if value is None else timedelta(seconds=float(value))
+
+
+@dataclass(frozen=True)
+class NextBestItem:
+    """A content selector: "the next best item" the content library picks for the contact.
+
+    Attributes:
+        stage: Only items tagged for this pipeline stage (``None``: the contact's stage).
+        kinds: Only items of these kinds (``"whitepaper"``, ``"case_study"``...); empty: any.
+        tags: Only items carrying all these tags.
+        exclude_consumed: Skip items the contact already received or consumed.
+    """
+
+    stage: str | None = None
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    exclude_consumed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "kinds": list(self.kinds),
+            "tags": list(self.tags),
+            "exclude_consumed": self.exclude_consumed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NextBestItem:
+        return cls(
+            stage=data.get("stage"),
+            kinds=tuple(data.get("kinds", ())),
+            tags=tuple(data.get("tags", ())),
+            exclude_consumed=bool(data.get("exclude_consumed", True)),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """Base of every step kind.
+
+    Attributes:
+        id: Stable id; pins idempotency keys and history, so keep it across edits.
+            Empty means "derive one from the step's content" (done by ``Journey``).
+    """
+
+    id: str = ""
+    kind: ClassVar[str] = ""
+    links: ClassVar[tuple[str, ...]] = ()
+    """Target fields where ``None`` means "the next step in order"."""
+    is_wait: ClassVar[bool] = False
+    """Timer-based waits: the only steps that may close a loop."""
+
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        """Outgoing ``(label, target)`` pairs of a compiled step."""
+        return tuple(
+            (name.rstrip("_"), cast(str, getattr(self, name)))
+            for name in self.links
+            if getattr(self, name) is not None
+        )
+
+    def derived_id(self) -> str:
+        """The id used when the marketer gives none; built from content, not position."""
+        return self.kind
+
+    def summary(self) -> str:
+        """One line for diagrams and diffs."""
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "id": self.id, **self._fields_to_dict()}
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.links}
+
+    def resolved(self, following: str) -> Step:
+        """This step with every linear ``None`` target replaced by ``following``."""
+        changes = {name: following for name in self.links if getattr(self, name) is None}
+        return replace(self, **changes) if changes else self
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendStep(Step):
+    """Deliver one content item (or the next best item) over a channel.
+
+    Attributes:
+        content: A content id, or a ``NextBestItem`` selector.
+        channel: ``"email"``, ``"wechat"`` or ``"preferred"`` (the contact's preferred one).
+        next: Where to go once delivered.
+        on_failure: Where to go when delivery fails permanently; ``None`` exits the journey
+            with reason ``delivery_failed``. A permanent failure is never retried.
+    """
+
+    content: str | NextBestItem
+    channel: Channel = "preferred"
+    next: str | None = None
+    on_failure: str | None = None
+    kind: ClassVar[str] = "send"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        out = super().edges()
+        return out + ((("failed", self.on_failure),) if self.on_failure else ())
+
+    def derived_id(self) -> str:
+        if isinstance(self.content, str):
+            return f"send-{self.content}"
+        return "send-next-best"
+
+    def summary(self) -> str:
+        what = self.content if isinstance(self.content, str) else "next best item"
+        return f"send {what} via {self.channel}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        content: Any = self.content
+        if isinstance(content, NextBestItem):
+            content = {"next_best": content.to_dict()}
+        return {
+            "content": content,
+            "channel": self.channel,
+            "next": self.next,
+            "on_failure": self.on_failure,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitStep(Step):
+    """Wait a fixed duration."""
+
+    duration: timedelta
+    next: str | None = None
+    kind: ClassVar[str] = "wait"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+    is_wait: ClassVar[bool] = True
+
+    def derived_id(self) -> str:
+        return f"wait-{_human(self.duration)}"
+
+    def summary(self) -> str:
+        return f"wait {_human(self.duration)}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"duration_seconds": _seconds(self.duration), "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitUntilStep(Step):
+    """Wait until the next occurrence of a time of day in the contact's time zone."""
+
+    at: time
+    next: str | None = None
+    kind: ClassVar[str] = "wait_until"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+    is_wait: ClassVar[bool] = True
+
+    def derived_id(self) -> str:
+        return f"wait-until-{self.at.strftime('%H%M')}"
+
+    def summary(self) -> str:
+        return f"wait until {self.at.strftime('%H:%M')} local"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitForEventStep(Step):
+    """Wait for one of ``matchers`` to be observed, or for ``timeout`` to pass.
+
+    Attributes:
+        matchers: Any of these events ends the wait (one or more ``EventMatcher``).
+        timeout: Required; how long to wait before taking ``on_timeout``.
+        next: Where to go when a matching event arrives.
+        on_timeout: Where to go when the timeout passes first.
+    """
+
+    matchers: tuple[EventMatcher, ...]
+    timeout: timedelta | None
+    next: str | None = None
+    on_timeout: str | None = None
+    kind: ClassVar[str] = "wait_for_event"
+    links: ClassVar[tuple[str, ...]] = ("next", "on_timeout")
+    is_wait: ClassVar[bool] = True
+
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        out: list[tuple[str, str]] = []
+        if self.next is not None:
+            out.append((" or ".join(m.type for m in self.matchers), self.next))
+        if self.on_timeout is not None:
+            label = "timeout" if self.timeout is None else f"timeout {_human(self.timeout)}"
+            out.append((label, self.on_timeout))
+        return tuple(out)
+
+    def derived_id(self) -> str:
+        return f"wait-for-{self.matchers[0].type}" if self.matchers else "wait-for-event"
+
+    def summary(self) -> str:
+        return f"wait for {' or '.join(m.type for m in self.matchers)}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {
+            "matchers": [m.to_dict() for m in self.matchers],
+            "timeout_seconds": _seconds(self.timeout),
+            "next": self.next,
+            "on_timeout": self.on_timeout,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchStep(Step):
+    """Go to ``then`` when ``condition`` holds for the contact, else to ``else_``."""
+
+    condition: Condition
+    then: str | None = None
+    else_: str | None = None
+    kind: ClassVar[str] = "branch"
+    links: ClassVar[tuple[str, ...]] = ("then", "else_")
+
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (label, target)
+            for label, target in (("yes", self.then), ("no", self.else_))
+            if target is not None
+        )
+
+    def summary(self) -> str:
+        return "branch"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"condition": self.condition.to_dict(), "then": self.then, "else": self.else_}
+
+
+@dataclass(frozen=True)
+class SplitBranch:
+    """One arm of a random split: a relative weight and a target (``None``: next in order)."""
+
+    weight: float
+    target: str | None = None
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight, "target": self.target, "label": self.label}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitStep(Step):
+    """Deterministic random split: each contact lands in one arm, by weight.
+
+    The arm comes from a sha256 of (contact, journey, version, step, enrolment), so a
+    replay or a retry always picks the same arm. A holdout is a split with an arm that
+    exits (see ``holdout``).
+    """
+
+    branches: tuple[SplitBranch, ...]
+    kind: ClassVar[str] = "split"
+
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        total = sum(b.weight for b in self.branches) or 1.0
+        return tuple(
+            (f"{b.label + ' ' if b.label else ''}{100 * b.weight / total:g}%", b.target)
+            for b in self.branches
+            if b.target is not None
+        )
+
+    def resolved(self, following: str) -> Step:
+        if all(b.target is not None for b in self.branches):
+            return self
+        return replace(
+            self,
+            branches=tuple(
+                b if b.target is not None else replace(b, target=following) for b in self.branches
+            ),
+        )
+
+    def summary(self) -> str:
+        return "random split"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"branches": [b.to_dict() for b in self.branches]}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetAttributeStep(Step):
+    """Set a contact attribute to a JSON value."""
+
+    name: str
+    value: Any
+    next: str | None = None
+    kind: ClassVar[str] = "set_attribute"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+
+    def derived_id(self) -> str:
+        return f"set-{self.name}"
+
+    def summary(self) -> str:
+        return f"set {self.name} = {self.value!r}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddTagStep(Step):
+    """Add a tag to the contact."""
+
+    tag: str
+    next: str | None = None
+    kind: ClassVar[str] = "add_tag"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+
+    def derived_id(self) -> str:
+        return f"tag-{self.tag}"
+
+    def summary(self) -> str:
+        return f"tag {self.tag}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"tag": self.tag, "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChangeStageStep(Step):
+    """Move the contact to a pipeline stage."""
+
+    stage: str
+    reason: str = ""
+    next: str | None = None
+    kind: ClassVar[str] = "change_stage"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+
+    def derived_id(self) -> str:
+        return f"stage-{self.stage}"
+
+    def summary(self) -> str:
+        return f"stage -> {self.stage}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "reason": self.reason, "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandOffStep(Step):
+    """Hand the contact to sales (the CRM hand-off); waits for the hand-off result.
+
+    Attributes:
+        next: Where to go once the hand-off is recorded.
+        on_failure: Where to go when it fails permanently; ``None`` exits the journey.
+    """
+
+    reason: str = ""
+    next: str | None = None
+    on_failure: str | None = None
+    kind: ClassVar[str] = "hand_off"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+
+    def edges(self) -> tuple[tuple[str, str], ...]:
+        out = super().edges()
+        return out + ((("failed", self.on_failure),) if self.on_failure else ())
+
+    def derived_id(self) -> str:
+        return "hand-off"
+
+    def summary(self) -> str:
+        return "hand off to sales"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "next": self.next, "on_failure": self.on_failure}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrolStep(Step):
+    """Enrol the contact in another journey (by name) and carry on."""
+
+    journey: str
+    next: str | None = None
+    kind: ClassVar[str] = "enrol"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+
+    def derived_id(self) -> str:
+        return f"enrol-{self.journey}"
+
+    def summary(self) -> str:
+        return f"enrol in {self.journey}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"journey": self.journey, "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoalStep(Step):
+    """Terminal: the contact converted; the journey completes with reason ``goal``."""
+
+    kind: ClassVar[str] = "goal"
+
+    def summary(self) -> str:
+        return "goal reached"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExitStep(Step):
+    """Terminal: the contact leaves the journey with ``reason``."""
+
+    reason: str
+    kind: ClassVar[str] = "exit"
+
+    def derived_id(self) -> str:
+        return f"exit-{self.reason}"
+
+    def summary(self) -> str:
+        return f"exit: {self.reason}"
+
+    def _fields_to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+def _human(delta: timedelta) -> str:
+    """``2d``, ``36h``, ``90m``, ``45s``: short and stable (it feeds derived ids)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def step_from_dict(data: Mapping[str, Any]) -> Step:
+    """Rebuild a step from its JSON form.
+
+    Raises:
+        SpecFormatError: The kind is unknown or a field is missing.
+    """
+    kind = data.get("kind")
+    step_id = str(data.get("id", ""))
+    try:
+        if kind == "send":
+            raw = data["content"]
+            content: str | NextBestItem = (
+                NextBestItem.from_dict(raw["next_best"]) if isinstance(raw, Mapping) else str(raw)
+            )
+            return SendStep(
+                id=step_id,
+                content=content,
+                channel=data["channel"],
+                next=data.get("next"),
+                on_failure=data.get("on_failure"),
+            )
+        if kind == "wait":
+            return WaitStep(
+                id=step_id,
+                duration=cast(timedelta, _delta(data["duration_seconds"])),
+                next=data.get("next"),
+            )
+        if kind == "wait_until":
+            return WaitUntilStep(
+                id=step_id, at=time.fromisoformat(data["at"]), next=data.get("next")
+            )
+        if kind == "wait_for_event":
+            return WaitForEventStep(
+                id=step_id,
+                matchers=tuple(EventMatcher.from_dict(m) for m in data["matchers"]),
+                timeout=_delta(data.get("timeout_seconds")),
+                next=data.get("next"),
+                on_timeout=data.get("on_timeout"),
+            )
+        if kind == "branch":
+            return BranchStep(
+                id=step_id,
+                condition=condition_from_dict(data["condition"]),
+                then=data.get("then"),
+                else_=data.get("else"),
+            )
+        if kind == "split":
+            return SplitStep(
+                id=step_id,
+                branches=tuple(
+                    SplitBranch(float(b["weight"]), b.get("target"), str(b.get("label", "")))
+                    for b in data["branches"]
+                ),
+            )
+        if kind == "set_attribute":
+            return SetAttributeStep(
+                id=step_id, name=data["name"], value=data.get("value"), next=data.get("next")
+            )
+        if kind == "add_tag":
+            return AddTagStep(id=step_id, tag=data["tag"], next=data.get("next"))
+        if kind == "change_stage":
+            return ChangeStageStep(
+                id=step_id,
+                stage=data["stage"],
+                reason=str(data.get("reason", "")),
+                next=data.get("next"),
+            )
+        if kind == "hand_off":
+            return HandOffStep(
+                id=step_id,
+                reason=str(data.get("reason", "")),
+                next=data.get("next"),
+                on_failure=data.get("on_failure"),
+            )
+        if kind == "enrol":
+            return EnrolStep(id=step_id, journey=data["journey"], next=data.get("next"))
+        if kind == "goal":
+            return GoalStep(id=step_id)
+        if kind == "exit":
+            return ExitStep(id=step_id, reason=data["reason"])
+    except KeyError as exc:
+        raise SpecFormatError(
+            f"step {step_id!r} of kind {kind!r} is missing field {exc.args[0]!r}",
+            fix="recompile the journey from its Python definition",
+        ) from exc
+    raise SpecFormatError(
+        f"step {step_id!r} has unknown kind {kind!r}",
+        fix="recompile the journey with this version of Stagecoach",
+    )
+
+
+# Entry triggers and re-entry.
+
+
+@dataclass(frozen=True)
+class StageEntered:
+    """Entry trigger: the contact enters ``stage`` of the pipeline."""
+
+    stage: str
+    kind: ClassVar[str] = "stage_entered"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "stage": self.stage}
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    """Entry trigger: an event matching ``matcher`` is observed."""
+
+    matcher: EventMatcher
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.matcher.to_dict()}
+
+
+EntryTrigger: TypeAlias = StageEntered | EventEntry
+
+
+def entry_from_dict(data: Mapping[str, Any]) -> EntryTrigger:
+    """Rebuild an entry trigger from its JSON form."""
+    if data.get("kind") == "stage_entered":
+        return StageEntered(str(data["stage"]))
+    if data.get("kind") == "event":
+        return EventEntry(EventMatcher.from_dict(data))
+    raise SpecFormatError(
+        f"entry kind {data.get('kind')!r} is unknown",
+        fix="use stage_entered(...) or on_event(...)",
+    )
+
+
+@dataclass(frozen=True)
+class ReEntry:
+    """May a contact enter this journey again after an earlier enrolment ended?
+
+    Build with ``ReEntry.never()``, ``ReEntry.always()`` or ``ReEntry.after(cooldown)``.
+    A contact is never enrolled twice in parallel, whatever the policy.
+
+    Attributes:
+        policy: ``"never"``, ``"always"`` or ``"cooldown"``.
+        cooldown: For ``"cooldown"``: the time since the previous enrolment ENDED.
+    """
+
+    policy: Literal["never", "always", "cooldown"] = "never"
+    cooldown: timedelta | None = field(default=None)
+
+    @classmethod
+    def never(cls) -> ReEntry:
+        """One enrolment per contact, ever."""
+        return cls("never")
+
+    @classmethod
+    def always(cls) -> ReEntry:
+        """Re-enter whenever the entry trigger fires and no enrolment is active."""
+        return cls("always")
+
+    @classmethod
+    def after(cls, cooldown: timedelta) -> ReEntry:
+        """Re-enter once ``cooldown`` has passed since the previous enrolment ended."""
+        return cls("cooldown", cooldown)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "cooldown_seconds": _seconds(self.cooldown)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReEntry:
+        return cls(data["policy"], _delta(data.get("cooldown_seconds")))

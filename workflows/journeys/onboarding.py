@@ -1,0 +1,40 @@
+"""Customer onboarding: welcome, quick start, and a checklist nudge if onboarding stalls.
+
+Entered when a contact reaches stage ``customer``. Sends ``onboarding-welcome``, waits two
+days, sends ``onboarding-quickstart``, then waits up to a week for ``onboarding.finished``;
+without it the contact gets the ``onboarding-checklist`` nudge. Finishing onboarding at
+any point is the goal and ends the journey early.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from engine.conditions import event
+from engine.journeys import END, Journey, goal, send, stage_entered, wait, wait_for
+
+ONBOARDING = Journey(
+    "onboarding",
+    description="New customers: welcome, quick start, then a checklist if they stall.",
+    entry=stage_entered("customer"),
+    exit_when=event("email.unsubscribed") | event("wechat.unsubscribed"),
+    goal=event("onboarding.finished"),
+    locales=("zh-CN", "en"),
+    steps=[
+        send("onboarding-welcome", id="welcome"),
+        wait(days=2, id="pause-before-quickstart"),
+        send("onboarding-quickstart", id="quickstart"),
+        wait_for(
+            "onboarding.finished",
+            timeout=timedelta(days=7),
+            id="await-onboarding-finished",
+            next="onboarded",
+        ),
+        send("onboarding-checklist", id="checklist-nudge", next=END),
+        # Extension point: the NPS survey follows onboarding. When its journey exists,
+        # add `enrol("nps_survey")` before `END` above and before this goal, and pass its
+        # name in ValidationContext.known_journeys (validation rejects unknown names).
+        goal(id="onboarded"),
+    ],
+)
+"""The bundled customer onboarding journey."""
