@@ -71,3 +71,71 @@ class EventPublic(EventBase):
     id: int
     occurred_at: datetime
     received_at: datetime
+
+
+class JourneyVersion(SQLModel, table=True):
+    """A published journey spec. ``version`` is its content hash; enrolments pin it."""
+
+    __tablename__ = "journey_versions"
+
+    version: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128, index=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    source: str = Field(default="bundled", max_length=32)
+    published_at: datetime = _ts(index=True)
+
+
+class StageTransition(SQLModel, table=True):
+    """One stage change of one contact, with why and from where."""
+
+    __tablename__ = "stage_transitions"
+    __table_args__ = (Index("ix_stage_transitions_contact_at", "contact_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=160, unique=True, description="contact:seq; retries dedupe")
+    contact_id: str = Field(foreign_key="contacts.id", max_length=64)
+    from_stage: str | None = Field(default=None, max_length=64)
+    to_stage: str = Field(max_length=64, index=True)
+    kind: str = Field(default="rule", max_length=16, description="rule, detour or manual")
+    reason: str = Field(max_length=512)
+    source: str = Field(max_length=64)
+    trigger_event_type: str | None = Field(default=None, max_length=128)
+    trigger_message_id: str | None = Field(default=None, max_length=128)
+    at: datetime = _ts()
+
+
+class Delivery(SQLModel, table=True):
+    """One message to one contact. The idempotency key is recorded before the send."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_contact_created", "contact_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(max_length=256, unique=True)
+    contact_id: str = Field(foreign_key="contacts.id", max_length=64)
+    journey: str = Field(max_length=128, index=True)
+    journey_version: str = Field(max_length=64)
+    step_id: str = Field(max_length=128)
+    enrolment: int = 1
+    channel: str = Field(max_length=32)
+    content_id: str | None = Field(default=None, max_length=128)
+    content_version: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="sending", max_length=16, index=True)
+    provider_message_id: str | None = Field(default=None, max_length=256)
+    error: str | None = Field(default=None, max_length=1024)
+    created_at: datetime = _ts()
+    sent_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class Suppression(SQLModel, table=True):
+    """An address no message may go to on a channel (bounces, complaints, unsubscribes)."""
+
+    __tablename__ = "suppressions"
+
+    channel: str = Field(primary_key=True, max_length=32)
+    address: str = Field(primary_key=True, max_length=320)
+    reason: str = Field(max_length=64)
+    contact_id: str | None = Field(default=None, max_length=64, index=True)
+    created_at: datetime = _ts()
