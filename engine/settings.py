@@ -51,6 +51,25 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: LogFormat = "auto"
     pipeline: str = "default"
+    content_dir: Path = Field(default=Path("content"), description="The content library.")
+    sink_dir: Path | None = Field(
+        default=None,
+        description="File-sink connector directory (default <data_dir>/sink): where "
+        "messages go until real connectors are configured, and where rehearsals send.",
+    )
+    link_secret: SecretStr = Field(
+        default=SecretStr("stagecoach-dev-secret-change-me"),
+        description="HMAC key for unsubscribe, tracking and referral tokens. Set it in "
+        "production; rotating it invalidates outstanding links.",
+    )
+    link_ttl_days: int = Field(default=60, ge=1)
+    quiet_hours_start: str = Field(default="21:00", pattern=r"^\d{2}:\d{2}$")
+    quiet_hours_end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
+    frequency_cap: int = Field(default=3, ge=0, description="Messages per window; 0 disables.")
+    frequency_window_hours: float = Field(default=24, gt=0)
+    max_events_per_run: int = Field(
+        default=2000, ge=1, description="Continue-as-new after this many events in one run."
+    )
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "stagecoach")
     temporal_cli_path: Path | None = Field(
         default=None, validation_alias="TEMPORAL_CLI_PATH", description="The Temporal CLI binary."
@@ -73,6 +92,17 @@ class Settings(BaseSettings):
                 fix="set it like 127.0.0.1:7233 or my-ns.a1b2c.tmprl.cloud:7233",
             )
         return host, int(port)
+
+    @property
+    def resolved_content_dir(self) -> Path:
+        """``content_dir`` when it exists, else the catalog bundled with this checkout."""
+        if self.content_dir.is_dir():
+            return self.content_dir
+        return Path(__file__).resolve().parents[1] / "content"
+
+    @property
+    def resolved_sink_dir(self) -> Path:
+        return self.sink_dir or self.data_dir / "sink"
 
     @property
     def api_base_url(self) -> str:

@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from engine.cli.content import content_app
 from engine.cli.journeys import journeys_app
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
@@ -31,6 +32,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(journeys_app, name="journeys")
+app.add_typer(content_app, name="content")
 
 
 def _settings() -> Settings:

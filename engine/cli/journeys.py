@@ -67,11 +67,11 @@ def _settings() -> Settings:
 
 
 def _content(settings: Settings) -> ContentIndex | None:
-    """The content library to validate sends against; ``None`` skips content checks.
+    """The content library to validate sends against, as the worker does before it
+    publishes: a journey naming content without a variant for a locale is refused."""
+    from engine.content import ContentLibrary
 
-    The content library plugs in here once it exists (issue 3).
-    """
-    return None
+    return ContentLibrary.load(settings.resolved_content_dir)
 
 
 def _read_engine(settings: Settings) -> Engine | None:
