@@ -8,7 +8,9 @@ histories recorded by older code still decode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 
 @dataclass
@@ -23,3 +25,166 @@ class SystemCheckResult:
     database_ok: bool
     database_detail: str = ""
     task_queue: str = ""
+
+
+# --- the contact workflow --------------------------------------------------------------
+
+CONTACT_WORKFLOW = "Contact"
+EVENT_SIGNAL = "event"
+STATE_QUERY = "state"
+ENROL_UPDATE = "enrol"
+
+
+def contact_workflow_id(contact_id: str) -> str:
+    """One workflow per contact, reachable by this id."""
+    return f"contact-{contact_id}"
+
+
+@dataclass
+class EventMessage:
+    """Behaviour delivered to a contact workflow (signal ``event``)."""
+
+    message_id: str
+    type: str
+    occurred_at: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
+    source: str = "api"
+    channel: str | None = None
+
+
+@dataclass
+class Definitions:
+    """Pipeline, journey specs and send policy as data, loaded by an activity so that
+    deploys never change what a running workflow replays."""
+
+    pipeline: dict[str, Any]
+    journeys: dict[str, dict[str, Any]]
+    policy: dict[str, Any]
+    loaded_at: datetime
+
+
+@dataclass
+class ActiveJourney:
+    """One enrolment in flight: its pinned spec, its cursor and its clock."""
+
+    spec: dict[str, Any]
+    cursor: dict[str, Any]
+    time_scale: float = 1.0
+    origin: datetime | None = None
+    """Real instant of enrolment; a scaled journey's clock runs from here."""
+    deferred: dict[str, Any] | None = None
+    """A send held back by quiet hours or the frequency cap: the Deliver command."""
+    deferred_until: datetime | None = None
+
+
+@dataclass
+class ContactInput:
+    """Start (or continue-as-new) a contact workflow."""
+
+    contact_id: str
+    state: dict[str, Any] | None = None
+    journeys: list[ActiveJourney] = field(default_factory=list)
+    pending: list[EventMessage] = field(default_factory=list)
+    definitions: Definitions | None = None
+    max_events_per_run: int = 2000
+    """Continue-as-new after this many events even if the SDK does not suggest it."""
+    rehearsal: bool = False
+    """A rehearsal contact: no automatic enrolments, and every send goes to the sink."""
+
+
+@dataclass
+class EnrolRequest:
+    """Enrol now (update ``enrol``); ``time_scale`` < 1 rehearses a journey faster."""
+
+    journey: str
+    time_scale: float = 1.0
+
+
+@dataclass
+class EnrolResult:
+    accepted: bool
+    journey: str
+    enrolment: int = 0
+    version: str = ""
+    reason: str = ""
+
+
+@dataclass
+class ContactView:
+    """The live state (query ``state``)."""
+
+    contact_id: str
+    stage: str
+    score: float
+    grade: str | None
+    journeys: list[dict[str, Any]]
+    state: dict[str, Any]
+    run_events: int = 0
+
+
+@dataclass
+class TransitionRecord:
+    """Activity input: persist one stage change and the contact row."""
+
+    key: str
+    contact_id: str
+    transition: dict[str, Any]
+    contact: dict[str, Any]
+
+
+@dataclass
+class DeliverRequest:
+    """Activity input: the one delivery activity."""
+
+    contact_id: str
+    idempotency_key: str
+    journey: str
+    journey_version: str
+    step_id: str
+    enrolment: int
+    channel: str
+    address: str
+    locale: str
+    content_id: str | None = None
+    selector: dict[str, Any] | None = None
+    stage: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    received: list[str] = field(default_factory=list)
+    consented: bool = True
+    now: datetime | None = None
+    time_scale: float = 1.0
+    """A rehearsal's scale: the frequency-cap window shrinks with it."""
+    rehearsal: bool = False
+    """Send to the rehearsal sink, never through a real connector."""
+
+
+@dataclass
+class DeliverOutcome:
+    """``sent``, ``duplicate`` (already sent before a retry), ``blocked`` (consent,
+    suppression, exhausted content: a permanent outcome), or ``deferred`` (frequency cap:
+    try again at ``not_before``)."""
+
+    status: str
+    content_id: str | None = None
+    content_version: str | None = None
+    provider_message_id: str | None = None
+    reason: str = ""
+    not_before: datetime | None = None
+
+
+@dataclass
+class HandOffRequest:
+    contact_id: str
+    idempotency_key: str
+    journey: str
+    step_id: str
+    reason: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HandOffOutcome:
+    ok: bool
+    reference: str = ""
+    error: str = ""

@@ -29,7 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from tests.helpers import free_port
-from workflows.search_attributes import ALL_KEYS
+from workflows.search_attributes import ALL_KEYS, register_search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +87,7 @@ async def dev_env(temporal_cli_path: str) -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture(scope="session")
 async def time_skipping_env(test_server_path: str) -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=test_server_path)
+    await register_search_attributes(env.client, "default")
     try:
         yield env
     finally:

@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from workflows.contact import ContactWorkflow
 from workflows.system import SystemCheckWorkflow
 
-WORKFLOWS: tuple[type, ...] = (SystemCheckWorkflow,)
+WORKFLOWS: tuple[type, ...] = (ContactWorkflow, SystemCheckWorkflow)
 
 
 def build_worker(

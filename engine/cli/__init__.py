@@ -16,7 +16,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from engine.cli.contact import contact_app
 from engine.cli.content import content_app
+from engine.cli.demo import demo
 from engine.cli.journeys import journeys_app
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
@@ -32,7 +34,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(journeys_app, name="journeys")
+app.add_typer(contact_app, name="contact")
 app.add_typer(content_app, name="content")
+app.command()(demo)
 
 
 def _settings() -> Settings:
@@ -53,19 +57,22 @@ def up() -> None:
 def worker() -> None:
     """Run a worker: the contact workflows and their activities."""
     settings = _settings()
-    from engine.storage import make_engine
+    from engine.storage import make_engine, upgrade
     from workflows.client import connect
+    from workflows.runtime import build_activities
     from workflows.system import SystemActivities
     from workflows.worker import build_worker, run_until_signalled
 
     engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    # Loads and validates the content library and publishes the bundled journeys: a
+    # definition that does not validate stops the worker here, never a contact later.
+    contact = build_activities(engine, settings)
 
     async def serve() -> None:
         client = await connect(settings)
-        activities = SystemActivities(engine)
-        built = build_worker(
-            client, task_queue=settings.temporal_task_queue, activities=activities.all()
-        )
+        activities = [*SystemActivities(engine).all(), *contact.all()]
+        built = build_worker(client, task_queue=settings.temporal_task_queue, activities=activities)
         await run_until_signalled(built)
 
     asyncio.run(serve())

@@ -11,9 +11,10 @@ hash or a unique prefix of it (6+ characters).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -739,3 +740,123 @@ def publish() -> None:
     for r in results:
         typer.echo(f"{r.status:<10}  {r.name:<{width}}  {_short(r.version)}")
     typer.echo(f"published to {redact(settings.resolved_database_url)}")
+
+
+REHEARSAL_CONTACT: dict[str, Any] = {
+    "email": "rehearsal@example.com",
+    "first_name": "Rehearsal",
+    "locale": "en",
+    "timezone": "UTC",
+}
+
+
+@journeys_app.command()
+def rehearse(
+    name: Annotated[str, typer.Argument(help="Journey name.")],
+    time_scale: Annotated[
+        float,
+        typer.Option(
+            "--time-scale", help="Workflow time per real time: 0.0001 runs 1 day in 8.6 s."
+        ),
+    ] = 0.0001,
+    attr: Annotated[
+        list[str] | None,
+        typer.Option("--attr", help="Contact attribute key=value (repeatable)."),
+    ] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option("--event", help="OFFSET:TYPE[:key=value,...] in journey time (repeatable)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Stop watching after this many seconds.")] = 900,
+) -> None:
+    """Run a journey for real on the Temporal server, time-scaled, sending to the sink.
+
+    A rehearsal contact is created, enrolled with the scale fixed for that enrolment (so
+    replays stay deterministic), fed the --event script at scaled offsets, and watched
+    until the journey ends. Its messages go to <sink>/rehearsal/, never to a provider.
+    """
+    import uuid
+
+    from engine.gateway import contact_view, enrol, send_event
+    from engine.messages import EnrolRequest, EventMessage
+    from engine.timeline import contact_timeline
+    from workflows.client import connect
+
+    settings = _settings()
+    if not 0 < time_scale <= 1:
+        raise InvalidOption(
+            f"--time-scale {time_scale} is outside (0, 1]",
+            fix="use 1 for real time, 0.0001 to run a day in about 9 seconds",
+        )
+    _known_or_raise(settings, name)
+    traits = dict(REHEARSAL_CONTACT)
+    for raw in attr or []:
+        traits.update(_pairs(raw, flag="--attr", whole=raw))
+    known = _catalog_names()
+    script = sorted((parse_event(raw, known) for raw in event or []), key=lambda e: e[0])
+    contact_id = f"rehearsal-{name}-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> None:
+        client = await connect(settings)
+        now = datetime.now(UTC)
+        identify = EventMessage(
+            message_id=uuid.uuid4().hex,
+            type="identify",
+            occurred_at=now,
+            traits=traits,
+            source="rehearsal",
+        )
+        await send_event(client, settings, contact_id, identify, rehearsal=True)
+        result = await enrol(
+            client, settings, contact_id, EnrolRequest(name, time_scale), rehearsal=True
+        )
+        if not result.accepted:
+            raise InvalidOption(
+                f"{name} refused the enrolment: {result.reason}",
+                fix="start a worker ('stagecoach up'); it publishes the bundled journeys",
+            )
+        typer.echo(
+            f"rehearsing {name} v{_short(result.version)} as {contact_id} at x{1 / time_scale:g}"
+        )
+        started = asyncio.get_running_loop().time()
+        pending = list(script)
+        shown = 0
+        while asyncio.get_running_loop().time() - started < timeout:
+            elapsed = timedelta(seconds=asyncio.get_running_loop().time() - started)
+            while pending and pending[0][0] * time_scale <= elapsed:
+                _, kind, props = pending.pop(0)
+                await send_event(
+                    client,
+                    settings,
+                    contact_id,
+                    EventMessage(
+                        message_id=uuid.uuid4().hex,
+                        type=kind,
+                        occurred_at=datetime.now(UTC),
+                        properties=props,
+                        source="rehearsal",
+                    ),
+                )
+            story = await contact_timeline(client, contact_id)
+            for entry in story[shown:]:
+                journey_at = (entry.at - now) / time_scale
+                typer.echo(f"  {_offset(journey_at)}  {entry.kind:<9} {entry.summary}")
+            shown = len(story)
+            view = await contact_view(client, contact_id)
+            if not pending and all(j["journey"] != name for j in view.journeys):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            typer.echo(
+                f"still running after {timeout:.0f}s; follow it with "
+                f"'stagecoach contact timeline {contact_id}'"
+            )
+        typer.echo(f"messages: {settings.resolved_sink_dir / 'rehearsal' / contact_id}")
+
+    asyncio.run(run())
+
+
+def _catalog_names() -> frozenset[str]:
+    from workflows.events import CATALOG
+
+    return frozenset(CATALOG.names())

@@ -1,0 +1,278 @@
+"""The contact as the workflow holds it: what it did, what it scores, where it stands.
+
+Pure and deterministic: the contact workflow calls ``observe`` for every event it is
+signalled and ``facts`` whenever a rule or a journey needs to look at the contact. The
+same functions run in plain pytest, so every rule of how a contact changes is tested
+without Temporal.
+
+Identity traits arrive on events (``identify`` or any event's ``traits``): ``email``,
+``wechat_openid``, ``locale``, ``timezone``, ``preferred_channel`` and ``consent``
+(``{"email": true, "wechat": false}``) are read from them; everything else is an
+attribute for grading and personalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from engine.conditions import EventRecord, Facts
+from engine.pipeline import Pipeline, Transition, evaluate_transition
+from engine.scoring import ScoreState, apply_event, grade, score_at
+
+EVENT_WINDOW = 200
+"""Events kept for rules. Older ones remain in the database and the workflow history."""
+
+SEEN_IDS = 500
+"""Message ids remembered to drop duplicate signals (a client retry, an outbox replay)."""
+
+CHANNELS = ("email", "wechat")
+
+# Events that change consent by themselves, whatever the traits say.
+_CONSENT_EVENTS: Mapping[str, tuple[str, bool]] = {
+    "email.unsubscribed": ("email", False),
+    "email.complained": ("email", False),
+    "wechat.unsubscribed": ("wechat", False),
+    "wechat.subscribed": ("wechat", True),
+}
+
+
+@dataclass(frozen=True)
+class JourneyRecord:
+    """A contact's history with one journey, for the re-entry policy."""
+
+    enrolments: int = 0
+    active: bool = False
+    last_ended_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enrolments": self.enrolments,
+            "active": self.active,
+            "last_ended_at": None if self.last_ended_at is None else self.last_ended_at.isoformat(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JourneyRecord:
+        ended = data.get("last_ended_at")
+        return cls(
+            enrolments=int(data.get("enrolments", 0)),
+            active=bool(data.get("active", False)),
+            last_ended_at=None if ended is None else datetime.fromisoformat(ended),
+        )
+
+
+@dataclass(frozen=True)
+class ContactState:
+    """Everything the workflow knows about one contact. Carried across continue-as-new."""
+
+    contact_id: str
+    stage: str
+    stage_entered_at: datetime
+    score: ScoreState = field(default_factory=ScoreState)
+    grade: str | None = None
+    grade_rules: tuple[str, ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    consent: Mapping[str, bool] = field(default_factory=dict)
+    events: tuple[EventRecord, ...] = ()
+    seen_ids: tuple[str, ...] = ()
+    transitions: int = 0
+    received_content: tuple[str, ...] = ()
+    journeys: Mapping[str, JourneyRecord] = field(default_factory=dict)
+
+    @property
+    def locale(self) -> str | None:
+        value = self.attributes.get("locale")
+        return str(value) if value else None
+
+    @property
+    def timezone(self) -> str | None:
+        value = self.attributes.get("timezone")
+        return str(value) if value else None
+
+    def address(self, channel: str) -> str | None:
+        """Where a message on ``channel`` goes: the email address or the WeChat openid."""
+        key = {"email": "email", "wechat": "wechat_openid"}.get(channel)
+        value = self.attributes.get(key) if key else None
+        return str(value) if value else None
+
+    def consented(self, channel: str) -> bool:
+        """Explicit consent wins; otherwise email is opt-out, WeChat needs a follow."""
+        if channel in self.consent:
+            return self.consent[channel]
+        return channel == "email" and self.address("email") is not None
+
+    def preferred_channel(self) -> str | None:
+        """The channel to use for "preferred": the declared one if usable, else the first
+        usable of WeChat (for zh-CN contacts) or email."""
+        declared = self.attributes.get("preferred_channel")
+        order = [str(declared)] if declared else []
+        order += (
+            ["wechat", "email"] if (self.locale or "").startswith("zh") else ["email", "wechat"]
+        )
+        for channel in order:
+            if channel in CHANNELS and self.address(channel) and self.consented(channel):
+                return channel
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "contact_id": self.contact_id,
+            "stage": self.stage,
+            "stage_entered_at": self.stage_entered_at.isoformat(),
+            "score": self.score.to_dict(),
+            "grade": self.grade,
+            "grade_rules": list(self.grade_rules),
+            "attributes": dict(self.attributes),
+            "tags": list(self.tags),
+            "consent": dict(self.consent),
+            "events": [
+                {"type": e.type, "at": e.at.isoformat(), "properties": dict(e.properties)}
+                for e in self.events
+            ],
+            "seen_ids": list(self.seen_ids),
+            "transitions": self.transitions,
+            "received_content": list(self.received_content),
+            "journeys": {k: v.to_dict() for k, v in self.journeys.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContactState:
+        return cls(
+            contact_id=data["contact_id"],
+            stage=data["stage"],
+            stage_entered_at=datetime.fromisoformat(data["stage_entered_at"]),
+            score=ScoreState.from_dict(data.get("score", {})),
+            grade=data.get("grade"),
+            grade_rules=tuple(data.get("grade_rules", ())),
+            attributes=dict(data.get("attributes", {})),
+            tags=tuple(data.get("tags", ())),
+            consent=dict(data.get("consent", {})),
+            events=tuple(
+                EventRecord(e["type"], datetime.fromisoformat(e["at"]), e.get("properties", {}))
+                for e in data.get("events", ())
+            ),
+            seen_ids=tuple(data.get("seen_ids", ())),
+            transitions=int(data.get("transitions", 0)),
+            received_content=tuple(data.get("received_content", ())),
+            journeys={k: JourneyRecord.from_dict(v) for k, v in data.get("journeys", {}).items()},
+        )
+
+
+def new_contact(contact_id: str, pipeline: Pipeline, now: datetime) -> ContactState:
+    """A contact that has just appeared: at the pipeline's first stage."""
+    return ContactState(contact_id=contact_id, stage=pipeline.first_stage, stage_entered_at=now)
+
+
+def facts(state: ContactState, pipeline: Pipeline, now: datetime) -> Facts:
+    """What rules see of the contact at ``now`` (the score decayed to ``now``)."""
+    return Facts(
+        now=now,
+        stage=state.stage,
+        score=score_at(pipeline.scoring, state.score, now) if state.score.as_of else 0.0,
+        grade=state.grade,
+        attributes=state.attributes,
+        tags=frozenset(state.tags),
+        events=state.events,
+    )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one event did: the new state, and the stage move the rules called for."""
+
+    state: ContactState
+    duplicate: bool = False
+    transition: Transition | None = None
+    regraded: bool = False
+
+
+def observe(
+    state: ContactState,
+    pipeline: Pipeline,
+    *,
+    message_id: str,
+    event: EventRecord,
+    traits: Mapping[str, Any],
+    now: datetime,
+    source: str,
+) -> Observation:
+    """Apply one event: traits, consent, score, grade and the stage rules.
+
+    A message id seen before is a duplicate and changes nothing, so a client retry or an
+    outbox replay is applied once.
+    """
+    if message_id in state.seen_ids:
+        return Observation(state=state, duplicate=True)
+    attributes = dict(state.attributes)
+    consent = dict(state.consent)
+    for key, value in traits.items():
+        if key == "consent" and isinstance(value, Mapping):
+            consent.update({str(k): bool(v) for k, v in value.items()})
+        else:
+            attributes[key] = value
+    if event.type in _CONSENT_EVENTS:
+        channel, allowed = _CONSENT_EVENTS[event.type]
+        consent[channel] = allowed
+    score, _change = apply_event(pipeline.scoring, state.score, event)
+    events = (*state.events, event)[-EVENT_WINDOW:]
+    seen = (*state.seen_ids, message_id)[-SEEN_IDS:]
+    updated = replace(
+        state,
+        attributes=attributes,
+        consent=consent,
+        score=score,
+        events=events,
+        seen_ids=seen,
+    )
+    regraded = False
+    if traits or state.grade is None:
+        result = grade(pipeline.grading, Facts(now=now, attributes=attributes))
+        regraded = (result.grade, result.matched_rules) != (state.grade, state.grade_rules)
+        updated = replace(updated, grade=result.grade, grade_rules=result.matched_rules)
+    transition = evaluate_transition(
+        pipeline,
+        updated.stage,
+        facts(updated, pipeline, now),
+        event,
+        source,
+        trigger_message_id=message_id,
+    )
+    return Observation(state=updated, transition=transition, regraded=regraded)
+
+
+def enter_stage(state: ContactState, transition: Transition) -> ContactState:
+    """Record a stage move in the state (the database record is the workflow's job)."""
+    return replace(
+        state,
+        stage=transition.to_stage,
+        stage_entered_at=transition.at,
+        transitions=state.transitions + 1,
+    )
+
+
+def with_journey(state: ContactState, name: str, record: JourneyRecord) -> ContactState:
+    journeys = dict(state.journeys)
+    journeys[name] = record
+    return replace(state, journeys=journeys)
+
+
+def with_received(state: ContactState, content_id: str) -> ContactState:
+    if content_id in state.received_content:
+        return state
+    return replace(state, received_content=(*state.received_content, content_id))
+
+
+def with_attribute(state: ContactState, name: str, value: Any) -> ContactState:
+    return replace(state, attributes={**state.attributes, name: value})
+
+
+def with_tag(state: ContactState, tag: str) -> ContactState:
+    return state if tag in state.tags else replace(state, tags=(*state.tags, tag))
+
+
+def active_journeys(state: ContactState) -> Sequence[str]:
+    return sorted(name for name, rec in state.journeys.items() if rec.active)

@@ -1,0 +1,107 @@
+"""Talking to contact workflows from outside: the API, the CLI, the demo and the tests.
+
+By workflow, signal, update and query names from ``engine.messages``: callers never
+import workflow code. Events use signal-with-start, so the first event for an unknown
+contact creates the contact; enrolments use update-with-start, so the caller gets the
+enrolment number back whether or not the workflow existed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from engine.errors import StagecoachError
+from engine.messages import (
+    CONTACT_WORKFLOW,
+    ENROL_UPDATE,
+    EVENT_SIGNAL,
+    STATE_QUERY,
+    ContactInput,
+    ContactView,
+    EnrolRequest,
+    EnrolResult,
+    EventMessage,
+    contact_workflow_id,
+)
+from engine.settings import Settings
+
+
+def _start_input(settings: Settings, contact_id: str, *, rehearsal: bool = False) -> ContactInput:
+    return ContactInput(
+        contact_id=contact_id,
+        max_events_per_run=settings.max_events_per_run,
+        rehearsal=rehearsal,
+    )
+
+
+async def send_event(
+    client: Client,
+    settings: Settings,
+    contact_id: str,
+    message: EventMessage,
+    *,
+    rehearsal: bool = False,
+) -> None:
+    """Deliver one event to the contact's workflow, starting it if needed."""
+    await client.start_workflow(
+        CONTACT_WORKFLOW,
+        _start_input(settings, contact_id, rehearsal=rehearsal),
+        id=contact_workflow_id(contact_id),
+        task_queue=settings.temporal_task_queue,
+        start_signal=EVENT_SIGNAL,
+        start_signal_args=[message],
+        static_summary=f"contact {contact_id}",
+    )
+
+
+async def enrol(
+    client: Client,
+    settings: Settings,
+    contact_id: str,
+    request: EnrolRequest,
+    *,
+    rehearsal: bool = False,
+) -> EnrolResult:
+    """Enrol a contact now (creating it if needed) and return the enrolment.
+
+    ``rehearsal=True`` creates a rehearsal contact: only explicitly enrolled, every send
+    to the rehearsal sink. It applies when this call creates the workflow.
+    """
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+        CONTACT_WORKFLOW,
+        _start_input(settings, contact_id, rehearsal=rehearsal),
+        id=contact_workflow_id(contact_id),
+        task_queue=settings.temporal_task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    result: EnrolResult = await client.execute_update_with_start_workflow(
+        ENROL_UPDATE, request, start_workflow_operation=start, result_type=EnrolResult
+    )
+    return result
+
+
+async def contact_view(client: Client, contact_id: str) -> ContactView:
+    """The contact's live state, read with the ``state`` query.
+
+    Raises:
+        ContactNotFound: no workflow exists for this contact id.
+    """
+    handle = client.get_workflow_handle(contact_workflow_id(contact_id))
+    try:
+        view: ContactView = await handle.query(STATE_QUERY, result_type=ContactView)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ContactNotFound(
+                f"no contact workflow {contact_workflow_id(contact_id)}",
+                fix="check the contact id ('temporal workflow list' shows contact-* ids)",
+            ) from exc
+        raise
+    return view
+
+
+class ContactNotFound(StagecoachError):
+    """No workflow exists for the contact asked about."""

@@ -1,0 +1,162 @@
+"""A contact's story, read from its workflow history across continue-as-new runs.
+
+The history is the source of truth: every event signalled, every stage recorded, every
+send and its outcome, every wait, with the server's timestamps. ``contact_timeline``
+walks back from the newest run through ``continued_execution_run_id`` and turns the
+history events into ``Entry`` lines; ``stagecoach contact timeline`` prints them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client
+from temporalio.converter import DataConverter
+
+from engine.messages import contact_workflow_id
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the story."""
+
+    at: datetime
+    kind: str
+    """``created``, ``event``, ``stage``, ``send``, ``sent``, ``not_sent``, ``handoff``,
+    ``wait``, ``waited``, ``enrol``, ``continued``."""
+    summary: str
+    data: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+
+    def line(self) -> str:
+        return f"{self.at.isoformat(timespec='seconds')}  {self.kind:<9} {self.summary}"
+
+
+def _decode(converter: DataConverter, payloads: Any) -> list[Any]:
+    if not payloads or not payloads.payloads:
+        return []
+    return list(converter.payload_converter.from_payloads(list(payloads.payloads)))
+
+
+def _first(converter: DataConverter, payloads: Any) -> dict[str, Any]:
+    values = _decode(converter, payloads)
+    return values[0] if values and isinstance(values[0], dict) else {}
+
+
+def _summary(event: HistoryEvent, converter: DataConverter) -> str:
+    if event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
+        value = _decode_one(converter, event.user_metadata.summary)
+        return str(value) if value is not None else ""
+    return ""
+
+
+def _decode_one(converter: DataConverter, payload: Any) -> Any:
+    try:
+        return converter.payload_converter.from_payloads([payload])[0]
+    except Exception:  # a summary we cannot decode is just not shown
+        return None
+
+
+def _scheduled_entry(at: datetime, kind: str, data: dict[str, Any], run_id: str) -> Entry | None:
+    if kind == "contact.record_transition":
+        tr = data.get("transition", {})
+        change = f"{tr.get('from_stage') or '-'} -> {tr.get('to_stage')} ({tr.get('reason', '')})"
+        return Entry(at, "stage", change, tr, run_id)
+    if kind == "contact.deliver":
+        what = data.get("content_id") or "next best item"
+        where = f"[{data.get('journey')}/{data.get('step_id')}]"
+        return Entry(at, "send", f"{what} via {data.get('channel')} {where}", data, run_id)
+    if kind == "contact.hand_off":
+        return Entry(at, "handoff", f"to sales [{data.get('journey')}]", data, run_id)
+    return None
+
+
+def entries_from_history(
+    events: Sequence[HistoryEvent], run_id: str = "", converter: DataConverter | None = None
+) -> list[Entry]:
+    """Turn one run's history events into story entries."""
+    conv = converter or DataConverter.default
+    out: list[Entry] = []
+    scheduled: dict[int, tuple[str, dict[str, Any]]] = {}
+    for ev in events:
+        at = ev.event_time.ToDatetime().replace(tzinfo=UTC)
+        t = ev.event_type
+        if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            started = ev.workflow_execution_started_event_attributes
+            if started.continued_execution_run_id:
+                out.append(Entry(at, "continued", "run continued as new", {}, run_id))
+            else:
+                contact = _first(conv, started.input).get("contact_id", "?")
+                out.append(Entry(at, "created", f"contact {contact}", {}, run_id))
+        elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            signaled = ev.workflow_execution_signaled_event_attributes
+            msg = _first(conv, signaled.input)
+            props = msg.get("properties") or {}
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(props.items()))
+            summary = f"{msg.get('type', signaled.signal_name)}" + (
+                f" ({detail})" if detail else ""
+            )
+            out.append(Entry(at, "event", summary, msg, run_id))
+        elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            sched = ev.activity_task_scheduled_event_attributes
+            kind = sched.activity_type.name
+            data = _first(conv, sched.input)
+            scheduled[ev.event_id] = (kind, data)
+            entry = _scheduled_entry(at, kind, data, run_id)
+            if entry is not None:
+                out.append(entry)
+        elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            done = ev.activity_task_completed_event_attributes
+            kind, request = scheduled.get(done.scheduled_event_id, ("", {}))
+            if kind == "contact.deliver":
+                result = _first(conv, done.result)
+                status = result.get("status", "?")
+                label = "sent" if status in ("sent", "duplicate") else "not_sent"
+                text = f"{result.get('content_id') or request.get('content_id')}: {status}"
+                if result.get("reason"):
+                    text += f" ({result['reason']})"
+                out.append(Entry(at, label, text, {**request, "outcome": result}, run_id))
+        elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            failed = ev.activity_task_failed_event_attributes
+            kind, request = scheduled.get(failed.scheduled_event_id, ("", {}))
+            if kind == "contact.deliver":
+                failure = failed.failure
+                reason = failure.application_failure_info.type or failure.message
+                text = f"{request.get('content_id')}: failed ({reason})"
+                out.append(Entry(at, "not_sent", text, request, run_id))
+        elif t == EventType.EVENT_TYPE_TIMER_STARTED:
+            timer = ev.timer_started_event_attributes
+            seconds = timer.start_to_fire_timeout.ToTimedelta().total_seconds()
+            label = _summary(ev, conv) or timer.timer_id
+            out.append(Entry(at, "wait", f"{label} for {seconds:.0f}s", {}, run_id))
+        elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            accepted = ev.workflow_execution_update_accepted_event_attributes
+            req = _first(conv, accepted.accepted_request.input.args)
+            out.append(Entry(at, "enrol", f"enrol requested: {req.get('journey')}", req, run_id))
+    return out
+
+
+async def contact_timeline(client: Client, contact_id: str) -> list[Entry]:
+    """Every entry of the contact's story, oldest first, across all runs."""
+    workflow_id = contact_workflow_id(contact_id)
+    runs: list[tuple[str, list[HistoryEvent]]] = []
+    run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    while run_id:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        events = [ev async for ev in handle.fetch_history_events()]
+        if not events:
+            break
+        runs.append((run_id, events))
+        previous = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+        if not previous:
+            break
+        run_id = previous
+    story: list[Entry] = []
+    for rid, events in reversed(runs):
+        story.extend(entries_from_history(events, rid, client.data_converter))
+    return story

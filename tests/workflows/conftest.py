@@ -1,0 +1,162 @@
+"""A contact runtime for workflow tests: the production worker on a fresh task queue,
+with a migrated SQLite file, the real content library and a file sink per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from engine.content import ContentLibrary
+from engine.gateway import send_event
+from engine.messages import EventMessage, contact_workflow_id
+from engine.settings import Settings
+from engine.storage import make_engine, upgrade
+from workflows.runtime import build_activities
+from workflows.system import SystemActivities
+from workflows.worker import build_worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def content_library() -> ContentLibrary:
+    return ContentLibrary.load(ROOT / "content")
+
+
+@dataclass
+class Runtime:
+    client: Client
+    settings: Settings
+    engine: Engine
+    env: WorkflowEnvironment
+    touched: set[str] = field(default_factory=set)
+
+    @property
+    def sink(self) -> Path:
+        return self.settings.resolved_sink_dir
+
+    def sent(self, contact_id: str, channel: str = "email") -> list[dict[str, Any]]:
+        """Messages the file sink received for a contact, oldest first."""
+        folder = self.sink / channel / contact_id
+        files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        return [json.loads(p.read_text(encoding="utf-8")) for p in files]
+
+    async def event(
+        self,
+        contact_id: str,
+        type: str,
+        *,
+        message_id: str | None = None,
+        properties: dict[str, Any] | None = None,
+        traits: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> EventMessage:
+        when = at or await self.now()
+        message = EventMessage(
+            message_id=message_id or f"{contact_id}-{type}-{when.timestamp()}",
+            type=type,
+            occurred_at=when,
+            properties=properties or {},
+            traits=traits or {},
+            source="test",
+        )
+        await send_event(self.client, self.settings, contact_id, message)
+        self.touched.add(contact_id)
+        return message
+
+    async def now(self) -> datetime:
+        """The server's clock: skipped time included on the time-skipping server."""
+        if self.env.supports_time_skipping:
+            return await self.env.get_current_time()
+        return datetime.now(UTC)
+
+
+HISTORIES = Path(__file__).with_name("histories")
+
+
+async def record_history(runtime: Runtime, contact_id: str, name: str) -> None:
+    """With STAGECOACH_RECORD_HISTORIES=1, save the contact's newest run history for the
+    replay tests; a recorded file is only ever added, never rewritten by a normal run."""
+    if os.environ.get("STAGECOACH_RECORD_HISTORIES") != "1":
+        return
+    handle = runtime.client.get_workflow_handle(contact_workflow_id(contact_id))
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    """Poll ``check`` until it holds; real servers apply signals asynchronously."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            if await check():
+                return
+        except WorkflowQueryFailedError:
+            pass  # queried before the first workflow task built the state: not yet
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+def runtime_settings(tmp_path: Path, task_queue: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / ".stagecoach",
+        "database_url": f"sqlite:///{tmp_path / 'stagecoach.db'}",
+        "temporal_task_queue": task_queue,
+        "content_dir": ROOT / "content",
+        # Tests run at any hour: quiet hours only where a test asks for them.
+        "quiet_hours_start": "00:00",
+        "quiet_hours_end": "00:00",
+        "frequency_cap": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def runtime_overrides() -> dict[str, Any]:
+    """Override in a test module to change the runtime's settings."""
+    return {}
+
+
+@pytest.fixture
+async def runtime(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    content_library: ContentLibrary,
+    runtime_overrides: dict[str, Any],
+) -> AsyncIterator[Runtime]:
+    settings = runtime_settings(tmp_path, task_queue, **runtime_overrides)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    contact = build_activities(engine, settings, content=content_library)
+    worker = build_worker(
+        env.client,
+        task_queue=task_queue,
+        activities=[*SystemActivities(engine).all(), *contact.all()],
+    )
+    runtime = Runtime(client=env.client, settings=settings, engine=engine, env=env)
+    async with worker:
+        yield runtime
+        # Contact workflows live forever; left running on a shared server with no worker
+        # for their queue, their timers would hold up later tests' time skipping.
+        for contact_id in runtime.touched:
+            handle = env.client.get_workflow_handle(contact_workflow_id(contact_id))
+            with contextlib.suppress(RPCError):
+                await handle.terminate(reason="test finished")
+    engine.dispose()

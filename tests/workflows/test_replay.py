@@ -1,0 +1,55 @@
+"""Replay: every recorded history of the bundled journeys must replay on today's code.
+
+Histories under ``histories/`` were recorded from real runs (see ``record_history`` in
+conftest). A change to workflow code that alters the commands an old history recorded
+fails here before it can fail a running contact. The patching path for such a change is
+``workflow.patched(id)``, then ``workflow.deprecate_patch(id)``, then removal, each step
+replayed against these files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from engine.messages import ContactInput
+from workflows.contact import ContactWorkflow
+
+HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
+
+
+def _history(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text(encoding="utf-8"))
+
+
+def test_histories_are_recorded() -> None:
+    assert len(HISTORIES) >= 5
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_recorded_history_replays_on_current_code(path: Path) -> None:
+    await Replayer(workflows=[ContactWorkflow]).replay_workflow(_history(path))
+
+
+@workflow.defn(name="Contact")
+class ContactWorkflowThatForgetsTransitions(ContactWorkflow):
+    """A careless edit: stage changes no longer recorded by an activity."""
+
+    @workflow.run
+    async def run(self, inp: ContactInput) -> None:
+        await super().run(inp)
+
+    async def _record_transition(self, transition: object) -> None:
+        return None
+
+
+async def test_a_change_to_recorded_commands_is_caught_by_replay() -> None:
+    path = next(p for p in HISTORIES if p.stem == "created_by_a_download")
+    result = await Replayer(workflows=[ContactWorkflowThatForgetsTransitions]).replay_workflow(
+        _history(path), raise_on_replay_failure=False
+    )
+    assert result.replay_failure is not None

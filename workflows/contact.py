@@ -1,0 +1,696 @@
+"""The contact entity workflow: one per contact, id ``contact-<id>``, for the contact's life.
+
+It owns the live state (stage, score, grade, consent, active journey cursors) and turns
+what the pure core decides into durable effects:
+
+- an ``event`` signal is applied with ``engine.contact.observe`` (score, grade, consent,
+  stage rules), fed to the active journeys, and may enrol journeys entered on it;
+- a stage change is recorded by an activity, updates the search attributes, and enrols
+  the journeys entered on the new stage;
+- each journey enrolment runs the pure interpreter (``engine.journeys.step``) on its
+  pinned spec; its commands become timers and activities, their results are fed back;
+- sends go through the one delivery activity, after quiet hours (a wait here, in the
+  contact's zone) and with consent, suppression and the frequency cap checked there.
+
+Everything that decides is pure and lives in ``engine``; this module only orchestrates,
+so it stays deterministic: time from ``workflow.now()``, no I/O, no randomness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from datetime import datetime
+
+    from engine import contact as model
+    from engine.conditions import EventRecord, Facts
+    from engine.journeys import (
+        AddTag,
+        ChangeStage,
+        Command,
+        Cursor,
+        Deliver,
+        DeliveryResult,
+        Enrol,
+        EventReceived,
+        HandOff,
+        HandoffResult,
+        Input,
+        JourneyError,
+        JourneySpec,
+        NextBestItem,
+        SetAttribute,
+        Start,
+        StartTimer,
+        TimerFired,
+        can_enrol,
+        step,
+    )
+    from engine.journeys import CancelTimer as CancelTimerCommand
+    from engine.messages import (
+        CONTACT_WORKFLOW,
+        ENROL_UPDATE,
+        EVENT_SIGNAL,
+        STATE_QUERY,
+        ActiveJourney,
+        ContactInput,
+        ContactView,
+        Definitions,
+        DeliverOutcome,
+        DeliverRequest,
+        EnrolRequest,
+        EnrolResult,
+        EventMessage,
+        HandOffOutcome,
+        HandOffRequest,
+        TransitionRecord,
+    )
+    from engine.pipeline import PipelineError, Transition, advance_to
+    from engine.policy import SendPolicy
+    from workflows import search_attributes as sa
+
+DEFINITIONS_TTL = timedelta(minutes=10)
+"""Enrolments reload the published journeys when the snapshot is older than this."""
+
+DELIVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    non_retryable_error_types=["PermanentDeliveryError", "ConsentRevoked"],
+)
+"""Retryable connector errors back off up to 10 minutes apart, for a day at most."""
+
+ACTIVITY = {"start_to_close_timeout": timedelta(seconds=60)}
+
+
+def _defer_timer(step_id: str) -> str:
+    return f"defer:{step_id}"
+
+
+@workflow.defn(name=CONTACT_WORKFLOW)
+class ContactWorkflow:
+    """The contact's whole story, as one durable entity."""
+
+    @workflow.init
+    def __init__(self, inp: ContactInput) -> None:
+        self._contact_id = inp.contact_id
+        self._rehearsal = inp.rehearsal
+        self._inbox: deque[EventMessage] = deque(inp.pending)
+        self._fired: deque[tuple[str, str]] = deque()
+        self._enrol_queue: deque[tuple[str, float]] = deque()
+        self._state: model.ContactState | None = None
+        self._definitions: Definitions | None = inp.definitions
+        self._active: dict[str, ActiveJourney] = {}
+        self._specs: dict[str, JourneySpec] = {}
+        self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+        self._run_events = 0
+        self._upserted: dict[str, Any] = {}
+
+    # --- handlers ----------------------------------------------------------------------
+
+    @workflow.signal(name=EVENT_SIGNAL)
+    def event(self, message: EventMessage) -> None:
+        """Behaviour arrives here; it is applied in order by the main loop."""
+        self._inbox.append(message)
+
+    @workflow.update(name=ENROL_UPDATE)
+    async def enrol(self, request: EnrolRequest) -> EnrolResult:
+        """Enrol now and say how it went (used by callers that need an answer).
+
+        Events signalled before the update are applied first, so an identify sent just
+        before an enrolment is what the journey's first step sees."""
+        await workflow.wait_condition(lambda: self._state is not None and not self._inbox)
+        async with self._lock:
+            result = await self._try_enrol(request.journey, request.time_scale)
+            await self._drain_enrolments()
+            self._sync_search_attributes()
+            return result
+
+    @enrol.validator
+    def _validate_enrol(self, request: EnrolRequest) -> None:
+        if not request.journey:
+            raise ValueError("journey is empty; name a published journey")
+        if not 0 < request.time_scale <= 1:
+            raise ValueError("time_scale must be in (0, 1]; 0.0001 runs 30 days in ~4 minutes")
+
+    @workflow.query(name=STATE_QUERY)
+    def state(self) -> ContactView:
+        """The live state, for ``stagecoach contact show`` and the API."""
+        state = self._require_state()
+        return ContactView(
+            contact_id=state.contact_id,
+            stage=state.stage,
+            score=round(self._facts(workflow.now()).score, 2),
+            grade=state.grade,
+            journeys=[
+                {
+                    "journey": name,
+                    "version": aj.cursor.get("version", ""),
+                    "enrolment": aj.cursor.get("enrolment", 0),
+                    "step": aj.cursor.get("step_id", ""),
+                    "waiting": aj.cursor.get("waiting"),
+                    "time_scale": aj.time_scale,
+                }
+                for name, aj in sorted(self._active.items())
+            ],
+            state=state.to_dict(),
+            run_events=self._run_events,
+        )
+
+    # --- the main loop -----------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: ContactInput) -> None:
+        if self._definitions is None:
+            self._definitions = await self._load_definitions()
+        self._pipeline = _pipeline(self._definitions)
+        self._policy = SendPolicy.from_dict(self._definitions.policy)
+        now = workflow.now()
+        if inp.state is not None:
+            self._state = model.ContactState.from_dict(inp.state)
+            for aj in inp.journeys:
+                self._restore(aj)
+        else:
+            self._state = model.new_contact(self._contact_id, self._pipeline, now)
+            created = Transition(
+                from_stage="",
+                to_stage=self._state.stage,
+                at=now,
+                reason="created",
+                trigger_event_type=self._inbox[0].type if self._inbox else None,
+                trigger_message_id=self._inbox[0].message_id if self._inbox else None,
+                source="workflow",
+                kind="manual",
+            )
+            await self._record_transition(created)
+        while True:
+            await workflow.wait_condition(lambda: bool(self._inbox or self._fired))
+            async with self._lock:
+                while (self._inbox or self._fired) and not self._run_full(inp):
+                    if self._fired:
+                        journey, timer_id = self._fired.popleft()
+                        await self._on_timer(journey, timer_id)
+                    else:
+                        await self._on_event(self._inbox.popleft())
+                    await self._drain_enrolments()
+                self._sync_search_attributes()
+            if self._run_full(inp):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._fired:
+                    continue  # a timer fired while handlers finished: apply it first
+                workflow.continue_as_new(
+                    ContactInput(
+                        contact_id=self._contact_id,
+                        state=self._require_state().to_dict(),
+                        journeys=list(self._active.values()),
+                        pending=list(self._inbox),
+                        definitions=self._definitions,
+                        max_events_per_run=inp.max_events_per_run,
+                        rehearsal=inp.rehearsal,
+                    )
+                )
+
+    def _run_full(self, inp: ContactInput) -> bool:
+        """Time to continue as new: the SDK says so, or this run applied enough events.
+        Unapplied events travel to the next run as ``pending``, in order."""
+        return (
+            workflow.info().is_continue_as_new_suggested()
+            or self._run_events >= inp.max_events_per_run
+        )
+
+    async def _on_event(self, message: EventMessage) -> None:
+        state = self._require_state()
+        now = workflow.now()
+        record = EventRecord(message.type, message.occurred_at, dict(message.properties))
+        seen = model.observe(
+            state,
+            self._pipeline,
+            message_id=message.message_id,
+            event=record,
+            traits=message.traits,
+            now=now,
+            source=message.source,
+        )
+        if seen.duplicate:
+            return
+        self._run_events += 1
+        self._state = seen.state
+        if workflow.patched("enrol-before-event-applies"):
+            # Enrolments already due (the first stage's journeys, when this event created
+            # the contact) start with the event's traits but before its stage move, and
+            # then hear the event itself: a whitepaper download that created the contact
+            # counts as interest. Runs recorded before this change enrolled after the
+            # event and replay that way.
+            await self._drain_enrolments()
+        listening = list(self._active)
+        if seen.transition is not None:
+            await self._record_transition(seen.transition)
+        for name in listening:
+            aj = self._active.get(name)
+            if aj is not None:
+                jnow = self._journey_now(aj, now)
+                await self._drive(
+                    name,
+                    EventReceived(
+                        now=jnow, facts=self._facts(now, aj), event=self._journey_event(aj, record)
+                    ),
+                )
+        if self._rehearsal:
+            return  # a rehearsal contact is only in the journeys it was enrolled in
+        for name, raw in sorted(self._published().items()):
+            if name not in self._active and self._spec(raw).entered_by_event(record):
+                self._enrol_queue.append((name, 1.0))
+
+    async def _on_timer(self, journey: str, timer_id: str) -> None:
+        self._timers.pop((journey, timer_id), None)
+        aj = self._active.get(journey)
+        if aj is None:
+            return
+        now = workflow.now()
+        if timer_id.startswith("defer:") and aj.deferred is not None:
+            command = _deliver_from_dict(aj.deferred)
+            aj.deferred, aj.deferred_until = None, None
+            result = await self._deliver(journey, aj, command)
+            if result is not None:
+                await self._drive(journey, result)
+            return
+        await self._drive(
+            journey,
+            TimerFired(
+                now=self._journey_now(aj, now), facts=self._facts(now, aj), timer_id=timer_id
+            ),
+        )
+
+    # --- journeys ----------------------------------------------------------------------
+
+    async def _drain_enrolments(self) -> None:
+        while self._enrol_queue:
+            name, scale = self._enrol_queue.popleft()
+            await self._try_enrol(name, scale)
+
+    async def _try_enrol(self, name: str, time_scale: float) -> EnrolResult:
+        state = self._require_state()
+        now = workflow.now()
+        if self._definitions is not None and now - self._definitions.loaded_at > DEFINITIONS_TTL:
+            self._definitions = await self._load_definitions()
+        raw = self._published().get(name)
+        if raw is None:
+            return EnrolResult(False, name, reason="no published version of this journey")
+        spec = self._spec(raw)
+        record = state.journeys.get(name, model.JourneyRecord())
+        if not can_enrol(
+            spec,
+            active=name in self._active,
+            previous_enrolments=record.enrolments,
+            last_ended_at=record.last_ended_at,
+            now=now,
+        ):
+            return EnrolResult(False, name, reason="active, or refused by the re-entry policy")
+        enrolment = record.enrolments + 1
+        self._state = model.with_journey(
+            state,
+            name,
+            model.JourneyRecord(
+                enrolments=enrolment, active=True, last_ended_at=record.last_ended_at
+            ),
+        )
+        aj = ActiveJourney(spec=raw, cursor={}, time_scale=time_scale, origin=now)
+        self._active[name] = aj
+        await self._drive(
+            name,
+            Start(
+                now=now,
+                facts=self._facts(now, aj),
+                contact_id=self._contact_id,
+                enrolment=enrolment,
+            ),
+        )
+        return EnrolResult(True, name, enrolment=enrolment, version=spec.version)
+
+    async def _drive(self, name: str, first: Input) -> None:
+        """Run one journey's interpreter on ``first`` and on every result it leads to."""
+        aj = self._active[name]
+        spec = self._spec(aj.spec)
+        inputs: deque[Input] = deque([first])
+        cursor: Cursor | None = Cursor.from_dict(aj.cursor) if aj.cursor else None
+        while inputs and name in self._active:
+            try:
+                cursor, commands = step(spec, cursor, inputs.popleft())
+            except JourneyError as exc:
+                # A defect in a spec must not fail workflow tasks forever: leave the journey.
+                workflow.logger.error("journey %s stopped: %s", name, exc)
+                self._finish(name, f"runtime_error: {exc}")
+                return
+            aj.cursor = cursor.to_dict()
+            for command in commands:
+                follow_up = await self._execute(name, aj, command)
+                if follow_up is not None:
+                    inputs.append(follow_up)
+            if not cursor.active:
+                self._finish(name, cursor.reason or cursor.status)
+                return
+
+    async def _execute(self, name: str, aj: ActiveJourney, command: Command) -> Input | None:
+        now = workflow.now()
+        match command:
+            case StartTimer(timer_id=timer_id, fire_at=fire_at):
+                self._arm(name, timer_id, self._real_delay(aj, fire_at, now))
+            case CancelTimerCommand(timer_id=timer_id):
+                self._disarm(name, timer_id)
+            case Deliver():
+                return await self._deliver(name, aj, command)
+            case HandOff():
+                return await self._hand_off(name, aj, command)
+            case ChangeStage(stage=stage, reason=reason):
+                state = self._require_state()
+                try:
+                    moved = advance_to(
+                        self._pipeline,
+                        state.stage,
+                        stage,
+                        reason=reason or f"journey {name}",
+                        at=now,
+                        source=f"journey:{name}",
+                    )
+                except PipelineError as exc:
+                    # Already further along (or off-pipeline): stages only move forward.
+                    workflow.logger.info("journey %s: stage %s not applied: %s", name, stage, exc)
+                else:
+                    await self._record_transition(moved)
+            case SetAttribute(name=attr, value=value):
+                self._state = model.with_attribute(self._require_state(), attr, value)
+            case AddTag(tag=tag):
+                self._state = model.with_tag(self._require_state(), tag)
+            case Enrol(journey=other):
+                self._enrol_queue.append((other, aj.time_scale))
+            case _:
+                pass  # WaitForEvent, Exit, Completed: the cursor already says it
+        return None
+
+    def _finish(self, name: str, reason: str) -> None:
+        aj = self._active.pop(name, None)
+        if aj is None:
+            return
+        for key in [k for k in self._timers if k[0] == name]:
+            self._disarm(*key)
+        state = self._require_state()
+        record = state.journeys.get(name, model.JourneyRecord())
+        self._state = model.with_journey(
+            state, name, replace(record, active=False, last_ended_at=workflow.now())
+        )
+        workflow.logger.info("journey %s ended: %s", name, reason)
+
+    def _restore(self, aj: ActiveJourney) -> None:
+        """Re-arm a carried-over enrolment's timers in a new run."""
+        name = str(aj.cursor["journey"])
+        self._active[name] = aj
+        now = workflow.now()
+        waiting = aj.cursor.get("waiting") or {}
+        if waiting.get("timer_id") and waiting.get("deadline"):
+            deadline = datetime.fromisoformat(waiting["deadline"])
+            self._arm(name, waiting["timer_id"], self._real_delay(aj, deadline, now))
+        if aj.deferred is not None and aj.deferred_until is not None:
+            self._arm(
+                name,
+                _defer_timer(aj.deferred["step_id"]),
+                max(aj.deferred_until - now, timedelta(0)),
+            )
+
+    # --- effects -----------------------------------------------------------------------
+
+    async def _deliver(
+        self, name: str, aj: ActiveJourney, command: Deliver
+    ) -> DeliveryResult | None:
+        """Send through the delivery activity; ``None`` means deferred (a timer will retry)."""
+        state = self._require_state()
+        now = workflow.now()
+        jnow = self._journey_now(aj, now)
+        cursor = aj.cursor
+
+        def result(
+            ok: bool, error: str | None = None, outcome: DeliverOutcome | None = None
+        ) -> DeliveryResult:
+            return DeliveryResult(
+                now=self._journey_now(aj, workflow.now()),
+                facts=self._facts(workflow.now(), aj),
+                step_id=command.step_id,
+                ok=ok,
+                permanent_error=error,
+                content_id=outcome.content_id if outcome else None,
+                content_version=outcome.content_version if outcome else None,
+            )
+
+        channel = state.preferred_channel() if command.channel == "preferred" else command.channel
+        address = state.address(channel) if channel else None
+        if channel is None or address is None:
+            return result(False, f"no_address:{command.channel}")
+        quiet_end = self._policy.quiet_until(jnow, state.timezone)
+        if quiet_end is not None:
+            self._defer(name, aj, command, self._real_delay(aj, quiet_end, now))
+            return None
+        request = DeliverRequest(
+            contact_id=self._contact_id,
+            idempotency_key=f"{self._contact_id}:{command.idempotency_key}",
+            journey=name,
+            journey_version=str(cursor.get("version", "")),
+            step_id=command.step_id,
+            enrolment=int(cursor.get("enrolment", 1)),
+            channel=channel,
+            address=address,
+            locale=state.locale or "en",
+            content_id=command.content_id,
+            selector=command.selector.to_dict() if command.selector else None,
+            stage=state.stage,
+            attributes=dict(state.attributes),
+            received=list(state.received_content),
+            consented=state.consented(channel),
+            now=jnow,
+            time_scale=aj.time_scale,
+            rehearsal=self._rehearsal,
+        )
+        try:
+            outcome: DeliverOutcome = await workflow.execute_activity(
+                "contact.deliver",
+                request,
+                result_type=DeliverOutcome,
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=timedelta(days=1),
+                retry_policy=DELIVERY_RETRY,
+                summary=f"{name}/{command.step_id} via {channel}",
+            )
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError):
+                return result(False, cause.type or cause.message)
+            if isinstance(cause, TimeoutError):
+                return result(False, "delivery_timed_out")
+            raise
+        if outcome.status == "deferred" and outcome.not_before is not None:
+            self._defer(name, aj, command, max(outcome.not_before - now, timedelta(0)))
+            return None
+        if outcome.status == "blocked":
+            return result(False, outcome.reason or "blocked", outcome)
+        if outcome.content_id:
+            self._state = model.with_received(self._require_state(), outcome.content_id)
+        return result(True, None, outcome)
+
+    def _defer(self, name: str, aj: ActiveJourney, command: Deliver, delay: timedelta) -> None:
+        aj.deferred = _deliver_to_dict(command)
+        aj.deferred_until = workflow.now() + delay
+        self._arm(name, _defer_timer(command.step_id), delay)
+
+    async def _hand_off(self, name: str, aj: ActiveJourney, command: HandOff) -> HandoffResult:
+        state = self._require_state()
+        now = workflow.now()
+        facts = self._facts(now, aj)
+        outcome: HandOffOutcome = await workflow.execute_activity(
+            "contact.hand_off",
+            HandOffRequest(
+                contact_id=self._contact_id,
+                idempotency_key=f"{self._contact_id}:{command.idempotency_key}",
+                journey=name,
+                step_id=command.step_id,
+                reason=command.reason,
+                payload={
+                    "stage": state.stage,
+                    "score": round(facts.score, 2),
+                    "grade": state.grade,
+                    "grade_rules": list(state.grade_rules),
+                    "attributes": dict(state.attributes),
+                    "content_received": list(state.received_content),
+                },
+            ),
+            result_type=HandOffOutcome,
+            start_to_close_timeout=timedelta(seconds=60),
+            schedule_to_close_timeout=timedelta(hours=12),
+            retry_policy=DELIVERY_RETRY,
+        )
+        return HandoffResult(
+            now=self._journey_now(aj, workflow.now()),
+            facts=self._facts(workflow.now(), aj),
+            step_id=command.step_id,
+            ok=outcome.ok,
+            error=outcome.error or None,
+        )
+
+    async def _record_transition(self, transition: Transition) -> None:
+        state = self._require_state()
+        if transition.from_stage:
+            state = model.enter_stage(state, transition)
+        else:
+            state = replace(state, transitions=state.transitions + 1)
+        self._state = state
+        await workflow.execute_activity(
+            "contact.record_transition",
+            TransitionRecord(
+                key=f"{self._contact_id}:{state.transitions}",
+                contact_id=self._contact_id,
+                transition=transition.to_dict(),
+                contact={
+                    "stage": state.stage,
+                    "locale": state.locale,
+                    "timezone": state.timezone,
+                    "traits": dict(state.attributes),
+                },
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            summary=f"{transition.from_stage or '-'} -> {transition.to_stage}",
+        )
+        if self._rehearsal:
+            return
+        for name, raw in sorted(self._published().items()):
+            if name not in self._active and self._spec(raw).entered_by_stage(transition.to_stage):
+                self._enrol_queue.append((name, 1.0))
+
+    async def _load_definitions(self) -> Definitions:
+        definitions: Definitions = await workflow.execute_activity(
+            "contact.load_definitions",
+            result_type=Definitions,
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+        self._specs.clear()
+        return definitions
+
+    # --- timers, clocks, facts ---------------------------------------------------------
+
+    def _arm(self, journey: str, timer_id: str, delay: timedelta) -> None:
+        key = (journey, timer_id)
+        self._disarm(journey, timer_id)
+        if delay <= timedelta(0):
+            self._fired.append(key)
+            return
+        self._timers[key] = asyncio.create_task(self._sleep(key, delay))
+
+    async def _sleep(self, key: tuple[str, str], delay: timedelta) -> None:
+        await workflow.sleep(delay, summary=f"{key[0]}/{key[1]}")
+        self._fired.append(key)
+
+    def _disarm(self, journey: str, timer_id: str) -> None:
+        task = self._timers.pop((journey, timer_id), None)
+        if task is not None:
+            task.cancel()
+
+    def _journey_now(self, aj: ActiveJourney, now: datetime) -> datetime:
+        """A rehearsal's clock runs ``1/time_scale`` times faster from its enrolment."""
+        if aj.time_scale == 1.0 or aj.origin is None:
+            return now
+        return aj.origin + (now - aj.origin) / aj.time_scale
+
+    def _journey_event(self, aj: ActiveJourney, record: EventRecord) -> EventRecord:
+        if aj.time_scale == 1.0 or aj.origin is None or record.at < aj.origin:
+            return record
+        return replace(record, at=self._journey_now(aj, record.at))
+
+    def _real_delay(self, aj: ActiveJourney, fire_at: datetime, now: datetime) -> timedelta:
+        return max(fire_at - self._journey_now(aj, now), timedelta(0)) * aj.time_scale
+
+    def _facts(self, now: datetime, aj: ActiveJourney | None = None) -> Facts:
+        facts = model.facts(self._require_state(), self._pipeline, now)
+        if aj is None or aj.time_scale == 1.0:
+            return facts
+        return replace(
+            facts,
+            now=self._journey_now(aj, now),
+            events=tuple(self._journey_event(aj, e) for e in facts.events),
+        )
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    def _published(self) -> dict[str, dict[str, Any]]:
+        return self._definitions.journeys if self._definitions else {}
+
+    def _spec(self, raw: dict[str, Any]) -> JourneySpec:
+        version = str(raw.get("version", ""))
+        spec = self._specs.get(version)
+        if spec is None:
+            spec = self._specs[version] = JourneySpec.from_dict(raw)
+        return spec
+
+    def _require_state(self) -> model.ContactState:
+        if self._state is None:
+            raise ApplicationError("contact state used before the workflow started")
+        return self._state
+
+    def _sync_search_attributes(self) -> None:
+        """Upsert only what changed since the last upsert: each upsert is a billed action."""
+        state = self._require_state()
+        wanted: dict[str, Any] = {
+            "Stage": state.stage,
+            "Score": round(self._facts(workflow.now()).score, 1),
+            "Grade": state.grade or "",
+            "Journeys": sorted(self._active),
+            "Locale": state.locale or "",
+        }
+        changed = {k: v for k, v in wanted.items() if self._upserted.get(k) != v}
+        if not changed:
+            return
+        keys: dict[str, Any] = {
+            "Stage": sa.STAGE,
+            "Score": sa.SCORE,
+            "Grade": sa.GRADE,
+            "Journeys": sa.JOURNEYS,
+            "Locale": sa.LOCALE,
+        }
+        updates: list[SearchAttributeUpdate[Any]] = [
+            keys[k].value_set(v) for k, v in changed.items()
+        ]
+        workflow.upsert_search_attributes(updates)
+        self._upserted.update(changed)
+
+
+def _pipeline(definitions: Definitions) -> Any:
+    from engine.pipeline import Pipeline
+
+    return Pipeline.from_dict(definitions.pipeline)
+
+
+def _deliver_to_dict(command: Deliver) -> dict[str, Any]:
+    return {
+        "step_id": command.step_id,
+        "channel": command.channel,
+        "content_id": command.content_id,
+        "selector": command.selector.to_dict() if command.selector else None,
+        "idempotency_key": command.idempotency_key,
+    }
+
+
+def _deliver_from_dict(data: dict[str, Any]) -> Deliver:
+    selector = data.get("selector")
+    return Deliver(
+        step_id=data["step_id"],
+        channel=data["channel"],
+        content_id=data.get("content_id"),
+        selector=NextBestItem.from_dict(selector) if selector else None,
+        idempotency_key=data["idempotency_key"],
+    )
