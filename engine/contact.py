@@ -162,6 +162,37 @@ class ContactState:
         )
 
 
+def event_problem(
+    *,
+    message_id: object,
+    type: object,
+    occurred_at: object,
+    properties: object,
+    traits: object,
+) -> str | None:
+    """What is wrong with an event, naming the field and the fix; ``None`` if it is fine.
+
+    The gateway refuses such an event before it is sent; the workflow drops one that got
+    through some other way, instead of failing its task on every retry.
+    """
+    if not isinstance(message_id, str) or not message_id.strip():
+        return "message_id is empty: give every event a unique id so retries dedupe"
+    if not isinstance(type, str) or not type.strip():
+        return "type is empty: name the behaviour, e.g. 'content.downloaded'"
+    if not isinstance(occurred_at, datetime):
+        return "occurred_at is not a datetime: send an ISO 8601 timestamp with a zone"
+    if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+        return "occurred_at has no time zone: send it with an offset, e.g. 2026-11-22T09:00Z"
+    if not isinstance(properties, Mapping):
+        return "properties is not an object: send a JSON object (or omit it)"
+    if not isinstance(traits, Mapping):
+        return "traits is not an object: send a JSON object (or omit it)"
+    consent = traits.get("consent")
+    if consent is not None and not isinstance(consent, Mapping):
+        return "traits.consent is not an object: send {'email': true, 'wechat': false}"
+    return None
+
+
 def new_contact(contact_id: str, pipeline: Pipeline, now: datetime) -> ContactState:
     """A contact that has just appeared: at the pipeline's first stage."""
     return ContactState(contact_id=contact_id, stage=pipeline.first_stage, stage_entered_at=now)

@@ -14,6 +14,7 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine.contact import event_problem
 from engine.errors import StagecoachError
 from engine.messages import (
     CONTACT_WORKFLOW,
@@ -46,7 +47,21 @@ async def send_event(
     *,
     rehearsal: bool = False,
 ) -> None:
-    """Deliver one event to the contact's workflow, starting it if needed."""
+    """Deliver one event to the contact's workflow, starting it if needed.
+
+    Raises:
+        InvalidEvent: the event is malformed; nothing is sent.
+    """
+    problem = event_problem(
+        message_id=message.message_id,
+        type=message.type,
+        occurred_at=message.occurred_at,
+        properties=message.properties,
+        traits=message.traits,
+    )
+    if problem is not None:
+        field_name, _, fix = problem.partition(": ")
+        raise InvalidEvent(f"event {message.message_id!r}: {field_name}", fix=fix)
     await client.start_workflow(
         CONTACT_WORKFLOW,
         _start_input(settings, contact_id, rehearsal=rehearsal),
@@ -101,6 +116,10 @@ async def contact_view(client: Client, contact_id: str) -> ContactView:
             ) from exc
         raise
     return view
+
+
+class InvalidEvent(StagecoachError):
+    """An event is malformed: the message names the field, the fix says what to send."""
 
 
 class ContactNotFound(StagecoachError):

@@ -154,7 +154,7 @@ class DeliverRequest:
     consented: bool = True
     now: datetime | None = None
     time_scale: float = 1.0
-    """A rehearsal's scale: the frequency-cap window shrinks with it."""
+    """The enrolment's time scale (``now`` is already on the journey's clock)."""
     rehearsal: bool = False
     """Send to the rehearsal sink, never through a real connector."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,14 +126,13 @@ class ContactActivities:
             return await self._blocked(request, f"no_consent:{request.channel}")
         if await asyncio.to_thread(self._suppressed, request.channel, request.address):
             return await self._blocked(request, f"suppressed:{request.channel}")
-        now = datetime.now(UTC)
-        policy = replace(
-            self._policy, frequency_window=self._policy.frequency_window * request.time_scale
-        )
+        # The journey's clock, from the workflow: skipped time in tests, scaled time in a
+        # rehearsal, so the cap means the same in all of them.
+        now = request.now or datetime.now(UTC)
         sent_at = await asyncio.to_thread(
-            self._recent_sends, request.contact_id, now - policy.frequency_window
+            self._recent_sends, request.contact_id, now - self._policy.frequency_window
         )
-        not_before = policy.cap_until(sent_at, now)
+        not_before = self._policy.cap_until(sent_at, now)
         if not_before is not None:
             return DeliverOutcome(status="deferred", reason="frequency_cap", not_before=not_before)
 
@@ -150,7 +148,7 @@ class ContactActivities:
                     locale=request.locale,
                     channel=request.channel,
                     received=request.received if selector.get("exclude_consumed", True) else (),
-                    now=request.now or now,
+                    now=now,
                 )
             except ContentError as exc:  # e.g. a stage the content library cannot map
                 return await self._blocked(request, f"content_unavailable: {exc}")
@@ -163,7 +161,7 @@ class ContactActivities:
                 channel=request.channel,
                 locale=request.locale,
                 contact=self._render_contact(request),
-                now=request.now or now,
+                now=now,
                 signer=self._signer,
                 idempotency_key=request.idempotency_key,
             )
@@ -218,7 +216,7 @@ class ContactActivities:
             request,
             status="sent",
             provider_message_id=sent.provider_message_id,
-            sent_at=datetime.now(UTC),
+            sent_at=now,
         )
         return DeliverOutcome(
             status="sent",

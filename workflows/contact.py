@@ -231,6 +231,17 @@ class ContactWorkflow:
     async def _on_event(self, message: EventMessage) -> None:
         state = self._require_state()
         now = workflow.now()
+        problem = model.event_problem(
+            message_id=message.message_id,
+            type=message.type,
+            occurred_at=message.occurred_at,
+            properties=message.properties,
+            traits=message.traits,
+        )
+        if problem is not None:
+            # Refused at the gateway; one that slipped past is dropped, not retried forever.
+            workflow.logger.error("event %r dropped: %s", message.message_id, problem)
+            return
         record = EventRecord(message.type, message.occurred_at, dict(message.properties))
         seen = model.observe(
             state,
@@ -496,7 +507,7 @@ class ContactWorkflow:
                 return result(False, "delivery_timed_out")
             raise
         if outcome.status == "deferred" and outcome.not_before is not None:
-            self._defer(name, aj, command, max(outcome.not_before - now, timedelta(0)))
+            self._defer(name, aj, command, self._real_delay(aj, outcome.not_before, now))
             return None
         if outcome.status == "blocked":
             return result(False, outcome.reason or "blocked", outcome)

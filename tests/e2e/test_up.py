@@ -63,6 +63,75 @@ async def _temporal_answers(address: str) -> str:
     return str(info.server_version)
 
 
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*STAGECOACH, *args], env=env, capture_output=True, text=True, cwd=cwd, timeout=180
+    )
+
+
+def _rehearse_and_read_the_story(env: dict[str, str], cwd: Path) -> None:
+    """journeys rehearse, contact show and contact timeline against the running stack."""
+    rehearsal = _cli(
+        env,
+        cwd,
+        "journeys",
+        "rehearse",
+        "onboarding",
+        "--time-scale",
+        "0.000005",
+        "--timeout",
+        "120",
+    )
+    assert rehearsal.returncode == 0, rehearsal.stderr
+    out = rehearsal.stdout
+    for content in ("onboarding-welcome", "onboarding-quickstart", "onboarding-checklist"):
+        assert f"{content}: sent" in out, out
+    contact_id = out.split(" as ", 1)[1].split()[0]
+    sink = Path(env["STAGECOACH_DATA_DIR"]) / "sink" / "rehearsal" / contact_id
+    assert len(list(sink.glob("*.json"))) == 3
+    show = _cli(env, cwd, "contact", "show", contact_id)
+    assert show.returncode == 0, show.stderr
+    assert "received  onboarding-welcome, onboarding-quickstart, onboarding-checklist" in (
+        show.stdout
+    )
+    story = _cli(env, cwd, "contact", "timeline", contact_id, "--json")
+    kinds = [e["kind"] for e in json.loads(story.stdout)]
+    assert kinds.count("sent") == 3
+    assert "wait" in kinds
+
+
+def _count(env: dict[str, str], query: str) -> int:
+    out = subprocess.run(
+        [
+            env["TEMPORAL_CLI_PATH"],
+            "workflow",
+            "count",
+            "--address",
+            env["STAGECOACH_TEMPORAL_ADDRESS"],
+            "--query",
+            query,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return int(out.split("Total:")[1].split()[0])
+
+
+def _demo_contacts_are_searchable(env: dict[str, str], cwd: Path) -> None:
+    demo = _cli(env, cwd, "demo", "--contacts", "8", "--pace", "0")
+    assert demo.returncode == 0, demo.stderr
+    assert "for 8 contacts" in demo.stdout
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        moved = _count(env, 'WorkflowType="Contact" AND Stage!="suspect"')
+        if _count(env, 'WorkflowId STARTS_WITH "contact-demo-"') == 8 and moved > 0:
+            return
+        time.sleep(0.5)
+    pytest.fail("demo contacts did not show up in search by Stage")
+
+
 def test_up_serves_everything_and_ctrl_c_leaves_no_child(
     tmp_path: Path, temporal_cli_path: str
 ) -> None:
@@ -105,6 +174,9 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(
                 "worker",
                 "round trip",
             }
+            if run == "warm":
+                _rehearse_and_read_the_story(env, tmp_path)
+                _demo_contacts_are_searchable(env, tmp_path)
             _stop_and_check_no_orphans(proc)
         finally:
             if proc.poll() is None:

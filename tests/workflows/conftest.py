@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from engine.content import ContentLibrary
+from engine.delivery import Connector
 from engine.gateway import send_event
 from engine.messages import EventMessage, contact_workflow_id
 from engine.settings import Settings
@@ -133,18 +134,21 @@ def runtime_overrides() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-async def runtime(
+@contextlib.asynccontextmanager
+async def open_runtime(
     env: WorkflowEnvironment,
     task_queue: str,
     tmp_path: Path,
-    content_library: ContentLibrary,
-    runtime_overrides: dict[str, Any],
+    content: ContentLibrary,
+    *,
+    connectors: Mapping[str, Connector] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Runtime]:
-    settings = runtime_settings(tmp_path, task_queue, **runtime_overrides)
+    """The production worker on ``task_queue``; ``connectors`` replaces the file sink."""
+    settings = runtime_settings(tmp_path, task_queue, **overrides)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
-    contact = build_activities(engine, settings, content=content_library)
+    contact = build_activities(engine, settings, content=content, connectors=connectors)
     worker = build_worker(
         env.client,
         task_queue=task_queue,
@@ -160,3 +164,17 @@ async def runtime(
             with contextlib.suppress(RPCError):
                 await handle.terminate(reason="test finished")
     engine.dispose()
+
+
+@pytest.fixture
+async def runtime(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    content_library: ContentLibrary,
+    runtime_overrides: dict[str, Any],
+) -> AsyncIterator[Runtime]:
+    async with open_runtime(
+        env, task_queue, tmp_path, content_library, **runtime_overrides
+    ) as runtime:
+        yield runtime
