@@ -8,6 +8,8 @@ enrolment number back whether or not the workflow existed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation
@@ -106,8 +108,16 @@ async def contact_view(client: Client, contact_id: str) -> ContactView:
         ContactNotFound: no workflow exists for this contact id.
     """
     handle = client.get_workflow_handle(contact_workflow_id(contact_id))
-    try:
+    with missing_contact(contact_id):
         view: ContactView = await handle.query(STATE_QUERY, result_type=ContactView)
+    return view
+
+
+@contextmanager
+def missing_contact(contact_id: str) -> Iterator[None]:
+    """Turn the server's NOT_FOUND for this contact's workflow into ContactNotFound."""
+    try:
+        yield
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             raise ContactNotFound(
@@ -115,7 +125,6 @@ async def contact_view(client: Client, contact_id: str) -> ContactView:
                 fix="check the contact id ('temporal workflow list' shows contact-* ids)",
             ) from exc
         raise
-    return view
 
 
 class InvalidEvent(StagecoachError):

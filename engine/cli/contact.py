@@ -7,9 +7,7 @@ import json
 from typing import Annotated, Any
 
 import typer
-from temporalio.service import RPCError, RPCStatusCode
 
-from engine.errors import StagecoachError
 from engine.settings import load_settings
 
 contact_app = typer.Typer(help="A contact's live state and history.", no_args_is_help=True)
@@ -64,20 +62,12 @@ def show(contact_id: str, json_output: JsonOption = False) -> None:
 @contact_app.command("timeline")
 def timeline(contact_id: str, json_output: JsonOption = False) -> None:
     """The contact's story from its workflow history: events, stages, sends, waits."""
-    from engine.gateway import ContactNotFound
-    from engine.messages import contact_workflow_id
+    from engine.gateway import missing_contact
     from engine.timeline import contact_timeline
 
     async def read(client: Any) -> Any:
-        try:
+        with missing_contact(contact_id):
             return await contact_timeline(client, contact_id)
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                raise ContactNotFound(
-                    f"no contact workflow {contact_workflow_id(contact_id)}",
-                    fix="check the contact id ('temporal workflow list' shows contact-* ids)",
-                ) from exc
-            raise StagecoachError(str(exc), fix="check the Temporal connection") from exc
 
     entries = _connect_and(read)
     if json_output:

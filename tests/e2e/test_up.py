@@ -98,6 +98,10 @@ def _rehearse_and_read_the_story(env: dict[str, str], cwd: Path) -> None:
     kinds = [e["kind"] for e in json.loads(story.stdout)]
     assert kinds.count("sent") == 3
     assert "wait" in kinds
+    for command in ("show", "timeline"):
+        unknown = _cli(env, cwd, "contact", command, "no-such-contact")
+        assert unknown.returncode == 2
+        assert "no contact workflow contact-no-such-contact" in unknown.stderr
 
 
 def _count(env: dict[str, str], query: str) -> int:
