@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -54,6 +55,7 @@ class Child:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def exited(self) -> int | None:
@@ -85,6 +87,21 @@ class Child:
         except OSError:
             return ""
         return " | ".join(text[-lines:])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM if the supervisor dies.
+
+    Ctrl-C and SIGTERM let the supervisor stop its children in order; this covers the
+    supervisor being killed outright (SIGKILL, OOM), which would otherwise leave the
+    Temporal server, the worker and the API running in their own sessions. Linux only.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class Stopped(Exception):

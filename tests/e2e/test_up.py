@@ -136,6 +136,28 @@ def _demo_contacts_are_searchable(env: dict[str, str], cwd: Path) -> None:
     pytest.fail("demo contacts did not show up in search by Stage")
 
 
+def test_children_stop_when_the_supervisor_is_killed_outright(
+    tmp_path: Path, temporal_cli_path: str
+) -> None:
+    env = _env(tmp_path, temporal_cli_path)
+    proc = subprocess.Popen(
+        [*STAGECOACH, "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    _wait_until_up(proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()  # SIGKILL: no chance to stop anything in order
+    proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for straggler in alive:
+        straggler.kill()
+    assert not alive, [" ".join(p.cmdline()[:3]) for p in alive]
+
+
 def test_up_serves_everything_and_ctrl_c_leaves_no_child(
     tmp_path: Path, temporal_cli_path: str
 ) -> None:
@@ -183,6 +205,8 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(
                 _demo_contacts_are_searchable(env, tmp_path)
             _stop_and_check_no_orphans(proc)
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None:  # a failed assertion: leave nothing behind either
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
                 proc.kill()
     assert (tmp_path / ".stagecoach" / "temporal.db").exists()
