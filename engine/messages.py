@@ -134,6 +134,17 @@ class TransitionRecord:
 
 
 @dataclass
+class OpenRequest:
+    """Activity input: a new contact's first step, in one action: load the definitions
+    and record the contact at the pipeline's first stage."""
+
+    contact_id: str
+    at: datetime
+    trigger_event_type: str | None = None
+    trigger_message_id: str | None = None
+
+
+@dataclass
 class DeliverRequest:
     """Activity input: the one delivery activity."""
 

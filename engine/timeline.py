@@ -113,7 +113,11 @@ def entries_from_history(
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = ev.activity_task_completed_event_attributes
             kind, request = scheduled.get(done.scheduled_event_id, ("", {}))
-            if kind == "contact.deliver":
+            if kind == "contact.open":
+                stages = _first(conv, done.result).get("pipeline", {}).get("stages", [{}])
+                first = stages[0].get("name", "?")
+                out.append(Entry(at, "stage", f"- -> {first} (created)", request, run_id))
+            elif kind == "contact.deliver":
                 result = _first(conv, done.result)
                 status = result.get("status", "?")
                 label = "sent" if status in ("sent", "duplicate") else "not_sent"

@@ -32,6 +32,7 @@ from engine.messages import (
     DeliverRequest,
     HandOffOutcome,
     HandOffRequest,
+    OpenRequest,
     TransitionRecord,
 )
 from engine.policy import SendPolicy
@@ -63,7 +64,37 @@ class ContactActivities:
         self._rehearsal_sink = rehearsal_sink
 
     def all(self) -> list[Callable[..., object]]:
-        return [self.load_definitions, self.record_transition, self.deliver, self.hand_off]
+        return [
+            self.open,
+            self.load_definitions,
+            self.record_transition,
+            self.deliver,
+            self.hand_off,
+        ]
+
+    @activity.defn(name="contact.open")
+    def open(self, request: OpenRequest) -> Definitions:
+        """A new contact: record it at the first stage and return the definitions."""
+        definitions = self._definitions()
+        first = definitions.pipeline["stages"][0]["name"]
+        self.record_transition(
+            TransitionRecord(
+                key=f"{request.contact_id}:1",
+                contact_id=request.contact_id,
+                transition={
+                    "from_stage": "",
+                    "to_stage": first,
+                    "at": request.at.isoformat(),
+                    "reason": "created",
+                    "trigger_event_type": request.trigger_event_type,
+                    "trigger_message_id": request.trigger_message_id,
+                    "source": "workflow",
+                    "kind": "manual",
+                },
+                contact={"stage": first, "traits": {}},
+            )
+        )
+        return definitions
 
     @activity.defn(name="contact.load_definitions")
     def load_definitions(self) -> Definitions:

@@ -72,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         EventMessage,
         HandOffOutcome,
         HandOffRequest,
+        OpenRequest,
         TransitionRecord,
     )
     from engine.pipeline import PipelineError, Transition, advance_to
@@ -171,15 +172,27 @@ class ContactWorkflow:
 
     @workflow.run
     async def run(self, inp: ContactInput) -> None:
+        now = workflow.now()
+        opened = False
+        if self._definitions is None and inp.state is None and workflow.patched("open-contact"):
+            # One action instead of two for every new contact: the open activity loads the
+            # definitions and records the contact at the first stage. Runs recorded before
+            # this change load, then record, and replay that way.
+            self._definitions = await self._open(now)
+            opened = True
         if self._definitions is None:
             self._definitions = await self._load_definitions()
         self._pipeline = _pipeline(self._definitions)
         self._policy = SendPolicy.from_dict(self._definitions.policy)
-        now = workflow.now()
         if inp.state is not None:
             self._state = model.ContactState.from_dict(inp.state)
             for aj in inp.journeys:
                 self._restore(aj)
+        elif opened:
+            self._state = replace(
+                model.new_contact(self._contact_id, self._pipeline, now), transitions=1
+            )
+            self._enrol_entered_on(self._state.stage)
         else:
             self._state = model.new_contact(self._contact_id, self._pipeline, now)
             created = Transition(
@@ -578,11 +591,31 @@ class ContactWorkflow:
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
             summary=f"{transition.from_stage or '-'} -> {transition.to_stage}",
         )
+        self._enrol_entered_on(transition.to_stage)
+
+    def _enrol_entered_on(self, stage: str) -> None:
+        """Queue the journeys whose entry is ``stage`` (not for rehearsal contacts)."""
         if self._rehearsal:
             return
         for name, raw in sorted(self._published().items()):
-            if name not in self._active and self._spec(raw).entered_by_stage(transition.to_stage):
+            if name not in self._active and self._spec(raw).entered_by_stage(stage):
                 self._enrol_queue.append((name, 1.0))
+
+    async def _open(self, now: datetime) -> Definitions:
+        first = self._inbox[0] if self._inbox else None
+        definitions: Definitions = await workflow.execute_activity(
+            "contact.open",
+            OpenRequest(
+                contact_id=self._contact_id,
+                at=now,
+                trigger_event_type=first.type if first else None,
+                trigger_message_id=first.message_id if first else None,
+            ),
+            result_type=Definitions,
+            start_to_close_timeout=timedelta(seconds=30),
+            summary="new contact",
+        )
+        return definitions
 
     async def _load_definitions(self) -> Definitions:
         definitions: Definitions = await workflow.execute_activity(

@@ -91,12 +91,13 @@ HISTORIES = Path(__file__).with_name("histories")
 async def record_history(runtime: Runtime, contact_id: str, name: str) -> None:
     """With STAGECOACH_RECORD_HISTORIES=1, save the contact's newest run history for the
     replay tests; a recorded file is only ever added, never rewritten by a normal run."""
-    if os.environ.get("STAGECOACH_RECORD_HISTORIES") != "1":
-        return
+    target = HISTORIES / f"{name}.json"
+    if os.environ.get("STAGECOACH_RECORD_HISTORIES") != "1" or target.exists():
+        return  # recorded histories are evidence of old code: never rewritten
     handle = runtime.client.get_workflow_handle(contact_workflow_id(contact_id))
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
-    (HISTORIES / f"{name}.json").write_text(history.to_json(), encoding="utf-8")
+    target.write_text(history.to_json(), encoding="utf-8")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:

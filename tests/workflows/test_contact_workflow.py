@@ -69,6 +69,7 @@ async def test_a_download_that_creates_the_contact_counts_as_interest_in_the_nur
         "wp-digital-transformation"
     ]
     await record_history(runtime, "c-dl", "created_by_a_download_patched")
+    await record_history(runtime, "c-dl", "created_by_a_download_opened")
 
 
 async def test_a_replayed_message_id_is_applied_once(runtime: Runtime) -> None:
@@ -167,3 +168,4 @@ async def test_whitepaper_download_on_day_2_brings_the_case_study_on_day_5(
     ]
     assert await _stage(runtime, "c-story") == "prospect"
     await record_history(runtime, "c-story", "b2b_nurture_story")
+    await record_history(runtime, "c-story", "b2b_nurture_story_opened")
