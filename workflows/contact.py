@@ -173,14 +173,12 @@ class ContactWorkflow:
     @workflow.run
     async def run(self, inp: ContactInput) -> None:
         now = workflow.now()
-        opened = False
-        if self._definitions is None and inp.state is None and workflow.patched("open-contact"):
-            # One action instead of two for every new contact: the open activity loads the
-            # definitions and records the contact at the first stage. Runs recorded before
-            # this change load, then record, and replay that way.
+        if inp.state is None:
+            # A new contact: one activity loads the definitions and records the contact at
+            # the first stage. (Patch "open-contact", deprecated: no open run predates it.)
+            workflow.deprecate_patch("open-contact")
             self._definitions = await self._open(now)
-            opened = True
-        if self._definitions is None:
+        elif self._definitions is None:
             self._definitions = await self._load_definitions()
         self._pipeline = _pipeline(self._definitions)
         self._policy = SendPolicy.from_dict(self._definitions.policy)
@@ -188,24 +186,11 @@ class ContactWorkflow:
             self._state = model.ContactState.from_dict(inp.state)
             for aj in inp.journeys:
                 self._restore(aj)
-        elif opened:
+        else:
             self._state = replace(
                 model.new_contact(self._contact_id, self._pipeline, now), transitions=1
             )
             self._enrol_entered_on(self._state.stage)
-        else:
-            self._state = model.new_contact(self._contact_id, self._pipeline, now)
-            created = Transition(
-                from_stage="",
-                to_stage=self._state.stage,
-                at=now,
-                reason="created",
-                trigger_event_type=self._inbox[0].type if self._inbox else None,
-                trigger_message_id=self._inbox[0].message_id if self._inbox else None,
-                source="workflow",
-                kind="manual",
-            )
-            await self._record_transition(created)
         while True:
             await workflow.wait_condition(lambda: bool(self._inbox or self._fired))
             async with self._lock:
@@ -269,13 +254,12 @@ class ContactWorkflow:
             return
         self._run_events += 1
         self._state = seen.state
-        if workflow.patched("enrol-before-event-applies"):
-            # Enrolments already due (the first stage's journeys, when this event created
-            # the contact) start with the event's traits but before its stage move, and
-            # then hear the event itself: a whitepaper download that created the contact
-            # counts as interest. Runs recorded before this change enrolled after the
-            # event and replay that way.
-            await self._drain_enrolments()
+        # Enrolments already due (the first stage's journeys, when this event created the
+        # contact) start with the event's traits but before its stage move, and then hear
+        # the event itself: a whitepaper download that created the contact counts as
+        # interest. (Patch "enrol-before-event-applies", deprecated.)
+        workflow.deprecate_patch("enrol-before-event-applies")
+        await self._drain_enrolments()
         listening = list(self._active)
         if seen.transition is not None:
             await self._record_transition(seen.transition)
