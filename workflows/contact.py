@@ -175,8 +175,7 @@ class ContactWorkflow:
         now = workflow.now()
         if inp.state is None:
             # A new contact: one activity loads the definitions and records the contact at
-            # the first stage. (Patch "open-contact", deprecated: no open run predates it.)
-            workflow.deprecate_patch("open-contact")
+            # the first stage.
             self._definitions = await self._open(now)
         elif self._definitions is None:
             self._definitions = await self._load_definitions()
@@ -257,8 +256,7 @@ class ContactWorkflow:
         # Enrolments already due (the first stage's journeys, when this event created the
         # contact) start with the event's traits but before its stage move, and then hear
         # the event itself: a whitepaper download that created the contact counts as
-        # interest. (Patch "enrol-before-event-applies", deprecated.)
-        workflow.deprecate_patch("enrol-before-event-applies")
+        # interest.
         await self._drain_enrolments()
         listening = list(self._active)
         if seen.transition is not None:
@@ -675,7 +673,10 @@ class ContactWorkflow:
         state = self._require_state()
         wanted: dict[str, Any] = {
             "Stage": state.stage,
-            "Score": round(self._facts(workflow.now()).score, 1),
+            # The score as of the last scored event: decay is applied on read (contact
+            # show, rules), so the attribute changes only when behaviour changes it, and
+            # a timer firing never costs an upsert.
+            "Score": round(state.score.value, 1),
             "Grade": state.grade or "",
             "Journeys": sorted(self._active),
             "Locale": state.locale or "",
