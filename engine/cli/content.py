@@ -148,17 +148,41 @@ def _preview_signer() -> LinkSigner:
     return LinkSigner(os.urandom(32), load_settings().api_base_url, DEFAULT_TOKEN_TTL)
 
 
+def _contact_attributes(contact_id: str) -> dict[str, Any]:
+    """The contact's attributes from its workflow's ``state`` query."""
+    import asyncio
+
+    from engine.gateway import contact_view
+    from engine.settings import load_settings
+    from workflows.client import connect
+
+    settings = load_settings()
+
+    async def read() -> dict[str, Any]:
+        view = await contact_view(await connect(settings), contact_id)
+        return dict(view.state["attributes"])
+
+    return asyncio.run(read())
+
+
 @content_app.command()
 def preview(
     content_id: Annotated[str, typer.Argument(help="Item id.")],
     contact: Annotated[
-        str, typer.Option("--contact", help="Contact id (goes into the signed links).")
-    ] = "preview",
+        str | None,
+        typer.Option(
+            "--contact",
+            help="Render for this contact: its attributes and locale are read from its "
+            "workflow (needs Temporal). Without it, a sample contact.",
+        ),
+    ] = None,
     attr: Annotated[
         list[str] | None,
         typer.Option("--attr", "--contact-attr", help="Contact attribute NAME=VALUE; repeatable."),
     ] = None,
-    locale: Annotated[str, typer.Option(help="Locale to render.")] = "zh-CN",
+    locale: Annotated[
+        str | None, typer.Option(help="Locale to render (default: the contact's, else zh-CN).")
+    ] = None,
     channel: Annotated[str, typer.Option(help="email or wechat.")] = "email",
     html_out: Annotated[
         Path | None, typer.Option("--html-out", help="Write the email's HTML here.")
@@ -166,20 +190,30 @@ def preview(
     content_dir: ContentDir = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Render ITEM for a contact exactly as it would be sent (links signed with a throwaway key).
+    """Render ITEM for a contact exactly as it would be sent (links signed with a throwaway
+    key, so nothing in a preview can unsubscribe or track anyone).
 
-    Contacts are not read from the database yet: --contact sets the id, --attr the
-    attributes that personalise the copy.
+    With --contact the contact's live attributes and locale come from its workflow, as
+    the delivery activity sees them; --attr overrides or adds attributes.
     """
     library = _load(content_dir)
+    attributes = _contact_attributes(contact) if contact else {}
+    attributes.update(_attributes(attr or []))
+    chosen_locale = locale or str(attributes.get("locale") or "zh-CN")
+    contact_id = contact or "preview"
     message = library.render(
         content_id,
         channel=channel,
-        locale=locale,
-        contact=RenderContact(contact_id=contact, attributes=_attributes(attr or [])),
+        locale=chosen_locale,
+        contact=RenderContact(
+            contact_id=contact_id,
+            attributes=attributes,
+            email=attributes.get("email"),
+            openid=attributes.get("wechat_openid"),
+        ),
         now=datetime.now(UTC),
         signer=_preview_signer(),
-        idempotency_key=f"preview|{contact}|{content_id}",
+        idempotency_key=f"preview|{contact_id}|{content_id}",
     )
     if json_output:
         typer.echo(json.dumps(message.to_dict(), ensure_ascii=False, indent=2))

@@ -98,6 +98,10 @@ def _rehearse_and_read_the_story(env: dict[str, str], cwd: Path) -> None:
     kinds = [e["kind"] for e in json.loads(story.stdout)]
     assert kinds.count("sent") == 3
     assert "wait" in kinds
+    preview = _cli(env, cwd, "content", "preview", "onboarding-welcome", "--contact", contact_id)
+    assert preview.returncode == 0, preview.stderr
+    assert "channel:  email en" in preview.stdout  # the contact's locale, from its workflow
+    assert "Rehearsal" in preview.stdout  # its first_name attribute personalises the copy
     for command in ("show", "timeline"):
         unknown = _cli(env, cwd, "contact", command, "no-such-contact")
         assert unknown.returncode == 2

@@ -63,7 +63,7 @@ def test_validate_lists_every_problem_with_its_fix(write_item):
 def test_preview_renders_the_email_with_attributes(tmp_path):
     out = tmp_path / "preview.html"
     result = run(
-        "preview", "trial-invitation", "--locale", "en", "--contact", "c-7",
+        "preview", "trial-invitation", "--locale", "en",
         "--attr", "first_name=Ana", "--contact-attr", "company=ACME", "--html-out", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
