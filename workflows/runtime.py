@@ -31,7 +31,7 @@ def send_policy(settings: Settings) -> SendPolicy:
 
 def definitions_loader(engine: Engine, settings: Settings) -> Any:
     """A function returning the active pipeline, latest published journeys and policy."""
-    from engine.publishing import JourneyNotFound, latest
+    from engine.publishing import JourneyNotFound, latest, latest_versions
     from workflows.journeys import JOURNEYS
     from workflows.pipeline import active_pipeline
 
@@ -40,7 +40,8 @@ def definitions_loader(engine: Engine, settings: Settings) -> Any:
 
     def load() -> Definitions:
         journeys: dict[str, dict[str, Any]] = {}
-        for name in sorted(JOURNEYS):
+        # Every published journey: the bundled ones and any published from elsewhere.
+        for name in sorted(set(JOURNEYS) | set(latest_versions(engine))):
             try:
                 journeys[name] = latest(engine, name).to_dict()
             except JourneyNotFound:

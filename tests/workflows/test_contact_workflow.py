@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from engine.content import ContentLibrary
 from engine.gateway import contact_view
+from engine.journeys import Journey, ReEntry, compile_journey, exit_to, next_best, on_event, send
 from engine.messages import contact_workflow_id
+from engine.publishing import definitions_context, publish
 from engine.storage.models import Delivery, StageTransition
 from engine.timeline import contact_timeline
 from tests.workflows.conftest import Runtime, eventually, record_history
@@ -20,6 +23,14 @@ PERSON = {"email": "li.lei@example.cn", "locale": "zh-CN", "timezone": "Asia/Sha
 
 async def _stage(runtime: Runtime, contact_id: str) -> str:
     return (await contact_view(runtime.client, contact_id)).stage
+
+
+def _deliveries(runtime: Runtime, contact_id: str) -> list[Delivery]:
+    with Session(runtime.engine) as session:
+        rows = session.exec(
+            select(Delivery).where(Delivery.contact_id == contact_id).order_by(Delivery.id)  # type: ignore[arg-type]
+        ).all()
+    return list(rows)
 
 
 def _transitions(runtime: Runtime, contact_id: str) -> list[tuple[str | None, str]]:
@@ -166,3 +177,57 @@ async def test_whitepaper_download_on_day_2_brings_the_case_study_on_day_5(
     ]
     assert await _stage(runtime, "c-story") == "prospect"
     await record_history(runtime, "c-story", "b2b_nurture_story")
+
+
+async def test_next_best_item_is_chosen_by_the_activity_until_the_contact_is_exhausted(
+    runtime: Runtime, content_library: ContentLibrary
+) -> None:
+    follow_up = Journey(
+        "webinar_follow_up",
+        entry=on_event("webinar.attended"),
+        reentry=ReEntry.always(),
+        steps=[
+            send(
+                next_best(stage="lead", kinds=("case_study",)),  # lead: evaluation content
+                id="best",
+                on_failure=exit_to("exhausted"),
+            ),
+        ],
+    )
+    ctx = definitions_context(runtime.settings, content=content_library)
+    publish(runtime.engine, compile_journey(follow_up, ctx), source="test")
+    person = {**PERSON, "locale": "en"}
+    await runtime.event("c-nb", "webinar.attended", traits=person)
+
+    def follow_ups() -> list[dict[str, Any]]:  # the bundled nurture also writes here
+        return [
+            m
+            for m in runtime.sent("c-nb")
+            if m["idempotency_key"].startswith("c-nb:webinar_follow_up:")
+        ]
+
+    async def first_sent() -> bool:
+        return len(follow_ups()) == 1
+
+    await eventually(first_sent)
+    chosen = follow_ups()[0]["message"]["content_id"]
+    assert content_library.item(chosen).kind == "case_study"
+    assert content_library.item(chosen).stage == "evaluation"  # a lead's stage
+
+    # The only evaluation case study is received: re-entry takes the exhausted branch.
+    await runtime.event("c-nb", "webinar.attended")
+
+    async def exhausted() -> bool:
+        rows = [r for r in _deliveries(runtime, "c-nb") if r.journey == "webinar_follow_up"]
+        return [r.error for r in rows][-1:] == ["content_exhausted"]
+
+    await eventually(exhausted)
+    story = await contact_timeline(runtime.client, "c-nb")
+    outcomes = [
+        e.data["outcome"]
+        for e in story
+        if e.kind in ("sent", "not_sent") and e.data.get("journey") == "webinar_follow_up"
+    ]
+    assert outcomes[0]["content_id"] == chosen  # the choice is in history: replay reuses it
+    assert outcomes[1]["reason"] == "content_exhausted"
+    assert len(follow_ups()) == 1
