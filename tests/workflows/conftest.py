@@ -25,6 +25,7 @@ from engine.gateway import send_event
 from engine.messages import EventMessage, contact_workflow_id
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
+from tests.helpers import runtime_settings
 from workflows.runtime import build_activities
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
@@ -112,21 +113,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.1)
-
-
-def runtime_settings(tmp_path: Path, task_queue: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / ".stagecoach",
-        "database_url": f"sqlite:///{tmp_path / 'stagecoach.db'}",
-        "temporal_task_queue": task_queue,
-        "content_dir": ROOT / "content",
-        # Tests run at any hour: quiet hours only where a test asks for them.
-        "quiet_hours_start": "00:00",
-        "quiet_hours_end": "00:00",
-        "frequency_cap": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture
