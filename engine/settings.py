@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     quiet_hours_end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
     frequency_cap: int = Field(default=3, ge=0, description="Messages per window; 0 disables.")
     frequency_window_hours: float = Field(default=24, gt=0)
+    worker_max_cached_workflows: int = Field(
+        default=400,
+        ge=0,
+        description="Contact workflows a worker keeps in memory (about 0.4 MB each); an "
+        "evicted one is replayed from history when it next has work.",
+    )
     max_events_per_run: int = Field(
         default=2000, ge=1, description="Continue-as-new after this many events in one run."
     )

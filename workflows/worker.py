@@ -28,13 +28,19 @@ def build_worker(
     activities: Sequence[Callable[..., object]],
     workflows: Sequence[type] = WORKFLOWS,
     max_concurrent_activities: int = 100,
+    max_cached_workflows: int = 400,
 ) -> Worker:
-    """A worker for ``task_queue`` running Stagecoach's workflows and the given activities."""
+    """A worker for ``task_queue`` running Stagecoach's workflows and the given activities.
+
+    ``max_cached_workflows`` bounds memory: each cached contact workflow holds about
+    0.4 MB, and a contact that is only waiting on a timer needs no cache slot.
+    """
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
         activities=list(activities),
+        max_cached_workflows=max_cached_workflows,
         # Synchronous activities (database work) run on this pool, off the event loop.
         activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
         max_concurrent_activities=max_concurrent_activities,

@@ -72,7 +72,12 @@ def worker() -> None:
     async def serve() -> None:
         client = await connect(settings)
         activities = [*SystemActivities(engine).all(), *contact.all()]
-        built = build_worker(client, task_queue=settings.temporal_task_queue, activities=activities)
+        built = build_worker(
+            client,
+            task_queue=settings.temporal_task_queue,
+            activities=activities,
+            max_cached_workflows=settings.worker_max_cached_workflows,
+        )
         await run_until_signalled(built)
 
     asyncio.run(serve())
