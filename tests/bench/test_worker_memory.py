@@ -39,7 +39,7 @@ from tests.bench._support import ROOT, bounded, env_int, fresh_task_queue, machi
 CONCURRENCY = 50
 """Signal-with-starts in flight at once."""
 PROGRESS_EVERY = 1000
-CACHED = 1000
+CACHED = Settings().worker_max_cached_workflows  # the worker process runs with the default
 """``max_cached_workflows``: the SDK's default, which ``build_worker`` does not change."""
 MB = 2**20
 WORKFLOW_TASK_EVENTS = {
@@ -237,7 +237,7 @@ async def test_worker_memory(dev_env: WorkflowEnvironment, tmp_path: Path) -> No
         f"  peak RSS observed (every 0.25 s):   {sampler.peak / MB:7.1f} MB (goal < 500 MB)\n"
         f"  growth over the baseline:           {(settled - baseline) / MB:7.1f} MB "
         f"({(settled - baseline) / min(count, CACHED) / 1024:.0f} KB per cached workflow: the "
-        f"worker keeps at most {CACHED} in its cache, the SDK default build_worker uses)\n"
+        f"worker keeps at most {CACHED} in its cache, STAGECOACH_WORKER_MAX_CACHED_WORKFLOWS)\n"
         f"  signal-with-starts done in {started_seconds:.1f} s; all whitepapers sent after "
         f"{all_sent_seconds:.1f} s ({count / all_sent_seconds:.1f} contacts/s); "
         f"total {seconds:.1f} s\n"
