@@ -75,7 +75,7 @@ with workflow.unsafe.imports_passed_through():
         OpenRequest,
         TransitionRecord,
     )
-    from engine.pipeline import PipelineError, Transition, advance_to
+    from engine.pipeline import Pipeline, PipelineError, Transition, advance_to
     from engine.policy import SendPolicy
     from workflows import search_attributes as sa
 
@@ -179,7 +179,7 @@ class ContactWorkflow:
             self._definitions = await self._open(now)
         elif self._definitions is None:
             self._definitions = await self._load_definitions()
-        self._pipeline = _pipeline(self._definitions)
+        self._pipeline = Pipeline.from_dict(self._definitions.pipeline)
         self._policy = SendPolicy.from_dict(self._definitions.policy)
         if inp.state is not None:
             self._state = model.ContactState.from_dict(inp.state)
@@ -696,12 +696,6 @@ class ContactWorkflow:
         ]
         workflow.upsert_search_attributes(updates)
         self._upserted.update(changed)
-
-
-def _pipeline(definitions: Definitions) -> Any:
-    from engine.pipeline import Pipeline
-
-    return Pipeline.from_dict(definitions.pipeline)
 
 
 def _deliver_to_dict(command: Deliver) -> dict[str, Any]:
