@@ -53,9 +53,3 @@ class FileSinkConnector:
         finally:
             os.unlink(tmp)
         return SendResult(provider_message_id=provider_id, status="accepted")
-
-
-def read_sink(directory: Path) -> list[dict[str, object]]:
-    """Every message in a sink directory, oldest first (tests and rehearsals read it)."""
-    files = sorted(directory.glob("*/*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return [json.loads(p.read_text(encoding="utf-8")) for p in files]

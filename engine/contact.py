@@ -13,7 +13,7 @@ attribute for grading and personalisation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -303,7 +303,3 @@ def with_attribute(state: ContactState, name: str, value: Any) -> ContactState:
 
 def with_tag(state: ContactState, tag: str) -> ContactState:
     return state if tag in state.tags else replace(state, tags=(*state.tags, tag))
-
-
-def active_journeys(state: ContactState) -> Sequence[str]:
-    return sorted(name for name, rec in state.journeys.items() if rec.active)
