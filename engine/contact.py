@@ -13,7 +13,7 @@ attribute for grading and personalisation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -273,6 +273,21 @@ def observe(
         trigger_message_id=message_id,
     )
     return Observation(state=updated, transition=transition, regraded=regraded)
+
+
+def search_values(state: ContactState, journeys: Iterable[str] = ()) -> dict[str, Any]:
+    """The contact's search attributes (names from ``engine.search_attributes``).
+
+    The score is as of the last scored event: decay is applied on read (contact show,
+    rules), so the attribute changes only when behaviour changes it, and a timer firing
+    never costs an upsert."""
+    return {
+        "Stage": state.stage,
+        "Score": round(state.score.value, 1),
+        "Grade": state.grade or "",
+        "Journeys": sorted(journeys),
+        "Locale": state.locale or "",
+    }
 
 
 def enter_stage(state: ContactState, transition: Transition) -> ContactState:

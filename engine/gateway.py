@@ -8,8 +8,9 @@ enrolment number back whether or not the workflow existed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation
@@ -25,35 +26,43 @@ from engine.messages import (
     STATE_QUERY,
     ContactInput,
     ContactView,
+    Definitions,
     EnrolRequest,
     EnrolResult,
     EventMessage,
     contact_workflow_id,
 )
+from engine.search_keys import typed
 from engine.settings import Settings
 
 
-def _start_input(settings: Settings, contact_id: str, *, rehearsal: bool = False) -> ContactInput:
+@dataclass(frozen=True)
+class Opening:
+    """A new contact its caller has already recorded at the first stage.
+
+    Starting the workflow with it saves the workflow two billed actions: the
+    ``contact.open`` activity (the definitions travel in the start input) and the first
+    search-attribute upsert (the values are set at start). ``workflows.runtime.
+    ContactOpener`` makes one; without it the workflow opens the contact itself.
+    """
+
+    definitions: Definitions
+    search_attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _start_input(
+    settings: Settings, contact_id: str, *, rehearsal: bool, opening: Opening | None
+) -> ContactInput:
     return ContactInput(
         contact_id=contact_id,
         max_events_per_run=settings.max_events_per_run,
         rehearsal=rehearsal,
+        definitions=opening.definitions if opening else None,
+        opened=opening is not None,
     )
 
 
-async def send_event(
-    client: Client,
-    settings: Settings,
-    contact_id: str,
-    message: EventMessage,
-    *,
-    rehearsal: bool = False,
-) -> None:
-    """Deliver one event to the contact's workflow, starting it if needed.
-
-    Raises:
-        InvalidEvent: the event is malformed; nothing is sent.
-    """
+def _check(message: EventMessage) -> None:
     problem = event_problem(
         message_id=message.message_id,
         type=message.type,
@@ -64,14 +73,32 @@ async def send_event(
     if problem is not None:
         field_name, _, fix = problem.partition(": ")
         raise InvalidEvent(f"event {message.message_id!r}: {field_name}", fix=fix)
+
+
+async def send_event(
+    client: Client,
+    settings: Settings,
+    contact_id: str,
+    message: EventMessage,
+    *,
+    rehearsal: bool = False,
+    opening: Opening | None = None,
+) -> None:
+    """Deliver one event to the contact's workflow, starting it if needed.
+
+    Raises:
+        InvalidEvent: the event is malformed; nothing is sent.
+    """
+    _check(message)
     await client.start_workflow(
         CONTACT_WORKFLOW,
-        _start_input(settings, contact_id, rehearsal=rehearsal),
+        _start_input(settings, contact_id, rehearsal=rehearsal, opening=opening),
         id=contact_workflow_id(contact_id),
         task_queue=settings.temporal_task_queue,
         start_signal=EVENT_SIGNAL,
         start_signal_args=[message],
         static_summary=f"contact {contact_id}",
+        search_attributes=typed(opening.search_attributes) if opening else None,
     )
 
 
@@ -82,18 +109,27 @@ async def enrol(
     request: EnrolRequest,
     *,
     rehearsal: bool = False,
+    opening: Opening | None = None,
 ) -> EnrolResult:
     """Enrol a contact now (creating it if needed) and return the enrolment.
 
+    ``request.event`` (an identify, say) is applied first, in the same update.
     ``rehearsal=True`` creates a rehearsal contact: only explicitly enrolled, every send
-    to the rehearsal sink. It applies when this call creates the workflow.
+    to the rehearsal sink. It and ``opening`` apply when this call creates the workflow.
+
+    Raises:
+        InvalidEvent: ``request.event`` is malformed; nothing is sent.
     """
+    if request.event is not None:
+        _check(request.event)
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         CONTACT_WORKFLOW,
-        _start_input(settings, contact_id, rehearsal=rehearsal),
+        _start_input(settings, contact_id, rehearsal=rehearsal, opening=opening),
         id=contact_workflow_id(contact_id),
         task_queue=settings.temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"contact {contact_id}",
+        search_attributes=typed(opening.search_attributes) if opening else None,
     )
     result: EnrolResult = await client.execute_update_with_start_workflow(
         ENROL_UPDATE, request, start_workflow_operation=start, result_type=EnrolResult

@@ -91,6 +91,9 @@ class ContactInput:
     """Continue-as-new after this many events even if the SDK does not suggest it."""
     rehearsal: bool = False
     """A rehearsal contact: no automatic enrolments, and every send goes to the sink."""
+    opened: bool = False
+    """The starter already recorded the contact at the first stage and passed
+    ``definitions``: the workflow skips its ``contact.open`` activity."""
 
 
 @dataclass
@@ -99,6 +102,9 @@ class EnrolRequest:
 
     journey: str
     time_scale: float = 1.0
+    event: EventMessage | None = None
+    """Applied just before enrolling, in the same update: who the contact is (an
+    identify) arrives with the enrolment instead of costing a signal of its own."""
 
 
 @dataclass

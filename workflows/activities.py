@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -36,7 +35,8 @@ from engine.messages import (
     TransitionRecord,
 )
 from engine.policy import SendPolicy
-from engine.storage.models import Contact, Delivery, StageTransition, Suppression
+from engine.storage.contacts import creation_record, save_transition
+from engine.storage.models import Contact, Delivery, Suppression
 
 
 class ContactActivities:
@@ -74,25 +74,11 @@ class ContactActivities:
 
     @activity.defn(name="contact.open")
     def open(self, request: OpenRequest) -> Definitions:
-        """A new contact: record it at the first stage and return the definitions."""
+        """A new contact nobody opened for it: record it at the first stage and return
+        the definitions. (Callers that open the contact themselves skip this.)"""
         definitions = self._definitions()
-        first = definitions.pipeline["stages"][0]["name"]
-        self.record_transition(
-            TransitionRecord(
-                key=f"{request.contact_id}:1",
-                contact_id=request.contact_id,
-                transition={
-                    "from_stage": "",
-                    "to_stage": first,
-                    "at": request.at.isoformat(),
-                    "reason": "created",
-                    "trigger_event_type": request.trigger_event_type,
-                    "trigger_message_id": request.trigger_message_id,
-                    "source": "workflow",
-                    "kind": "manual",
-                },
-                contact={"stage": first, "traits": {}},
-            )
+        save_transition(
+            self._engine, creation_record(request, definitions.pipeline["stages"][0]["name"])
         )
         return definitions
 
@@ -104,41 +90,7 @@ class ContactActivities:
     @activity.defn(name="contact.record_transition")
     def record_transition(self, record: TransitionRecord) -> None:
         """Upsert the contact row and insert the transition; a retry inserts nothing."""
-        t = record.transition
-        with Session(self._engine) as session:
-            contact = session.get(Contact, record.contact_id)
-            if contact is None:
-                contact = Contact(id=record.contact_id)
-            contact.stage = record.contact.get("stage")
-            contact.locale = record.contact.get("locale")
-            contact.timezone = record.contact.get("timezone")
-            contact.traits = dict(record.contact.get("traits") or {})
-            contact.updated_at = datetime.now(UTC)
-            session.add(contact)
-            session.commit()
-            exists = session.exec(
-                select(StageTransition.id).where(StageTransition.key == record.key)
-            ).first()
-            if exists is not None:
-                return
-            session.add(
-                StageTransition(
-                    key=record.key,
-                    contact_id=record.contact_id,
-                    from_stage=t.get("from_stage") or None,
-                    to_stage=t["to_stage"],
-                    kind=t.get("kind", "rule"),
-                    reason=str(t.get("reason", ""))[:512],
-                    source=t.get("source", "") or "workflow",
-                    trigger_event_type=t.get("trigger_event_type"),
-                    trigger_message_id=t.get("trigger_message_id"),
-                    at=datetime.fromisoformat(t["at"]),
-                )
-            )
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()  # a concurrent retry won: the row is there once
+        save_transition(self._engine, record)
 
     # --- delivery ----------------------------------------------------------------------
 

@@ -115,7 +115,6 @@ class ContactWorkflow:
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._run_events = 0
-        self._upserted: dict[str, Any] = {}
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -132,6 +131,8 @@ class ContactWorkflow:
         before an enrolment is what the journey's first step sees."""
         await workflow.wait_condition(lambda: self._state is not None and not self._inbox)
         async with self._lock:
+            if request.event is not None:
+                await self._on_event(request.event)
             result = await self._try_enrol(request.journey, request.time_scale)
             await self._drain_enrolments()
             self._sync_search_attributes()
@@ -143,6 +144,17 @@ class ContactWorkflow:
             raise ValueError("journey is empty; name a published journey")
         if not 0 < request.time_scale <= 1:
             raise ValueError("time_scale must be in (0, 1]; 0.0001 runs 30 days in ~4 minutes")
+        if request.event is not None:
+            e = request.event
+            problem = model.event_problem(
+                message_id=e.message_id,
+                type=e.type,
+                occurred_at=e.occurred_at,
+                properties=e.properties,
+                traits=e.traits,
+            )
+            if problem is not None:
+                raise ValueError(f"event {e.message_id!r}: {problem}")
 
     @workflow.query(name=STATE_QUERY)
     def state(self) -> ContactView:
@@ -173,9 +185,9 @@ class ContactWorkflow:
     @workflow.run
     async def run(self, inp: ContactInput) -> None:
         now = workflow.now()
-        if inp.state is None:
-            # A new contact: one activity loads the definitions and records the contact at
-            # the first stage.
+        if inp.state is None and not (inp.opened and self._definitions is not None):
+            # A new contact nobody opened: one activity loads the definitions and records
+            # the contact at the first stage.
             self._definitions = await self._open(now)
         elif self._definitions is None:
             self._definitions = await self._load_definitions()
@@ -669,33 +681,19 @@ class ContactWorkflow:
         return self._state
 
     def _sync_search_attributes(self) -> None:
-        """Upsert only what changed since the last upsert: each upsert is a billed action."""
-        state = self._require_state()
-        wanted: dict[str, Any] = {
-            "Stage": state.stage,
-            # The score as of the last scored event: decay is applied on read (contact
-            # show, rules), so the attribute changes only when behaviour changes it, and
-            # a timer firing never costs an upsert.
-            "Score": round(state.score.value, 1),
-            "Grade": state.grade or "",
-            "Journeys": sorted(self._active),
-            "Locale": state.locale or "",
-        }
-        changed = {k: v for k, v in wanted.items() if self._upserted.get(k) != v}
-        if not changed:
-            return
-        keys: dict[str, Any] = {
-            "Stage": sa.STAGE,
-            "Score": sa.SCORE,
-            "Grade": sa.GRADE,
-            "Journeys": sa.JOURNEYS,
-            "Locale": sa.LOCALE,
-        }
-        updates: list[SearchAttributeUpdate[Any]] = [
-            keys[k].value_set(v) for k, v in changed.items()
-        ]
-        workflow.upsert_search_attributes(updates)
-        self._upserted.update(changed)
+        """Upsert only what differs from the workflow's current search attributes (as set
+        at start or by the last upsert): each upsert is a billed action."""
+        wanted = model.search_values(self._require_state(), self._active)
+        current = workflow.info().typed_search_attributes
+        updates: list[SearchAttributeUpdate[Any]] = []
+        for name, value in wanted.items():
+            key = sa.KEYS[name]
+            have = current.get(key)
+            if have == value or (have is None and value in ("", [], 0.0)):
+                continue  # unset reads as empty: no need to write an empty value
+            updates.append(key.value_set(value))
+        if updates:
+            workflow.upsert_search_attributes(updates)
 
 
 def _deliver_to_dict(command: Deliver) -> dict[str, Any]:

@@ -6,15 +6,21 @@ the production worker with a different task queue and directory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 
+from engine import contact as model
+from engine.conditions import EventRecord
 from engine.content import ContentLibrary
 from engine.delivery import Connector
-from engine.messages import Definitions, DeliverRequest
+from engine.gateway import Opening
+from engine.messages import Definitions, DeliverRequest, EventMessage, OpenRequest
+from engine.pipeline import Pipeline
 from engine.policy import SendPolicy
 from engine.settings import Settings
 from workflows.activities import ContactActivities
@@ -54,6 +60,86 @@ def definitions_loader(engine: Engine, settings: Settings) -> Any:
         )
 
     return load
+
+
+class ContactOpener:
+    """Records new contacts before their workflow starts (see ``engine.gateway.Opening``).
+
+    Whoever starts contact workflows in bulk (the ingestion API's forwarder, rehearsals,
+    the demo) holds one. The definitions are cached for ``ttl``, well inside the
+    workflow's own reload interval, so a deploy or a publish reaches new contacts within
+    a minute.
+    """
+
+    def __init__(
+        self, engine: Engine, settings: Settings, *, ttl: timedelta = timedelta(minutes=1)
+    ) -> None:
+        self._engine = engine
+        self._load: Callable[[], Definitions] = definitions_loader(engine, settings)
+        self._ttl = ttl
+        self._cached: Definitions | None = None
+        self._guard = threading.Lock()
+
+    def definitions(self) -> Definitions:
+        with self._guard:
+            cached = self._cached
+            if cached is None or datetime.now(UTC) - cached.loaded_at > self._ttl:
+                cached = self._cached = self._load()
+            return cached
+
+    async def open(
+        self,
+        contact_id: str,
+        *,
+        event: EventMessage | None = None,
+        journey: str | None = None,
+    ) -> Opening | None:
+        """Record ``contact_id`` at the first stage; None if it was already recorded.
+
+        ``event`` is the one that creates the contact (its type and id are the creation's
+        trigger, its locale the initial ``Locale``); ``journey`` is one it is being
+        enrolled in by the same call."""
+        return await asyncio.to_thread(self._open, contact_id, event, journey)
+
+    def _open(
+        self, contact_id: str, event: EventMessage | None, journey: str | None
+    ) -> Opening | None:
+        from engine.storage.contacts import open_contact
+
+        definitions = self.definitions()
+        first = str(definitions.pipeline["stages"][0]["name"])
+        now = datetime.now(UTC)
+        request = OpenRequest(
+            contact_id=contact_id,
+            at=now,
+            trigger_event_type=event.type if event else None,
+            trigger_message_id=event.message_id if event else None,
+        )
+        if not open_contact(self._engine, request, first):
+            return None
+        # The search attributes the workflow would upsert after this first event, from
+        # the same pure code, so it finds them already set.
+        pipeline = Pipeline.from_dict(definitions.pipeline)
+        state = model.new_contact(contact_id, pipeline, now)
+        if event is not None:
+            seen = model.observe(
+                state,
+                pipeline,
+                message_id=event.message_id,
+                event=EventRecord(event.type, event.occurred_at, dict(event.properties)),
+                traits=event.traits,
+                now=now,
+                source=event.source,
+            )
+            state = seen.state
+            if seen.transition is not None:
+                state = model.enter_stage(state, seen.transition)
+        values = {
+            k: v
+            for k, v in model.search_values(state, [journey] if journey else []).items()
+            if v not in ("", [])
+        }
+        return Opening(definitions=definitions, search_attributes=values)
 
 
 def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:

@@ -10,16 +10,16 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 
 from engine.search_attributes import SEARCH_ATTRIBUTES
+from engine.search_keys import KEYS
 
-STAGE = SearchAttributeKey.for_keyword("Stage")
-SCORE = SearchAttributeKey.for_float("Score")
-GRADE = SearchAttributeKey.for_keyword("Grade")
-JOURNEYS = SearchAttributeKey.for_keyword_list("Journeys")
-LOCALE = SearchAttributeKey.for_keyword("Locale")
+STAGE = KEYS["Stage"]
+SCORE = KEYS["Score"]
+GRADE = KEYS["Grade"]
+JOURNEYS = KEYS["Journeys"]
+LOCALE = KEYS["Locale"]
 
-ALL_KEYS: tuple[SearchAttributeKey[Any], ...] = (STAGE, SCORE, GRADE, JOURNEYS, LOCALE)
-
-assert {k.name for k in ALL_KEYS} == set(SEARCH_ATTRIBUTES), "keep keys and engine in step"
+ALL_KEYS: tuple[SearchAttributeKey[Any], ...] = tuple(KEYS.values())
+__all__ = ["ALL_KEYS", "GRADE", "JOURNEYS", "KEYS", "LOCALE", "SCORE", "STAGE"]
 
 
 async def register_search_attributes(client: Client, namespace: str) -> None:

@@ -779,8 +779,10 @@ def rehearse(
 
     from engine.gateway import contact_view, enrol, send_event
     from engine.messages import EnrolRequest, EventMessage
+    from engine.storage import make_engine
     from engine.timeline import contact_timeline
     from workflows.client import connect
+    from workflows.runtime import ContactOpener
 
     settings = _settings()
     if not 0 < time_scale <= 1:
@@ -806,9 +808,22 @@ def rehearse(
             traits=traits,
             source="rehearsal",
         )
-        await send_event(client, settings, contact_id, identify, rehearsal=True)
+        # One update-with-start carries the identify and the enrolment, and the contact
+        # is recorded here first: the rehearsal costs what a real contact would.
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            opening = await ContactOpener(engine, settings).open(
+                contact_id, event=identify, journey=name
+            )
+        finally:
+            engine.dispose()
         result = await enrol(
-            client, settings, contact_id, EnrolRequest(name, time_scale), rehearsal=True
+            client,
+            settings,
+            contact_id,
+            EnrolRequest(name, time_scale, event=identify),
+            rehearsal=True,
+            opening=opening,
         )
         if not result.accepted:
             raise InvalidOption(

@@ -23,11 +23,11 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.common import RetryPolicy
 
 from engine.content import ContentLibrary
-from engine.gateway import contact_view, enrol, send_event
+from engine.gateway import contact_view, enrol
 from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
-from workflows.runtime import build_activities
+from workflows.runtime import ContactOpener, build_activities
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
 
@@ -98,11 +98,13 @@ async def run_rehearsal_contact(
     contact_id: str,
     *,
     time_scale: float,
+    opener: ContactOpener | None = None,
     expected_seconds: float = 0.0,
     poll: float = 0.2,
     within: float = 300.0,
 ) -> float:
-    """Identify, enrol in the nurture (time-scaled), wait until the journey ended.
+    """Identify and enrol in the nurture (time-scaled) in one update-with-start, as
+    ``stagecoach journeys rehearse`` does, and wait until the journey ended.
 
     Polls the ``state`` query only after ``expected_seconds`` (the journey's scaled waits),
     so the measurement's own queries stay few. Returns the seconds it took."""
@@ -114,9 +116,14 @@ async def run_rehearsal_contact(
         traits=dict(PERSON),
         source="bench",
     )
-    await send_event(client, settings, contact_id, message, rehearsal=True)
+    opening = await opener.open(contact_id, event=message, journey=JOURNEY) if opener else None
     result = await enrol(
-        client, settings, contact_id, EnrolRequest(JOURNEY, time_scale=time_scale), rehearsal=True
+        client,
+        settings,
+        contact_id,
+        EnrolRequest(JOURNEY, time_scale=time_scale, event=message),
+        rehearsal=True,
+        opening=opening,
     )
     assert result.accepted, f"{contact_id}: enrolment refused: {result.reason}"
     await asyncio.sleep(expected_seconds)

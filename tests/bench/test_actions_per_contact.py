@@ -1,7 +1,8 @@
 """Temporal Cloud actions per contact through the B2B nurture journey, from the histories.
 
-Rehearsal contacts (an ``identify`` signal-with-start, then the ``enrol`` update-with-start,
-time-scaled) run the nurture to its end with no further events: whitepaper, 3-day wait,
+Rehearsal contacts, recorded by a ``ContactOpener`` and started by one ``enrol``
+update-with-start that carries their ``identify`` (as ``stagecoach journeys rehearse``
+does), time-scaled, run the nurture to its end with no further events: whitepaper, 3-day wait,
 product-tour video, 7-day wait, exit. Every run of each contact's workflow is fetched
 (continue-as-new followed) and its billable events counted, with Temporal Cloud's
 definition: workflow started, signals, timers started, activities scheduled plus retries,
@@ -35,6 +36,7 @@ from tests.bench._support import (
     terminate_contacts,
 )
 from tests.helpers import runtime_settings
+from workflows.runtime import ContactOpener
 
 TIME_SCALE = 2e-6
 """The nurture's 10 days of waits take ~1.7 s."""
@@ -49,9 +51,13 @@ async def test_actions_per_contact(dev_env: WorkflowEnvironment, tmp_path: Path)
     run = f"act{int(time.time())}"
     ids = [f"{run}-{n}" for n in range(count)]
     started = time.perf_counter()
-    async with contact_worker(client, settings):
+    async with contact_worker(client, settings) as engine:
+        opener = ContactOpener(engine, settings)
         await bounded(
-            [run_rehearsal_contact(client, settings, cid, time_scale=TIME_SCALE) for cid in ids],
+            [
+                run_rehearsal_contact(client, settings, cid, time_scale=TIME_SCALE, opener=opener)
+                for cid in ids
+            ],
             concurrency=20,
         )
     rows = [Actions.from_histories(await contact_histories(client, cid)) for cid in ids]
@@ -96,3 +102,5 @@ async def test_actions_per_contact(dev_env: WorkflowEnvironment, tmp_path: Path)
         assert r.timers >= 2, r
         assert r.started == 1
         assert r.updates == 1
+        assert r.signals == 0
+        assert r.activity_types.get("contact.open", 0) == 0, r

@@ -46,6 +46,7 @@ from tests.bench._support import (
     terminate_contacts,
 )
 from tests.helpers import runtime_settings
+from workflows.runtime import ContactOpener
 
 TIME_SCALE = 4e-6
 """The nurture's 10 days of waits (3 d + 7 d) take ~3.5 s of real time."""
@@ -97,11 +98,15 @@ async def test_journey_throughput(dev_env: WorkflowEnvironment, tmp_path: Path) 
     settings = runtime_settings(tmp_path, fresh_task_queue("bench-journey"))
     run = f"tp{uuid.uuid4().hex[:8]}"
 
-    async with contact_worker(client, settings):
+    async with contact_worker(client, settings) as engine:
+        opener = ContactOpener(engine, settings)
         # Warm up (imports, caches, SQLite) and learn the path's durable steps.
         warm_ids = [f"{run}-warm-{n}" for n in range(WARM_UP)]
         await bounded(
-            [run_rehearsal_contact(client, settings, c, time_scale=TIME_SCALE) for c in warm_ids],
+            [
+                run_rehearsal_contact(client, settings, c, time_scale=TIME_SCALE, opener=opener)
+                for c in warm_ids
+            ],
             concurrency=WARM_UP,
         )
         plans = [plan_from_histories(await contact_histories(client, c)) for c in warm_ids]
@@ -114,7 +119,12 @@ async def test_journey_throughput(dev_env: WorkflowEnvironment, tmp_path: Path) 
         latencies = await bounded(
             [
                 run_rehearsal_contact(
-                    client, settings, c, time_scale=TIME_SCALE, expected_seconds=waits
+                    client,
+                    settings,
+                    c,
+                    time_scale=TIME_SCALE,
+                    opener=opener,
+                    expected_seconds=waits,
                 )
                 for c in ids
             ],

@@ -1,0 +1,98 @@
+"""Contact rows and stage transitions: written by the contact workflow's activities and,
+for a new contact, by whoever starts its workflow (so the workflow need not).
+
+Both writers go through these functions, keyed so that a retry or a race inserts nothing
+twice: a transition's key is ``<contact_id>:<n>`` (its position in the contact's story).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from engine.messages import OpenRequest, TransitionRecord
+from engine.storage.models import Contact, StageTransition
+
+
+def creation_record(request: OpenRequest, first_stage: str) -> TransitionRecord:
+    """The contact's first transition: created, at the pipeline's first stage."""
+    return TransitionRecord(
+        key=f"{request.contact_id}:1",
+        contact_id=request.contact_id,
+        transition={
+            "from_stage": "",
+            "to_stage": first_stage,
+            "at": request.at.isoformat(),
+            "reason": "created",
+            "trigger_event_type": request.trigger_event_type,
+            "trigger_message_id": request.trigger_message_id,
+            "source": "workflow",
+            "kind": "manual",
+        },
+        contact={"stage": first_stage, "traits": {}},
+    )
+
+
+def save_transition(engine: Engine, record: TransitionRecord) -> None:
+    """Upsert the contact row and insert the transition; a retry inserts nothing."""
+    t = record.transition
+    with Session(engine) as session:
+        contact = session.get(Contact, record.contact_id)
+        if contact is None:
+            contact = Contact(id=record.contact_id)
+        contact.stage = record.contact.get("stage")
+        contact.locale = record.contact.get("locale")
+        contact.timezone = record.contact.get("timezone")
+        contact.traits = dict(record.contact.get("traits") or {})
+        contact.updated_at = datetime.now(UTC)
+        session.add(contact)
+        session.commit()
+        exists = session.exec(
+            select(StageTransition.id).where(StageTransition.key == record.key)
+        ).first()
+        if exists is not None:
+            return
+        session.add(
+            StageTransition(
+                key=record.key,
+                contact_id=record.contact_id,
+                from_stage=t.get("from_stage") or None,
+                to_stage=t["to_stage"],
+                kind=t.get("kind", "rule"),
+                reason=str(t.get("reason", ""))[:512],
+                source=t.get("source", "") or "workflow",
+                trigger_event_type=t.get("trigger_event_type"),
+                trigger_message_id=t.get("trigger_message_id"),
+                at=datetime.fromisoformat(t["at"]),
+            )
+        )
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()  # a concurrent retry won: the row is there once
+
+
+def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool:
+    """Record a new contact at ``first_stage``; False (and nothing written) if it exists.
+
+    Only the caller that inserted the row gets True, so of two racing first events for
+    one contact exactly one opens it."""
+    record = creation_record(request, first_stage)
+    with Session(engine) as session:
+        if session.get(Contact, request.contact_id) is not None:
+            return False
+        session.add(
+            Contact(
+                id=request.contact_id, stage=first_stage, traits={}, updated_at=datetime.now(UTC)
+            )
+        )
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return False
+    save_transition(engine, record)
+    return True
