@@ -153,7 +153,7 @@ async def test_a_malformed_event_in_an_enrolment_is_refused_before_sending(
 
     async def identified() -> bool:
         view = await contact_view(runtime.client, "op-bad2")
-        return view.state["attributes"].get("email") == PERSON["email"]
+        return bool(view.state["attributes"].get("email") == PERSON["email"])
 
     await eventually(identified)
     handle = runtime.client.get_workflow_handle(contact_workflow_id("op-bad2"))
