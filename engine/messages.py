@@ -31,6 +31,8 @@ class SystemCheckResult:
 
 CONTACT_WORKFLOW = "Contact"
 EVENT_SIGNAL = "event"
+EVENTS_SIGNAL = "events"
+MERGED_SIGNAL = "merged"
 STATE_QUERY = "state"
 ENROL_UPDATE = "enrol"
 
@@ -51,6 +53,22 @@ class EventMessage:
     traits: dict[str, Any] = field(default_factory=dict)
     source: str = "api"
     channel: str | None = None
+
+
+@dataclass
+class EventBatch:
+    """Several events for one contact in one signal (``events``), applied in order: the
+    outbox forwarder's way of saving a signal per event when a contact's events queue."""
+
+    events: list[EventMessage]
+
+
+@dataclass
+class Merged:
+    """Signal ``merged``: this contact turned out to be ``into``; the workflow ends."""
+
+    into: str
+    reason: str = ""
 
 
 @dataclass

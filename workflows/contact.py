@@ -60,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
         CONTACT_WORKFLOW,
         ENROL_UPDATE,
         EVENT_SIGNAL,
+        EVENTS_SIGNAL,
+        MERGED_SIGNAL,
         STATE_QUERY,
         ActiveJourney,
         ContactInput,
@@ -69,9 +71,11 @@ with workflow.unsafe.imports_passed_through():
         DeliverRequest,
         EnrolRequest,
         EnrolResult,
+        EventBatch,
         EventMessage,
         HandOffOutcome,
         HandOffRequest,
+        Merged,
         OpenRequest,
         TransitionRecord,
     )
@@ -115,6 +119,7 @@ class ContactWorkflow:
         self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._run_events = 0
+        self._merged_into: str | None = None
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -122,6 +127,17 @@ class ContactWorkflow:
     def event(self, message: EventMessage) -> None:
         """Behaviour arrives here; it is applied in order by the main loop."""
         self._inbox.append(message)
+
+    @workflow.signal(name=EVENTS_SIGNAL)
+    def events(self, batch: EventBatch) -> None:
+        """Several events at once (the outbox forwarder batches a contact's backlog)."""
+        self._inbox.extend(batch.events)
+
+    @workflow.signal(name=MERGED_SIGNAL)
+    def merged(self, merged: Merged) -> None:
+        """This contact turned out to be another: end, pointing to the survivor (which
+        has been sent this contact's events)."""
+        self._merged_into = merged.into
 
     @workflow.update(name=ENROL_UPDATE)
     async def enrol(self, request: EnrolRequest) -> EnrolResult:
@@ -183,7 +199,8 @@ class ContactWorkflow:
     # --- the main loop -----------------------------------------------------------------
 
     @workflow.run
-    async def run(self, inp: ContactInput) -> None:
+    async def run(self, inp: ContactInput) -> str | None:
+        """Runs for the contact's life; returns only when merged, with the survivor's id."""
         now = workflow.now()
         if inp.state is None and not (inp.opened and self._definitions is not None):
             # A new contact nobody opened: one activity loads the definitions and records
@@ -203,7 +220,15 @@ class ContactWorkflow:
             )
             self._enrol_entered_on(self._state.stage)
         while True:
-            await workflow.wait_condition(lambda: bool(self._inbox or self._fired))
+            await workflow.wait_condition(
+                lambda: bool(self._inbox or self._fired or self._merged_into)
+            )
+            if self._merged_into is not None:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                for name in list(self._active):
+                    self._finish(name, f"merged into {self._merged_into}")
+                workflow.logger.info("contact merged into %s", self._merged_into)
+                return self._merged_into
             async with self._lock:
                 while (self._inbox or self._fired) and not self._run_full(inp):
                     if self._fired:

@@ -6,8 +6,11 @@ override; the engine is built here from settings unless one is handed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,6 +21,11 @@ from engine import __version__
 from engine.errors import DatabaseError
 from engine.settings import Settings
 from engine.storage import check_connection, make_engine, session_factory
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from engine.ingest._forwarder import Opener
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -30,17 +38,71 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
-    """Build the API for ``settings``; pass ``engine`` to share one (tests do)."""
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    temporal: Callable[[], Awaitable[Client]] | None = None,
+    opener: Opener | None = None,
+) -> FastAPI:
+    """Build the API for ``settings``; pass ``engine`` to share one (tests do).
+
+    With ``temporal`` (a client factory) the outbox forwarder runs beside the API and
+    sends stored events to contact workflows; ``opener`` (``workflows.runtime.
+    ContactOpener``) opens new contacts first and says which event types matter.
+    Without ``temporal`` events are stored and wait in the outbox.
+    """
+    from engine.api.events import _Keys
+    from engine.api.events import router as events_router
+    from engine.ingest import Ingestor, relevant_event_types
+
     db = engine or make_engine(settings.resolved_database_url)
+    relevance: dict[str, Any] = {}
+
+    def relevant() -> frozenset[str] | None:
+        definitions = getattr(opener, "definitions", None)
+        if definitions is None:
+            return None  # no definitions known: signal everything
+        current = definitions()
+        if relevance.get("at") != current.loaded_at:
+            relevance.update(at=current.loaded_at, types=relevant_event_types(current))
+        types: frozenset[str] = relevance["types"]
+        return types
+
+    ingestor = Ingestor(db, relevant=relevant)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if temporal is not None:
+            from engine.ingest._forwarder import Forwarder
+
+            forwarder = Forwarder(db, settings, temporal, opener=opener)
+            app.state.forwarder = forwarder
+            task = asyncio.create_task(forwarder.run(), name="outbox-forwarder")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await ingestor.close()
+
     app = FastAPI(
         title="Stagecoach",
         version=__version__,
         description="Lifecycle marketing automation on durable Temporal workflows.",
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.engine = db
     app.state.session_factory = session_factory(db)
+    app.state.ingestor = ingestor
+    app.state.write_keys = _Keys(db)
+    app.state.clock = time.monotonic
+    app.state.forwarder = None
+    app.include_router(events_router)
 
     @app.get(
         "/healthz",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from engine.messages import OpenRequest, TransitionRecord
 from engine.storage.models import Contact, StageTransition
@@ -76,23 +76,39 @@ def save_transition(engine: Engine, record: TransitionRecord) -> None:
 
 
 def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool:
-    """Record a new contact at ``first_stage``; False (and nothing written) if it exists.
+    """Record a new contact at ``first_stage``; False (and nothing written) if it was
+    already opened.
 
-    Only the caller that inserted the row gets True, so of two racing first events for
-    one contact exactly one opens it."""
+    A row the ingestion API created for the contact's first events has no stage yet;
+    opening claims it. Only the caller whose insert or claim took effect gets True, so
+    of two racing first events for one contact exactly one opens it."""
     record = creation_record(request, first_stage)
     with Session(engine) as session:
-        if session.get(Contact, request.contact_id) is not None:
-            return False
-        session.add(
-            Contact(
-                id=request.contact_id, stage=first_stage, traits={}, updated_at=datetime.now(UTC)
+        row = session.get(Contact, request.contact_id)
+        if row is None:
+            session.add(
+                Contact(
+                    id=request.contact_id,
+                    stage=first_stage,
+                    traits={},
+                    updated_at=datetime.now(UTC),
+                )
             )
-        )
-        try:
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                return False
+        elif row.stage is None:
+            claimed = session.execute(
+                update(Contact)
+                .where(col(Contact.id) == request.contact_id, col(Contact.stage).is_(None))
+                .values(stage=first_stage, updated_at=datetime.now(UTC))
+            )
             session.commit()
-        except IntegrityError:
-            session.rollback()
+            if getattr(claimed, "rowcount", 0) != 1:
+                return False
+        else:
             return False
     save_transition(engine, record)
     return True

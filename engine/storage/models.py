@@ -139,3 +139,81 @@ class Suppression(SQLModel, table=True):
     reason: str = Field(max_length=64)
     contact_id: str | None = Field(default=None, max_length=64, index=True)
     created_at: datetime = _ts()
+
+
+class Identity(SQLModel, table=True):
+    """One way of recognising a contact: userId, anonymousId, email, phone, openid, ..."""
+
+    __tablename__ = "identities"
+
+    kind: str = Field(primary_key=True, max_length=32, description="user_id, email, ...")
+    value: str = Field(primary_key=True, max_length=320)
+    contact_id: str = Field(foreign_key="contacts.id", max_length=64, index=True)
+    source: str = Field(default="api", max_length=64)
+    created_at: datetime = _ts()
+
+
+class Outbox(SQLModel, table=True):
+    """An event waiting to be signalled to its contact's workflow.
+
+    Written in the event's own transaction; the forwarder deletes the row once the signal
+    is accepted, so the table's size is the backlog."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_contact_id", "contact_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: str = Field(max_length=64)
+    event_id: int | None = Field(default=None, foreign_key="events.id")
+    merged_into: str | None = Field(
+        default=None, max_length=64, description="a control row: this contact was merged"
+    )
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=512)
+    created_at: datetime = _ts()
+
+
+class WriteKey(SQLModel, table=True):
+    """A source's write key, stored as its SHA-256; ``source`` scopes what it may send."""
+
+    __tablename__ = "write_keys"
+
+    key_hash: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    source: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class Merge(SQLModel, table=True):
+    """Two contacts found to be one: ``merged_id`` now lives on as ``into_id``."""
+
+    __tablename__ = "merges"
+
+    merged_id: str = Field(primary_key=True, max_length=64)
+    into_id: str = Field(max_length=64, index=True)
+    reason: str = Field(max_length=256)
+    message_id: str | None = Field(default=None, max_length=128)
+    at: datetime = _ts()
+
+
+class Consent(SQLModel, table=True):
+    """A consent decision as given: channel, granted or withdrawn, source, wording, time.
+
+    Rows are only added. ``proof`` is the SHA-256 of the previous proof and this row's
+    fields, so an edited or deleted row breaks the chain from there on."""
+
+    __tablename__ = "consents"
+    __table_args__ = (Index("ix_consents_contact_at", "contact_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: str = Field(foreign_key="contacts.id", max_length=64)
+    channel: str = Field(max_length=32)
+    granted: bool
+    source: str = Field(max_length=64)
+    wording: str = Field(max_length=2048)
+    message_id: str | None = Field(default=None, max_length=128)
+    at: datetime = _ts()
+    proof: str = Field(max_length=64)

@@ -1,0 +1,304 @@
+"""``/v1/identify|track|page|screen|alias|group|batch``: the Segment HTTP Tracking API.
+
+Point a Segment client library at our base URL and it works unchanged: write keys go as
+HTTP basic auth (the key as user name, empty password) or as ``writeKey`` in the body,
+and a good call answers ``200 {"success": true}``. Ours adds what a client can act on:
+
+- 400 names the bad field (``errors[].field``) and says what to send;
+- 401 for an unknown or revoked write key; 413 for a body over the limit (32 KB a call,
+  500 KB a batch); 503 when the database cannot take the write (retry, same ids);
+- in a batch the good messages are stored and the bad ones listed by ``index``;
+- ``messageId`` makes retries safe: a message stored before is acknowledged again and
+  counted as a duplicate, never stored or signalled twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from engine.errors import DatabaseError
+from engine.ingest import (
+    MAX_BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+    Ingestor,
+    Problem,
+    parse_batch,
+    parse_message,
+)
+from engine.ingest._segment import AliasIn, GroupIn, IdentifyIn, Message, PageIn, TrackIn
+from engine.storage.models import WriteKey
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_write_key(engine: Engine, name: str, *, source: str | None = None) -> str:
+    """A new write key; only its hash is stored, so this is the one time it is seen."""
+    key = "sk_" + secrets.token_urlsafe(24)
+    with Session(engine) as session:
+        session.add(WriteKey(key_hash=hash_key(key), name=name, source=source))
+        session.commit()
+    return key
+
+
+class _Keys:
+    """Write-key lookups, cached by hash (a revoked key is refused within ``ttl``)."""
+
+    def __init__(self, engine: Engine, ttl: float = 30.0) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, WriteKey | None]] = {}
+
+    def find(self, key: str, now: float) -> WriteKey | None:
+        digest = hash_key(key)
+        hit = self._cache.get(digest)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        with Session(self._engine) as session:
+            row = session.exec(
+                select(WriteKey).where(
+                    col(WriteKey.key_hash) == digest, col(WriteKey.revoked_at).is_(None)
+                )
+            ).first()
+        self._cache[digest] = (now, row)
+        return row
+
+
+def _error(status: int, problems: Sequence[Problem], **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"success": False, "errors": [p.to_dict() for p in problems], **extra},
+        status_code=status,
+    )
+
+
+async def _read(request: Request, limit: int) -> bytes | Response:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return _error(413, [Problem(None, "body", f"body over {limit // 1024} KB: send less")])
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return _error(413, [Problem(None, "body", f"body over {limit // 1024} KB: send less")])
+    return bytes(body)
+
+
+def _write_key(request: Request, payload: Any) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            user = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user.partition(":")[0] or None
+    if isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
+        return str(payload["writeKey"])
+    return None
+
+
+async def _handle(request: Request, kind: str | None) -> Response:
+    limit = MAX_BATCH_BYTES if kind is None else MAX_MESSAGE_BYTES
+    body = await _read(request, limit)
+    if isinstance(body, Response):
+        return body
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _error(400, [Problem(None, "body", f"malformed JSON ({exc}): send a JSON object")])
+    key = _write_key(request, payload)
+    keys: _Keys = request.app.state.write_keys
+    found = keys.find(key, request.app.state.clock()) if key else None
+    if found is None:
+        return JSONResponse(
+            {
+                "success": False,
+                "errors": [
+                    {
+                        "field": "authorization",
+                        "message": (
+                            "unknown or missing write key: send it as HTTP basic auth user name"
+                        ),
+                    }
+                ],
+            },
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="stagecoach"'},
+        )
+    source = found.source or found.name
+    received = datetime.now(UTC)
+    if kind is None:
+        good, bad = parse_batch(payload, received_at=received, source=source)
+    else:
+        if isinstance(payload, dict):
+            payload.pop("writeKey", None)
+            payload.setdefault("type", kind)
+            if payload["type"] != kind and not (kind == "page" and payload["type"] == "screen"):
+                return _error(
+                    400, [Problem(None, "type", f"type is {payload['type']!r} at /v1/{kind}")]
+                )
+        parsed = parse_message(payload, received_at=received, source=source)
+        good, bad = ([], [parsed]) if isinstance(parsed, Problem) else ([parsed], [])
+    if not good:
+        return _error(400, bad)
+    ingestor: Ingestor = request.app.state.ingestor
+    try:
+        outcomes = await ingestor.accept(good)
+    except DatabaseError as exc:
+        return JSONResponse(
+            {"success": False, "errors": [{"field": "database", "message": exc.one_line()}]},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    forwarder = getattr(request.app.state, "forwarder", None)
+    if forwarder is not None and any(o.signalled for o in outcomes):
+        forwarder.wake()
+    body_out: dict[str, Any] = {
+        "success": True,
+        "accepted": len(outcomes),
+        "duplicates": sum(1 for o in outcomes if o.duplicate),
+    }
+    if bad:
+        body_out["errors"] = [p.to_dict() for p in bad]
+    return JSONResponse(body_out)
+
+
+def _doc(model: type[Any], example: dict[str, Any], summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "openapi_extra": {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": model.model_json_schema(),
+                        "examples": {"example": {"value": example}},
+                    }
+                },
+            }
+        },
+        "responses": {
+            200: {"description": "Stored (or already stored: see duplicates)"},
+            400: {"description": "A field is wrong: errors[].field names it"},
+            401: {"description": "Unknown or missing write key"},
+            413: {"description": "Body over the limit"},
+            503: {"description": "Not stored; retry with the same messageId"},
+        },
+    }
+
+
+_WHEN = "2026-11-22T09:00:00Z"
+EXAMPLES: dict[str, tuple[type[Any], dict[str, Any], str]] = {
+    "identify": (
+        IdentifyIn,
+        {
+            "userId": "u-1001",
+            "messageId": "m-identify-1",
+            "timestamp": _WHEN,
+            "traits": {
+                "email": "Li.Lei@Example.cn",
+                "phone": "+86 138 0013 8000",
+                "locale": "zh-CN",
+                "timezone": "Asia/Shanghai",
+                "consent": {"email": True},
+                "consent_wording": "I agree to receive product news by email.",
+            },
+        },
+        "Who the contact is: traits, identities and consent",
+    ),
+    "track": (
+        TrackIn,
+        {
+            "userId": "u-1001",
+            "messageId": "m-track-1",
+            "event": "content.downloaded",
+            "timestamp": _WHEN,
+            "properties": {"content_id": "wp-digital-transformation", "kind": "whitepaper"},
+        },
+        "Something the contact did",
+    ),
+    "page": (
+        PageIn,
+        {
+            "anonymousId": "a-77",
+            "messageId": "m-page-1",
+            "name": "Pricing",
+            "properties": {"category": "pricing", "url": "https://example.cn/pricing"},
+        },
+        "A page view (stored as page.viewed)",
+    ),
+    "screen": (
+        PageIn,
+        {"anonymousId": "a-77", "messageId": "m-screen-1", "type": "screen", "name": "Home"},
+        "An app screen view (stored as screen.viewed)",
+    ),
+    "alias": (
+        AliasIn,
+        {"previousId": "a-77", "userId": "u-1001", "messageId": "m-alias-1"},
+        "Join an earlier id (anonymous or not) to this user: their histories merge",
+    ),
+    "group": (
+        GroupIn,
+        {
+            "userId": "u-1001",
+            "groupId": "acme",
+            "messageId": "m-group-1",
+            "traits": {"name": "Acme", "industry": "manufacturing", "employees": 800},
+        },
+        "The contact's company (traits.company)",
+    ),
+}
+
+
+def _route(kind: str) -> None:
+    model, example, summary = EXAMPLES[kind]
+
+    async def endpoint(request: Request) -> Response:
+        return await _handle(request, kind)
+
+    endpoint.__name__ = f"ingest_{kind}"
+    router.add_api_route(f"/{kind}", endpoint, methods=["POST"], **_doc(model, example, summary))
+
+
+for _kind in EXAMPLES:
+    _route(_kind)
+
+
+class BatchIn(BaseModel):
+    """``/v1/batch``: messages of any type, each with its ``type``."""
+
+    batch: list[Message]
+    context: dict[str, Any] | None = None
+    sentAt: datetime | None = None
+
+
+@router.post(
+    "/batch",
+    **_doc(
+        BatchIn,
+        {
+            "batch": [
+                EXAMPLES["identify"][1] | {"type": "identify"},
+                EXAMPLES["track"][1] | {"type": "track"},
+            ]
+        },
+        "Up to 500 KB of messages; the good ones are stored, the bad ones listed by index",
+    ),
+)
+async def ingest_batch(request: Request) -> Response:
+    return await _handle(request, None)

@@ -1,0 +1,168 @@
+"""Events through the HTTP API to contact workflows on the real server: the outbox
+forwarder, with Temporal reachable and not."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from engine.api import create_app
+from engine.api.events import create_write_key
+from engine.gateway import ContactNotFound
+from engine.gateway import contact_view as _view
+from engine.ingest._forwarder import backlog
+from engine.messages import contact_workflow_id
+from engine.storage.models import Event, Outbox
+from tests.workflows.conftest import Runtime, eventually
+from workflows.runtime import ContactOpener
+
+WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
+
+
+async def contact_view(client: Client, contact_id: str) -> Any:
+    """The view, waiting out the moment before the forwarder has started the workflow."""
+    for _ in range(100):
+        try:
+            return await _view(client, contact_id)
+        except ContactNotFound:
+            await asyncio.sleep(0.1)
+    return await _view(client, contact_id)
+
+
+def _client(runtime: Runtime, temporal: Callable[[], Awaitable[Client]]) -> TestClient:
+    key = create_write_key(runtime.engine, "web", source="web")
+    app = create_app(
+        runtime.settings,
+        engine=runtime.engine,
+        temporal=temporal,
+        opener=ContactOpener(runtime.engine, runtime.settings),
+    )
+    auth = base64.b64encode(f"{key}:".encode()).decode()
+    return TestClient(app, headers={"Authorization": f"Basic {auth}"})
+
+
+def _contact_of(runtime: Runtime, message_id: str) -> str:
+    with Session(runtime.engine) as session:
+        row = session.exec(select(Event).where(col(Event.message_id) == message_id)).one()
+        runtime.touched.add(row.contact_id)
+        return row.contact_id
+
+
+def _outbox(runtime: Runtime) -> int:
+    with Session(runtime.engine) as session:
+        return int(session.exec(select(func.count()).select_from(Outbox)).one())
+
+
+async def test_a_tracked_event_reaches_a_new_contacts_workflow_opened_by_the_api(
+    runtime: Runtime,
+) -> None:
+    async def temporal() -> Client:
+        return runtime.client
+
+    with _client(runtime, temporal) as api:
+        body: dict[str, Any] = {
+            "userId": "fw-1",
+            "messageId": "fw-1-dl",
+            "event": "content.downloaded",
+            "properties": WHITEPAPER,
+            "context": {"traits": {"email": "fw1@example.com", "locale": "en"}},
+        }
+        assert api.post("/v1/track", json=body).status_code == 200
+        contact_id = _contact_of(runtime, "fw-1-dl")
+
+        async def applied() -> bool:
+            view = await contact_view(runtime.client, contact_id)
+            return bool(view.stage == "prospect")
+
+        await eventually(applied)
+        assert _outbox(runtime) == 0
+        assert len(runtime.sent(contact_id)) == 1  # the nurture's whitepaper
+        handle = runtime.client.get_workflow_handle(contact_workflow_id(contact_id))
+        names = [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            for e in (await handle.fetch_history()).events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        ]
+        assert "contact.open" not in names
+
+
+async def test_while_temporal_is_unreachable_events_wait_and_then_drain_once(
+    runtime: Runtime,
+) -> None:
+    reachable = {"yes": False}
+
+    async def temporal() -> Client:
+        if not reachable["yes"]:
+            raise RuntimeError("Temporal unreachable (test)")
+        return runtime.client
+
+    with _client(runtime, temporal) as api:
+        for n in range(5):
+            body = {
+                "userId": "fw-2",
+                "messageId": f"fw-2-{n}",
+                "event": "page.viewed",
+                "properties": {"category": "pricing"},
+            }
+            assert api.post("/v1/track", json=body).status_code == 200
+        contact_id = _contact_of(runtime, "fw-2-0")
+        assert backlog(runtime.engine)["outbox_backlog"] == 5
+        reachable["yes"] = True
+
+        async def drained() -> bool:
+            view = await contact_view(runtime.client, contact_id)
+            return len(view.state["events"]) == 5
+
+        await eventually(drained, within=20)
+        assert _outbox(runtime) == 0
+        # Five waiting events for one contact went in one signal-with-start.
+        handle = runtime.client.get_workflow_handle(contact_workflow_id(contact_id))
+        signals = [
+            e
+            for e in (await handle.fetch_history()).events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        ]
+        assert len(signals) == 1
+        view = await contact_view(runtime.client, contact_id)
+        assert view.run_events == 5
+
+
+async def test_a_merged_contacts_workflow_ends_pointing_to_the_survivor(
+    runtime: Runtime,
+) -> None:
+    async def temporal() -> Client:
+        return runtime.client
+
+    with _client(runtime, temporal) as api:
+        api.post(
+            "/v1/identify",
+            json={"userId": "m-a", "messageId": "m-a-1", "traits": {"email": "m@example.com"}},
+        )
+        api.post("/v1/identify", json={"userId": "m-b", "messageId": "m-b-1"})
+        a, b = _contact_of(runtime, "m-a-1"), _contact_of(runtime, "m-b-1")
+
+        async def both_started() -> bool:
+            for cid in (a, b):
+                await contact_view(runtime.client, cid)
+            return _outbox(runtime) == 0
+
+        await eventually(both_started)
+        api.post("/v1/alias", json={"previousId": "m-a", "userId": "m-b", "messageId": "m-ab"})
+
+        async def ended() -> bool:
+            handle = runtime.client.get_workflow_handle(contact_workflow_id(a))
+            return (await handle.describe()).status is not None and _outbox(runtime) == 0
+
+        await eventually(ended)
+        handle = runtime.client.get_workflow_handle(contact_workflow_id(a))
+        assert await handle.result() == b
+        view = await contact_view(runtime.client, b)
+        assert view.state["attributes"].get("email") == "m@example.com"  # a's state, replayed
