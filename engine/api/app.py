@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -103,6 +103,36 @@ def create_app(
     app.state.clock = time.monotonic
     app.state.forwarder = None
     app.include_router(events_router)
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Ingestion and outbox counters (Prometheus text format)",
+        response_class=PlainTextResponse,
+    )
+    def metrics() -> PlainTextResponse:
+        from engine.ingest._forwarder import backlog
+
+        outbox = backlog(db)
+        forwarder = app.state.forwarder
+        lines = [
+            "# TYPE stagecoach_events_accepted_total counter",
+            f"stagecoach_events_accepted_total {ingestor.accepted}",
+            "# TYPE stagecoach_events_stored_total counter",
+            f"stagecoach_events_stored_total {ingestor.stored}",
+            "# TYPE stagecoach_outbox_backlog gauge",
+            f"stagecoach_outbox_backlog {outbox['outbox_backlog']}",
+            "# TYPE stagecoach_outbox_oldest_seconds gauge",
+            f"stagecoach_outbox_oldest_seconds {outbox['outbox_oldest_seconds'] or 0:.3f}",
+        ]
+        if forwarder is not None:
+            lines += [
+                "# TYPE stagecoach_outbox_forwarded_total counter",
+                f"stagecoach_outbox_forwarded_total {forwarder.stats.forwarded}",
+                "# TYPE stagecoach_outbox_failures_total counter",
+                f"stagecoach_outbox_failures_total {forwarder.stats.failures}",
+            ]
+        return PlainTextResponse("\n".join(lines) + "\n")
 
     @app.get(
         "/healthz",

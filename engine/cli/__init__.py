@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -95,13 +95,49 @@ def api() -> None:
     ensure_port_free(
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
     )
+    from engine.storage import make_engine
+    from workflows.client import connect
+    from workflows.runtime import ContactOpener
+
+    engine = make_engine(settings.resolved_database_url)
+
+    async def temporal() -> Any:
+        return await connect(settings)
+
     uvicorn.run(
-        create_app(settings),
+        create_app(
+            settings, engine=engine, temporal=temporal, opener=ContactOpener(engine, settings)
+        ),
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+
+
+keys_app = typer.Typer(help="Write keys for the event API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who uses it, e.g. 'website'.")],
+    source: Annotated[
+        str | None,
+        typer.Option(help="Scope: events sent with this key are recorded with this source."),
+    ] = None,
+) -> None:
+    """Create a write key and print it (only its hash is stored: this is the only time)."""
+    from engine.api.events import create_write_key
+    from engine.storage import make_engine
+
+    settings = _settings()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        key = create_write_key(engine, name, source=source)
+    finally:
+        engine.dispose()
+    typer.echo(key)
 
 
 @app.command()

@@ -37,6 +37,10 @@ def _type_name(value: int) -> str:
     return "".join(part.capitalize() for part in raw.split("_"))
 
 
+OUTBOX_STALE_SECONDS = 60
+"""An event waiting longer than this means forwarding has stopped."""
+
+
 def check_database(settings: Settings) -> list[Check]:
     """Connectivity, then the schema revision against the newest migration."""
     shown = redact(settings.resolved_database_url)
@@ -48,10 +52,29 @@ def check_database(settings: Settings) -> list[Check]:
     checks = [Check("database", True, shown)]
     try:
         current, head = current_revision(engine), head_revision()
+        outbox = None
+        if current == head:
+            from engine.ingest._forwarder import backlog
+
+            outbox = backlog(engine)
     finally:
         engine.dispose()
     if current == head:
         checks.append(Check("migrations", True, f"at head ({head})"))
+        assert outbox is not None
+        waiting, age = outbox["outbox_backlog"], outbox["outbox_oldest_seconds"]
+        stale = age is not None and age > OUTBOX_STALE_SECONDS
+        checks.append(
+            Check(
+                "outbox",
+                not stale,
+                f"{waiting} events waiting for their workflows"
+                + (f", oldest {age:.0f} s" if age is not None else ""),
+                "start the API (its forwarder drains the outbox) and check Temporal is reachable"
+                if stale
+                else "",
+            )
+        )
     else:
         checks.append(
             Check(

@@ -268,6 +268,8 @@ def _banner(settings: Settings, logs: Path) -> str:
             f"  (namespace {settings.temporal_namespace})",
             f"  Temporal Web UI    {settings.temporal_ui_url}",
             f"  HTTP API           {api}  (docs {api}/docs, health {api}/healthz)",
+            "  Send events        stagecoach keys create website  (then Segment's API, "
+            f"basic auth, at {api}/v1/track)",
             f"  Database           {redact(settings.resolved_database_url)}",
             f"  Logs               {logs}/{{temporal,worker,api}}.log",
             "Press Ctrl-C to stop.",

@@ -140,6 +140,31 @@ def _demo_contacts_are_searchable(env: dict[str, str], cwd: Path) -> None:
     pytest.fail("demo contacts did not show up in search by Stage")
 
 
+def _event_over_http_reaches_its_contact(env: dict[str, str], cwd: Path, api: str) -> None:
+    """A new user's path: a write key from the CLI, a Segment call, the contact's story."""
+    created = _cli(env, cwd, "keys", "create", "website", "--source", "web")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    call = {
+        "userId": "e2e-user",
+        "messageId": "e2e-download",
+        "event": "content.downloaded",
+        "properties": {"content_id": "wp-digital-transformation", "kind": "whitepaper"},
+        "context": {"traits": {"email": "e2e@example.com", "locale": "en"}},
+    }
+    response = httpx.post(f"{api}/v1/track", json=call, auth=(key, ""))
+    assert response.status_code == 200, response.text
+    assert httpx.post(f"{api}/v1/track", json=call, auth=("sk_wrong", "")).status_code == 401
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = _count(env, 'WorkflowType="Contact" AND Stage="prospect" AND Locale="en"')
+        metrics = httpx.get(f"{api}/metrics").text
+        if found and "stagecoach_outbox_backlog 0" in metrics:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the tracked event did not reach a contact workflow: {metrics}")
+
+
 def test_children_stop_when_the_supervisor_is_killed_outright(
     tmp_path: Path, temporal_cli_path: str
 ) -> None:
@@ -206,6 +231,7 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(
             }
             if run == "warm":
                 _rehearse_and_read_the_story(env, tmp_path)
+                _event_over_http_reaches_its_contact(env, tmp_path, api)
                 _demo_contacts_are_searchable(env, tmp_path)
             _stop_and_check_no_orphans(proc)
         finally:
