@@ -76,6 +76,40 @@ class Settings(BaseSettings):
     max_events_per_run: int = Field(
         default=2000, ge=1, description="Continue-as-new after this many events in one run."
     )
+    # --- connectors: each channel goes to the file sink until one is configured --------
+    email_connector: Literal["sink", "smtp", "http", "postmark"] = "sink"
+    email_from: str = "Stagecoach <news@example.com>"
+    email_rate: float | None = Field(
+        default=None, gt=0, description="Emails per second per worker (unset: unlimited)."
+    )
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept per worker.")
+    email_http_url: str | None = Field(
+        default=None, description="Generic JSON email provider: its send endpoint."
+    )
+    email_http_token: SecretStr | None = None
+    postmark_token: SecretStr | None = Field(default=None, description="Postmark server token.")
+    postmark_base_url: str = "https://api.postmarkapp.com"
+    postmark_message_stream: str = "outbound"
+    wechat_connector: Literal["sink", "wechat"] = "sink"
+    wechat_appid: str | None = None
+    wechat_secret: SecretStr | None = None
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    wechat_rate: float | None = Field(default=None, gt=0)
+    crm_connector: Literal["sink", "webhook", "hubspot"] = "sink"
+    crm_rate: float | None = Field(default=None, gt=0)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC key(s), comma-separated while rotating (new first)."
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    hubspot_token: SecretStr | None = Field(default=None, description="Private app token.")
+    hubspot_base_url: str = "https://api.hubapi.com"
+    hubspot_lifecycle_stage: str = "marketingqualifiedlead"
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "stagecoach")
     temporal_cli_path: Path | None = Field(
         default=None, validation_alias="TEMPORAL_CLI_PATH", description="The Temporal CLI binary."

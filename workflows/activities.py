@@ -232,7 +232,7 @@ class ContactActivities:
         except RetryableDeliveryError as exc:
             raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
-            return HandOffOutcome(ok=False, error=exc.message)
+            return HandOffOutcome(ok=False, error=exc.one_line())
         return HandOffOutcome(ok=True, reference=sent.provider_message_id)
 
     # --- database helpers (run in a thread) -------------------------------------------

@@ -94,6 +94,15 @@ DELIVERY_RETRY = RetryPolicy(
 )
 """Retryable connector errors back off up to 10 minutes apart, for a day at most."""
 
+HANDOFF_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=10),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=30),
+    non_retryable_error_types=["PermanentDeliveryError", "ConsentRevoked"],
+)
+"""A CRM or webhook receiver may be down for hours (a deploy, an outage): keep trying
+for 12 hours, at most 30 minutes apart."""
+
 ACTIVITY = {"start_to_close_timeout": timedelta(seconds=60)}
 
 
@@ -574,9 +583,10 @@ class ContactWorkflow:
                 },
             ),
             result_type=HandOffOutcome,
-            start_to_close_timeout=timedelta(seconds=60),
+            # A HubSpot hand-off is up to five requests of 10 s each.
+            start_to_close_timeout=timedelta(minutes=2),
             schedule_to_close_timeout=timedelta(hours=12),
-            retry_policy=DELIVERY_RETRY,
+            retry_policy=HANDOFF_RETRY,
         )
         return HandoffResult(
             now=self._journey_now(aj, workflow.now()),

@@ -18,6 +18,7 @@ from engine import contact as model
 from engine.conditions import EventRecord
 from engine.content import ContentLibrary
 from engine.delivery import Connector
+from engine.errors import ConfigurationError
 from engine.gateway import Opening
 from engine.messages import Definitions, DeliverRequest, EventMessage, OpenRequest
 from engine.pipeline import Pipeline
@@ -149,6 +150,47 @@ def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
     return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
 
 
+def connectors_from_settings(settings: Settings) -> dict[str, Connector]:
+    """One connector per channel, as configured; the file sink where none is.
+
+    Built once per worker, so SMTP sessions, HTTP clients, WeChat tokens and rate
+    limits are shared by every concurrent activity in it."""
+    from connectors.ratelimit import RateLimiter
+
+    chosen = dict(file_sink_connectors(settings))
+    if settings.crm_connector == "webhook":
+        from connectors.webhook import WebhookConnector
+
+        if not settings.webhook_url or settings.webhook_secret is None:
+            raise ConfigurationError(
+                "STAGECOACH_CRM_CONNECTOR=webhook needs a URL and a secret",
+                fix="set STAGECOACH_WEBHOOK_URL and STAGECOACH_WEBHOOK_SECRET",
+            )
+        secrets = [x.strip() for x in settings.webhook_secret.get_secret_value().split(",")]
+        chosen["crm"] = WebhookConnector(
+            settings.webhook_url,
+            [x for x in secrets if x],
+            timeout=settings.webhook_timeout,
+            limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
+        )
+    elif settings.crm_connector == "hubspot":
+        from connectors.hubspot import HubSpotConnector
+
+        if settings.hubspot_token is None:
+            raise ConfigurationError(
+                "STAGECOACH_CRM_CONNECTOR=hubspot needs a private app token",
+                fix="set STAGECOACH_HUBSPOT_TOKEN (scopes crm.objects.contacts.read/write)",
+            )
+        chosen["crm"] = HubSpotConnector(
+            settings.hubspot_token.get_secret_value(),
+            base_url=settings.hubspot_base_url,
+            lifecycle_stage=settings.hubspot_lifecycle_stage or None,
+            timeline_url=f"{settings.api_base_url}/v1/contacts/{{contact_id}}",
+            limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
+        )
+    return chosen
+
+
 def build_activities(
     engine: Engine,
     settings: Settings,
@@ -181,7 +223,7 @@ def build_activities(
         engine=engine,
         definitions=definitions_loader(engine, settings),
         content=library,
-        connectors=connectors or file_sink_connectors(settings),
+        connectors=connectors or connectors_from_settings(settings),
         policy=send_policy(settings),
         render_contact=render_contact,
         signer=signer,

@@ -1,0 +1,61 @@
+"""Which connector each channel gets, from settings; misconfiguration names the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from connectors.filesink import FileSinkConnector
+from connectors.hubspot import HubSpotConnector
+from connectors.webhook import WebhookConnector
+from engine.errors import ConfigurationError
+from engine.settings import Settings
+from workflows.runtime import connectors_from_settings
+
+
+def _settings(tmp_path: Path, **fields: Any) -> Settings:
+    return Settings(data_dir=tmp_path, **fields)
+
+
+def test_every_channel_goes_to_the_sink_until_configured(tmp_path: Path) -> None:
+    chosen = connectors_from_settings(_settings(tmp_path))
+    assert set(chosen) == {"email", "wechat", "crm"}
+    assert all(isinstance(c, FileSinkConnector) for c in chosen.values())
+
+
+def test_webhook_crm_with_rotating_secrets(tmp_path: Path) -> None:
+    chosen = connectors_from_settings(
+        _settings(
+            tmp_path,
+            crm_connector="webhook",
+            webhook_url="https://crm.example.com/hooks",
+            webhook_secret=SecretStr("new-secret, old-secret"),
+            crm_rate=5,
+        )
+    )
+    assert isinstance(chosen["crm"], WebhookConnector)
+
+
+def test_hubspot_crm(tmp_path: Path) -> None:
+    chosen = connectors_from_settings(
+        _settings(tmp_path, crm_connector="hubspot", hubspot_token=SecretStr("pat-na1-x"))
+    )
+    assert isinstance(chosen["crm"], HubSpotConnector)
+
+
+@pytest.mark.parametrize(
+    ("fields", "fix"),
+    [
+        ({"crm_connector": "webhook"}, "STAGECOACH_WEBHOOK_URL"),
+        ({"crm_connector": "hubspot"}, "STAGECOACH_HUBSPOT_TOKEN"),
+    ],
+)
+def test_a_chosen_connector_without_its_settings_names_them(
+    tmp_path: Path, fields: dict[str, Any], fix: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        connectors_from_settings(_settings(tmp_path, **fields))
+    assert fix in raised.value.fix
