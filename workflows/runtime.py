@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -150,7 +150,42 @@ def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
     return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
 
 
-def connectors_from_settings(settings: Settings) -> dict[str, Connector]:
+INTERACTIONS = (
+    "wechat.message_received",
+    "wechat.menu_clicked",
+    "wechat.subscribed",
+    "wechat.scanned",
+)
+"""Inbound WeChat behaviour that opens the 48-hour customer-service window."""
+
+
+def last_wechat_interaction(engine: Engine) -> Callable[[str], Awaitable[datetime | None]]:
+    """The WeChat connector's hook: when the contact last interacted, from stored events."""
+    from sqlalchemy import func, select
+    from sqlmodel import Session, col
+
+    from engine.storage.models import Event
+
+    def read(contact_id: str) -> datetime | None:
+        with Session(engine) as session:
+            at: datetime | None = session.execute(
+                select(func.max(col(Event.occurred_at))).where(
+                    col(Event.contact_id) == contact_id, col(Event.name).in_(INTERACTIONS)
+                )
+            ).scalar_one_or_none()
+        if at is None:
+            return None
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+    async def hook(contact_id: str) -> datetime | None:
+        return await asyncio.to_thread(read, contact_id)
+
+    return hook
+
+
+def connectors_from_settings(
+    settings: Settings, engine: Engine | None = None
+) -> dict[str, Connector]:
     """One connector per channel, as configured; the file sink where none is.
 
     Built once per worker, so SMTP sessions, HTTP clients, WeChat tokens and rate
@@ -188,6 +223,23 @@ def connectors_from_settings(settings: Settings) -> dict[str, Connector]:
             timeline_url=f"{settings.api_base_url}/v1/contacts/{{contact_id}}",
             limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
         )
+    if settings.wechat_connector == "wechat":
+        from connectors.wechat import WeChatConfig, WeChatConnector
+
+        if not settings.wechat_appid or settings.wechat_secret is None:
+            raise ConfigurationError(
+                "STAGECOACH_WECHAT_CONNECTOR=wechat needs the Official Account's credentials",
+                fix="set STAGECOACH_WECHAT_APPID and STAGECOACH_WECHAT_SECRET",
+            )
+        chosen["wechat"] = WeChatConnector(
+            WeChatConfig(
+                appid=settings.wechat_appid,
+                secret=settings.wechat_secret.get_secret_value(),
+                api_base=settings.wechat_api_base,
+            ),
+            limiter=RateLimiter(settings.wechat_rate) if settings.wechat_rate else None,
+            last_interaction=last_wechat_interaction(engine) if engine is not None else None,
+        )
     return chosen
 
 
@@ -223,7 +275,7 @@ def build_activities(
         engine=engine,
         definitions=definitions_loader(engine, settings),
         content=library,
-        connectors=connectors or connectors_from_settings(settings),
+        connectors=connectors or connectors_from_settings(settings, engine),
         policy=send_policy(settings),
         render_contact=render_contact,
         signer=signer,

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from connectors.filesink import FileSinkConnector
 from connectors.hubspot import HubSpotConnector
 from connectors.webhook import WebhookConnector
+from connectors.wechat import WeChatConnector
 from engine.errors import ConfigurationError
 from engine.settings import Settings
 from workflows.runtime import connectors_from_settings
@@ -46,9 +47,22 @@ def test_hubspot_crm(tmp_path: Path) -> None:
     assert isinstance(chosen["crm"], HubSpotConnector)
 
 
+def test_wechat_official_account(tmp_path: Path) -> None:
+    chosen = connectors_from_settings(
+        _settings(
+            tmp_path,
+            wechat_connector="wechat",
+            wechat_appid="wx123",
+            wechat_secret=SecretStr("s3cret"),
+        )
+    )
+    assert isinstance(chosen["wechat"], WeChatConnector)
+
+
 @pytest.mark.parametrize(
     ("fields", "fix"),
     [
+        ({"wechat_connector": "wechat"}, "STAGECOACH_WECHAT_APPID"),
         ({"crm_connector": "webhook"}, "STAGECOACH_WEBHOOK_URL"),
         ({"crm_connector": "hubspot"}, "STAGECOACH_HUBSPOT_TOKEN"),
     ],
