@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -36,7 +36,15 @@ from engine.messages import (
 )
 from engine.policy import SendPolicy
 from engine.storage.contacts import creation_record, save_transition
-from engine.storage.models import Contact, Delivery, Suppression
+from engine.storage.models import Contact, Delivery, Event, Suppression
+
+WECHAT_INTERACTIONS = (
+    "wechat.message_received",
+    "wechat.menu_clicked",
+    "wechat.subscribed",
+    "wechat.scanned",
+)
+"""Inbound WeChat behaviour: it opens the customer-service window and ends a revocation."""
 
 
 class ContactActivities:
@@ -246,8 +254,28 @@ class ContactActivities:
             return session.exec(select(Delivery).where(Delivery.idempotency_key == key)).first()
 
     def _suppressed(self, channel: str, address: str) -> bool:
+        """Suppressed, except that WeChat's "not following" or "window closed" (43004,
+        45015) lasts only until the contact next interacts: a later inbound WeChat
+        event lifts it."""
         with Session(self._engine) as session:
-            return session.get(Suppression, (channel, address)) is not None
+            row = session.get(Suppression, (channel, address))
+            if row is None:
+                return False
+            if channel != "wechat" or row.reason != "consent_revoked" or not row.contact_id:
+                return True
+            since = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+            later = session.exec(
+                select(Event.id).where(
+                    col(Event.contact_id) == row.contact_id,
+                    col(Event.name).in_(WECHAT_INTERACTIONS),
+                    col(Event.occurred_at) > since,
+                )
+            ).first()
+            if later is None:
+                return True
+            session.delete(row)
+            session.commit()
+            return False
 
     def _suppress(self, request: DeliverRequest, reason: str) -> None:
         with Session(self._engine) as session:

@@ -24,7 +24,7 @@ from engine.messages import Definitions, DeliverRequest, EventMessage, OpenReque
 from engine.pipeline import Pipeline
 from engine.policy import SendPolicy
 from engine.settings import Settings
-from workflows.activities import ContactActivities
+from workflows.activities import WECHAT_INTERACTIONS, ContactActivities
 
 
 def send_policy(settings: Settings) -> SendPolicy:
@@ -150,15 +150,6 @@ def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
     return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
 
 
-INTERACTIONS = (
-    "wechat.message_received",
-    "wechat.menu_clicked",
-    "wechat.subscribed",
-    "wechat.scanned",
-)
-"""Inbound WeChat behaviour that opens the 48-hour customer-service window."""
-
-
 def last_wechat_interaction(engine: Engine) -> Callable[[str], Awaitable[datetime | None]]:
     """The WeChat connector's hook: when the contact last interacted, from stored events."""
     from sqlalchemy import func, select
@@ -170,7 +161,7 @@ def last_wechat_interaction(engine: Engine) -> Callable[[str], Awaitable[datetim
         with Session(engine) as session:
             at: datetime | None = session.execute(
                 select(func.max(col(Event.occurred_at))).where(
-                    col(Event.contact_id) == contact_id, col(Event.name).in_(INTERACTIONS)
+                    col(Event.contact_id) == contact_id, col(Event.name).in_(WECHAT_INTERACTIONS)
                 )
             ).scalar_one_or_none()
         if at is None:

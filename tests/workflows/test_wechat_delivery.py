@@ -52,3 +52,47 @@ async def test_busy_answers_and_an_expired_token_still_deliver_exactly_once(
         sent = [m for m in peer.accepted if m.openid == "o-follower-1"]
         assert len(sent) == 1, sent
         assert peer.refused(-1) == 1
+
+
+def test_a_wechat_revocation_lasts_until_the_next_interaction(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import Session
+
+    from engine.storage import make_engine, upgrade
+    from engine.storage.models import Contact, Event, Suppression
+    from tests.helpers import runtime_settings
+    from workflows.runtime import build_activities
+
+    settings = runtime_settings(tmp_path, "unused")
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    activities = build_activities(engine, settings)
+    revoked_at = datetime.now(UTC) - timedelta(hours=1)
+    with Session(engine) as session:
+        session.add(Contact(id="c-r", traits={}))
+        session.add(
+            Suppression(
+                channel="wechat",
+                address="o-r",
+                reason="consent_revoked",
+                contact_id="c-r",
+                created_at=revoked_at,
+            )
+        )
+        session.add(Suppression(channel="email", address="r@example.com", reason="consent_revoked"))
+        session.commit()
+    assert activities._suppressed("wechat", "o-r")  # no interaction since: still closed
+    with Session(engine) as session:
+        session.add(
+            Event(
+                message_id="wx-in-1",
+                contact_id="c-r",
+                name="wechat.message_received",
+                occurred_at=revoked_at + timedelta(minutes=30),
+            )
+        )
+        session.commit()
+    assert not activities._suppressed("wechat", "o-r")  # they wrote to us: open again
+    assert activities._suppressed("email", "r@example.com")  # email unsubscribes stay
+    engine.dispose()
