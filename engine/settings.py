@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.errors import ConfigurationError
+from engine.wechat_callback import WeChatApp
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -95,6 +96,18 @@ class Settings(BaseSettings):
     postmark_token: SecretStr | None = Field(default=None, description="Postmark server token.")
     postmark_base_url: str = "https://api.postmarkapp.com"
     postmark_message_stream: str = "outbound"
+    postmark_webhook_user: str | None = Field(
+        default=None, description="HTTP basic auth user set on the Postmark webhook (HttpAuth)."
+    )
+    postmark_webhook_password: SecretStr | None = Field(
+        default=None, description="HTTP basic auth password set on the Postmark webhook."
+    )
+    wechat_apps: dict[str, WeChatApp] = Field(
+        default_factory=dict,
+        description="Official Accounts whose callbacks arrive at /wechat/<name>: "
+        '{"main": {"token": "...", "aes_key": "<43-char EncodingAESKey, omit for '
+        'plaintext>", "appid": "wx..."}}',
+    )
     wechat_connector: Literal["sink", "wechat"] = "sink"
     wechat_appid: str | None = None
     wechat_secret: SecretStr | None = None

@@ -25,6 +25,7 @@ from engine.delivery import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from engine.ingest._identity import IdentityError, normalise_email
 from engine.messages import (
     Definitions,
     DeliverOutcome,
@@ -37,14 +38,7 @@ from engine.messages import (
 from engine.policy import SendPolicy
 from engine.storage.contacts import creation_record, save_transition
 from engine.storage.models import Contact, Delivery, Event, Suppression
-
-WECHAT_INTERACTIONS = (
-    "wechat.message_received",
-    "wechat.menu_clicked",
-    "wechat.subscribed",
-    "wechat.scanned",
-)
-"""Inbound WeChat behaviour: it opens the customer-service window and ends a revocation."""
+from engine.wechat_callback import INTERACTION_EVENTS
 
 
 class ContactActivities:
@@ -198,6 +192,9 @@ class ContactActivities:
             await asyncio.to_thread(self._record, request, status="blocked", error=exc.message)
             raise ApplicationError(exc.message, type="ConsentRevoked", non_retryable=True) from exc
         except PermanentDeliveryError as exc:
+            if exc.code == "hard_bounce":
+                # Refused during the SMTP conversation: no bounce webhook will follow.
+                await asyncio.to_thread(self._suppress, request, "hard_bounce")
             await asyncio.to_thread(self._record, request, status="failed", error=exc.message)
             raise ApplicationError(
                 exc.message, exc.code, type="PermanentDeliveryError", non_retryable=True
@@ -253,10 +250,11 @@ class ContactActivities:
         with Session(self._engine) as session:
             return session.exec(select(Delivery).where(Delivery.idempotency_key == key)).first()
 
-    def _suppressed(self, channel: str, address: str) -> bool:
+    def _suppressed(self, channel: str, raw_address: str) -> bool:
         """Suppressed, except that WeChat's "not following" or "window closed" (43004,
         45015) lasts only until the contact next interacts: a later inbound WeChat
         event lifts it."""
+        address = _normalised(channel, raw_address)
         with Session(self._engine) as session:
             row = session.get(Suppression, (channel, address))
             if row is None:
@@ -267,7 +265,8 @@ class ContactActivities:
             later = session.exec(
                 select(Event.id).where(
                     col(Event.contact_id) == row.contact_id,
-                    col(Event.name).in_(WECHAT_INTERACTIONS),
+                    col(Event.name).in_(INTERACTION_EVENTS),
+                    col(Event.source) == "wechat",  # from the callback, not a write key
                     col(Event.occurred_at) > since,
                 )
             ).first()
@@ -278,12 +277,13 @@ class ContactActivities:
             return False
 
     def _suppress(self, request: DeliverRequest, reason: str) -> None:
+        address = _normalised(request.channel, request.address)
         with Session(self._engine) as session:
-            if session.get(Suppression, (request.channel, request.address)) is None:
+            if session.get(Suppression, (request.channel, address)) is None:
                 session.add(
                     Suppression(
                         channel=request.channel,
-                        address=request.address,
+                        address=address,
                         reason=reason,
                         contact_id=request.contact_id,
                     )
@@ -329,3 +329,14 @@ class ContactActivities:
         if session.get(Contact, contact_id) is None:
             session.add(Contact(id=contact_id))
             session.flush()
+
+
+def _normalised(channel: str, address: str) -> str:
+    """Suppressions are keyed by the address as identities store it (emails lower-cased),
+    whoever wrote them: a bounce webhook, an unsubscribe, or this activity."""
+    if channel != "email":
+        return address
+    try:
+        return normalise_email(address)
+    except IdentityError:
+        return address.strip()

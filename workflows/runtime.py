@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from engine.messages import Definitions, DeliverRequest, EventMessage, OpenReque
 from engine.pipeline import Pipeline
 from engine.policy import SendPolicy
 from engine.settings import Settings
-from workflows.activities import WECHAT_INTERACTIONS, ContactActivities
+from workflows.activities import ContactActivities
 
 
 def send_policy(settings: Settings) -> SendPolicy:
@@ -150,30 +150,6 @@ def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
     return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
 
 
-def last_wechat_interaction(engine: Engine) -> Callable[[str], Awaitable[datetime | None]]:
-    """The WeChat connector's hook: when the contact last interacted, from stored events."""
-    from sqlalchemy import func, select
-    from sqlmodel import Session, col
-
-    from engine.storage.models import Event
-
-    def read(contact_id: str) -> datetime | None:
-        with Session(engine) as session:
-            at: datetime | None = session.execute(
-                select(func.max(col(Event.occurred_at))).where(
-                    col(Event.contact_id) == contact_id, col(Event.name).in_(WECHAT_INTERACTIONS)
-                )
-            ).scalar_one_or_none()
-        if at is None:
-            return None
-        return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-    async def hook(contact_id: str) -> datetime | None:
-        return await asyncio.to_thread(read, contact_id)
-
-    return hook
-
-
 def connectors_from_settings(
     settings: Settings, engine: Engine | None = None
 ) -> dict[str, Connector]:
@@ -214,8 +190,61 @@ def connectors_from_settings(
             timeline_url=f"{settings.api_base_url}/v1/contacts/{{contact_id}}",
             limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
         )
+    email_limiter = RateLimiter(settings.email_rate) if settings.email_rate else None
+    if settings.email_connector == "smtp":
+        from connectors.smtp import SmtpConfig, SmtpConnector
+
+        chosen["email"] = SmtpConnector(
+            SmtpConfig(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                from_addr=settings.email_from,
+                security=settings.smtp_security,
+                username=settings.smtp_username,
+                password=(
+                    settings.smtp_password.get_secret_value() if settings.smtp_password else None
+                ),
+                pool_size=settings.smtp_pool_size,
+            ),
+            limiter=email_limiter,
+        )
+    elif settings.email_connector == "http":
+        from connectors.http_email import HttpEmailConfig, HttpEmailConnector
+
+        if not settings.email_http_url:
+            raise ConfigurationError(
+                "STAGECOACH_EMAIL_CONNECTOR=http needs the provider's send endpoint",
+                fix="set STAGECOACH_EMAIL_HTTP_URL (and STAGECOACH_EMAIL_HTTP_TOKEN)",
+            )
+        token = settings.email_http_token
+        chosen["email"] = HttpEmailConnector(
+            HttpEmailConfig(
+                url=settings.email_http_url,
+                from_addr=settings.email_from,
+                token=token.get_secret_value() if token else None,
+            ),
+            limiter=email_limiter,
+        )
+    elif settings.email_connector == "postmark":
+        from connectors.http_email import PostmarkConfig, PostmarkConnector
+
+        if settings.postmark_token is None:
+            raise ConfigurationError(
+                "STAGECOACH_EMAIL_CONNECTOR=postmark needs a server token",
+                fix="set STAGECOACH_POSTMARK_TOKEN",
+            )
+        chosen["email"] = PostmarkConnector(
+            PostmarkConfig(
+                server_token=settings.postmark_token.get_secret_value(),
+                from_addr=settings.email_from,
+                message_stream=settings.postmark_message_stream,
+                base_url=settings.postmark_base_url,
+            ),
+            limiter=email_limiter,
+        )
     if settings.wechat_connector == "wechat":
         from connectors.wechat import WeChatConfig, WeChatConnector
+        from engine.api.wechat_routes import interaction_hook
 
         if not settings.wechat_appid or settings.wechat_secret is None:
             raise ConfigurationError(
@@ -229,7 +258,7 @@ def connectors_from_settings(
                 api_base=settings.wechat_api_base,
             ),
             limiter=RateLimiter(settings.wechat_rate) if settings.wechat_rate else None,
-            last_interaction=last_wechat_interaction(engine) if engine is not None else None,
+            last_interaction=interaction_hook(engine) if engine is not None else None,
         )
     return chosen
 

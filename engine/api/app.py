@@ -52,8 +52,11 @@ def create_app(
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
     """
+    from engine.api.email_routes import link_signer
+    from engine.api.email_routes import router as email_router
     from engine.api.events import _Keys
     from engine.api.events import router as events_router
+    from engine.api.wechat_routes import router as wechat_router
     from engine.ingest import Ingestor, relevant_event_types
 
     db = engine or make_engine(settings.resolved_database_url)
@@ -87,6 +90,11 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            from engine.api.wechat_routes import drain
+
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await drain(app)  # callbacks answered before their events were stored
             await ingestor.close()
 
     app = FastAPI(
@@ -102,7 +110,10 @@ def create_app(
     app.state.write_keys = _Keys(db)
     app.state.clock = time.monotonic
     app.state.forwarder = None
+    app.state.link_signer = link_signer(settings)  # an unusable secret fails at start
     app.include_router(events_router)
+    app.include_router(wechat_router)
+    app.include_router(email_router)
 
     @app.get(
         "/metrics",

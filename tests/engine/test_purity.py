@@ -23,6 +23,8 @@ PURE = [
     "engine.messages",
     "engine.search_attributes",
     "engine.content",
+    "engine.wechat_callback",
+    "engine.bounces",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 

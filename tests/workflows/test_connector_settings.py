@@ -9,7 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.filesink import FileSinkConnector
+from connectors.http_email import HttpEmailConnector, PostmarkConnector
 from connectors.hubspot import HubSpotConnector
+from connectors.smtp import SmtpConnector
 from connectors.webhook import WebhookConnector
 from connectors.wechat import WeChatConnector
 from engine.errors import ConfigurationError
@@ -59,9 +61,26 @@ def test_wechat_official_account(tmp_path: Path) -> None:
     assert isinstance(chosen["wechat"], WeChatConnector)
 
 
+def test_email_connectors(tmp_path: Path) -> None:
+    smtp = connectors_from_settings(
+        _settings(tmp_path, email_connector="smtp", smtp_host="mail.example.com", email_rate=14)
+    )
+    assert isinstance(smtp["email"], SmtpConnector)
+    postmark = connectors_from_settings(
+        _settings(tmp_path, email_connector="postmark", postmark_token=SecretStr("pm-token"))
+    )
+    assert isinstance(postmark["email"], PostmarkConnector)
+    generic = connectors_from_settings(
+        _settings(tmp_path, email_connector="http", email_http_url="http://127.0.0.1:9/send")
+    )
+    assert isinstance(generic["email"], HttpEmailConnector)
+
+
 @pytest.mark.parametrize(
     ("fields", "fix"),
     [
+        ({"email_connector": "http"}, "STAGECOACH_EMAIL_HTTP_URL"),
+        ({"email_connector": "postmark"}, "STAGECOACH_POSTMARK_TOKEN"),
         ({"wechat_connector": "wechat"}, "STAGECOACH_WECHAT_APPID"),
         ({"crm_connector": "webhook"}, "STAGECOACH_WEBHOOK_URL"),
         ({"crm_connector": "hubspot"}, "STAGECOACH_HUBSPOT_TOKEN"),

@@ -89,6 +89,7 @@ def test_a_wechat_revocation_lasts_until_the_next_interaction(tmp_path: Path) ->
                 message_id="wx-in-1",
                 contact_id="c-r",
                 name="wechat.message_received",
+                source="wechat",
                 occurred_at=revoked_at + timedelta(minutes=30),
             )
         )

@@ -1,0 +1,689 @@
+"""The SMTP connector: rendered emails over a bounded pool of reused SMTP sessions.
+
+One connector per worker holds at most ``pool_size`` SMTP sessions (STARTTLS, implicit
+TLS or plain; AUTH when a username is set) and reuses each for up to
+``max_messages_per_session`` messages: a send borrows an idle session, runs one
+MAIL/RCPT/DATA transaction on it and gives it back. A session idle longer than
+``idle_probe_after`` is checked with NOOP before use; one that failed a transaction is
+reset with RSET; one the server dropped is replaced. A reused session that turns out dead
+before DATA (the server timed it out while idle) is replaced and the message sent on a
+fresh one at once, which is safe because nothing was transferred. ``close()`` ends every
+session with QUIT.
+
+Reply classification, in one place (:func:`classify_reply`):
+
+    stage            reply                                   raises
+    ---------------  --------------------------------------  -------------------------------
+    connect: TCP,    refused, timeout, TLS failure, 4xx/5xx   RetryableDeliveryError: these
+    greeting, EHLO,  greeting, AUTH refused, STARTTLS         concern every message alike and
+    STARTTLS, AUTH   missing                                  an operator fixes them (delay
+                                                              5 min, 30 s for network errors)
+    MAIL/RCPT/DATA   4xx (421, 450, 451, 452...)              RetryableDeliveryError (421:
+                                                              2 min; greylisting: 5 min;
+                                                              other 4xx: 1 min)
+    MAIL/RCPT/DATA   5xx with enhanced status 5.7.x, or a     PermanentDeliveryError
+                     text naming spam, policy, a block list,  code="policy_rejected"
+                     DMARC/SPF/DKIM                           (the receiver refused *us*)
+    RCPT or DATA     5.2.2, or a bare 552 at RCPT (full)      code="mailbox_full"
+    RCPT             any other 5xx (550/551/553, 5.1.x...)    code="hard_bounce"
+    DATA             5.1.x or 5.2.1 (recipient after DATA)    code="hard_bounce"
+    DATA             any other 5xx (size, content)            code="message_rejected"
+    MAIL             any other 5xx (sender refused)           code="sender_rejected"
+    MAIL/RCPT/DATA   connection dropped or timed out          RetryableDeliveryError (30 s)
+
+(DATA covers both the reply to the DATA command and the reply after the final dot.)
+
+Exactly once: SMTP has no idempotency key. The delivery activity records the key before
+it calls ``send`` and never sends a key again once it is recorded as sent, so a key is
+delivered at most once per successful send. The one window SMTP cannot close is a
+connection lost after the message's final dot and before the server's reply: the server
+may have queued it, we cannot know, and the retry may deliver a second copy. For that
+case every message carries the same ``Message-ID`` on every attempt (derived from the
+key by the content library) and an ``X-Stagecoach-Idempotency-Key`` header, so receivers
+and our test peer can recognise and count copies. The header carries
+:func:`engine.bounces.key_digest` of the key, not the key itself: the key names the
+contact and the journey step, which recipients have no business reading.
+
+``SendResult.provider_message_id`` is the ``Message-ID`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email.message import EmailMessage
+from email.utils import parseaddr
+from typing import Literal, Self
+
+import aiosmtplib
+import structlog
+
+from connectors.ratelimit import RateLimiter
+from engine.bounces import key_digest
+from engine.content import ContentError, RenderedMessage
+from engine.delivery import (
+    DeliveryError,
+    OutgoingMessage,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    SendResult,
+)
+
+Security = Literal["starttls", "tls", "none"]
+Stage = Literal["CONNECT", "MAIL", "RCPT", "DATA"]
+
+IDEMPOTENCY_HEADER = "X-Stagecoach-Idempotency-Key"
+"""Carries :func:`engine.bounces.key_digest` of the delivery's idempotency key."""
+
+NETWORK_DELAY = timedelta(seconds=30)
+CONFIG_DELAY = timedelta(minutes=5)
+TEMPFAIL_DELAY = timedelta(minutes=1)
+CLOSING_DELAY = timedelta(minutes=2)
+GREYLIST_DELAY = timedelta(minutes=5)
+
+_log = structlog.get_logger("stagecoach.connectors.smtp")
+
+# RFC 3463 enhanced status code at the start of the reply text: "5.1.1 <x>: unknown".
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+_POLICY_WORDS = re.compile(
+    r"spam|policy|block ?list|black ?list|blocked|reputation|dmarc|\bspf\b|\bdkim\b|\brbl\b"
+    r"|spamhaus|abuse",
+    re.IGNORECASE,
+)
+_GREYLIST_WORDS = re.compile(r"grey ?list|gray ?list|try again later", re.IGNORECASE)
+# Bytes on the wire: CRLF, 7-bit clean (8-bit text parts re-encoded), so any server,
+# 8BITMIME or not, takes the message as is.
+_WIRE = email.policy.SMTP.clone(cte_type="7bit")
+_WIRE_UTF8 = email.policy.SMTPUTF8.clone(cte_type="7bit")
+# Network-level failures of an established session.
+_DROPPED = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, ConnectionError)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmtpConfig:
+    """How to reach the SMTP relay, and how hard to use it.
+
+    Attributes:
+        host: Relay host name.
+        port: Relay port; ``None`` picks 587 for ``starttls``, 465 for ``tls``, 25 for
+            ``none``.
+        security: ``"starttls"`` (upgrade, required), ``"tls"`` (implicit TLS from the
+            first byte) or ``"none"`` (plain; a local relay or a test server).
+        username: AUTH user; ``None`` skips AUTH.
+        password: AUTH password.
+        from_addr: The ``From`` header, e.g. ``"Northwind IoT <news@example.com>"``.
+        envelope_from: ``MAIL FROM`` (where bounces go); default: the From address.
+        pool_size: Most SMTP sessions open at once; also the most concurrent sends.
+        max_messages_per_session: QUIT and reconnect after this many messages (many
+            relays cap messages per connection).
+        max_session_age: Seconds after which a session is retired instead of reused.
+        idle_probe_after: Seconds idle after which a session is NOOP-probed before use.
+        timeout: Seconds for connecting and for each SMTP reply.
+        ca_file: PEM bundle trusted instead of the system's CAs (a private CA).
+        validate_certs: Verify the relay's certificate and host name (keep on).
+        local_hostname: Name sent with EHLO; default: this host's FQDN (looked up once).
+        rate_per_second: Sends per second for this connector (``None``: no limit); a
+            ``limiter`` passed to the connector takes precedence.
+    """
+
+    host: str
+    port: int | None = None
+    security: Security = "starttls"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    from_addr: str
+    envelope_from: str | None = None
+    pool_size: int = 4
+    max_messages_per_session: int = 100
+    max_session_age: float = 300.0
+    idle_probe_after: float = 15.0
+    timeout: float = 30.0
+    ca_file: str | None = None
+    validate_certs: bool = True
+    local_hostname: str | None = None
+    rate_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {self.pool_size}")
+        if self.max_messages_per_session < 1:
+            raise ValueError(
+                f"max_messages_per_session must be at least 1, not {self.max_messages_per_session}"
+            )
+        if self.security not in ("starttls", "tls", "none"):
+            raise ValueError(f"security must be starttls, tls or none, not {self.security!r}")
+        if "@" not in parseaddr(self.from_addr)[1]:
+            raise ValueError(f"from_addr {self.from_addr!r} holds no address")
+
+    @property
+    def resolved_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+    @property
+    def resolved_envelope_from(self) -> str:
+        return self.envelope_from or parseaddr(self.from_addr)[1]
+
+
+@dataclass
+class PoolStats:
+    """Counters for tests, benchmarks and the log: how the pool has been used."""
+
+    opened: int = 0
+    reused: int = 0
+    retired: int = 0
+    dropped: int = 0
+    probes: int = 0
+    resets: int = 0
+    sent: int = 0
+
+
+# --- shared by the email connectors ---------------------------------------------------------
+
+
+def rendered_email(message: OutgoingMessage) -> RenderedMessage:
+    """The rendered email in ``message``, checked; the one contract check for email connectors.
+
+    Raises:
+        PermanentDeliveryError: (code ``"contract"``) The message is for another channel,
+            ``rendered`` lacks a field or is not an email, or it has no subject or no body.
+    """
+    if message.channel != "email":
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.channel is {message.channel!r}; an email connector sends only "
+            "'email'",
+            code="contract",
+        )
+    try:
+        rendered = RenderedMessage.from_dict(message.rendered)
+    except KeyError as exc:
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.rendered lacks {exc.args[0]!r}: it must be a "
+            "RenderedMessage.to_dict()",
+            code="contract",
+        ) from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.rendered is not a RenderedMessage.to_dict(): {exc}",
+            code="contract",
+        ) from None
+    if rendered.channel != "email":
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.rendered['channel'] is {rendered.channel!r}: "
+            f"{rendered.content_id} was rendered for {rendered.channel}, not email",
+            code="contract",
+        )
+    if not rendered.subject.strip():
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.rendered['subject'] is empty ({rendered.content_id})",
+            code="contract",
+        )
+    if not rendered.text.strip() and not rendered.html.strip():
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.rendered['text'] and ['html'] are both empty ({rendered.content_id})",
+            code="contract",
+        )
+    return rendered
+
+
+def recipient_address(message: OutgoingMessage) -> str:
+    """``message.to`` as a bare, checked address; non-ASCII domains in IDNA form.
+
+    Raises:
+        PermanentDeliveryError: (code ``"invalid_address"``) Empty, with a display name,
+            with control characters or spaces, or not ``local@domain``.
+    """
+    raw = message.to
+    if not raw or not raw.strip():
+        raise PermanentDeliveryError("OutgoingMessage.to is empty", code="invalid_address")
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw) or " " in raw.strip() or "<" in raw:
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.to {raw!r} is not a bare address (no names, spaces or "
+            "control characters)",
+            code="invalid_address",
+        )
+    local, at, domain = raw.strip().rpartition("@")
+    if not at or not local or not domain or "." not in domain.strip("."):
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.to {raw!r} is not local@domain", code="invalid_address"
+        )
+    try:
+        domain.encode("ascii")
+    except UnicodeEncodeError:
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise PermanentDeliveryError(
+                f"OutgoingMessage.to {raw!r} has a domain that is not a valid IDN",
+                code="invalid_address",
+            ) from None
+    return f"{local}@{domain}"
+
+
+def build_mime(rendered: RenderedMessage, *, from_addr: str, to: str, key: str) -> EmailMessage:
+    """The MIME message for ``rendered`` with the idempotency header and a Message-ID.
+
+    A rendered message without a Message-ID gets one derived from the key, so retries
+    still share it.
+
+    Raises:
+        PermanentDeliveryError: (code ``"contract"``) A header value cannot be written.
+    """
+    try:
+        mime = rendered.to_mime(from_addr, to)
+        if mime["Message-ID"] is None:
+            domain = parseaddr(from_addr)[1].rpartition("@")[2] or "stagecoach.invalid"
+            mime["Message-ID"] = f"<{key_digest(key)}@{domain}>"
+        mime[IDEMPOTENCY_HEADER] = key_digest(key)
+    except ContentError as exc:
+        raise PermanentDeliveryError(exc.message, code="contract") from exc
+    except (ValueError, TypeError) as exc:
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.rendered['headers'] cannot be written: {exc}", code="contract"
+        ) from exc
+    return mime
+
+
+@dataclass(frozen=True)
+class PreparedEmail:
+    """One email as it goes on the wire.
+
+    Attributes:
+        recipient: The envelope recipient (``RCPT TO``), IDNA-encoded domain.
+        payload: The message bytes: CRLF line ends, 7-bit clean bodies.
+        message_id: The ``Message-ID`` header (the provider message id we report).
+        utf8: The recipient needs SMTPUTF8.
+    """
+
+    recipient: str
+    payload: bytes
+    message_id: str
+    utf8: bool
+
+
+def prepare_email(message: OutgoingMessage, *, from_addr: str) -> PreparedEmail:
+    """Check ``message`` and build its wire bytes (the CPU-bound half of a send).
+
+    Raises:
+        PermanentDeliveryError: Bad input (see :func:`rendered_email`,
+            :func:`recipient_address` and :func:`build_mime`).
+    """
+    rendered = rendered_email(message)
+    recipient = recipient_address(message)
+    mime = build_mime(rendered, from_addr=from_addr, to=recipient, key=message.idempotency_key)
+    utf8 = not recipient.isascii()
+    return PreparedEmail(
+        recipient=recipient,
+        payload=mime.as_bytes(policy=_WIRE_UTF8 if utf8 else _WIRE),
+        message_id=str(mime["Message-ID"]),
+        utf8=utf8,
+    )
+
+
+# --- reply classification -------------------------------------------------------------------
+
+
+def enhanced_status(text: str) -> tuple[int, int, int] | None:
+    """The RFC 3463 enhanced status code opening an SMTP reply text, if any."""
+    found = _ENHANCED.match(text)
+    if found is None:
+        return None
+    return int(found.group(1)), int(found.group(2)), int(found.group(3))
+
+
+def classify_reply(code: int, text: str, *, stage: Stage) -> DeliveryError:
+    """The delivery error an SMTP reply means (see the table in the module docstring).
+
+    Args:
+        code: The basic reply code (``550``).
+        text: The reply text, perhaps opening with an enhanced code (``5.1.1 unknown``).
+        stage: Where it came: ``CONNECT`` (greeting, EHLO, STARTTLS, AUTH), ``MAIL``,
+            ``RCPT`` or ``DATA``.
+    """
+    reply = f"{code} {text}".strip()
+    where = {"CONNECT": "connecting", "MAIL": "MAIL FROM", "RCPT": "RCPT TO", "DATA": "DATA"}[stage]
+    if stage == "CONNECT":
+        delay = NETWORK_DELAY if 400 <= code < 500 else CONFIG_DELAY
+        return RetryableDeliveryError(
+            f"the SMTP server refused the session ({where}): {reply}", retry_after=delay
+        )
+    enhanced = enhanced_status(text)
+    if 400 <= code < 500 or (enhanced is not None and enhanced[0] == 4 and code < 400):
+        if code == 421:
+            delay = CLOSING_DELAY
+        elif _GREYLIST_WORDS.search(text) or (enhanced is not None and enhanced[1] == 7):
+            delay = GREYLIST_DELAY
+        else:
+            delay = TEMPFAIL_DELAY
+        return RetryableDeliveryError(
+            f"temporary SMTP failure at {where}: {reply}", retry_after=delay
+        )
+    if not 500 <= code < 600:
+        # Not a failure reply at all (a protocol surprise): treat as transient.
+        return RetryableDeliveryError(
+            f"unexpected SMTP reply at {where}: {reply}", retry_after=TEMPFAIL_DELAY
+        )
+    subject, detail = (enhanced[1], enhanced[2]) if enhanced else (None, None)
+    if subject == 7 or (enhanced is None and _POLICY_WORDS.search(text)):
+        return PermanentDeliveryError(
+            f"the receiving server refused the message by policy at {where}: {reply}",
+            code="policy_rejected",
+        )
+    # A bare 552 means "mailbox full" at RCPT; after DATA it usually means "too big".
+    full = (subject, detail) == (2, 2) or (code == 552 and enhanced is None and stage == "RCPT")
+    if full and stage in ("RCPT", "DATA"):
+        return PermanentDeliveryError(
+            f"the recipient's mailbox is full ({where}): {reply}", code="mailbox_full"
+        )
+    if stage == "RCPT" or (stage == "DATA" and (subject == 1 or (subject, detail) == (2, 1))):
+        return PermanentDeliveryError(
+            f"the recipient does not exist or accepts no mail ({where}): {reply}",
+            code="hard_bounce",
+        )
+    if stage == "MAIL":
+        return PermanentDeliveryError(
+            f"the SMTP server refused the sender ({where}): {reply}", code="sender_rejected"
+        )
+    return PermanentDeliveryError(
+        f"the SMTP server rejected the message ({where}): {reply}", code="message_rejected"
+    )
+
+
+# --- the connector --------------------------------------------------------------------------
+
+
+class _Session:
+    __slots__ = ("borrowed", "last_used", "number", "opened_at", "sent", "smtp")
+
+    def __init__(self, smtp: aiosmtplib.SMTP, number: int, now: float) -> None:
+        self.smtp = smtp
+        self.number = number
+        self.sent = 0
+        self.borrowed = 0
+        self.opened_at = now
+        self.last_used = now
+
+
+class _Failed(Exception):
+    """A transaction failed with ``error``; ``stale`` when nothing reached the server."""
+
+    def __init__(self, error: DeliveryError, *, stale: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.stale = stale
+
+
+class SmtpConnector:
+    """Sends email through an SMTP relay over a pool of reused sessions.
+
+    Args:
+        config: The relay and pool settings.
+        limiter: A rate limit shared with other connectors of this worker; default: one
+            built from ``config.rate_per_second`` (or none).
+        clock: Monotonic seconds (tests pass a fake to age sessions).
+    """
+
+    channel = "email"
+
+    def __init__(
+        self,
+        config: SmtpConfig,
+        *,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.stats = PoolStats()
+        self._limiter = limiter or (
+            RateLimiter(config.rate_per_second) if config.rate_per_second else None
+        )
+        self._clock = clock
+        self._slots = asyncio.Semaphore(config.pool_size)
+        self._idle: list[_Session] = []
+        self._closed = False
+        self._hostname = config.local_hostname
+        self._tls_context: ssl.SSLContext | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def idle_sessions(self) -> int:
+        """Sessions open and waiting for the next message."""
+        return len(self._idle)
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """Send one rendered email; see the module docstring for what each failure raises."""
+        envelope = prepare_email(message, from_addr=self.config.from_addr)
+        if self._closed:
+            raise RetryableDeliveryError(
+                "the SMTP connector is closed (the worker is shutting down)",
+                retry_after=NETWORK_DELAY,
+            )
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        async with self._slots:
+            for attempt in (1, 2):
+                session = await self._checkout(fresh=attempt > 1)
+                session.borrowed += 1
+                reused = session.borrowed > 1
+                try:
+                    reply = await self._transact(session, envelope)
+                except _Failed as failed:
+                    await self._checkin(session)
+                    if failed.stale and reused and attempt == 1:
+                        # The server had dropped this idle session; nothing was sent, so
+                        # the message goes out on a fresh session at once.
+                        _log.info(
+                            "smtp_session_stale",
+                            session=session.number,
+                            error=failed.error.message,
+                        )
+                        continue
+                    raise failed.error from failed.__cause__
+                except BaseException:
+                    # Cancelled (an activity timeout) or a bug, mid-transaction: the
+                    # session's state is unknown, so it is closed, never reused.
+                    session.smtp.close()
+                    self.stats.dropped += 1
+                    raise
+                session.sent += 1
+                self.stats.sent += 1
+                await self._checkin(session)
+                return SendResult(
+                    provider_message_id=envelope.message_id,
+                    status="accepted",
+                    response={
+                        "reply": f"{reply.code} {reply.message}",
+                        "session": session.number,
+                        "attempts": attempt,
+                    },
+                )
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    async def close(self) -> None:
+        """QUIT every idle session; sessions in use close when their send finishes."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._retire(s) for s in idle))
+
+    aclose = close
+    """The same as :meth:`close`, named like the other connectors' and httpx's."""
+
+    # --- one transaction ----------------------------------------------------------------------
+
+    async def _transact(
+        self, session: _Session, envelope: PreparedEmail
+    ) -> aiosmtplib.SMTPResponse:
+        smtp = session.smtp
+        mail_options: list[str] = []
+        if envelope.utf8:
+            if not smtp.supports_extension("smtputf8"):
+                raise _Failed(
+                    PermanentDeliveryError(
+                        f"the address {envelope.recipient!r} needs SMTPUTF8, which the SMTP "
+                        "server does not offer",
+                        code="invalid_address",
+                    ),
+                    stale=False,
+                )
+            mail_options.append("SMTPUTF8")
+        if smtp.supports_extension("size"):
+            mail_options.append(f"SIZE={len(envelope.payload)}")
+        encoding = "utf-8" if envelope.utf8 else "ascii"
+        stage: Stage = "MAIL"
+        try:
+            await smtp.mail(
+                self.config.resolved_envelope_from, options=mail_options, encoding=encoding
+            )
+            stage = "RCPT"
+            await smtp.rcpt(envelope.recipient, encoding=encoding)
+            stage = "DATA"
+            return await smtp.data(envelope.payload)
+        except aiosmtplib.SMTPResponseException as exc:
+            error = classify_reply(exc.code, exc.message, stage=stage)
+            if smtp.is_connected:
+                await self._reset(session)
+            # 421 before DATA on a reused session is usually an idle timeout announced late.
+            stale = exc.code == 421 and stage != "DATA"
+            raise _Failed(error, stale=stale) from exc
+        except _DROPPED as exc:
+            smtp.close()
+            if stage == "DATA":
+                text = (
+                    f"the SMTP connection was lost during DATA ({exc}); the server may have "
+                    "accepted the message, so a retry may deliver a second copy with the same "
+                    "Message-ID"
+                )
+            else:
+                text = f"the SMTP connection was lost at {stage} ({exc})"
+            raise _Failed(
+                RetryableDeliveryError(text, retry_after=NETWORK_DELAY), stale=stage != "DATA"
+            ) from exc
+        except aiosmtplib.SMTPException as exc:
+            smtp.close()
+            raise _Failed(
+                RetryableDeliveryError(
+                    f"the SMTP session failed at {stage}: {exc}", retry_after=NETWORK_DELAY
+                ),
+                stale=False,
+            ) from exc
+
+    async def _reset(self, session: _Session) -> None:
+        self.stats.resets += 1
+        try:
+            await session.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            session.smtp.close()
+
+    # --- the pool -----------------------------------------------------------------------------
+
+    async def _checkout(self, *, fresh: bool = False) -> _Session:
+        now = self._clock()
+        while self._idle and not fresh:
+            session = self._idle.pop()  # the most recently used: the likeliest alive
+            if not session.smtp.is_connected:
+                self.stats.dropped += 1
+                continue
+            if now - session.opened_at > self.config.max_session_age:
+                await self._retire(session)
+                continue
+            if now - session.last_used > self.config.idle_probe_after:
+                self.stats.probes += 1
+                try:
+                    await session.smtp.noop()
+                except (aiosmtplib.SMTPException, OSError):
+                    session.smtp.close()
+                    self.stats.dropped += 1
+                    continue
+            self.stats.reused += 1
+            return session
+        return await self._open()
+
+    async def _checkin(self, session: _Session) -> None:
+        session.last_used = self._clock()
+        if not session.smtp.is_connected:
+            self.stats.dropped += 1
+            _log.info("smtp_session_dropped", session=session.number, sent=session.sent)
+        elif self._closed or session.sent >= self.config.max_messages_per_session:
+            await self._retire(session)
+        else:
+            self._idle.append(session)
+
+    async def _retire(self, session: _Session) -> None:
+        self.stats.retired += 1
+        try:
+            await session.smtp.quit(timeout=min(self.config.timeout, 5.0))
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+        finally:
+            session.smtp.close()
+
+    async def _open(self) -> _Session:
+        config = self.config
+        if self._hostname is None:
+            # Once per connector: getfqdn may wait on DNS.
+            self._hostname = await asyncio.to_thread(socket.getfqdn)
+        if self._tls_context is None and config.security != "none":
+            self._tls_context = await asyncio.to_thread(self._make_tls_context)
+        smtp = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.resolved_port,
+            use_tls=config.security == "tls",
+            start_tls=config.security == "starttls",
+            username=config.username,
+            password=config.password,
+            timeout=config.timeout,
+            local_hostname=self._hostname,
+            tls_context=self._tls_context,
+        )
+        where = f"{config.host}:{config.resolved_port}"
+        try:
+            await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                # Learn the extensions (SIZE, SMTPUTF8) before the first transaction.
+                await smtp.ehlo()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise RetryableDeliveryError(
+                f"the SMTP server at {where} refused the login of {config.username!r}: "
+                f"{exc.code} {exc.message} (check the SMTP username and password settings)",
+                retry_after=CONFIG_DELAY,
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise classify_reply(exc.code, exc.message, stage="CONNECT") from exc
+        except aiosmtplib.SMTPNotSupported as exc:
+            raise RetryableDeliveryError(
+                f"the SMTP server at {where} lacks what the settings ask for ({exc}); "
+                "check the SMTP security setting",
+                retry_after=CONFIG_DELAY,
+            ) from exc
+        except ssl.SSLError as exc:
+            raise RetryableDeliveryError(
+                f"TLS with the SMTP server at {where} failed: {exc} (check the SMTP CA file "
+                "and security settings)",
+                retry_after=CONFIG_DELAY,
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise RetryableDeliveryError(
+                f"cannot reach the SMTP server at {where}: {exc}", retry_after=NETWORK_DELAY
+            ) from exc
+        self.stats.opened += 1
+        return _Session(smtp, self.stats.opened, self._clock())
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.config.ca_file)
+        if not self.config.validate_certs:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context

@@ -1,0 +1,522 @@
+"""A real SMTP server for tests: aiosmtpd on its own thread and event loop, with faults.
+
+It records every message it receives (acknowledged or not), counts SMTP sessions and
+commands, and can be told to misbehave::
+
+    with SmtpPeer() as peer:                        # or SmtpPeer(tls="starttls", auth=(u, p))
+        peer.fail_next(2, "421 4.3.2 shutting down")             # next 2 MAILs: 421, close
+        peer.fail_address("x@example.com", "451 4.3.0 try later")     # at RCPT, every time
+        peer.fail_address("y@example.com", "550 5.1.1 unknown")
+        peer.fail_address("z@example.com", "550 5.7.1 spam", at="DATA")
+        peer.drop_after_data(1)          # the next DATA: take the message, drop the connection
+        ...
+        peer.accepted                    # messages acknowledged with 250
+        peer.copies(digest)              # copies received of X-Stagecoach-Idempotency-Key
+        peer.sessions                    # SMTP connections accepted
+
+Running on its own thread means the server competes with the code under test only for
+CPU, not for the test's event loop (``python -m tests.peers.smtp`` runs it in a process
+of its own; see :func:`serve`). ``latency`` delays every reply, like a distant relay;
+``idle_timeout`` makes the server close idle sessions the way real relays do. TLS
+(``starttls`` or ``implicit``) uses a throwaway self-signed certificate made with the
+``openssl`` command; ``cafile`` is what a client must trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import default as default_policy
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.helpers import free_port
+
+Stage = Literal["MAIL", "RCPT", "DATA"]
+TlsMode = Literal["none", "starttls", "implicit"]
+
+_KEY_HEADER = re.compile(
+    rb"^X-Stagecoach-Idempotency-Key:[ \t]*(\S+)", re.MULTILINE | re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class ReceivedMail:
+    """One message the peer took in.
+
+    ``acknowledged`` is False for a message taken in and then cut off before the 250
+    reply (``drop_after_data``): the client cannot know whether it went through.
+    """
+
+    session: int
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    acknowledged: bool
+    mail_options: tuple[str, ...] = ()
+
+    @cached_property
+    def message(self) -> EmailMessage:
+        parsed = BytesParser(policy=default_policy).parsebytes(self.data)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    @property
+    def key_digest(self) -> str | None:
+        found = _KEY_HEADER.search(self.data.split(b"\r\n\r\n", 1)[0])
+        return found.group(1).decode() if found else None
+
+
+@dataclass
+class _Fault:
+    reply: str
+    at: Stage
+    remaining: int | None  # None: every time
+
+
+@dataclass
+class _State:
+    received: list[ReceivedMail] = field(default_factory=list)
+    sessions: int = 0
+    open_sessions: int = 0
+    max_open_sessions: int = 0
+    commands: Counter[str] = field(default_factory=Counter)
+    auth_failures: int = 0
+    next_faults: list[_Fault] = field(default_factory=list)
+    address_faults: dict[str, _Fault] = field(default_factory=dict)
+    drop_countdown: list[int] = field(default_factory=list)
+    data_delay: float = 0.0
+
+
+class _PeerSMTP(SMTP):
+    """aiosmtpd's server, counting sessions (a STARTTLS upgrade is not a new session)."""
+
+    def __init__(self, handler: _Handler, *, latency: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._peer_handler = handler
+        self._latency = latency
+        self.session_number = 0
+
+    async def push(self, status: Any) -> None:
+        # Every reply, greeting included, waits: a round trip to a relay that far away.
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        await super().push(status)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.session_number = self._peer_handler.session_opened()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._peer_handler.session_closed()
+        super().connection_lost(error)
+
+
+class _Handler:
+    def __init__(self, state: _State, lock: threading.Lock) -> None:
+        self._state = state
+        self._lock = lock
+
+    def session_opened(self) -> int:
+        with self._lock:
+            self._state.sessions += 1
+            self._state.open_sessions += 1
+            self._state.max_open_sessions = max(
+                self._state.max_open_sessions, self._state.open_sessions
+            )
+            return self._state.sessions
+
+    def session_closed(self) -> None:
+        with self._lock:
+            self._state.open_sessions -= 1
+
+    def _count(self, command: str) -> None:
+        with self._lock:
+            self._state.commands[command] += 1
+
+    def _fault(self, stage: Stage, addresses: list[str]) -> str | None:
+        with self._lock:
+            for fault in self._state.next_faults:
+                if fault.at == stage:
+                    self._state.next_faults.remove(fault)
+                    return fault.reply
+            for address in addresses:
+                by_address = self._state.address_faults.get(address.lower())
+                if by_address is None or by_address.at != stage:
+                    continue
+                if by_address.remaining is not None:
+                    by_address.remaining -= 1
+                    if by_address.remaining <= 0:
+                        del self._state.address_faults[address.lower()]
+                return by_address.reply
+        return None
+
+    @staticmethod
+    def _reply(server: SMTP, reply: str) -> str:
+        if reply.startswith("421"):
+            # 421 means the server closes the session; do it once the reply is written.
+            transport = server.transport
+            assert transport is not None
+            server.loop.call_soon(transport.close)
+        return reply
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        self._count("EHLO")
+        session.host_name = hostname
+        return responses
+
+    async def handle_NOOP(
+        self, server: SMTP, session: Session, envelope: Envelope, arg: str
+    ) -> str:
+        self._count("NOOP")
+        return "250 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._count("RSET")
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._count("QUIT")
+        return "221 Bye"
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self._count("MAIL")
+        reply = self._fault("MAIL", [])
+        if reply is not None:
+            return self._reply(server, reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self._count("RCPT")
+        reply = self._fault("RCPT", [address])
+        if reply is not None:
+            return self._reply(server, reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self._count("DATA")
+        with self._lock:
+            delay = self._state.data_delay
+        if delay:
+            await asyncio.sleep(delay)
+        reply = self._fault("DATA", list(envelope.rcpt_tos))
+        if reply is not None:
+            return self._reply(server, reply)
+        drop = False
+        with self._lock:
+            countdown = self._state.drop_countdown
+            if countdown:
+                countdown[0] -= 1
+                if countdown[0] == 0:
+                    countdown.pop(0)
+                    drop = True
+            content = envelope.original_content or b""
+            self._state.received.append(
+                ReceivedMail(
+                    session=getattr(server, "session_number", 0),
+                    mail_from=envelope.mail_from or "",
+                    rcpt_tos=tuple(envelope.rcpt_tos),
+                    data=content,
+                    acknowledged=not drop,
+                    mail_options=tuple(envelope.mail_options),
+                )
+            )
+        if drop:
+            # Taken in, never acknowledged: the client sees the connection die after its dot.
+            transport = server.transport
+            assert isinstance(transport, asyncio.Transport)
+            transport.abort()
+        return "250 2.0.0 OK queued"
+
+
+class _PeerController(Controller):
+    def __init__(self, handler: _Handler, *, latency: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._peer_handler = handler
+        self._latency = latency
+
+    def factory(self) -> _PeerSMTP:
+        return _PeerSMTP(self._peer_handler, latency=self._latency, **self.SMTP_kwargs)
+
+
+class SmtpPeer:
+    """An SMTP server on 127.0.0.1 for one test module or test.
+
+    Args:
+        tls: ``"none"``, ``"starttls"`` (offered; required when ``auth`` is set) or
+            ``"implicit"`` (TLS from the first byte).
+        auth: ``(user, password)`` to require AUTH before MAIL; ``None`` accepts anyone.
+        idle_timeout: Seconds after which the server closes an idle session.
+        smtputf8: Offer the SMTPUTF8 extension.
+        latency: Seconds every reply waits before it is sent, greeting included: a
+            round trip to a relay that far away (TLS handshakes are not slowed).
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        *,
+        tls: TlsMode = "none",
+        auth: tuple[str, str] | None = None,
+        idle_timeout: float = 300.0,
+        smtputf8: bool = True,
+        latency: float = 0.0,
+    ) -> None:
+        self.tls = tls
+        self.auth = auth
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._handler = _Handler(self._state, self._lock)
+        self._certdir: Path | None = None
+        self.cafile: str | None = None
+        kwargs: dict[str, Any] = {
+            "hostname": self.host,
+            "port": self.port,
+            "server_hostname": "peer.stagecoach.test",
+            "ident": "Stagecoach test peer",
+            "timeout": idle_timeout,
+            "enable_SMTPUTF8": smtputf8,
+        }
+        if tls != "none":
+            context = self._make_tls_context()
+            if tls == "starttls":
+                kwargs["tls_context"] = context
+            else:
+                kwargs["ssl_context"] = context
+        if auth is not None:
+            kwargs["authenticator"] = self._authenticate
+            kwargs["auth_required"] = True
+            kwargs["auth_require_tls"] = tls != "none"
+        self._controller = _PeerController(self._handler, latency=latency, **kwargs)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> SmtpPeer:
+        self._controller.start()
+        self.reset()  # the controller's own readiness probe is not a session of the test's
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+        if self._certdir is not None:
+            shutil.rmtree(self._certdir, ignore_errors=True)
+
+    def __enter__(self) -> SmtpPeer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Forget received messages, counters and faults (open sessions stay open)."""
+        with self._lock:
+            # The handler holds this object: refill it rather than replace it.
+            open_now = self._state.open_sessions
+            vars(self._state).update(vars(_State()))
+            self._state.open_sessions = open_now
+
+    # --- what happened ------------------------------------------------------------------------
+
+    @property
+    def received(self) -> list[ReceivedMail]:
+        """Every message taken in, acknowledged or not, in arrival order."""
+        with self._lock:
+            return list(self._state.received)
+
+    @property
+    def accepted(self) -> list[ReceivedMail]:
+        """Messages acknowledged with a 250."""
+        return [m for m in self.received if m.acknowledged]
+
+    @property
+    def sessions(self) -> int:
+        """SMTP connections accepted since the last reset."""
+        with self._lock:
+            return self._state.sessions
+
+    @property
+    def open_sessions(self) -> int:
+        with self._lock:
+            return self._state.open_sessions
+
+    @property
+    def max_open_sessions(self) -> int:
+        with self._lock:
+            return self._state.max_open_sessions
+
+    @property
+    def commands(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self._state.commands)
+
+    @property
+    def auth_failures(self) -> int:
+        with self._lock:
+            return self._state.auth_failures
+
+    def copies(self, key_digest: str) -> int:
+        """How many copies with this X-Stagecoach-Idempotency-Key arrived (acknowledged or not)."""
+        return sum(1 for m in self.received if m.key_digest == key_digest)
+
+    def copies_by_key(self) -> Counter[str | None]:
+        return Counter(m.key_digest for m in self.received)
+
+    # --- faults -------------------------------------------------------------------------------
+
+    def fail_next(self, count: int, reply: str, *, at: Stage = "MAIL") -> None:
+        """Answer the next ``count`` commands at ``at`` with ``reply`` (421 also closes)."""
+        with self._lock:
+            self._state.next_faults.extend(_Fault(reply, at, 1) for _ in range(count))
+
+    def fail_address(
+        self, address: str, reply: str, *, at: Stage = "RCPT", times: int | None = None
+    ) -> None:
+        """Answer ``reply`` for ``address`` at ``at`` (RCPT or DATA), ``times`` times or always."""
+        with self._lock:
+            self._state.address_faults[address.lower()] = _Fault(reply, at, times)
+
+    def drop_after_data(self, nth: int = 1) -> None:
+        """The ``nth`` DATA from now: take the message, then cut the connection, no reply."""
+        with self._lock:
+            self._state.drop_countdown.append(nth)
+
+    def delay_data(self, seconds: float) -> None:
+        """Wait ``seconds`` before answering each end of DATA (0 to stop)."""
+        with self._lock:
+            self._state.data_delay = seconds
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._state.next_faults.clear()
+            self._state.address_faults.clear()
+            self._state.drop_countdown.clear()
+            self._state.data_delay = 0.0
+
+    def wait_until_closed(self, timeout: float = 5.0) -> None:
+        """Wait until no session is open (after a client's close())."""
+        deadline = time.monotonic() + timeout
+        while self.open_sessions > 0:
+            assert time.monotonic() < deadline, f"{self.open_sessions} SMTP sessions still open"
+            time.sleep(0.01)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert self.auth is not None
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode() == self.auth[0]
+            and auth_data.password.decode() == self.auth[1]
+        )
+        if not ok:
+            with self._lock:
+                self._state.auth_failures += 1
+        # handled=False: aiosmtpd itself answers 535 to a failure.
+        return AuthResult(success=ok, handled=False)
+
+    def _make_tls_context(self) -> Any:
+        import ssl
+
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            import pytest
+
+            pytest.skip("the openssl command is needed to make the test peer's certificate")
+        self._certdir = Path(tempfile.mkdtemp(prefix="stagecoach-smtp-peer-"))
+        cert, key = self._certdir / "cert.pem", self._certdir / "key.pem"
+        subprocess.run(
+            [
+                openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                str(cert), "-days", "1", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        self.cafile = str(cert)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        return context
+
+
+def serve(argv: list[str] | None = None) -> None:
+    """Run a peer in this process for a parent talking over stdin/stdout.
+
+    The benchmark runs the peer this way (``python -m tests.peers.smtp``) so the server
+    has its own interpreter and does not share the client's CPU time slice or GIL. It
+    prints ``{"port", "cafile"}`` once started, then answers one JSON line per command:
+    ``stats`` (counts and copies per idempotency-key digest), ``reset``, ``quit``.
+    """
+    import argparse
+    import json
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tests.peers.smtp")
+    parser.add_argument("--tls", choices=["none", "starttls", "implicit"], default="none")
+    parser.add_argument("--auth", help="user:password to require")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of every reply")
+    args = parser.parse_args(argv)
+    # aiosmtpd warns about its own use of a deprecated attribute on every AUTH.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    auth = None
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        auth = (user, password)
+    with SmtpPeer(tls=args.tls, auth=auth, latency=args.latency_ms / 1000) as peer:
+        print(json.dumps({"port": peer.port, "cafile": peer.cafile}), flush=True)
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "stats":
+                stats = {
+                    "received": len(peer.received),
+                    "accepted": len(peer.accepted),
+                    "sessions": peer.sessions,
+                    "max_open_sessions": peer.max_open_sessions,
+                    "copies": dict(peer.copies_by_key()),
+                }
+                print(json.dumps(stats), flush=True)
+            elif command == "reset":
+                peer.reset()
+                print("{}", flush=True)
+            elif command == "quit":
+                break
+
+
+if __name__ == "__main__":
+    serve()
