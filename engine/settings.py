@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         "production; rotating it invalidates outstanding links.",
     )
     link_ttl_days: int = Field(default=60, ge=1)
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the admin API (contacts, reports); unset refuses it.",
+    )
     quiet_hours_start: str = Field(default="21:00", pattern=r"^\d{2}:\d{2}$")
     quiet_hours_end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
     frequency_cap: int = Field(default=3, ge=0, description="Messages per window; 0 disables.")

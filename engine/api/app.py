@@ -110,6 +110,7 @@ def create_app(
     app.state.write_keys = _Keys(db)
     app.state.clock = time.monotonic
     app.state.forwarder = None
+    app.state.temporal = temporal  # a client factory, or None when Temporal is not wired
     app.state.link_signer = link_signer(settings)  # an unusable secret fails at start
     app.include_router(events_router)
     app.include_router(wechat_router)
