@@ -24,7 +24,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from engine.ingest._identity import IdentityError, identities_from
 
@@ -71,11 +78,15 @@ class Problem:
         return out
 
 
+Id = Annotated[str, StringConstraints(max_length=256)] | int
+"""Segment allows string or numeric ids; they are stored as strings."""
+
+
 class _Base(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    userId: str | int | None = Field(default=None, max_length=256)
-    anonymousId: str | int | None = Field(default=None, max_length=256)
+    userId: Id | None = None
+    anonymousId: Id | None = None
     messageId: str | None = Field(default=None, max_length=128, min_length=1)
     timestamp: datetime | None = None
     sentAt: datetime | None = None
@@ -103,12 +114,12 @@ class PageIn(_Base):
 
 class AliasIn(_Base):
     type: Literal["alias"]
-    previousId: str | int = Field(max_length=256)
+    previousId: Id
 
 
 class GroupIn(_Base):
     type: Literal["group"]
-    groupId: str | int = Field(max_length=256)
+    groupId: Id
     traits: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -257,7 +268,10 @@ def _when(message: _Base, received_at: datetime) -> tuple[datetime | None, str |
         return None, "timestamp has no time zone: send it with an offset, e.g. ...T09:00:00Z"
     if message.sentAt is not None and message.sentAt.tzinfo is not None:
         # Segment's skew correction: the client's clock is off by received - sent.
-        stamp = stamp + (received_at - message.sentAt)
+        try:
+            stamp = stamp + (received_at - message.sentAt)
+        except OverflowError:
+            return None, "timestamp and sentAt are too far apart: check the client's clock"
     if stamp > received_at + FUTURE_LIMIT:
         return None, "timestamp is more than 24 hours in the future: check the client's clock"
     if stamp < PAST_LIMIT:

@@ -302,3 +302,15 @@ def test_openapi_documents_every_endpoint_with_an_example(api: TestClient) -> No
         body = spec["paths"][f"/v1/{kind}"]["post"]["requestBody"]["content"]["application/json"]
         assert body["examples"]["example"]["value"]
     assert api.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"userId": 12345678901234567890},  # a numeric id is Segment-legal
+        {"userId": "u-1", "timestamp": "0001-01-02T00:00:00Z", "sentAt": "9999-12-30T00:00:00Z"},
+    ],
+)
+def test_found_by_fuzzing_never_500(api: TestClient, fields: dict[str, Any]) -> None:
+    response = api.post("/v1/track", json={"event": "x", "messageId": "fz", **fields})
+    assert response.status_code in (200, 400), response.text
