@@ -19,6 +19,7 @@ import typer
 from engine.cli.contact import contact_app
 from engine.cli.content import content_app
 from engine.cli.demo import demo
+from engine.cli.imports import import_contacts
 from engine.cli.journeys import journeys_app
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
@@ -37,6 +38,7 @@ app.add_typer(journeys_app, name="journeys")
 app.add_typer(contact_app, name="contact")
 app.add_typer(content_app, name="content")
 app.command()(demo)
+app.command("import")(import_contacts)
 
 
 def _settings() -> Settings:
