@@ -52,6 +52,7 @@ def create_app(
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
     """
+    from engine.api.contacts import router as contacts_router
     from engine.api.email_routes import link_signer
     from engine.api.email_routes import router as email_router
     from engine.api.events import _Keys
@@ -115,6 +116,7 @@ def create_app(
     app.include_router(events_router)
     app.include_router(wechat_router)
     app.include_router(email_router)
+    app.include_router(contacts_router)
 
     @app.get(
         "/metrics",

@@ -1,0 +1,981 @@
+"""``/v1/contacts/{contact_id}``: one contact as an administrator sees it, and its erasure.
+
+Both routes need the admin bearer token (:func:`engine.api.auth.require_admin`).
+
+``GET /v1/contacts/{contact_id}``
+    The contact's state, identities, stage history, consent records, merges and recent
+    deliveries. ``state`` comes from the contact workflow's ``state`` query when Temporal
+    is wired and the workflow answers within :data:`QUERY_TIMEOUT`; otherwise it is the
+    stored row, with ``state.source == "database"`` and ``state.note`` saying why.
+
+    *A merged id* answers **200** with the survivor's record and ``merged_into`` set to
+    the survivor's id (not a redirect: an admin tool wants to see that the id it holds
+    is now another, and a 308 would be followed silently by most clients). A person is
+    the survivor plus every id merged into it, so transitions and deliveries of merged
+    ids are listed too, each with its ``contact_id``.
+
+    *An unknown id* answers **404** with a message; so does an erased id, and the message
+    says when it was erased.
+
+``DELETE /v1/contacts/{contact_id}``: the right to erasure
+    Erases the person: the contact and every id merged into it (a merged id erases its
+    survivor, since they are one person). Personal data goes; anonymous aggregates stay,
+    so counts of contacts by stage, events by name and day, and sends by journey and
+    step are the same before and after. Table by table:
+
+    ==============  ==========================================================================
+    contacts        each erased id's row is replaced by a pseudonymous row
+                    ``erased-<sha256(id)[:16]>`` (:func:`pseudonym`) that keeps ``stage`` and
+                    ``created_at``; locale, timezone and traits are cleared, and
+                    ``traits.erased_at`` records when: it is the erasure record that proves
+                    the request was honoured, without personal data. The hash is unkeyed:
+                    whoever still holds the old id (a CRM, an old link) can find the
+                    anonymous rows, but learns only event names, times and stages
+    events          re-pointed to the pseudonym; ``properties`` and ``context`` (which holds
+                    the traits) emptied; kind, name, source, channel, message id and both
+                    times kept. The message id stays so that a client replaying an old
+                    message cannot bring the person back: it is acknowledged as a duplicate
+    transitions     re-pointed (key ``<id>:<n>`` becomes ``<pseudonym>:<n>``); a manual
+                    transition's reason, free text typed by a person, becomes ``(erased)``
+    deliveries      re-pointed; ``provider_message_id`` and ``error`` (which can quote the
+                    address) cleared; journey, step, channel, content and status kept
+    identities      deleted
+    consents        deleted (their hash chain would not survive a rewrite, and with no
+                    address left there is nothing they could permit)
+    merges          deleted (they link the erased ids to each other)
+    outbox          deleted: no stored event is forwarded again
+    suppressions    **kept**, address included, with ``contact_id`` cleared: they protect
+                    the person, who must not be emailed again if someone re-imports the
+                    address. Hashing the address would need the delivery path to look up by
+                    hash; until then the plain address is the minimum that still works
+    ==============  ==========================================================================
+
+    In Temporal, every run of each erased id's ``contact-<id>`` workflow (continue-as-new
+    makes several) is deleted with its history through ``DeleteWorkflowExecution``, which
+    terminates a running one in the same request (see :func:`_sweep` for why there is no
+    separate terminate call). The server deletes asynchronously (an open execution at
+    once, a closed one, such as a merged contact's, some seconds later): hence **202**.
+
+    Order: Temporal first, then one database transaction, then both again. Temporal
+    first because its histories can only be found by the ids the database still holds:
+    if Temporal fails the answer is 503 and the database is untouched, so a retry starts
+    over. The second pass catches what ran concurrently with the first: a forwarder that
+    had read the contact's outbox before the transaction and signalled afterwards, or an
+    activity that was mid-write when its workflow was terminated. An activity that writes
+    even later recreates a contact row under the old id, which a new DELETE erases.
+
+    Idempotent: a second DELETE answers **404**, like any id that is not a contact now,
+    with a message saying when it was erased; so does a DELETE of a pseudonym.
+
+    Refused with **503**, nothing changed: Temporal not wired to this API or
+    unreachable (an erasure that left the histories behind would not be one), or the
+    database unavailable.
+
+    Not reached from here, for the operator to handle: application logs (they mask
+    emails and phones, but keep contact ids), the file sink's ``<channel>/<contact_id>``
+    folders on the worker host, and data already handed to providers and the CRM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, or_, update
+from sqlalchemy.engine import Result
+from sqlmodel import Session, col, select
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import TemporalError
+from temporalio.service import RPCError, RPCStatusCode
+
+from engine.api.app import SessionDep
+from engine.api.auth import ADMIN_RESPONSES, require_admin
+from engine.api.email_routes import _db
+from engine.errors import DatabaseError, TemporalUnavailable
+from engine.gateway import ContactNotFound, contact_view
+from engine.messages import contact_workflow_id
+from engine.storage.models import (
+    Consent,
+    Contact,
+    Delivery,
+    Event,
+    Identity,
+    Merge,
+    Outbox,
+    StageTransition,
+    Suppression,
+)
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["contacts"],
+    dependencies=[Depends(require_admin)],
+    responses=ADMIN_RESPONSES,
+)
+
+_log = structlog.get_logger("stagecoach.api.contacts")
+
+ERASED_PREFIX = "erased-"
+QUERY_TIMEOUT = 3.0
+"""Seconds the ``state`` query may take before the stored row is shown instead."""
+CONNECT_TIMEOUT = 10.0
+_RPC_TIMEOUT = timedelta(seconds=10)
+_MAX_MERGE_HOPS = 16
+_ERASED_REASON = "(erased)"
+
+
+def pseudonym(contact_id: str) -> str:
+    """The id an erased contact's anonymous rows live on under: ``erased-<sha256[:16]>``.
+
+    Deterministic, so a repeated DELETE (or GET) can say the id was erased, and a
+    second pass finds the row the first one wrote."""
+    return ERASED_PREFIX + hashlib.sha256(contact_id.encode()).hexdigest()[:16]
+
+
+# --- response models --------------------------------------------------------------------
+
+
+class IdentityPublic(BaseModel):
+    kind: str = Field(description="user_id, anonymous_id, email, phone, wechat_openid, ...")
+    value: str
+    source: str
+    created_at: datetime
+
+
+class TransitionPublic(BaseModel):
+    contact_id: str
+    from_stage: str | None
+    to_stage: str
+    kind: str = Field(description="rule, detour or manual")
+    reason: str
+    source: str
+    trigger_event_type: str | None
+    trigger_message_id: str | None
+    at: datetime
+
+
+class ConsentPublic(BaseModel):
+    channel: str
+    granted: bool
+    source: str
+    wording: str
+    message_id: str | None
+    at: datetime
+
+
+class MergePublic(BaseModel):
+    merged_id: str = Field(description="The id that turned out to be this contact")
+    into_id: str
+    reason: str
+    message_id: str | None
+    at: datetime
+
+
+class DeliveryPublic(BaseModel):
+    contact_id: str
+    journey: str
+    step_id: str
+    enrolment: int
+    channel: str
+    content_id: str | None
+    status: str
+    provider_message_id: str | None
+    error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class ContactState(BaseModel):
+    """What the contact is now: live from its workflow, else the stored row."""
+
+    source: Literal["workflow", "database"]
+    stage: str | None
+    score: float | None = None
+    grade: str | None = None
+    stage_entered_at: datetime | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    consent: dict[str, bool] = Field(default_factory=dict)
+    journeys: list[dict[str, Any]] = Field(default_factory=list)
+    run_events: int | None = Field(
+        default=None, description="Events applied in the workflow's current run"
+    )
+    note: str | None = Field(default=None, description="Why the stored row is shown")
+
+
+class ContactDetail(BaseModel):
+    """A contact: the survivor's record when the id asked for was merged."""
+
+    id: str
+    merged_into: str | None = Field(
+        default=None,
+        description="Set when the id asked for was merged: the id it lives on as (= id)",
+    )
+    stage: str | None
+    locale: str | None
+    timezone: str | None
+    traits: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    state: ContactState
+    identities: list[IdentityPublic]
+    transitions: list[TransitionPublic] = Field(description="Stage history, oldest first")
+    consents: list[ConsentPublic] = Field(description="Consent decisions, oldest first")
+    merges: list[MergePublic] = Field(description="Ids merged into this contact")
+    deliveries: list[DeliveryPublic] = Field(description="Most recent first")
+    event_count: int
+
+
+class _Counts(BaseModel):
+    def add(self, other: _Counts) -> None:
+        for name in type(self).model_fields:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Anonymised(_Counts):
+    """Rows kept without personal data, re-pointed to pseudonyms."""
+
+    contacts: int = 0
+    events: int = 0
+    transitions: int = 0
+    deliveries: int = 0
+
+
+class Removed(_Counts):
+    """Rows deleted."""
+
+    identities: int = 0
+    consents: int = 0
+    merges: int = 0
+    outbox: int = 0
+
+
+class Kept(_Counts):
+    """Rows kept as they are because they protect the person, unlinked from the contact."""
+
+    suppressions: int = 0
+
+
+class WorkflowErasure(BaseModel):
+    terminated: list[str] = Field(
+        default_factory=list, description="Were running: terminated by their deletion"
+    )
+    deleted: list[str] = Field(
+        default_factory=list,
+        description="Workflow ids whose runs and histories the server is deleting",
+    )
+    errors: list[str] = Field(
+        default_factory=list, description="Problems on the second pass (the first must succeed)"
+    )
+
+
+class ErasureSummary(BaseModel):
+    contact_id: str = Field(description="The id asked for")
+    erased: list[str] = Field(description="The person's ids: the contact and those merged in")
+    erased_at: datetime
+    anonymised: Anonymised
+    removed: Removed
+    kept: Kept
+    workflows: WorkflowErasure
+
+
+_WHEN = "2026-11-22T09:00:00Z"
+_CONTACT_EXAMPLE: dict[str, Any] = {
+    "id": "c_5f0c9a2e41d7b3a8c6e19f04",
+    "merged_into": None,
+    "stage": "prospect",
+    "locale": "zh-CN",
+    "timezone": "Asia/Shanghai",
+    "traits": {"email": "li.lei@example.cn", "company": "Acme"},
+    "created_at": _WHEN,
+    "updated_at": _WHEN,
+    "state": {
+        "source": "workflow",
+        "stage": "prospect",
+        "score": 35.0,
+        "grade": None,
+        "stage_entered_at": _WHEN,
+        "attributes": {"email": "li.lei@example.cn", "locale": "zh-CN"},
+        "tags": [],
+        "consent": {"email": True},
+        "journeys": [
+            {"journey": "b2b_nurture", "enrolment": 1, "step": "wait-3d", "waiting": "timer"}
+        ],
+        "run_events": 4,
+        "note": None,
+    },
+    "identities": [
+        {"kind": "user_id", "value": "u-1001", "source": "web", "created_at": _WHEN},
+        {"kind": "email", "value": "li.lei@example.cn", "source": "web", "created_at": _WHEN},
+    ],
+    "transitions": [
+        {
+            "contact_id": "c_5f0c9a2e41d7b3a8c6e19f04",
+            "from_stage": None,
+            "to_stage": "prospect",
+            "kind": "manual",
+            "reason": "created",
+            "source": "workflow",
+            "trigger_event_type": "content.downloaded",
+            "trigger_message_id": "m-track-1",
+            "at": _WHEN,
+        }
+    ],
+    "consents": [
+        {
+            "channel": "email",
+            "granted": True,
+            "source": "web",
+            "wording": "I agree to receive product news by email.",
+            "message_id": "m-identify-1",
+            "at": _WHEN,
+        }
+    ],
+    "merges": [
+        {
+            "merged_id": "c_0a1b2c3d4e5f60718293a4b5",
+            "into_id": "c_5f0c9a2e41d7b3a8c6e19f04",
+            "reason": "alias m-alias-1",
+            "message_id": "m-alias-1",
+            "at": _WHEN,
+        }
+    ],
+    "deliveries": [
+        {
+            "contact_id": "c_5f0c9a2e41d7b3a8c6e19f04",
+            "journey": "b2b_nurture",
+            "step_id": "whitepaper",
+            "enrolment": 1,
+            "channel": "email",
+            "content_id": "wp-digital-transformation",
+            "status": "sent",
+            "provider_message_id": "0a1f6c1e-5b8e-4f0e-9d4c-2f7e3b1a9c55",
+            "error": None,
+            "created_at": _WHEN,
+            "sent_at": _WHEN,
+        }
+    ],
+    "event_count": 4,
+}
+_ERASURE_EXAMPLE: dict[str, Any] = {
+    "contact_id": "c_5f0c9a2e41d7b3a8c6e19f04",
+    "erased": ["c_5f0c9a2e41d7b3a8c6e19f04", "c_0a1b2c3d4e5f60718293a4b5"],
+    "erased_at": _WHEN,
+    "anonymised": {"contacts": 2, "events": 4, "transitions": 3, "deliveries": 1},
+    "removed": {"identities": 3, "consents": 1, "merges": 1, "outbox": 0},
+    "kept": {"suppressions": 1},
+    "workflows": {
+        "terminated": ["contact-c_5f0c9a2e41d7b3a8c6e19f04"],
+        "deleted": ["contact-c_5f0c9a2e41d7b3a8c6e19f04", "contact-c_0a1b2c3d4e5f60718293a4b5"],
+        "errors": [],
+    },
+}
+_NOT_FOUND_EXAMPLES = {
+    "unknown": {
+        "summary": "No such contact",
+        "value": {"detail": "no contact 'c_123': check the id (the contact_id ...)"},
+    },
+    "erased": {
+        "summary": "Erased before",
+        "value": {"detail": "contact 'c_123' was erased at 2026-11-22T09:00:00+00:00 ..."},
+    },
+}
+
+ContactIdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        description="The contact id (the contact-<id> workflow's id without 'contact-'), "
+        "or an id merged into it",
+        examples=["c_5f0c9a2e41d7b3a8c6e19f04"],
+    ),
+]
+
+
+# --- who the id is -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Person:
+    """The contact an id leads to: the survivor of its merges, and every id merged in."""
+
+    requested: str
+    survivor: Contact
+    ids: tuple[str, ...]
+    """The survivor's id first, then every id merged into it (directly or not)."""
+
+    @property
+    def merged_into(self) -> str | None:
+        return self.survivor.id if self.requested != self.survivor.id else None
+
+
+def find_person(session: Session, contact_id: str) -> Person | str:
+    """The person behind ``contact_id``, or the 404 message saying why there is none."""
+    if contact_id.startswith(ERASED_PREFIX):
+        return (
+            f"{contact_id!r} is the anonymous record of an erased contact, not a contact: "
+            "nothing personal is stored under it"
+        )
+    current, hops = contact_id, 0
+    while hops < _MAX_MERGE_HOPS:
+        merge = session.get(Merge, current)
+        if merge is None:
+            break
+        current, hops = merge.into_id, hops + 1
+    survivor = session.get(Contact, current)
+    if survivor is None:
+        tombstone = session.get(Contact, pseudonym(contact_id))
+        if tombstone is not None:
+            when = tombstone.traits.get("erased_at", "an unrecorded time")
+            return (
+                f"contact {contact_id!r} was erased at {when} (right to erasure): nothing "
+                "personal is left, only anonymous counts"
+            )
+        return (
+            f"no contact {contact_id!r}: check the id (the contact_id the ingestion API "
+            "answered, or the contact-<id> workflow id without 'contact-')"
+        )
+    ids = [survivor.id]
+    frontier = [survivor.id]
+    while frontier:
+        merged = session.exec(select(Merge.merged_id).where(col(Merge.into_id).in_(frontier))).all()
+        frontier = [m for m in merged if m not in ids]
+        ids += frontier
+    return Person(requested=contact_id, survivor=survivor, ids=tuple(ids))
+
+
+async def _person(session: Session, contact_id: str) -> Person:
+    try:
+        found = await _db(session, find_person, contact_id)
+    except DatabaseError as exc:
+        raise _unavailable(exc.one_line()) from exc
+    if isinstance(found, str):
+        raise HTTPException(404, detail=found)
+    return found
+
+
+def _unavailable(detail: str) -> HTTPException:
+    return HTTPException(503, detail=detail, headers={"Retry-After": "5"})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _aware(at: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+# --- Temporal ----------------------------------------------------------------------------
+
+
+async def temporal_client(request: Request) -> Client | None:
+    """The app's Temporal client (None when the API runs without Temporal), made once
+    from ``app.state.temporal`` and kept in ``app.state.temporal_client``.
+
+    Raises:
+        TemporalUnavailable: the factory failed or took over :data:`CONNECT_TIMEOUT`.
+    """
+    factory = getattr(request.app.state, "temporal", None)
+    if factory is None:
+        return None
+    client: Client | None = getattr(request.app.state, "temporal_client", None)
+    if client is None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                client = await factory()
+        except TemporalUnavailable:
+            raise
+        except Exception as exc:  # a foreign factory: this is its one translation point
+            raise TemporalUnavailable(
+                f"cannot reach Temporal: {_first_line(exc)}",
+                fix="check that Temporal is running and STAGECOACH_TEMPORAL_ADDRESS",
+            ) from exc
+        request.app.state.temporal_client = client
+    return client
+
+
+@dataclass
+class _Sweep:
+    terminated: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+
+
+def _missing(exc: RPCError) -> bool:
+    return exc.status == RPCStatusCode.NOT_FOUND
+
+
+async def _sweep(client: Client, contact_ids: Sequence[str], found: _Sweep) -> None:
+    """Delete every run of each contact's workflow, with its history.
+
+    ``DeleteWorkflowExecution`` on the latest run terminates it first if it is running,
+    in the same request, so no activity starts once it returns. Terminating in a separate
+    call first would be worse: the server defers deleting a closed execution (about 30 s
+    on the dev server) while an open one is deleted at once. Older runs (continue-as-new
+    leaves one per run) are found through visibility and deleted by run id.
+
+    Raises:
+        RPCError: Temporal refused or did not answer (NOT_FOUND means done already).
+    """
+    for contact_id in contact_ids:
+        workflow_id = contact_workflow_id(contact_id)
+        try:
+            latest = await client.get_workflow_handle(workflow_id).describe(
+                rpc_timeout=_RPC_TIMEOUT
+            )
+        except RPCError as exc:
+            if not _missing(exc):
+                raise
+        else:
+            if latest.status == WorkflowExecutionStatus.RUNNING:
+                found.terminated.add(workflow_id)
+        runs: list[str] = [""]  # "": the latest run, whether or not visibility lists it yet
+        if not any(c in workflow_id for c in "'\"\\"):
+            query = f"WorkflowId = '{workflow_id}'"
+            async for execution in client.list_workflows(query, rpc_timeout=_RPC_TIMEOUT):
+                runs.append(execution.run_id)
+        for run_id in dict.fromkeys(runs):
+            request = DeleteWorkflowExecutionRequest(
+                namespace=client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
+            )
+            try:
+                await client.workflow_service.delete_workflow_execution(
+                    request, retry=True, timeout=_RPC_TIMEOUT
+                )
+                found.deleted.add(workflow_id)
+            except RPCError as exc:
+                if not _missing(exc):
+                    raise
+
+
+async def _live_state(request: Request, survivor: Contact) -> ContactState:
+    """The workflow's ``state`` query, or the stored row with a note saying why."""
+    try:
+        client = await temporal_client(request)
+    except TemporalUnavailable as exc:
+        return _stored_state(survivor, f"Temporal is unreachable ({exc.message})")
+    if client is None:
+        return _stored_state(survivor, "Temporal is not wired to this API")
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            view = await contact_view(client, survivor.id)
+    except ContactNotFound:
+        note = "its workflow has not started yet (its events may wait in the outbox)"
+    except TimeoutError:
+        note = f"its workflow did not answer within {QUERY_TIMEOUT:g} s: is a worker running?"
+    except (TemporalError, RuntimeError) as exc:
+        note = f"its workflow's state query failed: {_first_line(exc)}"
+    else:
+        state = view.state
+        entered = state.get("stage_entered_at")
+        return ContactState(
+            source="workflow",
+            stage=view.stage,
+            score=view.score,
+            grade=view.grade,
+            stage_entered_at=datetime.fromisoformat(entered) if entered else None,
+            attributes=dict(state.get("attributes") or {}),
+            tags=list(state.get("tags") or []),
+            consent=dict(state.get("consent") or {}),
+            journeys=view.journeys,
+            run_events=view.run_events,
+        )
+    _log.info("contact state from the database", contact_id=survivor.id, reason=note)
+    return _stored_state(survivor, note)
+
+
+def _stored_state(row: Contact, why: str) -> ContactState:
+    return ContactState(
+        source="database",
+        stage=row.stage,
+        attributes=dict(row.traits),
+        note=f"{why}: the stored row is shown",
+    )
+
+
+# --- GET ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Record:
+    identities: list[IdentityPublic]
+    transitions: list[TransitionPublic]
+    consents: list[ConsentPublic]
+    merges: list[MergePublic]
+    deliveries: list[DeliveryPublic]
+    event_count: int
+
+
+def _record(session: Session, person: Person, deliveries: int) -> _Record:
+    ids = person.ids
+    identities = session.exec(
+        select(Identity)
+        .where(col(Identity.contact_id).in_(ids))
+        .order_by(col(Identity.created_at), col(Identity.kind), col(Identity.value))
+    ).all()
+    transitions = session.exec(
+        select(StageTransition)
+        .where(col(StageTransition.contact_id).in_(ids))
+        .order_by(col(StageTransition.at), col(StageTransition.id))
+    ).all()
+    consents = session.exec(
+        select(Consent).where(col(Consent.contact_id).in_(ids)).order_by(col(Consent.id))
+    ).all()
+    merges = session.exec(
+        select(Merge).where(col(Merge.into_id).in_(ids)).order_by(col(Merge.at))
+    ).all()
+    sent = session.exec(
+        select(Delivery)
+        .where(col(Delivery.contact_id).in_(ids))
+        .order_by(col(Delivery.created_at).desc(), col(Delivery.id).desc())
+        .limit(deliveries)
+    ).all()
+    events = session.exec(
+        select(func.count()).select_from(Event).where(col(Event.contact_id).in_(ids))
+    ).one()
+    return _Record(
+        identities=[
+            IdentityPublic(
+                kind=i.kind, value=i.value, source=i.source, created_at=_aware(i.created_at)
+            )
+            for i in identities
+        ],
+        transitions=[
+            TransitionPublic(
+                contact_id=t.contact_id,
+                from_stage=t.from_stage,
+                to_stage=t.to_stage,
+                kind=t.kind,
+                reason=t.reason,
+                source=t.source,
+                trigger_event_type=t.trigger_event_type,
+                trigger_message_id=t.trigger_message_id,
+                at=_aware(t.at),
+            )
+            for t in transitions
+        ],
+        consents=[
+            ConsentPublic(
+                channel=c.channel,
+                granted=c.granted,
+                source=c.source,
+                wording=c.wording,
+                message_id=c.message_id,
+                at=_aware(c.at),
+            )
+            for c in consents
+        ],
+        merges=[
+            MergePublic(
+                merged_id=m.merged_id,
+                into_id=m.into_id,
+                reason=m.reason,
+                message_id=m.message_id,
+                at=_aware(m.at),
+            )
+            for m in merges
+        ],
+        deliveries=[
+            DeliveryPublic(
+                contact_id=d.contact_id,
+                journey=d.journey,
+                step_id=d.step_id,
+                enrolment=d.enrolment,
+                channel=d.channel,
+                content_id=d.content_id,
+                status=d.status,
+                provider_message_id=d.provider_message_id,
+                error=d.error,
+                created_at=_aware(d.created_at),
+                sent_at=_aware(d.sent_at) if d.sent_at else None,
+            )
+            for d in sent
+        ],
+        event_count=int(events),
+    )
+
+
+@router.get(
+    "/contacts/{contact_id}",
+    summary="A contact: state, identities, stage history, consent, merges, deliveries",
+    response_model=ContactDetail,
+    responses={
+        200: {
+            "description": "The contact (the survivor's record if the id was merged)",
+            "content": {"application/json": {"example": _CONTACT_EXAMPLE}},
+        },
+        404: {
+            "description": "No contact has this id (never, or not since it was erased)",
+            "content": {"application/json": {"examples": _NOT_FOUND_EXAMPLES}},
+        },
+    },
+)
+async def get_contact(
+    *,
+    request: Request,
+    session: SessionDep,
+    contact_id: ContactIdPath,
+    deliveries: Annotated[
+        int, Query(ge=0, le=500, description="How many of the most recent deliveries")
+    ] = 20,
+) -> ContactDetail:
+    """Everything stored about the contact; ``state`` is live from its workflow when
+    Temporal answers, else the stored row (``state.source`` says which)."""
+    person = await _person(session, contact_id)
+    try:
+        record = await _db(session, _record, person, deliveries)
+    except DatabaseError as exc:
+        raise _unavailable(exc.one_line()) from exc
+    row = person.survivor
+    return ContactDetail(
+        id=row.id,
+        merged_into=person.merged_into,
+        stage=row.stage,
+        locale=row.locale,
+        timezone=row.timezone,
+        traits=dict(row.traits),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+        state=await _live_state(request, row),
+        identities=record.identities,
+        transitions=record.transitions,
+        consents=record.consents,
+        merges=record.merges,
+        deliveries=record.deliveries,
+        event_count=record.event_count,
+    )
+
+
+# --- DELETE ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scrubbed:
+    anonymised: Anonymised = field(default_factory=Anonymised)
+    removed: Removed = field(default_factory=Removed)
+    kept: Kept = field(default_factory=Kept)
+
+    def add(self, other: _Scrubbed) -> None:
+        self.anonymised.add(other.anonymised)
+        self.removed.add(other.removed)
+        self.kept.add(other.kept)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _repoint(text: str, old: str, new: str, limit: int) -> str:
+    """``text`` with the contact id ``old`` replaced by ``new``, within ``limit`` chars.
+
+    Keys are ``<contact_id>:<rest>``; a key too long once rewritten becomes the
+    pseudonym and a digest of its old form, still unique."""
+    rewritten = text.replace(old, new)
+    if len(rewritten) <= limit:
+        return rewritten
+    return f"{new}:{hashlib.sha256(text.encode()).hexdigest()[: limit - len(new) - 1]}"
+
+
+def _taken(
+    session: Session,
+    table: type[StageTransition | Delivery],
+    column: str,
+    key: str,
+    own: int | None,
+) -> bool:
+    """Whether another row of ``table`` already holds ``key`` (unique) in ``column``."""
+    found = session.exec(
+        select(table.id).where(getattr(table, column) == key, col(table.id) != own)
+    ).first()
+    return found is not None
+
+
+def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
+    """Erase the personal data of ``ids`` from the database, keeping anonymous rows (see
+    the module docstring). Safe to run again: a second run touches only rows written
+    under the old ids since the first."""
+    done = _Scrubbed()
+    alias = {cid: pseudonym(cid) for cid in ids}
+    # Pseudonymous contact rows first: the rows re-pointed below refer to them.
+    for cid in ids:
+        row = session.get(Contact, cid)
+        if row is None:
+            continue
+        done.anonymised.contacts += 1
+        if session.get(Contact, alias[cid]) is None:
+            session.add(
+                Contact(
+                    id=alias[cid],
+                    stage=row.stage,
+                    locale=None,
+                    timezone=None,
+                    traits={"erased_at": at.isoformat()},
+                    created_at=row.created_at,
+                    updated_at=at,
+                )
+            )
+    session.flush()
+    # Outbox rows are found through their events too, so before the events move.
+    moving = select(col(Event.id)).where(col(Event.contact_id).in_(ids))
+    done.removed.outbox = _rowcount(
+        session.execute(
+            delete(Outbox).where(
+                or_(
+                    col(Outbox.contact_id).in_(ids),
+                    col(Outbox.merged_into).in_(ids),
+                    col(Outbox.event_id).in_(moving),
+                )
+            )
+        )
+    )
+    for cid in ids:
+        done.anonymised.events += _rowcount(
+            session.execute(
+                update(Event)
+                .where(col(Event.contact_id) == cid)
+                .values(contact_id=alias[cid], properties={}, context={})
+            )
+        )
+    for transition in session.exec(
+        select(StageTransition).where(col(StageTransition.contact_id).in_(ids))
+    ).all():
+        key = _repoint(transition.key, transition.contact_id, alias[transition.contact_id], 160)
+        if _taken(session, StageTransition, "key", key, transition.id):
+            session.delete(transition)  # a late retry of a row already scrubbed
+            continue
+        done.anonymised.transitions += 1
+        transition.key = key
+        transition.contact_id = alias[transition.contact_id]
+        if transition.kind == "manual" and transition.reason != "created":
+            transition.reason = _ERASED_REASON
+        session.add(transition)
+    for delivery in session.exec(select(Delivery).where(col(Delivery.contact_id).in_(ids))).all():
+        key = _repoint(
+            delivery.idempotency_key, delivery.contact_id, alias[delivery.contact_id], 256
+        )
+        if _taken(session, Delivery, "idempotency_key", key, delivery.id):
+            session.delete(delivery)
+            continue
+        done.anonymised.deliveries += 1
+        delivery.idempotency_key = key
+        delivery.contact_id = alias[delivery.contact_id]
+        delivery.provider_message_id = None
+        delivery.error = None
+        session.add(delivery)
+    session.flush()
+    done.removed.identities = _rowcount(
+        session.execute(delete(Identity).where(col(Identity.contact_id).in_(ids)))
+    )
+    done.removed.consents = _rowcount(
+        session.execute(delete(Consent).where(col(Consent.contact_id).in_(ids)))
+    )
+    done.removed.merges = _rowcount(
+        session.execute(
+            delete(Merge).where(or_(col(Merge.merged_id).in_(ids), col(Merge.into_id).in_(ids)))
+        )
+    )
+    done.kept.suppressions = _rowcount(
+        session.execute(
+            update(Suppression).where(col(Suppression.contact_id).in_(ids)).values(contact_id=None)
+        )
+    )
+    session.execute(delete(Contact).where(col(Contact.id).in_(ids)))
+    return done
+
+
+@router.delete(
+    "/contacts/{contact_id}",
+    status_code=202,
+    summary="Erase a contact (right to erasure): personal data everywhere, workflows too",
+    response_model=ErasureSummary,
+    responses={
+        202: {
+            "description": "Erased from the database; Temporal is deleting the workflow "
+            "histories (asynchronously)",
+            "content": {"application/json": {"example": _ERASURE_EXAMPLE}},
+        },
+        404: {
+            "description": "No contact has this id: never, or erased before (the message "
+            "says when). A repeated DELETE answers this.",
+            "content": {"application/json": {"examples": _NOT_FOUND_EXAMPLES}},
+        },
+    },
+)
+async def erase_contact(
+    *, request: Request, session: SessionDep, contact_id: ContactIdPath
+) -> ErasureSummary:
+    """Remove the contact's personal data from the database and its workflows (with
+    their histories) from Temporal; keep anonymous rows so aggregates stay right.
+
+    A merged id erases the contact it was merged into: they are one person. What is kept
+    and what goes, table by table, is in the module docstring of ``engine.api.contacts``.
+    """
+    person = await _person(session, contact_id)
+    try:
+        client = await temporal_client(request)
+    except TemporalUnavailable as exc:
+        raise _unavailable(f"nothing was erased: {exc.one_line()}") from exc
+    if client is None:
+        raise _unavailable(
+            "nothing was erased: erasure also deletes the contact's workflow histories, and "
+            "this API runs without Temporal. Fix: serve the API with Temporal wired "
+            "('stagecoach api')"
+        )
+    log = _log.bind(contact_id=contact_id, erased=list(person.ids))
+    found = _Sweep()
+    try:
+        await _sweep(client, person.ids, found)
+    except (RPCError, RuntimeError) as exc:
+        log.warning("erasure refused by Temporal", error=str(exc))
+        raise _unavailable(
+            f"nothing was erased from the database: Temporal refused to remove the "
+            f"contact's workflows ({exc}). Fix: retry; check Temporal"
+        ) from exc
+    at = datetime.now(UTC)
+    try:
+        done = await _db(session, scrub, person.ids, at)
+    except DatabaseError as exc:
+        log.warning("erasure not stored", error=exc.one_line())
+        raise _unavailable(
+            f"the contact's workflows were removed but its data was not: {exc.one_line()}"
+        ) from exc
+    errors: list[str] = []
+    try:
+        await _sweep(client, person.ids, found)
+        done.add(await _db(session, scrub, person.ids, at))
+    except (RPCError, RuntimeError, DatabaseError) as exc:
+        # The first pass succeeded; what this pass would catch is a race. Reported, and
+        # a new DELETE finds whatever it left (a contact row recreated under the old id).
+        errors.append(f"second pass: {exc}")
+        log.warning("erasure second pass failed", error=str(exc))
+    summary = ErasureSummary(
+        contact_id=contact_id,
+        erased=list(person.ids),
+        erased_at=at,
+        anonymised=done.anonymised,
+        removed=done.removed,
+        kept=done.kept,
+        workflows=WorkflowErasure(
+            terminated=sorted(found.terminated), deleted=sorted(found.deleted), errors=errors
+        ),
+    )
+    log.info(
+        "contact erased",
+        anonymised=done.anonymised.model_dump(exclude_defaults=True),
+        removed=done.removed.model_dump(exclude_defaults=True),
+        workflows_deleted=len(found.deleted),
+    )
+    return summary

@@ -1,0 +1,194 @@
+"""The right to erasure end to end on the real server: events through /v1/*, contact
+workflows started by the outbox forwarder, a merge; then DELETE /v1/contacts/{id} and
+nothing personal is left in the database or in Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, col, select
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from engine.api import create_app
+from engine.api.contacts import pseudonym
+from engine.api.events import create_write_key
+from engine.gateway import ContactNotFound, contact_view
+from engine.messages import contact_workflow_id
+from engine.storage.models import Consent, Contact, Delivery, Event, Identity, Merge, Outbox
+from tests.workflows.conftest import Runtime, eventually
+from workflows.runtime import ContactOpener
+
+TOKEN = "erasure-test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+EMAIL = "erase.me@example.com"
+WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
+
+
+@pytest.fixture
+def runtime_overrides() -> dict[str, Any]:
+    return {"admin_token": TOKEN}
+
+
+@pytest.fixture
+def api(runtime: Runtime) -> Iterator[TestClient]:
+    async def temporal() -> Client:
+        return runtime.client
+
+    app = create_app(
+        runtime.settings,
+        engine=runtime.engine,
+        temporal=temporal,
+        opener=ContactOpener(runtime.engine, runtime.settings),
+    )
+    key = create_write_key(runtime.engine, "web", source="web")
+    auth = base64.b64encode(f"{key}:".encode()).decode()
+    with TestClient(app, headers={"Authorization": f"Basic {auth}"}) as client:
+        yield client
+
+
+def _contact_of(runtime: Runtime, message_id: str) -> str:
+    with Session(runtime.engine) as session:
+        row = session.exec(select(Event).where(col(Event.message_id) == message_id)).one()
+        runtime.touched.add(row.contact_id)
+        return row.contact_id
+
+
+def _rows(runtime: Runtime, model: Any, *where: Any) -> list[Any]:
+    with Session(runtime.engine) as session:
+        return list(session.exec(select(model).where(*where)).all())
+
+
+async def _running(runtime: Runtime, contact_id: str) -> bool:
+    try:
+        await contact_view(runtime.client, contact_id)
+    except ContactNotFound:
+        return False
+    return True
+
+
+async def _gone(runtime: Runtime, workflow_id: str) -> bool:
+    try:
+        await runtime.client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return True
+        raise
+    return False
+
+
+async def test_erasure_removes_the_person_from_the_database_and_temporal(
+    runtime: Runtime, api: TestClient
+) -> None:
+    def post(kind: str, body: dict[str, Any]) -> None:
+        response = api.post(f"/v1/{kind}", json=body)
+        assert response.status_code == 200, response.text
+
+    post("page", {"anonymousId": "er-anon", "messageId": "er-page", "name": "Pricing"})
+    anonymous = _contact_of(runtime, "er-page")
+    post(
+        "identify",
+        {
+            "userId": "er-1",
+            "messageId": "er-identify",
+            "traits": {
+                "email": EMAIL,
+                "locale": "en",
+                "consent": {"email": True},
+                "consent_wording": "I agree to receive product news by email.",
+            },
+            "context": {"ip": "203.0.113.9"},
+        },
+    )
+    post(
+        "track",
+        {
+            "userId": "er-1",
+            "messageId": "er-download",
+            "event": "content.downloaded",
+            "properties": WHITEPAPER,
+        },
+    )
+    contact = _contact_of(runtime, "er-identify")
+
+    async def started() -> bool:
+        return await _running(runtime, anonymous) and await _running(runtime, contact)
+
+    await eventually(started)
+    post("alias", {"previousId": "er-anon", "userId": "er-1", "messageId": "er-alias"})
+
+    async def settled() -> bool:
+        merged = runtime.client.get_workflow_handle(contact_workflow_id(anonymous))
+        if (await merged.describe()).close_time is None:
+            return False
+        view = await contact_view(runtime.client, contact)
+        return view.stage == "prospect" and not _rows(runtime, Outbox)
+
+    await eventually(settled, within=30)
+    assert len(runtime.sent(contact)) == 1  # the nurture's whitepaper went out
+    assert _rows(runtime, Delivery, col(Delivery.contact_id) == contact)
+
+    # The admin view first: the merged id answers with the survivor, live from its workflow.
+    shown = await asyncio.to_thread(api.get, f"/v1/contacts/{anonymous}", headers=ADMIN)
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert (body["id"], body["merged_into"]) == (contact, contact)
+    assert (body["state"]["source"], body["state"]["stage"]) == ("workflow", "prospect")
+    assert {i["value"] for i in body["identities"]} >= {"er-1", "er-anon", EMAIL}
+
+    erased = await asyncio.to_thread(api.delete, f"/v1/contacts/{contact}", headers=ADMIN)
+
+    assert erased.status_code == 202, erased.text
+    summary = erased.json()
+    assert summary["erased"] == [contact, anonymous]
+    workflow_ids = [contact_workflow_id(contact), contact_workflow_id(anonymous)]
+    assert summary["workflows"]["terminated"] == [contact_workflow_id(contact)]
+    assert sorted(summary["workflows"]["deleted"]) == sorted(workflow_ids)
+    assert summary["workflows"]["errors"] == []
+
+    async def live_one_gone() -> bool:
+        return await _gone(runtime, contact_workflow_id(contact))
+
+    await eventually(live_one_gone, within=5)  # an open execution is deleted at once
+
+    async def histories_gone() -> bool:
+        return all([await _gone(runtime, workflow_id) for workflow_id in workflow_ids])
+
+    # A closed execution (the merged contact's) goes some seconds later.
+    await eventually(histories_gone, within=120)
+    ids = [contact, anonymous]
+    assert not _rows(runtime, Identity)
+    assert not _rows(runtime, Consent)
+    assert not _rows(runtime, Merge)
+    assert not _rows(runtime, Contact, col(Contact.id).in_(ids))
+    events = _rows(runtime, Event)
+    assert {e.message_id for e in events} == {
+        "er-page",
+        "er-identify",
+        "er-download",
+        "er-alias",
+    }
+    for event in events:
+        assert event.contact_id == pseudonym(contact)
+        assert (event.properties, event.context) == ({}, {})
+    [delivery] = _rows(runtime, Delivery)
+    assert delivery.contact_id == pseudonym(contact)
+    assert (delivery.provider_message_id, delivery.error) == (None, None)
+    assert {c.stage for c in _rows(runtime, Contact)} == {"prospect", "merged"}  # counts stay
+
+    for contact_id in ids:
+        response = await asyncio.to_thread(api.get, f"/v1/contacts/{contact_id}", headers=ADMIN)
+        assert response.status_code == 404
+        assert "was erased at" in response.json()["detail"]
+    again = await asyncio.to_thread(api.delete, f"/v1/contacts/{contact}", headers=ADMIN)
+    assert again.status_code == 404
+
+    # Nothing brings the workflows back: the outbox is empty and the forwarder idles.
+    await asyncio.sleep(1.0)
+    assert await histories_gone()
+    assert not _rows(runtime, Outbox)
