@@ -104,8 +104,21 @@ class Forwarder:
             return int(session.execute(select(func.count()).select_from(Outbox)).scalar_one())
 
     async def run(self) -> None:
-        """Forward until cancelled."""
+        """Forward until cancelled. While Temporal is unreachable it retries the
+        connection with backoff (0.5 s doubling to 30 s) and leaves the outbox alone, so
+        an API taking events at full speed is not slowed by a forwarder spinning."""
+        backoff = 0.5
         while True:
+            try:
+                await self._connect()
+            except Exception as exc:  # unreachable is a state, not a crash
+                self.stats.failures += 1
+                self.stats.last_error = f"cannot reach Temporal: {exc}"
+                log.warning("outbox waiting for Temporal: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
             try:
                 moved = await self.drain_once()
             except Exception as exc:
@@ -132,7 +145,13 @@ class Forwarder:
         results = await asyncio.gather(
             *(self._forward(client, cid, items) for cid, items in by_contact.items())
         )
-        return sum(results)
+        done = [row_id for ids in results for row_id in ids]
+        if done:
+            # One transaction for the whole pass: fewer turns at SQLite's write lock,
+            # which the API's ingestion needs too.
+            await asyncio.to_thread(self._delete, done)
+            self.stats.forwarded += len(done)
+        return len(done)
 
     async def _connect(self) -> Client:
         if self._client is None:
@@ -175,7 +194,8 @@ class Forwarder:
             out.append(_Row(oid, cid, event, merged_into))
         return out
 
-    async def _forward(self, client: Client, contact_id: str, rows: list[_Row]) -> int:
+    async def _forward(self, client: Client, contact_id: str, rows: list[_Row]) -> list[int]:
+        """Send one contact's rows in order; returns the ids Temporal accepted."""
         async with self._gate:
             done: list[int] = []
             try:
@@ -191,10 +211,7 @@ class Forwarder:
                 self.stats.retry_at[contact_id] = asyncio.get_running_loop().time() + delay
             else:
                 self.stats.retry_at.pop(contact_id, None)
-            if done:
-                await asyncio.to_thread(self._delete, done)
-                self.stats.forwarded += len(done)
-            return len(done)
+            return done
 
     async def _send(self, client: Client, contact_id: str, rows: list[_Row]) -> None:
         control = [r for r in rows if r.merged_into]

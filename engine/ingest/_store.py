@@ -8,7 +8,10 @@ Only after the commit is a message "accepted": what the API acknowledged is on d
 
 Concurrent requests are committed together (group commit): a writer task takes every
 request queued while the last transaction ran and writes them in the next one, so
-throughput grows with load instead of queueing behind one commit per request.
+throughput grows with load instead of queueing behind one commit per request. Inside the
+transaction the common message costs no statement of its own (``_Bulk``): lookups and
+inserts are made once for all messages, and only aliases, merges and consent are
+written row by row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, delete, insert, select, tuple_, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
@@ -137,23 +140,28 @@ class Ingestor:
     def store(self, requests: Sequence[Sequence[Incoming]]) -> list[list[Outcome]]:
         """Write every request's messages in one transaction; outcomes per request."""
         relevant = self._relevant()
+        messages = [m for request in requests for m in request]
         try:
             with Session(self._engine) as session:
-                results = [
-                    [self._one(session, m, relevant) for m in messages] for messages in requests
-                ]
+                outcomes = _Bulk(session, relevant, self._one).write(messages)
                 session.commit()
         except (OperationalError, SADatabaseError) as exc:
             raise DatabaseError(
                 f"events not stored: {driver_reason(exc)}",
                 fix="retry with the same messageId; check the database (stagecoach doctor)",
             ) from exc
-        count = sum(len(r) for r in results)
-        self.accepted += count
-        self.stored += sum(1 for r in results for o in r if not o.duplicate)
+        results: list[list[Outcome]] = []
+        at = 0
+        for request in requests:
+            results.append(outcomes[at : at + len(request)])
+            at += len(request)
+        self.accepted += len(outcomes)
+        self.stored += sum(1 for o in outcomes if not o.duplicate)
         return results
 
     def _one(self, session: Session, m: Incoming, relevant: frozenset[str] | None) -> Outcome:
+        """One message the general way, row by row: aliases, merges and consent (see
+        ``_Bulk`` for the common case)."""
         existing = session.execute(
             select(col(Event.contact_id)).where(col(Event.message_id) == m.message_id)
         ).first()
@@ -178,9 +186,7 @@ class Ingestor:
         )
         session.add(event)
         session.flush()
-        signalled = (
-            relevant is None or m.type in relevant or m.type in ALWAYS_SIGNALLED or bool(traits)
-        )
+        signalled = _signalled(m, relevant)
         if signalled:
             session.add(Outbox(contact_id=contact_id, event_id=event.id or 0))
         consent = traits.get("consent")
@@ -313,6 +319,184 @@ class Ingestor:
             )
             proof = row.proof = _next_proof(proof, row)
             session.add(row)
+
+
+_CHUNK = 500
+"""Values per ``IN (...)`` lookup, well under every database's parameter limit."""
+
+# Built once: a statement built per transaction costs more than a small one runs.
+_STORED = select(col(Event.message_id), col(Event.contact_id)).where(
+    col(Event.message_id).in_(bindparam("ids", expanding=True))
+)
+_OWNERS = select(col(Identity.value), col(Identity.contact_id)).where(
+    col(Identity.kind) == bindparam("kind"),
+    col(Identity.value).in_(bindparam("values", expanding=True)),
+)
+_INSERT_EVENTS = insert(Event).returning(col(Event.message_id), col(Event.id))
+
+
+def _signalled(m: Incoming, relevant: frozenset[str] | None) -> bool:
+    return relevant is None or m.type in relevant or m.type in ALWAYS_SIGNALLED or bool(m.traits)
+
+
+def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    return [values[n : n + _CHUNK] for n in range(0, len(values), _CHUNK)]
+
+
+class _Bulk:
+    """One transaction's messages, written with a few statements for all of them.
+
+    The common message (a new event whose identities point to at most one contact, no
+    alias, no consent) needs no row-by-row work: which message ids are stored and which
+    contacts own the identities are read once for all messages (``IN`` lookups), new
+    contacts, identities, events and outbox rows are inserted in bulk. Anything else is
+    written by ``slow`` (``Ingestor._one``) after the rows before it are flushed, in order,
+    so the result is the one a message-by-message write would give.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        relevant: frozenset[str] | None,
+        slow: Callable[[Session, Incoming, frozenset[str] | None], Outcome],
+    ) -> None:
+        self._session = session
+        self._relevant = relevant
+        self._slow = slow
+        self._stored: dict[str, str] = {}
+        """message id -> contact id, for ids stored before or in this transaction."""
+        self._owners: dict[tuple[str, str], str] = {}
+        """(kind, value) -> contact id, for the identities of the messages to write."""
+        self._contacts: list[dict[str, Any]] = []
+        self._identities: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._signalled: list[bool] = []
+        self._now = datetime.now(UTC)
+
+    def write(self, messages: Sequence[Incoming]) -> list[Outcome]:
+        self._read(messages)
+        outcomes: list[Outcome] = []
+        for n, m in enumerate(messages):
+            outcome = self._add(m)
+            if outcome is None:
+                self._flush()
+                outcome = self._slow(self._session, m, self._relevant)
+                self._session.flush()
+                if outcome.merged or m.kind == "alias":
+                    self._read(messages[n + 1 :])  # identities and events moved
+                elif not outcome.duplicate:
+                    self._stored[m.message_id] = outcome.contact_id
+                    for key in _keys(m):
+                        self._owners[key] = outcome.contact_id
+            outcomes.append(outcome)
+        self._flush()
+        return outcomes
+
+    def _read(self, messages: Sequence[Incoming]) -> None:
+        """What the database holds for these messages' ids and identities."""
+        connection = self._session.connection()
+        ids = list(dict.fromkeys(m.message_id for m in messages))
+        for chunk in _chunks(ids):
+            rows = connection.execute(_STORED, {"ids": chunk})
+            self._stored.update({mid: cid for mid, cid in rows})
+        by_kind: dict[str, dict[str, None]] = {}
+        for m in messages:
+            for kind, value in _keys(m):
+                by_kind.setdefault(kind, {})[value] = None
+        for kind, values in by_kind.items():
+            for chunk in _chunks(list(values)):
+                rows = connection.execute(_OWNERS, {"kind": kind, "values": chunk})
+                self._owners.update({(kind, value): cid for value, cid in rows})
+
+    def _add(self, m: Incoming) -> Outcome | None:
+        """Queue the rows of a common message; None when it needs ``slow``."""
+        known = self._stored.get(m.message_id)
+        if known is not None:
+            return Outcome(m.message_id, known, duplicate=True)
+        if (m.kind == "alias" and m.previous_id) or isinstance(m.traits.get("consent"), dict):
+            return None
+        keys = _keys(m)
+        owners = {self._owners[key] for key in keys if key in self._owners}
+        if len(owners) > 1:
+            return None  # a merge
+        now = self._now
+        if owners:
+            contact_id = owners.pop()
+        else:
+            contact_id = "c_" + secrets.token_hex(12)
+            self._contacts.append(
+                {
+                    "id": contact_id,
+                    "stage": None,
+                    "traits": {},
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        for kind, value in keys:
+            if (kind, value) not in self._owners:
+                self._owners[kind, value] = contact_id
+                self._identities.append(
+                    {
+                        "kind": kind,
+                        "value": value,
+                        "contact_id": contact_id,
+                        "source": m.source,
+                        "created_at": now,
+                    }
+                )
+        traits = m.traits
+        self._events.append(
+            {
+                "message_id": m.message_id,
+                "contact_id": contact_id,
+                "kind": m.kind,
+                "name": m.type,
+                "properties": m.properties,
+                "context": {**m.context, "traits": traits} if traits else m.context,
+                "source": m.source,
+                "channel": m.channel,
+                "occurred_at": m.occurred_at,
+                "received_at": now,
+            }
+        )
+        signalled = _signalled(m, self._relevant)
+        self._signalled.append(signalled)
+        self._stored[m.message_id] = contact_id
+        return Outcome(m.message_id, contact_id, signalled=signalled)
+
+    def _flush(self) -> None:
+        """Insert the queued rows: contacts, then identities, events and outbox rows."""
+        connection = self._session.connection()
+        if self._contacts:
+            connection.execute(insert(Contact), self._contacts)
+        if self._identities:
+            connection.execute(insert(Identity), self._identities)
+        if self._events:
+            # RETURNING the message id too: rows in parameter order would take one
+            # statement per row on SQLite.
+            rows = connection.execute(_INSERT_EVENTS, self._events)
+            ids = {mid: eid for mid, eid in rows}
+            outbox = [
+                {
+                    "contact_id": event["contact_id"],
+                    "event_id": ids[event["message_id"]],
+                    "merged_into": None,
+                    "attempts": 0,
+                    "last_error": None,
+                    "created_at": self._now,
+                }
+                for event, signalled in zip(self._events, self._signalled, strict=True)
+                if signalled
+            ]
+            if outbox:
+                connection.execute(insert(Outbox), outbox)
+        self._contacts, self._identities, self._events, self._signalled = [], [], [], []
+
+
+def _keys(m: Incoming) -> list[tuple[str, str]]:
+    """The message's identities as (kind, value), empty values left out."""
+    return [(kind, value) for kind, value in m.identities.items() if value]
 
 
 def _next_proof(previous: str, row: Consent) -> str:

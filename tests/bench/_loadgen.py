@@ -1,0 +1,319 @@
+"""The ingestion benchmarks' load generator, run as its own process on loopback.
+
+    python -m tests.bench._loadgen '{"url": "http://127.0.0.1:8000", "key": "sk_...", ...}'
+
+It speaks to the API as a Segment client library would: HTTP/1.1 with keep-alive
+(``concurrency`` connections, asyncio), the write key as the basic-auth user name. Three
+ways of loading (``Load.mode``):
+
+- ``batch``: closed loop, ``concurrency`` callers each posting ``/v1/batch`` with
+  ``batch`` messages, for ``warmup`` then ``seconds``;
+- ``single``: the same with one ``track`` per ``/v1/track`` call;
+- ``paced``: open loop, ``rate`` ``page`` calls a second (one message each) for other
+  contacts, until its stdin is closed: the background of the reaction benchmark.
+
+It prints one JSON line (``Report``): what was acknowledged (the ``accepted`` of every
+200 answer, summed), what failed, the measured window and latency percentiles. Message ids
+start with ``prefix``, so the benchmark can count exactly this run's rows in the store.
+
+``echo_app`` is the baseline server: the same uvicorn and FastAPI stack, answering like the
+ingestion API after parsing the body and doing nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+PATHS = {"batch": "/v1/batch", "single": "/v1/track", "paced": "/v1/page"}
+
+
+@dataclass(frozen=True)
+class Load:
+    """What to send, where, and for how long."""
+
+    url: str
+    key: str
+    mode: str
+    prefix: str
+    concurrency: int = 16
+    seconds: float = 8.0
+    warmup: float = 2.0
+    batch: int = 100
+    rate: float = 200.0
+    users: int = 2000
+
+
+@dataclass
+class Report:
+    """What the load generator saw; ``acked`` counts every acknowledged message."""
+
+    requests: int = 0
+    ok: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    window_seconds: float = 0.0
+    window_requests: int = 0
+    window_acked: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    cpu_seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, line: str) -> Report:
+        return cls(**orjson.loads(line))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def message(prefix: str, seq: int, users: int) -> dict[str, Any]:
+    """The ``seq``-th message of a run: mostly page views and tracks, some identifies,
+    for ``users`` users (so identities are both created and found)."""
+    user = f"{prefix}-u{seq % users}"
+    base: dict[str, Any] = {"userId": user, "messageId": f"{prefix}-{seq}"}
+    match seq % 20:
+        case 0:
+            return {
+                **base,
+                "type": "identify",
+                "traits": {"email": f"{user}@example.com", "locale": "zh-CN"},
+            }
+        case n if n % 2:
+            return {
+                **base,
+                "type": "page",
+                "name": "Pricing",
+                "properties": {"category": "pricing", "url": "https://example.cn/pricing"},
+            }
+        case _:
+            return {
+                **base,
+                "type": "track",
+                "event": "video.watched",
+                "properties": {"video_id": "product-tour", "percent": seq % 100},
+            }
+
+
+def track(prefix: str, seq: int, users: int) -> dict[str, Any]:
+    return {
+        "userId": f"{prefix}-u{seq % users}",
+        "messageId": f"{prefix}-{seq}",
+        "event": "video.watched",
+        "properties": {"video_id": "product-tour", "percent": seq % 100},
+    }
+
+
+def page(prefix: str, seq: int, users: int) -> dict[str, Any]:
+    return {
+        "anonymousId": f"{prefix}-a{seq % users}",
+        "messageId": f"{prefix}-{seq}",
+        "name": "Pricing",
+        "properties": {"category": "pricing"},
+    }
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, one call at a time, as a client library's pooled
+    connection is used. Hand-written rather than httpx: httpx spends about a millisecond
+    of CPU a call, which on a small machine would make the load generator the bottleneck
+    of what it measures."""
+
+    def __init__(self, url: str, key: str) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        auth = base64.b64encode(f"{key}:".encode()).decode()
+        self._head = (
+            f"Host: {parts.netloc}\r\nAuthorization: Basic {auth}\r\n"
+            "Content-Type: application/json\r\n"
+        )
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """The status and body of one ``POST``; raises ``OSError`` or
+        ``asyncio.IncompleteReadError`` if the connection broke (it reconnects next call)."""
+        if self._writer is None or self._writer.is_closing():
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        assert self._reader is not None
+        request = f"POST {path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n"
+        self._writer.write(request.encode() + body)
+        try:
+            head = await self._reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            headers = head.lower()
+            at = headers.index(b"content-length:") + 15
+            length = int(headers[at : headers.index(b"\r\n", at)])
+            content = await self._reader.readexactly(length)
+        except BaseException:
+            self.close()
+            raise
+        if b"connection: close" in headers:
+            self.close()
+        return status, content
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class _Run:
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.report = Report()
+        self.failures: Counter[str] = Counter()
+        self.latencies: list[float] = []
+        self.seq = 0
+        self.window = (float("inf"), float("inf"))
+
+    def body(self) -> bytes:
+        load, seq = self.load, self.seq
+        if load.mode == "batch":
+            self.seq += load.batch
+            return orjson.dumps(
+                {"batch": [message(load.prefix, seq + n, load.users) for n in range(load.batch)]}
+            )
+        self.seq += 1
+        make = track if load.mode == "single" else page
+        return orjson.dumps(make(load.prefix, seq, load.users))
+
+    async def send(self, connection: Connection, body: bytes) -> None:
+        report = self.report
+        report.requests += 1
+        started = time.perf_counter()
+        try:
+            status, content = await connection.post(PATHS[self.load.mode], body)
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            self.failures[type(exc).__name__] += 1
+            return
+        done = time.perf_counter()
+        if status != 200:
+            self.failures[str(status)] += 1
+            return
+        answer = orjson.loads(content)
+        acked = int(answer.get("accepted", 0))
+        report.ok += 1
+        report.acked += acked
+        report.duplicates += int(answer.get("duplicates", 0))
+        report.refused += len(answer.get("errors", ()))
+        if self.window[0] <= started and done <= self.window[1]:
+            report.window_requests += 1
+            report.window_acked += acked
+            self.latencies.append(done - started)
+
+    async def closed_loop(self) -> None:
+        start = time.perf_counter()
+        self.window = (start + self.load.warmup, start + self.load.warmup + self.load.seconds)
+
+        async def caller() -> None:
+            connection = Connection(self.load.url, self.load.key)
+            try:
+                while time.perf_counter() < self.window[1]:
+                    await self.send(connection, self.body())
+            finally:
+                connection.close()
+
+        await asyncio.gather(*(caller() for _ in range(self.load.concurrency)))
+        self.report.window_seconds = self.load.seconds
+
+    async def paced(self) -> None:
+        """``rate`` calls a second, on schedule whatever the answers take (open loop), on
+        up to ``concurrency`` connections, until stdin closes."""
+        idle = [Connection(self.load.url, self.load.key) for _ in range(self.load.concurrency)]
+        gate = asyncio.Semaphore(self.load.concurrency)
+        stop = asyncio.ensure_future(asyncio.to_thread(sys.stdin.read))
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        self.window = (start, float("inf"))
+
+        async def one(body: bytes) -> None:
+            async with gate:
+                connection = idle.pop()
+                try:
+                    await self.send(connection, body)
+                finally:
+                    idle.append(connection)
+
+        n = 0
+        while not stop.done():
+            delay = start + n / self.load.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.wait([stop], timeout=delay)
+                continue
+            task = asyncio.create_task(one(self.body()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        await asyncio.gather(*tasks)
+        self.report.window_seconds = time.perf_counter() - start
+        for connection in idle:
+            connection.close()
+
+    def finish(self) -> Report:
+        report = self.report
+        report.failures = dict(self.failures)
+        report.p50_ms = percentile(self.latencies, 0.50) * 1000
+        report.p99_ms = percentile(self.latencies, 0.99) * 1000
+        report.max_ms = max(self.latencies, default=0.0) * 1000
+        report.cpu_seconds = time.process_time()
+        return report
+
+
+async def run(load: Load) -> Report:
+    loader = _Run(load)
+    if load.mode == "paced":
+        await loader.paced()
+    else:
+        await loader.closed_loop()
+    return loader.finish()
+
+
+def main(argv: list[str]) -> None:
+    load = Load(**orjson.loads(argv[1]))
+    report = asyncio.run(run(load))
+    sys.stdout.write(orjson.dumps(asdict(report)).decode() + "\n")
+
+
+# --- the baseline server ----------------------------------------------------------------
+
+echo_app = FastAPI()
+
+
+@echo_app.get("/healthz")
+async def echo_health() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@echo_app.post("/v1/{kind}")
+async def echo(kind: str, request: Request) -> Response:
+    """Parse the body and answer as the ingestion API does; store nothing."""
+    payload = orjson.loads(await request.body())
+    count = len(payload.get("batch", ())) if kind == "batch" else 1
+    body = {"success": True, "accepted": count, "duplicates": 0}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main(sys.argv)
