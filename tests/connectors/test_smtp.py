@@ -300,7 +300,10 @@ async def test_a_session_the_server_closed_while_idle_is_replaced() -> None:
 
             result = await smtp.send(outgoing(2))
 
-            assert result.response["attempts"] == 1
+            # Noticed before use (the transport saw the EOF) or on the first command
+            # (a loaded machine had not yet read it): either way one retry at most, on a
+            # fresh session, and the message goes once.
+            assert result.response["attempts"] in (1, 2)
             assert smtp.stats.dropped == 1
         assert peer.sessions == 2
         assert len(peer.accepted) == 2
