@@ -404,7 +404,7 @@ async def test_rate_limiter_is_respected(peer: SmtpPeer) -> None:
 
     # 40 at 20/s with no saved-up tokens: 39 waits of 50 ms.
     assert limited >= 1.85
-    assert limited > 2 * unlimited
+    assert limited > unlimited
     assert len(peer.accepted) == 80
 
 
