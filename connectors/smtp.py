@@ -50,6 +50,7 @@ contact and the journey step, which recipients have no business reading.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.policy
 import re
 import socket
@@ -58,8 +59,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.header import Header
 from email.message import EmailMessage
-from email.utils import parseaddr
+from email.utils import formataddr, parseaddr
 from typing import Literal, Self
 
 import aiosmtplib
@@ -292,6 +294,67 @@ def build_mime(rendered: RenderedMessage, *, from_addr: str, to: str, key: str) 
     return mime
 
 
+def _wire_bytes(
+    rendered: RenderedMessage, *, from_addr: str, to: str, key: str
+) -> tuple[bytes, str] | None:
+    """The same multipart/alternative message as :func:`build_mime` writes, built
+    directly: the stdlib's generator costs ~1.3 ms a message, most of a pooled send's
+    CPU. Bodies go base64 (7-bit clean, 76-character lines), a non-ASCII subject or
+    sender name as RFC 2047 encoded words. ``None`` sends anything unusual (a header
+    that is not plain ASCII, a line over 998 characters) down the stdlib path.
+    """
+    name, address = parseaddr(from_addr)
+    if not address or not address.isascii():
+        return None
+    subject = rendered.subject
+    if any(c in subject for c in "\r\n"):
+        return None
+    headers: list[tuple[str, str]] = [
+        ("From", formataddr((name, address), charset="utf-8")),
+        ("To", to),
+        ("Subject", subject if subject.isascii() else Header(subject, "utf-8").encode()),
+    ]
+    for field_name, value in rendered.headers.items():
+        if not (field_name.isascii() and value.isascii()) or "\r" in value or "\n" in value:
+            return None
+        headers.append((field_name, value))
+    names = {n.lower() for n, _ in headers}
+    digest = key_digest(key)
+    if "message-id" not in names:
+        domain = address.rpartition("@")[2] or "stagecoach.invalid"
+        headers.append(("Message-ID", f"<{digest}@{domain}>"))
+    headers.append((IDEMPOTENCY_HEADER, digest))
+    boundary = f"=_stagecoach_{digest}"
+    headers += [
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+    ]
+    lines = [f"{n}: {v}" for n, v in headers]
+    if any(len(line) > 998 for line in lines):
+        return None
+    head = "\r\n".join(lines).replace("\n ", "\r\n ").replace("\r\r\n", "\r\n")
+
+    def part(subtype: str, body: str) -> str:
+        if not body.endswith("\n"):
+            body += "\n"  # as the stdlib's set_content does
+        encoded = base64.encodebytes(body.encode("utf-8")).decode("ascii")
+        return (
+            f"--{boundary}\r\n"
+            f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\n" + encoded.replace("\n", "\r\n")
+        )
+
+    payload = (
+        head
+        + "\r\n\r\n"
+        + part("plain", rendered.text)
+        + part("html", rendered.html)
+        + f"--{boundary}--\r\n"
+    )
+    message_id = next(v for n, v in headers if n.lower() == "message-id")
+    return payload.encode("ascii"), message_id
+
+
 @dataclass(frozen=True)
 class PreparedEmail:
     """One email as it goes on the wire.
@@ -318,6 +381,11 @@ def prepare_email(message: OutgoingMessage, *, from_addr: str) -> PreparedEmail:
     """
     rendered = rendered_email(message)
     recipient = recipient_address(message)
+    if recipient.isascii():
+        fast = _wire_bytes(rendered, from_addr=from_addr, to=recipient, key=message.idempotency_key)
+        if fast is not None:
+            payload, message_id = fast
+            return PreparedEmail(recipient, payload, message_id, utf8=False)
     mime = build_mime(rendered, from_addr=from_addr, to=recipient, key=message.idempotency_key)
     utf8 = not recipient.isascii()
     return PreparedEmail(

@@ -201,7 +201,7 @@ async def test_email_throughput(
         f"({len(sample[0].rendered['html']) // 1024} KB HTML), {POOL} concurrent sessions, "
         "peer (aiosmtpd) in a subprocess",
         f"  machine: {machine()}",
-        f"  building MIME bytes alone (to_mime + generator): {mime * 1e6:,.0f} us/message, "
+        f"  building the wire bytes alone (prepare_email): {mime * 1e6:,.0f} us/message, "
         f"a ceiling of {1 / mime:,.0f} msg/s on one core",
     ]
     rows = (

@@ -608,3 +608,48 @@ def test_enhanced_status() -> None:
     assert enhanced_status("5.1.1 <a@b.c>: unknown") == (5, 1, 1)
     assert enhanced_status(" 4.7.26 later") == (4, 7, 26)
     assert enhanced_status("User unknown 5.1.1") is None
+
+
+def test_the_fast_wire_writer_says_what_the_stdlib_says() -> None:
+    """Every bundled email, in both locales, parses to the same headers and bodies
+    whether written directly or by the stdlib's generator."""
+    import email
+    from datetime import UTC, datetime
+
+    from connectors.smtp import _wire_bytes, build_mime
+    from engine.content import BUNDLED_CONTENT_DIR, ContentError, ContentLibrary, RenderContact
+
+    library = ContentLibrary.load(BUNDLED_CONTENT_DIR)
+    sender = "营销团队 <news@example.com>"
+    compared = 0
+    for item in library.items:
+        for locale in ("en", "zh-CN"):
+            try:
+                rendered = library.render(
+                    item.id,
+                    channel="email",
+                    locale=locale,
+                    contact=RenderContact("c-1", {"first_name": "李"}, email="li@example.cn"),
+                    now=datetime(2026, 11, 2, 9, tzinfo=UTC),
+                    signer=None,
+                    idempotency_key=f"k-{item.id}-{locale}",
+                )
+            except ContentError:
+                continue  # no email variant in this locale
+            fast = _wire_bytes(rendered, from_addr=sender, to="li@example.cn", key="k")
+            assert fast is not None
+            slow = build_mime(rendered, from_addr=sender, to="li@example.cn", key="k")
+            a = email.message_from_bytes(fast[0], policy=email.policy.default)
+            b = email.message_from_bytes(slow.as_bytes(), policy=email.policy.default)
+            for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe", "Date"):
+                assert str(a[name]) == str(b[name]), (item.id, locale, name)
+            assert a.get_content_type() == "multipart/alternative"
+            for kind in ("plain", "html"):
+                part_a = a.get_body(preferencelist=(kind,))
+                part_b = b.get_body(preferencelist=(kind,))
+                assert part_a is not None
+                assert part_b is not None
+                assert part_a.get_content() == part_b.get_content(), (item.id, locale, kind)
+            assert all(len(line) <= 998 for line in fast[0].split(b"\r\n"))
+            compared += 1
+    assert compared >= 10
