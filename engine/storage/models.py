@@ -217,3 +217,37 @@ class Consent(SQLModel, table=True):
     message_id: str | None = Field(default=None, max_length=128)
     at: datetime = _ts()
     proof: str = Field(max_length=64)
+
+
+class Handoff(SQLModel, table=True):
+    """A qualified lead handed to sales, and what sales answered.
+
+    ``id`` is what the CRM or webhook receiver quotes back in feedback
+    (``POST /v1/handoffs/{id}/feedback``)."""
+
+    __tablename__ = "handoffs"
+    __table_args__ = (Index("ix_handoffs_contact_created", "contact_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    idempotency_key: str = Field(max_length=256, unique=True)
+    contact_id: str = Field(foreign_key="contacts.id", max_length=64)
+    reason: str = Field(default="", max_length=256)
+    grade: str | None = Field(default=None, max_length=8)
+    team: str | None = Field(default=None, max_length=64)
+    owner: str | None = Field(default=None, max_length=128)
+    owner_timezone: str | None = Field(default=None, max_length=64)
+    status: str = Field(
+        default="sent", max_length=16, index=True, description="sent, accepted, rejected, converted"
+    )
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reminded_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    escalated_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    feedback_reason: str | None = Field(default=None, max_length=512)
+    feedback_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    created_at: datetime = _ts()
