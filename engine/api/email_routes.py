@@ -66,10 +66,11 @@ from engine.bounces import (
 )
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner, TokenExpired, TokenInvalid
 from engine.errors import DatabaseError
-from engine.ingest import KINDS, IdentityError, Incoming, Ingestor, Outcome, normalise_email
+from engine.ingest import IdentityError, Incoming, Ingestor, Outcome, normalise_email
+from engine.ingest._store import survivors
 from engine.settings import Settings
 from engine.storage.db import driver_reason
-from engine.storage.models import Consent, Contact, Event, Identity, Merge, Suppression
+from engine.storage.models import Consent, Event, Identity, Suppression
 
 router = APIRouter(tags=["email"])
 
@@ -288,38 +289,21 @@ class Known:
     id: str
     identities: Mapping[str, tuple[str, ...]]
 
-    def who(self) -> dict[str, str]:
-        """The one identity the Ingestor resolves this contact by (strongest kind)."""
-        for kind in KINDS:
-            values = self.identities.get(kind)
-            if values:
-                return {kind: values[0]}
-        raise LookupError(f"contact {self.id} has no identity")  # _find never returns one
-
     def addresses(self, channel: str) -> tuple[str, ...]:
         kind = _ADDRESS_KIND.get(channel)
         return self.identities.get(kind, ()) if kind else ()
 
 
 def _find(session: Session, contact_id: str) -> Known | None:
-    """The contact (following merges), or None if unknown or without any identity."""
-    current = contact_id
-    seen: set[str] = set()
-    while current not in seen and len(seen) < 16:
-        seen.add(current)
-        merge = session.get(Merge, current)
-        if merge is None:
-            break
-        current = merge.into_id
-    if session.get(Contact, current) is None:
+    """The contact (following merges), or None if unknown (never ours, or erased)."""
+    current = survivors(session.connection(), [contact_id]).get(contact_id)
+    if current is None:
         return None
     rows = session.exec(
         select(Identity.kind, Identity.value)
         .where(col(Identity.contact_id) == current)
         .order_by(col(Identity.created_at), col(Identity.value))
     ).all()
-    if not rows:
-        return None
     identities: dict[str, tuple[str, ...]] = {}
     for kind, value in rows:
         identities[kind] = (*identities.get(kind, ()), value)
@@ -427,24 +411,19 @@ def _event(
     context: Mapping[str, Any] | None = None,
     channel: str | None = "email",
 ) -> Incoming:
-    """An event for a known contact, resolved through one of its identities.
-
-    The Ingestor finds contacts by identity only, so the contact's strongest identity
-    stands in for its id; one identity, so that no merge can follow from it."""
-    who = known.who()
+    """An event for a known contact, named by its id (``Incoming.contact_id``): no
+    identity is sent, so none can be attached or merged because of a link."""
     return Incoming(
         kind="identify" if type_ == "identify" else "track",
         message_id=message_id,
         type=type_,
         occurred_at=occurred_at,
-        user_id=who.get("user_id"),
-        anonymous_id=who.get("anonymous_id"),
         properties=dict(properties or {}),
         traits=dict(traits or {}),
         context=dict(context or {}),
-        identities=who,
         source=source,
         channel=channel,
+        contact_id=known.id,
     )
 
 

@@ -61,6 +61,11 @@ class Incoming:
     """Normalised identities found in the message: ``{"email": ..., "phone": ...}``."""
     source: str = "api"
     channel: str | None = None
+    contact_id: str | None = None
+    """The internal contact id, when the sender already knows it (our own signed links,
+    hand-off feedback, peers): the event goes to that contact (or the one it was merged
+    into) and the message's identities are attached to it, never merging anyone. An
+    unknown id falls back to resolving the identities. Never read from a Segment body."""
 
 
 @dataclass(frozen=True)

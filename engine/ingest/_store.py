@@ -12,6 +12,12 @@ throughput grows with load instead of queueing behind one commit per request. In
 transaction the common message costs no statement of its own (``_Bulk``): lookups and
 inserts are made once for all messages, and only aliases, merges and consent are
 written row by row.
+
+A message that names its contact (``Incoming.contact_id``: our own links, hand-off
+feedback) is stored on that contact, or on the one it was merged into; its identities
+that no contact has yet are added to it, and identities of other contacts stay theirs:
+knowing an id is no evidence that two contacts are one, so it never merges. An id no
+contact has (erased, or never ours) is ignored and the identities decide as usual.
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
@@ -167,7 +173,12 @@ class Ingestor:
         ).first()
         if existing is not None:
             return Outcome(m.message_id, existing[0], duplicate=True)
-        if m.kind == "alias" and m.previous_id:
+        named = survivors(session.connection(), [m.contact_id] if m.contact_id else [])
+        merged: list[str] = []
+        if m.contact_id in named:
+            contact_id = named[m.contact_id]
+            self._attach(session, contact_id, m)
+        elif m.kind == "alias" and m.previous_id:
             contact_id, merged = self._alias(session, m, m.previous_id)
         else:
             contact_id, merged = self._resolve(session, dict(m.identities), m)
@@ -193,6 +204,32 @@ class Ingestor:
         if isinstance(consent, dict):
             self._record_consent(session, contact_id, m, consent)
         return Outcome(m.message_id, contact_id, signalled=signalled, merged=merged)
+
+    def _attach(self, session: Session, contact_id: str, m: Incoming) -> None:
+        """Add the message's identities no contact has yet to ``contact_id``, the contact
+        the message named; an alias's previous id counts as an anonymous id. Identities
+        another contact has stay with it: no merge."""
+        wanted = _keys(m)
+        previous = m.previous_id if m.kind == "alias" else None
+        if previous:
+            wanted.append(("anonymous_id", previous))
+        if not wanted:
+            return
+        probe = wanted + ([("user_id", previous)] if previous else [])
+        rows = session.execute(
+            select(col(Identity.kind), col(Identity.value)).where(
+                tuple_(col(Identity.kind), col(Identity.value)).in_(probe)
+            )
+        ).all()
+        taken = {(kind, value) for kind, value in rows}
+        if ("user_id", previous) in taken:  # _alias looks the previous id up as either
+            taken.add(("anonymous_id", previous))
+        for kind, value in dict.fromkeys(wanted):
+            if (kind, value) not in taken:
+                session.add(
+                    Identity(kind=kind, value=value, contact_id=contact_id, source=m.source)
+                )
+        session.flush()
 
     def _alias(self, session: Session, m: Incoming, previous: str) -> tuple[str, list[str]]:
         """alias(previousId -> userId): the previous id was a user id or an anonymous id
@@ -333,6 +370,34 @@ _OWNERS = select(col(Identity.value), col(Identity.contact_id)).where(
     col(Identity.value).in_(bindparam("values", expanding=True)),
 )
 _INSERT_EVENTS = insert(Event).returning(col(Event.message_id), col(Event.id))
+_MERGED_INTO = select(col(Merge.merged_id), col(Merge.into_id)).where(
+    col(Merge.merged_id).in_(bindparam("ids", expanding=True))
+)
+_CONTACTS = select(col(Contact.id)).where(col(Contact.id).in_(bindparam("ids", expanding=True)))
+_MAX_MERGE_HOPS = 16
+"""A merge chain longer than this is a loop (it cannot happen; it must not hang us)."""
+
+
+def survivors(connection: Connection, contact_ids: Iterable[str]) -> dict[str, str]:
+    """Each id that is, or was merged into, a stored contact -> that contact's id now.
+
+    Merges are followed to their end (``a`` merged into ``b``, ``b`` into ``c``: ``a``
+    -> ``c``); ids of no contact (unknown, or erased) are left out.
+    """
+    now = {given: given for given in dict.fromkeys(contact_ids) if given}
+    for _ in range(_MAX_MERGE_HOPS):
+        into: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(now.values()))):
+            into.update(
+                (merged, to) for merged, to in connection.execute(_MERGED_INTO, {"ids": chunk})
+            )
+        if not into:
+            break
+        now = {given: into.get(current, current) for given, current in now.items()}
+    stored: set[str] = set()
+    for chunk in _chunks(sorted(set(now.values()))):
+        stored.update(row[0] for row in connection.execute(_CONTACTS, {"ids": chunk}))
+    return {given: current for given, current in now.items() if current in stored}
 
 
 def _signalled(m: Incoming, relevant: frozenset[str] | None) -> bool:
@@ -367,6 +432,8 @@ class _Bulk:
         """message id -> contact id, for ids stored before or in this transaction."""
         self._owners: dict[tuple[str, str], str] = {}
         """(kind, value) -> contact id, for the identities of the messages to write."""
+        self._named: dict[str, str] = {}
+        """contact id a message names -> the stored contact it is now (``survivors``)."""
         self._contacts: list[dict[str, Any]] = []
         self._identities: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
@@ -386,8 +453,8 @@ class _Bulk:
                     self._read(messages[n + 1 :])  # identities and events moved
                 elif not outcome.duplicate:
                     self._stored[m.message_id] = outcome.contact_id
-                    for key in _keys(m):
-                        self._owners[key] = outcome.contact_id
+                    for key in _keys(m):  # a named contact leaves others' identities alone
+                        self._owners.setdefault(key, outcome.contact_id)
             outcomes.append(outcome)
         self._flush()
         return outcomes
@@ -407,6 +474,9 @@ class _Bulk:
             for chunk in _chunks(list(values)):
                 rows = connection.execute(_OWNERS, {"kind": kind, "values": chunk})
                 self._owners.update({(kind, value): cid for value, cid in rows})
+        named = [m.contact_id for m in messages if m.contact_id]
+        if named:
+            self._named.update(survivors(connection, named))
 
     def _add(self, m: Incoming) -> Outcome | None:
         """Queue the rows of a common message; None when it needs ``slow``."""
@@ -417,10 +487,13 @@ class _Bulk:
             return None
         keys = _keys(m)
         owners = {self._owners[key] for key in keys if key in self._owners}
-        if len(owners) > 1:
+        named = self._named.get(m.contact_id) if m.contact_id else None
+        if named is None and len(owners) > 1:
             return None  # a merge
         now = self._now
-        if owners:
+        if named is not None:
+            contact_id = named  # the identities others have stay theirs (below)
+        elif owners:
             contact_id = owners.pop()
         else:
             contact_id = "c_" + secrets.token_hex(12)

@@ -33,7 +33,7 @@ from engine.bounces import METADATA_CONTACT, METADATA_KEY, BouncePolicy, key_dig
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
-from engine.storage.models import Consent, Event, Identity, Suppression
+from engine.storage.models import Consent, Contact, Event, Identity, Merge, Suppression
 
 ADDRESS = "li.lei@example.cn"
 DELIVERY_KEY = "c|b2b_nurture|v1|welcome|1"
@@ -388,6 +388,39 @@ def test_a_link_for_a_contact_we_no_longer_know_is_404(
     assert one_click(api, email.unsubscribe).status_code == 404
     assert api.get(email.click).status_code == 302  # a click still lands
     nothing_stored(engine)
+
+
+def test_a_link_for_a_merged_contact_records_on_the_survivor(
+    api: TestClient, engine: Engine, signer: LinkSigner, contact: str
+) -> None:
+    with Session(engine) as session:
+        session.add(Contact(id="c_merged", stage="merged"))
+        session.add(Merge(merged_id="c_merged", into_id=contact, reason="test"))
+        session.commit()
+    email = render(signer, "c_merged")
+    assert api.get(email.click).status_code == 302
+    [event] = events(engine)
+    assert event.contact_id == contact
+
+
+def test_a_link_names_its_contact_so_nothing_is_merged_or_created(
+    api: TestClient, engine: Engine, signer: LinkSigner
+) -> None:
+    """The event names the contact by id (``Incoming.contact_id``): a contact with no
+    identity still gets its click, and no identity stands in for it."""
+    with Session(engine) as session:
+        session.add(Contact(id="c_no_identity"))
+        session.commit()
+    email = render(signer, "c_no_identity")
+    assert api.get(email.click).status_code == 302
+    assert one_click(api, email.unsubscribe).status_code == 200
+    assert [(e.name, e.contact_id) for e in events(engine)] == [
+        ("email.clicked", "c_no_identity"),
+        ("email.unsubscribed", "c_no_identity"),
+    ]
+    with Session(engine) as session:
+        assert session.exec(select(Identity)).all() == []
+        assert len(session.exec(select(Contact)).all()) == 1
 
 
 # --- preferences ----------------------------------------------------------------------------

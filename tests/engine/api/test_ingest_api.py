@@ -314,3 +314,19 @@ def test_openapi_documents_every_endpoint_with_an_example(api: TestClient) -> No
 def test_found_by_fuzzing_never_500(api: TestClient, fields: dict[str, Any]) -> None:
     response = api.post("/v1/track", json={"event": "x", "messageId": "fz", **fields})
     assert response.status_code in (200, 400), response.text
+
+
+@pytest.mark.parametrize("name", ["contact_id", "contactId"])
+def test_a_client_cannot_name_the_contact_its_event_goes_to(
+    api: TestClient, engine: Engine, name: str
+) -> None:
+    """``Incoming.contact_id`` is for our own links and peers: a Segment body that tries
+    to set it is resolved by its identities like any other."""
+    api.post("/v1/identify", json={"userId": "u-victim", "messageId": "i-victim"})
+    [victim] = _events(engine)
+    response = api.post(
+        "/v1/track", json=track(userId="u-other", messageId="t-other", **{name: victim.contact_id})
+    )
+    assert response.status_code == 200, response.text
+    other = _events(engine)[-1]
+    assert other.contact_id != victim.contact_id
