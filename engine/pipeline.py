@@ -19,6 +19,14 @@ Movement model
     * :func:`advance_to` is the forward-only manual move (a journey's "record stage change"
       step, an operator); a backward target is refused with :class:`BackwardMoveError`.
 
+Sales
+    ``Pipeline.routing`` (:class:`engine.sales.Routing`) says who gets qualified leads and
+    by when they answer. ``Pipeline.recycle`` (:class:`Recycle`) says what a rejection
+    does: the contact takes a declared detour back to nurture with sales' reason
+    (:func:`apply_recycle`), is not handed off again within a cool-down, and loses the
+    points the scoring declares for the rejection event (a pipeline with ``recycle`` must
+    declare a negative score rule for it).
+
 Phases group stages. The default pipeline's acquisition phase runs suspect..customer and
 its delight phase customer..advocate: customer is the boundary of both, so a phase is a
 range of stages (:class:`Phase`), ranges of neighbouring phases may share their boundary
@@ -41,7 +49,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import InitVar, dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
@@ -49,14 +57,17 @@ from engine.conditions import (
     AllOf,
     AnyOf,
     Condition,
+    EventOccurred,
     EventRecord,
     Facts,
     Not,
     StageIn,
     condition_from_dict,
+    event,
 )
 from engine.events import EventCatalog, UnknownEventError
 from engine.hashing import canonical_json, content_hash
+from engine.sales import Routing
 from engine.scoring import GradingModel, Mql, ScoringModel
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -245,6 +256,49 @@ class Detour:
 
 
 @dataclass(frozen=True)
+class Recycle:
+    """What a sales rejection does to a lead.
+
+    Attributes:
+        detour: The declared detour a rejection takes, with sales' reason (``recycled``:
+            back to nurture). A contact not on one of its starting stages stays put.
+        cool_down: How long after a rejection the contact is not handed off again. Stage
+            rules that should hold back too use :meth:`recently_rejected`.
+        event: The event type a rejection arrives as; the pipeline's scoring must take
+            points away for it.
+    """
+
+    detour: str = "recycled"
+    cool_down: timedelta = timedelta(days=30)
+    event: str = "sales.rejected"
+
+    def recently_rejected(self) -> EventOccurred:
+        """The condition "rejected within the cool-down", for stage rules to negate."""
+        return event(self.event, within=self.cool_down)
+
+    def cooling_down(self, events: Iterable[EventRecord], now: datetime) -> bool:
+        """Whether a rejection in ``events`` happened within the cool-down before ``now``."""
+        return self.recently_rejected().evaluate(Facts(now=now, events=tuple(events)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "detour": self.detour,
+            "cool_down_seconds": self.cool_down.total_seconds(),
+            "event": self.event,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recycle:
+        """Rebuild from :meth:`to_dict` output; missing keys take their defaults."""
+        return cls(
+            detour=data.get("detour", "recycled"),
+            cool_down=timedelta(seconds=float(data.get("cool_down_seconds", 30 * 86400))),
+            event=data.get("event", "sales.rejected"),
+        )
+
+
+@dataclass(frozen=True)
 class Transition:
     """One stage change, as recorded in the workflow, the database and the timeline.
 
@@ -328,6 +382,9 @@ class Pipeline:
         phases: Optional ranges of stages; when given they cover every stage in order.
         states: Off-pipeline states detours may lead to, e.g. ``("disqualified",)``.
         label: Human name for dashboards.
+        routing: Who gets qualified leads and the SLA (:class:`engine.sales.Routing`);
+            ``None``: nobody, the hand-off activity routes nothing.
+        recycle: What a sales rejection does; ``None``: nothing but its score rule.
         catalog: When given, every event type used anywhere must be in it. Not stored.
 
     Raises:
@@ -344,6 +401,8 @@ class Pipeline:
     phases: tuple[Phase, ...] = ()
     states: tuple[str, ...] = ()
     label: str = ""
+    routing: Routing | None = None
+    recycle: Recycle | None = None
     catalog: InitVar[EventCatalog | None] = None
 
     def __post_init__(self, catalog: EventCatalog | None) -> None:
@@ -353,6 +412,7 @@ class Pipeline:
         self._validate_phases()
         self._validate_rules()
         self._validate_detours()
+        self._validate_recycle()
         if catalog is not None:
             self.check_events(catalog)
 
@@ -504,6 +564,24 @@ class Pipeline:
                         " backward or sideways moves: write a StageRule instead"
                     )
 
+    def _validate_recycle(self) -> None:
+        recycle = self.recycle
+        if recycle is None:
+            return
+        declared = [d.name for d in self.detours]
+        if recycle.detour not in declared:
+            raise self._fail(
+                f"recycle: detour {recycle.detour!r} is not declared"
+                f"{_closest(recycle.detour, declared)}; declare Detour({recycle.detour!r}, ...)"
+            )
+        if recycle.cool_down <= timedelta(0):
+            raise self._fail("recycle: cool_down must be positive, e.g. timedelta(days=30)")
+        if not any(r.matcher.type == recycle.event and r.points < 0 for r in self.scoring.rules):
+            raise self._fail(
+                f"recycle: no score rule lowers the score on {recycle.event!r}; add"
+                f" ScoreRule('sales_rejected', EventMatcher({recycle.event!r}), -20) to scoring"
+            )
+
     def check_events(self, catalog: EventCatalog) -> None:
         """Check every event type used by rules, MQL and scoring against ``catalog``.
 
@@ -517,6 +595,8 @@ class Pipeline:
             *((f"score rule {r.name!r}", frozenset({r.matcher.type})) for r in self.scoring.rules),
             *((f"grade rule {r.name!r}", r.when.event_types()) for r in self.grading.rules),
         ]
+        if self.recycle is not None:
+            users.append(("recycle", frozenset({self.recycle.event})))
         for where, types in users:
             try:
                 catalog.check(types, where=f"pipeline {self.name!r}, {where}")
@@ -622,13 +702,18 @@ class Pipeline:
             self.mql.event_types(),
             self.scoring.event_types(),
             self.grading.event_types(),
+            frozenset({self.recycle.event}) if self.recycle else frozenset(),
         )
 
     # Serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form; :attr:`version` hashes it."""
-        return {
+        """JSON-friendly form; :attr:`version` hashes it.
+
+        ``routing`` and ``recycle`` appear only when declared, so a pipeline without them
+        keeps the form (and version) it had before they existed.
+        """
+        data: dict[str, Any] = {
             "name": self.name,
             "label": self.label,
             "stages": [s.to_dict() for s in self.stages],
@@ -640,10 +725,20 @@ class Pipeline:
             "scoring": self.scoring.to_dict(),
             "grading": self.grading.to_dict(),
         }
+        if self.routing is not None:
+            data["routing"] = self.routing.to_dict()
+        if self.recycle is not None:
+            data["recycle"] = self.recycle.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, catalog: EventCatalog | None = None) -> Pipeline:
-        """Rebuild (and re-validate) from :meth:`to_dict` output."""
+        """Rebuild (and re-validate) from :meth:`to_dict` output.
+
+        Definitions serialised before ``routing`` and ``recycle`` existed load without them.
+        """
+        routing = data.get("routing")
+        recycle = data.get("recycle")
         return cls(
             name=data["name"],
             label=data.get("label", ""),
@@ -655,6 +750,8 @@ class Pipeline:
             mql=Mql.from_dict(data["mql"]),
             scoring=ScoringModel.from_dict(data["scoring"]),
             grading=GradingModel.from_dict(data["grading"]),
+            routing=None if routing is None else Routing.from_dict(routing),
+            recycle=None if recycle is None else Recycle.from_dict(recycle),
             catalog=catalog,
         )
 
@@ -822,6 +919,33 @@ def advance_to(
     )
 
 
+def apply_recycle(
+    pipeline: Pipeline,
+    current: str,
+    reason: str,
+    *,
+    at: datetime,
+    source: str,
+) -> Transition | None:
+    """What a sales rejection does to the stage: the pipeline's recycle detour, or ``None``.
+
+    ``None`` when the pipeline declares no ``recycle`` or its detour does not start from
+    ``current`` (the contact already went back to nurture, or has since bought).
+
+    Raises:
+        DetourNotAllowedError: the detour needs a reason and ``reason`` is empty.
+        UnknownStageError: ``current`` is not a stage or state of the pipeline.
+    """
+    recycle = pipeline.recycle
+    if recycle is None:
+        return None
+    if current not in pipeline.stage_names and not pipeline.is_state(current):
+        raise pipeline._unknown_stage(current)
+    if current not in pipeline.detour_sources(pipeline.detour(recycle.detour)):
+        return None
+    return apply_detour(pipeline, current, recycle.detour, reason, at, source)
+
+
 def validate_pipelines(
     pipelines: Mapping[str, Pipeline], catalog: EventCatalog | None = None
 ) -> None:
@@ -847,6 +971,7 @@ __all__ = [
     "Pipeline",
     "PipelineDefinitionError",
     "PipelineError",
+    "Recycle",
     "Stage",
     "StageRule",
     "Transition",
@@ -854,6 +979,7 @@ __all__ = [
     "UnknownStageError",
     "advance_to",
     "apply_detour",
+    "apply_recycle",
     "canonical_json",
     "content_hash",
     "evaluate_transition",

@@ -7,11 +7,17 @@ fails the deploy, not a contact.
 ``DEFAULT`` is the seven-stage lifecycle (acquisition 获新: suspect to customer; delight
 悦旧: customer to advocate). ``B2B_FUNNEL`` is the four-step B2B sales funnel. Settings pick
 one by name through :func:`active_pipeline`.
+
+Both hand qualified leads to the same sales organisation (:data:`ROUTING`): A-grade leads
+to the key-accounts team, B-grade leads in turn to the inside-sales pool, overseas contacts
+to the international pool in London; four business hours to answer, four more before the
+lead hears of it. A rejection recycles the lead to nurture (:data:`RECYCLE`) and costs it
+the ``sales_rejected`` points.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import time, timedelta
 
 from engine.conditions import (
     EventMatcher,
@@ -28,10 +34,12 @@ from engine.pipeline import (
     Phase,
     Pipeline,
     PipelineDefinitionError,
+    Recycle,
     Stage,
     StageRule,
     validate_pipelines,
 )
+from engine.sales import BusinessHours, Owner, Pool, Routing, Sla, Team, Territory
 from engine.scoring import GradeRule, GradingModel, Mql, ScoreRule, ScoringModel
 from workflows.events import CATALOG
 
@@ -122,9 +130,53 @@ GRADING = GradingModel(
 
 MQL = Mql(score_at_least(60) & grade_at_least("B"))
 
+# Rejected by sales: back to nurture with sales' reason, no new hand-off for 30 days, and
+# the sales_rejected score rule above takes its points.
+RECYCLE = Recycle(detour="recycled", cool_down=30 * DAY, event="sales.rejected")
+
 # A recycled lead keeps its history; without this guard a still-high score would bounce it
-# straight back to lead on its next page view.
-_RECENTLY_REJECTED = event("sales.rejected", within=30 * DAY)
+# straight back to lead (or development) on its next page view.
+_RECENTLY_REJECTED = RECYCLE.recently_rejected()
+
+KEY_ACCOUNTS = Team(
+    "key-accounts",
+    owners=("zhang.wei", "liu.yang"),
+    lead="li.na",
+    timezone="Asia/Shanghai",
+)
+"""A-grade leads: the team takes them as a whole; li.na hears of escalations."""
+
+INSIDE_SALES = Pool(
+    "inside-sales",
+    owners=(Owner("wang.fang"), Owner("chen.jing"), Owner("zhao.lei")),
+    lead="sun.li",
+    timezone="Asia/Shanghai",
+)
+"""B-grade leads, one owner in turn."""
+
+INTERNATIONAL = Pool(
+    "international",
+    owners=(Owner("emma.clarke"), Owner("james.patel")),
+    lead="olivia.hughes",
+    timezone="Europe/London",
+)
+"""Every qualified overseas lead (region ``overseas``), in turn, on London hours."""
+
+ROUTING = Routing(
+    teams={"A": KEY_ACCOUNTS},
+    pools={"B": INSIDE_SALES},
+    territories={"overseas": Territory(pools={"A": INTERNATIONAL, "B": INTERNATIONAL})},
+    sla=Sla(
+        first_response=timedelta(hours=4),
+        escalate_after=timedelta(hours=4),
+        # Public holidays (and China's swapped weekend workdays, extra_workdays=) are
+        # added here once a year, when the State Council publishes them.
+        business_hours=BusinessHours(start=time(9), end=time(18), weekdays=(0, 1, 2, 3, 4)),
+    ),
+    territory_attribute="region",
+    owner_attribute="sales_owner",
+)
+"""Who gets qualified leads, and by when they answer (in each owner's business hours)."""
 
 DEFAULT = Pipeline(
     name="default",
@@ -195,6 +247,8 @@ DEFAULT = Pipeline(
     mql=MQL,
     scoring=SCORING,
     grading=GRADING,
+    routing=ROUTING,
+    recycle=RECYCLE,
     catalog=CATALOG,
 )
 """The seven-stage lifecycle: suspect 怀疑者 to advocate 鼓吹者."""
@@ -214,7 +268,7 @@ B2B_FUNNEL = Pipeline(
         StageRule(
             "development",
             any_of(
-                MQL.condition,
+                MQL.condition & ~_RECENTLY_REJECTED,
                 event("demo.requested", within=90 * DAY),
                 event("consultation.booked", within=90 * DAY),
             ),
@@ -234,6 +288,8 @@ B2B_FUNNEL = Pipeline(
     mql=MQL,
     scoring=SCORING,
     grading=GRADING,
+    routing=ROUTING,
+    recycle=RECYCLE,
     catalog=CATALOG,
 )
 """The four-step B2B funnel: verification 验证, development 开发, proposal 提案, closing 成交."""

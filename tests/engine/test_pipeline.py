@@ -18,16 +18,19 @@ from engine.pipeline import (
     Phase,
     Pipeline,
     PipelineDefinitionError,
+    Recycle,
     Stage,
     StageRule,
     Transition,
     UnknownStageError,
     advance_to,
     apply_detour,
+    apply_recycle,
     canonical_json,
     evaluate_transition,
     validate_pipelines,
 )
+from engine.sales import Pool, Routing, Team
 from engine.scoring import GradingModel, Mql, ScoreRule, ScoringModel
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
@@ -393,3 +396,111 @@ def test_version_ignores_int_versus_float_spelling_of_numbers() -> None:
 
 def test_canonical_json_sorts_keys_and_writes_integral_floats_as_integers() -> None:
     assert canonical_json({"b": 1.0, "a": [2.5, "天"]}) == '{"a":[2.5,"天"],"b":1}'
+
+
+# Sales: routing and recycling
+
+
+ROUTING = Routing(
+    teams={
+        "A": Team("key-accounts", owners=("zhang.wei",), lead="li.na", timezone="Asia/Shanghai")
+    },
+    pools={"B": Pool("inside-sales", owners=("wang.fang", "chen.jing"), timezone="Asia/Shanghai")},
+)
+REJECTION_SCORING = ScoringModel(
+    rules=(*SCORING.rules, ScoreRule("rejected", EventMatcher("sales.rejected"), -20))
+)
+RECYCLE = Recycle(detour="recycled", cool_down=timedelta(days=30))
+
+
+def with_sales(**overrides: Any) -> Pipeline:
+    kwargs: dict[str, Any] = {
+        "routing": ROUTING,
+        "recycle": RECYCLE,
+        "scoring": REJECTION_SCORING,
+    }
+    kwargs.update(overrides)
+    return build(**kwargs)
+
+
+def test_pipeline_without_routing_or_recycle_keeps_its_old_form() -> None:
+    data = build().to_dict()
+    assert "routing" not in data
+    assert "recycle" not in data
+
+
+def test_definition_serialised_before_routing_existed_still_loads() -> None:
+    data = with_sales().to_dict()
+    del data["routing"], data["recycle"]
+    again = Pipeline.from_dict(json.loads(json.dumps(data)))
+    assert (again.routing, again.recycle) == (None, None)
+
+
+def test_routing_and_recycle_round_trip_and_change_the_version() -> None:
+    pipeline = with_sales()
+    again = Pipeline.from_dict(json.loads(json.dumps(pipeline.to_dict())))
+    assert again == pipeline
+    assert again.routing == ROUTING
+    assert again.recycle == RECYCLE
+    assert again.version == pipeline.version
+    assert pipeline.version != with_sales(routing=None).version
+
+
+def test_recycle_takes_its_detour_with_sales_reason() -> None:
+    t = apply_recycle(with_sales(), "c", "no budget until Q3", at=NOW, source="sales")
+    assert t is not None
+    assert (t.from_stage, t.to_stage, t.reason, t.kind, t.source) == (
+        "c",
+        "b",
+        "recycled: no budget until Q3",
+        "detour",
+        "sales",
+    )
+
+
+def test_recycle_leaves_a_contact_its_detour_does_not_start_from() -> None:
+    assert apply_recycle(with_sales(), "b", "already in nurture", at=NOW, source="sales") is None
+    assert apply_recycle(with_sales(), "d", "bought since", at=NOW, source="sales") is None
+    assert apply_recycle(build(), "c", "no recycle declared", at=NOW, source="sales") is None
+
+
+def test_recycle_needs_a_reason_when_its_detour_does() -> None:
+    with pytest.raises(DetourNotAllowedError, match=r"requires a reason"):
+        apply_recycle(with_sales(), "c", " ", at=NOW, source="sales")
+
+
+def test_recycle_from_an_unknown_stage_is_a_named_error() -> None:
+    with pytest.raises(UnknownStageError, match=r"no stage or state 'lead'"):
+        apply_recycle(with_sales(), "lead", "x", at=NOW, source="sales")
+
+
+def test_recycle_cool_down_counts_rejections_within_it() -> None:
+    rejected = [EventRecord("sales.rejected", NOW)]
+    assert RECYCLE.cooling_down(rejected, NOW + timedelta(days=29))
+    assert not RECYCLE.cooling_down(rejected, NOW + timedelta(days=31))
+    assert not RECYCLE.cooling_down([EventRecord("sales.accepted", NOW)], NOW)
+    assert RECYCLE.recently_rejected() == event("sales.rejected", within=timedelta(days=30))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"recycle": Recycle(detour="recyled")},
+            r"detour 'recyled' is not declared; did you mean 'recycled'",
+        ),
+        ({"recycle": Recycle(cool_down=timedelta(0))}, r"cool_down must be positive"),
+        ({"scoring": SCORING}, r"no score rule lowers the score on 'sales.rejected'"),
+    ],
+)
+def test_malformed_recycle_is_refused_naming_the_fix(
+    overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PipelineDefinitionError, match=rf"pipeline 'test': recycle: {message}"):
+        with_sales(**overrides)
+
+
+def test_recycle_event_counts_as_a_pipeline_event_and_must_be_in_the_catalog() -> None:
+    assert "sales.rejected" in with_sales().event_types()
+    with pytest.raises(PipelineDefinitionError, match=r"sales.rejected"):
+        with_sales(catalog=CAT)

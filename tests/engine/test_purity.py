@@ -25,6 +25,7 @@ PURE = [
     "engine.content",
     "engine.wechat_callback",
     "engine.bounces",
+    "engine.sales",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 

@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from engine.conditions import EventRecord, Facts
+from engine.contact import new_contact, observe
 from engine.pipeline import (
     BackwardMoveError,
     DetourNotAllowedError,
@@ -18,8 +20,10 @@ from engine.pipeline import (
     Transition,
     advance_to,
     apply_detour,
+    apply_recycle,
     evaluate_transition,
 )
+from engine.sales import handoff_payload
 from engine.scoring import (
     ScoreState,
     apply_event,
@@ -331,3 +335,140 @@ def test_b2b_contact_walks_the_four_steps() -> None:
     assert c.stage == "closing"
     with pytest.raises(BackwardMoveError):
         advance_to(B2B_FUNNEL, "closing", "proposal", reason="x", at=T0, source="api")
+
+
+# Sales hand-off: routing, SLA and recycling as declared
+
+
+def test_default_routes_a_to_key_accounts_and_b_in_turn_to_inside_sales() -> None:
+    routing = DEFAULT.routing
+    assert routing is not None
+    team = routing.route("A", FIT, assigned_owner=None, pool_counts={})
+    assert team is not None
+    assert (team.team, team.owner, team.lead, team.owner_timezone) == (
+        "key-accounts",
+        None,
+        "li.na",
+        "Asia/Shanghai",
+    )
+    assert len(routing.teams["A"].members) == 2
+    owners = []
+    counts: dict[str, int] = {}
+    for _ in range(6):
+        lead = routing.route("B", FIT, assigned_owner=None, pool_counts={"inside-sales": counts})
+        assert lead is not None
+        assert lead.owner is not None
+        owners.append(lead.owner)
+        counts[lead.owner] = counts.get(lead.owner, 0) + 1
+    assert owners == ["wang.fang", "chen.jing", "zhao.lei"] * 2
+    for grade in ("C", "D", None):
+        assert routing.route(grade, FIT, assigned_owner="wang.fang", pool_counts={}) is None
+
+
+def test_default_sends_overseas_leads_to_the_international_pool_on_london_hours() -> None:
+    routing = DEFAULT.routing
+    assert routing is not None
+    for grade in ("A", "B"):
+        lead = routing.route(
+            grade, {**FIT, "region": "overseas"}, assigned_owner=None, pool_counts={}
+        )
+        assert lead is not None
+        assert (lead.team, lead.owner_timezone, lead.territory) == (
+            "international",
+            "Europe/London",
+            "overseas",
+        )
+
+
+def test_default_sla_is_four_business_hours_then_four_more_in_the_owner_zone() -> None:
+    routing = DEFAULT.routing
+    assert routing is not None
+    shanghai = ZoneInfo("Asia/Shanghai")
+    friday = datetime(2026, 6, 5, 16, tzinfo=shanghai)
+    deadlines = routing.sla.deadlines(friday, "Asia/Shanghai")
+    assert deadlines.respond_by == datetime(2026, 6, 8, 11, tzinfo=shanghai)
+    assert deadlines.escalate_at == datetime(2026, 6, 8, 15, tzinfo=shanghai)
+
+
+def test_both_bundled_pipelines_hand_off_and_recycle_the_same_way() -> None:
+    assert B2B_FUNNEL.routing == DEFAULT.routing
+    assert B2B_FUNNEL.recycle == DEFAULT.recycle
+    recycle = DEFAULT.recycle
+    assert recycle is not None
+    assert (recycle.detour, recycle.cool_down, recycle.event) == (
+        "recycled",
+        30 * DAY,
+        "sales.rejected",
+    )
+    rejected = [r for r in DEFAULT.scoring.rules if r.matcher.type == "sales.rejected"]
+    assert [r.points for r in rejected] == [-30]
+
+
+def test_rejection_recycles_a_lead_to_nurture_and_a_customer_stays() -> None:
+    t = apply_recycle(DEFAULT, "lead", "no budget until Q3", at=T0, source="sales")
+    assert t is not None
+    assert (t.to_stage, t.reason) == ("prospect", "recycled: no budget until Q3")
+    assert apply_recycle(DEFAULT, "customer", "wrong contact", at=T0, source="sales") is None
+    b2b = apply_recycle(B2B_FUNNEL, "proposal", "lost to a competitor", at=T0, source="sales")
+    assert b2b is not None
+    assert b2b.to_stage == "verification"
+
+
+def test_recycled_b2b_lead_stays_in_verification_until_the_cool_down_ends() -> None:
+    c = Contact(B2B_FUNNEL, attributes=FIT)
+    for day in range(4):
+        c.on("content.downloaded", day, content_id=f"wp-{day}")
+    c.on("webinar.attended", 4)
+    c.on("trial.started", 4)
+    assert c.stage == "development"
+    c.on("sales.rejected", 5, reason="no_budget")
+    recycled = apply_recycle(B2B_FUNNEL, c.stage, "no budget", at=T0 + 5 * DAY, source="x")
+    assert recycled is not None
+    c.stage = recycled.to_stage
+    for day in (6, 20):
+        c.on("page.viewed", day, path="/pricing", category="pricing")
+        assert B2B_FUNNEL.mql.is_mql(c.facts(T0 + day * DAY))  # still qualifies, held back
+        assert c.stage == "verification"
+    c.on("page.viewed", 34, path="/pricing", category="pricing")
+    c.on("page.viewed", 36, path="/pricing", category="pricing")  # 31 days on: MQL again
+    assert c.stage == "development"
+
+
+def test_handoff_payload_shows_the_scripted_contacts_top_events_and_grade_reasons() -> None:
+    state = new_contact("c-7", DEFAULT, T0)
+    for i, (type_, props) in enumerate(
+        [
+            ("content.downloaded", {"content_id": "wp-1"}),
+            ("demo.requested", {}),
+            ("email.opened", {}),
+        ]
+    ):
+        state = observe(
+            state,
+            DEFAULT,
+            message_id=f"m{i}",
+            event=EventRecord(type_, T0 + i * DAY, props),
+            traits=FIT if i == 0 else {},
+            now=T0 + i * DAY,
+            source="test",
+        ).state
+    payload = handoff_payload(
+        state,
+        DEFAULT,
+        identities={"email": "cto@example.cn"},
+        now=T0 + 3 * DAY,
+        timeline_url="http://localhost:8000/contacts/c-7/timeline",
+    )
+    assert [e["rule"] for e in payload["score"]["top_events"]] == [
+        "demo_requested",
+        "content_downloaded",
+        "email_opened",
+    ]
+    assert payload["grade"]["grade"] == "A"
+    assert [r["rule"] for r in payload["grade"]["rules"]] == [
+        "target_industry",
+        "large_company",
+        "decision_maker",
+        "served_region",
+    ]
+    assert payload["content_consumed"][0]["content_id"] == "wp-1"
