@@ -112,6 +112,8 @@ class ContactInput:
     opened: bool = False
     """The starter already recorded the contact at the first stage and passed
     ``definitions``: the workflow skips its ``contact.open`` activity."""
+    handoff: dict[str, Any] | None = None
+    """The open hand-off to sales (id, SLA times) carried across continue-as-new."""
 
 
 @dataclass
@@ -216,6 +218,8 @@ class HandOffRequest:
     step_id: str
     reason: str
     payload: dict[str, Any] = field(default_factory=dict)
+    now: datetime | None = None
+    """The workflow's clock: the SLA runs from here (skipped time in tests)."""
 
 
 @dataclass
@@ -223,3 +227,21 @@ class HandOffOutcome:
     ok: bool
     reference: str = ""
     error: str = ""
+    handoff_id: str = ""
+    """The id sales quote back in feedback (``POST /v1/handoffs/{id}/feedback``)."""
+    owner: str = ""
+    remind_at: datetime | None = None
+    """When the owner is reminded if no feedback has come (business hours, their zone)."""
+    escalate_at: datetime | None = None
+    """When the team lead is told instead."""
+    routed: bool = True
+    """False: the grade is below every route (C and below stay in nurture); not sent."""
+
+
+@dataclass
+class SlaRequest:
+    """Activity input: the hand-off's SLA lapsed; ``kind`` is reminder or escalation."""
+
+    contact_id: str
+    handoff_id: str
+    kind: str

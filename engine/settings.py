@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         return Path(__file__).resolve().parents[1] / "content"
 
     @property
+    def webhook_secrets(self) -> list[str]:
+        """``STAGECOACH_WEBHOOK_SECRET`` as a list: comma-separated while rotating, new first."""
+        raw = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
+    @property
     def resolved_sink_dir(self) -> Path:
         return self.sink_dir or self.data_dir / "sink"
 

@@ -8,11 +8,13 @@ worker registers the bound methods. Tests build the same class around a file sin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -33,11 +35,21 @@ from engine.messages import (
     HandOffOutcome,
     HandOffRequest,
     OpenRequest,
+    SlaRequest,
     TransitionRecord,
 )
+from engine.pipeline import Transition
 from engine.policy import SendPolicy
 from engine.storage.contacts import creation_record, save_transition
-from engine.storage.models import Contact, Delivery, Event, Suppression
+from engine.storage.models import (
+    Contact,
+    Delivery,
+    Event,
+    Handoff,
+    Identity,
+    StageTransition,
+    Suppression,
+)
 from engine.wechat_callback import INTERACTION_EVENTS
 
 
@@ -55,6 +67,7 @@ class ContactActivities:
         render_contact: Callable[[DeliverRequest], RenderContact],
         signer: LinkSigner | None = None,
         rehearsal_sink: Connector | None = None,
+        timeline_url: Callable[[str], str] = lambda contact_id: f"/v1/contacts/{contact_id}",
     ) -> None:
         self._engine = engine
         self._definitions = definitions
@@ -64,6 +77,7 @@ class ContactActivities:
         self._render_contact = render_contact
         self._signer = signer
         self._rehearsal_sink = rehearsal_sink
+        self._timeline_url = timeline_url
 
     def all(self) -> list[Callable[..., object]]:
         return [
@@ -72,6 +86,7 @@ class ContactActivities:
             self.record_transition,
             self.deliver,
             self.hand_off,
+            self.handoff_sla,
         ]
 
     @activity.defn(name="contact.open")
@@ -215,30 +230,229 @@ class ContactActivities:
 
     @activity.defn(name="contact.hand_off")
     async def hand_off(self, request: HandOffRequest) -> HandOffOutcome:
-        """Hand a qualified lead to sales through the ``crm`` connector."""
+        """Route a qualified lead, record the hand-off, and send it through ``crm``.
+
+        A retry finds the row its first attempt wrote and sends the same payload with the
+        same idempotency key, so sales get one hand-off."""
         connector = self._connectors.get("crm")
         if connector is None:
             return HandOffOutcome(ok=False, error="no crm connector configured")
+        now = request.now or datetime.now(UTC)
+        prepared = await asyncio.to_thread(self._prepare_handoff, request, now)
+        if prepared is None:
+            return HandOffOutcome(ok=True, routed=False, error="grade below every route")
+        row, remind_at, escalate_at = prepared
         try:
             sent = await connector.send(
                 OutgoingMessage(
                     channel="crm",
-                    to="sales",
+                    to=row.owner or row.team or "sales",
                     idempotency_key=request.idempotency_key,
                     contact_id=request.contact_id,
                     rendered={
+                        "type": "handoff",
+                        "handoff_id": row.id,
                         "journey": request.journey,
                         "step_id": request.step_id,
                         "reason": request.reason,
-                        **request.payload,
+                        **row.payload,
                     },
                 )
             )
         except RetryableDeliveryError as exc:
             raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
-            return HandOffOutcome(ok=False, error=exc.one_line())
-        return HandOffOutcome(ok=True, reference=sent.provider_message_id)
+            await asyncio.to_thread(self._handoff_status, row.id, "failed")
+            return HandOffOutcome(ok=False, error=exc.one_line(), handoff_id=row.id)
+        return HandOffOutcome(
+            ok=True,
+            reference=sent.provider_message_id,
+            handoff_id=row.id,
+            owner=row.owner or row.team or "",
+            remind_at=remind_at,
+            escalate_at=escalate_at,
+        )
+
+    @activity.defn(name="contact.handoff_sla")
+    async def handoff_sla(self, request: SlaRequest) -> None:
+        """No feedback in time: remind the owner (their team when a team took the lead),
+        or escalate to the team lead."""
+        connector = self._connectors.get("crm")
+        row = await asyncio.to_thread(self._find_handoff, request.handoff_id)
+        if connector is None or row is None or row.status != "sent":
+            return  # answered meanwhile, or nowhere to send it
+        routing = row.payload.get("routing") or {}
+        to = (
+            (row.owner or row.team or "sales")
+            if request.kind == "reminder"
+            else (routing.get("lead") or row.team or "sales")
+        )
+        try:
+            await connector.send(
+                OutgoingMessage(
+                    channel="crm",
+                    to=str(to),
+                    idempotency_key=f"{row.idempotency_key}:{request.kind}",
+                    contact_id=request.contact_id,
+                    rendered={
+                        "type": f"handoff.{request.kind}",
+                        "handoff_id": row.id,
+                        "to": to,
+                        "owner": row.owner,
+                        "team": row.team,
+                        "contact_id": row.contact_id,
+                        "handed_off_at": row.created_at.isoformat(),
+                        "timeline_url": row.payload.get("timeline_url", ""),
+                    },
+                )
+            )
+        except RetryableDeliveryError as exc:
+            raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
+        except (PermanentDeliveryError, ConsentRevoked) as exc:
+            activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
+        await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)
+
+    def _prepare_handoff(
+        self, request: HandOffRequest, now: datetime
+    ) -> tuple[Handoff, datetime | None, datetime | None] | None:
+        """The hand-off row for this key: found (a retry) or routed and written now."""
+        from engine.contact import ContactState
+        from engine.pipeline import Pipeline
+        from engine.sales import handoff_payload
+
+        handoff_id = "h_" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:24]
+        raw_pipeline = request.payload.get("pipeline")
+        pipeline = Pipeline.from_dict(raw_pipeline or self._definitions().pipeline)
+        routing = pipeline.routing
+        with Session(self._engine) as session:
+            row = session.get(Handoff, handoff_id)
+            if row is not None:
+                return (
+                    row,
+                    _deadline(row.payload, "respond_by"),
+                    _deadline(row.payload, "escalate_at"),
+                )
+            self._ensure_contact(session, request.contact_id)
+            raw_state = request.payload.get("state")
+            state = ContactState.from_dict(raw_state) if raw_state else None
+            assignment = deadlines = None
+            if routing is not None and state is not None:
+                counts: dict[str, dict[str, int]] = {}
+                for team, owner, n in session.execute(
+                    select(col(Handoff.team), col(Handoff.owner), func.count())
+                    .where(col(Handoff.team).is_not(None))
+                    .group_by(col(Handoff.team), col(Handoff.owner))
+                ).all():
+                    if owner:
+                        counts.setdefault(str(team), {})[str(owner)] = int(n)
+                previous = session.exec(
+                    select(Handoff.owner)
+                    .where(
+                        col(Handoff.contact_id) == request.contact_id,
+                        col(Handoff.owner).is_not(None),
+                    )
+                    .order_by(col(Handoff.created_at).desc())
+                ).first()
+                assignment = routing.route(
+                    state.grade,
+                    state.attributes,
+                    assigned_owner=previous,
+                    pool_counts=counts,
+                )
+                if assignment is None:
+                    return None
+                deadlines = routing.sla.deadlines(now, assignment.owner_timezone or "UTC")
+            payload: dict[str, Any] = dict(request.payload)
+            if state is not None:
+                identities = {
+                    i.kind: i.value
+                    for i in session.exec(
+                        select(Identity).where(col(Identity.contact_id) == request.contact_id)
+                    ).all()
+                }
+                history = [
+                    Transition(
+                        from_stage=t.from_stage or "",
+                        to_stage=t.to_stage,
+                        at=t.at if t.at.tzinfo else t.at.replace(tzinfo=UTC),
+                        reason=t.reason,
+                        source=t.source,
+                        kind=t.kind,  # type: ignore[arg-type]
+                        trigger_event_type=t.trigger_event_type,
+                        trigger_message_id=t.trigger_message_id,
+                    )
+                    for t in session.exec(
+                        select(StageTransition)
+                        .where(col(StageTransition.contact_id) == request.contact_id)
+                        .order_by(col(StageTransition.id))
+                    ).all()
+                ]
+                payload = handoff_payload(
+                    state,
+                    pipeline,
+                    identities=identities,
+                    now=now,
+                    timeline_url=self._timeline_url(request.contact_id),
+                    stage_history=history,
+                    assignment=assignment,
+                    deadlines=deadlines,
+                )
+            row = Handoff(
+                id=handoff_id,
+                idempotency_key=request.idempotency_key,
+                contact_id=request.contact_id,
+                reason=request.reason[:256],
+                grade=state.grade if state else None,
+                team=assignment.team if assignment else None,
+                owner=assignment.owner if assignment else None,
+                owner_timezone=assignment.owner_timezone if assignment else None,
+                status="sent",
+                payload={
+                    **payload,
+                    "respond_by": deadlines.respond_by.isoformat() if deadlines else None,
+                    "escalate_at": deadlines.escalate_at.isoformat() if deadlines else None,
+                },
+                created_at=now,
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()  # a concurrent attempt wrote it: use that one
+                found = session.get(Handoff, handoff_id)
+                if found is None:
+                    raise
+                row = found
+            session.refresh(row)
+            return (
+                row,
+                deadlines.respond_by if deadlines else None,
+                deadlines.escalate_at if deadlines else None,
+            )
+
+    def _find_handoff(self, handoff_id: str) -> Handoff | None:
+        with Session(self._engine) as session:
+            return session.get(Handoff, handoff_id)
+
+    def _handoff_status(self, handoff_id: str, status: str) -> None:
+        with Session(self._engine) as session:
+            row = session.get(Handoff, handoff_id)
+            if row is not None and row.status == "sent":
+                row.status = status
+                session.add(row)
+                session.commit()
+
+    def _handoff_sla_sent(self, handoff_id: str, kind: str) -> None:
+        with Session(self._engine) as session:
+            row = session.get(Handoff, handoff_id)
+            if row is None:
+                return
+            if kind == "reminder":
+                row.reminded_at = row.reminded_at or datetime.now(UTC)
+            else:
+                row.escalated_at = row.escalated_at or datetime.now(UTC)
+            session.add(row)
+            session.commit()
 
     # --- database helpers (run in a thread) -------------------------------------------
 
@@ -340,3 +554,8 @@ def _normalised(channel: str, address: str) -> str:
         return normalise_email(address)
     except IdentityError:
         return address.strip()
+
+
+def _deadline(payload: Mapping[str, Any], key: str) -> datetime | None:
+    raw = payload.get(key)
+    return datetime.fromisoformat(raw) if isinstance(raw, str) else None

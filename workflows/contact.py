@@ -77,9 +77,10 @@ with workflow.unsafe.imports_passed_through():
         HandOffRequest,
         Merged,
         OpenRequest,
+        SlaRequest,
         TransitionRecord,
     )
-    from engine.pipeline import Pipeline, PipelineError, Transition, advance_to
+    from engine.pipeline import Pipeline, PipelineError, Transition, advance_to, apply_recycle
     from engine.policy import SendPolicy
     from workflows import search_attributes as sa
 
@@ -106,6 +107,17 @@ for 12 hours, at most 30 minutes apart."""
 ACTIVITY = {"start_to_close_timeout": timedelta(seconds=60)}
 
 
+SALES = "__sales__"
+"""The timer namespace of the hand-off's SLA (journeys use their own names)."""
+SALES_FEEDBACK = {
+    "sales.accepted": "accepted",
+    "sales.rejected": "rejected",
+    "sales.converted": "converted",
+}
+HANDOFF_COOLDOWN = timedelta(days=30)
+"""A rejected lead is not handed off again within this time, whatever its score."""
+
+
 def _defer_timer(step_id: str) -> str:
     return f"defer:{step_id}"
 
@@ -129,6 +141,7 @@ class ContactWorkflow:
         self._lock = asyncio.Lock()
         self._run_events = 0
         self._merged_into: str | None = None
+        self._handoff: dict[str, Any] | None = inp.handoff
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -223,6 +236,7 @@ class ContactWorkflow:
             self._state = model.ContactState.from_dict(inp.state)
             for aj in inp.journeys:
                 self._restore(aj)
+            self._arm_sla()
         else:
             self._state = replace(
                 model.new_contact(self._contact_id, self._pipeline, now), transitions=1
@@ -260,6 +274,7 @@ class ContactWorkflow:
                         definitions=self._definitions,
                         max_events_per_run=inp.max_events_per_run,
                         rehearsal=inp.rehearsal,
+                        handoff=self._handoff,
                     )
                 )
 
@@ -317,14 +332,22 @@ class ContactWorkflow:
                         now=jnow, facts=self._facts(now, aj), event=self._journey_event(aj, record)
                     ),
                 )
+        decision = SALES_FEEDBACK.get(record.type)
+        if decision is not None:
+            await self._on_feedback(decision, record)
         if self._rehearsal:
             return  # a rehearsal contact is only in the journeys it was enrolled in
         for name, raw in sorted(self._published().items()):
             if name not in self._active and self._spec(raw).entered_by_event(record):
                 self._enrol_queue.append((name, 1.0))
+        if self._handoff is None and self._qualifies(now):
+            await self._open_handoff("mql", journey="", step_id="mql")
 
     async def _on_timer(self, journey: str, timer_id: str) -> None:
         self._timers.pop((journey, timer_id), None)
+        if journey == SALES:
+            await self._on_sla(timer_id)
+            return
         aj = self._active.get(journey)
         if aj is None:
             return
@@ -562,39 +585,125 @@ class ContactWorkflow:
         self._arm(name, _defer_timer(command.step_id), delay)
 
     async def _hand_off(self, name: str, aj: ActiveJourney, command: HandOff) -> HandoffResult:
+        """A journey's hand-off step: the contact's one hand-off (already open: done)."""
+        outcome = None
+        if self._handoff is None:
+            outcome = await self._open_handoff(
+                command.reason, journey=name, step_id=command.step_id
+            )
+        ok = self._handoff is not None
+        return HandoffResult(
+            now=self._journey_now(aj, workflow.now()),
+            facts=self._facts(workflow.now(), aj),
+            step_id=command.step_id,
+            ok=ok,
+            error=None if ok else (outcome.error if outcome else None) or "not routed",
+        )
+
+    # --- sales hand-off ----------------------------------------------------------------
+
+    def _qualifies(self, now: datetime) -> bool:
+        """MQL now, and not rejected by sales within the cool-down."""
+        facts = self._facts(now)
+        if not self._pipeline.mql.is_mql(facts):
+            return False
+        recycle = self._pipeline.recycle
+        if recycle is not None:
+            return not recycle.cooling_down(facts.events, now)
+        # A pipeline pinned before recycling was declared: the same rule, its defaults.
+        since = now - HANDOFF_COOLDOWN
+        return not any(e.type == "sales.rejected" and e.at >= since for e in facts.events)
+
+    async def _open_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
+        """Route and send the lead (one activity), then arm the SLA's timers."""
         state = self._require_state()
         now = workflow.now()
-        facts = self._facts(now, aj)
         outcome: HandOffOutcome = await workflow.execute_activity(
             "contact.hand_off",
             HandOffRequest(
                 contact_id=self._contact_id,
-                idempotency_key=f"{self._contact_id}:{command.idempotency_key}",
-                journey=name,
-                step_id=command.step_id,
-                reason=command.reason,
-                payload={
-                    "stage": state.stage,
-                    "score": round(facts.score, 2),
-                    "grade": state.grade,
-                    "grade_rules": list(state.grade_rules),
-                    "attributes": dict(state.attributes),
-                    "content_received": list(state.received_content),
-                },
+                idempotency_key=f"{self._contact_id}:handoff:{now.isoformat()}",
+                journey=journey,
+                step_id=step_id,
+                reason=reason,
+                # The activity routes the lead and builds what sales sees from this, the
+                # pipeline and the stored identities and stage history.
+                payload={"state": state.to_dict(), "pipeline": self._pipeline.to_dict()},
+                now=now,
             ),
             result_type=HandOffOutcome,
             # A HubSpot hand-off is up to five requests of 10 s each.
             start_to_close_timeout=timedelta(minutes=2),
             schedule_to_close_timeout=timedelta(hours=12),
             retry_policy=HANDOFF_RETRY,
+            summary=f"hand-off: {reason}",
         )
-        return HandoffResult(
-            now=self._journey_now(aj, workflow.now()),
-            facts=self._facts(workflow.now(), aj),
-            step_id=command.step_id,
-            ok=outcome.ok,
-            error=outcome.error or None,
+        if outcome.ok and outcome.routed:
+            self._handoff = {
+                "id": outcome.handoff_id or outcome.reference,
+                "owner": outcome.owner,
+                "opened_at": now.isoformat(),
+                "remind_at": outcome.remind_at.isoformat() if outcome.remind_at else None,
+                "escalate_at": outcome.escalate_at.isoformat() if outcome.escalate_at else None,
+                "reminded": False,
+            }
+            self._arm_sla()
+        return outcome
+
+    def _arm_sla(self) -> None:
+        """Timers for the reminder and the escalation, visible in history."""
+        handoff = self._handoff
+        if handoff is None:
+            return
+        now = workflow.now()
+        if handoff.get("remind_at") and not handoff.get("reminded"):
+            due = datetime.fromisoformat(handoff["remind_at"])
+            self._arm(SALES, "sla:reminder", max(due - now, timedelta(0)))
+        elif handoff.get("escalate_at"):
+            due = datetime.fromisoformat(handoff["escalate_at"])
+            self._arm(SALES, "sla:escalation", max(due - now, timedelta(0)))
+
+    async def _on_sla(self, timer_id: str) -> None:
+        handoff = self._handoff
+        if handoff is None:
+            return
+        kind = "reminder" if timer_id == "sla:reminder" else "escalation"
+        await workflow.execute_activity(
+            "contact.handoff_sla",
+            SlaRequest(contact_id=self._contact_id, handoff_id=str(handoff["id"]), kind=kind),
+            start_to_close_timeout=timedelta(minutes=2),
+            schedule_to_close_timeout=timedelta(hours=12),
+            retry_policy=HANDOFF_RETRY,
+            summary=f"hand-off {kind}",
         )
+        if kind == "reminder":
+            handoff["reminded"] = True
+            self._arm_sla()  # the escalation's timer
+        else:
+            handoff["escalate_at"] = None
+
+    async def _on_feedback(self, decision: str, record: EventRecord) -> None:
+        """Sales answered: the SLA stops; a rejection recycles the lead to nurture.
+        Feedback quoting an older hand-off than the open one changes nothing here."""
+        quoted = record.properties.get("handoff_id")
+        if self._handoff is not None and quoted and quoted != self._handoff.get("id"):
+            return
+        self._handoff = None
+        for timer_id in ("sla:reminder", "sla:escalation"):
+            self._disarm(SALES, timer_id)
+        if decision != "rejected":
+            return  # accepted and converted move the stage through the pipeline's rules
+        state = self._require_state()
+        reason = str(record.properties.get("reason") or "rejected by sales")
+        try:
+            recycled = apply_recycle(
+                self._pipeline, state.stage, reason, at=workflow.now(), source="sales"
+            )
+        except PipelineError as exc:
+            workflow.logger.info("rejection not applied as a detour: %s", exc)
+            return
+        if recycled is not None:
+            await self._record_transition(recycled)
 
     async def _record_transition(self, transition: Transition) -> None:
         state = self._require_state()

@@ -168,10 +168,9 @@ def connectors_from_settings(
                 "STAGECOACH_CRM_CONNECTOR=webhook needs a URL and a secret",
                 fix="set STAGECOACH_WEBHOOK_URL and STAGECOACH_WEBHOOK_SECRET",
             )
-        secrets = [x.strip() for x in settings.webhook_secret.get_secret_value().split(",")]
         chosen["crm"] = WebhookConnector(
             settings.webhook_url,
-            [x for x in secrets if x],
+            settings.webhook_secrets,
             timeout=settings.webhook_timeout,
             limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
         )
@@ -300,4 +299,5 @@ def build_activities(
         render_contact=render_contact,
         signer=signer,
         rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
+        timeline_url=lambda contact_id: f"{settings.api_base_url}/v1/contacts/{contact_id}",
     )

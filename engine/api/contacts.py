@@ -108,6 +108,7 @@ from engine.storage.models import (
     Contact,
     Delivery,
     Event,
+    Handoff,
     Identity,
     Merge,
     Outbox,
@@ -875,6 +876,16 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
         delivery.provider_message_id = None
         delivery.error = None
         session.add(delivery)
+    for handoff in session.exec(select(Handoff).where(col(Handoff.contact_id).in_(ids))).all():
+        # Kept for the funnel (handed off, accepted, converted); who and why are personal.
+        handoff.idempotency_key = _repoint(
+            handoff.idempotency_key, handoff.contact_id, alias[handoff.contact_id], 256
+        )
+        handoff.contact_id = alias[handoff.contact_id]
+        handoff.owner = None
+        handoff.payload = {}
+        handoff.feedback_reason = None
+        session.add(handoff)
     session.flush()
     done.removed.identities = _rowcount(
         session.execute(delete(Identity).where(col(Identity.contact_id).in_(ids)))
