@@ -530,6 +530,10 @@ class Routing:
     sla: Sla = field(default_factory=Sla)
     territory_attribute: str = "region"
     owner_attribute: str = "sales_owner"
+    service: Team | None = None
+    """Who takes a service-recovery hand-off (a detractor), whatever the grade."""
+    service_sla: Sla | None = None
+    """The service team's SLA; default: ``sla``."""
 
     def __post_init__(self) -> None:
         for attr in ("teams", "pools", "territories"):
@@ -653,9 +657,30 @@ class Routing:
             territory=applied,
         )
 
+    def route_service(self) -> Assignment | None:
+        """The service team for a service-recovery hand-off; ``None`` if none declared."""
+        team = self.service
+        if team is None:
+            return None
+        return Assignment(
+            team=team.name,
+            owner=None,
+            owner_timezone=team.zone,
+            lead=team.lead,
+            reason=f"service recovery: team {team.name}",
+            kind="team",
+            territory=None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
+        service: dict[str, Any] = {}
+        if self.service is not None:
+            service["service"] = self.service.to_dict()
+        if self.service_sla is not None:
+            service["service_sla"] = self.service_sla.to_dict()
         return {
+            **service,
             "teams": {g: t.to_dict() for g, t in self.teams.items()},
             "pools": {g: p.to_dict() for g, p in self.pools.items()},
             "territories": {r: t.to_dict() for r, t in self.territories.items()},
@@ -674,6 +699,8 @@ class Routing:
             sla=Sla.from_dict(data.get("sla", {})),
             territory_attribute=data.get("territory_attribute", "region"),
             owner_attribute=data.get("owner_attribute", "sales_owner"),
+            service=Team.from_dict(data["service"]) if data.get("service") else None,
+            service_sla=Sla.from_dict(data["service_sla"]) if data.get("service_sla") else None,
         )
 
 

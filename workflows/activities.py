@@ -19,7 +19,13 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from engine.content import ContentError, ContentLibrary, LinkSigner, RenderContact
+from engine.content import (
+    PROMOTIONAL_KINDS,
+    ContentError,
+    ContentLibrary,
+    LinkSigner,
+    RenderContact,
+)
 from engine.delivery import (
     Connector,
     ConsentRevoked,
@@ -155,6 +161,14 @@ class ContactActivities:
             if item is None:
                 return await self._blocked(request, "content_exhausted")
             content_id = item.id
+        if request.attributes.get("service_recovery") == "open":
+            try:
+                kind = self._content.item(content_id).kind
+            except ContentError:
+                kind = ""
+            if kind in PROMOTIONAL_KINDS:
+                # A detractor's complaint is open: no offers until it is resolved.
+                return await self._blocked(request, "service_recovery_open")
         try:
             rendered = self._content.render(
                 content_id,
@@ -353,15 +367,20 @@ class ContactActivities:
                     )
                     .order_by(col(Handoff.created_at).desc())
                 ).first()
-                assignment = routing.route(
-                    state.grade,
-                    state.attributes,
-                    assigned_owner=previous,
-                    pool_counts=counts,
-                )
+                sla = routing.sla
+                if request.reason == "service_recovery":
+                    assignment = routing.route_service()
+                    sla = routing.service_sla or routing.sla
+                else:
+                    assignment = routing.route(
+                        state.grade,
+                        state.attributes,
+                        assigned_owner=previous,
+                        pool_counts=counts,
+                    )
                 if assignment is None:
                     return None
-                deadlines = routing.sla.deadlines(now, assignment.owner_timezone or "UTC")
+                deadlines = sla.deadlines(now, assignment.owner_timezone or "UTC")
             payload: dict[str, Any] = dict(request.payload)
             if state is not None:
                 identities = {

@@ -114,6 +114,8 @@ SALES_FEEDBACK = {
     "sales.rejected": "rejected",
     "sales.converted": "converted",
 }
+SERVICE_RECOVERY = "service_recovery"
+"""The hand-off reason that goes to customer service (a detractor), not to sales."""
 HANDOFF_COOLDOWN = timedelta(days=30)
 """A rejected lead is not handed off again within this time, whatever its score."""
 
@@ -587,11 +589,18 @@ class ContactWorkflow:
     async def _hand_off(self, name: str, aj: ActiveJourney, command: HandOff) -> HandoffResult:
         """A journey's hand-off step: the contact's one hand-off (already open: done)."""
         outcome = None
-        if self._handoff is None:
-            outcome = await self._open_handoff(
+        if command.reason == SERVICE_RECOVERY:
+            # A detractor goes to customer service now, beside any sales hand-off.
+            outcome = await self._send_handoff(
                 command.reason, journey=name, step_id=command.step_id
             )
-        ok = self._handoff is not None
+            ok = outcome.ok and outcome.routed
+        else:
+            if self._handoff is None:
+                outcome = await self._open_handoff(
+                    command.reason, journey=name, step_id=command.step_id
+                )
+            ok = self._handoff is not None
         return HandoffResult(
             now=self._journey_now(aj, workflow.now()),
             facts=self._facts(workflow.now(), aj),
@@ -616,13 +625,29 @@ class ContactWorkflow:
 
     async def _open_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
         """Route and send the lead (one activity), then arm the SLA's timers."""
+        now = workflow.now()
+        outcome = await self._send_handoff(reason, journey=journey, step_id=step_id)
+        if outcome.ok and outcome.routed:
+            self._handoff = {
+                "id": outcome.handoff_id or outcome.reference,
+                "owner": outcome.owner,
+                "opened_at": now.isoformat(),
+                "remind_at": outcome.remind_at.isoformat() if outcome.remind_at else None,
+                "escalate_at": outcome.escalate_at.isoformat() if outcome.escalate_at else None,
+                "reminded": False,
+            }
+            self._arm_sla()
+        return outcome
+
+    async def _send_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
+        """The hand-off activity: routes, records and sends; returns who and by when."""
         state = self._require_state()
         now = workflow.now()
         outcome: HandOffOutcome = await workflow.execute_activity(
             "contact.hand_off",
             HandOffRequest(
                 contact_id=self._contact_id,
-                idempotency_key=f"{self._contact_id}:handoff:{now.isoformat()}",
+                idempotency_key=f"{self._contact_id}:{reason}:{now.isoformat()}",
                 journey=journey,
                 step_id=step_id,
                 reason=reason,
@@ -638,16 +663,6 @@ class ContactWorkflow:
             retry_policy=HANDOFF_RETRY,
             summary=f"hand-off: {reason}",
         )
-        if outcome.ok and outcome.routed:
-            self._handoff = {
-                "id": outcome.handoff_id or outcome.reference,
-                "owner": outcome.owner,
-                "opened_at": now.isoformat(),
-                "remind_at": outcome.remind_at.isoformat() if outcome.remind_at else None,
-                "escalate_at": outcome.escalate_at.isoformat() if outcome.escalate_at else None,
-                "reminded": False,
-            }
-            self._arm_sla()
         return outcome
 
     def _arm_sla(self) -> None:

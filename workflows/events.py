@@ -88,6 +88,11 @@ CATALOG = EventCatalog(
             {"ticket_id": "helpdesk ticket id"},
         ),
         EventType(
+            "service.resolved",
+            "A service-recovery case (a detractor's complaint) was resolved",
+            {"ticket_id": "helpdesk ticket id"},
+        ),
+        EventType(
             "nps.answered",
             "A Net Promoter Score survey was answered",
             {

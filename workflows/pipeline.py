@@ -175,8 +175,19 @@ ROUTING = Routing(
     ),
     territory_attribute="region",
     owner_attribute="sales_owner",
+    # Detractors (NPS 0-6) are called by customer service within 24 hours, any day.
+    service=Team(
+        "customer-care", owners=("gao.yan", "xu.jie"), lead="he.min", timezone="Asia/Shanghai"
+    ),
+    service_sla=Sla(
+        first_response=timedelta(hours=24),
+        escalate_after=timedelta(hours=12),
+        business_hours=BusinessHours(
+            start=time(0), end=time(23, 59), weekdays=(0, 1, 2, 3, 4, 5, 6)
+        ),
+    ),
 )
-"""Who gets qualified leads, and by when they answer (in each owner's business hours)."""
+"""Who gets qualified leads (and detractors), and by when they answer."""
 
 DEFAULT = Pipeline(
     name="default",

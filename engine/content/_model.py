@@ -27,8 +27,12 @@ KINDS = (
     "survey",
     "referral_offer",
     "newsletter",
+    "service",
 )
 """Every content kind an item may declare."""
+
+PROMOTIONAL_KINDS = frozenset({"coupon", "referral_offer", "trial", "consultation", "demo"})
+"""Offers: never sent to a contact whose service recovery is open (a detractor)."""
 
 FUNNEL_STAGES = ("awareness", "evaluation", "purchase", "retention", "advocacy")
 """The funnel stages content is written for, in funnel order."""

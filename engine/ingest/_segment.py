@@ -217,6 +217,18 @@ def parse_message(
             traits["company"] = {**message.traits, "id": str(message.groupId)}
     if not type_:
         return Problem(index, "event", "event is empty: name the behaviour")
+    if type_ == "nps.answered":
+        score = properties.get("score")
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, int | float)
+            or not (0 <= score <= 10 and float(score).is_integer())
+        ):
+            return Problem(
+                index,
+                "properties.score",
+                f"an NPS answer is a whole number from 0 to 10, not {score!r}",
+            )
     for key in ("locale", "timezone"):
         value = message.context.get(key)
         if isinstance(value, str) and value and key not in traits:

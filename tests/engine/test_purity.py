@@ -26,6 +26,7 @@ PURE = [
     "engine.wechat_callback",
     "engine.bounces",
     "engine.sales",
+    "engine.nps",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 

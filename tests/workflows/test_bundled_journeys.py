@@ -51,6 +51,11 @@ CONTENT_IDS = (
     "onboarding-welcome",
     "onboarding-quickstart",
     "onboarding-checklist",
+    "survey-nps",
+    "service-apology",
+    "referral-offer",
+    "customer-story-invite",
+    "newsletter-monthly",
 )
 DAY = timedelta(days=1)
 WHITEPAPER_DOWNLOAD = EventRecord(
@@ -69,7 +74,7 @@ def specs() -> dict[str, JourneySpec]:
 
 
 def test_journeys_are_listed_by_name():
-    assert set(JOURNEYS) == {"b2b_nurture", "onboarding"}
+    assert set(JOURNEYS) == {"b2b_nurture", "onboarding", "nps_survey", "value_nurture"}
     assert all(name == journey.name for name, journey in JOURNEYS.items())
 
 

@@ -11,9 +11,13 @@ from dataclasses import replace
 from engine.journeys import Journey, JourneySpec, ValidationContext, compile_journey
 
 from .b2b_nurture import B2B_NURTURE
+from .nps_survey import NPS_SURVEY
 from .onboarding import ONBOARDING
+from .value_nurture import VALUE_NURTURE
 
-JOURNEYS: dict[str, Journey] = {j.name: j for j in (B2B_NURTURE, ONBOARDING)}
+JOURNEYS: dict[str, Journey] = {
+    j.name: j for j in (B2B_NURTURE, ONBOARDING, NPS_SURVEY, VALUE_NURTURE)
+}
 """Every bundled journey by name."""
 
 

@@ -31,9 +31,8 @@ ONBOARDING = Journey(
             next="onboarded",
         ),
         send("onboarding-checklist", id="checklist-nudge", next=END),
-        # Extension point: the NPS survey follows onboarding. When its journey exists,
-        # add `enrol("nps_survey")` before `END` above and before this goal, and pass its
-        # name in ValidationContext.known_journeys (validation rejects unknown names).
+        # The NPS survey (nps_survey) follows on its own: it is entered on
+        # onboarding.finished.
         goal(id="onboarded"),
     ],
 )

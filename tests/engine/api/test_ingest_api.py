@@ -330,3 +330,21 @@ def test_a_client_cannot_name_the_contact_its_event_goes_to(
     assert response.status_code == 200, response.text
     other = _events(engine)[-1]
     assert other.contact_id != victim.contact_id
+
+
+@pytest.mark.parametrize("score", [11, -1, 7.5, "9", None])
+def test_an_nps_answer_outside_0_to_10_is_400(api: TestClient, score: object) -> None:
+    body = track(messageId=f"nps-{score}", event="nps.answered", properties={"score": score})
+    response = api.post("/v1/track", json=body)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "properties.score"
+
+
+def test_a_valid_nps_answer_is_stored(api: TestClient, engine: Engine) -> None:
+    body = track(
+        messageId="nps-ok",
+        event="nps.answered",
+        properties={"score": 9, "comment": "great", "touchpoint": "onboarding"},
+    )
+    assert api.post("/v1/track", json=body).status_code == 200
+    assert [e.name for e in _events(engine)] == ["nps.answered"]

@@ -25,6 +25,11 @@ JOURNEY_CONTENT = {
     "onboarding-welcome": None,
     "onboarding-quickstart": None,
     "onboarding-checklist": None,
+    "survey-nps": "survey",
+    "referral-offer": "referral_offer",
+    "service-apology": "service",
+    "customer-story-invite": "case_study",
+    "newsletter-monthly": "newsletter",
 }
 
 
