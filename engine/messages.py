@@ -245,3 +245,30 @@ class SlaRequest:
     contact_id: str
     handoff_id: str
     kind: str
+
+
+@dataclass
+class ConversionRequest:
+    """Activity input: ``contact_id`` (a referee, perhaps) became a customer at ``at``."""
+
+    contact_id: str
+    at: datetime
+
+
+@dataclass
+class RewardDecision:
+    """What a conversion earned. ``duplicate``: decided before (a retry, or a later
+    purchase); the answer is the first one and nothing new was granted."""
+
+    referred: bool
+    rewarded: bool = False
+    reason: str = "not_referred"
+    duplicate: bool = False
+    referral_id: int | None = None
+    referrer_id: str | None = None
+    reward_id: int | None = None
+    content_id: str | None = None
+    coupon_code: str | None = None
+    hold_until: datetime | None = None
+    reward_status: str | None = None
+    """held, released or cancelled: a repeated answer says what became of the reward."""

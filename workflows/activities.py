@@ -35,12 +35,14 @@ from engine.delivery import (
 )
 from engine.ingest._identity import IdentityError, normalise_email
 from engine.messages import (
+    ConversionRequest,
     Definitions,
     DeliverOutcome,
     DeliverRequest,
     HandOffOutcome,
     HandOffRequest,
     OpenRequest,
+    RewardDecision,
     SlaRequest,
     TransitionRecord,
 )
@@ -93,6 +95,8 @@ class ContactActivities:
             self.deliver,
             self.hand_off,
             self.handoff_sla,
+            self.record_conversion,
+            self.release_rewards,
         ]
 
     @activity.defn(name="contact.open")
@@ -325,6 +329,23 @@ class ContactActivities:
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
         await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)
+
+    @activity.defn(name="contact.record_conversion")
+    def record_conversion(self, request: ConversionRequest) -> RewardDecision:
+        """A referred contact became a customer: reward the referrer if that earns one
+        (first purchase only, within the referrer's cap, held for the return window)."""
+        from engine.referrals import record_conversion
+
+        return record_conversion(
+            self._engine, request.contact_id, at=request.at, library=self._content
+        )
+
+    @activity.defn(name="contact.release_rewards")
+    def release_rewards(self, at: datetime) -> int:
+        """Release every held reward whose return window has passed by ``at``."""
+        from engine.referrals import release_due_rewards
+
+        return len(release_due_rewards(self._engine, at))
 
     def _prepare_handoff(
         self, request: HandOffRequest, now: datetime

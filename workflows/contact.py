@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         ActiveJourney,
         ContactInput,
         ContactView,
+        ConversionRequest,
         Definitions,
         DeliverOutcome,
         DeliverRequest,
@@ -77,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         HandOffRequest,
         Merged,
         OpenRequest,
+        RewardDecision,
         SlaRequest,
         TransitionRecord,
     )
@@ -114,6 +116,8 @@ SALES_FEEDBACK = {
     "sales.rejected": "rejected",
     "sales.converted": "converted",
 }
+REFERRAL = "__referral__"
+"""The timer namespace of a referral reward's return window."""
 SERVICE_RECOVERY = "service_recovery"
 """The hand-off reason that goes to customer service (a detractor), not to sales."""
 HANDOFF_COOLDOWN = timedelta(days=30)
@@ -349,6 +353,15 @@ class ContactWorkflow:
         self._timers.pop((journey, timer_id), None)
         if journey == SALES:
             await self._on_sla(timer_id)
+            return
+        if journey == REFERRAL:
+            # The return window is over: release what is due (this reward among them).
+            await workflow.execute_activity(
+                "contact.release_rewards",
+                workflow.now(),
+                start_to_close_timeout=timedelta(seconds=60),
+                summary="release referral reward",
+            )
             return
         aj = self._active.get(journey)
         if aj is None:
@@ -745,6 +758,21 @@ class ContactWorkflow:
             summary=f"{transition.from_stage or '-'} -> {transition.to_stage}",
         )
         self._enrol_entered_on(transition.to_stage)
+        if transition.to_stage == "customer" and state.attributes.get("referred_by"):
+            await self._referral_converted()
+
+    async def _referral_converted(self) -> None:
+        """A referred contact's first purchase: the referrer may earn a reward, held for
+        the return window; a timer releases it."""
+        decision: RewardDecision = await workflow.execute_activity(
+            "contact.record_conversion",
+            ConversionRequest(contact_id=self._contact_id, at=workflow.now()),
+            result_type=RewardDecision,
+            start_to_close_timeout=timedelta(seconds=60),
+            summary="referral conversion",
+        )
+        if decision.rewarded and decision.hold_until is not None:
+            self._arm(REFERRAL, "release", max(decision.hold_until - workflow.now(), timedelta(0)))
 
     def _enrol_entered_on(self, stage: str) -> None:
         """Queue the journeys whose entry is ``stage`` (not for rehearsal contacts)."""

@@ -120,6 +120,16 @@ CATALOG = EventCatalog(
             "Someone this contact referred became a customer",
             {"referred_contact_id": "the new customer"},
         ),
+        EventType(
+            "referral.reward_released",
+            "A referral reward passed its return window and was released",
+            {"reward_id": "reward", "coupon_code": "the coupon", "content_id": "coupon item"},
+        ),
+        EventType(
+            "referral.reward_cancelled",
+            "A referral reward was cancelled (the purchase was returned)",
+            {"reward_id": "reward", "reason": "why"},
+        ),
         EventType("coupon.redeemed", "A coupon was redeemed", {"code": "coupon code"}),
         # WeChat Official Account
         EventType("wechat.subscribed", "The contact followed the Official Account"),

@@ -58,6 +58,7 @@ def create_app(
     from engine.api.events import _Keys
     from engine.api.events import router as events_router
     from engine.api.handoffs import router as handoffs_router
+    from engine.api.referrals import router as referrals_router
     from engine.api.wechat_routes import router as wechat_router
     from engine.ingest import Ingestor, relevant_event_types
 
@@ -119,6 +120,7 @@ def create_app(
     app.include_router(email_router)
     app.include_router(contacts_router)
     app.include_router(handoffs_router)
+    app.include_router(referrals_router)
 
     @app.get(
         "/metrics",

@@ -251,3 +251,77 @@ class Handoff(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     created_at: datetime = _ts()
+
+
+class ReferralCode(SQLModel, table=True):
+    """A promoter's share code: random, unguessable, expiring, with a use counter.
+
+    ``generation`` numbers a referrer's codes (1, 2, ...); unique per referrer, so two
+    concurrent issuers cannot both add a live code: the second insert fails and reads
+    the first one's."""
+
+    __tablename__ = "referral_codes"
+    __table_args__ = (
+        Index("ux_referral_codes_referrer_generation", "referrer_id", "generation", unique=True),
+    )
+
+    code: str = Field(primary_key=True, max_length=16)
+    referrer_id: str = Field(foreign_key="contacts.id", max_length=64, index=True)
+    generation: int = 1
+    uses: int = 0
+    max_uses: int = 50
+    created_at: datetime = _ts()
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class Referral(SQLModel, table=True):
+    """One contact brought in by another's code. A contact is referred once (first
+    referrer wins), so ``referee_id`` is unique and referrals form a tree."""
+
+    __tablename__ = "referrals"
+
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(foreign_key="referral_codes.code", max_length=16, index=True)
+    referrer_id: str = Field(foreign_key="contacts.id", max_length=64, index=True)
+    referee_id: str = Field(foreign_key="contacts.id", max_length=64, unique=True)
+    channel: str | None = Field(default=None, max_length=32, description="wechat, email, ...")
+    device_id: str | None = Field(default=None, max_length=128, index=True)
+    status: str = Field(
+        default="signed_up", max_length=16, index=True, description="signed_up, converted, returned"
+    )
+    outcome: str | None = Field(
+        default=None, max_length=32, description="what the conversion earned: rewarded, capped, ..."
+    )
+    created_at: datetime = _ts()
+    converted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class Reward(SQLModel, table=True):
+    """What a referrer earns when a referee converts: a coupon, held through the return
+    window, then released (or cancelled by a return within it)."""
+
+    __tablename__ = "rewards"
+    __table_args__ = (Index("ix_rewards_referrer_created", "referrer_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    referral_id: int = Field(foreign_key="referrals.id", unique=True)
+    referrer_id: str = Field(foreign_key="contacts.id", max_length=64)
+    content_id: str = Field(default="coupon-annual-plan", max_length=128)
+    coupon_code: str = Field(max_length=32, unique=True)
+    status: str = Field(
+        default="held", max_length=16, index=True, description="held, released, cancelled"
+    )
+    hold_until: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_at: datetime = _ts()
+    released_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    cancelled_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    cancel_reason: str | None = Field(default=None, max_length=256)
+    redeemed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

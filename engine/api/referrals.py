@@ -1,0 +1,977 @@
+"""Referral landing page and coupon redemption.
+
+::
+
+    GET  /r/{code}?ch=wechat|email     the invitation page: a form, no JavaScript, in
+                                       zh-CN or en (Accept-Language; ?lang= overrides)
+    POST /r/{code}                     the form (urlencoded or multipart), or the same
+                                       fields as JSON: name, email and/or phone,
+                                       consent, and optionally device_id, wechat_openid,
+                                       ch, lang
+    POST /v1/coupons/{code}/redeem     a referral reward's coupon was used (admin token)
+    POST /v1/contacts/{id}/referral-code   the contact's live code and share links, issued
+                                       if they have none (admin token)
+    GET  /v1/contacts/{id}/referrals   who referred them (nearest first) and everyone they
+                                       brought in, to any depth (admin token)
+
+A sign-up is screened before anything is stored (``engine.referrals.screen_signup``),
+then stored in order: an ``identify`` for the new contact (traits ``email``, ``phone``,
+``name``, ``referred_by``, ``referral_code``, ``consent`` and ``consent_wording``, the
+exact sentence the page showed next to the checkbox), the ``Referral`` row, and
+``referral.signed_up`` on the referrer. Re-posting the same form repeats nothing.
+
+Refusals say why, on the page (in the reader's language) or, for API clients (a JSON
+body, or ``Accept: application/json``), as ``{"success": false, "reason", "error"}``:
+
+=================  ======  ===========================================================
+reason             status  when
+=================  ======  ===========================================================
+(field errors)     400     ``errors[].field`` names each: consent, name, email, phone...
+unknown_code       404     no such code (or its referrer was erased)
+expired_code       410     the code is past its expiry
+used_up            409     the code brought as many sign-ups as it may
+already_referred   409     the person signed up through another code before
+referral_loop      409     the person is the referrer's own referrer (or further up)
+self_referral      403     the email, phone, WeChat openid or device id is the referrer's
+=================  ======  ===========================================================
+
+The device id comes from the ``device_id`` field or the ``stagecoach_device`` cookie the
+page sets. It and the WeChat openid are the sender's word, so they are only ever used to
+refuse, never to identify anyone.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+import structlog
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from engine.api import _pages
+from engine.api.auth import ADMIN_RESPONSES, require_admin
+from engine.api.email_routes import FORM_LIMIT, _body, _ingest, parse_form
+from engine.errors import DatabaseError
+from engine.ingest import IdentityError, Incoming, normalise_email, normalise_phone
+from engine.referrals import (
+    SHARE_CHANNELS,
+    Claimed,
+    RedemptionRefused,
+    ReferralPolicy,
+    ReferralRefused,
+    UnknownReferrer,
+    ancestors,
+    attribute,
+    find_code,
+    identify_message_id,
+    issue_code,
+    redeem_coupon,
+    redeemed_event,
+    referral_tree,
+    screen_signup,
+    share_links,
+    signed_up_event,
+)
+
+router = APIRouter(tags=["referrals"])
+
+_log = structlog.get_logger("stagecoach.api.referrals")
+
+Locale = Literal["zh-CN", "en"]
+LOCALES: tuple[Locale, ...] = ("zh-CN", "en")
+DEFAULT_LOCALE: Locale = "zh-CN"
+"""For a reader whose Accept-Language names neither (most links are shared on WeChat)."""
+
+DEVICE_COOKIE = "stagecoach_device"
+_DEVICE_MAX_AGE = 400 * 24 * 3600  # the longest browsers keep a cookie
+_DEVICE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+_OPENID = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
+NAME_LIMIT = 128
+_MAX_LENGTH = {"name": NAME_LIMIT, "email": 320, "phone": 32}
+SOURCE = "referral_page"
+
+CONSENT_WORDING: Mapping[Locale, str] = {
+    "zh-CN": "我同意通过以上填写的邮箱或手机号接收产品资讯和优惠信息，并可随时退订。",
+    "en": (
+        "I agree to receive product news and offers by email or phone at the details I "
+        "gave above. I can unsubscribe at any time."
+    ),
+}
+"""The checkbox's label, stored word for word with the consent it records."""
+
+REFUSAL_STATUS: Mapping[str, int] = {
+    "unknown_code": 404,
+    "expired_code": 410,
+    "used_up": 409,
+    "already_referred": 409,
+    "referral_loop": 409,
+    "self_referral": 403,
+}
+
+_TEXT: Mapping[Locale, Mapping[str, str]] = {
+    "zh-CN": {
+        "title": "您收到一份邀请",
+        "intro": "您的朋友邀请您加入。留下联系方式，我们会把资料和优惠发送给您。",
+        "name": "姓名",
+        "email": "邮箱",
+        "phone": "手机号",
+        "hint": "邮箱和手机号至少填写一项。",
+        "submit": "提交",
+        "thanks_title": "谢谢！",
+        "thanks": "注册成功，我们会尽快与您联系。",
+        "problems": "请修改以下内容：",
+        "retry_title": "请稍后再试",
+        "retry": "暂时无法保存，您的信息没有被记录。",
+        "retry_fix": "请一分钟后刷新页面重试。",
+    },
+    "en": {
+        "title": "You're invited",
+        "intro": (
+            "A friend invited you. Leave your details and we will send you our resources "
+            "and offers."
+        ),
+        "name": "Name",
+        "email": "Email",
+        "phone": "Mobile phone",
+        "hint": "Email or mobile phone: at least one.",
+        "submit": "Sign up",
+        "thanks_title": "Thank you",
+        "thanks": "You're signed up. We'll be in touch.",
+        "problems": "Please correct the following:",
+        "retry_title": "Please try again",
+        "retry": "We could not save this just now; nothing was recorded.",
+        "retry_fix": "Reload this page in a minute.",
+    },
+}
+
+_REFUSAL_TEXT: Mapping[Locale, Mapping[str, tuple[str, str, str]]] = {
+    "zh-CN": {
+        "unknown_code": (
+            "邀请链接无效",
+            "找不到这个邀请码。",
+            "请向分享链接的人确认链接是否完整。",
+        ),
+        "expired_code": ("邀请已过期", "这个邀请码已失效。", "请让分享者重新发送一个邀请链接。"),
+        "used_up": (
+            "邀请名额已用完",
+            "这个邀请码的使用次数已达上限。",
+            "请让分享者重新发送一个邀请链接。",
+        ),
+        "self_referral": (
+            "这是您自己的邀请",
+            "不能使用自己分享的邀请链接注册。",
+            "请把链接分享给朋友或同事。",
+        ),
+        "already_referred": ("您已经注册过了", "您之前已通过其他邀请注册。", "无需再次注册。"),
+        "referral_loop": ("您已经注册过了", "您已在这条邀请链中。", "无需再次注册。"),
+    },
+    "en": {
+        "unknown_code": (
+            "This invitation link does not work",
+            "We cannot find this invitation code.",
+            "Check the link with the person who shared it.",
+        ),
+        "expired_code": (
+            "This invitation has expired",
+            "The invitation code is no longer valid.",
+            "Ask the person who shared it for a new link.",
+        ),
+        "used_up": (
+            "This invitation is used up",
+            "This invitation code has been used as many times as it can be.",
+            "Ask the person who shared it for a new link.",
+        ),
+        "self_referral": (
+            "This is your own invitation",
+            "You cannot sign up with an invitation you shared.",
+            "Share the link with a friend or colleague instead.",
+        ),
+        "already_referred": (
+            "You have already joined",
+            "You signed up through another invitation before.",
+            "Nothing more to do: you are signed up.",
+        ),
+        "referral_loop": (
+            "You have already joined",
+            "You are already part of this invitation chain.",
+            "Nothing more to do: you are signed up.",
+        ),
+    },
+}
+
+# --- the form (pure) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One wrong field: its name, and what to do, in English (API) and Chinese (page)."""
+
+    field: str
+    en: str
+    zh: str
+
+    def text(self, locale: Locale) -> str:
+        return self.zh if locale == "zh-CN" else self.en
+
+
+@dataclass(frozen=True)
+class Signup:
+    """A readable sign-up form."""
+
+    name: str
+    email: str | None
+    phone: str | None
+    device_id: str | None
+    wechat_openid: str | None
+
+    def claimed(self) -> Claimed:
+        return Claimed(self.email, self.phone, self.wechat_openid, self.device_id)
+
+
+def negotiate_locale(accept_language: str | None, override: str | None = None) -> Locale:
+    """zh-CN or en: ``override`` when it is one, else the reader's preferred of the two
+    by Accept-Language q-values (earlier wins a tie), else :data:`DEFAULT_LOCALE`."""
+    if override in LOCALES:
+        return override
+    best: tuple[float, Locale] | None = None
+    for part in (accept_language or "").split(","):
+        tag, _, params = part.strip().partition(";")
+        tag = tag.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        locale: Locale | None = (
+            "zh-CN" if tag.startswith("zh") else "en" if tag.startswith("en") else None
+        )
+        if locale is not None and q > 0 and (best is None or q > best[0]):
+            best = (q, locale)
+    return best[1] if best else DEFAULT_LOCALE
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return isinstance(value, str) and value.strip().lower() in ("on", "yes", "true", "1")
+
+
+def _text(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def parse_signup(
+    fields: Mapping[str, Any], *, country: str | None = "CN"
+) -> Signup | list[FieldProblem]:
+    """The form's fields (first value of each) as a sign-up, or every problem by field.
+
+    ``country`` reads phone numbers given without ``+``; consent must be ticked."""
+    problems: list[FieldProblem] = []
+    name = _text(fields, "name")
+    if not name:
+        problems.append(FieldProblem("name", "name is required: enter your name", "请填写姓名"))
+    elif len(name) > NAME_LIMIT:
+        problems.append(
+            FieldProblem(
+                "name", f"name is over {NAME_LIMIT} characters", f"姓名最多 {NAME_LIMIT} 个字符"
+            )
+        )
+    email = phone = None
+    raw_email, raw_phone = _text(fields, "email"), _text(fields, "phone")
+    if not raw_email and not raw_phone:
+        problems.append(
+            FieldProblem(
+                "email",
+                "email or phone is required: give an email address or a mobile number",
+                "请填写邮箱或手机号",
+            )
+        )
+    if raw_email:
+        try:
+            email = normalise_email(raw_email)
+        except IdentityError:
+            problems.append(
+                FieldProblem(
+                    "email", "email is not an email address: send name@domain", "邮箱格式不正确"
+                )
+            )
+    if raw_phone:
+        try:
+            phone = normalise_phone(raw_phone, country)
+        except IdentityError:
+            problems.append(
+                FieldProblem(
+                    "phone",
+                    "phone is not a phone number: include the country code, e.g. +8613800138000",
+                    "手机号格式不正确，例如 13800138000 或 +86 138 0013 8000",
+                )
+            )
+    if not _truthy(fields.get("consent")):
+        problems.append(
+            FieldProblem(
+                "consent",
+                "consent is required: tick the box to agree to be contacted",
+                "请勾选同意条款",
+            )
+        )
+    device_id = _text(fields, "device_id") or None
+    if device_id is not None and not _DEVICE.match(device_id):
+        problems.append(
+            FieldProblem(
+                "device_id",
+                "device_id must be 8 to 128 letters, digits, '-' or '_'",
+                "设备标识无效，请刷新页面后重试",
+            )
+        )
+    openid = _text(fields, "wechat_openid") or None
+    if openid is not None and not _OPENID.match(openid):
+        problems.append(
+            FieldProblem(
+                "wechat_openid",
+                "wechat_openid must be 6 to 64 letters, digits, '-' or '_'",
+                "微信标识无效，请在微信中重新打开链接",
+            )
+        )
+    if problems:
+        return problems
+    return Signup(name, email, phone, device_id, openid)
+
+
+def identify(
+    signup: Signup,
+    *,
+    code: str,
+    referrer_id: str,
+    locale: Locale,
+    channel: str | None,
+    now: datetime,
+    context: Mapping[str, Any] | None = None,
+) -> Incoming:
+    """The referee's identify: who they are, who referred them, what they agreed to."""
+    consent = {kind: True for kind in ("email", "phone") if getattr(signup, kind)}
+    traits: dict[str, Any] = {
+        "name": signup.name,
+        "referred_by": referrer_id,
+        "referral_code": code,
+        "consent": consent,
+        "consent_wording": CONSENT_WORDING[locale],
+        "locale": locale,
+    }
+    identities: dict[str, str] = {}
+    for kind in ("email", "phone"):
+        value = getattr(signup, kind)
+        if value:
+            traits[kind] = identities[kind] = value
+    return Incoming(
+        kind="identify",
+        message_id=identify_message_id(code, signup.claimed(), name=signup.name, locale=locale),
+        type="identify",
+        occurred_at=now,
+        traits=traits,
+        context={
+            "consent_wording": CONSENT_WORDING[locale],
+            "locale": locale,
+            **({"device": {"id": signup.device_id}} if signup.device_id else {}),
+            **(context or {}),
+        },
+        identities=identities,
+        source=SOURCE,
+        channel=channel,
+    )
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _document(locale: Locale, title: str, body: str, *, status: int = 200) -> HTMLResponse:
+    """A complete page in ``locale``, with the email pages' style and headers."""
+    document = (
+        f'<!DOCTYPE html><html lang="{locale}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="robots" content="noindex"><title>{_e(title)}</title>'
+        f"<style>{_pages._STYLE}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>"
+    )
+    return HTMLResponse(document, status_code=status, headers=dict(_pages.PAGE_HEADERS))
+
+
+def _form_page(
+    locale: Locale,
+    *,
+    channel: str | None,
+    device_id: str,
+    values: Mapping[str, str] | None = None,
+    problems: list[FieldProblem] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    t = _TEXT[locale]
+    values = values or {}
+    listed = ""
+    if problems:
+        items = "".join(f"<li>{_e(p.text(locale))}</li>" for p in problems)
+        listed = (
+            f'<div role="alert"><p><strong>{_e(t["problems"])}</strong></p><ul>{items}</ul></div>'
+        )
+
+    def box(name: str, kind: str, autocomplete: str) -> str:
+        return (
+            f'<label>{_e(t[name])}<br><input type="{kind}" name="{name}" '
+            f'value="{_e(values.get(name, ""))}" autocomplete="{autocomplete}" '
+            f'maxlength="{_MAX_LENGTH[name]}"></label>'
+        )
+
+    hidden = {"lang": locale, "device_id": device_id, **({"ch": channel} if channel else {})}
+    body = (
+        f'<p>{_e(t["intro"])}</p>{listed}<form method="post">'
+        + "".join(
+            f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in hidden.items()
+        )
+        + box("name", "text", "name")
+        + box("email", "email", "email")
+        + box("phone", "tel", "tel")
+        + f'<p class="note">{_e(t["hint"])}</p>'
+        + '<label><input type="checkbox" name="consent" value="yes"> '
+        + f"{_e(CONSENT_WORDING[locale])}</label>"
+        + f"<p><button type=submit>{_e(t['submit'])}</button></p></form>"
+    )
+    return _document(locale, t["title"], body, status=status)
+
+
+def _thanks_page(locale: Locale) -> HTMLResponse:
+    t = _TEXT[locale]
+    return _document(locale, t["thanks_title"], f"<p>{_e(t['thanks'])}</p>")
+
+
+def _wants_json(request: Request) -> bool:
+    """An API client: it sent JSON, or asks for JSON rather than a page."""
+    if request.headers.get("content-type", "").partition(";")[0].strip() == "application/json":
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _refused(request: Request, locale: Locale, refusal: ReferralRefused) -> Response:
+    status = REFUSAL_STATUS[refusal.reason]
+    if _wants_json(request):
+        return JSONResponse(
+            {"success": False, "reason": refusal.reason, "error": refusal.one_line()},
+            status_code=status,
+        )
+    title, problem, fix = _REFUSAL_TEXT[locale][refusal.reason]
+    return _document(locale, title, f"<p>{_e(problem)}</p><p>{_e(fix)}</p>", status=status)
+
+
+def _unavailable(request: Request, locale: Locale, exc: DatabaseError) -> Response:
+    headers = {"Retry-After": "30"}
+    if _wants_json(request):
+        return JSONResponse(
+            {"success": False, "error": exc.one_line()}, status_code=503, headers=headers
+        )
+    t = _TEXT[locale]
+    response = _document(
+        locale, t["retry_title"], f"<p>{_e(t['retry'])}</p><p>{_e(t['retry_fix'])}</p>", status=503
+    )
+    response.headers.update(headers)
+    return response
+
+
+def _channel(value: Any) -> str | None:
+    return value if isinstance(value, str) and value in SHARE_CHANNELS else None
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _device(request: Request) -> tuple[str, bool]:
+    """The reader's device id from the cookie, or a new one (True: set the cookie)."""
+    cookie = request.cookies.get(DEVICE_COOKIE, "")
+    if _DEVICE.match(cookie):
+        return cookie, False
+    return secrets.token_urlsafe(18), True
+
+
+def _set_device(request: Request, response: Response, device_id: str) -> None:
+    response.set_cookie(
+        DEVICE_COOKIE,
+        device_id,
+        max_age=_DEVICE_MAX_AGE,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/r/",
+    )
+
+
+# --- routes -------------------------------------------------------------------------------
+
+CodePath = Annotated[
+    str,
+    Path(
+        description="The referral code from the share link (case and hyphens do not matter)",
+        examples=["7KQ2M9XH4C"],
+        max_length=64,
+    ),
+]
+
+_PAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "A field is wrong: errors[].field names it (consent, name, email...)",
+        "content": {
+            "application/json": {
+                "example": {
+                    "success": False,
+                    "errors": [
+                        {
+                            "field": "consent",
+                            "message": "consent is required: tick the box to agree to be contacted",
+                        }
+                    ],
+                }
+            }
+        },
+    },
+    403: {"description": "self_referral: the new contact is the referrer"},
+    404: {"description": "unknown_code"},
+    409: {"description": "used_up, already_referred or referral_loop"},
+    410: {"description": "expired_code"},
+    413: {"description": "The body is over 16 KB"},
+    503: {"description": "The database could not take the write; nothing was lost, retry"},
+}
+_HTML = {"text/html": {"example": '<!DOCTYPE html><html lang="zh-CN">...</html>'}}
+
+
+@router.get(
+    "/r/{code}",
+    summary="Referral landing page: the sign-up form (zh-CN or en, no JavaScript)",
+    response_class=HTMLResponse,
+    responses={
+        200: {
+            "description": "The form; JSON clients get the code's state",
+            "content": {
+                **_HTML,
+                "application/json": {
+                    "example": {
+                        "success": True,
+                        "code": "7KQ2M9XH4C",
+                        "expires_at": "2027-05-23T09:00:00+00:00",
+                    }
+                },
+            },
+        },
+        **{k: v for k, v in _PAGE_ERRORS.items() if k in (404, 409, 410, 503)},
+    },
+)
+async def referral_page(
+    *,
+    request: Request,
+    code: CodePath,
+    ch: Annotated[
+        str | None, Query(description="Where the link was shared: wechat or email")
+    ] = None,
+    lang: Annotated[str | None, Query(description="zh-CN or en, over Accept-Language")] = None,
+) -> Response:
+    locale = negotiate_locale(request.headers.get("accept-language"), lang)
+    try:
+        row = await run_in_threadpool(find_code, _engine(request), code, now=datetime.now(UTC))
+    except ReferralRefused as refusal:
+        return _refused(request, locale, refusal)
+    except DatabaseError as exc:
+        return _unavailable(request, locale, exc)
+    if _wants_json(request):
+        return JSONResponse(
+            {"success": True, "code": row.code, "expires_at": row.expires_at.isoformat()}
+        )
+    device_id, new = _device(request)
+    response = _form_page(locale, channel=_channel(ch), device_id=device_id)
+    if new:
+        _set_device(request, response, device_id)
+    return response
+
+
+async def _fields(request: Request) -> dict[str, Any] | Response:
+    """The body as ``{field: value}`` (the first of repeated form fields)."""
+    body = await _body(request, FORM_LIMIT)
+    if body is None:
+        return JSONResponse({"success": False, "error": "the body is over 16 KB"}, 413)
+    content_type = request.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip() == "application/json":
+        try:
+            parsed = orjson.loads(body or b"null")
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    else:
+        form = parse_form(content_type, body)
+        if form is not None:
+            return {k: v[0] for k, v in form.items() if v}
+    return JSONResponse(
+        {
+            "success": False,
+            "errors": [
+                {
+                    "field": "body",
+                    "message": "send a form or a JSON object with name, email or "
+                    "phone, and consent",
+                }
+            ],
+        },
+        400,
+    )
+
+
+@router.post(
+    "/r/{code}",
+    summary="Sign up through a referral: the landing page's form, or the same fields as JSON",
+    response_class=HTMLResponse,
+    responses={
+        200: {
+            "description": "Signed up (or already signed up with this code: duplicate true)",
+            "content": {
+                **_HTML,
+                "application/json": {
+                    "example": {"success": True, "duplicate": False, "code": "7KQ2M9XH4C"}
+                },
+            },
+        },
+        **_PAGE_ERRORS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "example": {
+                        "name": "李雷",
+                        "email": "li.lei@example.cn",
+                        "phone": "+8613800138000",
+                        "consent": True,
+                        "ch": "wechat",
+                        "lang": "zh-CN",
+                    }
+                },
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["name", "consent"],
+                        "properties": {
+                            name: {"type": "string"}
+                            for name in (
+                                "name",
+                                "email",
+                                "phone",
+                                "consent",
+                                "device_id",
+                                "wechat_openid",
+                                "ch",
+                                "lang",
+                            )
+                        },
+                    }
+                },
+            },
+        }
+    },
+)
+async def referral_signup(*, request: Request, code: CodePath) -> Response:
+    now = datetime.now(UTC)
+    engine = _engine(request)
+    fields = await _fields(request)
+    if isinstance(fields, Response):
+        return fields
+    lang = fields.get("lang")
+    locale = negotiate_locale(
+        request.headers.get("accept-language"), lang if isinstance(lang, str) else None
+    )
+    try:
+        await run_in_threadpool(find_code, engine, code, now=now, check_uses=False)
+    except ReferralRefused as refusal:
+        return _refused(request, locale, refusal)
+    except DatabaseError as exc:
+        return _unavailable(request, locale, exc)
+    cookie_device = request.cookies.get(DEVICE_COOKIE, "")
+    if not _text(fields, "device_id") and _DEVICE.match(cookie_device):
+        fields = {**fields, "device_id": cookie_device}
+    country = getattr(request.app.state.settings, "referral_phone_country", "CN")
+    signup = parse_signup(fields, country=country)
+    channel = _channel(fields.get("ch"))
+    if isinstance(signup, list):
+        if _wants_json(request):
+            return JSONResponse(
+                {
+                    "success": False,
+                    "errors": [{"field": p.field, "message": p.en} for p in signup],
+                },
+                400,
+            )
+        values = {k: _text(fields, k) for k in ("name", "email", "phone")}
+        device_id = _text(fields, "device_id")
+        return _form_page(
+            locale,
+            channel=channel,
+            device_id=device_id if _DEVICE.match(device_id) else _device(request)[0],
+            values=values,
+            problems=signup,
+            status=400,
+        )
+    try:
+        screened = await run_in_threadpool(screen_signup, engine, code, signup.claimed(), now=now)
+        outcome = await _ingest(
+            request,
+            identify(
+                signup,
+                code=screened.code,
+                referrer_id=screened.referrer_id,
+                locale=locale,
+                channel=channel,
+                now=now,
+                context={
+                    k: v
+                    for k, v in (
+                        ("ip", request.client.host if request.client else None),
+                        ("userAgent", request.headers.get("user-agent")),
+                    )
+                    if v
+                },
+            ),
+        )
+        attribution = await run_in_threadpool(
+            attribute,
+            engine,
+            screened.code,
+            outcome.contact_id,
+            now=now,
+            channel=channel,
+            device_id=signup.device_id,
+        )
+        await _ingest(
+            request,
+            signed_up_event(attribution.referral, referrer_id=attribution.referrer_id),
+        )
+    except ReferralRefused as refusal:
+        return _refused(request, locale, refusal)
+    except DatabaseError as exc:
+        return _unavailable(request, locale, exc)
+    _log.info(
+        "referral.signup",
+        contact_id=outcome.contact_id,
+        referrer_id=attribution.referrer_id,
+        referral_id=attribution.referral.id,
+        channel=channel,
+        duplicate=attribution.duplicate,
+    )
+    if _wants_json(request):
+        return JSONResponse(
+            {"success": True, "duplicate": attribution.duplicate, "code": screened.code}
+        )
+    return _thanks_page(locale)
+
+
+_REDEEM_STATUS: Mapping[str, int] = {"unknown_coupon": 404, "held": 409, "cancelled": 410}
+
+
+@router.post(
+    "/v1/coupons/{coupon_code}/redeem",
+    summary="A referral reward's coupon was redeemed: records coupon.redeemed on its referrer",
+    dependencies=[Depends(require_admin)],
+    responses={
+        200: {
+            "description": "Redeemed now, or before (duplicate: true)",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "success": True,
+                        "coupon_code": "REF-7KQ2M9XH4C",
+                        "reward_id": 1,
+                        "referrer_id": "c_0123456789abcdef01234567",
+                        "redeemed_at": "2026-12-20T09:00:00+00:00",
+                        "duplicate": False,
+                        "event": "coupon.redeemed",
+                        "message_id": "coupon:REF-7KQ2M9XH4C:redeemed",
+                    }
+                }
+            },
+        },
+        404: {"description": "unknown_coupon"},
+        409: {"description": "held: the referred purchase is still in its return window"},
+        410: {"description": "cancelled: the referred purchase was returned"},
+        **ADMIN_RESPONSES,
+    },
+)
+async def redeem(
+    *,
+    request: Request,
+    coupon_code: Annotated[
+        str,
+        Path(description="The reward's coupon code", examples=["REF-7KQ2M9XH4C"], max_length=64),
+    ],
+) -> JSONResponse:
+    try:
+        redemption = await run_in_threadpool(
+            redeem_coupon, _engine(request), coupon_code, at=datetime.now(UTC)
+        )
+        event = redeemed_event(redemption.reward)
+        await _ingest(request, event)  # again on a duplicate: it may have been lost
+    except RedemptionRefused as refused:
+        return JSONResponse(
+            {"success": False, "reason": refused.reason, "error": refused.one_line()},
+            status_code=_REDEEM_STATUS[refused.reason],
+        )
+    except DatabaseError as exc:
+        return _unavailable_json(exc)
+    reward = redemption.reward
+    _log.info(
+        "coupon.redeemed",
+        contact_id=redemption.referrer_id,
+        reward_id=reward.id,
+        duplicate=redemption.duplicate,
+    )
+    return JSONResponse(
+        {
+            "success": True,
+            "coupon_code": reward.coupon_code,
+            "reward_id": reward.id,
+            "referrer_id": redemption.referrer_id,
+            "redeemed_at": event.occurred_at.isoformat(),
+            "duplicate": redemption.duplicate,
+            "event": event.type,
+            "message_id": event.message_id,
+        }
+    )
+
+
+# --- admin: codes and the tree ------------------------------------------------------------
+
+ContactPath = Annotated[
+    str,
+    Path(
+        description="The contact's id (a merged id is followed to the contact it is now)",
+        examples=["c_0123456789abcdef01234567"],
+        max_length=64,
+    ),
+]
+
+
+def _unavailable_json(exc: DatabaseError) -> JSONResponse:
+    return JSONResponse(
+        {"success": False, "error": exc.one_line()}, status_code=503, headers={"Retry-After": "5"}
+    )
+
+
+@router.post(
+    "/v1/contacts/{contact_id}/referral-code",
+    summary="The contact's referral code and share links (issued if they have no live one)",
+    dependencies=[Depends(require_admin)],
+    responses={
+        200: {
+            "description": "The live code: the same one on every call until it runs out",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "success": True,
+                        "contact_id": "c_0123456789abcdef01234567",
+                        "code": "7KQ2M9XH4C",
+                        "expires_at": "2027-05-23T09:00:00+00:00",
+                        "uses": 0,
+                        "max_uses": 50,
+                        "links": {
+                            "wechat": "https://mkt.example.com/r/7KQ2M9XH4C?ch=wechat",
+                            "email": "https://mkt.example.com/r/7KQ2M9XH4C?ch=email",
+                        },
+                    }
+                }
+            },
+        },
+        404: {"description": "No contact has this id"},
+        **ADMIN_RESPONSES,
+    },
+)
+async def referral_code(*, request: Request, contact_id: ContactPath) -> JSONResponse:
+    settings = request.app.state.settings
+    try:
+        code = await run_in_threadpool(
+            issue_code,
+            _engine(request),
+            contact_id,
+            now=datetime.now(UTC),
+            policy=ReferralPolicy.from_settings(settings),
+        )
+    except UnknownReferrer as exc:
+        return JSONResponse({"success": False, "error": exc.one_line()}, status_code=404)
+    except DatabaseError as exc:
+        return _unavailable_json(exc)
+    return JSONResponse(
+        {
+            "success": True,
+            "contact_id": code.referrer_id,
+            "code": code.code,
+            "expires_at": code.expires_at.isoformat(),
+            "uses": code.uses,
+            "max_uses": code.max_uses,
+            "links": share_links(settings.api_base_url, code.code),
+        }
+    )
+
+
+@router.get(
+    "/v1/contacts/{contact_id}/referrals",
+    summary="Who referred the contact, and everyone they brought in, to any depth",
+    dependencies=[Depends(require_admin)],
+    responses={
+        200: {
+            "description": "ancestors: nearest first; tree: nested children in sign-up order",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "success": True,
+                        "contact_id": "c_b",
+                        "ancestors": ["c_a"],
+                        "tree": {
+                            "contact_id": "c_b",
+                            "children": [
+                                {
+                                    "contact_id": "c_c",
+                                    "referral_id": 2,
+                                    "code": "7KQ2M9XH4C",
+                                    "channel": "wechat",
+                                    "status": "converted",
+                                    "created_at": "2026-11-24T09:00:00+00:00",
+                                    "children": [],
+                                }
+                            ],
+                        },
+                    }
+                }
+            },
+        },
+        **ADMIN_RESPONSES,
+    },
+)
+async def referrals_of(*, request: Request, contact_id: ContactPath) -> JSONResponse:
+    engine = _engine(request)
+    try:
+        tree = await run_in_threadpool(referral_tree, engine, contact_id)
+        up = await run_in_threadpool(ancestors, engine, contact_id)
+    except DatabaseError as exc:
+        return _unavailable_json(exc)
+    return JSONResponse(
+        {"success": True, "contact_id": tree["contact_id"], "ancestors": up, "tree": tree}
+    )
