@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +77,7 @@ class ContactActivities:
         signer: LinkSigner | None = None,
         rehearsal_sink: Connector | None = None,
         timeline_url: Callable[[str], str] = lambda contact_id: f"/v1/contacts/{contact_id}",
+        public_url: str = "",
     ) -> None:
         self._engine = engine
         self._definitions = definitions
@@ -86,6 +88,7 @@ class ContactActivities:
         self._signer = signer
         self._rehearsal_sink = rehearsal_sink
         self._timeline_url = timeline_url
+        self._public_url = public_url
 
     def all(self) -> list[Callable[..., object]]:
         return [
@@ -173,12 +176,26 @@ class ContactActivities:
             if kind in PROMOTIONAL_KINDS:
                 # A detractor's complaint is open: no offers until it is resolved.
                 return await self._blocked(request, "service_recovery_open")
+        contact = self._render_contact(request)
+        if self._public_url and self._content.item(content_id).kind == "referral_offer":
+            # The promoter's own code and share link (issued on first use).
+            from engine.referrals import referral_variables
+
+            personal = await asyncio.to_thread(
+                referral_variables,
+                self._engine,
+                request.contact_id,
+                channel=request.channel,
+                base_url=self._public_url,
+                now=now,
+            )
+            contact = replace(contact, attributes={**contact.attributes, **personal})
         try:
             rendered = self._content.render(
                 content_id,
                 channel=request.channel,
                 locale=request.locale,
-                contact=self._render_contact(request),
+                contact=contact,
                 now=now,
                 signer=self._signer,
                 idempotency_key=request.idempotency_key,

@@ -300,4 +300,5 @@ def build_activities(
         signer=signer,
         rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
         timeline_url=lambda contact_id: f"{settings.api_base_url}/v1/contacts/{contact_id}",
+        public_url=settings.api_base_url,
     )

@@ -67,6 +67,20 @@ async def test_promoter_is_thanked_with_the_referral_offer_and_becomes_a_fan(
             )
 
         await eventually(thanked, within=30)
+        # The thank-you carries the promoter's own code and share link.
+        import json
+
+        folder = tmp_path / "sink" / "email" / "c-promoter"
+        offer = next(
+            m["message"]
+            for m in (json.loads(p.read_text()) for p in folder.glob("*.json"))
+            if m["message"]["content_id"] == "referral-offer"
+        )
+        from engine.referrals import issue_code
+
+        code = issue_code(runtime.engine, "c-promoter", now=datetime.now(UTC)).code
+        assert f"/r/{code}?ch=email" in offer["text"]
+        assert code in offer["text"]
 
 
 @pytest.mark.time_skipping
