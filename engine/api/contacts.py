@@ -87,7 +87,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, func, or_, update
 from sqlalchemy.engine import Result
 from sqlmodel import Session, col, select
@@ -97,9 +97,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine.api._common import in_thread
 from engine.api.app import SessionDep
 from engine.api.auth import ADMIN_RESPONSES, require_admin
-from engine.api.email_routes import _db
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import contact_workflow_id
@@ -145,14 +145,25 @@ def pseudonym(contact_id: str) -> str:
 # --- response models --------------------------------------------------------------------
 
 
-class IdentityPublic(BaseModel):
+class _FromRow(BaseModel):
+    """Built from a table row; SQLite's naive datetimes read as the UTC they are."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return _aware(value) if isinstance(value, datetime) else value
+
+
+class IdentityPublic(_FromRow):
     kind: str = Field(description="user_id, anonymous_id, email, phone, wechat_openid, ...")
     value: str
     source: str
     created_at: datetime
 
 
-class TransitionPublic(BaseModel):
+class TransitionPublic(_FromRow):
     contact_id: str
     from_stage: str | None
     to_stage: str
@@ -164,7 +175,7 @@ class TransitionPublic(BaseModel):
     at: datetime
 
 
-class ConsentPublic(BaseModel):
+class ConsentPublic(_FromRow):
     channel: str
     granted: bool
     source: str
@@ -173,7 +184,7 @@ class ConsentPublic(BaseModel):
     at: datetime
 
 
-class MergePublic(BaseModel):
+class MergePublic(_FromRow):
     merged_id: str = Field(description="The id that turned out to be this contact")
     into_id: str
     reason: str
@@ -181,7 +192,7 @@ class MergePublic(BaseModel):
     at: datetime
 
 
-class DeliveryPublic(BaseModel):
+class DeliveryPublic(_FromRow):
     contact_id: str
     journey: str
     step_id: str
@@ -457,7 +468,7 @@ def find_person(session: Session, contact_id: str) -> Person | str:
 
 async def _person(session: Session, contact_id: str) -> Person:
     try:
-        found = await _db(session, find_person, contact_id)
+        found = await in_thread(session, find_person, contact_id)
     except DatabaseError as exc:
         raise _unavailable(exc.one_line()) from exc
     if isinstance(found, str):
@@ -648,63 +659,11 @@ def _record(session: Session, person: Person, deliveries: int) -> _Record:
         select(func.count()).select_from(Event).where(col(Event.contact_id).in_(ids))
     ).one()
     return _Record(
-        identities=[
-            IdentityPublic(
-                kind=i.kind, value=i.value, source=i.source, created_at=_aware(i.created_at)
-            )
-            for i in identities
-        ],
-        transitions=[
-            TransitionPublic(
-                contact_id=t.contact_id,
-                from_stage=t.from_stage,
-                to_stage=t.to_stage,
-                kind=t.kind,
-                reason=t.reason,
-                source=t.source,
-                trigger_event_type=t.trigger_event_type,
-                trigger_message_id=t.trigger_message_id,
-                at=_aware(t.at),
-            )
-            for t in transitions
-        ],
-        consents=[
-            ConsentPublic(
-                channel=c.channel,
-                granted=c.granted,
-                source=c.source,
-                wording=c.wording,
-                message_id=c.message_id,
-                at=_aware(c.at),
-            )
-            for c in consents
-        ],
-        merges=[
-            MergePublic(
-                merged_id=m.merged_id,
-                into_id=m.into_id,
-                reason=m.reason,
-                message_id=m.message_id,
-                at=_aware(m.at),
-            )
-            for m in merges
-        ],
-        deliveries=[
-            DeliveryPublic(
-                contact_id=d.contact_id,
-                journey=d.journey,
-                step_id=d.step_id,
-                enrolment=d.enrolment,
-                channel=d.channel,
-                content_id=d.content_id,
-                status=d.status,
-                provider_message_id=d.provider_message_id,
-                error=d.error,
-                created_at=_aware(d.created_at),
-                sent_at=_aware(d.sent_at) if d.sent_at else None,
-            )
-            for d in sent
-        ],
+        identities=[IdentityPublic.model_validate(i) for i in identities],
+        transitions=[TransitionPublic.model_validate(t) for t in transitions],
+        consents=[ConsentPublic.model_validate(c) for c in consents],
+        merges=[MergePublic.model_validate(m) for m in merges],
+        deliveries=[DeliveryPublic.model_validate(d) for d in sent],
         event_count=int(events),
     )
 
@@ -737,7 +696,7 @@ async def get_contact(
     Temporal answers, else the stored row (``state.source`` says which)."""
     person = await _person(session, contact_id)
     try:
-        record = await _db(session, _record, person, deliveries)
+        record = await in_thread(session, _record, person, deliveries)
     except DatabaseError as exc:
         raise _unavailable(exc.one_line()) from exc
     row = person.survivor
@@ -957,7 +916,7 @@ async def erase_contact(
         ) from exc
     at = datetime.now(UTC)
     try:
-        done = await _db(session, scrub, person.ids, at)
+        done = await in_thread(session, scrub, person.ids, at)
     except DatabaseError as exc:
         log.warning("erasure not stored", error=exc.one_line())
         raise _unavailable(
@@ -966,7 +925,7 @@ async def erase_contact(
     errors: list[str] = []
     try:
         await _sweep(client, person.ids, found)
-        done.add(await _db(session, scrub, person.ids, at))
+        done.add(await in_thread(session, scrub, person.ids, at))
     except (RPCError, RuntimeError, DatabaseError) as exc:
         # The first pass succeeded; what this pass would catch is a race. Reported, and
         # a new DELETE finds whatever it left (a contact row recreated under the old id).

@@ -36,7 +36,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
@@ -49,12 +49,11 @@ import structlog
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import SecretStr
-from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
-from starlette.concurrency import run_in_threadpool
 
 from engine.api import _pages
+from engine.api._common import in_thread, ingest_one, read_body
 from engine.api.app import SessionDep
 from engine.bounces import (
     METADATA_CONTACT,
@@ -66,10 +65,9 @@ from engine.bounces import (
 )
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner, TokenExpired, TokenInvalid
 from engine.errors import DatabaseError
-from engine.ingest import IdentityError, Incoming, Ingestor, Outcome, normalise_email
+from engine.ingest import IdentityError, Incoming, normalise_email
 from engine.ingest._store import survivors
 from engine.settings import Settings
-from engine.storage.db import driver_reason
 from engine.storage.models import Consent, Event, Identity, Suppression
 
 router = APIRouter(tags=["email"])
@@ -366,39 +364,6 @@ def _lift(session: Session, channel: str, addresses: Sequence[str]) -> None:
         )
 
 
-async def _db(session: Session, call: Callable[..., _T], *args: Any) -> _T:
-    """``call(session, *args)`` off the event loop, its transaction ended after it (the
-    Ingestor then writes on its own connection); driver errors become ``DatabaseError``,
-    answered 503, never 500."""
-
-    def run() -> _T:
-        try:
-            result = call(session, *args)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        return result
-
-    try:
-        return await run_in_threadpool(run)
-    except (OperationalError, SADatabaseError) as exc:
-        raise DatabaseError(
-            f"the database did not answer: {driver_reason(exc)}",
-            fix="retry; the request is idempotent",
-        ) from exc
-
-
-async def _ingest(request: Request, incoming: Incoming) -> Outcome:
-    """Store one event through the app's Ingestor and wake the forwarder if it matters."""
-    ingestor: Ingestor = request.app.state.ingestor
-    [outcome] = await ingestor.accept([incoming])
-    forwarder = getattr(request.app.state, "forwarder", None)
-    if forwarder is not None and outcome.signalled:
-        forwarder.wake()
-    return outcome
-
-
 def _event(
     known: Known,
     *,
@@ -437,19 +402,6 @@ def _delivery_digest(value: str | None) -> str | None:
 # --- request bodies -----------------------------------------------------------------------
 
 
-async def _body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None when it is over ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
 def parse_form(content_type: str, body: bytes) -> dict[str, list[str]] | None:
     """An HTML form body (urlencoded or multipart, as RFC 8058 allows); None if unreadable."""
     kind = content_type.partition(";")[0].strip().lower()
@@ -484,7 +436,7 @@ _BAD_FORM = Refusal(
 
 
 async def _form(request: Request) -> dict[str, list[str]] | Refusal:
-    body = await _body(request, FORM_LIMIT)
+    body = await read_body(request, FORM_LIMIT)
     if body is None:
         return Refusal(413, "This request is too large", "The form is over 16 KB.", "Send less.")
     fields = parse_form(request.headers.get("content-type", ""), body)
@@ -548,7 +500,7 @@ async def unsubscribe_page(
     if isinstance(channel, Refusal):
         return channel.page()
     try:
-        known = await _db(session, _find, link.contact_id)
+        known = await in_thread(session, _find, link.contact_id)
     except DatabaseError:
         return _unavailable_page()
     if known is None:
@@ -624,7 +576,7 @@ async def unsubscribe(
             "Send List-Unsubscribe=One-Click (RFC 8058), or use the button on the page.",
         ).page()
     try:
-        known = await _db(session, _find, link.contact_id)
+        known = await in_thread(session, _find, link.contact_id)
         if known is None:
             return _UNKNOWN_CONTACT.page()
         await _unsubscribe(
@@ -650,16 +602,16 @@ async def _unsubscribe(
     A repeated POST (mailbox providers retry) finds the consent already withdrawn and
     records nothing more; after a re-subscription the same link works again, since the
     message id names the consent row it withdraws."""
-    latest = await _db(session, _latest_consent, known.id, channel)
+    latest = await in_thread(session, _latest_consent, known.id, channel)
     addresses = known.addresses(channel)
-    added = await _db(
+    added = await in_thread(
         session, _suppress, [(channel, a) for a in addresses], "unsubscribe", known.id
     )
     if latest is not None and not latest[1]:
         _log.info("unsubscribe.repeated", contact_id=known.id, channel=channel)
         return
     epoch = latest[0] if latest is not None else 0
-    await _ingest(
+    await ingest_one(
         request,
         _event(
             known,
@@ -763,10 +715,10 @@ async def preferences_page(*, token: TokenPath, session: SessionDep, signer: Sig
     if isinstance(link, Refusal):
         return link.page()
     try:
-        known = await _db(session, _find, link.contact_id)
+        known = await in_thread(session, _find, link.contact_id)
         if known is None:
             return _UNKNOWN_CONTACT.page()
-        prefs = await _db(session, _current_preferences, known)
+        prefs = await in_thread(session, _current_preferences, known)
     except DatabaseError:
         return _unavailable_page()
     return _form_page(prefs)
@@ -827,17 +779,17 @@ async def save_preferences(
     if isinstance(prefs, Refusal):
         return prefs.page()
     try:
-        known = await _db(session, _find, link.contact_id)
+        known = await in_thread(session, _find, link.contact_id)
         if known is None:
             return _UNKNOWN_CONTACT.page()
         for channel, wanted in prefs.channels.items():
             addresses = known.addresses(channel)
             if wanted:
-                await _db(session, _lift, channel, addresses)
+                await in_thread(session, _lift, channel, addresses)
             else:
                 targets = [(channel, a) for a in addresses]
-                await _db(session, _suppress, targets, "preferences", known.id)
-        await _ingest(
+                await in_thread(session, _suppress, targets, "preferences", known.id)
+        await ingest_one(
             request,
             _event(
                 known,
@@ -872,14 +824,14 @@ def _safe_target(url: str) -> bool:
 async def _record_quietly(request: Request, incoming: Incoming) -> None:
     """Tracking is best effort: a click still lands and a pixel still loads without it."""
     try:
-        await _ingest(request, incoming)
+        await ingest_one(request, incoming)
     except DatabaseError as exc:
         _log.warning("tracking.not_recorded", event=incoming.type, error=exc.one_line())
 
 
 async def _tracked(session: Session, contact_id: str) -> Known | None:
     try:
-        return await _db(session, _find, contact_id)
+        return await in_thread(session, _find, contact_id)
     except DatabaseError as exc:
         _log.warning("tracking.lookup_failed", error=exc.one_line())
         return None
@@ -1174,7 +1126,7 @@ async def postmark_webhook(
             status_code=401,
             headers={"WWW-Authenticate": 'Basic realm="stagecoach-webhooks"'},
         )
-    body = await _body(request, WEBHOOK_LIMIT)
+    body = await read_body(request, WEBHOOK_LIMIT)
     if body is None:
         return JSONResponse({"success": False, "error": "body over 1 MB"}, status_code=413)
     try:
@@ -1219,14 +1171,14 @@ async def _delivered(request: Request, session: Session, payload: Mapping[str, A
     if not isinstance(metadata, dict):
         return _bad("Metadata", "Postmark field 'Metadata' must be an object")
     contact = metadata.get(METADATA_CONTACT)
-    known = await _db(
+    known = await in_thread(
         session, _find_notified, contact if isinstance(contact, str) else None, address
     )
     if known is None:
         _log.info("postmark.delivered.unknown_contact")
         return JSONResponse({"success": True, "event": None, "duplicate": False, "suppressed": 0})
     key = metadata.get(METADATA_KEY)
-    outcome = await _ingest(
+    outcome = await ingest_one(
         request,
         _event(
             known,
@@ -1261,23 +1213,23 @@ async def _bounced(
     address = _address(notification.address)
     if isinstance(address, IdentityError):
         return _bad("Recipient" if "Recipient" in payload else "Email", address.message)
-    known = await _db(session, _find_notified, notification.contact_id, address)
+    known = await in_thread(session, _find_notified, notification.contact_id, address)
     message_id = _event_id(notification.provider_event_id)
     earlier: list[datetime] = []
     if known is not None:
-        earlier = await _db(session, _soft_bounces, known.id, address, message_id)
+        earlier = await in_thread(session, _soft_bounces, known.id, address, message_id)
     decision = policy.decide(notification, recent_soft_bounces=earlier)
     suppressed = 0
     if decision.suppress:
         targets = [(decision.channel, address)]
         if decision.scope == "global" and known is not None:
             targets += [(c, a) for c in CHANNEL_LABELS for a in known.addresses(c)]
-        suppressed = await _db(
+        suppressed = await in_thread(
             session, _suppress, targets, decision.reason, known.id if known else None
         )
     duplicate = False
     if decision.event_type and known is not None:
-        outcome = await _ingest(
+        outcome = await ingest_one(
             request,
             _event(
                 known,

@@ -29,11 +29,11 @@ from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from engine.api._common import ingest, read_body
 from engine.errors import DatabaseError
 from engine.ingest import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
-    Ingestor,
     Problem,
     parse_batch,
     parse_message,
@@ -88,15 +88,10 @@ def _error(status: int, problems: Sequence[Problem], **extra: Any) -> JSONRespon
 
 
 async def _read(request: Request, limit: int) -> bytes | Response:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    body = await read_body(request, limit)
+    if body is None:
         return _error(413, [Problem(None, "body", f"body over {limit // 1024} KB: send less")])
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return _error(413, [Problem(None, "body", f"body over {limit // 1024} KB: send less")])
-    return bytes(body)
+    return body
 
 
 def _write_key(request: Request, payload: Any) -> str | None:
@@ -156,18 +151,14 @@ async def _handle(request: Request, kind: str | None) -> Response:
         good, bad = ([], [parsed]) if isinstance(parsed, Problem) else ([parsed], [])
     if not good:
         return _error(400, bad)
-    ingestor: Ingestor = request.app.state.ingestor
     try:
-        outcomes = await ingestor.accept(good)
+        outcomes = await ingest(request.app, good)
     except DatabaseError as exc:
         return JSONResponse(
             {"success": False, "errors": [{"field": "database", "message": exc.one_line()}]},
             status_code=503,
             headers={"Retry-After": "5"},
         )
-    forwarder = getattr(request.app.state, "forwarder", None)
-    if forwarder is not None and any(o.signalled for o in outcomes):
-        forwarder.wake()
     body_out: dict[str, Any] = {
         "success": True,
         "accepted": len(outcomes),

@@ -59,8 +59,8 @@ from connectors.webhook import (
     InvalidSignature,
     verify_signature,
 )
+from engine.api._common import in_thread, ingest_one, read_body
 from engine.api.app import SessionDep
-from engine.api.email_routes import _body, _db, _ingest
 from engine.errors import DatabaseError
 from engine.ingest import Incoming
 from engine.ingest._segment import FUTURE_LIMIT, PAST_LIMIT
@@ -496,7 +496,7 @@ async def handoff_feedback(
     secrets = webhook_secrets(request)
     if not secrets:
         return _error(503, _DISABLED)
-    raw = await _body(request, BODY_LIMIT)
+    raw = await read_body(request, BODY_LIMIT)
     if raw is None:
         return _error(413, "body over 16 KB: send only decision, reason, owner and at")
     try:
@@ -511,11 +511,11 @@ async def handoff_feedback(
     if key is not None and len(key) > _MAX_KEY:
         return _invalid([(IDEMPOTENCY_HEADER, f"{IDEMPOTENCY_HEADER} is over {_MAX_KEY} chars")])
     try:
-        decided = await _db(session, _decide, handoff_id, feedback, key)
+        decided = await in_thread(session, _decide, handoff_id, feedback, key)
         if isinstance(decided, _Refused):
             return _error(decided.status, decided.message)
         if decided.record:  # a duplicate too: its event may have been lost last time
-            await _ingest(request, _event(decided, feedback.decision, key))
+            await ingest_one(request, _event(decided, feedback.decision, key))
     except DatabaseError as exc:
         return JSONResponse(
             {"success": False, "error": exc.one_line()},

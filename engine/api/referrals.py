@@ -58,8 +58,9 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from engine.api import _pages
+from engine.api._common import ingest_one, read_body
 from engine.api.auth import ADMIN_RESPONSES, require_admin
-from engine.api.email_routes import FORM_LIMIT, _body, _ingest, parse_form
+from engine.api.email_routes import FORM_LIMIT, parse_form
 from engine.errors import DatabaseError
 from engine.ingest import IdentityError, Incoming, normalise_email, normalise_phone
 from engine.referrals import (
@@ -608,7 +609,7 @@ async def referral_page(
 
 async def _fields(request: Request) -> dict[str, Any] | Response:
     """The body as ``{field: value}`` (the first of repeated form fields)."""
-    body = await _body(request, FORM_LIMIT)
+    body = await read_body(request, FORM_LIMIT)
     if body is None:
         return JSONResponse({"success": False, "error": "the body is over 16 KB"}, 413)
     content_type = request.headers.get("content-type", "")
@@ -734,7 +735,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
         )
     try:
         screened = await run_in_threadpool(screen_signup, engine, code, signup.claimed(), now=now)
-        outcome = await _ingest(
+        outcome = await ingest_one(
             request,
             identify(
                 signup,
@@ -762,7 +763,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
             channel=channel,
             device_id=signup.device_id,
         )
-        await _ingest(
+        await ingest_one(
             request,
             signed_up_event(attribution.referral, referrer_id=attribution.referrer_id),
         )
@@ -829,7 +830,7 @@ async def redeem(
             redeem_coupon, _engine(request), coupon_code, at=datetime.now(UTC)
         )
         event = redeemed_event(redemption.reward)
-        await _ingest(request, event)  # again on a duplicate: it may have been lost
+        await ingest_one(request, event)  # again on a duplicate: it may have been lost
     except RedemptionRefused as refused:
         return JSONResponse(
             {"success": False, "reason": refused.reason, "error": refused.one_line()},

@@ -38,7 +38,8 @@ from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import ColumnElement, Engine, func
 from sqlmodel import Session, col, select
 
-from engine.ingest import Incoming, Ingestor
+from engine.api._common import ingest, read_body
+from engine.ingest import Incoming
 from engine.storage.models import Event, Identity
 from engine.wechat_callback import (
     INTERACTION_EVENTS,
@@ -102,15 +103,10 @@ def _config(request: Request, app: str) -> WeChatApp | Response:
 
 
 async def _read(request: Request) -> bytes | Response:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    body = await read_body(request, MAX_BODY_BYTES)
+    if body is None:
         return _text(413, f"body over {MAX_BODY_BYTES // 1024} KB")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return _text(413, f"body over {MAX_BODY_BYTES // 1024} KB")
-    return bytes(body)
+    return body
 
 
 def _open(
@@ -168,7 +164,6 @@ def _incoming(event: CallbackEvent) -> Incoming:
 
 
 async def _store(app: FastAPI, event: CallbackEvent) -> None:
-    ingestor: Ingestor = app.state.ingestor
     # Not the message_id: it holds the openid, which the log processor masks only by key.
     bound = log.bind(
         app=event.app,
@@ -177,7 +172,7 @@ async def _store(app: FastAPI, event: CallbackEvent) -> None:
         occurred_at=event.occurred_at.isoformat(),
     )
     try:
-        [outcome] = await ingestor.accept([_incoming(event)])
+        [outcome] = await ingest(app, [_incoming(event)])
     except asyncio.CancelledError:
         bound.error("wechat event not stored: cancelled (shutdown)")
         raise
@@ -185,9 +180,6 @@ async def _store(app: FastAPI, event: CallbackEvent) -> None:
         # WeChat was told "success" and will not retry: this line is the only trace.
         bound.error("wechat event not stored", error=str(exc), exc_info=True)
         return
-    forwarder = getattr(app.state, "forwarder", None)
-    if forwarder is not None and outcome.signalled:
-        forwarder.wake()
     bound.debug("wechat event stored", contact_id=outcome.contact_id, duplicate=outcome.duplicate)
 
 
