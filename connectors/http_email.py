@@ -77,13 +77,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 from typing import Any, Self
 
 import httpx
 import structlog
 
+from connectors._http import parse_retry_after
 from connectors.ratelimit import RateLimiter
 from connectors.smtp import IDEMPOTENCY_HEADER, recipient_address, rendered_email
 from engine.bounces import METADATA_CONTACT, METADATA_KEY, key_digest
@@ -112,23 +112,6 @@ _HARD_BOUNCE_CODES = frozenset({"hard_bounce", "mailbox_unknown", "invalid_recip
 _PROVIDER_HEADERS = frozenset({"date"})
 
 _log = structlog.get_logger("stagecoach.connectors.http_email")
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> timedelta | None:
-    """A ``Retry-After`` header as a delay: delta-seconds or an HTTP date; ``None`` if absent
-    or unreadable. A date in the past means "now" (zero)."""
-    if value is None or not value.strip():
-        return None
-    raw = value.strip()
-    if raw.isdigit():
-        return timedelta(seconds=int(raw))
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(timedelta(0), when - (now or datetime.now(UTC)))
 
 
 @dataclass(frozen=True, kw_only=True)

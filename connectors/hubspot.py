@@ -68,8 +68,8 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from connectors._http import build_client, parse_retry_after, response_json, transport_error
 from connectors.ratelimit import RateLimiter
-from connectors.webhook import build_client, parse_retry_after, response_json, transport_error
 from engine.delivery import (
     DeliveryError,
     OutgoingMessage,

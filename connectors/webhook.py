@@ -66,13 +66,13 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import httpx
 import structlog
 
+from connectors._http import build_client, parse_retry_after, response_json, transport_error
 from connectors.ratelimit import RateLimiter
 from engine.delivery import (
     OutgoingMessage,
@@ -192,68 +192,6 @@ def verify_signature(
         if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
             return datetime.fromtimestamp(timestamp, UTC)
     raise InvalidSignature("no signature matches: wrong secret, or the body was altered")
-
-
-# --- shared HTTP classification -----------------------------------------------------
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> timedelta | None:
-    """A ``Retry-After`` header (seconds or an HTTP date) as a delay; ``None`` if unusable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return timedelta(seconds=max(0.0, seconds))
-
-
-def transport_error(exc: httpx.HTTPError, *, peer: str) -> RetryableDeliveryError:
-    """A timeout or a broken connection, translated once: always worth another attempt."""
-    if isinstance(exc, httpx.TimeoutException):
-        what = f"{peer} did not answer in time ({type(exc).__name__})"
-    else:
-        what = f"could not reach {peer} ({type(exc).__name__}: {exc})"
-    return RetryableDeliveryError(what)
-
-
-def response_json(response: httpx.Response) -> dict[str, Any]:
-    """The response body as a JSON object, or ``{}`` when it is empty or not an object."""
-    if not response.content:
-        return {}
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def build_client(
-    *,
-    client: httpx.AsyncClient | None,
-    transport: httpx.AsyncBaseTransport | None,
-    timeout: float,
-) -> tuple[httpx.AsyncClient, bool]:
-    """The connector's pooled client, and whether the connector owns (and closes) it.
-
-    Connectors send their own headers (auth, signature) with each request, so a client
-    passed in works without being configured for them.
-    """
-    if client is not None:
-        return client, False
-    return (
-        httpx.AsyncClient(
-            transport=transport, timeout=httpx.Timeout(timeout), follow_redirects=False
-        ),
-        True,
-    )
 
 
 # --- the connector ------------------------------------------------------------------

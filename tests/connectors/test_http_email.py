@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from connectors._http import parse_retry_after
 from connectors.http_email import (
     HttpEmailConfig,
     HttpEmailConnector,
@@ -25,7 +26,6 @@ from connectors.http_email import (
     PostmarkConnector,
     interpret_generic_response,
     interpret_postmark_response,
-    parse_retry_after,
 )
 from connectors.ratelimit import RateLimiter
 from connectors.smtp import IDEMPOTENCY_HEADER

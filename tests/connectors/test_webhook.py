@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
+from connectors._http import parse_retry_after
 from connectors.ratelimit import RateLimiter
 from connectors.webhook import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     InvalidSignature,
     WebhookConnector,
-    parse_retry_after,
     sign,
     verify_signature,
 )
