@@ -17,7 +17,6 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from engine.contact import event_problem
 from engine.errors import StagecoachError
 from engine.messages import (
     CONTACT_WORKFLOW,
@@ -63,13 +62,7 @@ def _start_input(
 
 
 def _check(message: EventMessage) -> None:
-    problem = event_problem(
-        message_id=message.message_id,
-        type=message.type,
-        occurred_at=message.occurred_at,
-        properties=message.properties,
-        traits=message.traits,
-    )
+    problem = message.problem()
     if problem is not None:
         field_name, _, fix = problem.partition(": ")
         raise InvalidEvent(f"event {message.message_id!r}: {field_name}", fix=fix)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from engine.contact import event_problem
+
 
 @dataclass
 class SystemCheckInput:
@@ -53,6 +55,16 @@ class EventMessage:
     traits: dict[str, Any] = field(default_factory=dict)
     source: str = "api"
     channel: str | None = None
+
+    def problem(self) -> str | None:
+        """What is wrong with this event (field, then the fix); ``None`` if it is fine."""
+        return event_problem(
+            message_id=self.message_id,
+            type=self.type,
+            occurred_at=self.occurred_at,
+            properties=self.properties,
+            traits=self.traits,
+        )
 
 
 @dataclass

@@ -190,13 +190,7 @@ class ContactWorkflow:
             raise ValueError("time_scale must be in (0, 1]; 0.0001 runs 30 days in ~4 minutes")
         if request.event is not None:
             e = request.event
-            problem = model.event_problem(
-                message_id=e.message_id,
-                type=e.type,
-                occurred_at=e.occurred_at,
-                properties=e.properties,
-                traits=e.traits,
-            )
+            problem = e.problem()
             if problem is not None:
                 raise ValueError(f"event {e.message_id!r}: {problem}")
 
@@ -295,13 +289,7 @@ class ContactWorkflow:
     async def _on_event(self, message: EventMessage) -> None:
         state = self._require_state()
         now = workflow.now()
-        problem = model.event_problem(
-            message_id=message.message_id,
-            type=message.type,
-            occurred_at=message.occurred_at,
-            properties=message.properties,
-            traits=message.traits,
-        )
+        problem = message.problem()
         if problem is not None:
             # Refused at the gateway; one that slipped past is dropped, not retried forever.
             workflow.logger.error("event %r dropped: %s", message.message_id, problem)

@@ -55,7 +55,7 @@ def create_app(
     from engine.api.contacts import router as contacts_router
     from engine.api.email_routes import link_signer
     from engine.api.email_routes import router as email_router
-    from engine.api.events import _Keys
+    from engine.api.events import WriteKeys
     from engine.api.events import router as events_router
     from engine.api.handoffs import router as handoffs_router
     from engine.api.referrals import router as referrals_router
@@ -110,7 +110,7 @@ def create_app(
     app.state.engine = db
     app.state.session_factory = session_factory(db)
     app.state.ingestor = ingestor
-    app.state.write_keys = _Keys(db)
+    app.state.write_keys = WriteKeys(db)
     app.state.clock = time.monotonic
     app.state.forwarder = None
     app.state.temporal = temporal  # a client factory, or None when Temporal is not wired

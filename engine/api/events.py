@@ -57,7 +57,7 @@ def create_write_key(engine: Engine, name: str, *, source: str | None = None) ->
     return key
 
 
-class _Keys:
+class WriteKeys:
     """Write-key lookups, cached by hash (a revoked key is refused within ``ttl``)."""
 
     def __init__(self, engine: Engine, ttl: float = 30.0) -> None:
@@ -117,7 +117,7 @@ async def _handle(request: Request, kind: str | None) -> Response:
     except orjson.JSONDecodeError as exc:
         return _error(400, [Problem(None, "body", f"malformed JSON ({exc}): send a JSON object")])
     key = _write_key(request, payload)
-    keys: _Keys = request.app.state.write_keys
+    keys: WriteKeys = request.app.state.write_keys
     found = keys.find(key, request.app.state.clock()) if key else None
     if found is None:
         return JSONResponse(
