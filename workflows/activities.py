@@ -50,16 +50,15 @@ from engine.messages import (
 from engine.pipeline import Transition
 from engine.policy import SendPolicy
 from engine.storage.contacts import creation_record, save_transition
+from engine.storage.interactions import contact_last_interaction
 from engine.storage.models import (
     Contact,
     Delivery,
-    Event,
     Handoff,
     Identity,
     StageTransition,
     Suppression,
 )
-from engine.wechat_callback import INTERACTION_EVENTS
 
 
 class ContactActivities:
@@ -533,15 +532,8 @@ class ContactActivities:
             if channel != "wechat" or row.reason != "consent_revoked" or not row.contact_id:
                 return True
             since = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-            later = session.exec(
-                select(Event.id).where(
-                    col(Event.contact_id) == row.contact_id,
-                    col(Event.name).in_(INTERACTION_EVENTS),
-                    col(Event.source) == "wechat",  # from the callback, not a write key
-                    col(Event.occurred_at) > since,
-                )
-            ).first()
-            if later is None:
+            last = contact_last_interaction(self._engine, row.contact_id)
+            if last is None or last <= since:
                 return True
             session.delete(row)
             session.commit()

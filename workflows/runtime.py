@@ -243,7 +243,7 @@ def connectors_from_settings(
         )
     if settings.wechat_connector == "wechat":
         from connectors.wechat import WeChatConfig, WeChatConnector
-        from engine.api.wechat_routes import interaction_hook
+        from engine.storage.interactions import interaction_hook
 
         if not settings.wechat_appid or settings.wechat_secret is None:
             raise ConfigurationError(

@@ -28,21 +28,16 @@ DTD or entities or that is not a WeChat message, 413 over 64 KB, 404 for an unkn
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy import ColumnElement, Engine, func
-from sqlmodel import Session, col, select
 
 from engine.api._common import ingest, read_body
 from engine.ingest import Incoming
-from engine.storage.models import Event, Identity
+from engine.storage.interactions import SOURCE
 from engine.wechat_callback import (
-    INTERACTION_EVENTS,
     MAX_BODY_BYTES,
     AppIdMismatch,
     BodyTooLarge,
@@ -60,19 +55,11 @@ from engine.wechat_callback import (
     verify,
 )
 
-__all__ = [
-    "SOURCE",
-    "contact_last_interaction",
-    "drain",
-    "interaction_hook",
-    "last_interaction",
-    "router",
-]
+__all__ = ["SOURCE", "drain", "router"]
 
 router = APIRouter(prefix="/wechat", tags=["wechat"])
 log = structlog.get_logger("stagecoach.api.wechat")
 
-SOURCE = "wechat"
 """The ``source`` of events stored from callbacks: only WeChat attests an interaction."""
 
 _STATUS: dict[type[CallbackError], int] = {
@@ -367,47 +354,3 @@ async def wechat_callback(
 
 
 # --- the customer-service window -------------------------------------------------------
-
-
-def _latest(engine: Engine, contact: ColumnElement[bool]) -> datetime | None:
-    with Session(engine) as session:
-        latest = session.exec(
-            select(func.max(col(Event.occurred_at))).where(
-                contact,
-                col(Event.name).in_(INTERACTION_EVENTS),
-                col(Event.source) == SOURCE,
-            )
-        ).one()
-    if latest is None:
-        return None
-    return latest if latest.tzinfo is not None else latest.replace(tzinfo=UTC)
-
-
-def last_interaction(engine: Engine, openid: str) -> datetime | None:
-    """When the contact with this openid last interacted with the Official Account
-    (sent a message, followed, scanned a QR code, clicked the menu); ``None`` if never.
-
-    The time is the callback's ``CreateTime``, in UTC. It counts the contact's callbacks
-    from every configured app: an openid belongs to one account, but contacts merged
-    through another identity may have followed several.
-    """
-    owner = (
-        select(col(Identity.contact_id))
-        .where(col(Identity.kind) == "wechat_openid", col(Identity.value) == openid)
-        .scalar_subquery()
-    )
-    return _latest(engine, col(Event.contact_id) == owner)
-
-
-def contact_last_interaction(engine: Engine, contact_id: str) -> datetime | None:
-    """``last_interaction`` by contact id, as the WeChat connector asks."""
-    return _latest(engine, col(Event.contact_id) == contact_id)
-
-
-def interaction_hook(engine: Engine) -> Callable[[str], Awaitable[datetime | None]]:
-    """The WeChat connector's ``last_interaction`` hook: ``async (contact_id) -> ...``."""
-
-    async def hook(contact_id: str) -> datetime | None:
-        return await asyncio.to_thread(contact_last_interaction, engine, contact_id)
-
-    return hook

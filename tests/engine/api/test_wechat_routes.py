@@ -22,16 +22,16 @@ from sqlmodel import Session, col, select
 from structlog.testing import capture_logs
 
 from engine.api import create_app
-from engine.api.wechat_routes import (
-    contact_last_interaction,
-    drain,
-    interaction_hook,
-    last_interaction,
-)
+from engine.api.wechat_routes import drain
 from engine.errors import DatabaseError
 from engine.ingest import Incoming, Ingestor, Outcome
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
+from engine.storage.interactions import (
+    contact_last_interaction,
+    interaction_hook,
+    last_interaction,
+)
 from engine.storage.models import Event, Identity
 from engine.wechat_callback import sign
 
