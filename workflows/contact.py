@@ -82,7 +82,14 @@ with workflow.unsafe.imports_passed_through():
         SlaRequest,
         TransitionRecord,
     )
-    from engine.pipeline import Pipeline, PipelineError, Transition, advance_to, apply_recycle
+    from engine.pipeline import (
+        Pipeline,
+        PipelineError,
+        Recycle,
+        Transition,
+        advance_to,
+        apply_recycle,
+    )
     from engine.policy import SendPolicy
     from workflows import search_attributes as sa
 
@@ -106,8 +113,6 @@ HANDOFF_RETRY = RetryPolicy(
 """A CRM or webhook receiver may be down for hours (a deploy, an outage): keep trying
 for 12 hours, at most 30 minutes apart."""
 
-ACTIVITY = {"start_to_close_timeout": timedelta(seconds=60)}
-
 
 SALES = "__sales__"
 """The timer namespace of the hand-off's SLA (journeys use their own names)."""
@@ -120,8 +125,6 @@ REFERRAL = "__referral__"
 """The timer namespace of a referral reward's return window."""
 SERVICE_RECOVERY = "service_recovery"
 """The hand-off reason that goes to customer service (a detractor), not to sales."""
-HANDOFF_COOLDOWN = timedelta(days=30)
-"""A rejected lead is not handed off again within this time, whatever its score."""
 
 
 def _defer_timer(step_id: str) -> str:
@@ -617,12 +620,9 @@ class ContactWorkflow:
         facts = self._facts(now)
         if not self._pipeline.mql.is_mql(facts):
             return False
-        recycle = self._pipeline.recycle
-        if recycle is not None:
-            return not recycle.cooling_down(facts.events, now)
-        # A pipeline pinned before recycling was declared: the same rule, its defaults.
-        since = now - HANDOFF_COOLDOWN
-        return not any(e.type == "sales.rejected" and e.at >= since for e in facts.events)
+        # A pipeline pinned before recycling was declared gets the declaration's defaults.
+        recycle = self._pipeline.recycle or Recycle()
+        return not recycle.cooling_down(facts.events, now)
 
     async def _open_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
         """Route and send the lead (one activity), then arm the SLA's timers."""

@@ -99,10 +99,6 @@ class Forwarder:
     def wake(self) -> None:
         self._wake.set()
 
-    def backlog(self) -> int:
-        with Session(self._engine) as session:
-            return int(session.execute(select(func.count()).select_from(Outbox)).scalar_one())
-
     async def run(self) -> None:
         """Forward until cancelled. While Temporal is unreachable it retries the
         connection with backoff (0.5 s doubling to 30 s) and leaves the outbox alone, so

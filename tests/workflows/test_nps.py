@@ -4,6 +4,7 @@ customer service with an apology and no offers until their case is resolved."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from connectors.webhook import WebhookConnector
 from engine.content import ContentLibrary
 from engine.gateway import contact_view
 from engine.messages import DeliverRequest
+from engine.referrals import issue_code
 from tests.peers.crm import WebhookReceiver
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
@@ -23,12 +25,15 @@ SECRET = "whsec-nps"
 CUSTOMER = {"email": "sun.hui@example.cn", "locale": "en", "timezone": "UTC"}
 
 
-def _sent_ids(runtime: Runtime, tmp_path: Path, contact_id: str) -> list[str]:
+def _sent(tmp_path: Path, contact_id: str) -> list[dict[str, Any]]:
+    """The emails the file sink took for the contact, oldest first."""
     folder = tmp_path / "sink" / "email" / contact_id
     files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    import json
+    return [json.loads(p.read_text())["message"] for p in files]
 
-    return [json.loads(p.read_text())["message"]["content_id"] for p in files]
+
+def _sent_ids(tmp_path: Path, contact_id: str) -> list[str]:
+    return [m["content_id"] for m in _sent(tmp_path, contact_id)]
 
 
 async def _surveyed(
@@ -38,7 +43,7 @@ async def _surveyed(
     await env.sleep(timedelta(days=3, hours=1))
 
     async def asked() -> bool:
-        return "survey-nps" in _sent_ids(runtime, tmp_path, contact_id)
+        return "survey-nps" in _sent_ids(tmp_path, contact_id)
 
     await eventually(asked, within=30)
 
@@ -61,23 +66,11 @@ async def test_promoter_is_thanked_with_the_referral_offer_and_becomes_a_fan(
 
         async def thanked() -> bool:
             view = await contact_view(runtime.client, "c-promoter")
-            return (
-                "referral-offer" in _sent_ids(runtime, tmp_path, "c-promoter")
-                and view.stage == "fan"
-            )
+            return "referral-offer" in _sent_ids(tmp_path, "c-promoter") and view.stage == "fan"
 
         await eventually(thanked, within=30)
         # The thank-you carries the promoter's own code and share link.
-        import json
-
-        folder = tmp_path / "sink" / "email" / "c-promoter"
-        offer = next(
-            m["message"]
-            for m in (json.loads(p.read_text()) for p in folder.glob("*.json"))
-            if m["message"]["content_id"] == "referral-offer"
-        )
-        from engine.referrals import issue_code
-
+        [offer] = [m for m in _sent(tmp_path, "c-promoter") if m["content_id"] == "referral-offer"]
         code = issue_code(runtime.engine, "c-promoter", now=datetime.now(UTC)).code
         assert f"/r/{code}?ch=email" in offer["text"]
         assert code in offer["text"]
@@ -104,7 +97,7 @@ async def test_detractor_gets_a_service_recovery_hand_off_and_no_offers_until_re
                 )
 
                 async def recovering() -> bool:
-                    return "service-apology" in _sent_ids(runtime, tmp_path, "c-detractor")
+                    return "service-apology" in _sent_ids(tmp_path, "c-detractor")
 
                 await eventually(recovering, within=30)
                 [handoff] = [d.payload["data"] for d in receiver.deliveries]
