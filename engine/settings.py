@@ -127,6 +127,22 @@ class Settings(BaseSettings):
     hubspot_token: SecretStr | None = Field(default=None, description="Private app token.")
     hubspot_base_url: str = "https://api.hubapi.com"
     hubspot_lifecycle_stage: str = "marketingqualifiedlead"
+    # --- referral programme (engine.referrals.ReferralPolicy) --------------------------
+    referral_code_ttl_days: float = Field(default=180, gt=0)
+    referral_max_uses: int = Field(default=50, ge=1, description="Sign-ups per code.")
+    referral_reward_cap: int = Field(
+        default=10, ge=0, description="Rewards per referrer per period."
+    )
+    referral_reward_period_days: float = Field(default=30, gt=0)
+    referral_return_window_days: float = Field(
+        default=14, ge=0, description="A reward is held this long before release."
+    )
+    referral_reward_content: str = Field(
+        default="coupon-annual-plan", description="The coupon content item a reward is."
+    )
+    referral_phone_country: str = Field(
+        default="CN", description="Region for phone numbers given without +country."
+    )
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "stagecoach")
     temporal_cli_path: Path | None = Field(
         default=None, validation_alias="TEMPORAL_CLI_PATH", description="The Temporal CLI binary."

@@ -49,6 +49,7 @@ from engine.messages import (
 )
 from engine.pipeline import Transition
 from engine.policy import SendPolicy
+from engine.referrals import ReferralPolicy
 from engine.storage.contacts import creation_record, save_transition
 from engine.storage.interactions import contact_last_interaction
 from engine.storage.models import (
@@ -77,6 +78,7 @@ class ContactActivities:
         rehearsal_sink: Connector | None = None,
         timeline_url: Callable[[str], str] = lambda contact_id: f"/v1/contacts/{contact_id}",
         public_url: str = "",
+        referral_policy: ReferralPolicy | None = None,
     ) -> None:
         self._engine = engine
         self._definitions = definitions
@@ -88,6 +90,7 @@ class ContactActivities:
         self._rehearsal_sink = rehearsal_sink
         self._timeline_url = timeline_url
         self._public_url = public_url
+        self._referral_policy = referral_policy or ReferralPolicy()
 
     def all(self) -> list[Callable[..., object]]:
         return [
@@ -187,6 +190,7 @@ class ContactActivities:
                 channel=request.channel,
                 base_url=self._public_url,
                 now=now,
+                policy=self._referral_policy,
             )
             contact = replace(contact, attributes={**contact.attributes, **personal})
         try:
@@ -353,7 +357,11 @@ class ContactActivities:
         from engine.referrals import record_conversion
 
         return record_conversion(
-            self._engine, request.contact_id, at=request.at, library=self._content
+            self._engine,
+            request.contact_id,
+            at=request.at,
+            library=self._content,
+            policy=self._referral_policy,
         )
 
     @activity.defn(name="contact.release_rewards")

@@ -273,6 +273,7 @@ def build_activities(
     from connectors.filesink import FileSinkConnector
     from engine.content import LinkSigner, RenderContact
     from engine.publishing import publish_bundled
+    from engine.referrals import ReferralPolicy
 
     library = content or ContentLibrary.load(settings.resolved_content_dir)
     publish_bundled(engine, settings, content=library)
@@ -301,4 +302,5 @@ def build_activities(
         rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
         timeline_url=lambda contact_id: f"{settings.api_base_url}/v1/contacts/{contact_id}",
         public_url=settings.api_base_url,
+        referral_policy=ReferralPolicy.from_settings(settings),
     )

@@ -148,8 +148,8 @@ class WebhookCredentials:
 def postmark_webhook_credentials(request: Request) -> WebhookCredentials | None:
     """``STAGECOACH_POSTMARK_WEBHOOK_USER`` and ``_PASSWORD``, or None when unset."""
     settings = request.app.state.settings
-    user = getattr(settings, "postmark_webhook_user", None)
-    password = getattr(settings, "postmark_webhook_password", None)
+    user = settings.postmark_webhook_user
+    password = settings.postmark_webhook_password
     if isinstance(password, SecretStr):
         password = password.get_secret_value()
     if not user or not password:

@@ -711,7 +711,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
     cookie_device = request.cookies.get(DEVICE_COOKIE, "")
     if not _text(fields, "device_id") and _DEVICE.match(cookie_device):
         fields = {**fields, "device_id": cookie_device}
-    country = getattr(request.app.state.settings, "referral_phone_country", "CN")
+    country = request.app.state.settings.referral_phone_country
     signup = parse_signup(fields, country=country)
     channel = _channel(fields.get("ch"))
     if isinstance(signup, list):
