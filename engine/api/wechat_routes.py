@@ -218,6 +218,20 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The three query parameters WeChat signs every call with.
+_Signature = Annotated[
+    str | None,
+    Query(description=_QUERY_DOC["signature"][0], examples=[_QUERY_DOC["signature"][1]]),
+]
+_Timestamp = Annotated[
+    str | None,
+    Query(description=_QUERY_DOC["timestamp"][0], examples=[_QUERY_DOC["timestamp"][1]]),
+]
+_Nonce = Annotated[
+    str | None, Query(description=_QUERY_DOC["nonce"][0], examples=[_QUERY_DOC["nonce"][1]])
+]
+
+
 @router.get(
     "/{app}",
     summary="WeChat server URL check: echo echostr when the signature matches",
@@ -234,17 +248,9 @@ async def wechat_check(
     request: Request,
     *,
     app: str,
-    signature: Annotated[
-        str | None,
-        Query(description=_QUERY_DOC["signature"][0], examples=[_QUERY_DOC["signature"][1]]),
-    ] = None,
-    timestamp: Annotated[
-        str | None,
-        Query(description=_QUERY_DOC["timestamp"][0], examples=[_QUERY_DOC["timestamp"][1]]),
-    ] = None,
-    nonce: Annotated[
-        str | None, Query(description=_QUERY_DOC["nonce"][0], examples=[_QUERY_DOC["nonce"][1]])
-    ] = None,
+    signature: _Signature = None,
+    timestamp: _Timestamp = None,
+    nonce: _Nonce = None,
     echostr: Annotated[
         str, Query(description="Echoed on success", examples=["5837397520183462011"])
     ] = "",
@@ -303,17 +309,9 @@ async def wechat_callback(
     request: Request,
     *,
     app: str,
-    signature: Annotated[
-        str | None,
-        Query(description=_QUERY_DOC["signature"][0], examples=[_QUERY_DOC["signature"][1]]),
-    ] = None,
-    timestamp: Annotated[
-        str | None,
-        Query(description=_QUERY_DOC["timestamp"][0], examples=[_QUERY_DOC["timestamp"][1]]),
-    ] = None,
-    nonce: Annotated[
-        str | None, Query(description=_QUERY_DOC["nonce"][0], examples=[_QUERY_DOC["nonce"][1]])
-    ] = None,
+    signature: _Signature = None,
+    timestamp: _Timestamp = None,
+    nonce: _Nonce = None,
     openid: Annotated[
         str | None,
         Query(description="The sender (informational; the body's FromUserName is used)"),
