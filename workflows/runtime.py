@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -63,6 +64,10 @@ def definitions_loader(engine: Engine, settings: Settings) -> Any:
     return load
 
 
+OPENED_MEMORY = 100_000
+"""Contact ids a ContactOpener remembers as opened (about 10 MB)."""
+
+
 class ContactOpener:
     """Records new contacts before their workflow starts (see ``engine.gateway.Opening``).
 
@@ -80,6 +85,9 @@ class ContactOpener:
         self._ttl = ttl
         self._cached: Definitions | None = None
         self._guard = threading.Lock()
+        # Contacts this opener saw opened: the forwarder asks for every batch it sends,
+        # and an already opened contact should not cost a database read each time.
+        self._opened: OrderedDict[str, None] = OrderedDict()
 
     def definitions(self) -> Definitions:
         with self._guard:
@@ -100,7 +108,13 @@ class ContactOpener:
         ``event`` is the one that creates the contact (its type and id are the creation's
         trigger, its locale the initial ``Locale``); ``journey`` is one it is being
         enrolled in by the same call."""
-        return await asyncio.to_thread(self._open, contact_id, event, journey)
+        if contact_id in self._opened:
+            return None
+        opening = await asyncio.to_thread(self._open, contact_id, event, journey)
+        self._opened[contact_id] = None
+        if len(self._opened) > OPENED_MEMORY:
+            self._opened.popitem(last=False)
+        return opening
 
     def _open(
         self, contact_id: str, event: EventMessage | None, journey: str | None
