@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.errors import StagecoachError
@@ -58,6 +59,7 @@ def _start_input(
         rehearsal=rehearsal,
         definitions=opening.definitions if opening else None,
         opened=opening is not None,
+        records_enrolments=True,
     )
 
 
@@ -106,7 +108,9 @@ async def enrol(
 ) -> EnrolResult:
     """Enrol a contact now (creating it if needed) and return the enrolment.
 
-    ``request.event`` (an identify, say) is applied first, in the same update.
+    ``request.event`` (an identify, say) is applied first, in the same update. A new
+    rehearsal contact (``opening`` and ``rehearsal``) is started with the enrolment in
+    its input instead, which saves the update's billed action.
     ``rehearsal=True`` creates a rehearsal contact: only explicitly enrolled, every send
     to the rehearsal sink. It and ``opening`` apply when this call creates the workflow.
 
@@ -115,6 +119,27 @@ async def enrol(
     """
     if request.event is not None:
         _check(request.event)
+    raw = opening.definitions.journeys.get(request.journey) if opening else None
+    if opening is not None and rehearsal and raw is not None and request.problem() is None:
+        # A new rehearsal contact has no enrolments and none automatic, so the workflow
+        # is certain to accept this one, on the version in the definitions it is given:
+        # start it with the enrolment in its input and save the update's action.
+        try:
+            await client.start_workflow(
+                CONTACT_WORKFLOW,
+                replace(
+                    _start_input(settings, contact_id, rehearsal=True, opening=opening),
+                    enrol=request,
+                ),
+                id=contact_workflow_id(contact_id),
+                task_queue=settings.temporal_task_queue,
+                static_summary=f"contact {contact_id}",
+                search_attributes=typed(opening.search_attributes),
+            )
+        except WorkflowAlreadyStartedError:
+            pass  # not new after all: the update below asks the workflow
+        else:
+            return EnrolResult(True, request.journey, enrolment=1, version=str(raw["version"]))
     start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         CONTACT_WORKFLOW,
         _start_input(settings, contact_id, rehearsal=rehearsal, opening=opening),

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.contact import event_problem
+from engine.journeys._steps import EXIT_PREFIX
 
 
 @dataclass
@@ -106,6 +107,8 @@ class ActiveJourney:
     deferred: dict[str, Any] | None = None
     """A send held back by quiet hours or the frequency cap: the Deliver command."""
     deferred_until: datetime | None = None
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    """The steps this enrolment went through: ``Passage.to_dict()`` plus ``at``."""
 
 
 @dataclass
@@ -126,6 +129,14 @@ class ContactInput:
     ``definitions``: the workflow skips its ``contact.open`` activity."""
     handoff: dict[str, Any] | None = None
     """The open hand-off to sales (id, SLA times) carried across continue-as-new."""
+    enrol: EnrolRequest | None = None
+    """Enrol at start, exactly as the ``enrol`` update would: for a new rehearsal
+    contact, whose starter knows the answer, so the update's action is saved."""
+    records_enrolments: bool = False
+    """Record each finished enrolment (``contact.record_enrolment``). An input, not a
+    code patch, so it costs no marker or search-attribute upsert: runs started before
+    it existed replay without the activity, and take it up at their next
+    continue-as-new. Every starter sets it."""
 
 
 @dataclass
@@ -137,6 +148,18 @@ class EnrolRequest:
     event: EventMessage | None = None
     """Applied just before enrolling, in the same update: who the contact is (an
     identify) arrives with the enrolment instead of costing a signal of its own."""
+
+    def problem(self) -> str | None:
+        """Why this request cannot be carried out, or None."""
+        if not self.journey:
+            return "journey is empty; name a published journey"
+        if not 0 < self.time_scale <= 1:
+            return "time_scale must be in (0, 1]; 0.0001 runs 30 days in ~4 minutes"
+        if self.event is not None:
+            problem = self.event.problem()
+            if problem is not None:
+                return f"event {self.event.message_id!r}: {problem}"
+        return None
 
 
 @dataclass
@@ -206,6 +229,34 @@ class DeliverRequest:
     """The enrolment's time scale (``now`` is already on the journey's clock)."""
     rehearsal: bool = False
     """Send to the rehearsal sink, never through a real connector."""
+    enrolment_started_at: datetime | None = None
+    """When the enrolment began: the activity records it as active with ``trail``."""
+    trail: list[dict[str, Any]] = field(default_factory=list)
+    """The steps the enrolment went through up to this send (``ActiveJourney.trail``)."""
+
+
+@dataclass
+class EnrolmentRecord:
+    """Activity input: a finished enrolment, for ``journey_enrolments``."""
+
+    contact_id: str
+    journey: str
+    version: str
+    enrolment: int
+    status: str
+    reason: str
+    started_at: datetime
+    finished_at: datetime
+    trail: list[dict[str, Any]] = field(default_factory=list)
+
+    def arms(self) -> dict[str, str]:
+        """Each split step passed and the target it chose (a later pass wins); an arm
+        that leaves the journey (a holdout) is named by its exit reason."""
+        return {
+            p["step"]: str(p["outcome"]).removeprefix(EXIT_PREFIX)
+            for p in self.trail
+            if p.get("kind") == "split"
+        }
 
 
 @dataclass

@@ -40,6 +40,7 @@ from engine.messages import (
     Definitions,
     DeliverOutcome,
     DeliverRequest,
+    EnrolmentRecord,
     HandOffOutcome,
     HandOffRequest,
     OpenRequest,
@@ -51,6 +52,7 @@ from engine.pipeline import Transition
 from engine.policy import SendPolicy
 from engine.referrals import ReferralPolicy
 from engine.storage.contacts import creation_record, save_transition
+from engine.storage.enrolments import save_active_enrolment, save_enrolment
 from engine.storage.interactions import contact_last_interaction
 from engine.storage.models import (
     Contact,
@@ -102,6 +104,7 @@ class ContactActivities:
             self.handoff_sla,
             self.record_conversion,
             self.release_rewards,
+            self.record_enrolment,
         ]
 
     @activity.defn(name="contact.open")
@@ -129,6 +132,17 @@ class ContactActivities:
     @activity.defn(name="contact.deliver")
     async def deliver(self, request: DeliverRequest) -> DeliverOutcome:
         """Check, render, record the key, send, record the result. Never sends twice."""
+        if request.enrolment_started_at is not None:
+            await asyncio.to_thread(
+                save_active_enrolment,
+                self._engine,
+                contact_id=request.contact_id,
+                journey=request.journey,
+                version=request.journey_version,
+                enrolment=request.enrolment,
+                started_at=request.enrolment_started_at,
+                trail=request.trail,
+            )
         previous = await asyncio.to_thread(self._find_delivery, request.idempotency_key)
         if previous is not None and previous.status == "sent":
             return DeliverOutcome(
@@ -349,6 +363,11 @@ class ContactActivities:
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
         await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)
+
+    @activity.defn(name="contact.record_enrolment")
+    def record_enrolment(self, record: EnrolmentRecord) -> None:
+        """A finished enrolment and its trail, for journey analytics."""
+        save_enrolment(self._engine, record)
 
     @activity.defn(name="contact.record_conversion")
     def record_conversion(self, request: ConversionRequest) -> RewardDecision:

@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
         StartTimer,
         TimerFired,
         can_enrol,
-        step,
+        step_traced,
     )
     from engine.journeys import CancelTimer as CancelTimerCommand
     from engine.messages import (
@@ -70,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         Definitions,
         DeliverOutcome,
         DeliverRequest,
+        EnrolmentRecord,
         EnrolRequest,
         EnrolResult,
         EventBatch,
@@ -139,6 +140,7 @@ class ContactWorkflow:
     def __init__(self, inp: ContactInput) -> None:
         self._contact_id = inp.contact_id
         self._rehearsal = inp.rehearsal
+        self._records_enrolments = inp.records_enrolments
         self._inbox: deque[EventMessage] = deque(inp.pending)
         self._fired: deque[tuple[str, str]] = deque()
         self._enrol_queue: deque[tuple[str, float]] = deque()
@@ -177,25 +179,24 @@ class ContactWorkflow:
         Events signalled before the update are applied first, so an identify sent just
         before an enrolment is what the journey's first step sees."""
         await workflow.wait_condition(lambda: self._state is not None and not self._inbox)
-        async with self._lock:
-            if request.event is not None:
-                await self._on_event(request.event)
-            result = await self._try_enrol(request.journey, request.time_scale)
-            await self._drain_enrolments()
-            self._sync_search_attributes()
-            return result
+        return await self._enrol_now(request)
 
     @enrol.validator
     def _validate_enrol(self, request: EnrolRequest) -> None:
-        if not request.journey:
-            raise ValueError("journey is empty; name a published journey")
-        if not 0 < request.time_scale <= 1:
-            raise ValueError("time_scale must be in (0, 1]; 0.0001 runs 30 days in ~4 minutes")
-        if request.event is not None:
-            e = request.event
-            problem = e.problem()
-            if problem is not None:
-                raise ValueError(f"event {e.message_id!r}: {problem}")
+        problem = request.problem()
+        if problem is not None:
+            raise ValueError(problem)
+
+    async def _enrol_now(self, request: EnrolRequest, *, at_start: bool = False) -> EnrolResult:
+        async with self._lock:
+            if request.event is not None:
+                await self._on_event(request.event)
+            result = await self._try_enrol(
+                request.journey, request.time_scale, reload_definitions=not at_start
+            )
+            await self._drain_enrolments()
+            self._sync_search_attributes()
+            return result
 
     @workflow.query(name=STATE_QUERY)
     def state(self) -> ContactView:
@@ -245,6 +246,8 @@ class ContactWorkflow:
                 model.new_contact(self._contact_id, self._pipeline, now), transitions=1
             )
             self._enrol_entered_on(self._state.stage)
+            if inp.enrol is not None and inp.enrol.problem() is None:
+                await self._enrol_now(inp.enrol, at_start=True)
         while True:
             await workflow.wait_condition(
                 lambda: bool(self._inbox or self._fired or self._merged_into)
@@ -252,7 +255,7 @@ class ContactWorkflow:
             if self._merged_into is not None:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 for name in list(self._active):
-                    self._finish(name, f"merged into {self._merged_into}")
+                    await self._finish(name, f"merged into {self._merged_into}", status="exited")
                 workflow.logger.info("contact merged into %s", self._merged_into)
                 return self._merged_into
             async with self._lock:
@@ -278,6 +281,7 @@ class ContactWorkflow:
                         max_events_per_run=inp.max_events_per_run,
                         rehearsal=inp.rehearsal,
                         handoff=self._handoff,
+                        records_enrolments=True,
                     )
                 )
 
@@ -379,10 +383,17 @@ class ContactWorkflow:
             name, scale = self._enrol_queue.popleft()
             await self._try_enrol(name, scale)
 
-    async def _try_enrol(self, name: str, time_scale: float) -> EnrolResult:
+    async def _try_enrol(
+        self, name: str, time_scale: float, *, reload_definitions: bool = True
+    ) -> EnrolResult:
         state = self._require_state()
         now = workflow.now()
-        if self._definitions is not None and now - self._definitions.loaded_at > DEFINITIONS_TTL:
+        # An enrolment at start uses the starter's definitions as given: the starter
+        # answered from them (see gateway.enrol).
+        stale = (
+            self._definitions is not None and now - self._definitions.loaded_at > DEFINITIONS_TTL
+        )
+        if reload_definitions and stale:
             self._definitions = await self._load_definitions()
         raw = self._published().get(name)
         if raw is None:
@@ -426,19 +437,21 @@ class ContactWorkflow:
         cursor: Cursor | None = Cursor.from_dict(aj.cursor) if aj.cursor else None
         while inputs and name in self._active:
             try:
-                cursor, commands = step(spec, cursor, inputs.popleft())
+                cursor, commands, passages = step_traced(spec, cursor, inputs.popleft())
             except JourneyError as exc:
                 # A defect in a spec must not fail workflow tasks forever: leave the journey.
                 workflow.logger.error("journey %s stopped: %s", name, exc)
-                self._finish(name, f"runtime_error: {exc}")
+                await self._finish(name, f"runtime_error: {exc}", status="exited")
                 return
             aj.cursor = cursor.to_dict()
+            at = workflow.now().isoformat()
+            aj.trail.extend({**p.to_dict(), "at": at} for p in passages)
             for command in commands:
                 follow_up = await self._execute(name, aj, command)
                 if follow_up is not None:
                     inputs.append(follow_up)
             if not cursor.active:
-                self._finish(name, cursor.reason or cursor.status)
+                await self._finish(name, cursor.reason or cursor.status, status=cursor.status)
                 return
 
     async def _execute(self, name: str, aj: ActiveJourney, command: Command) -> Input | None:
@@ -478,10 +491,11 @@ class ContactWorkflow:
                 pass  # WaitForEvent, Exit, Completed: the cursor already says it
         return None
 
-    def _finish(self, name: str, reason: str) -> None:
+    async def _finish(self, name: str, reason: str, *, status: str) -> None:
         aj = self._active.pop(name, None)
         if aj is None:
             return
+        cursor = aj.cursor
         for key in [k for k in self._timers if k[0] == name]:
             self._disarm(*key)
         state = self._require_state()
@@ -490,6 +504,26 @@ class ContactWorkflow:
             state, name, replace(record, active=False, last_ended_at=workflow.now())
         )
         workflow.logger.info("journey %s ended: %s", name, reason)
+        if not self._records_enrolments:
+            return
+        # The enrolment's outcome and trail, for journey analytics: one activity per
+        # finished enrolment (sends record the enrolment while it is in flight).
+        await workflow.execute_activity(
+            "contact.record_enrolment",
+            EnrolmentRecord(
+                contact_id=self._contact_id,
+                journey=name,
+                version=str(cursor.get("version", "")),
+                enrolment=int(cursor.get("enrolment", 1)),
+                status=status,
+                reason=reason,
+                started_at=aj.origin or workflow.now(),
+                finished_at=workflow.now(),
+                trail=aj.trail,
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            summary=f"{name} {status}: {reason}",
+        )
 
     def _restore(self, aj: ActiveJourney) -> None:
         """Re-arm a carried-over enrolment's timers in a new run."""
@@ -558,6 +592,8 @@ class ContactWorkflow:
             now=jnow,
             time_scale=aj.time_scale,
             rehearsal=self._rehearsal,
+            enrolment_started_at=aj.origin,
+            trail=list(aj.trail),
         )
         try:
             outcome: DeliverOutcome = await workflow.execute_activity(

@@ -110,6 +110,7 @@ from engine.storage.models import (
     Event,
     Handoff,
     Identity,
+    JourneyEnrolment,
     Merge,
     Outbox,
     StageTransition,
@@ -260,6 +261,7 @@ class Anonymised(_Counts):
     events: int = 0
     transitions: int = 0
     deliveries: int = 0
+    enrolments: int = 0
 
 
 class Removed(_Counts):
@@ -835,6 +837,19 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
         delivery.provider_message_id = None
         delivery.error = None
         session.add(delivery)
+    for enrolment in session.exec(
+        select(JourneyEnrolment).where(col(JourneyEnrolment.contact_id).in_(ids))
+    ).all():
+        # Kept for journey analytics; a failed send's error may quote an address.
+        done.anonymised.enrolments += 1
+        enrolment.contact_id = alias[enrolment.contact_id]
+        enrolment.trail = [
+            {**p, "outcome": "failed"} if str(p.get("outcome", "")).startswith("failed") else p
+            for p in enrolment.trail
+        ]
+        if (enrolment.reason or "").startswith(("delivery_failed", "handoff_failed")):
+            enrolment.reason = enrolment.reason.split(":", 1)[0] if enrolment.reason else None
+        session.add(enrolment)
     for handoff in session.exec(select(Handoff).where(col(Handoff.contact_id).in_(ids))).all():
         # Kept for the funnel (handed off, accepted, converted); who and why are personal.
         handoff.idempotency_key = _repoint(

@@ -808,8 +808,8 @@ def rehearse(
             traits=traits,
             source="rehearsal",
         )
-        # One update-with-start carries the identify and the enrolment, and the contact
-        # is recorded here first: the rehearsal costs what a real contact would.
+        # The contact is recorded here first, and its workflow starts with the identify
+        # and the enrolment in its input: one start, no update, no open activity.
         engine = make_engine(settings.resolved_database_url)
         try:
             opening = await ContactOpener(engine, settings).open(

@@ -39,6 +39,8 @@ from ._errors import (
     StepBudgetExceeded,
 )
 from ._interpreter import (
+    EXIT_PASSAGE,
+    GOAL_PASSAGE,
     STEP_BUDGET,
     TIME_ZONE_ATTRIBUTE,
     AddTag,
@@ -56,6 +58,7 @@ from ._interpreter import (
     HandOff,
     HandoffResult,
     Input,
+    Passage,
     SetAttribute,
     Start,
     StartTimer,
@@ -67,6 +70,7 @@ from ._interpreter import (
     next_time_of_day,
     split_point,
     step,
+    step_traced,
 )
 from ._simulator import SIMULATION_EPOCH, SimContact, SimulationResult, TimelineEntry, simulate
 from ._spec import (
@@ -110,6 +114,8 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_LOCALES",
     "END",
+    "EXIT_PASSAGE",
+    "GOAL_PASSAGE",
     "SIMULATION_EPOCH",
     "STEP_BUDGET",
     "TIME_ZONE_ATTRIBUTE",
@@ -145,6 +151,7 @@ __all__ = [
     "JourneySpec",
     "JourneyValidationError",
     "NextBestItem",
+    "Passage",
     "Problem",
     "ReEntry",
     "SendStep",
@@ -195,6 +202,7 @@ __all__ = [
     "split_point",
     "stage_entered",
     "step",
+    "step_traced",
     "to_mermaid",
     "validate_spec",
     "wait",

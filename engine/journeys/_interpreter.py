@@ -478,12 +478,42 @@ class _Run:
     now: datetime
     facts: Facts
     commands: list[Command] = field(default_factory=list)
+    trace: list[Passage] = field(default_factory=list)
+
+    def passed(self, step_id: str, kind: str, outcome: str = "") -> None:
+        self.trace.append(Passage(step_id, kind, outcome))
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One step an enrolment went through, and what happened there: the trail that
+    analytics and ``stagecoach contact why`` read. Not a command: nothing executes it.
+
+    ``outcome`` by kind: ``branch`` "then -> <target>" or "else -> <target>"; ``split``
+    the chosen target; ``send``/``handoff`` "" on entry, then "ok" or "failed: <error>";
+    ``wait_for_event`` "" on entry, then "matched <event>" or "timed out"; ``goal`` and
+    ``exit`` the reason."""
+
+    step_id: str
+    kind: str
+    outcome: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"step": self.step_id, "kind": self.kind, "outcome": self.outcome}
 
 
 def step(
     spec: JourneySpec, cursor: Cursor | None, input: Input
 ) -> tuple[Cursor, tuple[Command, ...]]:
-    """Advance one enrolment by one input.
+    """Advance one enrolment by one input (``step_traced`` without the trail)."""
+    new, commands, _ = step_traced(spec, cursor, input)
+    return new, commands
+
+
+def step_traced(
+    spec: JourneySpec, cursor: Cursor | None, input: Input
+) -> tuple[Cursor, tuple[Command, ...], tuple[Passage, ...]]:
+    """Advance one enrolment by one input, and say which steps it went through.
 
     Args:
         spec: The journey version the enrolment pinned.
@@ -491,9 +521,10 @@ def step(
         input: What happened.
 
     Returns:
-        The new cursor and the commands to carry out, in order. Inputs that do not
-        concern the cursor (stale timers, duplicate results, anything after the end)
-        return the cursor unchanged and no commands, so redelivery is harmless.
+        The new cursor, the commands to carry out, in order, and the passages (steps
+        gone through, with their outcomes). Inputs that do not concern the cursor (stale
+        timers, duplicate results, anything after the end) return the cursor unchanged
+        and nothing else, so redelivery is harmless.
 
     Raises:
         JourneyRuntimeError: Misuse (no cursor, a second ``Start``, a naive ``now``, a
@@ -523,7 +554,7 @@ def step(
         run = _Run(spec, fresh, input.now, facts)
         if not _goal_or_exit(run):
             _advance(run, spec.start)
-        return run.cursor, tuple(run.commands)
+        return run.cursor, tuple(run.commands), tuple(run.trace)
 
     if cursor is None:
         raise JourneyRuntimeError(
@@ -537,7 +568,7 @@ def step(
             fix="run an enrolment on the spec version it pinned",
         )
     if not cursor.active:
-        return cursor, ()
+        return cursor, (), ()
 
     run = _Run(spec, cursor, input.now, facts)
     waiting = cursor.waiting
@@ -545,11 +576,12 @@ def step(
         _finish(run, "exited", f"cancelled: {input.reason}")
     elif isinstance(input, TimerFired):
         if waiting is None or waiting.timer_id != input.timer_id:
-            return cursor, ()
+            return cursor, (), ()
         run.cursor = replace(run.cursor, waiting=None)  # the timer is spent: nothing to cancel
         if not _goal_or_exit(run):
             current = spec.step(waiting.step_id)
             if isinstance(current, WaitForEventStep):
+                run.passed(current.id, current.kind, "timed out")
                 _advance(run, _target(current.on_timeout))
             else:
                 _advance(run, _target(getattr(current, "next", None)))
@@ -557,12 +589,14 @@ def step(
         if not _goal_or_exit(run) and waiting is not None and waiting.kind == "event":
             current = _expect(spec, waiting.step_id, WaitForEventStep)
             if any(m.matches(input.event) for m in current.matchers):
+                run.passed(current.id, current.kind, f"matched {input.event.type}")
                 _cancel_timer(run)
                 _advance(run, _target(current.next))
     elif isinstance(input, DeliveryResult):
         if waiting is None or waiting.kind != "delivery" or waiting.step_id != input.step_id:
-            return cursor, ()
+            return cursor, (), ()
         run.cursor = replace(run.cursor, waiting=None)
+        run.passed(input.step_id, "send", "ok" if input.ok else f"failed: {input.permanent_error}")
         if not _goal_or_exit(run):
             current = _expect(spec, waiting.step_id, SendStep)
             if input.ok:
@@ -573,15 +607,16 @@ def step(
                 )
     elif isinstance(input, HandoffResult):
         if waiting is None or waiting.kind != "handoff" or waiting.step_id != input.step_id:
-            return cursor, ()
+            return cursor, (), ()
         run.cursor = replace(run.cursor, waiting=None)
+        run.passed(input.step_id, "handoff", "ok" if input.ok else f"failed: {input.error}")
         if not _goal_or_exit(run):
             current = _expect(spec, waiting.step_id, HandOffStep)
             if input.ok:
                 _advance(run, _target(current.next))
             else:
                 _failed(run, current.on_failure, "handoff_failed", current.id, input.error)
-    return run.cursor, tuple(run.commands)
+    return run.cursor, tuple(run.commands), tuple(run.trace)
 
 
 def _expect(spec: JourneySpec, step_id: str, kind: type[_S]) -> _S:
@@ -605,12 +640,20 @@ def _target(value: str | None) -> str:
     return value
 
 
+GOAL_PASSAGE = "$goal"
+"""The passage's step id when the journey's goal condition (not a goal step) is met."""
+EXIT_PASSAGE = "$exit"
+"""The passage's step id when the journey's exit criteria are met."""
+
+
 def _goal_or_exit(run: _Run) -> bool:
     """Finish the enrolment when the goal or the exit criteria hold; True if it did."""
     if run.spec.goal is not None and run.spec.goal.evaluate(run.facts):
+        run.passed(GOAL_PASSAGE, "goal", "goal")
         _finish(run, "completed", "goal")
         return True
     if run.spec.exit_when is not None and run.spec.exit_when.evaluate(run.facts):
+        run.passed(EXIT_PASSAGE, "exit", "exit_criteria")
         _finish(run, "exited", "exit_criteria")
         return True
     return False
@@ -671,6 +714,8 @@ def _advance(run: _Run, target: str) -> None:
             return
         current = spec.step(target)
         run.cursor = replace(run.cursor, step_id=current.id, history=run.cursor.history + 1)
+        if not isinstance(current, BranchStep | SplitStep | GoalStep | ExitStep):
+            run.passed(current.id, current.kind)
         key = (spec.name, spec.version, current.id, run.cursor.enrolment)
 
         if isinstance(current, SendStep):
@@ -707,18 +752,21 @@ def _advance(run: _Run, target: str) -> None:
             run.commands.append(WaitForEvent(current.id, current.matchers, deadline, timer_id))
             return
         if isinstance(current, GoalStep):
+            run.passed(current.id, current.kind, "goal")
             _finish(run, "completed", "goal")
             return
         if isinstance(current, ExitStep):
+            run.passed(current.id, current.kind, current.reason)
             _finish(run, "exited", current.reason)
             return
         if isinstance(current, BranchStep):
-            target = _target(
-                current.then if current.condition.evaluate(run.facts) else current.else_
-            )
+            taken = current.condition.evaluate(run.facts)
+            target = _target(current.then if taken else current.else_)
+            run.passed(current.id, current.kind, f"{'then' if taken else 'else'} -> {target}")
         elif isinstance(current, SplitStep):
             point = split_point(run.cursor.contact_id, *key)
             target = choose_split_target(current, point)
+            run.passed(current.id, current.kind, target)
         elif isinstance(current, SetAttributeStep):
             run.commands.append(SetAttribute(current.name, current.value))
             # Later steps of this same input see the journey's own writes, as they will

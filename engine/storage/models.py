@@ -325,3 +325,35 @@ class Reward(SQLModel, table=True):
     redeemed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class JourneyEnrolment(SQLModel, table=True):
+    """One enrolment of one contact in one journey version, and where it went.
+
+    Written by the delivery activity while the enrolment sends (status ``active``) and
+    once more when it finishes (``completed`` or ``exited``, with the reason). ``arms``
+    maps each split step passed to the target it chose (``holdout`` included); ``trail``
+    lists the steps gone through, each ``{"step", "kind", "outcome", "at"}``."""
+
+    __tablename__ = "journey_enrolments"
+    __table_args__ = (
+        Index("ux_journey_enrolments_contact", "contact_id", "journey", "enrolment", unique=True),
+        Index("ix_journey_enrolments_journey_started", "journey", "started_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    contact_id: str = Field(foreign_key="contacts.id", max_length=64)
+    journey: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+    enrolment: int = 1
+    status: str = Field(default="active", max_length=16, description="active, completed, exited")
+    reason: str | None = Field(default=None, max_length=512)
+    arms: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    trail: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    started_at: datetime = _ts()
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    updated_at: datetime = _ts()

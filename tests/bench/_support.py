@@ -103,7 +103,7 @@ async def run_rehearsal_contact(
     poll: float = 0.2,
     within: float = 300.0,
 ) -> float:
-    """Identify and enrol in the nurture (time-scaled) in one update-with-start, as
+    """Identify and enrol in the nurture (time-scaled) with one start (or update), as
     ``stagecoach journeys rehearse`` does, and wait until the journey ended.
 
     Polls the ``state`` query only after ``expected_seconds`` (the journey's scaled waits),

@@ -1,8 +1,7 @@
 """Temporal Cloud actions per contact through the B2B nurture journey, from the histories.
 
-Rehearsal contacts, recorded by a ``ContactOpener`` and started by one ``enrol``
-update-with-start that carries their ``identify`` (as ``stagecoach journeys rehearse``
-does), time-scaled, run the nurture to its end with no further events: whitepaper, 3-day wait,
+Rehearsal contacts, recorded by a ``ContactOpener`` and started with their ``identify``
+and enrolment in the start input (as ``stagecoach journeys rehearse`` does), time-scaled, run the nurture to its end with no further events: whitepaper, 3-day wait,
 product-tour video, 7-day wait, exit. Every run of each contact's workflow is fetched
 (continue-as-new followed) and its billable events counted, with Temporal Cloud's
 definition: workflow started, signals, timers started, activities scheduled plus retries,
@@ -101,6 +100,7 @@ async def test_actions_per_contact(dev_env: WorkflowEnvironment, tmp_path: Path)
         assert r.sends == 2, r
         assert r.timers >= 2, r
         assert r.started == 1
-        assert r.updates == 1
+        assert r.updates == 0  # the enrolment travels in the start input
+        assert r.activity_types.get("contact.record_enrolment", 0) == 1, r
         assert r.signals == 0
         assert r.activity_types.get("contact.open", 0) == 0, r

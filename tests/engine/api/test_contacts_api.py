@@ -40,6 +40,7 @@ from engine.storage.models import (
     Delivery,
     Event,
     Identity,
+    JourneyEnrolment,
     Merge,
     Outbox,
     StageTransition,
@@ -307,6 +308,21 @@ def person(offline: TestClient, engine: Engine) -> Person:
             )
         )
         session.add(
+            JourneyEnrolment(
+                contact_id=merged,
+                journey="welcome",
+                version="v1",
+                status="exited",
+                reason=f"delivery_failed: hello: 550 <{EMAIL}>",
+                trail=[
+                    {"step": "hello", "kind": "send", "outcome": ""},
+                    {"step": "hello", "kind": "send", "outcome": f"failed: 550 <{EMAIL}>"},
+                ],
+                started_at=now,
+                finished_at=now,
+            )
+        )
+        session.add(
             Suppression(channel="email", address=EMAIL, reason="unsubscribe", contact_id=survivor)
         )
         session.commit()
@@ -324,6 +340,7 @@ def _aggregates(engine: Engine) -> dict[str, Counter[Any]]:
         "stages": Counter(c.stage for c in _rows(engine, Contact)),
         "events": Counter((e.name, e.occurred_at.date()) for e in _rows(engine, Event)),
         "sends": Counter((d.journey, d.step_id, d.status) for d in _rows(engine, Delivery)),
+        "enrolments": Counter((j.journey, j.status) for j in _rows(engine, JourneyEnrolment)),
         "transitions": Counter(t.to_stage for t in _rows(engine, StageTransition)),
     }
 
@@ -506,7 +523,13 @@ def test_erasure_removes_personal_data_and_keeps_the_aggregates(
         [(survivor_wf, "run-1"), (survivor_wf, "run-2"), (merged_wf, "run-1")]
     )
     assert summary["removed"] == {"identities": 3, "consents": 1, "merges": 1, "outbox": outbox}
-    assert summary["anonymised"] == {"contacts": 2, "events": 4, "transitions": 3, "deliveries": 2}
+    assert summary["anonymised"] == {
+        "contacts": 2,
+        "events": 4,
+        "transitions": 3,
+        "deliveries": 2,
+        "enrolments": 1,
+    }
     assert summary["kept"] == {"suppressions": 1}
 
     ids = [person.survivor, person.merged]
@@ -531,6 +554,10 @@ def test_erasure_removes_personal_data_and_keeps_the_aggregates(
         assert delivery.contact_id in alias.values()
         assert delivery.idempotency_key.startswith(delivery.contact_id + ":")
         assert (delivery.provider_message_id, delivery.error) == (None, None)
+    [enrolment] = _rows(engine, JourneyEnrolment)
+    assert enrolment.contact_id == alias[person.merged]
+    assert EMAIL not in f"{enrolment.reason} {enrolment.trail}"
+    assert enrolment.reason == "delivery_failed"
     [suppression] = _rows(engine, Suppression)
     assert (suppression.address, suppression.contact_id) == (EMAIL, None)  # still protects her
 
