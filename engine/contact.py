@@ -31,7 +31,7 @@ SEEN_IDS = 500
 CHANNELS = ("email", "wechat")
 
 # Events that change consent by themselves, whatever the traits say.
-_CONSENT_EVENTS: Mapping[str, tuple[str, bool]] = {
+CONSENT_EVENTS: Mapping[str, tuple[str, bool]] = {
     "email.unsubscribed": ("email", False),
     "email.complained": ("email", False),
     "wechat.unsubscribed": ("wechat", False),
@@ -245,8 +245,8 @@ def observe(
             consent.update({str(k): bool(v) for k, v in value.items()})
         else:
             attributes[key] = value
-    if event.type in _CONSENT_EVENTS:
-        channel, allowed = _CONSENT_EVENTS[event.type]
+    if event.type in CONSENT_EVENTS:
+        channel, allowed = CONSENT_EVENTS[event.type]
         consent[channel] = allowed
     score, _change = apply_event(pipeline.scoring, state.score, event)
     events = (*state.events, event)[-EVENT_WINDOW:]

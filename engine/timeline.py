@@ -37,18 +37,21 @@ class Entry:
         return f"{self.at.isoformat(timespec='seconds')}  {self.kind:<9} {self.summary}"
 
 
-def _decode(converter: DataConverter, payloads: Any) -> list[Any]:
+def decode_payloads(converter: DataConverter, payloads: Any) -> list[Any]:
+    """Every value in a ``Payloads`` message, decoded with ``converter``."""
     if not payloads or not payloads.payloads:
         return []
     return list(converter.payload_converter.from_payloads(list(payloads.payloads)))
 
 
-def _first(converter: DataConverter, payloads: Any) -> dict[str, Any]:
-    values = _decode(converter, payloads)
+def first_dict(converter: DataConverter, payloads: Any) -> dict[str, Any]:
+    """The first value in a ``Payloads`` message if it is a dict (a dataclass), else ``{}``."""
+    values = decode_payloads(converter, payloads)
     return values[0] if values and isinstance(values[0], dict) else {}
 
 
-def _summary(event: HistoryEvent, converter: DataConverter) -> str:
+def event_summary(event: HistoryEvent, converter: DataConverter) -> str:
+    """The event's user-metadata summary (a timer's ``journey/timer_id``), or ``""``."""
     if event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
         value = _decode_one(converter, event.user_metadata.summary)
         return str(value) if value is not None else ""
@@ -91,11 +94,11 @@ def entries_from_history(
             if started.continued_execution_run_id:
                 out.append(Entry(at, "continued", "run continued as new", {}, run_id))
             else:
-                contact = _first(conv, started.input).get("contact_id", "?")
+                contact = first_dict(conv, started.input).get("contact_id", "?")
                 out.append(Entry(at, "created", f"contact {contact}", {}, run_id))
         elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             signaled = ev.workflow_execution_signaled_event_attributes
-            msg = _first(conv, signaled.input)
+            msg = first_dict(conv, signaled.input)
             props = msg.get("properties") or {}
             detail = ", ".join(f"{k}={v}" for k, v in sorted(props.items()))
             summary = f"{msg.get('type', signaled.signal_name)}" + (
@@ -105,7 +108,7 @@ def entries_from_history(
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             sched = ev.activity_task_scheduled_event_attributes
             kind = sched.activity_type.name
-            data = _first(conv, sched.input)
+            data = first_dict(conv, sched.input)
             scheduled[ev.event_id] = (kind, data)
             entry = _scheduled_entry(at, kind, data, run_id)
             if entry is not None:
@@ -114,11 +117,11 @@ def entries_from_history(
             done = ev.activity_task_completed_event_attributes
             kind, request = scheduled.get(done.scheduled_event_id, ("", {}))
             if kind == "contact.open":
-                stages = _first(conv, done.result).get("pipeline", {}).get("stages", [{}])
+                stages = first_dict(conv, done.result).get("pipeline", {}).get("stages", [{}])
                 first = stages[0].get("name", "?")
                 out.append(Entry(at, "stage", f"- -> {first} (created)", request, run_id))
             elif kind == "contact.deliver":
-                result = _first(conv, done.result)
+                result = first_dict(conv, done.result)
                 status = result.get("status", "?")
                 label = "sent" if status in ("sent", "duplicate") else "not_sent"
                 text = f"{result.get('content_id') or request.get('content_id')}: {status}"
@@ -136,20 +139,28 @@ def entries_from_history(
         elif t == EventType.EVENT_TYPE_TIMER_STARTED:
             timer = ev.timer_started_event_attributes
             seconds = timer.start_to_fire_timeout.ToTimedelta().total_seconds()
-            label = _summary(ev, conv) or timer.timer_id
+            label = event_summary(ev, conv) or timer.timer_id
             out.append(Entry(at, "wait", f"{label} for {seconds:.0f}s", {}, run_id))
         elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             accepted = ev.workflow_execution_update_accepted_event_attributes
-            req = _first(conv, accepted.accepted_request.input.args)
+            req = first_dict(conv, accepted.accepted_request.input.args)
             out.append(Entry(at, "enrol", f"enrol requested: {req.get('journey')}", req, run_id))
     return out
 
 
-async def contact_timeline(client: Client, contact_id: str) -> list[Entry]:
-    """Every entry of the contact's story, oldest first, across all runs."""
+async def contact_runs(
+    client: Client, contact_id: str, *, newest_run_id: str | None = None
+) -> list[tuple[str, list[HistoryEvent]]]:
+    """Each run of the contact's workflow with its history events, oldest run first.
+
+    Walks back from ``newest_run_id`` (default: the newest run, from ``describe``)
+    through ``continued_execution_run_id``.
+    """
     workflow_id = contact_workflow_id(contact_id)
     runs: list[tuple[str, list[HistoryEvent]]] = []
-    run_id: str | None = (await client.get_workflow_handle(workflow_id).describe()).run_id
+    run_id: str | None = newest_run_id
+    if run_id is None:
+        run_id = (await client.get_workflow_handle(workflow_id).describe()).run_id
     while run_id:
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         events = [ev async for ev in handle.fetch_history_events()]
@@ -160,7 +171,12 @@ async def contact_timeline(client: Client, contact_id: str) -> list[Entry]:
         if not previous:
             break
         run_id = previous
+    return runs[::-1]
+
+
+async def contact_timeline(client: Client, contact_id: str) -> list[Entry]:
+    """Every entry of the contact's story, oldest first, across all runs."""
     story: list[Entry] = []
-    for rid, events in reversed(runs):
+    for rid, events in await contact_runs(client, contact_id):
         story.extend(entries_from_history(events, rid, client.data_converter))
     return story

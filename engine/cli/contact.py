@@ -1,9 +1,11 @@
-"""``stagecoach contact show|timeline``: a contact's live state and its whole story."""
+"""``stagecoach contact show|timeline|why``: a contact's live state, its whole story, and
+why it did or did not get a journey step's message."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -79,3 +81,43 @@ def timeline(contact_id: str, json_output: JsonOption = False) -> None:
         return
     for entry in entries:
         typer.echo(entry.line())
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@contact_app.command("why")
+def why(
+    contact_id: Annotated[str, typer.Argument(metavar="CONTACT_ID", help="The contact id.")],
+    journey_step: Annotated[
+        str,
+        typer.Argument(
+            metavar="JOURNEY_STEP",
+            help="journey/step_id, e.g. b2b_nurture/awareness-whitepaper (journey:step_id"
+            " works too).",
+        ),
+    ],
+    output: Annotated[
+        OutputFormat, typer.Option("--format", help="text, or json for machines.")
+    ] = OutputFormat.text,
+    enrolment: Annotated[
+        int | None,
+        typer.Option(min=1, help="Explain this enrolment of the journey (default: the newest)."),
+    ] = None,
+) -> None:
+    """Why the contact did or did not get a journey step's message: the decision chain
+    from its workflow history (entry, branches, quiet hours, consent, frequency cap,
+    delivery), one line per link, with times."""
+    from engine.why import contact_why, parse_journey_step
+
+    journey, step_id = parse_journey_step(journey_step)
+    answer = _connect_and(
+        lambda client: contact_why(client, contact_id, journey, step_id, enrolment=enrolment)
+    )
+    if output is OutputFormat.json:
+        typer.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    for line in answer.lines():
+        typer.echo(line)
