@@ -1,0 +1,61 @@
+"""Analytics: the pipeline's width and length, conversion funnels, paths, channel value,
+journey performance, engagement and NPS, computed in DuckDB over a replica of the read
+model (``AnalyticsStore``). The CLI (``stagecoach report``), the JSON API
+(``/v1/reports/...``) and the dashboard all call ``run_report``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from engine.analytics._report import Params, Report, ReportError, Section
+
+REPORTS: dict[str, tuple[str, str, str]] = {
+    "funnel": (
+        "engine.analytics.pipeline",
+        "pipeline_report",
+        "Pipeline funnel: width, conversion, length",
+    ),
+    "conversion": (
+        "engine.analytics.conversion",
+        "conversion_report",
+        "Conversion funnel over event steps",
+    ),
+    "paths": ("engine.analytics.paths", "paths_report", "Top event paths to a goal, and drop-off"),
+    "channels": ("engine.analytics.channels", "channels_report", "Channel and touchpoint value"),
+    "journeys": ("engine.analytics.journeys", "journeys_report", "Journey and content performance"),
+    "engagement": (
+        "engine.analytics.engagement",
+        "engagement_report",
+        "Engagement: stickiness, activity, value",
+    ),
+    "nps": ("engine.analytics.nps", "nps_report", "NPS by period and touchpoint; referral tree"),
+}
+"""Report name -> (module, function, one-line description)."""
+
+
+def report_function(name: str) -> Callable[..., Report]:
+    """The function computing report ``name``.
+
+    Raises:
+        ReportError: no report has that name.
+    """
+    try:
+        module, function, _ = REPORTS[name]
+    except KeyError:
+        raise ReportError(
+            f"unknown report {name!r}", fix=f"use one of: {', '.join(REPORTS)}"
+        ) from None
+    fn: Callable[..., Report] = getattr(importlib.import_module(module), function)
+    return fn
+
+
+def run_report(name: str, con: Any, params: Params, *, as_of: datetime | None = None) -> Report:
+    """Compute report ``name`` on a DuckDB connection to the analytics store."""
+    return report_function(name)(con, params, as_of=as_of)
+
+
+__all__ = ["REPORTS", "Params", "Report", "ReportError", "Section", "report_function", "run_report"]
