@@ -8,15 +8,27 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.errors import ConfigurationError
 from engine.wechat_callback import WeChatApp
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+def _off_is_none(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+        return None
+    return value
+
+
+OptionalPort = Annotated[
+    Annotated[int, Field(ge=1, le=65535)] | None, BeforeValidator(_off_is_none)
+]
+"""A port to listen on, or ``off`` (empty, ``none``) for no listener."""
 
 
 class Settings(BaseSettings):
@@ -68,6 +80,18 @@ class Settings(BaseSettings):
         default=None,
         description="Bearer token for the admin API (contacts, reports); unset refuses it.",
     )
+    payload_keys: SecretStr | None = Field(
+        default=None,
+        description="Keys encrypting workflow payloads: '<key id>:<base64 32 bytes>' "
+        "entries, comma-separated; the first encrypts, all decrypt. Unset: the file "
+        "<data_dir>/payload-keys if it exists ('stagecoach up' writes one), else no "
+        "encryption. See docs/codec.md.",
+    )
+    codec_origins: str | None = Field(
+        default=None,
+        description="Browser origins allowed to call the codec endpoint (/codec), "
+        "comma-separated; default the Temporal Web UI's (temporal_ui_url).",
+    )
     quiet_hours_start: str = Field(default="21:00", pattern=r"^\d{2}:\d{2}$")
     quiet_hours_end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
     frequency_cap: int = Field(default=3, ge=0, description="Messages per window; 0 disables.")
@@ -77,6 +101,24 @@ class Settings(BaseSettings):
         ge=0,
         description="Contact workflows a worker keeps in memory (about 0.4 MB each); an "
         "evicted one is replayed from history when it next has work.",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Where the worker's metrics ports listen; 0.0.0.0 when Prometheus "
+        "scrapes from another host or container.",
+    )
+    worker_metrics_port: OptionalPort = Field(
+        default=9464, description="The worker's Stagecoach metrics (/metrics); off: none."
+    )
+    temporal_metrics_port: OptionalPort = Field(
+        default=9465,
+        description="The worker's Temporal SDK metrics (/metrics: task latencies, "
+        "activity failures, pollers); off: none.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve the API's /metrics without the admin token. Only where the "
+        "API port is private: the counters name teams, sources and volumes.",
     )
     max_events_per_run: int = Field(
         default=2000, ge=1, description="Continue-as-new after this many events in one run."

@@ -48,6 +48,7 @@ from engine.messages import (
     SlaRequest,
     TransitionRecord,
 )
+from engine.metrics import count_handoff, count_send, count_sla_breach
 from engine.pipeline import Transition
 from engine.policy import SendPolicy
 from engine.referrals import ReferralPolicy
@@ -145,6 +146,7 @@ class ContactActivities:
             )
         previous = await asyncio.to_thread(self._find_delivery, request.idempotency_key)
         if previous is not None and previous.status == "sent":
+            count_send(request, "duplicate")
             return DeliverOutcome(
                 status="duplicate",
                 content_id=previous.content_id,
@@ -163,6 +165,7 @@ class ContactActivities:
         )
         not_before = self._policy.cap_until(sent_at, now)
         if not_before is not None:
+            count_send(request, "deferred")
             return DeliverOutcome(status="deferred", reason="frequency_cap", not_before=not_before)
 
         content_id = request.content_id
@@ -220,6 +223,7 @@ class ContactActivities:
         except ContentError as exc:
             # Expired, or no variant for this locale and channel: retrying cannot help.
             await asyncio.to_thread(self._record, request, status="failed", error=str(exc))
+            count_send(request, "failed")
             raise ApplicationError(
                 str(exc), type="PermanentDeliveryError", non_retryable=True
             ) from exc
@@ -234,6 +238,7 @@ class ContactActivities:
             self._rehearsal_sink if request.rehearsal else self._connectors.get(request.channel)
         )
         if connector is None:
+            count_send(request, "failed")
             raise ApplicationError(
                 f"no connector configured for channel {request.channel!r}",
                 type="PermanentDeliveryError",
@@ -257,12 +262,14 @@ class ContactActivities:
         except ConsentRevoked as exc:
             await asyncio.to_thread(self._suppress, request, "consent_revoked")
             await asyncio.to_thread(self._record, request, status="blocked", error=exc.message)
+            count_send(request, "blocked", "consent_revoked")
             raise ApplicationError(exc.message, type="ConsentRevoked", non_retryable=True) from exc
         except PermanentDeliveryError as exc:
             if exc.code == "hard_bounce":
                 # Refused during the SMTP conversation: no bounce webhook will follow.
                 await asyncio.to_thread(self._suppress, request, "hard_bounce")
             await asyncio.to_thread(self._record, request, status="failed", error=exc.message)
+            count_send(request, "failed")
             raise ApplicationError(
                 exc.message, exc.code, type="PermanentDeliveryError", non_retryable=True
             ) from exc
@@ -273,6 +280,7 @@ class ContactActivities:
             provider_message_id=sent.provider_message_id,
             sent_at=now,
         )
+        count_send(request, "sent")
         return DeliverOutcome(
             status="sent",
             content_id=content_id,
@@ -315,7 +323,9 @@ class ContactActivities:
             raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             await asyncio.to_thread(self._handoff_status, row.id, "failed")
+            count_handoff(row.team, row.grade, "failed")
             return HandOffOutcome(ok=False, error=exc.one_line(), handoff_id=row.id)
+        count_handoff(row.team, row.grade, "sent")
         return HandOffOutcome(
             ok=True,
             reference=sent.provider_message_id,
@@ -363,6 +373,7 @@ class ContactActivities:
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
         await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)
+        count_sla_breach(request.kind, row.team)
 
     @activity.defn(name="contact.record_enrolment")
     def record_enrolment(self, record: EnrolmentRecord) -> None:
@@ -541,6 +552,7 @@ class ContactActivities:
 
     async def _blocked(self, request: DeliverRequest, reason: str) -> DeliverOutcome:
         await asyncio.to_thread(self._record, request, status="blocked", error=reason)
+        count_send(request, "blocked", reason)
         return DeliverOutcome(status="blocked", reason=reason)
 
     def _find_delivery(self, key: str) -> Delivery | None:

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from workflows.contact import ContactWorkflow
+from workflows.metrics import ActivityMetrics
 from workflows.system import SystemCheckWorkflow
 
 WORKFLOWS: tuple[type, ...] = (ContactWorkflow, SystemCheckWorkflow)
@@ -29,11 +30,13 @@ def build_worker(
     workflows: Sequence[type] = WORKFLOWS,
     max_concurrent_activities: int = 100,
     max_cached_workflows: int = 400,
+    interceptors: Sequence[Interceptor] = (ActivityMetrics(),),
 ) -> Worker:
     """A worker for ``task_queue`` running Stagecoach's workflows and the given activities.
 
     ``max_cached_workflows`` bounds memory: each cached contact workflow holds about
     0.4 MB, and a contact that is only waiting on a timer needs no cache slot.
+    ``interceptors`` default to the activity metrics (``stagecoach_activity_*``).
     """
     return Worker(
         client,
@@ -41,6 +44,7 @@ def build_worker(
         workflows=list(workflows),
         activities=list(activities),
         max_cached_workflows=max_cached_workflows,
+        interceptors=list(interceptors),
         # Synchronous activities (database work) run on this pool, off the event loop.
         activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
         max_concurrent_activities=max_concurrent_activities,

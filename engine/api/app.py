@@ -12,13 +12,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBearer
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from engine import __version__
+from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError
+from engine.metrics import OutboxCollector, registry_with, render
 from engine.settings import Settings
 from engine.storage import check_connection, make_engine, session_factory
 
@@ -36,6 +39,27 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def metrics_access(request: Request) -> None:
+    """``/metrics`` takes the admin token, unless ``STAGECOACH_METRICS_PUBLIC`` says the
+    port is private: the counters name sources, teams and volumes, and the API is
+    reachable from the internet (webhooks, tracking links, browsers)."""
+    if request.app.state.settings.metrics_public:
+        return
+    try:
+        require_admin(request, await _bearer(request))
+    except HTTPException as exc:
+        if exc.status_code != 503:
+            raise
+        raise HTTPException(
+            503,
+            detail="/metrics needs the admin token and STAGECOACH_ADMIN_TOKEN is not set: "
+            "set it and scrape with 'Authorization: Bearer <token>', or set "
+            "STAGECOACH_METRICS_PUBLIC=true when only Prometheus can reach this port",
+        ) from exc
 
 
 def create_app(
@@ -122,35 +146,26 @@ def create_app(
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
 
+    def outbox() -> dict[str, Any]:
+        from engine.ingest._forwarder import backlog
+
+        return backlog(db)
+
+    exported = registry_with(OutboxCollector(outbox))  # the outbox is read at scrape time
+
     @app.get(
         "/metrics",
         tags=["ops"],
-        summary="Ingestion and outbox counters (Prometheus text format)",
+        summary="Prometheus metrics: ingestion, outbox, process",
+        description="Needs the admin bearer token unless STAGECOACH_METRICS_PUBLIC=true "
+        "(for an API port only Prometheus can reach). See docs/ops.md.",
         response_class=PlainTextResponse,
+        responses=ADMIN_RESPONSES,
+        dependencies=[Depends(metrics_access)],
     )
-    def metrics() -> PlainTextResponse:
-        from engine.ingest._forwarder import backlog
-
-        outbox = backlog(db)
-        forwarder = app.state.forwarder
-        lines = [
-            "# TYPE stagecoach_events_accepted_total counter",
-            f"stagecoach_events_accepted_total {ingestor.accepted}",
-            "# TYPE stagecoach_events_stored_total counter",
-            f"stagecoach_events_stored_total {ingestor.stored}",
-            "# TYPE stagecoach_outbox_backlog gauge",
-            f"stagecoach_outbox_backlog {outbox['outbox_backlog']}",
-            "# TYPE stagecoach_outbox_oldest_seconds gauge",
-            f"stagecoach_outbox_oldest_seconds {outbox['outbox_oldest_seconds'] or 0:.3f}",
-        ]
-        if forwarder is not None:
-            lines += [
-                "# TYPE stagecoach_outbox_forwarded_total counter",
-                f"stagecoach_outbox_forwarded_total {forwarder.stats.forwarded}",
-                "# TYPE stagecoach_outbox_failures_total counter",
-                f"stagecoach_outbox_failures_total {forwarder.stats.failures}",
-            ]
-        return PlainTextResponse("\n".join(lines) + "\n")
+    def metrics(request: Request) -> Response:
+        body, content_type = render(exported, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     @app.get(
         "/healthz",

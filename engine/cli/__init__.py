@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -24,6 +24,9 @@ from engine.cli.journeys import journeys_app
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
 from engine.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from temporalio.runtime import Runtime
 
 app = typer.Typer(
     name="stagecoach",
@@ -70,9 +73,10 @@ def worker() -> None:
     # Loads and validates the content library and publishes the bundled journeys: a
     # definition that does not validate stops the worker here, never a contact later.
     contact = build_activities(engine, settings)
+    runtime = _worker_metrics(settings)
 
     async def serve() -> None:
-        client = await connect(settings)
+        client = await connect(settings, runtime=runtime)
         activities = [*SystemActivities(engine).all(), *contact.all()]
         built = build_worker(
             client,
@@ -83,6 +87,38 @@ def worker() -> None:
         await run_until_signalled(built)
 
     asyncio.run(serve())
+
+
+def _worker_metrics(settings: Settings) -> Runtime | None:
+    """Start the worker's metrics server and return a Temporal runtime exporting the
+    SDK's metrics (None: the default runtime, no SDK metrics), each on its own port
+    unless that is off. A taken port stops the worker here, naming its setting."""
+    from engine import metrics
+    from engine.errors import ConfigurationError
+    from engine.runtime import ensure_port_free
+    from workflows.metrics import prometheus_runtime
+
+    host, ours, sdk = (
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        settings.temporal_metrics_port,
+    )
+    if ours is not None and ours == sdk:
+        raise ConfigurationError(
+            f"STAGECOACH_WORKER_METRICS_PORT and STAGECOACH_TEMPORAL_METRICS_PORT are both {ours}",
+            fix="give each its own port (defaults 9464 and 9465), or set one to 'off'",
+        )
+    if ours is not None:
+        ensure_port_free(
+            host, ours, what="worker metrics", setting="STAGECOACH_WORKER_METRICS_PORT"
+        )
+    if sdk is not None:
+        ensure_port_free(
+            host, sdk, what="Temporal SDK metrics", setting="STAGECOACH_TEMPORAL_METRICS_PORT"
+        )
+    if ours is not None:
+        metrics.serve(host, ours)
+    return prometheus_runtime(host, sdk) if sdk is not None else None
 
 
 @app.command()

@@ -6,7 +6,9 @@ A row is deleted only after Temporal accepted the signal; the workflow dedupes b
 message id, so a crash between the two re-sends at worst a duplicate that changes
 nothing. A contact whose send failed is retried with backoff, and its later rows wait
 behind it (order per contact). While Temporal is unreachable the outbox grows and
-``backlog()`` (shown by ``stagecoach doctor`` and ``/metrics``) says by how much.
+``backlog()`` (shown by ``stagecoach doctor`` and ``/metrics``) says by how much. The
+``stagecoach_outbox_*`` counters (``engine.metrics``) count rows forwarded, signals and
+failures.
 
 A contact seen for the first time is opened first (``opener``), so its workflow starts
 with its definitions and search attributes (see ``engine.gateway.Opening``).
@@ -27,6 +29,7 @@ from sqlmodel import Session, col
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine import metrics
 from engine.gateway import Opening
 from engine.messages import (
     CONTACT_WORKFLOW,
@@ -109,6 +112,7 @@ class Forwarder:
                 await self._connect()
             except Exception as exc:  # unreachable is a state, not a crash
                 self.stats.failures += 1
+                metrics.OUTBOX_FAILURES.labels("unreachable").inc()
                 self.stats.last_error = f"cannot reach Temporal: {exc}"
                 log.warning("outbox waiting for Temporal: %s", exc)
                 await asyncio.sleep(backoff)
@@ -119,6 +123,7 @@ class Forwarder:
                 moved = await self.drain_once()
             except Exception as exc:
                 self.stats.last_error = str(exc)
+                metrics.OUTBOX_FAILURES.labels("error").inc()
                 log.warning("outbox forwarding failed: %s", exc)
                 moved = 0
             if moved == 0:
@@ -147,6 +152,7 @@ class Forwarder:
             # which the API's ingestion needs too.
             await asyncio.to_thread(self._delete, done)
             self.stats.forwarded += len(done)
+            metrics.OUTBOX_FORWARDED.inc(len(done))
         return len(done)
 
     async def _connect(self) -> Client:
@@ -199,8 +205,10 @@ class Forwarder:
                     await self._send(client, contact_id, chunk)
                     done += [r.id for r in chunk]
                     self.stats.signals += 1
+                    metrics.OUTBOX_SIGNALS.inc()
             except (RPCError, RuntimeError, OSError) as exc:
                 self.stats.failures += 1
+                metrics.OUTBOX_FAILURES.labels("signal").inc()
                 self.stats.last_error = f"{contact_id}: {exc}"
                 attempts = await asyncio.to_thread(self._failed, rows[len(done) :], str(exc))
                 delay = min(60.0, 0.5 * 2 ** min(attempts, 7))

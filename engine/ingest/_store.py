@@ -37,6 +37,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
+from engine import metrics
 from engine.errors import DatabaseError
 from engine.ingest._identity import KINDS
 from engine.ingest._segment import Incoming
@@ -68,6 +69,8 @@ def _settle(pending: _Pending, result: list[Outcome] | BaseException) -> None:
     if pending.future.done():
         return  # the caller went away
     if isinstance(result, BaseException):
+        reason = "database" if isinstance(result, DatabaseError) else "error"
+        metrics.count_refused(reason, len(pending.messages))
         pending.future.set_exception(result)
     else:
         pending.future.set_result(result)
@@ -88,8 +91,6 @@ class Ingestor:
         self._max_group = max_group
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.accepted = 0
-        self.stored = 0
 
     async def accept(self, messages: Sequence[Incoming]) -> list[Outcome]:
         """Store ``messages`` (in order) and return one outcome each, once committed.
@@ -161,8 +162,9 @@ class Ingestor:
         for request in requests:
             results.append(outcomes[at : at + len(request)])
             at += len(request)
-        self.accepted += len(outcomes)
-        self.stored += sum(1 for o in outcomes if not o.duplicate)
+        metrics.count_events(
+            (m.source, o.duplicate) for m, o in zip(messages, outcomes, strict=True)
+        )
         return results
 
     def _one(self, session: Session, m: Incoming, relevant: frozenset[str] | None) -> Outcome:

@@ -90,6 +90,7 @@ def api_env(settings: Settings) -> dict[str, str]:
         env[f"STAGECOACH_{name.upper()}"] = str(getattr(settings, name))
     env["STAGECOACH_LOG_LEVEL"] = "warning"
     env["STAGECOACH_LOG_FORMAT"] = "json"
+    env["STAGECOACH_METRICS_PUBLIC"] = "true"  # a private loopback port: scraped bare
     return env
 
 
@@ -227,11 +228,13 @@ def contact_of(engine: Engine, message_id: str) -> str:
 async def metrics(url: str) -> dict[str, float]:
     async with httpx.AsyncClient() as http:
         text = (await http.get(f"{url}/metrics")).text
-    return {
-        name: float(value)
-        for name, _, value in (line.partition(" ") for line in text.splitlines())
-        if name and not name.startswith("#")
-    }
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            name = series.partition("{")[0]  # summed over labels (source, reason, ...)
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
 
 
 # --- 1 and 2: batch and single-event ingest -------------------------------------------------

@@ -92,6 +92,8 @@ def worker_env(address: str, task_queue: str, tmp_path: Path) -> dict[str, str]:
     env.update(
         STAGECOACH_TEMPORAL_ADDRESS=address,
         STAGECOACH_TEMPORAL_TASK_QUEUE=task_queue,
+        STAGECOACH_WORKER_METRICS_PORT="off",
+        STAGECOACH_TEMPORAL_METRICS_PORT="off",
         STAGECOACH_DATABASE_URL=f"sqlite:///{tmp_path / 'stagecoach.db'}",
         STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"),
         STAGECOACH_CONTENT_DIR=str(ROOT / "content"),

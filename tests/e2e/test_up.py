@@ -21,6 +21,10 @@ pytestmark = pytest.mark.e2e
 STAGECOACH = [sys.executable, "-m", "engine.cli"]
 
 
+ADMIN_TOKEN = "e2e-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def _env(tmp_path: Path, temporal_cli_path: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -28,6 +32,9 @@ def _env(tmp_path: Path, temporal_cli_path: str) -> dict[str, str]:
         STAGECOACH_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
         STAGECOACH_TEMPORAL_UI_PORT=str(free_port()),
         STAGECOACH_API_PORT=str(free_port()),
+        STAGECOACH_WORKER_METRICS_PORT=str(free_port()),
+        STAGECOACH_TEMPORAL_METRICS_PORT=str(free_port()),
+        STAGECOACH_ADMIN_TOKEN=ADMIN_TOKEN,
         TEMPORAL_CLI_PATH=temporal_cli_path,
     )
     return env
@@ -158,7 +165,7 @@ def _event_over_http_reaches_its_contact(env: dict[str, str], cwd: Path, api: st
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         found = _count(env, 'WorkflowType="Contact" AND Stage="prospect" AND Locale="en"')
-        metrics = httpx.get(f"{api}/metrics").text
+        metrics = httpx.get(f"{api}/metrics", headers=ADMIN).text
         if found and "stagecoach_outbox_backlog 0" in metrics:
             return
         time.sleep(0.5)

@@ -75,6 +75,8 @@ async def test_a_worker_killed_mid_send_and_restarted_sends_each_message_once(
             STAGECOACH_EMAIL_HTTP_URL=peer.generic_url,
             STAGECOACH_EMAIL_HTTP_TOKEN=peer.generic_token,
             STAGECOACH_LOG_FORMAT="json",
+            STAGECOACH_WORKER_METRICS_PORT="off",
+            STAGECOACH_TEMPORAL_METRICS_PORT="off",
         )
         log = tmp_path / "worker.log"
         worker = _worker(child_env, log)
