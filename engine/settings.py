@@ -92,6 +92,17 @@ class Settings(BaseSettings):
         description="Browser origins allowed to call the codec endpoint (/codec), "
         "comma-separated; default the Temporal Web UI's (temporal_ui_url).",
     )
+    analytics_path: Path | None = Field(
+        default=None,
+        description="The analytics store (a DuckDB file) reports read; default "
+        "<data_dir>/analytics.duckdb.",
+    )
+    dashboard_cache_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="The dashboard copies the database into the analytics store at most "
+        "this often, when a page asks; its numbers are that old at most (plus one copy).",
+    )
     quiet_hours_start: str = Field(default="21:00", pattern=r"^\d{2}:\d{2}$")
     quiet_hours_end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
     frequency_cap: int = Field(default=3, ge=0, description="Messages per window; 0 disables.")

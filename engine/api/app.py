@@ -76,6 +76,7 @@ def create_app(
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
     """
+    from engine.analytics.service import reports_for
     from engine.api.contacts import router as contacts_router
     from engine.api.email_routes import link_signer
     from engine.api.email_routes import router as email_router
@@ -83,6 +84,7 @@ def create_app(
     from engine.api.events import router as events_router
     from engine.api.handoffs import router as handoffs_router
     from engine.api.referrals import router as referrals_router
+    from engine.api.reports import router as reports_router
     from engine.api.wechat_routes import router as wechat_router
     from engine.ingest import Ingestor, relevant_event_types
 
@@ -145,6 +147,12 @@ def create_app(
     app.include_router(contacts_router)
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
+    app.include_router(reports_router)
+    from engine.dashboard import dashboard_router, default_reports  # it imports this module
+
+    # One report cache for the dashboard and /v1/reports: each report computed once per copy.
+    app.state.reports = reports_for(settings, defaults=default_reports)
+    app.include_router(dashboard_router(settings, numbers=app.state.reports))
 
     def outbox() -> dict[str, Any]:
         from engine.ingest._forwarder import backlog

@@ -21,6 +21,7 @@ from engine.cli.content import content_app
 from engine.cli.demo import demo
 from engine.cli.imports import import_contacts
 from engine.cli.journeys import journeys_app
+from engine.cli.report import report
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
 from engine.settings import Settings, load_settings
@@ -42,6 +43,7 @@ app.add_typer(contact_app, name="contact")
 app.add_typer(content_app, name="content")
 app.command()(demo)
 app.command("import")(import_contacts)
+app.command("report")(report)
 
 
 def _settings() -> Settings:

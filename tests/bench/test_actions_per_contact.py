@@ -1,8 +1,9 @@
 """Temporal Cloud actions per contact through the B2B nurture journey, from the histories.
 
 Rehearsal contacts, recorded by a ``ContactOpener`` and started with their ``identify``
-and enrolment in the start input (as ``stagecoach journeys rehearse`` does), time-scaled, run the nurture to its end with no further events: whitepaper, 3-day wait,
-product-tour video, 7-day wait, exit. Every run of each contact's workflow is fetched
+and enrolment in the start input (as ``stagecoach journeys rehearse`` does),
+time-scaled, run the nurture to its end with no further events: whitepaper, 3-day
+wait, product-tour video, 7-day wait, exit. Every run of each contact's workflow is fetched
 (continue-as-new followed) and its billable events counted, with Temporal Cloud's
 definition: workflow started, signals, timers started, activities scheduled plus retries,
 search-attribute upserts, accepted updates, continue-as-new. The goal is at most

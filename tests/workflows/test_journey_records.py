@@ -71,7 +71,8 @@ async def test_a_rehearsed_enrolment_is_recorded_from_first_send_to_its_end(
     assert row.status == "exited"
     assert row.trail[-1]["kind"] == "exit"
     assert row.trail[-1]["outcome"] == row.reason
-    assert row.finished_at is not None and row.finished_at >= row.started_at
+    assert row.finished_at is not None
+    assert row.finished_at >= row.started_at
     sends = [p for p in row.trail if p["kind"] == "send" and p["outcome"]]
     assert [p["outcome"] for p in sends] == ["ok", "ok"]
     assert all("at" in p for p in row.trail)

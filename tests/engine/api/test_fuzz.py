@@ -1,6 +1,6 @@
 """Schema-driven fuzzing of the whole OpenAPI spec with schemathesis: for every
 operation, cases that follow the schema and cases that break it, sent with a valid
-write key and without one. Nothing may answer 500."""
+write key, with the admin token, and with neither. Nothing may answer 500."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> 
     key = create_write_key(engine, "fuzz", source="fuzz")
     app = create_app(settings, engine=engine)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    admin = {"Authorization": "Bearer admin-secret"}  # the admin routes: contacts, reports
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 10  # events, touchpoints, ops: the spec is really walked
@@ -51,7 +52,7 @@ def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> 
                 derandomize=True,
             )
             def probe(case: Any) -> None:
-                for headers in (auth, {}):
+                for headers in (auth, admin, {}):
                     response = case.call(headers=headers)
                     # 503 is a documented answer (database busy, webhook not configured);
                     # any other 5xx is a defect.

@@ -9,8 +9,10 @@ from engine.journeys import (
     END,
     DeliveryResult,
     Journey,
+    JourneySpec,
     Start,
     TimerFired,
+    ValidationContext,
     branch,
     compile_journey,
     holdout,
@@ -25,7 +27,7 @@ from engine.messages import EnrolmentRecord
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
-def _journey(ctx):
+def _journey(ctx: ValidationContext) -> JourneySpec:
     return compile_journey(
         Journey(
             "trace",
@@ -101,7 +103,7 @@ def test_a_holdout_arm_is_recorded_by_its_exit_reason(ctx):
         ),
         ctx,
     )
-    arms = {}
+    arms: dict[str, int] = {}
     for n in range(40):
         cursor, _, passages = step_traced(
             spec, None, Start(now=T0, facts=Facts(now=T0), contact_id=f"c-{n}")

@@ -1,0 +1,167 @@
+"""``stagecoach report funnel|conversion|paths|channels|journeys|engagement|nps``.
+
+Each report reads the analytics store, copied from the database first when the copy is
+older than ``STAGECOACH_DASHBOARD_CACHE_SECONDS`` (``--fresh`` copies regardless), and
+prints a table per section (``--format table``), the report as JSON, or one section as
+CSV (``--section``; the first by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from engine.analytics import REPORTS, Params, Report, run_report
+from engine.analytics.service import make_params, text_options, to_plain
+from engine.analytics.store import synced_at as store_as_of
+from engine.errors import StagecoachError
+from engine.logging import configure_logging
+from engine.settings import Settings, load_settings
+
+FORMATS = ("table", "json", "csv")
+
+
+def _print_table(report: Report, section: str | None) -> None:
+    as_of = report.as_of.isoformat(timespec="seconds") if report.as_of else "never synced"
+    typer.echo(
+        f"{report.title}: {report.params.since:%Y-%m-%d %H:%M} to "
+        f"{report.params.until:%Y-%m-%d %H:%M} UTC"
+        + (f", by {report.params.by}" if report.params.by else "")
+        + f" (data as of {as_of})"
+    )
+    for s in report.sections:
+        if section and s.name != section:
+            continue
+        cells = [[_cell(v) for v in row] for row in s.rows]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(s.columns)]
+        typer.echo(f"\n{s.title or s.name}")
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(s.columns, widths, strict=True)))
+        typer.echo("  ".join("-" * w for w in widths))
+        for row in cells:
+            typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        if not cells:
+            typer.echo("(no rows)")
+    for note in report.notes:
+        typer.echo(f"\nnote: {note}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.2f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(to_plain(value))
+
+
+def report(
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(REPORTS)}.")],
+    since: Annotated[
+        str | None, typer.Option(help="Start: 2026-11-01, an ISO time, or 30d/12h/2w ago.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End (exclusive); default now.")] = None,
+    by: Annotated[
+        str | None, typer.Option(help="Group by: cohort, source, channel, campaign, stage.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    section: Annotated[
+        str | None, typer.Option(help="Only this section (csv: default the first).")
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option(help="conversion: event names, comma-separated, in order.")
+    ] = None,
+    window_days: Annotated[
+        int | None, typer.Option(help="conversion, journeys: the window in days.")
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(help="conversion: a filter such as traits.plan=pro; repeatable."),
+    ] = None,
+    goal: Annotated[str | None, typer.Option(help="paths: the goal event.")] = None,
+    length: Annotated[int | None, typer.Option(help="paths: events before the goal.")] = None,
+    top: Annotated[int | None, typer.Option(help="paths: how many paths.")] = None,
+    journey: Annotated[str | None, typer.Option(help="journeys: only this journey.")] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="journeys: goal, clicked or an event name.")
+    ] = None,
+    period: Annotated[str | None, typer.Option(help="nps: month or week.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Copy the database first, however recent.")] = False,
+) -> None:
+    """Print an analytics report: the pipeline's width and length, funnels, paths,
+    channel value, journey performance, engagement, NPS."""
+    settings = load_settings()
+    configure_logging(level="warning", fmt=settings.log_format)  # stderr: stdout is the report
+    try:
+        if fmt not in FORMATS:
+            raise _bad("--format", fmt, "table, json or csv")
+        if name not in REPORTS:
+            raise _bad("report", name, ", ".join(REPORTS))
+        params = make_params(
+            since=since,
+            until=until,
+            by=by,
+            options=text_options(
+                steps=steps,
+                window_days=window_days,
+                where=where or (),
+                goal=goal,
+                length=length,
+                top=top,
+                journey=journey,
+                metric=metric,
+                period=period,
+            ),
+        )
+        result = _compute(settings, name, params, fresh=fresh)
+        if section is not None and section not in {s.name for s in result.sections}:
+            raise _bad("--section", section, ", ".join(s.name for s in result.sections))
+    except StagecoachError as exc:
+        typer.echo(f"error: {exc.one_line()}", err=True)
+        raise typer.Exit(2) from None
+    if fmt == "json":
+        data = result.to_json()
+        if section:
+            data["sections"] = {section: data["sections"][section]}
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=to_plain))
+    elif fmt == "csv":
+        chosen = result.section(section) if section else result.sections[0]
+        writer = csv.writer(sys.stdout)
+        writer.writerow(chosen.columns)
+        writer.writerows([to_plain(v) for v in row] for row in chosen.rows)
+        others = [s.name for s in result.sections if s.name != chosen.name]
+        if others and section is None:
+            typer.echo(f"(section {chosen.name}; others: {', '.join(others)})", err=True)
+    else:
+        _print_table(result, section)
+
+
+def _compute(settings: Settings, name: str, params: Params, *, fresh: bool) -> Report:
+    """Copy the database into the store when the copy is stale (or ``fresh``), then
+    compute: a command has no earlier answer to show while a copy runs."""
+    from engine.analytics.store import AnalyticsStore, default_path
+    from engine.storage import make_engine, upgrade
+
+    store = AnalyticsStore(settings.analytics_path or default_path(settings.data_dir))
+    as_of = store.as_of
+    max_age = timedelta(seconds=settings.dashboard_cache_seconds)
+    if fresh or as_of is None or datetime.now(UTC) - as_of > max_age:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            upgrade(engine)
+            store.sync(engine)
+        finally:
+            engine.dispose()
+    with store.read() as con:
+        return run_report(name, con, params, as_of=store_as_of(con))
+
+
+def _bad(option: str, value: str, allowed: str) -> StagecoachError:
+    from engine.analytics import ReportError
+
+    return ReportError(f"{option} {value!r} is not a choice", fix=f"use one of: {allowed}")

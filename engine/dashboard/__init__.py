@@ -1,0 +1,44 @@
+"""The web dashboard: the pipeline, journeys, NPS and each contact, behind the admin login.
+
+Pages (HTML, server-rendered; all but the login need a signed-in session)::
+
+    GET  /dashboard                   pipeline funnel, stage-flow Sankey (detours too),
+                                      time in stage, NPS trend, and their tables
+    GET  /dashboard/journeys          per-step performance, a Sankey per journey
+                                      version, holdout lift and split tests
+    GET  /dashboard/contacts/{id}     stage transitions (database), the story from the
+                                      workflow history, a link to the Temporal Web UI
+    GET  /dashboard/login, POST       the admin token in, a session cookie out
+    GET|POST /dashboard/logout
+    GET  /dashboard/static/...        plotly.min.js from the installed plotly package
+
+Report pages take ``since`` and ``until`` (``YYYY-MM-DD``, both included; default the
+last 90 days) and say how fresh their numbers are: "numbers as of" the end of the
+analytics store's last sync. The store is synced from the database on demand, at most
+every ``STAGECOACH_DASHBOARD_CACHE_SECONDS`` (default 60) seconds, in the background
+while pages are answered from the previous copy. Each report is computed once per
+(report, parameters, sync) and kept (``Numbers``); the pages' default reports and those
+asked for recently are computed right after each sync, before pages switch to the new
+copy, and on a freshly started API as soon as the login page is shown. So a page load
+is a cache hit unless it asks for a period nobody asked for since the last sync, and
+numbers are at most that many seconds, plus one sync, old. The contact page reads the
+database and Temporal live.
+
+Nothing on a page comes from another host: charts are drawn by the plotly.js bundled
+with the ``plotly`` package, served from this API, under a Content-Security-Policy that
+allows scripts from this origin only.
+"""
+
+from engine.analytics.service import Freshness, Numbers
+from engine.dashboard._auth import COOKIE, Sessions
+from engine.dashboard._views import Period, dashboard_router, default_reports
+
+__all__ = [
+    "COOKIE",
+    "Freshness",
+    "Numbers",
+    "Period",
+    "Sessions",
+    "dashboard_router",
+    "default_reports",
+]

@@ -1,0 +1,463 @@
+"""The dashboard's pages, and the report cache that keeps them fast.
+
+Pages are rendered on the server from Jinja2 templates (autoescaped) and carry their
+charts as figure JSON (``engine.dashboard._charts``); the only scripts are
+``plotly.min.js`` from the installed ``plotly`` package and a ten-line renderer, both
+served from ``/dashboard/static/``, so a page needs no network beyond this API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import jinja2
+import structlog
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session, col, select
+from temporalio.client import Client
+from temporalio.exceptions import TemporalError
+
+from engine.analytics import Params, Report, ReportError
+from engine.analytics.service import Freshness, Numbers, Wanted
+from engine.analytics.store import AnalyticsStore, default_path
+from engine.api._common import in_thread, read_body
+from engine.api.app import SessionDep
+from engine.api.contacts import Person, find_person, temporal_client
+from engine.dashboard import _charts
+from engine.dashboard._auth import Sessions
+from engine.errors import DatabaseError, TemporalUnavailable
+from engine.gateway import ContactNotFound, missing_contact
+from engine.messages import contact_workflow_id
+from engine.settings import Settings
+from engine.storage.models import StageTransition
+from engine.timeline import Entry, contact_timeline
+
+PREFIX = "/dashboard"
+DEFAULT_DAYS = 90
+"""The period a page shows when the URL names none: the last 90 days, today included."""
+TIMELINE_TIMEOUT = 5.0
+"""Seconds the contact page waits for Temporal's history before showing the rest."""
+FORM_LIMIT = 4096
+
+_log = structlog.get_logger("stagecoach.dashboard")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; font-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+"""Scripts only from this origin; plotly.js styles its charts with inline styles."""
+
+PAGE_HEADERS: Mapping[str, str] = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CSP,
+}
+
+TimelineReader = Callable[[Client, str], Awaitable[list[Entry]]]
+TemporalDep = Callable[[Request], Awaitable[Client | None]]
+
+
+# --- the period a page shows ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    """``since`` to ``until``, both dates included, in UTC."""
+
+    since: date
+    until: date
+    problem: str | None = None
+
+    @classmethod
+    def parse(cls, since: str | None, until: str | None, *, today: date) -> Period:
+        """The period a page's query asks for; a bad one falls back to the default and
+        says why."""
+        default = cls(today - timedelta(days=DEFAULT_DAYS - 1), today)
+        try:
+            end = date.fromisoformat(until) if until else default.until
+            start = date.fromisoformat(since) if since else end - timedelta(days=DEFAULT_DAYS - 1)
+        except ValueError:
+            return cls(default.since, default.until, "dates are YYYY-MM-DD: showing the default")
+        if start > end:
+            return cls(default.since, default.until, "since is after until: showing the default")
+        return cls(start, end)
+
+    def params(self, **options: Any) -> Params:
+        start = datetime.combine(self.since, dt_time(), UTC)
+        end = datetime.combine(self.until + timedelta(days=1), dt_time(), UTC)
+        return Params(since=start, until=end, options=options)
+
+    @property
+    def query(self) -> str:
+        return "?" + urlencode({"since": self.since.isoformat(), "until": self.until.isoformat()})
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+_PERCENT = ("rate", "relative_lift")
+
+
+def cell(value: Any, column: str = "") -> str:
+    """A table cell's text: thousands separators, rates as percentages, dashes for none."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if column.endswith(_PERCENT):
+            return f"{value * 100:.1f}%"
+        if column == "lift":
+            return f"{value * 100:+.1f} pp"
+        if column == "p_value":
+            return f"{value:.3f}"
+        return f"{value:,.1f}"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="minutes")
+    return str(value)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        auto_reload=False,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["cell"] = cell
+    return env
+
+
+TEMPLATES = _environment()
+
+
+def render(template: str, *, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page from ``templates/<template>``, with the dashboard's headers."""
+    html = TEMPLATES.get_template(template).render(prefix=PREFIX, **context)
+    return HTMLResponse(html, status_code=status, headers=dict(PAGE_HEADERS))
+
+
+def problem_page(
+    status: int, title: str, problem: str, fix: str = "", *, signed_in: bool = False
+) -> HTMLResponse:
+    """A page saying what went wrong and what to do about it."""
+    return render(
+        "problem.html", status=status, title=title, problem=problem, fix=fix, signed_in=signed_in
+    )
+
+
+@dataclass
+class _Plotly:
+    """``plotly.min.js`` from the installed package, read once, gzipped once."""
+
+    version: str
+    raw: bytes = b""
+    gzipped: bytes = b""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def body(self, gzip_ok: bool) -> bytes:
+        with self.lock:
+            if not self.raw:
+                self.raw = (
+                    resources.files("plotly").joinpath("package_data/plotly.min.js").read_bytes()
+                )
+            if gzip_ok and not self.gzipped:
+                self.gzipped = gzip.compress(self.raw, compresslevel=6, mtime=0)
+        return self.gzipped if gzip_ok else self.raw
+
+
+def _plotly_version() -> str:
+    from plotly.offline import get_plotlyjs_version  # type: ignore[import-untyped]
+
+    return str(get_plotlyjs_version())
+
+
+def default_reports() -> Wanted:
+    """The pages' reports for their default period: worth computing before anyone asks."""
+    params = Period.parse(None, None, today=datetime.now(UTC).date()).params()
+    return [("funnel", params), ("nps", params), ("journeys", params)]
+
+
+# --- the router -------------------------------------------------------------------------------
+
+
+def dashboard_router(
+    settings: Settings,
+    *,
+    store: Callable[[], AnalyticsStore] | None = None,
+    temporal: TemporalDep = temporal_client,
+    timeline: TimelineReader = contact_timeline,
+    sessions: Sessions | None = None,
+    numbers: Numbers | None = None,
+) -> APIRouter:
+    """The dashboard's routes under ``/dashboard``, for ``app.include_router``.
+
+    Args:
+        settings: Admin token (sign-in), link secret (session cookies), analytics store
+            path, how often the store syncs, Temporal Web UI address and namespace.
+        store: Opens the analytics store; default ``STAGECOACH_ANALYTICS_PATH``.
+        temporal: The app's Temporal client, or None when Temporal is not wired; the
+            default is the contacts API's (``app.state.temporal``), one client for both.
+        timeline: Reads a contact's story from its workflow history.
+        sessions: Signs and checks session cookies (default: from ``settings``).
+        numbers: The reports, shared with the JSON API (default: a cache of its own over
+            ``store``).
+
+    The router reads the database through ``app.state`` (``engine`` to sync the store,
+    the session dependency for a contact's stage transitions).
+    """
+    if numbers is None:
+        path = settings.analytics_path or default_path(settings.data_dir)
+        numbers = Numbers(
+            store or (lambda: AnalyticsStore(path)),
+            sync_every=settings.dashboard_cache_seconds,
+            defaults=default_reports,
+        )
+    auth = sessions or Sessions(settings, path=PREFIX)
+    plotly_js = _Plotly(_plotly_version())
+    plotly_path = f"{PREFIX}/static/plotly-{plotly_js.version}.min.js"
+    scripts = (plotly_path, f"{PREFIX}/static/dashboard.js")
+    router = APIRouter(prefix=PREFIX, tags=["dashboard"], include_in_schema=False)
+    signed_in = [Depends(auth.require)]
+
+    def base(title: str, active: str = "") -> dict[str, Any]:
+        return {"title": title, "signed_in": True, "scripts": scripts, "active": active}
+
+    def page_numbers(
+        request: Request, wanted: Sequence[tuple[str, Params]]
+    ) -> tuple[Freshness, list[Report]] | HTMLResponse:
+        try:
+            fresh = numbers.freshness(request.app.state.engine)
+            return fresh, numbers.reports(wanted)
+        except ReportError as exc:
+            return problem_page(
+                400, "Cannot compute this report", exc.message, exc.fix, signed_in=True
+            )
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The numbers are not available", exc.message, exc.fix, signed_in=True
+            )
+
+    # --- sign-in ------------------------------------------------------------------------
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_page(
+        request: Request, *, next: Annotated[str | None, Query()] = None, expired: bool = False
+    ) -> HTMLResponse:
+        if not auth.enabled:
+            return problem_page(
+                503,
+                "The dashboard is off",
+                "STAGECOACH_ADMIN_TOKEN is not set, so nobody can sign in.",
+                "Set it to a long random secret (openssl rand -hex 32) and restart the API.",
+            )
+        with contextlib.suppress(DatabaseError):  # the pages' numbers, ready at sign-in
+            numbers.prepare(request.app.state.engine)
+        message = "Your session ended: sign in again." if expired else ""
+        return render(
+            "login.html",
+            title="Sign in",
+            signed_in=False,
+            next=auth.safe_next(next),
+            message=message,
+        )
+
+    @router.post("/login", response_class=HTMLResponse)
+    async def login(request: Request) -> Response:
+        body = await read_body(request, FORM_LIMIT)
+        form = parse_qs(body.decode("utf-8", "replace")) if body is not None else {}
+        given = (form.get("token") or [""])[0]
+        wanted = auth.safe_next((form.get("next") or [""])[0])
+        if not auth.enabled:
+            return problem_page(503, "The dashboard is off", "STAGECOACH_ADMIN_TOKEN is not set.")
+        if not auth.token_matches(given):
+            _log.warning(
+                "dashboard sign-in refused", client=request.client.host if request.client else ""
+            )
+            return render(
+                "login.html",
+                status=401,
+                title="Sign in",
+                signed_in=False,
+                next=wanted,
+                message="That is not the admin token.",
+            )
+        response = RedirectResponse(wanted, status_code=303)
+        auth.issue(response, datetime.now(UTC))
+        return response
+
+    @router.api_route("/logout", methods=["GET", "POST"])
+    def logout() -> Response:
+        response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+        auth.clear(response)
+        return response
+
+    # --- static files ---------------------------------------------------------------------
+
+    @router.get(plotly_path.removeprefix(PREFIX))
+    def plotly_script(request: Request) -> Response:
+        gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
+        headers = {
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "Vary": "Accept-Encoding",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if gzip_ok:
+            headers["Content-Encoding"] = "gzip"
+        return Response(
+            plotly_js.body(gzip_ok), media_type="text/javascript; charset=utf-8", headers=headers
+        )
+
+    @router.get("/static/dashboard.js")
+    def render_script() -> Response:
+        return Response(
+            _charts.RENDER_JS,
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    # --- pages ----------------------------------------------------------------------------
+
+    @router.get("", response_class=HTMLResponse, dependencies=signed_in)
+    def overview(
+        request: Request, *, since: str | None = None, until: str | None = None
+    ) -> HTMLResponse:
+        period = Period.parse(since, until, today=datetime.now(UTC).date())
+        params = period.params()
+        got = page_numbers(request, [("funnel", params), ("nps", params)])
+        if isinstance(got, HTMLResponse):
+            return got
+        fresh, (funnel, nps) = got
+        charts = _charts.overview_charts(funnel)
+        if nps.section("trend").rows:
+            charts.append(_charts.nps_trend(nps))
+        return render(
+            "overview.html",
+            **base("Pipeline overview", "overview"),
+            period=period,
+            freshness=fresh,
+            funnel=funnel,
+            nps=nps,
+            charts=charts,
+            tables=[funnel.section("conversion"), funnel.section("length")],
+            nps_tables=[nps.section("by_touchpoint"), nps.section("referrals")],
+        )
+
+    @router.get("/journeys", response_class=HTMLResponse, dependencies=signed_in)
+    def journeys(
+        request: Request,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        journey: str | None = None,
+    ) -> HTMLResponse:
+        period = Period.parse(since, until, today=datetime.now(UTC).date())
+        params = period.params(**({"journey": journey} if journey else {}))
+        got = page_numbers(request, [("journeys", params)])
+        if isinstance(got, HTMLResponse):
+            return got
+        fresh, (report,) = got
+        return render(
+            "journeys.html",
+            **base("Journeys", "journeys"),
+            period=period,
+            freshness=fresh,
+            report=report,
+            journey=journey,
+            steps=report.section("steps"),
+            lift=report.section("lift"),
+            splits=report.section("splits"),
+            charts=_charts.journey_flows(report),
+        )
+
+    @router.get("/contacts", dependencies=signed_in)
+    def find_contact(*, id: str = "") -> Response:
+        wanted = id.strip()
+        if not wanted:
+            return RedirectResponse(PREFIX, status_code=303)
+        return RedirectResponse(f"{PREFIX}/contacts/{quote(wanted, safe='')}", status_code=303)
+
+    @router.get("/contacts/{contact_id}", response_class=HTMLResponse, dependencies=signed_in)
+    async def contact(request: Request, contact_id: str, session: SessionDep) -> HTMLResponse:
+        try:
+            found = await in_thread(session, _contact_rows, contact_id)
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        person, transitions = found
+        subject = contact_id if isinstance(person, str) else person.survivor.id
+        story, note = await _story(request, temporal, timeline, subject)
+        if isinstance(person, str) and story is None:
+            return problem_page(404, "No such contact", person, signed_in=True)
+        workflow = contact_workflow_id(subject)
+        ui = (
+            f"{settings.temporal_ui_url}/namespaces/{quote(settings.temporal_namespace, safe='')}"
+            f"/workflows/{quote(workflow, safe='')}"
+        )
+        return render(
+            "contact.html",
+            **base(f"Contact {subject}"),
+            contact_id=subject,
+            person=None if isinstance(person, str) else person,
+            transitions=transitions,
+            story=story,
+            note=note,
+            temporal_ui=ui,
+            workflow_id=workflow,
+            read_at=datetime.now(UTC),
+        )
+
+    return router
+
+
+def _contact_rows(session: Session, contact_id: str) -> tuple[Person | str, list[StageTransition]]:
+    """The person behind ``contact_id`` (or why there is none) and its stage transitions,
+    those of every id merged into it included, oldest first."""
+    person = find_person(session, contact_id)
+    ids = list(person.ids) if isinstance(person, Person) else [contact_id]
+    rows = session.exec(
+        select(StageTransition)
+        .where(col(StageTransition.contact_id).in_(ids))
+        .order_by(col(StageTransition.at), col(StageTransition.id))
+    ).all()
+    return person, list(rows)
+
+
+async def _story(
+    request: Request, temporal: TemporalDep, timeline: TimelineReader, contact_id: str
+) -> tuple[list[Entry] | None, str]:
+    """The contact's timeline from its workflow history, or None and a note saying why."""
+    try:
+        client = await temporal(request)
+    except TemporalUnavailable as exc:
+        return None, f"Temporal is unreachable ({exc.message})"
+    if client is None:
+        return None, "Temporal is not wired to this API: the timeline needs it"
+    try:
+        async with asyncio.timeout(TIMELINE_TIMEOUT):
+            with missing_contact(contact_id):
+                return await timeline(client, contact_id), ""
+    except ContactNotFound:
+        return None, f"no workflow {contact_workflow_id(contact_id)} (not started yet, or ended)"
+    except TimeoutError:
+        return None, f"Temporal did not send the history within {TIMELINE_TIMEOUT:g} s"
+    except (TemporalError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, f"reading the history failed: {reason}"
