@@ -852,12 +852,14 @@ def rehearse(
                         source="rehearsal",
                     ),
                 )
+            # The state first, then the story: a journey seen ended has its last lines
+            # in the history read after it, so none is left unprinted.
+            view = await contact_view(client, contact_id)
             story = await contact_timeline(client, contact_id)
             for entry in story[shown:]:
                 journey_at = (entry.at - now) / time_scale
                 typer.echo(f"  {_offset(journey_at)}  {entry.kind:<9} {entry.summary}")
             shown = len(story)
-            view = await contact_view(client, contact_id)
             if not pending and all(j["journey"] != name for j in view.journeys):
                 break
             await asyncio.sleep(0.5)
