@@ -18,6 +18,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 
+from engine.codec import decode_in_place
 from engine.messages import contact_workflow_id
 
 
@@ -164,6 +165,7 @@ async def contact_runs(
     while run_id:
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         events = [ev async for ev in handle.fetch_history_events()]
+        await decode_in_place(events, client.data_converter)  # encrypted payloads, if any
         if not events:
             break
         runs.append((run_id, events))

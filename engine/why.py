@@ -39,6 +39,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.converter import DataConverter
 
+from engine.codec import decode_in_place
 from engine.contact import CONSENT_EVENTS
 from engine.errors import StagecoachError
 from engine.gateway import contact_view, missing_contact
@@ -699,6 +700,7 @@ async def contact_why(
         runs = await contact_runs(client, contact_id, newest_run_id=description.run_id)
     history = _read(runs, client.data_converter)
     newest = runs[-1][0] if runs else ""
+    await decode_in_place(description.raw_description, client.data_converter)
     _pending_attempts(history, description.raw_description.pending_activities, newest)
     _spec_for(history, journey, step_id, None)  # unknown journey or step: say so first
     running = description.status == WorkflowExecutionStatus.RUNNING

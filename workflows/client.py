@@ -1,4 +1,8 @@
-"""Connecting to Temporal: the local dev server, a self-hosted cluster, or Temporal Cloud."""
+"""Connecting to Temporal: the local dev server, a self-hosted cluster, or Temporal Cloud.
+
+Every Stagecoach client gets its data converter from ``engine.codec.data_converter``:
+with payload keys configured, payloads are encrypted before they leave the process.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.service import TLSConfig
 
+from engine.codec import data_converter
 from engine.errors import ConfigurationError, TemporalUnavailable
 from engine.settings import Settings
 
@@ -48,6 +53,7 @@ async def connect(settings: Settings, **kwargs: object) -> Client:
             namespace=settings.temporal_namespace,
             tls=tls_config(settings),
             api_key=api_key,
+            data_converter=data_converter(settings),
             **kwargs,  # type: ignore[arg-type]
         )
     except RuntimeError as exc:
@@ -58,3 +64,12 @@ async def connect(settings: Settings, **kwargs: object) -> Client:
             fix="start it with 'make run' / 'stagecoach up', or set "
             "STAGECOACH_TEMPORAL_ADDRESS (and TLS or API key settings for Temporal Cloud)",
         ) from exc
+
+
+def with_settings(client: Client, settings: Settings) -> Client:
+    """``client``'s connection with the data converter ``settings`` ask for: how a client
+    made elsewhere (a test environment's) becomes a Stagecoach client, the same way
+    :func:`connect` makes one."""
+    config = client.config()
+    config["data_converter"] = data_converter(settings)
+    return Client(**config)

@@ -153,6 +153,9 @@ def create_app(
     # One report cache for the dashboard and /v1/reports: each report computed once per copy.
     app.state.reports = reports_for(settings, defaults=default_reports)
     app.include_router(dashboard_router(settings, numbers=app.state.reports))
+    from engine.api.codec_routes import codec_router  # it imports the dashboard
+
+    app.include_router(codec_router(settings))  # the payload keys: a bad one fails at start
 
     def outbox() -> dict[str, Any]:
         from engine.ingest._forwarder import backlog

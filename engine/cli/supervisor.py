@@ -24,6 +24,7 @@ from typing import IO
 
 import httpx
 
+from engine.codec import ensure_key_file, key_file
 from engine.errors import ProcessFailed, StagecoachError
 from engine.runtime import ensure_port_free, find_temporal_cli, port_open
 from engine.search_attributes import dev_server_args
@@ -184,6 +185,9 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     engine.dispose()
+    # The embedded default encrypts contacts' payloads too: a key file under data_dir
+    # unless STAGECOACH_PAYLOAD_KEYS is set; the children read the same one.
+    ensure_key_file(settings)
 
     logs = settings.data_dir / "logs"
     python = [sys.executable, "-m", "engine.cli"]
@@ -205,6 +209,8 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
             settings.temporal_namespace,
             "--log-level",
             "warn",
+            "--ui-codec-endpoint",  # the UI decrypts through the API (docs/codec.md)
+            f"{settings.api_base_url}/codec",
             *dev_server_args(),
         ],
         logs / "temporal.log",
@@ -261,6 +267,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
 
 def _banner(settings: Settings, logs: Path) -> str:
     api = settings.api_base_url
+    keys = "STAGECOACH_PAYLOAD_KEYS" if settings.payload_keys else str(key_file(settings))
     return "\n".join(
         [
             "Stagecoach is up.",
@@ -271,6 +278,7 @@ def _banner(settings: Settings, logs: Path) -> str:
             "  Send events        stagecoach keys create website  (then Segment's API, "
             f"basic auth, at {api}/v1/track)",
             f"  Database           {redact(settings.resolved_database_url)}",
+            f"  Payload keys       {keys}  (Web UI decryption: sign in at {api}/codec/login)",
             f"  Logs               {logs}/{{temporal,worker,api}}.log",
             "Press Ctrl-C to stop.",
         ]

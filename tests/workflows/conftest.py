@@ -26,6 +26,7 @@ from engine.messages import EventMessage, contact_workflow_id
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from tests.helpers import runtime_settings
+from workflows.client import with_settings
 from workflows.runtime import build_activities
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
@@ -141,12 +142,13 @@ async def open_runtime(
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     contact = build_activities(engine, settings, content=content, connectors=connectors)
+    client = with_settings(env.client, settings)  # the payload codec, as connect() gives it
     worker = build_worker(
-        env.client,
+        client,
         task_queue=task_queue,
         activities=[*SystemActivities(engine).all(), *contact.all()],
     )
-    runtime = Runtime(client=env.client, settings=settings, engine=engine, env=env)
+    runtime = Runtime(client=client, settings=settings, engine=engine, env=env)
     async with worker:
         yield runtime
         # Contact workflows live forever; left running on a shared server with no worker
