@@ -1,10 +1,11 @@
 """``stagecoach demo``: simulated contacts behaving, so a newcomer can watch them move.
 
 Each contact identifies itself (company, industry, size, role, region, locale, time
-zone, email or WeChat), then browses, downloads, views pricing, asks for a demo, and
-some buy, with varied intent. The events go through the same path the ingestion API
-uses (signal-with-start of the contact workflow), so what the Web UI shows is what a
-real contact would do.
+zone, email or WeChat), arrives from a campaign (WeChat, search, LinkedIn, newsletter,
+referral), then browses, downloads, views pricing, asks for a demo, and some buy, with
+varied intent. The events are posted to the running API as a website would (Segment
+batches with a write key of source ``demo``), so they are stored, forwarded to the
+contact workflows by the outbox, and counted by the reports and the dashboard.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.errors import StagecoachError
 from engine.logging import configure_logging
-from engine.messages import EventMessage
 from engine.settings import Settings, load_settings
 
 INDUSTRIES = ("manufacturing", "software", "finance", "healthcare", "retail", "education")
 ROLES = ("cto", "it_director", "engineer", "manager", "ceo", "student")
 REGIONS = ("east_china", "north_china", "south_china", "emea", "north_america")
+CAMPAIGNS = ("wechat", "baidu", "google", "linkedin", "newsletter", "referral")
 SURNAMES = ("王", "李", "张", "刘", "陈", "Smith", "García", "Müller")
 
 # (event type, properties) sequences by intent, most hesitant first.
@@ -71,31 +73,67 @@ def persona(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
 
 
 async def run_demo(settings: Settings, *, contacts: int, seed: int, pace: float) -> int:
-    """Send every simulated contact's behaviour; returns the number of events sent."""
-    from engine.gateway import send_event
-    from workflows.client import connect
+    """Post every simulated contact's behaviour to the API; returns the events accepted.
 
-    client = await connect(settings)
+    Raises:
+        TemporalUnavailable: the API does not answer (nothing was sent).
+    """
+    import httpx
+
+    from engine.api.events import create_write_key
+    from engine.errors import StagecoachError
+    from engine.storage import make_engine, upgrade
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+        key = create_write_key(engine, "demo", source="demo")
+    finally:
+        engine.dispose()
     rng = random.Random(seed)  # noqa: S311 (simulation, not security)
     intents = list(JOURNEYS)
     weights = (4, 3, 2, 1)
     sent = 0
-    for n in range(contacts):
-        contact_id, traits = persona(rng, n)
-        script = JOURNEYS[rng.choices(intents, weights)[0]]
-        first = True
-        for kind, props in script:
-            message = EventMessage(
-                message_id=uuid.uuid4().hex,
-                type=kind,
-                occurred_at=datetime.now(UTC),
-                properties=dict(props),
-                traits=traits if first else {},
-                source="demo",
-            )
-            await send_event(client, settings, contact_id, message)
-            first = False
-            sent += 1
+    url = f"{settings.api_base_url}/v1/batch"
+    async with httpx.AsyncClient(auth=(key, ""), timeout=30) as http:
+        for n in range(contacts):
+            contact_id, traits = persona(rng, n)
+            campaign = {"source": rng.choice(CAMPAIGNS), "medium": "demo"}
+            script = JOURNEYS[rng.choices(intents, weights)[0]]
+            batch: list[dict[str, Any]] = [
+                {
+                    "type": "identify",
+                    "userId": contact_id,
+                    "messageId": uuid.uuid4().hex,
+                    "traits": traits,
+                    "context": {"campaign": campaign},
+                }
+            ]
+            for kind, props in script:
+                batch.append(
+                    {
+                        "type": "track",
+                        "userId": contact_id,
+                        "messageId": uuid.uuid4().hex,
+                        "event": kind,
+                        "properties": dict(props),
+                        "context": {"campaign": campaign},
+                        "timestamp": datetime.now(UTC).isoformat(),
+                    }
+                )
+            try:
+                response = await http.post(url, json={"batch": batch})
+            except httpx.TransportError as exc:
+                raise StagecoachError(
+                    f"the API at {settings.api_base_url} does not answer ({exc})",
+                    fix="start Stagecoach with 'stagecoach up' (or 'make run') first",
+                ) from exc
+            if response.status_code >= 300:
+                raise StagecoachError(
+                    f"the API refused the demo's events: {response.status_code} {response.text}",
+                    fix="check the API's log (.stagecoach/logs/api.log)",
+                )
+            sent += len(batch)
             await asyncio.sleep(pace)
     return sent
 
@@ -105,12 +143,18 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same people.")] = 7,
     pace: Annotated[float, typer.Option(help="Seconds between events.", min=0)] = 0.05,
 ) -> None:
-    """Send simulated contact behaviour through the public path; watch it in the Web UI."""
+    """Post simulated contacts' behaviour to the running API, as a website would; watch
+    them in the Web UI and the dashboard."""
     settings = load_settings()
     configure_logging(level="warning", fmt=settings.log_format)
-    sent = asyncio.run(run_demo(settings, contacts=contacts, seed=seed, pace=pace))
+    try:
+        sent = asyncio.run(run_demo(settings, contacts=contacts, seed=seed, pace=pace))
+    except StagecoachError as exc:
+        typer.echo(f"stagecoach: error: {exc.one_line()}", err=True)
+        raise typer.Exit(2) from None
     ui = f"{settings.temporal_ui_url}/namespaces/{settings.temporal_namespace}/workflows"
     typer.echo(f"sent {sent} events for {contacts} contacts.")
     typer.echo(f"watch them: {ui}")
     typer.echo("find them:  temporal workflow list --query 'Stage=\"lead\"'")
     typer.echo("            temporal workflow list --query 'Journeys=\"b2b_nurture\"'")
+    typer.echo(f"see them:   {settings.api_base_url}/dashboard, stagecoach report funnel")

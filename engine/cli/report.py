@@ -37,7 +37,7 @@ def _print_table(report: Report, section: str | None) -> None:
     for s in report.sections:
         if section and s.name != section:
             continue
-        cells = [[_cell(v) for v in row] for row in s.rows]
+        cells = [[_cell(v, c) for v, c in zip(row, s.columns, strict=True)] for row in s.rows]
         widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(s.columns)]
         typer.echo(f"\n{s.title or s.name}")
         typer.echo("  ".join(c.ljust(w) for c, w in zip(s.columns, widths, strict=True)))
@@ -50,9 +50,11 @@ def _print_table(report: Report, section: str | None) -> None:
         typer.echo(f"\nnote: {note}")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and ("rate" in column or column.endswith("share")):
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1 else f"{value:,.2f}"
     if isinstance(value, bool):

@@ -277,6 +277,13 @@ def _banner(settings: Settings, logs: Path) -> str:
             f"  HTTP API           {api}  (docs {api}/docs, health {api}/healthz)",
             "  Send events        stagecoach keys create website  (then Segment's API, "
             f"basic auth, at {api}/v1/track)",
+            f"  Dashboard          {api}/dashboard  ("
+            + (
+                "sign in with STAGECOACH_ADMIN_TOKEN)"
+                if settings.admin_token and settings.admin_token.get_secret_value().strip()
+                else "set STAGECOACH_ADMIN_TOKEN to sign in)"
+            ),
+            "  Try it             stagecoach demo, then stagecoach report funnel",
             f"  Database           {redact(settings.resolved_database_url)}",
             f"  Payload keys       {keys}  (Web UI decryption: sign in at {api}/codec/login)",
             f"  Logs               {logs}/{{temporal,worker,api}}.log",
