@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Annotated, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 import structlog
@@ -821,6 +821,16 @@ def _safe_target(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _location(url: str) -> str:
+    """``url`` as a header value: a link with non-ASCII characters (an IRI, say a Chinese
+    path) percent-encoded as UTF-8 (RFC 3987, 3.1), which browsers read back as the same
+    page; HTTP headers carry Latin-1 at most, so the raw IRI would be a 500."""
+    return _NON_ASCII.sub(lambda m: quote(m.group(0), safe=""), url)
+
+
 async def _record_quietly(request: Request, incoming: Incoming) -> None:
     """Tracking is best effort: a click still lands and a pixel still loads without it."""
     try:
@@ -906,7 +916,11 @@ async def click(
         )
     return Response(
         status_code=302,
-        headers={"Location": url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        headers={
+            "Location": _location(url),
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+        },
         background=background,
     )
 

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from engine.api._common import ingest, read_body
-from engine.errors import DatabaseError
+from engine.errors import DatabaseError, StagecoachError
 from engine.ingest import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -48,8 +48,41 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+RESERVED_SOURCES = frozenset(
+    {
+        "wechat",  # engine.storage.interactions: WeChat's callback opens the 48-hour window
+        "unsubscribe_link",
+        "preference_page",
+        "email_tracking",
+        "postmark",
+        "sales_feedback",
+        "referral_page",
+        "referral",
+    }
+)
+"""Sources the API records only for what it attests itself (signed callbacks, tracking,
+feedback, referral pages). A write key records its source (or its name), so none may
+carry one of these: a key named ``wechat`` could otherwise reopen the customer-service
+window."""
+
+
+class ReservedSource(StagecoachError, ValueError):
+    """A write key asked for a source only the API itself may record."""
+
+
 def create_write_key(engine: Engine, name: str, *, source: str | None = None) -> str:
-    """A new write key; only its hash is stored, so this is the one time it is seen."""
+    """A new write key; only its hash is stored, so this is the one time it is seen.
+
+    Raises:
+        ReservedSource: the key would record one of ``RESERVED_SOURCES``.
+    """
+    recorded = source or name
+    if recorded in RESERVED_SOURCES:
+        raise ReservedSource(
+            f"a write key cannot record source {recorded!r}: the API records it only for "
+            "events it attests itself",
+            fix="give the key another name or --source (e.g. 'website', 'crm', 'app')",
+        )
     key = "sk_" + secrets.token_urlsafe(24)
     with Session(engine) as session:
         session.add(WriteKey(key_hash=hash_key(key), name=name, source=source))

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import css_inline
-from jinja2 import Template
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ._errors import ContentValidationError, RenderError, UnknownContentError
@@ -341,7 +341,8 @@ class ContentLibrary:
 
         Raises:
             UnknownContentError: No such item.
-            RenderError: The item does not offer that locale or channel, or has expired.
+            RenderError: The item does not offer that locale or channel, has expired, or
+                a template fails for this contact's values (e.g. the sandbox refuses it).
         """
         compiled = self._get(content_id)
         item = compiled.item
@@ -362,20 +363,28 @@ class ContentLibrary:
             unsubscribe_url = signer.unsubscribe_url(
                 contact_id=contact.contact_id, content_id=content_id, channel=channel, now=now
             )
-        return self._render(
-            compiled,
-            channel=channel,
-            locale=locale,
-            contact=contact,
-            now=now,
-            signer=signer,
-            idempotency_key=idempotency_key,
-            open_pixel=open_pixel,
-            unsubscribe_url=unsubscribe_url,
-            unsubscribe_mailto=unsubscribe_mailto,
-            message_id_domain=message_id_domain,
-            fit=True,
-        )
+        try:
+            return self._render(
+                compiled,
+                channel=channel,
+                locale=locale,
+                contact=contact,
+                now=now,
+                signer=signer,
+                idempotency_key=idempotency_key,
+                open_pixel=open_pixel,
+                unsubscribe_url=unsubscribe_url,
+                unsubscribe_mailto=unsubscribe_mailto,
+                message_id_domain=message_id_domain,
+                fit=True,
+            )
+        except TemplateError as exc:
+            # A branch the declared defaults never took (the sandbox refusing it, say):
+            # retrying renders the same failure, so the send must fail for good.
+            raise RenderError(
+                f"{content_id} ({channel}, {locale}) failed to render: {exc}",
+                fix="correct the template; load-time validation only runs the defaults' branch",
+            ) from exc
 
     def _context(
         self, item: ContentItem, locale: str, contact: RenderContact, unsubscribe_url: str
@@ -423,13 +432,14 @@ class ContentLibrary:
         if channel == "wechat":
             spec, fields = compiled.wechat[locale]
             rendered = {key: tmpl.render(context) for key, tmpl in fields.items()}
+            supplied = [context[name] for name in item.variables if contact.attributes.get(name)]
             return RenderedMessage(
                 content_id=item.id,
                 content_version=item.version,
                 channel=channel,
                 locale=locale,
                 kind=item.kind,
-                wechat=_wechat_body(spec, rendered, track, fit=fit),
+                wechat=_wechat_body(spec, rendered, track, fit=fit, supplied=supplied),
             )
 
         subject = one_line(compiled.email[(locale, "subject")].render(context))
@@ -525,7 +535,10 @@ def _wechat_body(
     track: Callable[[str], str | None],
     *,
     fit: bool,
+    supplied: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """The WeChat API body; ``supplied`` are the contact's own values in ``rendered``."""
+
     def url(key: str) -> str:
         value = rendered.get(key, "").strip()
         tracked = track(value) if value.startswith(("https://", "http://")) else None
@@ -542,7 +555,17 @@ def _wechat_body(
             body["url"] = url("url")
         return body
     if spec.static["msgtype"] == "text":
-        content = _TEXT_URL.sub(lambda m: track(m.group(0)) or m.group(0), rendered["content"])
+        text = rendered["content"]
+        # A link that starts inside a contact's value (a "name" that is a URL) stays as
+        # written: signing it would mint a redirect on our domain to wherever it points.
+        theirs = [(at, at + len(v)) for v in supplied for at in _occurrences(text, v)]
+
+        def link(match: re.Match[str]) -> str:
+            if any(start <= match.start() < end for start, end in theirs):
+                return match.group(0)
+            return track(match.group(0)) or match.group(0)
+
+        content = _TEXT_URL.sub(link, text)
         return {"msgtype": "text", "text": {"content": content.strip()}}
     article = {
         "title": one_line(rendered["title"]),
@@ -551,6 +574,16 @@ def _wechat_body(
         "picurl": rendered["picurl"].strip(),
     }
     return {"msgtype": "news", "news": {"articles": [article]}}
+
+
+def _occurrences(text: str, value: str) -> list[int]:
+    """Where ``value`` starts in ``text``, every time (none for an empty value)."""
+    found: list[int] = []
+    at = text.find(value) if value else -1
+    while at != -1:
+        found.append(at)
+        at = text.find(value, at + 1)
+    return found
 
 
 def _check_wechat_fit(

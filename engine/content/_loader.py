@@ -513,7 +513,20 @@ def check_template(
             "templates may only print variables and use filters; remove those expressions",
         )
         return None
-    missing = sorted(meta.find_undeclared_variables(ast) - allowed)
+    try:
+        # This runs Jinja's code generator, which refuses what the parser lets through:
+        # an unknown filter, a block defined twice, an extends inside a block.
+        undeclared = meta.find_undeclared_variables(ast)
+    except TemplateSyntaxError as exc:
+        problems.add(
+            path,
+            f"{where} line {exc.lineno}",
+            f"template error: {exc.message}",
+            "use only Jinja's built-in filters and tests, define each block once, and put "
+            "{% extends %} first in the file",
+        )
+        return None
+    missing = sorted(undeclared - allowed)
     if missing:
         problems.add(
             path,

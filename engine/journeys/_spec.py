@@ -20,6 +20,7 @@ from engine.conditions import (
     AllOf,
     AnyOf,
     Condition,
+    EventOccurred,
     EventRecord,
     Not,
     StageIn,
@@ -54,6 +55,10 @@ from ._steps import (
 
 SPEC_FORMAT = 1
 """Bumped only when the JSON layout changes incompatibly."""
+
+MAX_SPAN = timedelta(days=36_500)
+"""The longest wait, event timeout or condition window a journey may hold (100 years):
+longer is a typo, and far longer overflows the datetimes an enrolment computes."""
 
 
 @runtime_checkable
@@ -292,20 +297,45 @@ def compile_journey(journey: Journey, ctx: ValidationContext) -> JourneySpec:
         JourneyValidationError: Listing every problem found, each with its fix.
     """
     steps = _resolve(tuple(journey.steps))
-    spec = JourneySpec(
-        name=journey.name,
-        description=journey.description,
-        entry=journey.entries,
-        reentry=journey.reentry,
-        exit_when=journey.exit_when,
-        goal=journey.goal,
-        locales=tuple(journey.locales),
-        steps=steps,
-    )
+    try:
+        spec = JourneySpec(
+            name=journey.name,
+            description=journey.description,
+            entry=journey.entries,
+            reentry=journey.reentry,
+            exit_when=journey.exit_when,
+            goal=journey.goal,
+            locales=tuple(journey.locales),
+            steps=steps,
+        )
+    except (TypeError, ValueError) as exc:
+        # A spec is JSON (its version hashes it): a value with no JSON form (a datetime
+        # in set_attribute, say) is a problem the marketer fixes in a named step.
+        raise JourneyValidationError(journey.name, [_not_json(journey, steps, exc)]) from exc
     problems = validate_spec(spec, ctx)
     if problems:
         raise JourneyValidationError(journey.name, problems)
     return spec
+
+
+def _not_json(journey: Journey, steps: tuple[Step, ...], exc: Exception) -> Problem:
+    """The part of ``journey`` holding a value with no JSON form, as a problem."""
+    parts: list[tuple[str, Step | Condition | None]] = [(f"step {s.id!r}", s) for s in steps]
+    parts += [("exit criteria", journey.exit_when), ("goal", journey.goal)]
+    where = "journey"
+    for place, part in parts:
+        try:
+            canonical_json({"part": part.to_dict() if part is not None else None})
+        except (TypeError, ValueError):
+            where = place
+            break
+    return Problem(
+        journey.name,
+        where,
+        f"holds a value with no JSON form ({exc})",
+        "use only text, numbers, true/false, null and lists or mappings of them "
+        "(a time as an ISO 8601 string)",
+    )
 
 
 def _resolve(steps: tuple[Step, ...]) -> tuple[Step, ...]:
@@ -349,6 +379,7 @@ def validate_spec(spec: JourneySpec, ctx: ValidationContext) -> list[Problem]:
 
     _check_graph(spec, add)
     _check_steps(spec, ctx, add)
+    _check_spans(spec, add)
     _check_event_types(spec, ctx, add)
     _check_stages(spec, ctx, add)
     return problems
@@ -570,6 +601,32 @@ def _check_event_types(spec: JourneySpec, ctx: ValidationContext, add: Any) -> N
             )
 
 
+def _check_spans(spec: JourneySpec, add: Any) -> None:
+    too_long = f"longer than {MAX_SPAN.days} days"
+    fix = "wait, time out and look back at most 100 years: check the units"
+    for s in spec.steps:
+        span = s.duration if isinstance(s, WaitStep) else None
+        if isinstance(s, WaitForEventStep):
+            span = s.timeout
+        if span is not None and span > MAX_SPAN:
+            add(f"step {s.id!r}", f"{s.kind} of {span.days} days is {too_long}", fix)
+    for where, cond in _conditions_of(spec):
+        for part in _walk(cond):
+            window = part.within if isinstance(part, EventOccurred) else None
+            if window is not None and window > MAX_SPAN:
+                add(where, f"event window of {window.days} days is {too_long}", fix)
+
+
+def _conditions_of(spec: JourneySpec) -> list[tuple[str, Condition]]:
+    """Every condition of ``spec`` with where it is: exit criteria, goal, branches."""
+    places: list[tuple[str, Condition | None]] = [
+        ("exit criteria", spec.exit_when),
+        ("goal", spec.goal),
+    ]
+    places += [(f"step {s.id!r}", s.condition) for s in spec.steps if isinstance(s, BranchStep)]
+    return [(where, cond) for where, cond in places if cond is not None]
+
+
 def _walk(condition: Condition) -> Iterator[Condition]:
     yield condition
     if isinstance(condition, AllOf | AnyOf):
@@ -592,14 +649,7 @@ def _check_stages(spec: JourneySpec, ctx: ValidationContext, add: Any) -> None:
     for e in spec.entry:
         if isinstance(e, StageEntered):
             _stage(spec, ctx, add, "entry", e.stage)
-    places: list[tuple[str, Condition | None]] = [
-        ("exit criteria", spec.exit_when),
-        ("goal", spec.goal),
-    ]
-    places += [(f"step {s.id!r}", s.condition) for s in spec.steps if isinstance(s, BranchStep)]
-    for where, cond in places:
-        if cond is None:
-            continue
+    for where, cond in _conditions_of(spec):
         for part in _walk(cond):
             if isinstance(part, StageIn):
                 for stage in part.stages:
