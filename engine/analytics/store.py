@@ -537,6 +537,10 @@ class _Sync:
 
     def append(self, source: _Source) -> int:
         self.mark = mark = _watermark(self.con, source.name)
+        return self._from_watermark(source, mark)
+
+    def _from_watermark(self, source: _Source, mark: int) -> int:
+        """Copy the rows with ids past ``mark`` (less the overlap) and move the mark."""
         t = source.table
         stmt = self._select(source).where(t.c.id > mark - self.id_overlap).order_by(t.c.id)
         count, top = 0, mark
@@ -620,14 +624,7 @@ class _Sync:
             if found:
                 self._load(source, found)
                 count += len(found)
-        top = mark
-        stmt = self._select(source).where(t.c.id > mark - self.id_overlap).order_by(t.c.id)
-        for rows in self._read(stmt):
-            self._load(source, rows)
-            count += len(rows)
-            top = max(top, rows[-1][0])
-        _set_watermark(self.con, source.name, top, self.now)
-        return count
+        return count + self._from_watermark(source, mark)
 
     def whole(self, source: _Source) -> int:
         self.con.execute(f"DELETE FROM {source.name}")
