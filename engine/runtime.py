@@ -45,7 +45,10 @@ def find_temporal_cli(settings: Settings) -> Path:
 def ensure_port_free(host: str, port: int, *, what: str, setting: str) -> None:
     """Raise PortInUse, naming the setting that moves us elsewhere, if ``port`` is taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # No SO_REUSEADDR: we want to see a listener even if it is in TIME_WAIT churn.
+        # SO_REUSEADDR, as uvicorn and the dev server bind: a live listener still makes
+        # bind fail, but the TIME_WAIT connections a crashed server leaves behind do not,
+        # so a supervisor's restart right after a crash is not refused for a minute.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

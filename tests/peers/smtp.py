@@ -9,6 +9,7 @@ commands, and can be told to misbehave::
         peer.fail_address("y@example.com", "550 5.1.1 unknown")
         peer.fail_address("z@example.com", "550 5.7.1 spam", at="DATA")
         peer.drop_after_data(1)          # the next DATA: take the message, drop the connection
+        peer.drop_sessions()             # cut every new connection at once, until (False)
         ...
         peer.accepted                    # messages acknowledged with 250
         peer.copies(digest)              # copies received of X-Stagecoach-Idempotency-Key
@@ -99,6 +100,7 @@ class _State:
     address_faults: dict[str, _Fault] = field(default_factory=dict)
     drop_countdown: list[int] = field(default_factory=list)
     data_delay: float = 0.0
+    dropping: bool = False
 
 
 class _PeerSMTP(SMTP):
@@ -121,6 +123,8 @@ class _PeerSMTP(SMTP):
         super().connection_made(transport)
         if first:
             self.session_number = self._peer_handler.session_opened()
+            if self._peer_handler.dropping() and isinstance(transport, asyncio.Transport):
+                transport.abort()  # an outage: the connection dies before the greeting
 
     def connection_lost(self, error: Exception | None) -> None:
         self._peer_handler.session_closed()
@@ -144,6 +148,10 @@ class _Handler:
     def session_closed(self) -> None:
         with self._lock:
             self._state.open_sessions -= 1
+
+    def dropping(self) -> bool:
+        with self._lock:
+            return self._state.dropping
 
     def _count(self, command: str) -> None:
         with self._lock:
@@ -417,8 +425,14 @@ class SmtpPeer:
         with self._lock:
             self._state.data_delay = seconds
 
+    def drop_sessions(self, on: bool = True) -> None:
+        """While on, cut every new connection before the greeting (a relay going down)."""
+        with self._lock:
+            self._state.dropping = on
+
     def clear_faults(self) -> None:
         with self._lock:
+            self._state.dropping = False
             self._state.next_faults.clear()
             self._state.address_faults.clear()
             self._state.drop_countdown.clear()
