@@ -93,7 +93,9 @@ class ContactOpener:
         with self._guard:
             cached = self._cached
             if cached is None or datetime.now(UTC) - cached.loaded_at > self._ttl:
-                cached = self._cached = self._load()
+                cached = self._load()
+                # Nothing published yet (no worker has started): not worth keeping.
+                self._cached = cached if cached.journeys else None
             return cached
 
     async def open(
@@ -103,7 +105,9 @@ class ContactOpener:
         event: EventMessage | None = None,
         journey: str | None = None,
     ) -> Opening | None:
-        """Record ``contact_id`` at the first stage; None if it was already recorded.
+        """Record ``contact_id`` at the first stage; None if it was already recorded, or
+        if no journey is published yet (the workflow then opens the contact itself, with
+        a worker's definitions, so it still enters the journeys of its first stage).
 
         ``event`` is the one that creates the contact (its type and id are the creation's
         trigger, its locale the initial ``Locale``); ``journey`` is one it is being
@@ -122,6 +126,11 @@ class ContactOpener:
         from engine.storage.contacts import open_contact
 
         definitions = self.definitions()
+        if not definitions.journeys:
+            # No journey published yet: a contact opened with these definitions would
+            # never enter one. Leave it to the workflow's own contact.open activity,
+            # which loads the definitions on a worker (a worker publishes at start).
+            return None
         first = str(definitions.pipeline["stages"][0]["name"])
         now = datetime.now(UTC)
         request = OpenRequest(

@@ -4,6 +4,7 @@ skips ``contact.open``, finds its search attributes set, and the story is the sa
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, select
@@ -12,7 +13,9 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from engine.gateway import InvalidEvent, contact_view, enrol, send_event
 from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
+from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition
+from tests.helpers import runtime_settings
 from tests.workflows.conftest import Runtime, eventually
 from workflows import search_attributes as sa
 from workflows.runtime import ContactOpener
@@ -162,3 +165,19 @@ async def test_a_malformed_event_in_an_enrolment_is_refused_before_sending(
             "enrol", EnrolRequest("b2b_nurture", event=bad), result_type=object
         )
     assert (await contact_view(runtime.client, "op-bad2")).journeys == []
+
+
+async def test_an_opener_that_sees_no_published_journey_leaves_the_opening_to_the_workflow(
+    tmp_path: Path,
+) -> None:
+    """Before any worker has published, an opening would carry no journeys and the
+    contact would never enter one: the opener declines, and caches nothing."""
+    settings = runtime_settings(tmp_path, "no-journeys-yet")
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    opener = ContactOpener(engine, settings)
+    assert opener.definitions().journeys == {}
+    assert await opener.open("early-1", event=_identify("early-1")) is None
+    with Session(engine) as session:
+        assert session.get(Contact, "early-1") is None  # the workflow's open records it
+    engine.dispose()
