@@ -88,8 +88,10 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 @pytest.fixture
 def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine=engine)) as client:
+    app = create_app(settings, engine=engine)
+    with TestClient(app) as client:
         yield client
+    app.state.reports.wait(30)  # a background copy must not outlive the test (and log)
 
 
 def test_the_funnel_counts_what_the_database_holds(api: TestClient) -> None:

@@ -48,8 +48,10 @@ def seeded(db_engine: Engine, settings: Settings) -> Engine:
 
 @pytest.fixture
 def client(seeded: Engine, settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, engine=seeded)) as test_client:
+    app = create_app(settings, engine=seeded)
+    with TestClient(app) as test_client:
         yield test_client
+    app.state.reports.wait(30)  # no background copy outlives the test
 
 
 def sign_in(client: TestClient, token: str = ADMIN_TOKEN, then: str = "/dashboard") -> Any:
