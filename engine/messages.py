@@ -250,13 +250,18 @@ class EnrolmentRecord:
     trail: list[dict[str, Any]] = field(default_factory=list)
 
     def arms(self) -> dict[str, str]:
-        """Each split step passed and the target it chose (a later pass wins); an arm
-        that leaves the journey (a holdout) is named by its exit reason."""
-        return {
-            p["step"]: str(p["outcome"]).removeprefix(EXIT_PREFIX)
-            for p in self.trail
-            if p.get("kind") == "split"
-        }
+        """Each split step passed and the arm it chose (see ``split_arms``)."""
+        return split_arms(self.trail)
+
+
+def split_arms(trail: list[dict[str, Any]]) -> dict[str, str]:
+    """Each split step in an enrolment's trail and the target it chose (a later pass
+    wins); an arm that leaves the journey (a holdout) is named by its exit reason."""
+    return {
+        p["step"]: str(p["outcome"]).removeprefix(EXIT_PREFIX)
+        for p in trail
+        if p.get("kind") == "split"
+    }
 
 
 @dataclass

@@ -14,6 +14,8 @@ spelling for every option and one message for each bad one.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import threading
@@ -26,7 +28,8 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 
-from engine.analytics import Params, Report, ReportError, run_report
+from engine.analytics import Params, Report, ReportError, Section, run_report
+from engine.analytics._stats import choice
 from engine.analytics.store import AnalyticsStore, default_path, synced_at
 from engine.errors import StagecoachError
 from engine.settings import Settings
@@ -394,6 +397,26 @@ class Numbers:
         finally:
             with self._lock:
                 self._thread = None
+
+
+def pick_section(report: Report, name: str | None) -> Section | None:
+    """The section ``name`` of ``report`` (None when no name is given).
+
+    Raises:
+        ReportError: the report has no such section; the fix lists those it has.
+    """
+    if name is None:
+        return None
+    return report.section(choice("section", name, [s.name for s in report.sections]))
+
+
+def section_csv(section: Section) -> str:
+    """One section as CSV: a header row, then its rows as JSON would write them."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(section.columns)
+    writer.writerows([to_plain(v) for v in row] for row in section.rows)
+    return out.getvalue()
 
 
 def to_plain(value: Any) -> Any:

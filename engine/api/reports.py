@@ -14,15 +14,20 @@ every answer says when the copy was taken.
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from engine.analytics import REPORTS, ReportError
-from engine.analytics.service import Numbers, make_params, text_options, to_plain
+from engine.analytics.service import (
+    Numbers,
+    make_params,
+    pick_section,
+    section_csv,
+    text_options,
+    to_plain,
+)
 from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError
 
@@ -65,22 +70,14 @@ def _answer(
         numbers, database = reports
         numbers.freshness(database)  # copies again in the background when due
         [report] = numbers.reports([(name, params)])
+        chosen = pick_section(report, section)
     except ReportError as exc:
         raise HTTPException(400, detail=exc.one_line()) from None
     except DatabaseError as exc:
         raise HTTPException(503, detail=exc.one_line()) from None
-    names = [s.name for s in report.sections]
-    if section is not None and section not in names:
-        raise HTTPException(
-            400, detail=f"section {section!r} is not in this report. Fix: use one of {names}"
-        )
     if fmt == "csv":
-        chosen = report.section(section) if section else report.sections[0]
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(chosen.columns)
-        writer.writerows([to_plain(v) for v in row] for row in chosen.rows)
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+        body_csv = section_csv(chosen or report.sections[0])
+        return Response(body_csv, media_type="text/csv; charset=utf-8")
     body = report.to_json()
     for s in body["sections"].values():
         s["rows"] = [{k: to_plain(v) for k, v in r.items()} for r in s["rows"]]

@@ -8,16 +8,21 @@ CSV (``--section``; the first by default).
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 
 from engine.analytics import REPORTS, Params, Report, run_report
-from engine.analytics.service import make_params, text_options, to_plain
+from engine.analytics._stats import choice
+from engine.analytics.service import (
+    make_params,
+    pick_section,
+    section_csv,
+    text_options,
+    to_plain,
+)
 from engine.analytics.store import synced_at as store_as_of
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
@@ -101,9 +106,8 @@ def report(
     configure_logging(level="warning", fmt=settings.log_format)  # stderr: stdout is the report
     try:
         if fmt not in FORMATS:
-            raise _bad("--format", fmt, "table, json or csv")
-        if name not in REPORTS:
-            raise _bad("report", name, ", ".join(REPORTS))
+            choice("--format", fmt, FORMATS)
+        choice("report", name, REPORTS)
         params = make_params(
             since=since,
             until=until,
@@ -121,8 +125,7 @@ def report(
             ),
         )
         result = _compute(settings, name, params, fresh=fresh)
-        if section is not None and section not in {s.name for s in result.sections}:
-            raise _bad("--section", section, ", ".join(s.name for s in result.sections))
+        chosen = pick_section(result, section)
     except StagecoachError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)
         raise typer.Exit(2) from None
@@ -132,13 +135,11 @@ def report(
             data["sections"] = {section: data["sections"][section]}
         typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=to_plain))
     elif fmt == "csv":
-        chosen = result.section(section) if section else result.sections[0]
-        writer = csv.writer(sys.stdout)
-        writer.writerow(chosen.columns)
-        writer.writerows([to_plain(v) for v in row] for row in chosen.rows)
-        others = [s.name for s in result.sections if s.name != chosen.name]
-        if others and section is None:
-            typer.echo(f"(section {chosen.name}; others: {', '.join(others)})", err=True)
+        shown = chosen or result.sections[0]
+        typer.echo(section_csv(shown), nl=False)
+        others = [s.name for s in result.sections if s.name != shown.name]
+        if others and chosen is None:
+            typer.echo(f"(section {shown.name}; others: {', '.join(others)})", err=True)
     else:
         _print_table(result, section)
 
@@ -161,9 +162,3 @@ def _compute(settings: Settings, name: str, params: Params, *, fresh: bool) -> R
             engine.dispose()
     with store.read() as con:
         return run_report(name, con, params, as_of=store_as_of(con))
-
-
-def _bad(option: str, value: str, allowed: str) -> StagecoachError:
-    from engine.analytics import ReportError
-
-    return ReportError(f"{option} {value!r} is not a choice", fix=f"use one of: {allowed}")

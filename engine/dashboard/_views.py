@@ -30,8 +30,7 @@ from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
 from engine.analytics import Params, Report, ReportError
-from engine.analytics.service import Freshness, Numbers, Wanted
-from engine.analytics.store import AnalyticsStore, default_path
+from engine.analytics.service import Freshness, Numbers, Wanted, reports_for
 from engine.api._common import in_thread, read_body
 from engine.api.app import SessionDep
 from engine.api.contacts import Person, find_person, temporal_client
@@ -200,7 +199,6 @@ def default_reports() -> Wanted:
 def dashboard_router(
     settings: Settings,
     *,
-    store: Callable[[], AnalyticsStore] | None = None,
     temporal: TemporalDep = temporal_client,
     timeline: TimelineReader = contact_timeline,
     sessions: Sessions | None = None,
@@ -211,24 +209,18 @@ def dashboard_router(
     Args:
         settings: Admin token (sign-in), link secret (session cookies), analytics store
             path, how often the store syncs, Temporal Web UI address and namespace.
-        store: Opens the analytics store; default ``STAGECOACH_ANALYTICS_PATH``.
         temporal: The app's Temporal client, or None when Temporal is not wired; the
             default is the contacts API's (``app.state.temporal``), one client for both.
         timeline: Reads a contact's story from its workflow history.
         sessions: Signs and checks session cookies (default: from ``settings``).
-        numbers: The reports, shared with the JSON API (default: a cache of its own over
-            ``store``).
+        numbers: The reports, shared with the JSON API (default: a cache of its own,
+            as ``engine.analytics.service.reports_for`` builds it).
 
     The router reads the database through ``app.state`` (``engine`` to sync the store,
     the session dependency for a contact's stage transitions).
     """
     if numbers is None:
-        path = settings.analytics_path or default_path(settings.data_dir)
-        numbers = Numbers(
-            store or (lambda: AnalyticsStore(path)),
-            sync_every=settings.dashboard_cache_seconds,
-            defaults=default_reports,
-        )
+        numbers = reports_for(settings, defaults=default_reports)
     auth = sessions or Sessions(settings, path=PREFIX)
     plotly_js = _Plotly(_plotly_version())
     plotly_path = f"{PREFIX}/static/plotly-{plotly_js.version}.min.js"

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from engine.messages import EnrolmentRecord
+from engine.messages import EnrolmentRecord, split_arms
 from engine.storage.models import JourneyEnrolment
 
 ACTIVE = "active"
@@ -49,9 +49,6 @@ def save_active_enrolment(
     trail: list[dict[str, Any]],
 ) -> None:
     """Record an enrolment still in flight, with its trail so far."""
-    arms = EnrolmentRecord(
-        contact_id, journey, version, enrolment, ACTIVE, "", started_at, started_at, trail
-    ).arms()
     _upsert(
         engine,
         contact_id=contact_id,
@@ -61,7 +58,7 @@ def save_active_enrolment(
         status=ACTIVE,
         reason=None,
         trail=trail,
-        arms=arms,
+        arms=split_arms(trail),
         started_at=started_at,
         finished_at=None,
     )
