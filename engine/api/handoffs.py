@@ -2,7 +2,8 @@
 
 The CRM, or whatever received the hand-off webhook, answers with one decision::
 
-    {"decision": "accepted" | "rejected" | "converted",
+    {"handoff_id": "h_7f3a9c2e",  # the id in the path: the signature binds the two
+     "decision": "accepted" | "rejected" | "converted",
      "reason": "no_budget",       # required for rejected, optional otherwise
      "owner": "wang.wei",         # optional: who took the lead (updates the hand-off)
      "at": "2026-11-23T10:00:00Z"}  # optional: when it was decided; now by default
@@ -12,7 +13,10 @@ signed with ``Stagecoach-Signature: t=<unix>,v1=<hmac>`` using the shared secret
 ``STAGECOACH_WEBHOOK_SECRET`` (any of them while rotating), exactly as
 ``connectors.webhook.sign`` does and ``docs/webhooks.md`` describes. Unsigned, wrongly
 signed, or signed more than five minutes away from our clock: **401**, nothing read.
-Secret unset: **503**, naming the setting.
+The signature covers the body but not the URL, so the body names its hand-off: a body
+whose ``handoff_id`` is not the path's is **401** too, and a decision captured for one
+hand-off cannot be replayed against another within the five minutes. Secret unset:
+**503**, naming the setting.
 
 Effects, once per decision:
 
@@ -89,6 +93,11 @@ class FeedbackIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    handoff_id: str = Field(
+        max_length=64,
+        description="The hand-off this decides: the id in the path. The signature covers "
+        "the body, so naming it here binds the decision to that one hand-off",
+    )
     decision: Decision = Field(description="accepted, rejected or converted")
     reason: str | None = Field(
         default=None,
@@ -156,13 +165,18 @@ def webhook_secrets(request: Request) -> list[str]:
 # --- the body -----------------------------------------------------------------------------
 
 
-_FIELDS = "decision, reason, owner, at"
+_FIELDS = "handoff_id, decision, reason, owner, at"
 
 
 def _problem(error: Any) -> tuple[str, str]:
     where = ".".join(str(p) for p in error.get("loc", ())) or "body"
     kind = str(error.get("type", ""))
     if kind == "missing":
+        if where == "handoff_id":
+            return where, (
+                "handoff_id is required: the hand-off's id, as in the path, so that the "
+                "signature binds this decision to it"
+            )
         return where, f"{where} is required" + (
             f": one of {', '.join(DECISIONS)}" if where == "decision" else ""
         )
@@ -177,6 +191,7 @@ def _problem(error: Any) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _Feedback:
+    handoff_id: str
     decision: Decision
     reason: str | None
     owner: str | None
@@ -206,7 +221,7 @@ def parse_feedback(raw: bytes, *, now: datetime) -> _Feedback | list[tuple[str, 
         problems.append(("at", "at is before 2000: send when sales decided, or omit it"))
     if problems:
         return problems
-    return _Feedback(body.decision, reason, owner, at.astimezone(UTC))
+    return _Feedback(body.handoff_id, body.decision, reason, owner, at.astimezone(UTC))
 
 
 # --- the decision -------------------------------------------------------------------------
@@ -436,11 +451,16 @@ _REQUEST_BODY: dict[str, Any] = {
                 "examples": {
                     "accepted": {
                         "summary": "Sales took the lead",
-                        "value": {"decision": "accepted", "owner": "wang.wei"},
+                        "value": {
+                            "handoff_id": "h_7f3a9c2e",
+                            "decision": "accepted",
+                            "owner": "wang.wei",
+                        },
                     },
                     "rejected": {
                         "summary": "Not a fit: the reason is required",
                         "value": {
+                            "handoff_id": "h_7f3a9c2e",
                             "decision": "rejected",
                             "reason": "no_budget",
                             "owner": "wang.wei",
@@ -449,7 +469,11 @@ _REQUEST_BODY: dict[str, Any] = {
                     },
                     "converted": {
                         "summary": "The deal closed",
-                        "value": {"decision": "converted", "at": "2027-01-15T08:30:00Z"},
+                        "value": {
+                            "handoff_id": "h_7f3a9c2e",
+                            "decision": "converted",
+                            "at": "2027-01-15T08:30:00Z",
+                        },
                     },
                 },
             }
@@ -465,7 +489,9 @@ _REQUEST_BODY: dict[str, Any] = {
         f"Sign the raw body as the hand-off webhook is signed ({SIGNATURE_HEADER}: "
         f"t=<unix>,v1=<HMAC-SHA256 of '<t>.' + body>, keyed with {_ENV_NAME}). Updates "
         "the hand-off and records sales.accepted, sales.rejected or sales.converted on its "
-        "contact, once: repeating a decision answers duplicate: true, and so does a "
+        "contact, once. The body's handoff_id must be the path's: the signature covers the "
+        "body, so that binds the decision to this hand-off. Repeating a decision answers "
+        "duplicate: true, and so does a "
         f"repeated {IDEMPOTENCY_HEADER}. Decisions move forward: accepted, then rejected "
         "or converted; rejected, then converted. converted is final; anything else is 409."
     ),
@@ -507,6 +533,14 @@ async def handoff_feedback(
     feedback = parse_feedback(raw, now=now)
     if isinstance(feedback, list):
         return _invalid(feedback)
+    if feedback.handoff_id != handoff_id:
+        # A signed decision captured for one hand-off, replayed against another.
+        return _error(
+            401,
+            f"the signed body decides hand-off {feedback.handoff_id!r}, not {handoff_id!r}: "
+            "post each decision to its own hand-off's URL",
+            **_CHALLENGE,
+        )
     key = (idempotency_key or "").strip() or None
     if key is not None and len(key) > _MAX_KEY:
         return _invalid([(IDEMPOTENCY_HEADER, f"{IDEMPOTENCY_HEADER} is over {_MAX_KEY} chars")])

@@ -85,8 +85,14 @@ def post(
     at: float | None = None,
     key: str | None = None,
     signature: str | None = None,
+    bind: bool = True,
 ) -> Response:
-    """POST ``body`` signed as the hand-off webhook is (``connectors.webhook.sign``)."""
+    """POST ``body`` signed as the hand-off webhook is (``connectors.webhook.sign``).
+
+    A dict body names the path's hand-off (``handoff_id``) unless it has one or ``bind``
+    is off, as a receiver following docs/webhooks.md sends it."""
+    if isinstance(body, dict) and bind and "handoff_id" not in body:
+        body = {"handoff_id": path.split("/")[3], **body}
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
     headers["Stagecoach-Signature"] = (
@@ -233,6 +239,28 @@ def test_rejected_without_reason_says_what_to_send(api: TestClient) -> None:
     response = post(api, {"decision": "rejected"})
     assert response.status_code == 400
     assert "reason is required" in response.json()["errors"][0]["message"]
+
+
+def test_a_body_without_its_handoff_id_is_400_naming_the_field(
+    api: TestClient, engine: Engine
+) -> None:
+    response = post(api, {"decision": "accepted"}, bind=False)
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "handoff_id"
+    assert "as in the path" in error["message"]
+    nothing_recorded(engine)
+
+
+def test_a_body_naming_another_handoff_is_401_and_records_nothing(
+    api: TestClient, engine: Engine
+) -> None:
+    """The signature covers the body, not the URL: the body's id is what binds it."""
+    response = post(api, {"handoff_id": "h_someone_else", "decision": "accepted"})
+    assert response.status_code == 401, response.text
+    assert "h_someone_else" in response.json()["error"]
+    assert "Stagecoach-Signature" in response.headers["www-authenticate"]
+    nothing_recorded(engine)
 
 
 def test_an_unknown_handoff_is_404_with_a_message(api: TestClient, engine: Engine) -> None:
