@@ -88,6 +88,16 @@ OUTBOX_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+INGEST_REFUSED = Counter(
+    "stagecoach_ingest_refused",
+    "Ingestion calls (/v1/batch, /v1/track...) answered 429 by admission control, "
+    "before anything was read or stored, by reason: queue_full (the wait queue was "
+    "full), expected_wait (the calls ahead would take longer than the maximum wait) or "
+    "timeout (it waited the maximum without a slot).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 # --- the worker --------------------------------------------------------------------------
 
 SENDS = Counter(
@@ -142,6 +152,11 @@ def count_events(accepted: Iterable[tuple[str, bool]]) -> None:
         EVENTS_ACCEPTED.labels(_label(source)).inc(n)
     for source, n in new.items():
         EVENTS_STORED.labels(_label(source)).inc(n)
+
+
+def count_ingest_refused(reason: str) -> None:
+    """One ingestion call was answered 429 by admission control because of ``reason``."""
+    INGEST_REFUSED.labels(_label(reason)).inc()
 
 
 def count_refused(reason: str, n: int = 1) -> None:
@@ -219,6 +234,25 @@ class OutboxCollector:
             "Age of the oldest waiting outbox row (0 when the outbox is empty).",
             value=outbox["outbox_oldest_seconds"] or 0,
         )
+
+
+class AdmissionCollector:
+    """The admission gate's gauges (``engine.api._admission.AdmissionGate.snapshot``),
+    read at scrape time: calls being handled, calls waiting, the slots there are, and
+    the average seconds a call holds one."""
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self._read()
+        for name, text in (
+            ("in_flight", "Ingestion calls being handled now."),
+            ("waiting", "Ingestion calls waiting for a slot now."),
+            ("concurrency", "Ingestion calls handled at once, at most."),
+            ("hold_seconds", "Moving average of the seconds an ingestion call holds its slot."),
+        ):
+            yield GaugeMetricFamily(f"stagecoach_ingest_{name}", text, value=gate[name])
 
 
 def registry_with(*collectors: Collector) -> CollectorRegistry:

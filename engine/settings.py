@@ -131,6 +131,24 @@ class Settings(BaseSettings):
         description="Serve the API's /metrics without the admin token. Only where the "
         "API port is private: the counters name teams, sources and volumes.",
     )
+    ingest_concurrency: int = Field(
+        default=32,
+        ge=0,
+        description="Admission control: ingestion calls (/v1/batch, /v1/track...) "
+        "handled at once; more wait in a queue or are answered 429 with Retry-After, "
+        "nothing stored. 0 turns admission control off.",
+    )
+    ingest_queue: int = Field(
+        default=512,
+        ge=0,
+        description="Ingestion calls waiting for a slot, at most; one more is answered 429.",
+    )
+    ingest_max_wait: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds an ingestion call may wait for a slot; a call that would "
+        "wait longer (by the recent pace) or did is answered 429.",
+    )
     max_events_per_run: int = Field(
         default=2000, ge=1, description="Continue-as-new after this many events in one run."
     )

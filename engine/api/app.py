@@ -14,14 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlmodel import Session
 
 from engine import __version__
+from engine.api._admission import OVERLOADED_RESPONSES, AdmissionGate, AdmissionMiddleware
 from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError
-from engine.metrics import OutboxCollector, registry_with, render
+from engine.metrics import AdmissionCollector, OutboxCollector, registry_with, render
 from engine.settings import Settings
 from engine.storage import check_connection, make_engine, session_factory
 
@@ -60,6 +63,17 @@ async def metrics_access(request: Request) -> None:
             "set it and scrape with 'Authorization: Bearer <token>', or set "
             "STAGECOACH_METRICS_PUBLIC=true when only Prometheus can reach this port",
         ) from exc
+
+
+def admission_gate(settings: Settings) -> AdmissionGate | None:
+    """The ingestion routes' admission gate, or None when ``ingest_concurrency`` is 0."""
+    if settings.ingest_concurrency == 0:
+        return None
+    return AdmissionGate(
+        concurrency=settings.ingest_concurrency,
+        queue=settings.ingest_queue,
+        max_wait=settings.ingest_max_wait,
+    )
 
 
 def create_app(
@@ -141,7 +155,19 @@ def create_app(
     app.state.forwarder = None
     app.state.temporal = temporal  # a client factory, or None when Temporal is not wired
     app.state.link_signer = link_signer(settings)  # an unusable secret fails at start
-    app.include_router(events_router)
+    # Admission control in front of the ingestion routes only (see _admission): the
+    # WeChat callback, tracking links and feedback must be answered, never told to wait.
+    gate = admission_gate(settings)
+    app.state.admission = gate
+    if gate is None:
+        app.include_router(events_router)
+    else:
+        app.include_router(events_router, responses=OVERLOADED_RESPONSES)
+        app.add_middleware(
+            AdmissionMiddleware,
+            gate=gate,
+            paths=[route.path for route in events_router.routes if isinstance(route, APIRoute)],
+        )
     app.include_router(wechat_router)
     app.include_router(email_router)
     app.include_router(contacts_router)
@@ -162,7 +188,10 @@ def create_app(
 
         return backlog(db)
 
-    exported = registry_with(OutboxCollector(outbox))  # the outbox is read at scrape time
+    collectors: list[Collector] = [OutboxCollector(outbox)]  # the outbox: at scrape time
+    if gate is not None:
+        collectors.append(AdmissionCollector(gate.snapshot))
+    exported = registry_with(*collectors)
 
     @app.get(
         "/metrics",

@@ -10,7 +10,14 @@ ways of loading (``Load.mode``):
   ``batch`` messages, for ``warmup`` then ``seconds``;
 - ``single``: the same with one ``track`` per ``/v1/track`` call;
 - ``paced``: open loop, ``rate`` ``page`` calls a second (one message each) for other
-  contacts, until its stdin is closed: the background of the reaction benchmark.
+  contacts, until its stdin is closed: the background of the reaction benchmark;
+- ``open``: open loop, ``rate`` ``/v1/batch`` calls a second of ``batch`` messages for
+  ``seconds``, on schedule whatever the answers take, on as many connections as it
+  needs up to ``concurrency``. A call answered 429 is sent again, same body and message
+  ids, once its ``Retry-After`` has passed (``honour_retry_after``), until ``drain``
+  seconds after the window; then every call still out is awaited. Latency is counted
+  from when a call was due, so a wait for a connection counts: the backpressure
+  benchmark.
 
 It prints one JSON line (``Report``): what was acknowledged (the ``accepted`` of every
 200 answer, summed), what failed, the measured window and latency percentiles. Message ids
@@ -36,7 +43,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-PATHS = {"batch": "/v1/batch", "single": "/v1/track", "paced": "/v1/page"}
+PATHS = {"batch": "/v1/batch", "single": "/v1/track", "paced": "/v1/page", "open": "/v1/batch"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class Load:
     batch: int = 100
     rate: float = 200.0
     users: int = 2000
+    honour_retry_after: bool = True
+    drain: float = 30.0
 
 
 @dataclass
@@ -72,6 +81,29 @@ class Report:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     cpu_seconds: float = 0.0
+    # --- the open mode ------------------------------------------------------------------
+    offered: int = 0
+    """New calls due in the window (retries not counted)."""
+    offered_messages: int = 0
+    throttled: int = 0
+    """Answers 429."""
+    throttled_with_retry_after: int = 0
+    """Answers 429 with a whole number of seconds in ``Retry-After``."""
+    retry_after_max: int = 0
+    retries: int = 0
+    """Calls sent again after a 429."""
+    gave_up: int = 0
+    """Batches still refused when the drain ended (never acknowledged, so never counted)."""
+    drain_seconds: float = 0.0
+    """From the window's end until the last call was answered."""
+    p50_all_ms: float = 0.0
+    """Latency of every call answered in the window, 429s included."""
+    p99_all_ms: float = 0.0
+    p99_thirds_ms: list[float] = field(default_factory=list)
+    """p99 of accepted calls due in each third of the window: flat, or growing."""
+    delivery_p50_ms: float = 0.0
+    """From a batch first due to its acknowledgement, Retry-After waits included."""
+    delivery_p99_ms: float = 0.0
 
     @classmethod
     def from_json(cls, line: str) -> Report:
@@ -149,6 +181,8 @@ class Connection:
         )
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.head = b""
+        """The status line and headers of the last answer, lower-cased."""
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         """The status and body of one ``POST``; raises ``OSError`` or
@@ -168,6 +202,7 @@ class Connection:
         except BaseException:
             self.close()
             raise
+        self.head = headers
         if b"connection: close" in headers:
             self.close()
         return status, content
@@ -176,6 +211,34 @@ class Connection:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def retry_after(head: bytes) -> int | None:
+    """The ``Retry-After`` seconds in a lower-cased answer head; None if absent or not a
+    whole number (an HTTP date is not what the API sends)."""
+    at = head.find(b"\r\nretry-after:")
+    if at < 0:
+        return None
+    value = head[at + 14 : head.index(b"\r\n", at + 2)].strip()
+    return int(value) if value.isdigit() else None
+
+
+KEEP_ALIVE = 4.0
+"""Seconds an idle connection is reused for: under uvicorn's keep-alive timeout (5 s),
+after which the server closes it and a call sent on it would be lost in flight."""
+
+
+def _reuse(idle: list[tuple[float, Connection]]) -> Connection | None:
+    """The most recently used idle connection, closing those idle too long to trust."""
+    while idle:
+        used, connection = idle.pop()
+        if time.perf_counter() - used < KEEP_ALIVE:
+            return connection
+        connection.close()
+        for _, stale in idle:  # older still
+            stale.close()
+        idle.clear()
+    return None
 
 
 class _Run:
@@ -189,7 +252,7 @@ class _Run:
 
     def body(self) -> bytes:
         load, seq = self.load, self.seq
-        if load.mode == "batch":
+        if load.mode in ("batch", "open"):
             self.seq += load.batch
             return orjson.dumps(
                 {"batch": [message(load.prefix, seq + n, load.users) for n in range(load.batch)]}
@@ -270,6 +333,98 @@ class _Run:
         for connection in idle:
             connection.close()
 
+    async def open_loop(self) -> None:
+        """``rate`` batch calls a second for ``seconds``; 429s resent after Retry-After
+        until ``drain`` seconds after the window (see the module docstring)."""
+        load, report = self.load, self.report
+        idle: list[tuple[float, Connection]] = []  # most recently used last
+        gate = asyncio.Semaphore(load.concurrency)
+        start = time.perf_counter()
+        end, stop_retrying = start + load.seconds, start + load.seconds + load.drain
+        self.window = (start, end)
+        answered_all: list[float] = []
+        thirds: list[list[float]] = [[], [], []]
+        delivery: list[float] = []
+
+        async def call(body: bytes, due: float) -> tuple[int, bytes, int | None]:
+            """One call; its status, body and Retry-After (0 status: no answer)."""
+            async with gate:
+                connection = _reuse(idle) or Connection(load.url, load.key)
+                report.requests += 1
+                try:
+                    status, content = await connection.post(PATHS["open"], body)
+                except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                    self.failures[type(exc).__name__] += 1
+                    return 0, b"", None
+                finally:
+                    idle.append((time.perf_counter(), connection))
+            done = time.perf_counter()
+            in_window = start <= due < end
+            if in_window:
+                answered_all.append(done - due)
+            if status == 200:
+                answer = orjson.loads(content)
+                acked = int(answer.get("accepted", 0))
+                report.ok += 1
+                report.acked += acked
+                report.duplicates += int(answer.get("duplicates", 0))
+                report.refused += len(answer.get("errors", ()))
+                if done <= end:
+                    report.window_acked += acked
+                    report.window_requests += 1
+                if in_window:
+                    self.latencies.append(done - due)
+                    thirds[min(2, int(3 * (due - start) / load.seconds))].append(done - due)
+                return status, content, None
+            if status != 429:
+                self.failures[str(status)] += 1
+                return status, content, None
+            report.throttled += 1
+            seconds = retry_after(connection.head)
+            if seconds is not None and seconds >= 1:
+                report.throttled_with_retry_after += 1
+                report.retry_after_max = max(report.retry_after_max, seconds)
+            return status, content, seconds
+
+        async def deliver(body: bytes, first_due: float) -> None:
+            due = first_due
+            while True:
+                status, _, seconds = await call(body, due)
+                if status == 200:
+                    delivery.append(time.perf_counter() - first_due)
+                    return
+                if status != 429 or seconds is None or not load.honour_retry_after:
+                    return
+                due = time.perf_counter() + seconds
+                if due > stop_retrying:
+                    report.gave_up += 1
+                    return
+                report.retries += 1
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+        tasks: set[asyncio.Task[None]] = set()
+        n = 0
+        while (due := start + n / load.rate) < end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(deliver(self.body(), due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        report.offered, report.offered_messages = n, n * load.batch
+        if tasks:
+            await asyncio.gather(*tasks)
+        report.window_seconds = load.seconds
+        report.drain_seconds = max(0.0, time.perf_counter() - end)
+        report.p50_all_ms = percentile(answered_all, 0.50) * 1000
+        report.p99_all_ms = percentile(answered_all, 0.99) * 1000
+        report.p99_thirds_ms = [percentile(third, 0.99) * 1000 for third in thirds]
+        report.delivery_p50_ms = percentile(delivery, 0.50) * 1000
+        report.delivery_p99_ms = percentile(delivery, 0.99) * 1000
+        for _, connection in idle:
+            connection.close()
+
     def finish(self) -> Report:
         report = self.report
         report.failures = dict(self.failures)
@@ -284,6 +439,8 @@ async def run(load: Load) -> Report:
     loader = _Run(load)
     if load.mode == "paced":
         await loader.paced()
+    elif load.mode == "open":
+        await loader.open_loop()
     else:
         await loader.closed_loop()
     return loader.finish()
