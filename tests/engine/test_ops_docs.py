@@ -28,8 +28,10 @@ SUFFIXES = {
 
 def exported() -> set[str]:
     """Every ``stagecoach_`` sample name the API and the worker can expose."""
+    gate = dict.fromkeys(("in_flight", "waiting", "concurrency", "hold_seconds"), 0.0)
     registry = metrics.registry_with(
-        metrics.OutboxCollector(lambda: {"outbox_backlog": 0, "outbox_oldest_seconds": None})
+        metrics.OutboxCollector(lambda: {"outbox_backlog": 0, "outbox_oldest_seconds": None}),
+        metrics.AdmissionCollector(lambda: gate),
     )
     return {
         family.name + suffix
