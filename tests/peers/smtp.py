@@ -20,7 +20,17 @@ CPU, not for the test's event loop (``python -m tests.peers.smtp`` runs it in a 
 of its own; see :func:`serve`). ``latency`` delays every reply, like a distant relay;
 ``idle_timeout`` makes the server close idle sessions the way real relays do. TLS
 (``starttls`` or ``implicit``) uses a throwaway self-signed certificate made with the
-``openssl`` command; ``cafile`` is what a client must trust.
+``openssl`` command; ``cafile`` is what a client must trust. ``issuer_ca`` has the
+certificate issued by a throwaway CA instead, as a production relay's is, so a client
+verifies a chain (``key`` picks ECDSA P-256 or RSA 2048 for both).
+
+``latency`` is a crude delay: it holds back every reply line, so a multi-line EHLO reply
+costs one delay per line and TLS handshakes cost none. ``rtt`` models a network round
+trip instead: every byte the server writes (TLS records included) reaches the client one
+``rtt`` later, in order, so a pipelined group of replies costs one round trip, a TLS 1.3
+handshake one, and the greeting two (the TCP handshake, then the greeting itself).
+The server advertises PIPELINING (RFC 2920) as production relays do; aiosmtpd reads a
+pipelined group one command at a time, which is all PIPELINING asks of a server.
 """
 
 from __future__ import annotations
@@ -101,15 +111,19 @@ class _State:
     drop_countdown: list[int] = field(default_factory=list)
     data_delay: float = 0.0
     dropping: bool = False
+    mail_groups: list[tuple[str, ...]] = field(default_factory=list)
 
 
 class _PeerSMTP(SMTP):
     """aiosmtpd's server, counting sessions (a STARTTLS upgrade is not a new session)."""
 
-    def __init__(self, handler: _Handler, *, latency: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: _Handler, *, latency: float = 0.0, rtt: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._peer_handler = handler
         self._latency = latency
+        self._rtt = rtt
         self.session_number = 0
 
     async def push(self, status: Any) -> None:
@@ -120,6 +134,8 @@ class _PeerSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
+        if first and self._rtt and isinstance(transport, asyncio.Transport):
+            _delay_writes(transport, self._rtt)
         super().connection_made(transport)
         if first:
             self.session_number = self._peer_handler.session_opened()
@@ -130,11 +146,46 @@ class _PeerSMTP(SMTP):
         self._peer_handler.session_closed()
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        # Plain text here, STARTTLS or not (TLS is undone below this protocol).
+        if data[:10].upper() == b"MAIL FROM:":
+            verbs = tuple(line[:4].upper().decode("ascii", "replace") for line in data.splitlines())
+            self._peer_handler.mail_group(verbs)
+        super().data_received(data)
+
+
+def _delay_writes(transport: asyncio.Transport, rtt: float) -> None:
+    """Deliver what the server writes on ``transport`` one ``rtt`` later, in order.
+
+    Wrapped on the raw TCP transport, so STARTTLS's TLS records are delayed too (aiosmtpd
+    writes them through it). The first write waits a second round trip: the TCP handshake
+    the client made before the greeting could come. ``close`` waits for pending writes.
+    """
+    loop = asyncio.get_running_loop()
+    write, close = transport.write, transport.close
+    last = loop.time() + rtt  # the TCP handshake
+
+    def delayed_write(data: bytes | bytearray | memoryview) -> None:
+        nonlocal last
+        last = max(loop.time() + rtt, last)
+        loop.call_at(last, write_now, bytes(data))
+
+    def write_now(data: bytes) -> None:
+        if not transport.is_closing():
+            write(data)
+
+    def delayed_close() -> None:
+        loop.call_at(max(loop.time(), last), close)
+
+    transport.write = delayed_write  # type: ignore[method-assign]
+    transport.close = delayed_close  # type: ignore[method-assign]
+
 
 class _Handler:
-    def __init__(self, state: _State, lock: threading.Lock) -> None:
+    def __init__(self, state: _State, lock: threading.Lock, *, pipelining: bool = True) -> None:
         self._state = state
         self._lock = lock
+        self._pipelining = pipelining
 
     def session_opened(self) -> int:
         with self._lock:
@@ -148,6 +199,10 @@ class _Handler:
     def session_closed(self) -> None:
         with self._lock:
             self._state.open_sessions -= 1
+
+    def mail_group(self, verbs: tuple[str, ...]) -> None:
+        with self._lock:
+            self._state.mail_groups.append(verbs)
 
     def dropping(self) -> bool:
         with self._lock:
@@ -193,6 +248,8 @@ class _Handler:
     ) -> list[str]:
         self._count("EHLO")
         session.host_name = hostname
+        if self._pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_NOOP(
@@ -268,13 +325,18 @@ class _Handler:
 
 
 class _PeerController(Controller):
-    def __init__(self, handler: _Handler, *, latency: float, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: _Handler, *, latency: float, rtt: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._peer_handler = handler
         self._latency = latency
+        self._rtt = rtt
 
     def factory(self) -> _PeerSMTP:
-        return _PeerSMTP(self._peer_handler, latency=self._latency, **self.SMTP_kwargs)
+        return _PeerSMTP(
+            self._peer_handler, latency=self._latency, rtt=self._rtt, **self.SMTP_kwargs
+        )
 
 
 class SmtpPeer:
@@ -286,8 +348,14 @@ class SmtpPeer:
         auth: ``(user, password)`` to require AUTH before MAIL; ``None`` accepts anyone.
         idle_timeout: Seconds after which the server closes an idle session.
         smtputf8: Offer the SMTPUTF8 extension.
-        latency: Seconds every reply waits before it is sent, greeting included: a
-            round trip to a relay that far away (TLS handshakes are not slowed).
+        latency: Seconds every reply line waits before it is sent, greeting included
+            (TLS handshakes are not slowed; see ``rtt`` for a network round trip).
+        rtt: Seconds of network round trip: everything the server writes, TLS records
+            included, reaches the client this much later; the greeting one more.
+        pipelining: Advertise PIPELINING (RFC 2920) in the EHLO reply.
+        issuer_ca: Issue the TLS certificate from a throwaway CA (``cafile`` is then the
+            CA's), instead of a self-signed one.
+        key: ``"ec"`` (P-256) or ``"rsa"`` (2048 bits), for the certificate and its CA.
     """
 
     host = "127.0.0.1"
@@ -300,13 +368,19 @@ class SmtpPeer:
         idle_timeout: float = 300.0,
         smtputf8: bool = True,
         latency: float = 0.0,
+        rtt: float = 0.0,
+        pipelining: bool = True,
+        issuer_ca: bool = False,
+        key: Literal["ec", "rsa"] = "ec",
     ) -> None:
         self.tls = tls
+        self._issuer_ca = issuer_ca
+        self._key = key
         self.auth = auth
         self.port = free_port()
         self._lock = threading.Lock()
         self._state = _State()
-        self._handler = _Handler(self._state, self._lock)
+        self._handler = _Handler(self._state, self._lock, pipelining=pipelining)
         self._certdir: Path | None = None
         self.cafile: str | None = None
         kwargs: dict[str, Any] = {
@@ -327,7 +401,7 @@ class SmtpPeer:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_required"] = True
             kwargs["auth_require_tls"] = tls != "none"
-        self._controller = _PeerController(self._handler, latency=latency, **kwargs)
+        self._controller = _PeerController(self._handler, latency=latency, rtt=rtt, **kwargs)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -388,6 +462,13 @@ class SmtpPeer:
     def commands(self) -> Counter[str]:
         with self._lock:
             return Counter(self._state.commands)
+
+    @property
+    def mail_groups(self) -> list[tuple[str, ...]]:
+        """The commands of each read that opened with MAIL: ``("MAIL", "RCPT", "DATA")``
+        when a client pipelined its transaction, ``("MAIL",)`` when it did not."""
+        with self._lock:
+            return list(self._state.mail_groups)
 
     @property
     def auth_failures(self) -> int:
@@ -462,6 +543,36 @@ class SmtpPeer:
         # handled=False: aiosmtpd itself answers 535 to a failure.
         return AuthResult(success=ok, handled=False)
 
+    def _issue_from_ca(self, openssl: str, cert: Path, key: Path) -> str:
+        """Make a CA, and a server certificate for localhost/127.0.0.1 issued by it."""
+        assert self._certdir is not None
+        folder = self._certdir
+        new_key = (
+            ["-newkey", "rsa:2048"]
+            if self._key == "rsa"
+            else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        )
+        ca_cert, ca_key = folder / "ca.pem", folder / "ca-key.pem"
+        request, extensions = folder / "server.csr", folder / "server.ext"
+        extensions.write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        )
+        commands = [
+            [openssl, "req", "-x509", *new_key, "-nodes", "-keyout", str(ca_key), "-out",
+             str(ca_cert), "-days", "1", "-subj", "/CN=Stagecoach test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            [openssl, "req", *new_key, "-nodes", "-keyout", str(key), "-out", str(request),
+             "-subj", "/CN=localhost"],
+            [openssl, "x509", "-req", "-in", str(request), "-CA", str(ca_cert), "-CAkey",
+             str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile",
+             str(extensions)],
+        ]  # fmt: skip
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True)
+        return str(ca_cert)
+
     def _make_tls_context(self) -> Any:
         import ssl
 
@@ -472,6 +583,11 @@ class SmtpPeer:
             pytest.skip("the openssl command is needed to make the test peer's certificate")
         self._certdir = Path(tempfile.mkdtemp(prefix="stagecoach-smtp-peer-"))
         cert, key = self._certdir / "cert.pem", self._certdir / "key.pem"
+        if self._issuer_ca:
+            self.cafile = self._issue_from_ca(openssl, cert, key)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            return context
         subprocess.run(
             [
                 openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -505,6 +621,10 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls", choices=["none", "starttls", "implicit"], default="none")
     parser.add_argument("--auth", help="user:password to require")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay of every reply")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, help="network round trip")
+    parser.add_argument("--no-pipelining", action="store_true", help="do not offer PIPELINING")
+    parser.add_argument("--ca", action="store_true", help="certificate issued by a test CA")
+    parser.add_argument("--key", choices=["ec", "rsa"], default="ec")
     args = parser.parse_args(argv)
     # aiosmtpd warns about its own use of a deprecated attribute on every AUTH.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
@@ -512,7 +632,15 @@ def serve(argv: list[str] | None = None) -> None:
     if args.auth:
         user, _, password = args.auth.partition(":")
         auth = (user, password)
-    with SmtpPeer(tls=args.tls, auth=auth, latency=args.latency_ms / 1000) as peer:
+    with SmtpPeer(
+        tls=args.tls,
+        auth=auth,
+        latency=args.latency_ms / 1000,
+        rtt=args.rtt_ms / 1000,
+        pipelining=not args.no_pipelining,
+        issuer_ca=args.ca,
+        key=args.key,
+    ) as peer:
         print(json.dumps({"port": peer.port, "cafile": peer.cafile}), flush=True)
         for line in sys.stdin:
             command = line.strip()
@@ -522,6 +650,7 @@ def serve(argv: list[str] | None = None) -> None:
                     "accepted": len(peer.accepted),
                     "sessions": peer.sessions,
                     "max_open_sessions": peer.max_open_sessions,
+                    "commands": dict(peer.commands),
                     "copies": dict(peer.copies_by_key()),
                 }
                 print(json.dumps(stats), flush=True)

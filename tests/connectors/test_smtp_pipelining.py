@@ -1,0 +1,286 @@
+"""The SMTP connector's own wire: pipelined transactions (RFC 2920), replies in order,
+DATA framing, and STARTTLS against a certificate issued by a CA, on a real aiosmtpd peer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pytest
+
+from connectors.smtp import SmtpConfig, SmtpConnector, _data_bytes, _Wire, prepare_email
+from engine.bounces import key_digest
+from engine.content import RenderContact
+from engine.delivery import OutgoingMessage, PermanentDeliveryError, RetryableDeliveryError
+from tests.connectors.test_smtp import FROM, outgoing
+from tests.peers.smtp import SmtpPeer
+
+
+def config(peer: SmtpPeer, **overrides: Any) -> SmtpConfig:
+    values: dict[str, Any] = {
+        "host": peer.host,
+        "port": peer.port,
+        "security": "none",
+        "from_addr": FROM,
+        "local_hostname": "worker.stagecoach.test",
+        "timeout": 5.0,
+        **overrides,
+    }
+    return SmtpConfig(**values)
+
+
+@pytest.fixture
+def peer() -> Iterator[SmtpPeer]:
+    with SmtpPeer() as running:
+        yield running
+
+
+@pytest.fixture
+def plain_peer() -> Iterator[SmtpPeer]:
+    with SmtpPeer(pipelining=False) as running:
+        yield running
+
+
+# --- pipelining -------------------------------------------------------------------------------
+
+
+async def test_transaction_goes_out_in_one_write_when_the_server_offers_pipelining(
+    peer: SmtpPeer,
+) -> None:
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        for n in range(3):
+            await smtp.send(outgoing(n))
+
+    assert peer.mail_groups == [("MAIL", "RCPT", "DATA")] * 3
+    assert len(peer.accepted) == 3
+    assert peer.sessions == 1
+
+
+async def test_one_command_at_a_time_when_the_server_does_not_offer_pipelining(
+    plain_peer: SmtpPeer,
+) -> None:
+    async with SmtpConnector(config(plain_peer, pool_size=1)) as smtp:
+        for n in range(3):
+            await smtp.send(outgoing(n))
+
+    assert plain_peer.mail_groups == [("MAIL",)] * 3
+    assert len(plain_peer.accepted) == 3
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+@pytest.mark.parametrize(
+    ("reply", "at", "code"),
+    [
+        ("553 5.1.8 Sender address rejected", "MAIL", "sender_rejected"),
+        ("550 5.1.1 User unknown", "RCPT", "hard_bounce"),
+        ("554 5.6.0 Message content rejected", "DATA", "message_rejected"),
+    ],
+)
+async def test_a_refused_transaction_leaves_the_session_in_step_for_the_next(
+    pipelining: bool, reply: str, at: Literal["MAIL", "RCPT", "DATA"], code: str
+) -> None:
+    with SmtpPeer(pipelining=pipelining) as peer:
+        async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+            await smtp.send(outgoing(0))
+            peer.fail_next(1, reply, at=at)
+            with pytest.raises(PermanentDeliveryError) as caught:
+                await smtp.send(outgoing(1))
+            # The replies that followed the refusal were read, not left for the next send.
+            for n in range(2, 6):
+                result = await smtp.send(outgoing(n))
+                assert result.response["reply"].startswith("250")
+                assert result.response["attempts"] == 1
+
+        assert caught.value.code == code
+        assert reply in caught.value.message
+        digests = {m.key_digest for m in peer.accepted}
+        assert digests == {key_digest(outgoing(n).idempotency_key) for n in (0, 2, 3, 4, 5)}
+        assert peer.sessions == 1
+        assert peer.commands["RSET"] == 1
+
+
+async def test_421_inside_a_pipelined_group_moves_the_message_to_a_fresh_session(
+    peer: SmtpPeer,
+) -> None:
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        await smtp.send(outgoing(0))
+        peer.fail_next(1, "421 4.3.2 Service shutting down", at="RCPT")
+        result = await smtp.send(outgoing(1))
+
+    assert result.response["attempts"] == 2
+    assert peer.sessions == 2
+    assert peer.copies(key_digest(outgoing(1).idempotency_key)) == 1
+
+
+async def test_421_on_a_fresh_session_is_retryable(peer: SmtpPeer) -> None:
+    peer.fail_next(1, "421 4.3.2 Service shutting down", at="RCPT")
+    async with SmtpConnector(config(peer)) as smtp:
+        with pytest.raises(RetryableDeliveryError, match="421"):
+            await smtp.send(outgoing(1))
+    assert peer.accepted == []
+
+
+async def test_burst_over_pipelined_sessions_arrives_exactly_once(peer: SmtpPeer) -> None:
+    messages = [outgoing(n) for n in range(300)]
+    async with SmtpConnector(config(peer, pool_size=6, max_messages_per_session=40)) as smtp:
+        await asyncio.gather(*(smtp.send(m) for m in messages))
+
+    copies = peer.copies_by_key()
+    assert set(copies) == {key_digest(m.idempotency_key) for m in messages}
+    assert set(copies.values()) == {1}
+    assert peer.commands["MAIL"] == 300
+    peer.wait_until_closed()
+    assert peer.commands["QUIT"] == peer.sessions
+
+
+# --- the wire ---------------------------------------------------------------------------------
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_replies_split_across_reads_and_multiline_replies_come_out_whole() -> None:
+    transport = _FakeTransport()
+    wire = _Wire(transport)
+    assert transport.protocol is wire
+
+    wire.data_received(b"250-first\r\n250-sec")
+    waiting = asyncio.create_task(wire.reply(1.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    wire.data_received(b"ond\r\n250 third\r\n354 go ahead\r\n25")
+    assert await waiting == (250, "first\nsecond\nthird")
+    assert await wire.reply(1.0) == (354, "go ahead")
+    wire.data_received(b"0 2.0.0 queued\r\n")
+    assert await wire.reply(1.0) == (250, "2.0.0 queued")
+
+
+async def test_a_malformed_reply_or_silence_ends_the_connection() -> None:
+    transport = _FakeTransport()
+    wire = _Wire(transport)
+    wire.data_received(b"hello there\r\n")
+    with pytest.raises(ConnectionError, match="malformed SMTP reply"):
+        await wire.reply(1.0)
+    assert transport.closed
+
+    silent = _FakeTransport()
+    wire = _Wire(silent)
+    with pytest.raises(TimeoutError, match="no SMTP reply within"):
+        await wire.reply(0.05)
+    assert silent.closed
+
+
+async def test_a_reply_already_received_is_read_before_the_close_that_followed_it() -> None:
+    wire = _Wire(_FakeTransport())
+    wire.data_received(b"421 4.3.2 closing\r\n")
+    wire.connection_lost(None)
+    assert await wire.reply(1.0) == (421, "4.3.2 closing")
+    with pytest.raises(ConnectionError, match="closed the connection"):
+        await wire.reply(1.0)
+
+
+def test_data_is_framed_with_crlf_dots_doubled_and_the_final_dot() -> None:
+    assert _data_bytes(b"a\r\nb\r\n") == b"a\r\nb\r\n.\r\n"
+    assert _data_bytes(b".top\r\nmid\r\n.\r\n..two\r\nend") == (
+        b"..top\r\nmid\r\n..\r\n...two\r\nend\r\n.\r\n"
+    )
+    assert _data_bytes(b"bare\nlf\rcr\r\n.x\n") == b"bare\r\nlf\r\ncr\r\n..x\r\n.\r\n"
+
+
+async def test_lines_opening_with_a_dot_arrive_intact(peer: SmtpPeer) -> None:
+    message = outgoing(1, to="josé@example.com")  # the stdlib path: quoted-printable text
+    rendered = dict(message.rendered)
+    rendered["text"] = "Hello\n.\n.hidden line\n..two dots\nend\n"
+    message = message.__class__(**{**vars(message), "rendered": rendered})
+    wire = prepare_email(message, from_addr=FROM).payload
+    # The case under test: lines that are a lone dot, or open with one.
+    assert b"\r\n.\r\n" in wire
+    assert b"\r\n.hidden" in wire
+
+    async with SmtpConnector(config(peer)) as smtp:
+        await smtp.send(message)
+
+    (received,) = peer.accepted
+    text = received.message.get_body(("plain",))
+    assert text is not None
+    assert text.get_content().replace("\r\n", "\n") == rendered["text"]
+
+
+# --- TLS against a CA ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["ec", "rsa"])
+async def test_starttls_verifies_a_certificate_issued_by_a_ca(key: Literal["ec", "rsa"]) -> None:
+    auth = ("mailer", "s3cret")
+    with (
+        SmtpPeer(tls="starttls", auth=auth, issuer_ca=True, key=key) as peer,
+        SmtpPeer(tls="starttls", auth=auth, issuer_ca=True, key=key) as stranger,
+    ):
+        settings = config(
+            peer, security="starttls", ca_file=peer.cafile, username="mailer", password="s3cret"
+        )
+        async with SmtpConnector(settings) as smtp:
+            for n in range(3):
+                await smtp.send(outgoing(n))
+        assert len(peer.accepted) == 3
+        assert peer.mail_groups == [("MAIL", "RCPT", "DATA")] * 3
+
+        # Another CA's certificate for the same names is refused: the chain is checked.
+        wrong = config(
+            stranger, security="starttls", ca_file=peer.cafile, username="mailer", password="s3cret"
+        )
+        async with SmtpConnector(wrong) as smtp:
+            with pytest.raises(RetryableDeliveryError, match="TLS with the SMTP server"):
+                await smtp.send(outgoing(9))
+        assert stranger.accepted == []
+
+
+def test_every_bundled_email_marked_framed_needs_no_dot_stuffing() -> None:
+    """``framed`` lets DATA skip the scan; it must only be set when the scan is a no-op."""
+    from engine.content import ContentError
+    from tests.connectors.test_smtp import LIBRARY, NOW, SIGNER
+
+    checked = 0
+    for item in LIBRARY.items:
+        for locale in ("en", "zh-CN"):
+            try:
+                rendered = LIBRARY.render(
+                    item.id,
+                    channel="email",
+                    locale=locale,
+                    contact=RenderContact("c-1", {"first_name": "李"}, email="li@example.cn"),
+                    now=NOW,
+                    signer=SIGNER,
+                    idempotency_key=f"k-{item.id}-{locale}",
+                )
+            except ContentError:
+                continue  # no email variant in this locale
+            message = OutgoingMessage(
+                channel="email",
+                to="li@example.cn",
+                idempotency_key=f"k-{item.id}-{locale}",
+                contact_id="c-1",
+                rendered=rendered.to_dict(),
+            )
+            prepared = prepare_email(message, from_addr="营销团队 <news@example.com>")
+            assert prepared.framed, (item.id, locale)
+            assert _data_bytes(prepared.payload) == prepared.payload + b".\r\n"
+            checked += 1
+    assert checked >= 10
