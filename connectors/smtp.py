@@ -156,7 +156,7 @@ class SmtpConfig:
     password: str | None = field(default=None, repr=False)
     from_addr: str
     envelope_from: str | None = None
-    pool_size: int = 4
+    pool_size: int = 8
     max_messages_per_session: int = 100
     max_session_age: float = 300.0
     idle_probe_after: float = 15.0

@@ -163,7 +163,12 @@ class Settings(BaseSettings):
     smtp_security: Literal["none", "starttls", "tls"] = "none"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_pool_size: int = Field(default=4, ge=1, description="SMTP sessions kept per worker.")
+    smtp_pool_size: int = Field(
+        default=8,
+        ge=1,
+        description="SMTP sessions kept per worker, also the most concurrent sends; "
+        "pooled throughput to a relay is about this many messages per two round trips.",
+    )
     email_http_url: str | None = Field(
         default=None, description="Generic JSON email provider: its send endpoint."
     )
