@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import structlog
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
@@ -17,6 +19,10 @@ from engine.ingest import Incoming, Ingestor, Outcome
 from engine.storage.db import driver_reason
 
 _T = TypeVar("_T")
+_log = structlog.get_logger("stagecoach.api")
+
+DATABASE_RETRY_AFTER = 5
+"""Seconds a client is told to wait when the database could not take a call."""
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -73,3 +79,32 @@ async def ingest_one(request: Request, incoming: Incoming) -> Outcome:
     """:func:`ingest` for one event of this request."""
     [outcome] = await ingest(request.app, [incoming])
     return outcome
+
+
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The app's answer to a database failure no route turned into its own answer: 503
+    with ``Retry-After``, never 500. The database was locked past its busy timeout,
+    unreachable or restarting (a write-key lookup, a definitions reload): the call can be
+    repeated, and calls carrying a ``messageId`` are stored once however often they are.
+
+    Registered for SQLAlchemy's ``OperationalError`` and for ``DatabaseError``."""
+    if isinstance(exc, DatabaseError):
+        message = exc.one_line()
+    else:
+        reason = driver_reason(exc) if isinstance(exc, OperationalError) else str(exc)
+        message = DatabaseError(
+            f"the database did not answer: {reason}",
+            fix=f"retry in {DATABASE_RETRY_AFTER} s; a request with a messageId is safe to repeat",
+        ).one_line()
+    _log.warning(
+        "database unavailable", method=request.method, path=request.url.path, error=message
+    )
+    return JSONResponse(
+        {
+            "success": False,
+            "detail": message,
+            "errors": [{"field": "database", "message": message}],
+        },
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )

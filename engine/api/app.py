@@ -18,10 +18,12 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from engine import __version__
 from engine.api._admission import OVERLOADED_RESPONSES, AdmissionGate, AdmissionMiddleware
+from engine.api._common import database_unavailable
 from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError
 from engine.metrics import AdmissionCollector, OutboxCollector, registry_with, render
@@ -146,6 +148,9 @@ def create_app(
         description="Lifecycle marketing automation on durable Temporal workflows.",
         lifespan=lifespan,
     )
+    # A database locked past its busy timeout or unreachable is a 503 to retry, not a 500.
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(DatabaseError, database_unavailable)
     app.state.settings = settings
     app.state.engine = db
     app.state.session_factory = session_factory(db)

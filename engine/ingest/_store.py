@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +79,11 @@ def _settle(pending: _Pending, result: list[Outcome] | BaseException) -> None:
         pending.future.set_result(result)
 
 
+def _unavailable(exc: BaseException) -> bool:
+    """The database as a whole failed (locked, unreachable, restarting), not a message."""
+    return isinstance(exc, DatabaseError) and isinstance(exc.__cause__, OperationalError)
+
+
 class Ingestor:
     """Stores messages; ``relevant()`` is the set of event types worth a signal."""
 
@@ -91,6 +99,7 @@ class Ingestor:
         self._max_group = max_group
         self._queue: asyncio.Queue[_Pending] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     async def accept(self, messages: Sequence[Incoming]) -> list[Outcome]:
         """Store ``messages`` (in order) and return one outcome each, once committed.
@@ -102,6 +111,7 @@ class Ingestor:
             return []
         if self._queue is None:
             self._queue = asyncio.Queue()
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-writer")
             self._writer = asyncio.create_task(self._write_loop(), name="ingest-writer")
         future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(messages, future))
@@ -114,6 +124,9 @@ class Ingestor:
                 await self._writer
             self._writer = None
             self._queue = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
     async def _write_loop(self) -> None:
         assert self._queue is not None
@@ -125,15 +138,24 @@ class Ingestor:
                 group.append(nxt)
                 size += len(nxt.messages)
             try:
-                results = await asyncio.to_thread(self.store, [p.messages for p in group])
+                results = await self._store_off_loop([p.messages for p in group])
             except Exception as exc:  # every waiter must hear of it
+                if _unavailable(exc):
+                    # Locked or unreachable: no request is to blame, and each write
+                    # alone would wait out the busy timeout again. Answer the group and
+                    # every call queued behind it now (503: the client resends).
+                    while not self._queue.empty():
+                        group.append(self._queue.get_nowait())
+                    for pending in group:
+                        _settle(pending, exc)
+                    continue
                 if len(group) == 1:
                     _settle(group[0], exc)
                     continue
                 # One request's failure must not fail the others: write them one by one.
                 for pending in group:
                     try:
-                        [outcome] = await asyncio.to_thread(self.store, [pending.messages])
+                        [outcome] = await self._store_off_loop([pending.messages])
                     except Exception as one:
                         _settle(pending, one)
                     else:
@@ -142,13 +164,21 @@ class Ingestor:
             for pending, outcome in zip(group, results, strict=True):
                 _settle(pending, outcome)
 
+    async def _store_off_loop(self, requests: Sequence[Sequence[Incoming]]) -> list[list[Outcome]]:
+        """:meth:`store` on the writer's own thread. Not the loop's shared pool: other
+        database work there (the forwarder opening contacts, each waiting out a held lock)
+        would leave ingestion queued behind it, and calls unanswered past any timeout."""
+        assert self._thread is not None
+        call = functools.partial(contextvars.copy_context().run, self.store, requests)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
     # --- the transaction (runs in a thread) --------------------------------------------
 
     def store(self, requests: Sequence[Sequence[Incoming]]) -> list[list[Outcome]]:
         """Write every request's messages in one transaction; outcomes per request."""
-        relevant = self._relevant()
         messages = [m for request in requests for m in request]
         try:
+            relevant = self._relevant()  # may read the definitions from the database
             with Session(self._engine) as session:
                 outcomes = _Bulk(session, relevant, self._one).write(messages)
                 session.commit()

@@ -128,12 +128,21 @@ class Stack:
     children: dict[str, Child] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, tmp: Path, client: Client, task_queue: str, **connector: str) -> Stack:
-        """``connector``: ``STAGECOACH_*`` settings for the email connector, lower-case."""
+    def create(
+        cls,
+        tmp: Path,
+        client: Client,
+        task_queue: str,
+        *,
+        database_url: str | None = None,
+        **connector: str,
+    ) -> Stack:
+        """``connector``: ``STAGECOACH_*`` settings for the email connector, lower-case.
+        ``database_url``: an empty database to use (default: a SQLite file in ``tmp``)."""
         api_port = free_port()
         settings = Settings(
             data_dir=tmp / ".stagecoach",
-            database_url=f"sqlite:///{tmp / 'stagecoach.db'}",
+            database_url=database_url or f"sqlite:///{tmp / 'stagecoach.db'}",
             temporal_address=client.service_client.config.target_host,
             temporal_task_queue=task_queue,
             content_dir=ROOT / "content",
