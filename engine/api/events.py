@@ -184,6 +184,9 @@ async def _handle(request: Request, kind: str | None) -> Response:
         good, bad = ([], [parsed]) if isinstance(parsed, Problem) else ([parsed], [])
     if not good:
         return _error(400, bad)
+    # While the store works, only the parsed messages are kept: the raw body's objects,
+    # alive through the wait, would each be walked by the garbage collector for nothing.
+    del body, payload
     try:
         outcomes = await ingest(request.app, good)
     except DatabaseError as exc:

@@ -35,7 +35,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    bindparam,
+    delete,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
@@ -51,7 +61,7 @@ ALWAYS_SIGNALLED = frozenset({"identify", "group"})
 """Traits change who the contact is: these always reach the workflow."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to one message."""
 
@@ -394,14 +404,6 @@ _CHUNK = 500
 """Values per ``IN (...)`` lookup, well under every database's parameter limit."""
 
 # Built once: a statement built per transaction costs more than a small one runs.
-_STORED = select(col(Event.message_id), col(Event.contact_id)).where(
-    col(Event.message_id).in_(bindparam("ids", expanding=True))
-)
-_OWNERS = select(col(Identity.value), col(Identity.contact_id)).where(
-    col(Identity.kind) == bindparam("kind"),
-    col(Identity.value).in_(bindparam("values", expanding=True)),
-)
-_INSERT_EVENTS = insert(Event).returning(col(Event.message_id), col(Event.id))
 _MERGED_INTO = select(col(Merge.merged_id), col(Merge.into_id)).where(
     col(Merge.merged_id).in_(bindparam("ids", expanding=True))
 )
@@ -445,8 +447,8 @@ class _Bulk:
 
     The common message (a new event whose identities point to at most one contact, no
     alias, no consent) needs no row-by-row work: which message ids are stored and which
-    contacts own the identities are read once for all messages (``IN`` lookups), new
-    contacts, identities, events and outbox rows are inserted in bulk. Anything else is
+    contacts own the identities are read once for all messages, new contacts, identities,
+    events and outbox rows are inserted in bulk (``_Statements``). Anything else is
     written by ``slow`` (``Ingestor._one``) after the rows before it are flushed, in order,
     so the result is the one a message-by-message write would give.
     """
@@ -460,17 +462,20 @@ class _Bulk:
         self._session = session
         self._relevant = relevant
         self._slow = slow
+        self._sql = _Statements.of(session.connection().dialect)
         self._stored: dict[str, str] = {}
         """message id -> contact id, for ids stored before or in this transaction."""
         self._owners: dict[tuple[str, str], str] = {}
         """(kind, value) -> contact id, for the identities of the messages to write."""
         self._named: dict[str, str] = {}
         """contact id a message names -> the stored contact it is now (``survivors``)."""
-        self._contacts: list[dict[str, Any]] = []
-        self._identities: list[dict[str, Any]] = []
-        self._events: list[dict[str, Any]] = []
-        self._signalled: list[bool] = []
+        self._contacts: list[tuple[Any, ...]] = []
+        self._identities: list[tuple[Any, ...]] = []
+        self._events: list[tuple[Any, ...]] = []
+        self._outbox: list[str] = []
+        """Message ids of the queued events that get an outbox row, in order."""
         self._now = datetime.now(UTC)
+        self._stamp = self._sql.time(self._now)
 
     def write(self, messages: Sequence[Incoming]) -> list[Outcome]:
         self._read(messages)
@@ -494,18 +499,20 @@ class _Bulk:
     def _read(self, messages: Sequence[Incoming]) -> None:
         """What the database holds for these messages' ids and identities."""
         connection = self._session.connection()
+        sql = self._sql
         ids = list(dict.fromkeys(m.message_id for m in messages))
-        for chunk in _chunks(ids):
-            rows = connection.execute(_STORED, {"ids": chunk})
+        if ids:
+            rows = connection.exec_driver_sql(sql.stored, (sql.values(ids),))
             self._stored.update({mid: cid for mid, cid in rows})
         by_kind: dict[str, dict[str, None]] = {}
         for m in messages:
-            for kind, value in _keys(m):
-                by_kind.setdefault(kind, {})[value] = None
+            for kind, value in m.identities.items():
+                if value:
+                    by_kind.setdefault(kind, {})[value] = None
+        owners = self._owners
         for kind, values in by_kind.items():
-            for chunk in _chunks(list(values)):
-                rows = connection.execute(_OWNERS, {"kind": kind, "values": chunk})
-                self._owners.update({(kind, value): cid for value, cid in rows})
+            rows = connection.exec_driver_sql(sql.owners, (kind, sql.values(list(values))))
+            owners.update({(kind, value): cid for value, cid in rows})
         named = [m.contact_id for m in messages if m.contact_id]
         if named:
             self._named.update(survivors(connection, named))
@@ -522,81 +529,139 @@ class _Bulk:
         named = self._named.get(m.contact_id) if m.contact_id else None
         if named is None and len(owners) > 1:
             return None  # a merge
-        now = self._now
+        stamp = self._stamp
         if named is not None:
             contact_id = named  # the identities others have stay theirs (below)
         elif owners:
             contact_id = owners.pop()
         else:
             contact_id = "c_" + secrets.token_hex(12)
-            self._contacts.append(
-                {
-                    "id": contact_id,
-                    "stage": None,
-                    "traits": {},
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-        for kind, value in keys:
-            if (kind, value) not in self._owners:
-                self._owners[kind, value] = contact_id
-                self._identities.append(
-                    {
-                        "kind": kind,
-                        "value": value,
-                        "contact_id": contact_id,
-                        "source": m.source,
-                        "created_at": now,
-                    }
-                )
+            self._contacts.append((contact_id, stamp, stamp))
+        for key in keys:
+            if key not in self._owners:
+                self._owners[key] = contact_id
+                self._identities.append((*key, contact_id, m.source, stamp))
+        sql = self._sql
         traits = m.traits
+        context = {**m.context, "traits": traits} if traits else m.context
         self._events.append(
-            {
-                "message_id": m.message_id,
-                "contact_id": contact_id,
-                "kind": m.kind,
-                "name": m.type,
-                "properties": m.properties,
-                "context": {**m.context, "traits": traits} if traits else m.context,
-                "source": m.source,
-                "channel": m.channel,
-                "occurred_at": m.occurred_at,
-                "received_at": now,
-            }
+            (
+                m.message_id,
+                contact_id,
+                m.kind,
+                m.type,
+                sql.json(m.properties),
+                sql.json(context),
+                m.source,
+                m.channel,
+                sql.time(m.occurred_at),
+                stamp,
+            )
         )
         signalled = _signalled(m, self._relevant)
-        self._signalled.append(signalled)
+        if signalled:
+            self._outbox.append(m.message_id)
         self._stored[m.message_id] = contact_id
         return Outcome(m.message_id, contact_id, signalled=signalled)
 
     def _flush(self) -> None:
         """Insert the queued rows: contacts, then identities, events and outbox rows."""
+        if not (self._contacts or self._identities or self._events):
+            return
         connection = self._session.connection()
+        sql = self._sql
         if self._contacts:
-            connection.execute(insert(Contact), self._contacts)
+            connection.exec_driver_sql(sql.insert_contacts, self._contacts)
         if self._identities:
-            connection.execute(insert(Identity), self._identities)
+            connection.exec_driver_sql(sql.insert_identities, self._identities)
         if self._events:
-            # RETURNING the message id too: rows in parameter order would take one
-            # statement per row on SQLite.
-            rows = connection.execute(_INSERT_EVENTS, self._events)
-            ids = {mid: eid for mid, eid in rows}
-            outbox = [
-                {
-                    "contact_id": event["contact_id"],
-                    "event_id": ids[event["message_id"]],
-                    "merged_into": None,
-                    "attempts": 0,
-                    "last_error": None,
-                    "created_at": self._now,
-                }
-                for event, signalled in zip(self._events, self._signalled, strict=True)
-                if signalled
-            ]
-            if outbox:
-                connection.execute(insert(Outbox), outbox)
-        self._contacts, self._identities, self._events, self._signalled = [], [], [], []
+            connection.exec_driver_sql(sql.insert_events, self._events)
+        if self._outbox:
+            # The events' ids are read by the database itself: no row comes back here.
+            connection.exec_driver_sql(sql.insert_outbox, (self._stamp, sql.values(self._outbox)))
+        self._contacts, self._identities, self._events, self._outbox = [], [], [], []
+
+
+_SQLITE_LIST = "IN (SELECT value FROM json_each(?))"
+"""A list of values as one parameter (a JSON array), so a statement is prepared once
+whatever the list's length; PostgreSQL takes an array: ``= ANY(%s)``."""
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The bulk path's statements in the driver's own terms, for SQLite or PostgreSQL.
+
+    They are run with ``exec_driver_sql``: one prepared statement for all rows
+    (``executemany``), with values already in the form SQLAlchemy's types would bind
+    (JSON; on SQLite, times as SQLAlchemy's ``DATETIME`` text), because its per-row
+    compiling and binding cost more than the database's own insert.
+    """
+
+    stored: str
+    owners: str
+    insert_contacts: str
+    insert_identities: str
+    insert_events: str
+    insert_outbox: str
+    time: Callable[[datetime], Any]
+    json: Callable[[Any], Any]
+    values: Callable[[list[str]], Any]
+
+    @classmethod
+    def of(cls, dialect: Dialect) -> _Statements:
+        known = _STATEMENTS.get((dialect.name, dialect.paramstyle))
+        if known is not None:
+            return known
+        if dialect.name == "sqlite":
+            made = cls(**_SQLITE_STATEMENTS, time=_sqlite_time, json=_json_text, values=_json_text)
+        else:
+            from psycopg.types.json import Json
+
+            def adapted(sql: str) -> str:
+                return sql.replace(_SQLITE_LIST, "= ANY(?)").replace("?", "%s")
+
+            made = cls(
+                **{name: adapted(sql) for name, sql in _SQLITE_STATEMENTS.items()},
+                time=_same,
+                json=lambda value: Json(value, dumps=_json_text),
+                values=_same,
+            )
+        _STATEMENTS[dialect.name, dialect.paramstyle] = made
+        return made
+
+
+_SQLITE_STATEMENTS = {
+    "stored": "SELECT message_id, contact_id FROM events "
+    "WHERE message_id IN (SELECT value FROM json_each(?))",
+    "owners": "SELECT value, contact_id FROM identities "
+    "WHERE kind = ? AND value IN (SELECT value FROM json_each(?))",
+    "insert_contacts": "INSERT INTO contacts (id, stage, traits, created_at, updated_at) "
+    "VALUES (?, NULL, '{}', ?, ?)",
+    "insert_identities": "INSERT INTO identities (kind, value, contact_id, source, created_at) "
+    "VALUES (?, ?, ?, ?, ?)",
+    "insert_events": "INSERT INTO events (message_id, contact_id, kind, name, properties, "
+    "context, source, channel, occurred_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # In event order, so each contact's outbox rows keep its events' order.
+    "insert_outbox": "INSERT INTO outbox (contact_id, event_id, merged_into, attempts, "
+    "last_error, created_at) SELECT contact_id, id, NULL, 0, NULL, ? FROM events "
+    "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+}
+"""The bulk statements as SQLite takes them; ``_Statements.of`` adapts them."""
+
+_STATEMENTS: dict[tuple[str, str], _Statements] = {}
+
+
+def _sqlite_time(at: datetime) -> str:
+    """``at`` as SQLAlchemy's SQLite ``DATETIME`` stores it: its wall time, no zone."""
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _keys(m: Incoming) -> list[tuple[str, str]]:

@@ -54,6 +54,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Ingestion inserts into a few large indexes (events, identities, outbox). A 32 MiB
+    # page cache (the default is 2 MiB) keeps their pages in memory, and checkpointing
+    # the WAL every ~40 MB instead of every ~4 MB writes a page that many commits changed
+    # back once: together about a quarter of the CPU of storing an event at 100,000
+    # events. Commits still sync the WAL (synchronous=FULL): acknowledged is on disk.
+    cursor.execute("PRAGMA cache_size=-32768")
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
 
 
