@@ -200,14 +200,21 @@ class EventOccurred(Condition):
             raise ConditionError(f"event {self.matcher.type!r}: within must be positive")
 
     def evaluate(self, facts: Facts) -> bool:
-        since = facts.now - self.within if self.within is not None else None
+        now = facts.now
+        since = now - self.within if self.within is not None else None
+        wanted, where = self.matcher.type, self.matcher.where
         hits = 0
+        # Stage rules, MQL and journey exits run this over the contact's whole event window
+        # (up to 200) on every event: the type test comes first, inline, because it rules
+        # out almost every record; the result is the matcher's.
         for record in facts.events:
+            if record.type != wanted:
+                continue
             # Events after `now` have not happened yet as far as this evaluation knows, with
             # or without a window (replays and the simulator pass whole histories).
-            if record.at > facts.now or (since is not None and record.at < since):
+            if record.at > now or (since is not None and record.at < since):
                 continue
-            if self.matcher.matches(record):
+            if not where or all(f.matches(record.properties) for f in where):
                 hits += 1
                 if hits >= self.count:
                     return True

@@ -67,6 +67,7 @@ from engine.conditions import (
 )
 from engine.events import EventCatalog, UnknownEventError
 from engine.hashing import canonical_json, content_hash
+from engine.parsed import Parsed
 from engine.sales import Routing
 from engine.scoring import GradingModel, Mql, ScoringModel
 
@@ -963,6 +964,10 @@ def validate_pipelines(
             pipeline.check_events(catalog)
 
 
+parsed_pipeline: Parsed[Pipeline] = Parsed(Pipeline.from_dict)
+"""``Pipeline.from_dict``, validated and built once per process for the same data
+(``engine.parsed``): every contact workflow run builds the pipeline it carries."""
+
 __all__ = [
     "BackwardMoveError",
     "Detour",
@@ -983,5 +988,6 @@ __all__ = [
     "canonical_json",
     "content_hash",
     "evaluate_transition",
+    "parsed_pipeline",
     "validate_pipelines",
 ]

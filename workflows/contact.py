@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         StartTimer,
         TimerFired,
         can_enrol,
+        parsed_spec,
         step_traced,
     )
     from engine.journeys import CancelTimer as CancelTimerCommand
@@ -84,12 +85,12 @@ with workflow.unsafe.imports_passed_through():
         TransitionRecord,
     )
     from engine.pipeline import (
-        Pipeline,
         PipelineError,
         Recycle,
         Transition,
         advance_to,
         apply_recycle,
+        parsed_pipeline,
     )
     from engine.policy import SendPolicy
     from workflows import search_attributes as sa
@@ -234,7 +235,7 @@ class ContactWorkflow:
             self._definitions = await self._open(now)
         elif self._definitions is None:
             self._definitions = await self._load_definitions()
-        self._pipeline = Pipeline.from_dict(self._definitions.pipeline)
+        self._pipeline = parsed_pipeline(self._definitions.pipeline)
         self._policy = SendPolicy.from_dict(self._definitions.policy)
         if inp.state is not None:
             self._state = model.ContactState.from_dict(inp.state)
@@ -883,7 +884,7 @@ class ContactWorkflow:
         version = str(raw.get("version", ""))
         spec = self._specs.get(version)
         if spec is None:
-            spec = self._specs[version] = JourneySpec.from_dict(raw)
+            spec = self._specs[version] = parsed_spec(raw)
         return spec
 
     def _require_state(self) -> model.ContactState:

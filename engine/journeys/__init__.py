@@ -80,6 +80,7 @@ from ._spec import (
     ValidationContext,
     can_enrol,
     compile_journey,
+    parsed_spec,
     spec_version,
     validate_spec,
 )
@@ -194,6 +195,7 @@ __all__ = [
     "next_best",
     "next_time_of_day",
     "on_event",
+    "parsed_spec",
     "send",
     "set_attribute",
     "simulate",

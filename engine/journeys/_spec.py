@@ -27,6 +27,7 @@ from engine.conditions import (
     condition_from_dict,
 )
 from engine.hashing import canonical_json, content_hash
+from engine.parsed import Parsed
 
 from ._dsl import Journey
 from ._errors import JourneyValidationError, Problem, SpecFormatError
@@ -236,6 +237,11 @@ class JourneySpec:
     def from_json(cls, text: str) -> JourneySpec:
         """Inverse of ``to_json``."""
         return cls.from_dict(json.loads(text))
+
+
+parsed_spec: Parsed[JourneySpec] = Parsed(JourneySpec.from_dict)
+"""``JourneySpec.from_dict``, checked and built once per process for the same data
+(``engine.parsed``): every contact workflow run builds the published journeys."""
 
 
 def _maybe_condition(raw: Any) -> Condition | None:

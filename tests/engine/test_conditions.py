@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -82,6 +83,30 @@ def test_count_needs_that_many_matching_events() -> None:
 def test_count_only_counts_events_inside_window() -> None:
     cond = event("email.clicked", within=7 * DAY, count=2)
     assert not cond.evaluate(facts(rec("email.clicked", 10), rec("email.clicked", 1)))
+
+
+def test_event_count_equals_the_matchers_verdict_over_a_mixed_window() -> None:
+    # EventOccurred skips other types before it asks the matcher: same answer as asking
+    # the matcher about every record in the window.
+    rng = random.Random(7)
+    types = ["page.viewed", "content.downloaded", "email.opened"]
+    window = tuple(
+        rec(rng.choice(types), rng.uniform(-1, 10), category=rng.choice(["pricing", "docs"]))
+        for _ in range(200)
+    )
+    matcher = EventMatcher("page.viewed", (PropertyFilter("category", "eq", "pricing"),))
+    for within in (None, 2 * DAY, 7 * DAY):
+        since = NOW - within if within else None
+        expected = sum(
+            1
+            for r in window
+            if r.at <= NOW and (since is None or r.at >= since) and matcher.matches(r)
+        )
+        for count in (1, expected, expected + 1):
+            got = EventOccurred(matcher, within=within, count=max(count, 1)).evaluate(
+                facts(*window)
+            )
+            assert got is (expected >= max(count, 1)), (within, count, expected)
 
 
 def test_count_below_one_is_refused_naming_the_event() -> None:
