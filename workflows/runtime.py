@@ -64,6 +64,9 @@ def definitions_loader(engine: Engine, settings: Settings) -> Any:
     return load
 
 
+UNPUBLISHED_TTL = timedelta(seconds=1)
+"""How long a ContactOpener trusts "no journey published yet"."""
+
 OPENED_MEMORY = 100_000
 """Contact ids a ContactOpener remembers as opened (about 10 MB)."""
 
@@ -92,10 +95,12 @@ class ContactOpener:
     def definitions(self) -> Definitions:
         with self._guard:
             cached = self._cached
-            if cached is None or datetime.now(UTC) - cached.loaded_at > self._ttl:
-                cached = self._load()
-                # Nothing published yet (no worker has started): not worth keeping.
-                self._cached = cached if cached.journeys else None
+            # Nothing published yet (no worker has started): asked again within a second,
+            # so the first publish is seen at once, but not read again for every call
+            # (the ingestion writer asks at each group commit).
+            ttl = self._ttl if cached is not None and cached.journeys else UNPUBLISHED_TTL
+            if cached is None or datetime.now(UTC) - cached.loaded_at > ttl:
+                cached = self._cached = self._load()
             return cached
 
     async def open(

@@ -3,6 +3,7 @@ skips ``contact.open``, finds its search attributes set, and the story is the sa
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,13 +13,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
 
 from engine.gateway import InvalidEvent, contact_view, enrol, send_event
-from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
+from engine.messages import Definitions, EnrolRequest, EventMessage, contact_workflow_id
+from engine.publishing import publish_bundled
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition
 from tests.helpers import runtime_settings
 from tests.workflows.conftest import Runtime, eventually
 from workflows import search_attributes as sa
-from workflows.runtime import ContactOpener
+from workflows.runtime import UNPUBLISHED_TTL, ContactOpener
 
 PERSON = {"email": "wang.fang@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}
 WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
@@ -171,7 +173,7 @@ async def test_an_opener_that_sees_no_published_journey_leaves_the_opening_to_th
     tmp_path: Path,
 ) -> None:
     """Before any worker has published, an opening would carry no journeys and the
-    contact would never enter one: the opener declines, and caches nothing."""
+    contact would never enter one: the opener declines."""
     settings = runtime_settings(tmp_path, "no-journeys-yet")
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
@@ -180,4 +182,34 @@ async def test_an_opener_that_sees_no_published_journey_leaves_the_opening_to_th
     assert await opener.open("early-1", event=_identify("early-1")) is None
     with Session(engine) as session:
         assert session.get(Contact, "early-1") is None  # the workflow's open records it
+    engine.dispose()
+
+
+def test_no_journey_published_is_trusted_for_a_second_not_a_minute(tmp_path: Path) -> None:
+    """The ingestion writer asks for the definitions at every group commit: while nothing
+    is published the answer is read once a second, not once a call, and the first
+    publish is seen within that second, not the minute a published set is kept."""
+    settings = runtime_settings(tmp_path, "no-journeys-ttl")
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    opener = ContactOpener(engine, settings)
+    loads = 0
+    load = opener._load
+
+    def counted() -> Definitions:
+        nonlocal loads
+        loads += 1
+        return load()
+
+    opener._load = counted
+    for _ in range(50):
+        assert opener.definitions().journeys == {}
+    assert loads == 1
+    publish_bundled(engine, settings)
+    time.sleep(UNPUBLISHED_TTL.total_seconds() + 0.1)
+    assert "b2b_nurture" in opener.definitions().journeys
+    assert loads == 2
+    for _ in range(50):
+        opener.definitions()
+    assert loads == 2  # published: kept for the full ttl
     engine.dispose()
