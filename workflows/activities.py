@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, func
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -53,6 +54,7 @@ from engine.pipeline import Transition
 from engine.policy import SendPolicy
 from engine.referrals import ReferralPolicy
 from engine.storage.contacts import creation_record, save_transition
+from engine.storage.db import driver_reason
 from engine.storage.enrolments import save_active_enrolment, save_enrolment
 from engine.storage.interactions import contact_last_interaction
 from engine.storage.models import (
@@ -63,6 +65,9 @@ from engine.storage.models import (
     StageTransition,
     Suppression,
 )
+
+SENT_RECORD_PATIENCE = 40.0
+"""Seconds ``contact.deliver`` keeps retrying the record of an accepted send."""
 
 
 class ContactActivities:
@@ -273,13 +278,7 @@ class ContactActivities:
             raise ApplicationError(
                 exc.message, exc.code, type="PermanentDeliveryError", non_retryable=True
             ) from exc
-        await asyncio.to_thread(
-            self._record,
-            request,
-            status="sent",
-            provider_message_id=sent.provider_message_id,
-            sent_at=now,
-        )
+        await self._record_sent(request, sent.provider_message_id, now)
         count_send(request, "sent")
         return DeliverOutcome(
             status="sent",
@@ -602,6 +601,38 @@ class ContactActivities:
                 )
             ).all()
         return [r if r.tzinfo else r.replace(tzinfo=UTC) for r in rows if r is not None]
+
+    async def _record_sent(
+        self, request: DeliverRequest, provider_message_id: str | None, sent_at: datetime
+    ) -> None:
+        """Record that the provider accepted the message, retrying in place while the
+        database is locked or away. Past the send, a failed activity would be retried and
+        would send again, and only some channels drop a repeat by our key (WeChat's
+        ``client_msg_id``; SMTP and customer-service messages have none). So this write
+        waits up to :data:`SENT_RECORD_PATIENCE`, well inside the activity's 60 s."""
+        delay = 0.05
+        deadline = time.monotonic() + SENT_RECORD_PATIENCE
+        while True:
+            try:
+                await asyncio.to_thread(
+                    self._record,
+                    request,
+                    status="sent",
+                    provider_message_id=provider_message_id,
+                    sent_at=sent_at,
+                )
+                return
+            except OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                activity.logger.warning(
+                    "recording the send of %s failed, retrying in %.2f s: %s",
+                    request.idempotency_key,
+                    delay,
+                    driver_reason(exc),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _record(self, request: DeliverRequest, *, status: str, **fields: Any) -> None:
         """Insert or update the delivery row for this idempotency key."""
