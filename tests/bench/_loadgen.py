@@ -303,7 +303,9 @@ class _Run:
     async def paced(self) -> None:
         """``rate`` calls a second, on schedule whatever the answers take (open loop), on
         up to ``concurrency`` connections, until stdin closes."""
-        idle = [Connection(self.load.url, self.load.key) for _ in range(self.load.concurrency)]
+        # Most recently used last, so a connection idle past the server's keep-alive
+        # timeout is closed rather than sent a call the server will not read.
+        idle: list[tuple[float, Connection]] = []
         gate = asyncio.Semaphore(self.load.concurrency)
         stop = asyncio.ensure_future(asyncio.to_thread(sys.stdin.read))
         tasks: set[asyncio.Task[None]] = set()
@@ -312,11 +314,11 @@ class _Run:
 
         async def one(body: bytes) -> None:
             async with gate:
-                connection = idle.pop()
+                connection = _reuse(idle) or Connection(self.load.url, self.load.key)
                 try:
                     await self.send(connection, body)
                 finally:
-                    idle.append(connection)
+                    idle.append((time.perf_counter(), connection))
 
         n = 0
         while not stop.done():
@@ -330,7 +332,7 @@ class _Run:
             n += 1
         await asyncio.gather(*tasks)
         self.report.window_seconds = time.perf_counter() - start
-        for connection in idle:
+        for _, connection in idle:
             connection.close()
 
     async def open_loop(self) -> None:
