@@ -28,7 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
-from tests.helpers import free_port
+from tests.helpers import free_port, fresh_postgres_database
 from workflows.search_attributes import ALL_KEYS, register_search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,12 +201,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
     if not request.node.get_closest_marker("postgres"):
         return "sqlite://"
     base: str = request.getfixturevalue("postgres_server")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = make_engine(f"{base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{base}/{name}"
+    return fresh_postgres_database(base)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Small helpers shared by tests (fixtures live in conftest.py)."""
 
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,18 @@ def runtime_settings(tmp_path: Path, task_queue: str, **overrides: Any) -> Setti
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def fresh_postgres_database(base: str, prefix: str = "t") -> str:
+    """Create an empty database on the PostgreSQL server at ``base`` (a URL without a
+    database name) and return its URL."""
+    from sqlalchemy import text
+
+    from engine.storage import make_engine
+
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    admin = make_engine(f"{base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{base}/{name}"

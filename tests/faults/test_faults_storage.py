@@ -37,10 +37,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import make_url
 from temporalio.testing import WorkflowEnvironment
 
-from engine.storage import make_engine
 from tests.faults._harness import (
     ROOT,
     Figures,
@@ -52,7 +51,7 @@ from tests.faults._harness import (
     people,
 )
 from tests.faults.test_faults import _http_books, _settle
-from tests.helpers import free_port
+from tests.helpers import free_port, fresh_postgres_database
 from tests.peers.http_email import HttpEmailPeer
 
 pytestmark = pytest.mark.faults
@@ -73,6 +72,15 @@ time.sleep(float(sys.argv[2]))
 conn.execute("ROLLBACK")
 print("released", flush=True)
 """
+
+
+def _notes(stack: Stack, workload: Workload, peer: HttpEmailPeer) -> str:
+    """What the fault did: the answers calls got, worker attempts retried, peer POSTs."""
+    return (
+        f"offered {RATE:.0f} events/s; answers {dict(workload.answers)}; worker attempts "
+        f"failed and retried {dict(_failed_attempts(stack.tmp / 'worker.log'))}; "
+        f"peer POSTs {peer.requests['POST /v1/send']}"
+    )
 
 
 def _failed_attempts(log: Path) -> Counter[str]:
@@ -144,10 +152,7 @@ async def test_sqlite_write_lock_held_30_s_loses_and_doubles_nothing(
             figures = Figures(
                 "7a SQLite write lock held by another process", CONTACTS, workload.rate,
                 faults, seconds=time.monotonic() - started, settle_seconds=settle,
-                notes=f"offered {RATE:.0f} events/s; answers {dict(workload.answers)}; "
-                f"worker attempts failed and retried "
-                f"{dict(_failed_attempts(stack.tmp / 'worker.log'))}; "
-                f"peer POSTs {peer.requests['POST /v1/send']}",
+                notes=_notes(stack, workload, peer),
             )  # fmt: skip
             await _http_books(stack, persons, workload, peer).check(figures)
             figures.publish()
@@ -223,12 +228,7 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}"
 
     def create_database(self) -> str:
-        name = f"faults_{uuid.uuid4().hex[:12]}"
-        admin = make_engine(f"{self.base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        return f"{self.base}/{name}"
+        return fresh_postgres_database(self.base, "faults")
 
 
 @pytest.fixture
@@ -295,10 +295,7 @@ async def test_postgres_restarted_and_down_30_s_loses_and_doubles_nothing(
             figures = Figures(
                 "7b PostgreSQL restarted, then down", CONTACTS, workload.rate, faults,
                 seconds=time.monotonic() - started, settle_seconds=settle,
-                notes=f"offered {RATE:.0f} events/s; answers {dict(workload.answers)}; "
-                f"worker attempts failed and retried "
-                f"{dict(_failed_attempts(stack.tmp / 'worker.log'))}; "
-                f"peer POSTs {peer.requests['POST /v1/send']}",
+                notes=_notes(stack, workload, peer),
             )  # fmt: skip
             await _http_books(stack, persons, workload, peer).check(figures)
             figures.publish()
