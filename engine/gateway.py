@@ -53,13 +53,12 @@ class Opening:
 def _start_input(
     settings: Settings, contact_id: str, *, rehearsal: bool, opening: Opening | None
 ) -> ContactInput:
-    return ContactInput(
-        contact_id=contact_id,
+    return ContactInput.current(
+        contact_id,
         max_events_per_run=settings.max_events_per_run,
         rehearsal=rehearsal,
         definitions=opening.definitions if opening else None,
         opened=opening is not None,
-        records_enrolments=True,
     )
 
 

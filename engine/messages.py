@@ -136,7 +136,19 @@ class ContactInput:
     """Record each finished enrolment (``contact.record_enrolment``). An input, not a
     code patch, so it costs no marker or search-attribute upsert: runs started before
     it existed replay without the activity, and take it up at their next
-    continue-as-new. Every starter sets it."""
+    continue-as-new. Every starter sets it (through :meth:`current`)."""
+    records_in_background: bool = False
+    """Record finished enrolments without waiting for the record: the contact's next
+    move (an event's stage change, say) is not held back by a database write. Gated by
+    the input like ``records_enrolments``, since it changes the commands a run issues:
+    runs started without it replay as they ran."""
+
+    @classmethod
+    def current(cls, contact_id: str, **fields: Any) -> ContactInput:
+        """An input with every behaviour gate a starter of today's code sets."""
+        return cls(
+            contact_id=contact_id, records_enrolments=True, records_in_background=True, **fields
+        )
 
 
 @dataclass

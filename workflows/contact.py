@@ -142,6 +142,8 @@ class ContactWorkflow:
         self._contact_id = inp.contact_id
         self._rehearsal = inp.rehearsal
         self._records_enrolments = inp.records_enrolments
+        self._records_in_background = inp.records_in_background
+        self._recording: list[workflow.ActivityHandle[None]] = []
         self._inbox: deque[EventMessage] = deque(inp.pending)
         self._fired: deque[tuple[str, str]] = deque()
         self._enrol_queue: deque[tuple[str, float]] = deque()
@@ -257,6 +259,7 @@ class ContactWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 for name in list(self._active):
                     await self._finish(name, f"merged into {self._merged_into}", status="exited")
+                await self._records_written()
                 workflow.logger.info("contact merged into %s", self._merged_into)
                 return self._merged_into
             async with self._lock:
@@ -270,11 +273,12 @@ class ContactWorkflow:
                 self._sync_search_attributes()
             if self._run_full(inp):
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._records_written()
                 if self._fired:
                     continue  # a timer fired while handlers finished: apply it first
                 workflow.continue_as_new(
-                    ContactInput(
-                        contact_id=self._contact_id,
+                    ContactInput.current(
+                        self._contact_id,
                         state=self._require_state().to_dict(),
                         journeys=list(self._active.values()),
                         pending=list(self._inbox),
@@ -282,7 +286,6 @@ class ContactWorkflow:
                         max_events_per_run=inp.max_events_per_run,
                         rehearsal=inp.rehearsal,
                         handoff=self._handoff,
-                        records_enrolments=True,
                     )
                 )
 
@@ -509,7 +512,7 @@ class ContactWorkflow:
             return
         # The enrolment's outcome and trail, for journey analytics: one activity per
         # finished enrolment (sends record the enrolment while it is in flight).
-        await workflow.execute_activity(
+        recording = workflow.start_activity(
             "contact.record_enrolment",
             EnrolmentRecord(
                 contact_id=self._contact_id,
@@ -525,6 +528,15 @@ class ContactWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             summary=f"{name} {status}: {reason}",
         )
+        if self._records_in_background:
+            self._recording = [*(r for r in self._recording if not r.done()), recording]
+        else:
+            await recording
+
+    async def _records_written(self) -> None:
+        """Wait for the enrolment records still in flight: a run ends only after them."""
+        while self._recording:
+            await self._recording.pop()
 
     def _restore(self, aj: ActiveJourney) -> None:
         """Re-arm a carried-over enrolment's timers in a new run."""

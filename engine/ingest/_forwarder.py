@@ -231,12 +231,11 @@ class Forwarder:
             )
             await client.start_workflow(
                 CONTACT_WORKFLOW,
-                ContactInput(
-                    contact_id=contact_id,
+                ContactInput.current(
+                    contact_id,
                     max_events_per_run=self._settings.max_events_per_run,
                     definitions=opening.definitions if opening else None,
                     opened=opening is not None,
-                    records_enrolments=True,
                 ),
                 id=contact_workflow_id(contact_id),
                 task_queue=self._settings.temporal_task_queue,

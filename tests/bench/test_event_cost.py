@@ -290,7 +290,7 @@ async def send_past(client: Client, settings: Settings, contact_id: str, now: da
     ]
     await client.start_workflow(
         CONTACT_WORKFLOW,
-        ContactInput(contact_id=contact_id, records_enrolments=True),
+        ContactInput.current(contact_id),
         id=contact_workflow_id(contact_id),
         task_queue=settings.temporal_task_queue,
         start_signal=EVENTS_SIGNAL,

@@ -3,15 +3,29 @@ trail while it sends, finished with status, reason and arms when it ends."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
 
 from engine.gateway import contact_view, enrol
-from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
+from engine.messages import (
+    CONTACT_WORKFLOW,
+    EVENT_SIGNAL,
+    ContactInput,
+    EnrolmentRecord,
+    EnrolRequest,
+    EventMessage,
+    contact_workflow_id,
+)
+from engine.storage.enrolments import save_enrolment
 from engine.storage.models import JourneyEnrolment
-from tests.workflows.conftest import Runtime, eventually
+from tests.workflows.conftest import Runtime, eventually, record_history
 from workflows.runtime import ContactOpener
 
 PERSON = {"email": "zhou.min@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}
@@ -84,3 +98,121 @@ async def test_a_rehearsed_enrolment_is_recorded_from_first_send_to_its_end(
     types = [e.event_type for e in history.events]
     assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED not in types
     assert view.state["journeys"]["b2b_nurture"]["enrolments"] == 1
+
+
+WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
+
+
+def _scheduled_in(history: WorkflowHistory) -> dict[str, int]:
+    """Activity type -> the workflow task (its completed event's id) that first
+    scheduled it."""
+    out: dict[str, int] = {}
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            out.setdefault(attrs.activity_type.name, attrs.workflow_task_completed_event_id)
+    return out
+
+
+async def _until_recorded(runtime: Runtime, contact: str) -> WorkflowHistory:
+    async def recorded() -> bool:
+        rows = _rows(runtime, contact)
+        return bool(rows) and rows[0].status != "active"
+
+    await eventually(recorded)
+
+    async def prospect() -> bool:
+        return (await contact_view(runtime.client, contact)).stage == "prospect"
+
+    await eventually(prospect)
+    return await runtime.client.get_workflow_handle(contact_workflow_id(contact)).fetch_history()
+
+
+async def test_a_finished_enrolment_is_recorded_without_holding_back_the_stage_move(
+    runtime: Runtime,
+) -> None:
+    # No address: the download that creates the contact starts b2b_nurture, which ends
+    # at once, then moves the contact to prospect. The stage move does not wait for the
+    # enrolment's record to be written: both go out in the same workflow task.
+    contact = "jr-background"
+    await runtime.event(contact, "content.downloaded", properties=WHITEPAPER)
+    history = await _until_recorded(runtime, contact)
+    scheduled = _scheduled_in(history)
+    assert scheduled["contact.record_enrolment"] == scheduled["contact.record_transition"]
+    [row] = _rows(runtime, contact)
+    assert (row.status, row.journey) == ("exited", "b2b_nurture")
+    await record_history(runtime, contact, "enrolment_recorded_in_background")
+
+
+async def test_a_run_started_before_background_records_still_waits_for_them(
+    runtime: Runtime,
+) -> None:
+    # A run whose input predates ``records_in_background`` issues the commands it always
+    # did (its history must replay): the record is written, then the stage move goes out.
+    contact = "jr-awaited"
+    message = EventMessage(
+        message_id=f"{contact}-download",
+        type="content.downloaded",
+        occurred_at=datetime.now(UTC),
+        properties=WHITEPAPER,
+        source="test",
+    )
+    await runtime.client.start_workflow(
+        CONTACT_WORKFLOW,
+        ContactInput(contact_id=contact, records_enrolments=True),
+        id=contact_workflow_id(contact),
+        task_queue=runtime.settings.temporal_task_queue,
+        start_signal=EVENT_SIGNAL,
+        start_signal_args=[message],
+    )
+    runtime.touched.add(contact)
+    history = await _until_recorded(runtime, contact)
+    scheduled = _scheduled_in(history)
+    assert scheduled["contact.record_enrolment"] < scheduled["contact.record_transition"]
+    await record_history(runtime, contact, "enrolment_recorded_awaited")
+
+
+@pytest.mark.settings(max_events_per_run=1)
+async def test_a_run_ends_only_after_its_background_records(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One event a run: the enrolment ends, its record goes out in the background, and
+    # the run continues as new. The record (slow here: the stage move's record is done
+    # long before it) must complete in the run that issued it.
+    def slow_save(engine: Engine, record: EnrolmentRecord) -> None:
+        time.sleep(1.5)
+        save_enrolment(engine, record)
+
+    monkeypatch.setattr("workflows.activities.save_enrolment", slow_save)
+    contact = "jr-can"
+    await runtime.event(contact, "content.downloaded", properties=WHITEPAPER)
+    await _until_recorded(runtime, contact)
+    workflow_id = contact_workflow_id(contact)
+    latest = await runtime.client.get_workflow_handle(workflow_id).fetch_history()
+    started = latest.events[0].workflow_execution_started_event_attributes
+    assert started.continued_execution_run_id, "the first run did not continue as new"
+    history = await runtime.client.get_workflow_handle(
+        workflow_id, run_id=started.continued_execution_run_id
+    ).fetch_history()
+    types = [e.event_type for e in history.events]
+    assert types[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in types
+    completed = [
+        e.activity_task_completed_event_attributes.scheduled_event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    ]
+    enrolment = next(
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name
+        == "contact.record_enrolment"
+    )
+    assert enrolment in completed
+
+
+@pytest.fixture
+def runtime_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("settings")
+    return dict(marker.kwargs) if marker else {}

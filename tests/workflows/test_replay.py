@@ -65,3 +65,24 @@ async def test_a_change_to_recorded_commands_is_caught_by_replay() -> None:
         _history(path), raise_on_replay_failure=False
     )
     assert result.replay_failure is not None
+
+
+@workflow.defn(name="Contact")
+class ContactWorkflowThatIgnoresItsGates(ContactWorkflow):
+    """A careless edit: background enrolment records for every run, whatever its input."""
+
+    @workflow.run
+    async def run(self, inp: ContactInput) -> None:
+        self._records_in_background = True
+        await super().run(inp)
+
+
+async def test_a_behaviour_gated_by_the_input_replays_only_behind_its_gate() -> None:
+    # A run started before ``records_in_background`` waited for each enrolment record;
+    # issuing those commands in the new order breaks its replay, which is why the
+    # change is gated by the start input rather than made for every run.
+    path = next(p for p in HISTORIES if p.stem == "enrolment_recorded_awaited")
+    result = await Replayer(workflows=[ContactWorkflowThatIgnoresItsGates]).replay_workflow(
+        _history(path), raise_on_replay_failure=False
+    )
+    assert result.replay_failure is not None
