@@ -18,6 +18,22 @@ write and their replies come back together: a pooled message costs two round tri
 (that group, then the message and its final reply) instead of four. After a refusal
 inside a group, the replies still due are read before RSET, so the session stays in step.
 
+When sends are queued for the pool (every session busy), a pipelining session also
+carries them back to back (RFC 2920 section 3.1): the first queued message's MAIL, RCPT
+and DATA go out in the same write as the current message's content and final dot, so a
+busy session costs one round trip per message. The queued send is then handed the
+session, with its place in the pool, once the message before it has its final reply; it
+reads its own three replies and classifies them itself, like any send, so every send
+still gets its own result and a refusal of one never touches the other. The follower is
+picked when the content is written, from the queue that bounds the pool anyway: no
+reader task, no per-session queue, and no send ever waits for a partner (with one message
+in flight nothing changes). If the session dies, times out or says 421 before the
+follower's replies, the follower's content never left, so it starts over on another
+session. A follower cancelled while its envelope is on the wire leaves the server waiting
+for content, so that session is closed. A refused final dot is not followed by RSET while
+a follower's envelope is on the wire: the reply to the dot ends the transaction anyway
+(RFC 5321 section 4.1.1.4), and an RSET sent then would land inside the follower's DATA.
+
 Reply classification, in one place (:func:`classify_reply`):
 
     stage            reply                                   raises
@@ -147,6 +163,9 @@ class SmtpConfig:
         local_hostname: Name sent with EHLO; default: this host's FQDN (looked up once).
         rate_per_second: Sends per second for this connector (``None``: no limit); a
             ``limiter`` passed to the connector takes precedence.
+        pipeline_messages: Let a busy session send the next queued message's envelope
+            right behind a message's content (RFC 2920 section 3.1). Turn off for a
+            relay that advertises PIPELINING but mishandles that.
     """
 
     host: str
@@ -165,6 +184,7 @@ class SmtpConfig:
     validate_certs: bool = True
     local_hostname: str | None = None
     rate_per_second: float | None = None
+    pipeline_messages: bool = True
 
     def __post_init__(self) -> None:
         if self.pool_size < 1:
@@ -200,6 +220,8 @@ class PoolStats:
     probes: int = 0
     resets: int = 0
     sent: int = 0
+    pipelined: int = 0
+    """Messages whose MAIL/RCPT/DATA went out with the previous message's content."""
 
 
 # --- shared by the email connectors ---------------------------------------------------------
@@ -621,6 +643,7 @@ class _Session:
     __slots__ = (
         "borrowed",
         "last_used",
+        "next",
         "number",
         "opened_at",
         "pipelining",
@@ -645,6 +668,8 @@ class _Session:
         self.borrowed = 0
         self.opened_at = now
         self.last_used = now
+        # The queued send whose MAIL/RCPT/DATA follow the current message on the wire.
+        self.next: _Turn | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -653,6 +678,15 @@ class _Session:
     def close(self) -> None:
         self.wire.close()
         self.smtp.close()
+
+
+@dataclass(eq=False)
+class _Turn:
+    """A send queued for the pool. ``granted`` gives it its place: ``None`` to check out a
+    session itself, or a session on which its MAIL/RCPT/DATA have already been sent."""
+
+    envelope: PreparedEmail
+    granted: asyncio.Future[_Session | None]
 
 
 class _Refused(Exception):
@@ -716,7 +750,8 @@ class SmtpConnector:
             RateLimiter(config.rate_per_second) if config.rate_per_second else None
         )
         self._clock = clock
-        self._slots = asyncio.Semaphore(config.pool_size)
+        self._busy = 0  # sends holding a place in the pool (at most pool_size)
+        self._queue: deque[_Turn] = deque()  # sends waiting for a place, first come first
         self._idle: list[_Session] = []
         self._closed = False
         self._hostname = config.local_hostname
@@ -744,18 +779,27 @@ class SmtpConnector:
             )
         if self._limiter is not None:
             await self._limiter.acquire()
-        async with self._slots:
+        handed = await self._take_turn(envelope)
+        passed = False  # our place in the pool went to the send that followed us
+        try:
             for attempt in (1, 2):
-                session = await self._checkout(fresh=attempt > 1)
+                announced = handed is not None  # our MAIL/RCPT/DATA are already sent
+                if handed is not None:
+                    session, handed = handed, None
+                    self.stats.reused += 1
+                else:
+                    session = await self._checkout(fresh=attempt > 1)
                 session.borrowed += 1
                 reused = session.borrowed > 1
                 try:
-                    reply = await self._transact(session, envelope)
+                    reply = await self._transact(session, envelope, announced=announced)
                 except _Failed as failed:
-                    await self._checkin(session)
+                    passed = await self._checkin(session)
                     if failed.stale and reused and attempt == 1:
                         # The server had dropped this idle session; nothing was sent, so
-                        # the message goes out on a fresh session at once.
+                        # the message goes out on a fresh session at once. (Never after
+                        # a follower was taken on, which happens only once DATA got 354,
+                        # so we still hold our place in the pool.)
                         _log.info(
                             "smtp_session_stale",
                             session=session.number,
@@ -767,11 +811,11 @@ class SmtpConnector:
                     # Cancelled (an activity timeout) or a bug, mid-transaction: the
                     # session's state is unknown, so it is closed, never reused.
                     session.close()
-                    self.stats.dropped += 1
+                    passed = await self._checkin(session)
                     raise
                 session.sent += 1
                 self.stats.sent += 1
-                await self._checkin(session)
+                passed = await self._checkin(session)
                 return SendResult(
                     provider_message_id=envelope.message_id,
                     status="accepted",
@@ -781,7 +825,10 @@ class SmtpConnector:
                         "attempts": attempt,
                     },
                 )
-        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+            raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+        finally:
+            if not passed:
+                self._pass_turn()
 
     async def close(self) -> None:
         """QUIT every idle session; sessions in use close when their send finishes."""
@@ -795,33 +842,24 @@ class SmtpConnector:
     # --- one transaction ----------------------------------------------------------------------
 
     async def _transact(
-        self, session: _Session, envelope: PreparedEmail
+        self, session: _Session, envelope: PreparedEmail, *, announced: bool = False
     ) -> aiosmtplib.SMTPResponse:
+        """One transaction; ``announced`` when its MAIL/RCPT/DATA went out with the
+        previous message's content, so only their replies are still to read."""
         wire, timeout = session.wire, self.config.timeout
-        mail_options = b""
-        if envelope.utf8:
-            if not session.smtputf8:
-                raise _Failed(
-                    PermanentDeliveryError(
-                        f"the address {envelope.recipient!r} needs SMTPUTF8, which the SMTP "
-                        "server does not offer",
-                        code="invalid_address",
-                    ),
-                    stale=False,
-                )
-            mail_options += b" SMTPUTF8"
-        if session.size:
-            mail_options += b" SIZE=%d" % len(envelope.payload)
-        encoding = "utf-8" if envelope.utf8 else "ascii"
-        sender = self._envelope_from.encode(encoding)
-        group: list[tuple[Stage, bytes, tuple[int, ...]]] = [
-            ("MAIL", b"MAIL FROM:<%s>%s\r\n" % (sender, mail_options), (250,)),
-            ("RCPT", b"RCPT TO:<%s>\r\n" % envelope.recipient.encode(encoding), (250, 251)),
-            ("DATA", b"DATA\r\n", (354,)),
-        ]
+        if envelope.utf8 and not session.smtputf8:
+            raise _Failed(
+                PermanentDeliveryError(
+                    f"the address {envelope.recipient!r} needs SMTPUTF8, which the SMTP "
+                    "server does not offer",
+                    code="invalid_address",
+                ),
+                stale=False,
+            )
+        group = self._envelope(session, envelope)
         stage: Stage = "MAIL"
         try:
-            if session.pipelining:
+            if session.pipelining and not announced:
                 # RFC 2920: one write, three replies, one round trip.
                 wire.send(b"".join(command for _, command, _ in group))
             for n, (stage, command, expected) in enumerate(group):
@@ -831,9 +869,14 @@ class SmtpConnector:
                 if reply.code not in expected:
                     pending = len(group) - n - 1 if session.pipelining else 0
                     raise _Refused(stage, reply, pending)
-            wire.send(
-                envelope.payload + b".\r\n" if envelope.framed else _data_bytes(envelope.payload)
-            )
+            data = envelope.payload + b".\r\n" if envelope.framed else _data_bytes(envelope.payload)
+            session.next = self._follower(session)
+            if session.next is not None:
+                # RFC 2920 section 3.1: the next message's envelope rides with our content.
+                self.stats.pipelined += 1
+                group = self._envelope(session, session.next.envelope)
+                data += b"".join(command for _, command, _ in group)
+            wire.send(data)
             await wire.drain()
             reply = await wire.reply(timeout)
             if reply.code != 250:
@@ -844,7 +887,9 @@ class SmtpConnector:
             error = classify_reply(code, text, stage=refused.stage)
             if code == 421:
                 session.close()  # the server is closing this session
-            elif session.is_connected:
+            elif session.is_connected and session.next is None:
+                # (With a follower on the wire, the reply to our dot ended our transaction
+                # and an RSET now would land inside the follower's DATA.)
                 await self._reset(session, refused.pending)
             # 421 before DATA on a reused session is usually an idle timeout announced late.
             stale = code == 421 and refused.stage != "DATA"
@@ -863,6 +908,21 @@ class SmtpConnector:
                 RetryableDeliveryError(text, retry_after=NETWORK_DELAY), stale=stage != "DATA"
             ) from exc
 
+    def _envelope(
+        self, session: _Session, envelope: PreparedEmail
+    ) -> list[tuple[Stage, bytes, tuple[int, ...]]]:
+        """MAIL, RCPT and DATA for ``envelope`` on ``session``, with the replies each expects."""
+        mail_options = b" SMTPUTF8" if envelope.utf8 else b""
+        if session.size:
+            mail_options += b" SIZE=%d" % len(envelope.payload)
+        encoding = "utf-8" if envelope.utf8 else "ascii"
+        sender = self._envelope_from.encode(encoding)
+        return [
+            ("MAIL", b"MAIL FROM:<%s>%s\r\n" % (sender, mail_options), (250,)),
+            ("RCPT", b"RCPT TO:<%s>\r\n" % envelope.recipient.encode(encoding), (250, 251)),
+            ("DATA", b"DATA\r\n", (354,)),
+        ]
+
     async def _reset(self, session: _Session, pending: int = 0) -> None:
         """Read the ``pending`` replies of a refused pipelined group, then RSET."""
         self.stats.resets += 1
@@ -880,6 +940,53 @@ class SmtpConnector:
             session.close()
 
     # --- the pool -----------------------------------------------------------------------------
+
+    async def _take_turn(self, envelope: PreparedEmail) -> _Session | None:
+        """Wait for a place in the pool; a session if our envelope was sent ahead on it."""
+        if self._busy < self.config.pool_size and not self._queue:
+            self._busy += 1
+            return None
+        turn = _Turn(envelope, asyncio.get_running_loop().create_future())
+        self._queue.append(turn)
+        try:
+            return await turn.granted
+        except asyncio.CancelledError:
+            if turn.granted.cancelled():
+                if turn in self._queue:  # else a session took it: see _checkin
+                    self._queue.remove(turn)
+            else:
+                # Granted, then cancelled before we could run: give the place back, and
+                # close a session that holds our unfinished transaction.
+                session = turn.granted.result()
+                if session is not None:
+                    session.close()
+                    self.stats.dropped += 1
+                self._pass_turn()
+            raise
+
+    def _pass_turn(self) -> None:
+        """Give a finished send's place in the pool to the first queued send, or free it."""
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.granted.done():
+                turn.granted.set_result(None)
+                return
+        self._busy -= 1
+
+    def _follower(self, session: _Session) -> _Turn | None:
+        """The first queued send, taken off the queue, if it can follow on ``session``
+        right behind the message being sent (never waited for)."""
+        if not self._queue or not session.pipelining or self._closed:
+            return None
+        if not self.config.pipeline_messages:
+            return None
+        if session.sent + 1 >= self.config.max_messages_per_session:
+            return None  # the message being sent is the session's last
+        if self._clock() - session.opened_at > self.config.max_session_age:
+            return None
+        if self._queue[0].envelope.utf8 and not session.smtputf8:
+            return None
+        return self._queue.popleft()
 
     async def _checkout(self, *, fresh: bool = False) -> _Session:
         now = self._clock()
@@ -905,15 +1012,32 @@ class SmtpConnector:
             return session
         return await self._open()
 
-    async def _checkin(self, session: _Session) -> None:
+    async def _checkin(self, session: _Session) -> bool:
+        """Hand ``session`` to its follower, or back to the pool; True when the follower
+        took the returning send's place in the pool."""
         session.last_used = self._clock()
+        follower, session.next = session.next, None
+        if follower is not None and follower.granted.done():
+            # Cancelled while its envelope was on the wire: the server now waits for
+            # content that will never come.
+            session.close()
+            follower = None
         if not session.is_connected:
             self.stats.dropped += 1
             _log.info("smtp_session_dropped", session=session.number, sent=session.sent)
+        elif follower is not None:
+            follower.granted.set_result(session)
+            return True
         elif self._closed or session.sent >= self.config.max_messages_per_session:
             await self._retire(session)
         else:
             self._idle.append(session)
+        if follower is not None:
+            # The session died with the follower's envelope on it, its content unsent:
+            # the follower starts over on another session.
+            follower.granted.set_result(None)
+            return True
+        return False
 
     async def _retire(self, session: _Session) -> None:
         self.stats.retired += 1

@@ -167,7 +167,14 @@ class Settings(BaseSettings):
         default=8,
         ge=1,
         description="SMTP sessions kept per worker, also the most concurrent sends; "
-        "pooled throughput to a relay is about this many messages per two round trips.",
+        "pooled throughput to a relay is about this many messages per round trip once "
+        "they queue (see smtp_pipeline_messages).",
+    )
+    smtp_pipeline_messages: bool = Field(
+        default=True,
+        description="While sends queue for a busy session, pipeline the next message's "
+        "MAIL/RCPT/DATA behind the previous one's content (RFC 2920 3.1): one round trip "
+        "a message instead of two. Turn off for a relay that mishandles it.",
     )
     email_http_url: str | None = Field(
         default=None, description="Generic JSON email provider: its send endpoint."

@@ -232,6 +232,7 @@ def connectors_from_settings(
                     settings.smtp_password.get_secret_value() if settings.smtp_password else None
                 ),
                 pool_size=settings.smtp_pool_size,
+                pipeline_messages=settings.smtp_pipeline_messages,
             ),
             limiter=email_limiter,
         )

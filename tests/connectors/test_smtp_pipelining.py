@@ -4,15 +4,30 @@ DATA framing, and STARTTLS against a certificate issued by a CA, on a real aiosm
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, Literal
 
 import pytest
 
-from connectors.smtp import SmtpConfig, SmtpConnector, _data_bytes, _Wire, prepare_email
+from connectors.smtp import (
+    SmtpConfig,
+    SmtpConnector,
+    _data_bytes,
+    _Session,
+    _Wire,
+    prepare_email,
+)
 from engine.bounces import key_digest
 from engine.content import RenderContact
-from engine.delivery import OutgoingMessage, PermanentDeliveryError, RetryableDeliveryError
+from engine.delivery import (
+    OutgoingMessage,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    SendResult,
+)
 from tests.connectors.test_smtp import FROM, outgoing
 from tests.peers.smtp import SmtpPeer
 
@@ -132,6 +147,295 @@ async def test_burst_over_pipelined_sessions_arrives_exactly_once(peer: SmtpPeer
     assert peer.commands["MAIL"] == 300
     peer.wait_until_closed()
     assert peer.commands["QUIT"] == peer.sessions
+
+
+# --- back to back on a busy session (RFC 2920 section 3.1) -----------------------------------
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write the connector's wire makes, in order."""
+    written: list[bytes] = []
+    send = _Wire.send
+
+    def recording(wire: _Wire, data: bytes) -> None:
+        written.append(data)
+        send(wire, data)
+
+    monkeypatch.setattr(_Wire, "send", recording)
+    return written
+
+
+def digest(n: int) -> str:
+    return key_digest(outgoing(n).idempotency_key)
+
+
+async def test_the_next_envelope_goes_out_in_the_same_write_as_the_previous_content(
+    peer: SmtpPeer, writes: list[bytes]
+) -> None:
+    messages = [outgoing(n) for n in range(4)]
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        results = await asyncio.gather(*(smtp.send(m) for m in messages))
+        assert smtp.stats.pipelined == 3
+
+    # Each send got its own result.
+    for message, result in zip(messages, results, strict=True):
+        assert result.provider_message_id == prepare_email(message, from_addr=FROM).message_id
+        assert result.response == {"reply": "250 2.0.0 OK queued", "session": 1, "attempts": 1}
+    # Content and dot of message n, then MAIL, RCPT and DATA of message n + 1, in one write.
+    chained = [w for w in writes if b"\r\n.\r\nMAIL FROM:" in w]
+    assert len(chained) == 3
+    for n, write in enumerate(chained):
+        assert digest(n).encode() in write
+        assert write.endswith(b"RCPT TO:<person%d@example.com>\r\nDATA\r\n" % (n + 1))
+    assert peer.mail_groups == [("MAIL", "RCPT", "DATA")]  # only the first opens a write
+    assert [m.key_digest for m in peer.accepted] == [digest(n) for n in range(4)]
+    assert peer.sessions == 1
+
+
+async def test_a_busy_session_costs_one_round_trip_a_message_and_a_lone_send_two() -> None:
+    rtt = 0.2
+    with SmtpPeer(rtt=rtt) as peer:
+        async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+            await smtp.send(outgoing(0))  # the session: connect, greeting, EHLO
+
+            started = time.perf_counter()
+            await smtp.send(outgoing(1))
+            lone = (time.perf_counter() - started) / rtt
+
+            started = time.perf_counter()
+            await asyncio.gather(*(smtp.send(outgoing(n)) for n in range(2, 12)))
+            busy = (time.perf_counter() - started) / rtt
+            assert smtp.stats.pipelined == 9
+
+    # Alone: the envelope group, then the content; nothing waits for a partner.
+    assert 2 <= lone < 2.9, lone
+    # Ten queued: 2 for the first, then 1 each (2 each, 20, without cross-message pipelining).
+    assert 11 <= busy < 15, busy
+    assert len(peer.accepted) == 12
+    assert peer.sessions == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "code", "delay"),
+    [
+        ("550 5.1.1 User unknown", PermanentDeliveryError, "hard_bounce", None),
+        ("451 4.3.0 Temporary local problem", RetryableDeliveryError, None, timedelta(minutes=1)),
+    ],
+    ids=["550", "451"],
+)
+async def test_a_follower_refused_at_rcpt_leaves_the_message_before_it_delivered(
+    peer: SmtpPeer,
+    reply: str,
+    error: type[PermanentDeliveryError | RetryableDeliveryError],
+    code: str | None,
+    delay: timedelta | None,
+) -> None:
+    peer.fail_address("x@example.com", reply, at="RCPT")
+    messages = [outgoing(0), outgoing(1, to="x@example.com"), outgoing(2)]
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        first, refused, last = await asyncio.gather(
+            *(smtp.send(m) for m in messages), return_exceptions=True
+        )
+        assert smtp.stats.pipelined == 1  # message 1 rode behind message 0
+
+    assert isinstance(first, SendResult)
+    assert first.response["session"] == 1
+    assert isinstance(refused, error)
+    assert reply in refused.message
+    if isinstance(refused, PermanentDeliveryError):
+        assert refused.code == code
+    else:
+        assert refused.retry_after == delay
+    assert isinstance(last, SendResult)
+    assert last.response["session"] == 1
+    assert [m.key_digest for m in peer.accepted] == [digest(0), digest(2)]
+    assert peer.commands["RSET"] == 1
+    assert peer.sessions == 1
+
+
+async def test_a_refused_message_is_not_reset_into_its_followers_data(peer: SmtpPeer) -> None:
+    peer.fail_address("x@example.com", "554 5.6.0 Message content rejected", at="DATA")
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        refused, follower = await asyncio.gather(
+            smtp.send(outgoing(0, to="x@example.com")), smtp.send(outgoing(1)),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert smtp.stats.pipelined == 1
+        after = await smtp.send(outgoing(2))
+
+    assert isinstance(refused, PermanentDeliveryError)
+    assert refused.code == "message_rejected"
+    assert isinstance(follower, SendResult)
+    assert follower.response["attempts"] == 1
+    assert after.response["session"] == 1
+    assert [m.key_digest for m in peer.accepted] == [digest(1), digest(2)]
+    assert peer.commands["RSET"] == 0
+    assert peer.sessions == 1
+
+
+async def test_a_drop_after_the_dot_leaves_that_message_in_doubt_and_its_follower_goes_once(
+    peer: SmtpPeer,
+) -> None:
+    peer.drop_after_data(1)
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        doubtful, follower = await asyncio.gather(
+            smtp.send(outgoing(0)), smtp.send(outgoing(1)), return_exceptions=True
+        )
+        assert smtp.stats.pipelined == 1
+        # As without a follower: retryable, and the retry may make a second copy.
+        assert isinstance(doubtful, RetryableDeliveryError)
+        assert "may have accepted" in doubtful.message
+        assert doubtful.retry_after == timedelta(seconds=30)
+        # The follower's content never left: it went once, on a new session.
+        assert isinstance(follower, SendResult)
+        assert follower.response["session"] == 2
+        assert follower.response["attempts"] == 1  # not tried on the dead session
+        await smtp.send(outgoing(0))  # the activity's retry
+
+    assert peer.copies(digest(1)) == 1
+    assert peer.copies(digest(0)) == 2
+    assert [(m.key_digest, m.acknowledged) for m in peer.received] == [
+        (digest(0), False),
+        (digest(1), True),
+        (digest(0), True),
+    ]
+    assert peer.sessions == 2
+
+
+async def test_421_to_the_dot_is_retryable_and_the_follower_goes_on_a_new_session(
+    peer: SmtpPeer,
+) -> None:
+    peer.fail_next(1, "421 4.3.2 Service shutting down", at="DATA")
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        closed, follower = await asyncio.gather(
+            smtp.send(outgoing(0)), smtp.send(outgoing(1)), return_exceptions=True
+        )
+        assert smtp.stats.pipelined == 1
+
+    assert isinstance(closed, RetryableDeliveryError)
+    assert "421" in closed.message
+    assert closed.retry_after == timedelta(minutes=2)
+    assert isinstance(follower, SendResult)
+    assert follower.response["session"] == 2
+    assert follower.response["attempts"] == 1  # not tried on the closed session
+    assert [m.key_digest for m in peer.accepted] == [digest(1)]
+    assert peer.sessions == 2
+
+
+async def test_a_busy_session_still_retires_after_max_messages(peer: SmtpPeer) -> None:
+    async with SmtpConnector(config(peer, pool_size=1, max_messages_per_session=3)) as smtp:
+        await asyncio.gather(*(smtp.send(outgoing(n)) for n in range(7)))
+        # Two followers on each full session; none after a session's last message.
+        assert smtp.stats.pipelined == 4
+        assert smtp.stats.retired == 2
+
+    assert Counter(m.session for m in peer.accepted) == {1: 3, 2: 3, 3: 1}
+    assert len({m.key_digest for m in peer.accepted}) == 7
+    peer.wait_until_closed()
+    assert peer.commands["QUIT"] == 3
+
+
+async def test_cancelled_followers_and_queued_sends_never_strand_the_pool(
+    peer: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chained = asyncio.Event()
+    send = _Wire.send
+
+    def watching(wire: _Wire, data: bytes) -> None:
+        send(wire, data)
+        if b"\r\n.\r\nMAIL FROM:" in data:
+            chained.set()
+
+    monkeypatch.setattr(_Wire, "send", watching)
+    peer.delay_data(0.3)  # message 0 waits for its 250 with message 1's envelope sent
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        first, follower, queued = (asyncio.create_task(smtp.send(outgoing(n))) for n in range(3))
+        async with asyncio.timeout(2):
+            await chained.wait()
+        follower.cancel()  # its envelope is on the wire
+        queued.cancel()  # still waiting for the pool
+        result = await first
+        for cancelled in (follower, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+        peer.delay_data(0)
+        async with asyncio.timeout(5):  # a place in the pool lost would hang here
+            after = await smtp.send(outgoing(3))
+
+        # The session holding the cancelled follower's open transaction was closed.
+        assert smtp.stats.dropped == 1
+
+    assert result.response["session"] == 1
+    assert after.response["session"] == 2
+    assert [m.key_digest for m in peer.accepted] == [digest(0), digest(3)]
+
+
+async def test_a_send_cancelled_while_queued_is_never_sent(peer: SmtpPeer) -> None:
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        first, cancelled, last = (asyncio.create_task(smtp.send(outgoing(n))) for n in range(3))
+        await asyncio.sleep(0)  # all three started: the first connects, two queue
+        cancelled.cancel()
+        await asyncio.gather(first, last)
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert smtp.stats.pipelined == 1  # the last rode behind the first
+        assert smtp.stats.dropped == 0
+
+    assert [m.key_digest for m in peer.accepted] == [digest(0), digest(2)]
+    assert peer.commands["MAIL"] == 2
+    assert peer.sessions == 1
+
+
+async def test_a_send_cancelled_as_it_is_handed_the_session_closes_it_and_frees_its_place(
+    peer: SmtpPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks: list[asyncio.Task[SendResult]] = []
+    checkin = SmtpConnector._checkin
+
+    async def checkin_then_cancel(smtp: SmtpConnector, session: _Session) -> bool:
+        passed = await checkin(smtp, session)
+        if passed:
+            tasks[1].cancel()  # handed the session, not yet running: an activity timeout
+        return passed
+
+    monkeypatch.setattr(SmtpConnector, "_checkin", checkin_then_cancel)
+    async with SmtpConnector(config(peer, pool_size=1)) as smtp:
+        tasks += (asyncio.create_task(smtp.send(outgoing(n))) for n in range(2))
+        first = await tasks[0]
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[1]
+        assert smtp.stats.pipelined == 1
+        # Its transaction was left open on the server: that session is closed, and the
+        # place in the pool it was given is free again.
+        assert smtp.stats.dropped == 1
+        async with asyncio.timeout(5):
+            after = await smtp.send(outgoing(2))
+
+    assert first.response["session"] == 1
+    assert after.response["session"] == 2
+    assert [m.key_digest for m in peer.accepted] == [digest(0), digest(2)]
+
+
+async def test_no_follower_when_the_server_does_not_offer_pipelining(
+    plain_peer: SmtpPeer,
+) -> None:
+    async with SmtpConnector(config(plain_peer, pool_size=1)) as smtp:
+        await asyncio.gather(*(smtp.send(outgoing(n)) for n in range(4)))
+        assert smtp.stats.pipelined == 0
+
+    assert plain_peer.mail_groups == [("MAIL",)] * 4
+    assert len(plain_peer.accepted) == 4
+
+
+async def test_no_follower_when_pipelining_across_messages_is_turned_off(peer: SmtpPeer) -> None:
+    # STAGECOACH_SMTP_PIPELINE_MESSAGES=false: each message's own group, one at a time.
+    async with SmtpConnector(config(peer, pool_size=1, pipeline_messages=False)) as smtp:
+        await asyncio.gather(*(smtp.send(outgoing(n)) for n in range(4)))
+        assert smtp.stats.pipelined == 0
+
+    assert len(peer.accepted) == 4
+    assert peer.sessions == 1
 
 
 # --- the wire ---------------------------------------------------------------------------------
