@@ -166,3 +166,53 @@ async def test_a_merged_contacts_workflow_ends_pointing_to_the_survivor(
         assert await handle.result() == b
         view = await contact_view(runtime.client, b)
         assert view.state["attributes"].get("email") == "m@example.com"  # a's state, replayed
+
+
+async def test_a_known_contact_gets_a_plain_signal_and_an_ended_one_a_new_run(
+    runtime: Runtime,
+) -> None:
+    async def temporal() -> Client:
+        return runtime.client
+
+    def page(n: int) -> dict[str, Any]:
+        return {
+            "userId": "fw-known",
+            "messageId": f"fw-known-{n}",
+            "name": "Pricing",
+            "properties": {"category": "pricing", "n": n},
+        }
+
+    with _client(runtime, temporal) as api:
+        forwarder = api.app.state.forwarder  # type: ignore[attr-defined]
+        assert api.post("/v1/page", json=page(1)).status_code == 200
+        contact_id = _contact_of(runtime, "fw-known-1")
+
+        async def applied(count: int) -> bool:
+            view = await contact_view(runtime.client, contact_id)
+            return len(view.state["events"]) == count
+
+        await eventually(lambda: applied(1))
+        assert (forwarder.stats.signals, forwarder.stats.started) == (1, 1)
+
+        # The workflow is known to be running: the next event is a plain signal.
+        assert api.post("/v1/page", json=page(2)).status_code == 200
+        await eventually(lambda: applied(2))
+        assert (forwarder.stats.signals, forwarder.stats.started) == (2, 1)
+
+        # Its run ends behind the forwarder's back: the plain signal is answered
+        # NOT_FOUND and the event goes with start, to a new run, as before.
+        handle = runtime.client.get_workflow_handle(contact_workflow_id(contact_id))
+        await handle.terminate(reason="test: the run ends")
+        assert api.post("/v1/page", json=page(3)).status_code == 200
+
+        async def new_run() -> bool:
+            started = await runtime.client.get_workflow_handle(
+                contact_workflow_id(contact_id)
+            ).describe()
+            return started.run_id != handle.result_run_id and await applied(1)
+
+        await eventually(new_run)
+        view = await contact_view(runtime.client, contact_id)
+        assert [e["properties"]["n"] for e in view.state["events"]] == [3]
+        assert (forwarder.stats.signals, forwarder.stats.started) == (3, 2)
+        assert _outbox(runtime) == 0
