@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -66,3 +67,15 @@ def port_open(host: str, port: int, *, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def freeze_startup_heap() -> None:
+    """Exempt what exists at start-up from garbage collection, for good.
+
+    Modules, the app or the worker, definitions and schemas are most of a long-running
+    process's heap and live as long as it does. Frozen, a full collection stops walking
+    them: under batch ingest that walk was a sixth of the API's CPU, and in a worker each
+    full collection stalled every workflow task for 0.2-0.3 s instead of 0.03-0.1 s.
+    Call it once, when start-up is done and before serving."""
+    gc.collect()
+    gc.freeze()

@@ -8,7 +8,6 @@ and exit code 2; nobody gets a traceback wall for a wrong URL or a busy port.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -65,6 +64,7 @@ def up() -> None:
 def worker() -> None:
     """Run a worker: the contact workflows and their activities."""
     settings = _settings()
+    from engine.runtime import freeze_startup_heap
     from engine.storage import make_engine, upgrade
     from workflows.client import connect
     from workflows.runtime import build_activities
@@ -87,6 +87,7 @@ def worker() -> None:
             activities=activities,
             max_cached_workflows=settings.worker_max_cached_workflows,
         )
+        freeze_startup_heap()
         await run_until_signalled(built)
 
     asyncio.run(serve())
@@ -131,7 +132,7 @@ def api() -> None:
     import uvicorn
 
     from engine.api import create_app
-    from engine.runtime import ensure_port_free
+    from engine.runtime import ensure_port_free, freeze_startup_heap
 
     ensure_port_free(
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
@@ -148,11 +149,7 @@ def api() -> None:
     served = create_app(
         settings, engine=engine, temporal=temporal, opener=ContactOpener(engine, settings)
     )
-    # What exists now (modules, the app, its routes and schemas: most of the heap) lives
-    # as long as the process. Frozen, the garbage collector stops walking it on every
-    # full collection, which under batch ingest was a sixth of the API's CPU.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     uvicorn.run(
         served,
         host=settings.api_host,

@@ -25,6 +25,7 @@ from temporalio.common import RetryPolicy
 from engine.content import ContentLibrary
 from engine.gateway import contact_view, enrol
 from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
+from engine.runtime import freeze_startup_heap
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from workflows.runtime import ContactOpener, build_activities
@@ -77,6 +78,7 @@ async def contact_worker(client: Client, settings: Settings) -> AsyncIterator[En
         task_queue=settings.temporal_task_queue,
         activities=[*SystemActivities(engine).all(), *contact.all()],
     )
+    freeze_startup_heap()  # as `stagecoach worker` does before serving
     try:
         async with worker:
             yield engine
