@@ -44,7 +44,8 @@ is in the events table and nothing else of the run is. Run with
 ``pytest tests/bench/test_ingest_throughput.py --run-bench -s -q``;
 ``STAGECOACH_BENCH_INGEST_SECONDS`` (default 8) sets each measured window,
 ``STAGECOACH_BENCH_INGEST_CONCURRENCY`` (default 16) the callers,
-``STAGECOACH_BENCH_REACTION_PROBES`` (default 60) the reaction samples.
+``STAGECOACH_BENCH_REACTION_PROBES`` (default 60) the reaction samples,
+``STAGECOACH_BENCH_REACTION_BACKGROUND`` (default 200) the background calls a second.
 """
 
 from __future__ import annotations

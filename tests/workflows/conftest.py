@@ -122,9 +122,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 15.0)
 
 
 @pytest.fixture
-def runtime_overrides() -> dict[str, Any]:
-    """Override in a test module to change the runtime's settings."""
-    return {}
+def runtime_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The test's ``@pytest.mark.settings(...)`` keywords; override in a test module to
+    change the runtime's settings for all its tests."""
+    marker = request.node.get_closest_marker("settings")
+    return dict(marker.kwargs) if marker else {}
 
 
 @contextlib.asynccontextmanager

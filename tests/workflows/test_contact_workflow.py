@@ -135,12 +135,6 @@ async def test_a_contact_without_an_address_leaves_the_journey_and_nothing_is_se
     await record_history(runtime, "c-anon", "no_address_exit")
 
 
-@pytest.fixture
-def runtime_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
-    marker = request.node.get_closest_marker("settings")
-    return dict(marker.kwargs) if marker else {}
-
-
 @pytest.mark.settings(max_events_per_run=3)
 async def test_continue_as_new_carries_state_and_every_event(runtime: Runtime) -> None:
     for n in range(8):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -38,6 +37,12 @@ def _rows(runtime: Runtime, contact_id: str) -> list[JourneyEnrolment]:
                 select(JourneyEnrolment).where(JourneyEnrolment.contact_id == contact_id)
             ).all()
         )
+
+
+async def _finished(runtime: Runtime, contact_id: str) -> bool:
+    """The contact's enrolment is recorded as ended."""
+    rows = _rows(runtime, contact_id)
+    return bool(rows) and rows[0].status != "active"
 
 
 async def test_a_rehearsed_enrolment_is_recorded_from_first_send_to_its_end(
@@ -75,11 +80,7 @@ async def test_a_rehearsed_enrolment_is_recorded_from_first_send_to_its_end(
     assert (row.journey, row.version, row.enrolment) == ("b2b_nurture", result.version, 1)
     assert row.trail[0]["kind"] in {"send", "branch", "split"}
 
-    async def finished() -> bool:
-        rows = _rows(runtime, contact)
-        return bool(rows) and rows[0].status != "active"
-
-    await eventually(finished, within=60)
+    await eventually(lambda: _finished(runtime, contact), within=60)
     [row] = _rows(runtime, contact)
     # The silent path runs out of awareness content and leaves by its exit step.
     assert row.status == "exited"
@@ -115,11 +116,7 @@ def _scheduled_in(history: WorkflowHistory) -> dict[str, int]:
 
 
 async def _until_recorded(runtime: Runtime, contact: str) -> WorkflowHistory:
-    async def recorded() -> bool:
-        rows = _rows(runtime, contact)
-        return bool(rows) and rows[0].status != "active"
-
-    await eventually(recorded)
+    await eventually(lambda: _finished(runtime, contact))
 
     async def prospect() -> bool:
         return (await contact_view(runtime.client, contact)).stage == "prospect"
@@ -210,9 +207,3 @@ async def test_a_run_ends_only_after_its_background_records(
         == "contact.record_enrolment"
     )
     assert enrolment in completed
-
-
-@pytest.fixture
-def runtime_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
-    marker = request.node.get_closest_marker("settings")
-    return dict(marker.kwargs) if marker else {}
