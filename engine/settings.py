@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.errors import ConfigurationError
-from engine.wechat_callback import WeChatApp
+from engine.wechat_callback import REPLAY_WINDOW_SECONDS, WeChatApp
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         description="Official Accounts whose callbacks arrive at /wechat/<name>: "
         '{"main": {"token": "...", "aes_key": "<43-char EncodingAESKey, omit for '
         'plaintext>", "appid": "wx..."}}',
+    )
+    wechat_replay_window_seconds: int = Field(
+        default=REPLAY_WINDOW_SECONDS,
+        ge=10,
+        le=3600,
+        description="A WeChat callback whose timestamp is further than this from the "
+        "server's clock is refused (403), and one seen before within it is not stored.",
     )
     wechat_connector: Literal["sink", "wechat"] = "sink"
     wechat_appid: str | None = None

@@ -19,10 +19,18 @@ checked before decrypting, so a forged ciphertext never reaches the padding chec
 XML is parsed with ``defusedxml`` and any DTD is refused: no entity expansion (billion
 laughs), no external entities. Bodies over ``MAX_BODY_BYTES`` are refused unread.
 
+Replays. In plaintext mode the signature covers the token, timestamp and nonce, not the
+body: a signed URL seen once (a proxy log, a browser history) would authenticate any body
+for ever. So a callback's ``timestamp`` must be within ``window`` seconds of our clock
+(``check_fresh``), and each (timestamp, nonce, signature) is accepted once within that
+window (``NonceMemory``). Outside the window a request is refused however it is signed;
+inside it the memory remembers it, so between them a signed URL is usable once.
+
 Errors, each mapped once to an HTTP status by the route:
 
     CallbackError (ValueError)
      +-- SignatureMismatch     the signature does not match the token       (403)
+     +-- StaleRequest          the timestamp is outside the replay window    (403)
      +-- AppIdMismatch         decrypted, but for another account           (403)
      +-- UndecryptableMessage  the ciphertext or its framing is broken      (400)
      +-- UnsafeXml             a DTD, an entity, or XML that does not parse (400)
@@ -60,17 +68,21 @@ from pydantic import (
 __all__ = [
     "INTERACTION_EVENTS",
     "MAX_BODY_BYTES",
+    "REPLAY_WINDOW_SECONDS",
     "AppIdMismatch",
     "BodyTooLarge",
     "CallbackError",
     "CallbackEvent",
     "MalformedMessage",
+    "NonceMemory",
     "SignatureMismatch",
+    "StaleRequest",
     "UndecryptableMessage",
     "UnsafeXml",
     "WeChatApp",
     "WeChatMessage",
     "aes_key_from",
+    "check_fresh",
     "decrypt",
     "encrypt",
     "event_from",
@@ -115,6 +127,10 @@ class CallbackError(ValueError):
 
 class SignatureMismatch(CallbackError):
     """The signature is missing or does not match the account's token."""
+
+
+class StaleRequest(CallbackError):
+    """The timestamp is missing, unreadable, or too far from now: a replay or a bad clock."""
 
 
 class AppIdMismatch(CallbackError):
@@ -245,6 +261,71 @@ def verify(
     expected = sign(token, timestamp, nonce, *more)
     if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
         raise SignatureMismatch("signature does not match the token: check the app's token")
+
+
+REPLAY_WINDOW_SECONDS = 300
+"""How far a callback's ``timestamp`` may be from our clock, either way. WeChat stamps a
+call when it sends it and gives up after three tries 5 seconds apart, so a genuine call
+is seconds old; five minutes leaves room for clocks that drift."""
+
+
+def check_fresh(timestamp: str | None, *, now: float, window: float) -> int:
+    """The callback's ``timestamp`` (Unix seconds), if within ``window`` of ``now``.
+
+    Raises:
+        StaleRequest: missing, not whole seconds, or more than ``window`` away.
+    """
+    text = (timestamp or "").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise StaleRequest("timestamp is missing or not Unix seconds")
+    stamp = int(text)
+    off = stamp - now
+    if abs(off) > window:
+        raise StaleRequest(
+            f"timestamp is {abs(off):.0f} s {'ahead of' if off > 0 else 'behind'} this "
+            f"server's clock; the window is {window:.0f} s: a replay, or check the clock (NTP)"
+        )
+    return stamp
+
+
+class NonceMemory:
+    """The (timestamp, nonce, signature) triples accepted within the replay window.
+
+    Each entry is kept until its timestamp leaves the window: after that ``check_fresh``
+    refuses the triple anyway. At most ``size`` entries; when full, the oldest go first
+    (a burst of more than ``size`` callbacks within the window could then replay its
+    oldest ones; WeChat sends far fewer, and the size is a setting).
+
+    Per process: each API replica has its own, so a URL replayed to each of N replicas
+    could be accepted N times within the window. See the README's "What we promise".
+    """
+
+    def __init__(self, *, window: float, size: int = 100_000) -> None:
+        self._window = window
+        self._size = size
+        self._seen: dict[tuple[str, ...], int] = {}
+
+    def first_time(self, *key: str, stamp: int, now: float) -> bool:
+        """Record ``key`` (seen at Unix time ``stamp``); whether it is new."""
+        self._expire(now)
+        if key in self._seen:
+            return False
+        self._seen[key] = stamp
+        while len(self._seen) > self._size:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _expire(self, now: float) -> None:
+        # Insertion order is nearly timestamp order: drop from the front while stale.
+        horizon = now - self._window
+        while self._seen:
+            oldest = next(iter(self._seen))
+            if self._seen[oldest] >= horizon:
+                break
+            del self._seen[oldest]
 
 
 # --- message encryption ------------------------------------------------------------------

@@ -9,7 +9,18 @@ computed once per (report, parameters, copy). Every report says when its copy wa
 ``--fresh``), since a command has no previous answers to serve.
 
 ``parse_time``, ``parse_where`` and ``text_options`` give the CLI and the API one
-spelling for every option and one message for each bad one.
+spelling for every option and one message for each bad one. A period lies within
+``EARLIEST`` and ``LATEST``: nothing before 2000 is ever stored (ingestion refuses it),
+and the bound keeps date arithmetic far from Python's year 1 and 9999, where it
+overflowed into a 500 (``since=99999999d``, ``until=0001-01-01``).
+
+A request a report refuses (an eleven-step conversion) is never remembered as recently
+asked for, so the refresh after the next sync does not compute it again and fail.
+
+CSV cells that a spreadsheet would run as a formula (text starting with ``=``, ``+``,
+``-``, ``@``, tab or carriage return: OWASP's CSV injection list) are written with a
+leading ``'``, which spreadsheets show as text. Event, campaign and journey names come
+from senders and marketers, so any text cell may hold one.
 """
 
 from __future__ import annotations
@@ -41,6 +52,20 @@ _WHERE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$")
 _UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "w": timedelta(weeks=1)}
 _OPS = {"=": "eq", "!=": "neq", ">": "gt", "<": "lt", "~": "contains"}
 
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+"""The earliest ``since``: ingestion stores nothing older."""
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+"""The latest ``until``."""
+_RANGE = f"from {EARLIEST.date().isoformat()} to {LATEST.date().isoformat()}"
+
+
+def _out_of_range(name: str, value: str) -> ReportError:
+    return ReportError(
+        f"{name}={value!r} is outside the dates reports cover ({_RANGE})",
+        fix=f"give {name} between {EARLIEST.date().isoformat()} and "
+        f"{LATEST.date().isoformat()}, or a number of days, hours or weeks ago that lands there",
+    )
+
 
 def parse_time(value: str | None, name: str, *, now: datetime, default: datetime) -> datetime:
     """``2026-11-01``, ``2026-11-01T08:00:00+08:00`` or ``30d``/``12h``/``2w`` before now.
@@ -54,19 +79,27 @@ def parse_time(value: str | None, name: str, *, now: datetime, default: datetime
     relative = _RELATIVE.match(text)
     if relative:
         n, unit = int(relative[1]), relative[2]
-        return (
-            now - {"d": timedelta(days=n), "h": timedelta(hours=n), "w": timedelta(weeks=n)}[unit]
-        )
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ReportError(
-            f"{name}={value!r} is not a date or time",
-            fix=f"give {name} as 2026-11-01, 2026-11-01T08:00:00+08:00, or 30d / 12h / 2w ago",
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        try:
+            at = now - _UNITS[unit] * n
+        except OverflowError:  # more days than timedelta holds, or before year 1
+            raise _out_of_range(name, value) from None
+    else:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ReportError(
+                f"{name}={value!r} is not a date or time",
+                fix=f"give {name} as 2026-11-01, 2026-11-01T08:00:00+08:00, or 30d / 12h / 2w ago",
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            at = parsed.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+08:00 is before year 1 in UTC
+            raise _out_of_range(name, value) from None
+    if not EARLIEST <= at <= LATEST:
+        raise _out_of_range(name, value)
+    return at
 
 
 def parse_where(text: str) -> dict[str, Any]:
@@ -147,7 +180,8 @@ def make_params(
     """Params from text: the period defaults to the last ``default_days`` days."""
     end = now or datetime.now(UTC)
     until_at = parse_time(until, "until", now=end, default=end)
-    since_at = parse_time(since, "since", now=end, default=until_at - timedelta(days=default_days))
+    period_start = max(until_at - timedelta(days=default_days), EARLIEST)
+    since_at = parse_time(since, "since", now=end, default=period_start)
     if since_at >= until_at:
         raise ReportError(
             f"since ({since_at.isoformat()}) is not before until ({until_at.isoformat()})",
@@ -293,10 +327,34 @@ class Numbers:
     def reports(self, wanted: Wanted) -> list[Report]:
         """The reports ``wanted`` (name, params), from the cache or computed now.
 
+        Only reports that were answered count as recently asked for (and are
+        recomputed after each sync): a refused one would fail every refresh.
+
         Raises:
             ReportError: A report refused its parameters.
             DatabaseError: The analytics store stayed busy past its lock timeout.
         """
+        with self._lock:
+            found = [self._cached(name, params) for name, params in wanted]
+        if all(r is not None for r in found):
+            self._remember(wanted)
+            return [r for r in found if r is not None]
+        with self._compute:  # one computation at a time: DuckDB parallelises each query
+            with self._lock:
+                found = [self._cached(name, params) for name, params in wanted]
+            missing = [w for w, r in zip(wanted, found, strict=True) if r is None]
+            if not missing:
+                self._remember(wanted)
+                return [r for r in found if r is not None]
+            computed = iter(self._compute_into_cache(missing))
+            merged = [r if r is not None else next(computed) for r in found]
+            if len({r.as_of for r in merged}) > 1:  # synced meanwhile: all from the new copy
+                merged = self._compute_into_cache(wanted)
+            self._remember(wanted)
+            return merged
+
+    def _remember(self, wanted: Wanted) -> None:
+        """Note ``wanted`` as recently asked for (and answered)."""
         with self._lock:
             for name, params in wanted:
                 pk = _params_key(name, params)
@@ -304,20 +362,6 @@ class Numbers:
                 self._recent.move_to_end(pk)
             while len(self._recent) > self._warm:
                 self._recent.popitem(last=False)
-            found = [self._cached(name, params) for name, params in wanted]
-        if all(r is not None for r in found):
-            return [r for r in found if r is not None]
-        with self._compute:  # one computation at a time: DuckDB parallelises each query
-            with self._lock:
-                found = [self._cached(name, params) for name, params in wanted]
-            missing = [w for w, r in zip(wanted, found, strict=True) if r is None]
-            if not missing:
-                return [r for r in found if r is not None]
-            computed = iter(self._compute_into_cache(missing))
-            merged = [r if r is not None else next(computed) for r in found]
-            if len({r.as_of for r in merged}) > 1:  # synced meanwhile: all from the new copy
-                merged = self._compute_into_cache(wanted)
-            return merged
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for running background work (tests, benchmarks, the first sync)."""
@@ -342,6 +386,25 @@ class Numbers:
             done = [run_report(name, con, params, as_of=as_of) for name, params in wanted]
         self.computed += len(done)
         return as_of, done
+
+    def _run_answerable(self, wanted: Wanted) -> tuple[datetime | None, Wanted, list[Report]]:
+        """``_run``, leaving out (and forgetting) the reports that refuse their
+        parameters, so that one of them never keeps the others from refreshing."""
+        kept: list[tuple[str, Params]] = []
+        done: list[Report] = []
+        with self.store.read() as con:
+            as_of = synced_at(con)
+            for name, params in wanted:
+                try:
+                    done.append(run_report(name, con, params, as_of=as_of))
+                except ReportError as exc:
+                    _log.info("report left out of the refresh", report=name, error=exc.one_line())
+                    with self._lock:
+                        self._recent.pop(_params_key(name, params), None)
+                    continue
+                kept.append((name, params))
+        self.computed += len(done)
+        return as_of, kept, done
 
     def _adopt(self, as_of: datetime | None, wanted: Wanted, done: Sequence[Report]) -> None:
         """Cache ``done`` under ``as_of`` and make that copy the pages' current one."""
@@ -371,13 +434,13 @@ class Numbers:
                 everything = [*self._defaults(), *recent]
                 warm = list({_params_key(n, p): (n, p) for n, p in everything}.values())
                 # Computed beside the pages, which keep the previous copy's numbers meanwhile.
-                as_of, done = self._run(warm)
-                self._adopt(as_of, warm, done)
+                as_of, answered, done = self._run_answerable(warm)
+                self._adopt(as_of, answered, done)
                 _log.info(
                     "analytics store synced",
                     seconds=round(result.seconds, 3),
                     rows=result.total,
-                    reports_warmed=len(warm),
+                    reports_warmed=len(answered),
                 )
             else:
                 for name, params in self._defaults():
@@ -410,12 +473,26 @@ def pick_section(report: Report, name: str | None) -> Section | None:
     return report.section(choice("section", name, [s.name for s in report.sections]))
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell as CSV writes it: text a spreadsheet would run as a formula gets a
+    leading ``'``; numbers (``-3`` included) and everything else stay as they are."""
+    plain = to_plain(value)
+    if isinstance(plain, str) and plain.startswith(_FORMULA_START):
+        return "'" + plain
+    return plain
+
+
 def section_csv(section: Section) -> str:
-    """One section as CSV: a header row, then its rows as JSON would write them."""
+    """One section as CSV: a header row, then its rows as JSON would write them, each
+    text cell that a spreadsheet would take for a formula made plain text."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(section.columns)
-    writer.writerows([to_plain(v) for v in row] for row in section.rows)
+    writer.writerow([csv_cell(c) for c in section.columns])
+    writer.writerows([csv_cell(v) for v in row] for row in section.rows)
     return out.getvalue()
 
 

@@ -24,6 +24,7 @@ from sqlmodel import Session
 from engine import __version__
 from engine.api._admission import OVERLOADED_RESPONSES, AdmissionGate, AdmissionMiddleware
 from engine.api._common import database_unavailable
+from engine.api._docs import install_docs
 from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError
 from engine.metrics import AdmissionCollector, OutboxCollector, registry_with, render
@@ -147,7 +148,10 @@ def create_app(
         version=__version__,
         description="Lifecycle marketing automation on durable Temporal workflows.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with Swagger UI from this API, not a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     # A database locked past its busy timeout or unreachable is a 503 to retry, not a 500.
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(DatabaseError, database_unavailable)

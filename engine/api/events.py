@@ -7,7 +7,9 @@ and a good call answers ``200 {"success": true}``. Ours adds what a client can a
 - 400 names the bad field (``errors[].field``) and says what to send;
 - 401 for an unknown or revoked write key; 413 for a body over the limit (32 KB a call,
   500 KB a batch); 503 when the database cannot take the write (retry, same ids);
-- in a batch the good messages are stored and the bad ones listed by ``index``;
+- in a batch the good messages are stored and the bad ones listed by ``index``: the
+  first ``MAX_PROBLEMS`` of them, with ``omitted`` counting the rest, so a bad batch
+  never answers more than a few KB;
 - ``messageId`` makes retries safe: a message stored before is acknowledged again and
   counted as a duplicate, never stored or signalled twice.
 """
@@ -113,11 +115,21 @@ class WriteKeys:
         return row
 
 
+MAX_PROBLEMS = 100
+"""Problems listed in one answer; ``omitted`` counts the others. A 500 KB batch of empty
+objects holds some 160,000 bad messages: listing each made a 20 MB answer."""
+
+
+def _problems(problems: Sequence[Problem]) -> dict[str, Any]:
+    """``errors`` (the first ``MAX_PROBLEMS``), and ``omitted`` when there were more."""
+    out: dict[str, Any] = {"errors": [p.to_dict() for p in problems[:MAX_PROBLEMS]]}
+    if len(problems) > MAX_PROBLEMS:
+        out["omitted"] = len(problems) - MAX_PROBLEMS
+    return out
+
+
 def _error(status: int, problems: Sequence[Problem], **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        {"success": False, "errors": [p.to_dict() for p in problems], **extra},
-        status_code=status,
-    )
+    return JSONResponse({"success": False, **_problems(problems), **extra}, status_code=status)
 
 
 async def _read(request: Request, limit: int) -> bytes | Response:
@@ -201,7 +213,7 @@ async def _handle(request: Request, kind: str | None) -> Response:
         "duplicates": sum(1 for o in outcomes if o.duplicate),
     }
     if bad:
-        body_out["errors"] = [p.to_dict() for p in bad]
+        body_out |= _problems(bad)
     return JSONResponse(body_out)
 
 

@@ -20,14 +20,26 @@ that do happen (a reply lost on the way) are absorbed by the dedupe key, sender 
 ``CreateTime`` + ``MsgId`` or event name (``wechat:{app}:{openid}:{time}:{what}``).
 ``drain`` lets the app's shutdown wait for stores in flight.
 
-Refusals: 403 for a bad signature or a message for another appid, 400 for XML with a
-DTD or entities or that is not a WeChat message, 413 over 64 KB, 404 for an unknown app,
-503 when ``wechat_apps`` cannot be read. None of them store anything.
+Refusals: 403 for a bad signature, a timestamp outside the replay window
+(``wechat_replay_window_seconds``, 300 s by default) or a message for another appid, 400
+for XML with a DTD or entities or that is not a WeChat message, 413 over 64 KB, 404 for
+an unknown app, 503 when ``wechat_apps`` cannot be read. None of them store anything.
+
+A POST whose (timestamp, nonce, signature) was already accepted within the window is a
+replay: it is answered ``success`` and stores nothing, with a ``wechat callback
+replayed`` warning in the log. Not 403, because the only honest sender of a repeat is
+WeChat itself retrying a call we were slow to answer, and a refusal there would show
+the user "this account cannot provide service"; the first copy was already accepted.
+A forged replay gains nothing either way: nothing is stored.
+
+Every reply is ``text/plain`` with ``X-Content-Type-Options: nosniff``: ``echostr`` is
+echoed as sent, and no browser may read it as HTML or script.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 import structlog
@@ -39,14 +51,18 @@ from engine.ingest import Incoming
 from engine.storage.interactions import SOURCE
 from engine.wechat_callback import (
     MAX_BODY_BYTES,
+    REPLAY_WINDOW_SECONDS,
     AppIdMismatch,
     BodyTooLarge,
     CallbackError,
     CallbackEvent,
     MalformedMessage,
+    NonceMemory,
     SignatureMismatch,
+    StaleRequest,
     UndecryptableMessage,
     WeChatApp,
+    check_fresh,
     decrypt,
     event_from,
     parse_apps,
@@ -65,12 +81,35 @@ log = structlog.get_logger("stagecoach.api.wechat")
 _STATUS: dict[type[CallbackError], int] = {
     SignatureMismatch: 403,
     AppIdMismatch: 403,
+    StaleRequest: 403,
     BodyTooLarge: 413,
 }
 
 
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 def _text(status: int, message: str) -> PlainTextResponse:
-    return PlainTextResponse(message, status_code=status)
+    return PlainTextResponse(message, status_code=status, headers=_NOSNIFF)
+
+
+def _window(request: Request) -> float:
+    settings = request.app.state.settings
+    return float(getattr(settings, "wechat_replay_window_seconds", REPLAY_WINDOW_SECONDS))
+
+
+def _fresh(request: Request, timestamp: str | None) -> int:
+    """The timestamp, checked against this server's clock."""
+    return check_fresh(timestamp, now=time.time(), window=_window(request))
+
+
+def _first_time(request: Request, app: str, stamp: int, nonce: str, signature: str) -> bool:
+    """Whether this signed call is new within the window (and remember it)."""
+    memory: NonceMemory | None = getattr(request.app.state, "wechat_nonces", None)
+    if memory is None:
+        memory = NonceMemory(window=_window(request))
+        request.app.state.wechat_nonces = memory
+    return memory.first_time(app, str(stamp), nonce, signature, stamp=stamp, now=time.time())
 
 
 def _config(request: Request, app: str) -> WeChatApp | Response:
@@ -261,10 +300,11 @@ async def wechat_check(
         return config
     try:
         verify(signature, config.token.get_secret_value(), timestamp, nonce)
-    except SignatureMismatch as exc:
+        _fresh(request, timestamp)
+    except (SignatureMismatch, StaleRequest) as exc:
         log.warning("wechat url check refused", app=app, reason=exc.message)
         return _text(403, exc.message)
-    return PlainTextResponse(echostr)
+    return _text(200, echostr)
 
 
 @router.post(
@@ -340,15 +380,21 @@ async def wechat_callback(
             encrypt_type=encrypt_type,
             msg_signature=msg_signature,
         )
+        stamp = _fresh(request, timestamp)
         message = parse_message(fields)
     except CallbackError as exc:
         status = _STATUS.get(type(exc), 400)
         log.warning("wechat callback refused", app=app, status=status, reason=exc.message)
         return _text(status, exc.message)
+    # Authenticated and fresh, so the nonce and signature are present and WeChat's.
+    seen = (nonce or "", (msg_signature or signature or "").strip().lower())
+    if not _first_time(request, app, stamp, *seen):
+        log.warning("wechat callback replayed", app=app, timestamp=stamp)
+        return _text(200, "success")
     event = event_from(app, message)
     if event is not None:
         _store_later(request.app, event)
-    return PlainTextResponse("success")
+    return _text(200, "success")
 
 
 # --- the customer-service window -------------------------------------------------------

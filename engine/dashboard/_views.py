@@ -30,7 +30,7 @@ from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
 from engine.analytics import Params, Report, ReportError
-from engine.analytics.service import Freshness, Numbers, Wanted, reports_for
+from engine.analytics.service import EARLIEST, LATEST, Freshness, Numbers, Wanted, reports_for
 from engine.api._common import in_thread, read_body
 from engine.api.app import SessionDep
 from engine.api.contacts import Person, find_person, temporal_client
@@ -84,14 +84,30 @@ class Period:
 
     @classmethod
     def parse(cls, since: str | None, until: str | None, *, today: date) -> Period:
-        """The period a page's query asks for; a bad one falls back to the default and
-        says why."""
+        """The period a page's query asks for; one that does not read as dates falls
+        back to the default and says why (a hand-edited URL), one outside the dates
+        reports cover is refused.
+
+        Raises:
+            ReportError: ``since`` or ``until`` is outside ``EARLIEST``..``LATEST``
+                (``until`` is included, so it ends the day before ``LATEST``).
+        """
         default = cls(today - timedelta(days=DEFAULT_DAYS - 1), today)
+        first, last = EARLIEST.date(), LATEST.date() - timedelta(days=1)
         try:
             end = date.fromisoformat(until) if until else default.until
-            start = date.fromisoformat(since) if since else end - timedelta(days=DEFAULT_DAYS - 1)
+            start = date.fromisoformat(since) if since else None
         except ValueError:
             return cls(default.since, default.until, "dates are YYYY-MM-DD: showing the default")
+        for name, given in (("until", end), ("since", start)):
+            if given is not None and not first <= given <= last:
+                raise ReportError(
+                    f"{name}={given.isoformat()} is outside the dates reports cover "
+                    f"({first.isoformat()} to {last.isoformat()})",
+                    fix=f"give {name} between {first.isoformat()} and {last.isoformat()}",
+                )
+        if start is None:
+            start = max(end - timedelta(days=DEFAULT_DAYS - 1), first)
         if start > end:
             return cls(default.since, default.until, "since is after until: showing the default")
         return cls(start, end)
@@ -231,6 +247,14 @@ def dashboard_router(
     def base(title: str, active: str = "") -> dict[str, Any]:
         return {"title": title, "signed_in": True, "scripts": scripts, "active": active}
 
+    def page_period(since: str | None, until: str | None) -> Period | HTMLResponse:
+        try:
+            return Period.parse(since, until, today=datetime.now(UTC).date())
+        except ReportError as exc:
+            return problem_page(
+                400, "Cannot show this period", exc.message, exc.fix, signed_in=True
+            )
+
     def page_numbers(
         request: Request, wanted: Sequence[tuple[str, Params]]
     ) -> tuple[Freshness, list[Report]] | HTMLResponse:
@@ -330,7 +354,9 @@ def dashboard_router(
     def overview(
         request: Request, *, since: str | None = None, until: str | None = None
     ) -> HTMLResponse:
-        period = Period.parse(since, until, today=datetime.now(UTC).date())
+        period = page_period(since, until)
+        if isinstance(period, HTMLResponse):
+            return period
         params = period.params()
         got = page_numbers(request, [("funnel", params), ("nps", params)])
         if isinstance(got, HTMLResponse):
@@ -359,7 +385,9 @@ def dashboard_router(
         until: str | None = None,
         journey: str | None = None,
     ) -> HTMLResponse:
-        period = Period.parse(since, until, today=datetime.now(UTC).date())
+        period = page_period(since, until)
+        if isinstance(period, HTMLResponse):
+            return period
         params = period.params(**({"journey": journey} if journey else {}))
         got = page_numbers(request, [("journeys", params)])
         if isinstance(got, HTMLResponse):

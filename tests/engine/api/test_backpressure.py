@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -310,9 +311,10 @@ async def test_other_routes_are_never_refused_while_the_gate_is_full(
             f"<![CDATA[{OPENID}]]></FromUserName><CreateTime>1763802000</CreateTime>"
             "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event></xml>"
         )
+        now = str(int(time.time()))  # WeChat signs the call when it sends it
         params = {
-            "signature": sign(WECHAT_TOKEN, "1763802000", "1320562325"),
-            "timestamp": "1763802000",
+            "signature": sign(WECHAT_TOKEN, now, "1320562325"),
+            "timestamp": now,
             "nonce": "1320562325",
             "openid": OPENID,
         }

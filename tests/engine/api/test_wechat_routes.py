@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -94,7 +95,10 @@ def message(create_time: int = 1763802000, **more: str | int) -> bytes:
     return xml(ToUserName="gh_0123456789ab", FromUserName=OPENID, CreateTime=create_time, **more)
 
 
-def signed(nonce: str = "1320562325", timestamp: str = "1763802000") -> dict[str, str]:
+def signed(nonce: str | None = None, timestamp: str | None = None) -> dict[str, str]:
+    """The query WeChat signs a call with: now, and a nonce of its own (as WeChat does)."""
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    nonce = str(secrets.randbelow(10**10)) if nonce is None else nonce
     return {
         "signature": sign(TOKEN, timestamp, nonce),
         "timestamp": timestamp,
@@ -124,12 +128,14 @@ def wechat_encrypt(plain: bytes, random: bytes = b"0123456789abcdef") -> str:
 
 def safe_post(api: TestClient, plain: bytes, *, tamper: bool = False) -> Any:
     encrypted = wechat_encrypt(plain)
-    params = signed() | {
+    params = signed()
+    stamp, nonce = params["timestamp"], params["nonce"]
+    params |= {
         "encrypt_type": "aes",
-        "msg_signature": sign(TOKEN, "1763802000", "1320562325", encrypted),
+        "msg_signature": sign(TOKEN, stamp, nonce, encrypted),
     }
     if tamper:
-        params["msg_signature"] = sign("not-the-token", "1763802000", "1320562325", encrypted)
+        params["msg_signature"] = sign("not-the-token", stamp, nonce, encrypted)
     body = xml(ToUserName="gh_0123456789ab", Encrypt=encrypted)
     return post(api, body, app="safe", **params)
 
@@ -144,12 +150,13 @@ def test_url_check_echoes_echostr(api: TestClient) -> None:
 
 
 def test_a_bad_signature_is_403_and_stores_nothing(api: TestClient, engine: Engine) -> None:
-    wrong = signed() | {"signature": sign("guess", "1763802000", "1320562325")}
+    right = signed()
+    wrong = right | {"signature": sign("guess", right["timestamp"], right["nonce"])}
     assert api.get("/wechat/main", params=wrong | {"echostr": "x"}).status_code == 403
     assert api.get("/wechat/main", params={"echostr": "x"}).status_code == 403
     body = message(MsgType="event", Event="subscribe")
     assert post(api, body, **wrong).status_code == 403
-    assert post(api, body, timestamp="1763802000", nonce="1").status_code == 403
+    assert post(api, body, timestamp=right["timestamp"], nonce="1").status_code == 403
     settle(api)
     assert events(engine) == []
 
@@ -278,6 +285,114 @@ def test_a_safe_mode_bomb_inside_the_ciphertext_is_refused(api: TestClient, engi
     assert safe_post(api, BOMB).status_code == 400
     settle(api)
     assert events(engine) == []
+
+
+# --- replays (issue 17) -------------------------------------------------------------------
+
+ATTACKER = "oAttacker0000000000000000000"
+
+
+def test_a_signed_url_replayed_with_another_body_stores_nothing(
+    api: TestClient, engine: Engine
+) -> None:
+    # Plaintext mode signs the query, not the body: the URL below, once seen, used to
+    # authenticate any body, e.g. a message "from" another openid reopening its window.
+    seen = signed()
+    assert post(api, message(MsgType="event", Event="subscribe"), **seen).text == "success"
+    forged = xml(
+        ToUserName="gh_0123456789ab",
+        FromUserName=ATTACKER,
+        CreateTime=int(time.time()),
+        MsgType="text",
+        Content="replayed",
+        MsgId=77,
+    )
+    with capture_logs() as logs:
+        again = post(api, forged, **seen)
+    # Answered as WeChat expects (a retry of ours must not show the user an error) ...
+    assert (again.status_code, again.text) == (200, "success")
+    settle(api)
+    # ... but nothing of the replay is stored, and the log says why.
+    assert [e.name for e in events(engine)] == ["wechat.subscribed"]
+    assert last_interaction(engine, ATTACKER) is None
+    assert any(entry["event"] == "wechat callback replayed" for entry in logs)
+    # A fresh call from WeChat (a new nonce) is stored as ever.
+    assert post(api, forged).text == "success"
+    settle(api)
+    assert len(events(engine)) == 2
+
+
+@pytest.mark.parametrize(
+    "offset", [-3600, -301, 301, 86_400], ids=["hour-old", "past-window", "ahead", "day-ahead"]
+)
+def test_a_timestamp_outside_the_window_is_403_however_signed(
+    api: TestClient, engine: Engine, offset: int
+) -> None:
+    stale = signed(timestamp=str(int(time.time()) + offset))
+    body = message(MsgType="event", Event="subscribe")
+    response = post(api, body, **stale)
+    assert response.status_code == 403, response.text
+    assert "window is 300 s" in response.text
+    check = api.get("/wechat/main", params=stale | {"echostr": "x"})
+    assert check.status_code == 403
+    settle(api)
+    assert events(engine) == []
+
+
+@pytest.mark.parametrize("timestamp", ["", "soon", "١٧٦٣٨٠٢٠٠٠", "9" * 40])
+def test_a_timestamp_that_is_not_unix_seconds_is_403(
+    api: TestClient, engine: Engine, timestamp: str
+) -> None:
+    response = post(api, message(MsgType="event", Event="subscribe"), **signed(timestamp=timestamp))
+    assert response.status_code == 403, response.text
+    settle(api)
+    assert events(engine) == []
+
+
+def test_the_replay_window_is_a_setting(engine: Engine, tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path}/wechat.db",
+        wechat_replay_window_seconds=30,
+    )
+    app = create_app(settings, engine=engine)
+    app.state.wechat_apps = APPS
+    with TestClient(app) as client:
+        minute_old = signed(timestamp=str(int(time.time()) - 60))
+        response = post(client, message(MsgType="event", Event="subscribe"), **minute_old)
+        assert response.status_code == 403
+        assert "window is 30 s" in response.text
+        assert post(client, message(MsgType="event", Event="subscribe")).text == "success"
+
+
+def test_safe_mode_replays_are_not_stored_twice(api: TestClient, engine: Engine) -> None:
+    encrypted = wechat_encrypt(message(MsgType="text", Content="hi", MsgId=31))
+    params = signed()
+    params |= {
+        "encrypt_type": "aes",
+        "msg_signature": sign(TOKEN, params["timestamp"], params["nonce"], encrypted),
+    }
+    body = xml(ToUserName="gh_0123456789ab", Encrypt=encrypted)
+    with capture_logs() as logs:
+        assert post(api, body, app="safe", **params).text == "success"
+        assert post(api, body, app="safe", **params).text == "success"
+    settle(api)
+    assert len(events(engine)) == 1
+    assert [e["event"] for e in logs].count("wechat callback replayed") == 1
+
+
+def test_every_reply_says_nosniff(api: TestClient) -> None:
+    # echostr comes back as sent: no browser may sniff it into HTML or script.
+    echoed = api.get("/wechat/main", params=signed() | {"echostr": "<script>alert(1)</script>"})
+    assert echoed.status_code == 200
+    assert echoed.text == "<script>alert(1)</script>"
+    assert echoed.headers["x-content-type-options"] == "nosniff"
+    assert echoed.headers["content-type"].startswith("text/plain")
+    accepted = post(api, message(MsgType="event", Event="subscribe"))
+    refused = post(api, message(MsgType="event", Event="subscribe"), signature="0" * 40)
+    unknown = api.get("/wechat/nope", params=signed() | {"echostr": "x"})
+    for response in (accepted, refused, unknown):
+        assert response.headers["x-content-type-options"] == "nosniff", response.text
 
 
 def test_kinds_we_do_not_record_are_answered_and_not_stored(
