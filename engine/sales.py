@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.conditions import GRADES, EventRecord
-from engine.scoring import score_at, top_contributions
+from engine.scoring import score_at, shown_score, top_contributions
 
 if TYPE_CHECKING:
     from engine.contact import ContactState
@@ -806,7 +806,7 @@ def handoff_payload(
         },
         "stage_history": [t.to_dict() for t in stage_history],
         "score": {
-            "value": round(score_at(scoring, state.score, now), 2),
+            "value": shown_score(score_at(scoring, state.score, now)),
             "top_events": [
                 {**t.to_dict(), "current_points": round(t.current_points, 2)}
                 for t in top_contributions(scoring, state.score, now)

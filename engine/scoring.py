@@ -328,6 +328,22 @@ class ScoreChange:
         )
 
 
+SCORE_DECIMALS = 2
+"""Places a score is shown to: ``contact show``, the API, the hand-off payload. Rules that
+compare a score with a threshold (stage rules, MQL, journey branches) compare this same
+number, so a contact shown at 60.0 is at 60 for ``score_at_least(60)``."""
+
+
+def shown_score(value: float) -> float:
+    """``value`` as shown and as rules compare it: rounded to :data:`SCORE_DECIMALS`.
+
+    Decay is continuous, so a contact whose events add up to exactly 60 is at 59.9999...
+    a second later; rounding once, here, for both the display and the rules keeps the two
+    from disagreeing at a threshold.
+    """
+    return round(value, SCORE_DECIMALS)
+
+
 def score_at(model: ScoringModel, state: ScoreState, now: datetime) -> float:
     """The score at ``now``, decayed from ``state.as_of``; ``state`` is not changed.
 

@@ -33,6 +33,7 @@ from engine.scoring import (
     grade_attributes,
     is_mql,
     score_at,
+    shown_score,
     top_contributions,
     with_score,
 )
@@ -381,3 +382,44 @@ def test_mql_round_trips_and_reports_event_types() -> None:
     mql = Mql(score_at_least(60) & event("demo.requested"))
     assert Mql.from_dict(json.loads(json.dumps(mql.to_dict()))) == mql
     assert mql.event_types() == frozenset({"demo.requested"})
+
+
+# The score as shown is the score rules compare
+
+
+@pytest.mark.parametrize(
+    ("age", "shown", "mql"),
+    [
+        (timedelta(0), 60.0, True),
+        (timedelta(seconds=30), 60.0, True),  # 59.9995...: shown 60.0, and an MQL
+        (timedelta(seconds=623), 59.99, False),
+    ],
+)
+def test_rules_compare_the_score_as_shown(age: timedelta, shown: float, mql: bool) -> None:
+    from engine.contact import facts, new_contact, observe
+    from workflows.pipeline import DEFAULT
+
+    state = new_contact("c-edge", DEFAULT, T0)
+    traits = {"company_size": 500, "role": "cto"}  # 55 fit points: B
+    for n, kind in enumerate(("webinar.attended", "demo.requested", "form.submitted")):
+        state = observe(
+            state,
+            DEFAULT,
+            message_id=f"m{n}",
+            event=EventRecord(kind, T0),
+            traits=traits,
+            now=T0,
+            source="test",
+        ).state
+    now = T0 + age
+    seen = facts(state, DEFAULT, now, as_shown=True)
+    assert seen.score == shown_score(score_at(DEFAULT.scoring, state.score, now)) == shown
+    assert DEFAULT.mql.is_mql(seen) is mql
+    # Unrounded (runs started before the rule), 60 points a moment old are not 60.
+    assert DEFAULT.mql.is_mql(facts(state, DEFAULT, T0 + timedelta(seconds=30))) is False
+
+
+def test_shown_score_rounds_to_two_places() -> None:
+    assert shown_score(59.994999) == 59.99
+    assert shown_score(59.995001) == 60.0
+    assert shown_score(-0.004) == 0.0
