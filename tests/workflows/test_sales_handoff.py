@@ -381,3 +381,73 @@ async def test_the_mql_rule_reads_the_score_as_shown(
             await eventually(_handoffs_sent(receiver, 1), within=30)
             assert _sent(receiver, "handoff")[0]["score"]["value"] == shown
         assert await _scheduled_handoffs(runtime, contact_id) == int(handed_off)
+
+
+# --- docs/webhooks.md shows what is sent ---------------------------------------------------
+
+DOCS = Path(__file__).parents[2] / "docs" / "webhooks.md"
+
+
+def _shape(value: Any) -> Any:
+    """Keys and JSON types, not values; a list is the set of its items' shapes."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return sorted({json.dumps(_shape(v), sort_keys=True) for v in value})
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, int | float) else "string"
+
+
+def _same_shape(documented: Any, sent: Any, where: str = "body") -> None:
+    if isinstance(documented, dict):
+        assert isinstance(sent, dict), where
+        assert sorted(documented) == sorted(sent), where
+        for key in documented:
+            _same_shape(documented[key], sent[key], f"{where}.{key}")
+    elif isinstance(documented, list):
+        assert isinstance(sent, list), where
+        kinds = {json.dumps(_shape(v), sort_keys=True) for v in sent}
+        for item in documented:
+            assert json.dumps(_shape(item), sort_keys=True) in kinds or not sent, where
+    else:
+        assert _shape(documented) == _shape(sent), where
+
+
+async def test_the_documented_handoff_is_what_the_crm_receives(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+) -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split("### A hand-off", 1)[1]
+    documented = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    async with _sales_stack(env, task_queue, tmp_path, content_library) as stack:
+        runtime, _api, receiver, track = stack
+        track(
+            "buyer",
+            "webinar.attended",
+            properties={"content_id": "wp-roi"},
+            context={"traits": BUYER},
+        )
+        for kind in ("demo.requested", "consultation.booked"):
+            track("buyer", kind)
+        contact_id = _contact_of(runtime, "buyer")
+        await eventually(_handoffs_sent(receiver, 1), within=30)
+        [delivery] = receiver.deliveries
+    sent = delivery.payload
+    _same_shape(documented, sent)
+    # The envelope, exactly as the page describes it.
+    assert (
+        delivery.raw_body
+        == json.dumps(sent, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+    )
+    assert sent["channel"] == "crm"
+    assert sent["to"] == sent["data"]["routing"]["owner"] == "wang.fang"
+    assert delivery.key == sent["idempotency_key"]
+    contact, reason, when = sent["idempotency_key"].split(":", 2)
+    assert (contact, reason) == (contact_id, "mql")
+    assert datetime.fromisoformat(when) == datetime.fromisoformat(sent["data"]["at"])
+    # An MQL hand-off names no journey step, rather than an empty one.
+    assert (sent["data"]["journey"], sent["data"]["step_id"]) == (None, None)
+    assert sent["data"]["score"]["value"] == documented["data"]["score"]["value"] == 80.0

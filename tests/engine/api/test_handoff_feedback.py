@@ -515,3 +515,35 @@ def test_openapi_documents_the_route_with_examples(api: TestClient) -> None:
         assert content.get("example") or content.get("examples"), status
     headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
     assert headers == {"Stagecoach-Signature", "Idempotency-Key"}
+
+
+def test_the_documented_decision_table_is_what_the_endpoint_answers(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """docs/webhooks.md prints, per hand-off status, what each decision answers; every
+    cell is checked against the endpoint itself."""
+    text = (Path(__file__).parents[3] / "docs" / "webhooks.md").read_text(encoding="utf-8")
+    table = text.split("<!-- decisions:start -->", 1)[1].split("<!-- decisions:end -->", 1)[0]
+    rows = [
+        [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        for line in table.strip().splitlines()[2:]
+    ]
+    decisions = ["accepted", "rejected", "converted"]
+    assert [row[0] for row in rows] == ["sent", *decisions]
+    for status, *cells in rows:
+        for decision, cell in zip(decisions, cells, strict=True):
+            with Session(engine) as session:
+                row = session.get(Handoff, HANDOFF)
+                assert row is not None
+                row.status = status
+                session.add(row)
+                session.commit()
+            with TestClient(make_app(engine, tmp_path)) as api:
+                body: dict[str, Any] = {"decision": decision}
+                if decision == "rejected":
+                    body["reason"] = "no_budget"
+                response = post(api, body)
+            answer = str(response.status_code)
+            if response.status_code == 200 and response.json()["duplicate"]:
+                answer += " duplicate"
+            assert answer == cell, (status, decision, response.text)
