@@ -764,7 +764,8 @@ def handoff_payload(
     """What sales receives with a qualified lead; JSON types only.
 
     Keys: ``contact_id``, ``pipeline``, ``at``, ``identities``, ``traits``, ``stage``,
-    ``stage_history``, ``score`` (value decayed to ``now`` and ``top_events``), ``grade``
+    ``stage_history``, ``score`` (value decayed to ``now`` and rounded as shown everywhere,
+    :func:`engine.scoring.shown_score`, and ``top_events``), ``grade``
     (letter, fit points and the ``rules`` that produced it), ``content_consumed`` (see
     :func:`content_consumed`), ``content_received`` (what Stagecoach delivered),
     ``recent_events`` (the last :data:`RECENT_EVENTS`, newest first), ``timeline_url``,
