@@ -364,7 +364,8 @@ class HubSpotConnector:
         e = html.escape
         rows = [
             ("Reason", r.get("reason")),
-            ("Journey", f"{r.get('journey', '')} (step {r.get('step_id', '')})"),
+            # An MQL hand-off has no journey step (null): the row is left out.
+            ("Journey", f"{r['journey']} (step {r.get('step_id')})" if r.get("journey") else None),
             ("Score", r.get("score")),
             ("Grade", r.get("grade")),
             ("Stage", r.get("stage")),

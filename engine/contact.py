@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.conditions import EventRecord, Facts
 from engine.pipeline import Pipeline, Transition, evaluate_transition
-from engine.scoring import ScoreState, apply_event, grade, score_at
+from engine.scoring import ScoreState, apply_event, grade, score_at, shown_score
 
 EVENT_WINDOW = 200
 """Events kept for rules. Older ones remain in the database and the workflow history."""
@@ -198,12 +198,16 @@ def new_contact(contact_id: str, pipeline: Pipeline, now: datetime) -> ContactSt
     return ContactState(contact_id=contact_id, stage=pipeline.first_stage, stage_entered_at=now)
 
 
-def facts(state: ContactState, pipeline: Pipeline, now: datetime) -> Facts:
-    """What rules see of the contact at ``now`` (the score decayed to ``now``)."""
+def facts(
+    state: ContactState, pipeline: Pipeline, now: datetime, *, as_shown: bool = False
+) -> Facts:
+    """What rules see of the contact at ``now`` (the score decayed to ``now``; with
+    ``as_shown``, rounded as it is shown, see :func:`engine.scoring.shown_score`)."""
+    score = score_at(pipeline.scoring, state.score, now) if state.score.as_of else 0.0
     return Facts(
         now=now,
         stage=state.stage,
-        score=score_at(pipeline.scoring, state.score, now) if state.score.as_of else 0.0,
+        score=shown_score(score) if as_shown else score,
         grade=state.grade,
         attributes=state.attributes,
         tags=frozenset(state.tags),
@@ -230,11 +234,13 @@ def observe(
     traits: Mapping[str, Any],
     now: datetime,
     source: str,
+    as_shown: bool = False,
 ) -> Observation:
     """Apply one event: traits, consent, score, grade and the stage rules.
 
     A message id seen before is a duplicate and changes nothing, so a client retry or an
-    outbox replay is applied once.
+    outbox replay is applied once. ``as_shown``: stage rules compare the score as shown
+    (see :func:`facts`); workflows started before that rule pass ``False``.
     """
     if message_id in state.seen_ids:
         return Observation(state=state, duplicate=True)
@@ -267,7 +273,7 @@ def observe(
     transition = evaluate_transition(
         pipeline,
         updated.stage,
-        facts(updated, pipeline, now),
+        facts(updated, pipeline, now, as_shown=as_shown),
         event,
         source,
         trigger_message_id=message_id,

@@ -142,12 +142,20 @@ class ContactInput:
     move (an event's stage change, say) is not held back by a database write. Gated by
     the input like ``records_enrolments``, since it changes the commands a run issues:
     runs started without it replay as they ran."""
+    score_as_shown: bool = False
+    """Rules (stage rules, MQL, journey conditions) compare the score as it is shown,
+    rounded by ``engine.scoring.shown_score``. Gated by the input like
+    ``records_enrolments``: a run started without it decides as it did."""
 
     @classmethod
     def current(cls, contact_id: str, **fields: Any) -> ContactInput:
         """An input with every behaviour gate a starter of today's code sets."""
         return cls(
-            contact_id=contact_id, records_enrolments=True, records_in_background=True, **fields
+            contact_id=contact_id,
+            records_enrolments=True,
+            records_in_background=True,
+            score_as_shown=True,
+            **fields,
         )
 
 

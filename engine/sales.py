@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.conditions import GRADES, EventRecord
-from engine.scoring import score_at, top_contributions
+from engine.scoring import score_at, shown_score, top_contributions
 
 if TYPE_CHECKING:
     from engine.contact import ContactState
@@ -764,7 +764,8 @@ def handoff_payload(
     """What sales receives with a qualified lead; JSON types only.
 
     Keys: ``contact_id``, ``pipeline``, ``at``, ``identities``, ``traits``, ``stage``,
-    ``stage_history``, ``score`` (value decayed to ``now`` and ``top_events``), ``grade``
+    ``stage_history``, ``score`` (value decayed to ``now`` and rounded as shown everywhere,
+    :func:`engine.scoring.shown_score`, and ``top_events``), ``grade``
     (letter, fit points and the ``rules`` that produced it), ``content_consumed`` (see
     :func:`content_consumed`), ``content_received`` (what Stagecoach delivered),
     ``recent_events`` (the last :data:`RECENT_EVENTS`, newest first), ``timeline_url``,
@@ -806,7 +807,7 @@ def handoff_payload(
         },
         "stage_history": [t.to_dict() for t in stage_history],
         "score": {
-            "value": round(score_at(scoring, state.score, now), 2),
+            "value": shown_score(score_at(scoring, state.score, now)),
             "top_events": [
                 {**t.to_dict(), "current_points": round(t.current_points, 2)}
                 for t in top_contributions(scoring, state.score, now)

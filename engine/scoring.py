@@ -37,6 +37,7 @@ Grading model
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -326,6 +327,22 @@ class ScoreChange:
             capped=bool(data["capped"]),
             value=float(data["value"]),
         )
+
+
+SCORE_DECIMALS = 2
+"""Places a score is shown to: ``contact show``, the API, the hand-off payload. Rules that
+compare a score with a threshold (stage rules, MQL, journey branches) compare this same
+number, so a contact shown at 60.0 is at 60 for ``score_at_least(60)``."""
+
+
+def shown_score(value: float) -> float:
+    """``value`` as shown and as rules compare it: rounded to :data:`SCORE_DECIMALS`.
+
+    Decay is continuous, so a contact whose events add up to exactly 60 is at 59.9999...
+    a second later; rounding once, here, for both the display and the rules keeps the two
+    from disagreeing at a threshold.
+    """
+    return round(value, SCORE_DECIMALS)
 
 
 def score_at(model: ScoringModel, state: ScoreState, now: datetime) -> float:
@@ -635,3 +652,102 @@ def is_mql(mql: Mql, facts: Facts) -> bool:
 def with_score(facts: Facts, model: ScoringModel, state: ScoreState) -> Facts:
     """``facts`` with ``score`` set to the state's score decayed to ``facts.now``."""
     return replace(facts, score=score_at(model, state, facts.now))
+
+
+# The rules as a reader sees them (docs/scoring.md is generated from this)
+
+_OP_WORDS = {
+    "eq": "=",
+    "ne": "≠",
+    "gt": ">",
+    "gte": "≥",
+    "lt": "<",
+    "lte": "≤",
+    "in": "is one of",
+    "not_in": "is none of",
+}
+
+
+def _value_words(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(f"`{v}`" for v in value)
+    return f"`{value}`"
+
+
+def _filter_words(data: Mapping[str, Any]) -> str:
+    op = str(data.get("op", "eq"))
+    return f"`{data['path']}` {_OP_WORDS.get(op, op)} {_value_words(data.get('value', True))}"
+
+
+def _condition_words(data: Mapping[str, Any]) -> str:
+    kind = data.get("kind")
+    if kind == "attribute":
+        return _filter_words(data)
+    if kind in ("all", "any"):
+        joiner = " and " if kind == "all" else " or "
+        return joiner.join(_condition_words(c) for c in data["conditions"])
+    if kind == "not":
+        return f"not ({_condition_words(data['condition'])})"
+    if kind == "score_at_least":
+        return f"score ≥ {data['points']:g}"
+    if kind == "grade_at_least":
+        return f"grade {data['grade']} or better"
+    return f"`{json.dumps(dict(data), sort_keys=True)}`"
+
+
+def _period_words(period: timedelta) -> str:
+    days = period / timedelta(days=1)
+    if days == 7:
+        return "week"
+    if days.is_integer():
+        return f"{int(days)} days"
+    return str(period)
+
+
+def _points_words(points: float) -> str:
+    return f"{points:+g}"
+
+
+def rules_table(scoring: ScoringModel, grading: GradingModel, mql: Mql | None = None) -> str:
+    """The scoring and grading rules as two Markdown tables: which events score how much
+    (in the order they are tried), and which traits add how many fit points; then the
+    MQL rule, when given.
+
+    The documentation prints this for the bundled pipelines, and a test regenerates it,
+    so the page cannot drift from the rules.
+    """
+    half_life = _period_words(scoring.half_life) if scoring.half_life else "none"
+    lines = [
+        f"Engagement score: the first matching rule scores an event; half-life {half_life}.",
+        "",
+        "| rule | event | where | points | cap |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for rule in scoring.rules:
+        where = " and ".join(_filter_words(f.to_dict()) for f in rule.matcher.where) or "any"
+        caps = []
+        if rule.cap_per_rule is not None:
+            caps.append(f"{rule.cap_per_rule:g} lifetime")
+        if rule.cap_per_period is not None:
+            cap, period = rule.cap_per_period
+            caps.append(f"{cap:g} per {_period_words(period)}")
+        lines.append(
+            f"| `{rule.name}` | `{rule.matcher.type}` | {where} | {_points_words(rule.points)}"
+            f" | {', '.join(caps) or '-'} |"
+        )
+    thresholds = ", ".join(f"{g} ≥ {p:g}" for g, p in grading.thresholds.items())
+    lines += [
+        "",
+        f"Fit grade: every matching rule adds its points; {thresholds}, else D.",
+        "",
+        "| rule | when the contact's traits say | points |",
+        "| --- | --- | --- |",
+    ]
+    for grade_rule in grading.rules:
+        lines.append(
+            f"| `{grade_rule.name}` | {_condition_words(grade_rule.when.to_dict())}"
+            f" | {_points_words(grade_rule.points)} |"
+        )
+    if mql is not None:
+        lines += ["", f"MQL: {_condition_words(mql.condition.to_dict())}."]
+    return "\n".join(lines) + "\n"

@@ -311,8 +311,10 @@ class ContactActivities:
                     rendered={
                         "type": "handoff",
                         "handoff_id": row.id,
-                        "journey": request.journey,
-                        "step_id": request.step_id,
+                        # The journey step that handed the contact off; null when the
+                        # pipeline's MQL rule did (``reason`` is then ``mql``).
+                        "journey": request.journey or None,
+                        "step_id": request.step_id if request.journey else None,
                         "reason": request.reason,
                         **row.payload,
                     },

@@ -93,6 +93,7 @@ with workflow.unsafe.imports_passed_through():
         parsed_pipeline,
     )
     from engine.policy import SendPolicy
+    from engine.scoring import shown_score
     from workflows import search_attributes as sa
 
 DEFINITIONS_TTL = timedelta(minutes=10)
@@ -127,6 +128,14 @@ REFERRAL = "__referral__"
 """The timer namespace of a referral reward's return window."""
 SERVICE_RECOVERY = "service_recovery"
 """The hand-off reason that goes to customer service (a detractor), not to sales."""
+HANDOFF_EPISODES = "handoff-episodes"
+"""Patch: an accepted or converted hand-off stays the contact's hand-off (its episode)
+until the contact drops below the MQL bar; before it, every answer cleared the hand-off
+and the still-qualified contact was handed off again at once. A patch rather than an
+input gate so that contacts already running get it at their next answer; it is asked
+only when sales answer, so its marker and search-attribute upsert are rare."""
+SETTLED = ("accepted", "converted")
+"""Answers that keep the hand-off's episode open (the stage moves they cause are its own)."""
 
 
 def _defer_timer(step_id: str) -> str:
@@ -156,6 +165,7 @@ class ContactWorkflow:
         self._run_events = 0
         self._merged_into: str | None = None
         self._handoff: dict[str, Any] | None = inp.handoff
+        self._score_as_shown = inp.score_as_shown
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -208,7 +218,7 @@ class ContactWorkflow:
         return ContactView(
             contact_id=state.contact_id,
             stage=state.stage,
-            score=round(self._facts(workflow.now()).score, 2),
+            score=shown_score(self._facts(workflow.now()).score),
             grade=state.grade,
             journeys=[
                 {
@@ -306,6 +316,7 @@ class ContactWorkflow:
             workflow.logger.error("event %r dropped: %s", message.message_id, problem)
             return
         record = EventRecord(message.type, message.occurred_at, dict(message.properties))
+        self._end_episode_below_bar(now)  # a dip since the last event ends it too
         seen = model.observe(
             state,
             self._pipeline,
@@ -314,6 +325,7 @@ class ContactWorkflow:
             traits=message.traits,
             now=now,
             source=message.source,
+            as_shown=self._score_as_shown,
         )
         if seen.duplicate:
             return
@@ -345,6 +357,7 @@ class ContactWorkflow:
         for name, raw in sorted(self._published().items()):
             if name not in self._active and self._spec(raw).entered_by_event(record):
                 self._enrol_queue.append((name, 1.0))
+        self._end_episode_below_bar(now)
         if self._handoff is None and self._qualifies(now):
             await self._open_handoff("mql", journey="", step_id="mql")
 
@@ -673,6 +686,22 @@ class ContactWorkflow:
         recycle = self._pipeline.recycle or Recycle()
         return not recycle.cooling_down(facts.events, now)
 
+    def _end_episode_below_bar(self, now: datetime) -> None:
+        """A hand-off sales accepted (or converted) is the contact's until the contact
+        is no longer an MQL; then the episode is over and qualifying again is a new one.
+
+        Checked before an event is applied (the score only decays between events, so a
+        dip below the bar since the last event shows now) and after it (the event itself
+        took points or changed the grade)."""
+        handoff = self._handoff
+        if handoff is None or handoff.get("status") not in SETTLED:
+            return  # unanswered hand-offs stay with sales whatever the score does
+        if not self._pipeline.mql.is_mql(self._facts(now)):
+            workflow.logger.info(
+                "hand-off %s: episode over, the contact is below the MQL bar", handoff["id"]
+            )
+            self._handoff = None
+
     async def _open_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
         """Route and send the lead (one activity), then arm the SLA's timers."""
         now = workflow.now()
@@ -680,6 +709,7 @@ class ContactWorkflow:
         if outcome.ok and outcome.routed:
             self._handoff = {
                 "id": outcome.handoff_id or outcome.reference,
+                "status": "sent",
                 "owner": outcome.owner,
                 "opened_at": now.isoformat(),
                 "remind_at": outcome.remind_at.isoformat() if outcome.remind_at else None,
@@ -730,7 +760,7 @@ class ContactWorkflow:
 
     async def _on_sla(self, timer_id: str) -> None:
         handoff = self._handoff
-        if handoff is None:
+        if handoff is None or handoff.get("status") in SETTLED:
             return
         kind = "reminder" if timer_id == "sla:reminder" else "escalation"
         await workflow.execute_activity(
@@ -748,14 +778,20 @@ class ContactWorkflow:
             handoff["escalate_at"] = None
 
     async def _on_feedback(self, decision: str, record: EventRecord) -> None:
-        """Sales answered: the SLA stops; a rejection recycles the lead to nurture.
-        Feedback quoting an older hand-off than the open one changes nothing here."""
+        """Sales answered: the SLA stops; a rejection recycles the lead to nurture and
+        ends the episode, an acceptance or conversion keeps it (the stage moves they cause
+        are not a new qualification). Feedback quoting an older hand-off than the open
+        one changes nothing here."""
+        handoff = self._handoff
         quoted = record.properties.get("handoff_id")
-        if self._handoff is not None and quoted and quoted != self._handoff.get("id"):
+        if handoff is not None and quoted and quoted != handoff.get("id"):
             return
-        self._handoff = None
         for timer_id in ("sla:reminder", "sla:escalation"):
             self._disarm(SALES, timer_id)
+        if handoff is not None and decision in SETTLED and workflow.patched(HANDOFF_EPISODES):
+            handoff.update(status=decision, remind_at=None, escalate_at=None)
+        else:
+            self._handoff = None
         if decision != "rejected":
             return  # accepted and converted move the stage through the pipeline's rules
         state = self._require_state()
@@ -878,7 +914,9 @@ class ContactWorkflow:
         return max(fire_at - self._journey_now(aj, now), timedelta(0)) * aj.time_scale
 
     def _facts(self, now: datetime, aj: ActiveJourney | None = None) -> Facts:
-        facts = model.facts(self._require_state(), self._pipeline, now)
+        facts = model.facts(
+            self._require_state(), self._pipeline, now, as_shown=self._score_as_shown
+        )
         if aj is None or aj.time_scale == 1.0:
             return facts
         return replace(

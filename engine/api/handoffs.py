@@ -28,16 +28,21 @@ Effects, once per decision:
   and escalation and the pipeline moves the stage (accepted: opportunity, converted:
   customer, rejected: recycled).
 
-Idempotent, and decisions only move forward (``sent`` -> ``accepted`` -> ``rejected``
-or ``converted``; ``rejected`` -> ``converted``), so no decision is ever given twice:
+Idempotent, and decisions only move forward, so no decision is ever given twice
+(:data:`FOLLOWS` is the table; ``docs/webhooks.md`` prints it):
+
+- ``sent`` (no answer yet): any decision;
+- ``accepted``: only ``converted`` (sales took the lead; a lead sales own is not sent
+  back to nurture by a later rejection);
+- ``rejected``: only ``converted`` (the deal closed anyway; a rejected lead is back in
+  nurture and comes back to sales as a new hand-off, never as a late ``accepted``);
+- ``converted`` is final.
 
 - the decision the hand-off already has: **200** with ``"duplicate": true``, nothing new
   recorded (a lost event from an earlier attempt is written now, under the same id);
 - an ``Idempotency-Key`` header seen with an earlier decision of this hand-off: that
   answer again (**200** duplicate), even if another decision came after it;
-- ``converted`` is final: any other decision after it is **409**; so is ``accepted``
-  after ``rejected`` (the lead went back to nurture: it comes back to sales as a new
-  hand-off).
+- any other decision: **409**, naming the hand-off's status and what may follow it.
 
 The row is written first and the event second, in their own transactions (the Ingestor
 group-commits): when the event cannot be stored the answer is **503**, and the retry,
@@ -76,10 +81,21 @@ _log = structlog.get_logger("stagecoach.api.handoffs")
 
 Decision = Literal["accepted", "rejected", "converted"]
 DECISIONS: tuple[Decision, ...] = ("accepted", "rejected", "converted")
-FINAL = frozenset({"converted"})
-"""A decision nothing may follow: the deal is closed."""
-_ORDER = {"accepted": 1, "rejected": 2, "converted": 3}
-"""A decision may follow only one ranked lower (any other status, ``sent``, is 0)."""
+FOLLOWS: dict[str, tuple[Decision, ...]] = {
+    "sent": DECISIONS,
+    "accepted": ("converted",),
+    "rejected": ("converted",),
+    "converted": (),
+}
+"""What may follow a hand-off's status; any other status (``failed``) is treated as sent."""
+_WHY = {
+    "accepted": "sales took the lead, so only the deal closing can follow",
+    "rejected": (
+        "a rejected lead is back in nurture and returns to sales as a new hand-off "
+        "(send converted if the deal closed anyway)"
+    ),
+    "converted": "converted is final: the deal is closed",
+}
 
 BODY_LIMIT = 16 * 1024
 SOURCE = "sales_feedback"
@@ -261,6 +277,22 @@ def _as_stored(row: Handoff, feedback: _Feedback, *, duplicate: bool, record: bo
     )
 
 
+def refusal(handoff_id: str, status: str, decision: Decision) -> str | None:
+    """Why ``decision`` cannot follow a hand-off now ``status``, or ``None`` if it may."""
+    allowed = FOLLOWS.get(status, DECISIONS)
+    if decision in allowed or decision == status:
+        return None
+    may = (
+        "nothing may follow it"
+        if not allowed
+        else "only " + " or ".join(repr(d) for d in allowed) + " may follow it"
+    )
+    return (
+        f"hand-off {handoff_id!r} is already {status}, so {decision!r} cannot follow: "
+        f"{may} ({_WHY.get(status, 'decisions only move forward')})"
+    )
+
+
 def _keyed(session: Session, handoff_id: str, key: str | None) -> str | None:
     """The decision an earlier request with this ``Idempotency-Key`` recorded, if any."""
     ids = {message_id(handoff_id, d): d for d in DECISIONS}
@@ -299,19 +331,9 @@ def _decide(
         if earlier is not None or row.status == decision:
             same = row.status == decision
             return _as_stored(row, feedback, duplicate=True, record=same)
-        if row.status in FINAL:
-            return _Refused(
-                409,
-                f"hand-off {handoff_id!r} is already {row.status}, which is final: "
-                f"{decision!r} cannot follow it",
-            )
-        if _ORDER[decision] < _ORDER.get(row.status, 0):
-            return _Refused(
-                409,
-                f"hand-off {handoff_id!r} was {row.status}, so it cannot be {decision} now: "
-                "a rejected lead is back in nurture and returns to sales as a new hand-off "
-                "(send converted if the deal closed anyway)",
-            )
+        refused = refusal(handoff_id, row.status, decision)
+        if refused is not None:
+            return _Refused(409, refused)
         values: dict[str, Any] = {
             "status": decision,
             "feedback_reason": feedback.reason,
@@ -429,8 +451,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/json": {
                 "example": {
                     "success": False,
-                    "error": "hand-off 'h_7f3a9c2e41d7b3a8' is already converted, which is "
-                    "final: 'rejected' cannot follow it",
+                    "error": "hand-off 'h_7f3a9c2e41d7b3a8' is already accepted, so "
+                    "'rejected' cannot follow: only 'converted' may follow it (sales took "
+                    "the lead, so only the deal closing can follow)",
                 }
             }
         },
@@ -492,8 +515,8 @@ _REQUEST_BODY: dict[str, Any] = {
         "contact, once. The body's handoff_id must be the path's: the signature covers the "
         "body, so that binds the decision to this hand-off. Repeating a decision answers "
         "duplicate: true, and so does a "
-        f"repeated {IDEMPOTENCY_HEADER}. Decisions move forward: accepted, then rejected "
-        "or converted; rejected, then converted. converted is final; anything else is 409."
+        f"repeated {IDEMPOTENCY_HEADER}. Decisions move forward: accepted, then converted; "
+        "rejected, then converted. converted is final; anything else is 409."
     ),
     response_model=FeedbackOut,
     responses=_RESPONSES,

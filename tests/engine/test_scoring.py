@@ -32,7 +32,9 @@ from engine.scoring import (
     grade,
     grade_attributes,
     is_mql,
+    rules_table,
     score_at,
+    shown_score,
     top_contributions,
     with_score,
 )
@@ -381,3 +383,86 @@ def test_mql_round_trips_and_reports_event_types() -> None:
     mql = Mql(score_at_least(60) & event("demo.requested"))
     assert Mql.from_dict(json.loads(json.dumps(mql.to_dict()))) == mql
     assert mql.event_types() == frozenset({"demo.requested"})
+
+
+# The score as shown is the score rules compare
+
+
+@pytest.mark.parametrize(
+    ("age", "shown", "mql"),
+    [
+        (timedelta(0), 60.0, True),
+        (timedelta(seconds=30), 60.0, True),  # 59.9995...: shown 60.0, and an MQL
+        (timedelta(seconds=623), 59.99, False),
+    ],
+)
+def test_rules_compare_the_score_as_shown(age: timedelta, shown: float, mql: bool) -> None:
+    from engine.contact import facts, new_contact, observe
+    from workflows.pipeline import DEFAULT
+
+    state = new_contact("c-edge", DEFAULT, T0)
+    traits = {"company_size": 500, "role": "cto"}  # 55 fit points: B
+    for n, kind in enumerate(("webinar.attended", "demo.requested", "form.submitted")):
+        state = observe(
+            state,
+            DEFAULT,
+            message_id=f"m{n}",
+            event=EventRecord(kind, T0),
+            traits=traits,
+            now=T0,
+            source="test",
+        ).state
+    now = T0 + age
+    seen = facts(state, DEFAULT, now, as_shown=True)
+    assert seen.score == shown_score(score_at(DEFAULT.scoring, state.score, now)) == shown
+    assert DEFAULT.mql.is_mql(seen) is mql
+    # Unrounded (runs started before the rule), 60 points a moment old are not 60.
+    assert DEFAULT.mql.is_mql(facts(state, DEFAULT, T0 + timedelta(seconds=30))) is False
+
+
+def test_shown_score_rounds_to_two_places() -> None:
+    assert shown_score(59.994999) == 59.99
+    assert shown_score(59.995001) == 60.0
+    assert shown_score(-0.004) == 0.0
+
+
+def test_the_documented_rules_are_the_bundled_rules() -> None:
+    """docs/scoring.md prints the generated tables: a changed rule fails here until the
+    page is regenerated."""
+    from pathlib import Path
+
+    from workflows.pipeline import B2B_FUNNEL, DEFAULT
+
+    text = (Path(__file__).parents[2] / "docs" / "scoring.md").read_text(encoding="utf-8")
+    documented = text.split("<!-- rules:start -->\n", 1)[1].split("<!-- rules:end -->", 1)[0]
+    table = rules_table(DEFAULT.scoring, DEFAULT.grading, DEFAULT.mql)
+    assert documented == table
+    # The page says both bundled pipelines share them.
+    assert rules_table(B2B_FUNNEL.scoring, B2B_FUNNEL.grading, B2B_FUNNEL.mql) == table
+    assert "| `large_company` | `company_size` ≥ `200` | +30 |" in table
+    assert "| `demo_requested` | `demo.requested` | any | +30 | 30 per 30 days |" in table
+
+
+def test_rules_table_describes_filters_caps_and_negative_points() -> None:
+    scoring = ScoringModel(
+        rules=(
+            ScoreRule(
+                "pricing",
+                EventMatcher("page.viewed", (PropertyFilter("category", "eq", "pricing"),)),
+                10,
+                cap_per_period=(30, timedelta(days=7)),
+            ),
+            ScoreRule("bounce", EventMatcher("email.bounced"), -10, cap_per_rule=30),
+        ),
+        half_life=timedelta(days=14),
+    )
+    grading = GradingModel(
+        rules=(GradeRule("not_student", ~attribute("role", "eq", "student"), 5),),
+        thresholds={"A": 75, "B": 50, "C": 25},
+    )
+    table = rules_table(scoring, grading)
+    assert "half-life 14 days" in table
+    assert "| `pricing` | `page.viewed` | `category` = `pricing` | +10 | 30 per week |" in table
+    assert "| `bounce` | `email.bounced` | any | -10 | 30 lifetime |" in table
+    assert "| `not_student` | not (`role` = `student`) | +5 |" in table
+    assert "MQL" not in table

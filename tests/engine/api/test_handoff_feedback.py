@@ -297,14 +297,12 @@ def test_a_retry_with_its_idempotency_key_is_a_duplicate_even_after_another_deci
     api: TestClient, engine: Engine
 ) -> None:
     assert post(api, {"decision": "accepted"}, key="crm-1").status_code == 200
-    assert post(api, {"decision": "rejected", "reason": "gone quiet"}, key="crm-2").status_code == (
-        200
-    )
+    assert post(api, {"decision": "converted"}, key="crm-2").status_code == 200
     retry = post(api, {"decision": "accepted"}, key="crm-1")
     assert retry.status_code == 200, retry.text
-    assert (retry.json()["duplicate"], retry.json()["status"]) == (True, "rejected")
-    assert [e.name for e in feedback_events(engine)] == ["sales.accepted", "sales.rejected"]
-    assert handoff(engine).status == "rejected"
+    assert (retry.json()["duplicate"], retry.json()["status"]) == (True, "converted")
+    assert [e.name for e in feedback_events(engine)] == ["sales.accepted", "sales.converted"]
+    assert handoff(engine).status == "converted"
     # Without the key it is a decision given before another one: a conflict.
     assert post(api, {"decision": "accepted"}).status_code == 409
 
@@ -342,10 +340,72 @@ def test_accepted_after_rejected_is_409_but_converted_may_follow(
     assert post(api, {"decision": "rejected", "reason": "no_budget"}).status_code == 200
     response = post(api, {"decision": "accepted"})
     assert response.status_code == 409
-    assert "new hand-off" in response.json()["error"]
+    assert response.json()["error"] == (
+        f"hand-off {HANDOFF!r} is already rejected, so 'accepted' cannot follow: only "
+        "'converted' may follow it (a rejected lead is back in nurture and returns to sales "
+        "as a new hand-off (send converted if the deal closed anyway))"
+    )
     assert handoff(engine).status == "rejected"
     assert post(api, {"decision": "converted"}).status_code == 200
     assert [e.name for e in feedback_events(engine)] == ["sales.rejected", "sales.converted"]
+
+
+def test_rejected_after_accepted_is_409_naming_the_state_and_what_may_follow(
+    api: TestClient, engine: Engine
+) -> None:
+    """A lead sales took is theirs: a later rejection does not recycle it or cost it the
+    rejection's points; only the deal closing may follow."""
+    assert post(api, {"decision": "accepted"}).status_code == 200
+    response = post(api, {"decision": "rejected", "reason": "no_budget"})
+    assert response.status_code == 409, response.text
+    assert response.json() == {
+        "success": False,
+        "error": f"hand-off {HANDOFF!r} is already accepted, so 'rejected' cannot follow: "
+        "only 'converted' may follow it (sales took the lead, so only the deal closing can "
+        "follow)",
+    }
+    assert handoff(engine).status == "accepted"
+    assert handoff(engine).feedback_reason is None
+    assert [e.name for e in feedback_events(engine)] == ["sales.accepted"]
+
+
+_REJECTED = {"decision": "rejected", "reason": "no_budget"}
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "status", "duplicate"),
+    [
+        # the same decision twice: idempotent, the first one stands
+        ("accepted", "accepted", 200, True),
+        ("rejected", "rejected", 200, True),
+        ("converted", "converted", 200, True),
+        # forward
+        ("accepted", "converted", 200, False),
+        ("rejected", "converted", 200, False),
+        # backwards or sideways
+        ("accepted", "rejected", 409, None),
+        ("rejected", "accepted", 409, None),
+        ("converted", "accepted", 409, None),
+        ("converted", "rejected", 409, None),
+    ],
+)
+def test_what_each_decision_on_a_settled_handoff_answers(
+    api: TestClient, engine: Engine, first: str, then: str, status: int, duplicate: bool | None
+) -> None:
+    def body(decision: str) -> dict[str, Any]:
+        return _REJECTED if decision == "rejected" else {"decision": decision}
+
+    assert post(api, body(first)).status_code == 200
+    response = post(api, body(then))
+    assert response.status_code == status, response.text
+    if duplicate is None:
+        assert f"already {first}" in response.json()["error"]
+        assert handoff(engine).status == first
+    else:
+        assert response.json()["duplicate"] is duplicate
+        assert handoff(engine).status == then
+    recorded = [first] if then == first or status == 409 else [first, then]
+    assert [e.name for e in feedback_events(engine)] == [f"sales.{d}" for d in recorded]
 
 
 def test_concurrent_answers_apply_in_order_and_each_decision_once(
@@ -356,9 +416,10 @@ def test_concurrent_answers_apply_in_order_and_each_decision_once(
         responses = list(pool.map(lambda body: post(api, body), bodies))
     assert {r.status_code for r in responses} <= {200, 409}
     applied = [r.json()["decision"] for r in responses if r.json().get("duplicate") is False]
-    assert len(applied) == len(set(applied))  # each decision applied at most once
-    assert sorted(e.name for e in feedback_events(engine)) == sorted(f"sales.{d}" for d in applied)
-    assert handoff(engine).status == ("rejected" if "rejected" in applied else "accepted")
+    # Accepted and rejected exclude each other: whichever came first stands.
+    assert len(applied) == 1
+    assert [e.name for e in feedback_events(engine)] == [f"sales.{applied[0]}"]
+    assert handoff(engine).status == applied[0]
 
 
 def test_a_lost_event_is_recorded_by_the_retry(api: TestClient, engine: Engine) -> None:
@@ -454,3 +515,35 @@ def test_openapi_documents_the_route_with_examples(api: TestClient) -> None:
         assert content.get("example") or content.get("examples"), status
     headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
     assert headers == {"Stagecoach-Signature", "Idempotency-Key"}
+
+
+def test_the_documented_decision_table_is_what_the_endpoint_answers(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """docs/webhooks.md prints, per hand-off status, what each decision answers; every
+    cell is checked against the endpoint itself."""
+    text = (Path(__file__).parents[3] / "docs" / "webhooks.md").read_text(encoding="utf-8")
+    table = text.split("<!-- decisions:start -->", 1)[1].split("<!-- decisions:end -->", 1)[0]
+    rows = [
+        [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        for line in table.strip().splitlines()[2:]
+    ]
+    decisions = ["accepted", "rejected", "converted"]
+    assert [row[0] for row in rows] == ["sent", *decisions]
+    for status, *cells in rows:
+        for decision, cell in zip(decisions, cells, strict=True):
+            with Session(engine) as session:
+                row = session.get(Handoff, HANDOFF)
+                assert row is not None
+                row.status = status
+                session.add(row)
+                session.commit()
+            with TestClient(make_app(engine, tmp_path)) as api:
+                body: dict[str, Any] = {"decision": decision}
+                if decision == "rejected":
+                    body["reason"] = "no_budget"
+                response = post(api, body)
+            answer = str(response.status_code)
+            if response.status_code == 200 and response.json()["duplicate"]:
+                answer += " duplicate"
+            assert answer == cell, (status, decision, response.text)
