@@ -25,7 +25,7 @@ from typing import IO
 import httpx
 
 from engine.codec import ensure_key_file, key_file
-from engine.errors import ProcessFailed, StagecoachError
+from engine.errors import ConfigurationError, ProcessFailed, StagecoachError
 from engine.runtime import ensure_port_free, find_temporal_cli, port_open
 from engine.search_attributes import dev_server_args
 from engine.settings import Settings
@@ -158,6 +158,33 @@ def _worker_polling(settings: Settings) -> bool:
     return asyncio.run(probe())
 
 
+def ensure_worker_metrics_ports_free(settings: Settings) -> None:
+    """Raise, naming the setting, if the worker's metrics ports clash or are taken.
+
+    The worker checks this when it starts; ``up`` checks it before it starts anything,
+    so a second ``up`` on the same machine stops with the setting to change instead of
+    a worker that dies after the dev server and the API came up.
+    """
+    host, ours, sdk = (
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        settings.temporal_metrics_port,
+    )
+    if ours is not None and ours == sdk:
+        raise ConfigurationError(
+            f"STAGECOACH_WORKER_METRICS_PORT and STAGECOACH_TEMPORAL_METRICS_PORT are both {ours}",
+            fix="give each its own port (defaults 9464 and 9465), or set one to 'off'",
+        )
+    if ours is not None:
+        ensure_port_free(
+            host, ours, what="worker metrics", setting="STAGECOACH_WORKER_METRICS_PORT"
+        )
+    if sdk is not None:
+        ensure_port_free(
+            host, sdk, what="Temporal SDK metrics", setting="STAGECOACH_TEMPORAL_METRICS_PORT"
+        )
+
+
 def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     """Start everything, print where it is, and supervise until signalled. Returns the
     process exit code."""
@@ -180,6 +207,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     ensure_port_free(
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
     )
+    ensure_worker_metrics_ports_free(settings)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
