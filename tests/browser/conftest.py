@@ -385,3 +385,18 @@ def artifacts() -> Path:
     root = Path(os.environ.get("STAGECOACH_ARTIFACTS") or ROOT / ".stagecoach" / "artifacts")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def temporal_ui_server_path() -> str:
+    """Temporal's UI server: scripts/temporal-ui.sh prints $TEMPORAL_UI_SERVER_PATH when
+    set, else the cached build, building it with Go on first use."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "temporal-ui.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/temporal-ui.sh failed: {result.stderr.strip()}")
+    return result.stdout.strip().splitlines()[-1]
