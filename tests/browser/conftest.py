@@ -107,11 +107,11 @@ class Truth:
     journey_flow: dict[tuple[str, str], int] = field(
         default_factory=lambda: {
             (WELCOME, WAIT): 4,
-            (WELCOME, "active"): 2,
+            (WELCOME, "Still in the journey"): 2,  # active
             (WAIT, CASE): 2,
-            (CASE, "goal"): 2,
-            (WAIT, "exit:unsubscribed"): 2,
-            ("holdout", "exit:holdout"): 1,
+            (CASE, "Goal reached"): 2,  # goal
+            (WAIT, "Exit: Unsubscribed"): 2,  # exit:unsubscribed
+            ("holdout", "Exit: Held out"): 1,  # exit:holdout
         }
     )
     welcome_sent: int = 6
