@@ -199,7 +199,7 @@ def ui_server_config(settings: Settings) -> dict[str, Any]:
     return {
         "host": host,
         "port": settings.temporal_ui_port,
-        "temporalGrpcAddress": f"{host}:{port}",
+        "temporalGrpcAddress": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "enableUi": True,
         "defaultNamespace": settings.temporal_namespace,
         "notifyOnNewVersion": False,

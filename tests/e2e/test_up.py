@@ -213,6 +213,14 @@ def test_up_refuses_worker_metrics_ports_that_clash(tmp_path: Path, temporal_cli
     )
 
 
+def test_up_refuses_a_ui_server_path_that_is_no_program(
+    tmp_path: Path, temporal_cli_path: str
+) -> None:
+    env = _env(tmp_path, temporal_cli_path)
+    env["TEMPORAL_UI_SERVER_PATH"] = str(tmp_path / "no-such-ui-server")
+    _refused_before_starting(env, tmp_path, "TEMPORAL_UI_SERVER_PATH", "no-such-ui-server")
+
+
 def _second_up_is_refused(env: dict[str, str], tmp_path: Path) -> None:
     """A second ``up`` on the same machine, its own Temporal, UI and API ports but the
     default-alike worker metrics ports of the first, stops before starting anything."""
