@@ -15,6 +15,7 @@ help:
 setup:
 	@scripts/bootstrap.sh
 	@scripts/temporal-cli.sh >/dev/null
+	@scripts/temporal-ui.sh >/dev/null || echo "note: 'stagecoach up' serves the dev server's own Web UI instead (docs/codec.md)" >&2
 
 run: setup
 	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" $(VENV)/bin/stagecoach up

@@ -237,6 +237,12 @@ class Settings(BaseSettings):
     temporal_cli_path: Path | None = Field(
         default=None, validation_alias="TEMPORAL_CLI_PATH", description="The Temporal CLI binary."
     )
+    temporal_ui_server_path: Path | None = Field(
+        default=None,
+        validation_alias="TEMPORAL_UI_SERVER_PATH",
+        description="Temporal's Web UI server binary, which 'stagecoach up' runs so the UI "
+        "decrypts through the codec endpoint (scripts/temporal-ui.sh builds one).",
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -18,7 +18,8 @@ Decoded payloads are personal data, so only operators get them:
 - or the session cookie from signing in at ``/codec/login`` with the admin token: the
   Web UI, which cannot send a header of our choosing (its "Pass the user access token"
   sends its own OIDC token, to https endpoints only), but sends cookies when its codec
-  setting "Include cross-origin credentials" is on. The cookie is the dashboard's kind
+  setting "Include cross-origin credentials" is on (``stagecoach up`` runs a UI server
+  configured so, docs/codec.md). The cookie is the dashboard's kind
   of session (``engine.dashboard.Sessions``) scoped to ``/codec``: ``HttpOnly``,
   ``SameSite=Strict`` (the UI and the API must be on the same site, as
   ``127.0.0.1:8233`` and ``127.0.0.1:8000`` are), ``Secure`` on an https API.
@@ -57,8 +58,8 @@ _log = structlog.get_logger("stagecoach.codec")
 
 _HELP = (
     "send 'Authorization: Bearer <STAGECOACH_ADMIN_TOKEN>' (temporal CLI: --codec-auth), "
-    f"or sign in at {PREFIX}/login and turn on the Web UI's codec setting 'Include "
-    "cross-origin credentials'"
+    f"or sign in at {PREFIX}/login from the Web UI's browser; a UI that 'stagecoach up' did "
+    "not start needs its codec setting 'Include cross-origin credentials' on (docs/codec.md)"
 )
 _PAYLOADS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -252,9 +253,11 @@ def codec_router(settings: Settings) -> APIRouter:
         hours = int(sessions.ttl.total_seconds() // 3600)
         response = _page(
             200,
-            f"Signed in for {hours} hours. In the Temporal Web UI's codec settings, use the "
-            f"endpoint {settings.api_base_url}{PREFIX} with 'Include cross-origin "
-            "credentials' on; payloads then show decrypted.",
+            f"Signed in for {hours} hours. Open (or reload) a workflow in the Temporal Web "
+            "UI: payloads show decrypted. The UI that 'stagecoach up' and the compose file "
+            f"start sends this session to {settings.api_base_url}{PREFIX} already; any other "
+            "needs that endpoint with 'Include cross-origin credentials' on in its codec "
+            "settings (docs/codec.md).",
         )
         sessions.issue(response, datetime.now(UTC))
         return response

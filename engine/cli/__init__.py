@@ -98,8 +98,7 @@ def _worker_metrics(settings: Settings) -> Runtime | None:
     SDK's metrics (None: the default runtime, no SDK metrics), each on its own port
     unless that is off. A taken port stops the worker here, naming its setting."""
     from engine import metrics
-    from engine.errors import ConfigurationError
-    from engine.runtime import ensure_port_free
+    from engine.cli.supervisor import ensure_worker_metrics_ports_free
     from workflows.metrics import prometheus_runtime
 
     host, ours, sdk = (
@@ -107,19 +106,7 @@ def _worker_metrics(settings: Settings) -> Runtime | None:
         settings.worker_metrics_port,
         settings.temporal_metrics_port,
     )
-    if ours is not None and ours == sdk:
-        raise ConfigurationError(
-            f"STAGECOACH_WORKER_METRICS_PORT and STAGECOACH_TEMPORAL_METRICS_PORT are both {ours}",
-            fix="give each its own port (defaults 9464 and 9465), or set one to 'off'",
-        )
-    if ours is not None:
-        ensure_port_free(
-            host, ours, what="worker metrics", setting="STAGECOACH_WORKER_METRICS_PORT"
-        )
-    if sdk is not None:
-        ensure_port_free(
-            host, sdk, what="Temporal SDK metrics", setting="STAGECOACH_TEMPORAL_METRICS_PORT"
-        )
+    ensure_worker_metrics_ports_free(settings)
     if ours is not None:
         metrics.serve(host, ours)
     return prometheus_runtime(host, sdk) if sdk is not None else None

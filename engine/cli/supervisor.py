@@ -1,5 +1,12 @@
 """``stagecoach up``: the Temporal dev server, the worker and the API as one command.
 
+The Web UI is Temporal's own UI server (``scripts/temporal-ui.sh``) beside a headless
+dev server, configured as the ``temporalio/ui`` container is in production: the codec
+endpoint ``<api>/codec`` with cross-origin credentials, so an operator who signed in at
+``<api>/codec/login`` reads decrypted histories with no per-browser setting. The dev
+server's built-in UI has no flag for credentials; without the UI server binary ``up``
+falls back to it and says what that costs (docs/codec.md).
+
 Each child runs in its own session (process group), so a Ctrl-C at the terminal reaches
 only this supervisor, which then stops the children in order (API, worker, Temporal),
 each first with SIGTERM and then, past a grace period, SIGKILL to its whole group. A
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
 from engine.codec import ensure_key_file, key_file
-from engine.errors import ProcessFailed, StagecoachError
+from engine.errors import BinaryNotFound, ConfigurationError, ProcessFailed, StagecoachError
 from engine.runtime import ensure_port_free, find_temporal_cli, port_open
 from engine.search_attributes import dev_server_args
 from engine.settings import Settings
@@ -34,6 +42,10 @@ from engine.storage.db import redact
 
 STARTUP_TIMEOUT = 90.0
 STOP_GRACE = 15.0
+TEMPORAL_UI_SERVER_VERSION = "v2.42.1"
+"""The UI server the Temporal CLI v1.5.1 embeds, so both UIs are the same build."""
+UI_ENV = "stagecoach"
+"""The UI server's config name: it reads ``<root>/<UI_ENV>.yaml``."""
 
 
 @dataclass
@@ -158,6 +170,86 @@ def _worker_polling(settings: Settings) -> bool:
     return asyncio.run(probe())
 
 
+def find_ui_server(settings: Settings) -> Path | None:
+    """Temporal's UI server binary: ``TEMPORAL_UI_SERVER_PATH``, then the build cache
+    (``scripts/temporal-ui.sh``); None when there is none. Only looks, never builds."""
+    if settings.temporal_ui_server_path is not None:
+        path = settings.temporal_ui_server_path.expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise BinaryNotFound(
+            f"TEMPORAL_UI_SERVER_PATH={path} is not an executable file",
+            fix="point it at Temporal's UI server binary, or unset it so 'stagecoach up' "
+            "uses the one scripts/temporal-ui.sh builds into the cache",
+        )
+    cached = (
+        settings.cache_dir
+        / "temporal-ui-server"
+        / TEMPORAL_UI_SERVER_VERSION
+        / "bin"
+        / "temporal-ui-server"
+    )
+    return cached if cached.is_file() and os.access(cached, os.X_OK) else None
+
+
+def ui_server_config(settings: Settings) -> dict[str, Any]:
+    """The UI server's configuration: the dev server's UI settings plus the codec
+    endpoint with credentials, the same keys as ``TEMPORAL_CODEC_*`` in the container."""
+    host, port = settings.temporal_host_port
+    return {
+        "host": host,
+        "port": settings.temporal_ui_port,
+        "temporalGrpcAddress": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "enableUi": True,
+        "defaultNamespace": settings.temporal_namespace,
+        "notifyOnNewVersion": False,
+        "hideLogs": True,
+        # Plain http on loopback, as the dev server's own UI: its CSRF cookie must not
+        # be Secure or the browser drops it.
+        "cors": {"cookieInsecure": True},
+        "codec": {"endpoint": f"{settings.api_base_url}/codec", "includeCredentials": True},
+    }
+
+
+def _ui_server_child(settings: Settings, binary: Path, logs: Path) -> Child:
+    root = settings.data_dir / "temporal-ui"
+    root.mkdir(parents=True, exist_ok=True)
+    # JSON is YAML: no quoting rules to get wrong for hosts and URLs.
+    (root / f"{UI_ENV}.yaml").write_text(json.dumps(ui_server_config(settings), indent=2))
+    return Child(
+        "Temporal Web UI",
+        [str(binary), "--root", str(root), "--config", ".", "--env", UI_ENV, "start"],
+        logs / "temporal-ui.log",
+    )
+
+
+def ensure_worker_metrics_ports_free(settings: Settings) -> None:
+    """Raise, naming the setting, if the worker's metrics ports clash or are taken.
+
+    The worker checks this when it starts; ``up`` checks it before it starts anything,
+    so a second ``up`` on the same machine stops with the setting to change instead of
+    a worker that dies after the dev server and the API came up.
+    """
+    host, ours, sdk = (
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        settings.temporal_metrics_port,
+    )
+    if ours is not None and ours == sdk:
+        raise ConfigurationError(
+            f"STAGECOACH_WORKER_METRICS_PORT and STAGECOACH_TEMPORAL_METRICS_PORT are both {ours}",
+            fix="give each its own port (defaults 9464 and 9465), or set one to 'off'",
+        )
+    if ours is not None:
+        ensure_port_free(
+            host, ours, what="worker metrics", setting="STAGECOACH_WORKER_METRICS_PORT"
+        )
+    if sdk is not None:
+        ensure_port_free(
+            host, sdk, what="Temporal SDK metrics", setting="STAGECOACH_TEMPORAL_METRICS_PORT"
+        )
+
+
 def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     """Start everything, print where it is, and supervise until signalled. Returns the
     process exit code."""
@@ -170,6 +262,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
             "'stagecoach api' against your cluster",
         )
     temporal_cli = find_temporal_cli(settings)
+    ui_server = find_ui_server(settings)
     ensure_port_free(host, port, what="Temporal frontend", setting="STAGECOACH_TEMPORAL_ADDRESS")
     ensure_port_free(
         host,
@@ -180,6 +273,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     ensure_port_free(
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
     )
+    ensure_worker_metrics_ports_free(settings)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
@@ -191,6 +285,19 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
 
     logs = settings.data_dir / "logs"
     python = [sys.executable, "-m", "engine.cli"]
+    ui = _ui_server_child(settings, ui_server, logs) if ui_server is not None else None
+    built_in_ui = (
+        ["--headless"]
+        if ui is not None
+        else [
+            "--ui-port",
+            str(settings.temporal_ui_port),
+            # The built-in UI knows the endpoint but cannot send credentials: each
+            # browser must turn them on (docs/codec.md).
+            "--ui-codec-endpoint",
+            f"{settings.api_base_url}/codec",
+        ]
+    )
     temporal = Child(
         "Temporal dev server",
         [
@@ -203,14 +310,11 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
             host,
             "--port",
             str(port),
-            "--ui-port",
-            str(settings.temporal_ui_port),
+            *built_in_ui,
             "--namespace",
             settings.temporal_namespace,
             "--log-level",
             "warn",
-            "--ui-codec-endpoint",  # the UI decrypts through the API (docs/codec.md)
-            f"{settings.api_base_url}/codec",
             *dev_server_args(),
         ],
         logs / "temporal.log",
@@ -230,6 +334,9 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
         temporal.start(env)
         started.append(temporal)
         _wait_for("Temporal dev server", lambda: port_open(host, port), started)
+        if ui is not None:
+            ui.start(env)
+            started.append(ui)
         _wait_for("Temporal Web UI", lambda: port_open(host, settings.temporal_ui_port), started)
         out("starting the worker and the API ...")
         for child in (worker, api):
@@ -237,7 +344,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
             started.append(child)
         _wait_for("API", lambda: _api_healthy(f"{settings.api_base_url}/healthz"), started)
         _wait_for("worker", lambda: _worker_polling(settings), started)
-        out(_banner(settings, logs))
+        out(_banner(settings, logs, codec_ready=ui is not None))
         while True:
             for child in started:
                 exit_code = child.exited()
@@ -265,9 +372,17 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     return code
 
 
-def _banner(settings: Settings, logs: Path) -> str:
+def _banner(settings: Settings, logs: Path, *, codec_ready: bool) -> str:
     api = settings.api_base_url
     keys = "STAGECOACH_PAYLOAD_KEYS" if settings.payload_keys else str(key_file(settings))
+    decrypt = (
+        f"Web UI decryption: sign in at {api}/codec/login"
+        if codec_ready
+        else f"Web UI decryption: sign in at {api}/codec/login, then turn on the UI's "
+        "codec credentials once per browser (docs/codec.md), or run scripts/temporal-ui.sh "
+        "so that no setting is needed"
+    )
+    names = "temporal,temporal-ui,worker,api" if codec_ready else "temporal,worker,api"
     return "\n".join(
         [
             "Stagecoach is up.",
@@ -285,8 +400,8 @@ def _banner(settings: Settings, logs: Path) -> str:
             ),
             "  Try it             stagecoach demo, then stagecoach report funnel",
             f"  Database           {redact(settings.resolved_database_url)}",
-            f"  Payload keys       {keys}  (Web UI decryption: sign in at {api}/codec/login)",
-            f"  Logs               {logs}/{{temporal,worker,api}}.log",
+            f"  Payload keys       {keys}  ({decrypt})",
+            f"  Logs               {logs}/{{{names}}}.log",
             "Press Ctrl-C to stop.",
         ]
     )

@@ -11,6 +11,7 @@ test, a curious operator) finds the drawn numbers in ``document.getElementById(i
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -334,12 +335,153 @@ OUTCOME_COLOURS = {
 """Journey Sankey links by where they lead: the goal, an exit, or on through the journey."""
 
 
+OUTCOME_LABELS = {
+    "goal": "Goal reached",
+    "end": "Completed",
+    "active": "Still in the journey",
+}
+"""How the journey Sankey names the ends of a trail that are not exits."""
+
+EXIT_LABELS = {
+    "holdout": "Held out",
+    "exit_criteria": "Met the exit criteria",
+    "delivery_failed": "Delivery failed",
+    "handoff_failed": "Hand-off to sales failed",
+    "cancelled": "Cancelled",
+    "runtime_error": "Journey error",
+    "merged into": "Merged into another contact",
+    "unknown": "Reason not recorded",
+    "unsubscribed": "Unsubscribed",
+    "no_answer": "No answer",
+}
+"""Readable names for the reasons an enrolment exits with, by the reason's kind: the part
+before its first ``": "`` (``delivery_failed: welcome: 550 ...``), or ``merged into``.
+A reason not listed here (an ``exit_journey("...")`` of a journey's author, an arm's
+name) is shown with underscores as spaces, shortened to :data:`LABEL_WIDTH`."""
+
+EXIT_PREFIX = "Exit: "
+NODE_ROOM = 38
+"""Pixels of height per node in a journey Sankey's tallest column: a 12 px label, the
+node padding and room for the node itself, so neighbouring labels never touch."""
+LABEL_WIDTH = 30
+"""The longest node label in characters: plotly does not wrap Sankey labels, and long
+ones run into their neighbours and over the links. The whole reason is in the hover."""
+
+
+def _exit_kind(reason: str) -> str:
+    if reason.startswith("merged into"):
+        return "merged into"
+    return reason.split(": ", 1)[0].strip()
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= LABEL_WIDTH else text[: LABEL_WIDTH - 1].rstrip() + "…"
+
+
+def outcome_label(target: str) -> str:
+    """The label a journey Sankey shows for a flow report's node: outcomes and exit
+    reasons readable (``exit:delivery_failed: welcome: 550 ...`` is ``Exit: Delivery
+    failed``), step ids as they are."""
+    if target in OUTCOME_LABELS:
+        return OUTCOME_LABELS[target]
+    if not target.startswith("exit:"):
+        return target
+    reason = target[len("exit:") :].strip()
+    kind = _exit_kind(reason)
+    if kind in EXIT_LABELS:
+        return EXIT_PREFIX + EXIT_LABELS[kind]
+    readable = reason.replace("_", " ").strip() or EXIT_LABELS["unknown"]
+    return EXIT_PREFIX + _shorten(readable[0].upper() + readable[1:])
+
+
 def _outcome_colour(target: str) -> str:
     if target == "goal":
         return OUTCOME_COLOURS["goal"]
     if target.startswith("exit:"):
         return OUTCOME_COLOURS["exit"]
     return OUTCOME_COLOURS["step"]
+
+
+def _hover_details(raw: dict[str, dict[str, int]], node: str) -> str:
+    """What a node stands for, for its hover: each raw reason behind it and its count."""
+    details = raw.get(node, {})
+    if not details or list(details) == [node]:  # a step: its name says it all
+        return ""
+    lines = [
+        f"{html.escape(name)} ({count:,})"
+        for name, count in sorted(details.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    shown = lines[:8] + ([f"and {len(lines) - 8} more"] if len(lines) > 8 else [])
+    return "<br>".join(shown) + "<br>"
+
+
+def journey_sankey(rows: Sequence[tuple[Any, Any, Any]]) -> tuple[go.Figure, int]:
+    """A journey version's Sankey from ``(source, target, contacts)`` rows, and its height.
+
+    Targets are shown by :func:`outcome_label`; raw reasons that read the same (two
+    steps' delivery failures) share a node, whose hover lists them with their counts.
+    The height grows with the tallest column so the labels of one column do not overlap.
+    """
+    merged: dict[tuple[str, str], int | float] = {}
+    colour: dict[tuple[str, str], str] = {}
+    raw: dict[str, dict[str, int]] = {}
+    for source, target, contacts in rows:
+        src, dst = str(source), str(target)
+        pair = (outcome_label(src), outcome_label(dst))
+        merged[pair] = merged.get(pair, 0) + _number(contacts)
+        colour[pair] = _outcome_colour(dst)
+        reason = dst[len("exit:") :] if dst.startswith("exit:") else dst
+        counts = raw.setdefault(pair[1], {})
+        counts[reason] = counts.get(reason, 0) + int(_number(contacts))
+    nodes = _in_order(n for pair in merged for n in pair)
+    index = {name: i for i, name in enumerate(nodes)}
+    fig = go.Figure(
+        go.Sankey(
+            arrangement="snap",
+            node={
+                "label": nodes,
+                "pad": 26,
+                "thickness": 16,
+                "color": "#52606d",
+                "customdata": [_hover_details(raw, n) for n in nodes],
+                "hovertemplate": "<b>%{label}</b><br>%{customdata}%{value:,} contacts"
+                "<extra></extra>",
+            },
+            link={
+                "source": [index[s] for s, _ in merged],
+                "target": [index[t] for _, t in merged],
+                "value": list(merged.values()),
+                "color": list(colour.values()),
+                "hovertemplate": "%{source.label} → %{target.label}: %{value:,} contacts"
+                "<extra></extra>",
+            },
+            textfont={"size": 12},
+        )
+    )
+    return fig, _sankey_height(list(merged))
+
+
+def _sankey_height(pairs: list[tuple[str, str]]) -> int:
+    """Enough height that the tallest column's labels (one text line each, plus the
+    node padding) do not overlap. Plotly's layout puts every node without an outgoing
+    link (the goal, the exits, "still in the journey") in the last column, and the
+    others by their distance from a start, so those two counts bound a column."""
+    sources = {src for src, _ in pairs}
+    sinks = {dst for _, dst in pairs} - sources
+    depth = dict.fromkeys(sources, 0)
+    for _ in range(len(pairs)):  # longest distance, bounded: a journey may loop back
+        changed = False
+        for src, dst in pairs:
+            if dst in sources and depth[dst] < depth[src] + 1 <= len(pairs):
+                depth[dst] = depth[src] + 1
+                changed = True
+        if not changed:
+            break
+    columns: dict[int, int] = {}
+    for d in depth.values():
+        columns[d] = columns.get(d, 0) + 1
+    tallest = max([len(sinks), *columns.values()])
+    return max(360, 100 + NODE_ROOM * tallest)
 
 
 def journey_flows(report: Report) -> list[Chart]:
@@ -352,16 +494,14 @@ def journey_flows(report: Report) -> list[Chart]:
         groups.setdefault((str(row[j]), str(row[v])), []).append(row)
     charts = []
     for (journey, version), rows in groups.items():
-        targets = [r[t] for r in rows]
-        fig = sankey([r[s] for r in rows], targets, [r[c] for r in rows])
-        fig.update_traces(link_color=[_outcome_colour(str(x)) for x in targets])
+        fig, height = journey_sankey([(r[s], r[t], r[c]) for r in rows])
         charts.append(
             Chart(
                 id=f"journey-flow-{slug(journey, version[:12])}",
                 report=report.name,
                 section="flow",
                 title=f"{journey} (version {version[:12]})",
-                figure=_figure(fig, height=360),
+                figure=_figure(fig, height=height),
                 labels={"journey": journey, "version": version},
             )
         )

@@ -107,11 +107,11 @@ class Truth:
     journey_flow: dict[tuple[str, str], int] = field(
         default_factory=lambda: {
             (WELCOME, WAIT): 4,
-            (WELCOME, "active"): 2,
+            (WELCOME, "Still in the journey"): 2,  # active
             (WAIT, CASE): 2,
-            (CASE, "goal"): 2,
-            (WAIT, "exit:unsubscribed"): 2,
-            ("holdout", "exit:holdout"): 1,
+            (CASE, "Goal reached"): 2,  # goal
+            (WAIT, "Exit: Unsubscribed"): 2,  # exit:unsubscribed
+            ("holdout", "Exit: Held out"): 1,  # exit:holdout
         }
     )
     welcome_sent: int = 6
@@ -385,3 +385,18 @@ def artifacts() -> Path:
     root = Path(os.environ.get("STAGECOACH_ARTIFACTS") or ROOT / ".stagecoach" / "artifacts")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def temporal_ui_server_path() -> str:
+    """Temporal's UI server: scripts/temporal-ui.sh prints $TEMPORAL_UI_SERVER_PATH when
+    set, else the cached build, building it with Go on first use."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "temporal-ui.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"scripts/temporal-ui.sh failed: {result.stderr.strip()}")
+    return result.stdout.strip().splitlines()[-1]

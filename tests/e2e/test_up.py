@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,6 +175,67 @@ def _event_over_http_reaches_its_contact(env: dict[str, str], cwd: Path, api: st
     pytest.fail(f"the tracked event did not reach a contact workflow: {metrics}")
 
 
+def _refused_before_starting(env: dict[str, str], cwd: Path, *needles: str) -> None:
+    """``up`` ends with one error line naming ``needles`` and the fix, having started
+    nothing: no child, no data directory, the frontend port still free."""
+    result = subprocess.run(
+        [*STAGECOACH, "up"], env=env, capture_output=True, text=True, cwd=cwd, timeout=90
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "starting" not in result.stdout, result.stdout
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("stagecoach: error:")]
+    for needle in (*needles, "Fix:"):
+        assert needle in line, line
+    assert not Path(env["STAGECOACH_DATA_DIR"]).exists()
+    host, port = env["STAGECOACH_TEMPORAL_ADDRESS"].rsplit(":", 1)
+    with socket.socket() as probe:
+        probe.bind((host, int(port)))  # nothing was left listening there
+
+
+@pytest.mark.parametrize(
+    "setting", ["STAGECOACH_WORKER_METRICS_PORT", "STAGECOACH_TEMPORAL_METRICS_PORT"]
+)
+def test_up_refuses_a_taken_worker_metrics_port_before_starting_anything(
+    tmp_path: Path, temporal_cli_path: str, setting: str
+) -> None:
+    env = _env(tmp_path, temporal_cli_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env[setting])))
+        taken.listen()
+        _refused_before_starting(env, tmp_path, f"port {env[setting]}", setting)
+
+
+def test_up_refuses_worker_metrics_ports_that_clash(tmp_path: Path, temporal_cli_path: str) -> None:
+    env = _env(tmp_path, temporal_cli_path)
+    env["STAGECOACH_TEMPORAL_METRICS_PORT"] = env["STAGECOACH_WORKER_METRICS_PORT"]
+    _refused_before_starting(
+        env, tmp_path, "STAGECOACH_WORKER_METRICS_PORT", "STAGECOACH_TEMPORAL_METRICS_PORT"
+    )
+
+
+def test_up_refuses_a_ui_server_path_that_is_no_program(
+    tmp_path: Path, temporal_cli_path: str
+) -> None:
+    env = _env(tmp_path, temporal_cli_path)
+    env["TEMPORAL_UI_SERVER_PATH"] = str(tmp_path / "no-such-ui-server")
+    _refused_before_starting(env, tmp_path, "TEMPORAL_UI_SERVER_PATH", "no-such-ui-server")
+
+
+def _second_up_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    """A second ``up`` on the same machine, its own Temporal, UI and API ports but the
+    default-alike worker metrics ports of the first, stops before starting anything."""
+    second = _env(tmp_path / "second", env["TEMPORAL_CLI_PATH"])
+    second["STAGECOACH_WORKER_METRICS_PORT"] = env["STAGECOACH_WORKER_METRICS_PORT"]
+    second["STAGECOACH_TEMPORAL_METRICS_PORT"] = env["STAGECOACH_TEMPORAL_METRICS_PORT"]
+    (tmp_path / "second").mkdir()
+    _refused_before_starting(
+        second,
+        tmp_path / "second",
+        f"port {env['STAGECOACH_WORKER_METRICS_PORT']}",
+        "STAGECOACH_WORKER_METRICS_PORT",
+    )
+
+
 def test_children_stop_when_the_supervisor_is_killed_outright(
     tmp_path: Path, temporal_cli_path: str
 ) -> None:
@@ -239,6 +301,7 @@ def test_up_serves_everything_and_ctrl_c_leaves_no_child(
                 "round trip",
             }
             if run == "warm":
+                _second_up_is_refused(env, tmp_path)
                 _rehearse_and_read_the_story(env, tmp_path)
                 _event_over_http_reaches_its_contact(env, tmp_path, api)
                 _demo_contacts_are_searchable(env, tmp_path)

@@ -143,8 +143,8 @@ def test_journey_flows_are_one_sankey_per_version() -> None:
 
     first, second = _charts.journey_flows(journeys)
 
-    assert links(first) == {("intro", "goal"): 7, ("intro", "exit:unsubscribed"): 2}
-    assert links(second) == {("intro", "end"): 4}
+    assert links(first) == {("intro", "Goal reached"): 7, ("intro", "Exit: Unsubscribed"): 2}
+    assert links(second) == {("intro", "Completed"): 4}
     assert first.labels == {"journey": "welcome", "version": "v1aaaaaaaaaaaaaa"}
     assert first.id != second.id
     [sankey] = first.figure["data"]
@@ -168,3 +168,95 @@ def test_figure_json_cannot_close_its_script_element() -> None:
 def test_slug_makes_dom_safe_ids() -> None:
     assert _charts.slug("B2B Nurture", "a1/b2") == "b2b-nurture-a1-b2"
     assert _charts.slug("???") == "x"
+
+
+RICH_FLOW = [
+    ("intro", "wait", 40),
+    ("intro", "exit:no interest in the awareness content at all", 12),
+    ("intro", "exit:delivery_failed: intro: 550 a@example.com: no such user", 3),
+    ("intro", "exit:delivery_failed: intro: 421 try later", 2),
+    ("wait", "case", 25),
+    ("wait", "exit:unsubscribed", 6),
+    ("wait", "exit:exit_criteria", 5),
+    ("wait", "exit:cancelled: stage changed to customer", 2),
+    ("wait", "active", 2),
+    ("case", "goal", 14),
+    ("case", "end", 6),
+    ("case", "exit:handoff_failed: mql: CRM answered 500", 2),
+    ("case", "exit:runtime_error: journey j step case: bad <b>", 1),
+    ("case", "exit:merged into c_123", 1),
+    ("case", "exit:<b>no_reply</b>", 1),
+    ("holdout", "exit:holdout", 9),
+    ("holdout", "exit:", 1),
+]
+"""A journey's flow with every kind of outcome and exit reason the engine records."""
+
+
+def rich_journey() -> _charts.Chart:
+    rows = [("j", "v1", s, t, n) for s, t, n in RICH_FLOW]
+    section = Section("flow", ("journey", "version", "source", "target", "contacts"), rows)
+    [chart] = _charts.journey_flows(report("journeys", section))
+    return chart
+
+
+def test_journey_exits_and_outcomes_get_readable_labels() -> None:
+    flows = links(rich_journey())
+
+    assert flows == {
+        ("intro", "wait"): 40,
+        ("intro", "Exit: No interest in the awareness\u2026"): 12,
+        ("intro", "Exit: Delivery failed"): 5,  # two raw reasons, one node
+        ("wait", "case"): 25,
+        ("wait", "Exit: Unsubscribed"): 6,
+        ("wait", "Exit: Met the exit criteria"): 5,
+        ("wait", "Exit: Cancelled"): 2,
+        ("wait", "Still in the journey"): 2,
+        ("case", "Goal reached"): 14,
+        ("case", "Completed"): 6,
+        ("case", "Exit: Hand-off to sales failed"): 2,
+        ("case", "Exit: Journey error"): 1,
+        ("case", "Exit: Merged into another contact"): 1,
+        ("case", "Exit: <b>no reply</b>"): 1,
+        ("holdout", "Exit: Held out"): 9,
+        ("holdout", "Exit: Reason not recorded"): 1,
+    }
+    labels = [label for pair in flows for label in pair]
+    assert not [label for label in labels if label.startswith("exit:")]
+    assert max(len(label) for label in labels) <= len("Exit: ") + _charts.LABEL_WIDTH
+
+
+def test_the_raw_reasons_are_in_the_hover_escaped() -> None:
+    [sankey] = rich_journey().figure["data"]
+    node = sankey["node"]
+    hover = dict(zip(node["label"], node["customdata"], strict=True))
+
+    assert hover["Exit: Delivery failed"] == (
+        "delivery_failed: intro: 550 a@example.com: no such user (3)<br>"
+        "delivery_failed: intro: 421 try later (2)<br>"
+    )
+    assert hover["Exit: Journey error"] == (
+        "runtime_error: journey j step case: bad &lt;b&gt; (1)<br>"
+    )
+    assert hover["Exit: No interest in the awareness\u2026"] == (
+        "no interest in the awareness content at all (12)<br>"
+    )
+    assert hover["wait"] == ""  # a step's name is its detail
+    assert "%{customdata}" in node["hovertemplate"]
+
+
+def test_a_journey_sankey_is_tall_enough_for_its_last_column() -> None:
+    chart = rich_journey()
+    sinks = 13  # every outcome and exit sits in plotly's last column
+
+    assert chart.figure["layout"]["height"] >= 100 + _charts.NODE_ROOM * sinks
+    small = _charts.journey_flows(
+        report(
+            "journeys",
+            Section(
+                "flow",
+                ("journey", "version", "source", "target", "contacts"),
+                [("j", "v1", "a", "goal", 1)],
+            ),
+        )
+    )[0]
+    assert small.figure["layout"]["height"] == 360
