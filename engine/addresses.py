@@ -43,7 +43,8 @@ class AddressError(ValueError):
     def __init__(self, raw: str, reason: str) -> None:
         self.raw = raw
         self.reason = reason
-        self.message = f"{raw!r} is not an email address ({reason}): send name@domain"
+        shown = raw if len(raw) <= 80 else raw[:60] + "..."
+        self.message = f"{shown!r} is not an email address ({reason}): send name@domain"
         super().__init__(self.message)
 
 
@@ -88,7 +89,7 @@ def parse_email(raw: str) -> EmailAddress:
     if not text:
         raise AddressError(raw, "empty")
     if len(text) > MAX_LENGTH:
-        raise AddressError(raw[:40] + "...", f"longer than {MAX_LENGTH} characters")
+        raise AddressError(raw, f"longer than {MAX_LENGTH} characters")
     local, at, domain = text.rpartition("@")
     if not at:
         raise AddressError(raw, "no @-sign")
@@ -114,7 +115,7 @@ def parse_email(raw: str) -> EmailAddress:
     ascii_domain = checked.ascii_domain.lower()
     canonical = f"{canonical_local}@{canonical_domain}"
     if len(canonical) > MAX_LENGTH:
-        raise AddressError(raw[:40] + "...", f"longer than {MAX_LENGTH} characters")
+        raise AddressError(raw, f"longer than {MAX_LENGTH} characters")
     return EmailAddress(canonical, canonical_local, canonical_domain, ascii_domain)
 
 
