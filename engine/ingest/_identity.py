@@ -41,12 +41,14 @@ _TRAIT_KEYS = {
 
 
 class IdentityError(ValueError):
-    """A trait that should identify someone cannot be read; ``field`` names it."""
+    """A trait that should identify someone cannot be read; ``field`` names it,
+    ``message`` says why with the value, ``reason`` says why without it."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.reason = reason  # what is wrong, without echoing the input
 
 
 def normalise_email(raw: str, field: str = "email") -> str:
@@ -61,7 +63,7 @@ def normalise_email(raw: str, field: str = "email") -> str:
     try:
         return canonical_email(raw)
     except AddressError as exc:
-        raise IdentityError(field, exc.message) from None
+        raise IdentityError(field, exc.message, reason=exc.reason) from None
 
 
 def normalise_phone(raw: str, country: str | None = None) -> str:

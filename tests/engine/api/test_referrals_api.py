@@ -417,6 +417,7 @@ def test_an_address_with_a_zero_width_space_is_a_400_naming_email(
 
     assert response.status_code == 400
     assert json_errors(response) == ["email"]
+    assert "ZERO WIDTH SPACE" in response.json()["errors"][0]["message"]
     assert counts(engine) == before
 
 
