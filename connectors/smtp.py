@@ -94,6 +94,7 @@ import aiosmtplib
 import structlog
 
 from connectors.ratelimit import RateLimiter
+from engine.addresses import AddressError, sending_address
 from engine.bounces import key_digest
 from engine.content import ContentError, RenderedMessage
 from engine.delivery import (
@@ -273,11 +274,14 @@ def rendered_email(message: OutgoingMessage) -> RenderedMessage:
 
 
 def recipient_address(message: OutgoingMessage) -> str:
-    """``message.to`` as a bare, checked address; non-ASCII domains in IDNA form.
+    """``message.to`` as the envelope recipient: its canonical form (the one suppression
+    and consent were checked against, ``engine.addresses``) with the domain IDNA-encoded.
 
     Raises:
         PermanentDeliveryError: (code ``"invalid_address"``) Empty, with a display name,
-            with control characters or spaces, or not ``local@domain``.
+            with control, invisible or other unsafe characters, or not ``local@domain``.
+            Such an address is refused, never repaired into a different one: a zero-width
+            space dropped here would mail an address nobody checked.
     """
     raw = message.to
     if not raw or not raw.strip():
@@ -288,22 +292,13 @@ def recipient_address(message: OutgoingMessage) -> str:
             "control characters)",
             code="invalid_address",
         )
-    local, at, domain = raw.strip().rpartition("@")
-    if not at or not local or not domain or "." not in domain.strip("."):
-        raise PermanentDeliveryError(
-            f"OutgoingMessage.to {raw!r} is not local@domain", code="invalid_address"
-        )
     try:
-        domain.encode("ascii")
-    except UnicodeEncodeError:
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise PermanentDeliveryError(
-                f"OutgoingMessage.to {raw!r} has a domain that is not a valid IDN",
-                code="invalid_address",
-            ) from None
-    return f"{local}@{domain}"
+        return sending_address(raw)
+    except AddressError as exc:
+        raise PermanentDeliveryError(
+            f"OutgoingMessage.to {raw!r} is not local@domain ({exc.reason})",
+            code="invalid_address",
+        ) from None
 
 
 def build_mime(rendered: RenderedMessage, *, from_addr: str, to: str, key: str) -> EmailMessage:

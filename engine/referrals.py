@@ -51,12 +51,14 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
+from engine.addresses import AddressError, canonical_email, comparison_key
 from engine.errors import DatabaseError, StagecoachError
 from engine.ingest import Incoming, Ingestor
 from engine.ingest._store import survivors
 from engine.messages import RewardDecision
 from engine.storage.db import driver_reason
 from engine.storage.models import (
+    Contact,
     Event,
     Identity,
     Merge,
@@ -595,6 +597,34 @@ class Screened:
     earlier: Referral | None = None
 
 
+def _mailbox_key(address: object) -> str | None:
+    """:func:`engine.addresses.comparison_key`, or None for what is not an address."""
+    if not isinstance(address, str):
+        return None
+    try:
+        return comparison_key(address)
+    except AddressError:
+        return None
+
+
+def _referrer_mailboxes(conn: Connection, referrer_ids: Sequence[str]) -> set[str]:
+    """The comparison keys of every email address the referrer is known by: their email
+    identities and the ``email`` trait recorded on their contact row. The second matters
+    for a contact with no identities, such as one a ``journeys rehearse`` created: its
+    address lives only in its workflow's attributes, recorded when its code is issued
+    (:func:`referral_variables`)."""
+    identities = conn.execute(
+        select(col(Identity.value)).where(
+            col(Identity.contact_id).in_(referrer_ids), col(Identity.kind) == "email"
+        )
+    ).all()
+    traits = conn.execute(select(col(Contact.traits)).where(col(Contact.id).in_(referrer_ids)))
+    addresses = [r[0] for r in identities] + [
+        t.get("email") for (t,) in traits.all() if isinstance(t, dict)
+    ]
+    return {key for key in map(_mailbox_key, addresses) if key is not None}
+
+
 def _referrer_devices(conn: Connection, referrer_ids: Sequence[str]) -> set[str]:
     """Device ids the referrer is known by: the anonymous ids of their identities and
     the device they signed up on when they were referred themselves."""
@@ -619,7 +649,8 @@ def screen_signup(engine: Engine, raw_code: str, claimed: Claimed, *, now: datet
     Raises:
         ReferralRefused: ``unknown_code``, ``expired_code``, ``used_up`` (unless this
             person already signed up with this code: then ``Screened.earlier`` is set),
-            ``self_referral`` (an email, phone, openid or device id of the referrer),
+            ``self_referral`` (an email, phone, openid or device id of the referrer, or
+            an email reaching the same mailbox as one of theirs),
             ``referral_loop`` (the person is the referrer's own referrer, or theirs...),
             ``already_referred`` (through another code).
     """
@@ -642,13 +673,20 @@ def screen_signup(engine: Engine, raw_code: str, claimed: Claimed, *, now: datet
         same_device = bool(claimed.device_id) and claimed.device_id in _referrer_devices(
             conn, referrer_ids
         )
-        if referrer in owners or same_device:
+        # The same mailbox under another spelling: a +tag, Gmail's dots, a case or
+        # Unicode variant (see engine.addresses.comparison_key).
+        claimed_mailbox = _mailbox_key(claimed.email)
+        same_mailbox = claimed_mailbox is not None and claimed_mailbox in _referrer_mailboxes(
+            conn, referrer_ids
+        )
+        if referrer in owners or same_device or same_mailbox:
             _log.info(
                 "referral.refused",
                 reason="self_referral",
                 referrer_id=referrer,
                 by=sorted(
                     ({"identity"} if referrer in owners else set())
+                    | ({"mailbox"} if same_mailbox else set())
                     | ({"device"} if same_device else set())
                 ),
             )
@@ -1136,12 +1174,33 @@ def referral_variables(
     base_url: str,
     now: datetime,
     policy: ReferralPolicy = DEFAULT_POLICY,
+    email: str | None = None,
 ) -> dict[str, str]:
     """``referral_code`` and ``referral_url`` for rendering a referral offer to a promoter
-    on ``channel`` (their live code, issued if they have none)."""
+    on ``channel`` (their live code, issued if they have none).
+
+    ``email`` is the promoter's address as their workflow knows it. It is recorded on
+    their contact row when the row has none, so the self-referral check knows it even
+    for a contact with no email identity (a rehearsal contact)."""
     code = issue_code(engine, contact_id, now=now, policy=policy).code
+    if email:
+        _remember_email(engine, contact_id, email)
     url_channel = channel if channel in SHARE_CHANNELS else "email"
     return {"referral_code": code, "referral_url": share_url(base_url, code, url_channel)}
+
+
+def _remember_email(engine: Engine, contact_id: str, email: str) -> None:
+    try:
+        address = canonical_email(email)
+    except AddressError:
+        return
+    with Session(engine) as session:
+        contact = session.get(Contact, contact_id)
+        if contact is None or isinstance((contact.traits or {}).get("email"), str):
+            return
+        contact.traits = {**(contact.traits or {}), "email": address}
+        session.add(contact)
+        session.commit()
 
 
 @_translated

@@ -160,6 +160,9 @@ class ContactActivities:
             )
         if not request.consented:
             return await self._blocked(request, f"no_consent:{request.channel}")
+        if _normalised(request.channel, request.address) is None:
+            # Stored before addresses were canonicalised (a zero-width space, say).
+            return await self._blocked(request, f"invalid_address:{request.channel}")
         if await asyncio.to_thread(self._suppressed, request.channel, request.address):
             return await self._blocked(request, f"suppressed:{request.channel}")
         # The journey's clock, from the workflow: skipped time in tests, scaled time in a
@@ -213,6 +216,7 @@ class ContactActivities:
                 base_url=self._public_url,
                 now=now,
                 policy=self._referral_policy,
+                email=_email_of(request),
             )
             contact = replace(contact, attributes={**contact.attributes, **personal})
         try:
@@ -563,8 +567,10 @@ class ContactActivities:
     def _suppressed(self, channel: str, raw_address: str) -> bool:
         """Suppressed, except that WeChat's "not following" or "window closed" (43004,
         45015) lasts only until the contact next interacts: a later inbound WeChat
-        event lifts it."""
+        event lifts it. An email address without a canonical form counts as suppressed."""
         address = _normalised(channel, raw_address)
+        if address is None:
+            return True
         with Session(self._engine) as session:
             row = session.get(Suppression, (channel, address))
             if row is None:
@@ -580,7 +586,7 @@ class ContactActivities:
             return False
 
     def _suppress(self, request: DeliverRequest, reason: str) -> None:
-        address = _normalised(request.channel, request.address)
+        address = _normalised(request.channel, request.address) or request.address.strip()
         with Session(self._engine) as session:
             if session.get(Suppression, (request.channel, address)) is None:
                 session.add(
@@ -666,15 +672,27 @@ class ContactActivities:
             session.flush()
 
 
-def _normalised(channel: str, address: str) -> str:
-    """Suppressions are keyed by the address as identities store it (emails lower-cased),
-    whoever wrote them: a bounce webhook, an unsubscribe, or this activity."""
+def _normalised(channel: str, address: str) -> str | None:
+    """The key a suppression of ``address`` is stored under, whoever wrote it (a bounce
+    webhook, an unsubscribe, this activity): for email the canonical form
+    (``engine.ingest.normalise_email``), so an address that normalises to a suppressed
+    one is suppressed. None for an email address with no canonical form (an invisible
+    character, say): nothing may be sent to it, since the connector would refuse it and
+    an older one might have quietly mailed a different address."""
     if channel != "email":
         return address
     try:
         return normalise_email(address)
     except IdentityError:
-        return address.strip()
+        return None
+
+
+def _email_of(request: DeliverRequest) -> str | None:
+    """The contact's email address as their workflow knows it."""
+    if request.channel == "email":
+        return request.address
+    email = request.attributes.get("email")
+    return email if isinstance(email, str) else None
 
 
 def _deadline(payload: Mapping[str, Any], key: str) -> datetime | None:

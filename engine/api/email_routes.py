@@ -335,9 +335,10 @@ def _suppress(
     """Suppress each ``(channel, address)`` not yet suppressed; the count added.
 
     An existing row keeps its reason: a complaint must not turn into an unsubscribe
-    that a preference page could lift."""
+    that a preference page could lift. Email rows are keyed by the canonical address,
+    the form the delivery activity looks up."""
     added = 0
-    for channel, address in dict.fromkeys(targets):
+    for channel, address in dict.fromkeys((c, _suppression_key(c, a)) for c, a in targets):
         if session.get(Suppression, (channel, address)) is not None:
             continue
         session.add(
@@ -352,8 +353,22 @@ def _suppress(
     return added
 
 
+def _suppression_key(channel: str, address: str) -> str:
+    """An email address in canonical form (``normalise_email``); an identity stored
+    before canonicalisation that has none is kept as it is, so it is still suppressed."""
+    if channel != "email":
+        return address
+    try:
+        return normalise_email(address)
+    except IdentityError:
+        return address
+
+
 def _lift(session: Session, channel: str, addresses: Sequence[str]) -> None:
     """Remove the contact's own opt-out suppressions on ``channel`` (never bounces)."""
+    addresses = list(
+        dict.fromkeys([*addresses, *(_suppression_key(channel, a) for a in addresses)])
+    )
     if addresses:
         session.execute(
             delete(Suppression).where(

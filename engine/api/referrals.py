@@ -303,10 +303,13 @@ def parse_signup(
     if raw_email:
         try:
             email = normalise_email(raw_email)
-        except IdentityError:
+        except IdentityError as exc:
+            why = f" ({exc.reason})" if exc.reason else ""
             problems.append(
                 FieldProblem(
-                    "email", "email is not an email address: send name@domain", "邮箱格式不正确"
+                    "email",
+                    f"email is not an email address{why}: send name@domain",
+                    "邮箱格式不正确",
                 )
             )
     if raw_phone:

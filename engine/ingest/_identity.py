@@ -2,19 +2,21 @@
 
 One contact, many identities: ``user_id``, ``anonymous_id``, ``email``, ``phone``
 (E.164, by the maintained ``phonenumbers`` library), ``wechat_openid``,
-``wechat_unionid`` and ``crm_id``. Emails are trimmed and lower-cased (the local part
-too: no mainstream provider treats case as significant, and one address must not become
-two contacts). A phone without a leading ``+`` needs ``traits.country`` (ISO 3166, e.g.
-``CN``) to be read.
+``wechat_unionid`` and ``crm_id``. Emails take their canonical form from
+:func:`normalise_email` (``engine.addresses``, on the maintained ``email-validator``
+library): the one form used for identity, consent, suppression, referrals and sending.
+A phone without a leading ``+`` needs ``traits.country`` (ISO 3166, e.g. ``CN``) to be
+read.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import phonenumbers
+
+from engine.addresses import AddressError, canonical_email
 
 KINDS = (
     "user_id",
@@ -36,23 +38,32 @@ _TRAIT_KEYS = {
     "unionid": "wechat_unionid",
     "crm_id": "crm_id",
 }
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class IdentityError(ValueError):
-    """A trait that should identify someone cannot be read; ``field`` names it."""
+    """A trait that should identify someone cannot be read; ``field`` names it,
+    ``message`` says why with the value, ``reason`` says why without it."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.reason = reason  # what is wrong, without echoing the input
 
 
-def normalise_email(raw: str) -> str:
-    value = raw.strip().lower()
-    if not _EMAIL.match(value) or len(value) > 320:
-        raise IdentityError("email", f"{raw!r} is not an email address: send name@domain")
-    return value
+def normalise_email(raw: str, field: str = "email") -> str:
+    """The canonical form of an email address: THE function every entry point calls
+    (ingestion, CSV import, referral forms, unsubscribe and preference pages, bounce
+    webhooks, suppression checks); see ``engine.addresses`` for the rules.
+
+    Raises:
+        IdentityError: ``field`` names the input; the message says what is wrong, e.g. an
+            invisible character, and how to fix it.
+    """
+    try:
+        return canonical_email(raw)
+    except AddressError as exc:
+        raise IdentityError(field, exc.message, reason=exc.reason) from None
 
 
 def normalise_phone(raw: str, country: str | None = None) -> str:

@@ -19,6 +19,7 @@ from connectors.smtp import (
     classify_reply,
     enhanced_status,
 )
+from engine.addresses import sending_address
 from engine.bounces import key_digest
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
 from engine.delivery import (
@@ -27,6 +28,7 @@ from engine.delivery import (
     RetryableDeliveryError,
     SendResult,
 )
+from engine.ingest import normalise_email
 from tests.helpers import free_port
 from tests.peers.smtp import SmtpPeer
 
@@ -484,6 +486,23 @@ async def test_non_ascii_mailbox_uses_smtputf8(peer: SmtpPeer, connector: SmtpCo
     assert "SMTPUTF8" in mail.mail_options
 
 
+@pytest.mark.parametrize(
+    ("to", "rcpt"),
+    [
+        ("Ana@Example.COM", "ana@example.com"),
+        ("ana@ｅｘａｍｐｌｅ．ｃｏｍ", "ana@example.com"),  # full-width letters and dot
+        ("ａｎａ@ＢÜＣＨＥＲ.example.", "ana@xn--bcher-kva.example"),
+    ],
+)
+async def test_the_recipient_is_the_canonical_address_the_suppression_check_used(
+    peer: SmtpPeer, connector: SmtpConnector, to: str, rcpt: str
+) -> None:
+    await connector.send(outgoing(1, to=to))
+    [mail] = peer.accepted
+    assert mail.rcpt_tos == (rcpt,)
+    assert rcpt == sending_address(normalise_email(to))
+
+
 async def test_non_ascii_mailbox_without_smtputf8_is_permanent() -> None:
     with SmtpPeer(smtputf8=False) as peer:
         async with SmtpConnector(config(peer)) as smtp:
@@ -536,6 +555,10 @@ def _with(**fields: Any) -> dict[str, Any]:
         ({"to": "ana@example.com\r\nBcc: x@y.z"}, "invalid_address", "not a bare address"),
         ({"to": "ana.example.com"}, "invalid_address", "is not local@domain"),
         ({"to": "ana@localhost"}, "invalid_address", "is not local@domain"),
+        # IDNA would drop these and mail ana@example.com, an address nobody checked.
+        ({"to": "ana@exa\u200bmple.com"}, "invalid_address", "ZERO WIDTH SPACE"),
+        ({"to": "ana@exa\u00admple.com"}, "invalid_address", "SOFT HYPHEN"),
+        ({"to": "a\u200dna@example.com"}, "invalid_address", "ZERO WIDTH JOINER"),
     ],
 )
 async def test_bad_input_is_permanent_and_names_the_field(

@@ -27,6 +27,7 @@ PURE = [
     "engine.bounces",
     "engine.sales",
     "engine.nps",
+    "engine.addresses",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 

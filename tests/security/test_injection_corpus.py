@@ -28,6 +28,12 @@ as a Jinja ``SecurityError`` that the delivery activity would retry for a day).
 Contact data shown elsewhere: the dashboard's contact page and the pages that echo a
 query parameter show the corpus escaped; a WeChat callback's message text is data, and
 a forged element inside it cannot change who sent it.
+
+Email addresses: spellings of a known address (invisible characters a mail server or
+IDNA would drop, bidi controls, full-width and case forms, the root's trailing dot) are
+either refused with a 400 naming ``traits.email`` or are the known contact, never a
+second contact that would escape its unsubscribe; the same spellings, Gmail dots and
+``+tags`` of a referrer's own address never earn a referral.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from connectors.wechat import WeChatConfig, WeChatConnector
 from engine.api.events import create_write_key
@@ -67,9 +73,16 @@ from engine.content import (
 )
 from engine.dashboard import COOKIE
 from engine.delivery import OutgoingMessage
-from engine.storage.models import Contact, Merge, StageTransition
+from engine.referrals import issue_code
+from engine.storage.models import Contact, Identity, Merge, Referral, StageTransition
 from engine.wechat_callback import UnsafeXml, parse_message, parse_xml
-from tests.security._support import ADMIN_TOKEN, PUBLIC_URL
+from tests.security._support import (
+    ADMIN_TOKEN,
+    CONTACT_EMAIL,
+    PUBLIC_URL,
+    count,
+    seed_contact,
+)
 
 CORPUS: tuple[str, ...] = (
     # template injection, Jinja and others
@@ -716,3 +729,88 @@ def test_report_csv_cells_never_start_a_formula(api: TestClient, engine: Engine)
             assert "'" + name in cells, name
         else:
             assert name in cells, name
+
+
+# --- email address spoofing: one mailbox, one canonical address ---------------------------
+
+SAME_MAILBOX: tuple[str, ...] = (
+    # Invisible characters that IDNA or a mail server would drop: refused (400).
+    "li.lei@exa\u200bmple.cn",  # zero-width space
+    "li.\u200blei@example.cn",
+    "li.lei@exa\u200cmple.cn",  # zero-width non-joiner
+    "li.lei@exa\u200dmple.cn",  # zero-width joiner
+    "li.lei@exa\u00admple.cn",  # soft hyphen
+    "li.lei@exa\u2060mple.cn",  # word joiner
+    "\ufeffli.lei@example.cn",  # byte order mark
+    "li.lei@example.cn\u200e",  # left-to-right mark
+    "\u202eli.lei@example.cn",  # right-to-left override
+    "li.lei@example\u180e.cn",  # Mongolian vowel separator
+    # Compatibility and case forms of the same mailbox: the same contact.
+    "li.lei@ｅｘａｍｐｌｅ.cn",  # full-width domain
+    "ｌｉ．ｌｅｉ@ｅｘａｍｐｌｅ．ｃｎ",  # full-width everything
+    "li.lei@example\u3002cn",  # ideographic full stop as the dot
+    "li.lei@example.cn.",  # the DNS root's trailing dot
+    "LI.LEI@EXAMPLE.CN",
+    "li.lei@ＥＸＡＭＰＬＥ.ＣＮ.",
+)
+"""Spellings of ``CONTACT_EMAIL``: each is refused or is that contact, never a new one."""
+
+
+@pytest.mark.parametrize("variant", SAME_MAILBOX, ids=[ascii(v) for v in SAME_MAILBOX])
+def test_a_spelling_of_a_known_address_is_refused_or_is_the_same_contact(
+    api: TestClient, engine: Engine, variant: str
+) -> None:
+    contact = seed_contact(engine)
+    key = create_write_key(engine, "web", source="web")
+
+    response = api.post(
+        "/v1/identify",
+        json={"anonymousId": "device-1", "messageId": "m-variant", "traits": {"email": variant}},
+        auth=(key, ""),
+    )
+
+    with Session(engine) as session:
+        emails = {
+            i.value: i.contact_id
+            for i in session.exec(select(Identity).where(col(Identity.kind) == "email")).all()
+        }
+    assert emails == {CONTACT_EMAIL: contact}  # never a second contact for one mailbox
+    if response.status_code == 400:
+        [error] = response.json()["errors"]
+        assert error["field"] == "traits.email"
+        assert "name@domain" in error["message"]
+    else:
+        assert response.status_code == 200, response.text
+        with Session(engine) as session:
+            device = session.get(Identity, ("anonymous_id", "device-1"))
+        assert device is not None
+        assert device.contact_id == contact
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        *SAME_MAILBOX,
+        "li.lei+friend@gmail.com",
+        "lilei@gmail.com",
+        "l.i.l.e.i+x@googlemail.com",
+    ],
+    ids=lambda v: ascii(v),
+)
+def test_a_spelling_of_the_referrers_own_address_never_earns_a_referral(
+    api: TestClient, engine: Engine, variant: str
+) -> None:
+    gmail = variant.endswith(("@gmail.com", "@googlemail.com"))
+    referrer_email = "li.lei@gmail.com" if gmail else CONTACT_EMAIL
+    referrer = seed_contact(engine, email=referrer_email)
+    code = issue_code(engine, referrer, now=datetime.now(UTC)).code
+    before = count(engine, Referral)
+
+    response = api.post(f"/r/{code}", json={"name": "Li", "email": variant, "consent": True})
+
+    assert response.status_code in (400, 403), response.text
+    if response.status_code == 403:
+        assert response.json()["reason"] == "self_referral"
+    else:
+        assert [e["field"] for e in response.json()["errors"]] == ["email"]
+    assert count(engine, Referral) == before

@@ -674,6 +674,117 @@ def test_webhook_body_that_is_not_json_is_400(api: TestClient) -> None:
     assert response.status_code == 400
 
 
+# --- one canonical address (issue 17) -------------------------------------------------------
+
+
+def identify(api: TestClient, engine: Engine, message_id: str, **traits: Any) -> Response:
+    key = create_write_key(engine, f"web-{message_id}", source="web")
+    body = {"userId": f"user-{message_id}", "messageId": message_id, "traits": traits}
+    response: Response = api.post("/v1/identify", json=body, auth=(key, ""))
+    return response
+
+
+def email_identities(engine: Engine) -> dict[str, str]:
+    with Session(engine) as session:
+        rows = session.exec(select(Identity).where(col(Identity.kind) == "email")).all()
+        return {i.value: i.contact_id for i in rows}
+
+
+def test_an_address_with_a_zero_width_space_is_refused_after_the_real_one_unsubscribed(
+    api: TestClient, engine: Engine, signer: LinkSigner, contact: str
+) -> None:
+    assert one_click(api, render(signer, contact).unsubscribe).status_code == 200
+    before = email_identities(engine)
+
+    # IDNA would drop the invisible character and mail li.lei@example.cn: refused instead.
+    response = identify(api, engine, "m-zw", email="li.lei@exa\u200bmple.cn")
+
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "traits.email"
+    assert "ZERO WIDTH SPACE" in error["message"]
+    assert email_identities(engine) == before
+    assert suppressions(engine).keys() == {("email", ADDRESS)}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "li.lei@ｅｘａｍｐｌｅ.cn",  # full-width domain: IDNA folds it to example.cn
+        "ＬＩ．ＬＥＩ@ＥＸＡＭＰＬＥ．ＣＮ",  # full-width everything, full-width dots
+        "Li.Lei@Example.cn.",  # the DNS root's trailing dot
+        " LI.LEI@EXAMPLE.CN ",
+    ],
+)
+def test_a_variant_of_an_unsubscribed_address_is_the_same_contact_still_unsubscribed(
+    api: TestClient, engine: Engine, signer: LinkSigner, contact: str, variant: str
+) -> None:
+    assert one_click(api, render(signer, contact).unsubscribe).status_code == 200
+
+    response = identify(api, engine, "m-variant", email=variant)
+
+    assert response.status_code == 200, response.text
+    assert email_identities(engine) == {ADDRESS: contact}  # no second contact
+    [event] = events(engine, "identify")
+    assert event.contact_id == contact
+    assert suppressions(engine).keys() == {("email", ADDRESS)}
+    assert [c.granted for c in consents(engine)] == [False]
+
+
+def test_a_bounce_for_a_variant_of_the_address_suppresses_the_canonical_one(
+    api: TestClient, engine: Engine, contact: str
+) -> None:
+    payload = bounce("HardBounce", 21, datetime.now(UTC), Email="LI.LEI@ＥＸＡＭＰＬＥ.CN")
+
+    response = postmark(api, payload)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["event"] == "email.bounced"
+    assert set(suppressions(engine)) == {("email", ADDRESS)}
+    [event] = events(engine, "email.bounced")
+    assert event.contact_id == contact
+
+
+def test_a_bounce_for_an_address_with_an_invisible_character_is_400_naming_email(
+    api: TestClient, engine: Engine, contact: str
+) -> None:
+    payload = bounce("HardBounce", 22, datetime.now(UTC), Email="li.lei@exa\u200bmple.cn")
+
+    response = postmark(api, payload)
+
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error["field"] == "Email"
+    assert "ZERO WIDTH SPACE" in error["message"]
+    nothing_stored(engine)
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("li.lei@example", "should have a period"),
+        ("li.lei@@example.cn", "@"),
+        ("\u202eli.lei@example.cn", "RIGHT-TO-LEFT OVERRIDE"),
+        ("li\u00adlei@example.cn", "SOFT HYPHEN"),
+        ("li.lei@example..cn", "two periods"),
+        ('"li lei"@example.cn', "Quoting"),
+        ("li.lei@[10.0.0.1]", "bracketed IP address"),
+    ],
+)
+def test_malformed_addresses_are_400_naming_the_trait_and_store_nothing(
+    api: TestClient, engine: Engine, address: str, says: str
+) -> None:
+    response = identify(api, engine, "m-bad", email=address)
+
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "traits.email"
+    assert says in error["message"]
+    assert "name@domain" in error["message"]
+    assert email_identities(engine) == {}
+    nothing_stored(engine)
+
+
 # --- documentation --------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
 from engine.api import create_app
+from engine.api.events import create_write_key
 from engine.api.referrals import (
     CONSENT_WORDING,
     DEVICE_COOKIE,
@@ -348,6 +349,75 @@ def test_self_referral_is_refused_and_records_nothing(
     page = api.post(f"/r/{code}", data={"name": "Wang", "consent": "yes", "lang": "en", **extra})
     assert page.status_code == 403
     assert "your own invitation" in page.text
+    assert counts(engine) == before
+
+
+def _referrer_code(api: TestClient, engine: Engine, email: str) -> str:
+    """A referrer who signed up through the ingestion API, and their code."""
+    key = create_write_key(engine, "shop", source="shop")
+    body = {"userId": "referrer", "messageId": "referrer-identify", "traits": {"email": email}}
+    assert api.post("/v1/identify", json=body, auth=(key, "")).status_code == 200
+    with Session(engine) as session:
+        referrer = session.exec(select(Identity).where(col(Identity.kind) == "user_id")).one()
+    return issue_code(engine, referrer.contact_id, now=datetime.now(UTC)).code
+
+
+@pytest.mark.parametrize(
+    ("referrer", "variant"),
+    [
+        ("Wang.Fang@gmail.com", "wang.fang+friend@gmail.com"),  # Gmail sub-address
+        ("Wang.Fang@gmail.com", "wangfang@gmail.com"),  # Gmail ignores dots
+        ("Wang.Fang@gmail.com", "w.a.n.g.fang+x@GoogleMail.com"),  # googlemail is gmail
+        ("Wang.Fang@gmail.com", "wang.fang@gmail.com."),  # the DNS root's trailing dot
+        ("Wang.Fang@gmail.com", "ｗａｎｇ．ｆａｎｇ@ｇｍａｉｌ．ｃｏｍ"),  # full-width
+        ("wang.fang@outlook.com", "Wang.Fang+promo@Outlook.com"),  # Outlook sub-address
+        ("wang.fang@icloud.com", "wang.fang+x@icloud.com"),
+        ("wang.fang@example.cn", "WANG.FANG@ＥＸＡＭＰＬＥ.cn."),  # case, width, root dot
+    ],
+)
+def test_a_variant_of_the_referrers_own_address_is_refused_as_self_referral(
+    api: TestClient, engine: Engine, referrer: str, variant: str
+) -> None:
+    code = _referrer_code(api, engine, referrer)
+    before = counts(engine)
+
+    response = api.post(f"/r/{code}", json={"name": "Wang", "email": variant, "consent": True})
+
+    assert response.status_code == 403, response.text
+    assert response.json()["reason"] == "self_referral"
+    assert counts(engine) == before
+
+
+@pytest.mark.parametrize(
+    ("referrer", "friend"),
+    [
+        ("wang.fang@outlook.com", "wangfang@outlook.com"),  # dots matter at Outlook
+        ("wang.fang@example.cn", "wang.fang+x@example.cn"),  # no documented tag rule
+        ("wang.fang@example.cn", "wang.fang@example.com"),
+    ],
+)
+def test_an_address_of_another_mailbox_is_not_self_referral(
+    api: TestClient, engine: Engine, referrer: str, friend: str
+) -> None:
+    code = _referrer_code(api, engine, referrer)
+
+    response = api.post(f"/r/{code}", json={"name": "Li", "email": friend, "consent": True})
+
+    assert response.status_code == 200, response.text
+
+
+def test_an_address_with_a_zero_width_space_is_a_400_naming_email(
+    api: TestClient, engine: Engine, code: str
+) -> None:
+    before = counts(engine)
+
+    response = api.post(
+        f"/r/{code}", json={"name": "Wang", "email": "wang.fang@exa\u200bmple.cn", "consent": True}
+    )
+
+    assert response.status_code == 400
+    assert json_errors(response) == ["email"]
+    assert "ZERO WIDTH SPACE" in response.json()["errors"][0]["message"]
     assert counts(engine) == before
 
 
