@@ -143,8 +143,8 @@ class Sessions:
             return
         try:
             body = self._signer.verify(PURPOSE, cookie, datetime.now(UTC))
-        except TokenInvalid:
-            return  # expired or forged: nothing stored to end
+        except (TokenInvalid, TokenExpired):
+            return  # forged or expired: no live session to end
         sid = body.get("sid")
         if isinstance(sid, str):
             with Session(request.app.state.engine) as session:

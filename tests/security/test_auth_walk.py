@@ -44,7 +44,7 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
@@ -52,7 +52,7 @@ from sqlmodel import Session, col, select
 from connectors.webhook import SIGNATURE_HEADER
 from engine.api.events import ReservedSource, create_write_key, hash_key
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
-from engine.dashboard import COOKIE
+from engine.dashboard import COOKIE, Sessions
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, WriteKey
@@ -990,3 +990,16 @@ def test_sign_out_is_a_same_origin_post(browser: TestClient, where: str) -> None
     assert ours.status_code in (200, 303)
     browser.cookies.set(COOKIE, cookie, path=f"/{where}")
     assert check().status_code in (303, 401)
+
+
+@pytest.mark.parametrize("where", ["dashboard", "codec"])
+def test_signing_out_with_an_expired_or_forged_cookie_just_signs_out(
+    browser: TestClient, settings: Settings, where: str
+) -> None:
+    stale = Response()
+    Sessions(settings, path=f"/{where}").issue(stale, datetime.now(UTC) - timedelta(days=1))
+    expired = stale.headers["set-cookie"].split(";")[0].partition("=")[2]
+    for cookie in (expired, "forged"):
+        browser.cookies.set(COOKIE, cookie, path=f"/{where}")
+        answer = browser.post(f"/{where}/logout", follow_redirects=False)
+        assert answer.status_code in (200, 303), answer.text
