@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import hmac
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from connectors.webhook import SIGNATURE_HEADER
 from engine.api.events import ReservedSource, create_write_key, hash_key
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
 from engine.dashboard import COOKIE, Sessions
-from engine.settings import Settings
+from engine.settings import DEV_LINK_SECRET, Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, WriteKey
 from tests.security._support import (
@@ -213,9 +214,10 @@ _OTHER_SECRET = b"not-the-link-secret-of-this-deployment"
 
 
 @functools.cache
-def forged(purpose: str) -> str:
-    """A token of the right shape and purpose, signed with a key the server does not hold."""
-    signer = LinkSigner(_OTHER_SECRET, "https://mkt.example.com", timedelta(days=30))
+def forged(purpose: str, secret: bytes = _OTHER_SECRET) -> str:
+    """A token of the right shape and purpose, signed with a key the server does not hold
+    (by default; the published development secret is another such key)."""
+    signer = LinkSigner(secret, "https://mkt.example.com", timedelta(days=30))
     payload = {"c": "c_nobody", "m": "newsletter-monthly", "u": "https://evil.example/"}
     return signer.sign(purpose, payload, datetime.now(UTC))
 
@@ -452,6 +454,11 @@ def test_each_allow_listed_route_refuses_what_its_own_mechanism_refuses(
                 assert response.status_code < 400, where
             case "signed link":
                 assert response.status_code == 403, where  # forged: another key signed it
+                purpose = next(
+                    p for prefix, p in LINK_PURPOSES.items() if template.startswith(prefix)
+                )
+                published = concrete(route, token=forged(purpose, DEV_LINK_SECRET.encode()))
+                assert send(api, route, path=published).status_code == 403, where
                 malformed = concrete(route, token="not-a-token")
                 assert send(api, route, path=malformed).status_code == 400, where
             case "pixel":
@@ -495,6 +502,18 @@ def _wrong_credentials(api: TestClient, write_key: str) -> dict[str, list[Header
     # session key is derived from the link secret *and* the admin token.
     underived = LinkSigner(LINK_SECRET.encode(), "https://mkt.example.com", timedelta(hours=1))
     plain_session = underived.sign("dashboard-session", {"sub": "admin"}, datetime.now(UTC))
+    # A well-formed session (signed with the right derived key) whose id was never stored.
+    key = hmac.digest(
+        LINK_SECRET.encode(),
+        b"stagecoach dashboard session key\x00" + ADMIN_TOKEN.encode(),
+        "sha256",
+    )
+    unstored = LinkSigner(key, "https://mkt.example.com", timedelta(hours=1)).sign(
+        "dashboard-session", {"sub": "admin", "sid": "never-issued"}, datetime.now(UTC)
+    )
+    sessionless = LinkSigner(key, "https://mkt.example.com", timedelta(hours=1)).sign(
+        "dashboard-session", {"sub": "admin"}, datetime.now(UTC)
+    )
     return {
         "admin": (
             [
@@ -526,6 +545,8 @@ def _wrong_credentials(api: TestClient, write_key: str) -> dict[str, list[Header
                 {"Cookie": f"{COOKIE}={session}x"},
                 {"Cookie": f"{COOKIE}={link_token}"},
                 {"Cookie": f"{COOKIE}={plain_session}"},
+                {"Cookie": f"{COOKIE}={unstored}"},
+                {"Cookie": f"{COOKIE}={sessionless}"},
                 {"Authorization": f"Bearer {ADMIN_TOKEN}"},
             ]
         ),
