@@ -6,17 +6,39 @@ environment anywhere else. ``TEMPORAL_CLI_PATH`` keeps its conventional unprefix
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import secrets
+from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.errors import ConfigurationError
 from engine.wechat_callback import REPLAY_WINDOW_SECONDS, WeChatApp
 
 LogFormat = Literal["auto", "json", "console"]
+
+DEV_LINK_SECRET = "stagecoach-dev-secret-change-me"  # noqa: S105 (published on purpose)
+"""The well-known link secret of a checkout with nothing configured: published, so only
+an API bound to loopback (development) may verify links with it."""
+LINK_SECRET_FILE = "link-secret"  # noqa: S105 (a file name)
+"""``<data_dir>/link-secret``: the link secret ``stagecoach up`` generates (mode 0600)."""
+MIN_LINK_SECRET_LENGTH = 32
+"""Characters an API reachable from other hosts needs in its link secret."""
+MIN_ADMIN_TOKEN_LENGTH = 24
+"""Characters the admin token needs: about 140 bits as ``openssl rand -hex 32`` makes."""
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
 
 
 def _off_is_none(value: object) -> object:
@@ -71,14 +93,56 @@ class Settings(BaseSettings):
         "messages go until real connectors are configured, and where rehearsals send.",
     )
     link_secret: SecretStr = Field(
-        default=SecretStr("stagecoach-dev-secret-change-me"),
-        description="HMAC key for unsubscribe, tracking and referral tokens. Set it in "
-        "production; rotating it invalidates outstanding links.",
+        default=SecretStr(DEV_LINK_SECRET),
+        description="HMAC key for unsubscribe, tracking and referral tokens, at least "
+        f"{MIN_LINK_SECRET_LENGTH} characters. Unset: the file <data_dir>/{LINK_SECRET_FILE} "
+        "if it exists ('stagecoach up' writes a random one), else a published development "
+        "value that only an API bound to loopback accepts. Rotate with "
+        "link_secret_previous.",
+    )
+    link_secret_previous: SecretStr | None = Field(
+        default=None,
+        description="Former link secrets still accepted when verifying links (never for "
+        "signing), comma-separated, each optionally '@<ISO date or time>' after which it "
+        "is refused, e.g. 'old-secret@2027-02-01'. Keep one for link_ttl_days after a "
+        "rotation so links in mail already sent keep working.",
     )
     link_ttl_days: int = Field(default=60, ge=1)
     admin_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token for the admin API (contacts, reports); unset refuses it.",
+        description="Bearer token for the admin API (contacts, reports), the dashboard and "
+        f"the codec sign-in; at least {MIN_ADMIN_TOKEN_LENGTH} characters. Unset refuses "
+        "them all.",
+    )
+    auth_failure_limit: int = Field(
+        default=10,
+        ge=1,
+        description="Failed sign-ins or admin bearer tokens one client may send within "
+        "auth_failure_window; past it that client is answered 429 with Retry-After, "
+        "whatever it sends, until its oldest failure leaves the window.",
+    )
+    auth_failure_window: float = Field(
+        default=60.0, gt=0, description="Seconds over which failed authentications count."
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Addresses or CIDRs of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed, comma-separated; empty (default): nobody's, the "
+        "client is the TCP peer. '*' trusts every peer: only where no client reaches the "
+        "API except through the proxy.",
+    )
+    write_key_cache_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Write-key lookups (known and unknown keys) kept in memory; the least "
+        "recently used is dropped first.",
+    )
+    write_key_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a write-key lookup is kept: a key revoked through another "
+        "API replica is refused here within this time (at once on the replica that revoked "
+        "it).",
     )
     payload_keys: SecretStr | None = Field(
         default=None,
@@ -244,6 +308,41 @@ class Settings(BaseSettings):
         "decrypts through the codec endpoint (scripts/temporal-ui.sh builds one).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _link_secret_from_file(cls, data: Any) -> Any:
+        """Unset ``link_secret``: take ``<data_dir>/link-secret`` when it exists, so every
+        process of one data directory signs and verifies with the secret ``up`` made."""
+        if not isinstance(data, dict) or data.get("link_secret") not in (None, ""):
+            return data
+        data_dir = Path(data.get("data_dir") or ".stagecoach")
+        path = data_dir / LINK_SECRET_FILE
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return data
+        except OSError as exc:
+            raise ValueError(
+                f"{path} cannot be read ({exc.strerror}): make it readable by this user "
+                "only, or set STAGECOACH_LINK_SECRET"
+            ) from exc
+        if text:
+            return {**data, "link_secret": text}
+        return data
+
+    @field_validator("link_secret_previous")
+    @classmethod
+    def _previous_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_previous(value.get_secret_value())
+        return value
+
+    @property
+    def previous_link_secrets(self) -> list[tuple[bytes, datetime | None]]:
+        """``STAGECOACH_LINK_SECRET_PREVIOUS`` as (secret, refused from) pairs."""
+        raw = self.link_secret_previous.get_secret_value() if self.link_secret_previous else ""
+        return _parse_previous(raw)
+
     @cached_property
     def resolved_database_url(self) -> str:
         """The database URL in use: the configured one or the embedded SQLite file."""
@@ -276,6 +375,26 @@ class Settings(BaseSettings):
         return [s.strip() for s in raw.split(",") if s.strip()]
 
     @property
+    def trusted_proxy_list(self) -> list[str]:
+        """``STAGECOACH_TRUSTED_PROXIES`` as a list (empty: no proxy is believed)."""
+        return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: str) -> str:
+        for entry in (p.strip() for p in value.split(",")):
+            if not entry or entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR: list the proxies' addresses, "
+                    "e.g. '10.0.0.5,10.1.0.0/16', or '*'"
+                ) from None
+        return value
+
+    @property
     def resolved_sink_dir(self) -> Path:
         return self.sink_dir or self.data_dir / "sink"
 
@@ -287,6 +406,112 @@ class Settings(BaseSettings):
     def temporal_ui_url(self) -> str:
         host, _ = self.temporal_host_port
         return f"http://{host}:{self.temporal_ui_port}"
+
+
+def _parse_previous(raw: str) -> list[tuple[bytes, datetime | None]]:
+    """Former link secrets, ``<secret>[@<ISO date or time>]`` comma-separated; a date
+    means its midnight, UTC.
+
+    Raises:
+        ValueError: An expiry is not an ISO date or time, or a secret is too short.
+    """
+    found: list[tuple[bytes, datetime | None]] = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        secret, at, until = entry.rpartition("@")
+        if not at:
+            secret, until = entry, ""
+        if len(secret) < 16:
+            raise ValueError(
+                "an entry is shorter than 16 characters: list each former secret exactly "
+                "as it was, as '<secret>' or '<secret>@2027-02-01', comma-separated"
+            )
+        if not until:
+            found.append((secret.encode(), None))
+            continue
+        try:
+            if len(until) == 10:
+                day = date.fromisoformat(until)
+                moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            else:
+                moment = datetime.fromisoformat(until)
+        except ValueError:
+            raise ValueError(
+                f"an entry ends '@{until}', which is not an ISO date or time: write "
+                "'<secret>@2027-02-01' or '<secret>@2027-02-01T12:00:00+00:00'"
+            ) from None
+        found.append((secret.encode(), moment if moment.tzinfo else moment.replace(tzinfo=UTC)))
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to bind) is reachable only from this machine."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_credentials(settings: Settings) -> None:
+    """Refuse to serve the API with credentials anyone could know or guess.
+
+    - The admin token, when set, is at least ``MIN_ADMIN_TOKEN_LENGTH`` characters.
+    - The link secret is not the published development value, nor shorter than
+      ``MIN_LINK_SECRET_LENGTH``, unless the API is bound to loopback: with it anyone
+      could forge click redirects (an open redirect on the brand's domain),
+      unsubscribes and opens.
+
+    Raises:
+        ConfigurationError: Naming the setting and the fix.
+    """
+    token = settings.admin_token.get_secret_value().strip() if settings.admin_token else ""
+    if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"STAGECOACH_ADMIN_TOKEN is {len(token)} characters; it must be at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH}, so it cannot be guessed",
+            fix="set it to a long random value, e.g. the output of 'openssl rand -hex 32'",
+        )
+    if is_loopback(settings.api_host):
+        return
+    secret = settings.link_secret.get_secret_value()
+    if secret == DEV_LINK_SECRET:
+        problem = "is the published development value"
+    elif len(secret) < MIN_LINK_SECRET_LENGTH:
+        problem = f"is {len(secret)} characters, under {MIN_LINK_SECRET_LENGTH}"
+    else:
+        return
+    raise ConfigurationError(
+        f"STAGECOACH_LINK_SECRET {problem}, and the API listens on {settings.api_host}, "
+        "beyond this machine: anyone could forge click redirects, unsubscribes and opens",
+        fix="set STAGECOACH_LINK_SECRET to a random value (e.g. 'openssl rand -hex 32'), "
+        f"the same for the API and every worker, or put one in <data_dir>/{LINK_SECRET_FILE} "
+        "('stagecoach up' does); for development only, bind STAGECOACH_API_HOST=127.0.0.1",
+    )
+
+
+def ensure_link_secret_file(settings: Settings) -> SecretStr:
+    """For ``stagecoach up``: make sure links are signed with a secret of this install.
+
+    With nothing configured (no ``STAGECOACH_LINK_SECRET``, no file yet), writes a fresh
+    ``secrets.token_urlsafe(32)`` to ``<data_dir>/link-secret`` (mode 0600, never
+    overwritten), which every process of this data directory then reads. Returns the
+    secret the processes ``up`` starts will use.
+    """
+    if settings.link_secret.get_secret_value() != DEV_LINK_SECRET:
+        return settings.link_secret
+    path = settings.data_dir / LINK_SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return SecretStr(path.read_text(encoding="utf-8").strip() or DEV_LINK_SECRET)
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(f"{secret}\n")
+    return SecretStr(secret)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -764,8 +764,13 @@ class AnalyticsStore:
         if self._memory is not None:
             yield self._memory
             return
+        assert self.path is not None
         with self._locked(exclusive=True):
+            fresh = not self.path.exists()
             con = duckdb.connect(str(self.path))
+            if fresh:
+                # Before any table is written: the copy holds contacts' personal data.
+                self.path.chmod(0o600)
             try:
                 if not schema_is_current(con):
                     # A copy made by an older version: it is derived data, so start over

@@ -1,12 +1,18 @@
 """What the API's routers share: reading a bounded body, storing events through the
-app's Ingestor (waking the outbox forwarder), and running session work off the loop."""
+app's Ingestor (waking the outbox forwarder), running session work off the loop, who the
+client is, and throttling its failed authentications."""
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import structlog
+from cachetools import TTLCache
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -23,6 +29,8 @@ _log = structlog.get_logger("stagecoach.api")
 
 DATABASE_RETRY_AFTER = 5
 """Seconds a client is told to wait when the database could not take a call."""
+THROTTLED_CLIENTS = 100_000
+"""Clients whose recent failures are remembered; past that the least recently seen go."""
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -107,4 +115,89 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
         },
         status_code=503,
         headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
+def client_address(request: Request) -> str:
+    """Who is asking, for throttling and logs: the TCP peer, or the client a trusted
+    proxy named (uvicorn rewrites the peer only for ``STAGECOACH_TRUSTED_PROXIES``)."""
+    return request.client.host if request.client else ""
+
+
+class FailureThrottle:
+    """Failed authentications per client over a sliding window.
+
+    A bounded, expiring map (``cachetools.TTLCache``: maintained, and it evicts by age and
+    by size, so a flood of addresses costs a fixed amount of memory) from client to the
+    times of its last ``limit`` failures.
+
+    Args:
+        limit: Failures allowed within ``window``; the next attempt is refused.
+        window: Seconds a failure counts.
+        clock: Monotonic seconds (the app's clock, which tests move).
+        clients: Clients remembered at most.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        *,
+        clock: Callable[[], float],
+        clients: int = THROTTLED_CLIENTS,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: TTLCache[str, deque[float]] = TTLCache(
+            maxsize=clients, ttl=window, timer=clock
+        )
+
+    def retry_after(self, client: str) -> int:
+        """Seconds ``client`` must wait before its next attempt is looked at; 0: now."""
+        now = self._clock()
+        with self._lock:
+            times = self._failures.get(client)
+            if times is None or len(times) < self.limit:
+                return 0
+            wait = times[0] + self.window - now
+        return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def failed(self, client: str) -> None:
+        """Count one failure of ``client``."""
+        now = self._clock()
+        with self._lock:
+            times = self._failures.get(client) or deque(maxlen=self.limit)
+            times.append(now)
+            self._failures[client] = times  # re-set: the entry's age starts again
+
+
+_THROTTLE_LOCK = threading.Lock()
+
+
+def failure_throttle(request: Request) -> FailureThrottle:
+    """The app's one throttle (``app.state.auth_throttle``), shared by the dashboard and
+    codec sign-ins and the admin bearer API, made from its settings on first use."""
+    state = request.app.state
+    throttle: FailureThrottle | None = getattr(state, "auth_throttle", None)
+    if throttle is None:
+        with _THROTTLE_LOCK:
+            throttle = getattr(state, "auth_throttle", None)
+            if throttle is None:
+                settings = state.settings
+                throttle = FailureThrottle(
+                    settings.auth_failure_limit,
+                    settings.auth_failure_window,
+                    clock=getattr(state, "clock", None) or time.monotonic,
+                )
+                state.auth_throttle = throttle
+    return throttle
+
+
+def too_many_failures(retry_after: int) -> str:
+    """What a throttled client is told."""
+    return (
+        f"too many wrong admin tokens from this address: wait {retry_after} s (Retry-After) "
+        "and send the right one"
     )

@@ -97,7 +97,7 @@ def create_app(
     from engine.api.contacts import router as contacts_router
     from engine.api.email_routes import link_signer
     from engine.api.email_routes import router as email_router
-    from engine.api.events import WriteKeys
+    from engine.api.events import WriteKeys, keys_router
     from engine.api.events import router as events_router
     from engine.api.handoffs import router as handoffs_router
     from engine.api.referrals import router as referrals_router
@@ -159,7 +159,9 @@ def create_app(
     app.state.engine = db
     app.state.session_factory = session_factory(db)
     app.state.ingestor = ingestor
-    app.state.write_keys = WriteKeys(db)
+    app.state.write_keys = WriteKeys(
+        db, settings.write_key_cache_seconds, size=settings.write_key_cache_size
+    )
     app.state.clock = time.monotonic
     app.state.forwarder = None
     app.state.temporal = temporal  # a client factory, or None when Temporal is not wired
@@ -180,6 +182,7 @@ def create_app(
     app.include_router(wechat_router)
     app.include_router(email_router)
     app.include_router(contacts_router)
+    app.include_router(keys_router)
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
     app.include_router(reports_router)

@@ -9,7 +9,7 @@ the payload keys this API holds (``engine.codec``). The endpoint is ``<api>/code
     POST    /codec/encode   payloads -> payloads, encrypted with the current key
     OPTIONS /codec/decode, /codec/encode   CORS preflight, for the Web UI's origin only
     GET     /codec/login, POST     the admin token in, a session cookie out (browsers)
-    POST    /codec/logout
+    POST    /codec/logout   ends the session for good (same origin only)
 
 Decoded payloads are personal data, so only operators get them:
 
@@ -44,7 +44,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from engine.api._common import read_body
+from engine.api._common import client_address, read_body, too_many_failures
 from engine.codec import PayloadDecryptionError, payload_codec
 from engine.dashboard import COOKIE, Sessions
 from engine.settings import Settings
@@ -117,13 +117,16 @@ def codec_router(settings: Settings) -> APIRouter:
     def refuse(request: Request, status: int, detail: str, **headers: str) -> Response:
         return cors(request, JSONResponse({"detail": detail}, status, headers=headers or None))
 
-    def who(request: Request) -> str | None:
-        """How the caller proved to be an operator (bearer or session), or None."""
+    def who(request: Request) -> str | int | None:
+        """How the caller proved to be an operator (bearer or session), None, or the
+        seconds a client throttled for wrong bearer tokens must wait."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            return "bearer" if sessions.token_matches(token.strip()) else None
+            attempt = sessions.attempt(request, token.strip())
+            return "bearer" if attempt.granted else attempt.retry_after or None
         cookie = request.cookies.get(COOKIE)
-        if cookie and sessions.problem(cookie, datetime.now(UTC)) is None:
+        engine = request.app.state.engine
+        if cookie and sessions.problem(cookie, datetime.now(UTC), engine) is None:
             return "session"
         return None
 
@@ -162,6 +165,8 @@ def codec_router(settings: Settings) -> APIRouter:
                 "it and restart the API",
             )
         caller = who(request)
+        if isinstance(caller, int):
+            return refuse(request, 429, too_many_failures(caller), **{"Retry-After": str(caller)})
         if caller is None:
             _log.warning("codec refused", operation=operation, origin=origin or "")
             return refuse(
@@ -246,9 +251,13 @@ def codec_router(settings: Settings) -> APIRouter:
             return _page(503, "The codec endpoint is off: STAGECOACH_ADMIN_TOKEN is not set.")
         body = await read_body(request, FORM_LIMIT)
         form = parse_qs(body.decode("utf-8", "replace")) if body is not None else {}
-        if not sessions.token_matches((form.get("token") or [""])[0]):
-            client = request.client.host if request.client else ""
-            _log.warning("codec sign-in refused", client=client)
+        attempt = sessions.attempt(request, (form.get("token") or [""])[0])
+        if attempt.retry_after:
+            page = _page(429, too_many_failures(attempt.retry_after))
+            page.headers["Retry-After"] = str(attempt.retry_after)
+            return page
+        if not attempt.granted:
+            _log.warning("codec sign-in refused", client=client_address(request))
             return _page(401, "That is not the admin token.", form=True)
         hours = int(sessions.ttl.total_seconds() // 3600)
         response = _page(
@@ -259,11 +268,14 @@ def codec_router(settings: Settings) -> APIRouter:
             "needs that endpoint with 'Include cross-origin credentials' on in its codec "
             "settings (docs/codec.md).",
         )
-        sessions.issue(response, datetime.now(UTC))
+        sessions.issue(response, datetime.now(UTC), engine=request.app.state.engine)
         return response
 
     @router.post("/logout", include_in_schema=False)
-    def logout() -> HTMLResponse:
+    def logout(request: Request) -> HTMLResponse:
+        if not sessions.same_origin(request):
+            return _page(403, "Not signed out: the request did not come from this page.")
+        sessions.end(request)
         response = _page(200, "Signed out.")
         sessions.clear(response)
         return response

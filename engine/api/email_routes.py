@@ -117,11 +117,13 @@ _T = TypeVar("_T")
 
 
 def link_signer(settings: Settings) -> LinkSigner:
-    """The signer for ``settings``: the same key, base URL and TTL the workers sign with."""
+    """The signer for ``settings``: the same key, base URL and TTL the workers sign with,
+    and the former keys still accepted while a rotation's grace period lasts."""
     return LinkSigner(
         settings.link_secret.get_secret_value().encode(),
         settings.api_base_url,
         timedelta(days=settings.link_ttl_days),
+        previous_secrets=settings.previous_link_secrets,
     )
 
 

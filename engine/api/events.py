@@ -20,18 +20,21 @@ import base64
 import binascii
 import hashlib
 import secrets
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from cachetools import LRUCache
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from engine.api._common import ingest, read_body
+from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError, StagecoachError
 from engine.ingest import (
     MAX_BATCH_BYTES,
@@ -93,16 +96,29 @@ def create_write_key(engine: Engine, name: str, *, source: str | None = None) ->
 
 
 class WriteKeys:
-    """Write-key lookups, cached by hash (a revoked key is refused within ``ttl``)."""
+    """Write-key lookups, cached by hash: known and unknown keys alike, so a flood of
+    made-up keys does not reach the database.
 
-    def __init__(self, engine: Engine, ttl: float = 30.0) -> None:
+    The cache is a ``cachetools.LRUCache`` of ``size`` entries (a maintained bounded
+    mapping; the least recently used lookup goes first), so unauthenticated traffic
+    cannot grow memory. An entry is trusted for ``ttl`` seconds: a key revoked through
+    this instance (:meth:`revoke`) is refused at once, one revoked elsewhere (another
+    replica, ``stagecoach keys revoke``) within ``ttl``.
+    """
+
+    def __init__(self, engine: Engine, ttl: float = 30.0, *, size: int = 10_000) -> None:
         self._engine = engine
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, WriteKey | None]] = {}
+        self._lock = threading.Lock()
+        self._cache: LRUCache[str, tuple[float, WriteKey | None]] = LRUCache(maxsize=size)
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def find(self, key: str, now: float) -> WriteKey | None:
         digest = hash_key(key)
-        hit = self._cache.get(digest)
+        with self._lock:
+            hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         with Session(self._engine) as session:
@@ -111,7 +127,33 @@ class WriteKeys:
                     col(WriteKey.key_hash) == digest, col(WriteKey.revoked_at).is_(None)
                 )
             ).first()
-        self._cache[digest] = (now, row)
+        with self._lock:
+            self._cache[digest] = (now, row)
+        return row
+
+    def revoke(self, key: str) -> WriteKey | None:
+        """Revoke ``key`` (stored, and forgotten here at once); None if it is unknown.
+        Revoking a revoked key changes nothing and answers it again."""
+        digest = hash_key(key)
+        row = revoke_write_key(self._engine, key)
+        with self._lock:
+            self._cache.pop(digest, None)
+        return row
+
+
+def revoke_write_key(engine: Engine, key: str) -> WriteKey | None:
+    """Mark ``key`` revoked in the database; None if no such key was ever created. API
+    instances that looked it up in the last ``STAGECOACH_WRITE_KEY_CACHE_SECONDS`` still
+    accept it until then, except the one that revoked it (``WriteKeys.revoke``)."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(WriteKey, hash_key(key))
+        if row is None:
+            return None
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
         return row
 
 
@@ -341,3 +383,42 @@ class BatchIn(BaseModel):
 )
 async def ingest_batch(request: Request) -> Response:
     return await _handle(request, None)
+
+
+keys_router = APIRouter(
+    prefix="/v1/write-keys",
+    tags=["write keys"],
+    dependencies=[Depends(require_admin)],
+    responses=ADMIN_RESPONSES,
+)
+"""Admin routes over write keys (creating one stays a CLI command: it prints the key)."""
+
+
+class RevokeIn(BaseModel):
+    """The write key to revoke, as it was printed by ``stagecoach keys create``."""
+
+    key: str
+
+
+class RevokedOut(BaseModel):
+    name: str
+    source: str | None
+    revoked_at: datetime
+
+
+@keys_router.post(
+    "/revoke",
+    summary="Revoke a write key: refused at once by this API, by others within the cache time",
+    response_model=RevokedOut,
+    responses={404: {"description": "No such write key was ever created"}},
+)
+def revoke_key(*, request: Request, body: RevokeIn) -> RevokedOut:
+    keys: WriteKeys = request.app.state.write_keys
+    row = keys.revoke(body.key)
+    if row is None or row.revoked_at is None:
+        raise HTTPException(
+            404,
+            detail="no such write key: send the key itself as 'stagecoach keys create' "
+            "printed it (sk_...)",
+        )
+    return RevokedOut(name=row.name, source=row.source, revoked_at=row.revoked_at)

@@ -56,7 +56,9 @@ def _settings() -> Settings:
 def up() -> None:
     """Start the Temporal dev server, the worker and the API; Ctrl-C stops them all."""
     from engine.cli.supervisor import run_up
+    from engine.storage.db import private_umask
 
+    private_umask()  # the children inherit it: logs, databases, the dev server's file
     raise typer.Exit(run_up(_settings(), out=lambda line: typer.echo(line)))
 
 
@@ -66,6 +68,9 @@ def worker() -> None:
     settings = _settings()
     from engine.runtime import freeze_startup_heap
     from engine.storage import make_engine, upgrade
+    from engine.storage.db import private_umask
+
+    private_umask()
     from workflows.client import connect
     from workflows.runtime import build_activities
     from workflows.system import SystemActivities
@@ -120,6 +125,11 @@ def api() -> None:
 
     from engine.api import create_app
     from engine.runtime import ensure_port_free, freeze_startup_heap
+    from engine.settings import check_api_credentials
+    from engine.storage.db import private_umask
+
+    check_api_credentials(settings)
+    private_umask()
 
     ensure_port_free(
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
@@ -143,6 +153,9 @@ def api() -> None:
         port=settings.api_port,
         log_config=None,
         timeout_graceful_shutdown=10,
+        # X-Forwarded-For is believed from the configured proxies only, never by default.
+        proxy_headers=bool(settings.trusted_proxy_list),
+        forwarded_allow_ips=settings.trusted_proxy_list or None,
     )
 
 

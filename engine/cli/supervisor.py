@@ -36,7 +36,7 @@ from engine.codec import ensure_key_file, key_file
 from engine.errors import BinaryNotFound, ConfigurationError, ProcessFailed, StagecoachError
 from engine.runtime import ensure_port_free, find_temporal_cli, port_open
 from engine.search_attributes import dev_server_args
-from engine.settings import Settings
+from engine.settings import Settings, check_api_credentials, ensure_link_secret_file
 from engine.storage import make_engine, upgrade
 from engine.storage.db import redact
 
@@ -282,6 +282,9 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     # The embedded default encrypts contacts' payloads too: a key file under data_dir
     # unless STAGECOACH_PAYLOAD_KEYS is set; the children read the same one.
     ensure_key_file(settings)
+    # Links are signed with this install's own secret, never the published default.
+    secret = ensure_link_secret_file(settings)
+    check_api_credentials(settings.model_copy(update={"link_secret": secret}))
 
     logs = settings.data_dir / "logs"
     python = [sys.executable, "-m", "engine.cli"]

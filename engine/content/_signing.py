@@ -51,6 +51,19 @@ def _require_aware(now: datetime) -> None:
         )
 
 
+def _previous(entry: bytes | tuple[bytes, datetime | None]) -> tuple[bytes, float | None]:
+    key, until = entry if isinstance(entry, tuple) else (entry, None)
+    if len(key) < 16:
+        raise TokenInvalid(
+            "a previous link signing secret is shorter than 16 bytes",
+            fix="list only former secrets as they were, or drop the short one",
+        )
+    if until is None:
+        return key, None
+    _require_aware(until)
+    return key, until.timestamp()
+
+
 class LinkSigner:
     """Signs and verifies the tokens inside tracking and unsubscribe URLs.
 
@@ -58,7 +71,9 @@ class LinkSigner:
         secret: HMAC key; at least 16 bytes. Every worker and the API share it.
         base_url: Public base URL of the API that serves ``/t/c``, ``/t/o`` and ``/u``.
         ttl: How long a token stays valid after signing.
-        previous_secrets: Older keys still accepted by ``verify`` during a key rotation.
+        previous_secrets: Older keys still accepted by ``verify`` during a key rotation
+            (never used to sign): a key alone, or ``(key, until)`` with the aware moment
+            from which it is refused (``None``: until removed).
     """
 
     def __init__(
@@ -67,7 +82,7 @@ class LinkSigner:
         base_url: str,
         ttl: timedelta,
         *,
-        previous_secrets: Sequence[bytes] = (),
+        previous_secrets: Sequence[bytes | tuple[bytes, datetime | None]] = (),
     ) -> None:
         if len(secret) < 16:
             raise TokenInvalid(
@@ -77,7 +92,10 @@ class LinkSigner:
         if ttl <= timedelta(0):
             raise TokenInvalid("the link token TTL is not positive", fix="pass a positive ttl")
         self._secret = secret
-        self._keys = (secret, *previous_secrets)
+        self._keys: tuple[tuple[bytes, float | None], ...] = (
+            (secret, None),
+            *(_previous(entry) for entry in previous_secrets),
+        )
         self.base_url = base_url.rstrip("/")
         self.ttl = ttl
         self._ttl_seconds = ttl.total_seconds()
@@ -113,8 +131,11 @@ class LinkSigner:
             raise TokenInvalid(
                 "the link token is malformed", fix="use the link exactly as it was sent"
             )
+        moment = now.timestamp()
         if not any(
-            hmac.compare_digest(mac, self._mac(key, purpose, encoded)) for key in self._keys
+            hmac.compare_digest(mac, self._mac(key, purpose, encoded))
+            for key, until in self._keys
+            if until is None or moment < until
         ):
             raise TokenInvalid(
                 f"the {purpose} link token's signature does not match",

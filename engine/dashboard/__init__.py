@@ -9,7 +9,7 @@ Pages (HTML, server-rendered; all but the login need a signed-in session)::
     GET  /dashboard/contacts/{id}     stage transitions (database), the story from the
                                       workflow history, a link to the Temporal Web UI
     GET  /dashboard/login, POST       the admin token in, a session cookie out
-    GET|POST /dashboard/logout
+    POST /dashboard/logout            ends the session (same origin only); GET: 405
     GET  /dashboard/static/...        plotly.min.js from the installed plotly package
 
 Report pages take ``since`` and ``until`` (``YYYY-MM-DD``, both included; default the
@@ -30,11 +30,12 @@ allows scripts from this origin only.
 """
 
 from engine.analytics.service import Freshness, Numbers
-from engine.dashboard._auth import COOKIE, Sessions
+from engine.dashboard._auth import COOKIE, Attempt, Sessions
 from engine.dashboard._views import Period, dashboard_router, default_reports
 
 __all__ = [
     "COOKIE",
+    "Attempt",
     "Freshness",
     "Numbers",
     "Period",

@@ -31,7 +31,7 @@ from temporalio.exceptions import TemporalError
 
 from engine.analytics import Params, Report, ReportError
 from engine.analytics.service import EARLIEST, LATEST, Freshness, Numbers, Wanted, reports_for
-from engine.api._common import in_thread, read_body
+from engine.api._common import client_address, in_thread, read_body, too_many_failures
 from engine.api.app import SessionDep
 from engine.api.contacts import Person, find_person, temporal_client
 from engine.dashboard import _charts
@@ -302,10 +302,18 @@ def dashboard_router(
         wanted = auth.safe_next((form.get("next") or [""])[0])
         if not auth.enabled:
             return problem_page(503, "The dashboard is off", "STAGECOACH_ADMIN_TOKEN is not set.")
-        if not auth.token_matches(given):
-            _log.warning(
-                "dashboard sign-in refused", client=request.client.host if request.client else ""
+        attempt = auth.attempt(request, given)
+        if attempt.retry_after:
+            page = problem_page(
+                429,
+                "Too many wrong tokens",
+                too_many_failures(attempt.retry_after),
+                "Check the value of STAGECOACH_ADMIN_TOKEN before trying again.",
             )
+            page.headers["Retry-After"] = str(attempt.retry_after)
+            return page
+        if not attempt.granted:
+            _log.warning("dashboard sign-in refused", client=client_address(request))
             return render(
                 "login.html",
                 status=401,
@@ -315,11 +323,17 @@ def dashboard_router(
                 message="That is not the admin token.",
             )
         response = RedirectResponse(wanted, status_code=303)
-        auth.issue(response, datetime.now(UTC))
+        auth.issue(response, datetime.now(UTC), engine=request.app.state.engine)
         return response
 
-    @router.api_route("/logout", methods=["GET", "POST"])
-    def logout() -> Response:
+    # POST only, from our own pages: a link or another site's form cannot sign anyone out.
+    @router.post("/logout")
+    def logout(request: Request) -> Response:
+        if not auth.same_origin(request):
+            return problem_page(
+                403, "Not signed out", "This sign-out did not come from the dashboard's pages."
+            )
+        auth.end(request)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         auth.clear(response)
         return response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,25 @@ def redact(raw: str) -> str:
         return raw.split("@")[-1] if "@" in raw else raw
 
 
+PRIVATE_UMASK = 0o077
+"""Files and folders a Stagecoach process creates are its user's alone: the database,
+the analytics copy, logs and sent messages hold contacts' personal data."""
+
+
+def private_umask() -> None:
+    """From now on, create files 0600 and folders 0700 in this process and its children
+    (the umask only ever narrows): for the entry points that keep personal data."""
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists, so whatever later opens it
+    (SQLite, DuckDB) writes personal data into a file nobody else can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the API write while the worker and reports read; busy_timeout rides out
@@ -74,7 +95,9 @@ def make_engine(raw_url: str, *, echo: bool = False) -> Engine:
             # One shared in-memory database for every session, as tests expect.
             kwargs["poolclass"] = StaticPool
         else:
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # An empty file is an empty SQLite database; its -wal and -shm files take
+            # the database file's mode.
+            create_private_file(Path(url.database).expanduser())
     else:
         kwargs["pool_pre_ping"] = True
     try:

@@ -187,6 +187,19 @@ class WriteKey(SQLModel, table=True):
     )
 
 
+class AdminSession(SQLModel, table=True):
+    """A signed-in dashboard or codec session. The cookie names its ``id``; signing out
+    deletes the row, which ends the session at once on every API replica."""
+
+    __tablename__ = "admin_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = _ts()
+    expires_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+
+
 class Merge(SQLModel, table=True):
     """Two contacts found to be one: ``merged_id`` now lives on as ``into_id``."""
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 STAGECOACH = [sys.executable, "-m", "engine.cli"]
 
 
-ADMIN_TOKEN = "e2e-admin-token"
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

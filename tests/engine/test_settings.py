@@ -1,9 +1,17 @@
+import stat
 from pathlib import Path
 
 import pytest
 
 from engine.errors import ConfigurationError
-from engine.settings import Settings, load_settings
+from engine.settings import (
+    DEV_LINK_SECRET,
+    LINK_SECRET_FILE,
+    Settings,
+    check_api_credentials,
+    ensure_link_secret_file,
+    load_settings,
+)
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +47,56 @@ def test_malformed_temporal_address_is_refused(address: str) -> None:
 def test_cloud_address_splits_into_host_and_port() -> None:
     settings = Settings(temporal_address="ns.a1b2c.tmprl.cloud:7233")
     assert settings.temporal_host_port == ("ns.a1b2c.tmprl.cloud", 7233)
+
+
+def test_the_link_secret_comes_from_the_data_dir_file_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STAGECOACH_LINK_SECRET", raising=False)
+    data = tmp_path / "state"
+    assert Settings(data_dir=data).link_secret.get_secret_value() == DEV_LINK_SECRET
+    written = ensure_link_secret_file(Settings(data_dir=data))
+    path = data / LINK_SECRET_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(written.get_secret_value()) >= 43
+    # Every process of this data directory now reads it, from the environment too.
+    monkeypatch.setenv("STAGECOACH_DATA_DIR", str(data))
+    assert load_settings().link_secret == written
+    # A second start keeps it: links already sent stay valid.
+    assert ensure_link_secret_file(load_settings()) == written
+    assert path.read_text().strip() == written.get_secret_value()
+    # An explicit setting wins over the file.
+    monkeypatch.setenv("STAGECOACH_LINK_SECRET", "x" * 40)
+    assert load_settings().link_secret.get_secret_value() == "x" * 40
+
+
+@pytest.mark.parametrize(
+    ("host", "exposed"),
+    [
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),  # noqa: S104 (the case under test)
+        ("10.0.0.5", True),
+        ("api.internal", True),
+    ],
+)
+def test_the_development_link_secret_is_refused_beyond_loopback(host: str, exposed: bool) -> None:
+    settings = Settings(api_host=host)
+    if not exposed:
+        check_api_credentials(settings)
+        return
+    with pytest.raises(ConfigurationError, match="STAGECOACH_LINK_SECRET"):
+        check_api_credentials(settings)
+    check_api_credentials(Settings(api_host=host, link_secret="s" * 32))
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    assert Settings(trusted_proxies="10.0.0.5, 10.1.0.0/16").trusted_proxy_list == [
+        "10.0.0.5",
+        "10.1.0.0/16",
+    ]
+    assert Settings().trusted_proxy_list == []
+    with pytest.raises(ConfigurationError, match="STAGECOACH_TRUSTED_PROXIES"):
+        load_settings(trusted_proxies="10.0.0.5,proxy.internal")

@@ -41,6 +41,9 @@ def make_settings(tmp_path: Path, *, configured: bool = True, **overrides: Any) 
         "cache_dir": tmp_path / "cache",
         "link_secret": SecretStr(LINK_SECRET),
         "public_url": PUBLIC_URL,
+        # The walk sends hundreds of wrong credentials from one client on purpose: the
+        # throttle has tests of its own (test_auth_walk, "throttle") with a small limit.
+        "auth_failure_limit": 1_000_000,
     }
     if configured:
         values.update(

@@ -20,8 +20,13 @@ guard, the right credential opens each guarded route (so the refusals are the gu
 and not an accident), and an app with no credential configured opens nothing.
 
 Write keys: stored as SHA-256 only (no table holds the key), a revoked key is refused
-(within the lookup cache's TTL), and a key scoped to a source records that source
-whatever the payload says; a payload cannot name the contact either.
+(at once through the API that revoked it, elsewhere within the lookup cache's TTL), the
+lookup cache stays bounded whatever keys strangers send, and a key scoped to a source
+records that source whatever the payload says; a payload cannot name the contact either.
+
+Guessing: wrong admin tokens (bearer, dashboard and codec sign-in) are throttled per
+client, 429 with Retry-After; a signed-out session cookie is refused for good; sign-out
+is a same-origin POST.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +45,7 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
@@ -48,13 +54,15 @@ from connectors.webhook import SIGNATURE_HEADER
 from engine.api.events import ReservedSource, create_write_key, hash_key
 from engine.api.wechat_routes import drain
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
-from engine.dashboard import COOKIE
+from engine.dashboard import COOKIE, Sessions
+from engine.settings import DEV_LINK_SECRET, Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, WriteKey
 from tests.security._support import (
     ADMIN_TOKEN,
     LINK_SECRET,
     POSTMARK_USER,
+    PUBLIC_URL,
     WECHAT_APP,
     WECHAT_TOKEN,
     count,
@@ -123,8 +131,11 @@ ALLOW_LIST: dict[Route, Public] = {
         "checks the admin token (in the form) and sets the session cookie: the "
         "credential is the body, a wrong one is 401",
     ),
-    ("GET", "/dashboard/logout"): Public("open", "only clears the session cookie"),
-    ("POST", "/dashboard/logout"): Public("open", "only clears the session cookie"),
+    ("POST", "/dashboard/logout"): Public(
+        "open",
+        "ends the caller's own session (the cookie is the credential); refused from "
+        "another origin, so no other site signs anyone out",
+    ),
     ("GET", "/dashboard/static/plotly-{version}.min.js"): Public(
         "open", "the plotly.js bundle from the installed package: public code, no data"
     ),
@@ -138,7 +149,9 @@ ALLOW_LIST: dict[Route, Public] = {
     ("POST", "/codec/login"): Public(
         "open", "checks the admin token (in the form) and sets the codec session cookie"
     ),
-    ("POST", "/codec/logout"): Public("open", "only clears the codec session cookie"),
+    ("POST", "/codec/logout"): Public(
+        "open", "ends the caller's own codec session; refused from another origin"
+    ),
     ("OPTIONS", "/codec/decode"): Public(
         "cors preflight",
         "browsers send CORS preflights without credentials, by the Fetch "
@@ -209,9 +222,10 @@ _OTHER_SECRET = b"not-the-link-secret-of-this-deployment"
 
 
 @functools.cache
-def forged(purpose: str) -> str:
-    """A token of the right shape and purpose, signed with a key the server does not hold."""
-    signer = LinkSigner(_OTHER_SECRET, "https://mkt.example.com", timedelta(days=30))
+def forged(purpose: str, secret: bytes = _OTHER_SECRET) -> str:
+    """A token of the right shape and purpose, signed with a key the server does not hold
+    (by default; the published development secret is another such key)."""
+    signer = LinkSigner(secret, "https://mkt.example.com", timedelta(days=30))
     payload = {"c": "c_nobody", "m": "newsletter-monthly", "u": "https://evil.example/"}
     return signer.sign(purpose, payload, datetime.now(UTC))
 
@@ -448,6 +462,11 @@ def test_each_allow_listed_route_refuses_what_its_own_mechanism_refuses(
                 assert response.status_code < 400, where
             case "signed link":
                 assert response.status_code == 403, where  # forged: another key signed it
+                purpose = next(
+                    p for prefix, p in LINK_PURPOSES.items() if template.startswith(prefix)
+                )
+                published = concrete(route, token=forged(purpose, DEV_LINK_SECRET.encode()))
+                assert send(api, route, path=published).status_code == 403, where
                 malformed = concrete(route, token="not-a-token")
                 assert send(api, route, path=malformed).status_code == 400, where
             case "pixel":
@@ -491,6 +510,18 @@ def _wrong_credentials(api: TestClient, write_key: str) -> dict[str, list[Header
     # session key is derived from the link secret *and* the admin token.
     underived = LinkSigner(LINK_SECRET.encode(), "https://mkt.example.com", timedelta(hours=1))
     plain_session = underived.sign("dashboard-session", {"sub": "admin"}, datetime.now(UTC))
+    # A well-formed session (signed with the right derived key) whose id was never stored.
+    key = hmac.digest(
+        LINK_SECRET.encode(),
+        b"stagecoach dashboard session key\x00" + ADMIN_TOKEN.encode(),
+        "sha256",
+    )
+    unstored = LinkSigner(key, "https://mkt.example.com", timedelta(hours=1)).sign(
+        "dashboard-session", {"sub": "admin", "sid": "never-issued"}, datetime.now(UTC)
+    )
+    sessionless = LinkSigner(key, "https://mkt.example.com", timedelta(hours=1)).sign(
+        "dashboard-session", {"sub": "admin"}, datetime.now(UTC)
+    )
     return {
         "admin": (
             [
@@ -522,6 +553,8 @@ def _wrong_credentials(api: TestClient, write_key: str) -> dict[str, list[Header
                 {"Cookie": f"{COOKIE}={session}x"},
                 {"Cookie": f"{COOKIE}={link_token}"},
                 {"Cookie": f"{COOKIE}={plain_session}"},
+                {"Cookie": f"{COOKIE}={unstored}"},
+                {"Cookie": f"{COOKIE}={sessionless}"},
                 {"Authorization": f"Bearer {ADMIN_TOKEN}"},
             ]
         ),
@@ -875,3 +908,209 @@ def test_the_docs_pages_load_their_scripts_from_this_api(api: TestClient) -> Non
     assert script.headers["content-type"].startswith("text/javascript")
     assert b"SwaggerUIBundle" in script.content
     assert api.get("/docs/static/../../etc/passwd").status_code == 404
+
+
+def test_a_write_key_revoked_through_the_api_is_refused_at_once(
+    engine: Engine, api: TestClient
+) -> None:
+    """The instance that revokes a key forgets its cached lookup: no 30 s of grace."""
+    key = create_write_key(engine, "old-website", source="website")
+    app = api.app
+    assert isinstance(app, FastAPI)
+    app.state.clock = lambda: 1000.0  # time stands still: only the revocation can act
+    ok = api.post("/v1/track", json={**BODIES["/v1/"], "messageId": "m-1"}, auth=(key, ""))
+    assert ok.status_code == 200, ok.text
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    revoked = api.post("/v1/write-keys/revoke", json={"key": key}, headers=admin)
+
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["name"] == "old-website"
+    before = count(engine, Event)
+    again = api.post("/v1/track", json={**BODIES["/v1/"], "messageId": "m-2"}, auth=(key, ""))
+    assert again.status_code == 401, again.text
+    assert count(engine, Event) == before
+    # Revoking twice answers the same; an unknown key is a 404 that names the fix.
+    assert api.post("/v1/write-keys/revoke", json={"key": key}, headers=admin).json() == (
+        revoked.json()
+    )
+    unknown = api.post("/v1/write-keys/revoke", json={"key": "sk_nope"}, headers=admin)
+    assert unknown.status_code == 404
+    assert "stagecoach keys create" in unknown.text
+
+
+def test_strangers_keys_do_not_grow_the_lookup_cache_without_bound(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, write_key_cache_size=50)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    key = create_write_key(engine, "website", source="website")
+    try:
+        with TestClient(make_app(settings, engine), follow_redirects=False) as api:
+            app = api.app
+            assert isinstance(app, FastAPI)
+            assert api.post("/v1/track", json=BODIES["/v1/"], auth=(key, "")).status_code == 200
+            for n in range(300):
+                made_up = _basic(f"sk_made_up_{n:04d}")
+                assert api.post("/v1/track", json=BODIES["/v1/"], headers=made_up).status_code == (
+                    401
+                )
+            assert len(app.state.write_keys) <= 50
+            # The real key still works (looked up again if it was dropped).
+            body = {**BODIES["/v1/"], "messageId": "m-after"}
+            assert api.post("/v1/track", json=body, auth=(key, "")).status_code == 200
+    finally:
+        engine.dispose()
+
+
+# --- guessing the admin token, and sessions -------------------------------------------------
+
+
+@pytest.fixture
+def throttled(tmp_path: Path) -> Any:
+    """An app that lets a client send 3 wrong admin tokens per 60 s, with a movable clock."""
+    settings = make_settings(tmp_path, auth_failure_limit=3, auth_failure_window=60)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    app = make_app(settings, engine)
+    clock = [5000.0]
+    app.state.clock = lambda: clock[0]
+    try:
+        yield app, clock
+    finally:
+        engine.dispose()
+
+
+def _sign_in(api: TestClient, where: str, token: str) -> httpx.Response:
+    response: httpx.Response = api.post(
+        f"/{where}/login",
+        content=f"token={token}&next=/{where}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    return response
+
+
+def _admin_get(api: TestClient, token: str) -> httpx.Response:
+    response: httpx.Response = api.get(
+        "/v1/reports/funnel", headers={"Authorization": f"Bearer {token}"}
+    )
+    return response
+
+
+def _codec_bearer(api: TestClient, token: str) -> httpx.Response:
+    response: httpx.Response = api.post(
+        "/codec/decode", json={"payloads": []}, headers={"Authorization": f"Bearer {token}"}
+    )
+    return response
+
+
+GUESSES = {
+    "admin bearer": _admin_get,
+    "dashboard sign-in": lambda api, token: _sign_in(api, "dashboard", token),
+    "codec sign-in": lambda api, token: _sign_in(api, "codec", token),
+    "codec bearer": _codec_bearer,
+}
+
+
+@pytest.mark.parametrize("door", sorted(GUESSES))
+def test_wrong_admin_tokens_are_throttled_per_client(throttled: Any, door: str) -> None:
+    app, clock = throttled
+    guess = GUESSES[door]
+    with (
+        TestClient(app, follow_redirects=False, client=("203.0.113.7", 4000)) as guesser,
+        TestClient(app, follow_redirects=False, client=("198.51.100.9", 4000)) as other,
+    ):
+        for n in range(3):
+            assert guess(guesser, f"wrong-guess-{n}").status_code == 401, n
+        refused = guess(guesser, "wrong-guess-4")
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert "too many wrong admin tokens" in refused.text
+        # Throttled means unheard: even the right token waits, so the answers say
+        # nothing about the guesses.
+        assert guess(guesser, ADMIN_TOKEN).status_code == 429
+        # Every door shares one count: the admin API is shut to this client too.
+        assert _admin_get(guesser, ADMIN_TOKEN).status_code == 429
+        # Another client is not slowed by this one.
+        assert guess(other, ADMIN_TOKEN).status_code not in (401, 429)
+        clock[0] += 61  # the oldest failure leaves the window
+        assert guess(guesser, ADMIN_TOKEN).status_code not in (401, 429)
+
+
+def test_right_tokens_are_never_slowed(throttled: Any) -> None:
+    app, _clock = throttled
+    with TestClient(app, follow_redirects=False) as api:
+        for _ in range(20):
+            assert _admin_get(api, ADMIN_TOKEN).status_code == 200
+        # Calls that send no token at all guess nothing and are not counted either.
+        for _ in range(20):
+            assert api.get("/v1/reports/funnel").status_code == 401
+        assert _admin_get(api, "wrong").status_code == 401
+
+
+@pytest.fixture
+def browser(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    """The app as a browser at its public (https) URL sees it: Secure cookies come back."""
+    with TestClient(make_app(settings, engine), base_url=PUBLIC_URL) as client:
+        yield client
+
+
+def _protected_page(client: TestClient, where: str) -> httpx.Response:
+    """A request only a session opens: a dashboard page, or a codec call."""
+    if where == "dashboard":
+        response: httpx.Response = client.get("/dashboard", follow_redirects=False)
+    else:
+        response = client.post("/codec/decode", json={"payloads": []})
+    return response
+
+
+@pytest.mark.parametrize("where", ["dashboard", "codec"])
+def test_a_cookie_is_refused_after_its_session_signed_out(browser: TestClient, where: str) -> None:
+    """Logout ends the session on the server: a copy of the cookie (stolen, or kept by
+    another tab) is refused from then on, not for the rest of its 12 hours."""
+    assert _sign_in(browser, where, ADMIN_TOKEN).status_code in (200, 303)
+    cookie = browser.cookies.get(COOKIE)
+    assert cookie
+    page = functools.partial(_protected_page, browser, where)
+    assert page().status_code not in (303, 401)
+
+    signed_out = browser.post(f"/{where}/logout")
+    assert signed_out.status_code in (200, 303)
+
+    browser.cookies.set(COOKIE, str(cookie), path=f"/{where}")
+    refused = page()
+    assert refused.status_code == (303 if where == "dashboard" else 401), refused.text
+    if where == "dashboard":
+        assert "expired=1" in refused.headers["location"]
+
+
+@pytest.mark.parametrize("where", ["dashboard", "codec"])
+def test_sign_out_is_a_same_origin_post(browser: TestClient, where: str) -> None:
+    assert _sign_in(browser, where, ADMIN_TOKEN).status_code in (200, 303)
+    cookie = str(browser.cookies.get(COOKIE))
+    check = functools.partial(_protected_page, browser, where)
+    # A link (GET) signs nobody out.
+    assert browser.get(f"/{where}/logout").status_code == 405
+    # Another site's form (its Origin, or a cross-site fetch) is refused, the session kept.
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = browser.post(f"/{where}/logout", headers=headers)
+        assert refused.status_code == 403, (headers, refused.text)
+        browser.cookies.set(COOKIE, cookie, path=f"/{where}")
+        assert check().status_code not in (303, 401)
+    # From the API's own origin (its public URL), it works.
+    ours = browser.post(f"/{where}/logout", headers={"Origin": PUBLIC_URL})
+    assert ours.status_code in (200, 303)
+    browser.cookies.set(COOKIE, cookie, path=f"/{where}")
+    assert check().status_code in (303, 401)
+
+
+@pytest.mark.parametrize("where", ["dashboard", "codec"])
+def test_signing_out_with_an_expired_or_forged_cookie_just_signs_out(
+    browser: TestClient, settings: Settings, where: str
+) -> None:
+    stale = Response()
+    Sessions(settings, path=f"/{where}").issue(stale, datetime.now(UTC) - timedelta(days=1))
+    expired = stale.headers["set-cookie"].split(";")[0].partition("=")[2]
+    for cookie in (expired, "forged"):
+        browser.cookies.set(COOKIE, cookie, path=f"/{where}")
+        answer = browser.post(f"/{where}/logout", follow_redirects=False)
+        assert answer.status_code in (200, 303), answer.text

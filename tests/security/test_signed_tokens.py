@@ -34,6 +34,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -41,6 +42,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
@@ -48,13 +50,26 @@ import engine.api.email_routes as email_routes
 from connectors.webhook import SIGNATURE_HEADER, sign
 from engine.content import (
     BUNDLED_CONTENT_DIR,
+    CLICK,
     ContentLibrary,
     LinkSigner,
     RenderContact,
+    TokenInvalid,
 )
+from engine.errors import ConfigurationError
 from engine.referrals import issue_code
+from engine.settings import load_settings
+from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, Handoff, Referral, ReferralCode, Suppression
-from tests.security._support import CONTACT_EMAIL, PUBLIC_URL, WEBHOOK_SECRET, count, seed_contact
+from tests.security._support import (
+    CONTACT_EMAIL,
+    PUBLIC_URL,
+    WEBHOOK_SECRET,
+    count,
+    make_app,
+    make_settings,
+    seed_contact,
+)
 
 TARGET = "https://www.ironbridge-iot.example/whitepapers/oee?utm_source=email&x=1"
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -639,3 +654,78 @@ def test_signing_covers_the_raw_bytes_not_the_json_meaning(
     assert same_meaning != ACCEPTED
     assert _feedback(api, same_meaning, signature=header).status_code == 401
     assert _status(engine) == "sent"
+
+
+# --- the link secret: rotation ---------------------------------------------------------------
+
+OLD_SECRET = "the-link-secret-before-rotation-0123456789"
+NEW_SECRET = "the-link-secret-after-rotation-9876543210ab"
+
+
+def _rotated_api(tmp_path: Path, previous: str | None) -> Iterator[TestClient]:
+    settings = make_settings(
+        tmp_path,
+        link_secret=SecretStr(NEW_SECRET),
+        link_secret_previous=SecretStr(previous) if previous is not None else None,
+    )
+    db = make_engine(settings.resolved_database_url)
+    upgrade(db)
+    try:
+        with TestClient(make_app(settings, db), follow_redirects=False) as client:
+            yield client
+    finally:
+        db.dispose()
+
+
+def _click_token(secret: str, contact: str, now: datetime) -> str:
+    old = LinkSigner(secret.encode(), PUBLIC_URL, timedelta(days=60))
+    return token_of(old.click_url(TARGET, contact_id=contact, content_id="x", now=now))
+
+
+@pytest.mark.parametrize(
+    ("previous", "verifies"),
+    [
+        (None, False),  # rotated with no grace: old links die at once
+        (OLD_SECRET, True),  # kept without an end: verifies until removed
+        (f"{OLD_SECRET}@2999-01-01", True),  # inside its grace period
+        (f"{OLD_SECRET}@2000-01-01", False),  # after it
+        (f"other-former-secret-0123456789, {OLD_SECRET}@2999-01-01T00:00:00+08:00", True),
+    ],
+)
+def test_a_link_signed_with_the_previous_secret_verifies_only_during_its_grace(
+    tmp_path: Path, previous: str | None, verifies: bool
+) -> None:
+    """Rotation: links already in inboxes keep working while the old secret is listed in
+    STAGECOACH_LINK_SECRET_PREVIOUS (until its '@' date), and new links use the new one."""
+    for api in _rotated_api(tmp_path, previous):
+        contact = seed_contact(api.app.state.engine)  # type: ignore[attr-defined]
+        token = _click_token(OLD_SECRET, contact, datetime.now(UTC))
+        response = api.get(f"/t/c/{token}")
+        if verifies:
+            assert response.status_code == 302, response.text
+            assert response.headers["location"] == TARGET
+        else:
+            assert refused(response), response.text
+        # The app signs with the new secret only: its own links verify under it alone.
+        signer: LinkSigner = api.app.state.link_signer  # type: ignore[attr-defined]
+        fresh = token_of(
+            signer.click_url(TARGET, contact_id=contact, content_id="x", now=datetime.now(UTC))
+        )
+        assert api.get(f"/t/c/{fresh}").status_code == 302
+        with pytest.raises(TokenInvalid):
+            LinkSigner(OLD_SECRET.encode(), PUBLIC_URL, timedelta(days=1)).verify(
+                CLICK, fresh, datetime.now(UTC)
+            )
+
+
+@pytest.mark.parametrize(
+    "previous", ["old-secret-0123456789@next-tuesday", "short@2027-01-01", "tiny"]
+)
+def test_a_malformed_previous_secret_is_refused_naming_the_setting(
+    tmp_path: Path, previous: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(data_dir=tmp_path, link_secret=NEW_SECRET, link_secret_previous=previous)
+    line = caught.value.one_line()
+    assert "STAGECOACH_LINK_SECRET_PREVIOUS" in line
+    assert "Fix:" in line
