@@ -813,7 +813,7 @@ def rehearse(
         engine = make_engine(settings.resolved_database_url)
         try:
             opening = await ContactOpener(engine, settings).open(
-                contact_id, event=identify, journey=name
+                contact_id, event=identify, journey=name, rehearsal=True
             )
         finally:
             engine.dispose()

@@ -1,0 +1,136 @@
+"""``stagecoach journeys rehearse`` against the real servers: a rehearsal's every side
+effect goes to the rehearsal sink, and its contact is marked as a rehearsal's.
+
+The worker is the production one (``open_runtime``) on the Temporal dev server, wired
+from settings to a real signed-webhook CRM peer (``tests.peers.crm``); the command runs
+as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session
+from temporalio.testing import WorkflowEnvironment
+
+from engine.content import ContentLibrary
+from engine.metrics import HANDOFFS, SLA_BREACHES
+from engine.settings import Settings
+from engine.storage.models import Contact, Handoff
+from tests.peers.crm import WebhookReceiver
+from tests.workflows.conftest import open_runtime
+
+SECRET = "whsec-rehearsal"
+ROOT = Path(__file__).resolve().parents[3]
+STAGECOACH = [sys.executable, "-m", "engine.cli"]
+
+
+def counted(counter: Any) -> float:
+    """Everything a labelled counter counted so far, over all its label values."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def cli_env(settings: Settings, env: WorkflowEnvironment) -> dict[str, str]:
+    """The environment a user's shell would have for this deployment."""
+    values = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
+    values.update(
+        STAGECOACH_DATA_DIR=str(settings.data_dir),
+        STAGECOACH_DATABASE_URL=settings.resolved_database_url,
+        STAGECOACH_TEMPORAL_ADDRESS=env.client.service_client.config.target_host,
+        STAGECOACH_TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
+        STAGECOACH_CONTENT_DIR=str(settings.resolved_content_dir),
+        STAGECOACH_LOG_LEVEL="warning",
+    )
+    return values
+
+
+async def stagecoach(environ: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run the CLI without blocking the event loop the test's worker runs on."""
+    proc = await asyncio.create_subprocess_exec(
+        *STAGECOACH,
+        *args,
+        env=environ,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=240)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def sink_files(settings: Settings, contact_id: str) -> list[dict[str, Any]]:
+    folder = settings.resolved_sink_dir / "rehearsal" / contact_id
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+@pytest.fixture(scope="module")
+def content_library() -> ContentLibrary:
+    return ContentLibrary.load(ROOT / "content")
+
+
+async def test_a_rehearsed_detractor_hand_off_goes_to_the_sink_not_the_crm(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+) -> None:
+    with WebhookReceiver(SECRET) as crm:
+        async with open_runtime(
+            env,
+            task_queue,
+            tmp_path,
+            content_library,
+            crm_connector="webhook",
+            webhook_url=crm.endpoint,
+            webhook_secret=SECRET,
+        ) as runtime:
+            handoffs, breaches = counted(HANDOFFS), counted(SLA_BREACHES)
+            code, out, err = await stagecoach(
+                cli_env(runtime.settings, env),
+                tmp_path,
+                "journeys",
+                "rehearse",
+                "nps_survey",
+                "--time-scale",
+                "0.0001",
+                "--event",
+                "3d12h:nps.answered:score=3,comment=late delivery",
+                "--event",
+                "4d6h:ticket.closed:ticket_id=T-1",
+                "--timeout",
+                "150",
+            )
+            assert code == 0, err
+            contact_id = out.split(" as ", 1)[1].split()[0]
+            runtime.touched.add(contact_id)
+            assert "still running" not in out, out
+
+            # Nothing reached the CRM: no request at all, signed or not.
+            assert crm.deliveries == []
+            assert crm.rejections == []
+            # The sink has the survey, the hand-off to customer care and the apology.
+            sunk = sink_files(runtime.settings, contact_id)
+            [handoff] = [f for f in sunk if f["channel"] == "crm"]
+            assert handoff["message"]["type"] == "handoff"
+            assert handoff["message"]["reason"] == "service_recovery"
+            assert handoff["message"]["routing"]["team"] == "customer-care"
+            sent = {f["message"].get("content_id") for f in sunk if f["channel"] == "email"}
+            assert {"survey-nps", "service-apology"} <= sent
+            # The hand-off is not counted as a production one.
+            assert counted(HANDOFFS) == handoffs
+            assert counted(SLA_BREACHES) == breaches
+
+            with Session(runtime.engine) as session:
+                row = session.get(Contact, contact_id)
+                assert row is not None
+                assert row.rehearsal
+                stored = session.get(Handoff, handoff["message"]["handoff_id"])
+                assert stored is not None
+                # Its SLA is on the rehearsal's clock (x10,000): seconds, not a day.
+                created = stored.created_at.replace(tzinfo=UTC)  # SQLite keeps UTC, naive
+                lapse = datetime.fromisoformat(stored.payload["respond_by"]) - created
+                assert timedelta(0) < lapse < timedelta(minutes=1)
