@@ -33,7 +33,8 @@ STAGECOACH = [sys.executable, "-m", "engine.cli"]
 
 def counted(counter: Any) -> float:
     """Everything a labelled counter counted so far, over all its label values."""
-    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+    samples = [s.value for m in counter.collect() for s in m.samples]
+    return float(sum(samples))
 
 
 def cli_env(settings: Settings, env: WorkflowEnvironment) -> dict[str, str]:
