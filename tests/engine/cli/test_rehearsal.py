@@ -7,15 +7,12 @@ as a user runs it, in a subprocess."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
 
@@ -23,12 +20,11 @@ from engine.content import ContentLibrary
 from engine.metrics import HANDOFFS, SLA_BREACHES
 from engine.settings import Settings
 from engine.storage.models import Contact, Handoff
+from tests.engine.cli.conftest import Shell
 from tests.peers.crm import WebhookReceiver
 from tests.workflows.conftest import open_runtime
 
 SECRET = "whsec-rehearsal"
-ROOT = Path(__file__).resolve().parents[3]
-STAGECOACH = [sys.executable, "-m", "engine.cli"]
 
 
 def counted(counter: Any) -> float:
@@ -37,47 +33,17 @@ def counted(counter: Any) -> float:
     return float(sum(samples))
 
 
-def cli_env(settings: Settings, env: WorkflowEnvironment) -> dict[str, str]:
-    """The environment a user's shell would have for this deployment."""
-    values = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
-    values.update(
-        STAGECOACH_DATA_DIR=str(settings.data_dir),
-        STAGECOACH_DATABASE_URL=settings.resolved_database_url,
-        STAGECOACH_TEMPORAL_ADDRESS=env.client.service_client.config.target_host,
-        STAGECOACH_TEMPORAL_TASK_QUEUE=settings.temporal_task_queue,
-        STAGECOACH_CONTENT_DIR=str(settings.resolved_content_dir),
-        STAGECOACH_LOG_LEVEL="warning",
-    )
-    return values
-
-
-async def stagecoach(environ: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
-    """Run the CLI without blocking the event loop the test's worker runs on."""
-    proc = await asyncio.create_subprocess_exec(
-        *STAGECOACH,
-        *args,
-        env=environ,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=240)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def sink_files(settings: Settings, contact_id: str) -> list[dict[str, Any]]:
     folder = settings.resolved_sink_dir / "rehearsal" / contact_id
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
 
 
-@pytest.fixture(scope="module")
-def content_library() -> ContentLibrary:
-    return ContentLibrary.load(ROOT / "content")
-
-
 async def test_a_rehearsed_detractor_hand_off_goes_to_the_sink_not_the_crm(
-    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+    env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    content_library: ContentLibrary,
+    shell: Callable[[Settings], Shell],
 ) -> None:
     with WebhookReceiver(SECRET) as crm:
         async with open_runtime(
@@ -90,9 +56,7 @@ async def test_a_rehearsed_detractor_hand_off_goes_to_the_sink_not_the_crm(
             webhook_secret=SECRET,
         ) as runtime:
             handoffs, breaches = counted(HANDOFFS), counted(SLA_BREACHES)
-            code, out, err = await stagecoach(
-                cli_env(runtime.settings, env),
-                tmp_path,
+            code, out, err = await shell(runtime.settings).run(
                 "journeys",
                 "rehearse",
                 "nps_survey",
