@@ -73,6 +73,11 @@ async def test_a_rehearsed_detractor_hand_off_goes_to_the_sink_not_the_crm(
             contact_id = out.split(" as ", 1)[1].split()[0]
             runtime.touched.add(contact_id)
             assert "still running" not in out, out
+            # The story says where the hand-off went.
+            assert (
+                "handoff   to customer care (service_recovery) [nps_survey/recovery-handoff]"
+                in (out)
+            )
 
             # Nothing reached the CRM: no request at all, signed or not.
             assert crm.deliveries == []
