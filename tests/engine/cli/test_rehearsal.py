@@ -104,3 +104,60 @@ async def test_a_rehearsed_detractor_hand_off_goes_to_the_sink_not_the_crm(
                 created = stored.created_at.replace(tzinfo=UTC)  # SQLite keeps UTC, naive
                 lapse = datetime.fromisoformat(stored.payload["respond_by"]) - created
                 assert timedelta(0) < lapse < timedelta(minutes=1)
+
+
+async def test_a_rehearsal_hand_off_and_its_sla_never_reach_hubspot(tmp_path: Path) -> None:
+    """The worker wired from settings for HubSpot: a rehearsal contact's hand-off, its
+    reminder and its escalation land in the rehearsal sink, and HubSpot hears nothing;
+    a real contact's hand-off does reach it."""
+    from temporalio.testing import ActivityEnvironment
+
+    from engine.messages import HandOffRequest, SlaRequest
+    from engine.storage import make_engine, upgrade
+    from tests.helpers import runtime_settings
+    from tests.peers.crm import TEST_TOKEN, HubSpotPeer
+    from workflows.runtime import build_activities
+
+    with HubSpotPeer() as hubspot:
+        settings = runtime_settings(
+            tmp_path,
+            "unused",
+            crm_connector="hubspot",
+            hubspot_token=TEST_TOKEN,
+            hubspot_base_url=hubspot.url,
+        )
+        engine = make_engine(settings.resolved_database_url)
+        upgrade(engine)
+        activities = build_activities(engine, settings)
+        run = ActivityEnvironment().run
+        now = datetime.now(UTC)
+
+        def request(contact_id: str, rehearsal: bool) -> HandOffRequest:
+            return HandOffRequest(
+                contact_id=contact_id,
+                idempotency_key=f"{contact_id}:mql:{now.isoformat()}",
+                journey="b2b_nurture",
+                step_id="evaluation-hand-off",
+                reason="mql",
+                payload={"email": f"{contact_id}@example.com"},
+                now=now,
+                rehearsal=rehearsal,
+                time_scale=0.0001 if rehearsal else 1.0,
+            )
+
+        rehearsed = await run(activities.hand_off, request("rehearsal-b2b-1", rehearsal=True))
+        assert rehearsed.ok
+        for kind in ("reminder", "escalation"):
+            await run(
+                activities.handoff_sla,
+                SlaRequest("rehearsal-b2b-1", rehearsed.handoff_id, kind, rehearsal=True),
+            )
+        assert hubspot.seen == []
+        sunk = sorted(f["message"]["type"] for f in sink_files(settings, "rehearsal-b2b-1"))
+        assert sunk == ["handoff", "handoff.escalation", "handoff.reminder"]
+
+        real = await run(activities.hand_off, request("c-real-1", rehearsal=False))
+        assert real.ok, real.error
+        assert hubspot.seen  # the same worker does talk to HubSpot for a real contact
+        assert sink_files(settings, "c-real-1") == []
+        engine.dispose()
