@@ -149,6 +149,7 @@ def test_dashboard_stage_counts_leave_rehearsals_out_unless_asked(client: TestCl
     assert page.status_code == 200
     [funnel] = figure(page.text, "funnel-width")["data"]
     assert dict(zip(funnel["y"], funnel["x"], strict=True)) == TRUTH.width
+    assert "3 rehearsal contacts left out" in page.text
 
     page = client.get("/dashboard?include_rehearsals=true")
     [funnel] = figure(page.text, "funnel-width")["data"]
