@@ -464,8 +464,8 @@ class ContactActivities:
                     return None
                 deadlines = sla.deadlines(now, assignment.owner_timezone or "UTC")
                 if request.rehearsal and request.time_scale < 1:
-                    # The rehearsal's clock: a 24-hour SLA at x10,000 lapses in 9 s, so
-                    # its reminder and escalation show in the sink within the rehearsal.
+                    # The rehearsal's clock: at x10,000 a 24-hour SLA lapses in seconds,
+                    # so its reminder and escalation reach the sink within the rehearsal.
                     deadlines = SlaDeadlines(
                         respond_by=now + (deadlines.respond_by - now) * request.time_scale,
                         escalate_at=now + (deadlines.escalate_at - now) * request.time_scale,
