@@ -223,6 +223,8 @@ class OpenRequest:
     at: datetime
     trigger_event_type: str | None = None
     trigger_message_id: str | None = None
+    rehearsal: bool = False
+    """A rehearsal contact: its row is marked, so reports and metrics leave it out."""
 
 
 @dataclass
@@ -308,6 +310,11 @@ class HandOffRequest:
     payload: dict[str, Any] = field(default_factory=dict)
     now: datetime | None = None
     """The workflow's clock: the SLA runs from here (skipped time in tests)."""
+    rehearsal: bool = False
+    """A rehearsal contact's hand-off: to the rehearsal sink, never to the CRM, and its
+    SLA runs on the enrolment's scaled clock."""
+    time_scale: float = 1.0
+    """The enrolment's time scale: a rehearsal's SLA deadlines are compressed by it."""
 
 
 @dataclass
@@ -333,6 +340,8 @@ class SlaRequest:
     contact_id: str
     handoff_id: str
     kind: str
+    rehearsal: bool = False
+    """A rehearsal contact's reminder or escalation: to the rehearsal sink, not counted."""
 
 
 @dataclass

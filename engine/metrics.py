@@ -109,13 +109,15 @@ SENDS = Counter(
 )
 HANDOFFS = Counter(
     "stagecoach_handoffs",
-    "Qualified leads handed to sales, by team, grade and outcome (sent, failed).",
+    "Qualified leads handed to sales, by team, grade and outcome (sent, failed). "
+    "Rehearsal hand-offs are not counted.",
     ["team", "grade", "outcome"],
     registry=REGISTRY,
 )
 SLA_BREACHES = Counter(
     "stagecoach_handoff_sla_breaches",
-    "Hand-offs with no sales feedback in time, by kind (reminder, escalation) and team.",
+    "Hand-offs with no sales feedback in time, by kind (reminder, escalation) and team. "
+    "Rehearsal hand-offs are not counted.",
     ["kind", "team"],
     registry=REGISTRY,
 )
@@ -190,13 +192,19 @@ def count_send(request: Delivery, outcome: str, reason: str = "") -> None:
     SENDS.labels(_label(request.channel), send_outcome(outcome, reason)).inc()
 
 
-def count_handoff(team: str | None, grade: str | None, outcome: str) -> None:
+def count_handoff(
+    team: str | None, grade: str | None, outcome: str, *, rehearsal: bool = False
+) -> None:
     """One hand-off to sales ended with ``outcome`` (sent or failed)."""
+    if rehearsal:
+        return  # a rehearsal's hand-off went to the sink: nobody in sales has it
     HANDOFFS.labels(_label(team), _label(grade), outcome).inc()
 
 
-def count_sla_breach(kind: str, team: str | None) -> None:
+def count_sla_breach(kind: str, team: str | None, *, rehearsal: bool = False) -> None:
     """A hand-off's SLA lapsed: ``kind`` is reminder or escalation."""
+    if rehearsal:
+        return  # a rehearsal's SLA runs on its scaled clock, against nobody's inbox
     SLA_BREACHES.labels(_label(kind), _label(team)).inc()
 
 

@@ -19,7 +19,8 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 
 from engine.codec import decode_in_place
-from engine.messages import contact_workflow_id
+from engine.journeys import handoff_audience
+from engine.messages import EVENTS_SIGNAL, contact_workflow_id
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,34 @@ def _scheduled_entry(at: datetime, kind: str, data: dict[str, Any], run_id: str)
         where = f"[{data.get('journey')}/{data.get('step_id')}]"
         return Entry(at, "send", f"{what} via {data.get('channel')} {where}", data, run_id)
     if kind == "contact.hand_off":
-        return Entry(at, "handoff", f"to sales [{data.get('journey')}]", data, run_id)
+        return Entry(at, "handoff", _handoff_summary(data), data, run_id)
     return None
+
+
+def _handoff_summary(data: dict[str, Any]) -> str:
+    """``to customer care (service_recovery) [nps_survey/recovery-handoff]``, or for the
+    pipeline's own MQL hand-off, which no journey step made, ``to sales (mql)``."""
+    reason = str(data.get("reason") or "")
+    text = f"to {handoff_audience(reason)}" + (f" ({reason})" if reason else "")
+    if data.get("journey"):
+        text += f" [{data['journey']}/{data.get('step_id')}]"
+    return text
+
+
+def _event_summary(msg: dict[str, Any], fallback: str) -> str:
+    """``order.paid (amount=9800)``: an event's type and its properties."""
+    props = msg.get("properties") or {}
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(props.items()))
+    return f"{msg.get('type', fallback)}" + (f" ({detail})" if detail else "")
+
+
+def _signal_entries(at: datetime, name: str, msg: dict[str, Any], run_id: str) -> list[Entry]:
+    """One ``event`` line per event a signal carried: a batch (``events``, the outbox
+    forwarder's signal for a contact's queued events) is read as the events in it."""
+    if name == EVENTS_SIGNAL and isinstance(msg.get("events"), list):
+        batch = [e for e in msg["events"] if isinstance(e, dict)]
+        return [Entry(at, "event", _event_summary(e, "?"), e, run_id) for e in batch]
+    return [Entry(at, "event", _event_summary(msg, name), msg, run_id)]
 
 
 def entries_from_history(
@@ -100,12 +127,7 @@ def entries_from_history(
         elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             signaled = ev.workflow_execution_signaled_event_attributes
             msg = first_dict(conv, signaled.input)
-            props = msg.get("properties") or {}
-            detail = ", ".join(f"{k}={v}" for k, v in sorted(props.items()))
-            summary = f"{msg.get('type', signaled.signal_name)}" + (
-                f" ({detail})" if detail else ""
-            )
-            out.append(Entry(at, "event", summary, msg, run_id))
+            out.extend(_signal_entries(at, signaled.signal_name, msg, run_id))
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             sched = ev.activity_task_scheduled_event_attributes
             kind = sched.activity_type.name

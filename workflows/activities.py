@@ -296,8 +296,9 @@ class ContactActivities:
         """Route a qualified lead, record the hand-off, and send it through ``crm``.
 
         A retry finds the row its first attempt wrote and sends the same payload with the
-        same idempotency key, so sales get one hand-off."""
-        connector = self._connectors.get("crm")
+        same idempotency key, so sales get one hand-off. A rehearsal contact's goes to
+        the rehearsal sink, never to the CRM, and is not counted."""
+        connector = self._crm(request.rehearsal)
         if connector is None:
             return HandOffOutcome(ok=False, error="no crm connector configured")
         now = request.now or datetime.now(UTC)
@@ -328,9 +329,9 @@ class ContactActivities:
             raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             await asyncio.to_thread(self._handoff_status, row.id, "failed")
-            count_handoff(row.team, row.grade, "failed")
+            count_handoff(row.team, row.grade, "failed", rehearsal=request.rehearsal)
             return HandOffOutcome(ok=False, error=exc.one_line(), handoff_id=row.id)
-        count_handoff(row.team, row.grade, "sent")
+        count_handoff(row.team, row.grade, "sent", rehearsal=request.rehearsal)
         return HandOffOutcome(
             ok=True,
             reference=sent.provider_message_id,
@@ -343,8 +344,8 @@ class ContactActivities:
     @activity.defn(name="contact.handoff_sla")
     async def handoff_sla(self, request: SlaRequest) -> None:
         """No feedback in time: remind the owner (their team when a team took the lead),
-        or escalate to the team lead."""
-        connector = self._connectors.get("crm")
+        or escalate to the team lead. A rehearsal's goes to the rehearsal sink."""
+        connector = self._crm(request.rehearsal)
         row = await asyncio.to_thread(self._find_handoff, request.handoff_id)
         if connector is None or row is None or row.status != "sent":
             return  # answered meanwhile, or nowhere to send it
@@ -378,7 +379,12 @@ class ContactActivities:
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
         await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)
-        count_sla_breach(request.kind, row.team)
+        count_sla_breach(request.kind, row.team, rehearsal=request.rehearsal)
+
+    def _crm(self, rehearsal: bool) -> Connector | None:
+        """Where a hand-off goes: the CRM connector, or for a rehearsal contact the
+        rehearsal sink (never the CRM, even when no sink is wired)."""
+        return self._rehearsal_sink if rehearsal else self._connectors.get("crm")
 
     @activity.defn(name="contact.record_enrolment")
     def record_enrolment(self, record: EnrolmentRecord) -> None:
@@ -412,7 +418,7 @@ class ContactActivities:
         """The hand-off row for this key: found (a retry) or routed and written now."""
         from engine.contact import ContactState
         from engine.pipeline import Pipeline
-        from engine.sales import handoff_payload
+        from engine.sales import SlaDeadlines, handoff_payload
 
         handoff_id = "h_" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:24]
         raw_pipeline = request.payload.get("pipeline")
@@ -432,9 +438,11 @@ class ContactActivities:
             assignment = deadlines = None
             if routing is not None and state is not None:
                 counts: dict[str, dict[str, int]] = {}
+                # Rehearsals' hand-offs do not take a turn in the round robin.
                 for team, owner, n in session.execute(
                     select(col(Handoff.team), col(Handoff.owner), func.count())
-                    .where(col(Handoff.team).is_not(None))
+                    .join(Contact, col(Contact.id) == col(Handoff.contact_id))
+                    .where(col(Handoff.team).is_not(None), col(Contact.rehearsal).is_(False))
                     .group_by(col(Handoff.team), col(Handoff.owner))
                 ).all():
                     if owner:
@@ -461,6 +469,13 @@ class ContactActivities:
                 if assignment is None:
                     return None
                 deadlines = sla.deadlines(now, assignment.owner_timezone or "UTC")
+                if request.rehearsal and request.time_scale < 1:
+                    # The rehearsal's clock: at x10,000 a 24-hour SLA lapses in seconds,
+                    # so its reminder and escalation reach the sink within the rehearsal.
+                    deadlines = SlaDeadlines(
+                        respond_by=now + (deadlines.respond_by - now) * request.time_scale,
+                        escalate_at=now + (deadlines.escalate_at - now) * request.time_scale,
+                    )
             payload: dict[str, Any] = dict(request.payload)
             if state is not None:
                 identities = {

@@ -658,13 +658,13 @@ class ContactWorkflow:
         if command.reason == SERVICE_RECOVERY:
             # A detractor goes to customer service now, beside any sales hand-off.
             outcome = await self._send_handoff(
-                command.reason, journey=name, step_id=command.step_id
+                command.reason, journey=name, step_id=command.step_id, time_scale=aj.time_scale
             )
             ok = outcome.ok and outcome.routed
         else:
             if self._handoff is None:
                 outcome = await self._open_handoff(
-                    command.reason, journey=name, step_id=command.step_id
+                    command.reason, journey=name, step_id=command.step_id, time_scale=aj.time_scale
                 )
             ok = self._handoff is not None
         return HandoffResult(
@@ -702,10 +702,14 @@ class ContactWorkflow:
             )
             self._handoff = None
 
-    async def _open_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
+    async def _open_handoff(
+        self, reason: str, *, journey: str, step_id: str, time_scale: float = 1.0
+    ) -> HandOffOutcome:
         """Route and send the lead (one activity), then arm the SLA's timers."""
         now = workflow.now()
-        outcome = await self._send_handoff(reason, journey=journey, step_id=step_id)
+        outcome = await self._send_handoff(
+            reason, journey=journey, step_id=step_id, time_scale=time_scale
+        )
         if outcome.ok and outcome.routed:
             self._handoff = {
                 "id": outcome.handoff_id or outcome.reference,
@@ -719,8 +723,14 @@ class ContactWorkflow:
             self._arm_sla()
         return outcome
 
-    async def _send_handoff(self, reason: str, *, journey: str, step_id: str) -> HandOffOutcome:
-        """The hand-off activity: routes, records and sends; returns who and by when."""
+    async def _send_handoff(
+        self, reason: str, *, journey: str, step_id: str, time_scale: float = 1.0
+    ) -> HandOffOutcome:
+        """The hand-off activity: routes, records and sends; returns who and by when.
+
+        A rehearsal contact's goes to the rehearsal sink, with its SLA on the enrolment's
+        scaled clock: only the activity's input says so, so no command changes and
+        running histories replay as they ran."""
         state = self._require_state()
         now = workflow.now()
         outcome: HandOffOutcome = await workflow.execute_activity(
@@ -735,6 +745,8 @@ class ContactWorkflow:
                 # pipeline and the stored identities and stage history.
                 payload={"state": state.to_dict(), "pipeline": self._pipeline.to_dict()},
                 now=now,
+                rehearsal=self._rehearsal,
+                time_scale=time_scale,
             ),
             result_type=HandOffOutcome,
             # A HubSpot hand-off is up to five requests of 10 s each.
@@ -765,7 +777,12 @@ class ContactWorkflow:
         kind = "reminder" if timer_id == "sla:reminder" else "escalation"
         await workflow.execute_activity(
             "contact.handoff_sla",
-            SlaRequest(contact_id=self._contact_id, handoff_id=str(handoff["id"]), kind=kind),
+            SlaRequest(
+                contact_id=self._contact_id,
+                handoff_id=str(handoff["id"]),
+                kind=kind,
+                rehearsal=self._rehearsal,
+            ),
             start_to_close_timeout=timedelta(minutes=2),
             schedule_to_close_timeout=timedelta(hours=12),
             retry_policy=HANDOFF_RETRY,
@@ -864,6 +881,7 @@ class ContactWorkflow:
                 at=now,
                 trigger_event_type=first.type if first else None,
                 trigger_message_id=first.message_id if first else None,
+                rehearsal=self._rehearsal,
             ),
             result_type=Definitions,
             start_to_close_timeout=timedelta(seconds=30),

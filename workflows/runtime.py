@@ -109,6 +109,7 @@ class ContactOpener:
         *,
         event: EventMessage | None = None,
         journey: str | None = None,
+        rehearsal: bool = False,
     ) -> Opening | None:
         """Record ``contact_id`` at the first stage; None if it was already recorded, or
         if no journey is published yet (the workflow then opens the contact itself, with
@@ -116,17 +117,22 @@ class ContactOpener:
 
         ``event`` is the one that creates the contact (its type and id are the creation's
         trigger, its locale the initial ``Locale``); ``journey`` is one it is being
-        enrolled in by the same call."""
+        enrolled in by the same call; ``rehearsal`` marks the row as a rehearsal contact's,
+        which reports, metrics and sales routing leave out."""
         if contact_id in self._opened:
             return None
-        opening = await asyncio.to_thread(self._open, contact_id, event, journey)
+        opening = await asyncio.to_thread(self._open, contact_id, event, journey, rehearsal)
         self._opened[contact_id] = None
         if len(self._opened) > OPENED_MEMORY:
             self._opened.popitem(last=False)
         return opening
 
     def _open(
-        self, contact_id: str, event: EventMessage | None, journey: str | None
+        self,
+        contact_id: str,
+        event: EventMessage | None,
+        journey: str | None,
+        rehearsal: bool = False,
     ) -> Opening | None:
         from engine.storage.contacts import open_contact
 
@@ -143,6 +149,7 @@ class ContactOpener:
             at=now,
             trigger_event_type=event.type if event else None,
             trigger_message_id=event.message_id if event else None,
+            rehearsal=rehearsal,
         )
         if not open_contact(self._engine, request, first):
             return None

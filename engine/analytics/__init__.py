@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from engine.analytics._rehearsals import without_rehearsals
 from engine.analytics._report import Params, Report, ReportError, Section
 
 REPORTS: dict[str, tuple[str, str, str]] = {
@@ -54,8 +55,21 @@ def report_function(name: str) -> Callable[..., Report]:
 
 
 def run_report(name: str, con: Any, params: Params, *, as_of: datetime | None = None) -> Report:
-    """Compute report ``name`` on a DuckDB connection to the analytics store."""
-    return report_function(name)(con, params, as_of=as_of)
+    """Compute report ``name`` on a DuckDB connection to the analytics store.
+
+    Journey rehearsals' contacts are left out of every table the report reads, unless
+    ``params.include_rehearsals``; the report then notes how many were left out."""
+    fn = report_function(name)
+    if params.include_rehearsals:
+        return fn(con, params, as_of=as_of)
+    with without_rehearsals(con) as left_out:
+        report = fn(con, params, as_of=as_of)
+    if left_out:
+        report.notes.append(
+            f"{left_out} rehearsal contact{'s' if left_out != 1 else ''} left out "
+            "(include them with --include-rehearsals, or include_rehearsals=true)"
+        )
+    return report
 
 
 __all__ = ["REPORTS", "Params", "Report", "ReportError", "Section", "report_function", "run_report"]

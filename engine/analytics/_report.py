@@ -40,6 +40,8 @@ class Params:
     by: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Report-specific options: conversion steps and window, path goal, filters."""
+    include_rehearsals: bool = False
+    """Count journey rehearsals' contacts too; by default every report leaves them out."""
 
     @classmethod
     def last(cls, days: int = 30, *, now: datetime | None = None, **kw: Any) -> Params:
@@ -71,6 +73,7 @@ class Report:
             "until": self.params.until.isoformat(),
             "by": self.params.by,
             "options": self.params.options,
+            "include_rehearsals": self.params.include_rehearsals,
             "as_of": self.as_of.isoformat() if self.as_of else None,
             "notes": self.notes,
             "sections": {

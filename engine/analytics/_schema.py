@@ -2,7 +2,7 @@
 
 The operational database (SQLite or PostgreSQL) answers one contact at a time; these
 tables answer the whole pipeline at once. They mirror the operational tables of the same
-name, with three differences made at sync time:
+name, with these differences made at sync time:
 
 - every ``contact_id`` (and ``referrer_id``/``referee_id``) is already resolved through
   ``merges``, so a merged contact's history counts once, under the surviving contact;
@@ -13,7 +13,9 @@ name, with three differences made at sync time:
 - ``contacts``, ``events`` and ``stage_transitions`` carry ``contact_key``, a dense
   integer standing for the (resolved) contact id: grouping and joining by it is two to
   three times faster than by the id text, which is what per-contact analyses on tens of
-  millions of events spend their time on. The store keeps the id -> key map.
+  millions of events spend their time on. The store keeps the id -> key map;
+- ``contacts.rehearsal`` marks a journey rehearsal's contact: reports leave every row of
+  such a contact out unless asked to include rehearsals (``engine.analytics._rehearsals``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ TABLES: dict[str, str] = {
             acquired_source VARCHAR,
             acquired_channel VARCHAR,
             acquired_campaign VARCHAR,
-            contact_key INTEGER
+            contact_key INTEGER,
+            rehearsal BOOLEAN NOT NULL DEFAULT false
         )""",
     "events": """
         CREATE TABLE IF NOT EXISTS events (

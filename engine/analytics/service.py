@@ -176,8 +176,10 @@ def make_params(
     options: Mapping[str, Any],
     now: datetime | None = None,
     default_days: int = 30,
+    include_rehearsals: bool = False,
 ) -> Params:
-    """Params from text: the period defaults to the last ``default_days`` days."""
+    """Params from text: the period defaults to the last ``default_days`` days;
+    rehearsal contacts are left out unless ``include_rehearsals``."""
     end = now or datetime.now(UTC)
     until_at = parse_time(until, "until", now=end, default=end)
     period_start = max(until_at - timedelta(days=default_days), EARLIEST)
@@ -187,17 +189,31 @@ def make_params(
             f"since ({since_at.isoformat()}) is not before until ({until_at.isoformat()})",
             fix="give a since earlier than until",
         )
-    return Params(since=since_at, until=until_at, by=by or None, options=dict(options))
+    return Params(
+        since=since_at,
+        until=until_at,
+        by=by or None,
+        options=dict(options),
+        include_rehearsals=include_rehearsals,
+    )
 
 
 # --- the report cache: each report computed once per copy --------------------------
 
-_Key = tuple[str, str, str, str | None, str, datetime | None]
+_ParamsKey = tuple[str, str, str, str | None, str, bool]
+_Key = tuple[str, str, str, str | None, str, bool, datetime | None]
 
 
-def _params_key(name: str, params: Params) -> tuple[str, str, str, str | None, str]:
+def _params_key(name: str, params: Params) -> _ParamsKey:
     options = json.dumps(params.options, sort_keys=True, default=str)
-    return name, params.since.isoformat(), params.until.isoformat(), params.by, options
+    return (
+        name,
+        params.since.isoformat(),
+        params.until.isoformat(),
+        params.by,
+        options,
+        params.include_rehearsals,
+    )
 
 
 @dataclass(frozen=True)
@@ -266,9 +282,7 @@ class Numbers:
         self._attempted: datetime | None = None
         self._warmed: tuple[datetime | None, tuple[object, ...]] | None = None
         self._cache: OrderedDict[_Key, Report] = OrderedDict()
-        self._recent: OrderedDict[tuple[str, str, str, str | None, str], tuple[str, Params]] = (
-            OrderedDict()
-        )
+        self._recent: OrderedDict[_ParamsKey, tuple[str, Params]] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._error: str | None = None
         self.computed = 0

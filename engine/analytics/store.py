@@ -224,7 +224,7 @@ def first_events_sql(where: str = "") -> str:
 
 # --- reading the operational database ---------------------------------------------------
 
-Kind = Literal["str", "int", "ts", "json"]
+Kind = Literal["str", "int", "ts", "json", "bool"]
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,7 @@ class _Source:
             "int": sa.BigInteger(),
             "ts": sa.DateTime(timezone=True),
             "json": sa.Text(),
+            "bool": sa.Boolean(),
         }
         return sa.table(self.name, *(sa.column(c, types[k]) for c, k in self.columns))
 
@@ -265,7 +266,13 @@ class _Source:
 
 def _columns(spec: str) -> tuple[tuple[str, Kind], ...]:
     """``"id:int name created_at:ts"`` -> ((id, int), (name, str), (created_at, ts))."""
-    kinds: dict[str, Kind] = {"str": "str", "int": "int", "ts": "ts", "json": "json"}
+    kinds: dict[str, Kind] = {
+        "str": "str",
+        "int": "int",
+        "ts": "ts",
+        "json": "json",
+        "bool": "bool",
+    }
     return tuple((n, kinds[k or "str"]) for n, _, k in (w.partition(":") for w in spec.split()))
 
 
@@ -318,7 +325,7 @@ SOURCES: tuple[_Source, ...] = (
     ),
     _Source(
         "contacts",
-        _columns("id stage locale timezone traits:json created_at:ts updated_at:ts"),
+        _columns("id stage locale timezone traits:json created_at:ts updated_at:ts rehearsal:bool"),
         "stamped",
     ),
 )
@@ -341,6 +348,8 @@ def _arrow_column(kind: Kind, values: Sequence[Any]) -> pa.Array:
         return array.cast(pa.timestamp("us"))
     if kind == "int":
         return pa.array(values, type=pa.int64())
+    if kind == "bool":  # SQLite answers 0/1, PostgreSQL a boolean
+        return pa.array([None if v is None else bool(v) for v in values], type=pa.bool_())
     return pa.array(values, type=pa.string())
 
 

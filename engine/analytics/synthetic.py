@@ -386,7 +386,7 @@ def _finish(con: duckdb.DuckDBPyConnection, offset: int) -> None:
                 ['software', 'manufacturing', 'retail', 'finance'][1 + c.i % 4]),
             c.created_at, max(t.ts),
             any_value(f.first.source), any_value(f.first.channel), any_value(f.first.campaign),
-            {first_key} + c.i
+            {first_key} + c.i, false
         FROM syn_c c JOIN syn_t t ON t.i = c.i
         LEFT JOIN ({first_events_sql(f"WHERE id >= {base['events']}")}) f
             ON f.contact_id = c.id

@@ -3,7 +3,8 @@
 The same reports, parameters and spelling as ``stagecoach report`` (both go through
 ``engine.analytics.service``): ``since``/``until`` (``2026-11-01``, an ISO time, or
 ``30d``/``12h``/``2w`` ago; default the last 30 days), ``by``, report options, and
-``format=json`` (default) or ``csv`` with ``section``. Admin bearer token required.
+``format=json`` (default) or ``csv`` with ``section``, and ``include_rehearsals=true`` to
+count journey rehearsals' contacts (left out by default). Admin bearer token required.
 A bad parameter is **400** naming it and the fix; nothing is computed.
 
 Numbers come from the analytics store, the dashboard's cache: copied from the database in
@@ -48,6 +49,9 @@ Since = Annotated[
 Until = Annotated[str | None, Query(description="End, exclusive (default now)")]
 Format = Annotated[str, Query(pattern="^(json|csv)$", description="json, or csv for one section")]
 SectionName = Annotated[str | None, Query(description="csv: the section (default the first)")]
+IncludeRehearsals = Annotated[
+    bool, Query(description="Count journey rehearsals' contacts too (left out by default)")
+]
 
 
 def _reports(request: Request) -> tuple[Numbers, Any]:
@@ -63,10 +67,17 @@ def _answer(
     by: str | None,
     fmt: str,
     section: str | None,
+    include_rehearsals: bool,
     **options: Any,
 ) -> Response:
     try:
-        params = make_params(since=since, until=until, by=by, options=text_options(**options))
+        params = make_params(
+            since=since,
+            until=until,
+            by=by,
+            options=text_options(**options),
+            include_rehearsals=include_rehearsals,
+        )
         numbers, database = reports
         numbers.freshness(database)  # copies again in the background when due
         [report] = numbers.reports([(name, params)])
@@ -97,6 +108,7 @@ def funnel(
     stages: Annotated[str | None, Query(description="Stage order, comma-separated")] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """Width (contacts in each stage now, entries in the period), stage-to-stage
     conversion, length (median and p90 hours in stage, time to customer), flows
@@ -109,6 +121,7 @@ def funnel(
         by=by,
         fmt=format,
         section=section,
+        include_rehearsals=include_rehearsals,
         stages=stages,
     )
 
@@ -128,6 +141,7 @@ def conversion(
     ] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """Contacts who did the steps in order within the window from their first step 1."""
     return _answer(
@@ -138,6 +152,7 @@ def conversion(
         by=by,
         fmt=format,
         section=section,
+        include_rehearsals=include_rehearsals,
         steps=steps,
         window_days=window_days,
         where=where or (),
@@ -155,6 +170,7 @@ def paths(
     top: Annotated[int | None, Query(description="How many paths (default 20)")] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """The most common event paths to the goal, and where the others dropped off."""
     return _answer(
@@ -165,6 +181,7 @@ def paths(
         by=None,
         fmt=format,
         section=section,
+        include_rehearsals=include_rehearsals,
         goal=goal,
         length=length,
         top=top,
@@ -180,11 +197,19 @@ def channels(
     by: Annotated[str | None, Query(description="source, channel or campaign")] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """Which acquisition sources, channels and touchpoints produce customers and
     promoters, at what conversion rate and time to customer."""
     return _answer(
-        reports, "channels", since=since, until=until, by=by, fmt=format, section=section
+        reports,
+        "channels",
+        since=since,
+        until=until,
+        by=by,
+        fmt=format,
+        section=section,
+        include_rehearsals=include_rehearsals,
     )
 
 
@@ -201,6 +226,7 @@ def journeys(
     window_days: Annotated[int | None, Query(description="Event-metric window (14)")] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """Per journey version and step: sent, delivered, opened, clicked, converted,
     exited; holdout lift and split winners with their significance; where contacts went."""
@@ -212,6 +238,7 @@ def journeys(
         by=None,
         fmt=format,
         section=section,
+        include_rehearsals=include_rehearsals,
         journey=journey,
         metric=metric,
         window_days=window_days,
@@ -227,11 +254,19 @@ def engagement(
     by: Annotated[str | None, Query(description="stage, source, channel or campaign")] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """Stickiness (visits and their interval), activity (session length, pages per
     visit) and value (purchases, revenue), per segment and for the top contacts."""
     return _answer(
-        reports, "engagement", since=since, until=until, by=by, fmt=format, section=section
+        reports,
+        "engagement",
+        since=since,
+        until=until,
+        by=by,
+        fmt=format,
+        section=section,
+        include_rehearsals=include_rehearsals,
     )
 
 
@@ -244,6 +279,7 @@ def nps(
     period: Annotated[str | None, Query(description="month (default) or week")] = None,
     format: Format = "json",
     section: SectionName = None,
+    include_rehearsals: IncludeRehearsals = False,
 ) -> Response:
     """NPS by period and by touchpoint, and the referral tree's size and conversions."""
     return _answer(
@@ -254,5 +290,6 @@ def nps(
         by=None,
         fmt=format,
         section=section,
+        include_rehearsals=include_rehearsals,
         period=period,
     )

@@ -45,6 +45,7 @@ from engine.journeys import (
     WaitForEvent,
     diff_specs,
     exit_to,
+    handoff_audience,
     simulate,
     to_mermaid,
 )
@@ -557,7 +558,9 @@ def simulate_command(
     """Rehearse a journey offline on a fake clock and print its timeline.
 
     The contact workflow's interpreter runs on a fake clock; sends and hand-offs succeed
-    at once unless --fail says otherwise. Example: simulate b2b_nurture --until 30d
+    at once unless --fail says otherwise. The journey's entry is simulated too: a journey
+    entered by an event needs that event in the script (exit code 1 and the event to add
+    when nothing entered it). Example: simulate b2b_nurture --until 30d
     --event 2d:content.downloaded:content_id=wp-digital-transformation
     """
     from engine.conditions import EventRecord
@@ -610,6 +613,7 @@ def simulate_command(
     ]
     result = simulate(spec, contact, records, horizon, fail_steps=failures)
 
+    not_entered = _not_entered(spec, stage) if result.entered_at is None else None
     if json_output:
         typer.echo(
             json.dumps(
@@ -625,12 +629,15 @@ def simulate_command(
                         for e in result.timeline
                     ],
                     "outcome": result.outcome,
+                    **({"not_entered": not_entered} if not_entered else {}),
                 },
                 indent=2,
                 ensure_ascii=False,
                 default=str,
             )
         )
+        if not_entered:
+            raise typer.Exit(1)
         return
 
     typer.echo(
@@ -662,6 +669,32 @@ def simulate_command(
     for at, _, text in sorted(lines, key=lambda item: (item[0], item[1])):
         typer.echo(f"{_offset(at):>10}  {text}")
     typer.echo(f"outcome: {result.outcome}")
+    if not_entered:
+        typer.echo(not_entered)
+        raise typer.Exit(1)
+
+
+def _not_entered(spec: JourneySpec, stage: str) -> str:
+    """Why a simulation never entered ``spec``, and the options that would enter it.
+
+    Unlike ``rehearse``, which enrols its contact directly, ``simulate`` plays the
+    journey's entry too, so a missing entry event is shown rather than assumed."""
+    ways: list[str] = []
+    for trigger in spec.entry:
+        if isinstance(trigger, StageEntered):
+            ways.append(f"--stage {trigger.stage}")
+            continue
+        data = trigger.to_dict()
+        props = ",".join(
+            f"{f['path'].removeprefix('properties.')}={f['value']}"
+            for f in data.get("where") or []
+            if f.get("op") == "eq"
+        )
+        ways.append(f"--event 0d:{data['type']}" + (f":{props}" if props else ""))
+    return (
+        f"not entered: {spec.name} is entered by {_entry(spec)}; the contact is at stage "
+        f"{stage} and no --event matched. To enter it, add {' or '.join(ways)}"
+    )
 
 
 def _offset(delta: timedelta) -> str:
@@ -696,7 +729,7 @@ def _describe(command: Command) -> str:
     if isinstance(command, ChangeStage):
         return f"stage  -> {command.stage}" + (f": {command.reason}" if command.reason else "")
     if isinstance(command, HandOff):
-        return f"hand-off to sales  (step {command.step_id})" + (
+        return f"hand-off to {handoff_audience(command.reason)}  (step {command.step_id})" + (
             f": {command.reason}" if command.reason else ""
         )
     if isinstance(command, SetAttribute):
@@ -813,7 +846,7 @@ def rehearse(
         engine = make_engine(settings.resolved_database_url)
         try:
             opening = await ContactOpener(engine, settings).open(
-                contact_id, event=identify, journey=name
+                contact_id, event=identify, journey=name, rehearsal=True
             )
         finally:
             engine.dispose()

@@ -3,7 +3,8 @@
 Each report reads the analytics store, copied from the database first when the copy is
 older than ``STAGECOACH_DASHBOARD_CACHE_SECONDS`` (``--fresh`` copies regardless), and
 prints a table per section (``--format table``), the report as JSON, or one section as
-CSV (``--section``; the first by default).
+CSV (``--section``; the first by default). Journey rehearsals' contacts are left out
+unless ``--include-rehearsals``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _print_table(report: Report, section: str | None) -> None:
         f"{report.params.until:%Y-%m-%d %H:%M} UTC"
         + (f", by {report.params.by}" if report.params.by else "")
         + f" (data as of {as_of})"
+        + (", rehearsals included" if report.params.include_rehearsals else "")
     )
     for s in report.sections:
         if section and s.name != section:
@@ -99,6 +101,12 @@ def report(
     ] = None,
     period: Annotated[str | None, typer.Option(help="nps: month or week.")] = None,
     fresh: Annotated[bool, typer.Option(help="Copy the database first, however recent.")] = False,
+    include_rehearsals: Annotated[
+        bool,
+        typer.Option(
+            "--include-rehearsals", help="Count journey rehearsals' contacts too (left out)."
+        ),
+    ] = False,
 ) -> None:
     """Print an analytics report: the pipeline's width and length, funnels, paths,
     channel value, journey performance, engagement, NPS."""
@@ -123,6 +131,7 @@ def report(
                 metric=metric,
                 period=period,
             ),
+            include_rehearsals=include_rehearsals,
         )
         result = _compute(settings, name, params, fresh=fresh)
         chosen = pick_section(result, section)

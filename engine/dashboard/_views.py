@@ -112,10 +112,12 @@ class Period:
             return cls(default.since, default.until, "since is after until: showing the default")
         return cls(start, end)
 
-    def params(self, **options: Any) -> Params:
+    def params(self, *, include_rehearsals: bool = False, **options: Any) -> Params:
         start = datetime.combine(self.since, dt_time(), UTC)
         end = datetime.combine(self.until + timedelta(days=1), dt_time(), UTC)
-        return Params(since=start, until=end, options=options)
+        return Params(
+            since=start, until=end, options=options, include_rehearsals=include_rehearsals
+        )
 
     @property
     def query(self) -> str:
@@ -366,12 +368,16 @@ def dashboard_router(
 
     @router.get("", response_class=HTMLResponse, dependencies=signed_in)
     def overview(
-        request: Request, *, since: str | None = None, until: str | None = None
+        request: Request,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        include_rehearsals: bool = False,
     ) -> HTMLResponse:
         period = page_period(since, until)
         if isinstance(period, HTMLResponse):
             return period
-        params = period.params()
+        params = period.params(include_rehearsals=include_rehearsals)
         got = page_numbers(request, [("funnel", params), ("nps", params)])
         if isinstance(got, HTMLResponse):
             return got
@@ -398,11 +404,14 @@ def dashboard_router(
         since: str | None = None,
         until: str | None = None,
         journey: str | None = None,
+        include_rehearsals: bool = False,
     ) -> HTMLResponse:
         period = page_period(since, until)
         if isinstance(period, HTMLResponse):
             return period
-        params = period.params(**({"journey": journey} if journey else {}))
+        params = period.params(
+            include_rehearsals=include_rehearsals, **({"journey": journey} if journey else {})
+        )
         got = page_numbers(request, [("journeys", params)])
         if isinstance(got, HTMLResponse):
             return got

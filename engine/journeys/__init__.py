@@ -108,6 +108,7 @@ from ._steps import (
     WaitStep,
     WaitUntilStep,
     exit_to,
+    handoff_audience,
 )
 from ._tools import SpecDiff, StepChange, diff_specs, to_mermaid
 
@@ -190,6 +191,7 @@ __all__ = [
     "exit_to",
     "goal",
     "hand_off",
+    "handoff_audience",
     "holdout",
     "idempotency_key",
     "next_best",

@@ -388,9 +388,20 @@ class ChangeStageStep(Step):
         return {"stage": self.stage, "reason": self.reason, "next": self.next}
 
 
+SERVICE_RECOVERY = "service_recovery"
+"""The hand-off reason that goes to customer care (a detractor), not to sales."""
+
+
+def handoff_audience(reason: str) -> str:
+    """Who a hand-off for ``reason`` reaches, as people say it: customer care for service
+    recovery (the pipeline's ``Routing.service`` team), sales for anything else."""
+    return "customer care" if reason == SERVICE_RECOVERY else "sales"
+
+
 @dataclass(frozen=True, kw_only=True)
 class HandOffStep(Step):
-    """Hand the contact to sales (the CRM hand-off); waits for the hand-off result.
+    """Hand the contact to sales (the CRM hand-off), or to customer care when ``reason``
+    is ``service_recovery``; waits for the hand-off result.
 
     Attributes:
         next: Where to go once the hand-off is recorded.
@@ -411,7 +422,7 @@ class HandOffStep(Step):
         return "hand-off"
 
     def summary(self) -> str:
-        return "hand off to sales"
+        return f"hand off to {handoff_audience(self.reason)}"
 
     def _fields_to_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "next": self.next, "on_failure": self.on_failure}

@@ -32,7 +32,7 @@ def creation_record(request: OpenRequest, first_stage: str) -> TransitionRecord:
             "source": "workflow",
             "kind": "manual",
         },
-        contact={"stage": first_stage, "traits": {}},
+        contact={"stage": first_stage, "traits": {}, "rehearsal": request.rehearsal},
     )
 
 
@@ -47,6 +47,8 @@ def save_transition(engine: Engine, record: TransitionRecord) -> None:
         contact.locale = record.contact.get("locale")
         contact.timezone = record.contact.get("timezone")
         contact.traits = dict(record.contact.get("traits") or {})
+        if record.contact.get("rehearsal"):
+            contact.rehearsal = True  # set at creation, never cleared by a later change
         contact.updated_at = datetime.now(UTC)
         session.add(contact)
         session.commit()
@@ -92,6 +94,7 @@ def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool
                     stage=first_stage,
                     traits={},
                     updated_at=datetime.now(UTC),
+                    rehearsal=request.rehearsal,
                 )
             )
             try:
@@ -103,7 +106,11 @@ def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool
             claimed = session.execute(
                 update(Contact)
                 .where(col(Contact.id) == request.contact_id, col(Contact.stage).is_(None))
-                .values(stage=first_stage, updated_at=datetime.now(UTC))
+                .values(
+                    stage=first_stage,
+                    updated_at=datetime.now(UTC),
+                    **({"rehearsal": True} if request.rehearsal else {}),
+                )
             )
             session.commit()
             if getattr(claimed, "rowcount", 0) != 1:

@@ -39,6 +39,9 @@ class Contact(ContactBase, table=True):
     id: str = Field(primary_key=True, max_length=64)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+    rehearsal: bool = False
+    """Created by a journey rehearsal: every report, metric and routing count leaves it
+    out unless asked to include rehearsals."""
 
 
 class ContactPublic(ContactBase):

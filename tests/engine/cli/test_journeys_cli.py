@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -197,6 +198,52 @@ def test_simulate_takes_attributes_time_zone_and_failures(db_url: str) -> None:
     assert result.exit_code == 0, result.output
     assert '"company_size": 500' in result.stdout
     assert "outcome: exited: delivery_failed: welcome: invalid_address" in result.stdout
+
+
+def test_the_detractor_hand_off_reads_as_customer_care_not_sales(db_url: str) -> None:
+    outline = run("show", "nps_survey")
+    assert outline.exit_code == 0, outline.output
+    assert "recovery-handoff  hand off to customer care" in outline.stdout
+    assert "hand off to sales" not in outline.stdout
+    # A sales hand-off still says sales.
+    assert "hand off to sales" in run("show", "b2b_nurture").stdout
+
+    detractor = run(
+        "simulate",
+        "nps_survey",
+        "--until",
+        "5d",
+        "--event",
+        "0d:order.paid",
+        "--event",
+        "3d2h:nps.answered:score=3",
+    )
+    assert detractor.exit_code == 0, detractor.output
+    lines = [line.strip() for line in detractor.stdout.splitlines()]
+    assert "d3 02:00  hand-off to customer care  (step recovery-handoff): service_recovery" in (
+        lines
+    )
+
+
+def test_simulate_without_its_entry_event_says_which_event_enters_it(db_url: str) -> None:
+    """nps_survey is entered by an event: with none in the script nothing happens, and
+    the command says why and what to add (exit code 1), rather than just "not entered"."""
+    result = run("simulate", "nps_survey")
+    assert result.exit_code == 1, result.output
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith("not entered: nps_survey is entered by event order.paid or")
+    assert "add --event 0d:order.paid or --event 0d:onboarding.finished" in last
+    as_json = run("simulate", "nps_survey", "--json")
+    assert as_json.exit_code == 1
+    assert "--event 0d:order.paid" in json.loads(as_json.stdout)["not_entered"]
+    # A journey entered at a stage names the stage to start at.
+    staged = run("simulate", "onboarding")
+    assert staged.exit_code == 1
+    assert "add --stage customer" in staged.stdout
+    # Given the event, it enters and runs.
+    entered = run("simulate", "nps_survey", "--event", "0d:order.paid", "--until", "1d")
+    assert entered.exit_code == 0, entered.output
+    assert "not entered" not in entered.stdout
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,53 @@
+"""``stagecoach doctor --deep`` against a running worker says what the README says it
+says: the same number of ``ok`` lines, naming the same checks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+from engine.content import ContentLibrary
+from engine.settings import Settings
+from tests.engine.cli.conftest import ROOT, Shell
+from tests.workflows.conftest import open_runtime
+
+NUMBERS = {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+
+
+def promised(deep: bool) -> tuple[int, list[str]]:
+    """The README's promise for ``doctor --deep`` (or without it): how many ``ok``
+    lines, and the checks they name."""
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    found = re.search(
+        r"`\.venv/bin/stagecoach doctor --deep` should print (\w+) `ok` lines: ([^.(]+)"
+        r"\(without `--deep`, the first (\w+)\)",
+        text,
+    )
+    assert found, "the README no longer says what doctor --deep prints"
+    names = [n.strip() for n in re.split(r",| and ", found[2]) if n.strip()]
+    count = NUMBERS[found[1] if deep else found[3]]
+    return count, names[:count]
+
+
+async def test_doctor_deep_prints_the_ok_lines_the_readme_promises(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    content_library: ContentLibrary,
+    shell: Callable[[Settings], Shell],
+) -> None:
+    async with open_runtime(env, task_queue, tmp_path, content_library) as runtime:
+        for deep in (True, False):
+            code, out, err = await shell(runtime.settings).run(
+                "doctor", *(["--deep"] if deep else [])
+            )
+            assert code == 0, out + err
+            lines = out.splitlines()
+            assert all(line.startswith("ok  ") for line in lines), out
+            count, names = promised(deep)
+            assert len(lines) == count, out
+            shown = [line[4:].strip() for line in lines]
+            assert [s[: len(n)] for s, n in zip(shown, names, strict=True)] == names, out
