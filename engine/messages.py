@@ -142,12 +142,24 @@ class ContactInput:
     move (an event's stage change, say) is not held back by a database write. Gated by
     the input like ``records_enrolments``, since it changes the commands a run issues:
     runs started without it replay as they ran."""
+    applies_opening_first: bool = False
+    """A new contact applies its opening event, and every event delivered with it (a
+    batch, or what arrived while it was opened), before its first journeys start or
+    send. Gated by the input: runs started without it replay as they ran."""
+    waits_for_channel: bool = False
+    """A send with no usable channel does what its journey declares (``NoChannel``:
+    wait for one, skip, or exit) instead of failing the step. Gated the same way."""
 
     @classmethod
     def current(cls, contact_id: str, **fields: Any) -> ContactInput:
         """An input with every behaviour gate a starter of today's code sets."""
         return cls(
-            contact_id=contact_id, records_enrolments=True, records_in_background=True, **fields
+            contact_id=contact_id,
+            records_enrolments=True,
+            records_in_background=True,
+            applies_opening_first=True,
+            waits_for_channel=True,
+            **fields,
         )
 
 
