@@ -180,6 +180,14 @@ def test_an_undeclared_journey_keeps_the_version_it_always_had(ctx: ValidationCo
             {"on_send": NoChannel("skip", reason="why")},
             "step 'first': on_no_channel skip takes no reason",
         ),
+        (
+            {"on_send": NoChannel("exit", timedelta(days=1), "gone")},
+            "step 'first': on_no_channel exit takes no limit",
+        ),
+        (
+            {"on_send": NoChannel("wait", 30)},  # type: ignore[arg-type]
+            "step 'first': on_no_channel limit 30 is not a timedelta",
+        ),
     ],
 )
 def test_bad_declarations_are_refused_with_the_place_and_the_fix(
