@@ -146,6 +146,13 @@ class ContactInput:
     """Rules (stage rules, MQL, journey conditions) compare the score as it is shown,
     rounded by ``engine.scoring.shown_score``. Gated by the input like
     ``records_enrolments``: a run started without it decides as it did."""
+    applies_opening_first: bool = False
+    """A new contact applies its opening event, and every event delivered with it (a
+    batch, or what arrived while it was opened), before its first journeys start or
+    send. Gated by the input: runs started without it replay as they ran."""
+    waits_for_channel: bool = False
+    """A send with no usable channel does what its journey declares (``NoChannel``:
+    wait for one, skip, or exit) instead of failing the step. Gated the same way."""
 
     @classmethod
     def current(cls, contact_id: str, **fields: Any) -> ContactInput:
@@ -155,6 +162,8 @@ class ContactInput:
             records_enrolments=True,
             records_in_background=True,
             score_as_shown=True,
+            applies_opening_first=True,
+            waits_for_channel=True,
             **fields,
         )
 

@@ -19,7 +19,13 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 
 from engine.codec import decode_in_place
-from engine.journeys import handoff_audience
+from engine.journeys import (
+    CHANNEL_TIMER_PREFIX,
+    EXITED_NO_CHANNEL,
+    NO_CHANNEL_WITHIN,
+    SKIPPED_NO_CHANNEL,
+    handoff_audience,
+)
 from engine.messages import EVENTS_SIGNAL, contact_workflow_id
 
 
@@ -107,6 +113,28 @@ def _signal_entries(at: datetime, name: str, msg: dict[str, Any], run_id: str) -
     return [Entry(at, "event", _event_summary(msg, name), msg, run_id)]
 
 
+def _no_channel_entries(data: dict[str, Any], run_id: str, seen: set[str]) -> list[Entry]:
+    """Sends skipped, and enrolments that exited, for want of a usable channel: read from
+    the trail a send or an enrolment's finish record carries (``seen``: shown already)."""
+    out: list[Entry] = []
+    for p in data.get("trail") or []:
+        outcome = str(p.get("outcome") or "")
+        if p.get("kind") != "send" or not p.get("at"):
+            continue
+        where = f"[{data.get('journey')}/{p.get('step')}]"
+        if outcome.startswith(SKIPPED_NO_CHANNEL):
+            text = f"skipped: no channel {where} ({outcome.split(': ', 2)[-1]})"
+        elif outcome.startswith((EXITED_NO_CHANNEL, NO_CHANNEL_WITHIN)):
+            text = f"exited: no channel {where} ({data.get('reason') or outcome})"
+        else:
+            continue
+        key = f"{data.get('journey')}:{data.get('enrolment')}:{p.get('step')}:{p.get('at')}"
+        if key not in seen:
+            seen.add(key)
+            out.append(Entry(datetime.fromisoformat(p["at"]), "not_sent", text, p, run_id))
+    return out
+
+
 def entries_from_history(
     events: Sequence[HistoryEvent], run_id: str = "", converter: DataConverter | None = None
 ) -> list[Entry]:
@@ -114,6 +142,7 @@ def entries_from_history(
     conv = converter or DataConverter.default
     out: list[Entry] = []
     scheduled: dict[int, tuple[str, dict[str, Any]]] = {}
+    no_channel: set[str] = set()
     for ev in events:
         at = ev.event_time.ToDatetime().replace(tzinfo=UTC)
         t = ev.event_type
@@ -136,6 +165,8 @@ def entries_from_history(
             entry = _scheduled_entry(at, kind, data, run_id)
             if entry is not None:
                 out.append(entry)
+            if kind in ("contact.deliver", "contact.record_enrolment"):
+                out.extend(_no_channel_entries(data, run_id, no_channel))
         elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             done = ev.activity_task_completed_event_attributes
             kind, request = scheduled.get(done.scheduled_event_id, ("", {}))
@@ -163,6 +194,10 @@ def entries_from_history(
             timer = ev.timer_started_event_attributes
             seconds = timer.start_to_fire_timeout.ToTimedelta().total_seconds()
             label = event_summary(ev, conv) or timer.timer_id
+            journey, _, timer_id = label.partition("/")
+            if timer_id.startswith(CHANNEL_TIMER_PREFIX):
+                step = timer_id.removeprefix(CHANNEL_TIMER_PREFIX).rsplit(":", 1)[0]
+                label = f"waiting for a channel [{journey}/{step}], at most"
             out.append(Entry(at, "wait", f"{label} for {seconds:.0f}s", {}, run_id))
         elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             accepted = ev.workflow_execution_update_accepted_event_attributes

@@ -7,6 +7,8 @@ history proves, one ``Link`` per decision, oldest first::
     branch, split  the decisions the enrolment's trail passed on its way to the step,
     wait_for_event or the one that led elsewhere
     reached        the step itself
+    channel        a send the contact had no usable channel for: how long it waited for
+                   one (a ``channel:`` timer), or that it was skipped or the journey left
     quiet_hours    a send held by the workflow before any delivery activity (a defer timer)
     consent        the delivery activity's consent and suppression check
     frequency_cap  a send the activity deferred (``not_before``), and the defer timer
@@ -44,7 +46,13 @@ from engine.contact import CONSENT_EVENTS
 from engine.errors import StagecoachError
 from engine.gateway import contact_view, missing_contact
 from engine.journeys import (
+    CHANNEL_READY,
+    CHANNEL_TIMER_PREFIX,
     CHANNELS,
+    EXITED_NO_CHANNEL,
+    NO_CHANNEL_WITHIN,
+    SKIPPED_NO_CHANNEL,
+    WAITING_FOR_CHANNEL,
     BranchStep,
     JourneyError,
     JourneySpec,
@@ -89,7 +97,7 @@ class Link:
     Attributes:
         at: When it happened (server time); ``None`` when only the live state shows it.
         kind: ``entry``, ``branch``, ``split``, ``wait_for_event``, ``reached``,
-            ``quiet_hours``, ``consent``, ``frequency_cap``, ``delivery``, ``finish``,
+            ``channel``, ``quiet_hours``, ``consent``, ``frequency_cap``, ``delivery``, ``finish``,
             ``waiting``, ``workflow`` or ``live``.
         verdict: The link's outcome in a word or two (``enrolled``, ``else``, ``held``,
             ``blocked``, ``sent``...).
@@ -485,6 +493,7 @@ def _enrolments(history: _History, journey: str, view: ContactView | None) -> li
                 e.version = e.version or str(live.get("version") or "")
                 e.time_scale = float(live.get("time_scale") or e.time_scale)
                 e.live = live
+                e.longer_trail(live.get("trail"))
                 e.saw(None, "the live state (state query)")
         record = (view.state.get("journeys") or {}).get(journey) or {}
         last = found.get(int(record.get("enrolments") or 0))
@@ -886,9 +895,18 @@ def _explain(
         and (e.since is None or t.started_at >= e.since)
         and (until is None or t.started_at < until)
     ]
+    channel_waits = [
+        t
+        for t in history.timers
+        if t.journey == journey
+        and t.timer_id.startswith(f"{CHANNEL_TIMER_PREFIX}{step_id}:")
+        and (e.since is None or t.started_at >= e.since)
+        and (until is None or t.started_at < until)
+        and (visit_at is None or t.started_at >= visit_at)
+    ]
     live = e.live or {}
     at_step = live.get("step") == step_id
-    reached = bool(entries or delivers or defers or waits or at_step)
+    reached = bool(entries or delivers or defers or waits or channel_waits or at_step)
 
     deciding: tuple[dict[str, Any], str] | None = None
     for passage in trail[:upto]:
@@ -932,7 +950,9 @@ def _explain(
             + (f" ({outcome})" if outcome else ""),
         )
         return
-    _delivery(chain, history, step_id, trail[upto:], delivers, defers, e, label)
+    later = trail[upto:]
+    waited = _channel_wait(chain, history, step, later, channel_waits, e)
+    _delivery(chain, history, step_id, later, delivers, defers, e, label, waited)
 
 
 def _verdict(passage: dict[str, Any]) -> str:
@@ -1030,8 +1050,10 @@ def _delivery(
     defers: list[_Timer],
     e: _Enrolment,
     label: str,
+    waited: str | None = None,
 ) -> None:
-    """Quiet hours, consent, the frequency cap and the result, in the order they happened."""
+    """Quiet hours, consent, the frequency cap and the result, in the order they happened.
+    ``waited``: how a wait for a channel ended, when the send had one (``_channel_wait``)."""
     events: list[tuple[datetime, int, _Activity | _Timer]] = [
         (a.scheduled_at, 0, a) for a in delivers
     ] + [(t.started_at, 1, t) for t in defers]
@@ -1108,7 +1130,75 @@ def _delivery(
                 item.scheduled_at, "delivery", "in flight", item.pending or "attempt 1 running"
             )
     reason = reason_of.get(len(events) - 1, "")
+    if last is None and waited is not None and waited != "ready":
+        chain.settle(NOT_SENT if waited != "waiting" else PENDING, chain.answer)
+        return
     _settle_delivery(chain, history, step_id, later, last, reason, e, label)
+
+
+def _channel_wait(
+    chain: _Chain,
+    history: _History,
+    step: dict[str, Any],
+    later: list[dict[str, Any]],
+    timers: list[_Timer],
+    e: _Enrolment,
+) -> str | None:
+    """The link for a send the contact had no usable channel for, and how that ended:
+    ``waiting``, ``ready`` (then sent), ``gave_up`` (the limit passed), ``skipped`` or
+    ``exited``; None when the send never lacked one. Sets the answer for all but
+    ``ready``, which the delivery's links go on to explain."""
+    step_id = str(step.get("id"))
+    outcomes = [
+        (p, str(p.get("outcome") or ""))
+        for p in later
+        if p.get("step") == step_id and p.get("kind") == "send"
+    ]
+    lacking = (WAITING_FOR_CHANNEL, SKIPPED_NO_CHANNEL, EXITED_NO_CHANNEL)
+    found = next(((p, o) for p, o in outcomes if o.startswith(lacking)), None)
+    timer = timers[-1] if timers else None
+    if found is None and timer is None:
+        return None
+    wanted = str(step.get("channel") or "preferred")
+    error = f"no_address:{wanted}"
+    at = timer.started_at if timer else None
+    outcome = WAITING_FOR_CHANNEL
+    if found is not None:
+        passage, outcome = found
+        at = _when(passage.get("at")) or at
+        prefix = next(p for p in lacking if outcome.startswith(p))
+        error = outcome.removeprefix(prefix).removeprefix(": ") or error
+    reasons, _ = _no_channel(history, error.split(":", 1)[-1], at)
+    detail = f"no channel the contact may be sent on ({error}): {reasons}"
+    if outcome.startswith(SKIPPED_NO_CHANNEL):
+        chain.add(at, "channel", "skipped", f"{detail}; the journey skips the send without one")
+        chain.answer = f"not sent: skipped, {detail}"
+        return "skipped"
+    if outcome.startswith(EXITED_NO_CHANNEL):
+        reason = (e.finished or {}).get("reason") or "exit"
+        chain.add(at, "channel", "exited", f"{detail}; the journey exits without one ({reason})")
+        chain.answer = f"not sent: {detail}; the journey exited ({reason}) at {_iso(at)}"
+        return "exited"
+    ready = next((p for p, o in outcomes if o == CHANNEL_READY), None)
+    gave_up = next((o for _, o in outcomes if o.startswith(NO_CHANNEL_WITHIN)), "")
+    if ready is not None or (timer is not None and timer.cancelled_at is not None):
+        came = _when(ready.get("at")) if ready else None
+        came = came or (timer.cancelled_at if timer else None)
+        chain.add(at, "channel", "waited", f"{detail}; waited until one came at {_iso(came)}")
+        return "ready"
+    deadline = (
+        timer.fire_at if timer else _when(((e.live or {}).get("waiting") or {}).get("deadline"))
+    )
+    if gave_up or (timer is not None and timer.fired_at is not None):
+        ended = timer.fired_at if timer else None
+        limit = gave_up or f"{NO_CHANNEL_WITHIN} {_span(deadline - at) if deadline and at else '?'}"
+        chain.add(ended, "channel", "gave up", f"{detail}; {limit}: the journey exits (no_channel)")
+        chain.answer = f"not sent: {limit} ({reasons}); the enrolment exited at {_iso(ended)}"
+        return "gave_up"
+    chain.add(at, "channel", "waiting", f"{detail}; waiting for one until {_iso(deadline)}")
+    chain.pending = f"waiting for a channel until {_iso(deadline)}"
+    chain.answer = f"not sent yet: waiting for a channel until {_iso(deadline)}: {reasons}"
+    return "waiting"
 
 
 def _no_channel(history: _History, wanted: str, at: datetime | None) -> tuple[str, bool]:

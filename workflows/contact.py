@@ -10,7 +10,11 @@ what the pure core decides into durable effects:
 - each journey enrolment runs the pure interpreter (``engine.journeys.step``) on its
   pinned spec; its commands become timers and activities, their results are fed back;
 - sends go through the one delivery activity, after quiet hours (a wait here, in the
-  contact's zone) and with consent, suppression and the frequency cap checked there.
+  contact's zone) and with consent, suppression and the frequency cap checked there;
+  a send the contact has no usable channel for yet does what its journey declares
+  (``NoChannel``): wait for one (sent when an event brings it), skip, or exit;
+- a new contact applies its opening event and everything delivered with it before its
+  first journeys start (``ContactInput.applies_opening_first``).
 
 Everything that decides is pure and lives in ``engine``; this module only orchestrates,
 so it stays deterministic: time from ``workflow.now()``, no I/O, no randomness.
@@ -36,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from engine.journeys import (
         AddTag,
         ChangeStage,
+        ChannelReady,
         Command,
         Cursor,
         Deliver,
@@ -152,6 +157,8 @@ class ContactWorkflow:
         self._rehearsal = inp.rehearsal
         self._records_enrolments = inp.records_enrolments
         self._records_in_background = inp.records_in_background
+        self._applies_opening_first = inp.applies_opening_first
+        self._waits_for_channel = inp.waits_for_channel
         self._recording: list[workflow.ActivityHandle[None]] = []
         self._inbox: deque[EventMessage] = deque(inp.pending)
         self._fired: deque[tuple[str, str]] = deque()
@@ -228,6 +235,7 @@ class ContactWorkflow:
                     "step": aj.cursor.get("step_id", ""),
                     "waiting": aj.cursor.get("waiting"),
                     "time_scale": aj.time_scale,
+                    "trail": list(aj.trail),
                 }
                 for name, aj in sorted(self._active.items())
             ],
@@ -261,6 +269,8 @@ class ContactWorkflow:
             self._enrol_entered_on(self._state.stage)
             if inp.enrol is not None and inp.enrol.problem() is None:
                 await self._enrol_now(inp.enrol, at_start=True)
+            elif self._applies_opening_first and self._inbox:
+                await self._apply_opening(inp)
         while True:
             await workflow.wait_condition(
                 lambda: bool(self._inbox or self._fired or self._merged_into)
@@ -307,14 +317,48 @@ class ContactWorkflow:
             or self._run_events >= inp.max_events_per_run
         )
 
-    async def _on_event(self, message: EventMessage) -> None:
+    async def _apply_opening(self, inp: ContactInput) -> None:
+        """A new contact's opening event and everything delivered with it (the rest of
+        its batch, and what arrived while it was opened), applied before any journey
+        starts: the first stage's journeys start, and send, with the identity and
+        consent those events brought. Then they hear the events, so a whitepaper
+        download that created the contact still counts as interest."""
+        async with self._lock:
+            due = [name for name, _ in self._enrol_queue]
+            opening: list[EventRecord] = []
+            while self._inbox and not self._run_full(inp):
+                record = await self._on_event(self._inbox.popleft(), opening=True)
+                if record is not None:
+                    opening.append(record)
+            await self._drain_enrolments()
+            now = workflow.now()
+            for record in opening:
+                for name in due:
+                    aj = self._active.get(name)
+                    if aj is not None:
+                        await self._drive(
+                            name,
+                            EventReceived(
+                                now=self._journey_now(aj, now),
+                                facts=self._facts(now, aj),
+                                event=self._journey_event(aj, record),
+                            ),
+                        )
+            await self._drain_enrolments()
+            self._sync_search_attributes()
+
+    async def _on_event(
+        self, message: EventMessage, *, opening: bool = False
+    ) -> EventRecord | None:
+        """Apply one event; ``opening``: one of a new contact's opening events, applied
+        before its journeys start (``_apply_opening``). The event applied, or None."""
         state = self._require_state()
         now = workflow.now()
         problem = message.problem()
         if problem is not None:
             # Refused at the gateway; one that slipped past is dropped, not retried forever.
             workflow.logger.error("event %r dropped: %s", message.message_id, problem)
-            return
+            return None
         record = EventRecord(message.type, message.occurred_at, dict(message.properties))
         self._end_episode_below_bar(now)  # a dip since the last event ends it too
         seen = model.observe(
@@ -328,14 +372,15 @@ class ContactWorkflow:
             as_shown=self._score_as_shown,
         )
         if seen.duplicate:
-            return
+            return None
         self._run_events += 1
         self._state = seen.state
-        # Enrolments already due (the first stage's journeys, when this event created the
-        # contact) start with the event's traits but before its stage move, and then hear
-        # the event itself: a whitepaper download that created the contact counts as
-        # interest.
-        await self._drain_enrolments()
+        if not opening:
+            # Enrolments already due (the first stage's journeys, when this event created
+            # the contact, in a run started before ``applies_opening_first``) start with
+            # the event's traits but before its stage move, and then hear the event
+            # itself: a whitepaper download that created the contact counts as interest.
+            await self._drain_enrolments()
         listening = list(self._active)
         if seen.transition is not None:
             await self._record_transition(seen.transition)
@@ -349,17 +394,39 @@ class ContactWorkflow:
                         now=jnow, facts=self._facts(now, aj), event=self._journey_event(aj, record)
                     ),
                 )
+        await self._channels_ready()
         decision = SALES_FEEDBACK.get(record.type)
         if decision is not None:
             await self._on_feedback(decision, record)
         if self._rehearsal:
-            return  # a rehearsal contact is only in the journeys it was enrolled in
+            return record  # a rehearsal contact is only in the journeys it was enrolled in
         for name, raw in sorted(self._published().items()):
             if name not in self._active and self._spec(raw).entered_by_event(record):
                 self._enrol_queue.append((name, 1.0))
         self._end_episode_below_bar(now)
         if self._handoff is None and self._qualifies(now):
             await self._open_handoff("mql", journey="", step_id="mql")
+        return record
+
+    async def _channels_ready(self) -> None:
+        """Sends waiting for a channel go out once the contact has one. Asked each time
+        an event changes the contact (its address, consent or preferred channel only
+        change that way), never polled; the wait's limit is a durable timer."""
+        state = self._require_state()
+        now = workflow.now()
+        for name, aj in list(self._active.items()):
+            waiting = aj.cursor.get("waiting") or {}
+            if self._active.get(name) is not aj or waiting.get("kind") != "channel":
+                continue
+            step = self._spec(aj.spec).step(str(waiting.get("step_id")))
+            if _usable(state, str(getattr(step, "channel", "preferred"))) is None:
+                continue
+            await self._drive(
+                name,
+                ChannelReady(
+                    now=self._journey_now(aj, now), facts=self._facts(now, aj), step_id=step.id
+                ),
+            )
 
     async def _on_timer(self, journey: str, timer_id: str) -> None:
         self._timers.pop((journey, timer_id), None)
@@ -579,7 +646,11 @@ class ContactWorkflow:
         cursor = aj.cursor
 
         def result(
-            ok: bool, error: str | None = None, outcome: DeliverOutcome | None = None
+            ok: bool,
+            error: str | None = None,
+            outcome: DeliverOutcome | None = None,
+            *,
+            no_channel: bool = False,
         ) -> DeliveryResult:
             return DeliveryResult(
                 now=self._journey_now(aj, workflow.now()),
@@ -589,12 +660,17 @@ class ContactWorkflow:
                 permanent_error=error,
                 content_id=outcome.content_id if outcome else None,
                 content_version=outcome.content_version if outcome else None,
+                no_channel=no_channel,
             )
 
-        channel = state.preferred_channel() if command.channel == "preferred" else command.channel
-        address = state.address(channel) if channel else None
-        if channel is None or address is None:
-            return result(False, f"no_address:{command.channel}")
+        usable = _usable(state, command.channel)
+        if usable is None:
+            # Not reachable yet: the journey's NoChannel says whether to wait, skip or exit
+            # (a run started before ``waits_for_channel`` fails the step, as it did).
+            return result(
+                False, f"no_address:{command.channel}", no_channel=self._waits_for_channel
+            )
+        channel, address = usable
         quiet_end = self._policy.quiet_until(jnow, state.timezone)
         if quiet_end is not None:
             self._defer(name, aj, command, self._real_delay(aj, quiet_end, now))
@@ -974,6 +1050,16 @@ class ContactWorkflow:
             updates.append(key.value_set(value))
         if updates:
             workflow.upsert_search_attributes(updates)
+
+
+def _usable(state: model.ContactState, wanted: str) -> tuple[str, str] | None:
+    """The channel and address a send on ``wanted`` goes to now, or None: for
+    ``preferred``, a channel with an address and consent; otherwise its address."""
+    channel = state.preferred_channel() if wanted == "preferred" else wanted
+    address = state.address(channel) if channel else None
+    if channel is None or address is None:
+        return None
+    return channel, address
 
 
 def _deliver_to_dict(command: Deliver) -> dict[str, Any]:

@@ -175,6 +175,11 @@ def _pending(app: FastAPI) -> set[asyncio.Task[None]]:
     return tasks
 
 
+_ADDRESSING = frozenset({"wechat.subscribed", "wechat.scanned"})
+"""A follow or a follower's scan: WeChat itself attests the openid as a follower's, so
+the contact's workflow is told it as the trait it sends WeChat messages to."""
+
+
 def _incoming(event: CallbackEvent) -> Incoming:
     return Incoming(
         kind="track",
@@ -183,6 +188,7 @@ def _incoming(event: CallbackEvent) -> Incoming:
         occurred_at=event.occurred_at,
         properties=event.properties,
         context=event.context,
+        traits={"wechat_openid": event.openid} if event.type in _ADDRESSING else {},
         identities={"wechat_openid": event.openid},
         source=SOURCE,
         channel="wechat",

@@ -9,7 +9,7 @@ linear sequence needs no wiring. Targets are step ids, ``END`` (complete) or
         entry=stage_entered("lead"),
         goal=event("order.paid"),
         steps=[
-            send("welcome-email", channel="email"),
+            send("welcome-email", channel="email", on_no_channel=NoChannel.skip()),
             wait(days=2),
             wait_for("content.downloaded", timeout=timedelta(days=3), on_timeout="nudge"),
             goal(),
@@ -41,6 +41,7 @@ from ._steps import (
     GoalStep,
     HandOffStep,
     NextBestItem,
+    NoChannel,
     ReEntry,
     SendStep,
     SetAttributeStep,
@@ -51,6 +52,7 @@ from ._steps import (
     WaitForEventStep,
     WaitStep,
     WaitUntilStep,
+    no_channel_from,
 )
 
 DEFAULT_LOCALES: tuple[str, ...] = ("zh-CN", "en")
@@ -79,6 +81,9 @@ class Journey:
         goal: Conversion condition, checked like ``exit_when``; meeting it completes the
             journey with reason ``goal``.
         locales: Locales the journey's content must exist in.
+        on_no_channel: What its sends do when the contact has no usable channel yet:
+            ``NoChannel.wait(days=30)`` (``None``, the default), ``NoChannel.skip()`` or
+            ``NoChannel.exit("reason")``; a send's own declaration wins.
     """
 
     name: str
@@ -89,8 +94,10 @@ class Journey:
     exit_when: Condition | None = None
     goal: Condition | None = None
     locales: Sequence[str] = DEFAULT_LOCALES
+    on_no_channel: NoChannel | str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "on_no_channel", no_channel_from(self.on_no_channel))
         entry = (self.entry,) if isinstance(self.entry, StageEntered | EventEntry) else self.entry
         object.__setattr__(self, "entry", tuple(entry))
         object.__setattr__(self, "locales", tuple(self.locales))
@@ -149,6 +156,7 @@ def send(
     id: str = "",
     next: str | None = None,
     on_failure: str | None = None,
+    on_no_channel: NoChannel | str | None = None,
 ) -> SendStep:
     """Send a content item (id or ``next_best(...)``) over a channel.
 
@@ -158,8 +166,22 @@ def send(
         id: Stable step id; derived from the content id when empty.
         next: Where to go once delivered (default: the next step in order).
         on_failure: Where to go on a permanent delivery failure (default: exit).
+        on_no_channel: When the contact has no usable channel yet:
+            ``NoChannel.wait(days=...)``, ``NoChannel.skip()`` or ``NoChannel.exit(...)``
+            (or ``"wait"``, ``"skip"``, ``"exit"``); default: the journey's declaration,
+            else wait up to 30 days.
+
+    Raises:
+        TypeError: ``on_no_channel`` is neither a ``NoChannel`` nor text.
     """
-    return SendStep(id=id, content=content, channel=channel, next=next, on_failure=on_failure)
+    return SendStep(
+        id=id,
+        content=content,
+        channel=channel,
+        next=next,
+        on_failure=on_failure,
+        on_no_channel=no_channel_from(on_no_channel),
+    )
 
 
 def next_best(

@@ -7,14 +7,18 @@ commands the caller must carry out, then feeds their outcomes back as inputs.
 
 Model::
 
-    inputs   Start | TimerFired | EventReceived | DeliveryResult | HandoffResult | Cancel
+    inputs   Start | TimerFired | EventReceived | DeliveryResult | HandoffResult
+             | ChannelReady | Cancel
     commands Deliver | StartTimer | CancelTimer | WaitForEvent | ChangeStage | HandOff
              | SetAttribute | AddTag | Enrol | Exit | Completed
 
 Waiting: a cursor waits for exactly one thing: a delivery result (after ``Deliver``), a
-hand-off result (after ``HandOff``), a timer (``wait``/``wait_until``), or an event with a
-timeout. An event wait is emitted as ``StartTimer`` (the timeout) plus ``WaitForEvent``
-(which events end it); the workflow runs every timer the same way and feeds back
+hand-off result (after ``HandOff``), a timer (``wait``/``wait_until``), an event with a
+timeout, or a usable channel with a timeout (a send the workflow answered
+``DeliveryResult(no_channel=True)``, when the step's ``NoChannel`` says wait; the
+workflow feeds ``ChannelReady`` once the contact has one, and the timeout exits with
+reason ``no_channel``). An event wait is emitted as ``StartTimer`` (the timeout) plus
+``WaitForEvent`` (which events end it); the workflow runs every timer the same way and feeds back
 ``TimerFired`` or ``EventReceived``; ``CancelTimer`` tells it a pending timer is moot.
 
 Goal and global exit criteria are evaluated on every input to an active cursor (so on
@@ -42,6 +46,7 @@ from ._spec import JourneySpec
 from ._steps import (
     END,
     EXIT_PREFIX,
+    NO_CHANNEL,
     AddTagStep,
     BranchStep,
     ChangeStageStep,
@@ -57,6 +62,7 @@ from ._steps import (
     WaitForEventStep,
     WaitStep,
     WaitUntilStep,
+    _human,
 )
 
 STEP_BUDGET = 1000
@@ -67,7 +73,19 @@ TIME_ZONE_ATTRIBUTE = "timezone"
 
 Status: TypeAlias = Literal["active", "completed", "exited"]
 _S = TypeVar("_S", bound=Step)
-WaitKind: TypeAlias = Literal["delivery", "handoff", "timer", "event"]
+WaitKind: TypeAlias = Literal["delivery", "handoff", "timer", "event", "channel"]
+
+CHANNEL_TIMER_PREFIX = "channel:"
+"""Timer ids of a send waiting for a usable channel: ``channel:<step id>:<n>``."""
+WAITING_FOR_CHANNEL = "waiting for a channel"
+"""Passage outcomes of a send without a usable channel, by what the journey declared
+(``NoChannel``): ``waiting for a channel: <why>``, then ``channel ready`` or
+``no channel within <limit>``; ``skipped: no channel: <why>``; ``exited: no channel:
+<why>``. ``contact why`` and the timeline read them."""
+SKIPPED_NO_CHANNEL = "skipped: no channel"
+EXITED_NO_CHANNEL = "exited: no channel"
+CHANNEL_READY = "channel ready"
+NO_CHANNEL_WITHIN = "no channel within"
 
 
 def idempotency_key(
@@ -307,6 +325,19 @@ class DeliveryResult:
     permanent_error: str | None = None
     content_id: str | None = None
     content_version: str | None = None
+    no_channel: bool = False
+    """Not attempted: the contact has no channel it may be sent on (``permanent_error``
+    says which, e.g. ``no_address:preferred``). The step's ``NoChannel`` decides: wait
+    for one, skip the send, or exit. False for old callers: a failure as before."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelReady:
+    """The contact now has a usable channel for the send waiting at ``step_id``."""
+
+    now: datetime
+    facts: Facts
+    step_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,7 +360,9 @@ class Cancel:
     reason: str
 
 
-Input: TypeAlias = Start | TimerFired | EventReceived | DeliveryResult | HandoffResult | Cancel
+Input: TypeAlias = (
+    Start | TimerFired | EventReceived | DeliveryResult | HandoffResult | ChannelReady | Cancel
+)
 
 
 # Commands.
@@ -580,7 +613,12 @@ def step_traced(
         run.cursor = replace(run.cursor, waiting=None)  # the timer is spent: nothing to cancel
         if not _goal_or_exit(run):
             current = spec.step(waiting.step_id)
-            if isinstance(current, WaitForEventStep):
+            if waiting.kind == "channel":
+                send = _expect(spec, waiting.step_id, SendStep)
+                limit = _human(spec.no_channel(send).wait_limit)
+                run.passed(send.id, send.kind, f"{NO_CHANNEL_WITHIN} {limit}")
+                _finish(run, "exited", NO_CHANNEL)
+            elif isinstance(current, WaitForEventStep):
                 run.passed(current.id, current.kind, "timed out")
                 _advance(run, _target(current.on_timeout))
             else:
@@ -592,10 +630,24 @@ def step_traced(
                 run.passed(current.id, current.kind, f"matched {input.event.type}")
                 _cancel_timer(run)
                 _advance(run, _target(current.next))
+    elif isinstance(input, ChannelReady):
+        if waiting is None or waiting.kind != "channel" or waiting.step_id != input.step_id:
+            return cursor, (), ()
+        if not _goal_or_exit(run):
+            current = _expect(spec, waiting.step_id, SendStep)
+            run.passed(current.id, current.kind, CHANNEL_READY)
+            _cancel_timer(run)
+            # The same send, under the same key: it was never attempted.
+            _deliver(run, current, run.cursor.visit_count(current.id) or 1)
     elif isinstance(input, DeliveryResult):
         if waiting is None or waiting.kind != "delivery" or waiting.step_id != input.step_id:
             return cursor, (), ()
         run.cursor = replace(run.cursor, waiting=None)
+        if input.no_channel and not input.ok:
+            current = _expect(spec, waiting.step_id, SendStep)
+            if not _goal_or_exit(run):
+                _no_channel(run, current, input.permanent_error or "no usable channel")
+            return run.cursor, tuple(run.commands), tuple(run.trace)
         run.passed(input.step_id, "send", "ok" if input.ok else f"failed: {input.permanent_error}")
         if not _goal_or_exit(run):
             current = _expect(spec, waiting.step_id, SendStep)
@@ -667,6 +719,20 @@ def _failed(run: _Run, on_failure: str | None, what: str, step_id: str, error: s
         _finish(run, "exited", f"{what}: {step_id}: {error or 'unknown error'}")
 
 
+def _no_channel(run: _Run, step: SendStep, why: str) -> None:
+    """A send found no usable channel: do what the journey declared."""
+    declared = run.spec.no_channel(step)
+    if declared.action == "skip":
+        run.passed(step.id, step.kind, f"{SKIPPED_NO_CHANNEL}: {why}")
+        _advance(run, _target(step.next))
+    elif declared.action == "exit":
+        run.passed(step.id, step.kind, f"{EXITED_NO_CHANNEL}: {why}")
+        _finish(run, "exited", declared.exit_reason)
+    else:
+        run.passed(step.id, step.kind, f"{WAITING_FOR_CHANNEL}: {why}")
+        _wait(run, "channel", step, run.now + declared.wait_limit, prefix=CHANNEL_TIMER_PREFIX)
+
+
 def _cancel_timer(run: _Run) -> None:
     waiting = run.cursor.waiting
     if waiting is not None and waiting.timer_id is not None:
@@ -683,10 +749,12 @@ def _finish(run: _Run, status: Status, reason: str) -> None:
         run.commands.append(Exit(reason))
 
 
-def _wait(run: _Run, kind: WaitKind, current: Step, fire_at: datetime | None = None) -> str | None:
+def _wait(
+    run: _Run, kind: WaitKind, current: Step, fire_at: datetime | None = None, *, prefix: str = ""
+) -> str | None:
     timer_id = None
     if fire_at is not None:
-        timer_id = f"{current.id}:{run.cursor.history}"
+        timer_id = f"{prefix}{current.id}:{run.cursor.history}"
         run.commands.append(StartTimer(timer_id, fire_at))
     run.cursor = replace(
         run.cursor,
@@ -700,6 +768,21 @@ def _visit(run: _Run, step_id: str) -> int:
     counts[step_id] = counts.get(step_id, 0) + 1
     run.cursor = replace(run.cursor, visits=tuple(sorted(counts.items())))
     return counts[step_id]
+
+
+def _deliver(run: _Run, current: SendStep, visit: int) -> None:
+    spec, content = run.spec, current.content
+    key = (spec.name, spec.version, current.id, run.cursor.enrolment)
+    run.commands.append(
+        Deliver(
+            step_id=current.id,
+            channel=current.channel,
+            content_id=content if isinstance(content, str) else None,
+            selector=content if isinstance(content, NextBestItem) else None,
+            idempotency_key=idempotency_key(*key, visit=visit),
+        )
+    )
+    _wait(run, "delivery", current)
 
 
 def _advance(run: _Run, target: str) -> None:
@@ -719,18 +802,7 @@ def _advance(run: _Run, target: str) -> None:
         key = (spec.name, spec.version, current.id, run.cursor.enrolment)
 
         if isinstance(current, SendStep):
-            visit = _visit(run, current.id)
-            content = current.content
-            run.commands.append(
-                Deliver(
-                    step_id=current.id,
-                    channel=current.channel,
-                    content_id=content if isinstance(content, str) else None,
-                    selector=content if isinstance(content, NextBestItem) else None,
-                    idempotency_key=idempotency_key(*key, visit=visit),
-                )
-            )
-            _wait(run, "delivery", current)
+            _deliver(run, current, _visit(run, current.id))
             return
         if isinstance(current, HandOffStep):
             visit = _visit(run, current.id)

@@ -42,6 +42,7 @@ from ._steps import (
     ExitStep,
     GoalStep,
     NextBestItem,
+    NoChannel,
     ReEntry,
     SendStep,
     SplitStep,
@@ -51,6 +52,7 @@ from ._steps import (
     WaitStep,
     entry_from_dict,
     is_reserved_target,
+    no_channel_from,
     step_from_dict,
 )
 
@@ -129,6 +131,8 @@ class JourneySpec:
         goal: Goal condition, or ``None``.
         locales: Supported locales.
         steps: Steps with every target explicit; the first one starts an enrolment.
+        on_no_channel: The sends' declaration for no usable channel (``None``: wait up
+            to ``NO_CHANNEL_WAIT``); a send's own wins.
         version: sha256 (hex) of the canonical JSON of everything above.
     """
 
@@ -140,6 +144,7 @@ class JourneySpec:
     goal: Condition | None
     locales: tuple[str, ...]
     steps: tuple[Step, ...]
+    on_no_channel: NoChannel | None = None
     version: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -163,6 +168,11 @@ class JourneySpec:
         """
         return self._index[step_id]
 
+    def no_channel(self, step: SendStep) -> NoChannel:
+        """What ``step`` does without a usable channel: its own declaration, else the
+        journey's, else wait up to ``NO_CHANNEL_WAIT``."""
+        return step.on_no_channel or self.on_no_channel or NoChannel()
+
     def entered_by_stage(self, stage: str) -> bool:
         """True when entering ``stage`` enrols a contact in this journey."""
         return any(isinstance(e, StageEntered) and e.stage == stage for e in self.entry)
@@ -176,7 +186,7 @@ class JourneySpec:
         return frozenset(t for _, t in _event_type_uses(self))
 
     def _body(self) -> dict[str, Any]:
-        return {
+        body = {
             "format": SPEC_FORMAT,
             "name": self.name,
             "description": self.description,
@@ -187,6 +197,10 @@ class JourneySpec:
             "locales": list(self.locales),
             "steps": [s.to_dict() for s in self.steps],
         }
+        if self.on_no_channel is not None:
+            # Only when declared: a spec without it keeps the version it always had.
+            body["on_no_channel"] = self.on_no_channel.to_dict()
+        return body
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, including ``version``."""
@@ -218,6 +232,11 @@ class JourneySpec:
                 goal=_maybe_condition(data.get("goal")),
                 locales=tuple(data["locales"]),
                 steps=tuple(step_from_dict(s) for s in data["steps"]),
+                on_no_channel=(
+                    NoChannel.from_dict(data["on_no_channel"])
+                    if data.get("on_no_channel") is not None
+                    else None
+                ),
             )
         except KeyError as exc:
             raise SpecFormatError(
@@ -313,6 +332,7 @@ def compile_journey(journey: Journey, ctx: ValidationContext) -> JourneySpec:
             goal=journey.goal,
             locales=tuple(journey.locales),
             steps=steps,
+            on_no_channel=no_channel_from(journey.on_no_channel),
         )
     except (TypeError, ValueError) as exc:
         # A spec is JSON (its version hashes it): a value with no JSON form (a datetime
@@ -513,10 +533,27 @@ def _cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
     return found
 
 
+def _check_no_channel(where: str, declared: NoChannel | None, add: Any) -> None:
+    if declared is None:
+        return
+    problem = declared.problem()
+    if problem is not None:
+        add(where, *problem)
+    elif declared.action == "wait" and declared.wait_limit > MAX_SPAN:
+        add(
+            where,
+            f"on_no_channel waits {declared.wait_limit.days} days, longer than"
+            f" {MAX_SPAN.days} days",
+            "wait at most 100 years: check the units",
+        )
+
+
 def _check_steps(spec: JourneySpec, ctx: ValidationContext, add: Any) -> None:
+    _check_no_channel("journey", spec.on_no_channel, add)
     for s in spec.steps:
         where = f"step {s.id!r}"
         if isinstance(s, SendStep):
+            _check_no_channel(where, s.on_no_channel, add)
             if s.channel not in (*CHANNELS, "preferred"):
                 add(
                     where,

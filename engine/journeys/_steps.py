@@ -85,6 +85,129 @@ class NextBestItem:
         )
 
 
+NO_CHANNEL = "no_channel"
+"""The reason an enrolment exits with when no channel became usable in time."""
+
+NO_CHANNEL_WAIT = timedelta(days=30)
+"""How long a send waits for a usable channel unless the journey says otherwise: long
+enough for an anonymous visitor to come back and identify, or for an email lead to
+follow the Official Account after an event, and short enough that the first message
+still belongs to the moment the contact arrived."""
+
+NO_CHANNEL_ACTIONS: tuple[str, ...] = ("wait", "skip", "exit")
+
+
+@dataclass(frozen=True)
+class NoChannel:
+    """What a send does when the contact has no channel it may be sent on yet (no
+    address, or, for the preferred channel, none with consent).
+
+    Build with ``NoChannel.wait(days=30)`` (the default: wait for an address or consent
+    to arrive, then send; exit with reason ``no_channel`` when the limit passes),
+    ``NoChannel.skip()`` (carry on without this send) or ``NoChannel.exit("reason")``
+    (leave the journey). Declared on the journey (``Journey(on_no_channel=...)``) or on
+    one send (``send(..., on_no_channel=...)``, which wins).
+
+    Attributes:
+        action: ``"wait"``, ``"skip"`` or ``"exit"``.
+        limit: For ``wait``: how long; ``None`` is ``NO_CHANNEL_WAIT`` (30 days).
+        reason: For ``exit``: the exit reason; empty is ``no_channel``.
+    """
+
+    action: str = "wait"
+    limit: timedelta | None = None
+    reason: str = ""
+
+    @classmethod
+    def wait(
+        cls, limit: timedelta | None = None, *, days: float = 0, hours: float = 0
+    ) -> NoChannel:
+        """Wait up to ``limit`` (or ``days``/``hours``; default 30 days) for a channel."""
+        if limit is None and (days or hours):
+            limit = timedelta(days=days, hours=hours)
+        return cls("wait", limit)
+
+    @classmethod
+    def skip(cls) -> NoChannel:
+        """Skip the send and carry on with the journey."""
+        return cls("skip")
+
+    @classmethod
+    def exit(cls, reason: str = NO_CHANNEL) -> NoChannel:
+        """Leave the journey with ``reason``."""
+        return cls("exit", reason=reason)
+
+    @property
+    def wait_limit(self) -> timedelta:
+        return self.limit if isinstance(self.limit, timedelta) else NO_CHANNEL_WAIT
+
+    @property
+    def exit_reason(self) -> str:
+        return self.reason or NO_CHANNEL
+
+    def summary(self) -> str:
+        if self.action == "wait":
+            return f"wait up to {_human(self.wait_limit)} for a channel"
+        if self.action == "exit":
+            return f"exit ({self.exit_reason}) without a channel"
+        return f"{self.action} without a channel"
+
+    def problem(self) -> tuple[str, str] | None:
+        """What is wrong with this declaration, and the fix; ``None`` if it is sound."""
+        usage = "use NoChannel.wait(days=30), NoChannel.skip() or NoChannel.exit('reason')"
+        if self.action not in NO_CHANNEL_ACTIONS:
+            return f"on_no_channel action {self.action!r} is unknown", usage
+        if self.action == "wait" and self.limit is not None:
+            if not isinstance(self.limit, timedelta):
+                return f"on_no_channel limit {self.limit!r} is not a timedelta", usage
+            if self.limit <= timedelta(0):
+                return (
+                    "on_no_channel waits a limit that is not positive",
+                    "wait a positive time, e.g. NoChannel.wait(days=30), or skip the send",
+                )
+        if self.action != "wait" and self.limit is not None:
+            return f"on_no_channel {self.action} takes no limit", usage
+        if self.action != "exit" and self.reason:
+            return f"on_no_channel {self.action} takes no reason", usage
+        if self.action == "exit" and (not isinstance(self.reason, str) or not self.reason):
+            return "on_no_channel exit has an empty reason", usage
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        limit = self.limit.total_seconds() if isinstance(self.limit, timedelta) else self.limit
+        return {"action": self.action, "limit_seconds": limit, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NoChannel:
+        action = str(data.get("action", ""))
+        if action not in NO_CHANNEL_ACTIONS:
+            raise SpecFormatError(
+                f"on_no_channel action {action!r} is unknown",
+                fix="recompile the journey with this version of Stagecoach",
+            )
+        return cls(action, _delta(data.get("limit_seconds")), str(data.get("reason") or ""))
+
+
+def no_channel_from(value: object) -> NoChannel | None:
+    """An ``on_no_channel`` argument as a ``NoChannel``: one already, or ``"wait"``,
+    ``"skip"`` or ``"exit"`` for the defaults. Other text is kept for validation to
+    report with the journey and the step.
+
+    Raises:
+        TypeError: Neither a ``NoChannel`` nor text.
+    """
+    if value is None or isinstance(value, NoChannel):
+        return value
+    if isinstance(value, str):
+        action = value.strip().lower()
+        shorthand = {"wait": NoChannel.wait, "skip": NoChannel.skip, "exit": NoChannel.exit}
+        return shorthand[action]() if action in shorthand else NoChannel(value)
+    raise TypeError(
+        f"on_no_channel={value!r} is not a declaration: use NoChannel.wait(days=30),"
+        " NoChannel.skip() or NoChannel.exit('reason') (or 'wait', 'skip', 'exit')"
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Step:
     """Base of every step kind.
@@ -145,6 +268,8 @@ class SendStep(Step):
     channel: Channel = "preferred"
     next: str | None = None
     on_failure: str | None = None
+    on_no_channel: NoChannel | None = None
+    """No usable channel: wait, skip or exit (``None``: the journey's declaration)."""
     kind: ClassVar[str] = "send"
     links: ClassVar[tuple[str, ...]] = ("next",)
 
@@ -165,12 +290,16 @@ class SendStep(Step):
         content: Any = self.content
         if isinstance(content, NextBestItem):
             content = {"next_best": content.to_dict()}
-        return {
+        out = {
             "content": content,
             "channel": self.channel,
             "next": self.next,
             "on_failure": self.on_failure,
         }
+        if self.on_no_channel is not None:
+            # Only when declared: a spec without it keeps the version it always had.
+            out["on_no_channel"] = self.on_no_channel.to_dict()
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -503,6 +632,11 @@ def step_from_dict(data: Mapping[str, Any]) -> Step:
                 channel=data["channel"],
                 next=data.get("next"),
                 on_failure=data.get("on_failure"),
+                on_no_channel=(
+                    NoChannel.from_dict(data["on_no_channel"])
+                    if data.get("on_no_channel") is not None
+                    else None
+                ),
             )
         if kind == "wait":
             return WaitStep(

@@ -108,19 +108,23 @@ async def test_a_sent_whitepaper_ends_with_the_delivery_result(runtime: Runtime)
 async def test_withdrawn_email_consent_leaves_no_channel_to_send_on(runtime: Runtime) -> None:
     withdrawn = {**PERSON, "consent": {"email": False}}
     await runtime.event("why-consent", "page.viewed", properties=BLOG, traits=withdrawn)
-    why = await _until(runtime, "why-consent", *WHITEPAPER, NOT_SENT)
+    why = await _until(runtime, "why-consent", *WHITEPAPER, PENDING, last_verdict="waiting")
 
     # The whitepaper goes by the preferred channel: with email consent withdrawn there is
-    # none, so the workflow fails the send without calling the delivery activity.
-    assert why.answer.startswith(
-        "not sent: no channel the contact may be sent on (no_address:preferred): email"
-        " consent withdrawn by page.viewed with traits.consent.email=False at "
+    # none, so the workflow holds the send, without calling the delivery activity, until
+    # the contact has one (the journey's default: wait up to 30 days).
+    assert why.answer.startswith("not sent yet: waiting for a channel until ")
+    assert ": email consent withdrawn by page.viewed with traits.consent.email=False at " in (
+        why.answer
     )
     assert why.answer.endswith("; no wechat address")
-    assert _kinds(why) == ["entry", "reached", "consent"]
-    assert why.links[-1].verdict == "blocked"
-    # The enrolment's finish record holds the trail that shows it.
-    assert "contact.record_enrolment input" in why.links[0].detail
+    assert _kinds(why) == ["entry", "reached", "channel"]
+    channel = why.links[-1]
+    assert channel.detail.startswith(
+        "no channel the contact may be sent on (no_address:preferred): email consent withdrawn"
+    )
+    # The live state's trail and the wait's timer show it.
+    assert "the live state" in why.links[0].detail
     assert runtime.sent("why-consent") == []
 
 

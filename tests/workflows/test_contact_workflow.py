@@ -119,20 +119,32 @@ async def test_bundled_nurture_sends_the_whitepaper_through_the_delivery_activit
     await record_history(runtime, "c-wp", "whitepaper_sent")
 
 
-async def test_a_contact_without_an_address_leaves_the_journey_and_nothing_is_sent(
+async def test_a_contact_without_an_address_waits_for_one_and_nothing_is_sent(
     runtime: Runtime,
 ) -> None:
     await runtime.event("c-anon", "page.viewed", properties={"category": "blog"})
 
-    async def left() -> bool:
+    async def waiting() -> bool:
         view = await contact_view(runtime.client, "c-anon")
         record: dict[str, Any] = view.state["journeys"].get("b2b_nurture", {})
-        return record.get("enrolments") == 1 and not record.get("active")
+        assert record.get("active", True), "the nurture ended for want of an address"
+        return [(j.get("waiting") or {}).get("kind") for j in view.journeys] == ["channel"]
 
-    await eventually(left)
+    await eventually(waiting)
     assert runtime.sent("c-anon") == []
-    assert (await contact_view(runtime.client, "c-anon")).journeys == []
-    await record_history(runtime, "c-anon", "no_address_exit")
+    [journey] = (await contact_view(runtime.client, "c-anon")).journeys
+    assert journey["step"] == "awareness-whitepaper"
+    # An email arrives: the whitepaper goes out then, under the send's own key.
+    await runtime.event("c-anon", "identify", traits={"email": "anon@example.com"})
+
+    async def sent() -> bool:
+        return len(runtime.sent("c-anon")) == 1
+
+    await eventually(sent)
+    [message] = runtime.sent("c-anon")
+    assert message["to"] == "anon@example.com"
+    assert message["message"]["content_id"] == "wp-digital-transformation"
+    await record_history(runtime, "c-anon", "no_address_waits_for_a_channel")
 
 
 @pytest.mark.settings(max_events_per_run=3)

@@ -128,11 +128,28 @@ async def _until_recorded(runtime: Runtime, contact: str) -> WorkflowHistory:
 async def test_a_finished_enrolment_is_recorded_without_holding_back_the_stage_move(
     runtime: Runtime,
 ) -> None:
-    # No address: the download that creates the contact starts b2b_nurture, which ends
-    # at once, then moves the contact to prospect. The stage move does not wait for the
-    # enrolment's record to be written: both go out in the same workflow task.
+    # A run started with background records but before ``applies_opening_first`` and
+    # ``waits_for_channel``: the download that creates the contact starts b2b_nurture,
+    # which ends at once (no address), then moves the contact to prospect. The stage
+    # move does not wait for the enrolment's record to be written: both go out in the
+    # same workflow task.
     contact = "jr-background"
-    await runtime.event(contact, "content.downloaded", properties=WHITEPAPER)
+    message = EventMessage(
+        message_id=f"{contact}-download",
+        type="content.downloaded",
+        occurred_at=datetime.now(UTC),
+        properties=WHITEPAPER,
+        source="test",
+    )
+    await runtime.client.start_workflow(
+        CONTACT_WORKFLOW,
+        ContactInput(contact_id=contact, records_enrolments=True, records_in_background=True),
+        id=contact_workflow_id(contact),
+        task_queue=runtime.settings.temporal_task_queue,
+        start_signal=EVENT_SIGNAL,
+        start_signal_args=[message],
+    )
+    runtime.touched.add(contact)
     history = await _until_recorded(runtime, contact)
     scheduled = _scheduled_in(history)
     assert scheduled["contact.record_enrolment"] == scheduled["contact.record_transition"]
@@ -182,7 +199,10 @@ async def test_a_run_ends_only_after_its_background_records(
 
     monkeypatch.setattr("workflows.activities.save_enrolment", slow_save)
     contact = "jr-can"
+    # No address: the nurture waits for a channel across the first continue-as-new;
+    # the unsubscribe (its exit criteria) ends it in the second run.
     await runtime.event(contact, "content.downloaded", properties=WHITEPAPER)
+    await runtime.event(contact, "email.unsubscribed")
     await _until_recorded(runtime, contact)
     workflow_id = contact_workflow_id(contact)
     latest = await runtime.client.get_workflow_handle(workflow_id).fetch_history()

@@ -86,3 +86,54 @@ async def test_a_behaviour_gated_by_the_input_replays_only_behind_its_gate() -> 
         _history(path), raise_on_replay_failure=False
     )
     assert result.replay_failure is not None
+
+
+@workflow.defn(name="Contact")
+class ContactWorkflowThatWaitsForChannelsUngated(ContactWorkflow):
+    """A careless edit: every run waits for a channel, whatever its input."""
+
+    @workflow.run
+    async def run(self, inp: ContactInput) -> None:
+        self._waits_for_channel = True
+        await super().run(inp)
+
+
+@workflow.defn(name="Contact")
+class ContactWorkflowThatOpensFirstUngated(ContactWorkflow):
+    """A careless edit: every new contact applies its opening first, whatever its input."""
+
+    @workflow.run
+    async def run(self, inp: ContactInput) -> None:
+        self._applies_opening_first = True
+        await super().run(inp)
+
+
+@pytest.mark.parametrize(
+    ("edit", "stem"),
+    [
+        # This run's send found no address and left the journey; waiting instead arms a
+        # timer its history does not hold.
+        (ContactWorkflowThatWaitsForChannelsUngated, "no_address_exit"),
+        # This run enrolled before its creating download moved the stage; applying the
+        # download first records the stage move before the send.
+        (ContactWorkflowThatOpensFirstUngated, "created_by_a_download"),
+    ],
+    ids=["waits_for_channel", "applies_opening_first"],
+)
+async def test_the_reachability_changes_replay_only_behind_their_gates(
+    edit: type[ContactWorkflow], stem: str
+) -> None:
+    path = next(p for p in HISTORIES if p.stem == stem)
+    result = await Replayer(workflows=[edit]).replay_workflow(
+        _history(path), raise_on_replay_failure=False
+    )
+    assert result.replay_failure is not None
+
+
+def test_histories_of_the_reachability_changes_are_recorded() -> None:
+    stems = {p.stem for p in HISTORIES}
+    assert {
+        "no_address_waits_for_a_channel",
+        "qr_follower_whitepaper_by_wechat",
+        "anonymous_visitor_identified_later",
+    } <= stems
