@@ -81,18 +81,33 @@ search only) answers **409** listing them with what matched.
     unreachable (an erasure that left the histories behind would not be one), or the
     database unavailable.
 
+    The other stores that hold personal data:
+
+    - the file sink: every ``<sink>/<channel>/<contact id>`` folder of the erased ids
+      under this API's ``STAGECOACH_SINK_DIR`` (default ``<data_dir>/sink``) is removed
+      (``stores.sink_folders`` lists them). That is the worker's sink when they share
+      the data directory, as ``stagecoach up`` and the compose file run them; a worker
+      on another host with a sink of its own keeps its folders, for the operator;
+    - the analytics copy (``analytics.duckdb``): the erasure asks the API's report cache
+      for a sync (``stores.analytics``), which replaces the person's copied rows with
+      the pseudonymous ones (``engine.analytics.store``); any later sync, by a page, the
+      reports API or ``stagecoach report``, does the same if this one could not run;
+    - Temporal: the histories are deleted (above), payloads and all; see docs/codec.md.
+
     Not reached from here, for the operator to handle: application logs (they mask
-    emails and phones, but keep contact ids), the file sink's ``<channel>/<contact_id>``
-    folders on the worker host, and data already handed to providers and the CRM.
+    emails and phones, but keep contact ids), a worker's own file sink on another host,
+    and data already handed to providers and the CRM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -133,6 +148,9 @@ from engine.storage.models import (
     JourneyEnrolment,
     Merge,
     Outbox,
+    Referral,
+    ReferralCode,
+    Reward,
     StageTransition,
     Suppression,
 )
@@ -272,6 +290,9 @@ class Anonymised(_Counts):
     transitions: int = 0
     deliveries: int = 0
     enrolments: int = 0
+    referral_codes: int = 0
+    referrals: int = 0
+    rewards: int = 0
 
 
 class Removed(_Counts):
@@ -302,6 +323,21 @@ class WorkflowErasure(BaseModel):
     )
 
 
+class OtherStores(BaseModel):
+    """The stores outside the database and Temporal that held the person's data."""
+
+    sink_folders: list[str] = Field(
+        default_factory=list,
+        description="File-sink folders removed (<sink>/<channel>/<contact id>), under this "
+        "API's STAGECOACH_SINK_DIR",
+    )
+    analytics: str = Field(
+        default="",
+        description="The analytics copy: 'syncing' (the erasure started a sync that "
+        "replaces the person's rows) or why it could not",
+    )
+
+
 class ErasureSummary(BaseModel):
     contact_id: str = Field(description="The id asked for")
     erased: list[str] = Field(description="The person's ids: the contact and those merged in")
@@ -310,6 +346,7 @@ class ErasureSummary(BaseModel):
     removed: Removed
     kept: Kept
     workflows: WorkflowErasure
+    stores: OtherStores = Field(default_factory=OtherStores)
 
 
 _WHEN = "2026-11-22T09:00:00Z"
@@ -901,6 +938,35 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
         handoff.payload = {}
         handoff.feedback_reason = None
         session.add(handoff)
+    for code in session.exec(
+        select(ReferralCode).where(col(ReferralCode.referrer_id).in_(ids))
+    ).all():
+        # Kept for the referral counts; a code no person stands behind any more expires.
+        done.anonymised.referral_codes += 1
+        code.referrer_id = alias[code.referrer_id]
+        code.expires_at = min(_aware(code.expires_at), at)
+        session.add(code)
+    for cid in ids:
+        done.anonymised.referrals += _rowcount(
+            session.execute(
+                update(Referral)
+                .where(col(Referral.referrer_id) == cid)
+                .values(referrer_id=alias[cid])
+            )
+        )
+        # The device id identifies a browser, so it goes with the person referred.
+        done.anonymised.referrals += _rowcount(
+            session.execute(
+                update(Referral)
+                .where(col(Referral.referee_id) == cid)
+                .values(referee_id=alias[cid], device_id=None)
+            )
+        )
+        done.anonymised.rewards += _rowcount(
+            session.execute(
+                update(Reward).where(col(Reward.referrer_id) == cid).values(referrer_id=alias[cid])
+            )
+        )
     session.flush()
     done.removed.identities = _rowcount(
         session.execute(delete(Identity).where(col(Identity.contact_id).in_(ids)))
@@ -920,6 +986,39 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
     )
     session.execute(delete(Contact).where(col(Contact.id).in_(ids)))
     return done
+
+
+def sink_folder(contact_id: str) -> str:
+    """The folder the file sink (``connectors.filesink``) writes a contact's messages
+    to, under each channel's directory: the id with unsafe characters replaced."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in contact_id)
+
+
+def scrub_sink(sink: FilePath, ids: Sequence[str]) -> list[str]:
+    """Remove every channel's folder of ``ids`` under the file sink ``sink`` (what the
+    sink "sent": addresses, names, rendered messages); the folders removed."""
+    removed: list[str] = []
+    if not sink.is_dir():
+        return removed
+    for channel in sorted(p for p in sink.iterdir() if p.is_dir()):
+        for contact_id in ids:
+            folder = channel / sink_folder(contact_id)
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+                removed.append(str(folder))
+    return removed
+
+
+def _resync_analytics(request: Request) -> str:
+    """Ask the API's report cache for a sync: it replaces the person's copied rows."""
+    numbers = getattr(request.app.state, "reports", None)
+    if numbers is None:
+        return "not served by this API: its next sync replaces the person's rows"
+    try:
+        numbers.sync_soon(request.app.state.engine)
+    except DatabaseError as exc:
+        return f"not synced ({exc.one_line()}): its next sync replaces the person's rows"
+    return "syncing"
 
 
 @router.delete(
@@ -1001,6 +1100,12 @@ async def erase_contact(
         kept=done.kept,
         workflows=WorkflowErasure(
             terminated=sorted(found.terminated), deleted=sorted(found.deleted), errors=errors
+        ),
+        stores=OtherStores(
+            sink_folders=await asyncio.to_thread(
+                scrub_sink, request.app.state.settings.resolved_sink_dir, person.ids
+            ),
+            analytics=_resync_analytics(request),
         ),
     )
     log.info(

@@ -45,6 +45,7 @@ from engine.storage.models import (
     JourneyEnrolment,
     Merge,
     Outbox,
+    Referral,
     StageTransition,
     Suppression,
 )
@@ -190,8 +191,10 @@ def _app(settings: Settings, engine: Engine, temporal: FakeTemporal | None) -> F
 
 @pytest.fixture
 def api(settings: Settings, engine: Engine, temporal: FakeTemporal) -> Iterator[TestClient]:
-    with TestClient(_app(settings, engine, temporal), headers=ADMIN) as client:
+    app = _app(settings, engine, temporal)
+    with TestClient(app, headers=ADMIN) as client:
         yield client
+    app.state.reports.wait(30)  # the analytics sync an erasure starts ends with the test
 
 
 @pytest.fixture
@@ -719,8 +722,13 @@ def test_erasure_removes_personal_data_and_keeps_the_aggregates(
         "transitions": 3,
         "deliveries": 2,
         "enrolments": 1,
+        "referral_codes": 0,
+        "referrals": 0,
+        "rewards": 0,
     }
     assert summary["kept"] == {"suppressions": 1}
+    assert summary["stores"]["sink_folders"] == []  # nothing was sent to the file sink
+    assert summary["stores"]["analytics"] == "syncing"
 
     ids = [person.survivor, person.merged]
     alias = {cid: pseudonym(cid) for cid in ids}
@@ -872,3 +880,40 @@ def test_no_generated_request_makes_the_contacts_api_fail(
                 assert field in ("email", "phone", "id", "user_id", "anonymous_id"), field
 
         call()
+
+
+def test_a_referrer_and_the_friend_they_brought_can_be_erased(
+    api: TestClient, engine: Engine, temporal: FakeTemporal
+) -> None:
+    """Referral codes, referrals and rewards point at contacts: they move to the
+    pseudonyms, the device id goes, and the erased referrer's code stops working."""
+    key = create_write_key(engine, "web", source="web")
+    _identify(api, key, "m-ref-promoter", userId="u-ref", traits={"email": "ref@example.cn"})
+    promoter = _contact_of(engine, "m-ref-promoter")
+    code = api.post(f"/v1/contacts/{promoter}/referral-code").json()["code"]
+    signup = api.post(
+        f"/r/{code}",
+        json={"name": "Friend", "email": "friend@example.cn", "consent": True,
+              "device_id": "dev-friend-1"},
+        headers={"Accept": "application/json"},
+    )  # fmt: skip
+    assert signup.status_code == 200, signup.text
+    friend = api.get("/v1/contacts/friend@example.cn").json()["id"]
+    temporal.start(promoter)
+    temporal.start(friend)
+
+    for who, alias in ((promoter, pseudonym(promoter)), (friend, pseudonym(friend))):
+        erased = api.delete(f"/v1/contacts/{who}")
+        assert erased.status_code == 202, erased.text
+        assert erased.json()["anonymised"]["referrals"] == 1
+        with Session(engine) as session:
+            referral = session.exec(select(Referral)).one()
+            assert alias in (referral.referrer_id, referral.referee_id)
+    assert (referral.referrer_id, referral.referee_id, referral.device_id) == (
+        pseudonym(promoter),
+        pseudonym(friend),
+        None,
+    )
+    again = api.post(f"/r/{code}", json={"name": "X", "email": "x@example.cn", "consent": True},
+                     headers={"Accept": "application/json"})  # fmt: skip
+    assert again.status_code in (404, 410), again.text
