@@ -101,7 +101,9 @@ def _find(settings: Settings, value: str, by: str) -> _Found:
     return _Found(person.survivor.id, person.matched)
 
 
-def _connect_and(value: str, by: str, run: Callable[[Any, str], Awaitable[Any]]) -> Any:
+def _connect_and(
+    value: str, by: str, run: Callable[[Any, str], Awaitable[Any]]
+) -> tuple[_Found, Any]:
     """Find the contact, connect to Temporal, and ``run(client, contact_id)``."""
     from engine.gateway import ContactNotFound
     from engine.logging import configure_logging
@@ -115,7 +117,7 @@ def _connect_and(value: str, by: str, run: Callable[[Any, str], Awaitable[Any]])
         return await run(await connect(settings), found.contact_id)
 
     try:
-        return asyncio.run(go())
+        return found, asyncio.run(go())
     except ContactNotFound as exc:
         if not found.missing:
             raise
@@ -127,12 +129,14 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
     """Stage, score, grade, consent, attributes and active journeys, from the workflow."""
     from engine.gateway import contact_view
 
-    view = _connect_and(contact, by, contact_view)
+    found, view = _connect_and(contact, by, contact_view)
     state = view.state
     if json_output:
         typer.echo(json.dumps({**view.__dict__}, indent=2, ensure_ascii=False, default=str))
         return
     typer.echo(f"contact   {view.contact_id}")
+    if found.matched and found.matched != (f"id {view.contact_id}",):
+        typer.echo(f"found by  {', '.join(found.matched)}")
     typer.echo(f"stage     {view.stage} (since {state['stage_entered_at']})")
     typer.echo(f"score     {view.score}")
     typer.echo(f"grade     {view.grade or '-'}  {', '.join(state.get('grade_rules', []))}")
@@ -165,7 +169,7 @@ def timeline(
         with missing_contact(contact_id):
             return await contact_timeline(client, contact_id)
 
-    entries = _connect_and(contact, by, read)
+    _, entries = _connect_and(contact, by, read)
     if json_output:
         rows = [
             {"at": e.at.isoformat(), "kind": e.kind, "summary": e.summary, "run_id": e.run_id}
@@ -208,7 +212,7 @@ def why(
     from engine.why import contact_why, parse_journey_step
 
     journey, step_id = parse_journey_step(journey_step)
-    answer = _connect_and(
+    _, answer = _connect_and(
         contact,
         by,
         lambda client, contact_id: contact_why(

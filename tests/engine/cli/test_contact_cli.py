@@ -154,9 +154,11 @@ async def test_contact_commands_find_the_contact_by_the_ids_the_integrator_knows
         assert result.returncode == 0, (name, result.stderr)
         assert f"contact   {contact}" in result.stdout, (name, result.stdout)
         assert "first_name: Fang" in result.stdout
+    assert "found by  email wang.fang@example.com" in done["email"].stdout
+    assert "found by  anonymous_id dev-cli-1" in done["old anonymous id"].stdout
     assert json.loads(done["user id"].stdout)["contact_id"] == contact
     assert done["openid"].returncode == 0, done["openid"].stderr
-    assert "identify" in done["openid"].stdout
+    assert f"created   contact {contact}" in done["openid"].stdout
     assert done["why"].returncode == 0, done["why"].stderr
 
     def refused(name: str) -> str:
