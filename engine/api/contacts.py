@@ -439,6 +439,10 @@ _ERASURE_EXAMPLE: dict[str, Any] = {
         "deleted": ["contact-c_5f0c9a2e41d7b3a8c6e19f04", "contact-c_0a1b2c3d4e5f60718293a4b5"],
         "errors": [],
     },
+    "stores": {
+        "sink_folders": [".stagecoach/sink/email/c_5f0c9a2e41d7b3a8c6e19f04"],
+        "analytics": "syncing",
+    },
 }
 _NOT_FOUND_EXAMPLES = {
     "unknown": {
