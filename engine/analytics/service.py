@@ -284,6 +284,10 @@ class Numbers:
         self._cache: OrderedDict[_Key, Report] = OrderedDict()
         self._recent: OrderedDict[_ParamsKey, tuple[str, Params]] = OrderedDict()
         self._thread: threading.Thread | None = None
+        self._again: Engine | None = None
+        """A sync asked for while one ran: started when that one ends."""
+        self._force = False
+        """A sync is due whatever the copy's age (``sync_soon``)."""
         self._error: str | None = None
         self.computed = 0
         """Reports computed so far (cache misses and warm-ups): for tests and benchmarks."""
@@ -314,12 +318,17 @@ class Numbers:
         with self._lock:
             if self._thread is None:
                 since = None if self._attempted is None else now - self._attempted
-                due = since is None or since.total_seconds() >= max(self.sync_every, 0.0)
+                due = (
+                    self._force
+                    or since is None
+                    or since.total_seconds() >= max(self.sync_every, 0.0)
+                )
                 marker = self._marker()
                 cold = bool(marker[1]) and marker != self._warmed
                 if due or cold:
                     if due:
                         self._attempted = now
+                        self._force = False
                     self._warmed = marker  # a failing warm-up is not retried at once
                     self._thread = threading.Thread(
                         target=self._background, args=(database, due), name="report-numbers"
@@ -327,6 +336,21 @@ class Numbers:
                     self._thread.daemon = True
                     self._thread.start()
             return self._thread is not None
+
+    def sync_soon(self, database: Engine) -> None:
+        """Sync in the background now, or right after the sync already running (which
+        may have read the database before the change that asks for this one). An
+        erasure asks, so the copy forgets the person without waiting for a page.
+
+        Raises:
+            DatabaseError: The analytics store stayed busy past its lock timeout.
+        """
+        with self._lock:
+            self._force = True
+            if self._thread is not None:
+                self._again = database
+                return
+        self.prepare(database)
 
     def freshness(self, database: Engine) -> Freshness:
         """The numbers' age, after :meth:`prepare`; on a store that was never synced,
@@ -474,6 +498,12 @@ class Numbers:
         finally:
             with self._lock:
                 self._thread = None
+                again, self._again = self._again, None
+            if again is not None:
+                try:
+                    self.prepare(again)
+                except Exception as exc:  # the next page's prepare tries again
+                    _log.warning("report numbers not refreshed", error=str(exc))
 
 
 def pick_section(report: Report, name: str | None) -> Section | None:

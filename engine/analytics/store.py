@@ -33,6 +33,17 @@ map (``merge_map``); when a merge arrives or a chain grows, the rows already cop
 the changed ids are re-pointed, the merged contact's own row is dropped, and rows read
 from then on are mapped as they load.
 
+Erasure (``DELETE /v1/contacts/{id}``) re-points a person's rows in the database to a
+pseudonym ``erased-<sha256(id)[:16]>`` with their personal columns emptied, deletes the
+contact row and writes a pseudonymous one instead. The sync sees that row (it is
+stamped), finds the copied ids whose pseudonym it is (DuckDB's ``sha256``: the
+database keeps no list of erased ids, by design), deletes everything copied under them
+(contact, events, transitions, deliveries, enrolments, merge map, key), and reads the
+pseudonym's rows again as the database now has them, so the copy keeps the same
+anonymous counts and nothing personal. This happens in the first sync after the erasure
+(the erasure itself asks the API's report cache for one), and again, harmlessly, while
+the pseudonymous row stays within ``TIME_OVERLAP``.
+
 Acquisition (``contacts.acquired_*``) is the source, channel and campaign of the
 contact's first event by ``occurred_at`` (then id). Contacts are copied last, and the
 acquisition is recomputed, from the copied events, for every contact whose row or events
@@ -71,6 +82,7 @@ from engine.analytics._stats import utc_naive
 from engine.analytics.pipeline import time_order
 from engine.bounces import key_digest
 from engine.errors import DatabaseError
+from engine.storage.lookup import ERASED_PREFIX
 
 try:  # POSIX; elsewhere a store is used by one process at a time
     import fcntl
@@ -429,6 +441,8 @@ class SyncResult:
     """Operational tables that do not exist (yet) in this database."""
     as_of: datetime | None = None
     notes: list[str] = field(default_factory=list)
+    erased: int = 0
+    """Copied contact ids found erased in the database: their rows were replaced."""
 
     @property
     def total(self) -> int:
@@ -481,6 +495,9 @@ class _Sync:
         self._sql: dict[str, str] = {}
         self.mark = 0
         """The watermark of the append-only table being read."""
+        self.erased = 0
+        self.tombstones: list[str] = []
+        """Pseudonymous contact rows read in this sync: erasures to apply."""
 
     def run(self) -> tuple[int, tuple[str, ...]]:
         con = self.con
@@ -497,6 +514,7 @@ class _Sync:
             before = self._count(source.name)
             self.rows[source.name] = loader(source)
             if source.name == "contacts":
+                self.erasures(inspector)
                 self.settle_contacts()
             self.added[source.name] = self._count(source.name) - before
         for table in ("_touched", "_contact_rows"):
@@ -520,6 +538,12 @@ class _Sync:
             if source.name in KEYED:
                 assign_keys(con, _keys_sql(source))
             if source.scheme == "stamped":
+                self.tombstones += [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT id FROM _chunk WHERE starts_with(id, ?)", [ERASED_PREFIX]
+                    ).fetchall()
+                ]
                 con.execute(f"INSERT INTO _contact_rows {select}")
                 return
             if source.scheme == "settling":
@@ -613,6 +637,65 @@ class _Sync:
         con.execute("INSERT INTO contacts BY NAME SELECT * FROM _rewrite")
         con.execute("DROP TABLE _rewrite")
         con.execute("DROP TABLE _first")
+
+    def erasures(self, inspector: sa.Inspector) -> None:
+        """Replace the copied rows of contacts erased since (module docstring)."""
+        con = self.con
+        tombstones = list(dict.fromkeys(self.tombstones))
+        if not tombstones:
+            return
+        con.register("_tombstones", pa.table({"alias": pa.array(tombstones, pa.string())}))
+        try:
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE _erased AS
+                SELECT id FROM (
+                    SELECT id FROM contacts
+                    UNION SELECT merged_id FROM merge_map
+                    UNION SELECT into_id FROM merge_map)
+                WHERE ? || left(sha256(id), 16) IN (SELECT alias FROM _tombstones)
+                """,
+                [ERASED_PREFIX],
+            )
+            # A merged contact's rows count for its survivor; so do its pseudonym's, the
+            # link kept here between two pseudonyms only (the database drops merges).
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE _links AS
+                SELECT DISTINCT ? || left(sha256(merged_id), 16) AS merged_id,
+                    ? || left(sha256(into_id), 16) AS into_id
+                FROM merge_map WHERE merged_id IN (SELECT id FROM _erased)
+                """,
+                [ERASED_PREFIX, ERASED_PREFIX],
+            )
+            gone = "(SELECT id FROM _erased UNION ALL SELECT alias FROM _tombstones)"
+            for table in ("events", "stage_transitions", "deliveries", "journey_enrolments"):
+                con.execute(f"DELETE FROM {table} WHERE contact_id IN {gone}")
+            con.execute("DELETE FROM contacts WHERE id IN (SELECT id FROM _erased)")
+            con.execute(
+                "DELETE FROM merge_map WHERE merged_id IN (SELECT id FROM _erased) "
+                "OR into_id IN (SELECT id FROM _erased)"
+            )
+            con.execute("DELETE FROM contact_keys WHERE id IN (SELECT id FROM _erased)")
+            con.execute("DELETE FROM merge_map WHERE merged_id IN (SELECT merged_id FROM _links)")
+            con.execute("INSERT INTO merge_map SELECT merged_id, into_id FROM _links")
+            con.execute("DELETE FROM _contact_rows WHERE id IN (SELECT merged_id FROM merge_map)")
+            con.execute("DROP TABLE _links")
+            self.erased += int(con.execute("SELECT count(*) FROM _erased").fetchall()[0][0])
+            con.execute("DROP TABLE _erased")
+        finally:
+            con.unregister("_tombstones")
+        for source in SOURCES:
+            if source.scheme not in ("append", "settling") or not inspector.has_table(source.name):
+                continue
+            self.mark = _watermark(con, source.name)
+            t = source.table
+            for start in range(0, len(tombstones), _REREAD_BATCH):
+                stmt = self._select(source).where(
+                    t.c.contact_id.in_(tombstones[start : start + _REREAD_BATCH])
+                )
+                for rows in self._read(stmt.order_by(t.c.id)):
+                    self._load(source, rows)
 
     def settling(self, source: _Source) -> int:
         mark = _watermark(self.con, source.name)
@@ -857,6 +940,7 @@ class AnalyticsStore:
             merges_changed=changed,
             skipped=skipped,
             as_of=job.now.replace(tzinfo=UTC),
+            erased=job.erased,
         )
 
 

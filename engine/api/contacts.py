@@ -2,11 +2,21 @@
 
 Both routes need the admin bearer token (:func:`engine.api.auth.require_admin`).
 
+``{contact_id}`` is whoever the caller knows: a contact id, or a ``userId``,
+``anonymousId``, email address, phone number, WeChat openid or unionid, or CRM id, found
+by :func:`engine.storage.lookup.find_person` (``?by=`` names the kind; without it the
+value's shape decides, as that module documents). A value that cannot be the kind asked
+for answers **400** naming the field; one that matches several people (an ``auto``
+search only) answers **409** listing them with what matched.
+
 ``GET /v1/contacts/{contact_id}``
     The contact's state, identities, stage history, consent records, merges and recent
-    deliveries. ``state`` comes from the contact workflow's ``state`` query when Temporal
-    is wired and the workflow answers within :data:`QUERY_TIMEOUT`; otherwise it is the
-    stored row, with ``state.source == "database"`` and ``state.note`` saying why.
+    deliveries. ``traits`` are the ones ``stagecoach contact show`` lists: the workflow's
+    attributes, or, when it cannot answer, the stored row with every stored event's
+    traits applied in order. ``state`` comes from the contact workflow's ``state`` query
+    when Temporal is wired and the workflow answers within :data:`QUERY_TIMEOUT`;
+    otherwise it is the stored row, with ``state.source == "database"`` and
+    ``state.note`` saying why.
 
     *A merged id* answers **200** with the survivor's record and ``merged_into`` set to
     the survivor's id (not a redirect: an admin tool wants to see that the id it holds
@@ -14,8 +24,8 @@ Both routes need the admin bearer token (:func:`engine.api.auth.require_admin`).
     the survivor plus every id merged into it, so transitions and deliveries of merged
     ids are listed too, each with its ``contact_id``.
 
-    *An unknown id* answers **404** with a message; so does an erased id, and the message
-    says when it was erased.
+    *An unknown id* answers **404** naming what was searched ("no contact with email
+    li.lei@example.cn"); so does an erased id, and the message says when it was erased.
 
 ``DELETE /v1/contacts/{contact_id}``: the right to erasure
     Erases the person: the contact and every id merged into it (a merged id erases its
@@ -71,18 +81,33 @@ Both routes need the admin bearer token (:func:`engine.api.auth.require_admin`).
     unreachable (an erasure that left the histories behind would not be one), or the
     database unavailable.
 
+    The other stores that hold personal data:
+
+    - the file sink: every ``<sink>/<channel>/<contact id>`` folder of the erased ids
+      under this API's ``STAGECOACH_SINK_DIR`` (default ``<data_dir>/sink``) is removed
+      (``stores.sink_folders`` lists them). That is the worker's sink when they share
+      the data directory, as ``stagecoach up`` and the compose file run them; a worker
+      on another host with a sink of its own keeps its folders, for the operator;
+    - the analytics copy (``analytics.duckdb``): the erasure asks the API's report cache
+      for a sync (``stores.analytics``), which replaces the person's copied rows with
+      the pseudonymous ones (``engine.analytics.store``); any later sync, by a page, the
+      reports API or ``stagecoach report``, does the same if this one could not run;
+    - Temporal: the histories are deleted (above), payloads and all; see docs/codec.md.
+
     Not reached from here, for the operator to handle: application logs (they mask
-    emails and phones, but keep contact ids), the file sink's ``<channel>/<contact_id>``
-    folders on the worker host, and data already handed to providers and the CRM.
+    emails and phones, but keep contact ids), a worker's own file sink on another host,
+    and data already handed to providers and the CRM.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -103,6 +128,16 @@ from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import contact_workflow_id
+from engine.storage.lookup import ERASED_PREFIX as ERASED_PREFIX
+from engine.storage.lookup import (
+    AmbiguousContact,
+    ContactNotMatched,
+    LookupKind,
+    MalformedLookup,
+    Person,
+    find_person,
+)
+from engine.storage.lookup import pseudonym as pseudonym
 from engine.storage.models import (
     Consent,
     Contact,
@@ -113,6 +148,9 @@ from engine.storage.models import (
     JourneyEnrolment,
     Merge,
     Outbox,
+    Referral,
+    ReferralCode,
+    Reward,
     StageTransition,
     Suppression,
 )
@@ -126,21 +164,11 @@ router = APIRouter(
 
 _log = structlog.get_logger("stagecoach.api.contacts")
 
-ERASED_PREFIX = "erased-"
 QUERY_TIMEOUT = 3.0
 """Seconds the ``state`` query may take before the stored row is shown instead."""
 CONNECT_TIMEOUT = 10.0
 _RPC_TIMEOUT = timedelta(seconds=10)
-_MAX_MERGE_HOPS = 16
 _ERASED_REASON = "(erased)"
-
-
-def pseudonym(contact_id: str) -> str:
-    """The id an erased contact's anonymous rows live on under: ``erased-<sha256[:16]>``.
-
-    Deterministic, so a repeated DELETE (or GET) can say the id was erased, and a
-    second pass finds the row the first one wrote."""
-    return ERASED_PREFIX + hashlib.sha256(contact_id.encode()).hexdigest()[:16]
 
 
 # --- response models --------------------------------------------------------------------
@@ -262,6 +290,9 @@ class Anonymised(_Counts):
     transitions: int = 0
     deliveries: int = 0
     enrolments: int = 0
+    referral_codes: int = 0
+    referrals: int = 0
+    rewards: int = 0
 
 
 class Removed(_Counts):
@@ -292,6 +323,21 @@ class WorkflowErasure(BaseModel):
     )
 
 
+class OtherStores(BaseModel):
+    """The stores outside the database and Temporal that held the person's data."""
+
+    sink_folders: list[str] = Field(
+        default_factory=list,
+        description="File-sink folders removed (<sink>/<channel>/<contact id>), under this "
+        "API's STAGECOACH_SINK_DIR",
+    )
+    analytics: str = Field(
+        default="",
+        description="The analytics copy: 'syncing' (the erasure started a sync that "
+        "replaces the person's rows) or why it could not",
+    )
+
+
 class ErasureSummary(BaseModel):
     contact_id: str = Field(description="The id asked for")
     erased: list[str] = Field(description="The person's ids: the contact and those merged in")
@@ -300,6 +346,7 @@ class ErasureSummary(BaseModel):
     removed: Removed
     kept: Kept
     workflows: WorkflowErasure
+    stores: OtherStores = Field(default_factory=OtherStores)
 
 
 _WHEN = "2026-11-22T09:00:00Z"
@@ -392,11 +439,15 @@ _ERASURE_EXAMPLE: dict[str, Any] = {
         "deleted": ["contact-c_5f0c9a2e41d7b3a8c6e19f04", "contact-c_0a1b2c3d4e5f60718293a4b5"],
         "errors": [],
     },
+    "stores": {
+        "sink_folders": [".stagecoach/sink/email/c_5f0c9a2e41d7b3a8c6e19f04"],
+        "analytics": "syncing",
+    },
 }
 _NOT_FOUND_EXAMPLES = {
     "unknown": {
         "summary": "No such contact",
-        "value": {"detail": "no contact 'c_123': check the id (the contact_id ...)"},
+        "value": {"detail": "no contact with email li.lei@example.cn. Fix: search by ..."},
     },
     "erased": {
         "summary": "Erased before",
@@ -408,74 +459,71 @@ ContactIdPath = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=64,
-        description="The contact id (the contact-<id> workflow's id without 'contact-'), "
-        "or an id merged into it",
-        examples=["c_5f0c9a2e41d7b3a8c6e19f04"],
+        max_length=320,
+        description="Who: a contact id (the contact-<id> workflow's id without 'contact-', "
+        "or an id merged into one), a userId, an anonymousId, an email address, a phone "
+        "number, a WeChat openid or unionid, or a CRM id; `by` names which, or the shape "
+        "decides (see `by`)",
+        examples=["c_5f0c9a2e41d7b3a8c6e19f04", "li.lei@example.cn", "+8613800138000"],
     ),
 ]
+ByQuery = Annotated[
+    LookupKind,
+    Query(
+        description="The kind of id in the path. `auto` (the default) goes by its shape: "
+        "with `@` an email address; `+` or digits a phone number (national numbers in the "
+        "deployment's referral_phone_country) and also any id as typed; anything else a "
+        "contact id, userId, anonymousId, openid, unionid or CRM id. Several people "
+        "matching answer 409 with the candidates",
+    ),
+]
+_LOOKUP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "The value cannot be the kind asked for: the detail names the field "
+        "(email, phone, id)",
+        "content": {
+            "application/json": {
+                "example": {"detail": "email: 'li.lei@' is not an email address ..."}
+            }
+        },
+    },
+    409: {
+        "description": "An `auto` search matched several people: the detail lists them "
+        "with what matched; ask again with `by`",
+        "content": {
+            "application/json": {
+                "example": {
+                    "detail": "'13800138000' matches 2 contacts: c_1 (user_id 13800138000); "
+                    "c_2 (phone +8613800138000). Fix: name the kind of id: by=..."
+                }
+            }
+        },
+    },
+}
 
 
 # --- who the id is -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Person:
-    """The contact an id leads to: the survivor of its merges, and every id merged in."""
-
-    requested: str
-    survivor: Contact
-    ids: tuple[str, ...]
-    """The survivor's id first, then every id merged into it (directly or not)."""
-
-    @property
-    def merged_into(self) -> str | None:
-        return self.survivor.id if self.requested != self.survivor.id else None
+def _region(request: Request) -> str | None:
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "referral_phone_country", None)
 
 
-def find_person(session: Session, contact_id: str) -> Person | str:
-    """The person behind ``contact_id``, or the 404 message saying why there is none."""
-    if contact_id.startswith(ERASED_PREFIX):
-        return (
-            f"{contact_id!r} is the anonymous record of an erased contact, not a contact: "
-            "nothing personal is stored under it"
-        )
-    current, hops = contact_id, 0
-    while hops < _MAX_MERGE_HOPS:
-        merge = session.get(Merge, current)
-        if merge is None:
-            break
-        current, hops = merge.into_id, hops + 1
-    survivor = session.get(Contact, current)
-    if survivor is None:
-        tombstone = session.get(Contact, pseudonym(contact_id))
-        if tombstone is not None:
-            when = tombstone.traits.get("erased_at", "an unrecorded time")
-            return (
-                f"contact {contact_id!r} was erased at {when} (right to erasure): nothing "
-                "personal is left, only anonymous counts"
-            )
-        return (
-            f"no contact {contact_id!r}: check the id (the contact_id the ingestion API "
-            "answered, or the contact-<id> workflow id without 'contact-')"
-        )
-    ids = [survivor.id]
-    frontier = [survivor.id]
-    while frontier:
-        merged = session.exec(select(Merge.merged_id).where(col(Merge.into_id).in_(frontier))).all()
-        frontier = [m for m in merged if m not in ids]
-        ids += frontier
-    return Person(requested=contact_id, survivor=survivor, ids=tuple(ids))
-
-
-async def _person(session: Session, contact_id: str) -> Person:
+async def _person(request: Request, session: Session, contact_id: str, by: str) -> Person:
+    """The one person ``contact_id`` leads to, searched as ``by``, or the HTTP error:
+    400 naming the field, 404 naming what was searched, 409 listing the candidates."""
     try:
-        found = await in_thread(session, find_person, contact_id)
+        region = _region(request)
+        return await in_thread(session, lambda s: find_person(s, contact_id, by, region=region))
     except DatabaseError as exc:
         raise _unavailable(exc.one_line()) from exc
-    if isinstance(found, str):
-        raise HTTPException(404, detail=found)
-    return found
+    except MalformedLookup as exc:
+        raise HTTPException(400, detail=f"{exc.field}: {exc.one_line()}") from exc
+    except ContactNotMatched as exc:
+        raise HTTPException(404, detail=exc.one_line()) from exc
+    except AmbiguousContact as exc:
+        raise HTTPException(409, detail=exc.one_line()) from exc
 
 
 def _unavailable(detail: str) -> HTTPException:
@@ -575,14 +623,15 @@ async def _sweep(client: Client, contact_ids: Sequence[str], found: _Sweep) -> N
                     raise
 
 
-async def _live_state(request: Request, survivor: Contact) -> ContactState:
-    """The workflow's ``state`` query, or the stored row with a note saying why."""
+async def _live_state(request: Request, survivor: Contact, traits: dict[str, Any]) -> ContactState:
+    """The workflow's ``state`` query, or the stored row (with ``traits``, the stored
+    events' fold) and a note saying why."""
     try:
         client = await temporal_client(request)
     except TemporalUnavailable as exc:
-        return _stored_state(survivor, f"Temporal is unreachable ({exc.message})")
+        return _stored_state(survivor, traits, f"Temporal is unreachable ({exc.message})")
     if client is None:
-        return _stored_state(survivor, "Temporal is not wired to this API")
+        return _stored_state(survivor, traits, "Temporal is not wired to this API")
     try:
         async with asyncio.timeout(QUERY_TIMEOUT):
             view = await contact_view(client, survivor.id)
@@ -608,14 +657,14 @@ async def _live_state(request: Request, survivor: Contact) -> ContactState:
             run_events=view.run_events,
         )
     _log.info("contact state from the database", contact_id=survivor.id, reason=note)
-    return _stored_state(survivor, note)
+    return _stored_state(survivor, traits, note)
 
 
-def _stored_state(row: Contact, why: str) -> ContactState:
+def _stored_state(row: Contact, traits: dict[str, Any], why: str) -> ContactState:
     return ContactState(
         source="database",
         stage=row.stage,
-        attributes=dict(row.traits),
+        attributes=dict(traits),
         note=f"{why}: the stored row is shown",
     )
 
@@ -631,6 +680,32 @@ class _Record:
     merges: list[MergePublic]
     deliveries: list[DeliveryPublic]
     event_count: int
+    traits: dict[str, Any]
+
+
+def stored_traits(session: Session, person: Person) -> dict[str, Any]:
+    """The person's traits as the workflow folds them (``engine.contact.observe``), from
+    what is stored: the row is the workflow's attributes as of its last stage change
+    (``updated_at``), so events stored before then are folded under it and later ones
+    over it, in the order they were stored, consent aside (it has records of its own).
+    The row alone misses what arrived since (a referral sign-up's email, phone, name)."""
+    row = person.survivor
+    rows = session.exec(
+        select(Event.context, Event.received_at)
+        .where(col(Event.contact_id).in_(person.ids))
+        .order_by(col(Event.id))
+    ).all()
+    snapshot = _aware(row.updated_at)
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for context, received in rows:
+        given = context.get("traits") if isinstance(context, dict) else None
+        if isinstance(given, dict):
+            into = before if _aware(received) <= snapshot else after
+            into.update({k: v for k, v in given.items() if k != "consent"})
+    traits = {**before, **row.traits, **after}
+    traits.pop("merged_into", None)
+    return traits
 
 
 def _record(session: Session, person: Person, deliveries: int) -> _Record:
@@ -667,6 +742,7 @@ def _record(session: Session, person: Person, deliveries: int) -> _Record:
         merges=[MergePublic.model_validate(m) for m in merges],
         deliveries=[DeliveryPublic.model_validate(d) for d in sent],
         event_count=int(events),
+        traits=stored_traits(session, person),
     )
 
 
@@ -680,9 +756,11 @@ def _record(session: Session, person: Person, deliveries: int) -> _Record:
             "content": {"application/json": {"example": _CONTACT_EXAMPLE}},
         },
         404: {
-            "description": "No contact has this id (never, or not since it was erased)",
+            "description": "No contact has this id (never, or not since it was erased); "
+            "the detail names what was searched",
             "content": {"application/json": {"examples": _NOT_FOUND_EXAMPLES}},
         },
+        **_LOOKUP_RESPONSES,
     },
 )
 async def get_contact(
@@ -690,28 +768,32 @@ async def get_contact(
     request: Request,
     session: SessionDep,
     contact_id: ContactIdPath,
+    by: ByQuery = "auto",
     deliveries: Annotated[
         int, Query(ge=0, le=500, description="How many of the most recent deliveries")
     ] = 20,
 ) -> ContactDetail:
     """Everything stored about the contact; ``state`` is live from its workflow when
     Temporal answers, else the stored row (``state.source`` says which)."""
-    person = await _person(session, contact_id)
+    person = await _person(request, session, contact_id, by)
     try:
         record = await in_thread(session, _record, person, deliveries)
     except DatabaseError as exc:
         raise _unavailable(exc.one_line()) from exc
     row = person.survivor
+    state = await _live_state(request, row, record.traits)
     return ContactDetail(
         id=row.id,
         merged_into=person.merged_into,
         stage=row.stage,
         locale=row.locale,
         timezone=row.timezone,
-        traits=dict(row.traits),
+        # What `stagecoach contact show` lists: the workflow's attributes when it
+        # answers, else the same fold of the stored events.
+        traits=dict(state.attributes),
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
-        state=await _live_state(request, row),
+        state=state,
         identities=record.identities,
         transitions=record.transitions,
         consents=record.consents,
@@ -860,6 +942,35 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
         handoff.payload = {}
         handoff.feedback_reason = None
         session.add(handoff)
+    for code in session.exec(
+        select(ReferralCode).where(col(ReferralCode.referrer_id).in_(ids))
+    ).all():
+        # Kept for the referral counts; a code no person stands behind any more expires.
+        done.anonymised.referral_codes += 1
+        code.referrer_id = alias[code.referrer_id]
+        code.expires_at = min(_aware(code.expires_at), at)
+        session.add(code)
+    for cid in ids:
+        done.anonymised.referrals += _rowcount(
+            session.execute(
+                update(Referral)
+                .where(col(Referral.referrer_id) == cid)
+                .values(referrer_id=alias[cid])
+            )
+        )
+        # The device id identifies a browser, so it goes with the person referred.
+        done.anonymised.referrals += _rowcount(
+            session.execute(
+                update(Referral)
+                .where(col(Referral.referee_id) == cid)
+                .values(referee_id=alias[cid], device_id=None)
+            )
+        )
+        done.anonymised.rewards += _rowcount(
+            session.execute(
+                update(Reward).where(col(Reward.referrer_id) == cid).values(referrer_id=alias[cid])
+            )
+        )
     session.flush()
     done.removed.identities = _rowcount(
         session.execute(delete(Identity).where(col(Identity.contact_id).in_(ids)))
@@ -881,6 +992,39 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
     return done
 
 
+def sink_folder(contact_id: str) -> str:
+    """The folder the file sink (``connectors.filesink``) writes a contact's messages
+    to, under each channel's directory: the id with unsafe characters replaced."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in contact_id)
+
+
+def scrub_sink(sink: FilePath, ids: Sequence[str]) -> list[str]:
+    """Remove every channel's folder of ``ids`` under the file sink ``sink`` (what the
+    sink "sent": addresses, names, rendered messages); the folders removed."""
+    removed: list[str] = []
+    if not sink.is_dir():
+        return removed
+    for channel in sorted(p for p in sink.iterdir() if p.is_dir()):
+        for contact_id in ids:
+            folder = channel / sink_folder(contact_id)
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder)
+                removed.append(str(folder))
+    return removed
+
+
+def _resync_analytics(request: Request) -> str:
+    """Ask the API's report cache for a sync: it replaces the person's copied rows."""
+    numbers = getattr(request.app.state, "reports", None)
+    if numbers is None:
+        return "not served by this API: its next sync replaces the person's rows"
+    try:
+        numbers.sync_soon(request.app.state.engine)
+    except DatabaseError as exc:
+        return f"not synced ({exc.one_line()}): its next sync replaces the person's rows"
+    return "syncing"
+
+
 @router.delete(
     "/contacts/{contact_id}",
     status_code=202,
@@ -897,10 +1041,15 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
             "says when). A repeated DELETE answers this.",
             "content": {"application/json": {"examples": _NOT_FOUND_EXAMPLES}},
         },
+        **_LOOKUP_RESPONSES,
     },
 )
 async def erase_contact(
-    *, request: Request, session: SessionDep, contact_id: ContactIdPath
+    *,
+    request: Request,
+    session: SessionDep,
+    contact_id: ContactIdPath,
+    by: ByQuery = "auto",
 ) -> ErasureSummary:
     """Remove the contact's personal data from the database and its workflows (with
     their histories) from Temporal; keep anonymous rows so aggregates stay right.
@@ -908,7 +1057,7 @@ async def erase_contact(
     A merged id erases the contact it was merged into: they are one person. What is kept
     and what goes, table by table, is in the module docstring of ``engine.api.contacts``.
     """
-    person = await _person(session, contact_id)
+    person = await _person(request, session, contact_id, by)
     try:
         client = await temporal_client(request)
     except TemporalUnavailable as exc:
@@ -955,6 +1104,12 @@ async def erase_contact(
         kept=done.kept,
         workflows=WorkflowErasure(
             terminated=sorted(found.terminated), deleted=sorted(found.deleted), errors=errors
+        ),
+        stores=OtherStores(
+            sink_folders=await asyncio.to_thread(
+                scrub_sink, request.app.state.settings.resolved_sink_dir, person.ids
+            ),
+            analytics=_resync_analytics(request),
         ),
     )
     log.info(

@@ -1,46 +1,142 @@
 """``stagecoach contact show|timeline|why``: a contact's live state, its whole story, and
-why it did or did not get a journey step's message."""
+why it did or did not get a journey step's message.
+
+``CONTACT`` is whoever the operator knows: a contact id, a ``userId``, ``anonymousId``,
+email address, phone number, WeChat openid or unionid, or CRM id, found in the database
+by the same lookup the admin API and the dashboard use (``engine.storage.lookup``);
+``--by`` names the kind, else the value's shape decides. A merged id leads to its
+survivor. A value that could be a contact id and is not in the database (a rehearsal
+contact, or a CLI with no database at hand) is asked of Temporal as it is.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from engine.settings import load_settings
+from engine.settings import Settings, load_settings
+from engine.storage.lookup import LOOKUP_KINDS
 
 contact_app = typer.Typer(help="A contact's live state and history.", no_args_is_help=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ContactArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="CONTACT",
+        help="A contact id, userId, anonymousId, email, phone, WeChat openid or unionid, "
+        "or CRM id.",
+    ),
+]
+ByOption = Annotated[
+    str,
+    typer.Option(
+        "--by",
+        help=f"The kind of CONTACT: {', '.join(LOOKUP_KINDS)}. auto: an email has @, a "
+        "phone starts with + or is digits (and is tried as any id too), else any id.",
+    ),
+]
 
 
-def _connect_and(run: Any) -> Any:
+@dataclass(frozen=True)
+class _Found:
+    contact_id: str
+    matched: tuple[str, ...] = ()
+    missing: str = ""
+    """Why the database had no match, when the id is asked of Temporal as it is."""
+
+
+def _find(settings: Settings, value: str, by: str) -> _Found:
+    """The contact id ``value`` leads to, by the shared lookup; the errors it raises are
+    StagecoachErrors, printed by the CLI as one line with the fix."""
+    from sqlalchemy.exc import DatabaseError as SADatabaseError
+    from sqlmodel import Session
+
+    from engine.errors import DatabaseError
+    from engine.storage import make_engine
+    from engine.storage.db import driver_reason, parse_database_url
+    from engine.storage.lookup import ContactNotMatched, MalformedLookup, find_person
+
+    value = value.strip()
+    as_is = by in ("auto", "id") and "@" not in value
+    if by not in LOOKUP_KINDS:
+        raise MalformedLookup(
+            "by", f"--by {by!r} is not a kind of id", fix=f"use one of {', '.join(LOOKUP_KINDS)}"
+        )
+    url = parse_database_url(settings.resolved_database_url)
+    file = url.database if url.get_backend_name() == "sqlite" else None
+    if file and file != ":memory:" and not Path(file).expanduser().exists():
+        if as_is:
+            return _Found(value, missing=f"no database at {file} to search")
+        raise DatabaseError(
+            f"no database at {file} to search for {value!r}",
+            fix="run from the project directory, set STAGECOACH_DATABASE_URL, or give "
+            "the contact id",
+        )
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            person = find_person(session, value, by, region=settings.referral_phone_country)
+    except ContactNotMatched as exc:
+        if as_is and not value.startswith("erased-") and "erased at" not in exc.message:
+            return _Found(value, missing=exc.message)
+        raise
+    except SADatabaseError as exc:
+        if as_is:
+            reason = driver_reason(exc)
+            return _Found(value, missing=f"the database could not be searched ({reason})")
+        raise DatabaseError(
+            f"cannot search the database for {value!r}: {driver_reason(exc)}",
+            fix="check STAGECOACH_DATABASE_URL (stagecoach doctor), or give the contact id",
+        ) from exc
+    finally:
+        engine.dispose()
+    return _Found(person.survivor.id, person.matched)
+
+
+def _connect_and(
+    value: str, by: str, run: Callable[[Any, str], Awaitable[Any]]
+) -> tuple[_Found, Any]:
+    """Find the contact, connect to Temporal, and ``run(client, contact_id)``."""
+    from engine.gateway import ContactNotFound
     from engine.logging import configure_logging
     from workflows.client import connect
 
     settings = load_settings()
     configure_logging(level="warning", fmt=settings.log_format)
+    found = _find(settings, value, by)
 
     async def go() -> Any:
-        return await run(await connect(settings))
+        return await run(await connect(settings), found.contact_id)
 
-    return asyncio.run(go())
+    try:
+        return found, asyncio.run(go())
+    except ContactNotFound as exc:
+        if not found.missing:
+            raise
+        raise ContactNotFound(f"{found.missing}, and {exc.message}", fix=exc.fix) from exc
 
 
 @contact_app.command("show")
-def show(contact_id: str, json_output: JsonOption = False) -> None:
+def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOption = False) -> None:
     """Stage, score, grade, consent, attributes and active journeys, from the workflow."""
     from engine.gateway import contact_view
 
-    view = _connect_and(lambda client: contact_view(client, contact_id))
+    found, view = _connect_and(contact, by, contact_view)
     state = view.state
     if json_output:
         typer.echo(json.dumps({**view.__dict__}, indent=2, ensure_ascii=False, default=str))
         return
     typer.echo(f"contact   {view.contact_id}")
+    if found.matched and found.matched != (f"id {view.contact_id}",):
+        typer.echo(f"found by  {', '.join(found.matched)}")
     typer.echo(f"stage     {view.stage} (since {state['stage_entered_at']})")
     typer.echo(f"score     {view.score}")
     typer.echo(f"grade     {view.grade or '-'}  {', '.join(state.get('grade_rules', []))}")
@@ -62,16 +158,18 @@ def show(contact_id: str, json_output: JsonOption = False) -> None:
 
 
 @contact_app.command("timeline")
-def timeline(contact_id: str, json_output: JsonOption = False) -> None:
+def timeline(
+    contact: ContactArgument, by: ByOption = "auto", json_output: JsonOption = False
+) -> None:
     """The contact's story from its workflow history: events, stages, sends, waits."""
     from engine.gateway import missing_contact
     from engine.timeline import contact_timeline
 
-    async def read(client: Any) -> Any:
+    async def read(client: Any, contact_id: str) -> Any:
         with missing_contact(contact_id):
             return await contact_timeline(client, contact_id)
 
-    entries = _connect_and(read)
+    _, entries = _connect_and(contact, by, read)
     if json_output:
         rows = [
             {"at": e.at.isoformat(), "kind": e.kind, "summary": e.summary, "run_id": e.run_id}
@@ -90,7 +188,7 @@ class OutputFormat(StrEnum):
 
 @contact_app.command("why")
 def why(
-    contact_id: Annotated[str, typer.Argument(metavar="CONTACT_ID", help="The contact id.")],
+    contact: ContactArgument,
     journey_step: Annotated[
         str,
         typer.Argument(
@@ -106,6 +204,7 @@ def why(
         int | None,
         typer.Option(min=1, help="Explain this enrolment of the journey (default: the newest)."),
     ] = None,
+    by: ByOption = "auto",
 ) -> None:
     """Why the contact did or did not get a journey step's message: the decision chain
     from its workflow history (entry, branches, quiet hours, consent, frequency cap,
@@ -113,8 +212,12 @@ def why(
     from engine.why import contact_why, parse_journey_step
 
     journey, step_id = parse_journey_step(journey_step)
-    answer = _connect_and(
-        lambda client: contact_why(client, contact_id, journey, step_id, enrolment=enrolment)
+    _, answer = _connect_and(
+        contact,
+        by,
+        lambda client, contact_id: contact_why(
+            client, contact_id, journey, step_id, enrolment=enrolment
+        ),
     )
     if output is OutputFormat.json:
         typer.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))

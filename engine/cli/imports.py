@@ -13,7 +13,11 @@ workflows through a running API's forwarder.
 Columns map to traits by name (``Email``, ``E-mail``, ``手机`` ...; see ``_ALIASES``);
 ``--map COLUMN=TRAIT[:TYPE]`` overrides a column, ``--map COLUMN=-`` leaves it out.
 Rejected rows are written as they were read, with the line, the column and the reason,
-to a CSV report. Registered by the CLI's composition root as ``stagecoach import``.
+to a CSV report. The summary counts what the store answered for each row
+(``Outcome``: created the contact, stored on one that existed, merged others, or a
+duplicate that wrote nothing) and names the database written to: a second export of the
+same rows, in another encoding, reports duplicates and no new contact. Registered by the
+CLI's composition root as ``stagecoach import``.
 """
 
 from __future__ import annotations
@@ -667,7 +671,7 @@ class ImportOptions:
 
 @dataclass
 class ImportSummary:
-    """What an import did, row by row."""
+    """What an import did, row by row, as the store reported it for each message."""
 
     path: Path
     encoding: str = ""
@@ -676,9 +680,11 @@ class ImportSummary:
     valid: int = 0
     new_contacts: int = 0
     matched: int = 0
+    merged: int = 0
     duplicates: int = 0
     rejected: int = 0
     report: Path | None = None
+    database: str = ""
     seconds: float = 0.0
     dry_run: bool = False
 
@@ -702,49 +708,33 @@ class ImportSummary:
         out = [f"{label:<32}{figure:>10,}" for label, figure in rows]
         if self.report is not None:
             out[-1] += f"  (reasons in {self.report})"
+        if self.merged:
+            out.append(f"{'contacts merged into others':<32}{self.merged:>10,}")
+        if self.database and not self.dry_run:
+            out.append(f"stored in {self.database}")
         rate = self.rows / self.seconds if self.seconds else 0.0
         out.append(f"in {self.seconds:.1f} s, {rate:,.0f} rows/s")
         return out
 
 
-def _identity_pairs(messages: Sequence[Incoming]) -> dict[str, set[str]]:
-    by_kind: dict[str, set[str]] = {}
-    for m in messages:
-        for kind, value in m.identities.items():
-            by_kind.setdefault(kind, set()).add(value)
-    return by_kind
-
-
-def known_identities(engine: Engine, messages: Sequence[Incoming]) -> set[tuple[str, str]]:
-    """Which of the messages' identities the database already holds."""
-    from sqlmodel import col, select
-
-    from engine.storage.models import Identity
-
-    known: set[tuple[str, str]] = set()
-    with engine.connect() as connection:
-        for kind, values in _identity_pairs(messages).items():
-            ordered = sorted(values)
-            for at in range(0, len(ordered), 500):
-                rows = connection.execute(
-                    select(col(Identity.value)).where(
-                        col(Identity.kind) == kind, col(Identity.value).in_(ordered[at : at + 500])
-                    )
-                )
-                known.update((kind, value) for (value,) in rows)
-    return known
-
-
 class _Writer:
-    """Stores batches and counts new contacts, matches and duplicates. The store is
-    opened for the first batch: a file whose every row is rejected creates nothing."""
+    """Stores batches and counts what the store did with each row: an event stored on a
+    contact it created, one stored on a contact that existed, or a duplicate (nothing
+    written). The store is opened for the first batch: a file whose every row is
+    rejected creates nothing.
+
+    Every figure comes from the store's own answer for each message (``Outcome``), not
+    from a look at the database beforehand: a contact counts as new only if the store
+    created it and no later row of the import merged it into another."""
 
     def __init__(self, database: Callable[[], Engine], summary: ImportSummary) -> None:
         self._database = database
         self._engine: Engine | None = None
         self._ingestor: Ingestor | None = None
         self._summary = summary
+        self._stored = 0
         self._created: set[str] = set()
+        self._merged: set[str] = set()
 
     def open(self) -> tuple[Engine, Ingestor]:
         if self._engine is None or self._ingestor is None:
@@ -752,6 +742,7 @@ class _Writer:
 
             self._engine = self._database()
             self._ingestor = Ingestor(self._engine)
+            self._summary.database = self._engine.url.render_as_string(hide_password=True)
         return self._engine, self._ingestor
 
     def close(self) -> None:
@@ -759,24 +750,23 @@ class _Writer:
             self._engine.dispose()
 
     def store(self, batch: Sequence[Incoming]) -> None:
-        engine, ingestor = self.open()
-        # Asked before the write: a row whose identities were known matched a contact.
-        known = known_identities(engine, batch)
+        _, ingestor = self.open()
         [outcomes] = ingestor.store([batch])
-        for message, outcome in zip(batch, outcomes, strict=True):
-            self._count(message, outcome, known)
+        for outcome in outcomes:
+            self._count(outcome)
 
-    def _count(self, message: Incoming, outcome: Outcome, known: set[tuple[str, str]]) -> None:
+    def _count(self, outcome: Outcome) -> None:
         summary = self._summary
         if outcome.duplicate:
             summary.duplicates += 1
-        elif outcome.contact_id in self._created or any(
-            pair in known for pair in message.identities.items()
-        ):
-            summary.matched += 1
-        else:
-            summary.new_contacts += 1
+            return
+        self._stored += 1
+        if outcome.created:
             self._created.add(outcome.contact_id)
+        self._merged.update(outcome.merged)
+        summary.merged = len(self._merged)
+        summary.new_contacts = len(self._created - self._merged)
+        summary.matched = self._stored - summary.new_contacts
 
 
 def run_import(

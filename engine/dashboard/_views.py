@@ -33,13 +33,21 @@ from engine.analytics import Params, Report, ReportError
 from engine.analytics.service import EARLIEST, LATEST, Freshness, Numbers, Wanted, reports_for
 from engine.api._common import client_address, in_thread, read_body, too_many_failures
 from engine.api.app import SessionDep
-from engine.api.contacts import Person, find_person, temporal_client
+from engine.api.contacts import temporal_client
 from engine.dashboard import _charts
 from engine.dashboard._auth import Sessions
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, missing_contact
 from engine.messages import contact_workflow_id
 from engine.settings import Settings
+from engine.storage.lookup import (
+    LOOKUP_KINDS,
+    ContactNotMatched,
+    MalformedLookup,
+    Person,
+    find_contacts,
+    find_person,
+)
 from engine.storage.models import StageTransition
 from engine.timeline import Entry, contact_timeline
 
@@ -430,11 +438,40 @@ def dashboard_router(
         )
 
     @router.get("/contacts", dependencies=signed_in)
-    def find_contact(*, id: str = "") -> Response:
+    async def find_contact(*, session: SessionDep, id: str = "", by: str = "auto") -> Response:
+        """ "Open contact": one match opens it, several are listed, none is a 404 naming
+        what was searched (``engine.storage.lookup`` says how a value is read)."""
         wanted = id.strip()
         if not wanted:
             return RedirectResponse(PREFIX, status_code=303)
-        return RedirectResponse(f"{PREFIX}/contacts/{quote(wanted, safe='')}", status_code=303)
+        region = settings.referral_phone_country
+        try:
+            people = await in_thread(session, lambda s: find_contacts(s, wanted, by, region=region))
+            if not people:  # raises the 404 naming what was searched (or erased when)
+                await in_thread(session, lambda s: find_person(s, wanted, by, region=region))
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        except MalformedLookup as exc:
+            title = f"Not a valid {exc.field}"
+            return problem_page(400, title, exc.message, exc.fix, signed_in=True)
+        except ContactNotMatched as exc:
+            if by in ("auto", "id") and _could_be_contact_id(wanted):
+                # A workflow may exist without a stored row (a rehearsal): the contact
+                # page shows its history, or says that there is none.
+                return RedirectResponse(_contact_url(wanted), status_code=303)
+            return problem_page(404, "No such contact", exc.message, exc.fix, signed_in=True)
+        if len(people) == 1:
+            return RedirectResponse(_contact_url(people[0].survivor.id), status_code=303)
+        return render(
+            "contacts.html",
+            **base(f"{len(people)} contacts match {wanted}"),
+            query=wanted,
+            by=by,
+            people=people,
+            kinds=LOOKUP_KINDS,
+        )
 
     @router.get("/contacts/{contact_id}", response_class=HTMLResponse, dependencies=signed_in)
     async def contact(request: Request, contact_id: str, session: SessionDep) -> HTMLResponse:
@@ -470,10 +507,22 @@ def dashboard_router(
     return router
 
 
+def _contact_url(contact_id: str) -> str:
+    return f"{PREFIX}/contacts/{quote(contact_id, safe='')}"
+
+
+def _could_be_contact_id(value: str) -> bool:
+    return "@" not in value and "/" not in value
+
+
 def _contact_rows(session: Session, contact_id: str) -> tuple[Person | str, list[StageTransition]]:
     """The person behind ``contact_id`` (or why there is none) and its stage transitions,
     those of every id merged into it included, oldest first."""
-    person = find_person(session, contact_id)
+    person: Person | str
+    try:
+        person = find_person(session, contact_id, "id")
+    except (ContactNotMatched, MalformedLookup) as exc:
+        person = exc.message
     ids = list(person.ids) if isinstance(person, Person) else [contact_id]
     rows = session.exec(
         select(StageTransition)

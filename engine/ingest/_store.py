@@ -70,6 +70,8 @@ class Outcome:
     duplicate: bool = False
     signalled: bool = False
     merged: list[str] = field(default_factory=list)
+    created: bool = False
+    """The message's contact was created by it (no contact had its identities)."""
 
 
 @dataclass
@@ -217,13 +219,14 @@ class Ingestor:
             return Outcome(m.message_id, existing[0], duplicate=True)
         named = survivors(session.connection(), [m.contact_id] if m.contact_id else [])
         merged: list[str] = []
+        created = False
         if m.contact_id in named:
             contact_id = named[m.contact_id]
             self._attach(session, contact_id, m)
         elif m.kind == "alias" and m.previous_id:
-            contact_id, merged = self._alias(session, m, m.previous_id)
+            contact_id, merged, created = self._alias(session, m, m.previous_id)
         else:
-            contact_id, merged = self._resolve(session, dict(m.identities), m)
+            contact_id, merged, created = self._resolve(session, dict(m.identities), m)
         traits = m.traits
         event = Event(
             message_id=m.message_id,
@@ -245,7 +248,9 @@ class Ingestor:
         consent = traits.get("consent")
         if isinstance(consent, dict):
             self._record_consent(session, contact_id, m, consent)
-        return Outcome(m.message_id, contact_id, signalled=signalled, merged=merged)
+        return Outcome(
+            m.message_id, contact_id, signalled=signalled, merged=merged, created=created
+        )
 
     def _attach(self, session: Session, contact_id: str, m: Incoming) -> None:
         """Add the message's identities no contact has yet to ``contact_id``, the contact
@@ -273,10 +278,10 @@ class Ingestor:
                 )
         session.flush()
 
-    def _alias(self, session: Session, m: Incoming, previous: str) -> tuple[str, list[str]]:
+    def _alias(self, session: Session, m: Incoming, previous: str) -> tuple[str, list[str], bool]:
         """alias(previousId -> userId): the previous id was a user id or an anonymous id
         (Segment allows both); its contact, if any, merges into the user's."""
-        contact_id, merged = self._resolve(session, dict(m.identities), m)
+        contact_id, merged, created = self._resolve(session, dict(m.identities), m)
         rows = session.execute(
             select(col(Identity.contact_id)).where(
                 col(Identity.value) == previous,
@@ -294,12 +299,13 @@ class Ingestor:
                 )
             )
             session.flush()
-        return contact_id, merged
+        return contact_id, merged, created
 
     def _resolve(
         self, session: Session, identities: dict[str, str], m: Incoming
-    ) -> tuple[str, list[str]]:
-        """The contact these identities belong to; merges the others into it."""
+    ) -> tuple[str, list[str], bool]:
+        """The contact these identities belong to (and whether it was created for them);
+        merges the others into it."""
         identities = {k: v for k, v in identities.items() if v}
         pairs = list(identities.items())
         found: dict[str, str] = {}
@@ -311,6 +317,7 @@ class Ingestor:
             ).all()
             found = {kind: contact for kind, _, contact in rows}
         owners = [found[k] for k in KINDS if k in found]
+        created = not owners
         if owners:
             survivor = owners[0]
         else:
@@ -326,7 +333,7 @@ class Ingestor:
             if found.get(kind) is None:
                 session.add(Identity(kind=kind, value=value, contact_id=survivor, source=m.source))
         session.flush()
-        return survivor, merged
+        return survivor, merged, created
 
     def _merge(self, session: Session, merged: str, survivor: str, m: Incoming) -> None:
         """``merged`` turns out to be ``survivor``: identities, history and consent move
@@ -530,6 +537,7 @@ class _Bulk:
         if named is None and len(owners) > 1:
             return None  # a merge
         stamp = self._stamp
+        created = False
         if named is not None:
             contact_id = named  # the identities others have stay theirs (below)
         elif owners:
@@ -537,6 +545,7 @@ class _Bulk:
         else:
             contact_id = "c_" + secrets.token_hex(12)
             self._contacts.append((contact_id, stamp, stamp))
+            created = True
         for key in keys:
             if key not in self._owners:
                 self._owners[key] = contact_id
@@ -562,7 +571,7 @@ class _Bulk:
         if signalled:
             self._outbox.append(m.message_id)
         self._stored[m.message_id] = contact_id
-        return Outcome(m.message_id, contact_id, signalled=signalled)
+        return Outcome(m.message_id, contact_id, signalled=signalled, created=created)
 
     def _flush(self) -> None:
         """Insert the queued rows: contacts, then identities, events and outbox rows."""

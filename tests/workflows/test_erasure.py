@@ -10,11 +10,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from google.protobuf.message import Message
 from sqlmodel import Session, col, select
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from engine.analytics.service import Numbers
+from engine.analytics.store import AnalyticsStore, default_path
 from engine.api import create_app
 from engine.api.contacts import pseudonym
 from engine.api.events import create_write_key
@@ -192,3 +198,139 @@ async def test_erasure_removes_the_person_from_the_database_and_temporal(
     await asyncio.sleep(1.0)
     assert await histories_gone()
     assert not _rows(runtime, Outbox)
+
+
+# --- every store -----------------------------------------------------------------------------
+
+PHONE = "+8613800138123"
+NAME = "Erin Mayer-Li"
+PERSONAL = (EMAIL, PHONE, NAME)
+
+
+def _database_text(runtime: Runtime) -> dict[str, str]:
+    """Every row of every table of the database, as text, per table."""
+    tables = sa.MetaData()
+    tables.reflect(runtime.engine)
+    with runtime.engine.connect() as conn:
+        return {
+            name: "\n".join(repr(tuple(row)) for row in conn.execute(sa.select(table)))
+            for name, table in tables.tables.items()
+        }
+
+
+def _analytics_text(store: AnalyticsStore) -> str:
+    with store.read() as con:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        return "\n".join(repr(con.execute(f"FROM {t}").fetchall()) for t in tables)
+
+
+def _sink_text(runtime: Runtime) -> str:
+    files = [p for p in runtime.sink.rglob("*") if p.is_file()] if runtime.sink.exists() else []
+    return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+
+
+def _payloads(message: Message, found: list[Payload]) -> None:
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = list(value.values())
+        elif isinstance(value, Message):
+            items = [value]
+        else:  # a repeated field
+            items = list(value)
+        for item in items:
+            if isinstance(item, Payload):
+                found.append(item)
+            elif isinstance(item, Message):
+                _payloads(item, found)
+
+
+async def _history_text(runtime: Runtime, workflow_id: str) -> str:
+    """Every payload of the workflow's history, decoded as the client decodes them."""
+    history = await runtime.client.get_workflow_handle(workflow_id).fetch_history()
+    found: list[Payload] = []
+    for event in history.events:
+        _payloads(event, found)
+    codec = runtime.client.data_converter.payload_codec
+    decoded = await codec.decode(found) if codec is not None else found
+    return "\n".join(p.data.decode("utf-8", errors="replace") for p in decoded)
+
+
+def _holding(text: str) -> list[str]:
+    return [value for value in PERSONAL if value in text]
+
+
+async def test_erasure_leaves_no_personal_data_in_any_store(
+    runtime: Runtime, api: TestClient
+) -> None:
+    """Erin signs up and is sent the whitepaper (to the file sink), the analytics store is
+    synced; then she is erased by email. Her email, phone and name are searched for in
+    the database, analytics.duckdb, the sink's files and her decoded workflow history."""
+    response = api.post(
+        "/v1/identify",
+        json={
+            "userId": "erin-1",
+            "messageId": "erin-identify",
+            "traits": {
+                "email": EMAIL,
+                "phone": PHONE,
+                "name": NAME,
+                "consent": {"email": True},
+                "consent_wording": "I agree to receive product news by email.",
+            },
+        },
+    )
+    assert response.status_code == 200, response.text
+    response = api.post(
+        "/v1/track",
+        json={
+            "userId": "erin-1",
+            "messageId": "erin-download",
+            "event": "content.downloaded",
+            "properties": {**WHITEPAPER, "downloaded_by": NAME},
+        },
+    )
+    assert response.status_code == 200, response.text
+    contact = _contact_of(runtime, "erin-identify")
+
+    async def sent() -> bool:
+        return await _running(runtime, contact) and len(runtime.sent(contact)) == 1
+
+    await eventually(sent, within=30)
+    workflow_id = contact_workflow_id(contact)
+    store = AnalyticsStore(default_path(runtime.settings.data_dir))
+    await asyncio.to_thread(store.sync, runtime.engine)
+
+    # Each store holds her before: the searches below can find what they look for.
+    assert _holding("\n".join(_database_text(runtime).values())) == list(PERSONAL)
+    assert _holding(await asyncio.to_thread(_analytics_text, store)) == list(PERSONAL)
+    assert EMAIL in _sink_text(runtime)
+    assert _holding(await _history_text(runtime, workflow_id)) == list(PERSONAL)
+
+    erased = await asyncio.to_thread(
+        api.delete, "/v1/contacts/Erin.Mayer@Example.com", headers=ADMIN
+    )
+    assert erased.status_code == 404  # not her address: nothing happens
+    erased = await asyncio.to_thread(api.delete, f"/v1/contacts/{EMAIL}", headers=ADMIN)
+    assert erased.status_code == 202, erased.text
+    app = api.app
+    assert isinstance(app, FastAPI)
+    numbers: Numbers = app.state.reports
+    await asyncio.to_thread(numbers.wait, 60)  # the sync the erasure started
+
+    database = _database_text(runtime)
+    assert {table: _holding(text) for table, text in database.items() if _holding(text)} == {}
+    assert _holding(await asyncio.to_thread(_analytics_text, store)) == []
+    assert _holding(_sink_text(runtime)) == []
+    stores = erased.json()["stores"]
+    assert stores["sink_folders"] == [str(runtime.sink / "email" / contact)]
+    assert stores["analytics"] == "syncing"
+
+    async def history_gone() -> bool:
+        return await _gone(runtime, workflow_id)
+
+    await eventually(history_gone, within=10)
+    with pytest.raises(RPCError) as missing:
+        await _history_text(runtime, workflow_id)
+    assert missing.value.status == RPCStatusCode.NOT_FOUND

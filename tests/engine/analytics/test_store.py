@@ -479,3 +479,80 @@ def test_a_second_generate_adds_new_contacts(duck: duckdb.DuckDBPyConnection) ->
     assert second["contacts"] == 100
     total = duck.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchall()[0]
     assert total[0] == total[1] == first["events"] + second["events"]
+
+
+# --- erasure ---------------------------------------------------------------------------------
+
+PERSONAL = ("li.lei@example.cn", "+8613800138000", "Li Lei")
+
+
+def everything(store: AnalyticsStore) -> str:
+    """Every value of every table in the copy, as text, to search for personal data."""
+    with store.read() as con:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        return "\n".join(
+            f"{t}: {sorted(map(repr, con.execute(f'FROM {t}').fetchall()))}"
+            for t in sorted(tables)
+            if t != "sync_state"  # watermarks and times, no contact data
+        )
+
+
+def test_an_erased_contact_leaves_the_copy_at_the_next_sync(
+    source: Engine, store: AnalyticsStore
+) -> None:
+    """Li Lei (c1, with c3 merged into her) is erased in the database; the next sync
+    replaces every copied row of hers with the pseudonymous rows, counts intact."""
+    from engine.api.contacts import pseudonym, scrub
+    from engine.storage.lookup import find_person
+
+    seed(source)
+    add(
+        source,
+        Contact(id="c3", stage="suspect", traits={"phone": PERSONAL[1]}, created_at=T0,
+                updated_at=T0),
+        event(8, "c1", "identify", T0 + timedelta(hours=3), kind="identify",
+              context={"traits": {"email": PERSONAL[0], "name": PERSONAL[2]}}),
+        event(9, "c3", "identify", T0 - timedelta(days=1), kind="identify", source="linkedin",
+              context={"traits": {"phone": PERSONAL[1]}}),
+        StageTransition(key="c1:3", contact_id="c1", from_stage="lead", to_stage="lead",
+                        kind="manual", reason=f"{PERSONAL[2]} called", source="cli",
+                        at=T0 + timedelta(days=3)),
+    )  # fmt: skip
+    with Session(source) as session:
+        row = session.get(Contact, "c1")
+        assert row is not None
+        row.traits = {"email": PERSONAL[0], "name": PERSONAL[2]}
+        session.add(row)
+        session.commit()
+    merge(source, "c3", "c1")
+    store.sync(source)
+    copy = everything(store)
+    assert all(value in copy for value in PERSONAL)  # the search can find them
+    stages = rows(store, "SELECT stage, count(*) FROM contacts GROUP BY 1 ORDER BY 1")
+    events_by_name = rows(store, "SELECT name, count(*) FROM events GROUP BY 1 ORDER BY 1")
+
+    with Session(source) as session:
+        person = find_person(session, "c1")
+        assert person.ids == ("c1", "c3")
+        scrub(session, person.ids, datetime.now(UTC))
+        session.commit()
+    result = store.sync(source)
+
+    copy = everything(store)
+    assert [value for value in PERSONAL if value in copy] == []
+    assert result.erased == 2  # c1, and c3 merged into her
+    assert "'c1'" not in copy  # the ids too: only pseudonyms
+    assert "'c3'" not in copy
+    # c3's events were moved to c1 by the merge: the five are the pseudonym's now.
+    assert rows(store, "SELECT contact_id, count(*) FROM events GROUP BY 1 ORDER BY 2") == [
+        ("c2", 1),
+        (pseudonym("c1"), 5),
+    ]
+    assert rows(store, "SELECT stage, count(*) FROM contacts GROUP BY 1 ORDER BY 1") == stages
+    assert rows(store, "SELECT name, count(*) FROM events GROUP BY 1 ORDER BY 1") == (
+        events_by_name
+    )
+    assert keys_agree(store)
+    # Within the overlap the pseudonymous row is read again: nothing changes, nothing fails.
+    store.sync(source)
+    assert everything(store) == copy

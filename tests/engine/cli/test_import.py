@@ -222,6 +222,73 @@ def test_importing_the_same_file_again_stores_nothing(db: Engine, tmp_path: Path
     assert events(db)[-1].contact_id == stored[0][1]
 
 
+def _people(db: Engine) -> set[str]:
+    """Contacts that are people of their own (not merged into another)."""
+    with Session(db) as session:
+        rows = session.exec(select(Contact)).all()
+        return {c.id for c in rows if c.stage != "merged"}
+
+
+def test_a_second_export_in_another_encoding_reports_what_was_stored(
+    db: Engine, tmp_path: Path
+) -> None:
+    """The same rows exported twice by Excel, as GBK and then as UTF-8 with a BOM: the
+    second import stores nothing, and its summary says so, figure by figure."""
+    rows = [
+        ["邮箱", "姓名", "手机", "公司", "国家"],
+        ["li@example.cn", "李雷", "13800138000", "华东精密", "CN"],
+        ["han@example.cn", "韩梅梅", "13900139000", "华东精密", "CN"],
+        ["wang@example.cn", "王芳", "13700137000", "华南", "CN"],
+    ]
+    gbk = write_csv(tmp_path / "名单.csv", rows, encoding="gbk")
+    bom = write_csv(tmp_path / "名单-utf8.csv", rows, encoding="utf-8-sig")
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    first = run(gbk)
+    assert first.exit_code == 0, first.output
+    assert "gb18030" in first.stdout
+    assert (figure(first, "imported as new contacts"), len(_people(db)), len(events(db))) == (
+        3,
+        3,
+        3,
+    )
+    assert f"stored in sqlite:///{tmp_path / 'stagecoach.db'}" in first.stdout
+    before = (_people(db), [e.message_id for e in events(db)])
+    for again in (run(bom), run(bom)):
+        assert again.exit_code == 0, again.output
+        assert figure(again, "imported as new contacts") == 0
+        assert figure(again, "matched existing contacts") == 0
+        assert figure(again, "duplicates (already imported)") == 3
+        assert (_people(db), [e.message_id for e in events(db)]) == before
+        assert "workflows hear of them" not in again.stdout  # nothing to forward
+
+
+def test_a_contact_the_import_made_and_then_merged_is_not_counted_new(
+    db: Engine, tmp_path: Path
+) -> None:
+    """A row creates a contact by its phone; a later row shows that phone belongs to a
+    known person and the store merges the two: the import made no new person."""
+    known_path = write_csv(tmp_path / "known.csv", [["email"], ["li.lei@example.cn"]])
+    assert run(known_path).exit_code == 0
+    [known] = _people(db)
+    path = write_csv(
+        tmp_path / "second.csv",
+        [
+            ["email", "phone", "first_name"],
+            ["", "+8613800138000", "Lei"],
+            ["li.lei@example.cn", "+8613800138000", "Lei"],
+            ["li.lei@example.cn", "+8613800138000", "Lei"],  # the same row twice
+        ],
+    )
+    result = run(path)
+    assert result.exit_code == 0, result.output
+    assert _people(db) == {known}
+    assert figure(result, "imported as new contacts") == 0
+    assert figure(result, "matched existing contacts") == 2
+    assert figure(result, "duplicates (already imported)") == 1
+    assert figure(result, "contacts merged into others") == 1
+    assert {e.contact_id for e in events(db)} == {known}
+
+
 def test_rejected_rows_go_to_a_report_with_line_field_and_reason(
     db: Engine, tmp_path: Path
 ) -> None:

@@ -248,7 +248,7 @@ def test_an_unknown_contact_is_a_404_page(client: TestClient) -> None:
     page = client.get("/dashboard/contacts/nobody")
 
     assert page.status_code == 404
-    assert "no contact &#39;nobody&#39;" in page.text
+    assert "no contact with id &#39;nobody&#39;" in page.text
 
 
 def test_page_text_is_escaped(client: TestClient, seeded: Engine) -> None:
