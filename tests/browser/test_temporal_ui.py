@@ -28,7 +28,7 @@ from tests.helpers import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-TOKEN = "ui-codec-admin-token"
+TOKEN = "ui-codec-admin-token-0123456789"  # the API refuses under 24 characters
 EMAIL = "ada.lovelace@example.com"
 
 
@@ -92,7 +92,10 @@ def stagecoach_up(tmp_path: Path, env_overrides: dict[str, str]) -> Iterator[Sta
             tmp_path / ".stagecoach" / "logs" / "api.log",
         )
     finally:
-        children = psutil.Process(proc.pid).children(recursive=True)
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # up refused to start: its output says why
+            children = []
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=60)
