@@ -118,7 +118,7 @@ with workflow.unsafe.imports_passed_through():
         timer_summary,
     )
     from engine.scoring import shown_score
-    from workflows import search_attributes as sa
+    from engine.search_keys import KEYS
 
 DEFINITIONS_TTL = timedelta(minutes=10)
 """Enrolments reload the published journeys when the snapshot is older than this."""
@@ -1058,7 +1058,7 @@ class ContactWorkflow:
         current = workflow.info().typed_search_attributes
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, value in wanted.items():
-            key = sa.KEYS[name]
+            key = KEYS[name]
             have = current.get(key)
             if have == value or (have is None and value in ("", [], 0.0)):
                 continue  # unset reads as empty: no need to write an empty value

@@ -3,15 +3,20 @@ and never change value: histories recorded by running contacts hold them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from temporalio import activity
 from temporalio.client import WorkflowHistory
 
 from engine import protocol
+from engine.contact import new_contact, search_values
 from engine.history import ActivityScheduled, Signalled, TimerStarted, UpdateAccepted, read_run
+from engine.search_attributes import SEARCH_ATTRIBUTES, dev_server_args
+from engine.search_keys import ALL_KEYS, KEYS
 from engine.storage import make_engine, upgrade
 from tests.helpers import runtime_settings
+from workflows.pipeline import DEFAULT
 from workflows.runtime import build_activities
 from workflows.system import SystemActivities
 
@@ -86,3 +91,18 @@ def test_every_recorded_history_speaks_only_the_protocol() -> None:
             elif isinstance(record, TimerStarted):
                 assert record.namespace in namespaces, (path.stem, record.summary)
                 assert protocol.timer_summary(record.namespace, record.name) == record.summary
+
+
+def test_search_attributes_are_named_once_for_the_workflow_the_keys_and_the_server() -> None:
+    values = search_values(new_contact("c_1", DEFAULT, datetime(2026, 1, 1, tzinfo=UTC)))
+
+    assert list(values) == list(SEARCH_ATTRIBUTES) == list(KEYS)
+    assert [key.name for key in ALL_KEYS] == list(SEARCH_ATTRIBUTES)
+    assert dev_server_args()[:2] == ["--search-attribute", "Stage=Keyword"]
+    assert SEARCH_ATTRIBUTES == {
+        "Stage": "Keyword",
+        "Score": "Double",
+        "Grade": "Keyword",
+        "Journeys": "KeywordList",
+        "Locale": "Keyword",
+    }
