@@ -4,6 +4,7 @@ real server, from nothing, across continue-as-new."""
 
 from __future__ import annotations
 
+import ast
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -156,3 +157,21 @@ async def test_a_contact_without_a_workflow_is_not_found(
         with pytest.raises(ContactNotFound) as raised, missing_contact("nobody-here"):
             await contact_history(runtime.client, "nobody-here")
     assert "nobody-here" in str(raised.value)
+
+
+def test_only_the_reader_parses_history_events() -> None:
+    # ``timeline`` and ``why`` once each had their own parser; a second one drifts.
+    root = Path(__file__).parents[2]
+    parsers = set()
+    for package in ("engine", "workflows", "connectors"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and (
+                    node.module == "temporalio.api.history.v1"
+                    or (
+                        any(alias.name == "EventType" for alias in node.names)
+                        and node.module == "temporalio.api.enums.v1"
+                    )
+                ):
+                    parsers.add(path.relative_to(root).as_posix())
+    assert parsers == {"engine/history.py"}
