@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from engine import search_attributes as search
 from engine.conditions import EventRecord, Facts
 from engine.pipeline import Pipeline, Transition, evaluate_transition
 from engine.scoring import ScoreState, apply_event, grade, score_at, shown_score
@@ -288,11 +289,11 @@ def search_values(state: ContactState, journeys: Iterable[str] = ()) -> dict[str
     rules), so the attribute changes only when behaviour changes it, and a timer firing
     never costs an upsert."""
     return {
-        "Stage": state.stage,
-        "Score": round(state.score.value, 1),
-        "Grade": state.grade or "",
-        "Journeys": sorted(journeys),
-        "Locale": state.locale or "",
+        search.STAGE: state.stage,
+        search.SCORE: round(state.score.value, 1),
+        search.GRADE: state.grade or "",
+        search.JOURNEYS: sorted(journeys),
+        search.LOCALE: state.locale or "",
     }
 
 

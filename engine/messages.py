@@ -14,6 +14,47 @@ from typing import Any
 
 from engine.contact import event_problem
 from engine.journeys._steps import EXIT_PREFIX
+from engine.protocol import (
+    CONTACT_WORKFLOW,
+    ENROL_UPDATE,
+    EVENT_SIGNAL,
+    EVENTS_SIGNAL,
+    MERGED_SIGNAL,
+    STATE_QUERY,
+    contact_workflow_id,
+)
+
+__all__ = [
+    "CONTACT_WORKFLOW",
+    "ENROL_UPDATE",
+    "EVENTS_SIGNAL",
+    "EVENT_SIGNAL",
+    "MERGED_SIGNAL",
+    "STATE_QUERY",
+    "ActiveJourney",
+    "ContactInput",
+    "ContactView",
+    "ConversionRequest",
+    "Definitions",
+    "DeliverOutcome",
+    "DeliverRequest",
+    "EnrolRequest",
+    "EnrolResult",
+    "EnrolmentRecord",
+    "EventBatch",
+    "EventMessage",
+    "HandOffOutcome",
+    "HandOffRequest",
+    "Merged",
+    "OpenRequest",
+    "RewardDecision",
+    "SlaRequest",
+    "SystemCheckInput",
+    "SystemCheckResult",
+    "TransitionRecord",
+    "contact_workflow_id",
+    "split_arms",
+]
 
 
 @dataclass
@@ -32,17 +73,8 @@ class SystemCheckResult:
 
 # --- the contact workflow --------------------------------------------------------------
 
-CONTACT_WORKFLOW = "Contact"
-EVENT_SIGNAL = "event"
-EVENTS_SIGNAL = "events"
-MERGED_SIGNAL = "merged"
-STATE_QUERY = "state"
-ENROL_UPDATE = "enrol"
-
-
-def contact_workflow_id(contact_id: str) -> str:
-    """One workflow per contact, reachable by this id."""
-    return f"contact-{contact_id}"
+# The contact workflow's names (its type, signals, query, update and workflow id) are
+# defined in ``engine.protocol`` and re-exported at the top of this module.
 
 
 @dataclass

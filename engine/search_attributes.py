@@ -1,18 +1,27 @@
-"""The custom search attributes every contact workflow carries, as plain data.
+"""The custom search attributes every contact workflow carries: their names and types,
+defined once, as plain data.
 
-The names and types live here, free of Temporal imports, so the CLI can print the
-registration commands and ``stagecoach up`` can pass them to the dev server; the
-``workflows`` package turns them into typed SDK keys.
+They live here, free of Temporal imports, so the pure domain can name them
+(``engine.contact.search_values``), the CLI can print the registration commands and
+``stagecoach up`` can pass them to the dev server. ``engine.search_keys`` turns them
+into the SDK's typed keys for the workflow, the gateway and the registration call.
+No personal data goes in them: they are indexed by the server, never encrypted.
 """
 
 from __future__ import annotations
 
+STAGE = "Stage"
+SCORE = "Score"
+GRADE = "Grade"
+JOURNEYS = "Journeys"
+LOCALE = "Locale"
+
 SEARCH_ATTRIBUTES: dict[str, str] = {
-    "Stage": "Keyword",
-    "Score": "Double",
-    "Grade": "Keyword",
-    "Journeys": "KeywordList",
-    "Locale": "Keyword",
+    STAGE: "Keyword",
+    SCORE: "Double",
+    GRADE: "Keyword",
+    JOURNEYS: "KeywordList",
+    LOCALE: "Keyword",
 }
 """Name -> Temporal search attribute type, as the ``temporal`` CLI spells it."""
 

@@ -35,19 +35,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from temporalio.api.enums.v1 import EventType
-from temporalio.api.failure.v1 import Failure
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.converter import DataConverter
 
 from engine.codec import decode_in_place
 from engine.contact import CONSENT_EVENTS
 from engine.errors import StagecoachError
 from engine.gateway import contact_view, missing_contact
+from engine.history import (
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ActivityStarted,
+    Record,
+    Signalled,
+    Started,
+    TimerCanceled,
+    TimerFired,
+    TimerStarted,
+    UpdateAccepted,
+    UpdateCompleted,
+    contact_history,
+    failure_text,
+)
 from engine.journeys import (
     CHANNEL_READY,
-    CHANNEL_TIMER_PREFIX,
     CHANNELS,
     EXITED_NO_CHANNEL,
     NO_CHANNEL_WITHIN,
@@ -61,8 +72,17 @@ from engine.journeys import (
     WaitForEventStep,
 )
 from engine.journeys._steps import EXIT_PREFIX
-from engine.messages import ContactView, contact_workflow_id
-from engine.timeline import contact_runs, event_summary, first_dict
+from engine.messages import ContactView
+from engine.protocol import (
+    CHANNEL_TIMER_PREFIX,
+    DELIVER_ACTIVITY,
+    LOAD_DEFINITIONS_ACTIVITY,
+    OPEN_ACTIVITY,
+    RECORD_ENROLMENT_ACTIVITY,
+    RECORD_TRANSITION_ACTIVITY,
+    contact_workflow_id,
+    defer_timer,
+)
 
 SENT = "sent"
 NOT_SENT = "not_sent"
@@ -75,7 +95,6 @@ REACHED = "reached"
 JOURNEY_STEP_FORM = "<journey>/<step_id>"
 
 _DECISIONS = ("branch", "split", "wait_for_event")
-_DEFER_PREFIX = "defer:"
 _BLOCKED_REASONS = {
     "content_exhausted": "no content left that the contact has not received",
     "service_recovery_open": "a promotional item while a service-recovery case is open",
@@ -272,10 +291,6 @@ class _History:
                 self.addresses.append((at, channel, str(traits[key])))
 
 
-def _at(event: HistoryEvent) -> datetime:
-    return event.event_time.ToDatetime().replace(tzinfo=UTC)
-
-
 def _when(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value
@@ -285,123 +300,85 @@ def _when(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _failure_text(failure: Failure) -> str:
-    kind = (
-        failure.application_failure_info.type
-        if failure.HasField("application_failure_info")
-        else ""
-    )
-    if failure.HasField("timeout_failure_info"):
-        kind = "timeout"
-    return f"{kind}: {failure.message}" if kind else failure.message
-
-
-def _read(runs: Sequence[tuple[str, Sequence[HistoryEvent]]], conv: DataConverter) -> _History:
-    """Everything ``why`` needs from the runs' histories, oldest first."""
-    history = _History(runs=len(runs))
-    for run_id, events in runs:
-        activities: dict[int, _Activity] = {}
-        timers: dict[int, _Timer] = {}
-        asks: dict[int, _Ask] = {}
-        for ev in events:
-            at, t = _at(ev), ev.event_type
-            if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-                started = ev.workflow_execution_started_event_attributes
-                inp = first_dict(conv, started.input)
-                if inp.get("definitions"):
-                    history.add_definitions(inp["definitions"], at)
-                for carried in inp.get("journeys") or []:
-                    spec = carried.get("spec") or {}
-                    name = str(spec.get("name") or carried.get("cursor", {}).get("journey", ""))
-                    history.specs.setdefault(name, {})[str(spec.get("version", ""))] = spec
-                    history.carried.append((at, carried))
-                enrol = inp.get("enrol")
-                if enrol and not started.continued_execution_run_id:
-                    via = "the start input (ContactInput.enrol)"
-                    history.asks.append(
-                        _Ask(at, str(enrol.get("journey")), via, enrol.get("time_scale", 1.0))
-                    )
-                    if enrol.get("event"):
-                        history.observe(at, enrol["event"])
-            elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-                signaled = ev.workflow_execution_signaled_event_attributes
-                message = first_dict(conv, signaled.input)
-                for each in message.get("events") or [message]:
-                    history.observe(at, each)
-            elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-                accepted = ev.workflow_execution_update_accepted_event_attributes
-                request = first_dict(conv, accepted.accepted_request.input.args)
-                if request.get("event"):
-                    history.observe(at, request["event"])
-                ask = _Ask(
-                    at,
-                    str(request.get("journey")),
-                    "the enrol update",
-                    request.get("time_scale", 1.0),
+def _read(records: Iterable[Record], runs: int) -> _History:
+    """Everything ``why`` needs from the history's records, oldest first."""
+    history = _History(runs=runs)
+    activities: dict[ActivityScheduled | None, _Activity] = {}
+    timers: dict[TimerStarted | None, _Timer] = {}
+    asks: dict[UpdateAccepted | None, _Ask] = {}
+    for rec in records:
+        at = rec.at
+        if isinstance(rec, Started):
+            inp = rec.input
+            if inp.get("definitions"):
+                history.add_definitions(inp["definitions"], at)
+            for carried in inp.get("journeys") or []:
+                spec = carried.get("spec") or {}
+                name = str(spec.get("name") or carried.get("cursor", {}).get("journey", ""))
+                history.specs.setdefault(name, {})[str(spec.get("version", ""))] = spec
+                history.carried.append((at, carried))
+            enrol = inp.get("enrol")
+            if enrol and not rec.continued_from:
+                via = "the start input (ContactInput.enrol)"
+                history.asks.append(
+                    _Ask(at, str(enrol.get("journey")), via, enrol.get("time_scale", 1.0))
                 )
-                asks[ev.event_id] = ask
-                history.asks.append(ask)
-            elif t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
-                completed = ev.workflow_execution_update_completed_event_attributes
-                found = asks.get(completed.accepted_event_id)
-                if found is not None:
-                    outcome = completed.outcome
-                    if outcome.HasField("failure"):
-                        found.result = {"accepted": False, "reason": outcome.failure.message}
-                    else:
-                        found.result = first_dict(conv, outcome.success)
-            elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                sched = ev.activity_task_scheduled_event_attributes
-                request = first_dict(conv, sched.input)
-                kind = sched.activity_type.name
-                act = _Activity(kind, sched.activity_id, run_id, at, request)
-                activities[ev.event_id] = act
-                history.activities.append(act)
-                if kind == "contact.record_transition":
-                    to_stage = (request.get("transition") or {}).get("to_stage")
-                    if to_stage:
-                        history.stages.append((at, str(to_stage)))
-            elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-                attrs = ev.activity_task_started_event_attributes
-                act_started = activities.get(attrs.scheduled_event_id)
-                if act_started is not None:
-                    act_started.attempt = attrs.attempt
-                    if attrs.HasField("last_failure"):
-                        act_started.last_failure = _failure_text(attrs.last_failure)
-            elif t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                done = ev.activity_task_completed_event_attributes
-                act_done = activities.get(done.scheduled_event_id)
-                if act_done is not None:
-                    act_done.ended_at, act_done.result = at, first_dict(conv, done.result)
-                    if act_done.kind in ("contact.open", "contact.load_definitions"):
-                        history.add_definitions(act_done.result, at)
-            elif t in (
-                EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
-                EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
-            ):
-                attrs_f = (
-                    ev.activity_task_failed_event_attributes
-                    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
-                    else ev.activity_task_timed_out_event_attributes
-                )
-                act_failed = activities.get(attrs_f.scheduled_event_id)
-                if act_failed is not None:
-                    act_failed.ended_at, act_failed.failure = at, _failure_text(attrs_f.failure)
-            elif t == EventType.EVENT_TYPE_TIMER_STARTED:
-                timer = ev.timer_started_event_attributes
-                journey, _, timer_id = event_summary(ev, conv).partition("/")
-                delay = timer.start_to_fire_timeout.ToTimedelta()
-                armed = _Timer(journey, timer_id or timer.timer_id, run_id, at, at + delay)
-                timers[ev.event_id] = armed
-                history.timers.append(armed)
-            elif t == EventType.EVENT_TYPE_TIMER_FIRED:
-                fired = timers.get(ev.timer_fired_event_attributes.started_event_id)
-                if fired is not None:
-                    fired.fired_at = at
-            elif t == EventType.EVENT_TYPE_TIMER_CANCELED:
-                cancelled = timers.get(ev.timer_canceled_event_attributes.started_event_id)
-                if cancelled is not None:
-                    cancelled.cancelled_at = at
+                if enrol.get("event"):
+                    history.observe(at, enrol["event"])
+        elif isinstance(rec, Signalled):
+            for each in rec.events():
+                history.observe(at, each)
+        elif isinstance(rec, UpdateAccepted):
+            request = rec.request
+            if request.get("event"):
+                history.observe(at, request["event"])
+            ask = _Ask(
+                at, str(request.get("journey")), "the enrol update", request.get("time_scale", 1.0)
+            )
+            asks[rec] = ask
+            history.asks.append(ask)
+        elif isinstance(rec, UpdateCompleted):
+            found = asks.get(rec.update)
+            if found is not None:
+                failed = rec.failure is not None
+                found.result = {"accepted": False, "reason": rec.failure} if failed else rec.result
+        elif isinstance(rec, ActivityScheduled):
+            act = _Activity(rec.name, rec.activity_id, rec.run_id, at, rec.input)
+            activities[rec] = act
+            history.activities.append(act)
+            if rec.name == RECORD_TRANSITION_ACTIVITY:
+                to_stage = (rec.input.get("transition") or {}).get("to_stage")
+                if to_stage:
+                    history.stages.append((at, str(to_stage)))
+        elif isinstance(rec, ActivityStarted):
+            act_started = activities.get(rec.activity)
+            if act_started is not None:
+                act_started.attempt = rec.attempt
+                if rec.last_failure:
+                    act_started.last_failure = rec.last_failure
+        elif isinstance(rec, ActivityCompleted):
+            act_done = activities.get(rec.activity)
+            if act_done is not None:
+                act_done.ended_at, act_done.result = at, rec.result
+                if act_done.kind in (OPEN_ACTIVITY, LOAD_DEFINITIONS_ACTIVITY):
+                    history.add_definitions(act_done.result, at)
+        elif isinstance(rec, ActivityFailed):
+            act_failed = activities.get(rec.activity)
+            if act_failed is not None:
+                act_failed.ended_at, act_failed.failure = at, rec.text
+        elif isinstance(rec, TimerStarted):
+            timer_id = rec.name or rec.timer_id
+            armed = _Timer(rec.namespace, timer_id, rec.run_id, at, rec.fire_at)
+            timers[rec] = armed
+            history.timers.append(armed)
+        elif isinstance(rec, TimerFired):
+            fired = timers.get(rec.timer)
+            if fired is not None:
+                fired.fired_at = at
+        elif isinstance(rec, TimerCanceled):
+            cancelled = timers.get(rec.timer)
+            if cancelled is not None:
+                cancelled.cancelled_at = at
     return history
 
 
@@ -460,13 +437,13 @@ def _enrolments(history: _History, journey: str, view: ContactView | None) -> li
             e.saw(ask.at, ask.via)
     for act in history.activities:
         req = act.request
-        if act.kind not in ("contact.deliver", "contact.record_enrolment"):
+        if act.kind not in (DELIVER_ACTIVITY, RECORD_ENROLMENT_ACTIVITY):
             continue
         if req.get("journey") != journey:
             continue
         e = get(int(req.get("enrolment") or 1))
         e.longer_trail(req.get("trail"))
-        if act.kind == "contact.deliver":
+        if act.kind == DELIVER_ACTIVITY:
             e.version = e.version or str(req.get("journey_version") or "")
             e.started_at = e.started_at or _when(req.get("enrolment_started_at"))
             e.time_scale = float(req.get("time_scale") or e.time_scale)
@@ -706,9 +683,9 @@ async def contact_why(
     handle = client.get_workflow_handle(contact_workflow_id(contact_id))
     with missing_contact(contact_id):
         description = await handle.describe()
-        runs = await contact_runs(client, contact_id, newest_run_id=description.run_id)
-    history = _read(runs, client.data_converter)
-    newest = runs[-1][0] if runs else ""
+        read = await contact_history(client, contact_id, newest_run_id=description.run_id)
+    history = _read(read.records(), len(read.runs))
+    newest = read.newest_run_id
     await decode_in_place(description.raw_description, client.data_converter)
     _pending_attempts(history, description.raw_description.pending_activities, newest)
     _spec_for(history, journey, step_id, None)  # unknown journey or step: say so first
@@ -756,7 +733,7 @@ def _pending_attempts(history: _History, pending: Sequence[Any], run_id: str) ->
         info = by_id.get(act.activity_id)
         if act.run_id == run_id and act.ended_at is None and info is not None:
             last = (
-                f", last failure {_failure_text(info.last_failure)}"
+                f", last failure {failure_text(info.last_failure)}"
                 if info.HasField("last_failure")
                 else ""
             )
@@ -868,7 +845,7 @@ def _explain(
     delivers = [
         a
         for a in history.activities
-        if a.kind == "contact.deliver"
+        if a.kind == DELIVER_ACTIVITY
         and a.request.get("journey") == journey
         and a.request.get("step_id") == step_id
         and int(a.request.get("enrolment") or 1) == (e.number or 1)
@@ -882,7 +859,7 @@ def _explain(
         t
         for t in history.timers
         if t.journey == journey
-        and t.timer_id == _DEFER_PREFIX + step_id
+        and t.timer_id == defer_timer(step_id)
         and (e.since is None or t.started_at >= e.since)
         and (until is None or t.started_at < until)
         and (visit_at is None or t.started_at >= visit_at)

@@ -26,10 +26,10 @@ from sqlalchemy import Engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from engine.search_keys import ALL_KEYS, register_search_attributes
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from tests.helpers import free_port, fresh_postgres_database
-from workflows.search_attributes import ALL_KEYS, register_search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 

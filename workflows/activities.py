@@ -52,6 +52,17 @@ from engine.messages import (
 from engine.metrics import count_handoff, count_send, count_sla_breach
 from engine.pipeline import Transition
 from engine.policy import SendPolicy
+from engine.protocol import (
+    DELIVER_ACTIVITY,
+    HAND_OFF_ACTIVITY,
+    HANDOFF_SLA_ACTIVITY,
+    LOAD_DEFINITIONS_ACTIVITY,
+    OPEN_ACTIVITY,
+    RECORD_CONVERSION_ACTIVITY,
+    RECORD_ENROLMENT_ACTIVITY,
+    RECORD_TRANSITION_ACTIVITY,
+    RELEASE_REWARDS_ACTIVITY,
+)
 from engine.referrals import ReferralPolicy
 from engine.storage.contacts import creation_record, save_transition
 from engine.storage.db import driver_reason
@@ -113,7 +124,7 @@ class ContactActivities:
             self.record_enrolment,
         ]
 
-    @activity.defn(name="contact.open")
+    @activity.defn(name=OPEN_ACTIVITY)
     def open(self, request: OpenRequest) -> Definitions:
         """A new contact nobody opened for it: record it at the first stage and return
         the definitions. (Callers that open the contact themselves skip this.)"""
@@ -123,19 +134,19 @@ class ContactActivities:
         )
         return definitions
 
-    @activity.defn(name="contact.load_definitions")
+    @activity.defn(name=LOAD_DEFINITIONS_ACTIVITY)
     def load_definitions(self) -> Definitions:
         """The active pipeline, the latest published journey specs and the send policy."""
         return self._definitions()
 
-    @activity.defn(name="contact.record_transition")
+    @activity.defn(name=RECORD_TRANSITION_ACTIVITY)
     def record_transition(self, record: TransitionRecord) -> None:
         """Upsert the contact row and insert the transition; a retry inserts nothing."""
         save_transition(self._engine, record)
 
     # --- delivery ----------------------------------------------------------------------
 
-    @activity.defn(name="contact.deliver")
+    @activity.defn(name=DELIVER_ACTIVITY)
     async def deliver(self, request: DeliverRequest) -> DeliverOutcome:
         """Check, render, record the key, send, record the result. Never sends twice."""
         if request.enrolment_started_at is not None:
@@ -291,7 +302,7 @@ class ContactActivities:
             provider_message_id=sent.provider_message_id,
         )
 
-    @activity.defn(name="contact.hand_off")
+    @activity.defn(name=HAND_OFF_ACTIVITY)
     async def hand_off(self, request: HandOffRequest) -> HandOffOutcome:
         """Route a qualified lead, record the hand-off, and send it through ``crm``.
 
@@ -341,7 +352,7 @@ class ContactActivities:
             escalate_at=escalate_at,
         )
 
-    @activity.defn(name="contact.handoff_sla")
+    @activity.defn(name=HANDOFF_SLA_ACTIVITY)
     async def handoff_sla(self, request: SlaRequest) -> None:
         """No feedback in time: remind the owner (their team when a team took the lead),
         or escalate to the team lead. A rehearsal's goes to the rehearsal sink."""
@@ -386,12 +397,12 @@ class ContactActivities:
         rehearsal sink (never the CRM, even when no sink is wired)."""
         return self._rehearsal_sink if rehearsal else self._connectors.get("crm")
 
-    @activity.defn(name="contact.record_enrolment")
+    @activity.defn(name=RECORD_ENROLMENT_ACTIVITY)
     def record_enrolment(self, record: EnrolmentRecord) -> None:
         """A finished enrolment and its trail, for journey analytics."""
         save_enrolment(self._engine, record)
 
-    @activity.defn(name="contact.record_conversion")
+    @activity.defn(name=RECORD_CONVERSION_ACTIVITY)
     def record_conversion(self, request: ConversionRequest) -> RewardDecision:
         """A referred contact became a customer: reward the referrer if that earns one
         (first purchase only, within the referrer's cap, held for the return window)."""
@@ -405,7 +416,7 @@ class ContactActivities:
             policy=self._referral_policy,
         )
 
-    @activity.defn(name="contact.release_rewards")
+    @activity.defn(name=RELEASE_REWARDS_ACTIVITY)
     def release_rewards(self, at: datetime) -> int:
         """Release every held reward whose return window has passed by ``at``."""
         from engine.referrals import release_due_rewards

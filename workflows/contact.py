@@ -63,12 +63,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from engine.journeys import CancelTimer as CancelTimerCommand
     from engine.messages import (
-        CONTACT_WORKFLOW,
-        ENROL_UPDATE,
-        EVENT_SIGNAL,
-        EVENTS_SIGNAL,
-        MERGED_SIGNAL,
-        STATE_QUERY,
         ActiveJourney,
         ContactInput,
         ContactView,
@@ -98,8 +92,33 @@ with workflow.unsafe.imports_passed_through():
         parsed_pipeline,
     )
     from engine.policy import SendPolicy
+    from engine.protocol import (
+        CONTACT_WORKFLOW,
+        DELIVER_ACTIVITY,
+        ENROL_UPDATE,
+        EVENT_SIGNAL,
+        EVENTS_SIGNAL,
+        HAND_OFF_ACTIVITY,
+        HANDOFF_SLA_ACTIVITY,
+        LOAD_DEFINITIONS_ACTIVITY,
+        MERGED_SIGNAL,
+        OPEN_ACTIVITY,
+        RECORD_CONVERSION_ACTIVITY,
+        RECORD_ENROLMENT_ACTIVITY,
+        RECORD_TRANSITION_ACTIVITY,
+        REFERRAL_TIMERS,
+        RELEASE_REWARDS_ACTIVITY,
+        REWARD_RELEASE_TIMER,
+        SALES_TIMERS,
+        SLA_ESCALATION_TIMER,
+        SLA_REMINDER_TIMER,
+        STATE_QUERY,
+        defer_timer,
+        is_defer_timer,
+        timer_summary,
+    )
     from engine.scoring import shown_score
-    from workflows import search_attributes as sa
+    from engine.search_keys import KEYS
 
 DEFINITIONS_TTL = timedelta(minutes=10)
 """Enrolments reload the published journeys when the snapshot is older than this."""
@@ -122,15 +141,11 @@ HANDOFF_RETRY = RetryPolicy(
 for 12 hours, at most 30 minutes apart."""
 
 
-SALES = "__sales__"
-"""The timer namespace of the hand-off's SLA (journeys use their own names)."""
 SALES_FEEDBACK = {
     "sales.accepted": "accepted",
     "sales.rejected": "rejected",
     "sales.converted": "converted",
 }
-REFERRAL = "__referral__"
-"""The timer namespace of a referral reward's return window."""
 SERVICE_RECOVERY = "service_recovery"
 """The hand-off reason that goes to customer service (a detractor), not to sales."""
 HANDOFF_EPISODES = "handoff-episodes"
@@ -141,10 +156,6 @@ input gate so that contacts already running get it at their next answer; it is a
 only when sales answer, so its marker and search-attribute upsert are rare."""
 SETTLED = ("accepted", "converted")
 """Answers that keep the hand-off's episode open (the stage moves they cause are its own)."""
-
-
-def _defer_timer(step_id: str) -> str:
-    return f"defer:{step_id}"
 
 
 @workflow.defn(name=CONTACT_WORKFLOW)
@@ -430,13 +441,13 @@ class ContactWorkflow:
 
     async def _on_timer(self, journey: str, timer_id: str) -> None:
         self._timers.pop((journey, timer_id), None)
-        if journey == SALES:
+        if journey == SALES_TIMERS:
             await self._on_sla(timer_id)
             return
-        if journey == REFERRAL:
+        if journey == REFERRAL_TIMERS:
             # The return window is over: release what is due (this reward among them).
             await workflow.execute_activity(
-                "contact.release_rewards",
+                RELEASE_REWARDS_ACTIVITY,
                 workflow.now(),
                 start_to_close_timeout=timedelta(seconds=60),
                 summary="release referral reward",
@@ -446,7 +457,7 @@ class ContactWorkflow:
         if aj is None:
             return
         now = workflow.now()
-        if timer_id.startswith("defer:") and aj.deferred is not None:
+        if is_defer_timer(timer_id) and aj.deferred is not None:
             command = _deliver_from_dict(aj.deferred)
             aj.deferred, aj.deferred_until = None, None
             result = await self._deliver(journey, aj, command)
@@ -593,7 +604,7 @@ class ContactWorkflow:
         # The enrolment's outcome and trail, for journey analytics: one activity per
         # finished enrolment (sends record the enrolment while it is in flight).
         recording = workflow.start_activity(
-            "contact.record_enrolment",
+            RECORD_ENROLMENT_ACTIVITY,
             EnrolmentRecord(
                 contact_id=self._contact_id,
                 journey=name,
@@ -630,7 +641,7 @@ class ContactWorkflow:
         if aj.deferred is not None and aj.deferred_until is not None:
             self._arm(
                 name,
-                _defer_timer(aj.deferred["step_id"]),
+                defer_timer(aj.deferred["step_id"]),
                 max(aj.deferred_until - now, timedelta(0)),
             )
 
@@ -699,7 +710,7 @@ class ContactWorkflow:
         )
         try:
             outcome: DeliverOutcome = await workflow.execute_activity(
-                "contact.deliver",
+                DELIVER_ACTIVITY,
                 request,
                 result_type=DeliverOutcome,
                 start_to_close_timeout=timedelta(seconds=60),
@@ -726,7 +737,7 @@ class ContactWorkflow:
     def _defer(self, name: str, aj: ActiveJourney, command: Deliver, delay: timedelta) -> None:
         aj.deferred = _deliver_to_dict(command)
         aj.deferred_until = workflow.now() + delay
-        self._arm(name, _defer_timer(command.step_id), delay)
+        self._arm(name, defer_timer(command.step_id), delay)
 
     async def _hand_off(self, name: str, aj: ActiveJourney, command: HandOff) -> HandoffResult:
         """A journey's hand-off step: the contact's one hand-off (already open: done)."""
@@ -810,7 +821,7 @@ class ContactWorkflow:
         state = self._require_state()
         now = workflow.now()
         outcome: HandOffOutcome = await workflow.execute_activity(
-            "contact.hand_off",
+            HAND_OFF_ACTIVITY,
             HandOffRequest(
                 contact_id=self._contact_id,
                 idempotency_key=f"{self._contact_id}:{reason}:{now.isoformat()}",
@@ -841,18 +852,18 @@ class ContactWorkflow:
         now = workflow.now()
         if handoff.get("remind_at") and not handoff.get("reminded"):
             due = datetime.fromisoformat(handoff["remind_at"])
-            self._arm(SALES, "sla:reminder", max(due - now, timedelta(0)))
+            self._arm(SALES_TIMERS, SLA_REMINDER_TIMER, max(due - now, timedelta(0)))
         elif handoff.get("escalate_at"):
             due = datetime.fromisoformat(handoff["escalate_at"])
-            self._arm(SALES, "sla:escalation", max(due - now, timedelta(0)))
+            self._arm(SALES_TIMERS, SLA_ESCALATION_TIMER, max(due - now, timedelta(0)))
 
     async def _on_sla(self, timer_id: str) -> None:
         handoff = self._handoff
         if handoff is None or handoff.get("status") in SETTLED:
             return
-        kind = "reminder" if timer_id == "sla:reminder" else "escalation"
+        kind = "reminder" if timer_id == SLA_REMINDER_TIMER else "escalation"
         await workflow.execute_activity(
-            "contact.handoff_sla",
+            HANDOFF_SLA_ACTIVITY,
             SlaRequest(
                 contact_id=self._contact_id,
                 handoff_id=str(handoff["id"]),
@@ -879,8 +890,8 @@ class ContactWorkflow:
         quoted = record.properties.get("handoff_id")
         if handoff is not None and quoted and quoted != handoff.get("id"):
             return
-        for timer_id in ("sla:reminder", "sla:escalation"):
-            self._disarm(SALES, timer_id)
+        for timer_id in (SLA_REMINDER_TIMER, SLA_ESCALATION_TIMER):
+            self._disarm(SALES_TIMERS, timer_id)
         if handoff is not None and decision in SETTLED and workflow.patched(HANDOFF_EPISODES):
             handoff.update(status=decision, remind_at=None, escalate_at=None)
         else:
@@ -907,7 +918,7 @@ class ContactWorkflow:
             state = replace(state, transitions=state.transitions + 1)
         self._state = state
         await workflow.execute_activity(
-            "contact.record_transition",
+            RECORD_TRANSITION_ACTIVITY,
             TransitionRecord(
                 key=f"{self._contact_id}:{state.transitions}",
                 contact_id=self._contact_id,
@@ -931,14 +942,18 @@ class ContactWorkflow:
         """A referred contact's first purchase: the referrer may earn a reward, held for
         the return window; a timer releases it."""
         decision: RewardDecision = await workflow.execute_activity(
-            "contact.record_conversion",
+            RECORD_CONVERSION_ACTIVITY,
             ConversionRequest(contact_id=self._contact_id, at=workflow.now()),
             result_type=RewardDecision,
             start_to_close_timeout=timedelta(seconds=60),
             summary="referral conversion",
         )
         if decision.rewarded and decision.hold_until is not None:
-            self._arm(REFERRAL, "release", max(decision.hold_until - workflow.now(), timedelta(0)))
+            self._arm(
+                REFERRAL_TIMERS,
+                REWARD_RELEASE_TIMER,
+                max(decision.hold_until - workflow.now(), timedelta(0)),
+            )
 
     def _enrol_entered_on(self, stage: str) -> None:
         """Queue the journeys whose entry is ``stage`` (not for rehearsal contacts)."""
@@ -951,7 +966,7 @@ class ContactWorkflow:
     async def _open(self, now: datetime) -> Definitions:
         first = self._inbox[0] if self._inbox else None
         definitions: Definitions = await workflow.execute_activity(
-            "contact.open",
+            OPEN_ACTIVITY,
             OpenRequest(
                 contact_id=self._contact_id,
                 at=now,
@@ -967,7 +982,7 @@ class ContactWorkflow:
 
     async def _load_definitions(self) -> Definitions:
         definitions: Definitions = await workflow.execute_activity(
-            "contact.load_definitions",
+            LOAD_DEFINITIONS_ACTIVITY,
             result_type=Definitions,
             start_to_close_timeout=timedelta(seconds=30),
         )
@@ -985,7 +1000,7 @@ class ContactWorkflow:
         self._timers[key] = asyncio.create_task(self._sleep(key, delay))
 
     async def _sleep(self, key: tuple[str, str], delay: timedelta) -> None:
-        await workflow.sleep(delay, summary=f"{key[0]}/{key[1]}")
+        await workflow.sleep(delay, summary=timer_summary(*key))
         self._fired.append(key)
 
     def _disarm(self, journey: str, timer_id: str) -> None:
@@ -1043,7 +1058,7 @@ class ContactWorkflow:
         current = workflow.info().typed_search_attributes
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, value in wanted.items():
-            key = sa.KEYS[name]
+            key = KEYS[name]
             have = current.get(key)
             if have == value or (have is None and value in ("", [], 0.0)):
                 continue  # unset reads as empty: no need to write an empty value

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
 
     from engine.errors import DatabaseError
     from engine.messages import SystemCheckInput, SystemCheckResult
+    from engine.protocol import CHECK_DATABASE_ACTIVITY, SYSTEM_CHECK_WORKFLOW
     from engine.storage import check_connection
 
 
@@ -26,7 +27,7 @@ class SystemActivities:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    @activity.defn(name="system.check_database")
+    @activity.defn(name=CHECK_DATABASE_ACTIVITY)
     def check_database(self, _: SystemCheckInput) -> SystemCheckResult:
         try:
             check_connection(self._engine)
@@ -38,12 +39,12 @@ class SystemActivities:
         return [self.check_database]
 
 
-@workflow.defn(name="SystemCheck")
+@workflow.defn(name=SYSTEM_CHECK_WORKFLOW)
 class SystemCheckWorkflow:
     @workflow.run
     async def run(self, request: SystemCheckInput) -> SystemCheckResult:
         result: SystemCheckResult = await workflow.execute_activity(
-            "system.check_database",
+            CHECK_DATABASE_ACTIVITY,
             request,
             result_type=SystemCheckResult,
             start_to_close_timeout=timedelta(seconds=10),

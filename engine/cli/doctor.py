@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 
 from engine.errors import StagecoachError
 from engine.messages import SystemCheckInput, SystemCheckResult
+from engine.protocol import SYSTEM_CHECK_WORKFLOW
 from engine.search_attributes import SEARCH_ATTRIBUTES, registration_commands
 from engine.settings import Settings
 from engine.storage import check_connection, current_revision, head_revision, make_engine
@@ -168,7 +169,7 @@ async def check_round_trip(client: Client, settings: Settings) -> Check:
     """Run the SystemCheck workflow: a worker takes it and its activity reaches the DB."""
     try:
         result: SystemCheckResult = await client.execute_workflow(
-            "SystemCheck",
+            SYSTEM_CHECK_WORKFLOW,
             SystemCheckInput(requested_by="doctor"),
             id=f"stagecoach-doctor-{uuid.uuid4().hex[:12]}",
             task_queue=settings.temporal_task_queue,

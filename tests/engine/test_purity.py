@@ -21,6 +21,7 @@ PURE = [
     "engine.policy",
     "engine.delivery",
     "engine.messages",
+    "engine.protocol",
     "engine.search_attributes",
     "engine.content",
     "engine.wechat_callback",

@@ -39,6 +39,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.gateway import contact_view
 from engine.publishing import latest, publish
+from engine.search_keys import register_search_attributes
 from tests.faults._harness import (
     EVENTS_PER_CONTACT,
     WAITING_STEP,
@@ -58,7 +59,6 @@ from tests.faults._harness import (
 from tests.helpers import free_port
 from tests.peers.http_email import GENERIC, HttpEmailPeer
 from tests.peers.smtp import SmtpPeer
-from workflows.search_attributes import register_search_attributes
 
 pytestmark = pytest.mark.faults
 

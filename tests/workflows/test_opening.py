@@ -15,11 +15,12 @@ from temporalio.client import WorkflowUpdateFailedError
 from engine.gateway import InvalidEvent, contact_view, enrol, send_event
 from engine.messages import Definitions, EnrolRequest, EventMessage, contact_workflow_id
 from engine.publishing import publish_bundled
+from engine.search_attributes import JOURNEYS, STAGE
+from engine.search_keys import KEYS
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition
 from tests.helpers import runtime_settings
 from tests.workflows.conftest import Runtime, eventually
-from workflows import search_attributes as sa
 from workflows.runtime import UNPUBLISHED_TTL, ContactOpener
 
 PERSON = {"email": "wang.fang@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}
@@ -84,7 +85,7 @@ async def test_opened_contact_skips_the_open_activity_and_starts_searchable(
         ]
     handle = runtime.client.get_workflow_handle(contact_workflow_id("op-1"))
     described = await handle.describe()
-    assert described.typed_search_attributes.get(sa.STAGE) == "prospect"
+    assert described.typed_search_attributes.get(KEYS[STAGE]) == "prospect"
 
 
 async def test_a_second_opening_of_one_contact_is_refused(runtime: Runtime) -> None:
@@ -140,7 +141,7 @@ async def test_search_attributes_set_at_start_are_corrected_when_enrolment_is_re
     handle = runtime.client.get_workflow_handle(contact_workflow_id("op-refused"))
     # The refused journey is gone; the first stage's nurture, started by the same update,
     # is what the contact is in (waiting for a channel: it has no address yet).
-    assert (await handle.describe()).typed_search_attributes.get(sa.JOURNEYS) == ["b2b_nurture"]
+    assert (await handle.describe()).typed_search_attributes.get(KEYS[JOURNEYS]) == ["b2b_nurture"]
 
 
 async def test_a_malformed_event_in_an_enrolment_is_refused_before_sending(
