@@ -71,8 +71,8 @@ def worker() -> None:
     from engine.storage.db import private_umask
 
     private_umask()
+    from engine.cli.compose import build_activities
     from workflows.client import connect
-    from workflows.runtime import build_activities
     from workflows.system import SystemActivities
     from workflows.worker import build_worker, run_until_signalled
 
