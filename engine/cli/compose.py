@@ -1,15 +1,19 @@
-"""The composition root: the one place that chooses and builds concrete connectors and
-hands them, with the worker's other parts, to the runtime.
+"""The composition root: the one place that wires concrete parts together.
 
-``stagecoach worker`` builds its activities here; tests build theirs the same way, so a
-test worker is the production worker with other settings. Connectors are built once per
-worker, so SMTP sessions, HTTP clients, WeChat tokens and rate limits are shared by every
-concurrent activity in it.
+It chooses and builds the connectors from settings and hands them to the worker's
+activities (:func:`build_activities`), runs the worker (:func:`run_worker`) and serves the
+API (:func:`serve_api`); the ``stagecoach worker`` and ``stagecoach api`` commands only
+load the settings and call it. Tests build their activities here too, so a test worker is
+the production worker with other settings. Connectors are built once per worker, so SMTP
+sessions, HTTP clients, WeChat tokens and rate limits are shared by every concurrent
+activity in it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -34,6 +38,9 @@ from engine.settings import Settings
 from engine.storage.interactions import interaction_hook
 from workflows.activities import ContactActivities
 from workflows.runtime import contact_activities
+
+if TYPE_CHECKING:
+    from temporalio.runtime import Runtime
 
 
 def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
@@ -157,4 +164,96 @@ def build_activities(
         connectors=connectors or connectors_from_settings(settings, engine),
         rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
         content=content,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker (the contact workflows and their activities) until it is signalled."""
+    from engine.runtime import freeze_startup_heap
+    from engine.storage import make_engine, upgrade
+    from engine.storage.db import private_umask
+
+    private_umask()
+    from workflows.client import connect
+    from workflows.system import SystemActivities
+    from workflows.worker import build_worker, run_until_signalled
+
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    # Loads and validates the content library and publishes the bundled journeys: a
+    # definition that does not validate stops the worker here, never a contact later.
+    contact = build_activities(engine, settings)
+    runtime = worker_metrics(settings)
+
+    async def serve() -> None:
+        client = await connect(settings, runtime=runtime)
+        activities = [*SystemActivities(engine).all(), *contact.all()]
+        built = build_worker(
+            client,
+            task_queue=settings.temporal_task_queue,
+            activities=activities,
+            max_cached_workflows=settings.worker_max_cached_workflows,
+        )
+        freeze_startup_heap()
+        await run_until_signalled(built)
+
+    asyncio.run(serve())
+
+
+def worker_metrics(settings: Settings) -> Runtime | None:
+    """Start the worker's metrics server and return a Temporal runtime exporting the
+    SDK's metrics (None: the default runtime, no SDK metrics), each on its own port
+    unless that is off. A taken port stops the worker here, naming its setting."""
+    from engine import metrics
+    from engine.cli.supervisor import ensure_worker_metrics_ports_free
+    from workflows.metrics import prometheus_runtime
+
+    host, ours, sdk = (
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        settings.temporal_metrics_port,
+    )
+    ensure_worker_metrics_ports_free(settings)
+    if ours is not None:
+        metrics.serve(host, ours)
+    return prometheus_runtime(host, sdk) if sdk is not None else None
+
+
+def serve_api(settings: Settings) -> None:
+    """Serve the HTTP API with uvicorn until it is stopped."""
+    import uvicorn
+
+    from engine.api import create_app
+    from engine.runtime import ensure_port_free, freeze_startup_heap
+    from engine.settings import check_api_credentials
+    from engine.storage.db import private_umask
+
+    check_api_credentials(settings)
+    private_umask()
+
+    ensure_port_free(
+        settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
+    )
+    from engine.storage import make_engine
+    from workflows.client import connect
+    from workflows.runtime import ContactOpener
+
+    engine = make_engine(settings.resolved_database_url)
+
+    async def temporal() -> Any:
+        return await connect(settings)
+
+    served = create_app(
+        settings, engine=engine, temporal=temporal, opener=ContactOpener(engine, settings)
+    )
+    freeze_startup_heap()
+    uvicorn.run(
+        served,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        # X-Forwarded-For is believed from the configured proxies only, never by default.
+        proxy_headers=bool(settings.trusted_proxy_list),
+        forwarded_allow_ips=settings.trusted_proxy_list or None,
     )

@@ -196,7 +196,7 @@ async def test_the_worker_command_exports_temporal_sdk_metrics(
     """``stagecoach worker``'s wiring: ``_worker_metrics`` starts our server and returns a
     runtime with the SDK's Prometheus exporter; ``connect`` takes it; the worker built
     on that client reports task and activity metrics there."""
-    from engine.cli import _worker_metrics
+    from engine.cli.compose import worker_metrics as _worker_metrics
 
     ours, sdk = free_port(), free_port()
     settings = runtime_settings(
