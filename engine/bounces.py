@@ -53,7 +53,7 @@ Scope = Literal["channel", "global"]
 METADATA_CONTACT = "stagecoach_contact"
 """Metadata key carrying the contact id (Postmark allows keys up to 20 characters)."""
 METADATA_KEY = "stagecoach_key"
-"""Metadata key carrying the idempotency-key digest (see ``connectors.http_email``)."""
+"""Metadata key carrying the idempotency-key digest (see ``connectors.email.http``)."""
 
 
 def key_digest(idempotency_key: str) -> str:

@@ -1,7 +1,9 @@
-"""Assembling the contact runtime from settings: content, connectors, definitions, policy.
+"""Assembling the contact runtime from settings: content, definitions, policy, and the
+activities around the connectors the composition root hands in.
 
-Used by the composition root (``stagecoach worker``) and by tests, so a test worker is
-the production worker with a different task queue and directory.
+Which connectors a worker sends through is decided in one place, the composition root
+(``engine.cli.compose``); nothing here builds one. Used by that root and by tests, so a
+test worker is the production worker with a different task queue and directory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from engine import contact as model
 from engine.conditions import EventRecord
 from engine.content import ContentLibrary
 from engine.delivery import Connector
-from engine.errors import ConfigurationError
 from engine.gateway import Opening
 from engine.messages import Definitions, DeliverRequest, EventMessage, OpenRequest
 from engine.pipeline import Pipeline
@@ -178,135 +179,16 @@ class ContactOpener:
         return Opening(definitions=definitions, search_attributes=values)
 
 
-def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
-    from connectors.filesink import FileSinkConnector
-
-    root = settings.resolved_sink_dir
-    return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
-
-
-def connectors_from_settings(
-    settings: Settings, engine: Engine | None = None
-) -> dict[str, Connector]:
-    """One connector per channel, as configured; the file sink where none is.
-
-    Built once per worker, so SMTP sessions, HTTP clients, WeChat tokens and rate
-    limits are shared by every concurrent activity in it."""
-    from connectors.ratelimit import RateLimiter
-
-    chosen = dict(file_sink_connectors(settings))
-    if settings.crm_connector == "webhook":
-        from connectors.webhook import WebhookConnector
-
-        if not settings.webhook_url or settings.webhook_secret is None:
-            raise ConfigurationError(
-                "STAGECOACH_CRM_CONNECTOR=webhook needs a URL and a secret",
-                fix="set STAGECOACH_WEBHOOK_URL and STAGECOACH_WEBHOOK_SECRET",
-            )
-        chosen["crm"] = WebhookConnector(
-            settings.webhook_url,
-            settings.webhook_secrets,
-            timeout=settings.webhook_timeout,
-            limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
-        )
-    elif settings.crm_connector == "hubspot":
-        from connectors.hubspot import HubSpotConnector
-
-        if settings.hubspot_token is None:
-            raise ConfigurationError(
-                "STAGECOACH_CRM_CONNECTOR=hubspot needs a private app token",
-                fix="set STAGECOACH_HUBSPOT_TOKEN (scopes crm.objects.contacts.read/write)",
-            )
-        chosen["crm"] = HubSpotConnector(
-            settings.hubspot_token.get_secret_value(),
-            base_url=settings.hubspot_base_url,
-            lifecycle_stage=settings.hubspot_lifecycle_stage or None,
-            timeline_url=f"{settings.api_base_url}/v1/contacts/{{contact_id}}",
-            limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
-        )
-    email_limiter = RateLimiter(settings.email_rate) if settings.email_rate else None
-    if settings.email_connector == "smtp":
-        from connectors.smtp import SmtpConfig, SmtpConnector
-
-        chosen["email"] = SmtpConnector(
-            SmtpConfig(
-                host=settings.smtp_host,
-                port=settings.smtp_port,
-                from_addr=settings.email_from,
-                security=settings.smtp_security,
-                username=settings.smtp_username,
-                password=(
-                    settings.smtp_password.get_secret_value() if settings.smtp_password else None
-                ),
-                pool_size=settings.smtp_pool_size,
-                pipeline_messages=settings.smtp_pipeline_messages,
-            ),
-            limiter=email_limiter,
-        )
-    elif settings.email_connector == "http":
-        from connectors.http_email import HttpEmailConfig, HttpEmailConnector
-
-        if not settings.email_http_url:
-            raise ConfigurationError(
-                "STAGECOACH_EMAIL_CONNECTOR=http needs the provider's send endpoint",
-                fix="set STAGECOACH_EMAIL_HTTP_URL (and STAGECOACH_EMAIL_HTTP_TOKEN)",
-            )
-        token = settings.email_http_token
-        chosen["email"] = HttpEmailConnector(
-            HttpEmailConfig(
-                url=settings.email_http_url,
-                from_addr=settings.email_from,
-                token=token.get_secret_value() if token else None,
-            ),
-            limiter=email_limiter,
-        )
-    elif settings.email_connector == "postmark":
-        from connectors.http_email import PostmarkConfig, PostmarkConnector
-
-        if settings.postmark_token is None:
-            raise ConfigurationError(
-                "STAGECOACH_EMAIL_CONNECTOR=postmark needs a server token",
-                fix="set STAGECOACH_POSTMARK_TOKEN",
-            )
-        chosen["email"] = PostmarkConnector(
-            PostmarkConfig(
-                server_token=settings.postmark_token.get_secret_value(),
-                from_addr=settings.email_from,
-                message_stream=settings.postmark_message_stream,
-                base_url=settings.postmark_base_url,
-            ),
-            limiter=email_limiter,
-        )
-    if settings.wechat_connector == "wechat":
-        from connectors.wechat import WeChatConfig, WeChatConnector
-        from engine.storage.interactions import interaction_hook
-
-        if not settings.wechat_appid or settings.wechat_secret is None:
-            raise ConfigurationError(
-                "STAGECOACH_WECHAT_CONNECTOR=wechat needs the Official Account's credentials",
-                fix="set STAGECOACH_WECHAT_APPID and STAGECOACH_WECHAT_SECRET",
-            )
-        chosen["wechat"] = WeChatConnector(
-            WeChatConfig(
-                appid=settings.wechat_appid,
-                secret=settings.wechat_secret.get_secret_value(),
-                api_base=settings.wechat_api_base,
-            ),
-            limiter=RateLimiter(settings.wechat_rate) if settings.wechat_rate else None,
-            last_interaction=interaction_hook(engine) if engine is not None else None,
-        )
-    return chosen
-
-
-def build_activities(
+def contact_activities(
     engine: Engine,
     settings: Settings,
     *,
-    connectors: Mapping[str, Connector] | None = None,
+    connectors: Mapping[str, Connector],
+    rehearsal_sink: Connector,
     content: ContentLibrary | None = None,
 ) -> ContactActivities:
-    """ContactActivities wired from settings; the bundled journeys are published first."""
-    from connectors.filesink import FileSinkConnector
+    """ContactActivities from settings and the connectors the composition root built
+    (``engine.cli.compose``); the bundled journeys are published first."""
     from engine.content import LinkSigner, RenderContact
     from engine.publishing import publish_bundled
     from engine.referrals import ReferralPolicy
@@ -331,11 +213,11 @@ def build_activities(
         engine=engine,
         definitions=definitions_loader(engine, settings),
         content=library,
-        connectors=connectors or connectors_from_settings(settings, engine),
+        connectors=connectors,
         policy=send_policy(settings),
         render_contact=render_contact,
         signer=signer,
-        rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
+        rehearsal_sink=rehearsal_sink,
         timeline_url=lambda contact_id: f"{settings.api_base_url}/v1/contacts/{contact_id}",
         public_url=settings.api_base_url,
         referral_policy=ReferralPolicy.from_settings(settings),

@@ -11,7 +11,7 @@ The CRM, or whatever received the hand-off webhook, answers with one decision::
 Authentication is the hand-off webhook's own signature, the other way round: the body is
 signed with ``Stagecoach-Signature: t=<unix>,v1=<hmac>`` using the shared secret
 ``STAGECOACH_WEBHOOK_SECRET`` (any of them while rotating), exactly as
-``connectors.webhook.sign`` does and ``docs/webhooks.md`` describes. Unsigned, wrongly
+``connectors.crm.sign`` does and ``docs/webhooks.md`` describes. Unsigned, wrongly
 signed, or signed more than five minutes away from our clock: **401**, nothing read.
 The signature covers the body but not the URL, so the body names its hand-off: a body
 whose ``handoff_id`` is not the path's is **401** too, and a decision captured for one
@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from connectors.webhook import (
+from connectors.crm import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     InvalidSignature,

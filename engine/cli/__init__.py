@@ -1,5 +1,5 @@
-"""The ``stagecoach`` command: a composition root that wires settings, storage, Temporal
-and the API together.
+"""The ``stagecoach`` command: its subcommands, each parsing its options and printing its
+result; the worker and the API are wired in the composition root, ``engine.cli.compose``.
 
 Every command turns a StagecoachError into one line on stderr (the cause and the fix)
 and exit code 2; nobody gets a traceback wall for a wrong URL or a busy port.
@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -25,9 +25,6 @@ from engine.cli.report import report
 from engine.errors import StagecoachError
 from engine.logging import configure_logging
 from engine.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    from temporalio.runtime import Runtime
 
 app = typer.Typer(
     name="stagecoach",
@@ -65,98 +62,17 @@ def up() -> None:
 @app.command()
 def worker() -> None:
     """Run a worker: the contact workflows and their activities."""
-    settings = _settings()
-    from engine.runtime import freeze_startup_heap
-    from engine.storage import make_engine, upgrade
-    from engine.storage.db import private_umask
+    from engine.cli.compose import run_worker
 
-    private_umask()
-    from workflows.client import connect
-    from workflows.runtime import build_activities
-    from workflows.system import SystemActivities
-    from workflows.worker import build_worker, run_until_signalled
-
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
-    # Loads and validates the content library and publishes the bundled journeys: a
-    # definition that does not validate stops the worker here, never a contact later.
-    contact = build_activities(engine, settings)
-    runtime = _worker_metrics(settings)
-
-    async def serve() -> None:
-        client = await connect(settings, runtime=runtime)
-        activities = [*SystemActivities(engine).all(), *contact.all()]
-        built = build_worker(
-            client,
-            task_queue=settings.temporal_task_queue,
-            activities=activities,
-            max_cached_workflows=settings.worker_max_cached_workflows,
-        )
-        freeze_startup_heap()
-        await run_until_signalled(built)
-
-    asyncio.run(serve())
-
-
-def _worker_metrics(settings: Settings) -> Runtime | None:
-    """Start the worker's metrics server and return a Temporal runtime exporting the
-    SDK's metrics (None: the default runtime, no SDK metrics), each on its own port
-    unless that is off. A taken port stops the worker here, naming its setting."""
-    from engine import metrics
-    from engine.cli.supervisor import ensure_worker_metrics_ports_free
-    from workflows.metrics import prometheus_runtime
-
-    host, ours, sdk = (
-        settings.worker_metrics_host,
-        settings.worker_metrics_port,
-        settings.temporal_metrics_port,
-    )
-    ensure_worker_metrics_ports_free(settings)
-    if ours is not None:
-        metrics.serve(host, ours)
-    return prometheus_runtime(host, sdk) if sdk is not None else None
+    run_worker(_settings())
 
 
 @app.command()
 def api() -> None:
     """Serve the HTTP API with uvicorn."""
-    settings = _settings()
-    import uvicorn
+    from engine.cli.compose import serve_api
 
-    from engine.api import create_app
-    from engine.runtime import ensure_port_free, freeze_startup_heap
-    from engine.settings import check_api_credentials
-    from engine.storage.db import private_umask
-
-    check_api_credentials(settings)
-    private_umask()
-
-    ensure_port_free(
-        settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
-    )
-    from engine.storage import make_engine
-    from workflows.client import connect
-    from workflows.runtime import ContactOpener
-
-    engine = make_engine(settings.resolved_database_url)
-
-    async def temporal() -> Any:
-        return await connect(settings)
-
-    served = create_app(
-        settings, engine=engine, temporal=temporal, opener=ContactOpener(engine, settings)
-    )
-    freeze_startup_heap()
-    uvicorn.run(
-        served,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-        # X-Forwarded-For is believed from the configured proxies only, never by default.
-        proxy_headers=bool(settings.trusted_proxy_list),
-        forwarded_allow_ips=settings.trusted_proxy_list or None,
-    )
+    serve_api(_settings())
 
 
 keys_app = typer.Typer(help="Write keys for the event API.", no_args_is_help=True)

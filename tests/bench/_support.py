@@ -22,13 +22,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.common import RetryPolicy
 
+from engine.cli.compose import build_activities
 from engine.content import ContentLibrary
 from engine.gateway import contact_view, enrol
 from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
 from engine.runtime import freeze_startup_heap
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
-from workflows.runtime import ContactOpener, build_activities
+from workflows.runtime import ContactOpener
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
 

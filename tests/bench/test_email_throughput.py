@@ -65,7 +65,8 @@ from typing import Any
 import psutil
 import pytest
 
-from connectors.smtp import SmtpConfig, SmtpConnector, prepare_email
+from connectors.email import prepare_email
+from connectors.smtp import SmtpConfig, SmtpConnector
 from engine.bounces import key_digest
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
 from engine.delivery import OutgoingMessage

@@ -36,17 +36,17 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 from typer.testing import CliRunner, Result
 
-from engine.cli.imports import (
+from engine.cli.imports import import_contacts
+from engine.ingest import Incoming, Ingestor, parse_message
+from engine.services.imports import (
     ImportOptions,
     Rejected,
     RowReader,
     detect_encoding,
-    import_contacts,
     open_table,
     plan_columns,
     run_import,
 )
-from engine.ingest import Incoming, Ingestor, parse_message
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event
 from tests.bench._support import env_int, machine

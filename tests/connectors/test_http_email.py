@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from connectors._http import parse_retry_after
-from connectors.http_email import (
+from connectors.email import (
+    IDEMPOTENCY_HEADER,
     HttpEmailConfig,
     HttpEmailConnector,
     PostmarkConfig,
@@ -28,7 +29,6 @@ from connectors.http_email import (
     interpret_postmark_response,
 )
 from connectors.ratelimit import RateLimiter
-from connectors.smtp import IDEMPOTENCY_HEADER
 from engine.bounces import key_digest
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
 from engine.delivery import (

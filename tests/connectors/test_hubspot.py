@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.hubspot import (
+from connectors.crm.hubspot import (
     HubSpotConnector,
     note_marker,
     rate_limit_delay,

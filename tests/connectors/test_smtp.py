@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from connectors.email import IDEMPOTENCY_HEADER
 from connectors.ratelimit import RateLimiter
 from connectors.smtp import (
-    IDEMPOTENCY_HEADER,
     SmtpConfig,
     SmtpConnector,
     classify_reply,
@@ -639,7 +639,7 @@ def test_the_fast_wire_writer_says_what_the_stdlib_says() -> None:
     import email
     from datetime import UTC, datetime
 
-    from connectors.smtp import _wire_bytes, build_mime
+    from connectors.email.mime import _wire_bytes, build_mime
     from engine.content import BUNDLED_CONTENT_DIR, ContentError, ContentLibrary, RenderContact
 
     library = ContentLibrary.load(BUNDLED_CONTENT_DIR)

@@ -12,14 +12,9 @@ from typing import Any, Literal
 
 import pytest
 
-from connectors.smtp import (
-    SmtpConfig,
-    SmtpConnector,
-    _data_bytes,
-    _Session,
-    _Wire,
-    prepare_email,
-)
+from connectors.email import prepare_email
+from connectors.smtp import SmtpConfig, SmtpConnector
+from connectors.smtp.connector import _data_bytes, _Session, _Wire
 from engine.bounces import key_digest
 from engine.content import RenderContact
 from engine.delivery import (

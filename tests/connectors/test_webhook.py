@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from connectors._http import parse_retry_after
-from connectors.ratelimit import RateLimiter
-from connectors.webhook import (
+from connectors.crm import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     InvalidSignature,
@@ -26,6 +25,7 @@ from connectors.webhook import (
     sign,
     verify_signature,
 )
+from connectors.ratelimit import RateLimiter
 from engine.delivery import (
     OutgoingMessage,
     PermanentDeliveryError,

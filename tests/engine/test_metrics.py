@@ -288,7 +288,7 @@ def test_engine_metrics_imports_no_temporal() -> None:
 
 
 def test_the_worker_refuses_one_port_for_both_exporters(tmp_path: Path) -> None:
-    from engine.cli import _worker_metrics
+    from engine.cli.compose import worker_metrics as _worker_metrics
 
     port = free_port()
     settings = _settings(tmp_path, worker_metrics_port=port, temporal_metrics_port=port)
@@ -299,7 +299,7 @@ def test_the_worker_refuses_one_port_for_both_exporters(tmp_path: Path) -> None:
 def test_a_taken_metrics_port_names_its_setting(tmp_path: Path) -> None:
     import socket
 
-    from engine.cli import _worker_metrics
+    from engine.cli.compose import worker_metrics as _worker_metrics
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -312,7 +312,7 @@ def test_a_taken_metrics_port_names_its_setting(tmp_path: Path) -> None:
 
 
 def test_the_worker_serves_its_registry_when_the_sdk_port_is_off(tmp_path: Path) -> None:
-    from engine.cli import _worker_metrics
+    from engine.cli.compose import worker_metrics as _worker_metrics
 
     port = free_port()
     settings = _settings(tmp_path, worker_metrics_port=port, temporal_metrics_port=None)

@@ -50,7 +50,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
 
-from connectors.webhook import SIGNATURE_HEADER
+from connectors.crm import SIGNATURE_HEADER
 from engine.api.events import ReservedSource, create_write_key, hash_key
 from engine.api.wechat_routes import drain
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner

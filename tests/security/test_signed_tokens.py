@@ -47,7 +47,7 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 import engine.api.email_routes as email_routes
-from connectors.webhook import SIGNATURE_HEADER, sign
+from connectors.crm import SIGNATURE_HEADER, sign
 from engine.content import (
     BUNDLED_CONTENT_DIR,
     CLICK,

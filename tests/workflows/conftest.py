@@ -19,6 +19,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from engine.cli.compose import build_activities
 from engine.content import ContentLibrary
 from engine.delivery import Connector
 from engine.gateway import send_event
@@ -27,7 +28,6 @@ from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from tests.helpers import runtime_settings
 from workflows.client import with_settings
-from workflows.runtime import build_activities
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
 

@@ -8,15 +8,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from connectors.crm import HubSpotConnector, WebhookConnector
+from connectors.email import HttpEmailConnector, PostmarkConnector
 from connectors.filesink import FileSinkConnector
-from connectors.http_email import HttpEmailConnector, PostmarkConnector
-from connectors.hubspot import HubSpotConnector
 from connectors.smtp import SmtpConnector
-from connectors.webhook import WebhookConnector
 from connectors.wechat import WeChatConnector
+from engine.cli.compose import connectors_from_settings
 from engine.errors import ConfigurationError
 from engine.settings import Settings
-from workflows.runtime import connectors_from_settings
 
 
 def _settings(tmp_path: Path, **fields: Any) -> Settings:

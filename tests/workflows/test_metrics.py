@@ -23,6 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from connectors.filesink import FileSinkConnector
 from engine import metrics
+from engine.cli.compose import build_activities
 from engine.content import ContentLibrary
 from engine.delivery import PermanentDeliveryError, RetryableDeliveryError
 from engine.gateway import send_event
@@ -32,7 +33,6 @@ from tests.helpers import free_port, runtime_settings
 from tests.workflows.conftest import eventually, open_runtime
 from tests.workflows.test_delivery import Faulty
 from workflows.client import connect
-from workflows.runtime import build_activities
 from workflows.worker import build_worker
 
 OPS = Path(__file__).resolve().parents[2] / "docs" / "ops.md"
@@ -196,7 +196,7 @@ async def test_the_worker_command_exports_temporal_sdk_metrics(
     """``stagecoach worker``'s wiring: ``_worker_metrics`` starts our server and returns a
     runtime with the SDK's Prometheus exporter; ``connect`` takes it; the worker built
     on that client reports task and activity metrics there."""
-    from engine.cli import _worker_metrics
+    from engine.cli.compose import worker_metrics as _worker_metrics
 
     ours, sdk = free_port(), free_port()
     settings = runtime_settings(

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.crm import WebhookConnector
 from connectors.filesink import FileSinkConnector
-from connectors.webhook import WebhookConnector
 from engine.content import ContentLibrary
 from engine.gateway import contact_view
 from engine.messages import DeliverRequest
@@ -122,9 +122,9 @@ async def test_offers_are_refused_while_service_recovery_is_open(tmp_path: Path)
     """The delivery activity itself refuses promotional kinds; service messages go."""
     from temporalio.testing import ActivityEnvironment
 
+    from engine.cli.compose import build_activities
     from engine.storage import make_engine, upgrade
     from tests.helpers import runtime_settings
-    from workflows.runtime import build_activities
 
     settings = runtime_settings(tmp_path, "unused")
     engine = make_engine(settings.resolved_database_url)

@@ -23,8 +23,8 @@ from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from connectors.crm import WebhookConnector, sign
 from connectors.filesink import FileSinkConnector
-from connectors.webhook import WebhookConnector, sign
 from engine.api import create_app
 from engine.api.events import create_write_key
 from engine.content import ContentLibrary

@@ -59,10 +59,10 @@ def test_a_wechat_revocation_lasts_until_the_next_interaction(tmp_path: Path) ->
 
     from sqlmodel import Session
 
+    from engine.cli.compose import build_activities
     from engine.storage import make_engine, upgrade
     from engine.storage.models import Contact, Event, Suppression
     from tests.helpers import runtime_settings
-    from workflows.runtime import build_activities
 
     settings = runtime_settings(tmp_path, "unused")
     engine = make_engine(settings.resolved_database_url)

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connectors.webhook import sign
+from connectors.crm import sign
 from engine.api import create_app
 from engine.api.handoffs import router
 from engine.settings import Settings
@@ -87,7 +87,7 @@ def post(
     signature: str | None = None,
     bind: bool = True,
 ) -> Response:
-    """POST ``body`` signed as the hand-off webhook is (``connectors.webhook.sign``).
+    """POST ``body`` signed as the hand-off webhook is (``connectors.crm.sign``).
 
     A dict body names the path's hand-off (``handoff_id``) unless it has one or ``bind``
     is off, as a receiver following docs/webhooks.md sends it."""

@@ -17,9 +17,10 @@ from sqlmodel import Session, col, select
 from typer.testing import CliRunner, Result
 
 from engine.cli import imports
-from engine.cli.imports import ImportFailed, import_contacts
+from engine.cli.imports import import_contacts
 from engine.errors import StagecoachError
 from engine.ingest import Incoming, Ingestor, parse_message, verify_consent_chain
+from engine.services.imports import ImportFailed
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Consent, Contact, Event, Identity, Outbox
 

@@ -112,11 +112,11 @@ async def test_a_rehearsal_hand_off_and_its_sla_never_reach_hubspot(tmp_path: Pa
     a real contact's hand-off does reach it."""
     from temporalio.testing import ActivityEnvironment
 
+    from engine.cli.compose import build_activities
     from engine.messages import HandOffRequest, SlaRequest
     from engine.storage import make_engine, upgrade
     from tests.helpers import runtime_settings
     from tests.peers.crm import TEST_TOKEN, HubSpotPeer
-    from workflows.runtime import build_activities
 
     with HubSpotPeer() as hubspot:
         settings = runtime_settings(

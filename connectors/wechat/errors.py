@@ -1,6 +1,6 @@
 """WeChat ``errcode`` values and the one function that turns them into delivery errors.
 
-The table lives in the docstring of ``connectors.wechat``; this module is its code.
+The table lives in the docstring of ``connectors.wechat.connector``; this module is its code.
 """
 
 from __future__ import annotations

@@ -72,37 +72,20 @@ from typing import Any
 import httpx
 import structlog
 
+from connectors.ratelimit import RateLimiter
+from connectors.wechat.errors import (
+    BAD_MESSAGE,
+    TOKEN_REJECTED,
+    WINDOW_CLOSED,
+    classify,
+)
+from connectors.wechat.tokens import DEFAULT_API_BASE, AccessTokenService
 from engine.delivery import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-
-from ._wechat_errors import (
-    BAD_MESSAGE,
-    TOKEN_REJECTED,
-    WINDOW_CLOSED,
-    WeChatCredentialsRejected,
-    classify,
-    until_quota_reset,
-)
-from ._wechat_token import DEFAULT_API_BASE, AccessTokenService
-from .ratelimit import RateLimiter
-
-__all__ = [
-    "BAD_MESSAGE",
-    "CUSTOMER_SERVICE_WINDOW",
-    "DEFAULT_API_BASE",
-    "WINDOW_CLOSED",
-    "AccessTokenService",
-    "LastInteraction",
-    "WeChatConfig",
-    "WeChatConnector",
-    "WeChatCredentialsRejected",
-    "until_quota_reset",
-    "window_open",
-]
 
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=48)
 """How long after a contact's last interaction WeChat accepts customer-service messages."""

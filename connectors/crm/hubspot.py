@@ -49,7 +49,7 @@ other 4xx                       ``code="hubspot_http_<status>"``
 
 The private app needs the scopes ``crm.objects.contacts.read`` and
 ``crm.objects.contacts.write`` (notes on contacts use the contact scopes). Use the
-hand-off retry policy documented in :mod:`connectors.webhook`.
+hand-off retry policy documented in :mod:`connectors.crm.webhook`.
 """
 
 from __future__ import annotations

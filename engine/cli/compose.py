@@ -1,0 +1,259 @@
+"""The composition root: the one place that wires concrete parts together.
+
+It chooses and builds the connectors from settings and hands them to the worker's
+activities (:func:`build_activities`), runs the worker (:func:`run_worker`) and serves the
+API (:func:`serve_api`); the ``stagecoach worker`` and ``stagecoach api`` commands only
+load the settings and call it. Tests build their activities here too, so a test worker is
+the production worker with other settings. Connectors are built once per worker, so SMTP
+sessions, HTTP clients, WeChat tokens and rate limits are shared by every concurrent
+activity in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+
+from connectors import (
+    FileSinkConnector,
+    HttpEmailConfig,
+    HttpEmailConnector,
+    HubSpotConnector,
+    PostmarkConfig,
+    PostmarkConnector,
+    RateLimiter,
+    SmtpConfig,
+    SmtpConnector,
+    WebhookConnector,
+    WeChatConfig,
+    WeChatConnector,
+)
+from engine.content import ContentLibrary
+from engine.delivery import Connector
+from engine.errors import ConfigurationError
+from engine.settings import Settings
+from engine.storage.interactions import interaction_hook
+from workflows.activities import ContactActivities
+from workflows.runtime import contact_activities
+
+if TYPE_CHECKING:
+    from temporalio.runtime import Runtime
+
+
+def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
+    root = settings.resolved_sink_dir
+    return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
+
+
+def connectors_from_settings(
+    settings: Settings, engine: Engine | None = None
+) -> dict[str, Connector]:
+    """One connector per channel, as configured; the file sink where none is.
+
+    Built once per worker, so SMTP sessions, HTTP clients, WeChat tokens and rate
+    limits are shared by every concurrent activity in it."""
+    chosen = dict(file_sink_connectors(settings))
+    if settings.crm_connector == "webhook":
+        if not settings.webhook_url or settings.webhook_secret is None:
+            raise ConfigurationError(
+                "STAGECOACH_CRM_CONNECTOR=webhook needs a URL and a secret",
+                fix="set STAGECOACH_WEBHOOK_URL and STAGECOACH_WEBHOOK_SECRET",
+            )
+        chosen["crm"] = WebhookConnector(
+            settings.webhook_url,
+            settings.webhook_secrets,
+            timeout=settings.webhook_timeout,
+            limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
+        )
+    elif settings.crm_connector == "hubspot":
+        if settings.hubspot_token is None:
+            raise ConfigurationError(
+                "STAGECOACH_CRM_CONNECTOR=hubspot needs a private app token",
+                fix="set STAGECOACH_HUBSPOT_TOKEN (scopes crm.objects.contacts.read/write)",
+            )
+        chosen["crm"] = HubSpotConnector(
+            settings.hubspot_token.get_secret_value(),
+            base_url=settings.hubspot_base_url,
+            lifecycle_stage=settings.hubspot_lifecycle_stage or None,
+            timeline_url=f"{settings.api_base_url}/v1/contacts/{{contact_id}}",
+            limiter=RateLimiter(settings.crm_rate) if settings.crm_rate else None,
+        )
+    email_limiter = RateLimiter(settings.email_rate) if settings.email_rate else None
+    if settings.email_connector == "smtp":
+        chosen["email"] = SmtpConnector(
+            SmtpConfig(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                from_addr=settings.email_from,
+                security=settings.smtp_security,
+                username=settings.smtp_username,
+                password=(
+                    settings.smtp_password.get_secret_value() if settings.smtp_password else None
+                ),
+                pool_size=settings.smtp_pool_size,
+                pipeline_messages=settings.smtp_pipeline_messages,
+            ),
+            limiter=email_limiter,
+        )
+    elif settings.email_connector == "http":
+        if not settings.email_http_url:
+            raise ConfigurationError(
+                "STAGECOACH_EMAIL_CONNECTOR=http needs the provider's send endpoint",
+                fix="set STAGECOACH_EMAIL_HTTP_URL (and STAGECOACH_EMAIL_HTTP_TOKEN)",
+            )
+        token = settings.email_http_token
+        chosen["email"] = HttpEmailConnector(
+            HttpEmailConfig(
+                url=settings.email_http_url,
+                from_addr=settings.email_from,
+                token=token.get_secret_value() if token else None,
+            ),
+            limiter=email_limiter,
+        )
+    elif settings.email_connector == "postmark":
+        if settings.postmark_token is None:
+            raise ConfigurationError(
+                "STAGECOACH_EMAIL_CONNECTOR=postmark needs a server token",
+                fix="set STAGECOACH_POSTMARK_TOKEN",
+            )
+        chosen["email"] = PostmarkConnector(
+            PostmarkConfig(
+                server_token=settings.postmark_token.get_secret_value(),
+                from_addr=settings.email_from,
+                message_stream=settings.postmark_message_stream,
+                base_url=settings.postmark_base_url,
+            ),
+            limiter=email_limiter,
+        )
+    if settings.wechat_connector == "wechat":
+        if not settings.wechat_appid or settings.wechat_secret is None:
+            raise ConfigurationError(
+                "STAGECOACH_WECHAT_CONNECTOR=wechat needs the Official Account's credentials",
+                fix="set STAGECOACH_WECHAT_APPID and STAGECOACH_WECHAT_SECRET",
+            )
+        chosen["wechat"] = WeChatConnector(
+            WeChatConfig(
+                appid=settings.wechat_appid,
+                secret=settings.wechat_secret.get_secret_value(),
+                api_base=settings.wechat_api_base,
+            ),
+            limiter=RateLimiter(settings.wechat_rate) if settings.wechat_rate else None,
+            last_interaction=interaction_hook(engine) if engine is not None else None,
+        )
+    return chosen
+
+
+def build_activities(
+    engine: Engine,
+    settings: Settings,
+    *,
+    connectors: Mapping[str, Connector] | None = None,
+    content: ContentLibrary | None = None,
+) -> ContactActivities:
+    """ContactActivities wired from settings; the bundled journeys are published first.
+
+    ``connectors`` replaces the configured ones (tests hand in a peer's connector or a
+    deliberately failing one); rehearsals always go to the file sink's ``rehearsal``
+    folder."""
+    return contact_activities(
+        engine,
+        settings,
+        connectors=connectors or connectors_from_settings(settings, engine),
+        rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
+        content=content,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker (the contact workflows and their activities) until it is signalled."""
+    from engine.runtime import freeze_startup_heap
+    from engine.storage import make_engine, upgrade
+    from engine.storage.db import private_umask
+
+    private_umask()
+    from workflows.client import connect
+    from workflows.system import SystemActivities
+    from workflows.worker import build_worker, run_until_signalled
+
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    # Loads and validates the content library and publishes the bundled journeys: a
+    # definition that does not validate stops the worker here, never a contact later.
+    contact = build_activities(engine, settings)
+    runtime = worker_metrics(settings)
+
+    async def serve() -> None:
+        client = await connect(settings, runtime=runtime)
+        activities = [*SystemActivities(engine).all(), *contact.all()]
+        built = build_worker(
+            client,
+            task_queue=settings.temporal_task_queue,
+            activities=activities,
+            max_cached_workflows=settings.worker_max_cached_workflows,
+        )
+        freeze_startup_heap()
+        await run_until_signalled(built)
+
+    asyncio.run(serve())
+
+
+def worker_metrics(settings: Settings) -> Runtime | None:
+    """Start the worker's metrics server and return a Temporal runtime exporting the
+    SDK's metrics (None: the default runtime, no SDK metrics), each on its own port
+    unless that is off. A taken port stops the worker here, naming its setting."""
+    from engine import metrics
+    from engine.cli.supervisor import ensure_worker_metrics_ports_free
+    from workflows.metrics import prometheus_runtime
+
+    host, ours, sdk = (
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        settings.temporal_metrics_port,
+    )
+    ensure_worker_metrics_ports_free(settings)
+    if ours is not None:
+        metrics.serve(host, ours)
+    return prometheus_runtime(host, sdk) if sdk is not None else None
+
+
+def serve_api(settings: Settings) -> None:
+    """Serve the HTTP API with uvicorn until it is stopped."""
+    import uvicorn
+
+    from engine.api import create_app
+    from engine.runtime import ensure_port_free, freeze_startup_heap
+    from engine.settings import check_api_credentials
+    from engine.storage.db import private_umask
+
+    check_api_credentials(settings)
+    private_umask()
+
+    ensure_port_free(
+        settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
+    )
+    from engine.storage import make_engine
+    from workflows.client import connect
+    from workflows.runtime import ContactOpener
+
+    engine = make_engine(settings.resolved_database_url)
+
+    async def temporal() -> Any:
+        return await connect(settings)
+
+    served = create_app(
+        settings, engine=engine, temporal=temporal, opener=ContactOpener(engine, settings)
+    )
+    freeze_startup_heap()
+    uvicorn.run(
+        served,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        # X-Forwarded-For is believed from the configured proxies only, never by default.
+        proxy_headers=bool(settings.trusted_proxy_list),
+        forwarded_allow_ips=settings.trusted_proxy_list or None,
+    )
