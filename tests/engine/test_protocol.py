@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHistory
 
 from engine import protocol
+from engine.cli.compose import build_activities
 from engine.contact import new_contact, search_values
 from engine.history import ActivityScheduled, Signalled, TimerStarted, UpdateAccepted, read_run
 from engine.search_attributes import SEARCH_ATTRIBUTES, dev_server_args
@@ -17,7 +18,6 @@ from engine.search_keys import ALL_KEYS, KEYS
 from engine.storage import make_engine, upgrade
 from tests.helpers import runtime_settings
 from workflows.pipeline import DEFAULT
-from workflows.runtime import build_activities
 from workflows.system import SystemActivities
 
 HISTORIES = sorted((Path(__file__).parents[1] / "workflows" / "histories").glob("**/*.json"))
