@@ -137,3 +137,84 @@ def test_every_relative_link_in_the_readme_leads_to_a_file() -> None:
     assert relative, "the README links nowhere onward"
     for link in relative:
         assert (ROOT / link).exists(), link
+
+
+def _documented_settings(page: str) -> set[str]:
+    """Every variable the settings table names, with ``_SUFFIX`` shorthands expanded: in
+    "`STAGECOACH_WEBHOOK_URL`, `_SECRET`" the second is ``STAGECOACH_WEBHOOK_SECRET``, so a
+    shorthand stands for the first name with one of its trailing parts replaced."""
+    names: set[str] = set()
+    for line in page.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cell = line.split("|")[1]
+        tokens = re.findall(r"`([A-Z_][A-Z0-9_]*)`", cell)
+        if not tokens:
+            continue
+        full = tokens[0]
+        names.add(full)
+        cuts = [i for i, c in enumerate(full) if c == "_"]
+        for token in tokens[1:]:
+            if token.startswith("_"):
+                names.update(full[:i] + token for i in cuts)
+            else:
+                names.add(token)
+    return names
+
+
+def test_the_settings_page_documents_every_setting() -> None:
+    from engine.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    documented = _documented_settings((DOCS / "settings.md").read_text(encoding="utf-8"))
+    missing = []
+    for name, field in Settings.model_fields.items():
+        variable = field.validation_alias if isinstance(field.validation_alias, str) else None
+        variable = variable or f"{prefix}{name}".upper()
+        if variable not in documented:
+            missing.append(variable)
+    assert not missing, f"add a row to docs/settings.md for each of {missing}"
+
+
+def test_the_settings_page_gives_the_defaults_the_code_has() -> None:
+    """Where the page gives a default as one literal (`8`, `sink`, `true`), it is the
+    code's; defaults in words (unset, `<data_dir>/...`) are left to the prose."""
+    from engine.settings import Settings
+
+    prefix = str(Settings.model_config.get("env_prefix", "")).upper()
+    checked = 0
+    for line in (DOCS / "settings.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([A-Z_][A-Z0-9_]*)`", cells[0])
+        defaults = [d.strip() for d in cells[1].split(", ")] if len(names) > 1 else [cells[1]]
+        if len(defaults) != len(names):
+            continue
+        full = names[0]
+        for name, documented in zip(names, defaults, strict=True):
+            literal = re.fullmatch(r"`([^`<]*)`", documented)
+            if literal is None:
+                continue
+            candidates = [full[:i] + name for i, c in enumerate(full) if c == "_"]
+            variable = next(
+                (
+                    v
+                    for v in ([name] if not name.startswith("_") else candidates)
+                    if v.removeprefix(prefix).lower() in Settings.model_fields
+                ),
+                None,
+            )
+            assert variable is not None, f"docs/settings.md names an unknown setting {name}"
+            default = Settings.model_fields[variable.removeprefix(prefix).lower()].default
+            if isinstance(default, bool):
+                code = str(default).lower()
+            elif isinstance(default, float) and default.is_integer():
+                code = str(int(default))
+            elif isinstance(default, str | int | float):
+                code = str(default)
+            else:
+                continue
+            assert literal[1] == code, f"{variable}: the page says {documented}, the code {code}"
+            checked += 1
+    assert checked > 40
