@@ -218,3 +218,31 @@ def test_the_settings_page_gives_the_defaults_the_code_has() -> None:
             assert literal[1] == code, f"{variable}: the page says {documented}, the code {code}"
             checked += 1
     assert checked > 40
+
+
+def test_the_cli_page_lists_every_command() -> None:
+    """Every ``stagecoach`` command the CLI registers has a row on docs/cli.md (a row may
+    cover siblings, as ``stagecoach content list | show ID | ...`` does)."""
+    import typer.main
+
+    from engine.cli import app
+
+    def walk(command: object, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        children = getattr(command, "commands", None)
+        if not children:
+            return [path]
+        return [p for name, sub in children.items() for p in walk(sub, (*path, name))]
+
+    commands = walk(typer.main.get_command(app), ())
+    assert ("journeys", "simulate") in commands
+    rows = [
+        line.split(" | ")[0]
+        for line in (DOCS / "cli.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `stagecoach ")
+    ]
+    for first, *rest in commands:
+        documented = [row for row in rows if row.startswith(f"| `stagecoach {first}")]
+        assert documented, f"docs/cli.md has no row for stagecoach {first}"
+        if rest:
+            word = re.compile(rf"(stagecoach {first} |\\\| ){re.escape(rest[0])}\b")
+            assert any(word.search(row) for row in documented), f"stagecoach {first} {rest[0]}"
