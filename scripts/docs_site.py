@@ -147,6 +147,36 @@ def _schema_words(schema: Mapping[str, Any] | None) -> str:
     return f"`{kind}`" if kind else ""
 
 
+def _resolve(spec: Mapping[str, Any], schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+        resolved: Mapping[str, Any] = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        return resolved
+    return schema
+
+
+def _body(media: str, schema: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
+    """The request body's top-level fields, or its type when it has none."""
+    fields: Mapping[str, Any] = schema.get("properties", {})
+    if not fields:
+        return [f"Body: `{media}` {_schema_words(schema)}.".replace(" .", "."), ""]
+    required = set(schema.get("required", []))
+    out = [
+        f"Body (`{media}`):",
+        "",
+        "| field | type | required | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, field in fields.items():
+        field = _resolve(spec, field)
+        meaning = field.get("description") or ""
+        out.append(
+            f"| `{name}` | {_schema_words(field)} | {'yes' if name in required else 'no'} "
+            f"| {_cell(_text(meaning))} |"
+        )
+    return [*out, ""]
+
+
 def _auth(op: Mapping[str, Any]) -> str:
     names = [name for requirement in op.get("security", []) for name in requirement]
     if not names:
@@ -186,13 +216,8 @@ def endpoint_reference(spec: Mapping[str, Any]) -> str:
                         f"| {_cell(_text(meaning))} |"
                     )
                 out.append("")
-            body = op.get("requestBody", {}).get("content", {})
-            if body:
-                kinds = "; ".join(
-                    f"`{media}` {_schema_words(content.get('schema'))}".rstrip()
-                    for media, content in body.items()
-                )
-                out += [f"Body: {kinds}.", ""]
+            for media, content in op.get("requestBody", {}).get("content", {}).items():
+                out += _body(media, _resolve(spec, content.get("schema", {})), spec)
             responses = op.get("responses", {})
             if responses:
                 out.append(

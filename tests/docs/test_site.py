@@ -60,13 +60,13 @@ def test_the_site_builds_strictly_with_the_generated_api_reference(tmp_path: Pat
     # The published spec is the app's own, and every route has its section.
     spec = json.loads((site / "api" / "openapi.json").read_text(encoding="utf-8"))
     assert spec == json.loads(json.dumps(_docs_site().openapi_spec()))
-    reference = (site / "api" / "reference" / "index.html").read_text(encoding="utf-8")
+    reference = (site / "api" / "reference.html").read_text(encoding="utf-8")
     for path, operations in spec["paths"].items():
         for method in operations:
             assert f"{method.upper()} <code>{path}</code>" in reference, (method, path)
     # Every page of the nav was written, and no page reaches out for a script or a font.
     for page in ("events", "cli", "settings", "promises/faults", "benchmarks/email-throughput"):
-        html = (site / page / "index.html").read_text(encoding="utf-8")
+        html = (site / f"{page}.html").read_text(encoding="utf-8")
         assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", html), page
 
 
