@@ -64,6 +64,13 @@ def test_the_site_builds_strictly_with_the_generated_api_reference(tmp_path: Pat
     for path, operations in spec["paths"].items():
         for method in operations:
             assert f"{method.upper()} <code>{path}</code>" in reference, (method, path)
+    # Lists written for GitHub (two-space nesting, no blank line before a list) run into
+    # the paragraph above them here: no rendered paragraph may hold a list marker.
+    for built in site.rglob("*.html"):
+        html = re.sub(r"<pre.*?</pre>|<code>.*?</code>", "", built.read_text("utf-8"), flags=re.S)
+        for block in re.findall(r"<(?:p|li)>(.*?)</(?:p|li)>", html, flags=re.S):
+            text = " ".join(re.sub(r"<[^>]+>", " ", block).split())
+            assert not re.search(r"[.;:,] (- |\d\. )[A-Za-z]", text), (built, text[:200])
     # Every page of the nav was written, and no page reaches out for a script or a font.
     for page in ("events", "cli", "settings", "promises/faults", "benchmarks/email-throughput"):
         html = (site / f"{page}.html").read_text(encoding="utf-8")
