@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 export PYTHON
 
-.PHONY: run test setup lint bench test-fast clean help
+.PHONY: run test setup lint bench docs test-fast clean help
 
 help:
 	@echo "make run    set up, then start Temporal (with Web UI), the worker and the API"
 	@echo "make test   set up, then lint, type-check and run the whole test suite"
 	@echo "make bench  run the benchmarks under tests/bench and print their figures"
+	@echo "make docs   build the documentation site into site/ (strict: broken links fail)"
 
 setup:
 	@scripts/bootstrap.sh
@@ -35,5 +36,11 @@ bench: setup
 	 STAGECOACH_TEST_SERVER_PATH="$$(scripts/test-server.sh)" \
 	 $(VENV)/bin/pytest tests/bench --run-bench -s $(PYTEST_ARGS)
 
+# The site's endpoint reference is generated from the API at build time (scripts/docs_site.py).
+# Only the venv is needed: no Temporal binary.
+docs:
+	@scripts/bootstrap.sh
+	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .stagecoach .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .stagecoach .mypy_cache .ruff_cache .pytest_cache site
