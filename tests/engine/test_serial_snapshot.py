@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from engine.journeys import JourneySpec, ValidationContext
 from engine.journeys._interpreter import Cursor, Passage, Waiting
 from engine.pipeline import Pipeline, Transition
 from engine.policy import SendPolicy
-from engine.sales import Assignment, BusinessHours, Owner, Sla, SlaDeadlines
+from engine.sales import Assignment, BusinessHours, Owner, Routing, Sla, SlaDeadlines
 from engine.scoring import (
     Contribution,
     GradeResult,
@@ -171,7 +172,19 @@ def _runtime_values() -> dict[str, Any]:
         ),
         "problem": Problem(index=3, field="email", message="is not an address"),
         "problem_unindexed": Problem(index=None, field="file", message="is empty"),
+        # Optional parts a bundled definition declares, left out: their keys must not appear.
+        "pipeline_without_routing_or_recycle": replace(
+            PIPELINES["default"], routing=None, recycle=None
+        ),
+        "routing_without_service": replace(_routing(), service=None, service_sla=None),
+        "scoring_without_decay": replace(PIPELINES["default"].scoring, half_life=None),
     }
+
+
+def _routing() -> Routing:
+    routing = PIPELINES["default"].routing
+    assert routing is not None
+    return routing
 
 
 def _dump(value: Any) -> str:
@@ -244,6 +257,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "send_policy": SendPolicy.from_dict,
     "rendered": RenderedMessage.from_dict,
     "rendered_wechat": RenderedMessage.from_dict,
+    "routing_without_service": Routing.from_dict,
 }
 
 

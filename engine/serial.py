@@ -1,0 +1,210 @@
+"""The pure domain's one serialisation helper: dataclasses to JSON-able dicts and back.
+
+Definitions (pipelines, journey specs, scoring and sales models) and runtime values
+(contact state, cursors, transitions...) cross the Temporal boundary, land in recorded
+histories and the database, and definitions are hashed into versions. Their JSON forms
+are therefore fixed: this module reproduces them exactly, from the dataclass fields.
+
+A dataclass opts in by subclassing :class:`Record`, which gives it ``to_dict`` and
+``from_dict``. The generic form is each field under its own name, in declaration order;
+``datetime``/``date``/``time`` as ISO 8601 strings; ``timedelta`` as seconds (a float);
+tuples as lists; nested records, conditions, steps... through their own ``to_dict`` /
+``from_dict``. Decoding ignores unknown keys (newer writers) and gives a missing key its
+field's default (older writers). :func:`fields` adjusts one class: a key renamed from
+its field (``cool_down`` stored as ``cool_down_seconds``), a field left out while it
+holds its default (so a definition that does not use a newer field keeps its version),
+or a key's value when older data lacks it. A class whose form has real logic (a tagged
+union, a flattened part, a validated kind) keeps a hand-written method, overriding
+:class:`Record`'s, and the helper calls that method wherever the class is nested.
+
+Why cattrs: it is maintained, works on the plain (frozen, slotted, keyword-only)
+dataclasses the domain already has, generates one converter function per class once and
+then runs it at the speed of hand-written code, and has per-field renames and
+omit-if-default built in, which is what keeping the existing forms byte-identical needs.
+pydantic's ``TypeAdapter`` validates and coerces on its own terms (tuples, datetimes
+with ``Z``, field order in its own schema), so matching today's bytes would take more
+custom serialisers than it saves; ``msgspec`` wants its own ``Struct`` types for the
+same control. cattrs imports nothing from Temporal, databases or the network, so the
+domain stays pure (``tests/engine/test_purity.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import fields as dataclass_fields
+from datetime import date, datetime, time, timedelta
+from typing import Any, Self, TypeVar
+
+from cattrs import Converter
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+T = TypeVar("T")
+
+converter = Converter(detailed_validation=False, unstruct_collection_overrides={tuple: list})
+"""The shared converter. Missing keys raise ``KeyError`` (not cattrs' grouped errors), as
+the hand-written decoders did, so callers that name the missing field keep working."""
+
+for _type in (datetime, date, time):
+    converter.register_unstructure_hook(_type, _type.isoformat)
+    converter.register_structure_hook(_type, lambda raw, cls: cls.fromisoformat(raw))
+converter.register_unstructure_hook(timedelta, timedelta.total_seconds)
+converter.register_structure_hook(timedelta, lambda raw, _: timedelta(seconds=float(raw)))
+
+
+class _Options:
+    __slots__ = ("missing", "omit_if_default", "order", "rename")
+
+    def __init__(
+        self,
+        rename: Mapping[str, str],
+        omit_if_default: tuple[str, ...],
+        missing: Mapping[str, Any],
+        order: tuple[str, ...],
+    ) -> None:
+        self.rename = dict(rename)
+        self.omit_if_default = omit_if_default
+        self.missing = dict(missing)
+        self.order = tuple(rename.get(name, name) for name in order)
+
+
+_OPTIONS: dict[type, _Options] = {}
+
+
+def fields(
+    *,
+    rename: Mapping[str, str] | None = None,
+    omit_if_default: tuple[str, ...] = (),
+    missing: Mapping[str, Any] | None = None,
+    order: tuple[str, ...] = (),
+) -> Callable[[type[T]], type[T]]:
+    """Class decorator (above ``@dataclass``) adjusting a :class:`Record`'s JSON form.
+
+    Args:
+        rename: Field name to the key it is stored under.
+        omit_if_default: Fields left out of the form while they hold their default.
+        missing: Field name to the value decoding uses when older data lacks its key and
+            the field has no default of its own (or a different one).
+        order: Every field, in the order its key appears in the form, when that is not
+            the declaration order (the form predates a reordering of the fields).
+    """
+
+    def apply(cls: type[T]) -> type[T]:
+        _OPTIONS[cls] = _Options(rename or {}, omit_if_default, missing or {}, order)
+        return cls
+
+    return apply
+
+
+def _overrides(cls: type, omit: bool) -> dict[str, Any]:
+    options = _OPTIONS.get(cls)
+    out: dict[str, Any] = {}
+    if options is None:
+        return out
+    for f in dataclass_fields(cls):
+        renamed = options.rename.get(f.name)
+        dropped = omit and f.name in options.omit_if_default
+        if renamed is not None or dropped:
+            out[f.name] = override(rename=renamed, omit_if_default=dropped or None)
+    return out
+
+
+_Encoder = Callable[[Any], dict[str, Any]]
+_Decoder = Callable[[Mapping[str, Any], type], Any]
+_ENCODERS: dict[type, _Encoder] = {}
+_DECODERS: dict[type, _Decoder] = {}
+# Each class's functions are generated on first use and kept: a race between two threads
+# only generates the same function twice.
+
+
+def _encoder(cls: type) -> _Encoder:
+    fn = _ENCODERS.get(cls)
+    if fn is None:
+        fn = _ENCODERS[cls] = _make_encoder(cls)
+    return fn
+
+
+def _decoder(cls: type) -> _Decoder:
+    fn = _DECODERS.get(cls)
+    if fn is None:
+        fn = _DECODERS[cls] = _make_decoder(cls)
+    return fn
+
+
+def _make_encoder(cls: type) -> _Encoder:
+    fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+        cls, converter, **_overrides(cls, omit=True)
+    )
+    options = _OPTIONS.get(cls)
+    if options is None or not options.order:
+        return fn
+    order = options.order
+    keys = {options.rename.get(f.name, f.name) for f in dataclass_fields(cls)}
+    if keys != set(order):
+        raise TypeError(f"{cls.__name__}: serial order {order} must list every key {keys}")
+
+    def in_order(value: Any) -> dict[str, Any]:
+        out = fn(value)
+        return {key: out[key] for key in order if key in out}
+
+    return in_order
+
+
+def _make_decoder(cls: type) -> _Decoder:
+    fn: _Decoder = make_dict_structure_fn(cls, converter, **_overrides(cls, omit=False))
+    options = _OPTIONS.get(cls)
+    if options is None or not options.missing:
+        return fn
+    fill = {options.rename.get(k, k): v for k, v in options.missing.items()}
+
+    def with_missing(data: Mapping[str, Any], target: type) -> Any:
+        return fn({**fill, **data}, target)
+
+    return with_missing
+
+
+def encode(value: Any) -> dict[str, Any]:
+    """The generic form of a dataclass instance (what :meth:`Record.to_dict` returns)."""
+    return _encoder(type(value))(value)
+
+
+def decode(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild ``cls`` from its generic form (what :meth:`Record.from_dict` does)."""
+    result: T = _decoder(cls)(data, cls)
+    return result
+
+
+class Record:
+    """Mixin for dataclasses whose JSON form is the generic one (see the module doc)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return encode(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`to_dict` output; unknown keys are ignored, missing keys
+        take their defaults."""
+        return decode(cls, data)
+
+
+def _has(name: str) -> Callable[[Any], bool]:
+    return lambda cls: isinstance(cls, type) and callable(getattr(cls, name, None))
+
+
+# Wherever a class with its own ``to_dict``/``from_dict`` is nested, those methods do the
+# work: a generic record's are the generated functions above, a hand-written one's keep
+# their logic, and an abstract field type (``Condition``, ``Step``) dispatches on the
+# value's own class.
+converter.register_unstructure_hook_factory(_has("to_dict"), lambda cls: _call_to_dict)
+converter.register_structure_hook_factory(
+    _has("from_dict"), lambda cls: lambda data, target: target.from_dict(data)
+)
+
+
+def _call_to_dict(value: Any) -> Any:
+    return value.to_dict()
+
+
+__all__ = ["Record", "converter", "decode", "encode", "fields"]
