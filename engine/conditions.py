@@ -143,7 +143,7 @@ class EventMatcher(serial.Record):
         return record.type == self.type and all(f.matches(record.properties) for f in self.where)
 
 
-class Condition:
+class Condition(serial.Record):
     """Base of the algebra. Combine with ``&``, ``|`` and ``~``."""
 
     kind: str = ""

@@ -30,10 +30,12 @@ domain stays pure (``tests/engine/test_purity.py``).
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import fields as dataclass_fields
 from datetime import date, datetime, time, timedelta
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, get_type_hints
 
 from cattrs import Converter
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
@@ -49,6 +51,19 @@ for _type in (datetime, date, time):
     converter.register_structure_hook(_type, lambda raw, cls: cls.fromisoformat(raw))
 converter.register_unstructure_hook(timedelta, timedelta.total_seconds)
 converter.register_structure_hook(timedelta, lambda raw, _: timedelta(seconds=float(raw)))
+
+
+def _as_given(value: Any) -> Any:
+    """An ``Any`` field (an attribute value, a filter's operand) is already JSON data:
+    written as given, tuples as lists. Anything else (a ``datetime`` a marketer passed to
+    ``set_attribute``) stays as it is, so the content hash refuses it and validation
+    names the step, rather than being turned into a string here unnoticed."""
+    if isinstance(value, tuple | list):
+        return [_as_given(v) for v in value]
+    return value
+
+
+converter.register_unstructure_hook(Any, _as_given)
 
 
 class _Options:
@@ -130,7 +145,31 @@ def _decoder(cls: type) -> _Decoder:
     return fn
 
 
+_MODULE_GLOBALS: dict[type, dict[str, Any]] = {}
+"""Each record class's module namespace, captured when the class is created."""
+_RESOLVED: set[type] = set()
+
+
+def _resolve_annotations(cls: type) -> None:
+    """Replace ``cls``'s string annotations (``from __future__ import annotations``) by
+    the types they name, evaluated in the namespace the class was defined in.
+
+    cattrs would evaluate them through ``sys.modules``; inside Temporal's workflow sandbox
+    that is the sandbox's own table, which lacks the domain modules passed through to it,
+    so a converter first needed during a workflow task would fail to build.
+    """
+    for klass in reversed(cls.__mro__):
+        own = inspect.get_annotations(klass)
+        if klass in _RESOLVED or not own:
+            continue
+        namespace = _MODULE_GLOBALS.get(klass) or vars(sys.modules[klass.__module__])
+        hints = get_type_hints(klass, globalns=namespace)
+        klass.__annotations__ = {name: hints[name] for name in own}
+        _RESOLVED.add(klass)
+
+
 def _make_encoder(cls: type) -> _Encoder:
+    _resolve_annotations(cls)
     fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
         cls, converter, **_overrides(cls, omit=True)
     )
@@ -150,6 +189,7 @@ def _make_encoder(cls: type) -> _Encoder:
 
 
 def _make_decoder(cls: type) -> _Decoder:
+    _resolve_annotations(cls)
     fn: _Decoder = make_dict_structure_fn(cls, converter, **_overrides(cls, omit=False))
     options = _OPTIONS.get(cls)
     if options is None or not options.missing:
@@ -177,6 +217,12 @@ class Record:
     """Mixin for dataclasses whose JSON form is the generic one (see the module doc)."""
 
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        module = sys.modules.get(cls.__module__)
+        if module is not None:
+            _MODULE_GLOBALS[cls] = vars(module)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""

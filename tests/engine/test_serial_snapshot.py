@@ -18,14 +18,42 @@ from typing import Any
 
 import pytest
 
-from engine.conditions import EventRecord
+from engine.conditions import EventMatcher, EventRecord, PropertyFilter, has_tag
 from engine.contact import ContactState, JourneyRecord
 from engine.content import RenderedMessage
 from engine.events import EventCatalog
 from engine.hashing import canonical_json
 from engine.ingest._segment import Problem
-from engine.journeys import JourneySpec, ValidationContext
-from engine.journeys._interpreter import Cursor, Passage, Waiting
+from engine.journeys import (
+    ChangeStageStep,
+    EnrolStep,
+    EventEntry,
+    ExitStep,
+    GoalStep,
+    HandOffStep,
+    JourneySpec,
+    NextBestItem,
+    NoChannel,
+    ReEntry,
+    SendStep,
+    SetAttributeStep,
+    SplitBranch,
+    SplitStep,
+    StageEntered,
+    ValidationContext,
+    WaitStep,
+    WaitUntilStep,
+)
+from engine.journeys._interpreter import (
+    Completed,
+    Cursor,
+    Deliver,
+    Passage,
+    SetAttribute,
+    StartTimer,
+    WaitForEvent,
+    Waiting,
+)
 from engine.pipeline import Pipeline, Transition
 from engine.policy import SendPolicy
 from engine.sales import Assignment, BusinessHours, Owner, Routing, Sla, SlaDeadlines
@@ -47,6 +75,39 @@ AT = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 def _specs() -> dict[str, JourneySpec]:
     stages = frozenset(s.name for p in PIPELINES.values() for s in p.stages)
     return compile_journeys(ValidationContext(frozenset(CATALOG.names()), stages))
+
+
+def _every_kind_spec() -> JourneySpec:
+    """Every step kind and optional part, including those no bundled journey uses yet."""
+    return JourneySpec(
+        name="every_kind",
+        description="each step kind once",
+        entry=(StageEntered("lead"), EventEntry(EventMatcher("form.submitted"))),
+        reentry=ReEntry.after(timedelta(days=7)),
+        exit_when=has_tag("unsubscribed"),
+        goal=None,
+        locales=("zh-CN", "en"),
+        steps=(
+            SendStep(id="s1", content="wp-1", channel="email", next="s2"),
+            SendStep(
+                id="s2",
+                content=NextBestItem(stage="lead", kinds=("case_study",), tags=("x",)),
+                on_no_channel=NoChannel.wait(days=3),
+                on_failure="ex",
+            ),
+            SendStep(id="s3", content="wp-2", on_no_channel=NoChannel.exit("gone")),
+            WaitUntilStep(id="wu", at=time(9, 30)),
+            SplitStep(id="sp", branches=(SplitBranch(1, "ex", "a"), SplitBranch(2.5, label="b"))),
+            SetAttributeStep(id="sa", name="plan", value=["pro", 2]),
+            ChangeStageStep(id="cs", stage="lead"),
+            HandOffStep(id="ho", reason="mql"),
+            EnrolStep(id="en", journey="onboarding"),
+            WaitStep(id="w", duration=timedelta(hours=36)),
+            GoalStep(id="g"),
+            ExitStep(id="ex", reason="holdout"),
+        ),
+        on_no_channel=NoChannel.skip(),
+    )
 
 
 def _contribution() -> Contribution:
@@ -177,6 +238,23 @@ def _runtime_values() -> dict[str, Any]:
             PIPELINES["default"], routing=None, recycle=None
         ),
         "routing_without_service": replace(_routing(), service=None, service_sla=None),
+        "deliver": Deliver(
+            step_id="send-a",
+            channel="email",
+            content_id=None,
+            selector=NextBestItem(stage="lead", kinds=("whitepaper",)),
+            idempotency_key="k-1",
+        ),
+        "start_timer": StartTimer(timer_id="t-1", fire_at=AT),
+        "wait_for_event": WaitForEvent(
+            step_id="wait-for-x",
+            matchers=(EventMatcher("email.clicked", (PropertyFilter("n", "in", (1, 2)),)),),
+            deadline=AT,
+            timer_id="t-2",
+        ),
+        "set_attribute": SetAttribute(name="plan", value=("a", {"b": [1]})),
+        "completed": Completed(reason="goal"),
+        "every_kind_spec": _every_kind_spec(),
         "scoring_without_decay": replace(PIPELINES["default"].scoring, half_life=None),
     }
 
@@ -258,6 +336,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "rendered": RenderedMessage.from_dict,
     "rendered_wechat": RenderedMessage.from_dict,
     "routing_without_service": Routing.from_dict,
+    "every_kind_spec": JourneySpec.from_dict,
 }
 
 
