@@ -69,8 +69,16 @@ def _aware(value: datetime, what: str) -> None:
         )
 
 
+# A rule's cap_per_period, (points, period), is stored as {"points": ..., "seconds": ...}.
+serial.register(
+    tuple[float, timedelta],
+    lambda cap: {"points": cap[0], "seconds": cap[1].total_seconds()},
+    lambda raw: (float(raw["points"]), timedelta(seconds=raw["seconds"])),
+)
+
+
 @dataclass(frozen=True)
-class ScoreRule:
+class ScoreRule(serial.Record):
     """Points for events that match.
 
     Attributes:
@@ -109,36 +117,6 @@ class ScoreRule:
                     f"score rule {self.name!r}: cap_per_period needs positive points and a"
                     " positive period, e.g. (30, timedelta(days=7))"
                 )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        period = None
-        if self.cap_per_period is not None:
-            period = {
-                "points": self.cap_per_period[0],
-                "seconds": self.cap_per_period[1].total_seconds(),
-            }
-        return {
-            "name": self.name,
-            "matcher": self.matcher.to_dict(),
-            "points": self.points,
-            "cap_per_rule": self.cap_per_rule,
-            "cap_per_period": period,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreRule:
-        """Rebuild from :meth:`to_dict` output."""
-        period = data.get("cap_per_period")
-        return cls(
-            name=data["name"],
-            matcher=EventMatcher.from_dict(data["matcher"]),
-            points=float(data["points"]),
-            cap_per_rule=None if data.get("cap_per_rule") is None else float(data["cap_per_rule"]),
-            cap_per_period=None
-            if period is None
-            else (float(period["points"]), timedelta(seconds=period["seconds"])),
-        )
 
 
 # Older definitions may lack "rules" and "half_life_seconds" (then: no decay).

@@ -13,9 +13,12 @@ tuples as lists; nested records, conditions, steps... through their own ``to_dic
 field's default (older writers). :func:`fields` adjusts one class: a key renamed from
 its field (``cool_down`` stored as ``cool_down_seconds``), a field left out while it
 holds its default (so a definition that does not use a newer field keeps its version),
-or a key's value when older data lacks it. A class whose form has real logic (a tagged
-union, a flattened part, a validated kind) keeps a hand-written method, overriding
-:class:`Record`'s, and the helper calls that method wherever the class is nested.
+a key's value when older data lacks it, or the key order when the form predates the
+field order. :func:`register` gives one field type (a union such as a send's content,
+a fixed tuple such as a score cap) its own form. A class whose form has more logic (a
+tagged union by ``kind``, a flattened part, a validated kind, a checked version) keeps
+a small hand-written method, overriding :class:`Record`'s, and the helper calls that
+method wherever the class is nested.
 
 Why cattrs: it is maintained, works on the plain (frozen, slotted, keyword-only)
 dataclasses the domain already has, generates one converter function per class once and
@@ -23,9 +26,11 @@ then runs it at the speed of hand-written code, and has per-field renames and
 omit-if-default built in, which is what keeping the existing forms byte-identical needs.
 pydantic's ``TypeAdapter`` validates and coerces on its own terms (tuples, datetimes
 with ``Z``, field order in its own schema), so matching today's bytes would take more
-custom serialisers than it saves; ``msgspec`` wants its own ``Struct`` types for the
-same control. cattrs imports nothing from Temporal, databases or the network, so the
-domain stays pure (``tests/engine/test_purity.py``).
+custom serialisers than it saves; ``msgspec`` offers renames and omitted defaults only
+as options of its own ``Struct`` base class, so every domain type would have to change.
+cattrs imports nothing from Temporal, databases or the network, so the domain stays
+pure (``tests/engine/test_purity.py``). One caveat, handled below: cattrs puts fields
+left out when default after the others, hence ``order`` where such a field is not last.
 """
 
 from __future__ import annotations
@@ -253,4 +258,18 @@ def _call_to_dict(value: Any) -> Any:
     return value.to_dict()
 
 
-__all__ = ["Record", "converter", "decode", "encode", "fields"]
+def register(
+    type_: Any,
+    to_json: Callable[[Any], Any] | None = None,
+    from_json: Callable[[Any], Any] | None = None,
+) -> None:
+    """Give fields annotated exactly ``type_`` (a union, a fixed-size tuple...) their own
+    form: the one place a module states a form with real logic."""
+    if to_json is not None:
+        converter.register_unstructure_hook_func(lambda t: t == type_, to_json)
+    if from_json is not None:
+        decode_raw = from_json
+        converter.register_structure_hook_func(lambda t: t == type_, lambda raw, _: decode_raw(raw))
+
+
+__all__ = ["Record", "converter", "decode", "encode", "fields", "register"]

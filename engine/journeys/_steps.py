@@ -559,13 +559,12 @@ def _content_to_json(content: str | NextBestItem) -> Any:
     return {"next_best": content.to_dict()} if isinstance(content, NextBestItem) else content
 
 
-def _content_from_json(raw: Any, _: Any) -> str | NextBestItem:
+def _content_from_json(raw: Any) -> str | NextBestItem:
     return NextBestItem.from_dict(raw["next_best"]) if isinstance(raw, Mapping) else str(raw)
 
 
 # A send's content is a content id, or a selector stored as {"next_best": {...}}.
-serial.converter.register_unstructure_hook(str | NextBestItem, _content_to_json)
-serial.converter.register_structure_hook(str | NextBestItem, _content_from_json)
+serial.register(str | NextBestItem, _content_to_json, _content_from_json)
 
 
 def step_from_dict(data: Mapping[str, Any]) -> Step:
@@ -631,7 +630,7 @@ def entry_from_dict(data: Mapping[str, Any]) -> EntryTrigger:
     )
 
 
-serial.converter.register_structure_hook(EntryTrigger, lambda raw, _: entry_from_dict(raw))
+serial.register(EntryTrigger, from_json=entry_from_dict)
 
 
 @serial.fields(rename={"cooldown": "cooldown_seconds"})

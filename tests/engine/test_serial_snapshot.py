@@ -64,6 +64,7 @@ from engine.scoring import (
     ScoreState,
     TopContribution,
 )
+from engine.why import Link
 from workflows.events import CATALOG
 from workflows.journeys import compile_journeys
 from workflows.pipeline import PIPELINES
@@ -255,6 +256,8 @@ def _runtime_values() -> dict[str, Any]:
         "set_attribute": SetAttribute(name="plan", value=("a", {"b": [1]})),
         "completed": Completed(reason="goal"),
         "every_kind_spec": _every_kind_spec(),
+        "why_link": Link(AT, "send", "sent", "whitepaper by email"),
+        "why_link_undated": Link(None, "consent", "blocked", "no email consent"),
         "scoring_without_decay": replace(PIPELINES["default"].scoring, half_life=None),
     }
 
