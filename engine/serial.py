@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import fields as dataclass_fields
 from datetime import date, datetime, time, timedelta
-from typing import Any, Self, TypeVar, get_type_hints
+from typing import Any, Literal, Self, TypeVar, get_origin, get_type_hints
 
 from cattrs import Converter
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
@@ -69,6 +69,20 @@ def _as_given(value: Any) -> Any:
 
 
 converter.register_unstructure_hook(Any, _as_given)
+# Text stays text and a number becomes its text, as the hand-written decoders did; a
+# null is kept (not turned into "None"), so a recorded value decodes as it always has.
+converter.register_structure_hook(str, lambda raw, _: raw if raw is None else str(raw))
+# Lists of names and ids (seen message ids, tags, stages) are the longest lists carried:
+# taken as stored, with no per-item call, as the hand-written decoders did.
+converter.register_structure_hook_func(lambda t: t == tuple[str, ...], lambda raw, _: tuple(raw))
+converter.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+# Free-form JSON objects (event properties, contact attributes) likewise, one per event.
+converter.register_structure_hook_func(lambda t: t == Mapping[str, Any], lambda raw, _: dict(raw))
+converter.register_unstructure_hook_func(lambda t: t == Mapping[str, Any], dict)
+_LITERAL: Any = Literal
+# A ``Literal`` field (an operator, a policy, a kind) reaches its class as stored: the
+# class's own validation names the field and the choices, as it did before this helper.
+converter.register_structure_hook_func(lambda t: get_origin(t) is _LITERAL, lambda raw, _: raw)
 
 
 class _Options:
@@ -244,18 +258,35 @@ def _has(name: str) -> Callable[[Any], bool]:
     return lambda cls: isinstance(cls, type) and callable(getattr(cls, name, None))
 
 
-# Wherever a class with its own ``to_dict``/``from_dict`` is nested, those methods do the
-# work: a generic record's are the generated functions above, a hand-written one's keep
-# their logic, and an abstract field type (``Condition``, ``Step``) dispatches on the
-# value's own class.
-converter.register_unstructure_hook_factory(_has("to_dict"), lambda cls: _call_to_dict)
-converter.register_structure_hook_factory(
-    _has("from_dict"), lambda cls: lambda data, target: target.from_dict(data)
-)
+_GENERIC_FROM_DICT = Record.__dict__["from_dict"]
+
+
+def _unstructure_hook(cls: type) -> Callable[[Any], Any]:
+    if getattr(cls, "to_dict", None) is Record.to_dict and not cls.__subclasses__():
+        return _encoder(cls)
+    return _call_to_dict
+
+
+def _structure_hook(cls: type) -> Callable[[Any, type], Any]:
+    if inspect.getattr_static(cls, "from_dict") is _GENERIC_FROM_DICT:
+        return _decoder(cls)
+    return _call_from_dict
 
 
 def _call_to_dict(value: Any) -> Any:
     return value.to_dict()
+
+
+def _call_from_dict(data: Any, target: Any) -> Any:
+    return target.from_dict(data)
+
+
+# Wherever a class with its own ``to_dict``/``from_dict`` is nested, those methods do the
+# work: a hand-written one keeps its logic, and an abstract field type (``Condition``,
+# ``Step``) dispatches on the value's own class. A generic record's generated functions
+# are used directly (the same work, without the method call per nested value).
+converter.register_unstructure_hook_factory(_has("to_dict"), _unstructure_hook)
+converter.register_structure_hook_factory(_has("from_dict"), _structure_hook)
 
 
 def register(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from engine import serial
+from engine.conditions import ConditionError, condition_from_dict
 from engine.journeys import ReEntry, SpecFormatError, Step
 from engine.pipeline import Pipeline, PipelineError, Stage, Transition
 from engine.sales import Assignment, Routing, SalesError
@@ -119,6 +120,17 @@ def test_a_record_converts_where_its_module_is_not_in_sys_modules(tmp_path: Path
     probe = probe_cls({"a": timedelta(seconds=2)})
     assert probe.to_dict() == {"waits": {"a": 2.0}}
     assert probe_cls.from_dict({"waits": {"a": 2}}) == probe
+
+
+def test_a_bad_operator_is_still_named_by_the_condition_not_the_converter() -> None:
+    with pytest.raises(ConditionError, match=r"filter.op 'near' is unknown; use one of"):
+        condition_from_dict({"kind": "attribute", "path": "city", "op": "near", "value": 1})
+
+
+def test_a_null_text_value_decodes_as_null_not_as_the_word_none() -> None:
+    assert Transition.from_dict(
+        {"from_stage": "a", "to_stage": "b", "at": AT.isoformat(), "reason": None}
+    ) == Transition("a", "b", AT, None)  # type: ignore[arg-type]
 
 
 # What data recorded by earlier versions decodes to.
