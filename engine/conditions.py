@@ -20,7 +20,9 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeAlias, cast
+from typing import Any, Literal, TypeAlias
+
+from engine import serial
 
 GRADES: tuple[str, ...] = ("A", "B", "C", "D")
 """Fit grades, best first."""
@@ -34,7 +36,7 @@ class ConditionError(ValueError):
 
 
 @dataclass(frozen=True)
-class EventRecord:
+class EventRecord(serial.Record):
     """One observed behaviour, as rules see it."""
 
     type: str
@@ -99,7 +101,7 @@ _OPS: frozenset[str] = frozenset(Op.__args__)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
-class PropertyFilter:
+class PropertyFilter(serial.Record):
     """``path op value`` against an event's properties or a contact's attributes."""
 
     path: str
@@ -125,17 +127,9 @@ class PropertyFilter:
     def matches(self, data: Mapping[str, Any]) -> bool:
         return _compare(self.op, _lookup(data, self.path), self.value)
 
-    def to_dict(self) -> dict[str, Any]:
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
-        return {"path": self.path, "op": self.op, "value": value}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PropertyFilter:
-        return cls(path=data["path"], op=data.get("op", "eq"), value=data.get("value", True))
-
 
 @dataclass(frozen=True)
-class EventMatcher:
+class EventMatcher(serial.Record):
     """Which events count: a type plus property filters. Journey waits use it directly."""
 
     type: str
@@ -148,18 +142,8 @@ class EventMatcher:
     def matches(self, record: EventRecord) -> bool:
         return record.type == self.type and all(f.matches(record.properties) for f in self.where)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "where": [f.to_dict() for f in self.where]}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EventMatcher:
-        return cls(
-            type=data["type"],
-            where=tuple(PropertyFilter.from_dict(f) for f in data.get("where", ())),
-        )
-
-
-class Condition:
+class Condition(serial.Record):
     """Base of the algebra. Combine with ``&``, ``|`` and ``~``."""
 
     kind: str = ""
@@ -172,7 +156,13 @@ class Condition:
         return frozenset()
 
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """JSON form: ``kind`` first, then the fields (a few kinds flatten a part)."""
+        return {"kind": self.kind, **serial.encode(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Condition:
+        """Rebuild any condition from its JSON form (see :func:`condition_from_dict`)."""
+        return condition_from_dict(data)
 
     def __and__(self, other: Condition) -> Condition:
         return AllOf((self, other))
@@ -240,9 +230,6 @@ class ScoreAtLeast(Condition):
     def evaluate(self, facts: Facts) -> bool:
         return facts.score >= self.points
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "points": self.points}
-
 
 def grade_rank(grade: str | None) -> int:
     """0 for A (best) up to 3 for D; an ungraded contact ranks below D."""
@@ -261,9 +248,6 @@ class GradeAtLeast(Condition):
     def evaluate(self, facts: Facts) -> bool:
         return grade_rank(facts.grade) <= grade_rank(self.grade)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "grade": self.grade}
-
 
 @dataclass(frozen=True)
 class StageIn(Condition):
@@ -276,9 +260,6 @@ class StageIn(Condition):
 
     def evaluate(self, facts: Facts) -> bool:
         return facts.stage in self.stages
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "stages": list(self.stages)}
 
 
 @dataclass(frozen=True)
@@ -303,9 +284,6 @@ class HasTag(Condition):
     def evaluate(self, facts: Facts) -> bool:
         return self.tag in facts.tags
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "tag": self.tag}
-
 
 @dataclass(frozen=True)
 class AllOf(Condition):
@@ -317,9 +295,6 @@ class AllOf(Condition):
 
     def event_types(self) -> frozenset[str]:
         return frozenset().union(*(c.event_types() for c in self.conditions))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "conditions": [c.to_dict() for c in self.conditions]}
 
 
 @dataclass(frozen=True)
@@ -333,9 +308,6 @@ class AnyOf(Condition):
     def event_types(self) -> frozenset[str]:
         return frozenset().union(*(c.event_types() for c in self.conditions))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "conditions": [c.to_dict() for c in self.conditions]}
-
 
 @dataclass(frozen=True)
 class Not(Condition):
@@ -348,9 +320,6 @@ class Not(Condition):
     def event_types(self) -> frozenset[str]:
         return self.condition.event_types()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "condition": self.condition.to_dict()}
-
 
 @dataclass(frozen=True)
 class Always(Condition):
@@ -358,9 +327,6 @@ class Always(Condition):
 
     def evaluate(self, facts: Facts) -> bool:
         return True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind}
 
 
 def _filters(raw: Any) -> tuple[PropertyFilter, ...]:
@@ -410,6 +376,13 @@ def any_of(*conditions: Condition) -> AnyOf:
     return AnyOf(tuple(conditions))
 
 
+_PLAIN_KINDS: dict[str, type[Condition]] = {
+    c.kind: c for c in (ScoreAtLeast, GradeAtLeast, StageIn, HasTag, AllOf, AnyOf, Not, Always)
+}
+"""Kinds whose JSON form is ``kind`` plus their fields (``event`` and ``attribute`` flatten
+their matcher or filter into it)."""
+
+
 def condition_from_dict(data: Mapping[str, Any]) -> Condition:
     """Rebuild a condition from its JSON form; unknown kinds are a named error."""
     kind = data.get("kind")
@@ -421,23 +394,11 @@ def condition_from_dict(data: Mapping[str, Any]) -> Condition:
                 within=None if within is None else timedelta(seconds=within),
                 count=int(data.get("count", 1)),
             )
-        if kind == "score_at_least":
-            return ScoreAtLeast(float(data["points"]))
-        if kind == "grade_at_least":
-            return GradeAtLeast(str(data["grade"]))
-        if kind == "stage_in":
-            return StageIn(tuple(data["stages"]))
         if kind == "attribute":
             return AttributeMatches(PropertyFilter.from_dict(data))
-        if kind == "has_tag":
-            return HasTag(str(data["tag"]))
-        if kind in ("all", "any"):
-            parts = tuple(condition_from_dict(c) for c in data["conditions"])
-            return AllOf(parts) if kind == "all" else AnyOf(parts)
-        if kind == "not":
-            return Not(condition_from_dict(cast(Mapping[str, Any], data["condition"])))
-        if kind == "always":
-            return Always()
+        plain = _PLAIN_KINDS.get(kind) if isinstance(kind, str) else None
+        if plain is not None:
+            return serial.decode(plain, data)
     except KeyError as exc:
         missing = exc.args[0]
         raise ConditionError(f"condition of kind {kind!r} is missing field {missing!r}") from exc

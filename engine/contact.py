@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from engine import search_attributes as search
+from engine import serial
 from engine.conditions import EventRecord, Facts
 from engine.pipeline import Pipeline, Transition, evaluate_transition
 from engine.scoring import ScoreState, apply_event, grade, score_at, shown_score
@@ -41,32 +42,16 @@ CONSENT_EVENTS: Mapping[str, tuple[str, bool]] = {
 
 
 @dataclass(frozen=True)
-class JourneyRecord:
+class JourneyRecord(serial.Record):
     """A contact's history with one journey, for the re-entry policy."""
 
     enrolments: int = 0
     active: bool = False
     last_ended_at: datetime | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "enrolments": self.enrolments,
-            "active": self.active,
-            "last_ended_at": None if self.last_ended_at is None else self.last_ended_at.isoformat(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JourneyRecord:
-        ended = data.get("last_ended_at")
-        return cls(
-            enrolments=int(data.get("enrolments", 0)),
-            active=bool(data.get("active", False)),
-            last_ended_at=None if ended is None else datetime.fromisoformat(ended),
-        )
-
 
 @dataclass(frozen=True)
-class ContactState:
+class ContactState(serial.Record):
     """Everything the workflow knows about one contact. Carried across continue-as-new."""
 
     contact_id: str
@@ -118,49 +103,6 @@ class ContactState:
             if channel in CHANNELS and self.address(channel) and self.consented(channel):
                 return channel
         return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "contact_id": self.contact_id,
-            "stage": self.stage,
-            "stage_entered_at": self.stage_entered_at.isoformat(),
-            "score": self.score.to_dict(),
-            "grade": self.grade,
-            "grade_rules": list(self.grade_rules),
-            "attributes": dict(self.attributes),
-            "tags": list(self.tags),
-            "consent": dict(self.consent),
-            "events": [
-                {"type": e.type, "at": e.at.isoformat(), "properties": dict(e.properties)}
-                for e in self.events
-            ],
-            "seen_ids": list(self.seen_ids),
-            "transitions": self.transitions,
-            "received_content": list(self.received_content),
-            "journeys": {k: v.to_dict() for k, v in self.journeys.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ContactState:
-        return cls(
-            contact_id=data["contact_id"],
-            stage=data["stage"],
-            stage_entered_at=datetime.fromisoformat(data["stage_entered_at"]),
-            score=ScoreState.from_dict(data.get("score", {})),
-            grade=data.get("grade"),
-            grade_rules=tuple(data.get("grade_rules", ())),
-            attributes=dict(data.get("attributes", {})),
-            tags=tuple(data.get("tags", ())),
-            consent=dict(data.get("consent", {})),
-            events=tuple(
-                EventRecord(e["type"], datetime.fromisoformat(e["at"]), e.get("properties", {}))
-                for e in data.get("events", ())
-            ),
-            seen_ids=tuple(data.get("seen_ids", ())),
-            transitions=int(data.get("transitions", 0)),
-            received_content=tuple(data.get("received_content", ())),
-            journeys={k: JourneyRecord.from_dict(v) for k, v in data.get("journeys", {}).items()},
-        )
 
 
 def event_problem(

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from engine import serial
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
@@ -55,7 +57,7 @@ def _check_name(name: str, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class EventType:
+class EventType(serial.Record):
     """One kind of behaviour a contact can show.
 
     Attributes:
@@ -88,25 +90,6 @@ class EventType:
                 )
         # A read-only copy: the caller's dict must not change a built catalog behind its back.
         object.__setattr__(self, "properties", MappingProxyType(dict(self.properties)))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form, for docs, the API and diffs."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "properties": dict(self.properties),
-            "signal": self.signal,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EventType:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            description=data["description"],
-            properties=dict(data.get("properties", {})),
-            signal=bool(data.get("signal", True)),
-        )
 
 
 class EventCatalog:

@@ -53,6 +53,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
+from engine import serial
 from engine.conditions import (
     AllOf,
     AnyOf,
@@ -62,7 +63,6 @@ from engine.conditions import (
     Facts,
     Not,
     StageIn,
-    condition_from_dict,
     event,
 )
 from engine.events import EventCatalog, UnknownEventError
@@ -102,7 +102,7 @@ def _closest(name: str, choices: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(serial.Record):
     """One stage of a pipeline.
 
     Attributes:
@@ -117,28 +117,14 @@ class Stage:
     label_zh: str = ""
     phase: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "name": self.name,
-            "label": self.label,
-            "label_zh": self.label_zh,
-            "phase": self.phase,
-        }
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stage:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            label=data.get("label", data["name"]),
-            label_zh=data.get("label_zh", ""),
-            phase=data.get("phase", ""),
-        )
+        """Rebuild from :meth:`to_dict` output; a stage stored without a label shows its name."""
+        return serial.decode(cls, {"label": data["name"], **data})
 
 
 @dataclass(frozen=True)
-class Phase:
+class Phase(serial.Record):
     """A contiguous range of stages, ``first`` to ``last`` inclusive.
 
     Neighbouring phases may share their boundary stage (customer ends acquisition and
@@ -151,30 +137,15 @@ class Phase:
     first: str
     last: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "name": self.name,
-            "label": self.label,
-            "label_zh": self.label_zh,
-            "first": self.first,
-            "last": self.last,
-        }
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Phase:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            label=data.get("label", data["name"]),
-            label_zh=data.get("label_zh", ""),
-            first=data["first"],
-            last=data["last"],
-        )
+        """Rebuild from :meth:`to_dict` output; a phase stored without a label shows its name."""
+        return serial.decode(cls, {"label": data["name"], **data})
 
 
+@serial.fields(order=("name", "to_stage", "when", "from_stages"), missing={"from_stages": ()})
 @dataclass(frozen=True)
-class StageRule:
+class StageRule(serial.Record):
     """Move a contact forward to ``to_stage`` when ``when`` holds.
 
     Attributes:
@@ -195,28 +166,10 @@ class StageRule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "from_stages", tuple(self.from_stages))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "name": self.name,
-            "to_stage": self.to_stage,
-            "when": self.when.to_dict(),
-            "from_stages": list(self.from_stages),
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StageRule:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            to_stage=data["to_stage"],
-            when=condition_from_dict(data["when"]),
-            name=data["name"],
-            from_stages=tuple(data.get("from_stages", ())),
-        )
-
-
+@serial.fields(missing={"from_stages": ()})
 @dataclass(frozen=True)
-class Detour:
+class Detour(serial.Record):
     """A declared backward or sideways move, applied explicitly with :func:`apply_detour`.
 
     Attributes:
@@ -236,28 +189,10 @@ class Detour:
     def __post_init__(self) -> None:
         object.__setattr__(self, "from_stages", tuple(self.from_stages))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "name": self.name,
-            "from_stages": list(self.from_stages),
-            "to_stage_or_state": self.to_stage_or_state,
-            "reason_required": self.reason_required,
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Detour:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            from_stages=tuple(data.get("from_stages", ())),
-            to_stage_or_state=data["to_stage_or_state"],
-            reason_required=bool(data.get("reason_required", True)),
-        )
-
-
+@serial.fields(rename={"cool_down": "cool_down_seconds"})
 @dataclass(frozen=True)
-class Recycle:
+class Recycle(serial.Record):
     """What a sales rejection does to a lead.
 
     Attributes:
@@ -281,26 +216,10 @@ class Recycle:
         """Whether a rejection in ``events`` happened within the cool-down before ``now``."""
         return self.recently_rejected().evaluate(Facts(now=now, events=tuple(events)))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "detour": self.detour,
-            "cool_down_seconds": self.cool_down.total_seconds(),
-            "event": self.event,
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Recycle:
-        """Rebuild from :meth:`to_dict` output; missing keys take their defaults."""
-        return cls(
-            detour=data.get("detour", "recycled"),
-            cool_down=timedelta(seconds=float(data.get("cool_down_seconds", 30 * 86400))),
-            event=data.get("event", "sales.rejected"),
-        )
-
-
+@serial.fields(missing={"reason": ""})
 @dataclass(frozen=True)
-class Transition:
+class Transition(serial.Record):
     """One stage change, as recorded in the workflow, the database and the timeline.
 
     It crosses the Temporal boundary as JSON: fields are only ever added, optional, and
@@ -326,35 +245,13 @@ class Transition:
     source: str = ""
     kind: TransitionKind = "rule"
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "from_stage": self.from_stage,
-            "to_stage": self.to_stage,
-            "at": self.at.isoformat(),
-            "reason": self.reason,
-            "trigger_event_type": self.trigger_event_type,
-            "trigger_message_id": self.trigger_message_id,
-            "source": self.source,
-            "kind": self.kind,
-        }
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transition:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored (newer writers)."""
         kind = data.get("kind", "rule")
         if kind not in ("rule", "detour", "manual"):
             raise PipelineError(f"transition kind {kind!r} is unknown; use rule, detour, manual")
-        return cls(
-            from_stage=data["from_stage"],
-            to_stage=data["to_stage"],
-            at=datetime.fromisoformat(data["at"]),
-            reason=data.get("reason", ""),
-            trigger_event_type=data.get("trigger_event_type"),
-            trigger_message_id=data.get("trigger_message_id"),
-            source=data.get("source", ""),
-            kind=kind,
-        )
+        return serial.decode(cls, data)
 
 
 def _stage_refs(condition: Condition) -> set[str]:
@@ -368,8 +265,17 @@ def _stage_refs(condition: Condition) -> set[str]:
     return set()
 
 
+# The form predates the field order; routing and recycle appear only when declared, so a
+# pipeline without them keeps the form (and version) it had before they existed.
+@serial.fields(
+    order=(
+        "name", "label", "stages", "phases", "states", "rules", "detours",
+        "mql", "scoring", "grading", "routing", "recycle",
+    ),
+    omit_if_default=("routing", "recycle"),
+)  # fmt: skip
 @dataclass(frozen=True)
-class Pipeline:
+class Pipeline(serial.Record):
     """A validated pipeline: stages, forward rules, detours, and how to score and grade.
 
     Args:
@@ -707,31 +613,6 @@ class Pipeline:
         )
 
     # Serialisation
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form; :attr:`version` hashes it.
-
-        ``routing`` and ``recycle`` appear only when declared, so a pipeline without them
-        keeps the form (and version) it had before they existed.
-        """
-        data: dict[str, Any] = {
-            "name": self.name,
-            "label": self.label,
-            "stages": [s.to_dict() for s in self.stages],
-            "phases": [p.to_dict() for p in self.phases],
-            "states": list(self.states),
-            "rules": [r.to_dict() for r in self.rules],
-            "detours": [d.to_dict() for d in self.detours],
-            "mql": self.mql.to_dict(),
-            "scoring": self.scoring.to_dict(),
-            "grading": self.grading.to_dict(),
-        }
-        if self.routing is not None:
-            data["routing"] = self.routing.to_dict()
-        if self.recycle is not None:
-            data["recycle"] = self.recycle.to_dict()
-        return data
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, catalog: EventCatalog | None = None) -> Pipeline:
         """Rebuild (and re-validate) from :meth:`to_dict` output.

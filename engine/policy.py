@@ -8,11 +8,12 @@ holds across every journey and every workflow run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine import serial
 
 
 def contact_zone(name: str | None) -> ZoneInfo:
@@ -25,8 +26,9 @@ def contact_zone(name: str | None) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+@serial.fields(rename={"frequency_window": "frequency_window_seconds"})
 @dataclass(frozen=True)
-class SendPolicy:
+class SendPolicy(serial.Record):
     """When marketing messages may go out.
 
     Attributes:
@@ -72,20 +74,3 @@ class SendPolicy:
         if len(recent) < self.frequency_cap:
             return None
         return recent[-self.frequency_cap] + self.frequency_window
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "quiet_start": self.quiet_start.isoformat(),
-            "quiet_end": self.quiet_end.isoformat(),
-            "frequency_cap": self.frequency_cap,
-            "frequency_window_seconds": self.frequency_window.total_seconds(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SendPolicy:
-        return cls(
-            quiet_start=time.fromisoformat(data.get("quiet_start", "21:00")),
-            quiet_end=time.fromisoformat(data.get("quiet_end", "08:00")),
-            frequency_cap=int(data.get("frequency_cap", 3)),
-            frequency_window=timedelta(seconds=float(data.get("frequency_window_seconds", 86400))),
-        )

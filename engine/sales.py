@@ -45,9 +45,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from engine import serial
 from engine.conditions import GRADES, EventRecord
 from engine.scoring import score_at, shown_score, top_contributions
 
@@ -92,7 +93,7 @@ def _aware(value: datetime, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class BusinessHours:
+class BusinessHours(serial.Record):
     """When an owner works, in the owner's own time zone.
 
     Attributes:
@@ -149,27 +150,6 @@ class BusinessHours:
         local = at.astimezone(_zone(tz, "business hours"))
         return self.is_business_day(local.date()) and self.start <= local.time() < self.end
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "weekdays": list(self.weekdays),
-            "holidays": [d.isoformat() for d in self.holidays],
-            "extra_workdays": [d.isoformat() for d in self.extra_workdays],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BusinessHours:
-        """Rebuild from :meth:`to_dict` output; missing keys take their defaults."""
-        return cls(
-            start=time.fromisoformat(data.get("start", "09:00")),
-            end=time.fromisoformat(data.get("end", "18:00")),
-            weekdays=tuple(int(d) for d in data.get("weekdays", (0, 1, 2, 3, 4))),
-            holidays=tuple(date.fromisoformat(d) for d in data.get("holidays", ())),
-            extra_workdays=tuple(date.fromisoformat(d) for d in data.get("extra_workdays", ())),
-        )
-
 
 def sla_deadline(start: datetime, duration: timedelta, hours: BusinessHours, tz: str) -> datetime:
     """``start`` plus ``duration`` of business time in zone ``tz``.
@@ -214,22 +194,21 @@ def sla_deadline(start: datetime, duration: timedelta, hours: BusinessHours, tz:
 
 
 @dataclass(frozen=True)
-class SlaDeadlines:
+class SlaDeadlines(serial.Record):
     """When an owner is reminded, and when the lead is told instead."""
 
     respond_by: datetime
     escalate_at: datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "respond_by": self.respond_by.isoformat(),
-            "escalate_at": self.escalate_at.isoformat(),
-        }
 
-
+@serial.fields(
+    rename={
+        "first_response": "first_response_seconds",
+        "escalate_after": "escalate_after_seconds",
+    }
+)
 @dataclass(frozen=True)
-class Sla:
+class Sla(serial.Record):
     """How fast sales answers a hand-off, in business time.
 
     Attributes:
@@ -257,29 +236,12 @@ class Sla:
         escalate_at = sla_deadline(respond_by, self.escalate_after, self.business_hours, tz)
         return SlaDeadlines(respond_by=respond_by, escalate_at=escalate_at)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "first_response_seconds": self.first_response.total_seconds(),
-            "escalate_after_seconds": self.escalate_after.total_seconds(),
-            "business_hours": self.business_hours.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Sla:
-        """Rebuild from :meth:`to_dict` output; missing keys take their defaults."""
-        return cls(
-            first_response=timedelta(seconds=float(data.get("first_response_seconds", 14400))),
-            escalate_after=timedelta(seconds=float(data.get("escalate_after_seconds", 14400))),
-            business_hours=BusinessHours.from_dict(data.get("business_hours", {})),
-        )
-
 
 # Teams, pools and routing
 
 
 @dataclass(frozen=True)
-class Owner:
+class Owner(serial.Record):
     """A salesperson.
 
     Attributes:
@@ -290,18 +252,9 @@ class Owner:
     name: str
     timezone: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {"name": self.name, "timezone": self.timezone}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Owner:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(name=data["name"], timezone=data.get("timezone", ""))
-
 
 @dataclass(frozen=True)
-class _Group:
+class _Group(serial.Record):
     """Shared by teams and pools: named owners, a lead, a default zone."""
 
     name: str
@@ -356,14 +309,15 @@ class _Group:
         """The owner called ``name``, if they belong here."""
         return next((o for o in self.members if o.name == name), None)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "name": self.name,
-            "owners": [o.to_dict() for o in self.members],
-            "lead": self.lead,
-            "timezone": self.timezone,
-        }
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Rebuild from :meth:`to_dict` output (owners as objects, each with its zone)."""
+        return cls(
+            name=data["name"],
+            owners=tuple(Owner.from_dict(o) for o in data.get("owners", ())),
+            lead=data.get("lead"),
+            timezone=data.get("timezone", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -375,16 +329,6 @@ class Team(_Group):
 
     kind = "team"
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Team:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            owners=tuple(Owner.from_dict(o) for o in data.get("owners", ())),
-            lead=data.get("lead"),
-            timezone=data.get("timezone", ""),
-        )
-
 
 @dataclass(frozen=True)
 class Pool(_Group):
@@ -395,16 +339,6 @@ class Pool(_Group):
     """
 
     kind = "pool"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Pool:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            owners=tuple(Owner.from_dict(o) for o in data.get("owners", ())),
-            lead=data.get("lead"),
-            timezone=data.get("timezone", ""),
-        )
 
 
 Group = Team | Pool
@@ -430,7 +364,7 @@ def _check_routes(teams: Mapping[str, Team], pools: Mapping[str, Pool], where: s
 
 
 @dataclass(frozen=True)
-class Territory:
+class Territory(serial.Record):
     """Routes for contacts of one region, replacing the default ones for the grades named."""
 
     teams: Mapping[str, Team] = field(default_factory=dict)
@@ -440,24 +374,11 @@ class Territory:
         object.__setattr__(self, "teams", dict(self.teams))
         object.__setattr__(self, "pools", dict(self.pools))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "teams": {g: t.to_dict() for g, t in self.teams.items()},
-            "pools": {g: p.to_dict() for g, p in self.pools.items()},
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Territory:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            teams={g: Team.from_dict(t) for g, t in data.get("teams", {}).items()},
-            pools={g: Pool.from_dict(p) for g, p in data.get("pools", {}).items()},
-        )
-
-
+# Assignments recorded before these fields existed lack them.
+@serial.fields(missing={"owner": None, "owner_timezone": "UTC", "lead": None, "reason": ""})
 @dataclass(frozen=True)
-class Assignment:
+class Assignment(serial.Record):
     """Who a lead goes to and why. Crosses the Temporal boundary as JSON.
 
     Attributes:
@@ -478,37 +399,26 @@ class Assignment:
     kind: AssignmentKind = "team"
     territory: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "team": self.team,
-            "owner": self.owner,
-            "owner_timezone": self.owner_timezone,
-            "lead": self.lead,
-            "reason": self.reason,
-            "kind": self.kind,
-            "territory": self.territory,
-        }
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Assignment:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored (newer writers)."""
         kind = data.get("kind", "team")
         if kind not in ("team", "round_robin", "kept"):
             raise SalesError(f"assignment kind {kind!r} is unknown; use team, round_robin, kept")
-        return cls(
-            team=data["team"],
-            owner=data.get("owner"),
-            owner_timezone=data.get("owner_timezone", "UTC"),
-            lead=data.get("lead"),
-            reason=data.get("reason", ""),
-            kind=kind,
-            territory=data.get("territory"),
-        )
+        return serial.decode(cls, data)
 
 
+# The service team and its SLA appear first and only when declared: a routing without
+# them keeps the form (and its pipeline's version) it had before they existed.
+@serial.fields(
+    order=(
+        "service", "service_sla", "teams", "pools", "territories", "sla",
+        "territory_attribute", "owner_attribute",
+    ),
+    omit_if_default=("service", "service_sla"),
+)  # fmt: skip
 @dataclass(frozen=True)
-class Routing:
+class Routing(serial.Record):
     """Who gets qualified leads: declared in the pipeline, validated when built.
 
     Args:
@@ -670,37 +580,6 @@ class Routing:
             reason=f"service recovery: team {team.name}",
             kind="team",
             territory=None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        service: dict[str, Any] = {}
-        if self.service is not None:
-            service["service"] = self.service.to_dict()
-        if self.service_sla is not None:
-            service["service_sla"] = self.service_sla.to_dict()
-        return {
-            **service,
-            "teams": {g: t.to_dict() for g, t in self.teams.items()},
-            "pools": {g: p.to_dict() for g, p in self.pools.items()},
-            "territories": {r: t.to_dict() for r, t in self.territories.items()},
-            "sla": self.sla.to_dict(),
-            "territory_attribute": self.territory_attribute,
-            "owner_attribute": self.owner_attribute,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Routing:
-        """Rebuild (and re-validate) from :meth:`to_dict` output."""
-        return cls(
-            teams={g: Team.from_dict(t) for g, t in data.get("teams", {}).items()},
-            pools={g: Pool.from_dict(p) for g, p in data.get("pools", {}).items()},
-            territories={r: Territory.from_dict(t) for r, t in data.get("territories", {}).items()},
-            sla=Sla.from_dict(data.get("sla", {})),
-            territory_attribute=data.get("territory_attribute", "region"),
-            owner_attribute=data.get("owner_attribute", "sales_owner"),
-            service=Team.from_dict(data["service"]) if data.get("service") else None,
-            service_sla=Sla.from_dict(data["service_sla"]) if data.get("service_sla") else None,
         )
 
 

@@ -44,13 +44,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from engine import serial
 from engine.conditions import (
     GRADES,
     Condition,
     EventMatcher,
     EventRecord,
     Facts,
-    condition_from_dict,
 )
 
 # Reference instant for the time-invariant ranking key of contributions (see _rank_key).
@@ -69,12 +69,16 @@ def _aware(value: datetime, what: str) -> None:
         )
 
 
-def _dt(raw: str) -> datetime:
-    return datetime.fromisoformat(raw)
+# A rule's cap_per_period, (points, period), is stored as {"points": ..., "seconds": ...}.
+serial.register(
+    tuple[float, timedelta],
+    lambda cap: {"points": cap[0], "seconds": cap[1].total_seconds()},
+    lambda raw: (float(raw["points"]), timedelta(seconds=raw["seconds"])),
+)
 
 
 @dataclass(frozen=True)
-class ScoreRule:
+class ScoreRule(serial.Record):
     """Points for events that match.
 
     Attributes:
@@ -114,39 +118,11 @@ class ScoreRule:
                     " positive period, e.g. (30, timedelta(days=7))"
                 )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        period = None
-        if self.cap_per_period is not None:
-            period = {
-                "points": self.cap_per_period[0],
-                "seconds": self.cap_per_period[1].total_seconds(),
-            }
-        return {
-            "name": self.name,
-            "matcher": self.matcher.to_dict(),
-            "points": self.points,
-            "cap_per_rule": self.cap_per_rule,
-            "cap_per_period": period,
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreRule:
-        """Rebuild from :meth:`to_dict` output."""
-        period = data.get("cap_per_period")
-        return cls(
-            name=data["name"],
-            matcher=EventMatcher.from_dict(data["matcher"]),
-            points=float(data["points"]),
-            cap_per_rule=None if data.get("cap_per_rule") is None else float(data["cap_per_rule"]),
-            cap_per_period=None
-            if period is None
-            else (float(period["points"]), timedelta(seconds=period["seconds"])),
-        )
-
-
+# Older definitions may lack "rules" and "half_life_seconds" (then: no decay).
+@serial.fields(rename={"half_life": "half_life_seconds"}, missing={"rules": (), "half_life": None})
 @dataclass(frozen=True)
-class ScoringModel:
+class ScoringModel(serial.Record):
     """The engagement scoring rules of a pipeline.
 
     Attributes:
@@ -185,27 +161,9 @@ class ScoringModel:
             return 1.0
         return float(0.5 ** (elapsed / self.half_life))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "rules": [r.to_dict() for r in self.rules],
-            "half_life_seconds": None if self.half_life is None else self.half_life.total_seconds(),
-            "top_n": self.top_n,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoringModel:
-        """Rebuild from :meth:`to_dict` output."""
-        half_life = data.get("half_life_seconds")
-        return cls(
-            rules=tuple(ScoreRule.from_dict(r) for r in data.get("rules", ())),
-            half_life=None if half_life is None else timedelta(seconds=half_life),
-            top_n=int(data.get("top_n", 10)),
-        )
-
 
 @dataclass(frozen=True)
-class Contribution:
+class Contribution(serial.Record):
     """One scored event, as remembered for "score with its top contributing events"."""
 
     rule: str
@@ -213,28 +171,9 @@ class Contribution:
     at: datetime
     points: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "rule": self.rule,
-            "event_type": self.event_type,
-            "at": self.at.isoformat(),
-            "points": self.points,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Contribution:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            rule=data["rule"],
-            event_type=data["event_type"],
-            at=_dt(data["at"]),
-            points=float(data["points"]),
-        )
-
 
 @dataclass(frozen=True)
-class ScoreState:
+class ScoreState(serial.Record):
     """A contact's score, as of its last scored event. Immutable; functions return new ones.
 
     Attributes:
@@ -252,37 +191,9 @@ class ScoreState:
     per_rule_window: Mapping[str, tuple[tuple[datetime, float], ...]] = field(default_factory=dict)
     top: tuple[Contribution, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (it is carried across continue-as-new)."""
-        return {
-            "value": self.value,
-            "as_of": None if self.as_of is None else self.as_of.isoformat(),
-            "per_rule_totals": dict(self.per_rule_totals),
-            "per_rule_window": {
-                rule: [[at.isoformat(), pts] for at, pts in awards]
-                for rule, awards in self.per_rule_window.items()
-            },
-            "top": [c.to_dict() for c in self.top],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreState:
-        """Rebuild from :meth:`to_dict` output; missing keys take their defaults."""
-        as_of = data.get("as_of")
-        return cls(
-            value=float(data.get("value", 0.0)),
-            as_of=None if as_of is None else _dt(as_of),
-            per_rule_totals={k: float(v) for k, v in data.get("per_rule_totals", {}).items()},
-            per_rule_window={
-                rule: tuple((_dt(at), float(pts)) for at, pts in awards)
-                for rule, awards in data.get("per_rule_window", {}).items()
-            },
-            top=tuple(Contribution.from_dict(c) for c in data.get("top", ())),
-        )
-
 
 @dataclass(frozen=True)
-class ScoreChange:
+class ScoreChange(serial.Record):
     """What one event did to a score.
 
     Attributes:
@@ -302,31 +213,6 @@ class ScoreChange:
     points_awarded: float
     capped: bool
     value: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "rule": self.rule,
-            "event_type": self.event_type,
-            "at": self.at.isoformat(),
-            "points": self.points,
-            "points_awarded": self.points_awarded,
-            "capped": self.capped,
-            "value": self.value,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreChange:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            rule=data["rule"],
-            event_type=data["event_type"],
-            at=_dt(data["at"]),
-            points=float(data["points"]),
-            points_awarded=float(data["points_awarded"]),
-            capped=bool(data["capped"]),
-            value=float(data["value"]),
-        )
 
 
 SCORE_DECIMALS = 2
@@ -488,7 +374,7 @@ def top_contributions(
 
 
 @dataclass(frozen=True)
-class GradeRule:
+class GradeRule(serial.Record):
     """Fit points when a condition over the contact's attributes holds.
 
     Attributes:
@@ -509,51 +395,23 @@ class GradeRule:
                 f"grade rule {self.name!r} adds 0 points; give it points or remove it"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {"name": self.name, "when": self.when.to_dict(), "points": self.points}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GradeRule:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            name=data["name"],
-            when=condition_from_dict(data["when"]),
-            points=float(data["points"]),
-        )
-
 
 _DEFAULT_THRESHOLDS: Mapping[str, float] = {"A": 75.0, "B": 50.0, "C": 25.0}
 
 
+@serial.fields(missing={"matched_rules": ()})
 @dataclass(frozen=True)
-class GradeResult:
+class GradeResult(serial.Record):
     """A grade with the fit points and the rules that produced it."""
 
     grade: str
     points: float
     matched_rules: tuple[str, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "grade": self.grade,
-            "points": self.points,
-            "matched_rules": list(self.matched_rules),
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GradeResult:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            grade=data["grade"],
-            points=float(data["points"]),
-            matched_rules=tuple(data.get("matched_rules", ())),
-        )
-
-
+@serial.fields(missing={"rules": ()})
 @dataclass(frozen=True)
-class GradingModel:
+class GradingModel(serial.Record):
     """Additive fit grading.
 
     Attributes:
@@ -589,18 +447,6 @@ class GradingModel:
         """Event types any grade rule looks at (usually none: grades are about attributes)."""
         return frozenset().union(*(r.when.event_types() for r in self.rules))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {"rules": [r.to_dict() for r in self.rules], "thresholds": dict(self.thresholds)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GradingModel:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            rules=tuple(GradeRule.from_dict(r) for r in data.get("rules", ())),
-            thresholds=dict(data.get("thresholds", _DEFAULT_THRESHOLDS)),
-        )
-
 
 def grade(model: GradingModel, facts: Facts) -> GradeResult:
     """Grade a contact: sum the points of matching rules and compare with the thresholds."""
@@ -621,7 +467,7 @@ def grade_attributes(
 
 
 @dataclass(frozen=True)
-class Mql:
+class Mql(serial.Record):
     """The marketing-qualified-lead definition: one condition, e.g. score and grade."""
 
     condition: Condition
@@ -633,15 +479,6 @@ class Mql:
     def event_types(self) -> frozenset[str]:
         """Event types the condition looks at."""
         return self.condition.event_types()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {"condition": self.condition.to_dict()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Mql:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(condition_from_dict(data["condition"]))
 
 
 def is_mql(mql: Mql, facts: Facts) -> bool:

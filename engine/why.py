@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from engine import serial
 from engine.codec import decode_in_place
 from engine.contact import CONSENT_EVENTS
 from engine.errors import StagecoachError
@@ -135,12 +136,7 @@ class Link:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``at`` as ISO 8601 or ``None``)."""
-        return {
-            "at": self.at.isoformat() if self.at else None,
-            "kind": self.kind,
-            "verdict": self.verdict,
-            "detail": self.detail,
-        }
+        return serial.encode(self)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
 
+from engine import serial
+
 from ._errors import ContentError
 
 KINDS = (
@@ -171,8 +173,9 @@ class RenderContact:
     openid: str | None = None
 
 
+@serial.fields(missing={"kind": ""})
 @dataclass(frozen=True)
-class RenderedMessage:
+class RenderedMessage(serial.Record):
     """Exactly what is sent: the delivery activity hands it to a connector as is.
 
     Attributes:
@@ -201,38 +204,6 @@ class RenderedMessage:
     html: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     wechat: Mapping[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (crosses the Temporal boundary and lands in the delivery log)."""
-        return {
-            "content_id": self.content_id,
-            "content_version": self.content_version,
-            "channel": self.channel,
-            "locale": self.locale,
-            "kind": self.kind,
-            "subject": self.subject,
-            "text": self.text,
-            "html": self.html,
-            "headers": dict(self.headers),
-            "wechat": None if self.wechat is None else dict(self.wechat),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RenderedMessage:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored so newer data still loads."""
-        wechat = data.get("wechat")
-        return cls(
-            content_id=str(data["content_id"]),
-            content_version=str(data["content_version"]),
-            channel=str(data["channel"]),
-            locale=str(data["locale"]),
-            kind=str(data.get("kind", "")),
-            subject=str(data.get("subject", "")),
-            text=str(data.get("text", "")),
-            html=str(data.get("html", "")),
-            headers={str(k): str(v) for k, v in dict(data.get("headers") or {}).items()},
-            wechat=None if wechat is None else dict(wechat),
-        )
 
     def to_mime(self, from_addr: str, to_addr: str) -> EmailMessage:
         """A multipart/alternative email (text, then HTML) with every header set.

@@ -33,12 +33,12 @@ that snapshot, so a branch after a stage change sees the new stage.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from engine import serial
 from engine.conditions import EventMatcher, EventRecord, Facts
 
 from ._errors import JourneyRuntimeError, StepBudgetExceeded
@@ -165,7 +165,7 @@ def next_time_of_day(now: datetime, at: time, zone: str) -> datetime:
 
 
 @dataclass(frozen=True)
-class Waiting:
+class Waiting(serial.Record):
     """What an active cursor waits for.
 
     Attributes:
@@ -180,27 +180,9 @@ class Waiting:
     timer_id: str | None = None
     deadline: datetime | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "step_id": self.step_id,
-            "timer_id": self.timer_id,
-            "deadline": None if self.deadline is None else self.deadline.isoformat(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Waiting:
-        deadline = data.get("deadline")
-        return cls(
-            kind=data["kind"],
-            step_id=data["step_id"],
-            timer_id=data.get("timer_id"),
-            deadline=None if deadline is None else datetime.fromisoformat(deadline),
-        )
-
 
 @dataclass(frozen=True)
-class Cursor:
+class Cursor(serial.Record):
     """Where one enrolment of one contact stands. Frozen, JSON-able, small.
 
     Attributes:
@@ -235,36 +217,6 @@ class Cursor:
     def visit_count(self, step_id: str) -> int:
         """How many times this enrolment reached ``step_id`` (send/hand-off steps only)."""
         return dict(self.visits).get(step_id, 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "journey": self.journey,
-            "version": self.version,
-            "contact_id": self.contact_id,
-            "enrolment": self.enrolment,
-            "step_id": self.step_id,
-            "status": self.status,
-            "reason": self.reason,
-            "waiting": None if self.waiting is None else self.waiting.to_dict(),
-            "history": self.history,
-            "visits": [[k, v] for k, v in self.visits],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Cursor:
-        waiting = data.get("waiting")
-        return cls(
-            journey=data["journey"],
-            version=data["version"],
-            contact_id=data["contact_id"],
-            enrolment=int(data["enrolment"]),
-            step_id=data["step_id"],
-            status=data["status"],
-            reason=data.get("reason"),
-            waiting=None if waiting is None else Waiting.from_dict(waiting),
-            history=int(data.get("history", 0)),
-            visits=tuple((str(k), int(v)) for k, v in data.get("visits", ())),
-        )
 
 
 # Inputs. All carry ``now`` and the contact's ``facts`` at that instant, so any
@@ -368,23 +320,10 @@ Input: TypeAlias = (
 # Commands.
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, EventMatcher | NextBestItem):
-        return value.to_dict()
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-class _Command:
+class _Command(serial.Record):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: ``{"command": "Deliver", ...fields}``."""
-        out: dict[str, Any] = {"command": type(self).__name__}
-        for f in fields(self):  # type: ignore[arg-type]
-            out[f.name] = _jsonable(getattr(self, f.name))
-        return out
+        return {"command": type(self).__name__, **serial.encode(self)}
 
 
 @dataclass(frozen=True)
@@ -517,8 +456,9 @@ class _Run:
         self.trace.append(Passage(step_id, kind, outcome))
 
 
+@serial.fields(rename={"step_id": "step"})
 @dataclass(frozen=True)
-class Passage:
+class Passage(serial.Record):
     """One step an enrolment went through, and what happened there: the trail that
     analytics and ``stagecoach contact why`` read. Not a command: nothing executes it.
 
@@ -530,9 +470,6 @@ class Passage:
     step_id: str
     kind: str
     outcome: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"step": self.step_id, "kind": self.kind, "outcome": self.outcome}
 
 
 def step(

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
+from engine import serial
 from engine.conditions import (
     AllOf,
     AnyOf,
@@ -24,7 +25,6 @@ from engine.conditions import (
     EventRecord,
     Not,
     StageIn,
-    condition_from_dict,
 )
 from engine.hashing import canonical_json, content_hash
 from engine.parsed import Parsed
@@ -50,10 +50,8 @@ from ._steps import (
     Step,
     WaitForEventStep,
     WaitStep,
-    entry_from_dict,
     is_reserved_target,
     no_channel_from,
-    step_from_dict,
 )
 
 SPEC_FORMAT = 1
@@ -118,8 +116,17 @@ class ValidationContext:
     known_journeys: frozenset[str] | None = None
 
 
+# A spec without on_no_channel keeps the form (and version) it had before it existed.
+@serial.fields(
+    omit_if_default=("on_no_channel",),
+    missing={"description": ""},
+    order=(
+        "name", "description", "entry", "reentry", "exit_when", "goal", "locales", "steps",
+        "on_no_channel", "version",
+    ),
+)  # fmt: skip
 @dataclass(frozen=True)
-class JourneySpec:
+class JourneySpec(serial.Record):
     """A compiled, validated journey: plain data, identified by its content hash.
 
     Attributes:
@@ -186,29 +193,13 @@ class JourneySpec:
         return frozenset(t for _, t in _event_type_uses(self))
 
     def _body(self) -> dict[str, Any]:
-        body = {
-            "format": SPEC_FORMAT,
-            "name": self.name,
-            "description": self.description,
-            "entry": [e.to_dict() for e in self.entry],
-            "reentry": self.reentry.to_dict(),
-            "exit_when": None if self.exit_when is None else self.exit_when.to_dict(),
-            "goal": None if self.goal is None else self.goal.to_dict(),
-            "locales": list(self.locales),
-            "steps": [s.to_dict() for s in self.steps],
-        }
-        if self.on_no_channel is not None:
-            # Only when declared: a spec without it keeps the version it always had.
-            body["on_no_channel"] = self.on_no_channel.to_dict()
+        body = self.to_dict()
+        del body["version"]
         return body
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, including ``version``."""
-        return {**self._body(), "version": self.version}
-
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no spaces)."""
-        return canonical_json(self.to_dict())
+        return {"format": SPEC_FORMAT, **serial.encode(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JourneySpec:
@@ -223,21 +214,7 @@ class JourneySpec:
                 fix="recompile the journey with this version of Stagecoach",
             )
         try:
-            spec = cls(
-                name=data["name"],
-                description=data.get("description", ""),
-                entry=tuple(entry_from_dict(e) for e in data["entry"]),
-                reentry=ReEntry.from_dict(data["reentry"]),
-                exit_when=_maybe_condition(data.get("exit_when")),
-                goal=_maybe_condition(data.get("goal")),
-                locales=tuple(data["locales"]),
-                steps=tuple(step_from_dict(s) for s in data["steps"]),
-                on_no_channel=(
-                    NoChannel.from_dict(data["on_no_channel"])
-                    if data.get("on_no_channel") is not None
-                    else None
-                ),
-            )
+            spec = serial.decode(cls, {**data, "version": ""})
         except KeyError as exc:
             raise SpecFormatError(
                 f"journey spec is missing field {exc.args[0]!r}",
@@ -252,6 +229,10 @@ class JourneySpec:
             )
         return spec
 
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces)."""
+        return canonical_json(self.to_dict())
+
     @classmethod
     def from_json(cls, text: str) -> JourneySpec:
         """Inverse of ``to_json``."""
@@ -261,10 +242,6 @@ class JourneySpec:
 parsed_spec: Parsed[JourneySpec] = Parsed(JourneySpec.from_dict)
 """``JourneySpec.from_dict``, checked and built once per process for the same data
 (``engine.parsed``): every contact workflow run builds the published journeys."""
-
-
-def _maybe_condition(raw: Any) -> Condition | None:
-    return None if raw is None else condition_from_dict(raw)
 
 
 def spec_version(body: Mapping[str, Any]) -> str:

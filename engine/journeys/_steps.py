@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import time, timedelta
 from typing import Any, ClassVar, Literal, TypeAlias, cast
 
-from engine.conditions import Condition, EventMatcher, condition_from_dict
+from engine import serial
+from engine.conditions import Condition, EventMatcher
 
 from ._errors import SpecFormatError
 
@@ -43,16 +44,12 @@ def is_reserved_target(target: str) -> bool:
     return target == END or target.startswith(EXIT_PREFIX)
 
 
-def _seconds(value: timedelta | None) -> float | None:
-    return None if value is None else value.total_seconds()
-
-
 def _delta(value: Any) -> timedelta | None:
     return None if value is None else timedelta(seconds=float(value))
 
 
 @dataclass(frozen=True)
-class NextBestItem:
+class NextBestItem(serial.Record):
     """A content selector: "the next best item" the content library picks for the contact.
 
     Attributes:
@@ -66,23 +63,6 @@ class NextBestItem:
     kinds: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     exclude_consumed: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "kinds": list(self.kinds),
-            "tags": list(self.tags),
-            "exclude_consumed": self.exclude_consumed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NextBestItem:
-        return cls(
-            stage=data.get("stage"),
-            kinds=tuple(data.get("kinds", ())),
-            tags=tuple(data.get("tags", ())),
-            exclude_consumed=bool(data.get("exclude_consumed", True)),
-        )
 
 
 NO_CHANNEL = "no_channel"
@@ -209,7 +189,7 @@ def no_channel_from(value: object) -> NoChannel | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Step:
+class Step(serial.Record):
     """Base of every step kind.
 
     Attributes:
@@ -223,6 +203,15 @@ class Step:
     """Target fields where ``None`` means "the next step in order"."""
     is_wait: ClassVar[bool] = False
     """Timer-based waits: the only steps that may close a loop."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``kind``, ``id``, then the kind's fields."""
+        return {"kind": self.kind, **serial.encode(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Step:
+        """Rebuild any step from its JSON form (see :func:`step_from_dict`)."""
+        return step_from_dict(data)
 
     def edges(self) -> tuple[tuple[str, str], ...]:
         """Outgoing ``(label, target)`` pairs of a compiled step."""
@@ -240,18 +229,14 @@ class Step:
         """One line for diagrams and diffs."""
         return self.kind
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.id, **self._fields_to_dict()}
-
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.links}
-
     def resolved(self, following: str) -> Step:
         """This step with every linear ``None`` target replaced by ``following``."""
         changes = {name: following for name in self.links if getattr(self, name) is None}
         return replace(self, **changes) if changes else self
 
 
+# A spec without on_no_channel keeps the form (and version) it had before it existed.
+@serial.fields(omit_if_default=("on_no_channel",))
 @dataclass(frozen=True, kw_only=True)
 class SendStep(Step):
     """Deliver one content item (or the next best item) over a channel.
@@ -286,22 +271,8 @@ class SendStep(Step):
         what = self.content if isinstance(self.content, str) else "next best item"
         return f"send {what} via {self.channel}"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        content: Any = self.content
-        if isinstance(content, NextBestItem):
-            content = {"next_best": content.to_dict()}
-        out = {
-            "content": content,
-            "channel": self.channel,
-            "next": self.next,
-            "on_failure": self.on_failure,
-        }
-        if self.on_no_channel is not None:
-            # Only when declared: a spec without it keeps the version it always had.
-            out["on_no_channel"] = self.on_no_channel.to_dict()
-        return out
 
-
+@serial.fields(rename={"duration": "duration_seconds"})
 @dataclass(frozen=True, kw_only=True)
 class WaitStep(Step):
     """Wait a fixed duration."""
@@ -317,9 +288,6 @@ class WaitStep(Step):
 
     def summary(self) -> str:
         return f"wait {_human(self.duration)}"
-
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"duration_seconds": _seconds(self.duration), "next": self.next}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -338,10 +306,8 @@ class WaitUntilStep(Step):
     def summary(self) -> str:
         return f"wait until {self.at.strftime('%H:%M')} local"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"at": self.at.isoformat(), "next": self.next}
 
-
+@serial.fields(rename={"timeout": "timeout_seconds"}, missing={"timeout": None})
 @dataclass(frozen=True, kw_only=True)
 class WaitForEventStep(Step):
     """Wait for one of ``matchers`` to be observed, or for ``timeout`` to pass.
@@ -376,15 +342,8 @@ class WaitForEventStep(Step):
     def summary(self) -> str:
         return f"wait for {' or '.join(m.type for m in self.matchers)}"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {
-            "matchers": [m.to_dict() for m in self.matchers],
-            "timeout_seconds": _seconds(self.timeout),
-            "next": self.next,
-            "on_timeout": self.on_timeout,
-        }
 
-
+@serial.fields(rename={"else_": "else"})
 @dataclass(frozen=True, kw_only=True)
 class BranchStep(Step):
     """Go to ``then`` when ``condition`` holds for the contact, else to ``else_``."""
@@ -405,20 +364,14 @@ class BranchStep(Step):
     def summary(self) -> str:
         return "branch"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"condition": self.condition.to_dict(), "then": self.then, "else": self.else_}
-
 
 @dataclass(frozen=True)
-class SplitBranch:
+class SplitBranch(serial.Record):
     """One arm of a random split: a relative weight and a target (``None``: next in order)."""
 
     weight: float
     target: str | None = None
     label: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "target": self.target, "label": self.label}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -454,10 +407,8 @@ class SplitStep(Step):
     def summary(self) -> str:
         return "random split"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"branches": [b.to_dict() for b in self.branches]}
 
-
+@serial.fields(missing={"value": None})
 @dataclass(frozen=True, kw_only=True)
 class SetAttributeStep(Step):
     """Set a contact attribute to a JSON value."""
@@ -473,9 +424,6 @@ class SetAttributeStep(Step):
 
     def summary(self) -> str:
         return f"set {self.name} = {self.value!r}"
-
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "next": self.next}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -493,9 +441,6 @@ class AddTagStep(Step):
     def summary(self) -> str:
         return f"tag {self.tag}"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"tag": self.tag, "next": self.next}
-
 
 @dataclass(frozen=True, kw_only=True)
 class ChangeStageStep(Step):
@@ -512,9 +457,6 @@ class ChangeStageStep(Step):
 
     def summary(self) -> str:
         return f"stage -> {self.stage}"
-
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "reason": self.reason, "next": self.next}
 
 
 SERVICE_RECOVERY = "service_recovery"
@@ -553,9 +495,6 @@ class HandOffStep(Step):
     def summary(self) -> str:
         return f"hand off to {handoff_audience(self.reason)}"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "next": self.next, "on_failure": self.on_failure}
-
 
 @dataclass(frozen=True, kw_only=True)
 class EnrolStep(Step):
@@ -571,9 +510,6 @@ class EnrolStep(Step):
 
     def summary(self) -> str:
         return f"enrol in {self.journey}"
-
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"journey": self.journey, "next": self.next}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -599,9 +535,6 @@ class ExitStep(Step):
     def summary(self) -> str:
         return f"exit: {self.reason}"
 
-    def _fields_to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason}
-
 
 def _human(delta: timedelta) -> str:
     """``2d``, ``36h``, ``90m``, ``45s``: short and stable (it feeds derived ids)."""
@@ -612,6 +545,28 @@ def _human(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
+_STEP_KINDS: dict[str, type[Step]] = {
+    c.kind: c
+    for c in (
+        SendStep, WaitStep, WaitUntilStep, WaitForEventStep, BranchStep, SplitStep,
+        SetAttributeStep, AddTagStep, ChangeStageStep, HandOffStep, EnrolStep, GoalStep,
+        ExitStep,
+    )
+}  # fmt: skip
+
+
+def _content_to_json(content: str | NextBestItem) -> Any:
+    return {"next_best": content.to_dict()} if isinstance(content, NextBestItem) else content
+
+
+def _content_from_json(raw: Any) -> str | NextBestItem:
+    return NextBestItem.from_dict(raw["next_best"]) if isinstance(raw, Mapping) else str(raw)
+
+
+# A send's content is a content id, or a selector stored as {"next_best": {...}}.
+serial.register(str | NextBestItem, _content_to_json, _content_from_json)
+
+
 def step_from_dict(data: Mapping[str, Any]) -> Step:
     """Rebuild a step from its JSON form.
 
@@ -620,92 +575,19 @@ def step_from_dict(data: Mapping[str, Any]) -> Step:
     """
     kind = data.get("kind")
     step_id = str(data.get("id", ""))
+    cls = _STEP_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise SpecFormatError(
+            f"step {step_id!r} has unknown kind {kind!r}",
+            fix="recompile the journey with this version of Stagecoach",
+        )
     try:
-        if kind == "send":
-            raw = data["content"]
-            content: str | NextBestItem = (
-                NextBestItem.from_dict(raw["next_best"]) if isinstance(raw, Mapping) else str(raw)
-            )
-            return SendStep(
-                id=step_id,
-                content=content,
-                channel=data["channel"],
-                next=data.get("next"),
-                on_failure=data.get("on_failure"),
-                on_no_channel=(
-                    NoChannel.from_dict(data["on_no_channel"])
-                    if data.get("on_no_channel") is not None
-                    else None
-                ),
-            )
-        if kind == "wait":
-            return WaitStep(
-                id=step_id,
-                duration=cast(timedelta, _delta(data["duration_seconds"])),
-                next=data.get("next"),
-            )
-        if kind == "wait_until":
-            return WaitUntilStep(
-                id=step_id, at=time.fromisoformat(data["at"]), next=data.get("next")
-            )
-        if kind == "wait_for_event":
-            return WaitForEventStep(
-                id=step_id,
-                matchers=tuple(EventMatcher.from_dict(m) for m in data["matchers"]),
-                timeout=_delta(data.get("timeout_seconds")),
-                next=data.get("next"),
-                on_timeout=data.get("on_timeout"),
-            )
-        if kind == "branch":
-            return BranchStep(
-                id=step_id,
-                condition=condition_from_dict(data["condition"]),
-                then=data.get("then"),
-                else_=data.get("else"),
-            )
-        if kind == "split":
-            return SplitStep(
-                id=step_id,
-                branches=tuple(
-                    SplitBranch(float(b["weight"]), b.get("target"), str(b.get("label", "")))
-                    for b in data["branches"]
-                ),
-            )
-        if kind == "set_attribute":
-            return SetAttributeStep(
-                id=step_id, name=data["name"], value=data.get("value"), next=data.get("next")
-            )
-        if kind == "add_tag":
-            return AddTagStep(id=step_id, tag=data["tag"], next=data.get("next"))
-        if kind == "change_stage":
-            return ChangeStageStep(
-                id=step_id,
-                stage=data["stage"],
-                reason=str(data.get("reason", "")),
-                next=data.get("next"),
-            )
-        if kind == "hand_off":
-            return HandOffStep(
-                id=step_id,
-                reason=str(data.get("reason", "")),
-                next=data.get("next"),
-                on_failure=data.get("on_failure"),
-            )
-        if kind == "enrol":
-            return EnrolStep(id=step_id, journey=data["journey"], next=data.get("next"))
-        if kind == "goal":
-            return GoalStep(id=step_id)
-        if kind == "exit":
-            return ExitStep(id=step_id, reason=data["reason"])
+        return serial.decode(cls, data)
     except KeyError as exc:
         raise SpecFormatError(
             f"step {step_id!r} of kind {kind!r} is missing field {exc.args[0]!r}",
             fix="recompile the journey from its Python definition",
         ) from exc
-    raise SpecFormatError(
-        f"step {step_id!r} has unknown kind {kind!r}",
-        fix="recompile the journey with this version of Stagecoach",
-    )
 
 
 # Entry triggers and re-entry.
@@ -748,8 +630,12 @@ def entry_from_dict(data: Mapping[str, Any]) -> EntryTrigger:
     )
 
 
+serial.register(EntryTrigger, from_json=entry_from_dict)
+
+
+@serial.fields(rename={"cooldown": "cooldown_seconds"})
 @dataclass(frozen=True)
-class ReEntry:
+class ReEntry(serial.Record):
     """May a contact enter this journey again after an earlier enrolment ended?
 
     Build with ``ReEntry.never()``, ``ReEntry.always()`` or ``ReEntry.after(cooldown)``.
@@ -777,10 +663,3 @@ class ReEntry:
     def after(cls, cooldown: timedelta) -> ReEntry:
         """Re-enter once ``cooldown`` has passed since the previous enrolment ended."""
         return cls("cooldown", cooldown)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "cooldown_seconds": _seconds(self.cooldown)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ReEntry:
-        return cls(data["policy"], _delta(data.get("cooldown_seconds")))

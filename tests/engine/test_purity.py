@@ -29,6 +29,7 @@ PURE = [
     "engine.sales",
     "engine.nps",
     "engine.addresses",
+    "engine.serial",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 
