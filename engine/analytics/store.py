@@ -82,7 +82,7 @@ from engine.analytics._stats import utc_naive
 from engine.analytics.pipeline import time_order
 from engine.bounces import key_digest
 from engine.errors import DatabaseError
-from engine.storage.lookup import ERASED_PREFIX
+from engine.services.lookup import ERASED_PREFIX
 
 try:  # POSIX; elsewhere a store is used by one process at a time
     import fcntl

@@ -4,7 +4,7 @@ Both routes need the admin bearer token (:func:`engine.api.auth.require_admin`).
 
 ``{contact_id}`` is whoever the caller knows: a contact id, or a ``userId``,
 ``anonymousId``, email address, phone number, WeChat openid or unionid, or CRM id, found
-by :func:`engine.storage.lookup.find_person` (``?by=`` names the kind; without it the
+by :func:`engine.services.lookup.find_person` (``?by=`` names the kind; without it the
 value's shape decides, as that module documents). A value that cannot be the kind asked
 for answers **400** naming the field; one that matches several people (an ``auto``
 search only) answers **409** listing them with what matched.
@@ -128,8 +128,8 @@ from engine.api.auth import ADMIN_RESPONSES, require_admin
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import contact_workflow_id
-from engine.storage.lookup import ERASED_PREFIX as ERASED_PREFIX
-from engine.storage.lookup import (
+from engine.services.lookup import ERASED_PREFIX as ERASED_PREFIX
+from engine.services.lookup import (
     AmbiguousContact,
     ContactNotMatched,
     LookupKind,
@@ -137,7 +137,7 @@ from engine.storage.lookup import (
     Person,
     find_person,
 )
-from engine.storage.lookup import pseudonym as pseudonym
+from engine.services.lookup import pseudonym as pseudonym
 from engine.storage.models import (
     Consent,
     Contact,

@@ -3,7 +3,7 @@ why it did or did not get a journey step's message.
 
 ``CONTACT`` is whoever the operator knows: a contact id, a ``userId``, ``anonymousId``,
 email address, phone number, WeChat openid or unionid, or CRM id, found in the database
-by the same lookup the admin API and the dashboard use (``engine.storage.lookup``);
+by the same lookup the admin API and the dashboard use (``engine.services.lookup``);
 ``--by`` names the kind, else the value's shape decides. A merged id leads to its
 survivor. A value that could be a contact id and is not in the database (a rehearsal
 contact, or a CLI with no database at hand) is asked of Temporal as it is.
@@ -21,8 +21,8 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.services.lookup import LOOKUP_KINDS
 from engine.settings import Settings, load_settings
-from engine.storage.lookup import LOOKUP_KINDS
 
 contact_app = typer.Typer(help="A contact's live state and history.", no_args_is_help=True)
 
@@ -60,9 +60,9 @@ def _find(settings: Settings, value: str, by: str) -> _Found:
     from sqlmodel import Session
 
     from engine.errors import DatabaseError
+    from engine.services.lookup import ContactNotMatched, MalformedLookup, find_person
     from engine.storage import make_engine
     from engine.storage.db import driver_reason, parse_database_url
-    from engine.storage.lookup import ContactNotMatched, MalformedLookup, find_person
 
     value = value.strip()
     as_is = by in ("auto", "id") and "@" not in value

@@ -39,8 +39,7 @@ from engine.dashboard._auth import Sessions
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, missing_contact
 from engine.messages import contact_workflow_id
-from engine.settings import Settings
-from engine.storage.lookup import (
+from engine.services.lookup import (
     LOOKUP_KINDS,
     ContactNotMatched,
     MalformedLookup,
@@ -48,6 +47,7 @@ from engine.storage.lookup import (
     find_contacts,
     find_person,
 )
+from engine.settings import Settings
 from engine.storage.models import StageTransition
 from engine.timeline import Entry, contact_timeline
 
@@ -440,7 +440,7 @@ def dashboard_router(
     @router.get("/contacts", dependencies=signed_in)
     async def find_contact(*, session: SessionDep, id: str = "", by: str = "auto") -> Response:
         """ "Open contact": one match opens it, several are listed, none is a 404 naming
-        what was searched (``engine.storage.lookup`` says how a value is read)."""
+        what was searched (``engine.services.lookup`` says how a value is read)."""
         wanted = id.strip()
         if not wanted:
             return RedirectResponse(PREFIX, status_code=303)

@@ -503,7 +503,7 @@ def test_an_erased_contact_leaves_the_copy_at_the_next_sync(
     """Li Lei (c1, with c3 merged into her) is erased in the database; the next sync
     replaces every copied row of hers with the pseudonymous rows, counts intact."""
     from engine.api.contacts import pseudonym, scrub
-    from engine.storage.lookup import find_person
+    from engine.services.lookup import find_person
 
     seed(source)
     add(
