@@ -28,6 +28,7 @@ PURE = [
     "engine.sales",
     "engine.nps",
     "engine.addresses",
+    "engine.services.links",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 

@@ -1,0 +1,5 @@
+"""Services: what the API, the dashboard and the CLI call to act on stored state.
+
+Each module does one job (consent and suppression storage, link verification...). They
+depend on the domain and on storage, never on a router: routers depend on them.
+"""
