@@ -1,7 +1,8 @@
 """The FastAPI app factory: one of the composition roots.
 
-Routes get their database session from ``get_session``, a dependency that tests
-override; the engine is built here from settings unless one is handed in.
+Routes get their database session from ``engine.api.deps.get_session``, a dependency
+that tests override; the engine is built here from settings unless one is handed in.
+The routers import their dependencies from ``engine.api.deps``, never this module.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -19,15 +20,29 @@ from fastapi.security import HTTPBearer
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session
 
 from engine import __version__
+from engine.analytics.service import reports_for
 from engine.api._admission import OVERLOADED_RESPONSES, AdmissionGate, AdmissionMiddleware
 from engine.api._common import database_unavailable
 from engine.api._docs import install_docs
+from engine.api._pages import Pages
 from engine.api.auth import ADMIN_RESPONSES, require_admin
+from engine.api.contacts import router as contacts_router
+from engine.api.events import WriteKeys, keys_router
+from engine.api.events import router as events_router
+from engine.api.handoffs import router as handoffs_router
+from engine.api.postmark_webhook import router as postmark_router
+from engine.api.preference_pages import router as preference_router
+from engine.api.referrals import router as referrals_router
+from engine.api.reports import router as reports_router
+from engine.api.tracking import router as tracking_router
+from engine.api.wechat_routes import drain
+from engine.api.wechat_routes import router as wechat_router
 from engine.errors import DatabaseError
+from engine.ingest import Ingestor, relevant_event_types
 from engine.metrics import AdmissionCollector, OutboxCollector, registry_with, render
+from engine.services.links import link_signer
 from engine.settings import Settings
 from engine.storage import check_connection, make_engine, session_factory
 
@@ -36,15 +51,6 @@ if TYPE_CHECKING:
 
     from engine.ingest._forwarder import Opener
 
-
-def get_session(request: Request) -> Iterator[Session]:
-    """One session per request, closed after the response."""
-    factory: Callable[[], Session] = request.app.state.session_factory
-    with factory() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -93,18 +99,6 @@ def create_app(
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
     """
-    from engine.analytics.service import reports_for
-    from engine.api.contacts import router as contacts_router
-    from engine.api.email_routes import link_signer
-    from engine.api.email_routes import router as email_router
-    from engine.api.events import WriteKeys, keys_router
-    from engine.api.events import router as events_router
-    from engine.api.handoffs import router as handoffs_router
-    from engine.api.referrals import router as referrals_router
-    from engine.api.reports import router as reports_router
-    from engine.api.wechat_routes import router as wechat_router
-    from engine.ingest import Ingestor, relevant_event_types
-
     db = engine or make_engine(settings.resolved_database_url)
     relevance: dict[str, Any] = {}
 
@@ -136,8 +130,6 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            from engine.api.wechat_routes import drain
-
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await drain(app)  # callbacks answered before their events were stored
@@ -166,6 +158,8 @@ def create_app(
     app.state.forwarder = None
     app.state.temporal = temporal  # a client factory, or None when Temporal is not wired
     app.state.link_signer = link_signer(settings)  # an unusable secret fails at start
+    # Incomplete page templates fail at start, not on a reader's unsubscribe link.
+    app.state.pages = Pages.for_content(settings.resolved_content_dir)
     # Admission control in front of the ingestion routes only (see _admission): the
     # WeChat callback, tracking links and feedback must be answered, never told to wait.
     gate = admission_gate(settings)
@@ -180,19 +174,22 @@ def create_app(
             paths=[route.path for route in events_router.routes if isinstance(route, APIRoute)],
         )
     app.include_router(wechat_router)
-    app.include_router(email_router)
+    app.include_router(preference_router)
+    app.include_router(tracking_router)
+    app.include_router(postmark_router)
     app.include_router(contacts_router)
     app.include_router(keys_router)
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
     app.include_router(reports_router)
-    from engine.dashboard import dashboard_router, default_reports  # it imports this module
+    # Imported here, not at the top: the dashboard imports engine.api's helpers, and
+    # importing any of them imports this module (engine/api/__init__.py).
+    from engine.api.codec_routes import codec_router
+    from engine.dashboard import dashboard_router, default_reports
 
     # One report cache for the dashboard and /v1/reports: each report computed once per copy.
     app.state.reports = reports_for(settings, defaults=default_reports)
     app.include_router(dashboard_router(settings, numbers=app.state.reports))
-    from engine.api.codec_routes import codec_router  # it imports the dashboard
-
     app.include_router(codec_router(settings))  # the payload keys: a bad one fails at start
 
     def outbox() -> dict[str, Any]:

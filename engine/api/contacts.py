@@ -123,8 +123,8 @@ from temporalio.exceptions import TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.api._common import in_thread
-from engine.api.app import SessionDep
 from engine.api.auth import ADMIN_RESPONSES, require_admin
+from engine.api.deps import SessionDep, temporal_client
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import contact_workflow_id
@@ -166,7 +166,6 @@ _log = structlog.get_logger("stagecoach.api.contacts")
 
 QUERY_TIMEOUT = 3.0
 """Seconds the ``state`` query may take before the stored row is shown instead."""
-CONNECT_TIMEOUT = 10.0
 _RPC_TIMEOUT = timedelta(seconds=10)
 _ERASED_REASON = "(erased)"
 
@@ -541,32 +540,6 @@ def _aware(at: datetime) -> datetime:
 
 
 # --- Temporal ----------------------------------------------------------------------------
-
-
-async def temporal_client(request: Request) -> Client | None:
-    """The app's Temporal client (None when the API runs without Temporal), made once
-    from ``app.state.temporal`` and kept in ``app.state.temporal_client``.
-
-    Raises:
-        TemporalUnavailable: the factory failed or took over :data:`CONNECT_TIMEOUT`.
-    """
-    factory = getattr(request.app.state, "temporal", None)
-    if factory is None:
-        return None
-    client: Client | None = getattr(request.app.state, "temporal_client", None)
-    if client is None:
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                client = await factory()
-        except TemporalUnavailable:
-            raise
-        except Exception as exc:  # a foreign factory: this is its one translation point
-            raise TemporalUnavailable(
-                f"cannot reach Temporal: {_first_line(exc)}",
-                fix="check that Temporal is running and STAGECOACH_TEMPORAL_ADDRESS",
-            ) from exc
-        request.app.state.temporal_client = client
-    return client
 
 
 @dataclass

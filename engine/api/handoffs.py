@@ -69,7 +69,7 @@ from connectors.crm import (
     verify_signature,
 )
 from engine.api._common import in_thread, ingest_one, read_body
-from engine.api.app import SessionDep
+from engine.api.deps import SessionDep
 from engine.errors import DatabaseError
 from engine.ingest import Incoming
 from engine.ingest._segment import FUTURE_LIMIT, PAST_LIMIT

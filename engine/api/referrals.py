@@ -42,13 +42,13 @@ refuse, never to identify anyone.
 
 from __future__ import annotations
 
-import html
+import dataclasses
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import structlog
@@ -59,8 +59,9 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.api import _pages
 from engine.api._common import ingest_one, read_body
+from engine.api._forms import FORM_LIMIT, parse_form
+from engine.api._pages import LOCALES, Locale
 from engine.api.auth import ADMIN_RESPONSES, require_admin
-from engine.api.email_routes import FORM_LIMIT, parse_form
 from engine.errors import DatabaseError
 from engine.ingest import IdentityError, Incoming, normalise_email, normalise_phone
 from engine.referrals import (
@@ -87,8 +88,6 @@ router = APIRouter(tags=["referrals"])
 
 _log = structlog.get_logger("stagecoach.api.referrals")
 
-Locale = Literal["zh-CN", "en"]
-LOCALES: tuple[Locale, ...] = ("zh-CN", "en")
 DEFAULT_LOCALE: Locale = "zh-CN"
 """For a reader whose Accept-Language names neither (most links are shared on WeChat)."""
 
@@ -100,14 +99,24 @@ NAME_LIMIT = 128
 _MAX_LENGTH = {"name": NAME_LIMIT, "email": 320, "phone": 32}
 SOURCE = "referral_page"
 
-CONSENT_WORDING: Mapping[Locale, str] = {
-    "zh-CN": "我同意通过以上填写的邮箱或手机号接收产品资讯和优惠信息，并可随时退订。",
-    "en": (
-        "I agree to receive product news and offers by email or phone at the details I "
-        "gave above. I can unsubscribe at any time."
-    ),
-}
-"""The checkbox's label, stored word for word with the consent it records."""
+
+class _BundledWording(Mapping[Locale, str]):
+    """The bundled checkbox label per locale, read when first asked for."""
+
+    def __getitem__(self, locale: Locale) -> str:
+        return _pages.bundled().consent_wording("referral", locale)
+
+    def __iter__(self) -> Iterator[Locale]:
+        return iter(LOCALES)
+
+    def __len__(self) -> int:
+        return len(LOCALES)
+
+
+CONSENT_WORDING: Mapping[Locale, str] = _BundledWording()
+"""The bundled checkbox label (``content/_layouts/pages/consent.<locale>.j2``), stored
+word for word with the consent it records. An app shows and stores its content
+directory's wording when it has its own."""
 
 REFUSAL_STATUS: Mapping[str, int] = {
     "unknown_code": 404,
@@ -118,110 +127,18 @@ REFUSAL_STATUS: Mapping[str, int] = {
     "self_referral": 403,
 }
 
-_TEXT: Mapping[Locale, Mapping[str, str]] = {
-    "zh-CN": {
-        "title": "您收到一份邀请",
-        "intro": "您的朋友邀请您加入。留下联系方式，我们会把资料和优惠发送给您。",
-        "name": "姓名",
-        "email": "邮箱",
-        "phone": "手机号",
-        "hint": "邮箱和手机号至少填写一项。",
-        "submit": "提交",
-        "thanks_title": "谢谢！",
-        "thanks": "注册成功，我们会尽快与您联系。",
-        "problems": "请修改以下内容：",
-        "retry_title": "请稍后再试",
-        "retry": "暂时无法保存，您的信息没有被记录。",
-        "retry_fix": "请一分钟后刷新页面重试。",
-    },
-    "en": {
-        "title": "You're invited",
-        "intro": (
-            "A friend invited you. Leave your details and we will send you our resources "
-            "and offers."
-        ),
-        "name": "Name",
-        "email": "Email",
-        "phone": "Mobile phone",
-        "hint": "Email or mobile phone: at least one.",
-        "submit": "Sign up",
-        "thanks_title": "Thank you",
-        "thanks": "You're signed up. We'll be in touch.",
-        "problems": "Please correct the following:",
-        "retry_title": "Please try again",
-        "retry": "We could not save this just now; nothing was recorded.",
-        "retry_fix": "Reload this page in a minute.",
-    },
-}
-
-_REFUSAL_TEXT: Mapping[Locale, Mapping[str, tuple[str, str, str]]] = {
-    "zh-CN": {
-        "unknown_code": (
-            "邀请链接无效",
-            "找不到这个邀请码。",
-            "请向分享链接的人确认链接是否完整。",
-        ),
-        "expired_code": ("邀请已过期", "这个邀请码已失效。", "请让分享者重新发送一个邀请链接。"),
-        "used_up": (
-            "邀请名额已用完",
-            "这个邀请码的使用次数已达上限。",
-            "请让分享者重新发送一个邀请链接。",
-        ),
-        "self_referral": (
-            "这是您自己的邀请",
-            "不能使用自己分享的邀请链接注册。",
-            "请把链接分享给朋友或同事。",
-        ),
-        "already_referred": ("您已经注册过了", "您之前已通过其他邀请注册。", "无需再次注册。"),
-        "referral_loop": ("您已经注册过了", "您已在这条邀请链中。", "无需再次注册。"),
-    },
-    "en": {
-        "unknown_code": (
-            "This invitation link does not work",
-            "We cannot find this invitation code.",
-            "Check the link with the person who shared it.",
-        ),
-        "expired_code": (
-            "This invitation has expired",
-            "The invitation code is no longer valid.",
-            "Ask the person who shared it for a new link.",
-        ),
-        "used_up": (
-            "This invitation is used up",
-            "This invitation code has been used as many times as it can be.",
-            "Ask the person who shared it for a new link.",
-        ),
-        "self_referral": (
-            "This is your own invitation",
-            "You cannot sign up with an invitation you shared.",
-            "Share the link with a friend or colleague instead.",
-        ),
-        "already_referred": (
-            "You have already joined",
-            "You signed up through another invitation before.",
-            "Nothing more to do: you are signed up.",
-        ),
-        "referral_loop": (
-            "You have already joined",
-            "You are already part of this invitation chain.",
-            "Nothing more to do: you are signed up.",
-        ),
-    },
-}
-
 # --- the form (pure) ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FieldProblem:
-    """One wrong field: its name, and what to do, in English (API) and Chinese (page)."""
+    """One wrong field: its name, the problem's code (the page templates word it in each
+    locale), the API's English message, and the details the wording needs."""
 
     field: str
+    code: str
     en: str
-    zh: str
-
-    def text(self, locale: Locale) -> str:
-        return self.zh if locale == "zh-CN" else self.en
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -241,26 +158,7 @@ class Signup:
 def negotiate_locale(accept_language: str | None, override: str | None = None) -> Locale:
     """zh-CN or en: ``override`` when it is one, else the reader's preferred of the two
     by Accept-Language q-values (earlier wins a tie), else :data:`DEFAULT_LOCALE`."""
-    if override in LOCALES:
-        return override
-    best: tuple[float, Locale] | None = None
-    for part in (accept_language or "").split(","):
-        tag, _, params = part.strip().partition(";")
-        tag = tag.strip().lower()
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        locale: Locale | None = (
-            "zh-CN" if tag.startswith("zh") else "en" if tag.startswith("en") else None
-        )
-        if locale is not None and q > 0 and (best is None or q > best[0]):
-            best = (q, locale)
-    return best[1] if best else DEFAULT_LOCALE
+    return _pages.negotiate_locale(accept_language, override, default=DEFAULT_LOCALE)
 
 
 def _truthy(value: Any) -> bool:
@@ -283,11 +181,14 @@ def parse_signup(
     problems: list[FieldProblem] = []
     name = _text(fields, "name")
     if not name:
-        problems.append(FieldProblem("name", "name is required: enter your name", "请填写姓名"))
+        problems.append(FieldProblem("name", "name_required", "name is required: enter your name"))
     elif len(name) > NAME_LIMIT:
         problems.append(
             FieldProblem(
-                "name", f"name is over {NAME_LIMIT} characters", f"姓名最多 {NAME_LIMIT} 个字符"
+                "name",
+                "name_too_long",
+                f"name is over {NAME_LIMIT} characters",
+                {"limit": NAME_LIMIT},
             )
         )
     email = phone = None
@@ -296,8 +197,8 @@ def parse_signup(
         problems.append(
             FieldProblem(
                 "email",
+                "contact_required",
                 "email or phone is required: give an email address or a mobile number",
-                "请填写邮箱或手机号",
             )
         )
     if raw_email:
@@ -308,8 +209,9 @@ def parse_signup(
             problems.append(
                 FieldProblem(
                     "email",
+                    "email_invalid",
                     f"email is not an email address{why}: send name@domain",
-                    "邮箱格式不正确",
+                    {"reason": exc.reason or ""},
                 )
             )
     if raw_phone:
@@ -319,16 +221,16 @@ def parse_signup(
             problems.append(
                 FieldProblem(
                     "phone",
+                    "phone_invalid",
                     "phone is not a phone number: include the country code, e.g. +8613800138000",
-                    "手机号格式不正确，例如 13800138000 或 +86 138 0013 8000",
                 )
             )
     if not _truthy(fields.get("consent")):
         problems.append(
             FieldProblem(
                 "consent",
+                "consent_required",
                 "consent is required: tick the box to agree to be contacted",
-                "请勾选同意条款",
             )
         )
     device_id = _text(fields, "device_id") or None
@@ -336,8 +238,8 @@ def parse_signup(
         problems.append(
             FieldProblem(
                 "device_id",
+                "device_invalid",
                 "device_id must be 8 to 128 letters, digits, '-' or '_'",
-                "设备标识无效，请刷新页面后重试",
             )
         )
     openid = _text(fields, "wechat_openid") or None
@@ -345,8 +247,8 @@ def parse_signup(
         problems.append(
             FieldProblem(
                 "wechat_openid",
+                "openid_invalid",
                 "wechat_openid must be 6 to 64 letters, digits, '-' or '_'",
-                "微信标识无效，请在微信中重新打开链接",
             )
         )
     if problems:
@@ -362,16 +264,18 @@ def identify(
     locale: Locale,
     channel: str | None,
     now: datetime,
+    consent_wording: str,
     context: Mapping[str, Any] | None = None,
 ) -> Incoming:
-    """The referee's identify: who they are, who referred them, what they agreed to."""
+    """The referee's identify: who they are, who referred them, what they agreed to
+    (``consent_wording``: the sentence the page showed next to the checkbox)."""
     consent = {kind: True for kind in ("email", "phone") if getattr(signup, kind)}
     traits: dict[str, Any] = {
         "name": signup.name,
         "referred_by": referrer_id,
         "referral_code": code,
         "consent": consent,
-        "consent_wording": CONSENT_WORDING[locale],
+        "consent_wording": consent_wording,
         "locale": locale,
     }
     identities: dict[str, str] = {}
@@ -386,7 +290,7 @@ def identify(
         occurred_at=now,
         traits=traits,
         context={
-            "consent_wording": CONSENT_WORDING[locale],
+            "consent_wording": consent_wording,
             "locale": locale,
             **({"device": {"id": signup.device_id}} if signup.device_id else {}),
             **(context or {}),
@@ -400,22 +304,8 @@ def identify(
 # --- pages --------------------------------------------------------------------------------
 
 
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _document(locale: Locale, title: str, body: str, *, status: int = 200) -> HTMLResponse:
-    """A complete page in ``locale``, with the email pages' style and headers."""
-    document = (
-        f'<!DOCTYPE html><html lang="{locale}"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f'<meta name="robots" content="noindex"><title>{_e(title)}</title>'
-        f"<style>{_pages._STYLE}</style></head><body><h1>{_e(title)}</h1>{body}</body></html>"
-    )
-    return HTMLResponse(document, status_code=status, headers=dict(_pages.PAGE_HEADERS))
-
-
 def _form_page(
+    request: Request,
     locale: Locale,
     *,
     channel: str | None,
@@ -424,42 +314,23 @@ def _form_page(
     problems: list[FieldProblem] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    t = _TEXT[locale]
-    values = values or {}
-    listed = ""
-    if problems:
-        items = "".join(f"<li>{_e(p.text(locale))}</li>" for p in problems)
-        listed = (
-            f'<div role="alert"><p><strong>{_e(t["problems"])}</strong></p><ul>{items}</ul></div>'
-        )
-
-    def box(name: str, kind: str, autocomplete: str) -> str:
-        return (
-            f'<label>{_e(t[name])}<br><input type="{kind}" name="{name}" '
-            f'value="{_e(values.get(name, ""))}" autocomplete="{autocomplete}" '
-            f'maxlength="{_MAX_LENGTH[name]}"></label>'
-        )
-
     hidden = {"lang": locale, "device_id": device_id, **({"ch": channel} if channel else {})}
-    body = (
-        f'<p>{_e(t["intro"])}</p>{listed}<form method="post">'
-        + "".join(
-            f'<input type="hidden" name="{_e(k)}" value="{_e(v)}">' for k, v in hidden.items()
-        )
-        + box("name", "text", "name")
-        + box("email", "email", "email")
-        + box("phone", "tel", "tel")
-        + f'<p class="note">{_e(t["hint"])}</p>'
-        + '<label><input type="checkbox" name="consent" value="yes"> '
-        + f"{_e(CONSENT_WORDING[locale])}</label>"
-        + f"<p><button type=submit>{_e(t['submit'])}</button></p></form>"
+    return _pages.render(
+        request,
+        "referral",
+        locale,
+        status=status,
+        hidden=list(hidden.items()),
+        fields=[("name", "text", "name"), ("email", "email", "email"), ("phone", "tel", "tel")],
+        limits=_MAX_LENGTH,
+        values=dict(values or {}),
+        problems=problems or [],
+        consent_wording=_pages.consent_wording(request, "referral", locale),
     )
-    return _document(locale, t["title"], body, status=status)
 
 
-def _thanks_page(locale: Locale) -> HTMLResponse:
-    t = _TEXT[locale]
-    return _document(locale, t["thanks_title"], f"<p>{_e(t['thanks'])}</p>")
+def _thanks_page(request: Request, locale: Locale) -> HTMLResponse:
+    return _pages.render(request, "referral-thanks", locale)
 
 
 def _wants_json(request: Request) -> bool:
@@ -477,8 +348,7 @@ def _refused(request: Request, locale: Locale, refusal: ReferralRefused) -> Resp
             {"success": False, "reason": refusal.reason, "error": refusal.one_line()},
             status_code=status,
         )
-    title, problem, fix = _REFUSAL_TEXT[locale][refusal.reason]
-    return _document(locale, title, f"<p>{_e(problem)}</p><p>{_e(fix)}</p>", status=status)
+    return _pages.render(request, "referral-problem", locale, status=status, reason=refusal.reason)
 
 
 def _unavailable(request: Request, locale: Locale, exc: DatabaseError) -> Response:
@@ -487,10 +357,7 @@ def _unavailable(request: Request, locale: Locale, exc: DatabaseError) -> Respon
         return JSONResponse(
             {"success": False, "error": exc.one_line()}, status_code=503, headers=headers
         )
-    t = _TEXT[locale]
-    response = _document(
-        locale, t["retry_title"], f"<p>{_e(t['retry'])}</p><p>{_e(t['retry_fix'])}</p>", status=503
-    )
+    response = _pages.render(request, "referral-problem", locale, status=503, reason="unavailable")
     response.headers.update(headers)
     return response
 
@@ -604,7 +471,7 @@ async def referral_page(
             {"success": True, "code": row.code, "expires_at": row.expires_at.isoformat()}
         )
     device_id, new = _device(request)
-    response = _form_page(locale, channel=_channel(ch), device_id=device_id)
+    response = _form_page(request, locale, channel=_channel(ch), device_id=device_id)
     if new:
         _set_device(request, response, device_id)
     return response
@@ -729,6 +596,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
         values = {k: _text(fields, k) for k in ("name", "email", "phone")}
         device_id = _text(fields, "device_id")
         return _form_page(
+            request,
             locale,
             channel=channel,
             device_id=device_id if _DEVICE.match(device_id) else _device(request)[0],
@@ -747,6 +615,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
                 locale=locale,
                 channel=channel,
                 now=now,
+                consent_wording=_pages.consent_wording(request, "referral", locale),
                 context={
                     k: v
                     for k, v in (
@@ -786,7 +655,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
         return JSONResponse(
             {"success": True, "duplicate": attribution.duplicate, "code": screened.code}
         )
-    return _thanks_page(locale)
+    return _thanks_page(request, locale)
 
 
 _REDEEM_STATUS: Mapping[str, int] = {"unknown_coupon": 404, "held": 409, "cancelled": 410}

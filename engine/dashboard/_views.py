@@ -32,8 +32,7 @@ from temporalio.exceptions import TemporalError
 from engine.analytics import Params, Report, ReportError
 from engine.analytics.service import EARLIEST, LATEST, Freshness, Numbers, Wanted, reports_for
 from engine.api._common import client_address, in_thread, read_body, too_many_failures
-from engine.api.app import SessionDep
-from engine.api.contacts import temporal_client
+from engine.api.deps import SessionDep, temporal_client
 from engine.dashboard import _charts
 from engine.dashboard._auth import Sessions
 from engine.errors import DatabaseError, TemporalUnavailable

@@ -30,6 +30,7 @@ PURE = [
     "engine.nps",
     "engine.addresses",
     "engine.serial",
+    "engine.services.links",
 ]
 FORBIDDEN = ("temporalio", "sqlalchemy", "sqlmodel", "httpx", "psycopg", "fastapi", "workflows")
 

@@ -46,7 +46,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-import engine.api.email_routes as email_routes
+import engine.api.tracking as email_routes
 from connectors.crm import SIGNATURE_HEADER, sign
 from engine.content import (
     BUNDLED_CONTENT_DIR,

@@ -21,16 +21,17 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from engine.api import create_app
-from engine.api.email_routes import (
-    PREFERENCE_TOPICS,
+from engine.api.events import create_write_key
+from engine.api.postmark_webhook import (
     WebhookCredentials,
     bounce_policy,
-    link_signer,
     postmark_webhook_credentials,
 )
-from engine.api.events import create_write_key
 from engine.bounces import METADATA_CONTACT, METADATA_KEY, BouncePolicy, key_digest
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
+from engine.errors import ConfigurationError
+from engine.services.consent import PREFERENCE_TOPICS
+from engine.services.links import link_signer
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Consent, Contact, Event, Identity, Merge, Suppression
@@ -802,3 +803,138 @@ def test_every_route_has_a_summary_in_the_openapi_document(api: TestClient) -> N
             assert spec["paths"][path][method]["summary"], (path, method)
     webhook = spec["paths"]["/webhooks/postmark"]["post"]["requestBody"]["content"]
     assert "hard-bounce" in webhook["application/json"]["examples"]
+
+
+# --- the pages' copy, in zh-CN and en -------------------------------------------------------
+
+PAGE_COPY = {
+    "zh-CN": {
+        "confirm": ("退订", "不再向"),
+        "done": ("您已退订", "管理您的偏好设置"),
+        "preferences": ("您的偏好设置", "月度简报", "微信消息"),
+        "saved": "已保存。",
+        "unsubscribe_wording": "通过我们邮件中的退订链接退订。",
+        "preferences_wording": "在偏好设置页面选择了接收渠道和主题。",
+    },
+    "en": {
+        "confirm": ("Unsubscribe", "Stop all email to"),
+        "done": ("You are unsubscribed", "Manage your preferences"),
+        "preferences": ("Your preferences", "Monthly newsletter", "WeChat messages"),
+        "saved": "Saved.",
+        "unsubscribe_wording": "Unsubscribed with the link in a message we sent.",
+        "preferences_wording": "Chose channels and topics on the preference page.",
+    },
+}
+
+
+def _speaks(engine: Engine, contact_id: str, locale: str) -> None:
+    """The contact's locale as the contact workflow stores it on the contact row."""
+    with Session(engine) as session:
+        row = session.get(Contact, contact_id) or Contact(id=contact_id)
+        row.locale = locale
+        session.add(row)
+        session.commit()
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en"])
+def test_the_unsubscribe_and_preference_pages_speak_the_contacts_language(
+    api: TestClient, engine: Engine, signer: LinkSigner, contact: str, locale: str
+) -> None:
+    _speaks(engine, contact, locale)
+    copy = PAGE_COPY[locale]
+    email = render(signer, contact)
+    # The browser asks for the other language: the contact's own, the one our messages
+    # are written in, wins.
+    other = {"Accept-Language": "en" if locale == "zh-CN" else "zh-CN"}
+
+    page = api.get(email.unsubscribe, headers=other)
+    assert page.status_code == 200
+    assert f'<html lang="{locale}">' in page.text
+    for sentence in copy["confirm"]:
+        assert sentence in page.text
+    assert "l***@example.cn" in page.text
+
+    done = api.post(email.unsubscribe, data={"confirm": "unsubscribe"}, headers=other)
+    assert done.status_code == 200
+    for sentence in copy["done"]:
+        assert sentence in done.text
+    [withdrawn] = events(engine, "email.unsubscribed")
+    assert withdrawn.context["consent_wording"] == copy["unsubscribe_wording"]
+
+    path = email.unsubscribe + "/preferences"
+    form = api.get(path, headers=other)
+    for sentence in copy["preferences"]:
+        assert sentence in form.text
+    saved = api.post(path, data={"form": "preferences", "email": "on"}, headers=other)
+    assert saved.status_code == 200
+    assert copy["saved"] in saved.text
+    [chosen] = [e for e in events(engine, "identify") if e.source == "preference_page"]
+    assert chosen.context["consent_wording"] == copy["preferences_wording"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "lang", "title"),
+    [
+        ("zh-CN,zh;q=0.9", "zh-CN", "链接无法验证"),
+        ("en-GB", "en", "This link cannot be trusted"),
+        (None, "en", "This link cannot be trusted"),  # the pages were English-only before
+    ],
+)
+def test_a_refused_link_is_explained_in_the_browsers_language(
+    api: TestClient,
+    engine: Engine,
+    signer: LinkSigner,
+    contact: str,
+    accept: str | None,
+    lang: str,
+    title: str,
+) -> None:
+    email = render(signer, contact)
+    headers = {"Accept-Language": accept} if accept else {}
+    for path in (tamper(email.unsubscribe), tamper(email.click)):
+        response = api.get(path, headers=headers)
+        assert response.status_code == 403
+        assert f'<html lang="{lang}">' in response.text
+        assert f"<h1>{title}</h1>" in response.text
+    nothing_stored(engine)
+
+
+@pytest.mark.parametrize("locale", ["zh-CN", "en"])
+def test_the_consent_wording_stored_is_the_templates(
+    api: TestClient, engine: Engine, signer: LinkSigner, contact: str, locale: str
+) -> None:
+    """The wording lives with the content layouts, where it is translated and reviewed."""
+    _speaks(engine, contact, locale)
+    source = (BUNDLED_CONTENT_DIR / "_layouts" / "pages" / f"consent.{locale}.j2").read_text()
+    email = render(signer, contact)
+    assert api.post(email.unsubscribe, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    [withdrawn] = events(engine, "email.unsubscribed")
+    wording = withdrawn.context["consent_wording"]
+    assert f'set unsubscribe = "{wording}"' in source
+
+
+def test_a_projects_content_directory_overrides_the_page_copy(
+    engine: Engine, settings: Settings, signer: LinkSigner, contact: str, tmp_path: Path
+) -> None:
+    """A team rewords its unsubscribe page in its own content directory; the bundled
+    files fill in every page it leaves out, and a broken copy stops the API at start."""
+    pages = tmp_path / "project-content" / "_layouts" / "pages"
+    pages.mkdir(parents=True)
+    (pages / "unsubscribe.en.html.j2").write_text(
+        '{% extends "pages/page.html.j2" %}{% set title = "Leaving Ironbridge news?" %}'
+        '{% block body %}<form method="post"><input type="hidden" name="confirm" '
+        'value="unsubscribe"><button type=submit>Yes, stop</button></form>{% endblock %}'
+    )
+    own = settings.model_copy(update={"content_dir": tmp_path / "project-content"})
+    with TestClient(create_app(own, engine=engine)) as client:
+        email = render(signer, contact)
+        page = client.get(email.unsubscribe)
+        assert "<h1>Leaving Ironbridge news?</h1>" in page.text
+        assert "Your preferences" in client.get(email.unsubscribe + "/preferences").text
+
+    (pages / "consent.en.j2").write_text('{% set referral = "I agree." %}')
+    broken = settings.model_copy(update={"content_dir": tmp_path / "project-content"})
+    with pytest.raises(ConfigurationError) as refused:
+        create_app(broken, engine=engine)
+    assert "consent.en.j2 sets no unsubscribe" in refused.value.message
+    assert "_layouts/pages" in refused.value.fix

@@ -4,6 +4,7 @@ coupon's redemption is a touchpoint on the referrer."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from engine.api.referrals import (
     parse_signup,
     router,
 )
+from engine.content import BUNDLED_CONTENT_DIR
 from engine.ingest import Incoming, Ingestor
 from engine.referrals import (
     issue_code,
@@ -578,3 +580,52 @@ def test_the_tree_and_ancestors_over_http(
     assert [c["contact_id"] for c in top["tree"]["children"]] == [friend]
     below = admin(api, "GET", f"/v1/contacts/{friend}/referrals").json()
     assert (below["ancestors"], below["tree"]["children"]) == ([promoter], [])
+
+
+# --- the pages' copy, in zh-CN and en -------------------------------------------------------
+
+REFERRAL_COPY = {
+    "zh-CN": {
+        "form": ("您收到一份邀请", "您的朋友邀请您加入", "手机号", "邮箱和手机号至少填写一项。"),
+        "problems": ("请修改以下内容：", "请勾选同意条款", "请填写姓名"),
+        "thanks": ("谢谢！", "注册成功，我们会尽快与您联系。"),
+        "unknown": ("邀请链接无效", "找不到这个邀请码。"),
+    },
+    "en": {
+        "form": ("You're invited", "A friend invited you", "Mobile phone", "at least one."),
+        "problems": ("Please correct the following:", "tick the box", "name is required"),
+        "thanks": ("Thank you", "You're signed up."),
+        "unknown": ("This invitation link does not work", "We cannot find this invitation"),
+    },
+}
+
+
+@pytest.mark.parametrize("lang", ["zh-CN", "en"])
+def test_every_referral_page_has_its_copy_in_both_locales(
+    api: TestClient, engine: Engine, code: str, lang: str
+) -> None:
+    copy = REFERRAL_COPY[lang]
+    form = api.get(f"/r/{code}?lang={lang}").text
+    for sentence in copy["form"]:
+        assert sentence in html.unescape(form)
+    wrong = api.post(f"/r/{code}", data={"email": "li.lei@example.cn", "lang": lang})
+    assert wrong.status_code == 400
+    for sentence in copy["problems"]:
+        assert sentence in wrong.text
+    done = api.post(f"/r/{code}", data={**FRIEND, "lang": lang})
+    assert done.status_code == 200, done.text
+    for sentence in copy["thanks"]:
+        assert sentence in html.unescape(done.text)
+    unknown = api.get(f"/r/ZZZZZZZZZZ?lang={lang}")
+    assert unknown.status_code == 404
+    for sentence in copy["unknown"]:
+        assert sentence in unknown.text
+    for page in (form, wrong.text, done.text, unknown.text):
+        assert f'<html lang="{lang}">' in page
+
+
+@pytest.mark.parametrize("lang", ["zh-CN", "en"])
+def test_the_referral_consent_wording_is_the_templates(lang: str) -> None:
+    """The checkbox's sentence, stored with each consent, lives with the content layouts."""
+    source = (BUNDLED_CONTENT_DIR / "_layouts" / "pages" / f"consent.{lang}.j2").read_text()
+    assert f'set referral = "{CONSENT_WORDING[lang]}"' in source  # type: ignore[index]
