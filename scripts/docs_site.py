@@ -110,7 +110,7 @@ def openapi_spec() -> dict[str, Any]:
     """
     from sqlalchemy import create_engine
 
-    from engine.api.app import create_app
+    from engine.app import create_app
     from engine.settings import Settings
 
     with tempfile.TemporaryDirectory() as data_dir:

@@ -1,5 +1,5 @@
-"""The HTTP API: FastAPI app factory and routes."""
+"""The HTTP API: its routes, their dependencies (``deps``) and shared request helpers.
 
-from engine.api.app import create_app
-
-__all__ = ["create_app"]
+The application that mounts these routes beside the dashboard's pages is
+:func:`engine.app.create_app`; nothing here imports it, so the arrows point one way.
+"""

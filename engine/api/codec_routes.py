@@ -20,7 +20,7 @@ Decoded payloads are personal data, so only operators get them:
   sends its own OIDC token, to https endpoints only), but sends cookies when its codec
   setting "Include cross-origin credentials" is on (``stagecoach up`` runs a UI server
   configured so, docs/codec.md). The cookie is the dashboard's kind
-  of session (``engine.dashboard.Sessions``) scoped to ``/codec``: ``HttpOnly``,
+  of session (``engine.api.sessions.Sessions``) scoped to ``/codec``: ``HttpOnly``,
   ``SameSite=Strict`` (the UI and the API must be on the same site, as
   ``127.0.0.1:8233`` and ``127.0.0.1:8000`` are), ``Secure`` on an https API.
 
@@ -45,8 +45,8 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
 from engine.api._common import client_address, read_body, too_many_failures
+from engine.api.sessions import COOKIE, Sessions
 from engine.codec import PayloadDecryptionError, payload_codec
-from engine.dashboard import COOKIE, Sessions
 from engine.settings import Settings
 
 PREFIX = "/codec"

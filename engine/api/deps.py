@@ -1,6 +1,6 @@
 """What routes ask FastAPI for: the request's database session, the link signer, the
 Temporal client. Every router imports its dependencies from here, never from the app
-factory (``engine.api.app``), which imports the routers: the arrows point one way.
+factory (``engine.app``), which imports the routers: the arrows point one way.
 
 Each dependency reads what the app factory put on ``app.state``; tests override them
 with ``app.dependency_overrides`` like any FastAPI dependency.

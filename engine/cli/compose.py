@@ -223,7 +223,7 @@ def serve_api(settings: Settings) -> None:
     """Serve the HTTP API with uvicorn until it is stopped."""
     import uvicorn
 
-    from engine.api import create_app
+    from engine.app import create_app
     from engine.runtime import ensure_port_free, freeze_startup_heap
     from engine.settings import check_api_credentials
     from engine.storage.db import private_umask

@@ -33,16 +33,12 @@ allows scripts from this origin only.
 """
 
 from engine.analytics.service import Freshness, Numbers
-from engine.dashboard._auth import COOKIE, Attempt, Sessions
 from engine.dashboard._views import Period, dashboard_router, default_reports
 
 __all__ = [
-    "COOKIE",
-    "Attempt",
     "Freshness",
     "Numbers",
     "Period",
-    "Sessions",
     "dashboard_router",
     "default_reports",
 ]

@@ -33,8 +33,8 @@ from engine.analytics import Params, Report, ReportError
 from engine.analytics.service import EARLIEST, LATEST, Freshness, Numbers, Wanted, reports_for
 from engine.api._common import client_address, in_thread, read_body, too_many_failures
 from engine.api.deps import SessionDep, temporal_client
+from engine.api.sessions import Sessions
 from engine.dashboard import _charts
-from engine.dashboard._auth import Sessions
 from engine.errors import DatabaseError, TemporalUnavailable
 from engine.gateway import ContactNotFound, missing_contact
 from engine.messages import contact_workflow_id

@@ -31,7 +31,7 @@ from sqlmodel import Session
 from engine.analytics import run_report
 from engine.analytics.store import AnalyticsStore, create_tables
 from engine.analytics.synthetic import generate
-from engine.api.app import create_app
+from engine.app import create_app
 from engine.dashboard import Period
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition

@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from engine.analytics.store import AnalyticsStore
-from engine.api.app import create_app
+from engine.app import create_app
 from engine.bounces import key_digest
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade

@@ -1,7 +1,7 @@
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from engine.api import create_app
+from engine.app import create_app
 from engine.settings import Settings
 from engine.storage import make_engine
 

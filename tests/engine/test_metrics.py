@@ -24,8 +24,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from engine import metrics
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.errors import ConfigurationError, DatabaseError, PortInUse
 from engine.ingest import Incoming, Ingestor, parse_message
 from engine.ingest._forwarder import Forwarder

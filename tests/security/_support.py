@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, select
 
-from engine.api import create_app
+from engine.app import create_app
 from engine.ingest import Incoming, Ingestor
 from engine.settings import Settings
 from engine.storage.models import Event

@@ -52,9 +52,9 @@ from sqlmodel import Session, col, select
 
 from connectors.crm import SIGNATURE_HEADER
 from engine.api.events import ReservedSource, create_write_key, hash_key
+from engine.api.sessions import COOKIE, Sessions
 from engine.api.wechat_routes import drain
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
-from engine.dashboard import COOKIE, Sessions
 from engine.settings import DEV_LINK_SECRET, Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, WriteKey
@@ -677,7 +677,7 @@ def test_metrics_opens_only_when_the_operator_says_the_port_is_private(tmp_path:
 
 @pytest.mark.skip(
     reason="the admin token is compared with hmac.compare_digest over SHA-256 digests "
-    "(engine/api/auth.py, engine/dashboard/_auth.py): a code-inspection property; a "
+    "(engine/api/auth.py, engine/api/sessions.py): a code-inspection property; a "
     "timing test would be flaky and prove little"
 )
 def test_admin_token_is_compared_in_constant_time() -> None:

@@ -60,6 +60,7 @@ from sqlmodel import Session, col, select
 
 from connectors.wechat import WeChatConfig, WeChatConnector
 from engine.api.events import create_write_key
+from engine.api.sessions import COOKIE
 from engine.content import (
     BUNDLED_CONTENT_DIR,
     CLICK,
@@ -71,7 +72,6 @@ from engine.content import (
     RenderedMessage,
     RenderError,
 )
-from engine.dashboard import COOKIE
 from engine.delivery import OutgoingMessage
 from engine.referrals import issue_code
 from engine.storage.models import Contact, Identity, Merge, Referral, StageTransition

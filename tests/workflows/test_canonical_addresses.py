@@ -17,8 +17,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.smtp import SmtpConfig, SmtpConnector
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.cli.journeys import REHEARSAL_CONTACT
 from engine.content import ContentLibrary
 from engine.gateway import enrol, send_event

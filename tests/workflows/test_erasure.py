@@ -21,9 +21,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from engine.analytics.service import Numbers
 from engine.analytics.store import AnalyticsStore, default_path
-from engine.api import create_app
 from engine.api.contacts import pseudonym
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import contact_workflow_id
 from engine.storage.models import Consent, Contact, Delivery, Event, Identity, Merge, Outbox

@@ -14,8 +14,8 @@ from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.gateway import ContactNotFound
 from engine.gateway import contact_view as _view
 from engine.ingest._forwarder import backlog

@@ -20,7 +20,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api.app import create_app
+from engine.app import create_app
 from engine.codec import ENCODING, PayloadDecryptionError
 from engine.content import ContentLibrary
 from engine.delivery import (

@@ -19,8 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from connectors.smtp import SmtpConfig, SmtpConnector
 from connectors.wechat import WeChatConfig, WeChatConnector
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.journeys import Journey, NoChannel, compile_journey, on_event, send

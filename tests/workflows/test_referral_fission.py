@@ -17,8 +17,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.filesink import FileSinkConnector
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.referrals import issue_code

@@ -25,8 +25,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from connectors.crm import WebhookConnector, sign
 from connectors.filesink import FileSinkConnector
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import ContactView, contact_workflow_id

@@ -23,10 +23,10 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from engine.api import create_app
 from engine.api._admission import AdmissionGate, Overloaded
 from engine.api.events import create_write_key
 from engine.api.wechat_routes import drain
+from engine.app import create_app
 from engine.errors import ConfigurationError
 from engine.settings import Settings, load_settings
 from engine.storage import make_engine, upgrade

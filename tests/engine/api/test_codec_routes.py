@@ -19,9 +19,9 @@ from sqlalchemy import Engine
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import DataConverter
 
-from engine.api.app import create_app
+from engine.api.sessions import COOKIE, Sessions
+from engine.app import create_app
 from engine.codec import EncryptionCodec, PayloadKeys
-from engine.dashboard import COOKIE, Sessions
 from engine.settings import Settings
 
 TOKEN = "codec-admin-token"

@@ -29,9 +29,9 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.api import contacts as contacts_module
-from engine.api import create_app
 from engine.api.contacts import pseudonym
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.messages import ContactView, OpenRequest, TransitionRecord, contact_workflow_id
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from engine.api import create_app
+from engine.app import create_app
 from engine.errors import DatabaseError
 from engine.ingest import Incoming, Ingestor, Outcome
 from engine.settings import Settings

@@ -20,13 +20,13 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine.api import create_app
 from engine.api.events import create_write_key
 from engine.api.postmark_webhook import (
     WebhookCredentials,
     bounce_policy,
     postmark_webhook_credentials,
 )
+from engine.app import create_app
 from engine.bounces import METADATA_CONTACT, METADATA_KEY, BouncePolicy, key_digest
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
 from engine.errors import ConfigurationError

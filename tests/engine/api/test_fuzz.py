@@ -14,8 +14,8 @@ import schemathesis
 from pydantic import SecretStr
 from schemathesis import GenerationMode
 
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 

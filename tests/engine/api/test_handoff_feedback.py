@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from connectors.crm import sign
-from engine.api import create_app
 from engine.api.handoffs import router
+from engine.app import create_app
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, Handoff, Merge, Outbox

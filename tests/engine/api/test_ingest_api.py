@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.ingest import verify_consent_chain
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine.api import create_app
 from engine.api.events import MAX_PROBLEMS, create_write_key
+from engine.app import create_app
 from engine.ingest import MAX_BATCH_BYTES
 from engine.ingest._segment import MAX_DEPTH
 from engine.settings import Settings

@@ -18,7 +18,6 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from engine.api import create_app
 from engine.api.events import create_write_key
 from engine.api.referrals import (
     CONSENT_WORDING,
@@ -27,6 +26,7 @@ from engine.api.referrals import (
     parse_signup,
     router,
 )
+from engine.app import create_app
 from engine.content import BUNDLED_CONTENT_DIR
 from engine.ingest import Incoming, Ingestor
 from engine.referrals import (

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from engine.analytics import Section
 from engine.analytics.service import csv_cell, section_csv
-from engine.api.app import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.cli import app as cli
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from engine.api.app import create_app
+from engine.app import create_app
 from engine.cli import app as cli
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade

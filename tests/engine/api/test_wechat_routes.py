@@ -22,8 +22,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from structlog.testing import capture_logs
 
-from engine.api import create_app
 from engine.api.wechat_routes import drain
+from engine.app import create_app
 from engine.errors import DatabaseError
 from engine.ingest import Incoming, Ingestor, Outcome
 from engine.settings import Settings

@@ -19,8 +19,8 @@ from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.storage.models import Event

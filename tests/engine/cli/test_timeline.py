@@ -18,8 +18,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.messages import EVENTS_SIGNAL, contact_workflow_id
 from engine.settings import Settings

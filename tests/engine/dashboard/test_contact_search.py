@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine.api import create_app
 from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.settings import Settings
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Event

@@ -23,8 +23,9 @@ from temporalio.client import Client
 
 from engine.analytics import Params
 from engine.analytics.store import AnalyticsStore
-from engine.api.app import create_app
-from engine.dashboard import COOKIE, Numbers, Period, Sessions
+from engine.api.sessions import COOKIE, Sessions
+from engine.app import create_app
+from engine.dashboard import Numbers, Period
 from engine.settings import Settings
 from engine.storage.models import Contact, StageTransition
 from tests.browser.conftest import ADMIN_TOKEN, TRUTH, seed_dashboard, seeded_settings

@@ -22,7 +22,7 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from engine.analytics.store import AnalyticsStore
-from engine.api.app import create_app
+from engine.app import create_app
 from engine.cli import app as cli
 from engine.messages import OpenRequest, TransitionRecord
 from engine.referrals import issue_code

@@ -1,4 +1,7 @@
-"""The FastAPI app factory: one of the composition roots.
+"""The HTTP application: the API's routes and the dashboard's pages, mounted together.
+
+It sits above both ``engine.api`` and ``engine.dashboard`` (which uses the API's
+dependencies and sessions), so neither imports the other back.
 
 Routes get their database session from ``engine.api.deps.get_session``, a dependency
 that tests override; the engine is built here from settings unless one is handed in.
@@ -28,6 +31,7 @@ from engine.api._common import database_unavailable
 from engine.api._docs import install_docs
 from engine.api._pages import Pages
 from engine.api.auth import ADMIN_RESPONSES, require_admin
+from engine.api.codec_routes import codec_router
 from engine.api.contacts import router as contacts_router
 from engine.api.events import WriteKeys, keys_router
 from engine.api.events import router as events_router
@@ -39,6 +43,7 @@ from engine.api.reports import router as reports_router
 from engine.api.tracking import router as tracking_router
 from engine.api.wechat_routes import drain
 from engine.api.wechat_routes import router as wechat_router
+from engine.dashboard import dashboard_router, default_reports
 from engine.errors import DatabaseError
 from engine.ingest import Ingestor, relevant_event_types
 from engine.metrics import AdmissionCollector, OutboxCollector, registry_with, render
@@ -182,11 +187,6 @@ def create_app(
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
     app.include_router(reports_router)
-    # Imported here, not at the top: the dashboard imports engine.api's helpers, and
-    # importing any of them imports this module (engine/api/__init__.py).
-    from engine.api.codec_routes import codec_router
-    from engine.dashboard import dashboard_router, default_reports
-
     # One report cache for the dashboard and /v1/reports: each report computed once per copy.
     app.state.reports = reports_for(settings, defaults=default_reports)
     app.include_router(dashboard_router(settings, numbers=app.state.reports))
