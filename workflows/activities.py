@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -68,6 +68,34 @@ from engine.storage.models import (
 
 SENT_RECORD_PATIENCE = 40.0
 """Seconds ``contact.deliver`` keeps retrying the record of an accepted send."""
+
+_T = TypeVar("_T")
+
+HEARTBEAT_EVERY = 2.0
+"""Seconds between heartbeats when the attempt has no heartbeat timeout to go by."""
+
+
+async def _heartbeating(work: Awaitable[_T]) -> _T:
+    """Await ``work`` while a side task heartbeats: the connector's send is one await
+    (an SMTP conversation, an HTTP call) that cannot heartbeat from inside. Beats five
+    times per heartbeat timeout, at most every 2 s; the SDK throttles what reaches the
+    server. Cancelling ``work`` (the attempt cancelled or timed out) ends the beats too."""
+    timeout = activity.info().heartbeat_timeout
+    every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 5) if timeout else HEARTBEAT_EVERY
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    beats = asyncio.create_task(beat())
+    try:
+        return await work
+    finally:
+        beats.cancel()
+        # Collects the beats' own cancellation; a cancellation of this task still
+        # propagates from here.
+        await asyncio.gather(beats, return_exceptions=True)
 
 
 class ContactActivities:
@@ -137,6 +165,13 @@ class ContactActivities:
 
     @activity.defn(name="contact.deliver")
     async def deliver(self, request: DeliverRequest) -> DeliverOutcome:
+        """``_deliver``, heartbeating all along: the workflow gives each attempt a
+        heartbeat timeout of seconds, so an attempt lost with its worker (SIGKILL, a
+        crash) is retried that soon rather than at the end of its start-to-close timeout.
+        The retry sends under the same idempotency key, recorded before the first send."""
+        return await _heartbeating(self._deliver(request))
+
+    async def _deliver(self, request: DeliverRequest) -> DeliverOutcome:
         """Check, render, record the key, send, record the result. Never sends twice."""
         if request.enrolment_started_at is not None:
             await asyncio.to_thread(
