@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func
@@ -115,6 +115,7 @@ class ContactActivities:
         timeline_url: Callable[[str], str] = lambda contact_id: f"/v1/contacts/{contact_id}",
         public_url: str = "",
         referral_policy: ReferralPolicy | None = None,
+        retry_hint_max: timedelta | None = None,
     ) -> None:
         self._engine = engine
         self._definitions = definitions
@@ -127,6 +128,13 @@ class ContactActivities:
         self._timeline_url = timeline_url
         self._public_url = public_url
         self._referral_policy = referral_policy or ReferralPolicy()
+        self._retry_hint_max = retry_hint_max
+
+    def _hint(self, retry_after: timedelta | None) -> timedelta | None:
+        """A connector's retry hint, capped by ``STAGECOACH_RETRY_HINT_MAX_SECONDS``."""
+        if retry_after is None or self._retry_hint_max is None:
+            return retry_after
+        return min(retry_after, self._retry_hint_max)
 
     def all(self) -> list[Callable[..., object]]:
         return [
@@ -297,7 +305,9 @@ class ContactActivities:
         except RetryableDeliveryError as exc:
             await asyncio.to_thread(self._record, request, status="sending", error=exc.message)
             raise ApplicationError(
-                exc.message, type="RetryableDeliveryError", next_retry_delay=exc.retry_after
+                exc.message,
+                type="RetryableDeliveryError",
+                next_retry_delay=self._hint(exc.retry_after),
             ) from exc
         except ConsentRevoked as exc:
             await asyncio.to_thread(self._suppress, request, "consent_revoked")
@@ -354,7 +364,9 @@ class ContactActivities:
                 )
             )
         except RetryableDeliveryError as exc:
-            raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
+            raise ApplicationError(
+                exc.message, next_retry_delay=self._hint(exc.retry_after)
+            ) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             await asyncio.to_thread(self._handoff_status, row.id, "failed")
             count_handoff(row.team, row.grade, "failed")
@@ -403,7 +415,9 @@ class ContactActivities:
                 )
             )
         except RetryableDeliveryError as exc:
-            raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
+            raise ApplicationError(
+                exc.message, next_retry_delay=self._hint(exc.retry_after)
+            ) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
         await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)
