@@ -281,6 +281,19 @@ class Settings(BaseSettings):
     hubspot_token: SecretStr | None = Field(default=None, description="Private app token.")
     hubspot_base_url: str = "https://api.hubapi.com"
     hubspot_lifecycle_stage: str = "marketingqualifiedlead"
+    # --- retry and cache timings (the fault suite's short form shortens them) ----------
+    retry_hint_max_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Longest wait a connector's retry hint may ask for (SMTP 421: 120 s, "
+        "a dropped connection: 30 s, a rate limit: 60 s); unset: the hint as given.",
+    )
+    opener_ttl_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="How long the API trusts its copy of the published journeys: a "
+        "publish reaches new contacts within it.",
+    )
     # --- referral programme (engine.referrals.ReferralPolicy) --------------------------
     referral_code_ttl_days: float = Field(default=180, gt=0)
     referral_max_uses: int = Field(default=50, ge=1, description="Sign-ups per code.")

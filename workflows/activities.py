@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -80,6 +80,34 @@ from engine.storage.models import (
 SENT_RECORD_PATIENCE = 40.0
 """Seconds ``contact.deliver`` keeps retrying the record of an accepted send."""
 
+_T = TypeVar("_T")
+
+HEARTBEAT_EVERY = 2.0
+"""Seconds between heartbeats when the attempt has no heartbeat timeout to go by."""
+
+
+async def _heartbeating(work: Awaitable[_T]) -> _T:
+    """Await ``work`` while a side task heartbeats: the connector's send is one await
+    (an SMTP conversation, an HTTP call) that cannot heartbeat from inside. Beats five
+    times per heartbeat timeout, at most every 2 s; the SDK throttles what reaches the
+    server. Cancelling ``work`` (the attempt cancelled or timed out) ends the beats too."""
+    timeout = activity.info().heartbeat_timeout
+    every = min(HEARTBEAT_EVERY, timeout.total_seconds() / 5) if timeout else HEARTBEAT_EVERY
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    beats = asyncio.create_task(beat())
+    try:
+        return await work
+    finally:
+        beats.cancel()
+        # Collects the beats' own cancellation; a cancellation of this task still
+        # propagates from here.
+        await asyncio.gather(beats, return_exceptions=True)
+
 
 class ContactActivities:
     """Side effects of the contact workflow."""
@@ -98,6 +126,7 @@ class ContactActivities:
         timeline_url: Callable[[str], str] = lambda contact_id: f"/v1/contacts/{contact_id}",
         public_url: str = "",
         referral_policy: ReferralPolicy | None = None,
+        retry_hint_max: timedelta | None = None,
     ) -> None:
         self._engine = engine
         self._definitions = definitions
@@ -110,6 +139,13 @@ class ContactActivities:
         self._timeline_url = timeline_url
         self._public_url = public_url
         self._referral_policy = referral_policy or ReferralPolicy()
+        self._retry_hint_max = retry_hint_max
+
+    def _hint(self, retry_after: timedelta | None) -> timedelta | None:
+        """A connector's retry hint, capped by ``STAGECOACH_RETRY_HINT_MAX_SECONDS``."""
+        if retry_after is None or self._retry_hint_max is None:
+            return retry_after
+        return min(retry_after, self._retry_hint_max)
 
     def all(self) -> list[Callable[..., object]]:
         return [
@@ -148,6 +184,13 @@ class ContactActivities:
 
     @activity.defn(name=DELIVER_ACTIVITY)
     async def deliver(self, request: DeliverRequest) -> DeliverOutcome:
+        """``_deliver``, heartbeating all along: the workflow gives each attempt a
+        heartbeat timeout of seconds, so an attempt lost with its worker (SIGKILL, a
+        crash) is retried that soon rather than at the end of its start-to-close timeout.
+        The retry sends under the same idempotency key, recorded before the first send."""
+        return await _heartbeating(self._deliver(request))
+
+    async def _deliver(self, request: DeliverRequest) -> DeliverOutcome:
         """Check, render, record the key, send, record the result. Never sends twice."""
         if request.enrolment_started_at is not None:
             await asyncio.to_thread(
@@ -277,7 +320,9 @@ class ContactActivities:
         except RetryableDeliveryError as exc:
             await asyncio.to_thread(self._record, request, status="sending", error=exc.message)
             raise ApplicationError(
-                exc.message, type="RetryableDeliveryError", next_retry_delay=exc.retry_after
+                exc.message,
+                type="RetryableDeliveryError",
+                next_retry_delay=self._hint(exc.retry_after),
             ) from exc
         except ConsentRevoked as exc:
             await asyncio.to_thread(self._suppress, request, "consent_revoked")
@@ -337,7 +382,9 @@ class ContactActivities:
                 )
             )
         except RetryableDeliveryError as exc:
-            raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
+            raise ApplicationError(
+                exc.message, next_retry_delay=self._hint(exc.retry_after)
+            ) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             await asyncio.to_thread(self._handoff_status, row.id, "failed")
             count_handoff(row.team, row.grade, "failed", rehearsal=request.rehearsal)
@@ -386,7 +433,9 @@ class ContactActivities:
                 )
             )
         except RetryableDeliveryError as exc:
-            raise ApplicationError(exc.message, next_retry_delay=exc.retry_after) from exc
+            raise ApplicationError(
+                exc.message, next_retry_delay=self._hint(exc.retry_after)
+            ) from exc
         except (PermanentDeliveryError, ConsentRevoked) as exc:
             activity.logger.warning("hand-off %s %s not sent: %s", row.id, request.kind, exc)
         await asyncio.to_thread(self._handoff_sla_sent, row.id, request.kind)

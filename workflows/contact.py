@@ -714,6 +714,9 @@ class ContactWorkflow:
                 request,
                 result_type=DeliverOutcome,
                 start_to_close_timeout=timedelta(seconds=60),
+                # The attempt heartbeats all along: one lost with its worker is retried
+                # (same idempotency key) within seconds, not at the 60 s above.
+                heartbeat_timeout=timedelta(seconds=10),
                 schedule_to_close_timeout=timedelta(days=1),
                 retry_policy=DELIVERY_RETRY,
                 summary=f"{name}/{command.step_id} via {channel}",

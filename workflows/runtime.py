@@ -78,15 +78,13 @@ class ContactOpener:
     Whoever starts contact workflows in bulk (the ingestion API's forwarder, rehearsals,
     the demo) holds one. The definitions are cached for ``ttl``, well inside the
     workflow's own reload interval, so a deploy or a publish reaches new contacts within
-    a minute.
+    a minute (``STAGECOACH_OPENER_TTL_SECONDS``).
     """
 
-    def __init__(
-        self, engine: Engine, settings: Settings, *, ttl: timedelta = timedelta(minutes=1)
-    ) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, ttl: timedelta | None = None) -> None:
         self._engine = engine
         self._load: Callable[[], Definitions] = definitions_loader(engine, settings)
-        self._ttl = ttl
+        self._ttl = ttl if ttl is not None else timedelta(seconds=settings.opener_ttl_seconds)
         self._cached: Definitions | None = None
         self._guard = threading.Lock()
         # Contacts this opener saw opened: the forwarder asks for every batch it sends,
@@ -221,4 +219,9 @@ def contact_activities(
         timeline_url=lambda contact_id: f"{settings.api_base_url}/v1/contacts/{contact_id}",
         public_url=settings.api_base_url,
         referral_policy=ReferralPolicy.from_settings(settings),
+        retry_hint_max=(
+            timedelta(seconds=settings.retry_hint_max_seconds)
+            if settings.retry_hint_max_seconds
+            else None
+        ),
     )

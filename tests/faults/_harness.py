@@ -70,6 +70,38 @@ def contacts_from_env(default: int = 60) -> int:
     return int(os.environ.get("STAGECOACH_FAULT_CONTACTS", str(default)))
 
 
+FULL = contacts_from_env() >= 500
+"""The full form (``STAGECOACH_FAULT_CONTACTS=500``): today's lengths for every timing."""
+
+
+def fault_seconds(name: str, *, short: float, full: float | None) -> float | None:
+    """``STAGECOACH_FAULT_<NAME>_SECONDS`` if set, else the short or the full form's value.
+
+    The short form (CI) keeps every fault and every check but shortens what the run
+    would otherwise sit out; the full form keeps the product's real lengths. ``None``
+    (full form only): leave the product's own value alone."""
+    raw = os.environ.get(f"STAGECOACH_FAULT_{name}_SECONDS", "").strip()
+    if raw:
+        return float(raw)
+    return full if FULL else short
+
+
+def seconds(name: str, *, short: float, full: float) -> float:
+    """:func:`fault_seconds` for a timing both forms have."""
+    value = fault_seconds(name, short=short, full=full)
+    assert value is not None
+    return value
+
+
+RETRY_HINT_MAX = fault_seconds("RETRY_HINT", short=3.0, full=None)
+"""``STAGECOACH_RETRY_HINT_MAX_SECONDS`` of the stack: the longest a retried send waits on
+its connector's hint (SMTP 421: 120 s, a dropped connection: 30 s, WeChat's minute quota:
+60 s). Short form: 3 s, so each deferral costs seconds; full form: the hints as given."""
+OPENER_TTL = seconds("OPENER_TTL", short=5.0, full=60.0)
+"""``STAGECOACH_OPENER_TTL_SECONDS`` of the stack: the API's definitions cache, which a
+publish reaches new contacts within (scenario 8 waits it out)."""
+
+
 # --- processes --------------------------------------------------------------------------
 
 
@@ -166,7 +198,10 @@ class Stack:
             STAGECOACH_LOG_LEVEL="info",
             STAGECOACH_WORKER_METRICS_PORT="off",
             STAGECOACH_TEMPORAL_METRICS_PORT="off",
+            STAGECOACH_OPENER_TTL_SECONDS=str(OPENER_TTL),
         )
+        if RETRY_HINT_MAX is not None:
+            env["STAGECOACH_RETRY_HINT_MAX_SECONDS"] = str(RETRY_HINT_MAX)
         env.update({f"STAGECOACH_{k.upper()}": v for k, v in connector.items()})
         engine = make_engine(settings.resolved_database_url)
         upgrade(engine)

@@ -15,10 +15,16 @@ server SIGKILLed and restarted on its SQLite file; 3 the API SIGKILLed with batc
 flight; 4 an SMTP relay that drops connections, answers 421, and refuses one address
 with 550; 8 a journey version published mid-run; 9 one of two workers SIGKILLed.
 
-What bounds the short form's time is the product's own waiting, not the load: a
-SIGKILL that catches a send in flight costs it the 60 s start-to-close timeout; a 421
-defers an SMTP send two minutes; a publish reaches new contacts once the API's
-definitions cache (a minute) turns over.
+What bounds the time is the product's own waiting, not the load: a SIGKILL that
+catches a send in flight costs it the delivery's heartbeat timeout (10 s); a 421 defers
+an SMTP send two minutes and a dropped connection 30 s; a publish reaches new contacts
+once the API's definitions cache (a minute) turns over. The short form keeps every fault
+and every check and shortens that waiting through settings (``_harness.fault_seconds``):
+the stack's ``STAGECOACH_RETRY_HINT_MAX_SECONDS`` caps connector hints at 3 s, its
+``STAGECOACH_OPENER_TTL_SECONDS`` is 5, the 421 period 5 s. The full form keeps the
+product's lengths (no cap, a minute's cache, 120 s of 421). Each length can be set with
+``STAGECOACH_FAULT_<NAME>_SECONDS``: ``RETRY_HINT``, ``OPENER_TTL``, ``SMTP_DROP``,
+``SMTP_421``, ``LOCK``, ``OUTAGE``, ``CRM_DOWN``, ``TOKEN``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from engine.publishing import latest, publish
 from engine.search_keys import register_search_attributes
 from tests.faults._harness import (
     EVENTS_PER_CONTACT,
+    OPENER_TTL,
     WAITING_STEP,
     Books,
     Child,
@@ -54,6 +61,7 @@ from tests.faults._harness import (
     deliveries,
     drive,
     people,
+    seconds,
     until,
 )
 from tests.helpers import free_port
@@ -66,7 +74,10 @@ CONTACTS = contacts_from_env()
 FULL = CONTACTS >= 500
 RATE = 60.0 if not FULL else 150.0
 SETTLE = 200.0 if not FULL else 600.0
-DROPS = 5.0
+DROPS = seconds("SMTP_DROP", short=5.0, full=5.0)
+"""Scenario 4: how long the relay drops every connection."""
+SMTP_421 = seconds("SMTP_421", short=5.0, full=120.0)
+"""Scenario 4: how long (at least) the relay answers 421 afterwards."""
 
 
 def _http_stack(
@@ -223,7 +234,7 @@ async def test_smtp_outage_then_a_refused_address_sends_everyone_else_once(
     """4. The SMTP relay drops connections for a while, then answers 421 for a period,
     and refuses one address with 550 throughout: that contact's send fails for good
     (nothing received, its delivery failed); everyone else gets one message."""
-    outage = 10.0 if not FULL else 120.0
+    outage = SMTP_421
     persons = people(f"s{uuid.uuid4().hex[:6]}", CONTACTS)
     refused = persons[CONTACTS // 2].email
     started = time.monotonic()
@@ -242,7 +253,8 @@ async def test_smtp_outage_then_a_refused_address_sends_everyone_else_once(
 
             async def relay() -> None:
                 # Drops first (the connector retries 30 s later), then 421 for at least
-                # ``outage`` and until the retries met it (a 421 defers two minutes).
+                # ``outage`` and until the retries met it (a 421 defers two minutes; the
+                # short form caps both hints at ``RETRY_HINT_MAX``).
                 dropped = time.monotonic()
                 await asyncio.sleep(DROPS)
                 peer.drop_sessions(False)
@@ -406,10 +418,6 @@ async def test_temporal_sigkilled_and_restarted_on_its_database_loses_nothing(
         finally:
             await stack.close(contact_ids(stack.engine, persons).values())
             server.child.kill()
-
-
-OPENER_TTL = 60.0
-"""``ContactOpener``'s definitions cache in the API: a publish reaches new contacts within it."""
 
 
 @pytest.mark.timeout(420 if not FULL else 1800)

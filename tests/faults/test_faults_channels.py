@@ -19,7 +19,7 @@ loopback peers that record what they took in), with the channel under fault swap
    identify; score 75 from pricing views, the whitepaper download and a demo request),
    which the contact workflow hands to sales through the webhook connector. Once a
    quarter of the hand-offs are in, the receiver goes down for
-   ``STAGECOACH_FAULT_CRM_DOWN_SECONDS`` (75 s in the short form, 1800 s in the full
+   ``STAGECOACH_FAULT_CRM_DOWN_SECONDS`` (30 s in the short form, 1800 s in the full
    form): the first half refusing connections, the second half answering 503. Then it
    comes back. From the receiver's records: one hand-off per contact, one delivery per
    idempotency key, none lost; and the time from the receiver's return until the last
@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import time
 import uuid
 from collections import Counter
@@ -62,6 +61,7 @@ from tests.faults._harness import (
     deliveries,
     drive,
     people,
+    seconds,
     until,
 )
 from tests.peers.crm import WebhookReceiver
@@ -75,11 +75,11 @@ FULL = CONTACTS >= 500
 RATE = 60.0 if not FULL else 150.0
 SETTLE = 200.0 if not FULL else 600.0
 
-TOKEN_SECONDS = float(os.environ.get("STAGECOACH_FAULT_TOKEN_SECONDS", "3"))
+TOKEN_SECONDS = seconds("TOKEN", short=3.0, full=3.0)
 """Scenario 5: every WeChat token dies at each multiple of this many seconds."""
 ANNOUNCED_LIFETIME = 7200.0
 """...while the peer says ``expires_in`` 7200, as WeChat does."""
-CRM_DOWN = float(os.environ.get("STAGECOACH_FAULT_CRM_DOWN_SECONDS", "1800" if FULL else "75"))
+CRM_DOWN = seconds("CRM_DOWN", short=30.0, full=1800.0)
 """Scenario 6: how long the CRM receiver is down."""
 HANDOFF_MAX_INTERVAL = 1800.0
 """``HANDOFF_RETRY.maximum_interval`` (workflows/contact.py): the longest wait between

@@ -6,14 +6,16 @@ the outbox drained, every journey at its step).
 
 - 7a, SQLite: a separate process takes the write lock (``BEGIN EXCLUSIVE``) while
   contacts are being created and sent to, and holds it for ``STAGECOACH_FAULT_LOCK_SECONDS``
-  (default 30). In WAL mode readers go on; every writer waits its ``busy_timeout``
-  (5 s) and then fails: the API must answer 503 with ``Retry-After`` (never 500) and the
-  client resend the same message ids; the worker's activities must retry rather than
-  fail a journey; the outbox must drain once the lock is gone.
+  (10 in the short form, 30 in the full form). In WAL mode readers go on; every writer
+  waits its ``busy_timeout`` (5 s) and then fails: the API must answer 503 with
+  ``Retry-After`` (never 500) and the client resend the same message ids; the worker's
+  activities must retry rather than fail a journey; the outbox must drain once the lock
+  is gone.
 - 7b, PostgreSQL: the stack runs on a PostgreSQL cluster of the test's own. Mid-run it
   is restarted (``pg_ctl restart -m fast``), then stopped as a crash would
-  (``-m immediate``) and kept down for ``STAGECOACH_FAULT_OUTAGE_SECONDS`` (default 30,
-  longer than the API's write-key cache) before it starts again on the same data
+  (``-m immediate``) and kept down for ``STAGECOACH_FAULT_OUTAGE_SECONDS`` (12 in the
+  short form; 30 in the full form, longer than the API's 30 s write-key cache, so a key
+  lookup surely meets the dead database) before it starts again on the same data
   directory. Pools must drop the dead connections (``pool_pre_ping``).
 
     pytest tests/faults/test_faults_storage.py -m faults -s                    # short
@@ -49,6 +51,7 @@ from tests.faults._harness import (
     contacts_from_env,
     drive,
     people,
+    seconds,
 )
 from tests.faults.test_faults import _http_books, _settle
 from tests.helpers import free_port, fresh_postgres_database
@@ -59,8 +62,10 @@ pytestmark = pytest.mark.faults
 CONTACTS = contacts_from_env()
 FULL = CONTACTS >= 500
 RATE = 60.0 if not FULL else 150.0
-LOCK_SECONDS = float(os.environ.get("STAGECOACH_FAULT_LOCK_SECONDS", "30"))
-OUTAGE_SECONDS = float(os.environ.get("STAGECOACH_FAULT_OUTAGE_SECONDS", "30"))
+LOCK_SECONDS = seconds("LOCK", short=10.0, full=30.0)
+"""7a: how long another process holds the write lock; past the 5 s ``busy_timeout``."""
+OUTAGE_SECONDS = seconds("OUTAGE", short=12.0, full=30.0)
+"""7b: how long PostgreSQL stays down after the crash."""
 SERVER_ERRORS = ("500", "502", "504")
 
 _HOLD_LOCK = """
@@ -115,12 +120,13 @@ async def _hold_write_lock(path: Path, seconds: float, workload: Workload) -> st
 
 
 @pytest.mark.timeout(480 if not FULL else 1800)
-async def test_sqlite_write_lock_held_30_s_loses_and_doubles_nothing(
+async def test_sqlite_write_lock_held_by_another_process_loses_and_doubles_nothing(
     env: WorkflowEnvironment, task_queue: str, tmp_path: Path
 ) -> None:
-    """7a. Another process holds the SQLite write lock for 30 s while contacts are being
-    created and sent to: the API answers 503 (never 500) and the client resends, the
-    worker's writes retry, and once the lock is gone everything completes once."""
+    """7a. Another process holds the SQLite write lock (10 s, or 30 s in the full form;
+    past the 5 s busy timeout either way) while contacts are being created and sent to:
+    the API answers 503 (never 500) and the client resends, the worker's writes retry,
+    and once the lock is gone everything completes once."""
     persons = people(f"l{uuid.uuid4().hex[:6]}", CONTACTS)
     started = time.monotonic()
     with HttpEmailPeer() as peer:
@@ -243,11 +249,12 @@ def postgres() -> Iterator[Postgres]:
 
 @pytest.mark.postgres
 @pytest.mark.timeout(480 if not FULL else 1800)
-async def test_postgres_restarted_and_down_30_s_loses_and_doubles_nothing(
+async def test_postgres_restarted_then_down_a_while_loses_and_doubles_nothing(
     env: WorkflowEnvironment, task_queue: str, tmp_path: Path, postgres: Postgres
 ) -> None:
-    """7b. On PostgreSQL: restarted mid-run, then crashed and kept down for 30 s; the API
-    answers 503 while it is gone, every pool reconnects, and the books balance."""
+    """7b. On PostgreSQL: restarted mid-run, then crashed and kept down (12 s, or 30 s in
+    the full form); the API answers 503 while it is gone, every pool reconnects, and the
+    books balance."""
     persons = people(f"p{uuid.uuid4().hex[:6]}", CONTACTS)
     started = time.monotonic()
     with HttpEmailPeer() as peer:
