@@ -23,26 +23,11 @@ with workflow.unsafe.imports_passed_through():
 
     from engine import contact as model
     from engine.conditions import EventRecord, Facts
-    from engine.journeys import (
-        HandOff,
-        HandoffResult,
-        JourneySpec,
-        parsed_spec,
-    )
-    from engine.messages import (
-        ActiveJourney,
-        Definitions,
-        EventMessage,
-    )
-    from engine.pipeline import (
-        Pipeline,
-        Transition,
-    )
+    from engine.journeys import HandOff, HandoffResult, JourneySpec, parsed_spec
+    from engine.messages import ActiveJourney, Definitions, EventMessage
+    from engine.pipeline import Pipeline, Transition
     from engine.policy import SendPolicy
-    from engine.protocol import (
-        LOAD_DEFINITIONS_ACTIVITY,
-        timer_summary,
-    )
+    from engine.protocol import LOAD_DEFINITIONS_ACTIVITY, timer_summary
     from engine.search_keys import KEYS
 
 

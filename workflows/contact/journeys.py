@@ -49,10 +49,7 @@ with workflow.unsafe.imports_passed_through():
         EnrolmentRecord,
         EnrolResult,
     )
-    from engine.pipeline import (
-        PipelineError,
-        advance_to,
-    )
+    from engine.pipeline import PipelineError, advance_to
     from engine.protocol import (
         DELIVER_ACTIVITY,
         RECORD_ENROLMENT_ACTIVITY,

@@ -7,10 +7,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from engine.messages import (
-        ConversionRequest,
-        RewardDecision,
-    )
+    from engine.messages import ConversionRequest, RewardDecision
     from engine.protocol import (
         RECORD_CONVERSION_ACTIVITY,
         REFERRAL_TIMERS,

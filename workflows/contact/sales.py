@@ -11,21 +11,9 @@ with workflow.unsafe.imports_passed_through():
     from datetime import datetime
 
     from engine.conditions import EventRecord
-    from engine.journeys import (
-        HandOff,
-        HandoffResult,
-    )
-    from engine.messages import (
-        ActiveJourney,
-        HandOffOutcome,
-        HandOffRequest,
-        SlaRequest,
-    )
-    from engine.pipeline import (
-        PipelineError,
-        Recycle,
-        apply_recycle,
-    )
+    from engine.journeys import HandOff, HandoffResult
+    from engine.messages import ActiveJourney, HandOffOutcome, HandOffRequest, SlaRequest
+    from engine.pipeline import PipelineError, Recycle, apply_recycle
     from engine.protocol import (
         HAND_OFF_ACTIVITY,
         HANDOFF_SLA_ACTIVITY,

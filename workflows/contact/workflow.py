@@ -18,6 +18,10 @@ what the pure core decides into durable effects:
 
 Everything that decides is pure and lives in ``engine``; this module only orchestrates,
 so it stays deterministic: time from ``workflow.now()``, no I/O, no randomness.
+
+This module holds the handlers and the run loop; the journey driver (``journeys``), the
+sales hand-off (``sales``) and the referral rewards (``referrals``) are mixins of the
+one workflow class, over the state and helpers they share (``core``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import asyncio
 from collections import deque
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -36,12 +39,8 @@ with workflow.unsafe.imports_passed_through():
 
     from engine import contact as model
     from engine.conditions import EventRecord
-    from engine.journeys import (
-        EventReceived,
-        JourneySpec,
-    )
+    from engine.journeys import EventReceived
     from engine.messages import (
-        ActiveJourney,
         ContactInput,
         ContactView,
         Definitions,
@@ -53,10 +52,7 @@ with workflow.unsafe.imports_passed_through():
         OpenRequest,
         TransitionRecord,
     )
-    from engine.pipeline import (
-        Transition,
-        parsed_pipeline,
-    )
+    from engine.pipeline import Transition, parsed_pipeline
     from engine.policy import SendPolicy
     from engine.protocol import (
         CONTACT_WORKFLOW,
@@ -89,19 +85,19 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
         self._records_in_background = inp.records_in_background
         self._applies_opening_first = inp.applies_opening_first
         self._waits_for_channel = inp.waits_for_channel
-        self._recording: list[workflow.ActivityHandle[None]] = []
-        self._inbox: deque[EventMessage] = deque(inp.pending)
-        self._fired: deque[tuple[str, str]] = deque()
-        self._enrol_queue: deque[tuple[str, float]] = deque()
-        self._state: model.ContactState | None = None
-        self._definitions: Definitions | None = inp.definitions
-        self._active: dict[str, ActiveJourney] = {}
-        self._specs: dict[str, JourneySpec] = {}
-        self._timers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._recording = []
+        self._inbox = deque(inp.pending)
+        self._fired = deque()
+        self._enrol_queue = deque()
+        self._state = None
+        self._definitions = inp.definitions
+        self._active = {}
+        self._specs = {}
+        self._timers = {}
         self._lock = asyncio.Lock()
         self._run_events = 0
-        self._merged_into: str | None = None
-        self._handoff: dict[str, Any] | None = inp.handoff
+        self._merged_into = None
+        self._handoff = inp.handoff
         self._score_as_shown = inp.score_as_shown
 
     # --- handlers ----------------------------------------------------------------------
