@@ -26,7 +26,7 @@ from engine.messages import Definitions, DeliverRequest, EventMessage, OpenReque
 from engine.pipeline import Pipeline
 from engine.policy import SendPolicy
 from engine.settings import Settings
-from workflows.activities import ContactActivities
+from workflows.contact import ContactActivities
 
 
 def send_policy(settings: Settings) -> SendPolicy:

@@ -20,7 +20,7 @@ the contact worker's CPU per signalled event (``tests/bench/test_event_cost.py``
   how the sandbox isolates module state. Where no bytecode cache exists (a source
   checkout run with ``PYTHONDONTWRITEBYTECODE=1``, as this project's test and dev
   environments are; an installed wheel has its ``.pyc`` files) that meant compiling
-  ``workflows/contact.py`` from source each time: several milliseconds of CPU per run.
+  ``workflows/contact/`` from source each time: several milliseconds of CPU per run.
   Here the workflow package's modules are compiled once per file version (path,
   modification time, size), and each import still executes the module body afresh in
   the sandbox's own module: only the compilation is shared.

@@ -36,7 +36,7 @@ from engine.delivery import Connector
 from engine.errors import ConfigurationError
 from engine.settings import Settings
 from engine.storage.interactions import interaction_hook
-from workflows.activities import ContactActivities
+from workflows.contact import ContactActivities
 from workflows.runtime import contact_activities
 
 if TYPE_CHECKING:

@@ -82,7 +82,7 @@ ANNOUNCED_LIFETIME = 7200.0
 CRM_DOWN = seconds("CRM_DOWN", short=30.0, full=1800.0)
 """Scenario 6: how long the CRM receiver is down."""
 HANDOFF_MAX_INTERVAL = 1800.0
-"""``HANDOFF_RETRY.maximum_interval`` (workflows/contact.py): the longest wait between
+"""``HANDOFF_RETRY.maximum_interval`` (workflows/contact/sales.py): the longest wait between
 two hand-off attempts, so the longest a recovered receiver waits for the last one."""
 WEBHOOK_SECRET = "whsec-faults"
 

@@ -186,7 +186,7 @@ def _libraries(
 
 def _link_variables(library: ContentLibrary, item: str) -> frozenset[str]:
     """Variables whose defaults are URLs: Stagecoach fills them (the referral share link,
-    ``workflows/activities.py``), never a contact's data; they keep their defaults."""
+    ``workflows/contact/activities.py``), never a contact's data; they keep their defaults."""
     return frozenset(
         name
         for name, defaults in library.item(item).variables.items()

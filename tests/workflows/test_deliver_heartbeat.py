@@ -23,7 +23,7 @@ from engine.messages import DeliverRequest
 from engine.storage import make_engine, upgrade
 from tests.helpers import runtime_settings
 from tests.peers.http_email import GENERIC, HttpEmailPeer
-from workflows.activities import ContactActivities
+from workflows.contact import ContactActivities
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=1)
 STALL = 2.0

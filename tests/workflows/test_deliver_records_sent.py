@@ -13,14 +13,14 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
 
-import workflows.activities as activities_module
+import workflows.contact.activities as activities_module
 from engine.cli.compose import build_activities
 from engine.delivery import OutgoingMessage, SendResult
 from engine.messages import DeliverRequest
 from engine.storage import make_engine, upgrade
 from engine.storage.models import Delivery
 from tests.helpers import runtime_settings
-from workflows.activities import ContactActivities
+from workflows.contact import ContactActivities
 
 
 class CountingEmail:

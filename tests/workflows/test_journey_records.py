@@ -197,7 +197,7 @@ async def test_a_run_ends_only_after_its_background_records(
         time.sleep(1.5)
         save_enrolment(engine, record)
 
-    monkeypatch.setattr("workflows.activities.save_enrolment", slow_save)
+    monkeypatch.setattr("workflows.contact.activities.save_enrolment", slow_save)
     contact = "jr-can"
     # No address: the nurture waits for a channel across the first continue-as-new;
     # the unsubscribe (its exit criteria) ends it in the second run.
