@@ -4,9 +4,9 @@
   CLI) by default; the Java time-skipping test server for tests marked
   ``time_skipping``. Both are started once per session and only if a test needs them.
 - ``task_queue``: a fresh task queue per test, so workers never steal each other's work.
-- ``db_engine``: a migrated database per test. In-memory SQLite by default; a fresh
-  database on a real PostgreSQL server (installed and started here) for tests marked
-  ``postgres``.
+- ``db_engine``: a migrated database per test, copied from a template migrated once per
+  session (``tests.helpers.migrated_engine``). In-memory SQLite by default; a database on
+  a real PostgreSQL server (installed and started here) for tests marked ``postgres``.
 - ``--run-bench``: benchmarks under tests/bench run only when asked (``make bench``).
 """
 
@@ -27,8 +27,8 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
-from tests.helpers import free_port, fresh_postgres_database
+from engine.storage import make_engine
+from tests.helpers import free_port, fresh_postgres_database, migrated_engine
 from workflows.search_attributes import ALL_KEYS, register_search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,8 @@ def postgres_server() -> Iterator[str]:
 
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> str:
-    """A URL to an empty database: a fresh PostgreSQL database or in-memory SQLite."""
+    """A URL to an empty database: a fresh PostgreSQL database or in-memory SQLite. For
+    tests of the migrations themselves; everything else wants ``db_engine``."""
     if not request.node.get_closest_marker("postgres"):
         return "sqlite://"
     base: str = request.getfixturevalue("postgres_server")
@@ -205,10 +206,14 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_engine(database_url: str) -> Iterator[Engine]:
-    """A migrated database for this test."""
-    engine = make_engine(database_url)
-    upgrade(engine)
+def db_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A migrated database for this test: a copy of the session's migrated template
+    (in-memory SQLite, or a PostgreSQL database for tests marked ``postgres``)."""
+    url = "sqlite://"
+    if request.node.get_closest_marker("postgres"):
+        base: str = request.getfixturevalue("postgres_server")
+        url = f"{base}/t_{uuid.uuid4().hex[:16]}"
+    engine = migrated_engine(url)
     yield engine
     engine.dispose()
 

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
+from tests.helpers import migrated_engine
 from tests.security._support import make_app, make_settings
 
 
@@ -22,8 +22,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     yield db
     db.dispose()
 

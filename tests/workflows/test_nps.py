@@ -122,13 +122,11 @@ async def test_offers_are_refused_while_service_recovery_is_open(tmp_path: Path)
     """The delivery activity itself refuses promotional kinds; service messages go."""
     from temporalio.testing import ActivityEnvironment
 
-    from engine.storage import make_engine, upgrade
-    from tests.helpers import runtime_settings
+    from tests.helpers import migrated_engine, runtime_settings
     from workflows.runtime import build_activities
 
     settings = runtime_settings(tmp_path, "unused")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     activities = build_activities(engine, settings)
 
     def request(content_id: str, recovery: str) -> DeliverRequest:

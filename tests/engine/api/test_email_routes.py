@@ -32,8 +32,8 @@ from engine.api.events import create_write_key
 from engine.bounces import METADATA_CONTACT, METADATA_KEY, BouncePolicy, key_digest
 from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Consent, Contact, Event, Identity, Merge, Suppression
+from tests.helpers import migrated_engine
 
 ADDRESS = "li.lei@example.cn"
 DELIVERY_KEY = "c|b2b_nurture|v1|welcome|1"
@@ -42,8 +42,7 @@ WEBHOOK_AUTH = ("postmark-hooks", "correct horse battery staple")
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/email.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/email.db")
     yield db
     db.dispose()
 

@@ -25,9 +25,9 @@ from engine.api.app import create_app
 from engine.api.events import create_write_key
 from engine.cli import app as cli
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition
 from tests.engine.api.test_reports_api import ADMIN, TOKEN, _seed
+from tests.helpers import migrated_engine
 
 
 @pytest.fixture
@@ -42,8 +42,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     _seed(db)
     yield db
     db.dispose()

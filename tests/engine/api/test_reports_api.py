@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from engine.api.app import create_app
 from engine.cli import app as cli
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, StageTransition
+from tests.helpers import migrated_engine
 
 TOKEN = "reports-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,8 +79,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     _seed(db)
     yield db
     db.dispose()

@@ -27,7 +27,6 @@ from engine.api.wechat_routes import drain
 from engine.errors import DatabaseError
 from engine.ingest import Incoming, Ingestor, Outcome
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.interactions import (
     contact_last_interaction,
     interaction_hook,
@@ -35,6 +34,7 @@ from engine.storage.interactions import (
 )
 from engine.storage.models import Event, Identity
 from engine.wechat_callback import sign
+from tests.helpers import migrated_engine
 
 TOKEN = "stagecoach-token"
 ENCODING_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -48,8 +48,7 @@ APPS = {
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/wechat.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/wechat.db")
     yield db
     db.dispose()
 
