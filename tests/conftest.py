@@ -7,6 +7,9 @@
 - ``db_engine``: a migrated database per test, copied from a template migrated once per
   session (``tests.helpers.migrated_engine``). In-memory SQLite by default; a database on
   a real PostgreSQL server (installed and started here) for tests marked ``postgres``.
+- ``settings``, ``api_app``, ``api``: settings confined to the test's directory
+  (``@pytest.mark.settings(...)`` overrides them) and the HTTP API built on them and on
+  ``db_engine``, driven in-process by a TestClient.
 - ``--run-bench``: benchmarks under tests/bench run only when asked (``make bench``).
 """
 
@@ -20,12 +23,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from engine.api import create_app
 from engine.settings import Settings
 from engine.storage import make_engine
 from tests.helpers import free_port, fresh_postgres_database, migrated_engine
@@ -219,6 +226,28 @@ def db_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings confined to this test's temporary directory."""
-    return Settings(data_dir=tmp_path / ".stagecoach", cache_dir=tmp_path / "cache")
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings confined to this test's temporary directory; a test's
+    ``@pytest.mark.settings(...)`` keywords override them."""
+    marker = request.node.get_closest_marker("settings")
+    values: dict[str, Any] = {"data_dir": tmp_path / ".stagecoach", "cache_dir": tmp_path / "cache"}
+    values.update(marker.kwargs if marker else {})
+    return Settings(**values)
+
+
+# --- the API -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_app(settings: Settings, db_engine: Engine) -> FastAPI:
+    """The HTTP API as ``create_app`` builds it, on this test's migrated database. A module
+    changes what it is built from by overriding ``settings`` or ``db_engine``."""
+    return create_app(settings, engine=db_engine)
+
+
+@pytest.fixture
+def api(api_app: FastAPI) -> Iterator[TestClient]:
+    """The API driven in-process, its startup and shutdown run; redirects are answers,
+    not followed, so tests see where they point."""
+    with TestClient(api_app, follow_redirects=False) as client:
+        yield client
