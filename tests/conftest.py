@@ -251,3 +251,4 @@ def api(api_app: FastAPI) -> Iterator[TestClient]:
     not followed, so tests see where they point."""
     with TestClient(api_app, follow_redirects=False) as client:
         yield client
+    api_app.state.reports.wait(30)  # a background report copy must not outlive the test

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 from pydantic import SecretStr
@@ -63,13 +64,18 @@ def signer(settings: Settings) -> LinkSigner:
 
 
 @pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    app.dependency_overrides[postmark_webhook_credentials] = lambda: WebhookCredentials(
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's database file."""
+    return engine
+
+
+@pytest.fixture
+def api_app(api_app: FastAPI) -> FastAPI:
+    """The shared app, with Postmark's webhook credentials configured."""
+    api_app.dependency_overrides[postmark_webhook_credentials] = lambda: WebhookCredentials(
         *WEBHOOK_AUTH
     )
-    with TestClient(app, follow_redirects=False) as client:
-        yield client
+    return api_app
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from engine.analytics import Section
 from engine.analytics.service import csv_cell, section_csv
-from engine.api.app import create_app
 from engine.api.events import create_write_key
 from engine.cli import app as cli
 from engine.settings import Settings
@@ -49,11 +48,9 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    with TestClient(app) as client:
-        yield client
-    app.state.reports.wait(30)
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's seeded database file."""
+    return engine
 
 
 # --- dates out of range ----------------------------------------------------------------

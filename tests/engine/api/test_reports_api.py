@@ -16,7 +16,6 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from engine.api.app import create_app
 from engine.cli import app as cli
 from engine.settings import Settings
 from engine.storage.models import Contact, Event, StageTransition
@@ -86,11 +85,9 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    with TestClient(app) as client:
-        yield client
-    app.state.reports.wait(30)  # a background copy must not outlive the test (and log)
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's seeded database file."""
+    return engine
 
 
 def test_the_funnel_counts_what_the_database_holds(api: TestClient) -> None:
