@@ -59,11 +59,16 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    app.state.wechat_apps = APPS
-    with TestClient(app) as client:
-        yield client
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's database file."""
+    return engine
+
+
+@pytest.fixture
+def api_app(api_app: FastAPI) -> FastAPI:
+    """The shared app, serving this module's two WeChat official accounts."""
+    api_app.state.wechat_apps = APPS
+    return api_app
 
 
 def app_of(api: TestClient) -> FastAPI:
