@@ -4,9 +4,12 @@
   CLI) by default; the Java time-skipping test server for tests marked
   ``time_skipping``. Both are started once per session and only if a test needs them.
 - ``task_queue``: a fresh task queue per test, so workers never steal each other's work.
-- ``db_engine``: a migrated database per test. In-memory SQLite by default; a fresh
-  database on a real PostgreSQL server (installed and started here) for tests marked
-  ``postgres``.
+- ``db_engine``: a migrated database per test, copied from a template migrated once per
+  session (``tests.helpers.migrated_engine``). In-memory SQLite by default; a database on
+  a real PostgreSQL server (installed and started here) for tests marked ``postgres``.
+- ``settings``, ``api_app``, ``api``: settings confined to the test's directory
+  (``@pytest.mark.settings(...)`` overrides them) and the HTTP API built on them and on
+  ``db_engine``, driven in-process by a TestClient.
 - ``--run-bench``: benchmarks under tests/bench run only when asked (``make bench``).
 """
 
@@ -20,16 +23,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from engine.app import create_app
 from engine.search_keys import ALL_KEYS, register_search_attributes
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
-from tests.helpers import free_port, fresh_postgres_database
+from engine.storage import make_engine
+from tests.helpers import free_port, fresh_postgres_database, migrated_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,7 +204,8 @@ def postgres_server() -> Iterator[str]:
 
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> str:
-    """A URL to an empty database: a fresh PostgreSQL database or in-memory SQLite."""
+    """A URL to an empty database: a fresh PostgreSQL database or in-memory SQLite. For
+    tests of the migrations themselves; everything else wants ``db_engine``."""
     if not request.node.get_closest_marker("postgres"):
         return "sqlite://"
     base: str = request.getfixturevalue("postgres_server")
@@ -205,15 +213,42 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def db_engine(database_url: str) -> Iterator[Engine]:
-    """A migrated database for this test."""
-    engine = make_engine(database_url)
-    upgrade(engine)
+def db_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A migrated database for this test: a copy of the session's migrated template
+    (in-memory SQLite, or a PostgreSQL database for tests marked ``postgres``)."""
+    url = "sqlite://"
+    if request.node.get_closest_marker("postgres"):
+        base: str = request.getfixturevalue("postgres_server")
+        url = f"{base}/t_{uuid.uuid4().hex[:16]}"
+    engine = migrated_engine(url)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings confined to this test's temporary directory."""
-    return Settings(data_dir=tmp_path / ".stagecoach", cache_dir=tmp_path / "cache")
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings confined to this test's temporary directory; a test's
+    ``@pytest.mark.settings(...)`` keywords override them."""
+    marker = request.node.get_closest_marker("settings")
+    values: dict[str, Any] = {"data_dir": tmp_path / ".stagecoach", "cache_dir": tmp_path / "cache"}
+    values.update(marker.kwargs if marker else {})
+    return Settings(**values)
+
+
+# --- the API -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api_app(settings: Settings, db_engine: Engine) -> FastAPI:
+    """The HTTP API as ``create_app`` builds it, on this test's migrated database. A module
+    changes what it is built from by overriding ``settings`` or ``db_engine``."""
+    return create_app(settings, engine=db_engine)
+
+
+@pytest.fixture
+def api(api_app: FastAPI) -> Iterator[TestClient]:
+    """The API driven in-process, its startup and shutdown run; redirects are answers,
+    not followed, so tests see where they point."""
+    with TestClient(api_app, follow_redirects=False) as client:
+        yield client
+    api_app.state.reports.wait(30)  # a background report copy must not outlive the test

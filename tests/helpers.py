@@ -1,9 +1,16 @@
 """Small helpers shared by tests (fixtures live in conftest.py)."""
 
+import atexit
+import shutil
 import socket
+import sqlite3
+import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine, make_url
 
 from engine.settings import Settings
 
@@ -50,3 +57,89 @@ def fresh_postgres_database(base: str, prefix: str = "t") -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{base}/{name}"
+
+
+# --- migrated databases ------------------------------------------------------------------
+#
+# Running Alembic to head takes a large fraction of a second per database, and most tests
+# want a migrated database. The schema is built once per test process (a SQLite file, a
+# PostgreSQL template database per server) and each test gets a copy: SQLite's backup API
+# copies the pages in milliseconds, PostgreSQL's CREATE DATABASE ... TEMPLATE copies the
+# files. Tests of the migrations themselves keep calling ``upgrade``.
+
+_template_lock = threading.Lock()
+_sqlite_template: Path | None = None
+_pg_templates: dict[str, str] = {}
+
+
+def _sqlite_template_path() -> Path:
+    """A SQLite file migrated to head, built on first use and removed at exit."""
+    global _sqlite_template
+    with _template_lock:
+        if _sqlite_template is None:
+            from engine.storage import make_engine, upgrade
+
+            folder = Path(tempfile.mkdtemp(prefix="stagecoach-template-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = folder / "template.db"
+            engine = make_engine(f"sqlite:///{path}")
+            upgrade(engine)
+            engine.dispose()  # the last close checkpoints the WAL into the file
+            _sqlite_template = path
+        return _sqlite_template
+
+
+def _postgres_template(base: str) -> str:
+    """The name of a migrated template database on the server at ``base``."""
+    with _template_lock:
+        name = _pg_templates.get(base)
+        if name is None:
+            from engine.storage import make_engine, upgrade
+
+            url = fresh_postgres_database(base, prefix="template")
+            engine = make_engine(url)
+            upgrade(engine)
+            engine.dispose()  # CREATE DATABASE ... TEMPLATE needs it unused
+            name = url.rsplit("/", 1)[1]
+            _pg_templates[base] = name
+        return name
+
+
+def migrated_engine(url: str) -> Engine:
+    """An engine on ``url`` holding the schema at head, as ``upgrade`` would leave it.
+
+    SQLite (a file or in-memory) gets a copy of the session's migrated template; a
+    PostgreSQL URL names a database that must not exist yet: it is created from the
+    server's migrated template.
+    """
+    from engine.storage import make_engine
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = make_engine(url)
+        source = sqlite3.connect(_sqlite_template_path())
+        try:
+            with engine.connect() as conn:
+                target = conn.connection.dbapi_connection
+                assert isinstance(target, sqlite3.Connection)
+                source.backup(target)
+        finally:
+            source.close()
+        return engine
+    name = parsed.database
+    assert name, f"{url} names no database"
+    base = url.rsplit("/", 1)[0]
+    template = _postgres_template(base)
+    _create_postgres_database(base, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return make_engine(url)
+
+
+def _create_postgres_database(base: str, statement: str) -> None:
+    from sqlalchemy import text
+
+    from engine.storage import make_engine
+
+    admin = make_engine(f"{base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(statement))
+    admin.dispose()

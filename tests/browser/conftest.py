@@ -36,9 +36,8 @@ from engine.analytics.store import AnalyticsStore
 from engine.app import create_app
 from engine.bounces import key_digest
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Delivery, Event, JourneyEnrolment, StageTransition
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, migrated_engine
 
 ADMIN_TOKEN = "browser-test-admin-token-0123456789"
 CHROMIUM_ARGS = [
@@ -270,8 +269,7 @@ def seeded_settings(tmp: Path, **overrides: Any) -> Settings:
 
 def seeded_database(settings: Settings) -> Engine:
     """A migrated database at ``settings``' URL, seeded, and its analytics store synced."""
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     seed_dashboard(engine, datetime.now(UTC))
     assert settings.analytics_path is not None
     AnalyticsStore(settings.analytics_path).sync(engine)

@@ -1,16 +1,12 @@
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
 
 from engine.app import create_app
 from engine.settings import Settings
 from engine.storage import make_engine
 
 
-def test_healthz_reports_ok_with_a_reachable_database(
-    settings: Settings, db_engine: Engine
-) -> None:
-    with TestClient(create_app(settings, engine=db_engine)) as http:
-        resp = http.get("/healthz")
+def test_healthz_reports_ok_with_a_reachable_database(api: TestClient) -> None:
+    resp = api.get("/healthz")
     assert resp.status_code == 200
     assert resp.json()["database"] == "ok"
 
@@ -23,7 +19,6 @@ def test_healthz_is_503_with_the_cause_when_the_database_is_down(settings: Setti
     assert "127.0.0.1:1" in resp.json()["database"]
 
 
-def test_openapi_documents_the_health_endpoint(settings: Settings, db_engine: Engine) -> None:
-    with TestClient(create_app(settings, engine=db_engine)) as http:
-        spec = http.get("/openapi.json").json()
+def test_openapi_documents_the_health_endpoint(api: TestClient) -> None:
+    spec = api.get("/openapi.json").json()
     assert "/healthz" in spec["paths"]

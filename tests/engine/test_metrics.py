@@ -30,9 +30,9 @@ from engine.errors import ConfigurationError, DatabaseError, PortInUse
 from engine.ingest import Incoming, Ingestor, parse_message
 from engine.ingest._forwarder import Forwarder
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
+from engine.storage import make_engine
 from engine.storage.models import Outbox
-from tests.helpers import free_port
+from tests.helpers import free_port, migrated_engine
 
 TOKEN = "metrics-test-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -55,8 +55,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/metrics.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/metrics.db")
     yield db
     db.dispose()
 

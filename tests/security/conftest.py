@@ -1,4 +1,8 @@
-"""Fixtures of the security suite: a migrated SQLite file, the fully configured app."""
+"""Fixtures of the security suite: a migrated SQLite file, the fully configured app.
+
+The app and its TestClient are the shared ``api_app`` and ``api`` fixtures of
+tests/conftest.py, built on the settings and database defined here.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
-from tests.security._support import make_app, make_settings
+from tests.helpers import migrated_engine
+from tests.security._support import make_settings
 
 
 @pytest.fixture
@@ -21,15 +24,13 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+def db_engine(settings: Settings) -> Iterator[Engine]:
+    """The database file the settings name, migrated: the app as deployed opens it."""
+    db = migrated_engine(settings.resolved_database_url)
     yield db
     db.dispose()
 
 
 @pytest.fixture
-def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    """The app as deployed, driven in-process; redirects are answers, not followed."""
-    with TestClient(make_app(settings, engine), follow_redirects=False) as client:
-        yield client
+def engine(db_engine: Engine) -> Engine:
+    return db_engine

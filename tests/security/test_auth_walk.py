@@ -56,8 +56,8 @@ from engine.api.sessions import COOKIE, Sessions
 from engine.api.wechat_routes import drain
 from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
 from engine.settings import DEV_LINK_SECRET, Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, WriteKey
+from tests.helpers import migrated_engine
 from tests.security._support import (
     ADMIN_TOKEN,
     LINK_SECRET,
@@ -612,8 +612,7 @@ def test_an_app_without_credentials_configured_opens_nothing(tmp_path: Path) -> 
     """No admin token, no webhook secrets, no WeChat app: every guarded route stays shut
     (503 naming the setting, never a 2xx), whatever a caller sends."""
     settings = make_settings(tmp_path, configured=False)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     guesses: list[Headers] = [
         {},
         {"Authorization": "Bearer "},
@@ -651,8 +650,7 @@ def test_an_app_without_credentials_configured_opens_nothing(tmp_path: Path) -> 
 
 def test_a_blank_admin_token_counts_as_unset(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, admin_token="   ")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     try:
         with TestClient(make_app(settings, engine), follow_redirects=False) as api:
             for headers in ({}, {"Authorization": "Bearer    "}, {"Authorization": "Bearer  "}):
@@ -664,8 +662,7 @@ def test_a_blank_admin_token_counts_as_unset(tmp_path: Path) -> None:
 
 def test_metrics_opens_only_when_the_operator_says_the_port_is_private(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, metrics_public=True)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     try:
         with TestClient(make_app(settings, engine), follow_redirects=False) as api:
             assert api.get("/metrics").status_code == 200
@@ -941,8 +938,7 @@ def test_a_write_key_revoked_through_the_api_is_refused_at_once(
 
 def test_strangers_keys_do_not_grow_the_lookup_cache_without_bound(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, write_key_cache_size=50)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     key = create_write_key(engine, "website", source="website")
     try:
         with TestClient(make_app(settings, engine), follow_redirects=False) as api:
@@ -969,8 +965,7 @@ def test_strangers_keys_do_not_grow_the_lookup_cache_without_bound(tmp_path: Pat
 def throttled(tmp_path: Path) -> Any:
     """An app that lets a client send 3 wrong admin tokens per 60 s, with a movable clock."""
     settings = make_settings(tmp_path, auth_failure_limit=3, auth_failure_window=60)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     app = make_app(settings, engine)
     clock = [5000.0]
     app.state.clock = lambda: clock[0]

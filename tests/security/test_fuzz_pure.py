@@ -104,7 +104,6 @@ from engine.journeys import (
 from engine.journeys._steps import Channel, SplitBranch, SplitStep, WaitForEventStep
 from engine.publishing import validate_definitions
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, Identity, Merge
 from engine.wechat_callback import (
     MAX_BODY_BYTES,
@@ -117,6 +116,7 @@ from engine.wechat_callback import (
 from engine.wechat_callback import (
     parse_message as parse_wechat_message,
 )
+from tests.helpers import migrated_engine
 from tests.security._support import WECHAT_APP, WECHAT_TOKEN
 
 EXAMPLES = int(os.environ.get("STAGECOACH_FUZZ_EXAMPLES", "150"))
@@ -720,8 +720,7 @@ def test_identity_merges_keep_one_live_contact_per_identity_and_lose_no_event(
             break
         requests.append(accepted[at : at + size])
         at += size
-    engine = make_engine("sqlite://")
-    upgrade(engine)
+    engine = migrated_engine("sqlite://")
     try:
         ingestor = Ingestor(engine)
         outcomes: list[Outcome] = []

@@ -59,8 +59,8 @@ from engine.content import (
 from engine.errors import ConfigurationError
 from engine.referrals import issue_code
 from engine.settings import load_settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, Handoff, Referral, ReferralCode, Suppression
+from tests.helpers import migrated_engine
 from tests.security._support import (
     CONTACT_EMAIL,
     PUBLIC_URL,
@@ -668,8 +668,7 @@ def _rotated_api(tmp_path: Path, previous: str | None) -> Iterator[TestClient]:
         link_secret=SecretStr(NEW_SECRET),
         link_secret_previous=SecretStr(previous) if previous is not None else None,
     )
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     try:
         with TestClient(make_app(settings, db), follow_redirects=False) as client:
             yield client

@@ -36,8 +36,7 @@ import sqlalchemy as sa
 from engine.analytics.store import AnalyticsStore
 from engine.content import LinkSigner
 from engine.settings import DEV_LINK_SECRET, LINK_SECRET_FILE
-from engine.storage import make_engine, upgrade
-from tests.helpers import free_port
+from tests.helpers import free_port, migrated_engine
 
 pytestmark = pytest.mark.e2e
 
@@ -109,8 +108,7 @@ def test_an_admin_token_under_the_minimum_length_stops_the_api(tmp_path: Path) -
 @contextlib.contextmanager
 def _serving(tmp_path: Path, **values: str) -> Iterator[str]:
     env = _env(tmp_path, STAGECOACH_LINK_SECRET=GOOD_SECRET, **values)
-    db = make_engine(f"sqlite:///{tmp_path / '.stagecoach' / 'stagecoach.db'}")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path / '.stagecoach' / 'stagecoach.db'}")
     db.dispose()
     url = f"http://127.0.0.1:{env['STAGECOACH_API_PORT']}"
     log = (tmp_path / "api.log").open("wb")
@@ -193,8 +191,7 @@ def test_the_analytics_copy_is_created_readable_by_its_user_only(tmp_path: Path)
     """Through the Python API, in a process whose umask lets others read (0022)."""
     previous = os.umask(0o022)
     try:
-        db = make_engine(f"sqlite:///{tmp_path / 'app.db'}")
-        upgrade(db)
+        db = migrated_engine(f"sqlite:///{tmp_path / 'app.db'}")
         store = AnalyticsStore(tmp_path / "analytics.duckdb")
         store.sync(db)
         with store.read() as con:

@@ -25,8 +25,7 @@ from engine.delivery import Connector
 from engine.gateway import send_event
 from engine.messages import EventMessage, contact_workflow_id
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
-from tests.helpers import runtime_settings
+from tests.helpers import migrated_engine, runtime_settings
 from workflows.client import with_settings
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
@@ -141,8 +140,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """The production worker on ``task_queue``; ``connectors`` replaces the file sink."""
     settings = runtime_settings(tmp_path, task_queue, **overrides)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     contact = build_activities(engine, settings, content=content, connectors=connectors)
     client = with_settings(env.client, settings)  # the payload codec, as connect() gives it
     worker = build_worker(

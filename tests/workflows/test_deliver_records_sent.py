@@ -17,9 +17,8 @@ import workflows.contact.activities as activities_module
 from engine.cli.compose import build_activities
 from engine.delivery import OutgoingMessage, SendResult
 from engine.messages import DeliverRequest
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Delivery
-from tests.helpers import runtime_settings
+from tests.helpers import migrated_engine, runtime_settings
 from workflows.contact import ContactActivities
 
 
@@ -71,8 +70,7 @@ def _locked_for(activities: ContactActivities, failures: int) -> list[int]:
 @pytest.fixture
 def wired(tmp_path: Path) -> Any:
     settings = runtime_settings(tmp_path, "unused")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     email = CountingEmail()
     yield engine, email, build_activities(engine, settings, connectors={"email": email})
     engine.dispose()

@@ -22,9 +22,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.gateway import send_event
 from engine.messages import EventMessage, contact_workflow_id
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Delivery
-from tests.helpers import runtime_settings
+from tests.helpers import migrated_engine, runtime_settings
 from tests.peers.http_email import GENERIC, HttpEmailPeer
 from tests.workflows.conftest import eventually
 
@@ -60,8 +59,7 @@ async def test_a_worker_killed_mid_send_and_restarted_sends_each_message_once(
     env: WorkflowEnvironment, task_queue: str, tmp_path: Path
 ) -> None:
     settings = runtime_settings(tmp_path, task_queue)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     ids = [f"kill-{n}" for n in range(CONTACTS)]
     with HttpEmailPeer() as peer:
         peer.stall_next(8.0, count=CONTACTS)  # each is taken in, then the answer hangs

@@ -28,8 +28,7 @@ from engine.content import ContentLibrary
 from engine.delivery import PermanentDeliveryError, RetryableDeliveryError
 from engine.gateway import send_event
 from engine.messages import EventMessage, contact_workflow_id
-from engine.storage import make_engine, upgrade
-from tests.helpers import free_port, runtime_settings
+from tests.helpers import free_port, migrated_engine, runtime_settings
 from tests.workflows.conftest import eventually, open_runtime
 from tests.workflows.test_delivery import Faulty
 from workflows.client import connect
@@ -210,8 +209,7 @@ async def test_the_worker_command_exports_temporal_sdk_metrics(
     runtime = _worker_metrics(settings)
     assert runtime is not None
     client: Client = await connect(settings, runtime=runtime)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     sink = FileSinkConnector(tmp_path / "sink-email", channel="email")
     flaky = Faulty(sink, RetryableDeliveryError("421 try later"), times=1)
     activities = build_activities(

@@ -123,12 +123,10 @@ async def test_offers_are_refused_while_service_recovery_is_open(tmp_path: Path)
     from temporalio.testing import ActivityEnvironment
 
     from engine.cli.compose import build_activities
-    from engine.storage import make_engine, upgrade
-    from tests.helpers import runtime_settings
+    from tests.helpers import migrated_engine, runtime_settings
 
     settings = runtime_settings(tmp_path, "unused")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     activities = build_activities(engine, settings)
 
     def request(content_id: str, recovery: str) -> DeliverRequest:

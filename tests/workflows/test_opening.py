@@ -17,9 +17,8 @@ from engine.messages import Definitions, EnrolRequest, EventMessage, contact_wor
 from engine.publishing import publish_bundled
 from engine.search_attributes import JOURNEYS, STAGE
 from engine.search_keys import KEYS
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition
-from tests.helpers import runtime_settings
+from tests.helpers import migrated_engine, runtime_settings
 from tests.workflows.conftest import Runtime, eventually
 from workflows.runtime import UNPUBLISHED_TTL, ContactOpener
 
@@ -178,8 +177,7 @@ async def test_an_opener_that_sees_no_published_journey_leaves_the_opening_to_th
     """Before any worker has published, an opening would carry no journeys and the
     contact would never enter one: the opener declines."""
     settings = runtime_settings(tmp_path, "no-journeys-yet")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     opener = ContactOpener(engine, settings)
     assert opener.definitions().journeys == {}
     assert await opener.open("early-1", event=_identify("early-1")) is None
@@ -193,8 +191,7 @@ def test_no_journey_published_is_trusted_for_a_second_not_a_minute(tmp_path: Pat
     is published the answer is read once a second, not once a call, and the first
     publish is seen within that second, not the minute a published set is kept."""
     settings = runtime_settings(tmp_path, "no-journeys-ttl")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     opener = ContactOpener(engine, settings)
     loads = 0
     load = opener._load

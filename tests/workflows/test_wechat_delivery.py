@@ -60,13 +60,11 @@ def test_a_wechat_revocation_lasts_until_the_next_interaction(tmp_path: Path) ->
     from sqlmodel import Session
 
     from engine.cli.compose import build_activities
-    from engine.storage import make_engine, upgrade
     from engine.storage.models import Contact, Event, Suppression
-    from tests.helpers import runtime_settings
+    from tests.helpers import migrated_engine, runtime_settings
 
     settings = runtime_settings(tmp_path, "unused")
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     activities = build_activities(engine, settings)
     revoked_at = datetime.now(UTC) - timedelta(hours=1)
     with Session(engine) as session:

@@ -18,7 +18,6 @@ from engine.analytics.store import AnalyticsStore, create_tables, default_path
 from engine.analytics.synthetic import generate
 from engine.bounces import key_digest
 from engine.errors import DatabaseError
-from engine.storage import make_engine, upgrade
 from engine.storage.models import (
     Contact,
     Delivery,
@@ -29,6 +28,7 @@ from engine.storage.models import (
     ReferralCode,
     StageTransition,
 )
+from tests.helpers import migrated_engine
 
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 KEY = "c1|welcome|v1|welcome-1|1"
@@ -37,8 +37,7 @@ KEY = "c1|welcome|v1|welcome-1|1"
 @pytest.fixture
 def source(tmp_path: Path) -> Iterator[Engine]:
     """A migrated SQLite file database, as the embedded default runs."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'stagecoach.db'}")
-    upgrade(engine)
+    engine = migrated_engine(f"sqlite:///{tmp_path / 'stagecoach.db'}")
     yield engine
     engine.dispose()
 

@@ -29,10 +29,9 @@ from engine.api.wechat_routes import drain
 from engine.app import create_app
 from engine.errors import ConfigurationError
 from engine.settings import Settings, load_settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Event
 from engine.wechat_callback import sign
-from tests.helpers import free_port
+from tests.helpers import free_port, migrated_engine
 
 ADMIN = "admin-token-for-backpressure"
 WECHAT_TOKEN = "stagecoach-token"
@@ -49,8 +48,7 @@ SINGLE: dict[str, dict[str, Any]] = {
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/backpressure.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/backpressure.db")
     yield db
     db.dispose()
 

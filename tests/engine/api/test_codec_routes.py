@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,9 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def api(tmp_path: Path, db_engine: Engine) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(tmp_path), engine=db_engine)) as client:
-        yield client
+def settings(tmp_path: Path) -> Settings:
+    """What the shared ``api`` fixture is built from: an admin token and payload keys."""
+    return _settings(tmp_path)
 
 
 def _codec() -> EncryptionCodec:

@@ -34,7 +34,6 @@ from engine.api.events import create_write_key
 from engine.app import create_app
 from engine.messages import ContactView, OpenRequest, TransitionRecord, contact_workflow_id
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.contacts import open_contact, save_transition
 from engine.storage.models import (
     Consent,
@@ -49,6 +48,7 @@ from engine.storage.models import (
     StageTransition,
     Suppression,
 )
+from tests.helpers import migrated_engine
 
 TOKEN = "admin-token-for-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -158,8 +158,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.node.get_closest_marker("postgres"):
         yield request.getfixturevalue("db_engine")
         return
-    db = make_engine(f"sqlite:///{tmp_path}/contacts.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/contacts.db")
     yield db
     db.dispose()
 

@@ -25,7 +25,8 @@ from engine.app import create_app
 from engine.errors import DatabaseError
 from engine.ingest import Incoming, Ingestor, Outcome
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
+from engine.storage import make_engine
+from tests.helpers import migrated_engine
 
 
 def test_an_unreachable_database_is_a_503_with_retry_after_not_a_500(settings: Settings) -> None:
@@ -46,8 +47,7 @@ def test_an_unreachable_database_is_a_503_with_retry_after_not_a_500(settings: S
 
 @pytest.fixture
 def sqlite_file(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'locked.db'}")
-    upgrade(engine)
+    engine = migrated_engine(f"sqlite:///{tmp_path / 'locked.db'}")
     yield engine
     engine.dispose()
 

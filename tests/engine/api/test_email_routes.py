@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 from pydantic import SecretStr
@@ -33,8 +34,8 @@ from engine.errors import ConfigurationError
 from engine.services.consent import PREFERENCE_TOPICS
 from engine.services.links import link_signer
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Consent, Contact, Event, Identity, Merge, Suppression
+from tests.helpers import migrated_engine
 
 ADDRESS = "li.lei@example.cn"
 DELIVERY_KEY = "c|b2b_nurture|v1|welcome|1"
@@ -43,8 +44,7 @@ WEBHOOK_AUTH = ("postmark-hooks", "correct horse battery staple")
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/email.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/email.db")
     yield db
     db.dispose()
 
@@ -65,13 +65,18 @@ def signer(settings: Settings) -> LinkSigner:
 
 
 @pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    app.dependency_overrides[postmark_webhook_credentials] = lambda: WebhookCredentials(
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's database file."""
+    return engine
+
+
+@pytest.fixture
+def api_app(api_app: FastAPI) -> FastAPI:
+    """The shared app, with Postmark's webhook credentials configured."""
+    api_app.dependency_overrides[postmark_webhook_credentials] = lambda: WebhookCredentials(
         *WEBHOOK_AUTH
     )
-    with TestClient(app, follow_redirects=False) as client:
-        yield client
+    return api_app
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from schemathesis import GenerationMode
 from engine.api.events import create_write_key
 from engine.app import create_app
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
+from tests.helpers import migrated_engine
 
 EXAMPLES_PER_MODE = 20
 
@@ -30,8 +30,7 @@ def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> 
         postmark_webhook_password=SecretStr("hook-secret"),
         admin_token=SecretStr("admin-secret"),
     )
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     key = create_write_key(engine, "fuzz", source="fuzz")
     app = create_app(settings, engine=engine)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}

@@ -23,8 +23,8 @@ from connectors.crm import sign
 from engine.api.handoffs import router
 from engine.app import create_app
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, Handoff, Merge, Outbox
+from tests.helpers import migrated_engine
 
 SECRET = "whsec-feedback-test-0123456789abcdef"
 OLD_SECRET = "whsec-the-one-before-0123456789abcdef"
@@ -35,8 +35,7 @@ PATH = f"/v1/handoffs/{HANDOFF}/feedback"
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/handoffs.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/handoffs.db")
     with Session(db) as session:
         session.add(Contact(id=CONTACT, stage="lead"))
         session.add(

@@ -18,15 +18,14 @@ from engine.api.events import create_write_key
 from engine.app import create_app
 from engine.ingest import verify_consent_chain
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Consent, Event, Identity, Merge, Outbox
+from tests.helpers import migrated_engine
 from workflows.runtime import ContactOpener
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/ingest.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/ingest.db")
     yield db
     db.dispose()
 

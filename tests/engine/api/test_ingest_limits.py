@@ -20,14 +20,13 @@ from engine.app import create_app
 from engine.ingest import MAX_BATCH_BYTES
 from engine.ingest._segment import MAX_DEPTH
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Event
+from tests.helpers import migrated_engine
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/ingest.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/ingest.db")
     yield db
     db.dispose()
 

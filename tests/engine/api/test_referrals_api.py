@@ -36,7 +36,6 @@ from engine.referrals import (
     release_due_rewards,
 )
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import (
     Consent,
     Contact,
@@ -46,6 +45,7 @@ from engine.storage.models import (
     ReferralCode,
     Reward,
 )
+from tests.helpers import migrated_engine
 
 ADMIN = "admin-token-for-referral-tests-0123456789"
 PROMOTER_EMAIL = "wang.fang@example.cn"
@@ -56,8 +56,7 @@ FRIEND = {"name": "李雷", "email": "li.lei@example.cn", "consent": "yes"}
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/referrals.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/referrals.db")
     yield db
     db.dispose()
 

@@ -22,12 +22,11 @@ from typer.testing import CliRunner
 from engine.analytics import Section
 from engine.analytics.service import csv_cell, section_csv
 from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.cli import app as cli
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, StageTransition
 from tests.engine.api.test_reports_api import ADMIN, TOKEN, _seed
+from tests.helpers import migrated_engine
 
 
 @pytest.fixture
@@ -42,19 +41,16 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     _seed(db)
     yield db
     db.dispose()
 
 
 @pytest.fixture
-def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    with TestClient(app) as client:
-        yield client
-    app.state.reports.wait(30)
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's seeded database file."""
+    return engine
 
 
 # --- dates out of range ----------------------------------------------------------------

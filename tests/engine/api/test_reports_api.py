@@ -16,11 +16,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from engine.app import create_app
 from engine.cli import app as cli
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Contact, Event, StageTransition
+from tests.helpers import migrated_engine
 
 TOKEN = "reports-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,19 +78,16 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     _seed(db)
     yield db
     db.dispose()
 
 
 @pytest.fixture
-def api(settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    with TestClient(app) as client:
-        yield client
-    app.state.reports.wait(30)  # a background copy must not outlive the test (and log)
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's seeded database file."""
+    return engine
 
 
 def test_the_funnel_counts_what_the_database_holds(api: TestClient) -> None:

@@ -27,7 +27,6 @@ from engine.app import create_app
 from engine.errors import DatabaseError
 from engine.ingest import Incoming, Ingestor, Outcome
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.interactions import (
     contact_last_interaction,
     interaction_hook,
@@ -35,6 +34,7 @@ from engine.storage.interactions import (
 )
 from engine.storage.models import Event, Identity
 from engine.wechat_callback import sign
+from tests.helpers import migrated_engine
 
 TOKEN = "stagecoach-token"
 ENCODING_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -48,8 +48,7 @@ APPS = {
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    db = make_engine(f"sqlite:///{tmp_path}/wechat.db")
-    upgrade(db)
+    db = migrated_engine(f"sqlite:///{tmp_path}/wechat.db")
     yield db
     db.dispose()
 
@@ -60,11 +59,16 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def api(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
-    app.state.wechat_apps = APPS
-    with TestClient(app) as client:
-        yield client
+def db_engine(engine: Engine) -> Engine:
+    """The shared ``api`` fixture is built on this module's database file."""
+    return engine
+
+
+@pytest.fixture
+def api_app(api_app: FastAPI) -> FastAPI:
+    """The shared app, serving this module's two WeChat official accounts."""
+    api_app.state.wechat_apps = APPS
+    return api_app
 
 
 def app_of(api: TestClient) -> FastAPI:

@@ -21,8 +21,8 @@ from engine.cli.imports import import_contacts
 from engine.errors import StagecoachError
 from engine.ingest import Incoming, Ingestor, parse_message, verify_consent_chain
 from engine.services.imports import ImportFailed
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Consent, Contact, Event, Identity, Outbox
+from tests.helpers import migrated_engine
 
 app = typer.Typer()
 app.command("import")(import_contacts)
@@ -59,8 +59,7 @@ def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def db(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    upgrade(engine)
+    engine = migrated_engine(db_url)
     yield engine
     engine.dispose()
 

@@ -17,8 +17,8 @@ from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from engine.cli.imports import import_contacts
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Identity
+from tests.helpers import migrated_engine
 
 app = typer.Typer()
 app.command("import")(import_contacts)
@@ -48,8 +48,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     monkeypatch.setenv("STAGECOACH_DATA_DIR", str(tmp_path / ".stagecoach"))
     monkeypatch.setenv("STAGECOACH_LOG_FORMAT", "json")
     monkeypatch.setenv("STAGECOACH_LOG_LEVEL", "warning")
-    engine = make_engine(url)
-    upgrade(engine)
+    engine = migrated_engine(url)
     yield engine
     engine.dispose()
 

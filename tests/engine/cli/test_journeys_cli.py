@@ -18,7 +18,8 @@ from engine.errors import StagecoachError
 from engine.journeys import WaitStep
 from engine.publishing import publish, validate_definitions
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
+from engine.storage import make_engine
+from tests.helpers import migrated_engine
 from workflows.journeys import B2B_NURTURE, JOURNEYS
 
 WHITEPAPER_ON_DAY_2 = "2d:content.downloaded:content_id=wp-digital-transformation"
@@ -155,8 +156,7 @@ def test_diff_against_an_older_published_variant_shows_the_changed_step(db_url: 
     variant = validate_definitions(
         Settings(), journeys={**JOURNEYS, "b2b_nurture": replace(B2B_NURTURE, steps=steps)}
     )["b2b_nurture"]
-    engine = make_engine(db_url)
-    upgrade(engine)
+    engine = migrated_engine(db_url)
     publish(engine, variant)
     engine.dispose()
 

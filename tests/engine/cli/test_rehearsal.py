@@ -114,8 +114,7 @@ async def test_a_rehearsal_hand_off_and_its_sla_never_reach_hubspot(tmp_path: Pa
 
     from engine.cli.compose import build_activities
     from engine.messages import HandOffRequest, SlaRequest
-    from engine.storage import make_engine, upgrade
-    from tests.helpers import runtime_settings
+    from tests.helpers import migrated_engine, runtime_settings
     from tests.peers.crm import TEST_TOKEN, HubSpotPeer
 
     with HubSpotPeer() as hubspot:
@@ -126,8 +125,7 @@ async def test_a_rehearsal_hand_off_and_its_sla_never_reach_hubspot(tmp_path: Pa
             hubspot_token=TEST_TOKEN,
             hubspot_base_url=hubspot.url,
         )
-        engine = make_engine(settings.resolved_database_url)
-        upgrade(engine)
+        engine = migrated_engine(settings.resolved_database_url)
         activities = build_activities(engine, settings)
         run = ActivityEnvironment().run
         now = datetime.now(UTC)

@@ -15,9 +15,9 @@ from sqlmodel import Session, col, select
 from engine.api.events import create_write_key
 from engine.app import create_app
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.models import Event
 from tests.browser.conftest import ADMIN_TOKEN, seeded_settings
+from tests.helpers import migrated_engine
 
 OPENID = "oWx1f2G3h4J5k6L7m8N9p0QrStUv"
 
@@ -29,8 +29,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    db = make_engine(settings.resolved_database_url)
-    upgrade(db)
+    db = migrated_engine(settings.resolved_database_url)
     yield db
     db.dispose()
 

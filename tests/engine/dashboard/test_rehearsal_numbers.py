@@ -27,7 +27,6 @@ from engine.cli import app as cli
 from engine.messages import OpenRequest, TransitionRecord
 from engine.referrals import issue_code
 from engine.settings import Settings
-from engine.storage import make_engine, upgrade
 from engine.storage.contacts import open_contact, save_transition
 from engine.storage.models import Contact, Delivery, JourneyEnrolment, Referral
 from tests.browser.conftest import (
@@ -40,6 +39,7 @@ from tests.browser.conftest import (
     seeded_settings,
 )
 from tests.engine.dashboard.test_dashboard_routes import figure, sign_in
+from tests.helpers import migrated_engine
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 REHEARSALS = [f"rehearsal-{JOURNEY}-{n:08x}" for n in range(3)]
@@ -113,8 +113,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def seeded(settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    engine = migrated_engine(settings.resolved_database_url)
     now = datetime.now(UTC)
     seed_dashboard(engine, now)
     rehearse_three(engine, now)
