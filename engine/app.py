@@ -4,7 +4,7 @@ It sits above both ``engine.api`` and ``engine.dashboard`` (which uses the API's
 dependencies and sessions), so neither imports the other back.
 
 Routes get their database session from ``engine.api.deps.get_session``, a dependency
-that tests override; the engine is built here from settings unless one is handed in.
+that tests override; the Engine (``app.state.db``) is built from settings unless one is handed in.
 The routers import their dependencies from ``engine.api.deps``, never this module.
 """
 
@@ -93,18 +93,18 @@ def admission_gate(settings: Settings) -> AdmissionGate | None:
 def create_app(
     settings: Settings,
     *,
-    engine: Engine | None = None,
+    db: Engine | None = None,
     temporal: Callable[[], Awaitable[Client]] | None = None,
     opener: Opener | None = None,
 ) -> FastAPI:
-    """Build the API for ``settings``; pass ``engine`` to share one (tests do).
+    """Build the API for ``settings``; pass ``db`` (an Engine) to share one (tests do).
 
     With ``temporal`` (a client factory) the outbox forwarder runs beside the API and
     sends stored events to contact workflows; ``opener`` (``workflows.runtime.
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
     """
-    db = engine or make_engine(settings.resolved_database_url)
+    db = db or make_engine(settings.resolved_database_url)
     relevance: dict[str, Any] = {}
 
     def relevant() -> frozenset[str] | None:
@@ -153,7 +153,7 @@ def create_app(
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(DatabaseError, database_unavailable)
     app.state.settings = settings
-    app.state.engine = db
+    app.state.db = db
     app.state.session_factory = session_factory(db)
     app.state.ingestor = ingestor
     app.state.write_keys = WriteKeys(

@@ -2,12 +2,12 @@
 
 A published journey is a row in ``journey_versions``: the spec's canonical JSON keyed by
 its content hash. Enrolments pin that hash, so a contact mid-journey finishes on the
-version it started, whatever is published since. ``latest(engine, name)`` is the version
+version it started, whatever is published since. ``latest(db, name)`` is the version
 new enrolments get.
 
     validate_definitions(settings)          # every bundled journey, or one error listing all
-    publish_bundled(engine, settings)       # validate all, then store all (idempotent)
-    latest(engine, "b2b_nurture")           # what a new enrolment pins
+    publish_bundled(db, settings)           # validate all, then store all (idempotent)
+    latest(db, "b2b_nurture")               # what a new enrolment pins
 
 This is a composition-level service (the CLI, the API factory and the worker's wiring use
 it): it talks to the database, and it reads the marketers' definitions in ``workflows``.
@@ -286,14 +286,14 @@ def validate_definitions(
 
 
 @contextmanager
-def _database(engine: Engine, doing: str) -> Iterator[None]:
+def _database(db: Engine, doing: str) -> Iterator[None]:
     """Translate driver errors (a missing table, an unreachable server) into ours."""
     try:
         yield
     except IntegrityError:
         raise
     except SADatabaseError as exc:
-        shown = engine.url.render_as_string(hide_password=True)
+        shown = db.url.render_as_string(hide_password=True)
         raise DatabaseError(
             f"cannot {doing} in {shown}: {driver_reason(exc)}",
             fix="check the database is reachable and migrated ('stagecoach db upgrade'), "
@@ -301,13 +301,13 @@ def _database(engine: Engine, doing: str) -> Iterator[None]:
         ) from exc
 
 
-def publish(engine: Engine, spec: JourneySpec, *, source: str = "bundled") -> PublishResult:
+def publish(db: Engine, spec: JourneySpec, *, source: str = "bundled") -> PublishResult:
     """Store one compiled spec under its version; see ``publish_many``."""
-    return publish_many(engine, [spec], source=source)[0]
+    return publish_many(db, [spec], source=source)[0]
 
 
 def publish_many(
-    engine: Engine, specs: Sequence[JourneySpec], *, source: str = "bundled"
+    db: Engine, specs: Sequence[JourneySpec], *, source: str = "bundled"
 ) -> list[PublishResult]:
     """Store compiled specs under their versions, all in one transaction.
 
@@ -318,7 +318,7 @@ def publish_many(
     retry finds the other publisher's rows.
 
     Args:
-        engine: A migrated database.
+        db: A migrated database.
         specs: Compiled (hence validated) specs.
         source: Where the specs came from, e.g. ``bundled``.
 
@@ -330,7 +330,7 @@ def publish_many(
     """
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            with _database(engine, "publish journeys"), Session(engine) as session:
+            with _database(db, "publish journeys"), Session(db) as session:
                 results = [_publish_one(session, spec, source) for spec in specs]
                 session.commit()
                 return results
@@ -365,7 +365,7 @@ def _publish_one(session: Session, spec: JourneySpec, source: str) -> PublishRes
 
 
 def publish_bundled(
-    engine: Engine,
+    db: Engine,
     settings: Settings,
     *,
     content: ContentIndex | None = None,
@@ -377,7 +377,7 @@ def publish_bundled(
     call is published.
 
     Args:
-        engine: A migrated database.
+        db: A migrated database.
         settings: Picks the active pipeline.
         content: The content library, or ``None`` to skip content checks.
         journeys: Journeys to publish; default: the bundled ones.
@@ -390,7 +390,7 @@ def publish_bundled(
         DatabaseError: The database is unreachable or not migrated.
     """
     specs = validate_definitions(settings, content=content, journeys=journeys)
-    return publish_many(engine, list(specs.values()), source="bundled")
+    return publish_many(db, list(specs.values()), source="bundled")
 
 
 # Reading.
@@ -418,28 +418,28 @@ def _to_spec(row: JourneyVersion) -> JourneySpec:
     return spec
 
 
-def latest(engine: Engine, name: str) -> JourneySpec:
+def latest(db: Engine, name: str) -> JourneySpec:
     """The most recently published version of journey ``name``.
 
     Raises:
         JourneyNotFound: Nothing is published under that name.
         DatabaseError: The database is unreachable or not migrated.
     """
-    with _database(engine, "read journey versions"), Session(engine) as session:
+    with _database(db, "read journey versions"), Session(db) as session:
         row = _newest_row(session, name)
         if row is None:
             raise JourneyNotFound(f"journey {name!r} has no published version", fix=PUBLISH_HINT)
         return _to_spec(row)
 
 
-def get_version(engine: Engine, version: str) -> JourneySpec:
+def get_version(db: Engine, version: str) -> JourneySpec:
     """The published spec with ``version``: the full hash or a unique prefix (6+ chars).
 
     Raises:
         VersionNotFound: No version matches, or a prefix matches several.
         DatabaseError: The database is unreachable or not migrated.
     """
-    with _database(engine, "read journey versions"), Session(engine) as session:
+    with _database(db, "read journey versions"), Session(db) as session:
         row = session.get(JourneyVersion, version)
         if row is None and len(version) >= 6:
             rows = session.exec(
@@ -462,13 +462,13 @@ def get_version(engine: Engine, version: str) -> JourneySpec:
         return _to_spec(row)
 
 
-def versions(engine: Engine, name: str) -> list[PublishedVersion]:
+def versions(db: Engine, name: str) -> list[PublishedVersion]:
     """Every published version of journey ``name``, newest first.
 
     Raises:
         DatabaseError: The database is unreachable or not migrated.
     """
-    with _database(engine, "read journey versions"), Session(engine) as session:
+    with _database(db, "read journey versions"), Session(db) as session:
         rows = session.exec(
             select(JourneyVersion)
             .where(JourneyVersion.name == name)
@@ -477,13 +477,13 @@ def versions(engine: Engine, name: str) -> list[PublishedVersion]:
         return [PublishedVersion(r.version, _aware(r.published_at), r.source) for r in rows]
 
 
-def latest_versions(engine: Engine) -> dict[str, PublishedVersion]:
+def latest_versions(db: Engine) -> dict[str, PublishedVersion]:
     """The newest published version of every journey, by name.
 
     Raises:
         DatabaseError: The database is unreachable or not migrated.
     """
-    with _database(engine, "read journey versions"), Session(engine) as session:
+    with _database(db, "read journey versions"), Session(db) as session:
         newest = (
             select(
                 JourneyVersion.name,

@@ -420,9 +420,9 @@ def _aliases(conn: Connection, contact_ids: Iterable[str]) -> dict[str, str]:
     return owner
 
 
-def _store_events(engine: Engine, ingestor: Ingestor | None, events: Sequence[Incoming]) -> None:
+def _store_events(db: Engine, ingestor: Ingestor | None, events: Sequence[Incoming]) -> None:
     if events:
-        (ingestor or Ingestor(engine)).store([events])
+        (ingestor or Ingestor(db)).store([events])
 
 
 def _referral_of(session: Session, contact_id: str) -> Referral | None:
@@ -461,7 +461,7 @@ def _ancestors(conn: Connection, contact_id: str) -> list[str]:
 
 @_translated
 def issue_code(
-    engine: Engine,
+    db: Engine,
     contact_id: str,
     *,
     now: datetime,
@@ -485,7 +485,7 @@ def issue_code(
     now = _aware(now)
     ttl = policy.code_ttl if ttl is None else ttl
     for _ in range(5):
-        with Session(engine, expire_on_commit=False) as session:
+        with Session(db, expire_on_commit=False) as session:
             conn = session.connection()
             current = _current(conn, contact_id)
             if current is None:
@@ -537,9 +537,7 @@ def issue_code(
 
 
 @_translated
-def find_code(
-    engine: Engine, raw_code: str, *, now: datetime, check_uses: bool = True
-) -> ReferralCode:
+def find_code(db: Engine, raw_code: str, *, now: datetime, check_uses: bool = True) -> ReferralCode:
     """The stored code ``raw_code`` names, if it can take a sign-up at ``now``.
 
     Raises:
@@ -549,7 +547,7 @@ def find_code(
     code = normalise_code(raw_code)
     if code is None:
         raise ReferralRefused("unknown_code", code=raw_code[:32])
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(db, expire_on_commit=False) as session:
         row = session.get(ReferralCode, code)
         if row is None or _current(session.connection(), row.referrer_id) is None:
             raise ReferralRefused("unknown_code", code=code)
@@ -643,7 +641,7 @@ def _referrer_devices(conn: Connection, referrer_ids: Sequence[str]) -> set[str]
 
 
 @_translated
-def screen_signup(engine: Engine, raw_code: str, claimed: Claimed, *, now: datetime) -> Screened:
+def screen_signup(db: Engine, raw_code: str, claimed: Claimed, *, now: datetime) -> Screened:
     """Check a sign-up before anything of it is recorded.
 
     Raises:
@@ -654,8 +652,8 @@ def screen_signup(engine: Engine, raw_code: str, claimed: Claimed, *, now: datet
             ``referral_loop`` (the person is the referrer's own referrer, or theirs...),
             ``already_referred`` (through another code).
     """
-    row = find_code(engine, raw_code, now=now, check_uses=False)
-    with Session(engine, expire_on_commit=False) as session:
+    row = find_code(db, raw_code, now=now, check_uses=False)
+    with Session(db, expire_on_commit=False) as session:
         conn = session.connection()
         referrer = _current(conn, row.referrer_id)
         if referrer is None:
@@ -726,7 +724,7 @@ class Attribution:
 
 @_translated
 def attribute(
-    engine: Engine,
+    db: Engine,
     code: str,
     referee_id: str,
     *,
@@ -743,7 +741,7 @@ def attribute(
     """
     now = _aware(now)
     for _ in range(3):
-        with Session(engine, expire_on_commit=False) as session:
+        with Session(db, expire_on_commit=False) as session:
             conn = session.connection()
             row = session.get(ReferralCode, code)
             referrer = _current(conn, row.referrer_id) if row is not None else None
@@ -802,14 +800,14 @@ def attribute(
 
 
 @_translated
-def ancestors(engine: Engine, contact_id: str) -> list[str]:
+def ancestors(db: Engine, contact_id: str) -> list[str]:
     """Who referred ``contact_id``, who referred them, and so on: nearest first."""
-    with engine.connect() as conn:
+    with db.connect() as conn:
         return _ancestors(conn, _current(conn, contact_id) or contact_id)
 
 
 @_translated
-def referral_tree(engine: Engine, root_id: str) -> dict[str, Any]:
+def referral_tree(db: Engine, root_id: str) -> dict[str, Any]:
     """Everyone ``root_id`` brought in, and everyone they brought in, to any depth::
 
         {"contact_id": "c_a", "children": [
@@ -818,7 +816,7 @@ def referral_tree(engine: Engine, root_id: str) -> dict[str, Any]:
 
     Children are in sign-up order; merged contacts appear once, under the id they have now.
     """
-    with Session(engine) as session:
+    with Session(db) as session:
         conn = session.connection()
         root = _current(conn, root_id) or root_id
         nodes: dict[str, dict[str, Any]] = {root: {"contact_id": root, "children": []}}
@@ -886,7 +884,7 @@ def _reward_available(library: ContentLibrary | None, content_id: str, at: datet
 
 @_translated
 def record_conversion(
-    engine: Engine,
+    db: Engine,
     referee_id: str,
     *,
     at: datetime,
@@ -909,14 +907,14 @@ def record_conversion(
     Args:
         library: When given, the reward's content item must exist, be a coupon and be
             live at ``at``; otherwise the conversion earns ``reward_unavailable``.
-        ingestor: Stores the events; one on ``engine`` signalling everything by default.
+        ingestor: Stores the events; one on ``db`` signalling everything by default.
 
     Raises:
         DatabaseError: Nothing of this call is lost; retry.
     """
     at = _aware(at)
     for _ in range(3):
-        with Session(engine, expire_on_commit=False) as session:
+        with Session(db, expire_on_commit=False) as session:
             conn = session.connection()
             referral = _referral_of(session, referee_id)
             if referral is None:
@@ -926,7 +924,7 @@ def record_conversion(
                 decision = _decision(session, referral, referrer, duplicate=True)
                 if referral.status != "ineligible":
                     event = converted_event(referral, referrer_id=referrer, decision=decision)
-                    _store_events(engine, ingestor, [event])
+                    _store_events(db, ingestor, [event])
                 return decision
             referee_ids = list(_aliases(conn, [_current(conn, referee_id) or referee_id]))
             bought_before = session.exec(
@@ -992,7 +990,7 @@ def record_conversion(
         )
         if status == "converted":
             event = converted_event(referral, referrer_id=referrer, decision=decision)
-            _store_events(engine, ingestor, [event])
+            _store_events(db, ingestor, [event])
         return decision
     raise DatabaseError(f"could not decide the conversion of {referee_id!r}", fix="retry")
 
@@ -1003,7 +1001,7 @@ _RELEASE_CATCH_UP = timedelta(days=7)
 
 @_translated
 def release_due_rewards(
-    engine: Engine, now: datetime, *, limit: int = 500, ingestor: Ingestor | None = None
+    db: Engine, now: datetime, *, limit: int = 500, ingestor: Ingestor | None = None
 ) -> list[Reward]:
     """Release held rewards whose return window has passed; the rewards released.
 
@@ -1015,7 +1013,7 @@ def release_due_rewards(
     """
     now = _aware(now)
     released: list[Reward] = []
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(db, expire_on_commit=False) as session:
         due = session.exec(
             select(Reward)
             .where(col(Reward.status) == "held", col(Reward.hold_until) <= now)
@@ -1045,13 +1043,13 @@ def release_due_rewards(
     for reward in released:
         _log.info("referral.reward_released", contact_id=reward.referrer_id, reward_id=reward.id)
     events = [reward_event(r, what="released") for r in (*released, *lost)]
-    _store_events(engine, ingestor, events)
+    _store_events(db, ingestor, events)
     return released
 
 
 @_translated
 def cancel_reward(
-    engine: Engine,
+    db: Engine,
     referee_id: str,
     reason: str,
     *,
@@ -1066,7 +1064,7 @@ def cancel_reward(
     conversion earned no reward. Records ``referral.reward_cancelled`` on the referrer.
     """
     at = _aware(at or datetime.now(UTC))
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(db, expire_on_commit=False) as session:
         referral = _referral_of(session, referee_id)
         if referral is None:
             return None
@@ -1097,7 +1095,7 @@ def cancel_reward(
                     reason=reason,
                 )
     if reward.status == "cancelled":  # now or before: its event may have been lost
-        _store_events(engine, ingestor, [reward_event(reward, what="cancelled")])
+        _store_events(db, ingestor, [reward_event(reward, what="cancelled")])
     return reward
 
 
@@ -1111,7 +1109,7 @@ class Redemption:
 
 
 @_translated
-def redeem_coupon(engine: Engine, coupon_code: str, *, at: datetime) -> Redemption:
+def redeem_coupon(db: Engine, coupon_code: str, *, at: datetime) -> Redemption:
     """Mark a released reward's coupon redeemed at ``at`` (once; a repeat is a duplicate).
 
     The caller records :func:`redeemed_event` for it (the API does, through its Ingestor).
@@ -1122,7 +1120,7 @@ def redeem_coupon(engine: Engine, coupon_code: str, *, at: datetime) -> Redempti
     """
     at = _aware(at)
     code = coupon_code.strip().upper()
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(db, expire_on_commit=False) as session:
         reward = session.exec(select(Reward).where(col(Reward.coupon_code) == code)).first()
         if reward is None:
             raise RedemptionRefused(
@@ -1167,7 +1165,7 @@ def identify_message_id(code: str, claimed: Claimed, *, name: str, locale: str) 
 
 @_translated
 def referral_variables(
-    engine: Engine,
+    db: Engine,
     contact_id: str,
     *,
     channel: str,
@@ -1182,19 +1180,19 @@ def referral_variables(
     ``email`` is the promoter's address as their workflow knows it. It is recorded on
     their contact row when the row has none, so the self-referral check knows it even
     for a contact with no email identity (a rehearsal contact)."""
-    code = issue_code(engine, contact_id, now=now, policy=policy).code
+    code = issue_code(db, contact_id, now=now, policy=policy).code
     if email:
-        _remember_email(engine, contact_id, email)
+        _remember_email(db, contact_id, email)
     url_channel = channel if channel in SHARE_CHANNELS else "email"
     return {"referral_code": code, "referral_url": share_url(base_url, code, url_channel)}
 
 
-def _remember_email(engine: Engine, contact_id: str, email: str) -> None:
+def _remember_email(db: Engine, contact_id: str, email: str) -> None:
     try:
         address = canonical_email(email)
     except AddressError:
         return
-    with Session(engine) as session:
+    with Session(db) as session:
         contact = session.get(Contact, contact_id)
         if contact is None or isinstance((contact.traits or {}).get("email"), str):
             return
@@ -1204,10 +1202,10 @@ def _remember_email(engine: Engine, contact_id: str, email: str) -> None:
 
 
 @_translated
-def coupon_variables(engine: Engine, contact_id: str) -> dict[str, str]:
+def coupon_variables(db: Engine, contact_id: str) -> dict[str, str]:
     """``coupon_code`` of the contact's oldest released, unredeemed reward; empty when
     they have none (the content's default code then applies)."""
-    with Session(engine) as session:
+    with Session(db) as session:
         conn = session.connection()
         ids = list(_aliases(conn, [_current(conn, contact_id) or contact_id]))
         reward = session.exec(

@@ -105,7 +105,7 @@ def write_events_page(path: Path = EVENTS_PAGE) -> bool:
 def openapi_spec() -> dict[str, Any]:
     """The API's OpenAPI document, built from the app as ``stagecoach api`` builds it.
 
-    Nothing is served and no database is opened: an in-memory SQLite engine is passed so
+    Nothing is served and no database is opened: an in-memory SQLite Engine is passed as ``db`` so
     the app can be assembled on a machine with no Stagecoach data directory.
     """
     from sqlalchemy import create_engine
@@ -114,7 +114,7 @@ def openapi_spec() -> dict[str, Any]:
     from engine.settings import Settings
 
     with tempfile.TemporaryDirectory() as data_dir:
-        app = create_app(Settings(data_dir=Path(data_dir)), engine=create_engine("sqlite://"))
+        app = create_app(Settings(data_dir=Path(data_dir)), db=create_engine("sqlite://"))
         return app.openapi()
 
 

@@ -242,7 +242,7 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
 def api_app(settings: Settings, db_engine: Engine) -> FastAPI:
     """The HTTP API as ``create_app`` builds it, on this test's migrated database. A module
     changes what it is built from by overriding ``settings`` or ``db_engine``."""
-    return create_app(settings, engine=db_engine)
+    return create_app(settings, db=db_engine)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def send_policy(settings: Settings) -> SendPolicy:
     )
 
 
-def definitions_loader(engine: Engine, settings: Settings) -> Any:
+def definitions_loader(db: Engine, settings: Settings) -> Any:
     """A function returning the active pipeline, latest published journeys and policy."""
     from engine.publishing import JourneyNotFound, latest, latest_versions
     from workflows.journeys import JOURNEYS
@@ -50,9 +50,9 @@ def definitions_loader(engine: Engine, settings: Settings) -> Any:
     def load() -> Definitions:
         journeys: dict[str, dict[str, Any]] = {}
         # Every published journey: the bundled ones and any published from elsewhere.
-        for name in sorted(set(JOURNEYS) | set(latest_versions(engine))):
+        for name in sorted(set(JOURNEYS) | set(latest_versions(db))):
             try:
-                journeys[name] = latest(engine, name).to_dict()
+                journeys[name] = latest(db, name).to_dict()
             except JourneyNotFound:
                 continue  # not published yet: nobody can enrol in it
         return Definitions(
@@ -81,9 +81,9 @@ class ContactOpener:
     a minute (``STAGECOACH_OPENER_TTL_SECONDS``).
     """
 
-    def __init__(self, engine: Engine, settings: Settings, *, ttl: timedelta | None = None) -> None:
-        self._engine = engine
-        self._load: Callable[[], Definitions] = definitions_loader(engine, settings)
+    def __init__(self, db: Engine, settings: Settings, *, ttl: timedelta | None = None) -> None:
+        self._db = db
+        self._load: Callable[[], Definitions] = definitions_loader(db, settings)
         self._ttl = ttl if ttl is not None else timedelta(seconds=settings.opener_ttl_seconds)
         self._cached: Definitions | None = None
         self._guard = threading.Lock()
@@ -150,7 +150,7 @@ class ContactOpener:
             trigger_message_id=event.message_id if event else None,
             rehearsal=rehearsal,
         )
-        if not open_contact(self._engine, request, first):
+        if not open_contact(self._db, request, first):
             return None
         # The search attributes the workflow would upsert after this first event, from
         # the same pure code, so it finds them already set.
@@ -178,7 +178,7 @@ class ContactOpener:
 
 
 def contact_activities(
-    engine: Engine,
+    db: Engine,
     settings: Settings,
     *,
     connectors: Mapping[str, Connector],
@@ -192,7 +192,7 @@ def contact_activities(
     from engine.referrals import ReferralPolicy
 
     library = content or ContentLibrary.load(settings.resolved_content_dir)
-    publish_bundled(engine, settings, content=library)
+    publish_bundled(db, settings, content=library)
 
     def render_contact(request: DeliverRequest) -> RenderContact:
         return RenderContact(
@@ -208,8 +208,8 @@ def contact_activities(
         ttl=timedelta(days=settings.link_ttl_days),
     )
     return ContactActivities(
-        engine=engine,
-        definitions=definitions_loader(engine, settings),
+        db=db,
+        definitions=definitions_loader(db, settings),
         content=library,
         connectors=connectors,
         policy=send_policy(settings),

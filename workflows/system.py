@@ -22,18 +22,18 @@ with workflow.unsafe.imports_passed_through():
 
 
 class SystemActivities:
-    """Activities for the system check, with the database engine injected."""
+    """Activities for the system check, with the database (``db``) injected."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine) -> None:
+        self._db = db
 
     @activity.defn(name=CHECK_DATABASE_ACTIVITY)
     def check_database(self, _: SystemCheckInput) -> SystemCheckResult:
         try:
-            check_connection(self._engine)
+            check_connection(self._db)
         except DatabaseError as exc:
             return SystemCheckResult(database_ok=False, database_detail=exc.one_line())
-        return SystemCheckResult(database_ok=True, database_detail=self._engine.dialect.name)
+        return SystemCheckResult(database_ok=True, database_detail=self._db.dialect.name)
 
     def all(self) -> list[Callable[..., object]]:
         return [self.check_database]

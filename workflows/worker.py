@@ -1,6 +1,6 @@
 """Worker assembly: which workflows and activities a Stagecoach worker runs.
 
-The composition root (``stagecoach worker``) builds the dependencies (database engine,
+The composition root (``stagecoach worker``) builds the dependencies (the database Engine,
 connectors, renderer) and hands them in; nothing here reads settings or opens sockets
 on its own, so tests build the same worker around fakes.
 """

@@ -907,15 +907,15 @@ class AnalyticsStore:
         with self.read() as con:
             return synced_at(con)
 
-    def sync(self, engine: sa.Engine) -> SyncResult:
-        """Copy what changed in the database ``engine`` since the last sync.
+    def sync(self, db: sa.Engine) -> SyncResult:
+        """Copy what changed in the database ``db`` since the last sync.
 
         One DuckDB transaction: a sync that fails leaves the previous copy as it was.
         On PostgreSQL the source is read in one REPEATABLE READ snapshot, so the tables
         copied agree with each other.
         """
         started = time.perf_counter()
-        with self._writer() as con, engine.connect() as conn:
+        with self._writer() as con, db.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             job = _Sync(

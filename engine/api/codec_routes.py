@@ -125,8 +125,8 @@ def codec_router(settings: Settings) -> APIRouter:
             attempt = sessions.attempt(request, token.strip())
             return "bearer" if attempt.granted else attempt.retry_after or None
         cookie = request.cookies.get(COOKIE)
-        engine = request.app.state.engine
-        if cookie and sessions.problem(cookie, datetime.now(UTC), engine) is None:
+        db = request.app.state.db
+        if cookie and sessions.problem(cookie, datetime.now(UTC), db) is None:
             return "session"
         return None
 
@@ -268,7 +268,7 @@ def codec_router(settings: Settings) -> APIRouter:
             "needs that endpoint with 'Include cross-origin credentials' on in its codec "
             "settings (docs/codec.md).",
         )
-        sessions.issue(response, datetime.now(UTC), engine=request.app.state.engine)
+        sessions.issue(response, datetime.now(UTC), db=request.app.state.db)
         return response
 
     @router.post("/logout", include_in_schema=False)

@@ -992,7 +992,7 @@ def _resync_analytics(request: Request) -> str:
     if numbers is None:
         return "not served by this API: its next sync replaces the person's rows"
     try:
-        numbers.sync_soon(request.app.state.engine)
+        numbers.sync_soon(request.app.state.db)
     except DatabaseError as exc:
         return f"not synced ({exc.one_line()}): its next sync replaces the person's rows"
     return "syncing"

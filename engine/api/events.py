@@ -75,7 +75,7 @@ class ReservedSource(StagecoachError, ValueError):
     """A write key asked for a source only the API itself may record."""
 
 
-def create_write_key(engine: Engine, name: str, *, source: str | None = None) -> str:
+def create_write_key(db: Engine, name: str, *, source: str | None = None) -> str:
     """A new write key; only its hash is stored, so this is the one time it is seen.
 
     Raises:
@@ -89,7 +89,7 @@ def create_write_key(engine: Engine, name: str, *, source: str | None = None) ->
             fix="give the key another name or --source (e.g. 'website', 'crm', 'app')",
         )
     key = "sk_" + secrets.token_urlsafe(24)
-    with Session(engine) as session:
+    with Session(db) as session:
         session.add(WriteKey(key_hash=hash_key(key), name=name, source=source))
         session.commit()
     return key
@@ -106,8 +106,8 @@ class WriteKeys:
     replica, ``stagecoach keys revoke``) within ``ttl``.
     """
 
-    def __init__(self, engine: Engine, ttl: float = 30.0, *, size: int = 10_000) -> None:
-        self._engine = engine
+    def __init__(self, db: Engine, ttl: float = 30.0, *, size: int = 10_000) -> None:
+        self._db = db
         self._ttl = ttl
         self._lock = threading.Lock()
         self._cache: LRUCache[str, tuple[float, WriteKey | None]] = LRUCache(maxsize=size)
@@ -121,7 +121,7 @@ class WriteKeys:
             hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             row = session.exec(
                 select(WriteKey).where(
                     col(WriteKey.key_hash) == digest, col(WriteKey.revoked_at).is_(None)
@@ -135,17 +135,17 @@ class WriteKeys:
         """Revoke ``key`` (stored, and forgotten here at once); None if it is unknown.
         Revoking a revoked key changes nothing and answers it again."""
         digest = hash_key(key)
-        row = revoke_write_key(self._engine, key)
+        row = revoke_write_key(self._db, key)
         with self._lock:
             self._cache.pop(digest, None)
         return row
 
 
-def revoke_write_key(engine: Engine, key: str) -> WriteKey | None:
+def revoke_write_key(db: Engine, key: str) -> WriteKey | None:
     """Mark ``key`` revoked in the database; None if no such key was ever created. API
     instances that looked it up in the last ``STAGECOACH_WRITE_KEY_CACHE_SECONDS`` still
     accept it until then, except the one that revoked it (``WriteKeys.revoke``)."""
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(db, expire_on_commit=False) as session:
         row = session.get(WriteKey, hash_key(key))
         if row is None:
             return None

@@ -366,9 +366,9 @@ def _channel(value: Any) -> str | None:
     return value if isinstance(value, str) and value in SHARE_CHANNELS else None
 
 
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
+def _db(request: Request) -> Engine:
+    db: Engine = request.app.state.db
+    return db
 
 
 def _device(request: Request) -> tuple[str, bool]:
@@ -461,7 +461,7 @@ async def referral_page(
 ) -> Response:
     locale = negotiate_locale(request.headers.get("accept-language"), lang)
     try:
-        row = await run_in_threadpool(find_code, _engine(request), code, now=datetime.now(UTC))
+        row = await run_in_threadpool(find_code, _db(request), code, now=datetime.now(UTC))
     except ReferralRefused as refusal:
         return _refused(request, locale, refusal)
     except DatabaseError as exc:
@@ -564,7 +564,7 @@ async def _fields(request: Request) -> dict[str, Any] | Response:
 )
 async def referral_signup(*, request: Request, code: CodePath) -> Response:
     now = datetime.now(UTC)
-    engine = _engine(request)
+    db = _db(request)
     fields = await _fields(request)
     if isinstance(fields, Response):
         return fields
@@ -573,7 +573,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
         request.headers.get("accept-language"), lang if isinstance(lang, str) else None
     )
     try:
-        await run_in_threadpool(find_code, engine, code, now=now, check_uses=False)
+        await run_in_threadpool(find_code, db, code, now=now, check_uses=False)
     except ReferralRefused as refusal:
         return _refused(request, locale, refusal)
     except DatabaseError as exc:
@@ -605,7 +605,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
             status=400,
         )
     try:
-        screened = await run_in_threadpool(screen_signup, engine, code, signup.claimed(), now=now)
+        screened = await run_in_threadpool(screen_signup, db, code, signup.claimed(), now=now)
         outcome = await ingest_one(
             request,
             identify(
@@ -628,7 +628,7 @@ async def referral_signup(*, request: Request, code: CodePath) -> Response:
         )
         attribution = await run_in_threadpool(
             attribute,
-            engine,
+            db,
             screened.code,
             outcome.contact_id,
             now=now,
@@ -699,7 +699,7 @@ async def redeem(
 ) -> JSONResponse:
     try:
         redemption = await run_in_threadpool(
-            redeem_coupon, _engine(request), coupon_code, at=datetime.now(UTC)
+            redeem_coupon, _db(request), coupon_code, at=datetime.now(UTC)
         )
         event = redeemed_event(redemption.reward)
         await ingest_one(request, event)  # again on a duplicate: it may have been lost
@@ -782,7 +782,7 @@ async def referral_code(*, request: Request, contact_id: ContactPath) -> JSONRes
     try:
         code = await run_in_threadpool(
             issue_code,
-            _engine(request),
+            _db(request),
             contact_id,
             now=datetime.now(UTC),
             policy=ReferralPolicy.from_settings(settings),
@@ -839,10 +839,10 @@ async def referral_code(*, request: Request, contact_id: ContactPath) -> JSONRes
     },
 )
 async def referrals_of(*, request: Request, contact_id: ContactPath) -> JSONResponse:
-    engine = _engine(request)
+    db = _db(request)
     try:
-        tree = await run_in_threadpool(referral_tree, engine, contact_id)
-        up = await run_in_threadpool(ancestors, engine, contact_id)
+        tree = await run_in_threadpool(referral_tree, db, contact_id)
+        up = await run_in_threadpool(ancestors, db, contact_id)
     except DatabaseError as exc:
         return _unavailable_json(exc)
     return JSONResponse(

@@ -55,7 +55,7 @@ IncludeRehearsals = Annotated[
 
 
 def _reports(request: Request) -> tuple[Numbers, Any]:
-    return request.app.state.reports, request.app.state.engine
+    return request.app.state.reports, request.app.state.db
 
 
 def _answer(

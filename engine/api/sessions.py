@@ -109,12 +109,12 @@ class Sessions:
         throttle.failed(client)
         return Attempt(False)
 
-    def issue(self, response: Response, now: datetime, *, engine: Engine | None = None) -> None:
-        """Set a fresh session cookie on ``response``, its id stored in ``engine`` (a
-        cookie whose id is not stored is refused: without ``engine``, tests' cookies)."""
+    def issue(self, response: Response, now: datetime, *, db: Engine | None = None) -> None:
+        """Set a fresh session cookie on ``response``, its id stored in ``db`` (a
+        cookie whose id is not stored is refused: without ``db``, tests' cookies)."""
         sid = secrets.token_urlsafe(24)
-        if engine is not None:
-            with Session(engine) as session:
+        if db is not None:
+            with Session(db) as session:
                 # Sessions past their expiry can never be used again: drop them here.
                 session.exec(delete(AdminSession).where(col(AdminSession.expires_at) < now))
                 session.add(AdminSession(id=sid, created_at=now, expires_at=now + self.ttl))
@@ -147,7 +147,7 @@ class Sessions:
             return  # forged or expired: no live session to end
         sid = body.get("sid")
         if isinstance(sid, str):
-            with Session(request.app.state.engine) as session:
+            with Session(request.app.state.db) as session:
                 session.exec(delete(AdminSession).where(col(AdminSession.id) == sid))
                 session.commit()
 
@@ -164,7 +164,7 @@ class Sessions:
         own = {self._public_origin, f"{request.url.scheme}://{request.headers.get('host', '')}"}
         return origin.rstrip("/") in own
 
-    def problem(self, cookie: str | None, now: datetime, engine: Engine) -> str | None:
+    def problem(self, cookie: str | None, now: datetime, db: Engine) -> str | None:
         """Why ``cookie`` is no session (``""`` when there is none), or None when it is one."""
         if not self.enabled:
             return "the dashboard is off until STAGECOACH_ADMIN_TOKEN is set"
@@ -179,7 +179,7 @@ class Sessions:
         sid = body.get("sid")
         if not isinstance(sid, str):
             return "your session is not valid here: sign in again"
-        with Session(engine) as session:
+        with Session(db) as session:
             stored = session.get(AdminSession, sid)
         if stored is None:
             return "your session ended (signed out): sign in again"
@@ -191,7 +191,7 @@ class Sessions:
         Raises:
             HTTPException: 303 to the login page, carrying the page asked for.
         """
-        why = self.problem(request.cookies.get(COOKIE), datetime.now(UTC), request.app.state.engine)
+        why = self.problem(request.cookies.get(COOKIE), datetime.now(UTC), request.app.state.db)
         if why is None:
             return
         wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")

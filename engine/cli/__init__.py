@@ -92,11 +92,11 @@ def keys_create(
     from engine.storage import make_engine
 
     settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
+    db = make_engine(settings.resolved_database_url)
     try:
-        key = create_write_key(engine, name, source=source)
+        key = create_write_key(db, name, source=source)
     finally:
-        engine.dispose()
+        db.dispose()
     typer.echo(key)
 
 
@@ -133,11 +133,9 @@ def db_upgrade(
     from engine.storage.db import redact
 
     settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine, revision)
-    typer.echo(
-        f"{redact(settings.resolved_database_url)} is at revision {current_revision(engine)}"
-    )
+    db = make_engine(settings.resolved_database_url)
+    upgrade(db, revision)
+    typer.echo(f"{redact(settings.resolved_database_url)} is at revision {current_revision(db)}")
 
 
 @db_app.command("current")
@@ -146,9 +144,9 @@ def db_current() -> None:
     from engine.storage import check_connection, current_revision, head_revision, make_engine
 
     settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
-    check_connection(engine)
-    typer.echo(f"current {current_revision(engine) or 'none'}, head {head_revision()}")
+    db = make_engine(settings.resolved_database_url)
+    check_connection(db)
+    typer.echo(f"current {current_revision(db) or 'none'}, head {head_revision()}")
 
 
 def _exit_now(code: int) -> NoReturn:

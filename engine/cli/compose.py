@@ -48,9 +48,7 @@ def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
     return {ch: FileSinkConnector(root / ch, channel=ch) for ch in ("email", "wechat", "crm")}
 
 
-def connectors_from_settings(
-    settings: Settings, engine: Engine | None = None
-) -> dict[str, Connector]:
+def connectors_from_settings(settings: Settings, db: Engine | None = None) -> dict[str, Connector]:
     """One connector per channel, as configured; the file sink where none is.
 
     Built once per worker, so SMTP sessions, HTTP clients, WeChat tokens and rate
@@ -141,13 +139,13 @@ def connectors_from_settings(
                 api_base=settings.wechat_api_base,
             ),
             limiter=RateLimiter(settings.wechat_rate) if settings.wechat_rate else None,
-            last_interaction=interaction_hook(engine) if engine is not None else None,
+            last_interaction=interaction_hook(db) if db is not None else None,
         )
     return chosen
 
 
 def build_activities(
-    engine: Engine,
+    db: Engine,
     settings: Settings,
     *,
     connectors: Mapping[str, Connector] | None = None,
@@ -159,9 +157,9 @@ def build_activities(
     deliberately failing one); rehearsals always go to the file sink's ``rehearsal``
     folder."""
     return contact_activities(
-        engine,
+        db,
         settings,
-        connectors=connectors or connectors_from_settings(settings, engine),
+        connectors=connectors or connectors_from_settings(settings, db),
         rehearsal_sink=FileSinkConnector(settings.resolved_sink_dir / "rehearsal", channel="any"),
         content=content,
     )
@@ -178,16 +176,16 @@ def run_worker(settings: Settings) -> None:
     from workflows.system import SystemActivities
     from workflows.worker import build_worker, run_until_signalled
 
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    db = make_engine(settings.resolved_database_url)
+    upgrade(db)
     # Loads and validates the content library and publishes the bundled journeys: a
     # definition that does not validate stops the worker here, never a contact later.
-    contact = build_activities(engine, settings)
+    contact = build_activities(db, settings)
     runtime = worker_metrics(settings)
 
     async def serve() -> None:
         client = await connect(settings, runtime=runtime)
-        activities = [*SystemActivities(engine).all(), *contact.all()]
+        activities = [*SystemActivities(db).all(), *contact.all()]
         built = build_worker(
             client,
             task_queue=settings.temporal_task_queue,
@@ -238,14 +236,12 @@ def serve_api(settings: Settings) -> None:
     from workflows.client import connect
     from workflows.runtime import ContactOpener
 
-    engine = make_engine(settings.resolved_database_url)
+    db = make_engine(settings.resolved_database_url)
 
     async def temporal() -> Any:
         return await connect(settings)
 
-    served = create_app(
-        settings, engine=engine, temporal=temporal, opener=ContactOpener(engine, settings)
-    )
+    served = create_app(settings, db=db, temporal=temporal, opener=ContactOpener(db, settings))
     freeze_startup_heap()
     uvicorn.run(
         served,

@@ -80,9 +80,9 @@ def _find(settings: Settings, value: str, by: str) -> _Found:
             fix="run from the project directory, set STAGECOACH_DATABASE_URL, or give "
             "the contact id",
         )
-    engine = make_engine(settings.resolved_database_url)
+    db = make_engine(settings.resolved_database_url)
     try:
-        with Session(engine) as session:
+        with Session(db) as session:
             person = find_person(session, value, by, region=settings.referral_phone_country)
     except ContactNotMatched as exc:
         if as_is and not value.startswith("erased-") and "erased at" not in exc.message:
@@ -97,7 +97,7 @@ def _find(settings: Settings, value: str, by: str) -> _Found:
             fix="check STAGECOACH_DATABASE_URL (stagecoach doctor), or give the contact id",
         ) from exc
     finally:
-        engine.dispose()
+        db.dispose()
     return _Found(person.survivor.id, person.matched)
 
 

@@ -84,12 +84,12 @@ async def run_demo(settings: Settings, *, contacts: int, seed: int, pace: float)
     from engine.errors import StagecoachError
     from engine.storage import make_engine, upgrade
 
-    engine = make_engine(settings.resolved_database_url)
+    db = make_engine(settings.resolved_database_url)
     try:
-        upgrade(engine)
-        key = create_write_key(engine, "demo", source="demo")
+        upgrade(db)
+        key = create_write_key(db, "demo", source="demo")
     finally:
-        engine.dispose()
+        db.dispose()
     rng = random.Random(seed)  # noqa: S311 (simulation, not security)
     intents = list(JOURNEYS)
     weights = (4, 3, 2, 1)

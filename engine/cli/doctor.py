@@ -46,20 +46,20 @@ def check_database(settings: Settings) -> list[Check]:
     """Connectivity, then the schema revision against the newest migration."""
     shown = redact(settings.resolved_database_url)
     try:
-        engine = make_engine(settings.resolved_database_url)
-        check_connection(engine)
+        db = make_engine(settings.resolved_database_url)
+        check_connection(db)
     except StagecoachError as exc:
         return [Check("database", False, exc.message, exc.fix)]
     checks = [Check("database", True, shown)]
     try:
-        current, head = current_revision(engine), head_revision()
+        current, head = current_revision(db), head_revision()
         outbox = None
         if current == head:
             from engine.ingest._forwarder import backlog
 
-            outbox = backlog(engine)
+            outbox = backlog(db)
     finally:
-        engine.dispose()
+        db.dispose()
     if current == head:
         checks.append(Check("migrations", True, f"at head ({head})"))
         assert outbox is not None

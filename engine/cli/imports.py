@@ -205,9 +205,9 @@ def import_contacts(
     def database() -> Engine:
         from engine.storage import make_engine, upgrade
 
-        engine = make_engine(settings.resolved_database_url)
-        upgrade(engine)
-        return engine
+        db = make_engine(settings.resolved_database_url)
+        upgrade(db)
+        return db
 
     summary = run_import(options, database=database, progress=_progress, out=typer.echo)
     for line in summary.lines():

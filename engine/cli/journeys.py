@@ -76,8 +76,8 @@ def _content(settings: Settings) -> ContentIndex | None:
     return ContentLibrary.load(settings.resolved_content_dir)
 
 
-def _read_engine(settings: Settings) -> Engine | None:
-    """An engine for reading, or ``None`` when an SQLite file does not exist yet.
+def _read_db(settings: Settings) -> Engine | None:
+    """A database (``Engine``) for reading, or ``None`` when an SQLite file does not exist yet.
 
     Reading commands must not create the embedded database as a side effect.
     """
@@ -139,15 +139,15 @@ def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpe
                 f"journey {name!r} is not bundled",
                 fix=f"use a bundled journey ({closest_names(name, list(bundled_journeys()))})",
             )
-    engine = _read_engine(settings)
+    db = _read_db(settings)
     try:
-        if engine is None:
+        if db is None:
             raise JourneyNotFound(f"journey {name!r} has no published version", fix=PUBLISH_HINT)
         if ref in (None, "latest"):
-            found = latest(engine, name)
+            found = latest(db, name)
         else:
             assert ref is not None
-            found = get_version(engine, ref)
+            found = get_version(db, ref)
     except JourneyNotFound:
         if ref is None and spec is None:
             raise JourneyNotFound(
@@ -170,9 +170,9 @@ def _known_or_raise(settings: Settings, name: str) -> None:
 
     if name in bundled_journeys():
         return
-    engine = _read_engine(settings)
+    db = _read_db(settings)
     try:
-        if engine is not None and versions(engine, name):
+        if db is not None and versions(db, name):
             return
     except DatabaseError:
         pass
@@ -224,12 +224,12 @@ def list_journeys() -> None:
     specs, problems = compile_definitions(settings, content=_content(settings))
     note = ""
     published: dict[str, str] = {}
-    engine = _read_engine(settings)
-    if engine is None:
+    db = _read_db(settings)
+    if db is None:
         note = "no database yet: run 'stagecoach journeys publish'"
     else:
         try:
-            published = {n: _short(v.version) for n, v in latest_versions(engine).items()}
+            published = {n: _short(v.version) for n, v in latest_versions(db).items()}
         except DatabaseError:
             note = (
                 "the database is not migrated or not reachable: run 'stagecoach journeys publish'"
@@ -425,8 +425,8 @@ def versions_command(name: Annotated[str, typer.Argument(help="Journey name.")])
 
     settings = _settings()
     _known_or_raise(settings, name)
-    engine = _read_engine(settings)
-    published = versions(engine, name) if engine is not None else []
+    db = _read_db(settings)
+    published = versions(db, name) if db is not None else []
     bundled = _bundled_spec(settings, name)
     if not published:
         typer.echo(f"journey {name!r} has no published version; {PUBLISH_HINT}")
@@ -762,10 +762,10 @@ def publish() -> None:
     from engine.storage.db import redact
 
     settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    db = make_engine(settings.resolved_database_url)
+    upgrade(db)
     try:
-        results = publish_bundled(engine, settings, content=_content(settings))
+        results = publish_bundled(db, settings, content=_content(settings))
     except JourneyValidationError as exc:
         typer.echo(f"nothing was published. {exc.message}")
         raise typer.Exit(1) from None
@@ -843,13 +843,13 @@ def rehearse(
         )
         # The contact is recorded here first, and its workflow starts with the identify
         # and the enrolment in its input: one start, no update, no open activity.
-        engine = make_engine(settings.resolved_database_url)
+        db = make_engine(settings.resolved_database_url)
         try:
-            opening = await ContactOpener(engine, settings).open(
+            opening = await ContactOpener(db, settings).open(
                 contact_id, event=identify, journey=name, rehearsal=True
             )
         finally:
-            engine.dispose()
+            db.dispose()
         result = await enrol(
             client,
             settings,

@@ -163,11 +163,11 @@ def _compute(settings: Settings, name: str, params: Params, *, fresh: bool) -> R
     as_of = store.as_of
     max_age = timedelta(seconds=settings.dashboard_cache_seconds)
     if fresh or as_of is None or datetime.now(UTC) - as_of > max_age:
-        engine = make_engine(settings.resolved_database_url)
+        db = make_engine(settings.resolved_database_url)
         try:
-            upgrade(engine)
-            store.sync(engine)
+            upgrade(db)
+            store.sync(db)
         finally:
-            engine.dispose()
+            db.dispose()
     with store.read() as con:
         return run_report(name, con, params, as_of=store_as_of(con))

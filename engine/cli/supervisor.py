@@ -276,9 +276,9 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     ensure_worker_metrics_ports_free(settings)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
-    engine.dispose()
+    db = make_engine(settings.resolved_database_url)
+    upgrade(db)
+    db.dispose()
     # The embedded default encrypts contacts' payloads too: a key file under data_dir
     # unless STAGECOACH_PAYLOAD_KEYS is set; the children read the same one.
     ensure_key_file(settings)

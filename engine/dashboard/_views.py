@@ -241,7 +241,7 @@ def dashboard_router(
         numbers: The reports, shared with the JSON API (default: a cache of its own,
             as ``engine.analytics.service.reports_for`` builds it).
 
-    The router reads the database through ``app.state`` (``engine`` to sync the store,
+    The router reads the database through ``app.state`` (``db`` to sync the store,
     the session dependency for a contact's stage transitions).
     """
     if numbers is None:
@@ -268,7 +268,7 @@ def dashboard_router(
         request: Request, wanted: Sequence[tuple[str, Params]]
     ) -> tuple[Freshness, list[Report]] | HTMLResponse:
         try:
-            fresh = numbers.freshness(request.app.state.engine)
+            fresh = numbers.freshness(request.app.state.db)
             return fresh, numbers.reports(wanted)
         except ReportError as exc:
             return problem_page(
@@ -293,7 +293,7 @@ def dashboard_router(
                 "Set it to a long random secret (openssl rand -hex 32) and restart the API.",
             )
         with contextlib.suppress(DatabaseError):  # the pages' numbers, ready at sign-in
-            numbers.prepare(request.app.state.engine)
+            numbers.prepare(request.app.state.db)
         message = "Your session ended: sign in again." if expired else ""
         return render(
             "login.html",
@@ -332,7 +332,7 @@ def dashboard_router(
                 message="That is not the admin token.",
             )
         response = RedirectResponse(wanted, status_code=303)
-        auth.issue(response, datetime.now(UTC), engine=request.app.state.engine)
+        auth.issue(response, datetime.now(UTC), db=request.app.state.db)
         return response
 
     # POST only, from our own pages: a link or another site's form cannot sign anyone out.

@@ -87,7 +87,7 @@ class Forwarder:
 
     def __init__(
         self,
-        engine: Engine,
+        db: Engine,
         settings: Settings,
         client: Callable[[], Awaitable[Client]],
         *,
@@ -97,7 +97,7 @@ class Forwarder:
         per_signal: int = 100,
         idle: float = 0.5,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._settings = settings
         self._client_factory = client
         self._client: Client | None = None
@@ -172,7 +172,7 @@ class Forwarder:
         return self._client
 
     def _read(self) -> list[_Row]:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             rows = session.execute(
                 select(
                     col(Outbox.id),
@@ -304,14 +304,14 @@ class Forwarder:
             self._running.popitem(last=False)
 
     def _delete(self, ids: list[int]) -> None:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             session.execute(delete(Outbox).where(col(Outbox.id).in_(ids)))
             session.commit()
 
     def _failed(self, rows: list[_Row], error: str) -> int:
         if not rows:
             return 0
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             session.execute(
                 update(Outbox)
                 .where(col(Outbox.id).in_([r.id for r in rows]))
@@ -328,9 +328,9 @@ def _chunks(rows: list[_Row], size: int) -> list[list[_Row]]:
     return [rows[n : n + size] for n in range(0, len(rows), size)]
 
 
-def backlog(engine: Engine) -> dict[str, Any]:
+def backlog(db: Engine) -> dict[str, Any]:
     """The outbox's size and age, for ``stagecoach doctor`` and ``/metrics``."""
-    with Session(engine) as session:
+    with Session(db) as session:
         count, oldest = session.execute(
             select(func.count(), func.min(col(Outbox.created_at))).select_from(Outbox)
         ).one()

@@ -101,12 +101,12 @@ class Ingestor:
 
     def __init__(
         self,
-        engine: Engine,
+        db: Engine,
         *,
         relevant: Callable[[], frozenset[str] | None] = lambda: None,
         max_group: int = 5000,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._relevant = relevant
         self._max_group = max_group
         self._queue: asyncio.Queue[_Pending] | None = None
@@ -191,7 +191,7 @@ class Ingestor:
         messages = [m for request in requests for m in request]
         try:
             relevant = self._relevant()  # may read the definitions from the database
-            with Session(self._engine) as session:
+            with Session(self._db) as session:
                 outcomes = _Bulk(session, relevant, self._one).write(messages)
                 session.commit()
         except (OperationalError, SADatabaseError) as exc:

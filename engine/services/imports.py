@@ -665,7 +665,7 @@ class _Writer:
 
     def __init__(self, database: Callable[[], Engine], summary: ImportSummary) -> None:
         self._database = database
-        self._engine: Engine | None = None
+        self._db: Engine | None = None
         self._ingestor: Ingestor | None = None
         self._summary = summary
         self._stored = 0
@@ -673,17 +673,17 @@ class _Writer:
         self._merged: set[str] = set()
 
     def open(self) -> tuple[Engine, Ingestor]:
-        if self._engine is None or self._ingestor is None:
+        if self._db is None or self._ingestor is None:
             from engine.ingest import Ingestor
 
-            self._engine = self._database()
-            self._ingestor = Ingestor(self._engine)
-            self._summary.database = self._engine.url.render_as_string(hide_password=True)
-        return self._engine, self._ingestor
+            self._db = self._database()
+            self._ingestor = Ingestor(self._db)
+            self._summary.database = self._db.url.render_as_string(hide_password=True)
+        return self._db, self._ingestor
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        if self._db is not None:
+            self._db.dispose()
 
     def store(self, batch: Sequence[Incoming]) -> None:
         _, ingestor = self.open()
@@ -715,7 +715,7 @@ def run_import(
     """Read, validate and (unless a dry run) store.
 
     ``database`` opens the store, for the first batch of valid rows: a wrong file, or one
-    whose every row is rejected, creates no database. The engine is disposed at the end.
+    whose every row is rejected, creates no database. The Engine is disposed at the end.
 
     Raises:
         ImportFailed: the file or an option is unusable, or the database stopped the

@@ -1,4 +1,4 @@
-"""Storage: SQLModel models, the database engine and session factory, and migrations."""
+"""Storage: SQLModel models, the SQLAlchemy Engine and session factory, and migrations."""
 
 from engine.storage.db import check_connection, make_engine, session_factory
 from engine.storage.migrate import current_revision, head_revision, upgrade

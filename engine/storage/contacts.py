@@ -36,10 +36,10 @@ def creation_record(request: OpenRequest, first_stage: str) -> TransitionRecord:
     )
 
 
-def save_transition(engine: Engine, record: TransitionRecord) -> None:
+def save_transition(db: Engine, record: TransitionRecord) -> None:
     """Upsert the contact row and insert the transition; a retry inserts nothing."""
     t = record.transition
-    with Session(engine) as session:
+    with Session(db) as session:
         contact = session.get(Contact, record.contact_id)
         if contact is None:
             contact = Contact(id=record.contact_id)
@@ -77,7 +77,7 @@ def save_transition(engine: Engine, record: TransitionRecord) -> None:
             session.rollback()  # a concurrent retry won: the row is there once
 
 
-def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool:
+def open_contact(db: Engine, request: OpenRequest, first_stage: str) -> bool:
     """Record a new contact at ``first_stage``; False (and nothing written) if it was
     already opened.
 
@@ -85,7 +85,7 @@ def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool
     opening claims it. Only the caller whose insert or claim took effect gets True, so
     of two racing first events for one contact exactly one opens it."""
     record = creation_record(request, first_stage)
-    with Session(engine) as session:
+    with Session(db) as session:
         row = session.get(Contact, request.contact_id)
         if row is None:
             session.add(
@@ -117,5 +117,5 @@ def open_contact(engine: Engine, request: OpenRequest, first_stage: str) -> bool
                 return False
         else:
             return False
-    save_transition(engine, record)
+    save_transition(db, record)
     return True

@@ -86,7 +86,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(raw_url: str, *, echo: bool = False) -> Engine:
-    """Create the engine for ``raw_url``; a bad URL is a ConfigurationError naming the fix."""
+    """Create the Engine for ``raw_url``; a bad URL is a ConfigurationError naming the fix."""
     url = parse_database_url(raw_url)
     kwargs: dict[str, Any] = {"echo": echo}
     if url.get_backend_name() == "sqlite":
@@ -101,14 +101,14 @@ def make_engine(raw_url: str, *, echo: bool = False) -> Engine:
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        engine = create_engine(url, **kwargs)
+        db = create_engine(url, **kwargs)
     except (NoSuchModuleError, ArgumentError) as exc:
         raise ConfigurationError(
             f"no driver for {url.drivername!r} in STAGECOACH_DATABASE_URL", fix=_URL_FIX
         ) from exc
     if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
+        event.listen(db, "connect", _sqlite_pragmas)
+    return db
 
 
 def driver_reason(exc: SADatabaseError | OperationalError) -> str:
@@ -116,11 +116,11 @@ def driver_reason(exc: SADatabaseError | OperationalError) -> str:
     return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
 
 
-def check_connection(engine: Engine) -> None:
+def check_connection(db: Engine) -> None:
     """Open a connection and run ``SELECT 1``; raise DatabaseError with the fix if that fails."""
-    shown = engine.url.render_as_string(hide_password=True)
+    shown = db.url.render_as_string(hide_password=True)
     try:
-        with engine.connect() as conn:
+        with db.connect() as conn:
             conn.execute(text("SELECT 1"))
     except (OperationalError, SADatabaseError) as exc:
         raise DatabaseError(
@@ -130,10 +130,10 @@ def check_connection(engine: Engine) -> None:
         ) from exc
 
 
-def session_factory(engine: Engine) -> Callable[[], Session]:
-    """A callable that opens a new SQLModel session on ``engine``."""
+def session_factory(db: Engine) -> Callable[[], Session]:
+    """A callable that opens a new SQLModel session on ``db``."""
 
     def open_session() -> Session:
-        return Session(engine, expire_on_commit=False)
+        return Session(db, expire_on_commit=False)
 
     return open_session

@@ -21,10 +21,10 @@ from engine.storage.models import JourneyEnrolment
 ACTIVE = "active"
 
 
-def save_enrolment(engine: Engine, record: EnrolmentRecord) -> None:
+def save_enrolment(db: Engine, record: EnrolmentRecord) -> None:
     """Record a finished enrolment (insert, or complete the active row)."""
     _upsert(
-        engine,
+        db,
         contact_id=record.contact_id,
         journey=record.journey,
         version=record.version,
@@ -39,7 +39,7 @@ def save_enrolment(engine: Engine, record: EnrolmentRecord) -> None:
 
 
 def save_active_enrolment(
-    engine: Engine,
+    db: Engine,
     *,
     contact_id: str,
     journey: str,
@@ -50,7 +50,7 @@ def save_active_enrolment(
 ) -> None:
     """Record an enrolment still in flight, with its trail so far."""
     _upsert(
-        engine,
+        db,
         contact_id=contact_id,
         journey=journey,
         version=version,
@@ -64,9 +64,9 @@ def save_active_enrolment(
     )
 
 
-def _upsert(engine: Engine, **values: Any) -> None:
+def _upsert(db: Engine, **values: Any) -> None:
     for _ in range(2):  # a concurrent insert of the same row: read it and merge once
-        with Session(engine) as session:
+        with Session(db) as session:
             row = session.exec(
                 select(JourneyEnrolment).where(
                     JourneyEnrolment.contact_id == values["contact_id"],

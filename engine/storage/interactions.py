@@ -23,8 +23,8 @@ SOURCE = "wechat"
 """The source the WeChat callback stores its events under."""
 
 
-def _latest(engine: Engine, contact: ColumnElement[bool]) -> datetime | None:
-    with Session(engine) as session:
+def _latest(db: Engine, contact: ColumnElement[bool]) -> datetime | None:
+    with Session(db) as session:
         latest = session.exec(
             select(func.max(col(Event.occurred_at))).where(
                 contact,
@@ -37,7 +37,7 @@ def _latest(engine: Engine, contact: ColumnElement[bool]) -> datetime | None:
     return latest if latest.tzinfo is not None else latest.replace(tzinfo=UTC)
 
 
-def last_interaction(engine: Engine, openid: str) -> datetime | None:
+def last_interaction(db: Engine, openid: str) -> datetime | None:
     """When the contact with this openid last interacted with the Official Account
     (sent a message, followed, scanned a QR code, clicked the menu); ``None`` if never.
 
@@ -50,18 +50,18 @@ def last_interaction(engine: Engine, openid: str) -> datetime | None:
         .where(col(Identity.kind) == "wechat_openid", col(Identity.value) == openid)
         .scalar_subquery()
     )
-    return _latest(engine, col(Event.contact_id) == owner)
+    return _latest(db, col(Event.contact_id) == owner)
 
 
-def contact_last_interaction(engine: Engine, contact_id: str) -> datetime | None:
+def contact_last_interaction(db: Engine, contact_id: str) -> datetime | None:
     """``last_interaction`` by contact id, as the WeChat connector asks."""
-    return _latest(engine, col(Event.contact_id) == contact_id)
+    return _latest(db, col(Event.contact_id) == contact_id)
 
 
-def interaction_hook(engine: Engine) -> Callable[[str], Awaitable[datetime | None]]:
+def interaction_hook(db: Engine) -> Callable[[str], Awaitable[datetime | None]]:
     """The WeChat connector's ``last_interaction`` hook: ``async (contact_id) -> ...``."""
 
     async def hook(contact_id: str) -> datetime | None:
-        return await asyncio.to_thread(contact_last_interaction, engine, contact_id)
+        return await asyncio.to_thread(contact_last_interaction, db, contact_id)
 
     return hook

@@ -18,11 +18,11 @@ from engine.storage.db import driver_reason
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def alembic_config(engine: Engine | None = None) -> Config:
-    """An Alembic config pointing at our migrations; ``engine`` is handed to env.py."""
+def alembic_config(db: Engine | None = None) -> Config:
+    """An Alembic config pointing at our migrations; ``db`` is handed to env.py."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["engine"] = engine
+    config.attributes["db"] = db
     return config
 
 
@@ -32,20 +32,19 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(db: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
-    with engine.connect() as conn:
+    with db.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(db: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``. Safe to run on every start: it is a no-op at head."""
     try:
-        command.upgrade(alembic_config(engine), revision)
+        command.upgrade(alembic_config(db), revision)
     except (OperationalError, SADatabaseError) as exc:
         raise DatabaseError(
-            f"migration to {revision} failed on {engine.url.render_as_string()}: "
-            f"{driver_reason(exc)}",
+            f"migration to {revision} failed on {db.url.render_as_string()}: {driver_reason(exc)}",
             fix="check the database is reachable and writable, then run "
             "'stagecoach db upgrade' again",
         ) from exc

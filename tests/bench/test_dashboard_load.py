@@ -108,7 +108,7 @@ def test_dashboard_page_loads(tmp_path: Path) -> None:
     other = Period(period.since - timedelta(days=30), period.until - timedelta(days=30)).query
     rows: list[str] = []
     with (
-        serving(create_app(settings, engine=database)) as url,
+        serving(create_app(settings, db=database)) as url,
         httpx.Client(base_url=url, timeout=120) as client,
     ):
         _sign_in(client)  # straight to the pages: no warm-up started by the login page
@@ -132,7 +132,7 @@ def test_dashboard_page_loads(tmp_path: Path) -> None:
     after_login: list[str] = []
     for pause in (0, think):
         with (
-            serving(create_app(settings, engine=database)) as url,
+            serving(create_app(settings, db=database)) as url,
             httpx.Client(base_url=url, timeout=120) as client,
         ):
             assert client.get("/dashboard/login").status_code == 200

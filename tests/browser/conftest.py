@@ -314,7 +314,7 @@ def dashboard_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     settings = seeded_settings(tmp_path_factory.mktemp("dashboard"))
     engine = seeded_database(settings)
     try:
-        with serving(create_app(settings, engine=engine)) as url:
+        with serving(create_app(settings, db=engine)) as url:
             yield Served(url, settings)
     finally:
         engine.dispose()

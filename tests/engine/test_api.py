@@ -13,7 +13,7 @@ def test_healthz_reports_ok_with_a_reachable_database(api: TestClient) -> None:
 
 def test_healthz_is_503_with_the_cause_when_the_database_is_down(settings: Settings) -> None:
     down = make_engine("postgresql://u@127.0.0.1:1/none")
-    with TestClient(create_app(settings, engine=down)) as http:
+    with TestClient(create_app(settings, db=down)) as http:
         resp = http.get("/healthz")
     assert resp.status_code == 503
     assert "127.0.0.1:1" in resp.json()["database"]

@@ -96,7 +96,7 @@ def test_accepted_events_move_the_counter_by_exactly_that_many(
 ) -> None:
     source = f"web-{uuid.uuid4().hex[:8]}"
     key = create_write_key(engine, "website", source=source)
-    with TestClient(create_app(_settings(tmp_path), engine=engine)) as http:
+    with TestClient(create_app(_settings(tmp_path), db=engine)) as http:
         before = parse(http.get("/metrics", headers=ADMIN).text)
         for n in range(3):
             assert http.post("/v1/track", json=_track(f"m-{n}"), headers=_basic(key)).is_success
@@ -158,7 +158,7 @@ def test_the_page_answers_when_the_outbox_cannot_be_read() -> None:
 
 
 def test_openmetrics_is_served_when_prometheus_asks_for_it(tmp_path: Path, engine: Engine) -> None:
-    with TestClient(create_app(_settings(tmp_path), engine=engine)) as http:
+    with TestClient(create_app(_settings(tmp_path), db=engine)) as http:
         response = http.get(
             "/metrics", headers={**ADMIN, "Accept": "application/openmetrics-text; version=1.0.0"}
         )
@@ -177,7 +177,7 @@ def test_openmetrics_is_served_when_prometheus_asks_for_it(tmp_path: Path, engin
 def test_metrics_need_the_admin_token_by_default(
     tmp_path: Path, engine: Engine, headers: dict[str, str], status: int
 ) -> None:
-    with TestClient(create_app(_settings(tmp_path), engine=engine)) as http:
+    with TestClient(create_app(_settings(tmp_path), db=engine)) as http:
         response = http.get("/metrics", headers=headers)
     assert response.status_code == status, response.text
     if status == 401:
@@ -188,7 +188,7 @@ def test_metrics_need_the_admin_token_by_default(
 def test_metrics_are_off_without_an_admin_token_and_say_how_to_turn_them_on(
     tmp_path: Path, engine: Engine
 ) -> None:
-    with TestClient(create_app(_settings(tmp_path, admin_token=None), engine=engine)) as http:
+    with TestClient(create_app(_settings(tmp_path, admin_token=None), db=engine)) as http:
         response = http.get("/metrics")
     assert response.status_code == 503
     detail = response.json()["detail"]
@@ -198,7 +198,7 @@ def test_metrics_are_off_without_an_admin_token_and_say_how_to_turn_them_on(
 
 def test_metrics_public_serves_them_without_a_token(tmp_path: Path, engine: Engine) -> None:
     settings = _settings(tmp_path, admin_token=None, metrics_public=True)
-    with TestClient(create_app(settings, engine=engine)) as http:
+    with TestClient(create_app(settings, db=engine)) as http:
         response = http.get("/metrics")
     assert response.status_code == 200
     assert "stagecoach_outbox_backlog 0.0" in response.text
@@ -217,7 +217,7 @@ def test_metrics_public_is_read_from_the_environment(monkeypatch: pytest.MonkeyP
 def test_the_openapi_document_says_metrics_need_the_admin_token(
     tmp_path: Path, engine: Engine
 ) -> None:
-    with TestClient(create_app(_settings(tmp_path), engine=engine)) as http:
+    with TestClient(create_app(_settings(tmp_path), db=engine)) as http:
         operation = http.get("/openapi.json").json()["paths"]["/metrics"]["get"]
     assert "STAGECOACH_METRICS_PUBLIC" in operation["description"]
     assert {"401", "503"} <= set(operation["responses"])

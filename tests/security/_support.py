@@ -58,7 +58,7 @@ def make_settings(tmp_path: Path, *, configured: bool = True, **overrides: Any) 
 
 
 def make_app(settings: Settings, engine: Engine) -> FastAPI:
-    return create_app(settings, engine=engine)
+    return create_app(settings, db=engine)
 
 
 def seed_contact(engine: Engine, *, user_id: str = "u-1001", email: str = CONTACT_EMAIL) -> str:

@@ -697,7 +697,7 @@ def test_a_link_signed_with_the_previous_secret_verifies_only_during_its_grace(
     """Rotation: links already in inboxes keep working while the old secret is listed in
     STAGECOACH_LINK_SECRET_PREVIOUS (until its '@' date), and new links use the new one."""
     for api in _rotated_api(tmp_path, previous):
-        contact = seed_contact(api.app.state.engine)  # type: ignore[attr-defined]
+        contact = seed_contact(api.app.state.db)  # type: ignore[attr-defined]
         token = _click_token(OLD_SECRET, contact, datetime.now(UTC))
         response = api.get(f"/t/c/{token}")
         if verifies:

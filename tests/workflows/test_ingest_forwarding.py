@@ -41,7 +41,7 @@ def _client(runtime: Runtime, temporal: Callable[[], Awaitable[Client]]) -> Test
     key = create_write_key(runtime.engine, "web", source="web")
     app = create_app(
         runtime.settings,
-        engine=runtime.engine,
+        db=runtime.engine,
         temporal=temporal,
         opener=ContactOpener(runtime.engine, runtime.settings),
     )

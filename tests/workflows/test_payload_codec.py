@@ -177,7 +177,7 @@ async def test_the_codec_endpoint_decodes_what_the_worker_encoded(
     sealed = [p for p in _payloads(history) if p.metadata.get("encoding") == ENCODING]
     body = json_format.MessageToDict(Payloads(payloads=sealed))
 
-    app = create_app(_api_settings(runtime.settings), engine=runtime.engine)
+    app = create_app(_api_settings(runtime.settings), db=runtime.engine)
     with TestClient(app) as api:
         refused = api.post("/codec/decode", json=body)
         assert refused.status_code == 401

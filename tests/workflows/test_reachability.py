@@ -47,7 +47,7 @@ def _api(runtime: Runtime, **wechat_apps: Any) -> TestClient:
 
     app = create_app(
         runtime.settings,
-        engine=runtime.engine,
+        db=runtime.engine,
         temporal=temporal,
         opener=ContactOpener(runtime.engine, runtime.settings),
     )

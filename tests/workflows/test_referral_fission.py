@@ -54,7 +54,7 @@ async def test_referees_purchases_reward_the_promoter_who_becomes_an_advocate(
         key = create_write_key(runtime.engine, "shop", source="shop")
         app = create_app(
             runtime.settings,
-            engine=runtime.engine,
+            db=runtime.engine,
             temporal=temporal,
             opener=ContactOpener(runtime.engine, runtime.settings),
         )

@@ -258,7 +258,7 @@ async def _sales_stack(
                 key = create_write_key(runtime.engine, "site", source="site")
                 app = create_app(
                     runtime.settings,
-                    engine=runtime.engine,
+                    db=runtime.engine,
                     temporal=temporal,
                     opener=ContactOpener(runtime.engine, runtime.settings),
                 )

@@ -1,7 +1,7 @@
 """The contact workflow's activities: every side effect it has, with dependencies injected.
 
 The composition root (``stagecoach worker``) builds ``ContactActivities`` with the
-database engine, the content library, one connector per channel and the send policy; the
+database Engine (``db``), the content library, one connector per channel and the send policy; the
 worker registers the bound methods. Tests build the same class around a file sink.
 """
 
@@ -115,7 +115,7 @@ class ContactActivities:
     def __init__(
         self,
         *,
-        engine: Engine,
+        db: Engine,
         definitions: Callable[[], Definitions],
         content: ContentLibrary,
         connectors: Mapping[str, Connector],
@@ -128,7 +128,7 @@ class ContactActivities:
         referral_policy: ReferralPolicy | None = None,
         retry_hint_max: timedelta | None = None,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._definitions = definitions
         self._content = content
         self._connectors = dict(connectors)
@@ -166,7 +166,7 @@ class ContactActivities:
         the definitions. (Callers that open the contact themselves skip this.)"""
         definitions = self._definitions()
         save_transition(
-            self._engine, creation_record(request, definitions.pipeline["stages"][0]["name"])
+            self._db, creation_record(request, definitions.pipeline["stages"][0]["name"])
         )
         return definitions
 
@@ -178,7 +178,7 @@ class ContactActivities:
     @activity.defn(name=RECORD_TRANSITION_ACTIVITY)
     def record_transition(self, record: TransitionRecord) -> None:
         """Upsert the contact row and insert the transition; a retry inserts nothing."""
-        save_transition(self._engine, record)
+        save_transition(self._db, record)
 
     # --- delivery ----------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class ContactActivities:
         if request.enrolment_started_at is not None:
             await asyncio.to_thread(
                 save_active_enrolment,
-                self._engine,
+                self._db,
                 contact_id=request.contact_id,
                 journey=request.journey,
                 version=request.journey_version,
@@ -264,7 +264,7 @@ class ContactActivities:
 
             personal = await asyncio.to_thread(
                 referral_variables,
-                self._engine,
+                self._db,
                 request.contact_id,
                 channel=request.channel,
                 base_url=self._public_url,
@@ -449,7 +449,7 @@ class ContactActivities:
     @activity.defn(name=RECORD_ENROLMENT_ACTIVITY)
     def record_enrolment(self, record: EnrolmentRecord) -> None:
         """A finished enrolment and its trail, for journey analytics."""
-        save_enrolment(self._engine, record)
+        save_enrolment(self._db, record)
 
     @activity.defn(name=RECORD_CONVERSION_ACTIVITY)
     def record_conversion(self, request: ConversionRequest) -> RewardDecision:
@@ -458,7 +458,7 @@ class ContactActivities:
         from engine.referrals import record_conversion
 
         return record_conversion(
-            self._engine,
+            self._db,
             request.contact_id,
             at=request.at,
             library=self._content,
@@ -470,7 +470,7 @@ class ContactActivities:
         """Release every held reward whose return window has passed by ``at``."""
         from engine.referrals import release_due_rewards
 
-        return len(release_due_rewards(self._engine, at))
+        return len(release_due_rewards(self._db, at))
 
     def _prepare_handoff(
         self, request: HandOffRequest, now: datetime
@@ -484,7 +484,7 @@ class ContactActivities:
         raw_pipeline = request.payload.get("pipeline")
         pipeline = Pipeline.from_dict(raw_pipeline or self._definitions().pipeline)
         routing = pipeline.routing
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             row = session.get(Handoff, handoff_id)
             if row is not None:
                 return (
@@ -605,11 +605,11 @@ class ContactActivities:
             )
 
     def _find_handoff(self, handoff_id: str) -> Handoff | None:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             return session.get(Handoff, handoff_id)
 
     def _handoff_status(self, handoff_id: str, status: str) -> None:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             row = session.get(Handoff, handoff_id)
             if row is not None and row.status == "sent":
                 row.status = status
@@ -617,7 +617,7 @@ class ContactActivities:
                 session.commit()
 
     def _handoff_sla_sent(self, handoff_id: str, kind: str) -> None:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             row = session.get(Handoff, handoff_id)
             if row is None:
                 return
@@ -636,7 +636,7 @@ class ContactActivities:
         return DeliverOutcome(status="blocked", reason=reason)
 
     def _find_delivery(self, key: str) -> Delivery | None:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             return session.exec(select(Delivery).where(Delivery.idempotency_key == key)).first()
 
     def _suppressed(self, channel: str, raw_address: str) -> bool:
@@ -646,14 +646,14 @@ class ContactActivities:
         address = _normalised(channel, raw_address)
         if address is None:
             return True
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             row = session.get(Suppression, (channel, address))
             if row is None:
                 return False
             if channel != "wechat" or row.reason != "consent_revoked" or not row.contact_id:
                 return True
             since = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-            last = contact_last_interaction(self._engine, row.contact_id)
+            last = contact_last_interaction(self._db, row.contact_id)
             if last is None or last <= since:
                 return True
             session.delete(row)
@@ -662,7 +662,7 @@ class ContactActivities:
 
     def _suppress(self, request: DeliverRequest, reason: str) -> None:
         address = _normalised(request.channel, request.address) or request.address.strip()
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             if session.get(Suppression, (request.channel, address)) is None:
                 session.add(
                     Suppression(
@@ -675,7 +675,7 @@ class ContactActivities:
                 session.commit()
 
     def _recent_sends(self, contact_id: str, since: datetime) -> list[datetime]:
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             rows = session.exec(
                 select(Delivery.sent_at).where(
                     Delivery.contact_id == contact_id,
@@ -719,7 +719,7 @@ class ContactActivities:
 
     def _record(self, request: DeliverRequest, *, status: str, **fields: Any) -> None:
         """Insert or update the delivery row for this idempotency key."""
-        with Session(self._engine) as session:
+        with Session(self._db) as session:
             self._ensure_contact(session, request.contact_id)
             row = session.exec(
                 select(Delivery).where(Delivery.idempotency_key == request.idempotency_key)

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the engine that engine.storage.migrate hands in."""
+"""Alembic environment: runs migrations on the database (``db``) engine.storage.migrate hands in."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ target_metadata = SQLModel.metadata
 
 
 def run_migrations_online() -> None:
-    db: Engine | None = context.config.attributes.get("engine")
+    db: Engine | None = context.config.attributes.get("db")
     if db is None:
         raise RuntimeError("run migrations through 'stagecoach db upgrade'")
     with db.begin() as connection:

@@ -230,7 +230,7 @@ def test_bad_admission_settings_name_the_variable() -> None:
 async def test_a_full_gate_answers_429_with_retry_after_and_stores_nothing(
     tmp_path: Path, engine: Engine
 ) -> None:
-    app = create_app(settings_for(tmp_path, ingest_concurrency=1, ingest_queue=0), engine=engine)
+    app = create_app(settings_for(tmp_path, ingest_concurrency=1, ingest_queue=0), db=engine)
     key = create_write_key(engine, "web", source="web")
     messages = batch("full", 0, 5)
     async with served(app, key) as http:
@@ -262,7 +262,7 @@ async def test_a_call_waits_at_most_max_wait_then_is_refused(
     tmp_path: Path, engine: Engine
 ) -> None:
     settings = settings_for(tmp_path, ingest_concurrency=1, ingest_queue=4, ingest_max_wait=0.3)
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     key = create_write_key(engine, "web", source="web")
     async with served(app, key) as http:
         held = await gate_of(app).enter()
@@ -285,7 +285,7 @@ async def test_a_call_waits_at_most_max_wait_then_is_refused(
 async def test_other_routes_are_never_refused_while_the_gate_is_full(
     tmp_path: Path, engine: Engine
 ) -> None:
-    app = create_app(settings_for(tmp_path, ingest_concurrency=1, ingest_queue=0), engine=engine)
+    app = create_app(settings_for(tmp_path, ingest_concurrency=1, ingest_queue=0), db=engine)
     app.state.wechat_apps = {"main": {"token": WECHAT_TOKEN, "appid": "wx5823bf96d3bd56c7"}}
     key = create_write_key(engine, "web", source="web")
     async with served(app, key) as http:
@@ -329,7 +329,7 @@ async def test_other_routes_are_never_refused_while_the_gate_is_full(
 async def test_concurrent_callers_are_refused_or_stored_exactly_once(
     tmp_path: Path, engine: Engine
 ) -> None:
-    app = create_app(settings_for(tmp_path, ingest_concurrency=1, ingest_queue=1), engine=engine)
+    app = create_app(settings_for(tmp_path, ingest_concurrency=1, ingest_queue=1), db=engine)
     key = create_write_key(engine, "web", source="web")
     batches = [batch("many", n, 200) for n in range(24)]
     async with served(app, key) as http:
@@ -364,7 +364,7 @@ async def test_concurrent_callers_are_refused_or_stored_exactly_once(
 
 
 async def test_concurrency_zero_turns_admission_control_off(tmp_path: Path, engine: Engine) -> None:
-    app = create_app(settings_for(tmp_path, ingest_concurrency=0), engine=engine)
+    app = create_app(settings_for(tmp_path, ingest_concurrency=0), db=engine)
     assert app.state.admission is None
     key = create_write_key(engine, "web", source="web")
     batches = [batch("off", n, 50) for n in range(16)]
@@ -383,7 +383,7 @@ async def test_concurrency_zero_turns_admission_control_off(tmp_path: Path, engi
 async def test_openapi_documents_429_on_the_ingestion_routes_only(
     tmp_path: Path, engine: Engine
 ) -> None:
-    app = create_app(settings_for(tmp_path), engine=engine)
+    app = create_app(settings_for(tmp_path), db=engine)
     spec = app.openapi()
     documented = {
         (path, method)

@@ -110,7 +110,7 @@ async def test_without_the_admin_token_nothing_is_decoded(
 def test_without_an_admin_token_configured_the_endpoint_is_off(
     tmp_path: Path, db_engine: Engine
 ) -> None:
-    app = create_app(_settings(tmp_path, admin_token=None), engine=db_engine)
+    app = create_app(_settings(tmp_path, admin_token=None), db=db_engine)
     with TestClient(app) as client:
         answer = client.post("/codec/decode", json={"payloads": []}, headers=ADMIN)
         assert answer.status_code == 503
@@ -119,7 +119,7 @@ def test_without_an_admin_token_configured_the_endpoint_is_off(
 
 
 def test_without_payload_keys_the_endpoint_says_so(tmp_path: Path, db_engine: Engine) -> None:
-    app = create_app(_settings(tmp_path, payload_keys=None), engine=db_engine)
+    app = create_app(_settings(tmp_path, payload_keys=None), db=db_engine)
     with TestClient(app) as client:
         answer = client.post("/codec/decode", json={"payloads": []}, headers=ADMIN)
     assert answer.status_code == 503
@@ -200,7 +200,7 @@ def test_the_web_ui_origin_can_read_answers_and_refusals(api: TestClient) -> Non
 
 def test_codec_origins_replaces_the_default(tmp_path: Path, db_engine: Engine) -> None:
     ui = "https://temporal.example.com"
-    app = create_app(_settings(tmp_path, codec_origins=f"{ui}/, {UI}"), engine=db_engine)
+    app = create_app(_settings(tmp_path, codec_origins=f"{ui}/, {UI}"), db=db_engine)
     with TestClient(app) as client:
         for origin in (ui, UI):
             answer = client.options(

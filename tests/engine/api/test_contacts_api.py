@@ -181,7 +181,7 @@ def _app(settings: Settings, engine: Engine, temporal: FakeTemporal | None) -> F
     async def factory() -> Any:
         return temporal
 
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     # Only the routes read app.state.temporal here: create_app(temporal=...) would also
     # start the outbox forwarder, which the fake cannot serve.
     app.state.temporal = factory if temporal is not None else None

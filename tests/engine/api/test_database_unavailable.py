@@ -31,7 +31,7 @@ from tests.helpers import migrated_engine
 
 def test_an_unreachable_database_is_a_503_with_retry_after_not_a_500(settings: Settings) -> None:
     down = make_engine("postgresql://u@127.0.0.1:1/none")  # nothing listens on port 1
-    with TestClient(create_app(settings, engine=down)) as http:
+    with TestClient(create_app(settings, db=down)) as http:
         resp = http.post(
             "/v1/batch",
             auth=("a-key-not-in-the-cache", ""),

@@ -556,7 +556,7 @@ def test_webhook_with_wrong_or_missing_credentials_is_401_and_records_nothing(
 def test_webhook_credentials_come_from_settings_and_unset_means_503(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    unset = create_app(settings, engine=engine)
+    unset = create_app(settings, db=engine)
     with TestClient(unset) as client:
         assert postmark(client, {}).status_code == 503
     configured = settings.model_copy(
@@ -565,7 +565,7 @@ def test_webhook_credentials_come_from_settings_and_unset_means_503(
             "postmark_webhook_password": SecretStr(WEBHOOK_AUTH[1]),
         }
     )
-    app = create_app(configured, engine=engine)
+    app = create_app(configured, db=engine)
     with TestClient(app) as client:
         assert postmark(client, {"RecordType": "Open"}).status_code == 200
         assert postmark(client, {}, auth=("x", "y")).status_code == 401
@@ -931,7 +931,7 @@ def test_a_projects_content_directory_overrides_the_page_copy(
         'value="unsubscribe"><button type=submit>Yes, stop</button></form>{% endblock %}'
     )
     own = settings.model_copy(update={"content_dir": tmp_path / "project-content"})
-    with TestClient(create_app(own, engine=engine)) as client:
+    with TestClient(create_app(own, db=engine)) as client:
         email = render(signer, contact)
         page = client.get(email.unsubscribe)
         assert "<h1>Leaving Ironbridge news?</h1>" in page.text
@@ -940,6 +940,6 @@ def test_a_projects_content_directory_overrides_the_page_copy(
     (pages / "consent.en.j2").write_text('{% set referral = "I agree." %}')
     broken = settings.model_copy(update={"content_dir": tmp_path / "project-content"})
     with pytest.raises(ConfigurationError) as refused:
-        create_app(broken, engine=engine)
+        create_app(broken, db=engine)
     assert "consent.en.j2 sets no unsubscribe" in refused.value.message
     assert "_layouts/pages" in refused.value.fix

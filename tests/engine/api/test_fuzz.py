@@ -32,7 +32,7 @@ def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> 
     )
     engine = migrated_engine(settings.resolved_database_url)
     key = create_write_key(engine, "fuzz", source="fuzz")
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
     admin = {"Authorization": "Bearer admin-secret"}  # the admin routes: contacts, reports
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

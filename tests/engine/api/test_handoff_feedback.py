@@ -61,7 +61,7 @@ def make_app(engine: Engine, tmp_path: Path, secret: str | None = SECRET) -> Fas
         database_url=f"sqlite:///{tmp_path}/handoffs.db",
         webhook_secret=SecretStr(secret) if secret is not None else None,
     )
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     if not any(
         getattr(r, "path", None) == "/v1/handoffs/{handoff_id}/feedback" for r in app.routes
     ):

@@ -42,7 +42,7 @@ def key(engine: Engine) -> str:
 
 @pytest.fixture
 def api(engine: Engine, settings: Settings, key: str) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine, opener=ContactOpener(engine, settings))
+    app = create_app(settings, db=engine, opener=ContactOpener(engine, settings))
     auth = base64.b64encode(f"{key}:".encode()).decode()
     with TestClient(app, headers={"Authorization": f"Basic {auth}"}) as client:
         yield client

@@ -37,7 +37,7 @@ def api(engine: Engine, tmp_path: Path) -> Iterator[TestClient]:
     key = create_write_key(engine, "web", source="web")
     auth = base64.b64encode(f"{key}:".encode()).decode()
     with TestClient(
-        create_app(settings, engine=engine), headers={"Authorization": f"Basic {auth}"}
+        create_app(settings, db=engine), headers={"Authorization": f"Basic {auth}"}
     ) as client:
         yield client
 

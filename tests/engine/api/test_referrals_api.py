@@ -68,7 +68,7 @@ def make_app(engine: Engine, tmp_path: Path) -> FastAPI:
         admin_token=SecretStr(ADMIN),
         public_url="https://mkt.example.com",
     )
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     if not any(getattr(r, "path", None) == "/r/{code}" for r in app.routes):
         app.include_router(router)  # until create_app includes it
     return app

@@ -359,7 +359,7 @@ def test_the_replay_window_is_a_setting(engine: Engine, tmp_path: Path) -> None:
         database_url=f"sqlite:///{tmp_path}/wechat.db",
         wechat_replay_window_seconds=30,
     )
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     app.state.wechat_apps = APPS
     with TestClient(app) as client:
         minute_old = signed(timestamp=str(int(time.time()) - 60))

@@ -49,7 +49,7 @@ def api(runtime: Runtime) -> Iterator[TestClient]:
 
     app = create_app(
         runtime.settings,
-        engine=runtime.engine,
+        db=runtime.engine,
         temporal=temporal,
         opener=ContactOpener(runtime.engine, runtime.settings),
     )

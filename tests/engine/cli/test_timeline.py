@@ -53,7 +53,7 @@ async def test_a_batch_shows_its_events_and_a_hand_off_says_who_took_it(
         key = create_write_key(runtime.engine, "web", source="web")
         app = create_app(
             runtime.settings,
-            engine=runtime.engine,
+            db=runtime.engine,
             temporal=temporal,
             opener=ContactOpener(runtime.engine, runtime.settings),
         )

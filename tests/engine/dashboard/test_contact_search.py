@@ -36,7 +36,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(engine: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, db=engine)
     with TestClient(app, follow_redirects=False) as test_client:
         signed = test_client.post(
             "/dashboard/login",

@@ -49,7 +49,7 @@ def seeded(db_engine: Engine, settings: Settings) -> Engine:
 
 @pytest.fixture
 def client(seeded: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=seeded)
+    app = create_app(settings, db=seeded)
     with TestClient(app) as test_client:
         yield test_client
     app.state.reports.wait(30)  # no background copy outlives the test
@@ -169,7 +169,7 @@ def test_logout_clears_the_cookie(client: TestClient) -> None:
 
 def test_without_an_admin_token_nobody_can_sign_in(seeded: Engine, tmp_path: Path) -> None:
     settings = seeded_settings(tmp_path, admin_token=None)
-    with TestClient(create_app(settings, engine=seeded)) as client:
+    with TestClient(create_app(settings, db=seeded)) as client:
         assert client.get("/dashboard/login").status_code == 503
         assert sign_in(client, token="").status_code == 503
         assert client.get("/dashboard", follow_redirects=False).status_code == 303
@@ -349,7 +349,7 @@ async def test_contact_page_shows_the_workflow_history(
     async def factory() -> Client:
         return temporal
 
-    app = create_app(settings, engine=seeded, temporal=factory)
+    app = create_app(settings, db=seeded, temporal=factory)
     transport = httpx.ASGITransport(app=app)  # on this loop, where the Temporal client lives
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:

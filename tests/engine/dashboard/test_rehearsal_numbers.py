@@ -125,7 +125,7 @@ def seeded(settings: Settings) -> Iterator[Engine]:
 
 @pytest.fixture
 def client(seeded: Engine, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, engine=seeded)
+    app = create_app(settings, db=seeded)
     with TestClient(app) as test_client:
         yield test_client
     app.state.reports.wait(30)
