@@ -32,6 +32,7 @@ from engine.journeys import (
     NO_CHANNEL_WITHIN,
     SKIPPED_NO_CHANNEL,
     handoff_audience,
+    human_duration,
 )
 from engine.protocol import (
     CHANNEL_TIMER_PREFIX,
@@ -165,8 +166,7 @@ def entries_from_records(records: Iterable[Record]) -> list[Entry]:
             if rec.name.startswith(CHANNEL_TIMER_PREFIX):
                 step = rec.name.removeprefix(CHANNEL_TIMER_PREFIX).rsplit(":", 1)[0]
                 label = f"waiting for a channel [{rec.namespace}/{step}], at most"
-            seconds = rec.delay.total_seconds()
-            out.append(Entry(at, "wait", f"{label} for {seconds:.0f}s", {}, run_id))
+            out.append(Entry(at, "wait", f"{label} for {human_duration(rec.delay)}", {}, run_id))
         elif isinstance(rec, UpdateAccepted):
             req = rec.request
             out.append(Entry(at, "enrol", f"enrol requested: {req.get('journey')}", req, run_id))

@@ -46,6 +46,7 @@ from engine.journeys import (
     diff_specs,
     exit_to,
     handoff_audience,
+    human_duration,
     simulate,
     to_mermaid,
 )
@@ -286,7 +287,7 @@ def _outline(spec: JourneySpec, where: str) -> str:
     cooldown = reentry.get("cooldown_seconds")
     lines.append(
         f"  re-entry:  {reentry['policy']}"
-        + (f" after {_duration(timedelta(seconds=cooldown))}" if cooldown else "")
+        + (f" after {human_duration(timedelta(seconds=cooldown))}" if cooldown else "")
     )
     if body["exit_when"] is not None:
         lines.append(f"  exit when: {_condition(body['exit_when'])}")
@@ -352,7 +353,7 @@ def _condition(data: dict[str, Any]) -> str:
         if data.get("count", 1) > 1:
             text += f" x{data['count']}"
         if data.get("within_seconds"):
-            text += f" within {_duration(timedelta(seconds=data['within_seconds']))}"
+            text += f" within {human_duration(timedelta(seconds=data['within_seconds']))}"
         return text
     if kind == "stage_in":
         return "stage in " + ", ".join(data["stages"])
@@ -641,7 +642,7 @@ def simulate_command(
         return
 
     typer.echo(
-        f"{spec.name} {_short(spec.version)} ({where}), simulated for {_duration(horizon)} "
+        f"{spec.name} {_short(spec.version)} ({where}), simulated for {human_duration(horizon)} "
         f"from {SIMULATION_EPOCH:%Y-%m-%d %H:%M} UTC; contact at stage {stage}, score {score:g}"
         + (f", grade {grade}" if grade else "")
         + (f", attributes {json.dumps(attributes, ensure_ascii=False)}" if attributes else "")
@@ -701,16 +702,6 @@ def _offset(delta: timedelta) -> str:
     hours, rest = divmod(int(delta.total_seconds()), 3600)
     days, hours = divmod(hours, 24)
     return f"d{days} {hours:02d}:{rest // 60:02d}"
-
-
-def _duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        amount, seconds = divmod(seconds, size)
-        if amount:
-            parts.append(f"{amount}{unit}")
-    return "".join(parts) or "0"
 
 
 def _describe(command: Command) -> str:

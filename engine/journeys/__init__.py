@@ -120,7 +120,7 @@ from ._steps import (
     exit_to,
     handoff_audience,
 )
-from ._tools import SpecDiff, StepChange, diff_specs, to_mermaid
+from ._tools import SpecDiff, StepChange, diff_specs, human_duration, to_mermaid
 
 __all__ = [
     "CHANNELS",
@@ -213,6 +213,7 @@ __all__ = [
     "hand_off",
     "handoff_audience",
     "holdout",
+    "human_duration",
     "idempotency_key",
     "next_best",
     "next_time_of_day",

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from ._spec import JourneySpec
 from ._steps import END, EXIT_PREFIX, EventEntry, StageEntered, Step
+
+
+def human_duration(delta: timedelta) -> str:
+    """``30d``, ``3h32m10s``, ``0``: a duration as people read it, largest unit first."""
+    seconds = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts) or "0"
 
 
 def _node_ids(spec: JourneySpec) -> dict[str, str]:

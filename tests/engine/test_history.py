@@ -29,6 +29,7 @@ from engine.history import (
     contact_history,
     read_run,
 )
+from engine.journeys import human_duration
 from engine.messages import EnrolRequest
 from engine.protocol import (
     DELIVER_ACTIVITY,
@@ -36,6 +37,7 @@ from engine.protocol import (
     OPEN_ACTIVITY,
     contact_workflow_id,
 )
+from engine.timeline import entries_from_records
 from tests.workflows.conftest import eventually, open_runtime
 
 R = TypeVar("R", bound=Record)
@@ -87,6 +89,14 @@ def test_a_wait_for_a_channel_reads_as_a_timer_its_cancel_points_to() -> None:
         "identify",
     ]
     assert [r.event_id for r in records] == sorted(r.event_id for r in records)
+
+
+def test_the_timeline_says_a_wait_in_days_and_hours_not_seconds() -> None:
+    story = [e.summary for e in entries_from_records(_recorded("no_address_waits_for_a_channel"))]
+    assert "waiting for a channel [b2b_nurture/awareness-whitepaper], at most for 30d" in story
+    assert human_duration(timedelta(hours=3, minutes=32, seconds=10)) == "3h32m10s"
+    assert human_duration(timedelta(days=1, hours=12)) == "1d12h"
+    assert human_duration(timedelta(0)) == "0"
 
 
 def test_an_events_signal_reads_as_the_batch_it_carried() -> None:
