@@ -4,6 +4,7 @@ with a migrated SQLite file, the real content library and a file sink per test."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -14,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import Engine
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from engine.api.events import create_write_key
+from engine.app import create_app
 from engine.cli.compose import build_activities
 from engine.content import ContentLibrary
 from engine.delivery import Connector
@@ -27,6 +31,7 @@ from engine.messages import EventMessage, contact_workflow_id
 from engine.settings import Settings
 from tests.helpers import migrated_engine, runtime_settings
 from workflows.client import with_settings
+from workflows.runtime import ContactOpener
 from workflows.system import SystemActivities
 from workflows.worker import build_worker
 
@@ -49,6 +54,29 @@ class Runtime:
     @property
     def sink(self) -> Path:
         return self.settings.resolved_sink_dir
+
+    def app(self, temporal: Callable[[], Awaitable[Client]] | None = None) -> FastAPI:
+        """The production API on this runtime's database, its outbox forwarder and
+        contact opener signalling this runtime's Temporal (or ``temporal``'s answer)."""
+
+        async def ours() -> Client:
+            return self.client
+
+        return create_app(
+            self.settings,
+            db=self.engine,
+            temporal=temporal or ours,
+            opener=ContactOpener(self.engine, self.settings),
+        )
+
+    def write_key(self, source: str) -> str:
+        """A new write key for the event API, scoped to ``source``."""
+        return create_write_key(self.engine, source, source=source)
+
+    def write_auth(self, source: str) -> dict[str, str]:
+        """Basic-auth headers carrying a new write key scoped to ``source``."""
+        token = base64.b64encode(f"{self.write_key(source)}:".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     def sent(self, contact_id: str, channel: str = "email") -> list[dict[str, Any]]:
         """Messages the file sink received for a contact, oldest first."""

@@ -13,12 +13,10 @@ from urllib.parse import urlsplit
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.smtp import SmtpConfig, SmtpConnector
 from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.cli.journeys import REHEARSAL_CONTACT
 from engine.content import ContentLibrary
 from engine.gateway import enrol, send_event
@@ -44,16 +42,7 @@ def _deliveries(runtime: Runtime, contact_id: str) -> list[Delivery]:
 
 
 def _api(runtime: Runtime) -> TestClient:
-    async def temporal() -> Client:
-        return runtime.client
-
-    app = create_app(
-        runtime.settings,
-        db=runtime.engine,
-        temporal=temporal,
-        opener=ContactOpener(runtime.engine, runtime.settings),
-    )
-    return TestClient(app)
+    return TestClient(runtime.app())
 
 
 async def test_no_mail_reaches_an_address_that_normalises_to_an_unsubscribed_one(

@@ -5,7 +5,6 @@ nothing personal is left in the database or in Temporal."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,19 +15,15 @@ from fastapi.testclient import TestClient
 from google.protobuf.message import Message
 from sqlmodel import Session, col, select
 from temporalio.api.common.v1 import Payload
-from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.analytics.service import Numbers
 from engine.analytics.store import AnalyticsStore, default_path
 from engine.api.contacts import pseudonym
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import contact_workflow_id
 from engine.storage.models import Consent, Contact, Delivery, Event, Identity, Merge, Outbox
 from tests.workflows.conftest import Runtime, eventually
-from workflows.runtime import ContactOpener
 
 TOKEN = "erasure-test-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,18 +38,7 @@ def runtime_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def api(runtime: Runtime) -> Iterator[TestClient]:
-    async def temporal() -> Client:
-        return runtime.client
-
-    app = create_app(
-        runtime.settings,
-        db=runtime.engine,
-        temporal=temporal,
-        opener=ContactOpener(runtime.engine, runtime.settings),
-    )
-    key = create_write_key(runtime.engine, "web", source="web")
-    auth = base64.b64encode(f"{key}:".encode()).decode()
-    with TestClient(app, headers={"Authorization": f"Basic {auth}"}) as client:
+    with TestClient(runtime.app(), headers=runtime.write_auth("web")) as client:
         yield client
 
 

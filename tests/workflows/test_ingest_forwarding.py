@@ -4,7 +4,6 @@ forwarder, with Temporal reachable and not."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,15 +13,12 @@ from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.gateway import ContactNotFound
 from engine.gateway import contact_view as _view
 from engine.ingest._forwarder import backlog
 from engine.messages import contact_workflow_id
 from engine.storage.models import Event, Outbox
 from tests.workflows.conftest import Runtime, eventually
-from workflows.runtime import ContactOpener
 
 WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
 
@@ -38,15 +34,7 @@ async def contact_view(client: Client, contact_id: str) -> Any:
 
 
 def _client(runtime: Runtime, temporal: Callable[[], Awaitable[Client]]) -> TestClient:
-    key = create_write_key(runtime.engine, "web", source="web")
-    app = create_app(
-        runtime.settings,
-        db=runtime.engine,
-        temporal=temporal,
-        opener=ContactOpener(runtime.engine, runtime.settings),
-    )
-    auth = base64.b64encode(f"{key}:".encode()).decode()
-    return TestClient(app, headers={"Authorization": f"Basic {auth}"})
+    return TestClient(runtime.app(temporal), headers=runtime.write_auth("web"))
 
 
 def _contact_of(runtime: Runtime, message_id: str) -> str:

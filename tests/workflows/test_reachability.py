@@ -5,7 +5,6 @@ and an anonymous visitor who identifies hours later gets it by email then."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,13 +13,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.smtp import SmtpConfig, SmtpConnector
 from connectors.wechat import WeChatConfig, WeChatConnector
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.journeys import Journey, NoChannel, compile_journey, on_event, send
@@ -32,7 +28,6 @@ from engine.why import NOT_SENT, PENDING, SENT, contact_why
 from tests.peers.smtp import SmtpPeer
 from tests.peers.wechat import WeChatPeer
 from tests.workflows.conftest import Runtime, eventually, open_runtime, record_history
-from workflows.runtime import ContactOpener
 
 TOKEN = "expo-callback-token"
 OPENID = "oQrExpo2026follower0000001"
@@ -42,20 +37,10 @@ WHITEPAPER = ("b2b_nurture", "awareness-whitepaper")
 def _api(runtime: Runtime, **wechat_apps: Any) -> TestClient:
     """The production API with its outbox forwarder sending to the test's Temporal."""
 
-    async def temporal() -> Client:
-        return runtime.client
-
-    app = create_app(
-        runtime.settings,
-        db=runtime.engine,
-        temporal=temporal,
-        opener=ContactOpener(runtime.engine, runtime.settings),
-    )
+    app = runtime.app()
     if wechat_apps:
         app.state.wechat_apps = wechat_apps
-    key = create_write_key(runtime.engine, "web", source="web")
-    auth = base64.b64encode(f"{key}:".encode()).decode()
-    return TestClient(app, headers={"Authorization": f"Basic {auth}"})
+    return TestClient(app, headers=runtime.write_auth("web"))
 
 
 def _contact_with(runtime: Runtime, kind: str, value: str) -> str | None:

@@ -13,18 +13,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.filesink import FileSinkConnector
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.referrals import issue_code
 from engine.storage.models import Event, Referral, Reward
 from tests.workflows.conftest import Runtime, eventually, open_runtime
-from workflows.runtime import ContactOpener
 
 PROMOTER = {"email": "qian.li@example.cn", "locale": "en", "timezone": "UTC"}
 
@@ -47,18 +43,8 @@ async def test_referees_purchases_reward_the_promoter_who_becomes_an_advocate(
     async with open_runtime(
         env, task_queue, tmp_path, content_library, connectors=sinks
     ) as runtime:
-
-        async def temporal() -> Client:
-            return runtime.client
-
-        key = create_write_key(runtime.engine, "shop", source="shop")
-        app = create_app(
-            runtime.settings,
-            db=runtime.engine,
-            temporal=temporal,
-            opener=ContactOpener(runtime.engine, runtime.settings),
-        )
-        with TestClient(app) as api:
+        key = runtime.write_key("shop")
+        with TestClient(runtime.app()) as api:
 
             def track(user: str, message_id: str, event: str, **fields: Any) -> None:
                 body = {"userId": user, "messageId": message_id, "event": event, **fields}

@@ -20,20 +20,16 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from pydantic import SecretStr
 from sqlmodel import Session, col, select
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.crm import WebhookConnector, sign
 from connectors.filesink import FileSinkConnector
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.messages import ContactView, contact_workflow_id
 from engine.storage.models import Event, Handoff, Identity
 from tests.peers.crm import WebhookReceiver
 from tests.workflows.conftest import Runtime, eventually, open_runtime, record_history
-from workflows.runtime import ContactOpener
 
 SECRET = "whsec-sales"
 BUYER = {
@@ -251,18 +247,8 @@ async def _sales_stack(
                 connectors={**sinks, "crm": connector},
                 webhook_secret=SecretStr(SECRET),
             ) as runtime:
-
-                async def temporal() -> Client:
-                    return runtime.client
-
-                key = create_write_key(runtime.engine, "site", source="site")
-                app = create_app(
-                    runtime.settings,
-                    db=runtime.engine,
-                    temporal=temporal,
-                    opener=ContactOpener(runtime.engine, runtime.settings),
-                )
-                with TestClient(app) as api:
+                key = runtime.write_key("site")
+                with TestClient(runtime.app()) as api:
                     yield runtime, api, receiver, _track_api(api, key)
         finally:
             await connector.aclose()

@@ -4,7 +4,6 @@ subprocess against a real Temporal server, with contacts made through the event 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -16,16 +15,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.gateway import ContactNotFound, contact_view
 from engine.storage.models import Event
 from tests.workflows.conftest import Runtime, eventually, open_runtime
-from workflows.runtime import ContactOpener
 
 ROOT = Path(__file__).resolve().parents[3]
 OPENID = "oWx1f2G3h4J5k6L7m8N9p0QrStUv"
@@ -44,18 +39,7 @@ async def runtime(
 def api(runtime: Runtime) -> Iterator[TestClient]:
     """The ingestion API with its outbox forwarder, which starts the contact workflows."""
 
-    async def temporal() -> Client:
-        return runtime.client
-
-    app = create_app(
-        runtime.settings,
-        db=runtime.engine,
-        temporal=temporal,
-        opener=ContactOpener(runtime.engine, runtime.settings),
-    )
-    key = create_write_key(runtime.engine, "shop", source="shop")
-    auth = base64.b64encode(f"{key}:".encode()).decode()
-    with TestClient(app, headers={"Authorization": f"Basic {auth}"}) as client:
+    with TestClient(runtime.app(), headers=runtime.write_auth("shop")) as client:
         yield client
 
 

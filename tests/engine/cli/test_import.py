@@ -464,3 +464,32 @@ def test_without_a_terminal_progress_is_printed_as_lines_with_the_rate(
     assert "of ~10 rows (40%)" in progress[0]
     assert figure(result, "imported as new contacts") == 10
     assert len(events(db)) == 10
+
+
+# --- addresses take the one canonical form (issue 17) ----------------------------------
+# A spelling of a known address is that contact; an invisible character is a rejected row.
+
+
+def test_spellings_of_one_address_import_as_one_contact_and_invisible_ones_are_rejected(
+    db: Engine, tmp_path: Path
+) -> None:
+    path = write_csv(
+        tmp_path / "contacts.csv",
+        [
+            ["email", "name"],
+            ["someone@example.com", "Plain"],
+            ["SomeOne@ｅｘａｍｐｌｅ．com.", "Full width"],
+            ["someone@exa\u200bmple.com", "Zero width"],
+        ],
+    )
+
+    result = run(path)
+
+    assert result.exit_code == 0, result.output
+    with Session(db) as session:
+        emails = session.exec(select(Identity).where(col(Identity.kind) == "email")).all()
+    assert [e.value for e in emails] == ["someone@example.com"]
+    with (tmp_path / "contacts.rejected.csv").open(encoding="utf-8-sig", newline="") as file:
+        [rejected] = list(csv.DictReader(file))
+    assert (rejected["name"], rejected["field"]) == ("Zero width", "email")
+    assert "ZERO WIDTH SPACE" in rejected["reason"]

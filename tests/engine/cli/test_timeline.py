@@ -7,7 +7,6 @@ From nothing: a new contact's identify and three buying signals arrive in one
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,14 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api.events import create_write_key
-from engine.app import create_app
 from engine.content import ContentLibrary
 from engine.messages import EVENTS_SIGNAL, contact_workflow_id
 from engine.settings import Settings
 from engine.storage.models import Event, Handoff
 from tests.engine.cli.conftest import Shell
 from tests.workflows.conftest import eventually, open_runtime
-from workflows.runtime import ContactOpener
 
 BUYER = {
     "email": "zhao.min@example.cn",
@@ -46,18 +41,6 @@ async def test_a_batch_shows_its_events_and_a_hand_off_says_who_took_it(
     shell: Callable[[Settings], Shell],
 ) -> None:
     async with open_runtime(env, task_queue, tmp_path, content_library) as runtime:
-
-        async def temporal() -> Client:
-            return runtime.client
-
-        key = create_write_key(runtime.engine, "web", source="web")
-        app = create_app(
-            runtime.settings,
-            db=runtime.engine,
-            temporal=temporal,
-            opener=ContactOpener(runtime.engine, runtime.settings),
-        )
-        auth = base64.b64encode(f"{key}:".encode()).decode()
         batch: list[dict[str, Any]] = [
             {"type": "identify", "userId": "tl-1", "messageId": "tl-1-id", "traits": BUYER}
         ]
@@ -65,7 +48,7 @@ async def test_a_batch_shows_its_events_and_a_hand_off_says_who_took_it(
             {"type": "track", "userId": "tl-1", "messageId": f"tl-1-{n}", "event": name}
             for n, name in enumerate(SIGNALS)
         ]
-        with TestClient(app, headers={"Authorization": f"Basic {auth}"}) as api:
+        with TestClient(runtime.app(), headers=runtime.write_auth("web")) as api:
             assert api.post("/v1/batch", json={"batch": batch}).status_code == 200
             with Session(runtime.engine) as session:
                 contact_id = session.exec(
