@@ -33,6 +33,7 @@ answer 503, and without ``STAGECOACH_ADMIN_TOKEN`` nobody is let in (503).
 
 from __future__ import annotations
 
+import asyncio
 import html
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -164,7 +165,7 @@ def codec_router(settings: Settings) -> APIRouter:
                 "the codec endpoint is off because STAGECOACH_ADMIN_TOKEN is not set: set "
                 "it and restart the API",
             )
-        caller = who(request)
+        caller = await asyncio.to_thread(who, request)  # a session is a database read
         if isinstance(caller, int):
             return refuse(request, 429, too_many_failures(caller), **{"Retry-After": str(caller)})
         if caller is None:
