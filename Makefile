@@ -26,10 +26,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (most of its time is tests waiting on
+# timers, peers and killed processes, not CPU); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
+
 test: setup lint
 	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" \
 	 STAGECOACH_TEST_SERVER_PATH="$$(scripts/test-server.sh)" \
-	 $(VENV)/bin/pytest $(PYTEST_ARGS)
+	 $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: setup
 	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" \

@@ -1,29 +1,29 @@
 """Stagecoach's channel connectors: one subpackage per channel.
 
-- :mod:`connectors.email`: the MIME building every email connector shares, and the HTTP
+- :mod:`stagecoach.connectors.email`: the MIME building every email connector shares, and the HTTP
   email providers (a generic JSON API, Postmark);
-- :mod:`connectors.smtp`: email over a pool of SMTP sessions;
-- :mod:`connectors.wechat`: WeChat Official Account messages;
-- :mod:`connectors.crm`: hand-offs to sales (a signed webhook, HubSpot).
+- :mod:`stagecoach.connectors.smtp`: email over a pool of SMTP sessions;
+- :mod:`stagecoach.connectors.wechat`: WeChat Official Account messages;
+- :mod:`stagecoach.connectors.crm`: hand-offs to sales (a signed webhook, HubSpot).
 
-Shared by all of them: :mod:`connectors.ratelimit` (one send rate per connector) and
-:mod:`connectors.filesink` (the connector every channel uses until a real one is
+Shared by all of them: :mod:`stagecoach.connectors.ratelimit` (one send rate per connector) and
+:mod:`stagecoach.connectors.filesink` (the connector every channel uses until a real one is
 configured, and the rehearsal sink). Each connector implements
-:class:`engine.delivery.Connector`; only the composition root
-(:mod:`engine.cli.compose`) chooses and builds them.
+:class:`stagecoach.engine.protocol.connector.Connector`; only the composition root
+(:mod:`stagecoach.engine.cli.compose`) chooses and builds them.
 """
 
-from connectors.crm import HubSpotConnector, WebhookConnector
-from connectors.email import (
+from stagecoach.connectors.crm import HubSpotConnector, WebhookConnector
+from stagecoach.connectors.email import (
     HttpEmailConfig,
     HttpEmailConnector,
     PostmarkConfig,
     PostmarkConnector,
 )
-from connectors.filesink import FileSinkConnector
-from connectors.ratelimit import RateLimiter
-from connectors.smtp import SmtpConfig, SmtpConnector
-from connectors.wechat import WeChatConfig, WeChatConnector
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.connectors.smtp import SmtpConfig, SmtpConnector
+from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
 
 __all__ = [
     "FileSinkConnector",

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from engine.delivery import RetryableDeliveryError
+from stagecoach.engine.protocol.connector import RetryableDeliveryError
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> timedelta | None:

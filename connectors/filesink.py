@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from engine.delivery import OutgoingMessage, SendResult
+from stagecoach.engine.protocol.connector import OutgoingMessage, SendResult
 
 
 class FileSinkConnector:

@@ -1,11 +1,12 @@
 """The HTTP application: the API's routes and the dashboard's pages, mounted together.
 
-It sits above both ``engine.api`` and ``engine.dashboard`` (which uses the API's
+It sits above both ``stagecoach.engine.api`` and ``stagecoach.engine.dashboard`` (which uses the
+API's
 dependencies and sessions), so neither imports the other back.
 
-Routes get their database session from ``engine.api.deps.get_session``, a dependency
+Routes get their database session from ``stagecoach.engine.api.deps.get_session``, a dependency
 that tests override; the Engine (``app.state.db``) is built from settings unless one is handed in.
-The routers import their dependencies from ``engine.api.deps``, never this module.
+The routers import their dependencies from ``stagecoach.engine.api.deps``, never this module.
 """
 
 from __future__ import annotations
@@ -24,37 +25,46 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from engine import __version__
-from engine.analytics.service import reports_for
-from engine.api._admission import OVERLOADED_RESPONSES, AdmissionGate, AdmissionMiddleware
-from engine.api._common import database_unavailable
-from engine.api._docs import install_docs
-from engine.api._pages import Pages
-from engine.api.auth import ADMIN_RESPONSES, require_admin
-from engine.api.codec_routes import codec_router
-from engine.api.contacts import router as contacts_router
-from engine.api.events import WriteKeys, keys_router
-from engine.api.events import router as events_router
-from engine.api.handoffs import router as handoffs_router
-from engine.api.postmark_webhook import router as postmark_router
-from engine.api.preference_pages import router as preference_router
-from engine.api.referrals import router as referrals_router
-from engine.api.reports import router as reports_router
-from engine.api.tracking import router as tracking_router
-from engine.api.wechat_routes import drain
-from engine.api.wechat_routes import router as wechat_router
-from engine.dashboard import dashboard_router, default_reports
-from engine.errors import DatabaseError
-from engine.ingest import Ingestor, relevant_event_types
-from engine.metrics import AdmissionCollector, OutboxCollector, registry_with, render
-from engine.services.links import link_signer
-from engine.settings import Settings
-from engine.storage import check_connection, make_engine, session_factory
+from stagecoach.engine import __version__
+from stagecoach.engine.api._admission import (
+    OVERLOADED_RESPONSES,
+    AdmissionGate,
+    AdmissionMiddleware,
+)
+from stagecoach.engine.api._common import database_unavailable
+from stagecoach.engine.api._docs import install_docs
+from stagecoach.engine.api._pages import Pages
+from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
+from stagecoach.engine.api.routes.codec import codec_router
+from stagecoach.engine.api.routes.contacts import router as contacts_router
+from stagecoach.engine.api.routes.events import WriteKeys, keys_router
+from stagecoach.engine.api.routes.events import router as events_router
+from stagecoach.engine.api.routes.handoffs import router as handoffs_router
+from stagecoach.engine.api.routes.postmark_webhook import router as postmark_router
+from stagecoach.engine.api.routes.preference_pages import router as preference_router
+from stagecoach.engine.api.routes.referrals import router as referrals_router
+from stagecoach.engine.api.routes.reports import router as reports_router
+from stagecoach.engine.api.routes.tracking import router as tracking_router
+from stagecoach.engine.api.routes.wechat import drain
+from stagecoach.engine.api.routes.wechat import router as wechat_router
+from stagecoach.engine.dashboard import dashboard_router, default_reports
+from stagecoach.engine.domain.errors import DatabaseError
+from stagecoach.engine.metrics import (
+    AdmissionCollector,
+    OutboxCollector,
+    registry_with,
+    render,
+)
+from stagecoach.engine.services.analytics.service import reports_for
+from stagecoach.engine.services.ingest import Ingestor, relevant_event_types
+from stagecoach.engine.services.links import link_signer
+from stagecoach.engine.services.storage import check_connection, make_engine, session_factory
+from stagecoach.engine.settings import Settings
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
-    from engine.ingest._forwarder import Opener
+    from stagecoach.engine.services.ingest._forwarder import Opener
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -100,7 +110,7 @@ def create_app(
     """Build the API for ``settings``; pass ``db`` (an Engine) to share one (tests do).
 
     With ``temporal`` (a client factory) the outbox forwarder runs beside the API and
-    sends stored events to contact workflows; ``opener`` (``workflows.runtime.
+    sends stored events to contact workflows; ``opener`` (``stagecoach.workflows.runtime.
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
     """
@@ -123,7 +133,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if temporal is not None:
-            from engine.ingest._forwarder import Forwarder
+            from stagecoach.engine.services.ingest._forwarder import Forwarder
 
             forwarder = Forwarder(db, settings, temporal, opener=opener)
             app.state.forwarder = forwarder
@@ -193,7 +203,7 @@ def create_app(
     app.include_router(codec_router(settings))  # the payload keys: a bad one fails at start
 
     def outbox() -> dict[str, Any]:
-        from engine.ingest._forwarder import backlog
+        from stagecoach.engine.services.ingest._forwarder import backlog
 
         return backlog(db)
 

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from engine.settings import LogFormat
+from stagecoach.engine.settings import LogFormat
 
 PERSONAL_KEYS: frozenset[str] = frozenset(
     {"email", "phone", "mobile", "openid", "unionid", "to", "recipient", "address", "name"}

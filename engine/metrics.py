@@ -219,7 +219,7 @@ def count_activity(activity: str, error: str | None = None) -> None:
 
 
 class OutboxCollector:
-    """The outbox gauges, read at scrape time through ``read`` (``engine.ingest.
+    """The outbox gauges, read at scrape time through ``read`` (``stagecoach.engine.services.ingest.
     _forwarder.backlog``). A failed read leaves them out of that scrape and logs why:
     the rest of the page still answers, and an ``absent()`` rule can catch it."""
 
@@ -245,7 +245,7 @@ class OutboxCollector:
 
 
 class AdmissionCollector:
-    """The admission gate's gauges (``engine.api._admission.AdmissionGate.snapshot``),
+    """The admission gate's gauges (``stagecoach.engine.api._admission.AdmissionGate.snapshot``),
     read at scrape time: calls being handled, calls waiting, the slots there are, and
     the average seconds a call holds one."""
 

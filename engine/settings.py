@@ -24,8 +24,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.errors import ConfigurationError
-from engine.wechat_callback import REPLAY_WINDOW_SECONDS, WeChatApp
+from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.domain.wechat_callback import REPLAY_WINDOW_SECONDS, WeChatApp
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -294,7 +295,8 @@ class Settings(BaseSettings):
         description="How long the API trusts its copy of the published journeys: a "
         "publish reaches new contacts within it.",
     )
-    # --- referral programme (engine.referrals.ReferralPolicy) --------------------------
+    # --- referral programme (stagecoach.engine.services.referrals.ReferralPolicy)
+    # --------------------------
     referral_code_ttl_days: float = Field(default=180, gt=0)
     referral_max_uses: int = Field(default=50, ge=1, description="Sign-ups per code.")
     referral_reward_cap: int = Field(
@@ -379,7 +381,7 @@ class Settings(BaseSettings):
         """``content_dir`` when it exists, else the catalog bundled with this checkout."""
         if self.content_dir.is_dir():
             return self.content_dir
-        return Path(__file__).resolve().parents[1] / "content"
+        return BUNDLED_CONTENT_DIR
 
     @property
     def webhook_secrets(self) -> list[str]:

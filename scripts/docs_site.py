@@ -47,10 +47,10 @@ def _names(items: Iterable[str]) -> str:
 
 def events_table() -> str:
     """The bundled catalog as Markdown: each event, its properties and what reacts to it."""
-    from engine.journeys import ValidationContext
-    from workflows.events import CATALOG
-    from workflows.journeys import compile_journeys
-    from workflows.pipeline import DEFAULT
+    from stagecoach.engine.domain.journeys import ValidationContext
+    from stagecoach.workflows.events import CATALOG
+    from stagecoach.workflows.journeys import compile_journeys
+    from stagecoach.workflows.pipeline import DEFAULT
 
     stages = frozenset(DEFAULT.stage_names)
     specs = compile_journeys(ValidationContext(frozenset(CATALOG.names()), stages))
@@ -110,8 +110,8 @@ def openapi_spec() -> dict[str, Any]:
     """
     from sqlalchemy import create_engine
 
-    from engine.app import create_app
-    from engine.settings import Settings
+    from stagecoach.engine.app import create_app
+    from stagecoach.engine.settings import Settings
 
     with tempfile.TemporaryDirectory() as data_dir:
         app = create_app(Settings(data_dir=Path(data_dir)), db=create_engine("sqlite://"))

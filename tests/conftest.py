@@ -32,10 +32,10 @@ from sqlalchemy import Engine, text
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.app import create_app
-from engine.search_keys import ALL_KEYS, register_search_attributes
-from engine.settings import Settings
-from engine.storage import make_engine
+from stagecoach.engine.app import create_app
+from stagecoach.engine.protocol.search_keys import ALL_KEYS, register_search_attributes
+from stagecoach.engine.services.storage import make_engine
+from stagecoach.engine.settings import Settings
 from tests.helpers import free_port, fresh_postgres_database, migrated_engine
 
 ROOT = Path(__file__).resolve().parent.parent

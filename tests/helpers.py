@@ -1,6 +1,8 @@
 """Small helpers shared by tests (fixtures live in conftest.py)."""
 
 import atexit
+import os
+import random
 import shutil
 import socket
 import sqlite3
@@ -12,17 +14,37 @@ from typing import Any
 
 from sqlalchemy import Engine, make_url
 
-from engine.settings import Settings
+from stagecoach.engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_PORT_BASE = 10_000
+_PORT_SLICE = 2_500
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port nobody listens on right now, chosen below the kernel's ephemeral range.
+
+    Ports the operating system hands out for ``bind(0)`` (the Temporal dev server's own
+    listeners, every outgoing connection) come from the ephemeral range (32768 and up
+    here), so none of them can take a port chosen here between now and the test's use of
+    it. Parallel test workers (``pytest -n``) draw from disjoint slices of 2,500 ports, and
+    two runs on one machine start at random places in theirs.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    low = _PORT_BASE + (index % 8) * _PORT_SLICE
+    start = random.randrange(_PORT_SLICE)  # a spread, not a secret
+    for step in range(_PORT_SLICE):
+        port = low + (start + step) % _PORT_SLICE
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + _PORT_SLICE - 1}")
 
 
 def runtime_settings(tmp_path: Path, task_queue: str, **overrides: Any) -> Settings:
@@ -49,7 +71,7 @@ def fresh_postgres_database(base: str, prefix: str = "t") -> str:
     database name) and return its URL."""
     from sqlalchemy import text
 
-    from engine.storage import make_engine
+    from stagecoach.engine.services.storage import make_engine
 
     name = f"{prefix}_{uuid.uuid4().hex[:16]}"
     admin = make_engine(f"{base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
@@ -77,7 +99,7 @@ def _sqlite_template_path() -> Path:
     global _sqlite_template
     with _template_lock:
         if _sqlite_template is None:
-            from engine.storage import make_engine, upgrade
+            from stagecoach.engine.services.storage import make_engine, upgrade
 
             folder = Path(tempfile.mkdtemp(prefix="stagecoach-template-"))
             atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -94,7 +116,7 @@ def _postgres_template(base: str) -> str:
     with _template_lock:
         name = _pg_templates.get(base)
         if name is None:
-            from engine.storage import make_engine, upgrade
+            from stagecoach.engine.services.storage import make_engine, upgrade
 
             url = fresh_postgres_database(base, prefix="template")
             engine = make_engine(url)
@@ -112,7 +134,7 @@ def migrated_engine(url: str) -> Engine:
     PostgreSQL URL names a database that must not exist yet: it is created from the
     server's migrated template.
     """
-    from engine.storage import make_engine
+    from stagecoach.engine.services.storage import make_engine
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -137,7 +159,7 @@ def migrated_engine(url: str) -> Engine:
 def _create_postgres_database(base: str, statement: str) -> None:
     from sqlalchemy import text
 
-    from engine.storage import make_engine
+    from stagecoach.engine.services.storage import make_engine
 
     admin = make_engine(f"{base}/postgres").execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

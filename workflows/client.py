@@ -1,6 +1,7 @@
 """Connecting to Temporal: the local dev server, a self-hosted cluster, or Temporal Cloud.
 
-Every Stagecoach client gets its data converter from ``engine.codec.data_converter``:
+Every Stagecoach client gets its data converter from
+``stagecoach.engine.temporal.codec.data_converter``:
 with payload keys configured, payloads are encrypted before they leave the process.
 """
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.service import TLSConfig
 
-from engine.codec import data_converter
-from engine.errors import ConfigurationError, TemporalUnavailable
-from engine.settings import Settings
+from stagecoach.engine.domain.errors import ConfigurationError, TemporalUnavailable
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.codec import data_converter
 
 
 def _read(path: Path | None, setting: str) -> bytes | None:

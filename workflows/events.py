@@ -8,7 +8,7 @@ WeChat callback).
 
 from __future__ import annotations
 
-from engine.events import EventCatalog, EventType
+from stagecoach.engine.domain.events import EventCatalog, EventType
 
 CATALOG = EventCatalog(
     [

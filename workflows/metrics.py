@@ -2,7 +2,7 @@
 Prometheus exporter.
 
 ``ActivityMetrics`` counts every activity attempt and every failure by activity type
-(``engine.metrics``), so an activity's error rate is one PromQL division and no activity
+(``stagecoach.engine.metrics``), so an activity's error rate is one PromQL division and no activity
 counts for itself. ``prometheus_runtime`` is a Temporal runtime whose SDK metrics
 (``temporal_activity_execution_failed``, ``temporal_workflow_task_schedule_to_start_
 latency``, sticky cache, pollers...) are served on their own port; the worker's client
@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from engine.metrics import count_activity
+from stagecoach.engine.metrics import count_activity
 
 
 class ActivityMetrics(Interceptor):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from datetime import time, timedelta
 
-from engine.conditions import (
+from stagecoach.engine.domain.conditions import (
     EventMatcher,
     PropertyFilter,
     all_of,
@@ -29,7 +29,7 @@ from engine.conditions import (
     grade_at_least,
     score_at_least,
 )
-from engine.pipeline import (
+from stagecoach.engine.domain.pipeline import (
     Detour,
     Phase,
     Pipeline,
@@ -39,9 +39,23 @@ from engine.pipeline import (
     StageRule,
     validate_pipelines,
 )
-from engine.sales import BusinessHours, Owner, Pool, Routing, Sla, Team, Territory
-from engine.scoring import GradeRule, GradingModel, Mql, ScoreRule, ScoringModel
-from workflows.events import CATALOG
+from stagecoach.engine.domain.sales import (
+    BusinessHours,
+    Owner,
+    Pool,
+    Routing,
+    Sla,
+    Team,
+    Territory,
+)
+from stagecoach.engine.domain.scoring import (
+    GradeRule,
+    GradingModel,
+    Mql,
+    ScoreRule,
+    ScoringModel,
+)
+from stagecoach.workflows.events import CATALOG
 
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)

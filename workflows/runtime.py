@@ -2,7 +2,7 @@
 activities around the connectors the composition root hands in.
 
 Which connectors a worker sends through is decided in one place, the composition root
-(``engine.cli.compose``); nothing here builds one. Used by that root and by tests, so a
+(``stagecoach.engine.cli.compose``); nothing here builds one. Used by that root and by tests, so a
 test worker is the production worker with a different task queue and directory.
 """
 
@@ -17,16 +17,22 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from engine import contact as model
-from engine.conditions import EventRecord
-from engine.content import ContentLibrary
-from engine.delivery import Connector
-from engine.gateway import Opening
-from engine.messages import Definitions, DeliverRequest, EventMessage, OpenRequest
-from engine.pipeline import Pipeline
-from engine.policy import SendPolicy
-from engine.settings import Settings
-from workflows.contact import ContactActivities
+from stagecoach.engine.domain import contact as model
+from stagecoach.engine.domain.conditions import EventRecord
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.domain.pipeline import Pipeline
+from stagecoach.engine.domain.policy import SendPolicy
+from stagecoach.engine.protocol.connector import Connector
+from stagecoach.engine.protocol.messages import (
+    Definitions,
+    DeliverRequest,
+    EventMessage,
+    OpenRequest,
+)
+from stagecoach.engine.protocol.search_attributes import search_values
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import Opening
+from stagecoach.workflows.contact import ContactActivities
 
 
 def send_policy(settings: Settings) -> SendPolicy:
@@ -40,9 +46,9 @@ def send_policy(settings: Settings) -> SendPolicy:
 
 def definitions_loader(db: Engine, settings: Settings) -> Any:
     """A function returning the active pipeline, latest published journeys and policy."""
-    from engine.publishing import JourneyNotFound, latest, latest_versions
-    from workflows.journeys import JOURNEYS
-    from workflows.pipeline import active_pipeline
+    from stagecoach.engine.services.publishing import JourneyNotFound, latest, latest_versions
+    from stagecoach.workflows.journeys import JOURNEYS
+    from stagecoach.workflows.pipeline import active_pipeline
 
     pipeline = active_pipeline(settings.pipeline)
     policy = send_policy(settings)
@@ -73,7 +79,8 @@ OPENED_MEMORY = 100_000
 
 
 class ContactOpener:
-    """Records new contacts before their workflow starts (see ``engine.gateway.Opening``).
+    """Records new contacts before their workflow starts (see
+    ``stagecoach.engine.temporal.gateway.Opening``).
 
     Whoever starts contact workflows in bulk (the ingestion API's forwarder, rehearsals,
     the demo) holds one. The definitions are cached for ``ttl``, well inside the
@@ -133,7 +140,7 @@ class ContactOpener:
         journey: str | None,
         rehearsal: bool = False,
     ) -> Opening | None:
-        from engine.storage.contacts import open_contact
+        from stagecoach.engine.services.storage.contacts import open_contact
 
         definitions = self.definitions()
         if not definitions.journeys:
@@ -171,7 +178,7 @@ class ContactOpener:
                 state = model.enter_stage(state, seen.transition)
         values = {
             k: v
-            for k, v in model.search_values(state, [journey] if journey else []).items()
+            for k, v in search_values(state, [journey] if journey else []).items()
             if v not in ("", [])
         }
         return Opening(definitions=definitions, search_attributes=values)
@@ -186,10 +193,10 @@ def contact_activities(
     content: ContentLibrary | None = None,
 ) -> ContactActivities:
     """ContactActivities from settings and the connectors the composition root built
-    (``engine.cli.compose``); the bundled journeys are published first."""
-    from engine.content import LinkSigner, RenderContact
-    from engine.publishing import publish_bundled
-    from engine.referrals import ReferralPolicy
+    (``stagecoach.engine.cli.compose``); the bundled journeys are published first."""
+    from stagecoach.engine.domain.content import LinkSigner, RenderContact
+    from stagecoach.engine.services.publishing import publish_bundled
+    from stagecoach.engine.services.referrals import ReferralPolicy
 
     library = content or ContentLibrary.load(settings.resolved_content_dir)
     publish_bundled(db, settings, content=library)

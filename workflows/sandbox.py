@@ -169,5 +169,5 @@ class LeanSandboxedWorkflowRunner(SandboxedWorkflowRunner):
 
 
 def lean_sandbox() -> WorkflowRunner:
-    """The runner ``workflows.worker.build_worker`` uses."""
+    """The runner ``stagecoach.workflows.worker.build_worker`` uses."""
     return LeanSandboxedWorkflowRunner()

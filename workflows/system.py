@@ -15,10 +15,10 @@ from temporalio import activity, workflow
 with workflow.unsafe.imports_passed_through():
     from sqlalchemy import Engine
 
-    from engine.errors import DatabaseError
-    from engine.messages import SystemCheckInput, SystemCheckResult
-    from engine.protocol import CHECK_DATABASE_ACTIVITY, SYSTEM_CHECK_WORKFLOW
-    from engine.storage import check_connection
+    from stagecoach.engine.domain.errors import DatabaseError
+    from stagecoach.engine.protocol import CHECK_DATABASE_ACTIVITY, SYSTEM_CHECK_WORKFLOW
+    from stagecoach.engine.protocol.messages import SystemCheckInput, SystemCheckResult
+    from stagecoach.engine.services.storage import check_connection
 
 
 class SystemActivities:

@@ -17,9 +17,9 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from workflows.contact import ContactWorkflow
-from workflows.metrics import ActivityMetrics
-from workflows.system import SystemCheckWorkflow
+from stagecoach.workflows.contact import ContactWorkflow
+from stagecoach.workflows.metrics import ActivityMetrics
+from stagecoach.workflows.system import SystemCheckWorkflow
 
 WORKFLOWS: tuple[type, ...] = (ContactWorkflow, SystemCheckWorkflow)
 
@@ -27,10 +27,11 @@ log = logging.getLogger("stagecoach.worker")
 
 
 def default_runner() -> WorkflowRunner:
-    """The lean sandbox (``workflows.sandbox``), or the SDK's own sandbox when a newer SDK
+    """The lean sandbox (``stagecoach.workflows.sandbox``), or the SDK's own sandbox when a newer
+    SDK
     moved the internals the lean one builds on: slower, never broken."""
     try:
-        from workflows.sandbox import lean_sandbox
+        from stagecoach.workflows.sandbox import lean_sandbox
     except ImportError as exc:
         log.warning("using the SDK's sandbox: the lean one is unavailable (%s)", exc)
         return SandboxedWorkflowRunner()
@@ -54,7 +55,7 @@ def build_worker(
     0.4 MB, and a contact that is only waiting on a timer needs no cache slot.
     ``interceptors`` default to the activity metrics (``stagecoach_activity_*``).
     ``workflow_runner`` defaults to the SDK's sandbox without its per-task overheads
-    (``workflows.sandbox``).
+    (``stagecoach.workflows.sandbox``).
     """
     return Worker(
         client,

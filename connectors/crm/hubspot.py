@@ -49,7 +49,7 @@ other 4xx                       ``code="hubspot_http_<status>"``
 
 The private app needs the scopes ``crm.objects.contacts.read`` and
 ``crm.objects.contacts.write`` (notes on contacts use the contact scopes). Use the
-hand-off retry policy documented in :mod:`connectors.crm.webhook`.
+hand-off retry policy documented in :mod:`stagecoach.connectors.crm.webhook`.
 """
 
 from __future__ import annotations
@@ -68,16 +68,21 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from connectors._http import build_client, parse_retry_after, response_json, transport_error
-from connectors.ratelimit import RateLimiter
-from engine.delivery import (
+from stagecoach.connectors._http import (
+    build_client,
+    parse_retry_after,
+    response_json,
+    transport_error,
+)
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.connector import (
     DeliveryError,
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-from engine.errors import ConfigurationError
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 NOTE_TO_CONTACT = 202

@@ -72,15 +72,20 @@ from typing import Self
 import httpx
 import structlog
 
-from connectors._http import build_client, parse_retry_after, response_json, transport_error
-from connectors.ratelimit import RateLimiter
-from engine.delivery import (
+from stagecoach.connectors._http import (
+    build_client,
+    parse_retry_after,
+    response_json,
+    transport_error,
+)
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.errors import ConfigurationError, StagecoachError
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-from engine.errors import ConfigurationError, StagecoachError
 
 SIGNATURE_HEADER = "Stagecoach-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -1,11 +1,16 @@
 """Email, whichever way it leaves: the MIME building every email connector shares
-(:mod:`~connectors.email.mime`) and the HTTP providers: a generic JSON API
-(:mod:`~connectors.email.http`, which also holds the base every HTTP provider shares) and
-Postmark (:mod:`~connectors.email.postmark`). The SMTP connector is :mod:`connectors.smtp`.
+(:mod:`~stagecoach.connectors.email.mime`) and the HTTP providers: a generic JSON API
+(:mod:`~stagecoach.connectors.email.http`, which also holds the base every HTTP provider shares) and
+Postmark (:mod:`~stagecoach.connectors.email.postmark`). The SMTP connector is
+:mod:`stagecoach.connectors.smtp`.
 """
 
-from connectors.email.http import HttpEmailConfig, HttpEmailConnector, interpret_generic_response
-from connectors.email.mime import (
+from stagecoach.connectors.email.http import (
+    HttpEmailConfig,
+    HttpEmailConnector,
+    interpret_generic_response,
+)
+from stagecoach.connectors.email.mime import (
     IDEMPOTENCY_HEADER,
     PreparedEmail,
     build_mime,
@@ -13,7 +18,7 @@ from connectors.email.mime import (
     recipient_address,
     rendered_email,
 )
-from connectors.email.postmark import (
+from stagecoach.connectors.email.postmark import (
     PostmarkConfig,
     PostmarkConnector,
     interpret_postmark_response,

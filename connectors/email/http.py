@@ -33,7 +33,7 @@ relay implements::
 Exactly once, generic: the provider deduplicates on ``Idempotency-Key``, so a retry after
 a lost response is answered 409 (or replayed) and reported as ``duplicate=True``.
 
-Postmark is :mod:`connectors.email.postmark`, built on the same base.
+Postmark is :mod:`stagecoach.connectors.email.postmark`, built on the same base.
 """
 
 from __future__ import annotations
@@ -46,12 +46,17 @@ from typing import Any, Self
 
 import httpx
 
-from connectors._http import parse_retry_after
-from connectors.email.mime import IDEMPOTENCY_HEADER, recipient_address, rendered_email
-from connectors.ratelimit import RateLimiter
-from engine.bounces import key_digest
-from engine.content import RenderedMessage
-from engine.delivery import (
+from stagecoach.connectors._http import parse_retry_after
+from stagecoach.connectors.email.mime import (
+    IDEMPOTENCY_HEADER,
+    recipient_address,
+    rendered_email,
+)
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.domain.content import RenderedMessage
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.connector import (
     ConsentRevoked,
     DeliveryError,
     OutgoingMessage,
@@ -59,7 +64,6 @@ from engine.delivery import (
     RetryableDeliveryError,
     SendResult,
 )
-from engine.errors import ConfigurationError
 
 NETWORK_DELAY = timedelta(seconds=30)
 RATE_LIMIT_DELAY = timedelta(minutes=1)

@@ -1,14 +1,15 @@
 """Email as it leaves Stagecoach, whichever way it goes: the contract check on the rendered
 message, the envelope recipient, and the MIME message with its ``Message-ID`` and
-idempotency header. The SMTP connector (:mod:`connectors.smtp`) sends the bytes built
-here; the HTTP providers (:mod:`connectors.email.http`) send the same checks' results as
+idempotency header. The SMTP connector (:mod:`stagecoach.connectors.smtp`) sends the bytes built
+here; the HTTP providers (:mod:`stagecoach.connectors.email.http`) send the same checks' results as
 JSON.
 
 Every message carries the same ``Message-ID`` on every attempt (derived from the
 delivery's idempotency key when the content library set none) and an
 ``X-Stagecoach-Idempotency-Key`` header, so receivers and our test peers can recognise
 and count copies a retry may deliver. The header carries
-:func:`engine.bounces.key_digest` of the key, not the key itself: the key names the
+:func:`stagecoach.engine.domain.bounces.key_digest` of the key, not the key itself: the key names
+the
 contact and the journey step, which recipients have no business reading.
 """
 
@@ -23,13 +24,13 @@ from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, parseaddr
 
-from engine.addresses import AddressError, sending_address
-from engine.bounces import key_digest
-from engine.content import ContentError, RenderedMessage
-from engine.delivery import OutgoingMessage, PermanentDeliveryError
+from stagecoach.engine.domain.addresses import AddressError, sending_address
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.domain.content import ContentError, RenderedMessage
+from stagecoach.engine.protocol.connector import OutgoingMessage, PermanentDeliveryError
 
 IDEMPOTENCY_HEADER = "X-Stagecoach-Idempotency-Key"
-"""Carries :func:`engine.bounces.key_digest` of the delivery's idempotency key."""
+"""Carries :func:`stagecoach.engine.domain.bounces.key_digest` of the delivery's idempotency key."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Bytes on the wire: CRLF, 7-bit clean (8-bit text parts re-encoded), so any server,
@@ -85,7 +86,8 @@ def rendered_email(message: OutgoingMessage) -> RenderedMessage:
 
 def recipient_address(message: OutgoingMessage) -> str:
     """``message.to`` as the envelope recipient: its canonical form (the one suppression
-    and consent were checked against, ``engine.addresses``) with the domain IDNA-encoded.
+    and consent were checked against, ``stagecoach.engine.domain.addresses``) with the domain
+    IDNA-encoded.
 
     Raises:
         PermanentDeliveryError: (code ``"invalid_address"``) Empty, with a display name,

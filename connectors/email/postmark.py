@@ -1,4 +1,4 @@
-"""Email through Postmark's API, on the HTTP base of :mod:`connectors.email.http`.
+"""Email through Postmark's API, on the HTTP base of :mod:`stagecoach.connectors.email.http`.
 
 Postmark (:class:`PostmarkConnector`): ``POST https://api.postmarkapp.com/email`` with the
 ``X-Postmark-Server-Token`` header and a JSON body of ``From``, ``To``, ``Subject``,
@@ -26,13 +26,13 @@ complaint or a manual suppression, and refuses every send to it until someone
 reactivates it. We raise ``ConsentRevoked``: it is the one error on which the delivery
 activity suppresses the address, which matches what Postmark will do with every later
 send anyway; which of the three it was arrives separately through the bounce webhook
-(``engine.bounces``), which may widen the suppression (a complaint is global).
+(``stagecoach.engine.domain.bounces``), which may widen the suppression (a complaint is global).
 
 Exactly once, Postmark: Postmark has no idempotency key (its support centre says so). The
 delivery ledger makes a key go out at most once per successful send. The remaining window
 is a request whose response was lost (a read timeout, a reset after the body was sent):
 Postmark may have accepted it. Each message therefore carries ``Metadata``
-``stagecoach_key`` (the key's digest, :func:`engine.bounces.key_digest`) and
+``stagecoach_key`` (the key's digest, :func:`stagecoach.engine.domain.bounces.key_digest`) and
 ``stagecoach_contact``; when a key's previous attempt on this connector ended that way,
 the next attempt first searches Postmark's outbound messages for that metadata and
 reports a duplicate instead of sending again if it finds one. A retry on another worker,
@@ -49,7 +49,7 @@ from typing import Any
 import httpx
 import structlog
 
-from connectors.email.http import (
+from stagecoach.connectors.email.http import (
     CONFIG_DELAY,
     NETWORK_DELAY,
     RATE_LIMIT_DELAY,
@@ -59,10 +59,10 @@ from connectors.email.http import (
     _retry_delay,
     _Unanswered,
 )
-from connectors.email.mime import recipient_address, rendered_email
-from connectors.ratelimit import RateLimiter
-from engine.bounces import METADATA_CONTACT, METADATA_KEY, key_digest
-from engine.delivery import (
+from stagecoach.connectors.email.mime import recipient_address, rendered_email
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.bounces import METADATA_CONTACT, METADATA_KEY, key_digest
+from stagecoach.engine.protocol.connector import (
     ConsentRevoked,
     OutgoingMessage,
     PermanentDeliveryError,

@@ -1,12 +1,12 @@
 """The SMTP channel: rendered emails over a bounded pool of reused, pipelined sessions.
 
-:mod:`~connectors.smtp.connector` holds the pool and runs the transactions;
-:mod:`~connectors.smtp.replies` says what each SMTP reply means for a delivery. The
-message bytes come from :mod:`connectors.email.mime`.
+:mod:`~stagecoach.connectors.smtp.connector` holds the pool and runs the transactions;
+:mod:`~stagecoach.connectors.smtp.replies` says what each SMTP reply means for a delivery. The
+message bytes come from :mod:`stagecoach.connectors.email.mime`.
 """
 
-from connectors.smtp.connector import PoolStats, Security, SmtpConfig, SmtpConnector
-from connectors.smtp.replies import Stage, classify_reply, enhanced_status
+from stagecoach.connectors.smtp.connector import PoolStats, Security, SmtpConfig, SmtpConnector
+from stagecoach.connectors.smtp.replies import Stage, classify_reply, enhanced_status
 
 __all__ = [
     "PoolStats",

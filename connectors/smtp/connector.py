@@ -34,8 +34,8 @@ for content, so that session is closed. A refused final dot is not followed by R
 a follower's envelope is on the wire: the reply to the dot ends the transaction anyway
 (RFC 5321 section 4.1.1.4), and an RSET sent then would land inside the follower's DATA.
 
-Replies are classified in one place, :mod:`connectors.smtp.replies`; the message bytes
-are built by :mod:`connectors.email.mime`, shared with the HTTP email providers.
+Replies are classified in one place, :mod:`stagecoach.connectors.smtp.replies`; the message bytes
+are built by :mod:`stagecoach.connectors.email.mime`, shared with the HTTP email providers.
 
 Exactly once: SMTP has no idempotency key. The delivery activity records the key before
 it calls ``send`` and never sends a key again once it is recorded as sent, so a key is
@@ -45,7 +45,8 @@ may have queued it, we cannot know, and the retry may deliver a second copy. For
 case every message carries the same ``Message-ID`` on every attempt (derived from the
 key by the content library) and an ``X-Stagecoach-Idempotency-Key`` header, so receivers
 and our test peer can recognise and count copies. The header carries
-:func:`engine.bounces.key_digest` of the key, not the key itself: the key names the
+:func:`stagecoach.engine.domain.bounces.key_digest` of the key, not the key itself: the key names
+the
 contact and the journey step, which recipients have no business reading.
 
 ``SendResult.provider_message_id`` is the ``Message-ID`` header.
@@ -67,10 +68,15 @@ from typing import Literal, Self
 import aiosmtplib
 import structlog
 
-from connectors.email.mime import PreparedEmail, prepare_email
-from connectors.ratelimit import RateLimiter
-from connectors.smtp.replies import CONFIG_DELAY, NETWORK_DELAY, Stage, classify_reply
-from engine.delivery import (
+from stagecoach.connectors.email.mime import PreparedEmail, prepare_email
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.connectors.smtp.replies import (
+    CONFIG_DELAY,
+    NETWORK_DELAY,
+    Stage,
+    classify_reply,
+)
+from stagecoach.engine.protocol.connector import (
     DeliveryError,
     OutgoingMessage,
     PermanentDeliveryError,

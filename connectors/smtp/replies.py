@@ -1,5 +1,5 @@
 """What an SMTP reply means for a delivery: one table, one function
-(:func:`classify_reply`), used by :class:`connectors.smtp.SmtpConnector` for every reply.
+(:func:`classify_reply`), used by :class:`stagecoach.connectors.smtp.SmtpConnector` for every reply.
 
     stage            reply                                   raises
     ---------------  --------------------------------------  -------------------------------
@@ -29,7 +29,11 @@ import re
 from datetime import timedelta
 from typing import Literal
 
-from engine.delivery import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from stagecoach.engine.protocol.connector import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 
 Stage = Literal["CONNECT", "MAIL", "RCPT", "DATA"]
 

@@ -1,24 +1,25 @@
 """The WeChat Official Account channel: template and customer-service messages.
 
-:mod:`~connectors.wechat.connector` sends, :mod:`~connectors.wechat.tokens` keeps the
-access token fresh, and :mod:`~connectors.wechat.errors` maps WeChat's ``errcode`` values
+:mod:`~stagecoach.connectors.wechat.connector` sends, :mod:`~stagecoach.connectors.wechat.tokens`
+keeps the
+access token fresh, and :mod:`~stagecoach.connectors.wechat.errors` maps WeChat's ``errcode`` values
 to delivery errors (the table is in the connector's docstring).
 """
 
-from connectors.wechat.connector import (
+from stagecoach.connectors.wechat.connector import (
     CUSTOMER_SERVICE_WINDOW,
     LastInteraction,
     WeChatConfig,
     WeChatConnector,
     window_open,
 )
-from connectors.wechat.errors import (
+from stagecoach.connectors.wechat.errors import (
     BAD_MESSAGE,
     WINDOW_CLOSED,
     WeChatCredentialsRejected,
     until_quota_reset,
 )
-from connectors.wechat.tokens import DEFAULT_API_BASE, AccessTokenService
+from stagecoach.connectors.wechat.tokens import DEFAULT_API_BASE, AccessTokenService
 
 __all__ = [
     "BAD_MESSAGE",

@@ -72,15 +72,15 @@ from typing import Any
 import httpx
 import structlog
 
-from connectors.ratelimit import RateLimiter
-from connectors.wechat.errors import (
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.connectors.wechat.errors import (
     BAD_MESSAGE,
     TOKEN_REJECTED,
     WINDOW_CLOSED,
     classify,
 )
-from connectors.wechat.tokens import DEFAULT_API_BASE, AccessTokenService
-from engine.delivery import (
+from stagecoach.connectors.wechat.tokens import DEFAULT_API_BASE, AccessTokenService
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,

@@ -1,13 +1,14 @@
 """WeChat ``errcode`` values and the one function that turns them into delivery errors.
 
-The table lives in the docstring of ``connectors.wechat.connector``; this module is its code.
+The table lives in the docstring of ``stagecoach.connectors.wechat.connector``; this module is its
+code.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from engine.delivery import (
+from stagecoach.engine.protocol.connector import (
     ConsentRevoked,
     DeliveryError,
     PermanentDeliveryError,

@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 import structlog
 
-from connectors.wechat.errors import (
+from stagecoach.connectors.wechat.errors import (
     CREDENTIALS_REJECTED,
     SYSTEM_BUSY,
     WeChatCredentialsRejected,
     credentials_error,
 )
-from engine.delivery import DeliveryError, RetryableDeliveryError
+from stagecoach.engine.protocol.connector import DeliveryError, RetryableDeliveryError
 
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
 STABLE_TOKEN_PATH = "/cgi-bin/stable_token"  # noqa: S105 (a path, not a password)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine import metrics
+from stagecoach.engine import metrics
 
 Reason = Literal["queue_full", "expected_wait", "timeout"]
 """Why a call was refused: the wait queue was full; the calls ahead would take longer

@@ -20,9 +20,9 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from engine.errors import DatabaseError
-from engine.ingest import Incoming, Ingestor, Outcome
-from engine.storage.db import driver_reason
+from stagecoach.engine.domain.errors import DatabaseError
+from stagecoach.engine.services.ingest import Incoming, Ingestor, Outcome
+from stagecoach.engine.services.storage.db import driver_reason
 
 _T = TypeVar("_T")
 _log = structlog.get_logger("stagecoach.api")

@@ -22,10 +22,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import TemplateError
 
-from engine.content import BUNDLED_CONTENT_DIR
-from engine.content._render import make_environment
-from engine.errors import ConfigurationError
-from engine.services.links import Refused
+from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR
+from stagecoach.engine.domain.content._render import make_environment
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.services.links import Refused
 
 Locale = Literal["zh-CN", "en"]
 LOCALES: tuple[Locale, ...] = ("zh-CN", "en")

@@ -10,7 +10,7 @@ Every admin route depends on :func:`require_admin`, at route or router level::
 - a client that sent more than ``STAGECOACH_AUTH_FAILURE_LIMIT`` wrong tokens within
   ``STAGECOACH_AUTH_FAILURE_WINDOW`` seconds: **429** with ``Retry-After``, whatever it
   sends now, until its oldest failure leaves the window (the throttle the dashboard and
-  codec sign-ins share, ``engine.dashboard.FailureThrottle``); right tokens are never
+  codec sign-ins share, ``stagecoach.engine.dashboard.FailureThrottle``); right tokens are never
   slowed;
 - ``STAGECOACH_ADMIN_TOKEN`` unset (or blank): **503** naming the setting, for every
   caller: the admin API is off until an operator turns it on, and no request can change
@@ -31,7 +31,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from engine.api._common import client_address, failure_throttle, too_many_failures
+from stagecoach.engine.api._common import client_address, failure_throttle, too_many_failures
 
 _ENV_NAME = "STAGECOACH_ADMIN_TOKEN"
 

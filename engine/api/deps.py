@@ -1,6 +1,6 @@
 """What routes ask FastAPI for: the request's database session, the link signer, the
 Temporal client. Every router imports its dependencies from here, never from the app
-factory (``engine.app``), which imports the routers: the arrows point one way.
+factory (``stagecoach.engine.app``), which imports the routers: the arrows point one way.
 
 Each dependency reads what the app factory put on ``app.state``; tests override them
 with ``app.dependency_overrides`` like any FastAPI dependency.
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, HTTPException, Path, Request
 from sqlmodel import Session
 
-from engine.content import LinkSigner, TokenInvalid
-from engine.errors import TemporalUnavailable
-from engine.services.links import link_signer
+from stagecoach.engine.domain.content import LinkSigner, TokenInvalid
+from stagecoach.engine.domain.errors import TemporalUnavailable
+from stagecoach.engine.services.links import link_signer
 
 if TYPE_CHECKING:
     from temporalio.client import Client

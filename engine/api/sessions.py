@@ -1,7 +1,8 @@
 """The dashboard's login: the admin token once, then a signed session cookie.
 
 ``POST /dashboard/login`` with the right ``STAGECOACH_ADMIN_TOKEN`` sets the cookie
-:data:`COOKIE`: a :class:`engine.content.LinkSigner` token (the signer the unsubscribe
+:data:`COOKIE`: a :class:`stagecoach.engine.domain.content.LinkSigner` token (the signer the
+unsubscribe
 links use) for the purpose :data:`PURPOSE`, with an expiry and a random session id. The
 id is stored (table ``admin_sessions``) and checked on every request, so signing out
 (``POST``, same origin only) ends the session at once, on every API replica, even for a
@@ -37,10 +38,10 @@ from fastapi import HTTPException, Request, Response
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, col
 
-from engine.api._common import client_address, failure_throttle
-from engine.content import LinkSigner, TokenExpired, TokenInvalid
-from engine.settings import Settings
-from engine.storage.models import AdminSession
+from stagecoach.engine.api._common import client_address, failure_throttle
+from stagecoach.engine.domain.content import LinkSigner, TokenExpired, TokenInvalid
+from stagecoach.engine.services.storage.models import AdminSession
+from stagecoach.engine.settings import Settings
 
 COOKIE = "stagecoach_dashboard"
 PURPOSE = "dashboard-session"

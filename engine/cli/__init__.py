@@ -1,5 +1,5 @@
 """The ``stagecoach`` command: its subcommands, each parsing its options and printing its
-result; the worker and the API are wired in the composition root, ``engine.cli.compose``.
+result; the worker and the API are wired in the composition root, ``stagecoach.engine.cli.compose``.
 
 Every command turns a StagecoachError into one line on stderr (the cause and the fix)
 and exit code 2; nobody gets a traceback wall for a wrong URL or a busy port.
@@ -16,15 +16,15 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from engine.cli.contact import contact_app
-from engine.cli.content import content_app
-from engine.cli.demo import demo
-from engine.cli.imports import import_contacts
-from engine.cli.journeys import journeys_app
-from engine.cli.report import report
-from engine.errors import StagecoachError
-from engine.logging import configure_logging
-from engine.settings import Settings, load_settings
+from stagecoach.engine.cli.contact import contact_app
+from stagecoach.engine.cli.content import content_app
+from stagecoach.engine.cli.demo import demo
+from stagecoach.engine.cli.imports import import_contacts
+from stagecoach.engine.cli.journeys import journeys_app
+from stagecoach.engine.cli.report import report
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.logging import configure_logging
+from stagecoach.engine.settings import Settings, load_settings
 
 app = typer.Typer(
     name="stagecoach",
@@ -52,8 +52,8 @@ def _settings() -> Settings:
 @app.command()
 def up() -> None:
     """Start the Temporal dev server, the worker and the API; Ctrl-C stops them all."""
-    from engine.cli.supervisor import run_up
-    from engine.storage.db import private_umask
+    from stagecoach.engine.cli.supervisor import run_up
+    from stagecoach.engine.services.storage.db import private_umask
 
     private_umask()  # the children inherit it: logs, databases, the dev server's file
     raise typer.Exit(run_up(_settings(), out=lambda line: typer.echo(line)))
@@ -62,7 +62,7 @@ def up() -> None:
 @app.command()
 def worker() -> None:
     """Run a worker: the contact workflows and their activities."""
-    from engine.cli.compose import run_worker
+    from stagecoach.engine.cli.compose import run_worker
 
     run_worker(_settings())
 
@@ -70,7 +70,7 @@ def worker() -> None:
 @app.command()
 def api() -> None:
     """Serve the HTTP API with uvicorn."""
-    from engine.cli.compose import serve_api
+    from stagecoach.engine.cli.compose import serve_api
 
     serve_api(_settings())
 
@@ -88,8 +88,8 @@ def keys_create(
     ] = None,
 ) -> None:
     """Create a write key and print it (only its hash is stored: this is the only time)."""
-    from engine.api.events import create_write_key
-    from engine.storage import make_engine
+    from stagecoach.engine.api.routes.events import create_write_key
+    from stagecoach.engine.services.storage import make_engine
 
     settings = _settings()
     db = make_engine(settings.resolved_database_url)
@@ -108,7 +108,7 @@ def doctor(
     ] = False,
 ) -> None:
     """Check the database, migrations, Temporal, search attributes and the worker."""
-    from engine.cli.doctor import as_json, run_checks
+    from stagecoach.engine.cli.doctor import as_json, run_checks
 
     settings = _settings()
     checks = asyncio.run(run_checks(settings, deep=deep))
@@ -129,8 +129,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    from engine.storage import current_revision, make_engine, upgrade
-    from engine.storage.db import redact
+    from stagecoach.engine.services.storage import current_revision, make_engine, upgrade
+    from stagecoach.engine.services.storage.db import redact
 
     settings = _settings()
     db = make_engine(settings.resolved_database_url)
@@ -141,7 +141,12 @@ def db_upgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's schema revision and the newest one the code knows."""
-    from engine.storage import check_connection, current_revision, head_revision, make_engine
+    from stagecoach.engine.services.storage import (
+        check_connection,
+        current_revision,
+        head_revision,
+        make_engine,
+    )
 
     settings = _settings()
     db = make_engine(settings.resolved_database_url)

@@ -1,5 +1,5 @@
-"""python -m engine.cli"""
+"""python -m stagecoach.engine.cli"""
 
-from engine.cli import main
+from stagecoach.engine.cli import main
 
 main()

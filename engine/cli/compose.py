@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from connectors import (
+from stagecoach.connectors import (
     FileSinkConnector,
     HttpEmailConfig,
     HttpEmailConnector,
@@ -31,13 +31,13 @@ from connectors import (
     WeChatConfig,
     WeChatConnector,
 )
-from engine.content import ContentLibrary
-from engine.delivery import Connector
-from engine.errors import ConfigurationError
-from engine.settings import Settings
-from engine.storage.interactions import interaction_hook
-from workflows.contact import ContactActivities
-from workflows.runtime import contact_activities
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.connector import Connector
+from stagecoach.engine.services.storage.interactions import interaction_hook
+from stagecoach.engine.settings import Settings
+from stagecoach.workflows.contact import ContactActivities
+from stagecoach.workflows.runtime import contact_activities
 
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
@@ -167,14 +167,14 @@ def build_activities(
 
 def run_worker(settings: Settings) -> None:
     """Run a worker (the contact workflows and their activities) until it is signalled."""
-    from engine.runtime import freeze_startup_heap
-    from engine.storage import make_engine, upgrade
-    from engine.storage.db import private_umask
+    from stagecoach.engine.cli.programs import freeze_startup_heap
+    from stagecoach.engine.services.storage import make_engine, upgrade
+    from stagecoach.engine.services.storage.db import private_umask
 
     private_umask()
-    from workflows.client import connect
-    from workflows.system import SystemActivities
-    from workflows.worker import build_worker, run_until_signalled
+    from stagecoach.workflows.client import connect
+    from stagecoach.workflows.system import SystemActivities
+    from stagecoach.workflows.worker import build_worker, run_until_signalled
 
     db = make_engine(settings.resolved_database_url)
     upgrade(db)
@@ -202,9 +202,9 @@ def worker_metrics(settings: Settings) -> Runtime | None:
     """Start the worker's metrics server and return a Temporal runtime exporting the
     SDK's metrics (None: the default runtime, no SDK metrics), each on its own port
     unless that is off. A taken port stops the worker here, naming its setting."""
-    from engine import metrics
-    from engine.cli.supervisor import ensure_worker_metrics_ports_free
-    from workflows.metrics import prometheus_runtime
+    from stagecoach.engine import metrics
+    from stagecoach.engine.cli.supervisor import ensure_worker_metrics_ports_free
+    from stagecoach.workflows.metrics import prometheus_runtime
 
     host, ours, sdk = (
         settings.worker_metrics_host,
@@ -221,10 +221,10 @@ def serve_api(settings: Settings) -> None:
     """Serve the HTTP API with uvicorn until it is stopped."""
     import uvicorn
 
-    from engine.app import create_app
-    from engine.runtime import ensure_port_free, freeze_startup_heap
-    from engine.settings import check_api_credentials
-    from engine.storage.db import private_umask
+    from stagecoach.engine.app import create_app
+    from stagecoach.engine.cli.programs import ensure_port_free, freeze_startup_heap
+    from stagecoach.engine.services.storage.db import private_umask
+    from stagecoach.engine.settings import check_api_credentials
 
     check_api_credentials(settings)
     private_umask()
@@ -232,9 +232,9 @@ def serve_api(settings: Settings) -> None:
     ensure_port_free(
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
     )
-    from engine.storage import make_engine
-    from workflows.client import connect
-    from workflows.runtime import ContactOpener
+    from stagecoach.engine.services.storage import make_engine
+    from stagecoach.workflows.client import connect
+    from stagecoach.workflows.runtime import ContactOpener
 
     db = make_engine(settings.resolved_database_url)
 

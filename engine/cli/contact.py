@@ -3,7 +3,7 @@ why it did or did not get a journey step's message.
 
 ``CONTACT`` is whoever the operator knows: a contact id, a ``userId``, ``anonymousId``,
 email address, phone number, WeChat openid or unionid, or CRM id, found in the database
-by the same lookup the admin API and the dashboard use (``engine.services.lookup``);
+by the same lookup the admin API and the dashboard use (``stagecoach.engine.services.lookup``);
 ``--by`` names the kind, else the value's shape decides. A merged id leads to its
 survivor. A value that could be a contact id and is not in the database (a rehearsal
 contact, or a CLI with no database at hand) is asked of Temporal as it is.
@@ -21,8 +21,8 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.services.lookup import LOOKUP_KINDS
-from engine.settings import Settings, load_settings
+from stagecoach.engine.services.lookup import LOOKUP_KINDS
+from stagecoach.engine.settings import Settings, load_settings
 
 contact_app = typer.Typer(help="A contact's live state and history.", no_args_is_help=True)
 
@@ -59,10 +59,14 @@ def _find(settings: Settings, value: str, by: str) -> _Found:
     from sqlalchemy.exc import DatabaseError as SADatabaseError
     from sqlmodel import Session
 
-    from engine.errors import DatabaseError
-    from engine.services.lookup import ContactNotMatched, MalformedLookup, find_person
-    from engine.storage import make_engine
-    from engine.storage.db import driver_reason, parse_database_url
+    from stagecoach.engine.domain.errors import DatabaseError
+    from stagecoach.engine.services.lookup import (
+        ContactNotMatched,
+        MalformedLookup,
+        find_person,
+    )
+    from stagecoach.engine.services.storage import make_engine
+    from stagecoach.engine.services.storage.db import driver_reason, parse_database_url
 
     value = value.strip()
     as_is = by in ("auto", "id") and "@" not in value
@@ -105,9 +109,9 @@ def _connect_and(
     value: str, by: str, run: Callable[[Any, str], Awaitable[Any]]
 ) -> tuple[_Found, Any]:
     """Find the contact, connect to Temporal, and ``run(client, contact_id)``."""
-    from engine.gateway import ContactNotFound
-    from engine.logging import configure_logging
-    from workflows.client import connect
+    from stagecoach.engine.logging import configure_logging
+    from stagecoach.engine.temporal.gateway import ContactNotFound
+    from stagecoach.workflows.client import connect
 
     settings = load_settings()
     configure_logging(level="warning", fmt=settings.log_format)
@@ -127,7 +131,7 @@ def _connect_and(
 @contact_app.command("show")
 def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOption = False) -> None:
     """Stage, score, grade, consent, attributes and active journeys, from the workflow."""
-    from engine.gateway import contact_view
+    from stagecoach.engine.temporal.gateway import contact_view
 
     found, view = _connect_and(contact, by, contact_view)
     state = view.state
@@ -162,8 +166,8 @@ def timeline(
     contact: ContactArgument, by: ByOption = "auto", json_output: JsonOption = False
 ) -> None:
     """The contact's story from its workflow history: events, stages, sends, waits."""
-    from engine.gateway import missing_contact
-    from engine.timeline import contact_timeline
+    from stagecoach.engine.temporal.gateway import missing_contact
+    from stagecoach.engine.temporal.timeline import contact_timeline
 
     async def read(client: Any, contact_id: str) -> Any:
         with missing_contact(contact_id):
@@ -209,7 +213,7 @@ def why(
     """Why the contact did or did not get a journey step's message: the decision chain
     from its workflow history (entry, branches, quiet hours, consent, frequency cap,
     delivery), one line per link, with times."""
-    from engine.why import contact_why, parse_journey_step
+    from stagecoach.engine.temporal.why import contact_why, parse_journey_step
 
     journey, step_id = parse_journey_step(journey_step)
     _, answer = _connect_and(

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.content import (
+from stagecoach.engine.domain.content import (
     DEFAULT_TOKEN_TTL,
     ContentError,
     ContentItem,
@@ -41,7 +41,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 
 def _default_dir() -> Path:
     """The catalog the worker uses: STAGECOACH_CONTENT_DIR, else the bundled catalog."""
-    from engine.settings import load_settings
+    from stagecoach.engine.settings import load_settings
 
     return load_settings().resolved_content_dir
 
@@ -143,7 +143,7 @@ def _attributes(pairs: list[str]) -> dict[str, Any]:
 def _preview_signer() -> LinkSigner:
     # Links look exactly like a real send's, but are signed with a throwaway key, so a
     # preview can never produce a working unsubscribe or redirect for a real contact.
-    from engine.settings import load_settings
+    from stagecoach.engine.settings import load_settings
 
     return LinkSigner(os.urandom(32), load_settings().api_base_url, DEFAULT_TOKEN_TTL)
 
@@ -152,9 +152,9 @@ def _contact_attributes(contact_id: str) -> dict[str, Any]:
     """The contact's attributes from its workflow's ``state`` query."""
     import asyncio
 
-    from engine.gateway import contact_view
-    from engine.settings import load_settings
-    from workflows.client import connect
+    from stagecoach.engine.settings import load_settings
+    from stagecoach.engine.temporal.gateway import contact_view
+    from stagecoach.workflows.client import connect
 
     settings = load_settings()
 

@@ -18,9 +18,9 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.errors import StagecoachError
-from engine.logging import configure_logging
-from engine.settings import Settings, load_settings
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.logging import configure_logging
+from stagecoach.engine.settings import Settings, load_settings
 
 INDUSTRIES = ("manufacturing", "software", "finance", "healthcare", "retail", "education")
 ROLES = ("cto", "it_director", "engineer", "manager", "ceo", "student")
@@ -80,9 +80,9 @@ async def run_demo(settings: Settings, *, contacts: int, seed: int, pace: float)
     """
     import httpx
 
-    from engine.api.events import create_write_key
-    from engine.errors import StagecoachError
-    from engine.storage import make_engine, upgrade
+    from stagecoach.engine.api.routes.events import create_write_key
+    from stagecoach.engine.domain.errors import StagecoachError
+    from stagecoach.engine.services.storage import make_engine, upgrade
 
     db = make_engine(settings.resolved_database_url)
     try:

@@ -13,13 +13,21 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Describe
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from engine.errors import StagecoachError
-from engine.messages import SystemCheckInput, SystemCheckResult
-from engine.protocol import SYSTEM_CHECK_WORKFLOW
-from engine.search_attributes import SEARCH_ATTRIBUTES, registration_commands
-from engine.settings import Settings
-from engine.storage import check_connection, current_revision, head_revision, make_engine
-from engine.storage.db import redact
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.protocol import SYSTEM_CHECK_WORKFLOW
+from stagecoach.engine.protocol.messages import SystemCheckInput, SystemCheckResult
+from stagecoach.engine.protocol.search_attributes import (
+    SEARCH_ATTRIBUTES,
+    registration_commands,
+)
+from stagecoach.engine.services.storage import (
+    check_connection,
+    current_revision,
+    head_revision,
+    make_engine,
+)
+from stagecoach.engine.services.storage.db import redact
+from stagecoach.engine.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ def check_database(settings: Settings) -> list[Check]:
         current, head = current_revision(db), head_revision()
         outbox = None
         if current == head:
-            from engine.ingest._forwarder import backlog
+            from stagecoach.engine.services.ingest._forwarder import backlog
 
             outbox = backlog(db)
     finally:
@@ -89,7 +97,7 @@ def check_database(settings: Settings) -> list[Check]:
 
 
 async def check_temporal(settings: Settings) -> tuple[Check, Client | None]:
-    from workflows.client import connect
+    from stagecoach.workflows.client import connect
 
     try:
         client = await connect(settings)

@@ -1,8 +1,8 @@
 """``stagecoach import``: the command's options, its progress display and its summary.
 
 The import itself (reading, mapping, validating and storing the rows) is
-:mod:`engine.services.imports`; this module parses the options into an
-:class:`~engine.services.imports.ImportOptions`, shows progress on stderr (a bar on a
+:mod:`stagecoach.engine.services.imports`; this module parses the options into an
+:class:`~stagecoach.engine.services.imports.ImportOptions`, shows progress on stderr (a bar on a
 terminal, a line every so often elsewhere) and prints the summary. Registered by the
 CLI's composition root as ``stagecoach import``.
 """
@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from engine.services.imports import ImportFailed, ImportOptions, Progress, run_import
+from stagecoach.engine.services.imports import (
+    ImportFailed,
+    ImportOptions,
+    Progress,
+    run_import,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -159,9 +164,9 @@ def import_contacts(
     ] = False,
 ) -> None:
     """Import contacts from a CSV file: one identify a row, deduplicated by identity."""
-    from engine.contact import CHANNELS
-    from engine.logging import configure_logging
-    from engine.settings import load_settings
+    from stagecoach.engine.domain.contact import CHANNELS
+    from stagecoach.engine.logging import configure_logging
+    from stagecoach.engine.settings import load_settings
 
     if not 0 < len(source) <= 64:
         raise ImportFailed(f"--source {source!r} is empty or too long", fix="use 1-64 characters")
@@ -203,7 +208,7 @@ def import_contacts(
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     def database() -> Engine:
-        from engine.storage import make_engine, upgrade
+        from stagecoach.engine.services.storage import make_engine, upgrade
 
         db = make_engine(settings.resolved_database_url)
         upgrade(db)

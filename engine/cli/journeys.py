@@ -1,8 +1,9 @@
 """``stagecoach journeys``: validate, list, show, draw, diff, rehearse and publish journeys.
 
-A composition root like the rest of ``engine.cli``: it reads settings, reaches the
-marketers' definitions through ``engine.publishing`` and the database through
-``engine.storage``. Bad input is a ``StagecoachError`` that ``main`` prints as one line.
+A composition root like the rest of ``stagecoach.engine.cli``: it reads settings, reaches the
+marketers' definitions through ``stagecoach.engine.services.publishing`` and the database through
+``stagecoach.engine.services.storage``. Bad input is a ``StagecoachError`` that ``main`` prints as
+one line.
 
 Version references (``--version``, ``--from``, ``--to``) accept ``bundled`` (the
 definition in this checkout), ``latest`` (the newest published version), or a version
@@ -21,8 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 from sqlalchemy import Engine
 
-from engine.errors import StagecoachError
-from engine.journeys import (
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.domain.journeys import (
     END,
     SIMULATION_EPOCH,
     TIME_ZONE_ATTRIBUTE,
@@ -50,8 +51,8 @@ from engine.journeys import (
     simulate,
     to_mermaid,
 )
-from engine.logging import configure_logging
-from engine.settings import Settings, load_settings
+from stagecoach.engine.logging import configure_logging
+from stagecoach.engine.settings import Settings, load_settings
 
 journeys_app = typer.Typer(
     help="Validate, inspect, diff, rehearse and publish journeys.",
@@ -72,7 +73,7 @@ def _settings() -> Settings:
 def _content(settings: Settings) -> ContentIndex | None:
     """The content library to validate sends against, as the worker does before it
     publishes: a journey naming content without a variant for a locale is refused."""
-    from engine.content import ContentLibrary
+    from stagecoach.engine.domain.content import ContentLibrary
 
     return ContentLibrary.load(settings.resolved_content_dir)
 
@@ -82,8 +83,8 @@ def _read_db(settings: Settings) -> Engine | None:
 
     Reading commands must not create the embedded database as a side effect.
     """
-    from engine.storage import make_engine
-    from engine.storage.db import parse_database_url
+    from stagecoach.engine.services.storage import make_engine
+    from stagecoach.engine.services.storage.db import parse_database_url
 
     url = parse_database_url(settings.resolved_database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
@@ -102,7 +103,7 @@ def _bundled_spec(settings: Settings, name: str) -> JourneySpec | None:
     Raises:
         JourneyValidationError: The journey does not validate.
     """
-    from engine.publishing import bundled_journeys, compile_definitions
+    from stagecoach.engine.services.publishing import bundled_journeys, compile_definitions
 
     if name not in bundled_journeys():
         return None
@@ -119,7 +120,7 @@ def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpe
     ``None`` means the bundled definition, falling back to the latest published version
     for a journey that is no longer bundled.
     """
-    from engine.publishing import (
+    from stagecoach.engine.services.publishing import (
         PUBLISH_HINT,
         JourneyNotFound,
         bundled_journeys,
@@ -166,8 +167,13 @@ def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpe
 
 def _known_or_raise(settings: Settings, name: str) -> None:
     """Raise JourneyNotFound unless ``name`` is bundled or published."""
-    from engine.errors import DatabaseError
-    from engine.publishing import JourneyNotFound, bundled_journeys, closest_names, versions
+    from stagecoach.engine.domain.errors import DatabaseError
+    from stagecoach.engine.services.publishing import (
+        JourneyNotFound,
+        bundled_journeys,
+        closest_names,
+        versions,
+    )
 
     if name in bundled_journeys():
         return
@@ -193,7 +199,7 @@ def _short(version: str) -> str:
 @journeys_app.command()
 def validate() -> None:
     """Validate every bundled journey and the active pipeline; exit 1 on any problem."""
-    from engine.publishing import bundled_journeys, compile_definitions
+    from stagecoach.engine.services.publishing import bundled_journeys, compile_definitions
 
     settings = _settings()
     specs, problems = compile_definitions(settings, content=_content(settings))
@@ -218,8 +224,8 @@ def validate() -> None:
 @journeys_app.command("list")
 def list_journeys() -> None:
     """List bundled journeys with their entry, step count and versions."""
-    from engine.errors import DatabaseError
-    from engine.publishing import compile_definitions, latest_versions
+    from stagecoach.engine.domain.errors import DatabaseError
+    from stagecoach.engine.services.publishing import compile_definitions, latest_versions
 
     settings = _settings()
     specs, problems = compile_definitions(settings, content=_content(settings))
@@ -400,7 +406,7 @@ def diff(
     By default: the latest published version against the bundled definition, i.e. what
     'stagecoach journeys publish' would change.
     """
-    from engine.publishing import PUBLISH_HINT, JourneyNotFound
+    from stagecoach.engine.services.publishing import PUBLISH_HINT, JourneyNotFound
 
     settings = _settings()
     _known_or_raise(settings, name)
@@ -422,7 +428,7 @@ def diff(
 @journeys_app.command("versions")
 def versions_command(name: Annotated[str, typer.Argument(help="Journey name.")]) -> None:
     """List the published versions of a journey, newest (the one new enrolments get) first."""
-    from engine.publishing import PUBLISH_HINT, versions
+    from stagecoach.engine.services.publishing import PUBLISH_HINT, versions
 
     settings = _settings()
     _known_or_raise(settings, name)
@@ -504,7 +510,7 @@ def parse_event(raw: str, known_types: frozenset[str]) -> tuple[timedelta, str, 
     Raises:
         InvalidOption: Malformed, a bad offset, or an event type not in the catalogue.
     """
-    from engine.publishing import closest_names
+    from stagecoach.engine.services.publishing import closest_names
 
     offset, sep, rest = raw.partition(":")
     event_type, _, props = rest.partition(":")
@@ -564,8 +570,8 @@ def simulate_command(
     when nothing entered it). Example: simulate b2b_nurture --until 30d
     --event 2d:content.downloaded:content_id=wp-digital-transformation
     """
-    from engine.conditions import EventRecord
-    from engine.publishing import closest_names, definitions_context
+    from stagecoach.engine.domain.conditions import EventRecord
+    from stagecoach.engine.services.publishing import closest_names, definitions_context
 
     settings = _settings()
     ctx = definitions_context(settings)
@@ -748,9 +754,9 @@ def publish() -> None:
     Idempotent: an unchanged journey is not stored again. When any journey fails
     validation, nothing is published.
     """
-    from engine.publishing import publish_bundled
-    from engine.storage import make_engine, upgrade
-    from engine.storage.db import redact
+    from stagecoach.engine.services.publishing import publish_bundled
+    from stagecoach.engine.services.storage import make_engine, upgrade
+    from stagecoach.engine.services.storage.db import redact
 
     settings = _settings()
     db = make_engine(settings.resolved_database_url)
@@ -801,12 +807,12 @@ def rehearse(
     """
     import uuid
 
-    from engine.gateway import contact_view, enrol, send_event
-    from engine.messages import EnrolRequest, EventMessage
-    from engine.storage import make_engine
-    from engine.timeline import contact_timeline
-    from workflows.client import connect
-    from workflows.runtime import ContactOpener
+    from stagecoach.engine.protocol.messages import EnrolRequest, EventMessage
+    from stagecoach.engine.services.storage import make_engine
+    from stagecoach.engine.temporal.gateway import contact_view, enrol, send_event
+    from stagecoach.engine.temporal.timeline import contact_timeline
+    from stagecoach.workflows.client import connect
+    from stagecoach.workflows.runtime import ContactOpener
 
     settings = _settings()
     if not 0 < time_scale <= 1:
@@ -898,6 +904,6 @@ def rehearse(
 
 
 def _catalog_names() -> frozenset[str]:
-    from workflows.events import CATALOG
+    from stagecoach.workflows.events import CATALOG
 
     return frozenset(CATALOG.names())

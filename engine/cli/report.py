@@ -15,19 +15,19 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.analytics import REPORTS, Params, Report, run_report
-from engine.analytics._stats import choice
-from engine.analytics.service import (
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.logging import configure_logging
+from stagecoach.engine.services.analytics import REPORTS, Params, Report, run_report
+from stagecoach.engine.services.analytics._stats import choice
+from stagecoach.engine.services.analytics.service import (
     make_params,
     pick_section,
     section_csv,
     text_options,
     to_plain,
 )
-from engine.analytics.store import synced_at as store_as_of
-from engine.errors import StagecoachError
-from engine.logging import configure_logging
-from engine.settings import Settings, load_settings
+from stagecoach.engine.services.analytics.store import synced_at as store_as_of
+from stagecoach.engine.settings import Settings, load_settings
 
 FORMATS = ("table", "json", "csv")
 
@@ -156,8 +156,8 @@ def report(
 def _compute(settings: Settings, name: str, params: Params, *, fresh: bool) -> Report:
     """Copy the database into the store when the copy is stale (or ``fresh``), then
     compute: a command has no earlier answer to show while a copy runs."""
-    from engine.analytics.store import AnalyticsStore, default_path
-    from engine.storage import make_engine, upgrade
+    from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path
+    from stagecoach.engine.services.storage import make_engine, upgrade
 
     store = AnalyticsStore(settings.analytics_path or default_path(settings.data_dir))
     as_of = store.as_of

@@ -32,13 +32,18 @@ from typing import IO, Any
 
 import httpx
 
-from engine.codec import ensure_key_file, key_file
-from engine.errors import BinaryNotFound, ConfigurationError, ProcessFailed, StagecoachError
-from engine.runtime import ensure_port_free, find_temporal_cli, port_open
-from engine.search_attributes import dev_server_args
-from engine.settings import Settings, check_api_credentials, ensure_link_secret_file
-from engine.storage import make_engine, upgrade
-from engine.storage.db import redact
+from stagecoach.engine.cli.programs import ensure_port_free, find_temporal_cli, port_open
+from stagecoach.engine.domain.errors import (
+    BinaryNotFound,
+    ConfigurationError,
+    ProcessFailed,
+    StagecoachError,
+)
+from stagecoach.engine.protocol.search_attributes import dev_server_args
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.engine.services.storage.db import redact
+from stagecoach.engine.settings import Settings, check_api_credentials, ensure_link_secret_file
+from stagecoach.engine.temporal.codec import ensure_key_file, key_file
 
 STARTUP_TIMEOUT = 90.0
 STOP_GRACE = 15.0
@@ -161,7 +166,7 @@ def _api_healthy(url: str) -> bool:
 
 
 def _worker_polling(settings: Settings) -> bool:
-    from engine.cli.doctor import check_temporal, check_worker
+    from stagecoach.engine.cli.doctor import check_temporal, check_worker
 
     async def probe() -> bool:
         _temporal, client = await check_temporal(settings)
@@ -287,7 +292,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     check_api_credentials(settings.model_copy(update={"link_secret": secret}))
 
     logs = settings.data_dir / "logs"
-    python = [sys.executable, "-m", "engine.cli"]
+    python = [sys.executable, "-m", "stagecoach.engine.cli"]
     ui = _ui_server_child(settings, ui_server, logs) if ui_server is not None else None
     built_in_ui = (
         ["--headless"]

@@ -7,7 +7,7 @@ Pages (HTML, server-rendered; all but the login need a signed-in session)::
     GET  /dashboard/journeys          per-step performance, a Sankey per journey
                                       version, holdout lift and split tests
     GET  /dashboard/contacts?id=&by=  "Open contact": a contact id, userId, email, phone,
-                                      openid... (``engine.services.lookup``); one match
+                                      openid... (``stagecoach.engine.services.lookup``); one match
                                       opens it, several are listed, none is a 404
     GET  /dashboard/contacts/{id}     stage transitions (database), the story from the
                                       workflow history, a link to the Temporal Web UI
@@ -32,8 +32,8 @@ with the ``plotly`` package, served from this API, under a Content-Security-Poli
 allows scripts from this origin only.
 """
 
-from engine.analytics.service import Freshness, Numbers
-from engine.dashboard._views import Period, dashboard_router, default_reports
+from stagecoach.engine.dashboard._views import Period, dashboard_router, default_reports
+from stagecoach.engine.services.analytics.service import Freshness, Numbers
 
 __all__ = [
     "Freshness",

@@ -20,7 +20,7 @@ from typing import Any
 
 import plotly.graph_objects as go  # type: ignore[import-untyped]
 
-from engine.analytics import Report, Section
+from stagecoach.engine.services.analytics import Report, Section
 
 _TEMPLATE = go.layout.Template(
     layout={

@@ -1,7 +1,7 @@
 """The dashboard's pages, and the report cache that keeps them fast.
 
 Pages are rendered on the server from Jinja2 templates (autoescaped) and carry their
-charts as figure JSON (``engine.dashboard._charts``); the only scripts are
+charts as figure JSON (``stagecoach.engine.dashboard._charts``); the only scripts are
 ``plotly.min.js`` from the installed ``plotly`` package and a ten-line renderer, both
 served from ``/dashboard/static/``, so a page needs no network beyond this API.
 """
@@ -29,16 +29,27 @@ from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.exceptions import TemporalError
 
-from engine.analytics import Params, Report, ReportError
-from engine.analytics.service import EARLIEST, LATEST, Freshness, Numbers, Wanted, reports_for
-from engine.api._common import client_address, in_thread, read_body, too_many_failures
-from engine.api.deps import SessionDep, temporal_client
-from engine.api.sessions import Sessions
-from engine.dashboard import _charts
-from engine.errors import DatabaseError, TemporalUnavailable
-from engine.gateway import ContactNotFound, missing_contact
-from engine.messages import contact_workflow_id
-from engine.services.lookup import (
+from stagecoach.engine.api._common import (
+    client_address,
+    in_thread,
+    read_body,
+    too_many_failures,
+)
+from stagecoach.engine.api.deps import SessionDep, temporal_client
+from stagecoach.engine.api.sessions import Sessions
+from stagecoach.engine.dashboard import _charts
+from stagecoach.engine.domain.errors import DatabaseError, TemporalUnavailable
+from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.services.analytics import Params, Report, ReportError
+from stagecoach.engine.services.analytics.service import (
+    EARLIEST,
+    LATEST,
+    Freshness,
+    Numbers,
+    Wanted,
+    reports_for,
+)
+from stagecoach.engine.services.lookup import (
     LOOKUP_KINDS,
     ContactNotMatched,
     MalformedLookup,
@@ -46,9 +57,10 @@ from engine.services.lookup import (
     find_contacts,
     find_person,
 )
-from engine.settings import Settings
-from engine.storage.models import StageTransition
-from engine.timeline import Entry, contact_timeline
+from stagecoach.engine.services.storage.models import StageTransition
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import ContactNotFound, missing_contact
+from stagecoach.engine.temporal.timeline import Entry, contact_timeline
 
 PREFIX = "/dashboard"
 DEFAULT_DAYS = 90
@@ -239,7 +251,7 @@ def dashboard_router(
         timeline: Reads a contact's story from its workflow history.
         sessions: Signs and checks session cookies (default: from ``settings``).
         numbers: The reports, shared with the JSON API (default: a cache of its own,
-            as ``engine.analytics.service.reports_for`` builds it).
+            as ``stagecoach.engine.services.analytics.service.reports_for`` builds it).
 
     The router reads the database through ``app.state`` (``db`` to sync the store,
     the session dependency for a contact's stage transitions).
@@ -439,7 +451,7 @@ def dashboard_router(
     @router.get("/contacts", dependencies=signed_in)
     async def find_contact(*, session: SessionDep, id: str = "", by: str = "auto") -> Response:
         """ "Open contact": one match opens it, several are listed, none is a 404 naming
-        what was searched (``engine.services.lookup`` says how a value is read)."""
+        what was searched (``stagecoach.engine.services.lookup`` says how a value is read)."""
         wanted = id.strip()
         if not wanted:
             return RedirectResponse(PREFIX, status_code=303)

@@ -2,7 +2,7 @@
 they last decided on each channel, and which of their addresses must not be sent to.
 
 Functions take the request's :class:`sqlmodel.Session` and are run off the event loop by
-the routes (``engine.api._common.in_thread``). Every write is idempotent: suppressions
+the routes (``stagecoach.engine.api._common.in_thread``). Every write is idempotent: suppressions
 are keyed by channel and address, so repeating a request adds nothing.
 """
 
@@ -16,9 +16,15 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
-from engine.ingest import IdentityError, Incoming, normalise_email
-from engine.ingest._store import survivors
-from engine.storage.models import Consent, Contact, Event, Identity, Suppression
+from stagecoach.engine.services.ingest import IdentityError, Incoming, normalise_email
+from stagecoach.engine.services.ingest._store import survivors
+from stagecoach.engine.services.storage.models import (
+    Consent,
+    Contact,
+    Event,
+    Identity,
+    Suppression,
+)
 
 CHANNELS: tuple[str, ...] = ("email", "wechat")
 """Channels on the preference page, and the channels an unsubscribe link can close."""

@@ -2,7 +2,8 @@
 
 Each row becomes one Segment ``identify`` message: its mapped columns are the traits,
 and the contact is found or created by its identities exactly as for the event API
-(``userId``, email, phone, WeChat ids, CRM id; see ``engine.ingest``), so a row for
+(``userId``, email, phone, WeChat ids, CRM id; see ``stagecoach.engine.services.ingest``), so a row
+for
 someone already known updates that contact instead of creating another. A row without a
 ``userId`` gets a stable ``anonymousId`` derived from its strongest identity, and each
 message an id derived from its content, so importing the same file again stores nothing
@@ -19,7 +20,7 @@ duplicate that wrote nothing) and names the database written to: a second export
 same rows, in another encoding, reports duplicates and no new contact.
 
 :func:`run_import` is the whole import, for any caller; ``stagecoach import``
-(``engine.cli.imports``) parses its options into :class:`ImportOptions`, shows the
+(``stagecoach.engine.cli.imports``) parses its options into :class:`ImportOptions`, shows the
 progress and prints the summary.
 """
 
@@ -38,12 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from engine.errors import DatabaseError, StagecoachError
+from stagecoach.engine.domain.errors import DatabaseError, StagecoachError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from engine.ingest import Incoming, Ingestor, Outcome
+    from stagecoach.engine.services.ingest import Incoming, Ingestor, Outcome
 
 _DETECTED = ("utf-8-sig", "gb18030")
 """Tried in order without ``--encoding``: UTF-8 (with or without BOM), then GB18030, the
@@ -51,7 +52,8 @@ superset of GBK that Excel on Chinese Windows saves."""
 
 _USER_ID, _ANONYMOUS_ID, _SKIP = "userId", "anonymousId", "-"
 _IDENTITY_TRAITS = ("email", "phone", "wechat_openid", "wechat_unionid", "crm_id")
-"""Identity traits, strongest first (``engine.ingest.KINDS`` after the two ids)."""
+"""Identity traits, strongest first (``stagecoach.engine.services.ingest.KINDS`` after the two
+ids)."""
 _TEXT_TRAITS = frozenset(
     {*_IDENTITY_TRAITS, "first_name", "last_name", "name", "company", "country", "locale"}
     | {"timezone", "title"}
@@ -219,7 +221,7 @@ def open_table(path: Path, encoding: str, delimiter: str | None = None) -> Table
 
 
 def _check_header(header: Sequence[str], path: Path) -> None:
-    from engine.logging import mask_value
+    from stagecoach.engine.logging import mask_value
 
     data = next((cell for cell in header if _LOOKS_LIKE_DATA.fullmatch(cell)), None)
     if data is not None:
@@ -438,7 +440,7 @@ class RowReader:
         consent_channel: str = "email",
         phone_country: str | None = None,
     ) -> None:
-        from engine.ingest import (
+        from stagecoach.engine.services.ingest import (
             IdentityError,
             Problem,
             identities_from,
@@ -674,7 +676,7 @@ class _Writer:
 
     def open(self) -> tuple[Engine, Ingestor]:
         if self._db is None or self._ingestor is None:
-            from engine.ingest import Ingestor
+            from stagecoach.engine.services.ingest import Ingestor
 
             self._db = self._database()
             self._ingestor = Ingestor(self._db)

@@ -1,6 +1,7 @@
 """Verifying the signed links in our messages (unsubscribe, click, open pixel).
 
-The tokens are made and checked by :class:`engine.content.LinkSigner`; this module turns
+The tokens are made and checked by :class:`stagecoach.engine.domain.content.LinkSigner`; this
+module turns
 a token from a request path into the :class:`Link` it names, or the :class:`Refused`
 answer that says why not (malformed 400, tampered with or signed for another purpose
 403, expired 410). No HTML and no database here: the routes render the answer in the
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.content import LinkSigner, TokenExpired, TokenInvalid
-from engine.settings import Settings
+from stagecoach.engine.domain.content import LinkSigner, TokenExpired, TokenInvalid
+from stagecoach.engine.settings import Settings
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,8192}\.[A-Za-z0-9_-]{43}$")
 """A token's shape: unpadded URL-safe base64 payload, a dot, a 32-byte HMAC."""

@@ -44,8 +44,8 @@ from typing import Literal, get_args
 
 from sqlmodel import Session, col, select
 
-from engine.errors import StagecoachError
-from engine.storage.models import Contact, Identity, Merge
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.services.storage.models import Contact, Identity, Merge
 
 LookupKind = Literal[
     "auto", "id", "user_id", "anonymous_id", "email", "phone", "openid", "unionid", "crm_id"
@@ -123,7 +123,11 @@ class AmbiguousContact(StagecoachError):
 
 def _probes(value: str, by: str, region: str | None) -> tuple[list[tuple[str, str]], str]:
     """The (kind, value) pairs to look up, and how to name the search in an error."""
-    from engine.ingest import IdentityError, normalise_email, normalise_phone
+    from stagecoach.engine.services.ingest import (
+        IdentityError,
+        normalise_email,
+        normalise_phone,
+    )
 
     if by not in LOOKUP_KINDS:
         raise MalformedLookup(

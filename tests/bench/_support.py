@@ -22,16 +22,16 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.common import RetryPolicy
 
-from engine.cli.compose import build_activities
-from engine.content import ContentLibrary
-from engine.gateway import contact_view, enrol
-from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
-from engine.runtime import freeze_startup_heap
-from engine.settings import Settings
-from engine.storage import make_engine, upgrade
-from workflows.runtime import ContactOpener
-from workflows.system import SystemActivities
-from workflows.worker import build_worker
+from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.cli.programs import freeze_startup_heap
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.messages import EnrolRequest, EventMessage, contact_workflow_id
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import contact_view, enrol
+from stagecoach.workflows.runtime import ContactOpener
+from stagecoach.workflows.system import SystemActivities
+from stagecoach.workflows.worker import build_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 JOURNEY = "b2b_nurture"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from stagecoach.workflows.runtime import ContactOpener
 from tests.bench._support import (
     JOURNEY,
     Actions,
@@ -36,7 +37,6 @@ from tests.bench._support import (
     terminate_contacts,
 )
 from tests.helpers import runtime_settings
-from workflows.runtime import ContactOpener
 
 TIME_SCALE = 2e-6
 """The nurture's 10 days of waits take ~1.7 s."""

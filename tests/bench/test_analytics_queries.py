@@ -4,12 +4,12 @@ Measured:
 
 1. generating ``STAGECOACH_BENCH_ANALYTICS_CONTACTS`` synthetic contacts (default
    1,000,000, about 21 events each) into an on-disk DuckDB file, as a synced store
-   would hold them (``engine.analytics.synthetic``);
+   would hold them (``stagecoach.engine.services.analytics.synthetic``);
 2. on that file, best of 3 after one warm-up: the pipeline funnel (width, conversion,
    length, flows, time in stage), a 4-step conversion funnel with a 14-day window and
    the top 20 paths to ``order.paid`` with drop-off. The goal is under 2 s each;
 3. on a 100,000-contact subset (the first contacts of the same file), each report
-   against the plain-Python reference of ``tests/engine/analytics/_reference.py``:
+   against the plain-Python reference of ``tests/engine/services/analytics/_reference.py``:
    asserted equal, both timings printed;
 4. a sync of ``STAGECOACH_BENCH_ANALYTICS_SYNC_EVENTS`` events (default 200,000, with
    their contacts, transitions, deliveries and enrolments) from a SQLite file into a
@@ -32,15 +32,15 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from engine.analytics._report import Params, Report
-from engine.analytics.conversion import conversion_report
-from engine.analytics.paths import paths_report
-from engine.analytics.pipeline import STAGES, pipeline_report
-from engine.analytics.store import AnalyticsStore, create_tables
-from engine.analytics.synthetic import generate
-from engine.storage import make_engine, upgrade
+from stagecoach.engine.services.analytics._report import Params, Report
+from stagecoach.engine.services.analytics.conversion import conversion_report
+from stagecoach.engine.services.analytics.paths import paths_report
+from stagecoach.engine.services.analytics.pipeline import STAGES, pipeline_report
+from stagecoach.engine.services.analytics.store import AnalyticsStore, create_tables
+from stagecoach.engine.services.analytics.synthetic import generate
+from stagecoach.engine.services.storage import make_engine, upgrade
 from tests.bench._support import env_int, machine
-from tests.engine.analytics import _reference
+from tests.engine.services.analytics import _reference
 
 CONTACTS = env_int("STAGECOACH_BENCH_ANALYTICS_CONTACTS", 1_000_000)
 SUBSET = min(CONTACTS, 100_000)

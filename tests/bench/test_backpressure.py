@@ -2,7 +2,7 @@
 admission control.
 
 As in ``test_ingest_throughput.py`` everything crosses loopback between processes: the
-API is ``python -m engine.cli api`` (uvicorn, fresh SQLite file, Temporal unreachable so
+API is ``python -m stagecoach.engine.cli api`` (uvicorn, fresh SQLite file, Temporal unreachable so
 events wait in the outbox) and the load comes from ``tests/bench/_loadgen.py`` in its
 own process. In one run:
 
@@ -41,9 +41,9 @@ import httpx
 import psutil
 import pytest
 
-from engine.api.events import create_write_key
-from engine.settings import Settings
-from engine.storage import make_engine
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.services.storage import make_engine
+from stagecoach.engine.settings import Settings
 from tests.bench._loadgen import Load, Report
 from tests.bench._support import env_int, fresh_task_queue, machine
 from tests.bench.test_ingest_throughput import (
@@ -71,11 +71,11 @@ OFF = "admission control off (STAGECOACH_INGEST_CONCURRENCY=0)"
 
 
 def _api_cpu() -> float:
-    """CPU seconds so far of the API processes this test started (``engine.cli api``)."""
+    """CPU seconds so far of the API processes this test started (``stagecoach.engine.cli api``)."""
     total = 0.0
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if "engine.cli api" in " ".join(child.cmdline()):
+            if "stagecoach.engine.cli api" in " ".join(child.cmdline()):
                 total += sum(child.cpu_times()[:2])
     return total
 
@@ -180,7 +180,8 @@ async def test_backpressure_at_twice_the_sustainable_rate(tmp_path: Path) -> Non
 
     print(
         f"\nbackpressure ({machine()}); {load_before} before, {load_after} after; API: "
-        f"python -m engine.cli api (uvicorn), SQLite file, Temporal unreachable; load: one "
+        f"python -m stagecoach.engine.cli api (uvicorn), SQLite file, Temporal unreachable; "
+        f"load: one "
         f"process, HTTP/1.1 keep-alive, /v1/batch calls of {BATCH} messages\n"
         f"  sustainable rate (closed loop, {CALLERS} callers, {SUSTAINED_SECONDS:.0f} s after "
         f"2 s warm-up, admission control at its defaults: {CALLERS} "

@@ -1,6 +1,7 @@
 """Dashboard page loads over a million contacts and twenty million events.
 
-The analytics store is filled by ``engine.analytics.synthetic.generate`` (a B2B pipeline
+The analytics store is filled by ``stagecoach.engine.services.analytics.synthetic.generate`` (a B2B
+pipeline
 with detours, two journeys with holdouts and a split, opens and clicks, NPS answers),
 then the real API (``create_app``) is served by uvicorn and each page is fetched with
 httpx, signed in: **cold** is the first load (its reports computed; the first page also
@@ -28,13 +29,13 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from engine.analytics import run_report
-from engine.analytics.store import AnalyticsStore, create_tables
-from engine.analytics.synthetic import generate
-from engine.app import create_app
-from engine.dashboard import Period
-from engine.storage import make_engine, upgrade
-from engine.storage.models import Contact, StageTransition
+from stagecoach.engine.app import create_app
+from stagecoach.engine.dashboard import Period
+from stagecoach.engine.services.analytics import run_report
+from stagecoach.engine.services.analytics.store import AnalyticsStore, create_tables
+from stagecoach.engine.services.analytics.synthetic import generate
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.engine.services.storage.models import Contact, StageTransition
 from tests.bench._support import env_int, machine
 from tests.browser.conftest import ADMIN_TOKEN, seeded_settings, serving
 

@@ -65,11 +65,16 @@ from typing import Any
 import psutil
 import pytest
 
-from connectors.email import prepare_email
-from connectors.smtp import SmtpConfig, SmtpConnector
-from engine.bounces import key_digest
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
-from engine.delivery import OutgoingMessage
+from stagecoach.connectors.email import prepare_email
+from stagecoach.connectors.smtp import SmtpConfig, SmtpConnector
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.domain.content import (
+    BUNDLED_CONTENT_DIR,
+    ContentLibrary,
+    LinkSigner,
+    RenderContact,
+)
+from stagecoach.engine.protocol.connector import OutgoingMessage
 from tests.bench._support import env_int, machine
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """CPU per signalled event: what one page view of a known contact costs the contact worker
 and the Temporal server, and what its workflow asks of the server.
 
-The production worker runs as its own process (``python -m engine.cli worker``, payload
+The production worker runs as its own process (``python -m stagecoach.engine.cli worker``, payload
 encryption on, metrics servers off), so its CPU is its own: psutil reads it, Rust core
 threads included, as it reads the dev server's. ``CONTACTS`` contacts are created by an
 ``identify`` each (signal-with-start; the workflow opens the contact itself), which gives
@@ -10,7 +10,8 @@ in one ``events`` signal (a known contact's rules look at up to 200 recent event
 tenth is the pricing page, so the score caps are reached and the stage rules have moved
 the contact before the window). Then ``EVENTS`` pricing-page ``page.viewed`` events each
 (what the ingestion benchmark's background load sends) are signalled one per signal with
-``engine.gateway.send_event``, as the outbox forwarder does, round-robin over the
+``stagecoach.engine.temporal.gateway.send_event``, as the outbox forwarder does, round-robin over
+the
 contacts at ``RATE`` a second. The window ends when the worker has gone quiet; what the
 worker and the server spend idle (measured just before) is taken out. Then every
 contact's ``state`` query must show all its events applied, and the new part of each
@@ -60,8 +61,7 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from engine.gateway import ContactNotFound, contact_view, send_event
-from engine.messages import (
+from stagecoach.engine.protocol.messages import (
     CONTACT_WORKFLOW,
     EVENTS_SIGNAL,
     ContactInput,
@@ -69,10 +69,11 @@ from engine.messages import (
     EventMessage,
     contact_workflow_id,
 )
-from engine.settings import Settings
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view, send_event
+from stagecoach.workflows.client import with_settings
 from tests.bench._support import ROOT, env_int, fresh_task_queue, machine, terminate_contacts
 from tests.helpers import runtime_settings
-from workflows.client import with_settings
 
 CONTACTS = env_int("STAGECOACH_BENCH_COST_CONTACTS", 150)
 EVENTS = env_int("STAGECOACH_BENCH_COST_EVENTS", 6)
@@ -109,11 +110,16 @@ class Tree:
     path: Path
 
 
+ROOMS = ("engine", "workflows", "connectors", "content")
+
+
 def export(ref: str, into: Path) -> Tree:
-    """``ref``'s engine, workflows and content, by ``git archive`` (read-only for the repo)."""
+    """``ref``'s package and its rooms, by ``git archive`` (read-only for the repo).
+
+    A ref from before the one ``stagecoach`` package cannot be compared this way."""
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", ref, "engine", "workflows", "content"],
+        ["git", "archive", "--format=tar", ref, "stagecoach", *ROOMS],
         cwd=ROOT,
         capture_output=True,
         check=False,
@@ -128,7 +134,7 @@ def export(ref: str, into: Path) -> Tree:
 
 
 def worker_env(settings: Settings, tree: Tree, keys: str) -> dict[str, str]:
-    """``python -m engine.cli worker`` with ``settings`` and ``tree``'s code first."""
+    """``python -m stagecoach.engine.cli worker`` with ``settings`` and ``tree``'s code first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
     env.update(
         STAGECOACH_DATA_DIR=str(settings.data_dir),
@@ -154,7 +160,14 @@ async def worker_process(env: dict[str, str], cwd: Path, log: Path) -> AsyncIter
     """The worker as a child process until the block ends; yields its pid."""
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "worker", cwd=cwd, env=env, stdout=out, stderr=out
+            sys.executable,
+            "-m",
+            "stagecoach.engine.cli",
+            "worker",
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
         try:
             yield proc.pid

@@ -36,9 +36,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 from typer.testing import CliRunner, Result
 
-from engine.cli.imports import import_contacts
-from engine.ingest import Incoming, Ingestor, parse_message
-from engine.services.imports import (
+from stagecoach.engine.cli.imports import import_contacts
+from stagecoach.engine.services.imports import (
     ImportOptions,
     Rejected,
     RowReader,
@@ -47,8 +46,9 @@ from engine.services.imports import (
     plan_columns,
     run_import,
 )
-from engine.storage import make_engine, upgrade
-from engine.storage.models import Contact, Event
+from stagecoach.engine.services.ingest import Incoming, Ingestor, parse_message
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.engine.services.storage.models import Contact, Event
 from tests.bench._support import env_int, machine
 
 ROWS = env_int("STAGECOACH_BENCH_IMPORT_ROWS", 100_000)

@@ -1,8 +1,8 @@
 """Events per second through the ingestion API, and how soon a contact reacts to one.
 
 Everything crosses loopback between processes, as in production: the API is
-``python -m engine.cli api`` (uvicorn, fresh SQLite file, migrated by
-``python -m engine.cli db upgrade``) and the load comes from ``tests/bench/_loadgen.py``
+``python -m stagecoach.engine.cli api`` (uvicorn, fresh SQLite file, migrated by
+``python -m stagecoach.engine.cli db upgrade``) and the load comes from ``tests/bench/_loadgen.py``
 in its own process (HTTP/1.1 keep-alive, asyncio callers). Measured:
 
 1. batch ingest: ``/v1/batch`` with 100 messages a call (page, track, identify for 2,000
@@ -71,12 +71,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api.events import create_write_key
-from engine.gateway import ContactNotFound, contact_view, send_event
-from engine.messages import EventMessage, contact_workflow_id
-from engine.settings import Settings
-from engine.storage import make_engine
-from engine.storage.models import Event, Outbox
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.protocol.messages import EventMessage, contact_workflow_id
+from stagecoach.engine.services.storage import make_engine
+from stagecoach.engine.services.storage.models import Event, Outbox
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view, send_event
+from stagecoach.workflows.runtime import ContactOpener
 from tests.bench._loadgen import Load, Report, percentile
 from tests.bench._support import (
     ROOT,
@@ -87,7 +88,6 @@ from tests.bench._support import (
     terminate_contacts,
 )
 from tests.helpers import free_port, runtime_settings
-from workflows.runtime import ContactOpener
 
 SECONDS = float(env_int("STAGECOACH_BENCH_INGEST_SECONDS", 8))
 CONCURRENCY = env_int("STAGECOACH_BENCH_INGEST_CONCURRENCY", 16)
@@ -104,7 +104,7 @@ WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
 
 
 def api_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives ``python -m engine.cli`` exactly ``settings``."""
+    """The environment that gives ``python -m stagecoach.engine.cli`` exactly ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
     for name in settings.model_fields_set:
         env[f"STAGECOACH_{name.upper()}"] = str(getattr(settings, name))
@@ -116,7 +116,7 @@ def api_env(settings: Settings) -> dict[str, str]:
 
 async def cli(env: dict[str, str], *args: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", *args, cwd=ROOT, env=env,
+        sys.executable, "-m", "stagecoach.engine.cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await proc.communicate()
@@ -156,7 +156,9 @@ async def serving(
 @contextlib.asynccontextmanager
 async def api_server(settings: Settings, log: Path) -> AsyncIterator[str]:
     url = f"http://127.0.0.1:{settings.api_port}"
-    async with serving([sys.executable, "-m", "engine.cli", "api"], api_env(settings), url, log):
+    async with serving(
+        [sys.executable, "-m", "stagecoach.engine.cli", "api"], api_env(settings), url, log
+    ):
         yield url
 
 
@@ -321,7 +323,8 @@ async def test_ingest_throughput(tmp_path: Path) -> None:
     single_rate = single.window_requests / single.window_seconds
     echo_single_rate = echo_single.window_requests / echo_single.window_seconds
     print(
-        f"\ningest throughput ({machine()}); API: python -m engine.cli api (uvicorn), SQLite "
+        f"\ningest throughput ({machine()}); API: python -m stagecoach.engine.cli api "
+        f"(uvicorn), SQLite "
         f"file, journeys published, Temporal unreachable (events wait in the outbox); load: "
         f"one process, HTTP/1.1 "
         f"keep-alive, {CONCURRENCY} callers, closed loop, {SECONDS:.0f} s after 2 s warm-up\n"
@@ -501,7 +504,7 @@ async def steady(engine: Engine, prefix: str, users: int, within: float = 60.0) 
 def cpu_seconds() -> dict[str, float]:
     """CPU time so far of this process (the worker and the probes) and its children."""
     me = psutil.Process()
-    names = {"api": "engine.cli api", "temporal": "temporal", "load": "_loadgen"}
+    names = {"api": "stagecoach.engine.cli api", "temporal": "temporal", "load": "_loadgen"}
     out = {"test": sum(me.cpu_times()[:2])}
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):

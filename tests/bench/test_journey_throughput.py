@@ -29,6 +29,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from stagecoach.workflows.runtime import ContactOpener
 from tests.bench._support import (
     JOURNEY,
     NO_RETRY,
@@ -46,7 +47,6 @@ from tests.bench._support import (
     terminate_contacts,
 )
 from tests.helpers import runtime_settings
-from workflows.runtime import ContactOpener
 
 TIME_SCALE = 4e-6
 """The nurture's 10 days of waits (3 d + 7 d) take ~3.5 s of real time."""

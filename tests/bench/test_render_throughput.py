@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 import jinja2
 import pytest
 
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
+from stagecoach.engine.domain.content import (
+    BUNDLED_CONTENT_DIR,
+    ContentLibrary,
+    LinkSigner,
+    RenderContact,
+)
 
 CONTENT_ID = "case-study-manufacturing"
 LOCALE = "en"

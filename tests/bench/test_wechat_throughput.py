@@ -31,9 +31,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.wechat import WeChatConfig, WeChatConnector
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, RenderContact
-from engine.delivery import OutgoingMessage, RetryableDeliveryError
+from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
+from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR, ContentLibrary, RenderContact
+from stagecoach.engine.protocol.connector import OutgoingMessage, RetryableDeliveryError
 from tests.peers.wechat import running_peer
 
 CONCURRENCY = 50

@@ -30,10 +30,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.cli.doctor import check_worker
-from engine.gateway import send_event
-from engine.messages import EventMessage, contact_workflow_id
-from engine.settings import Settings
+from stagecoach.engine.cli.doctor import check_worker
+from stagecoach.engine.protocol.messages import EventMessage, contact_workflow_id
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import send_event
 from tests.bench._support import ROOT, bounded, env_int, fresh_task_queue, machine
 
 CONCURRENCY = 50
@@ -107,10 +107,10 @@ def worker_env(address: str, task_queue: str, tmp_path: Path) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``stagecoach worker`` (``python -m engine.cli worker``), its output in ``log``."""
+    """``stagecoach worker`` (``python -m stagecoach.engine.cli worker``), its output in ``log``."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "worker"],
+            [sys.executable, "-m", "stagecoach.engine.cli", "worker"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -32,11 +32,17 @@ import uvicorn
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from engine.analytics.store import AnalyticsStore
-from engine.app import create_app
-from engine.bounces import key_digest
-from engine.settings import Settings
-from engine.storage.models import Contact, Delivery, Event, JourneyEnrolment, StageTransition
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.services.analytics.store import AnalyticsStore
+from stagecoach.engine.services.storage.models import (
+    Contact,
+    Delivery,
+    Event,
+    JourneyEnrolment,
+    StageTransition,
+)
+from stagecoach.engine.settings import Settings
 from tests.helpers import ROOT, free_port, migrated_engine
 
 ADMIN_TOKEN = "browser-test-admin-token-0123456789"

@@ -10,8 +10,8 @@ from typing import Any
 import plotly  # type: ignore[import-untyped]
 import pytest
 
-from engine.analytics import Section
-from engine.dashboard import _charts
+from stagecoach.engine.dashboard import _charts
+from stagecoach.engine.services.analytics import Section
 from tests.engine.dashboard.test_charts import RICH_FLOW, report
 
 pytestmark = pytest.mark.browser

@@ -56,7 +56,7 @@ def stagecoach_up(tmp_path: Path, env_overrides: dict[str, str]) -> Iterator[Sta
         STAGECOACH_ADMIN_TOKEN=TOKEN,
         **env_overrides,
     )
-    command = [sys.executable, "-m", "engine.cli"]
+    command = [sys.executable, "-m", "stagecoach.engine.cli"]
     proc = subprocess.Popen(
         [*command, "up"],
         env=env,

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors._http import parse_retry_after
-from connectors.email import (
+from stagecoach.connectors._http import parse_retry_after
+from stagecoach.connectors.email import (
     IDEMPOTENCY_HEADER,
     HttpEmailConfig,
     HttpEmailConnector,
@@ -28,16 +28,21 @@ from connectors.email import (
     interpret_generic_response,
     interpret_postmark_response,
 )
-from connectors.ratelimit import RateLimiter
-from engine.bounces import key_digest
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
-from engine.delivery import (
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.domain.content import (
+    BUNDLED_CONTENT_DIR,
+    ContentLibrary,
+    LinkSigner,
+    RenderContact,
+)
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.connector import (
     ConsentRevoked,
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from engine.errors import ConfigurationError
 from tests.helpers import free_port
 from tests.peers.http_email import GENERIC, POSTMARK, HttpEmailPeer
 

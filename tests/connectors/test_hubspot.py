@@ -9,15 +9,19 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.crm.hubspot import (
+from stagecoach.connectors.crm.hubspot import (
     HubSpotConnector,
     note_marker,
     rate_limit_delay,
     validation_properties,
 )
-from connectors.ratelimit import RateLimiter
-from engine.delivery import OutgoingMessage, PermanentDeliveryError, RetryableDeliveryError
-from engine.errors import ConfigurationError
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.connector import (
+    OutgoingMessage,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from tests.peers.crm import HubSpotPeer
 
 TOKEN = "pat-na1-test-token"

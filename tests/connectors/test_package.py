@@ -7,9 +7,14 @@ import importlib
 
 import pytest
 
-import connectors
+from stagecoach import connectors
 
-CHANNELS = ("connectors.email", "connectors.smtp", "connectors.wechat", "connectors.crm")
+CHANNELS = (
+    "stagecoach.connectors.email",
+    "stagecoach.connectors.smtp",
+    "stagecoach.connectors.wechat",
+    "stagecoach.connectors.crm",
+)
 
 
 @pytest.mark.parametrize("name", CHANNELS)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from connectors.ratelimit import RateLimiter
+from stagecoach.connectors.ratelimit import RateLimiter
 
 
 async def _elapsed(limiter: RateLimiter, calls: int) -> float:

@@ -11,24 +11,29 @@ from typing import Any
 
 import pytest
 
-from connectors.email import IDEMPOTENCY_HEADER
-from connectors.ratelimit import RateLimiter
-from connectors.smtp import (
+from stagecoach.connectors.email import IDEMPOTENCY_HEADER
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.connectors.smtp import (
     SmtpConfig,
     SmtpConnector,
     classify_reply,
     enhanced_status,
 )
-from engine.addresses import sending_address
-from engine.bounces import key_digest
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
-from engine.delivery import (
+from stagecoach.engine.domain.addresses import sending_address
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.domain.content import (
+    BUNDLED_CONTENT_DIR,
+    ContentLibrary,
+    LinkSigner,
+    RenderContact,
+)
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-from engine.ingest import normalise_email
+from stagecoach.engine.services.ingest import normalise_email
 from tests.helpers import free_port
 from tests.peers.smtp import SmtpPeer
 
@@ -639,8 +644,13 @@ def test_the_fast_wire_writer_says_what_the_stdlib_says() -> None:
     import email
     from datetime import UTC, datetime
 
-    from connectors.email.mime import _wire_bytes, build_mime
-    from engine.content import BUNDLED_CONTENT_DIR, ContentError, ContentLibrary, RenderContact
+    from stagecoach.connectors.email.mime import _wire_bytes, build_mime
+    from stagecoach.engine.domain.content import (
+        BUNDLED_CONTENT_DIR,
+        ContentError,
+        ContentLibrary,
+        RenderContact,
+    )
 
     library = ContentLibrary.load(BUNDLED_CONTENT_DIR)
     sender = "营销团队 <news@example.com>"

@@ -12,12 +12,12 @@ from typing import Any, Literal
 
 import pytest
 
-from connectors.email import prepare_email
-from connectors.smtp import SmtpConfig, SmtpConnector
-from connectors.smtp.connector import _data_bytes, _Session, _Wire
-from engine.bounces import key_digest
-from engine.content import RenderContact
-from engine.delivery import (
+from stagecoach.connectors.email import prepare_email
+from stagecoach.connectors.smtp import SmtpConfig, SmtpConnector
+from stagecoach.connectors.smtp.connector import _data_bytes, _Session, _Wire
+from stagecoach.engine.domain.bounces import key_digest
+from stagecoach.engine.domain.content import RenderContact
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -553,7 +553,7 @@ async def test_starttls_verifies_a_certificate_issued_by_a_ca(key: Literal["ec",
 
 def test_every_bundled_email_marked_framed_needs_no_dot_stuffing() -> None:
     """``framed`` lets DATA skip the scan; it must only be set when the scan is a no-op."""
-    from engine.content import ContentError
+    from stagecoach.engine.domain.content import ContentError
     from tests.connectors.test_smtp import LIBRARY, NOW, SIGNER
 
     checked = 0

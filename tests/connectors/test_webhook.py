@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors._http import parse_retry_after
-from connectors.crm import (
+from stagecoach.connectors._http import parse_retry_after
+from stagecoach.connectors.crm import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     InvalidSignature,
@@ -25,13 +25,13 @@ from connectors.crm import (
     sign,
     verify_signature,
 )
-from connectors.ratelimit import RateLimiter
-from engine.delivery import (
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from engine.errors import ConfigurationError
 from tests.peers.crm import WebhookReceiver
 
 SECRET = "whsec-test-secret"

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.ratelimit import RateLimiter
-from connectors.wechat import (
+from stagecoach.connectors.ratelimit import RateLimiter
+from stagecoach.connectors.wechat import (
     BAD_MESSAGE,
     WINDOW_CLOSED,
     AccessTokenService,
@@ -26,8 +26,8 @@ from connectors.wechat import (
     until_quota_reset,
     window_open,
 )
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, RenderContact
-from engine.delivery import (
+from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR, ContentLibrary, RenderContact
+from stagecoach.engine.protocol.connector import (
     ConsentRevoked,
     DeliveryError,
     OutgoingMessage,

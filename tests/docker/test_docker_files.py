@@ -59,5 +59,6 @@ def test_wheel_ships_the_migrations_the_image_runs(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("stagecoach-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "engine/storage/migrations/env.py" in names
-    assert any(n.startswith("engine/storage/migrations/versions/0001") for n in names)
+    assert "stagecoach/engine/services/storage/migrations/env.py" in names
+    versions = "stagecoach/engine/services/storage/migrations/versions/"
+    assert any(n.startswith(f"{versions}0001") for n in names)

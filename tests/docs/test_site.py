@@ -98,7 +98,7 @@ def test_the_event_catalog_page_is_the_catalog() -> None:
     documented = text.split(site.EVENTS_START, 1)[1].split(site.EVENTS_END, 1)[0]
     table = site.events_table()
     assert documented == table
-    from workflows.events import CATALOG
+    from stagecoach.workflows.events import CATALOG
 
     for name in CATALOG.names():
         assert f"| `{name}` |" in table
@@ -170,7 +170,7 @@ def _documented_settings(page: str) -> set[str]:
 
 
 def test_the_settings_page_documents_every_setting() -> None:
-    from engine.settings import Settings
+    from stagecoach.engine.settings import Settings
 
     prefix = Settings.model_config.get("env_prefix", "")
     documented = _documented_settings((DOCS / "settings.md").read_text(encoding="utf-8"))
@@ -186,7 +186,7 @@ def test_the_settings_page_documents_every_setting() -> None:
 def test_the_settings_page_gives_the_defaults_the_code_has() -> None:
     """Where the page gives a default as one literal (`8`, `sink`, `true`), it is the
     code's; defaults in words (unset, `<data_dir>/...`) are left to the prose."""
-    from engine.settings import Settings
+    from stagecoach.engine.settings import Settings
 
     prefix = str(Settings.model_config.get("env_prefix", "")).upper()
     checked = 0
@@ -232,7 +232,7 @@ def test_the_cli_page_lists_every_command() -> None:
     cover siblings, as ``stagecoach content list | show ID | ...`` does)."""
     import typer.main
 
-    from engine.cli import app
+    from stagecoach.engine.cli import app
 
     def walk(command: object, path: tuple[str, ...]) -> list[tuple[str, ...]]:
         children = getattr(command, "commands", None)

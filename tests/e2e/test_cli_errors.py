@@ -17,7 +17,7 @@ def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
     full = dict(os.environ)
     full.update(STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"), **env)
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "stagecoach.engine.cli", *args],
         env=full,
         capture_output=True,
         text=True,

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.e2e
-STAGECOACH = [sys.executable, "-m", "engine.cli"]
+STAGECOACH = [sys.executable, "-m", "stagecoach.engine.cli"]
 
 
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef"

@@ -4,7 +4,7 @@ import logging
 
 import structlog
 
-from engine.logging import configure_logging, mask_text, mask_value
+from stagecoach.engine.logging import configure_logging, mask_text, mask_value
 
 
 def test_email_keeps_first_letter_and_domain() -> None:

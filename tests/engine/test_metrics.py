@@ -23,15 +23,15 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
-from engine import metrics
-from engine.api.events import create_write_key
-from engine.app import create_app
-from engine.errors import ConfigurationError, DatabaseError, PortInUse
-from engine.ingest import Incoming, Ingestor, parse_message
-from engine.ingest._forwarder import Forwarder
-from engine.settings import Settings
-from engine.storage import make_engine
-from engine.storage.models import Outbox
+from stagecoach.engine import metrics
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.errors import ConfigurationError, DatabaseError, PortInUse
+from stagecoach.engine.services.ingest import Incoming, Ingestor, parse_message
+from stagecoach.engine.services.ingest._forwarder import Forwarder
+from stagecoach.engine.services.storage import make_engine
+from stagecoach.engine.services.storage.models import Outbox
+from stagecoach.engine.settings import Settings
 from tests.helpers import free_port, migrated_engine
 
 TOKEN = "metrics-test-token-0123456789abcdef"
@@ -274,7 +274,7 @@ def test_rehearsal_sends_are_not_counted() -> None:
 
 
 def test_engine_metrics_imports_no_temporal() -> None:
-    probe = "import json, sys, engine.metrics; print(json.dumps(sorted(sys.modules)))"
+    probe = "import json, sys, stagecoach.engine.metrics; print(json.dumps(sorted(sys.modules)))"
     loaded = json.loads(
         subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, check=True
@@ -287,7 +287,7 @@ def test_engine_metrics_imports_no_temporal() -> None:
 
 
 def test_the_worker_refuses_one_port_for_both_exporters(tmp_path: Path) -> None:
-    from engine.cli.compose import worker_metrics as _worker_metrics
+    from stagecoach.engine.cli.compose import worker_metrics as _worker_metrics
 
     port = free_port()
     settings = _settings(tmp_path, worker_metrics_port=port, temporal_metrics_port=port)
@@ -298,7 +298,7 @@ def test_the_worker_refuses_one_port_for_both_exporters(tmp_path: Path) -> None:
 def test_a_taken_metrics_port_names_its_setting(tmp_path: Path) -> None:
     import socket
 
-    from engine.cli.compose import worker_metrics as _worker_metrics
+    from stagecoach.engine.cli.compose import worker_metrics as _worker_metrics
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -311,7 +311,7 @@ def test_a_taken_metrics_port_names_its_setting(tmp_path: Path) -> None:
 
 
 def test_the_worker_serves_its_registry_when_the_sdk_port_is_off(tmp_path: Path) -> None:
-    from engine.cli.compose import worker_metrics as _worker_metrics
+    from stagecoach.engine.cli.compose import worker_metrics as _worker_metrics
 
     port = free_port()
     settings = _settings(tmp_path, worker_metrics_port=port, temporal_metrics_port=None)

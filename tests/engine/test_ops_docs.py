@@ -1,5 +1,5 @@
 """docs/ops.md is copied into Prometheus as is: its YAML must parse, its alert rules must
-be well formed, and every Stagecoach metric it names must be one ``engine.metrics``
+be well formed, and every Stagecoach metric it names must be one ``stagecoach.engine.metrics``
 exports (and every exported one must be documented)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from engine import metrics
-from engine.settings import Settings
+from stagecoach.engine import metrics
+from stagecoach.engine.settings import Settings
 
 OPS = Path(__file__).resolve().parents[2] / "docs" / "ops.md"
 TEXT = OPS.read_text(encoding="utf-8")

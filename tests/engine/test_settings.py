@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigurationError
-from engine.settings import (
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.settings import (
     DEV_LINK_SECRET,
     LINK_SECRET_FILE,
     Settings,

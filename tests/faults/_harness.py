@@ -1,8 +1,8 @@
 """The fault scenarios' harness: real processes on loopback, faults, and the books.
 
 - ``Stack``: one scenario's Stagecoach: a migrated SQLite file, a write key, the API
-  (``python -m engine.cli api``, its own outbox forwarder) and any number of workers
-  (``python -m engine.cli worker``), each a child process that can be SIGKILLed and
+  (``python -m stagecoach.engine.cli api``, its own outbox forwarder) and any number of workers
+  (``python -m stagecoach.engine.cli worker``), each a child process that can be SIGKILLed and
   started again on the same database and task queue.
 - ``drive``: the workload, as a Segment client library sends it: ``/v1/batch`` calls
   paced at a rate, several in flight, each retried with the same message ids until a 2xx
@@ -47,15 +47,15 @@ from sqlmodel import Session, col, select
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from engine.api.events import create_write_key
-from engine.gateway import ContactNotFound, contact_view
-from engine.messages import ContactView, contact_workflow_id
-from engine.publishing import latest_versions
-from engine.settings import Settings
-from engine.storage import make_engine, upgrade
-from engine.storage.models import Delivery, Event, Outbox
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.protocol.messages import ContactView, contact_workflow_id
+from stagecoach.engine.services.publishing import latest_versions
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.engine.services.storage.models import Delivery, Event, Outbox
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
+from stagecoach.workflows.client import with_settings
 from tests.helpers import free_port
-from workflows.client import with_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / ".stagecoach" / "faults" / "results.jsonl"
@@ -106,7 +106,7 @@ publish reaches new contacts within (scenario 8 waits it out)."""
 
 
 class Child:
-    """One ``python -m engine.cli <command>`` process, restartable, logging to a file."""
+    """One ``python -m stagecoach.engine.cli <command>`` process, restartable, logging to a file."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.env, self.log = name, argv, env, log
@@ -218,7 +218,7 @@ class Stack:
 
     def child(self, name: str, command: str) -> Child:
         if name not in self.children:
-            argv = [sys.executable, "-m", "engine.cli", command]
+            argv = [sys.executable, "-m", "stagecoach.engine.cli", command]
             self.children[name] = Child(name, argv, self.env, self.tmp / f"{name}.log")
         return self.children[name]
 

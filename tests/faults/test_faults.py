@@ -43,9 +43,9 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.gateway import contact_view
-from engine.publishing import latest, publish
-from engine.search_keys import register_search_attributes
+from stagecoach.engine.protocol.search_keys import register_search_attributes
+from stagecoach.engine.services.publishing import latest, publish
+from stagecoach.engine.temporal.gateway import contact_view
 from tests.faults._harness import (
     EVENTS_PER_CONTACT,
     OPENER_TTL,

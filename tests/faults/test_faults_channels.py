@@ -46,8 +46,8 @@ from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from engine.gateway import contact_view
-from engine.storage.models import Handoff
+from stagecoach.engine.services.storage.models import Handoff
+from stagecoach.engine.temporal.gateway import contact_view
 from tests.faults._harness import (
     EVENTS_PER_CONTACT,
     WAITING_STEP,

@@ -72,11 +72,12 @@ from sqlmodel import Session, col, select
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from engine.contact import EVENT_WINDOW, SEEN_IDS
-from engine.gateway import contact_view
-from engine.ingest import relevant_event_types
-from engine.messages import ContactView
-from engine.storage.models import Contact, Delivery, Event, Outbox
+from stagecoach.engine.domain.contact import EVENT_WINDOW, SEEN_IDS
+from stagecoach.engine.protocol.messages import ContactView
+from stagecoach.engine.services.ingest import relevant_event_types
+from stagecoach.engine.services.storage.models import Contact, Delivery, Event, Outbox
+from stagecoach.engine.temporal.gateway import contact_view
+from stagecoach.workflows.runtime import definitions_loader
 from tests.bench._support import machine
 from tests.faults._harness import (
     EVENTS_PER_CONTACT,
@@ -95,7 +96,6 @@ from tests.faults._harness import (
     until,
 )
 from tests.peers.http_email import GENERIC, HttpEmailPeer
-from workflows.runtime import definitions_loader
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / ".stagecoach" / "soak"

@@ -5,7 +5,7 @@ Each peer is a Starlette app served by uvicorn on a free port in a background th
 talk to it over real sockets and assert on what it recorded.
 
 - :class:`WebhookReceiver` verifies ``Stagecoach-Signature`` with
-  ``connectors.crm.verify_signature`` and dedupes on ``Idempotency-Key`` the way
+  ``stagecoach.connectors.crm.verify_signature`` and dedupes on ``Idempotency-Key`` the way
   ``docs/webhooks.md`` tells receivers to.
 - :class:`HubSpotPeer` follows HubSpot's documented CRM v3/v4 request and response
   shapes for the endpoints the connector uses, its error JSON (``status``,
@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors.crm import (
+from stagecoach.connectors.crm import (
     DEFAULT_TOLERANCE,
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,

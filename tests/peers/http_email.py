@@ -2,7 +2,7 @@
 
 Two APIs on one server (``base_url``):
 
-- The generic JSON contract of ``connectors.email.http`` at ``POST /v1/send``: a bearer
+- The generic JSON contract of ``stagecoach.connectors.email.http`` at ``POST /v1/send``: a bearer
   token, an ``Idempotency-Key`` header it deduplicates on (the same key again answers 409
   with the first message's id, or replays the first answer with ``Idempotent-Replayed:
   true`` when ``replay=True``; the same key with a different body answers 422

@@ -16,10 +16,10 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, select
 
-from engine.app import create_app
-from engine.ingest import Incoming, Ingestor
-from engine.settings import Settings
-from engine.storage.models import Event
+from stagecoach.engine.app import create_app
+from stagecoach.engine.services.ingest import Incoming, Ingestor
+from stagecoach.engine.services.storage.models import Event
+from stagecoach.engine.settings import Settings
 
 ADMIN_TOKEN = "admin-token-for-security-tests-0123456789abcdef"
 LINK_SECRET = "link-secret-for-security-tests-0123456789"

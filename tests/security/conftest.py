@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from engine.settings import Settings
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 from tests.security._support import make_settings
 

@@ -50,13 +50,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text, update
 from sqlmodel import Session, col, select
 
-from connectors.crm import SIGNATURE_HEADER
-from engine.api.events import ReservedSource, create_write_key, hash_key
-from engine.api.sessions import COOKIE, Sessions
-from engine.api.wechat_routes import drain
-from engine.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
-from engine.settings import DEV_LINK_SECRET, Settings
-from engine.storage.models import Contact, Event, WriteKey
+from stagecoach.connectors.crm import SIGNATURE_HEADER
+from stagecoach.engine.api.routes.events import ReservedSource, create_write_key, hash_key
+from stagecoach.engine.api.routes.wechat import drain
+from stagecoach.engine.api.sessions import COOKIE, Sessions
+from stagecoach.engine.domain.content import CLICK, OPEN, UNSUBSCRIBE, LinkSigner
+from stagecoach.engine.services.storage.models import Contact, Event, WriteKey
+from stagecoach.engine.settings import DEV_LINK_SECRET, Settings
 from tests.helpers import migrated_engine
 from tests.security._support import (
     ADMIN_TOKEN,
@@ -810,7 +810,10 @@ def test_the_write_keys_table_has_no_plaintext_column(engine: Engine) -> None:
 def test_a_write_key_cannot_record_a_source_only_the_api_itself_attests(
     engine: Engine, api: TestClient
 ) -> None:
-    from engine.storage.interactions import SOURCE, contact_last_interaction
+    from stagecoach.engine.services.storage.interactions import (
+        SOURCE,
+        contact_last_interaction,
+    )
 
     # A key named, or scoped to, a source only the API attests is refused at creation,
     # so no event sent with a key can reopen WeChat's customer-service window.

@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from engine.conditions import (
+from stagecoach.engine.domain.conditions import (
     GRADES,
     Always,
     AnyOf,
@@ -63,8 +63,7 @@ from engine.conditions import (
     score_at_least,
     stage_in,
 )
-from engine.ingest import Incoming, Ingestor, Outcome, parse_message
-from engine.journeys import (
+from stagecoach.engine.domain.journeys import (
     END,
     Cancel,
     Cursor,
@@ -101,11 +100,13 @@ from engine.journeys import (
     wait_for,
     wait_until,
 )
-from engine.journeys._steps import Channel, SplitBranch, SplitStep, WaitForEventStep
-from engine.publishing import validate_definitions
-from engine.settings import Settings
-from engine.storage.models import Contact, Event, Identity, Merge
-from engine.wechat_callback import (
+from stagecoach.engine.domain.journeys._steps import (
+    Channel,
+    SplitBranch,
+    SplitStep,
+    WaitForEventStep,
+)
+from stagecoach.engine.domain.wechat_callback import (
     MAX_BODY_BYTES,
     CallbackError,
     MalformedMessage,
@@ -113,9 +114,11 @@ from engine.wechat_callback import (
     parse_xml,
     sign,
 )
-from engine.wechat_callback import (
-    parse_message as parse_wechat_message,
-)
+from stagecoach.engine.domain.wechat_callback import parse_message as parse_wechat_message
+from stagecoach.engine.services.ingest import Incoming, Ingestor, Outcome, parse_message
+from stagecoach.engine.services.publishing import validate_definitions
+from stagecoach.engine.services.storage.models import Contact, Event, Identity, Merge
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 from tests.security._support import WECHAT_APP, WECHAT_TOKEN
 

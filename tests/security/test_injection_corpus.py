@@ -15,13 +15,13 @@ WeChat template messages and customer-service text and news messages. For each o
   strings exactly, recipient included (a JSON or XML breakout stays text);
 - a signed render tracks only links the template wrote: a contact's value that is a URL
   never becomes a signed click redirect (a defect this suite found in WeChat text
-  messages, fixed in ``engine/content/_library.py``).
+  messages, fixed in ``engine/domain/content/_library.py``).
 
 Templates, the content author's side: a template reaching for Python internals, calling
 mutating methods, using a global the sandbox removed or including another item's files
 is refused when the catalog loads, with a problem naming the file; one that Jinja's
 compiler refuses (an unknown filter, a misplaced extends) too (it used to crash the load,
-fixed in ``engine/content/_loader.py``); and a sandbox escape on a branch the declared
+fixed in ``engine/domain/content/_loader.py``); and a sandbox escape on a branch the declared
 defaults never take fails that contact's send with a ``RenderError`` (fixed: it escaped
 as a Jinja ``SecurityError`` that the delivery activity would retry for a day).
 
@@ -58,10 +58,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connectors.wechat import WeChatConfig, WeChatConnector
-from engine.api.events import create_write_key
-from engine.api.sessions import COOKIE
-from engine.content import (
+from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.api.sessions import COOKIE
+from stagecoach.engine.domain.content import (
     BUNDLED_CONTENT_DIR,
     CLICK,
     WECHAT_FIELD_LIMIT,
@@ -72,10 +72,16 @@ from engine.content import (
     RenderedMessage,
     RenderError,
 )
-from engine.delivery import OutgoingMessage
-from engine.referrals import issue_code
-from engine.storage.models import Contact, Identity, Merge, Referral, StageTransition
-from engine.wechat_callback import UnsafeXml, parse_message, parse_xml
+from stagecoach.engine.domain.wechat_callback import UnsafeXml, parse_message, parse_xml
+from stagecoach.engine.protocol.connector import OutgoingMessage
+from stagecoach.engine.services.referrals import issue_code
+from stagecoach.engine.services.storage.models import (
+    Contact,
+    Identity,
+    Merge,
+    Referral,
+    StageTransition,
+)
 from tests.security._support import (
     ADMIN_TOKEN,
     CONTACT_EMAIL,

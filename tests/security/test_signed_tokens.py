@@ -46,9 +46,9 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-import engine.api.tracking as email_routes
-from connectors.crm import SIGNATURE_HEADER, sign
-from engine.content import (
+import stagecoach.engine.api.routes.tracking as email_routes
+from stagecoach.connectors.crm import SIGNATURE_HEADER, sign
+from stagecoach.engine.domain.content import (
     BUNDLED_CONTENT_DIR,
     CLICK,
     ContentLibrary,
@@ -56,10 +56,17 @@ from engine.content import (
     RenderContact,
     TokenInvalid,
 )
-from engine.errors import ConfigurationError
-from engine.referrals import issue_code
-from engine.settings import load_settings
-from engine.storage.models import Contact, Event, Handoff, Referral, ReferralCode, Suppression
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.services.referrals import issue_code
+from stagecoach.engine.services.storage.models import (
+    Contact,
+    Event,
+    Handoff,
+    Referral,
+    ReferralCode,
+    Suppression,
+)
+from stagecoach.engine.settings import load_settings
 from tests.helpers import migrated_engine
 from tests.security._support import (
     CONTACT_EMAIL,

@@ -2,7 +2,7 @@
 anyone could know or guess, believes X-Forwarded-For only from the proxies it is told
 of, and keeps contacts' personal data in files only its user can read.
 
-Every test here starts the real command (``python -m engine.cli ...``) in a subprocess:
+Every test here starts the real command (``python -m stagecoach.engine.cli ...``) in a subprocess:
 
 - ``stagecoach api`` bound beyond loopback with the published development link secret,
   or a short one, exits 2 with one line naming ``STAGECOACH_LINK_SECRET`` and the fix;
@@ -33,14 +33,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine.analytics.store import AnalyticsStore
-from engine.content import LinkSigner
-from engine.settings import DEV_LINK_SECRET, LINK_SECRET_FILE
+from stagecoach.engine.domain.content import LinkSigner
+from stagecoach.engine.services.analytics.store import AnalyticsStore
+from stagecoach.engine.settings import DEV_LINK_SECRET, LINK_SECRET_FILE
 from tests.helpers import free_port, migrated_engine
 
 pytestmark = pytest.mark.e2e
 
-STAGECOACH = [sys.executable, "-m", "engine.cli"]
+STAGECOACH = [sys.executable, "-m", "stagecoach.engine.cli"]
 ADMIN_TOKEN = "startup-test-admin-token-0123456789"
 GOOD_SECRET = "startup-test-link-secret-0123456789abcdef"
 

@@ -21,19 +21,19 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from engine.api.events import create_write_key
-from engine.app import create_app
-from engine.cli.compose import build_activities
-from engine.content import ContentLibrary
-from engine.delivery import Connector
-from engine.gateway import send_event
-from engine.messages import EventMessage, contact_workflow_id
-from engine.settings import Settings
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.connector import Connector
+from stagecoach.engine.protocol.messages import EventMessage, contact_workflow_id
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import send_event
+from stagecoach.workflows.client import with_settings
+from stagecoach.workflows.runtime import ContactOpener
+from stagecoach.workflows.system import SystemActivities
+from stagecoach.workflows.worker import build_worker
 from tests.helpers import migrated_engine, runtime_settings
-from workflows.client import with_settings
-from workflows.runtime import ContactOpener
-from workflows.system import SystemActivities
-from workflows.worker import build_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 

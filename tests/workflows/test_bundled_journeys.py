@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from engine.conditions import EventRecord, Facts
-from engine.journeys import (
+from stagecoach.engine.domain.conditions import EventRecord, Facts
+from stagecoach.engine.domain.journeys import (
     SIMULATION_EPOCH,
     ChangeStage,
     DeliveryResult,
@@ -23,10 +23,10 @@ from engine.journeys import (
     step,
     to_mermaid,
 )
-from workflows.journeys import JOURNEYS, compile_journeys
+from stagecoach.workflows.journeys import JOURNEYS, compile_journeys
 
 try:
-    from workflows.events import CATALOG
+    from stagecoach.workflows.events import CATALOG
 
     EVENT_TYPES = frozenset(CATALOG.names())
 except ImportError:  # pragma: no cover - the catalogue ships alongside the journeys
@@ -85,7 +85,7 @@ def test_bundled_journeys_compile_and_round_trip(specs):
 
 
 def test_missing_wechat_variant_fails_validation():
-    from engine.journeys import JourneyValidationError
+    from stagecoach.engine.domain.journeys import JourneyValidationError
 
     email_only = InMemoryContentIndex.full(CONTENT_IDS, ("zh-CN", "en"), ("email",))
     with pytest.raises(JourneyValidationError, match="wechat"):

@@ -15,16 +15,16 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.smtp import SmtpConfig, SmtpConnector
-from engine.api.events import create_write_key
-from engine.cli.journeys import REHEARSAL_CONTACT
-from engine.content import ContentLibrary
-from engine.gateway import enrol, send_event
-from engine.messages import EnrolRequest, EventMessage
-from engine.storage.models import Delivery, Referral, ReferralCode
+from stagecoach.connectors.smtp import SmtpConfig, SmtpConnector
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.cli.journeys import REHEARSAL_CONTACT
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.messages import EnrolRequest, EventMessage
+from stagecoach.engine.services.storage.models import Delivery, Referral, ReferralCode
+from stagecoach.engine.temporal.gateway import enrol, send_event
+from stagecoach.workflows.runtime import ContactOpener
 from tests.peers.smtp import SmtpPeer
 from tests.workflows.conftest import Runtime, eventually, open_runtime
-from workflows.runtime import ContactOpener
 
 WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
 PERSON = {"locale": "en", "timezone": "UTC"}

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from connectors.crm import HubSpotConnector, WebhookConnector
-from connectors.email import HttpEmailConnector, PostmarkConnector
-from connectors.filesink import FileSinkConnector
-from connectors.smtp import SmtpConnector
-from connectors.wechat import WeChatConnector
-from engine.cli.compose import connectors_from_settings
-from engine.errors import ConfigurationError
-from engine.settings import Settings
+from stagecoach.connectors.crm import HubSpotConnector, WebhookConnector
+from stagecoach.connectors.email import HttpEmailConnector, PostmarkConnector
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.connectors.smtp import SmtpConnector
+from stagecoach.connectors.wechat import WeChatConnector
+from stagecoach.engine.cli.compose import connectors_from_settings
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.settings import Settings
 
 
 def _settings(tmp_path: Path, **fields: Any) -> Settings:

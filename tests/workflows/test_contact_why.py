@@ -17,21 +17,29 @@ import pytest
 from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
 
-from engine.conditions import attribute
-from engine.content import ContentLibrary
-from engine.delivery import (
+from stagecoach.engine.domain.conditions import attribute
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.domain.journeys import (
+    END,
+    Journey,
+    ReEntry,
+    branch,
+    compile_journey,
+    on_event,
+    send,
+)
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-from engine.gateway import enrol
-from engine.journeys import END, Journey, ReEntry, branch, compile_journey, on_event, send
-from engine.messages import EnrolRequest
-from engine.publishing import definitions_context, publish
-from engine.storage.models import Suppression
-from engine.timeline import contact_timeline
-from engine.why import (
+from stagecoach.engine.protocol.messages import EnrolRequest
+from stagecoach.engine.services.publishing import definitions_context, publish
+from stagecoach.engine.services.storage.models import Suppression
+from stagecoach.engine.temporal.gateway import enrol
+from stagecoach.engine.temporal.timeline import contact_timeline
+from stagecoach.engine.temporal.why import (
     NEVER_ENROLLED,
     NOT_SENT,
     PENDING,
@@ -395,7 +403,7 @@ def test_journey_step_is_journey_slash_step_or_journey_colon_step() -> None:
 
 
 def _stagecoach(runtime: Runtime, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m engine.cli`` against the test server, off the worker's event loop."""
+    """``python -m stagecoach.engine.cli`` against the test server, off the worker's event loop."""
     env = {
         **os.environ,
         "STAGECOACH_TEMPORAL_ADDRESS": runtime.client.service_client.config.target_host,
@@ -404,7 +412,7 @@ def _stagecoach(runtime: Runtime, tmp_path: Path, *args: str) -> subprocess.Comp
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "stagecoach.engine.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

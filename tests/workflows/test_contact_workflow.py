@@ -8,13 +8,21 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from engine.content import ContentLibrary
-from engine.gateway import contact_view
-from engine.journeys import Journey, ReEntry, compile_journey, exit_to, next_best, on_event, send
-from engine.messages import contact_workflow_id
-from engine.publishing import definitions_context, publish
-from engine.storage.models import Delivery, StageTransition
-from engine.timeline import contact_timeline
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.domain.journeys import (
+    Journey,
+    ReEntry,
+    compile_journey,
+    exit_to,
+    next_best,
+    on_event,
+    send,
+)
+from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.services.publishing import definitions_context, publish
+from stagecoach.engine.services.storage.models import Delivery, StageTransition
+from stagecoach.engine.temporal.gateway import contact_view
+from stagecoach.engine.temporal.timeline import contact_timeline
 from tests.workflows.conftest import Runtime, eventually, record_history
 
 WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}

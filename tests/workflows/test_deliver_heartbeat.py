@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from engine.cli.compose import build_activities
-from engine.messages import DeliverRequest
-from engine.storage import make_engine, upgrade
+from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.protocol.messages import DeliverRequest
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.workflows.contact import ContactActivities
 from tests.helpers import runtime_settings
 from tests.peers.http_email import GENERIC, HttpEmailPeer
-from workflows.contact import ContactActivities
 
 HEARTBEAT_TIMEOUT = timedelta(seconds=1)
 STALL = 2.0

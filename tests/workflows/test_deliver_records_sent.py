@@ -13,13 +13,13 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 from temporalio.testing import ActivityEnvironment
 
-import workflows.contact.activities as activities_module
-from engine.cli.compose import build_activities
-from engine.delivery import OutgoingMessage, SendResult
-from engine.messages import DeliverRequest
-from engine.storage.models import Delivery
+import stagecoach.workflows.contact.activities as activities_module
+from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.protocol.connector import OutgoingMessage, SendResult
+from stagecoach.engine.protocol.messages import DeliverRequest
+from stagecoach.engine.services.storage.models import Delivery
+from stagecoach.workflows.contact import ContactActivities
 from tests.helpers import migrated_engine, runtime_settings
-from workflows.contact import ContactActivities
 
 
 class CountingEmail:

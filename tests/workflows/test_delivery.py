@@ -13,19 +13,19 @@ from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.filesink import FileSinkConnector
-from engine.content import ContentLibrary
-from engine.delivery import (
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.connector import (
     ConsentRevoked,
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-from engine.gateway import InvalidEvent, contact_view, send_event
-from engine.messages import EVENT_SIGNAL, EventMessage, contact_workflow_id
-from engine.storage.models import Delivery, Suppression
-from engine.timeline import contact_timeline
+from stagecoach.engine.protocol.messages import EVENT_SIGNAL, EventMessage, contact_workflow_id
+from stagecoach.engine.services.storage.models import Delivery, Suppression
+from stagecoach.engine.temporal.gateway import InvalidEvent, contact_view, send_event
+from stagecoach.engine.temporal.timeline import contact_timeline
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 PERSON = {"email": "wang.fang@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}

@@ -12,10 +12,10 @@ import pytest
 from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.smtp import SmtpConfig, SmtpConnector
-from engine.content import ContentLibrary
-from engine.gateway import contact_view
-from engine.storage.models import Suppression
+from stagecoach.connectors.smtp import SmtpConfig, SmtpConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.services.storage.models import Suppression
+from stagecoach.engine.temporal.gateway import contact_view
 from tests.peers.smtp import SmtpPeer
 from tests.workflows.conftest import eventually, open_runtime
 

@@ -17,12 +17,20 @@ from sqlmodel import Session, col, select
 from temporalio.api.common.v1 import Payload
 from temporalio.service import RPCError, RPCStatusCode
 
-from engine.analytics.service import Numbers
-from engine.analytics.store import AnalyticsStore, default_path
-from engine.api.contacts import pseudonym
-from engine.gateway import ContactNotFound, contact_view
-from engine.messages import contact_workflow_id
-from engine.storage.models import Consent, Contact, Delivery, Event, Identity, Merge, Outbox
+from stagecoach.engine.api.routes.contacts import pseudonym
+from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.services.analytics.service import Numbers
+from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path
+from stagecoach.engine.services.storage.models import (
+    Consent,
+    Contact,
+    Delivery,
+    Event,
+    Identity,
+    Merge,
+    Outbox,
+)
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
 from tests.workflows.conftest import Runtime, eventually
 
 TOKEN = "erasure-test-admin-token-0123456789"

@@ -20,9 +20,9 @@ from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from engine.gateway import send_event
-from engine.messages import EventMessage, contact_workflow_id
-from engine.storage.models import Delivery
+from stagecoach.engine.protocol.messages import EventMessage, contact_workflow_id
+from stagecoach.engine.services.storage.models import Delivery
+from stagecoach.engine.temporal.gateway import send_event
 from tests.helpers import migrated_engine, runtime_settings
 from tests.peers.http_email import GENERIC, HttpEmailPeer
 from tests.workflows.conftest import eventually
@@ -38,7 +38,7 @@ short of the 60 s start-to-close that bounded it before the activity heartbeated
 
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "worker"],
+        [sys.executable, "-m", "stagecoach.engine.cli", "worker"],
         env=env,
         cwd=ROOT,
         stdout=log.open("ab"),

@@ -13,11 +13,11 @@ from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from engine.gateway import ContactNotFound
-from engine.gateway import contact_view as _view
-from engine.ingest._forwarder import backlog
-from engine.messages import contact_workflow_id
-from engine.storage.models import Event, Outbox
+from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.services.ingest._forwarder import backlog
+from stagecoach.engine.services.storage.models import Event, Outbox
+from stagecoach.engine.temporal.gateway import ContactNotFound
+from stagecoach.engine.temporal.gateway import contact_view as _view
 from tests.workflows.conftest import Runtime, eventually
 
 WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}

@@ -12,8 +12,7 @@ from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
-from engine.gateway import contact_view, enrol
-from engine.messages import (
+from stagecoach.engine.protocol.messages import (
     CONTACT_WORKFLOW,
     EVENT_SIGNAL,
     ContactInput,
@@ -22,10 +21,11 @@ from engine.messages import (
     EventMessage,
     contact_workflow_id,
 )
-from engine.storage.enrolments import save_enrolment
-from engine.storage.models import JourneyEnrolment
+from stagecoach.engine.services.storage.enrolments import save_enrolment
+from stagecoach.engine.services.storage.models import JourneyEnrolment
+from stagecoach.engine.temporal.gateway import contact_view, enrol
+from stagecoach.workflows.runtime import ContactOpener
 from tests.workflows.conftest import Runtime, eventually, record_history
-from workflows.runtime import ContactOpener
 
 PERSON = {"email": "zhou.min@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}
 
@@ -197,7 +197,7 @@ async def test_a_run_ends_only_after_its_background_records(
         time.sleep(1.5)
         save_enrolment(engine, record)
 
-    monkeypatch.setattr("workflows.contact.activities.save_enrolment", slow_save)
+    monkeypatch.setattr("stagecoach.workflows.contact.activities.save_enrolment", slow_save)
     contact = "jr-can"
     # No address: the nurture waits for a channel across the first continue-as-new;
     # the unsubscribe (its exit criteria) ends it in the second run.

@@ -21,18 +21,18 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.filesink import FileSinkConnector
-from engine import metrics
-from engine.cli.compose import build_activities
-from engine.content import ContentLibrary
-from engine.delivery import PermanentDeliveryError, RetryableDeliveryError
-from engine.gateway import send_event
-from engine.messages import EventMessage, contact_workflow_id
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.engine import metrics
+from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.connector import PermanentDeliveryError, RetryableDeliveryError
+from stagecoach.engine.protocol.messages import EventMessage, contact_workflow_id
+from stagecoach.engine.temporal.gateway import send_event
+from stagecoach.workflows.client import connect
+from stagecoach.workflows.worker import build_worker
 from tests.helpers import free_port, migrated_engine, runtime_settings
 from tests.workflows.conftest import eventually, open_runtime
 from tests.workflows.test_delivery import Faulty
-from workflows.client import connect
-from workflows.worker import build_worker
 
 OPS = Path(__file__).resolve().parents[2] / "docs" / "ops.md"
 PERSON = {"email": "li.na@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}
@@ -43,7 +43,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture
 async def worker_metrics() -> AsyncIterator[str]:
-    """The worker's metrics server (``engine.metrics.serve``) on a free port: its URL."""
+    """The worker's metrics server (``stagecoach.engine.metrics.serve``) on a free port: its URL."""
     port = free_port()
     server = metrics.serve("127.0.0.1", port)
     try:
@@ -195,7 +195,7 @@ async def test_the_worker_command_exports_temporal_sdk_metrics(
     """``stagecoach worker``'s wiring: ``_worker_metrics`` starts our server and returns a
     runtime with the SDK's Prometheus exporter; ``connect`` takes it; the worker built
     on that client reports task and activity metrics there."""
-    from engine.cli.compose import worker_metrics as _worker_metrics
+    from stagecoach.engine.cli.compose import worker_metrics as _worker_metrics
 
     ours, sdk = free_port(), free_port()
     settings = runtime_settings(

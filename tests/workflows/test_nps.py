@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.crm import WebhookConnector
-from connectors.filesink import FileSinkConnector
-from engine.content import ContentLibrary
-from engine.gateway import contact_view
-from engine.messages import DeliverRequest
-from engine.referrals import issue_code
+from stagecoach.connectors.crm import WebhookConnector
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.messages import DeliverRequest
+from stagecoach.engine.services.referrals import issue_code
+from stagecoach.engine.temporal.gateway import contact_view
 from tests.peers.crm import WebhookReceiver
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
@@ -122,7 +122,7 @@ async def test_offers_are_refused_while_service_recovery_is_open(tmp_path: Path)
     """The delivery activity itself refuses promotional kinds; service messages go."""
     from temporalio.testing import ActivityEnvironment
 
-    from engine.cli.compose import build_activities
+    from stagecoach.engine.cli.compose import build_activities
     from tests.helpers import migrated_engine, runtime_settings
 
     settings = runtime_settings(tmp_path, "unused")

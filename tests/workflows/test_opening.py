@@ -12,15 +12,20 @@ from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
 
-from engine.gateway import InvalidEvent, contact_view, enrol, send_event
-from engine.messages import Definitions, EnrolRequest, EventMessage, contact_workflow_id
-from engine.publishing import publish_bundled
-from engine.search_attributes import JOURNEYS, STAGE
-from engine.search_keys import KEYS
-from engine.storage.models import Contact, StageTransition
+from stagecoach.engine.protocol.messages import (
+    Definitions,
+    EnrolRequest,
+    EventMessage,
+    contact_workflow_id,
+)
+from stagecoach.engine.protocol.search_attributes import JOURNEYS, STAGE
+from stagecoach.engine.protocol.search_keys import KEYS
+from stagecoach.engine.services.publishing import publish_bundled
+from stagecoach.engine.services.storage.models import Contact, StageTransition
+from stagecoach.engine.temporal.gateway import InvalidEvent, contact_view, enrol, send_event
+from stagecoach.workflows.runtime import UNPUBLISHED_TTL, ContactOpener
 from tests.helpers import migrated_engine, runtime_settings
 from tests.workflows.conftest import Runtime, eventually
-from workflows.runtime import UNPUBLISHED_TTL, ContactOpener
 
 PERSON = {"email": "wang.fang@example.cn", "locale": "zh-CN", "timezone": "Asia/Shanghai"}
 WHITEPAPER = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}

@@ -20,22 +20,22 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.app import create_app
-from engine.codec import ENCODING, PayloadDecryptionError
-from engine.content import ContentLibrary
-from engine.delivery import (
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.connector import (
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
     SendResult,
 )
-from engine.gateway import contact_view
-from engine.messages import contact_workflow_id
-from engine.settings import Settings
-from engine.timeline import contact_timeline
-from engine.why import NOT_SENT, SENT, UnknownJourneyStep, Why, contact_why
+from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.codec import ENCODING, PayloadDecryptionError
+from stagecoach.engine.temporal.gateway import contact_view
+from stagecoach.engine.temporal.timeline import contact_timeline
+from stagecoach.engine.temporal.why import NOT_SENT, SENT, UnknownJourneyStep, Why, contact_why
+from stagecoach.workflows.client import connect
 from tests.workflows.conftest import Runtime, eventually, open_runtime
-from workflows.client import connect
 
 EMAIL = "lin.yue@example.cn"
 OPENID = "oX7q-secret-openid-4711"
@@ -71,7 +71,8 @@ async def _raw_history(plain: Client, contact_id: str) -> History:
 
 
 def _payloads(message: Any) -> list[Payload]:
-    """Every Payload anywhere in ``message`` (walked independently of engine.codec)."""
+    """Every Payload anywhere in ``message`` (walked independently of
+    stagecoach.engine.temporal.codec)."""
     if message.DESCRIPTOR.full_name == Payload.DESCRIPTOR.full_name:
         return [message]
     found: list[Payload] = []
@@ -148,7 +149,8 @@ async def test_the_history_holds_no_email_or_openid_while_stagecoach_reads_them(
 async def test_connect_gives_the_production_client_the_codec(
     runtime: Runtime, env: WorkflowEnvironment
 ) -> None:
-    """``workflows.client.connect`` (the worker's, the API's and the CLI's client) decodes
+    """``stagecoach.workflows.client.connect`` (the worker's, the API's and the CLI's client)
+    decodes
     what the worker encoded; one with other keys names the key it lacks."""
     await runtime.event("codec-2", "page.viewed", properties=BLOG, traits=PERSON)
     await _until(runtime, "codec-2", SENT)

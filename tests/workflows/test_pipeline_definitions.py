@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.conditions import EventRecord, Facts
-from engine.contact import new_contact, observe
-from engine.pipeline import (
+from stagecoach.engine.domain.conditions import EventRecord, Facts
+from stagecoach.engine.domain.contact import new_contact, observe
+from stagecoach.engine.domain.pipeline import (
     BackwardMoveError,
     DetourNotAllowedError,
     Pipeline,
@@ -23,16 +23,16 @@ from engine.pipeline import (
     apply_recycle,
     evaluate_transition,
 )
-from engine.sales import handoff_payload
-from engine.scoring import (
+from stagecoach.engine.domain.sales import handoff_payload
+from stagecoach.engine.domain.scoring import (
     ScoreState,
     apply_event,
     grade_attributes,
     score_at,
     top_contributions,
 )
-from workflows.events import CATALOG
-from workflows.pipeline import B2B_FUNNEL, DEFAULT, PIPELINES, active_pipeline
+from stagecoach.workflows.events import CATALOG
+from stagecoach.workflows.pipeline import B2B_FUNNEL, DEFAULT, PIPELINES, active_pipeline
 
 T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

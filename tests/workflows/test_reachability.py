@@ -15,16 +15,22 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.smtp import SmtpConfig, SmtpConnector
-from connectors.wechat import WeChatConfig, WeChatConnector
-from engine.content import ContentLibrary
-from engine.gateway import ContactNotFound, contact_view
-from engine.journeys import Journey, NoChannel, compile_journey, on_event, send
-from engine.publishing import definitions_context, publish
-from engine.storage.models import Identity
-from engine.timeline import contact_timeline
-from engine.wechat_callback import sign
-from engine.why import NOT_SENT, PENDING, SENT, contact_why
+from stagecoach.connectors.smtp import SmtpConfig, SmtpConnector
+from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.domain.journeys import (
+    Journey,
+    NoChannel,
+    compile_journey,
+    on_event,
+    send,
+)
+from stagecoach.engine.domain.wechat_callback import sign
+from stagecoach.engine.services.publishing import definitions_context, publish
+from stagecoach.engine.services.storage.models import Identity
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
+from stagecoach.engine.temporal.timeline import contact_timeline
+from stagecoach.engine.temporal.why import NOT_SENT, PENDING, SENT, contact_why
 from tests.peers.smtp import SmtpPeer
 from tests.peers.wechat import WeChatPeer
 from tests.workflows.conftest import Runtime, eventually, open_runtime, record_history
@@ -104,6 +110,14 @@ async def test_a_qr_code_follower_gets_the_whitepaper_as_a_template_message(
                         return any(m.openid == OPENID for m in peer.accepted)
 
                     await eventually(delivered, within=30)
+
+                    async def recorded() -> bool:
+                        # The peer has the message before the activity's completion is in
+                        # the history that ``why`` reads.
+                        answer = await contact_why(runtime.client, contact_id, *WHITEPAPER)
+                        return answer.status != PENDING
+
+                    await eventually(recorded, within=30)
                     why = await contact_why(runtime.client, contact_id, *WHITEPAPER)
                     view = await contact_view(runtime.client, contact_id)
                     await record_history(runtime, contact_id, "qr_follower_whitepaper_by_wechat")

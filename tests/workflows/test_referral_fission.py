@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.filesink import FileSinkConnector
-from engine.content import ContentLibrary
-from engine.gateway import ContactNotFound, contact_view
-from engine.referrals import issue_code
-from engine.storage.models import Event, Referral, Reward
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.services.referrals import issue_code
+from stagecoach.engine.services.storage.models import Event, Referral, Reward
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 PROMOTER = {"email": "qian.li@example.cn", "locale": "en", "timezone": "UTC"}

@@ -19,8 +19,8 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from engine.messages import ContactInput
-from workflows.contact import ContactWorkflow
+from stagecoach.engine.protocol.messages import ContactInput
+from stagecoach.workflows.contact import ContactWorkflow
 
 HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
 RETIRED = sorted(Path(__file__).with_name("histories").glob("retired/*.json"))

@@ -13,11 +13,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from engine.cli.compose import build_activities
-from engine.errors import ConfigurationError
-from engine.messages import DeliverRequest
-from engine.settings import load_settings
-from engine.storage import make_engine, upgrade
+from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.protocol.messages import DeliverRequest
+from stagecoach.engine.services.storage import make_engine, upgrade
+from stagecoach.engine.settings import load_settings
 from tests.helpers import runtime_settings
 from tests.peers.smtp import SmtpPeer
 

@@ -22,12 +22,12 @@ from pydantic import SecretStr
 from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.crm import WebhookConnector, sign
-from connectors.filesink import FileSinkConnector
-from engine.content import ContentLibrary
-from engine.gateway import ContactNotFound, contact_view
-from engine.messages import ContactView, contact_workflow_id
-from engine.storage.models import Event, Handoff, Identity
+from stagecoach.connectors.crm import WebhookConnector, sign
+from stagecoach.connectors.filesink import FileSinkConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.messages import ContactView, contact_workflow_id
+from stagecoach.engine.services.storage.models import Event, Handoff, Identity
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
 from tests.peers.crm import WebhookReceiver
 from tests.workflows.conftest import Runtime, eventually, open_runtime, record_history
 

@@ -10,9 +10,9 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from engine.conditions import EventRecord
-from engine.messages import ContactInput
-from workflows.contact import ContactWorkflow
+from stagecoach.engine.domain.conditions import EventRecord
+from stagecoach.engine.protocol.messages import ContactInput
+from stagecoach.workflows.contact import ContactWorkflow
 
 HISTORIES = Path(__file__).with_name("histories")
 

@@ -1,4 +1,4 @@
-"""The worker's sandbox runner (``workflows.sandbox``): the same sandbox, minus the
+"""The worker's sandbox runner (``stagecoach.workflows.sandbox``): the same sandbox, minus the
 per-task costs; these tests fail when an SDK upgrade moves what it relies on."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from temporalio.converter import DataConverter, WorkflowSerializationContext
 from temporalio.worker import Replayer, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox._runner import _Instance
 
-import workflows.contact
-from workflows.contact import ContactWorkflow
-from workflows.sandbox import LeanSandboxedWorkflowRunner, lean_sandbox
-from workflows.worker import build_worker
+import stagecoach.workflows.contact
+from stagecoach.workflows.contact import ContactWorkflow
+from stagecoach.workflows.sandbox import LeanSandboxedWorkflowRunner, lean_sandbox
+from stagecoach.workflows.worker import build_worker
 
 HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
 
@@ -101,7 +101,7 @@ async def test_each_run_imports_the_workflow_afresh_compiled_once(
     assert classes[0] is not classes[1]
     assert classes[0] is not ContactWorkflow
     # But the module's source was not compiled again.
-    assert workflows.contact.__file__ not in compiles
+    assert stagecoach.workflows.contact.__file__ not in compiles
 
 
 async def test_the_worker_runs_workflows_in_the_lean_sandbox(client: Client) -> None:

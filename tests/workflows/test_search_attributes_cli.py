@@ -1,7 +1,8 @@
 """Ops search contacts with the real ``temporal`` CLI: ``workflow list --query`` over the
 contact workflows' search attributes (Stage, Score, Grade, Journeys), on the dev server.
 
-Contacts are made through the public API (``engine.gateway``: events, whose workflows
+Contacts are made through the public API (``stagecoach.engine.temporal.gateway``: events, whose
+workflows
 upsert their attributes, and an enrolment of a contact opened as the API opens one, whose
 attributes are set at start). Each query is scoped to this test's fresh task queue:
 the dev server is shared by the whole session and keeps other tests' contacts."""
@@ -15,13 +16,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.gateway import enrol
-from engine.messages import EnrolRequest, EventMessage, contact_workflow_id
+from stagecoach.engine.protocol.messages import EnrolRequest, EventMessage, contact_workflow_id
+from stagecoach.engine.temporal.gateway import enrol
+from stagecoach.workflows.runtime import ContactOpener
 from tests.workflows.conftest import Runtime
-from workflows.runtime import ContactOpener
 
 FIT_A = {"industry": "software", "company_size": 500, "role": "cto", "locale": "en"}
-"""30 + 30 + 25 fit points: grade A (``workflows.pipeline.GRADING``)."""
+"""30 + 30 + 25 fit points: grade A (``stagecoach.workflows.pipeline.GRADING``)."""
 
 STUDENT = {"role": "student", "locale": "zh-CN"}
 """-30 fit points: grade D."""

@@ -12,11 +12,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from engine.cli.doctor import check_search_attributes, check_worker
-from engine.messages import SystemCheckInput, SystemCheckResult
-from engine.settings import Settings
-from workflows.system import SystemActivities
-from workflows.worker import build_worker
+from stagecoach.engine.cli.doctor import check_search_attributes, check_worker
+from stagecoach.engine.protocol.messages import SystemCheckInput, SystemCheckResult
+from stagecoach.engine.settings import Settings
+from stagecoach.workflows.system import SystemActivities
+from stagecoach.workflows.worker import build_worker
 
 
 async def test_system_check_runs_on_the_dev_server_through_the_worker_assembly(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from connectors.wechat import WeChatConfig, WeChatConnector
-from engine.content import ContentLibrary
-from engine.gateway import contact_view
+from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.temporal.gateway import contact_view
 from tests.peers.wechat import WeChatPeer
 from tests.workflows.conftest import eventually, open_runtime
 
@@ -59,8 +59,8 @@ def test_a_wechat_revocation_lasts_until_the_next_interaction(tmp_path: Path) ->
 
     from sqlmodel import Session
 
-    from engine.cli.compose import build_activities
-    from engine.storage.models import Contact, Event, Suppression
+    from stagecoach.engine.cli.compose import build_activities
+    from stagecoach.engine.services.storage.models import Contact, Event, Suppression
     from tests.helpers import migrated_engine, runtime_settings
 
     settings = runtime_settings(tmp_path, "unused")

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workflows.contact.workflow import ContactWorkflow
+from stagecoach.workflows.contact.workflow import ContactWorkflow
 
 if TYPE_CHECKING:
-    from workflows.contact.activities import ContactActivities
+    from stagecoach.workflows.contact.activities import ContactActivities
 
 __all__ = ["ContactActivities", "ContactWorkflow"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "ContactActivities":
-        from workflows.contact.activities import ContactActivities
+        from stagecoach.workflows.contact.activities import ContactActivities
 
         return ContactActivities
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,22 +21,35 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from engine.content import (
+from stagecoach.engine.domain.content import (
     PROMOTIONAL_KINDS,
     ContentError,
     ContentLibrary,
     LinkSigner,
     RenderContact,
 )
-from engine.delivery import (
+from stagecoach.engine.domain.pipeline import Transition
+from stagecoach.engine.domain.policy import SendPolicy
+from stagecoach.engine.metrics import count_handoff, count_send, count_sla_breach
+from stagecoach.engine.protocol import (
+    DELIVER_ACTIVITY,
+    HAND_OFF_ACTIVITY,
+    HANDOFF_SLA_ACTIVITY,
+    LOAD_DEFINITIONS_ACTIVITY,
+    OPEN_ACTIVITY,
+    RECORD_CONVERSION_ACTIVITY,
+    RECORD_ENROLMENT_ACTIVITY,
+    RECORD_TRANSITION_ACTIVITY,
+    RELEASE_REWARDS_ACTIVITY,
+)
+from stagecoach.engine.protocol.connector import (
     Connector,
     ConsentRevoked,
     OutgoingMessage,
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from engine.ingest._identity import IdentityError, normalise_email
-from engine.messages import (
+from stagecoach.engine.protocol.messages import (
     ConversionRequest,
     Definitions,
     DeliverOutcome,
@@ -49,26 +62,13 @@ from engine.messages import (
     SlaRequest,
     TransitionRecord,
 )
-from engine.metrics import count_handoff, count_send, count_sla_breach
-from engine.pipeline import Transition
-from engine.policy import SendPolicy
-from engine.protocol import (
-    DELIVER_ACTIVITY,
-    HAND_OFF_ACTIVITY,
-    HANDOFF_SLA_ACTIVITY,
-    LOAD_DEFINITIONS_ACTIVITY,
-    OPEN_ACTIVITY,
-    RECORD_CONVERSION_ACTIVITY,
-    RECORD_ENROLMENT_ACTIVITY,
-    RECORD_TRANSITION_ACTIVITY,
-    RELEASE_REWARDS_ACTIVITY,
-)
-from engine.referrals import ReferralPolicy
-from engine.storage.contacts import creation_record, save_transition
-from engine.storage.db import driver_reason
-from engine.storage.enrolments import save_active_enrolment, save_enrolment
-from engine.storage.interactions import contact_last_interaction
-from engine.storage.models import (
+from stagecoach.engine.services.ingest._identity import IdentityError, normalise_email
+from stagecoach.engine.services.referrals import ReferralPolicy
+from stagecoach.engine.services.storage.contacts import creation_record, save_transition
+from stagecoach.engine.services.storage.db import driver_reason
+from stagecoach.engine.services.storage.enrolments import save_active_enrolment, save_enrolment
+from stagecoach.engine.services.storage.interactions import contact_last_interaction
+from stagecoach.engine.services.storage.models import (
     Contact,
     Delivery,
     Handoff,
@@ -260,7 +260,7 @@ class ContactActivities:
         contact = self._render_contact(request)
         if self._public_url and self._content.item(content_id).kind == "referral_offer":
             # The promoter's own code and share link (issued on first use).
-            from engine.referrals import referral_variables
+            from stagecoach.engine.services.referrals import referral_variables
 
             personal = await asyncio.to_thread(
                 referral_variables,
@@ -455,7 +455,7 @@ class ContactActivities:
     def record_conversion(self, request: ConversionRequest) -> RewardDecision:
         """A referred contact became a customer: reward the referrer if that earns one
         (first purchase only, within the referrer's cap, held for the return window)."""
-        from engine.referrals import record_conversion
+        from stagecoach.engine.services.referrals import record_conversion
 
         return record_conversion(
             self._db,
@@ -468,7 +468,7 @@ class ContactActivities:
     @activity.defn(name=RELEASE_REWARDS_ACTIVITY)
     def release_rewards(self, at: datetime) -> int:
         """Release every held reward whose return window has passed by ``at``."""
-        from engine.referrals import release_due_rewards
+        from stagecoach.engine.services.referrals import release_due_rewards
 
         return len(release_due_rewards(self._db, at))
 
@@ -476,9 +476,9 @@ class ContactActivities:
         self, request: HandOffRequest, now: datetime
     ) -> tuple[Handoff, datetime | None, datetime | None] | None:
         """The hand-off row for this key: found (a retry) or routed and written now."""
-        from engine.contact import ContactState
-        from engine.pipeline import Pipeline
-        from engine.sales import SlaDeadlines, handoff_payload
+        from stagecoach.engine.domain.contact import ContactState
+        from stagecoach.engine.domain.pipeline import Pipeline
+        from stagecoach.engine.domain.sales import SlaDeadlines, handoff_payload
 
         handoff_id = "h_" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:24]
         raw_pipeline = request.payload.get("pipeline")
@@ -750,7 +750,8 @@ class ContactActivities:
 def _normalised(channel: str, address: str) -> str | None:
     """The key a suppression of ``address`` is stored under, whoever wrote it (a bounce
     webhook, an unsubscribe, this activity): for email the canonical form
-    (``engine.ingest.normalise_email``), so an address that normalises to a suppressed
+    (``stagecoach.engine.services.ingest.normalise_email``), so an address that normalises to a
+    suppressed
     one is suppressed. None for an email address with no canonical form (an invisible
     character, say): nothing may be sent to it, since the connector would refuse it and
     an older one might have quietly mailed a different address."""

@@ -21,14 +21,20 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from datetime import datetime
 
-    from engine import contact as model
-    from engine.conditions import EventRecord, Facts
-    from engine.journeys import HandOff, HandoffResult, JourneySpec, parsed_spec
-    from engine.messages import ActiveJourney, Definitions, EventMessage
-    from engine.pipeline import Pipeline, Transition
-    from engine.policy import SendPolicy
-    from engine.protocol import LOAD_DEFINITIONS_ACTIVITY, timer_summary
-    from engine.search_keys import KEYS
+    from stagecoach.engine.domain import contact as model
+    from stagecoach.engine.domain.conditions import EventRecord, Facts
+    from stagecoach.engine.domain.journeys import (
+        HandOff,
+        HandoffResult,
+        JourneySpec,
+        parsed_spec,
+    )
+    from stagecoach.engine.domain.pipeline import Pipeline, Transition
+    from stagecoach.engine.domain.policy import SendPolicy
+    from stagecoach.engine.protocol import LOAD_DEFINITIONS_ACTIVITY, timer_summary
+    from stagecoach.engine.protocol.messages import ActiveJourney, Definitions, EventMessage
+    from stagecoach.engine.protocol.search_attributes import search_values
+    from stagecoach.engine.protocol.search_keys import KEYS
 
 
 class ContactCore:
@@ -139,7 +145,7 @@ class ContactCore:
     def _sync_search_attributes(self) -> None:
         """Upsert only what differs from the workflow's current search attributes (as set
         at start or by the last upsert): each upsert is a billed action."""
-        wanted = model.search_values(self._require_state(), self._active)
+        wanted = search_values(self._require_state(), self._active)
         current = workflow.info().typed_search_attributes
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, value in wanted.items():

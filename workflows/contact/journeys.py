@@ -1,6 +1,7 @@
 """The journey driver: enrolments, the pure interpreter on pinned specs, and its effects.
 
-Each enrolment runs ``engine.journeys.step`` on its pinned spec; its commands become
+Each enrolment runs ``stagecoach.engine.domain.journeys.step`` on its pinned spec; its commands
+become
 timers and activities here, and their results are fed back. Sends go through the one
 delivery activity, after quiet hours (a wait here, in the contact's zone); a send the
 contact has no usable channel for yet does what its journey declares (``NoChannel``).
@@ -20,8 +21,8 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 with workflow.unsafe.imports_passed_through():
     from datetime import datetime
 
-    from engine import contact as model
-    from engine.journeys import (
+    from stagecoach.engine.domain import contact as model
+    from stagecoach.engine.domain.journeys import (
         AddTag,
         ChangeStage,
         ChannelReady,
@@ -41,23 +42,23 @@ with workflow.unsafe.imports_passed_through():
         can_enrol,
         step_traced,
     )
-    from engine.journeys import CancelTimer as CancelTimerCommand
-    from engine.messages import (
+    from stagecoach.engine.domain.journeys import CancelTimer as CancelTimerCommand
+    from stagecoach.engine.domain.pipeline import PipelineError, advance_to
+    from stagecoach.engine.protocol import (
+        DELIVER_ACTIVITY,
+        RECORD_ENROLMENT_ACTIVITY,
+        defer_timer,
+        is_defer_timer,
+    )
+    from stagecoach.engine.protocol.messages import (
         ActiveJourney,
         DeliverOutcome,
         DeliverRequest,
         EnrolmentRecord,
         EnrolResult,
     )
-    from engine.pipeline import PipelineError, advance_to
-    from engine.protocol import (
-        DELIVER_ACTIVITY,
-        RECORD_ENROLMENT_ACTIVITY,
-        defer_timer,
-        is_defer_timer,
-    )
 
-from workflows.contact.core import ContactCore
+from stagecoach.workflows.contact.core import ContactCore
 
 DEFINITIONS_TTL = timedelta(minutes=10)
 """Enrolments reload the published journeys when the snapshot is older than this."""

@@ -7,15 +7,15 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from engine.messages import ConversionRequest, RewardDecision
-    from engine.protocol import (
+    from stagecoach.engine.protocol import (
         RECORD_CONVERSION_ACTIVITY,
         REFERRAL_TIMERS,
         RELEASE_REWARDS_ACTIVITY,
         REWARD_RELEASE_TIMER,
     )
+    from stagecoach.engine.protocol.messages import ConversionRequest, RewardDecision
 
-from workflows.contact.core import ContactCore
+from stagecoach.workflows.contact.core import ContactCore
 
 
 class ReferralRewards(ContactCore):

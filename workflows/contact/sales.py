@@ -10,19 +10,24 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from datetime import datetime
 
-    from engine.conditions import EventRecord
-    from engine.journeys import HandOff, HandoffResult
-    from engine.messages import ActiveJourney, HandOffOutcome, HandOffRequest, SlaRequest
-    from engine.pipeline import PipelineError, Recycle, apply_recycle
-    from engine.protocol import (
+    from stagecoach.engine.domain.conditions import EventRecord
+    from stagecoach.engine.domain.journeys import HandOff, HandoffResult
+    from stagecoach.engine.domain.pipeline import PipelineError, Recycle, apply_recycle
+    from stagecoach.engine.protocol import (
         HAND_OFF_ACTIVITY,
         HANDOFF_SLA_ACTIVITY,
         SALES_TIMERS,
         SLA_ESCALATION_TIMER,
         SLA_REMINDER_TIMER,
     )
+    from stagecoach.engine.protocol.messages import (
+        ActiveJourney,
+        HandOffOutcome,
+        HandOffRequest,
+        SlaRequest,
+    )
 
-from workflows.contact.core import ContactCore
+from stagecoach.workflows.contact.core import ContactCore
 
 HANDOFF_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=10),

@@ -3,11 +3,13 @@
 It owns the live state (stage, score, grade, consent, active journey cursors) and turns
 what the pure core decides into durable effects:
 
-- an ``event`` signal is applied with ``engine.contact.observe`` (score, grade, consent,
+- an ``event`` signal is applied with ``stagecoach.engine.domain.contact.observe`` (score, grade,
+consent,
   stage rules), fed to the active journeys, and may enrol journeys entered on it;
 - a stage change is recorded by an activity, updates the search attributes, and enrols
   the journeys entered on the new stage;
-- each journey enrolment runs the pure interpreter (``engine.journeys.step``) on its
+- each journey enrolment runs the pure interpreter (``stagecoach.engine.domain.journeys.step``) on
+its
   pinned spec; its commands become timers and activities, their results are fed back;
 - sends go through the one delivery activity, after quiet hours (a wait here, in the
   contact's zone) and with consent, suppression and the frequency cap checked there;
@@ -37,24 +39,13 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from datetime import datetime
 
-    from engine import contact as model
-    from engine.conditions import EventRecord
-    from engine.journeys import EventReceived
-    from engine.messages import (
-        ContactInput,
-        ContactView,
-        Definitions,
-        EnrolRequest,
-        EnrolResult,
-        EventBatch,
-        EventMessage,
-        Merged,
-        OpenRequest,
-        TransitionRecord,
-    )
-    from engine.pipeline import Transition, parsed_pipeline
-    from engine.policy import SendPolicy
-    from engine.protocol import (
+    from stagecoach.engine.domain import contact as model
+    from stagecoach.engine.domain.conditions import EventRecord
+    from stagecoach.engine.domain.journeys import EventReceived
+    from stagecoach.engine.domain.pipeline import Transition, parsed_pipeline
+    from stagecoach.engine.domain.policy import SendPolicy
+    from stagecoach.engine.domain.scoring import shown_score
+    from stagecoach.engine.protocol import (
         CONTACT_WORKFLOW,
         ENROL_UPDATE,
         EVENT_SIGNAL,
@@ -66,11 +57,22 @@ with workflow.unsafe.imports_passed_through():
         SALES_TIMERS,
         STATE_QUERY,
     )
-    from engine.scoring import shown_score
+    from stagecoach.engine.protocol.messages import (
+        ContactInput,
+        ContactView,
+        Definitions,
+        EnrolRequest,
+        EnrolResult,
+        EventBatch,
+        EventMessage,
+        Merged,
+        OpenRequest,
+        TransitionRecord,
+    )
 
-from workflows.contact.journeys import JourneyDriver
-from workflows.contact.referrals import ReferralRewards
-from workflows.contact.sales import SALES_FEEDBACK, SalesHandoff
+from stagecoach.workflows.contact.journeys import JourneyDriver
+from stagecoach.workflows.contact.referrals import ReferralRewards
+from stagecoach.workflows.contact.sales import SALES_FEEDBACK, SalesHandoff
 
 
 @workflow.defn(name=CONTACT_WORKFLOW)

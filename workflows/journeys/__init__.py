@@ -1,14 +1,20 @@
 """The marketers' journeys. Add a journey by writing a module here and listing it below.
 
 Validate them all with ``compile_journeys(ctx)``; rehearse one with
-``engine.journeys.simulate``; draw one with ``engine.journeys.to_mermaid``.
+``stagecoach.engine.domain.journeys.simulate``; draw one with
+``stagecoach.engine.domain.journeys.to_mermaid``.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from engine.journeys import Journey, JourneySpec, ValidationContext, compile_journey
+from stagecoach.engine.domain.journeys import (
+    Journey,
+    JourneySpec,
+    ValidationContext,
+    compile_journey,
+)
 
 from .b2b_nurture import B2B_NURTURE
 from .nps_survey import NPS_SURVEY

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine.conditions import EventMatcher, PropertyFilter, event, stage_in
-from engine.journeys import (
+from stagecoach.engine.domain.conditions import EventMatcher, PropertyFilter, event, stage_in
+from stagecoach.engine.domain.journeys import (
     Journey,
     ReEntry,
     branch,
@@ -39,7 +39,7 @@ from engine.journeys import (
     wait,
     wait_for,
 )
-from workflows.pipeline import MQL
+from stagecoach.workflows.pipeline import MQL
 
 WHITEPAPER = "wp-digital-transformation"
 

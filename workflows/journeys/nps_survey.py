@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine.conditions import Condition, PropertyFilter, event
-from engine.journeys import (
+from stagecoach.engine.domain.conditions import Condition, PropertyFilter, event
+from stagecoach.engine.domain.journeys import (
     END,
     Journey,
     ReEntry,

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine.conditions import event
-from engine.journeys import END, Journey, goal, send, stage_entered, wait, wait_for
+from stagecoach.engine.domain.conditions import event
+from stagecoach.engine.domain.journeys import (
+    END,
+    Journey,
+    goal,
+    send,
+    stage_entered,
+    wait,
+    wait_for,
+)
 
 ONBOARDING = Journey(
     "onboarding",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from engine.conditions import PropertyFilter, event
-from engine.journeys import Journey, ReEntry, on_event, send, wait
+from stagecoach.engine.domain.conditions import PropertyFilter, event
+from stagecoach.engine.domain.journeys import Journey, ReEntry, on_event, send, wait
 
 VALUE_NURTURE = Journey(
     "value_nurture",

@@ -23,14 +23,14 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from engine.api._admission import AdmissionGate, Overloaded
-from engine.api.events import create_write_key
-from engine.api.wechat_routes import drain
-from engine.app import create_app
-from engine.errors import ConfigurationError
-from engine.settings import Settings, load_settings
-from engine.storage.models import Event
-from engine.wechat_callback import sign
+from stagecoach.engine.api._admission import AdmissionGate, Overloaded
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.api.routes.wechat import drain
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.domain.wechat_callback import sign
+from stagecoach.engine.services.storage.models import Event
+from stagecoach.engine.settings import Settings, load_settings
 from tests.helpers import free_port, migrated_engine
 
 ADMIN = "admin-token-for-backpressure"
@@ -390,7 +390,7 @@ async def test_openapi_documents_429_on_the_ingestion_routes_only(
         for path, operations in spec["paths"].items()
         for method, operation in operations.items()
         if "429" in operation.get("responses", {})
-        # The admin routes' 429 is the wrong-token throttle (engine.api.auth), not this.
+        # The admin routes' 429 is the wrong-token throttle (stagecoach.engine.api.auth), not this.
         and "wrong admin tokens" not in operation["responses"]["429"]["description"]
     }
     kinds = ["batch", *SINGLE]

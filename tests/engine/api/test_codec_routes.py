@@ -18,10 +18,10 @@ from sqlalchemy import Engine
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.converter import DataConverter
 
-from engine.api.sessions import COOKIE, Sessions
-from engine.app import create_app
-from engine.codec import EncryptionCodec, PayloadKeys
-from engine.settings import Settings
+from stagecoach.engine.api.sessions import COOKIE, Sessions
+from stagecoach.engine.app import create_app
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.codec import EncryptionCodec, PayloadKeys
 
 TOKEN = "codec-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

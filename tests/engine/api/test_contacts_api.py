@@ -28,14 +28,18 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from engine.api import contacts as contacts_module
-from engine.api.contacts import pseudonym
-from engine.api.events import create_write_key
-from engine.app import create_app
-from engine.messages import ContactView, OpenRequest, TransitionRecord, contact_workflow_id
-from engine.settings import Settings
-from engine.storage.contacts import open_contact, save_transition
-from engine.storage.models import (
+from stagecoach.engine.api.routes import contacts as contacts_module
+from stagecoach.engine.api.routes.contacts import pseudonym
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.protocol.messages import (
+    ContactView,
+    OpenRequest,
+    TransitionRecord,
+    contact_workflow_id,
+)
+from stagecoach.engine.services.storage.contacts import open_contact, save_transition
+from stagecoach.engine.services.storage.models import (
     Consent,
     Contact,
     Delivery,
@@ -48,6 +52,7 @@ from engine.storage.models import (
     StageTransition,
     Suppression,
 )
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 TOKEN = "admin-token-for-tests-0123456789"

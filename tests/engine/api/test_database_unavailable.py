@@ -21,11 +21,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from engine.app import create_app
-from engine.errors import DatabaseError
-from engine.ingest import Incoming, Ingestor, Outcome
-from engine.settings import Settings
-from engine.storage import make_engine
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.errors import DatabaseError
+from stagecoach.engine.services.ingest import Incoming, Ingestor, Outcome
+from stagecoach.engine.services.storage import make_engine
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 

@@ -21,20 +21,37 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine.api.events import create_write_key
-from engine.api.postmark_webhook import (
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.api.routes.postmark_webhook import (
     WebhookCredentials,
     bounce_policy,
     postmark_webhook_credentials,
 )
-from engine.app import create_app
-from engine.bounces import METADATA_CONTACT, METADATA_KEY, BouncePolicy, key_digest
-from engine.content import BUNDLED_CONTENT_DIR, ContentLibrary, LinkSigner, RenderContact
-from engine.errors import ConfigurationError
-from engine.services.consent import PREFERENCE_TOPICS
-from engine.services.links import link_signer
-from engine.settings import Settings
-from engine.storage.models import Consent, Contact, Event, Identity, Merge, Suppression
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.bounces import (
+    METADATA_CONTACT,
+    METADATA_KEY,
+    BouncePolicy,
+    key_digest,
+)
+from stagecoach.engine.domain.content import (
+    BUNDLED_CONTENT_DIR,
+    ContentLibrary,
+    LinkSigner,
+    RenderContact,
+)
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.services.consent import PREFERENCE_TOPICS
+from stagecoach.engine.services.links import link_signer
+from stagecoach.engine.services.storage.models import (
+    Consent,
+    Contact,
+    Event,
+    Identity,
+    Merge,
+    Suppression,
+)
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 ADDRESS = "li.lei@example.cn"

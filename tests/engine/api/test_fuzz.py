@@ -14,9 +14,9 @@ import schemathesis
 from pydantic import SecretStr
 from schemathesis import GenerationMode
 
-from engine.api.events import create_write_key
-from engine.app import create_app
-from engine.settings import Settings
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 EXAMPLES_PER_MODE = 20

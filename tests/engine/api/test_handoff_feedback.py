@@ -19,11 +19,11 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connectors.crm import sign
-from engine.api.handoffs import router
-from engine.app import create_app
-from engine.settings import Settings
-from engine.storage.models import Contact, Event, Handoff, Merge, Outbox
+from stagecoach.connectors.crm import sign
+from stagecoach.engine.api.routes.handoffs import router
+from stagecoach.engine.app import create_app
+from stagecoach.engine.services.storage.models import Contact, Event, Handoff, Merge, Outbox
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 SECRET = "whsec-feedback-test-0123456789abcdef"
@@ -86,7 +86,7 @@ def post(
     signature: str | None = None,
     bind: bool = True,
 ) -> Response:
-    """POST ``body`` signed as the hand-off webhook is (``connectors.crm.sign``).
+    """POST ``body`` signed as the hand-off webhook is (``stagecoach.connectors.crm.sign``).
 
     A dict body names the path's hand-off (``handoff_id``) unless it has one or ``bind``
     is off, as a receiver following docs/webhooks.md sends it."""

@@ -14,13 +14,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from engine.api.events import create_write_key
-from engine.app import create_app
-from engine.ingest import verify_consent_chain
-from engine.settings import Settings
-from engine.storage.models import Consent, Event, Identity, Merge, Outbox
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.services.ingest import verify_consent_chain
+from stagecoach.engine.services.storage.models import Consent, Event, Identity, Merge, Outbox
+from stagecoach.engine.settings import Settings
+from stagecoach.workflows.runtime import ContactOpener
 from tests.helpers import migrated_engine
-from workflows.runtime import ContactOpener
 
 
 @pytest.fixture

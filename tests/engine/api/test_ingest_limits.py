@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine.api.events import MAX_PROBLEMS, create_write_key
-from engine.app import create_app
-from engine.ingest import MAX_BATCH_BYTES
-from engine.ingest._segment import MAX_DEPTH
-from engine.settings import Settings
-from engine.storage.models import Event
+from stagecoach.engine.api.routes.events import MAX_PROBLEMS, create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.services.ingest import MAX_BATCH_BYTES
+from stagecoach.engine.services.ingest._segment import MAX_DEPTH
+from stagecoach.engine.services.storage.models import Event
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 

@@ -18,25 +18,24 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
-from engine.api.events import create_write_key
-from engine.api.referrals import (
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.api.routes.referrals import (
     CONSENT_WORDING,
     DEVICE_COOKIE,
     negotiate_locale,
     parse_signup,
     router,
 )
-from engine.app import create_app
-from engine.content import BUNDLED_CONTENT_DIR
-from engine.ingest import Incoming, Ingestor
-from engine.referrals import (
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR
+from stagecoach.engine.services.ingest import Incoming, Ingestor
+from stagecoach.engine.services.referrals import (
     issue_code,
     record_conversion,
     referral_tree,
     release_due_rewards,
 )
-from engine.settings import Settings
-from engine.storage.models import (
+from stagecoach.engine.services.storage.models import (
     Consent,
     Contact,
     Event,
@@ -45,6 +44,7 @@ from engine.storage.models import (
     ReferralCode,
     Reward,
 )
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 ADMIN = "admin-token-for-referral-tests-0123456789"

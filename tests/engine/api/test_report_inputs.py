@@ -19,12 +19,12 @@ from sqlmodel import Session
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from engine.analytics import Section
-from engine.analytics.service import csv_cell, section_csv
-from engine.api.events import create_write_key
-from engine.cli import app as cli
-from engine.settings import Settings
-from engine.storage.models import Contact, StageTransition
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.cli import app as cli
+from stagecoach.engine.services.analytics import Section
+from stagecoach.engine.services.analytics.service import csv_cell, section_csv
+from stagecoach.engine.services.storage.models import Contact, StageTransition
+from stagecoach.engine.settings import Settings
 from tests.engine.api.test_reports_api import ADMIN, TOKEN, _seed
 from tests.helpers import migrated_engine
 

@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from engine.cli import app as cli
-from engine.settings import Settings
-from engine.storage.models import Contact, Event, StageTransition
+from stagecoach.engine.cli import app as cli
+from stagecoach.engine.services.storage.models import Contact, Event, StageTransition
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 TOKEN = "reports-admin-token"

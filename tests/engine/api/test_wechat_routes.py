@@ -22,18 +22,18 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from structlog.testing import capture_logs
 
-from engine.api.wechat_routes import drain
-from engine.app import create_app
-from engine.errors import DatabaseError
-from engine.ingest import Incoming, Ingestor, Outcome
-from engine.settings import Settings
-from engine.storage.interactions import (
+from stagecoach.engine.api.routes.wechat import drain
+from stagecoach.engine.app import create_app
+from stagecoach.engine.domain.errors import DatabaseError
+from stagecoach.engine.domain.wechat_callback import sign
+from stagecoach.engine.services.ingest import Incoming, Ingestor, Outcome
+from stagecoach.engine.services.storage.interactions import (
     contact_last_interaction,
     interaction_hook,
     last_interaction,
 )
-from engine.storage.models import Event, Identity
-from engine.wechat_callback import sign
+from stagecoach.engine.services.storage.models import Event, Identity
+from stagecoach.engine.settings import Settings
 from tests.helpers import migrated_engine
 
 TOKEN = "stagecoach-token"

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from engine.content import ContentLibrary
-from engine.settings import Settings
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-STAGECOACH = [sys.executable, "-m", "engine.cli"]
+STAGECOACH = [sys.executable, "-m", "stagecoach.engine.cli"]
 
 
 @pytest.fixture(scope="session")

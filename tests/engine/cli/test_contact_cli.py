@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 
-from engine.content import ContentLibrary
-from engine.gateway import ContactNotFound, contact_view
-from engine.storage.models import Event
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.services.storage.models import Event
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,7 +53,7 @@ def _stagecoach(runtime: Runtime, tmp_path: Path, *args: str) -> subprocess.Comp
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "stagecoach.engine.cli", *args],
         capture_output=True,
         text=True,
         timeout=90,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from engine.content import ContentLibrary
-from engine.settings import Settings
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.settings import Settings
 from tests.engine.cli.conftest import ROOT, Shell
 from tests.workflows.conftest import open_runtime
 

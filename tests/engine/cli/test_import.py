@@ -16,12 +16,17 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner, Result
 
-from engine.cli import imports
-from engine.cli.imports import import_contacts
-from engine.errors import StagecoachError
-from engine.ingest import Incoming, Ingestor, parse_message, verify_consent_chain
-from engine.services.imports import ImportFailed
-from engine.storage.models import Consent, Contact, Event, Identity, Outbox
+from stagecoach.engine.cli import imports
+from stagecoach.engine.cli.imports import import_contacts
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.services.imports import ImportFailed
+from stagecoach.engine.services.ingest import (
+    Incoming,
+    Ingestor,
+    parse_message,
+    verify_consent_chain,
+)
+from stagecoach.engine.services.storage.models import Consent, Contact, Event, Identity, Outbox
 from tests.helpers import migrated_engine
 
 app = typer.Typer()

@@ -13,14 +13,14 @@ import pytest
 import structlog
 from typer.testing import CliRunner, Result
 
-from engine.cli.journeys import InvalidOption, journeys_app, parse_duration
-from engine.errors import StagecoachError
-from engine.journeys import WaitStep
-from engine.publishing import publish, validate_definitions
-from engine.settings import Settings
-from engine.storage import make_engine
+from stagecoach.engine.cli.journeys import InvalidOption, journeys_app, parse_duration
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.domain.journeys import WaitStep
+from stagecoach.engine.services.publishing import publish, validate_definitions
+from stagecoach.engine.services.storage import make_engine
+from stagecoach.engine.settings import Settings
+from stagecoach.workflows.journeys import B2B_NURTURE, JOURNEYS
 from tests.helpers import migrated_engine
-from workflows.journeys import B2B_NURTURE, JOURNEYS
 
 WHITEPAPER_ON_DAY_2 = "2d:content.downloaded:content_id=wp-digital-transformation"
 

@@ -16,10 +16,10 @@ from typing import Any
 from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
 
-from engine.content import ContentLibrary
-from engine.metrics import HANDOFFS, SLA_BREACHES
-from engine.settings import Settings
-from engine.storage.models import Contact, Handoff
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.metrics import HANDOFFS, SLA_BREACHES
+from stagecoach.engine.services.storage.models import Contact, Handoff
+from stagecoach.engine.settings import Settings
 from tests.engine.cli.conftest import Shell
 from tests.peers.crm import WebhookReceiver
 from tests.workflows.conftest import open_runtime
@@ -112,8 +112,8 @@ async def test_a_rehearsal_hand_off_and_its_sla_never_reach_hubspot(tmp_path: Pa
     a real contact's hand-off does reach it."""
     from temporalio.testing import ActivityEnvironment
 
-    from engine.cli.compose import build_activities
-    from engine.messages import HandOffRequest, SlaRequest
+    from stagecoach.engine.cli.compose import build_activities
+    from stagecoach.engine.protocol.messages import HandOffRequest, SlaRequest
     from tests.helpers import migrated_engine, runtime_settings
     from tests.peers.crm import TEST_TOKEN, HubSpotPeer
 

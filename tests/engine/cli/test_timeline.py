@@ -16,10 +16,10 @@ from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from engine.content import ContentLibrary
-from engine.messages import EVENTS_SIGNAL, contact_workflow_id
-from engine.settings import Settings
-from engine.storage.models import Event, Handoff
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.messages import EVENTS_SIGNAL, contact_workflow_id
+from stagecoach.engine.services.storage.models import Event, Handoff
+from stagecoach.engine.settings import Settings
 from tests.engine.cli.conftest import Shell
 from tests.workflows.conftest import eventually, open_runtime
 

@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.analytics import Params, Report, Section
-from engine.dashboard import _charts
+from stagecoach.engine.dashboard import _charts
+from stagecoach.engine.services.analytics import Params, Report, Section
 
 PARAMS = Params.last(30, now=datetime(2026, 3, 1, tzinfo=UTC))
 

@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine.api.events import create_write_key
-from engine.app import create_app
-from engine.settings import Settings
-from engine.storage.models import Event
+from stagecoach.engine.api.routes.events import create_write_key
+from stagecoach.engine.app import create_app
+from stagecoach.engine.services.storage.models import Event
+from stagecoach.engine.settings import Settings
 from tests.browser.conftest import ADMIN_TOKEN, seeded_settings
 from tests.helpers import migrated_engine
 

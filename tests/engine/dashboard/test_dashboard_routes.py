@@ -21,13 +21,13 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
-from engine.analytics import Params
-from engine.analytics.store import AnalyticsStore
-from engine.api.sessions import COOKIE, Sessions
-from engine.app import create_app
-from engine.dashboard import Numbers, Period
-from engine.settings import Settings
-from engine.storage.models import Contact, StageTransition
+from stagecoach.engine.api.sessions import COOKIE, Sessions
+from stagecoach.engine.app import create_app
+from stagecoach.engine.dashboard import Numbers, Period
+from stagecoach.engine.services.analytics import Params
+from stagecoach.engine.services.analytics.store import AnalyticsStore
+from stagecoach.engine.services.storage.models import Contact, StageTransition
+from stagecoach.engine.settings import Settings
 from tests.browser.conftest import ADMIN_TOKEN, TRUTH, seed_dashboard, seeded_settings
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}

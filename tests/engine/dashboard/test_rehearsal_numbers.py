@@ -21,14 +21,19 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from engine.analytics.store import AnalyticsStore
-from engine.app import create_app
-from engine.cli import app as cli
-from engine.messages import OpenRequest, TransitionRecord
-from engine.referrals import issue_code
-from engine.settings import Settings
-from engine.storage.contacts import open_contact, save_transition
-from engine.storage.models import Contact, Delivery, JourneyEnrolment, Referral
+from stagecoach.engine.app import create_app
+from stagecoach.engine.cli import app as cli
+from stagecoach.engine.protocol.messages import OpenRequest, TransitionRecord
+from stagecoach.engine.services.analytics.store import AnalyticsStore
+from stagecoach.engine.services.referrals import issue_code
+from stagecoach.engine.services.storage.contacts import open_contact, save_transition
+from stagecoach.engine.services.storage.models import (
+    Contact,
+    Delivery,
+    JourneyEnrolment,
+    Referral,
+)
+from stagecoach.engine.settings import Settings
 from tests.browser.conftest import (
     ADMIN_TOKEN,
     JOURNEY,

@@ -1,0 +1,141 @@
+"""The names that cross the Temporal boundary, each defined once.
+
+Every value here is written into workflow histories (a workflow's type, a signal's or an
+update's name, an activity's type, a timer's summary) and read back from them: by the
+replayer, by ``contact timeline`` and ``contact why`` (``stagecoach.engine.temporal.history``), by
+the Web UI.
+A constant may be renamed; its value never changes, or every recorded history stops
+replaying and every running contact's story stops reading. ``tests/workflows/test_replay.py``
+and ``tests/engine/protocol/test_protocol.py`` hold the values to that.
+
+The message types these names carry are in ``stagecoach.engine.protocol.messages``; the search
+attributes
+in ``stagecoach.engine.protocol.search_attributes``. The journey interpreter, pure domain code,
+names the
+timers of its own waits (``<step>:<n>``, ``channel:<step>:<n>``); its prefix is re-exported
+here so readers of histories find every timer name in one place.
+
+This module is pure: no Temporal import, so the API, the CLI and the workflow sandbox all
+load it.
+"""
+
+from __future__ import annotations
+
+from stagecoach.engine.domain.journeys import CHANNEL_TIMER_PREFIX
+
+# --- workflows, signals, queries, updates --------------------------------------------
+
+CONTACT_WORKFLOW = "Contact"
+CONTACT_WORKFLOW_ID_PREFIX = "contact-"
+SYSTEM_CHECK_WORKFLOW = "SystemCheck"
+
+EVENT_SIGNAL = "event"
+EVENTS_SIGNAL = "events"
+MERGED_SIGNAL = "merged"
+STATE_QUERY = "state"
+ENROL_UPDATE = "enrol"
+
+# --- activities ------------------------------------------------------------------------
+
+OPEN_ACTIVITY = "contact.open"
+LOAD_DEFINITIONS_ACTIVITY = "contact.load_definitions"
+RECORD_TRANSITION_ACTIVITY = "contact.record_transition"
+DELIVER_ACTIVITY = "contact.deliver"
+HAND_OFF_ACTIVITY = "contact.hand_off"
+HANDOFF_SLA_ACTIVITY = "contact.handoff_sla"
+RECORD_ENROLMENT_ACTIVITY = "contact.record_enrolment"
+RECORD_CONVERSION_ACTIVITY = "contact.record_conversion"
+RELEASE_REWARDS_ACTIVITY = "contact.release_rewards"
+CHECK_DATABASE_ACTIVITY = "system.check_database"
+
+CONTACT_ACTIVITIES: frozenset[str] = frozenset(
+    {
+        OPEN_ACTIVITY,
+        LOAD_DEFINITIONS_ACTIVITY,
+        RECORD_TRANSITION_ACTIVITY,
+        DELIVER_ACTIVITY,
+        HAND_OFF_ACTIVITY,
+        HANDOFF_SLA_ACTIVITY,
+        RECORD_ENROLMENT_ACTIVITY,
+        RECORD_CONVERSION_ACTIVITY,
+        RELEASE_REWARDS_ACTIVITY,
+    }
+)
+"""The activities the contact workflow schedules."""
+ACTIVITIES: frozenset[str] = CONTACT_ACTIVITIES | {CHECK_DATABASE_ACTIVITY}
+"""Every activity a Stagecoach worker registers."""
+
+# --- timers ----------------------------------------------------------------------------
+# A contact's timers are keyed by a namespace (the journey's name, or one of the two
+# below) and a timer id; the pair is the timer's summary in the history.
+
+DEFER_TIMER_PREFIX = "defer:"
+"""A send held by quiet hours or the frequency cap: ``defer:<step id>``."""
+SALES_TIMERS = "__sales__"
+"""The namespace of the hand-off's SLA timers (journeys use their own names)."""
+SLA_REMINDER_TIMER = "sla:reminder"
+SLA_ESCALATION_TIMER = "sla:escalation"
+REFERRAL_TIMERS = "__referral__"
+"""The namespace of a referral reward's return window."""
+REWARD_RELEASE_TIMER = "release"
+
+__all__ = [
+    "ACTIVITIES",
+    "CHANNEL_TIMER_PREFIX",
+    "CHECK_DATABASE_ACTIVITY",
+    "CONTACT_ACTIVITIES",
+    "CONTACT_WORKFLOW",
+    "CONTACT_WORKFLOW_ID_PREFIX",
+    "DEFER_TIMER_PREFIX",
+    "DELIVER_ACTIVITY",
+    "ENROL_UPDATE",
+    "EVENTS_SIGNAL",
+    "EVENT_SIGNAL",
+    "HANDOFF_SLA_ACTIVITY",
+    "HAND_OFF_ACTIVITY",
+    "LOAD_DEFINITIONS_ACTIVITY",
+    "MERGED_SIGNAL",
+    "OPEN_ACTIVITY",
+    "RECORD_CONVERSION_ACTIVITY",
+    "RECORD_ENROLMENT_ACTIVITY",
+    "RECORD_TRANSITION_ACTIVITY",
+    "REFERRAL_TIMERS",
+    "RELEASE_REWARDS_ACTIVITY",
+    "REWARD_RELEASE_TIMER",
+    "SALES_TIMERS",
+    "SLA_ESCALATION_TIMER",
+    "SLA_REMINDER_TIMER",
+    "STATE_QUERY",
+    "SYSTEM_CHECK_WORKFLOW",
+    "contact_workflow_id",
+    "defer_timer",
+    "is_defer_timer",
+    "parse_timer_summary",
+    "timer_summary",
+]
+
+
+def contact_workflow_id(contact_id: str) -> str:
+    """One workflow per contact, reachable by this id."""
+    return f"{CONTACT_WORKFLOW_ID_PREFIX}{contact_id}"
+
+
+def defer_timer(step_id: str) -> str:
+    """The id of the timer that holds ``step_id``'s send."""
+    return f"{DEFER_TIMER_PREFIX}{step_id}"
+
+
+def is_defer_timer(timer_id: str) -> bool:
+    """Whether ``timer_id`` holds a deferred send (rather than a journey's own wait)."""
+    return timer_id.startswith(DEFER_TIMER_PREFIX)
+
+
+def timer_summary(namespace: str, timer_id: str) -> str:
+    """The summary a timer carries in the history: ``<namespace>/<timer id>``."""
+    return f"{namespace}/{timer_id}"
+
+
+def parse_timer_summary(summary: str) -> tuple[str, str]:
+    """``(namespace, timer id)`` from a timer's summary; ``("", "")`` without one."""
+    namespace, _, timer_id = summary.partition("/")
+    return namespace, timer_id

@@ -1,0 +1,21 @@
+"""Which event types are worth a signal: those some definition can use (pure)."""
+
+from __future__ import annotations
+
+from stagecoach.engine.domain.journeys import JourneySpec
+from stagecoach.engine.domain.pipeline import Pipeline
+from stagecoach.engine.protocol.messages import Definitions
+
+CONSENT_EVENTS = frozenset(
+    {"email.unsubscribed", "email.complained", "wechat.unsubscribed", "wechat.subscribed"}
+)
+"""Consent changes are applied by the workflow whatever the definitions say."""
+
+
+def relevant_event_types(definitions: Definitions) -> frozenset[str]:
+    """Types used by a stage rule, score or grade rule, MQL, or any journey's entry,
+    waits, conditions, goal or exit criteria, plus the consent events."""
+    types = set(Pipeline.from_dict(definitions.pipeline).event_types())
+    for raw in definitions.journeys.values():
+        types |= JourneySpec.from_dict(raw).event_types()
+    return frozenset(types | CONSENT_EVENTS)
