@@ -232,7 +232,7 @@ class _Timer:
 
 
 @dataclass
-class _Ask:
+class _EnrolRequest:
     """An explicit enrolment request: the start input's or an ``enrol`` update's."""
 
     at: datetime
@@ -250,7 +250,7 @@ class _History:
     policy: dict[str, Any] = field(default_factory=dict)
     activities: list[_Activity] = field(default_factory=list)
     timers: list[_Timer] = field(default_factory=list)
-    asks: list[_Ask] = field(default_factory=list)
+    enrol_requests: list[_EnrolRequest] = field(default_factory=list)
     carried: list[tuple[datetime, dict[str, Any]]] = field(default_factory=list)
     stages: list[tuple[datetime, str]] = field(default_factory=list)
     consent: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
@@ -301,7 +301,7 @@ def _read(records: Iterable[Record], runs: int) -> _History:
     history = _History(runs=runs)
     activities: dict[ActivityScheduled | None, _Activity] = {}
     timers: dict[TimerStarted | None, _Timer] = {}
-    asks: dict[UpdateAccepted | None, _Ask] = {}
+    asks: dict[UpdateAccepted | None, _EnrolRequest] = {}
     for rec in records:
         at = rec.at
         if isinstance(rec, Started):
@@ -316,8 +316,8 @@ def _read(records: Iterable[Record], runs: int) -> _History:
             enrol = inp.get("enrol")
             if enrol and not rec.continued_from:
                 via = "the start input (ContactInput.enrol)"
-                history.asks.append(
-                    _Ask(at, str(enrol.get("journey")), via, enrol.get("time_scale", 1.0))
+                history.enrol_requests.append(
+                    _EnrolRequest(at, str(enrol.get("journey")), via, enrol.get("time_scale", 1.0))
                 )
                 if enrol.get("event"):
                     history.observe(at, enrol["event"])
@@ -328,11 +328,11 @@ def _read(records: Iterable[Record], runs: int) -> _History:
             request = rec.request
             if request.get("event"):
                 history.observe(at, request["event"])
-            ask = _Ask(
+            ask = _EnrolRequest(
                 at, str(request.get("journey")), "the enrol update", request.get("time_scale", 1.0)
             )
             asks[rec] = ask
-            history.asks.append(ask)
+            history.enrol_requests.append(ask)
         elif isinstance(rec, UpdateCompleted):
             found = asks.get(rec.update)
             if found is not None:
@@ -419,7 +419,7 @@ def _enrolments(history: _History, journey: str, view: ContactView | None) -> li
     def get(number: int) -> _Enrolment:
         return found.setdefault(number, _Enrolment(number))
 
-    for ask in history.asks:
+    for ask in history.enrol_requests:
         if ask.journey != journey:
             continue
         result = ask.result
@@ -770,7 +770,7 @@ def _stage(history: _History, view: ContactView | None) -> tuple[str, datetime |
 def _never(
     chain: _Chain, history: _History, journey: str, view: ContactView | None, queried: bool
 ) -> None:
-    for ask in history.asks:
+    for ask in history.enrol_requests:
         if ask.journey == journey and ask.result and not ask.result.get("accepted"):
             reason = ask.result.get("reason") or "refused"
             chain.add(ask.at, "entry", "refused", f"{ask.via} for {journey} refused: {reason}")
