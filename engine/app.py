@@ -1,8 +1,7 @@
 """The HTTP application: the API's routes and the dashboard's pages, mounted together.
 
 It sits above both ``stagecoach.engine.api`` and ``stagecoach.engine.dashboard`` (which uses the
-API's
-dependencies and sessions), so neither imports the other back.
+API's dependencies and sessions), so neither imports the other back.
 
 Routes get their database session from ``stagecoach.engine.api.deps.get_session``, a dependency
 that tests override; the Engine (``app.state.db``) is built from settings unless one is handed in.

@@ -27,9 +27,8 @@ log = logging.getLogger("stagecoach.worker")
 
 
 def default_runner() -> WorkflowRunner:
-    """The lean sandbox (``stagecoach.workflows.sandbox``), or the SDK's own sandbox when a newer
-    SDK
-    moved the internals the lean one builds on: slower, never broken."""
+    """The lean sandbox (``stagecoach.workflows.sandbox``), or the SDK's own sandbox when a
+    newer SDK moved the internals the lean one builds on: slower, never broken."""
     try:
         from stagecoach.workflows.sandbox import lean_sandbox
     except ImportError as exc:

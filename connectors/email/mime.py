@@ -9,8 +9,7 @@ delivery's idempotency key when the content library set none) and an
 ``X-Stagecoach-Idempotency-Key`` header, so receivers and our test peers can recognise
 and count copies a retry may deliver. The header carries
 :func:`stagecoach.engine.domain.bounces.key_digest` of the key, not the key itself: the key names
-the
-contact and the journey step, which recipients have no business reading.
+the contact and the journey step, which recipients have no business reading.
 """
 
 from __future__ import annotations

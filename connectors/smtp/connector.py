@@ -46,8 +46,7 @@ case every message carries the same ``Message-ID`` on every attempt (derived fro
 key by the content library) and an ``X-Stagecoach-Idempotency-Key`` header, so receivers
 and our test peer can recognise and count copies. The header carries
 :func:`stagecoach.engine.domain.bounces.key_digest` of the key, not the key itself: the key names
-the
-contact and the journey step, which recipients have no business reading.
+the contact and the journey step, which recipients have no business reading.
 
 ``SendResult.provider_message_id`` is the ``Message-ID`` header.
 """

@@ -1,9 +1,8 @@
 """The WeChat Official Account channel: template and customer-service messages.
 
 :mod:`~stagecoach.connectors.wechat.connector` sends, :mod:`~stagecoach.connectors.wechat.tokens`
-keeps the
-access token fresh, and :mod:`~stagecoach.connectors.wechat.errors` maps WeChat's ``errcode`` values
-to delivery errors (the table is in the connector's docstring).
+keeps the access token fresh, and :mod:`~stagecoach.connectors.wechat.errors` maps WeChat's
+``errcode`` values to delivery errors (the table is in the connector's docstring).
 """
 
 from stagecoach.connectors.wechat.connector import (

@@ -2,8 +2,7 @@
 
 ``POST /dashboard/login`` with the right ``STAGECOACH_ADMIN_TOKEN`` sets the cookie
 :data:`COOKIE`: a :class:`stagecoach.engine.domain.content.LinkSigner` token (the signer the
-unsubscribe
-links use) for the purpose :data:`PURPOSE`, with an expiry and a random session id. The
+unsubscribe links use) for the purpose :data:`PURPOSE`, with an expiry and a random session id. The
 id is stored (table ``admin_sessions``) and checked on every request, so signing out
 (``POST``, same origin only) ends the session at once, on every API replica, even for a
 copy of the cookie taken before. Its key is derived from both

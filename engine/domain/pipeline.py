@@ -21,8 +21,7 @@ Movement model
 
 Sales
     ``Pipeline.routing`` (:class:`stagecoach.engine.domain.sales.Routing`) says who gets qualified
-    leads and
-    by when they answer. ``Pipeline.recycle`` (:class:`Recycle`) says what a rejection
+    leads and by when they answer. ``Pipeline.recycle`` (:class:`Recycle`) says what a rejection
     does: the contact takes a declared detour back to nurture with sales' reason
     (:func:`apply_recycle`), is not handed off again within a cool-down, and loses the
     points the scoring declares for the rejection event (a pipeline with ``recycle`` must

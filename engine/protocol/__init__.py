@@ -3,15 +3,13 @@
 Every value here is written into workflow histories (a workflow's type, a signal's or an
 update's name, an activity's type, a timer's summary) and read back from them: by the
 replayer, by ``contact timeline`` and ``contact why`` (``stagecoach.engine.temporal.history``), by
-the Web UI.
-A constant may be renamed; its value never changes, or every recorded history stops
+the Web UI. A constant may be renamed; its value never changes, or every recorded history stops
 replaying and every running contact's story stops reading. ``tests/workflows/test_replay.py``
 and ``tests/engine/protocol/test_protocol.py`` hold the values to that.
 
 The message types these names carry are in ``stagecoach.engine.protocol.messages``; the search
-attributes
-in ``stagecoach.engine.protocol.search_attributes``. The journey interpreter, pure domain code,
-names the
+attributes in ``stagecoach.engine.protocol.search_attributes``. The journey interpreter, pure domain
+code, names the
 timers of its own waits (``<step>:<n>``, ``channel:<step>:<n>``); its prefix is re-exported
 here so readers of histories find every timer name in one place.
 

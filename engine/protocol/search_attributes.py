@@ -4,8 +4,7 @@ defined once, as plain data.
 They live here, free of Temporal imports, so the pure domain can name them
 (:func:`search_values`), the CLI can print the registration commands and
 ``stagecoach up`` can pass them to the dev server. ``stagecoach.engine.protocol.search_keys`` turns
-them
-into the SDK's typed keys for the workflow, the gateway and the registration call.
+them into the SDK's typed keys for the workflow, the gateway and the registration call.
 No personal data goes in them: they are indexed by the server, never encrypted.
 """
 

@@ -1,6 +1,5 @@
-"""The contact search attributes (``stagecoach.engine.protocol.search_attributes``) in the Temporal
-SDK's
-terms: one set of typed keys, used by the workflow (upserts), the gateway and the
+"""The contact search attributes (``stagecoach.engine.protocol.search_attributes``) in the
+Temporal SDK's terms: one set of typed keys, used by the workflow (upserts), the gateway and the
 outbox forwarder (initial values at start), and the call that registers them."""
 
 from __future__ import annotations

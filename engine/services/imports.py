@@ -3,8 +3,7 @@
 Each row becomes one Segment ``identify`` message: its mapped columns are the traits,
 and the contact is found or created by its identities exactly as for the event API
 (``userId``, email, phone, WeChat ids, CRM id; see ``stagecoach.engine.services.ingest``), so a row
-for
-someone already known updates that contact instead of creating another. A row without a
+for someone already known updates that contact instead of creating another. A row without a
 ``userId`` gets a stable ``anonymousId`` derived from its strongest identity, and each
 message an id derived from its content, so importing the same file again stores nothing
 twice. Rows are validated by ``parse_message`` and written ``--batch-size`` at a time by

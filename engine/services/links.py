@@ -1,8 +1,7 @@
 """Verifying the signed links in our messages (unsubscribe, click, open pixel).
 
 The tokens are made and checked by :class:`stagecoach.engine.domain.content.LinkSigner`; this
-module turns
-a token from a request path into the :class:`Link` it names, or the :class:`Refused`
+module turns a token from a request path into the :class:`Link` it names, or the :class:`Refused`
 answer that says why not (malformed 400, tampered with or signed for another purpose
 403, expired 410). No HTML and no database here: the routes render the answer in the
 reader's language from the page templates.

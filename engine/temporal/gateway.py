@@ -1,8 +1,7 @@
 """Talking to contact workflows from outside: the API, the CLI, the demo and the tests.
 
 By workflow, signal, update and query names from ``stagecoach.engine.protocol.messages``: callers
-never
-import workflow code. Events use signal-with-start, so the first event for an unknown
+never import workflow code. Events use signal-with-start, so the first event for an unknown
 contact creates the contact; enrolments use update-with-start, so the caller gets the
 enrolment number back whether or not the workflow existed.
 """

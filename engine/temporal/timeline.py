@@ -3,9 +3,8 @@
 The history is the source of truth: every event signalled, every stage recorded, every
 send and its outcome, every wait, with the server's timestamps. ``contact_timeline``
 reads the history with the one history reader (``stagecoach.engine.temporal.history``, which
-``contact why``
-reads too) and turns its records into ``Entry`` lines; ``stagecoach contact timeline``
-prints them.
+``contact why`` reads too) and turns its records into ``Entry`` lines; ``stagecoach contact
+timeline`` prints them.
 """
 
 from __future__ import annotations

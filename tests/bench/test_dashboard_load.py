@@ -1,8 +1,7 @@
 """Dashboard page loads over a million contacts and twenty million events.
 
 The analytics store is filled by ``stagecoach.engine.services.analytics.synthetic.generate`` (a B2B
-pipeline
-with detours, two journeys with holdouts and a split, opens and clicks, NPS answers),
+pipeline with detours, two journeys with holdouts and a split, opens and clicks, NPS answers),
 then the real API (``create_app``) is served by uvicorn and each page is fetched with
 httpx, signed in: **cold** is the first load (its reports computed; the first page also
 starts computing the other pages' in the background), **warm** the

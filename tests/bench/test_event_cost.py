@@ -11,8 +11,7 @@ tenth is the pricing page, so the score caps are reached and the stage rules hav
 the contact before the window). Then ``EVENTS`` pricing-page ``page.viewed`` events each
 (what the ingestion benchmark's background load sends) are signalled one per signal with
 ``stagecoach.engine.temporal.gateway.send_event``, as the outbox forwarder does, round-robin over
-the
-contacts at ``RATE`` a second. The window ends when the worker has gone quiet; what the
+the contacts at ``RATE`` a second. The window ends when the worker has gone quiet; what the
 worker and the server spend idle (measured just before) is taken out. Then every
 contact's ``state`` query must show all its events applied, and the new part of each
 history is counted: workflow tasks, activities, timers and search-attribute upserts per

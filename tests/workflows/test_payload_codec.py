@@ -150,8 +150,7 @@ async def test_connect_gives_the_production_client_the_codec(
     runtime: Runtime, env: WorkflowEnvironment
 ) -> None:
     """``stagecoach.workflows.client.connect`` (the worker's, the API's and the CLI's client)
-    decodes
-    what the worker encoded; one with other keys names the key it lacks."""
+    decodes what the worker encoded; one with other keys names the key it lacks."""
     await runtime.event("codec-2", "page.viewed", properties=BLOG, traits=PERSON)
     await _until(runtime, "codec-2", SENT)
     address = env.client.service_client.config.target_host

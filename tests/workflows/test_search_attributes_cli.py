@@ -2,8 +2,7 @@
 contact workflows' search attributes (Stage, Score, Grade, Journeys), on the dev server.
 
 Contacts are made through the public API (``stagecoach.engine.temporal.gateway``: events, whose
-workflows
-upsert their attributes, and an enrolment of a contact opened as the API opens one, whose
+workflows upsert their attributes, and an enrolment of a contact opened as the API opens one, whose
 attributes are set at start). Each query is scoped to this test's fresh task queue:
 the dev server is shared by the whole session and keeps other tests' contacts."""
 

@@ -751,8 +751,7 @@ def _normalised(channel: str, address: str) -> str | None:
     """The key a suppression of ``address`` is stored under, whoever wrote it (a bounce
     webhook, an unsubscribe, this activity): for email the canonical form
     (``stagecoach.engine.services.ingest.normalise_email``), so an address that normalises to a
-    suppressed
-    one is suppressed. None for an email address with no canonical form (an invisible
+    suppressed one is suppressed. None for an email address with no canonical form (an invisible
     character, say): nothing may be sent to it, since the connector would refuse it and
     an older one might have quietly mailed a different address."""
     if channel != "email":

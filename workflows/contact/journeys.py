@@ -1,8 +1,7 @@
 """The journey driver: enrolments, the pure interpreter on pinned specs, and its effects.
 
 Each enrolment runs ``stagecoach.engine.domain.journeys.step`` on its pinned spec; its commands
-become
-timers and activities here, and their results are fed back. Sends go through the one
+become timers and activities here, and their results are fed back. Sends go through the one
 delivery activity, after quiet hours (a wait here, in the contact's zone); a send the
 contact has no usable channel for yet does what its journey declares (``NoChannel``).
 """

@@ -91,8 +91,7 @@ search only) answers **409** listing them with what matched.
     - the analytics copy (``analytics.duckdb``): the erasure asks the API's report cache
       for a sync (``stores.analytics``), which replaces the person's copied rows with
       the pseudonymous ones (``stagecoach.engine.services.analytics.store``); any later sync, by a
-      page, the
-      reports API or ``stagecoach report``, does the same if this one could not run;
+      page, the reports API or ``stagecoach report``, does the same if this one could not run;
     - Temporal: the histories are deleted (above), payloads and all; see docs/codec.md.
 
     Not reached from here, for the operator to handle: application logs (they mask

@@ -7,8 +7,7 @@ notifications, behind HTTP basic auth.
                                     SubscriptionChange webhooks
 
 Bounces and complaints follow :class:`stagecoach.engine.domain.bounces.BouncePolicy`; soft bounces
-are
-counted from the contact's ``email.bounced`` events for the same address. Suppressions
+are counted from the contact's ``email.bounced`` events for the same address. Suppressions
 are stored by ``stagecoach.engine.services.consent``. Retries are safe: each notification is
 recorded once (events by message id, suppressions by address), and a database that
 cannot take the write is a 503 Postmark retries.

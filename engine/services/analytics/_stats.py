@@ -12,8 +12,7 @@ without a denominator), ``utc_naive`` and ``period`` (the store holds naive UTC;
 period is refused), ``choice`` (a parameter outside its allowed values is a
 ``ReportError`` naming both) and ``NPS_CATEGORIES_SQL`` (the NPS categories of
 ``stagecoach.engine.domain.nps.classify`` as a DuckDB table, so SQL never restates the 9-10 / 7-8 /
-0-6
-thresholds).
+0-6 thresholds).
 """
 
 from __future__ import annotations

@@ -3,11 +3,9 @@
 Definitions:
 
 - **answer**: an ``nps.answered`` event in ``[since, until)`` whose ``properties.score``
-  is a whole number from 0 to 10, categorised by ``stagecoach.engine.domain.nps.classify``; ``nps``
-  is
-  ``stagecoach.engine.domain.nps.NpsResult.score`` (% promoters - % detractors, one decimal, none
-  without
-  answers).
+  is a whole number from 0 to 10, categorised by ``stagecoach.engine.domain.nps.classify``;
+  ``nps`` is ``stagecoach.engine.domain.nps.NpsResult.score`` (% promoters - % detractors, one
+  decimal, none without answers).
 - **trend**: per calendar month (``options["period"]``: ``month``, the default, or ISO
   ``week``, starting Monday), a contact's latest answer in the period counts once.
 - **by_touchpoint**: per ``properties.touchpoint`` (none is ``(none)``), a contact's latest

@@ -24,8 +24,7 @@ Per-contact work groups and joins on ``contact_key`` (see
 ``stagecoach.engine.services.analytics._schema``).
 This module also holds what the conversion and paths reports share with it: the ``by``
 groupings, integer options and ``time_order`` (``stagecoach.engine.services.analytics._stats`` has
-what all
-reports share).
+what all reports share).
 """
 
 from __future__ import annotations

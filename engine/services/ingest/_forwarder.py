@@ -12,8 +12,7 @@ failures.
 
 A contact seen for the first time is opened first (``opener``), so its workflow starts
 with its definitions and search attributes (see ``stagecoach.engine.temporal.gateway.Opening``). A
-contact
-whose workflow this forwarder has already started or signalled gets a plain signal: the
+contact whose workflow this forwarder has already started or signalled gets a plain signal: the
 server skips the start request's checks, about an eighth of its work for the event. A
 plain signal answered NOT_FOUND (the run ended: merged, erased, terminated) is sent
 again with start, which is what every send did before.

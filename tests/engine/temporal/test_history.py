@@ -1,6 +1,5 @@
 """The one history reader (``stagecoach.engine.temporal.history``) that ``contact timeline`` and
-``contact
-why`` read: recorded histories read into typed records, and a contact's runs read from a
+``contact why`` read: recorded histories read into typed records, and a contact's runs read from a
 real server, from nothing, across continue-as-new."""
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ Revises: 0006
 Create Date: 2026-12-07
 
 Before addresses had one canonical form (``stagecoach.engine.domain.addresses``), a suppression was
-stored
-under the address lower-cased, so ``someone@ｅｘａｍｐｌｅ.com`` and
+stored under the address lower-cased, so ``someone@ｅｘａｍｐｌｅ.com`` and
 ``someone@example.com`` were two keys for one mailbox, and the delivery activity, which
 now looks up the canonical form, would miss the first. Each such row gets a copy under
 the canonical key, with its reason and contact; the original row stays (nothing already
