@@ -86,7 +86,17 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: LogFormat = "auto"
-    pipeline: str = "default"
+    pipeline: str = Field(
+        default="default",
+        description="Which bundled example definitions run when no project names its own "
+        "(default or b2b_funnel); ignored when definitions are set.",
+    )
+    definitions: str | None = Field(
+        default=None,
+        description="The project's definitions as module:attribute (e.g. "
+        "acme_marketing.definitions:defs). Default: [tool.stagecoach] definitions in the "
+        "nearest pyproject.toml, else the bundled example.",
+    )
     content_dir: Path = Field(default=Path("content"), description="The content library.")
     sink_dir: Path | None = Field(
         default=None,

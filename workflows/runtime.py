@@ -46,17 +46,22 @@ def send_policy(settings: Settings) -> SendPolicy:
 
 def definitions_loader(db: Engine, settings: Settings) -> Any:
     """A function returning the active pipeline, latest published journeys and policy."""
-    from stagecoach.engine.services.publishing import JourneyNotFound, latest, latest_versions
-    from stagecoach.workflows.journeys import JOURNEYS
-    from stagecoach.workflows.pipeline import active_pipeline
+    from stagecoach.engine.services.project import load_project
+    from stagecoach.engine.services.publishing import (
+        JourneyNotFound,
+        active_pipeline_of,
+        latest,
+        latest_versions,
+    )
 
-    pipeline = active_pipeline(settings.pipeline)
+    pipeline = active_pipeline_of(settings)
+    project_journeys = load_project(settings).definitions.journeys_by_name
     policy = send_policy(settings)
 
     def load() -> Definitions:
         journeys: dict[str, dict[str, Any]] = {}
-        # Every published journey: the bundled ones and any published from elsewhere.
-        for name in sorted(set(JOURNEYS) | set(latest_versions(db))):
+        # Every published journey: the project's and any published from elsewhere.
+        for name in sorted(set(project_journeys) | set(latest_versions(db))):
             try:
                 journeys[name] = latest(db, name).to_dict()
             except JourneyNotFound:
@@ -195,10 +200,11 @@ def contact_activities(
     """ContactActivities from settings and the connectors the composition root built
     (``stagecoach.engine.cli.compose``); the bundled journeys are published first."""
     from stagecoach.engine.domain.content import LinkSigner, RenderContact
+    from stagecoach.engine.services.project import load_project
     from stagecoach.engine.services.publishing import publish_bundled
     from stagecoach.engine.services.referrals import ReferralPolicy
 
-    library = content or ContentLibrary.load(settings.resolved_content_dir)
+    library = content or ContentLibrary.load(load_project(settings).content_dir(settings))
     publish_bundled(db, settings, content=library)
 
     def render_contact(request: DeliverRequest) -> RenderContact:

@@ -21,6 +21,7 @@ from stagecoach.engine.cli.content import content_app
 from stagecoach.engine.cli.demo import demo
 from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
+from stagecoach.engine.cli.project import init, validate
 from stagecoach.engine.cli.report import report
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
@@ -41,6 +42,26 @@ app.add_typer(content_app, name="content")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)
+app.command("init")(init)
+app.command("validate")(validate)
+
+
+@app.callback()
+def _options(
+    definitions: Annotated[
+        str | None,
+        typer.Option(
+            "--definitions",
+            metavar="MODULE:ATTRIBUTE",
+            help="The project's definitions, e.g. acme_marketing.definitions:defs (sets "
+            "STAGECOACH_DEFINITIONS for this command and the processes it starts). "
+            "Default: [tool.stagecoach] in the nearest pyproject.toml, else the bundled "
+            "example.",
+        ),
+    ] = None,
+) -> None:
+    if definitions is not None:
+        os.environ["STAGECOACH_DEFINITIONS"] = definitions
 
 
 def _settings() -> Settings:

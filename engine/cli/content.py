@@ -40,10 +40,13 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 
 
 def _default_dir() -> Path:
-    """The catalog the worker uses: STAGECOACH_CONTENT_DIR, else the bundled catalog."""
+    """The catalog the worker uses: STAGECOACH_CONTENT_DIR, else the project's content,
+    else the bundled catalog."""
+    from stagecoach.engine.services.project import load_project
     from stagecoach.engine.settings import load_settings
 
-    return load_settings().resolved_content_dir
+    settings = load_settings()
+    return load_project(settings).content_dir(settings)
 
 
 def _load(content_dir: Path | None) -> ContentLibrary:

@@ -74,8 +74,9 @@ def _content(settings: Settings) -> ContentIndex | None:
     """The content library to validate sends against, as the worker does before it
     publishes: a journey naming content without a variant for a locale is refused."""
     from stagecoach.engine.domain.content import ContentLibrary
+    from stagecoach.engine.services.project import load_project
 
-    return ContentLibrary.load(settings.resolved_content_dir)
+    return ContentLibrary.load(load_project(settings).content_dir(settings))
 
 
 def _read_db(settings: Settings) -> Engine | None:
@@ -105,13 +106,19 @@ def _bundled_spec(settings: Settings, name: str) -> JourneySpec | None:
     """
     from stagecoach.engine.services.publishing import bundled_journeys, compile_definitions
 
-    if name not in bundled_journeys():
+    if name not in bundled_journeys(settings):
         return None
     specs, problems = compile_definitions(settings, content=_content(settings))
     mine = [p for p in problems if p.journey == name]
     if mine:
         raise JourneyValidationError(name, mine)
     return specs.get(name)
+
+
+def _closest_journey(settings: Settings, name: str) -> str:
+    from stagecoach.engine.services.publishing import bundled_journeys, closest_names
+
+    return closest_names(name, list(bundled_journeys(settings)))
 
 
 def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpec, str]:
@@ -123,8 +130,6 @@ def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpe
     from stagecoach.engine.services.publishing import (
         PUBLISH_HINT,
         JourneyNotFound,
-        bundled_journeys,
-        closest_names,
         get_version,
         latest,
     )
@@ -139,7 +144,7 @@ def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpe
         if ref == "bundled":
             raise JourneyNotFound(
                 f"journey {name!r} is not bundled",
-                fix=f"use a bundled journey ({closest_names(name, list(bundled_journeys()))})",
+                fix=f"use a journey of the project ({_closest_journey(settings, name)})",
             )
     db = _read_db(settings)
     try:
@@ -154,7 +159,7 @@ def _resolve(settings: Settings, name: str, ref: str | None) -> tuple[JourneySpe
         if ref is None and spec is None:
             raise JourneyNotFound(
                 f"journey {name!r} is neither bundled nor published",
-                fix=f"use a bundled journey ({closest_names(name, list(bundled_journeys()))})",
+                fix=f"use a journey of the project ({_closest_journey(settings, name)})",
             ) from None
         raise
     if found.name != name:
@@ -171,11 +176,10 @@ def _known_or_raise(settings: Settings, name: str) -> None:
     from stagecoach.engine.services.publishing import (
         JourneyNotFound,
         bundled_journeys,
-        closest_names,
         versions,
     )
 
-    if name in bundled_journeys():
+    if name in bundled_journeys(settings):
         return
     db = _read_db(settings)
     try:
@@ -185,7 +189,7 @@ def _known_or_raise(settings: Settings, name: str) -> None:
         pass
     raise JourneyNotFound(
         f"journey {name!r} is neither bundled nor published",
-        fix=f"use a bundled journey ({closest_names(name, list(bundled_journeys()))})",
+        fix=f"use a journey of the project ({_closest_journey(settings, name)})",
     )
 
 
@@ -203,7 +207,7 @@ def validate() -> None:
 
     settings = _settings()
     specs, problems = compile_definitions(settings, content=_content(settings))
-    names = list(bundled_journeys())
+    names = list(bundled_journeys(settings))
     width = max((len(n) for n in names), default=0)
     for name in names:
         if name in specs:

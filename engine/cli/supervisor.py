@@ -255,6 +255,40 @@ def ensure_worker_metrics_ports_free(settings: Settings) -> None:
         )
 
 
+def check_definitions(settings: Settings) -> str:
+    """Load and validate the project the worker will run, before anything starts.
+
+    Returns:
+        What to print for it: its name and where it came from.
+
+    Raises:
+        StagecoachError: The definitions do not load (the file and line), or do not
+            validate (how many problems, the first, and the command that lists all).
+    """
+    from stagecoach.engine.domain.content import ContentLibrary, ContentValidationError
+    from stagecoach.engine.services.project import load_project
+
+    project = load_project(settings)
+    try:
+        library = ContentLibrary.load(project.content_dir(settings))
+    except ContentValidationError as exc:
+        raise StagecoachError(
+            f"the project's content does not load: {exc}",
+            fix="run 'stagecoach validate' and correct what it lists",
+        ) from exc
+    problems = project.definitions.problems(library)
+    if problems:
+        count = len(problems)
+        raise StagecoachError(
+            f"the project's definitions ({project.ref}) have {count} "
+            f"problem{'s' if count != 1 else ''}, the first: {problems[0]}; the worker "
+            "would publish none of them",
+            fix="run 'stagecoach validate' for the list, and correct them",
+        )
+    label = project.definitions.name or project.ref
+    return f"{label}  ({project.ref}, from {project.origin})"
+
+
 def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     """Start everything, print where it is, and supervise until signalled. Returns the
     process exit code."""
@@ -279,6 +313,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
         settings.api_host, settings.api_port, what="HTTP API", setting="STAGECOACH_API_PORT"
     )
     ensure_worker_metrics_ports_free(settings)
+    project = check_definitions(settings)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = make_engine(settings.resolved_database_url)
@@ -352,7 +387,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
             started.append(child)
         _wait_for("API", lambda: _api_healthy(f"{settings.api_base_url}/healthz"), started)
         _wait_for("worker", lambda: _worker_polling(settings), started)
-        out(_banner(settings, logs, codec_ready=ui is not None))
+        out(_banner(settings, logs, project, codec_ready=ui is not None))
         while True:
             for child in started:
                 exit_code = child.exited()
@@ -380,7 +415,7 @@ def run_up(settings: Settings, *, out: Callable[[str], None] = print) -> int:
     return code
 
 
-def _banner(settings: Settings, logs: Path, *, codec_ready: bool) -> str:
+def _banner(settings: Settings, logs: Path, project: str, *, codec_ready: bool) -> str:
     api = settings.api_base_url
     keys = "STAGECOACH_PAYLOAD_KEYS" if settings.payload_keys else str(key_file(settings))
     decrypt = (
@@ -407,6 +442,7 @@ def _banner(settings: Settings, logs: Path, *, codec_ready: bool) -> str:
                 else "set STAGECOACH_ADMIN_TOKEN to sign in)"
             ),
             "  Try it             stagecoach demo, then stagecoach report funnel",
+            f"  Definitions        {project}",
             f"  Database           {redact(settings.resolved_database_url)}",
             f"  Payload keys       {keys}  ({decrypt})",
             f"  Logs               {logs}/{{{names}}}.log",

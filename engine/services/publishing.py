@@ -10,9 +10,9 @@ new enrolments get.
     latest(db, "b2b_nurture")               # what a new enrolment pins
 
 This is a composition-level service (the CLI, the API factory and the worker's wiring use
-it): it talks to the database, and it reads the marketers' definitions in ``workflows``.
-``engine`` must not import ``workflows`` at import time, so those imports happen inside
-the functions that need them.
+it): it talks to the database, and it reads the project's definitions through
+``stagecoach.engine.services.project`` (the team's own repository, or the bundled
+example).
 
 Errors (under ``JourneyError`` in the project's tree)::
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -36,7 +36,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from stagecoach.engine.domain.errors import ConfigurationError, DatabaseError
+from stagecoach.engine.domain.errors import DatabaseError
 from stagecoach.engine.domain.journeys import (
     ContentIndex,
     Journey,
@@ -47,6 +47,7 @@ from stagecoach.engine.domain.journeys import (
     ValidationContext,
     compile_journey,
 )
+from stagecoach.engine.services.project import load_project
 from stagecoach.engine.services.storage.db import driver_reason
 from stagecoach.engine.services.storage.models import JourneyVersion, utcnow
 from stagecoach.engine.settings import Settings
@@ -127,60 +128,34 @@ class PublishedVersion(NamedTuple):
 
 
 def active_pipeline_of(settings: Settings) -> Pipeline:
-    """The pipeline ``settings.pipeline`` names, checked against the event catalogue.
+    """The project's pipeline, checked against the project's event catalogue.
 
     Raises:
-        ConfigurationError: No bundled pipeline has that name.
-        DefinitionError: The bundled definitions do not load or do not validate.
+        ConfigurationError: The project's definitions cannot be found or loaded
+            (a :class:`~stagecoach.engine.services.project.ProjectError`).
+        DefinitionError: The pipeline names events the catalogue lacks.
     """
-    from stagecoach.engine.domain.pipeline import PipelineDefinitionError
-
-    catalog = _catalog()
-    from stagecoach.workflows.pipeline import PIPELINES, active_pipeline
-
-    try:
-        pipeline = active_pipeline(settings.pipeline)
-    except PipelineDefinitionError as exc:
-        raise ConfigurationError(
-            f"STAGECOACH_PIPELINE={settings.pipeline!r} names no bundled pipeline",
-            fix=f"set it to one of {', '.join(repr(p) for p in sorted(PIPELINES))}",
-        ) from exc
-    try:
-        pipeline.check_events(catalog)
-    except PipelineDefinitionError as exc:
+    definitions = load_project(settings).definitions
+    problems = definitions.pipeline_problems()
+    if problems:
         raise DefinitionError(
-            f"pipeline {pipeline.name!r} is invalid: {exc}", fix="correct workflows/pipeline.py"
-        ) from exc
-    return pipeline
+            f"pipeline {definitions.pipeline.name!r} is invalid: {problems[0].message}",
+            fix=problems[0].fix,
+        )
+    return definitions.pipeline
 
 
-def _catalog() -> EventCatalog:
-    # Lazy: engine imports workflows only from composition roots, at call time. Importing
-    # the pipeline module validates every pipeline, so a broken one fails here.
-    from stagecoach.engine.domain.events import EventCatalogError
-    from stagecoach.engine.domain.pipeline import PipelineError
-
-    try:
-        from stagecoach.workflows.events import CATALOG
-        from stagecoach.workflows.pipeline import PIPELINES  # noqa: F401  (validates on import)
-    except (PipelineError, EventCatalogError) as exc:
-        raise DefinitionError(
-            f"the bundled pipelines or event catalogue do not load: {exc}",
-            fix="correct workflows/pipeline.py or workflows/events.py as the message says",
-        ) from exc
-    return CATALOG
+def _catalog(settings: Settings) -> EventCatalog:
+    return load_project(settings).definitions.events
 
 
-def bundled_journeys() -> Mapping[str, Journey]:
-    """The marketers' journeys (``stagecoach.workflows.journeys.JOURNEYS``) by name.
+def bundled_journeys(settings: Settings) -> Mapping[str, Journey]:
+    """The project's journeys by name (the bundled example's without a project).
 
     Raises:
-        DefinitionError: The pipelines or catalogue the journeys import do not load.
+        ConfigurationError: The project's definitions cannot be found or loaded.
     """
-    _catalog()  # journeys import the pipeline module: surface its errors as ours
-    from stagecoach.workflows.journeys import JOURNEYS
-
-    return JOURNEYS
+    return load_project(settings).definitions.journeys_by_name
 
 
 def definitions_context(
@@ -189,28 +164,26 @@ def definitions_context(
     content: ContentIndex | None = None,
     journeys: Mapping[str, Journey] | None = None,
 ) -> ValidationContext:
-    """What bundled journeys are validated against.
+    """What the project's journeys are validated against.
 
     Args:
-        settings: Picks the active pipeline.
+        settings: Finds the project (``stagecoach.engine.services.project``).
         content: The content library, or ``None`` to skip content checks.
-        journeys: Journeys ``enrol`` may target; default: the bundled ones.
+        journeys: Journeys ``enrol`` may target; default: the project's.
 
     Returns:
-        Event types from the catalogue, the active pipeline's stages and off-pipeline
-        states, the content index and the known journey names.
+        Event types from the catalogue, the pipeline's stages and off-pipeline states,
+        the content index and the known journey names.
 
     Raises:
-        ConfigurationError: The configured pipeline does not exist.
-        DefinitionError: The bundled pipeline or catalogue is broken.
+        ConfigurationError: The project's definitions cannot be found or loaded.
+        DefinitionError: The project's pipeline is broken.
     """
-    pipeline = active_pipeline_of(settings)
-    return ValidationContext(
-        known_event_types=frozenset(_catalog().names()),
-        stages=frozenset((*pipeline.stage_names, *pipeline.states)),
-        content=content,
-        known_journeys=frozenset(journeys if journeys is not None else bundled_journeys()),
-    )
+    active_pipeline_of(settings)
+    ctx = load_project(settings).definitions.context(content)
+    if journeys is not None:
+        ctx = replace(ctx, known_journeys=frozenset(journeys))
+    return ctx
 
 
 def compile_definitions(
@@ -222,14 +195,14 @@ def compile_definitions(
     """Compile every journey, collecting problems instead of stopping at the first.
 
     Args:
-        settings: Picks the active pipeline.
+        settings: Finds the project.
         content: The content library, or ``None`` to skip content checks.
-        journeys: Journeys to compile; default: the bundled ones.
+        journeys: Journeys to compile; default: the project's.
 
     Returns:
         The specs of the journeys that compiled, and every problem of those that did not.
     """
-    journeys = journeys if journeys is not None else bundled_journeys()
+    journeys = journeys if journeys is not None else bundled_journeys(settings)
     ctx = definitions_context(settings, content=content, journeys=journeys)
     specs: dict[str, JourneySpec] = {}
     problems: list[Problem] = []

@@ -159,3 +159,24 @@ def test_stagecoach_up_runs_from_the_wheel(
             proc.kill()
             raise
     assert code == 0, "".join(lines[-40:])
+
+
+def test_a_team_starts_its_own_project_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """``init``, ``validate`` and the project's own tests, outside the checkout, with the
+    project template and the starter content coming from the wheel."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
+    env.pop("PYTHONPATH", None)
+    env.update(STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"))
+
+    def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+    made = run(tmp_path, str(installed / "stagecoach"), "init", "acme-marketing", "--no-git")
+    assert made.returncode == 0, made.stderr
+    root = tmp_path / "acme-marketing"
+    checked = run(root, str(installed / "stagecoach"), "validate")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "2 journeys valid" in checked.stdout
+    tests = run(root, str(installed / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    assert tests.returncode == 0, tests.stdout[-3000:]
+    assert "2 passed" in tests.stdout

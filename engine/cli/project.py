@@ -1,0 +1,152 @@
+"""``stagecoach init`` and ``stagecoach validate``: a marketing team's own repository.
+
+``init`` writes a small working project (a pipeline, two journeys, their content in zh-CN
+and en, a test and a CI file) into a new folder and makes it a git repository.
+``validate`` loads the project the working directory belongs to
+(``stagecoach.engine.services.project``) and checks all of it: the pipeline against the
+events, every journey against the pipeline, the events and the content. It is what the
+team's CI runs.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stagecoach.engine.domain.errors import ConfigurationError
+
+TEMPLATE = Path(__file__).with_name("project_template")
+STARTER_CONTENT = (
+    "wp-digital-transformation",
+    "case-study-manufacturing",
+    "trial-invitation",
+    "onboarding-welcome",
+    "onboarding-quickstart",
+)
+"""The bundled content items the starter journeys send, copied into the new project."""
+
+
+def _package_name(name: str) -> str:
+    package = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+    if not package or package[0].isdigit() or keyword.iskeyword(package):
+        raise ConfigurationError(
+            f"cannot make a Python package name from {name!r}",
+            fix="name the project with letters first, e.g. 'acme-marketing'",
+        )
+    return package
+
+
+def _target(relative: Path, package: str) -> Path:
+    parts = [
+        package if p == "package" else "." + p[4:] if p.startswith("dot-") else p
+        for p in relative.parts
+    ]
+    parts[-1] = parts[-1].removesuffix(".tmpl")
+    return Path(*parts)
+
+
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="The new project's folder, e.g. acme-marketing.")
+    ],
+    git: Annotated[bool, typer.Option(help="Make the folder a git repository.")] = True,
+) -> None:
+    """Start a marketing project: a pipeline, two journeys, their content, a test and CI."""
+    from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR
+
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigurationError(
+            f"{directory} already exists and is not empty",
+            fix="choose a new folder name, or empty that folder first",
+        )
+    name = directory.resolve().name
+    package = _package_name(name)
+    written: list[Path] = []
+    for source in sorted(TEMPLATE.rglob("*.tmpl")):
+        target = directory / _target(source.relative_to(TEMPLATE), package)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = source.read_text(encoding="utf-8")
+        target.write_text(
+            text.replace("{{package}}", package).replace("{{name}}", name), encoding="utf-8"
+        )
+        written.append(target)
+    content = directory / "content"
+    shutil.copytree(BUNDLED_CONTENT_DIR / "_layouts", content / "_layouts")
+    for item in STARTER_CONTENT:
+        shutil.copytree(BUNDLED_CONTENT_DIR / item, content / item)
+    typer.echo(f"created {directory}: package {package}, {len(written)} files and content:")
+    for path in written:
+        typer.echo(f"  {path.relative_to(directory)}")
+    typer.echo(f"  content/ ({len(STARTER_CONTENT)} items in zh-CN and en, and the layouts)")
+    if git and shutil.which("git"):
+        done = subprocess.run(
+            ["git", "init", "-q", str(directory)], capture_output=True, text=True, check=False
+        )
+        typer.echo("a git repository" if done.returncode == 0 else f"git init: {done.stderr}")
+    typer.echo(f"next: cd {directory} && stagecoach validate && pytest")
+
+
+def validate() -> None:
+    """Validate the project: pipeline, events, every journey and its content; exit 1 on
+    any problem. The project is the one the working directory belongs to
+    ([tool.stagecoach] in pyproject.toml), --definitions, or the bundled example."""
+    from stagecoach.engine.cli.journeys import _settings
+    from stagecoach.engine.domain.content import ContentLibrary, ContentValidationError
+    from stagecoach.engine.domain.definitions import PIPELINE
+    from stagecoach.engine.services.project import load_project
+
+    settings = _settings()
+    project = load_project(settings)
+    definitions = project.definitions
+    content_dir = project.content_dir(settings)
+    typer.echo(f"project {definitions.name or project.ref} ({project.ref}, from {project.origin})")
+    try:
+        library = ContentLibrary.load(content_dir)
+    except ContentValidationError as exc:
+        typer.echo(f"FAIL  content {content_dir}")
+        typer.echo(f"      - {exc}")
+        raise typer.Exit(1) from None
+    specs, problems = definitions.compile(library)
+    pipeline_problems = [p for p in problems if p.journey == PIPELINE]
+    mark = "FAIL" if pipeline_problems else "ok  "
+    typer.echo(
+        f"{mark}  pipeline {definitions.pipeline.name}: {len(definitions.pipeline.stages)} "
+        f"stages, {len(definitions.events)} events"
+    )
+    for problem in pipeline_problems:
+        typer.echo(f"      - {problem.message}. Fix: {problem.fix}")
+    typer.echo(f"ok    content {content_dir}: {len(library.items)} items")
+    names = list(definitions.journeys_by_name)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        where = project.source_of(name)
+        shown = f"  {_relative(where)}" if where else ""
+        if name in specs:
+            spec = specs[name]
+            typer.echo(
+                f"ok    {name:<{width}}  {spec.version[:12]}  {len(spec.steps)} steps{shown}"
+            )
+            continue
+        typer.echo(f"FAIL  {name:<{width}}{shown}")
+        for problem in problems:
+            if problem.journey == name:
+                typer.echo(f"      - {problem.step}: {problem.message}. Fix: {problem.fix}")
+    if problems:
+        count = len(problems)
+        typer.echo(f"{count} problem{'s' if count != 1 else ''}; nothing was published")
+        raise typer.Exit(1)
+    typer.echo(f"{len(names)} journeys valid")
+
+
+def _relative(where: str) -> str:
+    path, _, line = where.rpartition(":")
+    try:
+        return f"{Path(path).resolve().relative_to(Path.cwd().resolve())}:{line}"
+    except ValueError:
+        return where

@@ -1,0 +1,288 @@
+"""Finding and loading a marketing project's definitions.
+
+Where the definitions come from, first match wins:
+
+1. ``--definitions module:attribute`` on any command, or ``STAGECOACH_DEFINITIONS`` (the
+   option sets the variable, so ``up``'s worker and API inherit it);
+2. ``[tool.stagecoach] definitions = "module:attribute"`` in the nearest
+   ``pyproject.toml`` from the working directory up: the project's own repository;
+3. the bundled example (``stagecoach.workflows.definitions``), picked by
+   ``STAGECOACH_PIPELINE``.
+
+A project's root (the folder of its ``pyproject.toml``, and its ``src/`` if it has one)
+goes first on ``sys.path``, so its package imports without being installed. Whatever the
+user's code does while loading (a syntax error, an exception, a missing name) becomes
+one :class:`ProjectError` naming the file and line and the fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import sys
+import threading
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stagecoach.engine.domain.definitions import Definitions, DefinitionsError
+from stagecoach.engine.domain.errors import ConfigurationError
+from stagecoach.engine.settings import Settings
+
+ENV_NAME = "STAGECOACH_DEFINITIONS"
+PYPROJECT_KEY = "[tool.stagecoach] definitions"
+BUNDLED_MODULE = "stagecoach.workflows.definitions"
+
+
+class ProjectError(ConfigurationError):
+    """The project's definitions cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded project.
+
+    Attributes:
+        definitions: What the project defines.
+        ref: ``module:attribute``, or ``bundled:<pipeline>`` for the bundled example.
+        origin: Where the reference came from, for people.
+        root: The project's folder (its ``pyproject.toml``'s), ``None`` for the bundled
+            example or a reference given without one.
+    """
+
+    definitions: Definitions
+    ref: str
+    origin: str
+    root: Path | None = None
+    _sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def bundled(self) -> bool:
+        return self.ref.startswith("bundled:")
+
+    def content_dir(self, settings: Settings) -> Path:
+        """The content this project uses: its own ``content`` folder when it declares one
+        (relative to its root), else the setting, else the bundled content."""
+        declared = self.definitions.content
+        if declared is not None and "content_dir" not in settings.model_fields_set:
+            path = Path(declared)
+            if not path.is_absolute():
+                path = (self.root or Path.cwd()) / path
+            return path
+        return settings.resolved_content_dir
+
+    def source_of(self, journey: str) -> str | None:
+        """``file:line`` where journey ``journey`` is written, when it can be found."""
+        return self._sources.get(journey)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    ref: str
+    origin: str
+    root: Path | None
+
+
+def find_pyproject(start: Path) -> tuple[Path, str] | None:
+    """The nearest ``pyproject.toml`` from ``start`` up that names definitions, and the
+    reference it names.
+
+    Raises:
+        ProjectError: That file is not valid TOML, or its setting is not a string.
+    """
+    for folder in (start, *start.parents):
+        candidate = folder / "pyproject.toml"
+        if not candidate.is_file():
+            continue
+        try:
+            data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ProjectError(
+                f"{candidate} is not valid TOML: {exc}", fix="correct the file"
+            ) from exc
+        table = data.get("tool", {}).get("stagecoach")
+        if not isinstance(table, dict) or "definitions" not in table:
+            continue
+        value = table["definitions"]
+        if not isinstance(value, str) or not value.strip():
+            raise ProjectError(
+                f"{candidate}: {PYPROJECT_KEY} is {value!r}",
+                fix='set it to "your_package.definitions:defs" (module:attribute)',
+            )
+        return candidate, value.strip()
+    return None
+
+
+def _resolve(settings: Settings, cwd: Path) -> _Ref:
+    if settings.definitions:
+        return _Ref(settings.definitions.strip(), f"{ENV_NAME} (or --definitions)", None)
+    found = find_pyproject(cwd)
+    if found is not None:
+        path, ref = found
+        return _Ref(ref, f"{PYPROJECT_KEY} in {path}", path.parent)
+    return _Ref(
+        f"bundled:{settings.pipeline}",
+        f"the bundled example (STAGECOACH_PIPELINE={settings.pipeline!r})",
+        None,
+    )
+
+
+_cache: dict[tuple[str, Path | None], Project] = {}
+_lock = threading.Lock()
+
+
+def load_project(settings: Settings, *, cwd: Path | None = None) -> Project:
+    """The project ``settings`` and the working directory point at, loaded once per process.
+
+    Raises:
+        ProjectError: The reference is malformed, its module does not import (the message
+            names the file and line), its attribute is missing or not a ``Definitions``,
+            or the bundled pipeline named does not exist.
+    """
+    where = _resolve(settings, (cwd or Path.cwd()).resolve())
+    key = (where.ref, where.root)
+    with _lock:
+        if key not in _cache:
+            _cache[key] = _load(where)
+        return _cache[key]
+
+
+def forget_loaded() -> None:
+    """Drop what :func:`load_project` remembered (tests load several projects)."""
+    with _lock:
+        _cache.clear()
+
+
+def _load(where: _Ref) -> Project:
+    if where.ref.startswith("bundled:"):
+        name = where.ref.removeprefix("bundled:")
+        bundled = importlib.import_module(BUNDLED_MODULE)
+        if name not in bundled.BUNDLED:
+            choices = ", ".join(repr(n) for n in sorted(bundled.BUNDLED))
+            raise ProjectError(
+                f"STAGECOACH_PIPELINE={name!r} names no bundled example",
+                fix=f"set it to one of {choices}, or name your project's definitions "
+                f"with {ENV_NAME}",
+            )
+        definitions = bundled.BUNDLED[name]
+        return Project(definitions, where.ref, where.origin, None, _sources(definitions))
+    module_name, sep, attribute = where.ref.partition(":")
+    if (
+        not sep
+        or not module_name
+        or not attribute
+        or not all(part.isidentifier() for part in (*module_name.split("."), *attribute.split(".")))
+    ):
+        raise ProjectError(
+            f"definitions {where.ref!r} (from {where.origin}) is not module:attribute",
+            fix='write it like "acme_marketing.definitions:defs"',
+        )
+    if where.root is not None:
+        for folder in (where.root / "src", where.root):
+            if folder.is_dir() and str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+    elif os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = _import(module_name, where)
+    value: object = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            names = sorted(n for n in vars(module) if not n.startswith("_"))
+            raise ProjectError(
+                f"{module_name} has no {attribute!r} (definitions {where.ref!r}, from "
+                f"{where.origin})",
+                fix=f"define {attribute} = Definitions(...) in {module_name}, or name one of "
+                f"{', '.join(names[:8]) or 'its names'}",
+            )
+        value = getattr(value, part)
+    if not isinstance(value, Definitions):
+        raise ProjectError(
+            f"{where.ref} is a {type(value).__name__}, not a Definitions",
+            fix=f"make {attribute} = Definitions(pipeline=..., events=..., journeys=...)",
+        )
+    return Project(value, where.ref, where.origin, where.root, _sources(value))
+
+
+def _import(module_name: str, where: _Ref) -> object:
+    try:
+        return importlib.import_module(module_name)
+    except SyntaxError as exc:
+        raise ProjectError(
+            f"{exc.filename}:{exc.lineno}: {exc.msg}", fix="correct the syntax there"
+        ) from exc
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            searched = where.root or Path.cwd()
+            raise ProjectError(
+                f"no module {exc.name!r} for definitions {where.ref!r} (from {where.origin}; "
+                f"looked in {searched})",
+                fix="check the module name, or run from the project's folder",
+            ) from exc
+        raise ProjectError(
+            _located(exc), fix="install the missing package, or correct the import"
+        ) from exc
+    except DefinitionsError as exc:
+        raise ProjectError(_located(exc), fix=str(exc).rpartition(": ")[2] or "correct it") from exc
+    except Exception as exc:
+        raise ProjectError(_located(exc), fix="correct the code at that line") from exc
+
+
+def _located(exc: BaseException) -> str:
+    """``file:line: Type: message`` at the deepest frame outside Stagecoach itself."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = Path(__file__).resolve().parents[2]
+    theirs = [
+        f
+        for f in frames
+        if not Path(f.filename).resolve().is_relative_to(ours)
+        and "importlib" not in f.filename
+        and not f.filename.startswith("<")
+    ]
+    frame = theirs[-1] if theirs else (frames[-1] if frames else None)
+    where = f"{frame.filename}:{frame.lineno}: " if frame is not None else ""
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
+def _sources(definitions: Definitions) -> dict[str, str]:
+    """``file:line`` of each journey's ``Journey(...)`` call, read from its module's source.
+
+    Found by the journey's name as a string literal in a ``Journey(...)`` call in the
+    modules that define journeys; a journey built another way has no entry."""
+    found: dict[str, str] = {}
+    wanted = {id(j) for j in definitions.journeys_by_name.values()}
+    files: set[str] = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and any(id(v) in wanted for v in list(vars(module).values())):
+            files.add(path)
+    for path in sorted(files):
+        try:
+            tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+        except (OSError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and _called(node) == "Journey"):
+                continue
+            name = _name_argument(node)
+            if name is not None and name in definitions.journeys_by_name and name not in found:
+                found[name] = f"{path}:{node.lineno}"
+    return found
+
+
+def _called(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def _name_argument(node: ast.Call) -> str | None:
+    for keyword in node.keywords:
+        if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
+            return str(keyword.value.value)
+    if node.args and isinstance(node.args[0], ast.Constant):
+        return str(node.args[0].value)
+    return None
+
+
+__all__ = ["ENV_NAME", "Project", "ProjectError", "find_pyproject", "forget_loaded", "load_project"]
