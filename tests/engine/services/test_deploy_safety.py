@@ -37,6 +37,10 @@ from stagecoach.workflows.journeys import B2B_NURTURE, JOURNEYS
 
 ROOT = Path(__file__).resolve().parents[3]
 NAME = "b2b_nurture"
+BOTH = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+"""Run on both databases: ``db_engine`` is PostgreSQL for a test marked ``postgres``."""
 
 
 def b2b(pause_days: int) -> Journey:
@@ -98,8 +102,9 @@ def finish(db: Engine, contact_id: str, version: str) -> None:
     )
 
 
+@BOTH
 def test_publishing_v1_v2_then_v1_again_keeps_v2_and_says_so(
-    db_engine: Engine, settings: Settings
+    db_engine: Engine, settings: Settings, backend: str
 ) -> None:
     v1, v2 = version_of(settings, 2), version_of(settings, 3)
     first = {r.name: r for r in publish_bundled(db_engine, settings, journeys=with_b2b(2))}
@@ -152,8 +157,9 @@ def test_a_worker_starting_from_an_older_image_does_not_roll_a_journey_back(
     assert [(e["stale_version"], e["latest_version"]) for e in warned] == [(v1, v2)]
 
 
+@BOTH
 def test_rollback_moves_the_latest_back_and_records_it(
-    db_engine: Engine, settings: Settings
+    db_engine: Engine, settings: Settings, backend: str
 ) -> None:
     v1, v2 = version_of(settings, 2), version_of(settings, 3)
     publish_bundled(db_engine, settings, journeys=with_b2b(2))
@@ -218,8 +224,9 @@ def test_rollback_refuses_unknown_journeys_and_versions_naming_the_fix(
     assert latest(db_engine, NAME).version == version_of(settings, 2)  # nothing moved
 
 
+@BOTH
 def test_plan_says_new_changed_unchanged_older_and_who_is_in_flight(
-    db_engine: Engine, settings: Settings
+    db_engine: Engine, settings: Settings, backend: str
 ) -> None:
     v1, v2, v3 = (version_of(settings, d) for d in (2, 3, 4))
     fresh = plan_publish(None, settings, journeys=with_b2b(3))
