@@ -127,6 +127,13 @@ ACTIVITY_EXECUTIONS = Counter(
     ["activity"],
     registry=REGISTRY,
 )
+JOURNEYS_REFUSED_OLDER = Counter(
+    "stagecoach_journeys_refused_older",
+    "Journey definitions a publish (the worker's at start, or 'journeys publish') did not "
+    "make the latest because they are an older published version, by journey.",
+    ["journey"],
+    registry=REGISTRY,
+)
 ACTIVITY_FAILURES = Counter(
     "stagecoach_activity_failures",
     "Activity attempts that raised, by activity type and error (the ApplicationError "

@@ -34,6 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from stagecoach.engine.app import create_app
 from stagecoach.engine.protocol.search_keys import ALL_KEYS, register_search_attributes
+from stagecoach.engine.services.project import forget_loaded
 from stagecoach.engine.services.storage import make_engine
 from stagecoach.engine.settings import Settings
 from tests.helpers import free_port, fresh_postgres_database, migrated_engine
@@ -65,6 +66,14 @@ def _provision(env_var: str, script: str) -> str:
     if result.returncode != 0:
         pytest.fail(f"scripts/{script} failed: {result.stderr.strip()}")
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(autouse=True)
+def _project_loaded_per_test() -> Iterator[None]:
+    """A test that swaps the project's definitions (``tests.helpers.bundled_checkout``,
+    a tmp project) never leaves them remembered for the next test."""
+    yield
+    forget_loaded()
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,14 @@ import sqlite3
 import tempfile
 import threading
 import uuid
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, make_url
 
+from stagecoach.engine.domain.journeys import Journey
 from stagecoach.engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +168,14 @@ def _create_postgres_database(base: str, statement: str) -> None:
     with admin.connect() as conn:
         conn.execute(text(statement))
     admin.dispose()
+
+
+def bundled_checkout(monkeypatch: Any, journeys: Mapping[str, Journey]) -> None:
+    """Make the bundled example's journeys ``journeys`` for this test, as a checkout of
+    another version of the definitions would: what publishing, ``plan`` and the worker's
+    start see. Undone with the test's monkeypatch."""
+    from stagecoach.engine.services.project import forget_loaded
+    from stagecoach.workflows.definitions import BUNDLED, SEVEN_STAGE
+
+    monkeypatch.setitem(BUNDLED, "default", replace(SEVEN_STAGE, journeys=dict(journeys)))
+    forget_loaded()

@@ -19,6 +19,7 @@ import typer
 from stagecoach.engine.cli.contact import contact_app
 from stagecoach.engine.cli.content import content_app
 from stagecoach.engine.cli.demo import demo
+from stagecoach.engine.cli.deploy import PlanCommand, plan, rollback
 from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
 from stagecoach.engine.cli.project import init, validate
@@ -42,6 +43,8 @@ app.add_typer(content_app, name="content")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)
+app.command("plan", cls=PlanCommand)(plan)
+journeys_app.command("rollback")(rollback)
 app.command("init")(init)
 app.command("validate")(validate)
 

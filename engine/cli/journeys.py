@@ -756,7 +756,8 @@ def publish() -> None:
     """Migrate the database, validate every bundled journey, then publish them all.
 
     Idempotent: an unchanged journey is not stored again. When any journey fails
-    validation, nothing is published.
+    validation, nothing is published. A definition that is an older published version
+    is refused (the latest stays); 'stagecoach journeys rollback' goes back on purpose.
     """
     from stagecoach.engine.services.publishing import publish_bundled
     from stagecoach.engine.services.storage import make_engine, upgrade
@@ -772,7 +773,8 @@ def publish() -> None:
         raise typer.Exit(1) from None
     width = max((len(r.name) for r in results), default=0)
     for r in results:
-        typer.echo(f"{r.status:<10}  {r.name:<{width}}  {_short(r.version)}")
+        note = f"  {r.note}" if r.note else ""
+        typer.echo(f"{r.status:<10}  {r.name:<{width}}  {_short(r.version)}{note}")
     typer.echo(f"published to {redact(settings.resolved_database_url)}")
 
 

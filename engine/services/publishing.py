@@ -7,7 +7,13 @@ new enrolments get.
 
     validate_definitions(settings)          # every bundled journey, or one error listing all
     publish_bundled(db, settings)           # validate all, then store all (idempotent)
+    plan_publish(db, settings)              # what publish_bundled would change, changing nothing
+    rollback(db, "b2b_nurture")             # make the version before the latest the latest
     latest(db, "b2b_nurture")               # what a new enrolment pins
+
+Publishing never moves a journey back: a definition that is an older published version
+(a worker from an out-of-date image, a stale checkout) is reported and refused, and the
+latest stays. Going back is ``rollback``, recorded with source ``rollback``.
 
 This is a composition-level service (the CLI, the API factory and the worker's wiring use
 it): it talks to the database, and it reads the project's definitions through
@@ -27,10 +33,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
+import structlog
 from sqlalchemy import Engine, func
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import IntegrityError
@@ -44,12 +51,20 @@ from stagecoach.engine.domain.journeys import (
     JourneySpec,
     JourneyValidationError,
     Problem,
+    SpecDiff,
     ValidationContext,
     compile_journey,
+    diff_specs,
 )
+from stagecoach.engine.metrics import JOURNEYS_REFUSED_OLDER
 from stagecoach.engine.services.project import load_project
 from stagecoach.engine.services.storage.db import driver_reason
-from stagecoach.engine.services.storage.models import JourneyVersion, utcnow
+from stagecoach.engine.services.storage.models import (
+    Contact,
+    JourneyEnrolment,
+    JourneyVersion,
+    utcnow,
+)
 from stagecoach.engine.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,6 +72,9 @@ if TYPE_CHECKING:
     from stagecoach.engine.domain.pipeline import Pipeline
 
 PUBLISH_HINT = "run 'stagecoach journeys publish'"
+ROLLBACK_SOURCE = "rollback"
+"""``journey_versions.source`` of a version that a rollback made the latest."""
+_log = structlog.get_logger("stagecoach.publishing")
 _ATTEMPTS = 3
 """Publishing retries after losing a race to another publisher; the retry sees its rows."""
 
@@ -99,21 +117,38 @@ class PublishResult:
         name: Journey name.
         version: The spec's content hash.
         created: True when this call stored the version; False when it was there already.
-        reinstated: True when the version existed but was not the latest of its journey
-            (a rollback to an earlier definition); it is the latest again now.
+        kept: When the version was published before but is not the latest of its journey
+            (an older definition, e.g. from a stale worker image): the latest version,
+            which stays the latest. ``None`` otherwise. Only ``rollback`` makes an older
+            version the latest again.
     """
 
     name: str
     version: str
     created: bool
-    reinstated: bool = False
+    kept: str | None = None
+
+    @property
+    def older(self) -> bool:
+        """True when the spec was refused for being older than the latest."""
+        return self.kept is not None
 
     @property
     def status(self) -> str:
-        """``created``, ``reinstated`` or ``unchanged``: one word for the CLI."""
+        """``created``, ``unchanged`` or ``older``: one word for the CLI."""
         if self.created:
             return "created"
-        return "reinstated" if self.reinstated else "unchanged"
+        return "older" if self.older else "unchanged"
+
+    @property
+    def note(self) -> str:
+        """What an ``older`` result means and how to act on it; empty otherwise."""
+        if self.kept is None:
+            return ""
+        return (
+            f"older than the latest: kept {self.kept[:12]}; to make {self.version[:12]} the "
+            f"latest, run 'stagecoach journeys rollback {self.name} --to {self.version[:12]}'"
+        )
 
 
 class PublishedVersion(NamedTuple):
@@ -284,11 +319,12 @@ def publish_many(
 ) -> list[PublishResult]:
     """Store compiled specs under their versions, all in one transaction.
 
-    Idempotent: a version already stored is not stored again. When a stored version is
-    not the latest of its journey (a definition rolled back), its ``published_at`` moves
-    to now so that ``latest`` returns it again. Safe against concurrent publishers: losing
-    the insert race (an IntegrityError on the version key) rolls back and retries, and the
-    retry finds the other publisher's rows.
+    Idempotent: a version already stored is not stored again. A stored version that is
+    not the latest of its journey is refused, not reinstated: the latest stays, and the
+    result says so (``older``). Publishing runs on every worker start, so a worker from an
+    out-of-date image must not roll journeys back; ``rollback`` does that on purpose.
+    Safe against concurrent publishers: losing the insert race (an IntegrityError on the
+    version key) rolls back and retries, and the retry finds the other publisher's rows.
 
     Args:
         db: A migrated database.
@@ -330,10 +366,7 @@ def _publish_one(session: Session, spec: JourneySpec, source: str) -> PublishRes
         return PublishResult(spec.name, spec.version, created=True)
     newest = _newest_row(session, spec.name)
     if newest is not None and newest.version != spec.version:
-        row.published_at = utcnow()
-        session.add(row)
-        session.flush()
-        return PublishResult(spec.name, spec.version, created=False, reinstated=True)
+        return PublishResult(spec.name, spec.version, created=False, kept=newest.version)
     return PublishResult(spec.name, spec.version, created=False)
 
 
@@ -347,7 +380,10 @@ def publish_bundled(
     """Validate every bundled journey, then publish them all.
 
     Validation comes first for all of them: when any journey is refused, nothing of this
-    call is published.
+    call is published. A journey whose bundled definition is an older published version
+    keeps its latest version; each such journey is logged as a WARNING and counted in
+    ``stagecoach_journeys_refused_older_total`` (the worker publishes at start, and a
+    worker from an out-of-date image is how an older definition arrives).
 
     Args:
         db: A migrated database.
@@ -363,7 +399,272 @@ def publish_bundled(
         DatabaseError: The database is unreachable or not migrated.
     """
     specs = validate_definitions(settings, content=content, journeys=journeys)
-    return publish_many(db, list(specs.values()), source="bundled")
+    results = publish_many(db, list(specs.values()), source="bundled")
+    for result in results:
+        if result.kept is not None:
+            _log.warning(
+                "older journey definition not published: the latest stays",
+                journey=result.name,
+                stale_version=result.version,
+                latest_version=result.kept,
+                fix=f"deploy the current definitions, or run 'stagecoach journeys rollback "
+                f"{result.name} --to {result.version[:12]}' to go back on purpose",
+            )
+            JOURNEYS_REFUSED_OLDER.labels(journey=result.name).inc()
+    return results
+
+
+# Rolling back, and planning a publish.
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What ``rollback`` did.
+
+    Attributes:
+        name: Journey name.
+        from_version: The latest version before the rollback.
+        to_version: The latest version now (equal to ``from_version``: nothing changed).
+        at: When ``to_version`` became the latest (its row's ``published_at``).
+        by: Who asked, when known (it goes to the log, not the row).
+        diff: What changed for new enrolments: ``from_version`` -> ``to_version``.
+        in_flight: Active enrolments of the journey by pinned version; they keep it.
+    """
+
+    name: str
+    from_version: str
+    to_version: str
+    at: datetime
+    by: str | None
+    diff: SpecDiff
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """False when the version asked for was already the latest."""
+        return self.from_version != self.to_version
+
+
+def rollback(db: Engine, name: str, to: str | None = None, *, by: str | None = None) -> Rollback:
+    """Make an earlier published version of journey ``name`` its latest again, on purpose.
+
+    The version's row moves to now and is marked ``source='rollback'``, so
+    ``versions`` shows when and how it became the latest. Enrolments in flight keep the
+    version they pinned; new enrolments get ``to``. Publishing the definition rolled back
+    from is refused afterwards (it is older than the latest): to go forward again, roll
+    back ``--to`` it, or publish a new definition.
+
+    Args:
+        db: A migrated database.
+        name: Journey name.
+        to: A published version of that journey: the full hash or a unique prefix of 6+
+            characters. ``None``: the version published before the latest.
+        by: Who asks (logged with the rollback).
+
+    Raises:
+        JourneyNotFound: Nothing is published under ``name``.
+        VersionNotFound: ``to`` matches no version of the journey (or several), or the
+            journey has no earlier version to go back to.
+        DatabaseError: The database is unreachable or not migrated.
+    """
+    with _database(db, "roll back a journey"), Session(db) as session:
+        rows = list(
+            session.exec(
+                select(JourneyVersion)
+                .where(JourneyVersion.name == name)
+                .order_by(col(JourneyVersion.published_at).desc(), col(JourneyVersion.version))
+            ).all()
+        )
+        if not rows:
+            published = session.exec(select(JourneyVersion.name).distinct()).all()
+            raise JourneyNotFound(
+                f"journey {name!r} has no published version to roll back",
+                fix=f"name a published journey ({closest_names(name, list(published))})",
+            )
+        current = rows[0]
+        target = _rollback_target(session, name, rows, to)
+        at = _aware(current.published_at)
+        if target.version != current.version:
+            # Strictly after the old latest, so ``latest`` cannot tie on a coarse clock.
+            at = max(utcnow(), at + timedelta(microseconds=1))
+            target.published_at = at
+            target.source = ROLLBACK_SOURCE
+            session.add(target)
+            session.commit()
+            _log.info(
+                "journey rolled back",
+                journey=name,
+                from_version=current.version,
+                to_version=target.version,
+                by=by or "unknown",
+            )
+        return Rollback(
+            name,
+            current.version,
+            target.version,
+            at,
+            by,
+            diff_specs(_to_spec(current), _to_spec(target)),
+            _in_flight(session, name),
+        )
+
+
+def _rollback_target(
+    session: Session, name: str, rows: Sequence[JourneyVersion], to: str | None
+) -> JourneyVersion:
+    listing = f"'stagecoach journeys versions {name}'"
+    if to is None:
+        if len(rows) < 2:
+            raise VersionNotFound(
+                f"journey {name!r} has one published version ({rows[0].version[:12]}): "
+                "there is no earlier version to roll back to",
+                fix="change the definition and publish it ('stagecoach journeys publish')",
+            )
+        return rows[1]
+    exact = [r for r in rows if r.version == to]
+    if exact:
+        return exact[0]
+    if len(to) < 6:
+        raise VersionNotFound(
+            f"--to {to!r} is too short to name a version of journey {name!r}",
+            fix=f"give the full sha256 or a prefix of 6+ characters (see {listing})",
+        )
+    matches = [r for r in rows if r.version.startswith(to)]
+    if len(matches) > 1:
+        raise VersionNotFound(
+            f"--to {to!r} matches {len(matches)} versions of journey {name!r}",
+            fix="give more characters of the version",
+        )
+    if matches:
+        return matches[0]
+    other = session.exec(
+        select(JourneyVersion.name).where(
+            col(JourneyVersion.version).startswith(to, autoescape=True)
+        )
+    ).first()
+    if other is not None:
+        raise VersionNotFound(
+            f"--to {to!r} is a version of journey {other!r}, not {name!r}",
+            fix=f"give a version of {name!r} (see {listing})",
+        )
+    raise VersionNotFound(
+        f"journey {name!r} has no published version {to!r}",
+        fix=f"give one of the versions {listing} lists (the full sha256 or a prefix of 6+ "
+        "characters)",
+    )
+
+
+def _in_flight(session: Session, name: str) -> dict[str, int]:
+    """Active enrolments of journey ``name`` by pinned version; rehearsals left out."""
+    rows = session.exec(
+        select(JourneyEnrolment.version, func.count())
+        .join(Contact, col(Contact.id) == col(JourneyEnrolment.contact_id))
+        .where(
+            JourneyEnrolment.journey == name,
+            JourneyEnrolment.status == "active",
+            col(Contact.rehearsal).is_(False),
+        )
+        .group_by(col(JourneyEnrolment.version))
+        .order_by(col(JourneyEnrolment.version))
+    ).all()
+    return {version: count for version, count in rows}
+
+
+PLAN_STATUSES = ("new", "changed", "unchanged", "older")
+"""What publishing a journey's definition would do, in ``PlannedChange.status``."""
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    """What publishing one journey's current definition would do.
+
+    Attributes:
+        name: Journey name.
+        status: ``new`` (never published), ``changed`` (a version not published yet
+            becomes the latest), ``unchanged`` (it is the latest) or ``older`` (an
+            older published version: publishing would refuse it and keep the latest).
+        version: The definition's version.
+        latest: The latest published version, or ``None`` for a new journey.
+        diff: For ``changed`` and ``older``: latest -> definition, step by step.
+        in_flight: Active enrolments of the journey by pinned version (rehearsals left
+            out); they keep their versions whatever is published.
+    """
+
+    name: str
+    status: str
+    version: str
+    latest: str | None
+    diff: SpecDiff | None = None
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> bool:
+        """True when publishing would change what new enrolments get."""
+        return self.status in ("new", "changed")
+
+    @property
+    def in_flight_on_latest(self) -> int:
+        """Active enrolments pinned to the current latest version."""
+        return self.in_flight.get(self.latest, 0) if self.latest else 0
+
+
+def plan_publish(
+    db: Engine | None,
+    settings: Settings,
+    *,
+    content: ContentIndex | None = None,
+    journeys: Mapping[str, Journey] | None = None,
+) -> list[PlannedChange]:
+    """What ``publish_bundled`` would change, per journey, changing nothing.
+
+    Args:
+        db: The database publishing would write to, or ``None`` when it does not exist
+            yet (every journey is then new). An empty database counts as nothing
+            published; publishing migrates it first.
+        settings: Picks the active pipeline.
+        content: The content library, or ``None`` to skip content checks.
+        journeys: Journeys to plan for; default: the bundled ones.
+
+    Returns:
+        One entry per journey, in definition order.
+
+    Raises:
+        JourneyValidationError: Listing every problem (publishing would refuse them all).
+        DatabaseError: The database is unreachable, or migrated only in part.
+    """
+    from stagecoach.engine.services.storage import current_revision
+
+    specs = validate_definitions(settings, content=content, journeys=journeys)
+    if db is None:
+        return [PlannedChange(n, "new", s.version, None) for n, s in specs.items()]
+    out: list[PlannedChange] = []
+    with _database(db, "read journey versions"):
+        if current_revision(db) is None:
+            return [PlannedChange(n, "new", s.version, None) for n, s in specs.items()]
+        with Session(db) as session:
+            for name, spec in specs.items():
+                newest = _newest_row(session, name)
+                if newest is None:
+                    out.append(PlannedChange(name, "new", spec.version, None))
+                    continue
+                flight = _in_flight(session, name)
+                if newest.version == spec.version:
+                    out.append(
+                        PlannedChange(name, "unchanged", spec.version, newest.version, None, flight)
+                    )
+                    continue
+                known = session.get(JourneyVersion, spec.version) is not None
+                out.append(
+                    PlannedChange(
+                        name,
+                        "older" if known else "changed",
+                        spec.version,
+                        newest.version,
+                        diff_specs(_to_spec(newest), spec),
+                        flight,
+                    )
+                )
+    return out
 
 
 # Reading.
@@ -496,12 +797,16 @@ def closest_names(name: str, known: Sequence[str]) -> str:
 
 
 __all__ = [
+    "PLAN_STATUSES",
     "PUBLISH_HINT",
+    "ROLLBACK_SOURCE",
     "DefinitionError",
     "DefinitionsInvalid",
     "JourneyNotFound",
+    "PlannedChange",
     "PublishResult",
     "PublishedVersion",
+    "Rollback",
     "VersionNotFound",
     "active_pipeline_of",
     "bundled_journeys",
@@ -511,8 +816,10 @@ __all__ = [
     "get_version",
     "latest",
     "latest_versions",
+    "plan_publish",
     "publish",
     "publish_bundled",
     "publish_many",
+    "rollback",
     "validate_definitions",
 ]

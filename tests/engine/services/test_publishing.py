@@ -115,12 +115,12 @@ def test_losing_the_insert_race_counts_as_already_published(
 
     monkeypatch.setattr(Session, "get", blind_once)
     result = publish(db_engine, spec)
-    assert (result.created, result.reinstated) == (False, False)
+    assert (result.created, result.kept) == (False, None)
     assert looks == 2
     assert _stored(db_engine) == 1
 
 
-def test_latest_picks_the_newest_and_a_rollback_is_reinstated(
+def test_latest_picks_the_newest_and_an_older_spec_is_not_reinstated(
     db_engine: Engine, settings: Settings
 ) -> None:
     bundled = validate_definitions(settings)["b2b_nurture"]
@@ -133,10 +133,12 @@ def test_latest_picks_the_newest_and_a_rollback_is_reinstated(
         older.version,
     ]
 
+    # Going back is 'rollback' (tests/engine/services/test_deploy_safety.py), never a
+    # publish: the older spec is reported and the latest stays.
     back = publish(db_engine, older)
-    assert (back.created, back.reinstated, back.status) == (False, True, "reinstated")
-    assert latest(db_engine, "b2b_nurture") == older
-    assert latest_versions(db_engine)["b2b_nurture"].version == older.version
+    assert (back.created, back.kept, back.status) == (False, bundled.version, "older")
+    assert latest(db_engine, "b2b_nurture") == bundled
+    assert latest_versions(db_engine)["b2b_nurture"].version == bundled.version
     assert _stored(db_engine) == 2
 
 
