@@ -171,6 +171,16 @@ def _catalog() -> EventCatalog:
     return CATALOG
 
 
+def event_catalog() -> EventCatalog:
+    """The bundled event catalogue (``stagecoach.workflows.events.CATALOG``), every event
+    type with its properties and their meaning.
+
+    Raises:
+        DefinitionError: The bundled pipelines or catalogue do not load.
+    """
+    return _catalog()
+
+
 def bundled_journeys() -> Mapping[str, Journey]:
     """The marketers' journeys (``stagecoach.workflows.journeys.JOURNEYS``) by name.
 
