@@ -47,6 +47,7 @@ from stagecoach.engine.domain.journeys import (
     describe_condition,
     describe_entry,
     describe_matcher,
+    describe_step,
     describe_target,
     diff_specs,
     handoff_audience,
@@ -303,10 +304,7 @@ def _outline(spec: JourneySpec, where: str) -> str:
     lines.append(f"  steps ({len(spec.steps)}):")
     width = max(len(s.id) for s in spec.steps)
     for s in spec.steps:
-        summary = s.summary()
-        data = s.to_dict()
-        if "condition" in data:
-            summary += f" if {_condition(data['condition'])}"
+        summary = describe_step(s)
         edges = "; ".join(
             f"{label} -> {_target(target)}"
             if label and label != "next"

@@ -171,3 +171,15 @@ def test_diff_speaks_in_days_and_hours(db_url: str) -> None:
     reverse = run("diff", "b2b_nurture", "--from", "bundled", "--to", version)
     assert reverse.exit_code == 0, reverse.output
     assert "wait: 3d -> 2d3h30m" in [line.strip() for line in reverse.stdout.splitlines()]
+
+
+def test_show_outlines_each_wait_with_its_filters_and_timeout(db_url: str) -> None:
+    result = run("show", "b2b_nurture")
+    assert result.exit_code == 0, result.output
+    steps = [line.split(None, 1) for line in result.stdout.splitlines() if line.startswith("    ")]
+    lines = dict((step_id, rest) for step_id, rest in steps)
+    assert lines["awareness-await-interest"].startswith(
+        "wait up to 3d for content.downloaded[content_id = 'wp-digital-transformation']"
+        " or page.viewed[category = 'pricing']  ["
+    )
+    assert lines["evaluation-is-mql"].startswith("branch if score >= 60 and grade >= B  [")
