@@ -35,7 +35,9 @@ from ._steps import (
     EXIT_PREFIX,
     BranchStep,
     EventEntry,
+    NextBestItem,
     NoChannel,
+    SendStep,
     StageEntered,
     Step,
     WaitForEventStep,
@@ -146,11 +148,27 @@ def describe_target(target: str) -> str:
     return target
 
 
+def describe_selector(selector: NextBestItem) -> str:
+    """``next best item (case_study or whitepaper, tagged manufacturing)``."""
+    parts = []
+    if selector.kinds:
+        parts.append(" or ".join(selector.kinds))
+    if selector.stage:
+        parts.append(f"for stage {selector.stage}")
+    if selector.tags:
+        parts.append("tagged " + " and ".join(selector.tags))
+    if not selector.exclude_consumed:
+        parts.append("even if already received")
+    return "next best item" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def describe_step(step: Step) -> str:
     """A step's summary with what decides its way on: a branch's condition, a wait's
     events, their property filters and its timeout."""
     if isinstance(step, BranchStep):
         return f"branch if {describe_condition(step.condition)}"
+    if isinstance(step, SendStep) and isinstance(step.content, NextBestItem):
+        return f"send {describe_selector(step.content)} via {step.channel}"
     if isinstance(step, WaitForEventStep):
         events = " or ".join(describe_matcher(m) for m in step.matchers)
         limit = "" if step.timeout is None else f" up to {human_duration(step.timeout)}"
@@ -281,14 +299,14 @@ def describe_value(key: str, value: Any) -> str:
         if key == "on_no_channel":
             return NoChannel.from_dict(value).summary()
         if key == "branches":
+            total = sum(b["weight"] for b in value) or 1.0
             return ", ".join(
-                f"{b.get('label') + ' ' if b.get('label') else ''}{b['weight']:g} -> "
-                f"{describe_target(b['target']) if b.get('target') else 'next'}"
+                f"{b.get('label') + ' ' if b.get('label') else ''}{100 * b['weight'] / total:g}%"
+                f" -> {describe_target(b['target'])}"
                 for b in value
             )
         if key == "content" and isinstance(value, Mapping) and "next_best" in value:
-            chosen = {k: v for k, v in value["next_best"].items() if v not in (None, [], ())}
-            return "next best item " + _value(chosen)
+            return describe_selector(NextBestItem.from_dict(value["next_best"]))
         if key == "locales":
             return ", ".join(value)
         if key == "at" and isinstance(value, str):

@@ -107,6 +107,26 @@ def test_conditions_read_as_words_and_symbols(condition: Condition, text: str) -
         ("value", "7", "'7'"),
         ("value", 7, "7"),
         ("locales", ["zh-CN", "en"], "zh-CN, en"),
+        (
+            "branches",
+            [{"weight": 3, "target": "a", "label": "A"}, {"weight": 1, "target": "$end"}],
+            "A 75% -> a, 25% -> end",
+        ),
+        ("content", "wp", "wp"),
+        (
+            "content",
+            {
+                "next_best": next_best(
+                    kinds=("case_study", "whitepaper"), tags=("manufacturing",)
+                ).to_dict()
+            },
+            "next best item (case_study or whitepaper, tagged manufacturing)",
+        ),
+        (
+            "content",
+            {"next_best": next_best(stage="lead", exclude_consumed=False).to_dict()},
+            "next best item (for stage lead, even if already received)",
+        ),
         ("goal", None, "none"),
         # A malformed stored value is shown as it is rather than failing the diff.
         ("goal", {"kind": "nonsense"}, '{"kind": "nonsense"}'),
@@ -139,7 +159,8 @@ def test_diff_text_has_no_seconds_and_says_what_added_steps_do(ctx) -> None:
     lines = [line.strip() for line in text.splitlines()]
     assert "wait: 5d -> 6d2h" in lines
     assert "at: 09:00 local -> 10:30 local" in lines
-    assert "+ step best: send next best item via preferred" in lines
+    assert "+ step best: send next best item (case_study) via preferred" in lines
+    assert "+ step ab: random split" in lines
     assert "+ step send-video: send video via preferred" in lines
     assert "_seconds" not in text
 
