@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -80,14 +80,14 @@ def _value(value: Any) -> str:
 
 
 def describe_filter(f: PropertyFilter) -> str:
-    """``kind = "whitepaper"``, ``score >= 7``, ``plan exists``: one property test."""
+    """``kind = 'whitepaper'``, ``score >= 7``, ``plan exists``: one property test."""
     if f.op == "exists":
         return f"{f.path} {'exists' if f.value else 'is missing'}"
     return f"{f.path} {_OPS.get(f.op, f.op)} {_value(f.value)}"
 
 
 def describe_matcher(matcher: EventMatcher) -> str:
-    """``content.downloaded[kind = "whitepaper"]``: an event type and its property filters."""
+    """``content.downloaded[kind = 'whitepaper']``: an event type and its property filters."""
     if not matcher.where:
         return matcher.type
     return f"{matcher.type}[{' and '.join(describe_filter(f) for f in matcher.where)}]"
@@ -177,13 +177,16 @@ def describe_step(step: Step) -> str:
 
 
 def describe_entry(spec: JourneySpec) -> str:
-    """``stage suspect or event page.viewed[category = "pricing"]``: what enrols contacts."""
+    """``stage suspect or event page.viewed[category = 'pricing']``: what enrols contacts."""
+    return _triggers(spec.entry)
+
+
+def _triggers(triggers: Iterable[StageEntered | EventEntry]) -> str:
     return " or ".join(
         f"stage {t.stage}"
         if isinstance(t, StageEntered)
         else f"event {describe_matcher(t.matcher)}"
-        for t in spec.entry
-        if isinstance(t, StageEntered | EventEntry)
+        for t in triggers
     )
 
 
@@ -284,13 +287,7 @@ def describe_value(key: str, value: Any) -> str:
         if key in _TARGETS and isinstance(value, str):
             return describe_target(value)
         if key == "entry":
-            triggers = [entry_from_dict(t) for t in value]
-            return " or ".join(
-                f"stage {t.stage}"
-                if isinstance(t, StageEntered)
-                else f"event {describe_matcher(t.matcher)}"
-                for t in triggers
-            )
+            return _triggers(entry_from_dict(t) for t in value)
         if key == "reentry":
             cooldown = value.get("cooldown_seconds")
             if value.get("policy") == "cooldown" and cooldown is not None:
