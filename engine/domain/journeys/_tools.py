@@ -213,8 +213,10 @@ def _node_ids(spec: JourneySpec) -> dict[str, str]:
 
 
 def _label(text: str) -> str:
-    # Mermaid labels are quoted; quotes and pipes would end them early.
-    return text.replace('"', "#quot;").replace("|", "#124;")
+    # Mermaid labels are quoted; quotes and pipes would end them early, and a line break
+    # (a tag or a filter value may hold one) would end the statement.
+    flat = " ".join(text.splitlines())
+    return flat.replace('"', "#quot;").replace("|", "#124;")
 
 
 def to_mermaid(spec: JourneySpec) -> str:

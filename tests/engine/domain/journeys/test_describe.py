@@ -3,13 +3,17 @@ filters, durations and spec fields as a marketer reads them."""
 
 from __future__ import annotations
 
+import re
 from datetime import time, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stagecoach.engine.domain.conditions import (
     Always,
     Condition,
+    EventMatcher,
     PropertyFilter,
     attribute,
     event,
@@ -21,9 +25,11 @@ from stagecoach.engine.domain.conditions import (
 from stagecoach.engine.domain.journeys import (
     END,
     Journey,
+    JourneySpec,
     NoChannel,
     ReEntry,
     Step,
+    branch,
     compile_journey,
     describe_condition,
     describe_value,
@@ -34,9 +40,12 @@ from stagecoach.engine.domain.journeys import (
     send,
     split,
     stage_entered,
+    to_mermaid,
     wait,
+    wait_for,
     wait_until,
 )
+from tests.security.test_fuzz_pure import EXAMPLES, FUZZ, _compile, filters, sound_conditions
 
 
 @pytest.mark.parametrize(
@@ -192,3 +201,52 @@ def test_a_changed_no_channel_declaration_is_a_change(ctx) -> None:
     diff = diff_specs(old, new)
     assert not diff.empty
     assert "~ on_no_channel: the journey's default -> skip without a channel" in str(diff)
+
+
+NODE = re.compile(r'^    \S+(\["|\{"|\(\["|\[/")[^"]*("\]|"\}|"\]\)|/"\])$')
+"""A node line whose quoted label holds no stray quote (Mermaid would end it early)."""
+
+
+def _bundled() -> JourneySpec:
+    from stagecoach.engine.domain.journeys import ValidationContext
+    from stagecoach.workflows.events import CATALOG
+    from stagecoach.workflows.journeys import compile_journeys
+    from stagecoach.workflows.pipeline import DEFAULT
+
+    ctx = ValidationContext(frozenset(CATALOG.names()), frozenset(DEFAULT.stage_names))
+    return compile_journeys(ctx)["b2b_nurture"]
+
+
+BUNDLED = _bundled()
+
+
+# Fewer examples than the security suite's: this file runs with the fast tests.
+@settings(FUZZ, max_examples=min(EXAMPLES, 60))
+@given(
+    condition=sound_conditions,
+    where=st.lists(filters, max_size=3),
+    timeout=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=400)),
+    goal=st.none() | sound_conditions,
+)
+def test_any_condition_and_filters_draw_as_valid_nodes_and_diff_without_seconds(
+    condition: Condition, where: list[PropertyFilter], timeout: timedelta, goal: Condition | None
+) -> None:
+    spec = _compile(
+        Journey(
+            "fuzz",
+            entry=stage_entered("suspect"),
+            steps=[
+                branch(condition, then="await", id="check"),
+                wait_for(EventMatcher("page.viewed", tuple(where)), timeout=timeout, id="await"),
+            ],
+            goal=goal,
+        )
+    )
+    if spec is None:
+        return  # refused with its problems: the security suite checks those
+    nodes = [line for line in to_mermaid(spec).splitlines()[1:] if "-->" not in line]
+    assert all(NODE.match(line) for line in nodes), nodes
+    assert any(line.startswith('    s_check{"check: branch if ') for line in nodes)
+    assert any(line.startswith('    s_await["await: wait up to ') for line in nodes)
+    for diff in (diff_specs(BUNDLED, spec), diff_specs(spec, BUNDLED)):
+        assert "_seconds" not in str(diff)
