@@ -20,6 +20,7 @@ from stagecoach.engine.cli.contact import contact_app
 from stagecoach.engine.cli.content import content_app
 from stagecoach.engine.cli.demo import demo
 from stagecoach.engine.cli.deploy import PlanCommand, plan, rollback
+from stagecoach.engine.cli.events import events_app
 from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
 from stagecoach.engine.cli.project import init, validate
@@ -40,6 +41,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(contact_app, name="contact")
 app.add_typer(content_app, name="content")
+app.add_typer(events_app, name="events")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)

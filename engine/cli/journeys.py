@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 from sqlalchemy import Engine
 
+from stagecoach.engine.domain.conditions import EventMatcher, condition_from_dict
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.domain.journeys import (
-    END,
     SIMULATION_EPOCH,
     TIME_ZONE_ATTRIBUTE,
     AddTag,
@@ -44,8 +44,12 @@ from stagecoach.engine.domain.journeys import (
     StageEntered,
     StartTimer,
     WaitForEvent,
+    describe_condition,
+    describe_entry,
+    describe_matcher,
+    describe_step,
+    describe_target,
     diff_specs,
-    exit_to,
     handoff_audience,
     human_duration,
     simulate,
@@ -263,10 +267,7 @@ def list_journeys() -> None:
 
 
 def _entry(spec: JourneySpec) -> str:
-    return " or ".join(
-        f"stage {t.stage}" if isinstance(t, StageEntered) else f"event {_matcher(t.to_dict())}"
-        for t in spec.entry
-    )
+    return describe_entry(spec)
 
 
 @journeys_app.command()
@@ -307,10 +308,7 @@ def _outline(spec: JourneySpec, where: str) -> str:
     lines.append(f"  steps ({len(spec.steps)}):")
     width = max(len(s.id) for s in spec.steps)
     for s in spec.steps:
-        summary = s.summary()
-        data = s.to_dict()
-        if "condition" in data:
-            summary += f" if {_condition(data['condition'])}"
+        summary = describe_step(s)
         edges = "; ".join(
             f"{label} -> {_target(target)}"
             if label and label != "next"
@@ -321,63 +319,16 @@ def _outline(spec: JourneySpec, where: str) -> str:
     return "\n".join(lines)
 
 
-_EXIT_PREFIX = exit_to("")
-
-
-def _target(target: str) -> str:
-    if target == END:
-        return "end"
-    if target.startswith(_EXIT_PREFIX):
-        return f"exit ({target[len(_EXIT_PREFIX) :]})"
-    return target
+_target = describe_target
 
 
 def _matcher(data: dict[str, Any]) -> str:
-    where = data.get("where") or []
-    if not where:
-        return str(data["type"])
-    filters = ", ".join(f"{f['path']} {f['op']} {f['value']!r}" for f in where)
-    return f"{data['type']}[{filters}]"
+    return describe_matcher(EventMatcher.from_dict(data))
 
 
 def _condition(data: dict[str, Any]) -> str:
     """A condition's JSON form, for people: ``event order.paid or stage in customer``."""
-    kind = data.get("kind")
-    if kind in ("all", "any"):
-        joiner = " and " if kind == "all" else " or "
-        # (a or b) or c reads as a or b or c: flatten nested groups of the same kind.
-        flat: list[dict[str, Any]] = []
-        todo = list(data["conditions"])
-        while todo:
-            part = todo.pop(0)
-            if part.get("kind") == kind:
-                todo[:0] = part["conditions"]
-            else:
-                flat.append(part)
-        parts = [_condition(c) for c in flat]
-        return "(" + joiner.join(parts) + ")" if len(parts) > 1 else "".join(parts)
-    if kind == "not":
-        return f"not {_condition(data['condition'])}"
-    if kind == "event":
-        text = f"event {_matcher(data)}"
-        if data.get("count", 1) > 1:
-            text += f" x{data['count']}"
-        if data.get("within_seconds"):
-            text += f" within {human_duration(timedelta(seconds=data['within_seconds']))}"
-        return text
-    if kind == "stage_in":
-        return "stage in " + ", ".join(data["stages"])
-    if kind == "score_at_least":
-        return f"score >= {data['points']}"
-    if kind == "grade_at_least":
-        return f"grade >= {data['grade']}"
-    if kind == "attribute":
-        return f"{data['path']} {data['op']} {data['value']!r}"
-    if kind == "has_tag":
-        return f"tag {data['tag']}"
-    if kind == "always":
-        return "always"
-    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+    return describe_condition(condition_from_dict(data))
 
 
 @journeys_app.command()

@@ -184,6 +184,16 @@ def _catalog(settings: Settings) -> EventCatalog:
     return load_project(settings).definitions.events
 
 
+def event_catalog(settings: Settings) -> EventCatalog:
+    """The project's event catalogue: every event type with its properties and their
+    meaning.
+
+    Raises:
+        ConfigurationError: The project's definitions cannot be found or loaded.
+    """
+    return _catalog(settings)
+
+
 def bundled_journeys(settings: Settings) -> Mapping[str, Journey]:
     """The project's journeys by name (the bundled example's without a project).
 

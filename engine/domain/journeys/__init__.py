@@ -120,7 +120,21 @@ from ._steps import (
     exit_to,
     handoff_audience,
 )
-from ._tools import SpecDiff, StepChange, diff_specs, human_duration, to_mermaid
+from ._tools import (
+    SpecDiff,
+    StepChange,
+    describe_condition,
+    describe_entry,
+    describe_filter,
+    describe_matcher,
+    describe_selector,
+    describe_step,
+    describe_target,
+    describe_value,
+    diff_specs,
+    human_duration,
+    to_mermaid,
+)
 
 __all__ = [
     "CHANNELS",
@@ -205,6 +219,14 @@ __all__ = [
     "change_stage",
     "choose_split_target",
     "compile_journey",
+    "describe_condition",
+    "describe_entry",
+    "describe_filter",
+    "describe_matcher",
+    "describe_selector",
+    "describe_step",
+    "describe_target",
+    "describe_value",
     "diff_specs",
     "enrol",
     "exit_journey",

@@ -161,7 +161,7 @@ def test_rollback_goes_back_says_what_changes_and_is_recorded(
     assert "source 'rollback'" in lines[1]
     assert f"journey diff {v2[:12]} -> {v1[:12]}" in result.stdout
     assert "~ step evaluation-pause" in result.stdout
-    assert "duration_seconds: 259200.0 -> 172800.0" in result.stdout
+    assert "wait: 3d -> 2d" in result.stdout
     pinned = ", ".join(f"{n} on {v[:12]}" for v, n in sorted({v1: 1, v2: 2}.items()))
     assert f"in flight: 3 active enrolments keep their pinned versions: {pinned}" in result.stdout
     assert latest(engine, NAME).version == v1
@@ -269,7 +269,7 @@ def test_plan_from_nothing_to_changed_and_older_with_exit_codes(
     assert head.split()[:5] == ["changed", NAME, v2[:12], "->", v3[:12]]
     assert f"IN FLIGHT: 2 active enrolments on {v2[:12]} keep it" in head
     assert "  ~ step evaluation-pause" in changed.stdout
-    assert "duration_seconds: 259200.0 -> 345600.0" in changed.stdout
+    assert "wait: 3d -> 4d" in changed.stdout
 
     as_json = run("plan", "--json")
     assert as_json.exit_code == 2

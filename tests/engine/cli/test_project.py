@@ -7,6 +7,7 @@ the project is found the way a team's is: ``[tool.stagecoach]`` in its pyproject
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -82,6 +83,9 @@ def test_init_validate_and_the_projects_own_tests_from_nothing(tmp_path: Path) -
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"^welcome\b", listed.stdout, re.M), listed.stdout
     assert "b2b_nurture" not in listed.stdout
+    events = _run(root, "events", "list", "--json", env=env)
+    assert events.returncode == 0, events.stderr
+    assert "quote.requested" in {e["name"] for e in json.loads(events.stdout)}
     published = _run(root, "journeys", "publish", env=env)
     assert published.returncode == 0, published.stdout + published.stderr
     versions = _run(root, "journeys", "versions", "welcome", env=env)

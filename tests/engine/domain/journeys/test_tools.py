@@ -62,7 +62,8 @@ def test_diff_reports_added_removed_and_changed_steps(ctx):
     assert "+ step send-case-study" in text
     assert "- step send-video" in text
     assert "~ step pause" in text
-    assert "duration_seconds: 172800.0 -> 259200.0" in text
+    assert "      wait: 2d -> 3d" in text.splitlines()
+    assert "      next: send-video -> send-case-study" in text.splitlines()
 
 
 def test_diff_of_identical_specs_is_empty(ctx):
