@@ -110,7 +110,9 @@ class Stage(serial.Record):
 
     ``label_zh`` and ``phase`` are keyword-only: both are text, like the label, and a
     swapped pair would not be noticed. Passing them by position still works for now,
-    with a ``DeprecationWarning`` that shows the keyword form.
+    with a ``FutureWarning`` that shows the keyword form (a ``FutureWarning`` because the
+    people who read it write pipelines, and Python shows it by default, unlike a
+    ``DeprecationWarning`` raised outside ``__main__``).
 
     Attributes:
         name: Lowercase identifier, stored in search attributes: ``lead``.
@@ -167,7 +169,7 @@ def _legacy_stage_fields(
     warnings.warn(
         f"Stage {name!r}: pass {keywords} by keyword (Stage(name, label, {keywords}));"
         " the positional form will be removed",
-        DeprecationWarning,
+        FutureWarning,
         stacklevel=3,
     )
     return positional.get("label_zh", label_zh), positional.get("phase", phase)

@@ -32,7 +32,7 @@ def test_the_keyword_form_builds_the_stage():
 
 
 def test_the_positional_form_still_works_and_says_how_to_write_it():
-    with pytest.warns(DeprecationWarning, match="by keyword") as caught:
+    with pytest.warns(FutureWarning, match="by keyword") as caught:
         stage = Stage("lead", "Lead", "线索", "acquisition")
     assert stage == Stage("lead", "Lead", label_zh="线索", phase="acquisition")
     assert str(caught[0].message) == (
@@ -74,6 +74,6 @@ def test_name_and_label_alone_need_no_keyword():
 )
 def test_a_wrong_stage_is_refused_naming_the_field(build, message):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         with pytest.raises(TypeError, match=message):
             build()
