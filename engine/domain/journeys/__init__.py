@@ -11,6 +11,7 @@ and ``simulate`` drive the same ``step`` function::
 
 from ._dsl import (
     DEFAULT_LOCALES,
+    AnchoredEventWaitStep,
     AnchoredWaitStep,
     BranchBlock,
     Journey,
@@ -145,6 +146,7 @@ __all__ = [
     "WAITING_FOR_CHANNEL",
     "AddTag",
     "AddTagStep",
+    "AnchoredEventWaitStep",
     "AnchoredWaitStep",
     "BranchBlock",
     "BranchStep",

@@ -2,11 +2,14 @@
 
 ``wait(until=since_enrolment(timedelta(days=14)))`` needs no new spec field: the compiler
 works out when a contact reaches the step, counted from enrolment, and writes a plain
-``WaitStep`` of the time left. That is exact when every path from the first step to the
-anchored wait takes a fixed time, which is what this module checks:
+``WaitStep`` of the time left; ``wait_for(..., timeout=since_enrolment(...))`` likewise
+becomes a ``WaitForEventStep`` whose timeout is the time left. That is exact when every
+path from the first step to the anchored step takes a fixed time, which is what this
+module checks:
 
 - a ``wait`` adds its duration, an anchored wait sets the time to its anchor;
-- a ``wait_for`` adds its timeout on the timeout path; its event path, and any
+- a ``wait_for`` adds its timeout on the timeout path (an anchored one sets the time to
+  its anchor there); its event path, and any
   ``wait_until`` (the next 09:00 depends on the clock), make the time unknown;
 - every other step counts as instant: a send, a hand-off, a branch, a split. A send
   that waits for a usable channel (``NoChannel.wait``) shifts what follows, anchors
@@ -25,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from ._dsl import AnchoredWaitStep
+from ._dsl import AnchoredEventWaitStep, AnchoredWaitStep
 from ._errors import Problem
 from ._steps import SplitStep, Step, WaitForEventStep, WaitStep, WaitUntilStep, _human
 
@@ -68,6 +71,9 @@ def _out(step: Step, at: Elapsed) -> Iterator[tuple[str | None, Elapsed]]:
     """Each target of ``step`` with the time since enrolment on arriving there."""
     if isinstance(step, AnchoredWaitStep):
         yield step.next, step.until.offset
+    elif isinstance(step, AnchoredEventWaitStep):
+        yield step.next, _Unknown(f"step {step.id!r} goes on when an event arrives")
+        yield step.on_timeout, step.until.offset
     elif isinstance(step, WaitStep):
         yield step.next, _plus(at, step.duration, step)
     elif isinstance(step, WaitUntilStep):
@@ -92,7 +98,7 @@ def resolve_anchors(
     A wait that cannot be resolved still becomes a ``WaitStep`` (of its anchor), so the
     rest of validation runs and reports every other problem too; the spec is refused.
     """
-    if not any(isinstance(s, AnchoredWaitStep) for s in steps):
+    if not any(isinstance(s, AnchoredWaitStep | AnchoredEventWaitStep) for s in steps):
         return steps, []
     index = {s.id: s for s in steps}
     reached: dict[str, Elapsed] = {steps[0].id: timedelta(0)}
@@ -111,11 +117,12 @@ def resolve_anchors(
     out: list[Step] = []
     problems: list[Problem] = []
     for s in steps:
-        if not isinstance(s, AnchoredWaitStep):
+        if not isinstance(s, AnchoredWaitStep | AnchoredEventWaitStep):
             out.append(s)
             continue
         anchor, at = s.until.offset, reached.get(s.id)
-        where, what = f"step {s.id!r}", f"waits until {_human(anchor)} after enrolment"
+        verb = "waits until" if isinstance(s, AnchoredWaitStep) else "times out"
+        where, what = f"step {s.id!r}", f"{verb} {_human(anchor)} after enrolment"
         duration = anchor
         if anchor <= timedelta(0):
             problems.append(
@@ -142,12 +149,28 @@ def resolve_anchors(
                     where,
                     f"{what}, but the steps before it already take {_human(at)}",
                     f"anchor it later than {_human(at)} after enrolment, shorten the waits"
-                    " before it, or remove this wait",
+                    " before it, or remove this wait"
+                    if isinstance(s, AnchoredWaitStep)
+                    else f"anchor it later than {_human(at)} after enrolment, shorten the"
+                    " waits before it, or time out after the previous step with"
+                    " timeout=timedelta(...)",
                 )
             )
         elif at is not None:
             duration = anchor - at
         # An unreachable anchored wait (at is None) is reported by the graph checks. A
         # refused one keeps a positive placeholder, so it is not reported twice.
-        out.append(WaitStep(id=s.id, duration=max(duration, timedelta(seconds=1)), next=s.next))
+        left = max(duration, timedelta(seconds=1))
+        if isinstance(s, AnchoredWaitStep):
+            out.append(WaitStep(id=s.id, duration=left, next=s.next))
+        else:
+            out.append(
+                WaitForEventStep(
+                    id=s.id,
+                    matchers=s.matchers,
+                    timeout=left,
+                    next=s.next,
+                    on_timeout=s.on_timeout,
+                )
+            )
     return tuple(out), problems

@@ -23,8 +23,9 @@ Two forms exist only here, before compilation, and compile into the spec's own s
 - ``branch(cond, then=[...], else_=[...])`` nests each arm's steps; ``Journey`` lays them
   out flat, then-arm first, each arm ending where the branch block ends (``BranchBlock``).
 - ``wait(until=since_enrolment(timedelta(days=14)))`` waits until a time counted from
-  enrolment; the compiler turns it into a plain ``wait`` of the time left
-  (``AnchoredWaitStep``, resolved in ``_anchors``).
+  enrolment, and ``wait_for(..., timeout=since_enrolment(...))`` times out then; the
+  compiler turns them into a plain ``wait`` of the time left and a plain timeout
+  (``AnchoredWaitStep``, ``AnchoredEventWaitStep``, resolved in ``_anchors``).
 
 Durations are ``timedelta`` values everywhere (``wait``, ``wait_for`` timeouts, event
 windows, re-entry cool-downs, anchors); ``wait(days=2)`` is an older shorthand that
@@ -155,6 +156,29 @@ class AnchoredWaitStep(Step):
 
     def summary(self) -> str:
         return f"wait until {_human(self.until.offset)} after enrolment"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnchoredEventWaitStep(Step):
+    """``wait_for(..., timeout=since_enrolment(...))`` before compilation.
+
+    Never part of a spec: ``compile_journey`` replaces it by a ``WaitForEventStep`` whose
+    timeout is the time left until the anchor. Its id is derived as a ``wait_for``'s is.
+    """
+
+    matchers: tuple[EventMatcher, ...]
+    until: SinceEnrolment
+    next: str | None = None
+    on_timeout: str | None = None
+    kind: ClassVar[str] = "wait_for_event"
+    links: ClassVar[tuple[str, ...]] = ("next", "on_timeout")
+    is_wait: ClassVar[bool] = True
+
+    def derived_id(self) -> str:
+        return f"wait-for-{self.matchers[0].type}" if self.matchers else "wait-for-event"
+
+    def summary(self) -> str:
+        return f"wait for {' or '.join(m.type for m in self.matchers)}"
 
 
 Arm = str | Step | Sequence[Step] | None
@@ -419,6 +443,7 @@ def wait_until(at: time, *, id: str = "", next: str | None = None) -> WaitUntilS
     return WaitUntilStep(id=id, at=at, next=next)
 
 
+@overload
 def wait_for(
     *events: str | EventMatcher,
     timeout: timedelta,
@@ -426,29 +451,56 @@ def wait_for(
     on_timeout: str | None = None,
     id: str = "",
     next: str | None = None,
-) -> WaitForEventStep:
+) -> WaitForEventStep: ...
+
+
+@overload
+def wait_for(
+    *events: str | EventMatcher,
+    timeout: SinceEnrolment,
+    where: Where = None,
+    on_timeout: str | None = None,
+    id: str = "",
+    next: str | None = None,
+) -> AnchoredEventWaitStep: ...
+
+
+def wait_for(
+    *events: str | EventMatcher,
+    timeout: timedelta | SinceEnrolment,
+    where: Where = None,
+    on_timeout: str | None = None,
+    id: str = "",
+    next: str | None = None,
+) -> WaitForEventStep | AnchoredEventWaitStep:
     """Wait for any of ``events``; after ``timeout`` take ``on_timeout``.
 
     Args:
         *events: Event types or ``EventMatcher`` objects; any one ends the wait.
-        timeout: Required: how long to wait, a ``timedelta``.
+        timeout: Required: how long to wait, a ``timedelta``; or until when, counted from
+            enrolment: ``since_enrolment(timedelta(days=30))``.
         where: Property filters for event types given as strings.
         on_timeout: Target when the timeout passes (default: the next step in order).
         id: Stable step id; derived from the first event type when empty.
         next: Target when a matching event arrives (default: the next step in order).
 
     Raises:
-        TypeError: ``timeout`` is not a ``timedelta``.
+        TypeError: ``timeout`` is neither a ``timedelta`` nor a ``since_enrolment(...)``.
     """
+    matchers = tuple(_matcher(e, where) for e in events)
+    if isinstance(timeout, SinceEnrolment):
+        return AnchoredEventWaitStep(
+            id=id, matchers=matchers, until=timeout, next=next, on_timeout=on_timeout
+        )
     # None is left for validation to report with the journey and the step.
     if timeout is not None:
-        _duration(timeout, "wait_for: timeout", "timeout=timedelta(days=7)")
+        _duration(
+            timeout,
+            "wait_for: timeout",
+            "timeout=timedelta(days=7), or timeout=since_enrolment(timedelta(days=30))",
+        )
     return WaitForEventStep(
-        id=id,
-        matchers=tuple(_matcher(e, where) for e in events),
-        timeout=timeout,
-        next=next,
-        on_timeout=on_timeout,
+        id=id, matchers=matchers, timeout=timeout, next=next, on_timeout=on_timeout
     )
 
 

@@ -19,11 +19,15 @@ from stagecoach.engine.domain.journeys import (
     JourneySpec,
     JourneyValidationError,
     SimContact,
+    SinceEnrolment,
+    Step,
     ValidationContext,
     WaitStep,
     branch,
     compile_journey,
     exit_journey,
+    exit_to,
+    goal,
     hand_off,
     send,
     simulate,
@@ -244,6 +248,74 @@ def test_anchor_problems_come_with_every_other_problem(ctx):
     assert [p.split(":")[0] for p in problems] == [
         "journey 'trial', step 'day-7'",
         "journey 'trial', step 'send-no-such-content'",
+    ]
+
+
+def test_an_event_wait_may_time_out_at_a_moment_since_enrolment(ctx):
+    def steps(timeout: timedelta | SinceEnrolment) -> list[Step]:
+        return [
+            send("wp"),
+            wait(timedelta(days=2)),
+            wait_for("order.paid", timeout=timeout, on_timeout=exit_to("no_order")),
+            goal(),
+        ]
+
+    anchored = _compiled(steps(since_enrolment(timedelta(days=30))), ctx)
+    relative = _compiled(steps(timedelta(days=28)), ctx)
+    assert anchored.to_json() == relative.to_json()
+    assert anchored.version == relative.version
+    result = simulate(anchored, SimContact(), [], until=60 * DAY)
+    assert result.commands(Exit) == [(30 * DAY, Exit("no_order"))]
+
+
+def test_an_anchored_timeout_fixes_the_time_on_its_timeout_path_only(ctx):
+    spec = _compiled(
+        [
+            wait_for(
+                "content.downloaded",
+                timeout=since_enrolment(timedelta(days=5)),
+                on_timeout="day-7",
+                next="won",
+            ),
+            wait(until=since_enrolment(timedelta(days=7)), id="day-7"),
+            send("nudge"),
+            exit_journey("downloaded", id="won"),
+        ],
+        ctx,
+    )
+    day_7 = spec.step("day-7")
+    assert isinstance(day_7, WaitStep)
+    assert day_7.duration == 2 * DAY
+    problems = _problems(
+        [
+            wait_for("content.downloaded", timeout=since_enrolment(timedelta(days=5)), id="w"),
+            wait(until=since_enrolment(timedelta(days=7)), id="day-7"),
+            send("nudge"),
+        ],
+        ctx,
+    )
+    assert problems == [
+        "journey 'trial', step 'day-7': waits until 7d after enrolment, but the time since"
+        " enrolment is not fixed there: step 'w' goes on when an event arrives. Fix: anchor"
+        " only where every path takes a fixed time (wait(...) steps and wait_for timeouts),"
+        " or wait after the previous step with wait(timedelta(...))"
+    ]
+
+
+def test_an_anchored_timeout_already_passed_is_refused(ctx):
+    problems = _problems(
+        [
+            wait(timedelta(days=10)),
+            wait_for("order.paid", timeout=since_enrolment(timedelta(days=7)), id="await-order"),
+            send("wp"),
+        ],
+        ctx,
+    )
+    assert problems == [
+        "journey 'trial', step 'await-order': times out 7d after enrolment, but the steps"
+        " before it already take 10d. Fix: anchor it later than 10d after enrolment, shorten"
+        " the waits before it, or time out after the previous step with"
+        " timeout=timedelta(...)"
     ]
 
 

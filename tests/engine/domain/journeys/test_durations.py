@@ -41,11 +41,11 @@ def test_the_older_days_spelling_compiles_to_the_same_spec(ctx):
         (lambda: wait(3), r"wait: 3 is not a duration"),  # type: ignore[call-overload]
         (lambda: wait(days="3"), r"wait: days='3', hours=0, minutes=0 must be numbers"),  # type: ignore[call-overload]
         (
-            lambda: wait_for("order.paid", timeout=7),  # type: ignore[arg-type]
+            lambda: wait_for("order.paid", timeout=7),  # type: ignore[call-overload]
             r"wait_for: timeout: 7 is not a duration; write timeout=timedelta\(days=7\)",
         ),
         (
-            lambda: wait_for("order.paid", timeout="7d"),  # type: ignore[arg-type]
+            lambda: wait_for("order.paid", timeout="7d"),  # type: ignore[call-overload]
             r"wait_for: timeout: '7d' is not a duration",
         ),
     ],
