@@ -4,6 +4,231 @@ The installed package has one name. Its rooms are the repository's top-level fol
 (``engine/``, ``workflows/``, ``connectors/``, ``content/``), linked in here so that the
 source tree and the wheel agree: ``stagecoach.engine``, ``stagecoach.workflows``,
 ``stagecoach.connectors``, and the bundled content as package data.
+
+It is also the one import a marketer needs to write journeys and pipelines::
+
+    from stagecoach import Journey, branch, event, send, stage_entered, timedelta, wait
+
+``__all__`` is that vocabulary and nothing else: the journey steps and entry triggers,
+the condition builders, the pipeline's parts (stages, rules, detours, scoring, grading,
+routing), and ``timedelta``/``time``, the one way durations and times of day are
+written. Compiling, simulating and publishing live in ``stagecoach.engine...``.
+
+Each name is loaded from the pure domain (``stagecoach.engine.domain``) the first time it
+is asked for (PEP 562). Importing ``stagecoach`` itself, which every
+``stagecoach.engine...`` and ``stagecoach.workflows...`` import does first (inside
+Temporal's workflow sandbox too), therefore loads nothing more than before.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+_JOURNEYS = "stagecoach.engine.domain.journeys"
+_CONDITIONS = "stagecoach.engine.domain.conditions"
+_PIPELINE = "stagecoach.engine.domain.pipeline"
+_SCORING = "stagecoach.engine.domain.scoring"
+_SALES = "stagecoach.engine.domain.sales"
+
+_VOCABULARY: dict[str, str] = {
+    # Journeys: the definition, entry, steps and their options.
+    "Journey": _JOURNEYS,
+    "stage_entered": _JOURNEYS,
+    "on_event": _JOURNEYS,
+    "send": _JOURNEYS,
+    "next_best": _JOURNEYS,
+    "wait": _JOURNEYS,
+    "since_enrolment": _JOURNEYS,
+    "wait_until": _JOURNEYS,
+    "wait_for": _JOURNEYS,
+    "branch": _JOURNEYS,
+    "split": _JOURNEYS,
+    "SplitBranch": _JOURNEYS,
+    "holdout": _JOURNEYS,
+    "set_attribute": _JOURNEYS,
+    "add_tag": _JOURNEYS,
+    "change_stage": _JOURNEYS,
+    "hand_off": _JOURNEYS,
+    "enrol": _JOURNEYS,
+    "goal": _JOURNEYS,
+    "exit_journey": _JOURNEYS,
+    "exit_to": _JOURNEYS,
+    "END": _JOURNEYS,
+    "NoChannel": _JOURNEYS,
+    "ReEntry": _JOURNEYS,
+    # Conditions: goals, exit criteria, branches, stage rules, MQL.
+    "Condition": _CONDITIONS,
+    "event": _CONDITIONS,
+    "EventMatcher": _CONDITIONS,
+    "PropertyFilter": _CONDITIONS,
+    "score_at_least": _CONDITIONS,
+    "grade_at_least": _CONDITIONS,
+    "stage_in": _CONDITIONS,
+    "attribute": _CONDITIONS,
+    "has_tag": _CONDITIONS,
+    "all_of": _CONDITIONS,
+    "any_of": _CONDITIONS,
+    # Pipelines.
+    "Pipeline": _PIPELINE,
+    "Stage": _PIPELINE,
+    "Phase": _PIPELINE,
+    "StageRule": _PIPELINE,
+    "Detour": _PIPELINE,
+    "Recycle": _PIPELINE,
+    "ScoringModel": _SCORING,
+    "ScoreRule": _SCORING,
+    "GradingModel": _SCORING,
+    "GradeRule": _SCORING,
+    "Mql": _SCORING,
+    "Routing": _SALES,
+    "Team": _SALES,
+    "Pool": _SALES,
+    "Owner": _SALES,
+    "Territory": _SALES,
+    "Sla": _SALES,
+    "BusinessHours": _SALES,
+    # Durations and times of day: one spelling, the standard library's.
+    "timedelta": "datetime",
+    "time": "datetime",
+}
+
+__all__ = [
+    "END",
+    "BusinessHours",
+    "Condition",
+    "Detour",
+    "EventMatcher",
+    "GradeRule",
+    "GradingModel",
+    "Journey",
+    "Mql",
+    "NoChannel",
+    "Owner",
+    "Phase",
+    "Pipeline",
+    "Pool",
+    "PropertyFilter",
+    "ReEntry",
+    "Recycle",
+    "Routing",
+    "ScoreRule",
+    "ScoringModel",
+    "Sla",
+    "SplitBranch",
+    "Stage",
+    "StageRule",
+    "Team",
+    "Territory",
+    "add_tag",
+    "all_of",
+    "any_of",
+    "attribute",
+    "branch",
+    "change_stage",
+    "enrol",
+    "event",
+    "exit_journey",
+    "exit_to",
+    "goal",
+    "grade_at_least",
+    "hand_off",
+    "has_tag",
+    "holdout",
+    "next_best",
+    "on_event",
+    "score_at_least",
+    "send",
+    "set_attribute",
+    "since_enrolment",
+    "split",
+    "stage_entered",
+    "stage_in",
+    "time",
+    "timedelta",
+    "wait",
+    "wait_for",
+    "wait_until",
+]
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from datetime import time, timedelta
+
+    from stagecoach.engine.domain.conditions import (
+        Condition,
+        EventMatcher,
+        PropertyFilter,
+        all_of,
+        any_of,
+        attribute,
+        event,
+        grade_at_least,
+        has_tag,
+        score_at_least,
+        stage_in,
+    )
+    from stagecoach.engine.domain.journeys import (
+        END,
+        Journey,
+        NoChannel,
+        ReEntry,
+        SplitBranch,
+        add_tag,
+        branch,
+        change_stage,
+        enrol,
+        exit_journey,
+        exit_to,
+        goal,
+        hand_off,
+        holdout,
+        next_best,
+        on_event,
+        send,
+        set_attribute,
+        since_enrolment,
+        split,
+        stage_entered,
+        wait,
+        wait_for,
+        wait_until,
+    )
+    from stagecoach.engine.domain.pipeline import (
+        Detour,
+        Phase,
+        Pipeline,
+        Recycle,
+        Stage,
+        StageRule,
+    )
+    from stagecoach.engine.domain.sales import (
+        BusinessHours,
+        Owner,
+        Pool,
+        Routing,
+        Sla,
+        Team,
+        Territory,
+    )
+    from stagecoach.engine.domain.scoring import (
+        GradeRule,
+        GradingModel,
+        Mql,
+        ScoreRule,
+        ScoringModel,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _VOCABULARY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stagecoach' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # asked once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,44 +17,37 @@ the ``sales_rejected`` points.
 
 from __future__ import annotations
 
-from datetime import time, timedelta
-
-from stagecoach.engine.domain.conditions import (
+from stagecoach import (
+    BusinessHours,
+    Detour,
     EventMatcher,
+    GradeRule,
+    GradingModel,
+    Mql,
+    Owner,
+    Phase,
+    Pipeline,
+    Pool,
     PropertyFilter,
+    Recycle,
+    Routing,
+    ScoreRule,
+    ScoringModel,
+    Sla,
+    Stage,
+    StageRule,
+    Team,
+    Territory,
     all_of,
     any_of,
     attribute,
     event,
     grade_at_least,
     score_at_least,
+    time,
+    timedelta,
 )
-from stagecoach.engine.domain.pipeline import (
-    Detour,
-    Phase,
-    Pipeline,
-    PipelineDefinitionError,
-    Recycle,
-    Stage,
-    StageRule,
-    validate_pipelines,
-)
-from stagecoach.engine.domain.sales import (
-    BusinessHours,
-    Owner,
-    Pool,
-    Routing,
-    Sla,
-    Team,
-    Territory,
-)
-from stagecoach.engine.domain.scoring import (
-    GradeRule,
-    GradingModel,
-    Mql,
-    ScoreRule,
-    ScoringModel,
-)
+from stagecoach.engine.domain.pipeline import PipelineDefinitionError, validate_pipelines
 from stagecoach.workflows.events import CATALOG
 
 DAY = timedelta(days=1)
@@ -207,17 +200,17 @@ DEFAULT = Pipeline(
     name="default",
     label="Customer lifecycle",
     stages=(
-        Stage("suspect", "Suspect", "怀疑者", "acquisition"),
-        Stage("prospect", "Prospect", "潜在客户", "acquisition"),
-        Stage("lead", "Lead", "线索", "acquisition"),
-        Stage("opportunity", "Opportunity", "商机", "acquisition"),
-        Stage("customer", "Customer", "客户", "acquisition"),
-        Stage("fan", "Fan", "粉丝", "delight"),
-        Stage("advocate", "Advocate", "鼓吹者", "delight"),
+        Stage("suspect", "Suspect", label_zh="怀疑者", phase="acquisition"),
+        Stage("prospect", "Prospect", label_zh="潜在客户", phase="acquisition"),
+        Stage("lead", "Lead", label_zh="线索", phase="acquisition"),
+        Stage("opportunity", "Opportunity", label_zh="商机", phase="acquisition"),
+        Stage("customer", "Customer", label_zh="客户", phase="acquisition"),
+        Stage("fan", "Fan", label_zh="粉丝", phase="delight"),
+        Stage("advocate", "Advocate", label_zh="鼓吹者", phase="delight"),
     ),
     phases=(
-        Phase("acquisition", "Acquisition", "获新", "suspect", "customer"),
-        Phase("delight", "Delight", "悦旧", "customer", "advocate"),
+        Phase("acquisition", "Acquisition", label_zh="获新", first="suspect", last="customer"),
+        Phase("delight", "Delight", label_zh="悦旧", first="customer", last="advocate"),
     ),
     states=("disqualified",),
     rules=(
@@ -282,12 +275,12 @@ B2B_FUNNEL = Pipeline(
     name="b2b_funnel",
     label="B2B sales funnel",
     stages=(
-        Stage("verification", "Verification", "验证", "sales"),
-        Stage("development", "Development", "开发", "sales"),
-        Stage("proposal", "Proposal", "提案", "sales"),
-        Stage("closing", "Closing", "成交", "sales"),
+        Stage("verification", "Verification", label_zh="验证", phase="sales"),
+        Stage("development", "Development", label_zh="开发", phase="sales"),
+        Stage("proposal", "Proposal", label_zh="提案", phase="sales"),
+        Stage("closing", "Closing", label_zh="成交", phase="sales"),
     ),
-    phases=(Phase("sales", "Sales", "销售", "verification", "closing"),),
+    phases=(Phase("sales", "Sales", label_zh="销售", first="verification", last="closing"),),
     states=("lost",),
     rules=(
         StageRule(

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import InitVar, dataclass, replace
 from datetime import datetime, timedelta
@@ -101,15 +102,26 @@ def _closest(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Stage(serial.Record):
-    """One stage of a pipeline.
+    """One stage of a pipeline:
+    ``Stage("lead", "Lead", label_zh="线索", phase="acquisition")``.
+
+    ``label_zh`` and ``phase`` are keyword-only: both are text, like the label, and a
+    swapped pair would not be noticed. Passing them by position still works for now,
+    with a ``FutureWarning`` that shows the keyword form (a ``FutureWarning`` because the
+    people who read it write pipelines, and Python shows it by default, unlike a
+    ``DeprecationWarning`` raised outside ``__main__``).
 
     Attributes:
         name: Lowercase identifier, stored in search attributes: ``lead``.
         label: English label for dashboards.
         label_zh: Chinese label for dashboards.
         phase: The phase the stage is reached in (``""`` when the pipeline has no phases).
+
+    Raises:
+        TypeError: A field is not text, too many are given by position, or one is given
+            both by position and by keyword.
     """
 
     name: str
@@ -117,10 +129,49 @@ class Stage(serial.Record):
     label_zh: str = ""
     phase: str = ""
 
+    def __init__(
+        self, name: str, label: str, *legacy: str, label_zh: str = "", phase: str = ""
+    ) -> None:
+        if legacy:
+            label_zh, phase = _legacy_stage_fields(name, legacy, label_zh, phase)
+        given = {"name": name, "label": label, "label_zh": label_zh, "phase": phase}
+        for field_name, value in given.items():
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"Stage {name!r}: {field_name} must be text, not {value!r}; write"
+                    " Stage('lead', 'Lead', label_zh='线索', phase='acquisition')"
+                    + (" (the phase's name)" if field_name == "phase" else "")
+                )
+            object.__setattr__(self, field_name, value)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stage:
         """Rebuild from :meth:`to_dict` output; a stage stored without a label shows its name."""
         return serial.decode(cls, {"label": data["name"], **data})
+
+
+def _legacy_stage_fields(
+    name: object, legacy: tuple[object, ...], label_zh: object, phase: object
+) -> tuple[Any, Any]:
+    """``label_zh`` and ``phase`` from the older positional form, with a warning that
+    shows the keyword form."""
+    if len(legacy) > 2:
+        raise TypeError(
+            f"Stage {name!r}: takes name and label by position, then label_zh= and phase="
+            f" by keyword; {2 + len(legacy)} values were given by position"
+        )
+    positional = dict(zip(("label_zh", "phase"), legacy, strict=False))
+    for field_name, keyword in (("label_zh", label_zh), ("phase", phase)):
+        if field_name in positional and keyword:
+            raise TypeError(f"Stage {name!r}: {field_name} is given twice; give it by keyword")
+    keywords = ", ".join(f"{k}={v!r}" for k, v in positional.items())
+    warnings.warn(
+        f"Stage {name!r}: pass {keywords} by keyword (Stage(name, label, {keywords}));"
+        " the positional form will be removed",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return positional.get("label_zh", label_zh), positional.get("phase", phase)
 
 
 @dataclass(frozen=True)

@@ -22,20 +22,22 @@ to the pipeline rules, which see the same events.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from stagecoach.engine.domain.conditions import EventMatcher, PropertyFilter, event, stage_in
-from stagecoach.engine.domain.journeys import (
+from stagecoach import (
+    EventMatcher,
     Journey,
+    PropertyFilter,
     ReEntry,
     branch,
     change_stage,
+    event,
     exit_journey,
     exit_to,
     goal,
     hand_off,
     send,
     stage_entered,
+    stage_in,
+    timedelta,
     wait,
     wait_for,
 )
@@ -87,26 +89,32 @@ B2B_NURTURE = Journey(
         # made a lead must not be moved back.
         branch(
             stage_in("suspect"),
-            then="evaluation-prospect",
-            else_="evaluation-pause",
+            then=[
+                change_stage(
+                    "prospect",
+                    reason="interested: downloaded the whitepaper or viewed pricing",
+                    id="evaluation-prospect",
+                ),
+            ],
             id="evaluation-entry",
         ),
-        change_stage(
-            "prospect",
-            reason="interested: downloaded the whitepaper or viewed pricing",
-            id="evaluation-prospect",
-        ),
-        wait(days=3, id="evaluation-pause"),
+        wait(timedelta(days=3), id="evaluation-pause"),
         send("case-study-manufacturing", id="evaluation-case-study"),
-        wait(days=4, id="evaluation-pause-before-comparison"),
+        wait(timedelta(days=4), id="evaluation-pause-before-comparison"),
         send("comparison-vs-legacy", id="evaluation-comparison"),
-        wait(days=3, id="evaluation-pause-before-qualifying"),
-        branch(MQL.condition, else_="purchase-trial", id="evaluation-is-mql"),
-        # A failed CRM hand-off must not end the nurture: carry on to the purchase phase.
-        hand_off(
-            reason="marketing-qualified after evaluation content",
-            id="evaluation-hand-off",
-            on_failure="purchase-trial",
+        wait(timedelta(days=3), id="evaluation-pause-before-qualifying"),
+        branch(
+            MQL.condition,
+            then=[
+                # A failed CRM hand-off must not end the nurture: carry on to the purchase
+                # phase.
+                hand_off(
+                    reason="marketing-qualified after evaluation content",
+                    id="evaluation-hand-off",
+                    on_failure="purchase-trial",
+                ),
+            ],
+            id="evaluation-is-mql",
         ),
         # Purchase
         send("trial-invitation", id="purchase-trial"),

@@ -20,20 +20,21 @@ No answer within a week ends the journey quietly.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from stagecoach.engine.domain.conditions import Condition, PropertyFilter, event
-from stagecoach.engine.domain.journeys import (
+from stagecoach import (
     END,
+    Condition,
     Journey,
+    PropertyFilter,
     ReEntry,
     branch,
     enrol,
+    event,
     exit_journey,
     hand_off,
     on_event,
     send,
     set_attribute,
+    timedelta,
     wait,
     wait_for,
 )
@@ -61,7 +62,7 @@ NPS_SURVEY = Journey(
     exit_when=event("email.unsubscribed") | event("wechat.unsubscribed"),
     locales=("zh-CN", "en"),
     steps=[
-        wait(days=SURVEY_DELAY.days, id="settle"),
+        wait(SURVEY_DELAY, id="settle"),
         send("survey-nps", id="survey"),
         wait_for(
             "nps.answered",

@@ -8,18 +8,7 @@ any point is the goal and ends the journey early.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from stagecoach.engine.domain.conditions import event
-from stagecoach.engine.domain.journeys import (
-    END,
-    Journey,
-    goal,
-    send,
-    stage_entered,
-    wait,
-    wait_for,
-)
+from stagecoach import END, Journey, event, goal, send, stage_entered, timedelta, wait, wait_for
 
 ONBOARDING = Journey(
     "onboarding",
@@ -30,7 +19,7 @@ ONBOARDING = Journey(
     locales=("zh-CN", "en"),
     steps=[
         send("onboarding-welcome", id="welcome"),
-        wait(days=2, id="pause-before-quickstart"),
+        wait(timedelta(days=2), id="pause-before-quickstart"),
         send("onboarding-quickstart", id="quickstart"),
         wait_for(
             "onboarding.finished",

@@ -1,15 +1,22 @@
 """Passives (NPS 7-8): show them more of the value they bought, then ask them to tell it.
 
-A customer story invitation, a fortnight, then the monthly newsletter. Entered on a
-passive answer, or by enrolment from the NPS survey.
+A customer story invitation, then the monthly newsletter on day 14 of the journey.
+Entered on a passive answer, or by enrolment from the NPS survey.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from stagecoach.engine.domain.conditions import PropertyFilter, event
-from stagecoach.engine.domain.journeys import Journey, ReEntry, on_event, send, wait
+from stagecoach import (
+    Journey,
+    PropertyFilter,
+    ReEntry,
+    event,
+    on_event,
+    send,
+    since_enrolment,
+    timedelta,
+    wait,
+)
 
 VALUE_NURTURE = Journey(
     "value_nurture",
@@ -24,7 +31,7 @@ VALUE_NURTURE = Journey(
     locales=("zh-CN", "en"),
     steps=[
         send("customer-story-invite", id="story"),
-        wait(days=14, id="fortnight"),
+        wait(until=since_enrolment(timedelta(days=14)), id="fortnight"),
         send("newsletter-monthly", id="newsletter"),
     ],
 )

@@ -10,12 +10,26 @@ linear sequence needs no wiring. Targets are step ids, ``END`` (complete) or
         goal=event("order.paid"),
         steps=[
             send("welcome-email", channel="email", on_no_channel=NoChannel.skip()),
-            wait(days=2),
+            wait(timedelta(days=2)),
             wait_for("content.downloaded", timeout=timedelta(days=3), on_timeout="nudge"),
             goal(),
             send("nudge-email", id="nudge"),
         ],
     )
+
+Two forms exist only here, before compilation, and compile into the spec's own steps
+(so a journey written either way has the same spec and version):
+
+- ``branch(cond, then=[...], else_=[...])`` nests each arm's steps; ``Journey`` lays them
+  out flat, then-arm first, each arm ending where the branch block ends (``BranchBlock``).
+- ``wait(until=since_enrolment(timedelta(days=14)))`` waits until a time counted from
+  enrolment, and ``wait_for(..., timeout=since_enrolment(...))`` times out then; the
+  compiler turns them into a plain ``wait`` of the time left and a plain timeout
+  (``AnchoredWaitStep``, ``AnchoredEventWaitStep``, resolved in ``_anchors``).
+
+Durations are ``timedelta`` values everywhere (``wait``, ``wait_for`` timeouts, event
+windows, re-entry cool-downs, anchors); ``wait(days=2)`` is an older shorthand that
+still works.
 """
 
 from __future__ import annotations
@@ -23,12 +37,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import time, timedelta
-from typing import Any, cast
+from typing import Any, ClassVar, cast, overload
 
 from stagecoach.engine.domain.conditions import Condition, EventMatcher, PropertyFilter
 from stagecoach.engine.domain.conditions import event as _event_condition
 
 from ._steps import (
+    END,
     EXIT_PREFIX,
     AddTagStep,
     BranchStep,
@@ -52,6 +67,7 @@ from ._steps import (
     WaitForEventStep,
     WaitStep,
     WaitUntilStep,
+    _human,
     no_channel_from,
 )
 
@@ -101,13 +117,155 @@ class Journey:
         entry = (self.entry,) if isinstance(self.entry, StageEntered | EventEntry) else self.entry
         object.__setattr__(self, "entry", tuple(entry))
         object.__setattr__(self, "locales", tuple(self.locales))
-        object.__setattr__(self, "steps", _with_ids(self.steps))
+        object.__setattr__(self, "steps", _laid_out(self.name, self.steps))
 
     @property
     def entries(self) -> tuple[EntryTrigger, ...]:
         """The entry triggers, always as a tuple."""
         # __post_init__ normalised ``entry`` to a tuple.
         return cast(tuple[EntryTrigger, ...], self.entry)
+
+
+@dataclass(frozen=True)
+class SinceEnrolment:
+    """A moment counted from when the contact enrolled: ``since_enrolment(timedelta(days=14))``.
+
+    Attributes:
+        offset: How long after enrolment.
+    """
+
+    offset: timedelta
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnchoredWaitStep(Step):
+    """``wait(until=since_enrolment(...))`` before compilation.
+
+    Never part of a spec: ``compile_journey`` replaces it by a ``WaitStep`` of the time
+    left between the moment the contact reaches it and the anchor.
+    """
+
+    until: SinceEnrolment
+    next: str | None = None
+    kind: ClassVar[str] = "wait"
+    links: ClassVar[tuple[str, ...]] = ("next",)
+    is_wait: ClassVar[bool] = True
+
+    def derived_id(self) -> str:
+        return f"wait-to-{_human(self.until.offset)}"
+
+    def summary(self) -> str:
+        return f"wait until {_human(self.until.offset)} after enrolment"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnchoredEventWaitStep(Step):
+    """``wait_for(..., timeout=since_enrolment(...))`` before compilation.
+
+    Never part of a spec: ``compile_journey`` replaces it by a ``WaitForEventStep`` whose
+    timeout is the time left until the anchor. Its id is derived as a ``wait_for``'s is.
+    """
+
+    matchers: tuple[EventMatcher, ...]
+    until: SinceEnrolment
+    next: str | None = None
+    on_timeout: str | None = None
+    kind: ClassVar[str] = "wait_for_event"
+    links: ClassVar[tuple[str, ...]] = ("next", "on_timeout")
+    is_wait: ClassVar[bool] = True
+
+    def derived_id(self) -> str:
+        return f"wait-for-{self.matchers[0].type}" if self.matchers else "wait-for-event"
+
+    def summary(self) -> str:
+        return f"wait for {' or '.join(m.type for m in self.matchers)}"
+
+
+Arm = str | Step | Sequence[Step] | None
+"""A branch arm as written: a target step id, one step, a list of steps, or ``None``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BranchBlock(Step):
+    """``branch(cond, then=[...], else_=[...])`` before ``Journey`` lays it out.
+
+    Never part of a spec: ``Journey`` replaces it by a ``BranchStep`` followed by the
+    then-arm's steps and the else-arm's steps; a ``None`` or empty arm, and the last step
+    of each arm, go on to whatever follows the block.
+    """
+
+    condition: Condition
+    then: str | tuple[Step, ...] | None = None
+    else_: str | tuple[Step, ...] | None = None
+    kind: ClassVar[str] = "branch"
+
+
+class _At:
+    """A target known only once the steps are laid out and named: the step that will
+    stand at ``position``, or a fixed ``target``."""
+
+    __slots__ = ("position", "target")
+
+    def __init__(self, *, position: int | None = None, target: str = END) -> None:
+        self.position = position
+        self.target = target
+
+
+def _laid_out(journey: str, steps: Sequence[Step]) -> tuple[Step, ...]:
+    """``steps`` with nested branch arms laid out flat, each step named (``_with_ids``).
+
+    The layout is what a marketer writes by hand in the flat form: the branch, the
+    then-arm, the else-arm, then what follows; so both forms compile to the same spec.
+    """
+    flat: list[Step] = []
+    branches: list[tuple[int, str | _At, str | _At]] = []
+    tails: list[tuple[int, _At]] = []
+
+    def lay(sequence: Sequence[Step], after: _At, where: str) -> None:
+        for n, s in enumerate(sequence):
+            if not isinstance(s, Step):
+                raise TypeError(
+                    f"journey {journey!r}: {where}[{n}] is {s!r}, not a step; list steps such"
+                    " as send(...), wait(...) or branch(...)"
+                )
+            last = n == len(sequence) - 1
+            if not isinstance(s, BranchBlock):
+                if last and where != "steps":
+                    tails.append((len(flat), after))
+                flat.append(s)
+                continue
+            here = len(flat)
+            flat.append(BranchStep(id=s.id, condition=s.condition))
+            join = after if last else _At()
+            then = arm(s.then, join, f"{where}[{n}].then")
+            else_ = arm(s.else_, join, f"{where}[{n}].else_")
+            branches.append((here, then, else_))
+            if not last:
+                join.position = len(flat)
+
+    def arm(value: str | tuple[Step, ...] | None, after: _At, where: str) -> str | _At:
+        if isinstance(value, str):
+            return value
+        if not value:
+            return after
+        start = _At(position=len(flat))
+        lay(value, after, where)
+        return start
+
+    lay(steps, _At(), "steps")
+    named = list(_with_ids(flat))
+
+    def target(ref: str | _At) -> str:
+        if isinstance(ref, str):
+            return ref
+        return ref.target if ref.position is None else named[ref.position].id
+
+    for position, ref in tails:
+        named[position] = named[position].resolved(target(ref))
+    for position, then, else_ in branches:
+        laid = cast(BranchStep, named[position])
+        named[position] = replace(laid, then=target(then), else_=target(else_))
+    return tuple(named)
 
 
 def _with_ids(steps: Sequence[Step]) -> tuple[Step, ...]:
@@ -195,18 +353,89 @@ def next_best(
     return NextBestItem(stage, tuple(kinds), tuple(tags), exclude_consumed)
 
 
+def _duration(value: object, where: str, example: str) -> timedelta:
+    """``value`` when it is a ``timedelta``; a ``TypeError`` saying how to write one else."""
+    if isinstance(value, timedelta):
+        return value
+    raise TypeError(f"{where}: {value!r} is not a duration; write {example}")
+
+
+def _units(where: str, example: str, days: float, hours: float, minutes: float) -> timedelta:
+    try:
+        return timedelta(days=days, hours=hours, minutes=minutes)
+    except TypeError:
+        raise TypeError(
+            f"{where}: days={days!r}, hours={hours!r}, minutes={minutes!r} must be numbers;"
+            f" write {example}"
+        ) from None
+
+
+def since_enrolment(
+    duration: timedelta | None = None, *, days: float = 0, hours: float = 0, minutes: float = 0
+) -> SinceEnrolment:
+    """A moment counted from enrolment, for ``wait(until=...)``:
+    ``since_enrolment(timedelta(days=14))`` is "day 14 of the journey".
+
+    Raises:
+        TypeError: ``duration`` is not a ``timedelta`` or a unit is not a number.
+    """
+    example = "since_enrolment(timedelta(days=14))"
+    base = timedelta() if duration is None else _duration(duration, "since_enrolment", example)
+    return SinceEnrolment(base + _units("since_enrolment", example, days, hours, minutes))
+
+
+@overload
 def wait(
     duration: timedelta | None = None,
     *,
     days: float = 0,
     hours: float = 0,
     minutes: float = 0,
+    until: None = None,
     id: str = "",
     next: str | None = None,
-) -> WaitStep:
-    """Wait a fixed time: ``wait(days=3)`` or ``wait(timedelta(hours=36))``."""
-    total = (duration or timedelta()) + timedelta(days=days, hours=hours, minutes=minutes)
-    return WaitStep(id=id, duration=total, next=next)
+) -> WaitStep: ...
+
+
+@overload
+def wait(*, until: SinceEnrolment, id: str = "", next: str | None = None) -> AnchoredWaitStep: ...
+
+
+def wait(
+    duration: timedelta | None = None,
+    *,
+    days: float = 0,
+    hours: float = 0,
+    minutes: float = 0,
+    until: SinceEnrolment | None = None,
+    id: str = "",
+    next: str | None = None,
+) -> WaitStep | AnchoredWaitStep:
+    """Wait a fixed time after the previous step, ``wait(timedelta(days=3))``, or until a
+    moment counted from enrolment, ``wait(until=since_enrolment(timedelta(days=14)))``.
+
+    ``days=``/``hours=``/``minutes=`` are the older spelling of the duration.
+
+    Raises:
+        TypeError: The duration is not a ``timedelta``, ``until`` is not a
+            ``since_enrolment(...)``, or both a duration and ``until`` are given.
+    """
+    example = "wait(timedelta(days=3))"
+    if until is not None:
+        if not isinstance(until, SinceEnrolment):
+            raise TypeError(
+                f"wait: until={until!r} is not a moment since enrolment; write"
+                " until=since_enrolment(timedelta(days=14)), or wait(timedelta(days=14)) to"
+                " wait after the previous step"
+            )
+        if duration is not None or days or hours or minutes:
+            raise TypeError(
+                "wait: give a duration (after the previous step) or until=since_enrolment(...)"
+                " (after enrolment), not both"
+            )
+        return AnchoredWaitStep(id=id, until=until, next=next)
+    base = timedelta() if duration is None else _duration(duration, "wait", example)
+    return WaitStep(id=id, duration=base + _units("wait", example, days, hours, minutes), next=next)
 
 
 def wait_until(at: time, *, id: str = "", next: str | None = None) -> WaitUntilStep:
@@ -214,6 +443,7 @@ def wait_until(at: time, *, id: str = "", next: str | None = None) -> WaitUntilS
     return WaitUntilStep(id=id, at=at, next=next)
 
 
+@overload
 def wait_for(
     *events: str | EventMatcher,
     timeout: timedelta,
@@ -221,31 +451,114 @@ def wait_for(
     on_timeout: str | None = None,
     id: str = "",
     next: str | None = None,
-) -> WaitForEventStep:
+) -> WaitForEventStep: ...
+
+
+@overload
+def wait_for(
+    *events: str | EventMatcher,
+    timeout: SinceEnrolment,
+    where: Where = None,
+    on_timeout: str | None = None,
+    id: str = "",
+    next: str | None = None,
+) -> AnchoredEventWaitStep: ...
+
+
+def wait_for(
+    *events: str | EventMatcher,
+    timeout: timedelta | SinceEnrolment,
+    where: Where = None,
+    on_timeout: str | None = None,
+    id: str = "",
+    next: str | None = None,
+) -> WaitForEventStep | AnchoredEventWaitStep:
     """Wait for any of ``events``; after ``timeout`` take ``on_timeout``.
 
     Args:
         *events: Event types or ``EventMatcher`` objects; any one ends the wait.
-        timeout: Required: how long to wait.
+        timeout: Required: how long to wait, a ``timedelta``; or until when, counted from
+            enrolment: ``since_enrolment(timedelta(days=30))``.
         where: Property filters for event types given as strings.
         on_timeout: Target when the timeout passes (default: the next step in order).
         id: Stable step id; derived from the first event type when empty.
         next: Target when a matching event arrives (default: the next step in order).
+
+    Raises:
+        TypeError: ``timeout`` is neither a ``timedelta`` nor a ``since_enrolment(...)``.
     """
+    matchers = tuple(_matcher(e, where) for e in events)
+    if isinstance(timeout, SinceEnrolment):
+        return AnchoredEventWaitStep(
+            id=id, matchers=matchers, until=timeout, next=next, on_timeout=on_timeout
+        )
+    # None is left for validation to report with the journey and the step.
+    if timeout is not None:
+        _duration(
+            timeout,
+            "wait_for: timeout",
+            "timeout=timedelta(days=7), or timeout=since_enrolment(timedelta(days=30))",
+        )
     return WaitForEventStep(
-        id=id,
-        matchers=tuple(_matcher(e, where) for e in events),
-        timeout=timeout,
-        next=next,
-        on_timeout=on_timeout,
+        id=id, matchers=matchers, timeout=timeout, next=next, on_timeout=on_timeout
     )
 
 
+def _arm(value: object, name: str) -> str | tuple[Step, ...] | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Step):
+        return (value,)
+    if isinstance(value, Sequence):
+        for n, item in enumerate(value):
+            if not isinstance(item, Step):
+                raise TypeError(
+                    f"branch: {name}[{n}] is {item!r}, not a step; list steps such as"
+                    f" send(...), or give a step id: {name}='step-id'"
+                )
+        return tuple(value)
+    raise TypeError(
+        f"branch: {name}={value!r} is neither a step id nor steps; write {name}='step-id'"
+        f" or {name}=[send(...), ...]"
+    )
+
+
+@overload
 def branch(
-    condition: Condition, *, then: str | None = None, else_: str | None = None, id: str = ""
-) -> BranchStep:
-    """Go to ``then`` if ``condition`` holds, else to ``else_`` (either default: next)."""
-    return BranchStep(id=id, condition=condition, then=then, else_=else_)
+    condition: Condition,
+    *,
+    then: str | None = None,
+    else_: str | None = None,
+    id: str = "",
+) -> BranchStep: ...
+
+
+@overload
+def branch(
+    condition: Condition, *, then: Arm = None, else_: Arm = None, id: str = ""
+) -> BranchStep | BranchBlock: ...
+
+
+def branch(
+    condition: Condition, *, then: Arm = None, else_: Arm = None, id: str = ""
+) -> BranchStep | BranchBlock:
+    """If ``condition`` holds for the contact take ``then``, else ``else_``.
+
+    Each arm is a step id to jump to, or the arm's own steps, nested::
+
+        branch(stage_in("suspect"), then=[change_stage("prospect")], else_=[...])
+
+    Nested arms run in order and then carry on after the branch, as an ``if``/``else``
+    does; an arm left out (``None``) or empty goes straight there. Without nested arms,
+    ``None`` is the next step in order, which is the same place.
+
+    Raises:
+        TypeError: An arm is neither a step id, a step nor a list of steps.
+    """
+    then_arm, else_arm = _arm(then, "then"), _arm(else_, "else_")
+    if isinstance(then_arm, tuple) or isinstance(else_arm, tuple):
+        return BranchBlock(id=id, condition=condition, then=then_arm, else_=else_arm)
+    return BranchStep(id=id, condition=condition, then=then_arm, else_=else_arm)
 
 
 def split(

@@ -29,6 +29,7 @@ from stagecoach.engine.domain.conditions import (
 )
 from stagecoach.engine.domain.hashing import canonical_json, content_hash
 
+from ._anchors import resolve_anchors
 from ._dsl import Journey
 from ._errors import JourneyValidationError, Problem, SpecFormatError
 from ._steps import (
@@ -289,6 +290,8 @@ def can_enrol(
 def compile_journey(journey: Journey, ctx: ValidationContext) -> JourneySpec:
     """Resolve, validate and freeze a journey into a ``JourneySpec``.
 
+    Waits anchored on enrolment become plain waits of the time left (``_anchors``).
+
     Args:
         journey: The marketer's definition.
         ctx: Event types, stages, content and journeys to validate against.
@@ -299,7 +302,7 @@ def compile_journey(journey: Journey, ctx: ValidationContext) -> JourneySpec:
     Raises:
         JourneyValidationError: Listing every problem found, each with its fix.
     """
-    steps = _resolve(tuple(journey.steps))
+    steps, anchor_problems = resolve_anchors(journey.name, _resolve(tuple(journey.steps)))
     try:
         spec = JourneySpec(
             name=journey.name,
@@ -316,7 +319,7 @@ def compile_journey(journey: Journey, ctx: ValidationContext) -> JourneySpec:
         # A spec is JSON (its version hashes it): a value with no JSON form (a datetime
         # in set_attribute, say) is a problem the marketer fixes in a named step.
         raise JourneyValidationError(journey.name, [_not_json(journey, steps, exc)]) from exc
-    problems = validate_spec(spec, ctx)
+    problems = anchor_problems + validate_spec(spec, ctx)
     if problems:
         raise JourneyValidationError(journey.name, problems)
     return spec

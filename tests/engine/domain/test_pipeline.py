@@ -53,10 +53,10 @@ CAT = EventCatalog(
 )
 
 STAGES = (
-    Stage("a", "A", "甲", "early"),
-    Stage("b", "B", "乙", "early"),
-    Stage("c", "C", "丙", "early"),
-    Stage("d", "D", "丁", "late"),
+    Stage("a", "A", label_zh="甲", phase="early"),
+    Stage("b", "B", label_zh="乙", phase="early"),
+    Stage("c", "C", label_zh="丙", phase="early"),
+    Stage("d", "D", label_zh="丁", phase="late"),
 )
 PHASES = (Phase("early", "Early", "前", "a", "c"), Phase("late", "Late", "后", "c", "d"))
 RULES = (
@@ -252,7 +252,7 @@ def test_phases_not_reaching_the_last_stage_are_refused() -> None:
 
 
 def test_stage_in_a_phase_it_is_not_in_is_refused() -> None:
-    stages = (*STAGES[:3], Stage("d", "D", "", "early"))
+    stages = (*STAGES[:3], Stage("d", "D", label_zh="", phase="early"))
     with pytest.raises(PipelineDefinitionError, match=r"stage 'd' has phase 'early'.*late"):
         build(stages=stages)
 
