@@ -32,8 +32,15 @@ _CONDITIONS = "stagecoach.engine.domain.conditions"
 _PIPELINE = "stagecoach.engine.domain.pipeline"
 _SCORING = "stagecoach.engine.domain.scoring"
 _SALES = "stagecoach.engine.domain.sales"
+_DEFINITIONS = "stagecoach.engine.domain.definitions"
+_EVENTS = "stagecoach.engine.domain.events"
 
 _VOCABULARY: dict[str, str] = {
+    # The project: what a team's repository names in [tool.stagecoach] definitions.
+    "Definitions": _DEFINITIONS,
+    "journeys_in": _DEFINITIONS,
+    "EventCatalog": _EVENTS,
+    "EventType": _EVENTS,
     # Journeys: the definition, entry, steps and their options.
     "Journey": _JOURNEYS,
     "stage_entered": _JOURNEYS,
@@ -99,8 +106,11 @@ __all__ = [
     "END",
     "BusinessHours",
     "Condition",
+    "Definitions",
     "Detour",
+    "EventCatalog",
     "EventMatcher",
+    "EventType",
     "GradeRule",
     "GradingModel",
     "Journey",
@@ -137,6 +147,7 @@ __all__ = [
     "hand_off",
     "has_tag",
     "holdout",
+    "journeys_in",
     "next_best",
     "on_event",
     "score_at_least",
@@ -169,6 +180,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         score_at_least,
         stage_in,
     )
+    from stagecoach.engine.domain.definitions import Definitions, journeys_in
+    from stagecoach.engine.domain.events import EventCatalog, EventType
     from stagecoach.engine.domain.journeys import (
         END,
         Journey,

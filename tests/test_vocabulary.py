@@ -16,7 +16,15 @@ import sys
 import pytest
 
 import stagecoach
-from stagecoach.engine.domain import conditions, journeys, pipeline, sales, scoring
+from stagecoach.engine.domain import (
+    conditions,
+    definitions,
+    events,
+    journeys,
+    pipeline,
+    sales,
+    scoring,
+)
 
 IO_FRAMEWORKS = (
     "temporalio",
@@ -47,6 +55,8 @@ VOCABULARY = {
     scoring: {"ScoringModel", "ScoreRule", "GradingModel", "GradeRule", "Mql"},
     sales: {"Routing", "Team", "Pool", "Owner", "Territory", "Sla", "BusinessHours"},
     datetime: {"timedelta", "time"},
+    definitions: {"Definitions", "journeys_in"},
+    events: {"EventCatalog", "EventType"},
 }  # fmt: skip
 
 
