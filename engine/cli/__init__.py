@@ -23,7 +23,7 @@ from stagecoach.engine.cli.deploy import PlanCommand, plan, rollback
 from stagecoach.engine.cli.events import events_app
 from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
-from stagecoach.engine.cli.project import init, validate
+from stagecoach.engine.cli.project import deploy, init, validate
 from stagecoach.engine.cli.report import report
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
@@ -49,6 +49,7 @@ app.command("plan", cls=PlanCommand)(plan)
 journeys_app.command("rollback")(rollback)
 app.command("init")(init)
 app.command("validate")(validate)
+app.command("deploy")(deploy)
 
 
 @app.callback()

@@ -150,3 +150,85 @@ def _relative(where: str) -> str:
         return f"{Path(path).resolve().relative_to(Path.cwd().resolve())}:{line}"
     except ValueError:
         return where
+
+
+def deploy(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The environment: a [tool.stagecoach.environments.NAME] table of the "
+            "project's pyproject.toml, or 'local' (these settings as they are).",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+    ] = False,
+) -> None:
+    """Publish this project version to an environment's engine: validate everything, show
+    what changes per journey, then publish, recording the project version and git commit.
+
+    An older definition of a journey is refused (the latest stays; 'stagecoach journeys
+    rollback' goes back on purpose). In-flight enrolments keep their pinned versions.
+    Exit 1 when the project has problems (nothing is published)."""
+    from stagecoach.engine.cli.journeys import _settings
+    from stagecoach.engine.domain.content import ContentLibrary
+    from stagecoach.engine.domain.definitions import project_version
+    from stagecoach.engine.domain.journeys import JourneyValidationError
+    from stagecoach.engine.services.project import environment_settings, git_commit, load_project
+    from stagecoach.engine.services.publishing import plan_publish, publish_bundled
+    from stagecoach.engine.services.storage import make_engine, upgrade
+    from stagecoach.engine.services.storage.db import redact
+
+    base = _settings()
+    project = load_project(base)
+    settings = environment_settings(project, to, base)
+    library = ContentLibrary.load(project.content_dir(settings))
+    specs, problems = project.definitions.compile(library)
+    if problems:
+        typer.echo(f"nothing was deployed: {len(problems)} problem(s); the first: {problems[0]}")
+        typer.echo("run 'stagecoach validate' for the list")
+        raise typer.Exit(1)
+    version = project_version(project.definitions, specs)
+    commit = git_commit(project.root)
+    label = project.definitions.name or project.ref
+    target = redact(settings.resolved_database_url)
+    made = "not in git"
+    if commit:
+        made = f"git {commit.rstrip('*')}" + (", uncommitted changes" if commit[-1] == "*" else "")
+    doing = "plan for" if dry_run else "deploying"
+    typer.echo(f"{doing} {label} {version[:12]} ({made}) to {to} ({target})")
+    if dry_run:
+        from stagecoach.engine.cli.journeys import _read_db
+
+        reader = _read_db(settings)  # a dry run never creates the database
+        try:
+            planned = plan_publish(reader, settings, content=library)
+        finally:
+            if reader is not None:
+                reader.dispose()
+        width = max((len(p.name) for p in planned), default=0)
+        for p in planned:
+            typer.echo(f"{p.status:<10} {p.name:<{width}}  {p.version[:12]}")
+        typer.echo("dry run: nothing was published")
+        return
+    db = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(db)
+        source = f"deploy {version[:12]}" + (f"@{commit}" if commit else "")
+        try:
+            results = publish_bundled(db, settings, content=library, source=source)
+        except JourneyValidationError as exc:
+            typer.echo(f"nothing was deployed. {exc.message}")
+            raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    width = max((len(r.name) for r in results), default=0)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+        note = f"  {r.note}" if r.note else ""
+        typer.echo(f"{r.status:<10} {r.name:<{width}}  {r.version[:12]}{note}")
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    recorded = f"recorded as '{source}'" if counts.get("created") else "nothing new to record"
+    typer.echo(f"deployed {label} {version[:12]} to {to}: {summary}; {recorded}")

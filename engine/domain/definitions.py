@@ -21,6 +21,7 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 
 from stagecoach.engine.domain.events import EventCatalog
+from stagecoach.engine.domain.hashing import content_hash
 from stagecoach.engine.domain.journeys import (
     ContentIndex,
     Journey,
@@ -197,4 +198,17 @@ def journeys_in(package: str | ModuleType) -> tuple[Journey, ...]:
     return tuple(found.values())
 
 
-__all__ = ["PIPELINE", "Definitions", "DefinitionsError", "journeys_in"]
+def project_version(definitions: Definitions, specs: Mapping[str, JourneySpec]) -> str:
+    """The version of a whole project: a content hash over its pipeline, its events and
+    the versions of its compiled journeys. Two checkouts that define the same things have
+    the same version, whatever their files look like."""
+    return content_hash(
+        {
+            "pipeline": definitions.pipeline.to_dict(),
+            "events": definitions.events.to_dict(),
+            "journeys": {name: spec.version for name, spec in sorted(specs.items())},
+        }
+    )
+
+
+__all__ = ["PIPELINE", "Definitions", "DefinitionsError", "journeys_in", "project_version"]

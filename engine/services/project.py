@@ -18,14 +18,21 @@ one :class:`ProjectError` naming the file and line and the fix.
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import os
+import re
+import shutil
+import subprocess
 import sys
 import threading
 import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from stagecoach.engine.domain.definitions import Definitions, DefinitionsError
 from stagecoach.engine.domain.errors import ConfigurationError
@@ -113,6 +120,92 @@ def find_pyproject(start: Path) -> tuple[Path, str] | None:
             )
         return candidate, value.strip()
     return None
+
+
+def environment_settings(project: Project, name: str, settings: Settings) -> Settings:
+    """``settings`` with the overrides of environment ``name``: the table
+    ``[tool.stagecoach.environments.<name>]`` of the project's ``pyproject.toml``.
+
+    Keys are setting names (``database_url``, ``temporal_address``, ...); ``${VAR}`` in a
+    value is read from the environment, so secrets stay out of the repository. ``local``
+    is always there: these settings as they are.
+
+    Raises:
+        ProjectError: No such environment (the message lists the declared ones), a key
+            that is no setting, a ``${VAR}`` that is unset, or a value the setting refuses.
+    """
+    declared: dict[str, Any] = {}
+    if project.root is not None:
+        data = tomllib.loads((project.root / "pyproject.toml").read_text(encoding="utf-8"))
+        declared = data.get("tool", {}).get("stagecoach", {}).get("environments", {}) or {}
+    if name not in declared:
+        if name == "local":
+            return settings
+        where = project.root / "pyproject.toml" if project.root else "the project's pyproject.toml"
+        known = ", ".join(sorted({"local", *declared}))
+        raise ProjectError(
+            f"no environment {name!r} in {where} (known: {known})",
+            fix=f"add a [tool.stagecoach.environments.{name}] table with its database_url, "
+            "or deploy --to one of those",
+        )
+    table = declared[name]
+    if not isinstance(table, dict):
+        raise ProjectError(
+            f"[tool.stagecoach.environments.{name}] is not a table",
+            fix="write it as a table: [tool.stagecoach.environments.staging] then lines "
+            'like database_url = "${STAGING_DATABASE_URL}"',
+        )
+    fields = set(Settings.model_fields)
+    overrides: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise ProjectError(
+                f"[tool.stagecoach.environments.{name}] sets {key!r}, which is no setting",
+                fix=f"use a setting name ({', '.join(close) or 'see docs/settings.md'})",
+            )
+        value = raw
+        if isinstance(raw, str):
+            for var in re.findall(r"\$\{(\w+)\}", raw):
+                if var not in os.environ:
+                    raise ProjectError(
+                        f"[tool.stagecoach.environments.{name}] {key} needs ${{{var}}}, "
+                        "which is not set",
+                        fix=f"export {var} before deploying",
+                    )
+            value = re.sub(r"\$\{(\w+)\}", lambda m: os.environ[m.group(1)], raw)
+        overrides[key] = value
+    try:
+        return Settings.model_validate({**settings.model_dump(exclude_unset=True), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ProjectError(
+            f"[tool.stagecoach.environments.{name}] {'.'.join(map(str, first['loc']))}: "
+            f"{first['msg']}",
+            fix="correct that value",
+        ) from exc
+
+
+def git_commit(root: Path | None) -> str | None:
+    """The project's short git commit, with ``*`` when the work tree has changes; ``None``
+    outside a git repository."""
+    if root is None or shutil.which("git") is None:
+        return None
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return head.stdout.strip() + ("*" if dirty.stdout.strip() else "")
 
 
 def _resolve(settings: Settings, cwd: Path) -> _Ref:
@@ -285,4 +378,13 @@ def _name_argument(node: ast.Call) -> str | None:
     return None
 
 
-__all__ = ["ENV_NAME", "Project", "ProjectError", "find_pyproject", "forget_loaded", "load_project"]
+__all__ = [
+    "ENV_NAME",
+    "Project",
+    "ProjectError",
+    "environment_settings",
+    "find_pyproject",
+    "forget_loaded",
+    "git_commit",
+    "load_project",
+]

@@ -386,6 +386,7 @@ def publish_bundled(
     *,
     content: ContentIndex | None = None,
     journeys: Mapping[str, Journey] | None = None,
+    source: str = "bundled",
 ) -> list[PublishResult]:
     """Validate every bundled journey, then publish them all.
 
@@ -400,6 +401,9 @@ def publish_bundled(
         settings: Picks the active pipeline.
         content: The content library, or ``None`` to skip content checks.
         journeys: Journeys to publish; default: the bundled ones.
+        source: Recorded with each version this call stores (``journeys versions``
+            shows it): ``bundled`` for the worker and ``journeys publish``,
+            ``deploy <project version>@<commit>`` for ``stagecoach deploy``.
 
     Returns:
         One result per journey, in definition order.
@@ -409,7 +413,7 @@ def publish_bundled(
         DatabaseError: The database is unreachable or not migrated.
     """
     specs = validate_definitions(settings, content=content, journeys=journeys)
-    results = publish_many(db, list(specs.values()), source="bundled")
+    results = publish_many(db, list(specs.values()), source=source)
     for result in results:
         if result.kept is not None:
             _log.warning(

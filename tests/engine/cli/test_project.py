@@ -26,8 +26,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.update(
         STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"),
         STAGECOACH_DATABASE_URL=f"sqlite:///{tmp_path / 'stagecoach.db'}",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -206,3 +206,91 @@ def test_up_refuses_a_project_with_problems_before_starting_anything(
     assert "prospekt" in line
     assert "run 'stagecoach validate'" in line
     assert not (tmp_path / ".stagecoach" / "temporal.db").exists()
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), "-c", "user.email=team@acme.test", "-c", "user.name=team", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_deploy_publishes_the_project_version_to_an_environment_and_never_goes_back(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path)
+    assert _run(tmp_path, "init", "acme-marketing", env=env).returncode == 0
+    root = tmp_path / "acme-marketing"
+    staging = tmp_path / "staging.db"
+    with (root / "pyproject.toml").open("a") as toml:
+        toml.write(
+            "\n[tool.stagecoach.environments.staging]\n"
+            'database_url = "sqlite:///${STAGING_DIR}/staging.db"\n'
+        )
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "our first journeys")
+    commit = _git(root, "rev-parse", "--short=7", "HEAD")
+    env = _env(tmp_path, STAGING_DIR=str(tmp_path))
+
+    planned = _run(root, "deploy", "--to", "staging", "--dry-run", env=env)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert re.search(r"^new +welcome ", planned.stdout, re.M)
+    assert not staging.exists()  # a dry run writes nothing, not even the database
+
+    first = _run(root, "deploy", "--to", "staging", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    version = re.search(r"deploying acme-marketing ([0-9a-f]{12}) \(git (\w+)\)", first.stdout)
+    assert version is not None, first.stdout
+    assert version.group(2) == commit
+    assert f"recorded as 'deploy {version.group(1)}@{commit}'" in first.stdout
+    on_staging = _env(tmp_path, STAGECOACH_DATABASE_URL=f"sqlite:///{staging}")
+    history = _run(root, "journeys", "versions", "welcome", env=on_staging)
+    assert f"deploy {version.group(1)}@{commit}" in history.stdout
+
+    # A change: only the changed journey gets a new version, and the commit says "changed".
+    welcome = root / "acme_marketing" / "journeys" / "welcome.py"
+    original = welcome.read_text()
+    welcome.write_text(original.replace("timedelta(days=3)", "timedelta(days=2)"))
+    second = _run(root, "deploy", "--to", "staging", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "uncommitted changes" in second.stdout
+    assert re.search(r"^created +welcome ", second.stdout, re.M)
+    assert re.search(r"^unchanged +onboarding ", second.stdout, re.M)
+
+    # The older checkout deploys nothing back: the latest stays, and it says how to go back.
+    welcome.write_text(original)
+    third = _run(root, "deploy", "--to", "staging", env=env)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert re.search(r"^older +welcome .*kept .*journeys rollback welcome --to", third.stdout, re.M)
+    assert "nothing new to record" in third.stdout
+
+
+def test_deploy_refuses_what_it_cannot_do_and_publishes_nothing(
+    project: Path, tmp_path: Path
+) -> None:
+    env = _env(tmp_path)
+    unknown = _run(project, "deploy", "--to", "prod", env=env)
+    assert "no environment 'prod'" in _one_error_line(unknown)
+    with (project / "pyproject.toml").open("a") as toml:
+        toml.write(
+            "\n[tool.stagecoach.environments.staging]\n"
+            'database_url = "sqlite:///${STAGING_DIR}/staging.db"\n'
+            "\n[tool.stagecoach.environments.typo]\n"
+            'databse_url = "sqlite:///x.db"\n'
+        )
+    unset = _run(project, "deploy", "--to", "staging", env=env)
+    assert "needs ${STAGING_DIR}, which is not set" in _one_error_line(unset)
+    typo = _run(project, "deploy", "--to", "typo", env=env)
+    line = _one_error_line(typo)
+    assert "sets 'databse_url', which is no setting" in line
+    assert "database_url" in line.split("Fix:")[1]
+
+    welcome = project / "acme_marketing" / "journeys" / "welcome.py"
+    welcome.write_text(welcome.read_text().replace('"trial-invitation"', '"trial-invite"'))
+    broken = _run(project, "deploy", "--to", "local", env=env)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "nothing was deployed: 1 problem(s)" in broken.stdout
+    assert not (tmp_path / "stagecoach.db").exists()
