@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import site
 import subprocess
@@ -180,3 +181,103 @@ def test_a_team_starts_its_own_project_from_the_wheel(installed: Path, tmp_path:
     tests = run(root, str(installed / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider")
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "2 passed" in tests.stdout
+
+
+def test_a_team_project_from_the_wheel_runs_deploys_delivers_and_rolls_back(
+    installed: Path, tmp_path: Path, temporal_cli_path: str
+) -> None:
+    """The issue's tour, outside the checkout, from the wheel: init, validate, the team's
+    tests, up on THEIR definitions, a contact whose whitepaper reaches the file sink,
+    a deploy of a changed journey, and a rollback that plan shows first."""
+    stagecoach = str(installed / "stagecoach")
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
+    env.pop("PYTHONPATH", None)
+    data = tmp_path / "acme-marketing" / ".stagecoach"
+    env.update(
+        STAGECOACH_DATA_DIR=str(data),
+        STAGECOACH_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        STAGECOACH_TEMPORAL_UI_PORT=str(free_port()),
+        STAGECOACH_API_PORT=str(api_port),
+        STAGECOACH_WORKER_METRICS_PORT=str(free_port()),
+        STAGECOACH_TEMPORAL_METRICS_PORT=str(free_port()),
+        STAGECOACH_ADMIN_TOKEN="wheel-admin-token-0123456789abcdef",
+        # Quiet hours off: the whitepaper goes out whatever the hour of the test.
+        STAGECOACH_QUIET_HOURS_START="00:00",
+        STAGECOACH_QUIET_HOURS_END="00:00",
+        TEMPORAL_CLI_PATH=temporal_cli_path,
+    )
+
+    def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+    assert run(tmp_path, stagecoach, "init", "acme-marketing", "--no-git").returncode == 0
+    root = tmp_path / "acme-marketing"
+    assert run(root, stagecoach, "validate").returncode == 0
+    assert run(root, str(installed / "python"), "-m", "pytest", "-q").returncode == 0
+
+    proc = subprocess.Popen(
+        [stagecoach, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=root,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"up exited early ({proc.wait()}): {''.join(lines)}")
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        banner = "".join(lines)
+        assert "Definitions        acme-marketing  (acme_marketing.definitions:defs" in banner
+
+        key = run(root, stagecoach, "keys", "create", "website").stdout.strip()
+        call = {
+            "userId": "team-e2e",
+            "messageId": "team-e2e-download",
+            "event": "content.downloaded",
+            "properties": {"content_id": "wp-digital-transformation", "kind": "whitepaper"},
+            "context": {"traits": {"email": "buyer@example.com", "locale": "en"}},
+        }
+        sent = httpx.post(f"http://127.0.0.1:{api_port}/v1/track", json=call, auth=(key, ""))
+        assert sent.status_code == 200, sent.text
+        sink = data / "sink"
+        deadline = time.monotonic() + 60
+        delivered: list[str] = []
+        while time.monotonic() < deadline and not delivered:
+            delivered = [
+                p.read_text(encoding="utf-8")
+                for p in sink.rglob("*.json")
+                if "wp-digital-transformation" in p.read_text(encoding="utf-8")
+            ]
+            time.sleep(0.5)
+        assert delivered, f"no whitepaper in {sink}: {sorted(sink.rglob('*'))}"
+        assert "buyer@example.com" in delivered[0]
+
+        welcome = root / "acme_marketing" / "journeys" / "welcome.py"
+        original = welcome.read_text()
+        welcome.write_text(original.replace("timedelta(days=3)", "timedelta(days=2)"))
+        deployed = run(root, stagecoach, "deploy", "--to", "local")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert re.search(r"^created +welcome ", deployed.stdout, re.M), deployed.stdout
+
+        welcome.write_text(original)  # back to the first version, on purpose this time
+        planned = run(root, stagecoach, "plan")  # exit 0: publishing would change nothing
+        assert planned.returncode == 0, planned.stdout + planned.stderr
+        assert re.search(r"^older +welcome .*journeys rollback welcome", planned.stdout, re.M)
+        rolled = run(root, stagecoach, "journeys", "rollback", "welcome")
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        assert "rolled back welcome" in rolled.stdout
+        settled = run(root, stagecoach, "plan")
+        assert settled.returncode == 0, settled.stdout + settled.stderr
+        assert re.search(r"^unchanged +welcome ", settled.stdout, re.M), settled.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
