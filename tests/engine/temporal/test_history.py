@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from temporalio.client import WorkflowHistory
@@ -122,14 +122,22 @@ async def test_a_contact_reads_from_nothing_across_its_runs_with_its_enrol_updat
         for n in range(3):
             await runtime.event("hist-1", "page.viewed", properties={"category": "blog", "n": n})
 
+        handle = runtime.client.get_workflow_handle(contact_workflow_id("hist-1"))
+        read: list[Any] = []
+
         async def continued_with_every_event() -> bool:
+            # The history and the run Temporal calls current, read as one settled pair:
+            # a busy worker may still be continuing as new between the two reads.
             history = await contact_history(runtime.client, "hist-1")
+            newest = await handle.describe()
             seen = [e for r in history.records() if isinstance(r, Signalled) for e in r.events()]
-            return len(history.runs) >= 2 and len(seen) == 4
+            read[:] = [history, newest]
+            return (
+                len(history.runs) >= 2 and len(seen) == 4 and history.newest_run_id == newest.run_id
+            )
 
         await eventually(continued_with_every_event, within=30)
-        history = await contact_history(runtime.client, "hist-1")
-        newest = await runtime.client.get_workflow_handle(contact_workflow_id("hist-1")).describe()
+        history, newest = read
 
     # Oldest run first, each one started by the one before it.
     assert history.newest_run_id == newest.run_id
