@@ -58,9 +58,9 @@ class Definitions:
             project's root (the folder holding its ``pyproject.toml``); ``None`` uses
             the engine's setting (``STAGECOACH_CONTENT_DIR``) or its bundled content.
         name: A label for people: ``stagecoach validate`` and ``up`` print it.
-        overlap_window: Two journeys entered on the same trigger that can both send
-            within this time of it are warned about (:meth:`warnings`); ``None`` turns
-            that warning off. Default: a week.
+        overlap_window: Two journeys that one trigger makes both send within this
+            time of it are warned about (:meth:`warnings`); ``None`` turns that warning
+            off. Default: a week.
         intended_overlaps: Pairs of journey names, ``[("nps_survey", "acme_nps")]``,
             whose shared trigger is meant: they are not warned about.
     """
@@ -218,9 +218,10 @@ class Definitions:
         fix; an empty list means nothing to warn about. Warnings never make the project
         invalid (``stagecoach validate --strict`` makes them fail it).
 
-        - Two journeys entered on the same trigger (the same stage, or events one event
-          can match both of) that can both send within :attr:`overlap_window` of it,
-          unless :attr:`intended_overlaps` pairs them.
+        - Two journeys that one trigger (a stage, or an event both can match) makes both
+          send within :attr:`overlap_window`, to a contact who does nothing more: both
+          entered on it, or one entered on it and the other waiting for it; unless
+          :attr:`intended_overlaps` pairs them.
         - A ``wait_for`` whose event alone meets the journey's goal or exit criteria,
           which are checked first, so the wait's event path never runs.
         - A journey with neither goal nor exit criteria that can keep a contact a month
