@@ -4,8 +4,9 @@
 and en, a test and a CI file) into a new folder and makes it a git repository.
 ``validate`` loads the project the working directory belongs to
 (``stagecoach.engine.services.project``) and checks all of it: the pipeline against the
-events, every journey against the pipeline, the events and the content. It is what the
-team's CI runs.
+events, every journey against the pipeline, the events and the content. It then lists
+the project's warnings (``Definitions.warnings``), which fail it only with ``--strict``.
+It is what the team's CI runs.
 """
 
 from __future__ import annotations
@@ -92,10 +93,16 @@ def init(
     typer.echo(f"next: cd {directory} && stagecoach validate && pytest")
 
 
-def validate() -> None:
+def validate(
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 on warnings too, not only on problems."),
+    ] = False,
+) -> None:
     """Validate the project: pipeline, events, every journey and its content; exit 1 on
-    any problem. The project is the one the working directory belongs to
-    ([tool.stagecoach] in pyproject.toml), --definitions, or the bundled example."""
+    any problem (and, with --strict, on any warning). The project is the one the working
+    directory belongs to ([tool.stagecoach] in pyproject.toml), --definitions, or the
+    bundled example."""
     from stagecoach.engine.cli.journeys import _settings
     from stagecoach.engine.domain.content import ContentLibrary, ContentValidationError
     from stagecoach.engine.domain.definitions import PIPELINE
@@ -137,10 +144,27 @@ def validate() -> None:
         for problem in problems:
             if problem.journey == name:
                 typer.echo(f"      - {problem.step}: {problem.message}. Fix: {problem.fix}")
+    warnings = definitions.warnings(specs=specs)
+    for warning in warnings:
+        typer.echo(
+            f"warn  {warning.journey:<{width}}  {warning.step}: {warning.message}."
+            f" Fix: {warning.fix}"
+        )
+    warned = f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
     if problems:
         count = len(problems)
-        typer.echo(f"{count} problem{'s' if count != 1 else ''}; nothing was published")
+        typer.echo(
+            f"{count} problem{'s' if count != 1 else ''}"
+            + (f", {warned}" if warnings else "")
+            + "; nothing was published"
+        )
         raise typer.Exit(1)
+    if warnings:
+        failing = " (--strict: warnings fail)" if strict else ""
+        typer.echo(f"{len(names)} journeys valid, {warned}{failing}")
+        if strict:
+            raise typer.Exit(1)
+        return
     typer.echo(f"{len(names)} journeys valid")
 
 

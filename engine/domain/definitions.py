@@ -6,6 +6,9 @@ A team's repository names one :class:`Definitions` (``[tool.stagecoach] definiti
 (``stagecoach.engine.services.project``) instead of importing its own modules. One call,
 :meth:`Definitions.problems`, validates the whole project: each journey against the
 pipeline's stages, the events and the content, and the pipeline against the events.
+Another, :meth:`Definitions.warnings`, lists what is valid but probably unmeant (two
+journeys answering one trigger, a wait the journey's own goal pre-empts, a month-long
+wait with no way out; ``stagecoach.engine.domain.journeys._warnings``).
 
 Pure: loading the modules a project names, and discovering its journeys, is ordinary
 Python importing (``importlib``), not I/O of ours.
@@ -17,12 +20,14 @@ import importlib
 import pkgutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 
 from stagecoach.engine.domain.events import EventCatalog
 from stagecoach.engine.domain.hashing import content_hash
 from stagecoach.engine.domain.journeys import (
+    OVERLAP_WINDOW,
     ContentIndex,
     Journey,
     JourneySpec,
@@ -30,6 +35,8 @@ from stagecoach.engine.domain.journeys import (
     Problem,
     ValidationContext,
     compile_journey,
+    journey_warnings,
+    overlap_warnings,
 )
 from stagecoach.engine.domain.pipeline import Pipeline, PipelineDefinitionError
 
@@ -52,6 +59,11 @@ class Definitions:
             project's root (the folder holding its ``pyproject.toml``); ``None`` uses
             the engine's setting (``STAGECOACH_CONTENT_DIR``) or its bundled content.
         name: A label for people: ``stagecoach validate`` and ``up`` print it.
+        overlap_window: Two journeys that one trigger makes both send within this
+            time of it are warned about (:meth:`warnings`); ``None`` turns that warning
+            off. Default: a week.
+        intended_overlaps: Pairs of journey names, ``[("nps_survey", "acme_nps")]``,
+            whose shared trigger is meant: they are not warned about.
     """
 
     pipeline: Pipeline
@@ -59,6 +71,8 @@ class Definitions:
     journeys: Iterable[Journey] | Mapping[str, Journey] = ()
     content: str | Path | None = None
     name: str = ""
+    overlap_window: timedelta | None = OVERLAP_WINDOW
+    intended_overlaps: Iterable[tuple[str, str]] = ()
     _by_name: Mapping[str, Journey] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +115,42 @@ class Definitions:
                     )
         object.__setattr__(self, "journeys", tuple(by_name.values()))
         object.__setattr__(self, "_by_name", MappingProxyType(by_name))
+        window = self.overlap_window
+        if window is not None and (not isinstance(window, timedelta) or window <= timedelta(0)):
+            raise DefinitionsError(
+                f"Definitions(overlap_window=...) got {window!r}: pass a positive"
+                " timedelta such as timedelta(days=7), or None to turn the overlap warning off"
+            )
+        object.__setattr__(self, "intended_overlaps", self._pairs(self.intended_overlaps))
+
+    def _pairs(self, pairs: object) -> tuple[tuple[str, str], ...]:
+        usage = 'list pairs of journey names, e.g. intended_overlaps=[("nps_survey", "acme_nps")]'
+        if isinstance(pairs, str | bytes) or not isinstance(pairs, Iterable):
+            raise DefinitionsError(f"Definitions(intended_overlaps=...) got {pairs!r}: {usage}")
+        out: list[tuple[str, str]] = []
+        for pair in pairs:
+            names = tuple(pair) if isinstance(pair, tuple | list) else ()
+            if len(names) != 2 or not all(isinstance(n, str) for n in names):
+                raise DefinitionsError(
+                    f"Definitions(intended_overlaps=...) holds {pair!r}, not a pair of"
+                    f" journey names: {usage}"
+                )
+            first, second = names
+            if first == second:
+                raise DefinitionsError(
+                    f"Definitions(intended_overlaps=...) pairs {first!r} with itself: name"
+                    " the two journeys that share a trigger"
+                )
+            for name in names:
+                if name not in self._by_name:
+                    raise DefinitionsError(
+                        f"Definitions(intended_overlaps=...) names journey {name!r}, which"
+                        f" is not among the project's journeys"
+                        f" ({', '.join(repr(n) for n in self._by_name) or 'none'}): correct"
+                        " the name, or remove the pair if that journey is gone"
+                    )
+            out.append((first, second))
+        return tuple(out)
 
     @property
     def journeys_by_name(self) -> Mapping[str, Journey]:
@@ -158,6 +208,43 @@ class Definitions:
     def problems(self, content: ContentIndex | None = None) -> list[Problem]:
         """Every problem of the project; an empty list means it is valid."""
         return self.compile(content)[1]
+
+    def warnings(
+        self,
+        content: ContentIndex | None = None,
+        *,
+        specs: Mapping[str, JourneySpec] | None = None,
+    ) -> list[Problem]:
+        """What is valid but probably not meant, each with the journey, the step and a
+        fix; an empty list means nothing to warn about. Warnings never make the project
+        invalid (``stagecoach validate --strict`` makes them fail it).
+
+        - Two journeys that one trigger (a stage, or an event both can match) makes both
+          send within :attr:`overlap_window`, to a contact who does nothing more: both
+          entered on it, or one entered on it and the other waiting for it; unless
+          :attr:`intended_overlaps` pairs them.
+        - A ``wait_for`` whose event alone meets the journey's goal or exit criteria,
+          which are checked first, so the wait's event path never runs.
+        - A journey with neither goal nor exit criteria that can keep a contact a month
+          or more.
+
+        Only journeys that compile are looked at; see :meth:`problems` for the rest.
+
+        Args:
+            content: The content library (as for :meth:`compile`), or ``None``.
+            specs: The compiled journeys, when :meth:`compile` already ran.
+        """
+        if specs is None:
+            specs = self.compile(content)[0]
+        ordered = [specs[name] for name in self._by_name if name in specs]
+        found: list[Problem] = []
+        for spec in ordered:
+            found.extend(journey_warnings(spec))
+        if self.overlap_window is not None:
+            intended = {frozenset(pair) for pair in self.intended_overlaps}
+            found.extend(overlap_warnings(ordered, self.overlap_window, intended))
+        place = {name: n for n, name in enumerate(self._by_name)}
+        return sorted(found, key=lambda p: place.get(p.journey, len(place)))
 
 
 PIPELINE = "(pipeline)"

@@ -1,5 +1,5 @@
 """Journeys: the DSL marketers write, its compiler and validation, the interpreter, the
-offline simulator, and the diagram and diff tools.
+offline simulator, the diagram and diff tools, and validation warnings.
 
 Pure: no Temporal, no database, no network, no clock, no ``random``. The contact workflow
 and ``simulate`` drive the same ``step`` function::
@@ -140,6 +140,14 @@ from ._tools import (
     human_duration,
     to_mermaid,
 )
+from ._warnings import (
+    LONG_WAIT,
+    OVERLAP_WINDOW,
+    journey_warnings,
+    long_waits,
+    overlap_warnings,
+    shadowed_waits,
+)
 
 __all__ = [
     "CHANNELS",
@@ -150,9 +158,11 @@ __all__ = [
     "EXITED_NO_CHANNEL",
     "EXIT_PASSAGE",
     "GOAL_PASSAGE",
+    "LONG_WAIT",
     "NO_CHANNEL",
     "NO_CHANNEL_WAIT",
     "NO_CHANNEL_WITHIN",
+    "OVERLAP_WINDOW",
     "SIMULATION_EPOCH",
     "SKIPPED_NO_CHANNEL",
     "STEP_BUDGET",
@@ -246,12 +256,16 @@ __all__ = [
     "holdout",
     "human_duration",
     "idempotency_key",
+    "journey_warnings",
+    "long_waits",
     "next_best",
     "next_time_of_day",
     "on_event",
+    "overlap_warnings",
     "parsed_spec",
     "send",
     "set_attribute",
+    "shadowed_waits",
     "simulate",
     "since_enrolment",
     "spec_version",
