@@ -377,6 +377,7 @@ def ignored_events(
     read = _read(records, view)
     seen_ids = set((view.state.get("seen_ids") or []) if view is not None else [])
     out: list[IgnoredEvent] = []
+    specs = {key: _spec(read, e) for key, e in read.enrolments.items()}
     arrivals = sorted({at for at, _ in read.events})
     for at, message in read.events:
         next_arrival = next((t for t in arrivals if t > at), None)
@@ -392,13 +393,13 @@ def ignored_events(
             _when(message.get("occurred_at")) or at,
             dict(message.get("properties") or {}),
         )
-        for e in read.enrolments.values():
+        for key, e in read.enrolments.items():
             if journey is not None and e.journey != journey:
                 continue
             started = _started(e)
             if started is None or started > at or (e.finished is not None and e.finished <= at):
                 continue
-            spec = _spec(read, e)
+            spec = specs[key]
             if spec is None or _consumed_by_finish(e, at, next_arrival):
                 continue
             here, doing = _position(read, e, spec, at)

@@ -31,6 +31,7 @@ from stagecoach.engine.domain.journeys import (
     WaitForEvent,
     branch,
     compile_journey,
+    describe_step,
     exit_to,
     goal,
     send,
@@ -341,3 +342,14 @@ def test_a_since_wait_reached_at_once_still_validates_as_a_wait(ctx):
         wait(DAY, id="pause", next="ask"),
     )
     assert spec.step("await-view").kind == "wait_for_event"
+
+
+def test_the_diagram_and_diffs_say_since_when_a_wait_counts(ctx):
+    spec = build(ctx, *purchase("enrolment"))
+    wait_step = spec.step("await-order")
+    assert describe_step(wait_step) == (
+        "wait up to 30d for order.paid, counting those since enrolment"
+    )
+    assert wait_step.summary() == "wait for order.paid (since enrolment)"
+    plain = build(ctx, *purchase(None)).step("await-order")
+    assert describe_step(plain) == "wait up to 30d for order.paid"
