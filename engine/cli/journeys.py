@@ -822,7 +822,8 @@ def rehearse(
         )
         started = asyncio.get_running_loop().time()
         pending = list(script)
-        shown = 0
+        shown: set[tuple[datetime, str, str]] = set()
+        ignored: list[str] = []
         while asyncio.get_running_loop().time() - started < timeout:
             elapsed = timedelta(seconds=asyncio.get_running_loop().time() - started)
             while pending and pending[0][0] * time_scale <= elapsed:
@@ -842,11 +843,21 @@ def rehearse(
             # The state first, then the story: a journey seen ended has its last lines
             # in the history read after it, so none is left unprinted.
             view = await contact_view(client, contact_id)
-            story = await contact_timeline(client, contact_id)
-            for entry in story[shown:]:
-                journey_at = (entry.at - now) / time_scale
-                typer.echo(f"  {_offset(journey_at)}  {entry.kind:<9} {entry.summary}")
-            shown = len(story)
+            story = await contact_timeline(client, contact_id, view=view)
+            # Lines already printed are skipped by identity, not position: an ignored
+            # event is known only once the workflow went on after it, and its line sits
+            # where the event arrived.
+            for entry in story:
+                key = (entry.at, entry.kind, entry.summary)
+                if key in shown:
+                    continue
+                shown.add(key)
+                when = _offset((entry.at - now) / time_scale)
+                summary = entry.summary
+                if entry.kind == "ignored":
+                    summary = _ignored_text(entry.data, when)
+                    ignored.append(summary)
+                typer.echo(f"  {when}  {entry.kind:<9} {summary}")
             if not pending and all(j["journey"] != name for j in view.journeys):
                 break
             await asyncio.sleep(0.5)
@@ -855,9 +866,31 @@ def rehearse(
                 f"still running after {timeout:.0f}s; follow it with "
                 f"'stagecoach contact timeline {contact_id}'"
             )
+        if ignored:
+            typer.echo(
+                f"warning: {len(ignored)} event(s) arrived while no step was waiting for them"
+                " and were ignored:"
+            )
+            for line in ignored:
+                typer.echo(f"  ignored: {line}")
         typer.echo(f"messages: {settings.resolved_sink_dir / 'rehearsal' / contact_id}")
 
     asyncio.run(run())
+
+
+def _ignored_text(data: dict[str, Any], when: str) -> str:
+    """An ``ignored`` story line with the arrival in journey time (``+2d 03:00``)."""
+    from stagecoach.engine.temporal.ignored import IgnoredEvent
+
+    return IgnoredEvent(
+        at=datetime.fromisoformat(str(data["at"])),
+        event=str(data["event"]),
+        journey=str(data["journey"]),
+        enrolment=int(data.get("enrolment") or 0),
+        step=str(data["step"]),
+        doing=str(data["doing"]),
+        later=tuple(data.get("later") or ()),
+    ).text(when)
 
 
 def _catalog_names() -> frozenset[str]:

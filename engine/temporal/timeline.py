@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from stagecoach.engine.domain.journeys import (
     EXITED_NO_CHANNEL,
@@ -30,7 +30,9 @@ from stagecoach.engine.protocol import (
     OPEN_ACTIVITY,
     RECORD_ENROLMENT_ACTIVITY,
     RECORD_TRANSITION_ACTIVITY,
+    contact_workflow_id,
 )
+from stagecoach.engine.protocol.messages import ContactView
 from stagecoach.engine.temporal.history import (
     ActivityCompleted,
     ActivityFailed,
@@ -42,6 +44,7 @@ from stagecoach.engine.temporal.history import (
     UpdateAccepted,
     contact_history,
 )
+from stagecoach.engine.temporal.ignored import ignored_events
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Entry:
     at: datetime
     kind: str
     """``created``, ``event``, ``stage``, ``send``, ``sent``, ``not_sent``, ``handoff``,
-    ``wait``, ``waited``, ``enrol``, ``continued``."""
+    ``wait``, ``waited``, ``enrol``, ``continued``, ``ignored``."""
     summary: str
     data: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
@@ -174,7 +177,31 @@ def entries_from_records(records: Iterable[Record]) -> list[Entry]:
     return out
 
 
-async def contact_timeline(client: Client, contact_id: str) -> list[Entry]:
-    """Every entry of the contact's story, oldest first, across all runs."""
-    history = await contact_history(client, contact_id)
-    return [entry for run in history.runs for entry in entries_from_records(run.records)]
+def ignored_entries(
+    records: Iterable[Record], view: ContactView | None = None, *, closed: bool = False
+) -> list[Entry]:
+    """One ``ignored`` line per event an enrolment ignored (``engine.temporal.ignored``):
+    it arrived while the journey was elsewhere, and a later ``wait_for`` waits for it in
+    vain."""
+    return [
+        Entry(i.at, "ignored", i.text(), {**i.to_dict(), "at": i.at.isoformat()})
+        for i in ignored_events(records, view, closed=closed)
+    ]
+
+
+async def contact_timeline(
+    client: Client, contact_id: str, *, view: ContactView | None = None
+) -> list[Entry]:
+    """Every entry of the contact's story, oldest first, across all runs, with the events
+    its journeys ignored where they arrived. ``view``: the live state, which settles
+    whether the newest events were applied yet."""
+    description = await client.get_workflow_handle(contact_workflow_id(contact_id)).describe()
+    history = await contact_history(client, contact_id, newest_run_id=description.run_id)
+    story = [entry for run in history.runs for entry in entries_from_records(run.records)]
+    closed = description.status != WorkflowExecutionStatus.RUNNING
+    ignored = ignored_entries(history.records(), view, closed=closed)
+    # Each ignored line goes after everything that happened by its arrival.
+    for entry in ignored:
+        where = next((n for n, e in enumerate(story) if e.at > entry.at), len(story))
+        story.insert(where, entry)
+    return story

@@ -15,6 +15,9 @@ history proves, one ``Link`` per decision, oldest first::
     delivery       what the activity returned (sent, duplicate, blocked) or how it failed
     finish         where an enrolment that never reached the step ended
     waiting        where an enrolment still in flight stands (the ``state`` query)
+    ignored        an event that arrived while the enrolment was elsewhere (a send held
+                   for quiet hours, another wait) and that a later ``wait_for`` waits
+                   for in vain (``stagecoach.engine.temporal.ignored``)
 
 The evidence, all of it in the history across continue-as-new runs: the start input
 (``ContactInput.enrol``, ``definitions``, the carried ``journeys``), ``enrol`` updates and
@@ -84,6 +87,7 @@ from stagecoach.engine.temporal.history import (
     contact_history,
     failure_text,
 )
+from stagecoach.engine.temporal.ignored import IgnoredEvent, ignored_events
 
 SENT = "sent"
 NOT_SENT = "not_sent"
@@ -118,7 +122,7 @@ class Link:
         at: When it happened (server time); ``None`` when only the live state shows it.
         kind: ``entry``, ``branch``, ``split``, ``wait_for_event``, ``reached``,
             ``channel``, ``quiet_hours``, ``consent``, ``frequency_cap``, ``delivery``, ``finish``,
-            ``waiting``, ``workflow`` or ``live``.
+            ``waiting``, ``ignored``, ``workflow`` or ``live``.
         verdict: The link's outcome in a word or two (``enrolled``, ``else``, ``held``,
             ``blocked``, ``sent``...).
         detail: The evidence, for a person.
@@ -703,6 +707,9 @@ async def contact_why(
         return Why(contact_id, journey, step_id, chain.status, chain.answer, chain.links)
     raw = _spec_for(history, journey, step_id, chosen.version)
     _explain(chain, history, journey, step_id, raw, chosen, enrolments)
+    _ignored(
+        chain, ignored_events(read.records(), view, closed=not running, journey=journey), chosen
+    )
     if queried and view is None:
         chain.add(None, "live", "unavailable", "no worker answered the state query in time")
     if chain.status == PENDING and not running:
@@ -720,6 +727,20 @@ async def contact_why(
         enrolment=chosen.number or None,
         version=chosen.version,
     )
+
+
+def _ignored(chain: _Chain, ignored: list[IgnoredEvent], e: _Enrolment) -> None:
+    """An ``ignored`` link per event the enrolment ignored, where it arrived in the chain:
+    why a later wait never saw an event the contact did send."""
+    for item in ignored:
+        if e.number and item.enrolment and item.enrolment != e.number:
+            continue
+        link = Link(item.at, "ignored", "ignored", item.text())
+        where = next(
+            (n for n, old in enumerate(chain.links) if old.at is None or old.at > item.at),
+            len(chain.links),
+        )
+        chain.links.insert(where, link)
 
 
 def _pending_attempts(history: _History, pending: Sequence[Any], run_id: str) -> None:

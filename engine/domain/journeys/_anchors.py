@@ -171,6 +171,7 @@ def resolve_anchors(
                     timeout=left,
                     next=s.next,
                     on_timeout=s.on_timeout,
+                    since=s.since,
                 )
             )
     return tuple(out), problems

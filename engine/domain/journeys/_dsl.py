@@ -170,6 +170,7 @@ class AnchoredEventWaitStep(Step):
     until: SinceEnrolment
     next: str | None = None
     on_timeout: str | None = None
+    since: str | None = None
     kind: ClassVar[str] = "wait_for_event"
     links: ClassVar[tuple[str, ...]] = ("next", "on_timeout")
     is_wait: ClassVar[bool] = True
@@ -449,6 +450,7 @@ def wait_for(
     timeout: timedelta,
     where: Where = None,
     on_timeout: str | None = None,
+    since: str | None = None,
     id: str = "",
     next: str | None = None,
 ) -> WaitForEventStep: ...
@@ -460,6 +462,7 @@ def wait_for(
     timeout: SinceEnrolment,
     where: Where = None,
     on_timeout: str | None = None,
+    since: str | None = None,
     id: str = "",
     next: str | None = None,
 ) -> AnchoredEventWaitStep: ...
@@ -470,6 +473,7 @@ def wait_for(
     timeout: timedelta | SinceEnrolment,
     where: Where = None,
     on_timeout: str | None = None,
+    since: str | None = None,
     id: str = "",
     next: str | None = None,
 ) -> WaitForEventStep | AnchoredEventWaitStep:
@@ -481,16 +485,31 @@ def wait_for(
             enrolment: ``since_enrolment(timedelta(days=30))``.
         where: Property filters for event types given as strings.
         on_timeout: Target when the timeout passes (default: the next step in order).
+        since: Also count a matching event the contact already sent: ``"enrolment"``
+            (since the contact enrolled) or an earlier step's id (since the contact
+            reached that step). Default: only events that arrive while the wait runs.
         id: Stable step id; derived from the first event type when empty.
         next: Target when a matching event arrives (default: the next step in order).
 
     Raises:
-        TypeError: ``timeout`` is neither a ``timedelta`` nor a ``since_enrolment(...)``.
+        TypeError: ``timeout`` is neither a ``timedelta`` nor a ``since_enrolment(...)``,
+            or ``since`` is not text.
     """
     matchers = tuple(_matcher(e, where) for e in events)
+    if since is not None and (not isinstance(since, str) or not since.strip()):
+        raise TypeError(
+            f"wait_for: since={since!r} is not a point to count from; write"
+            " since='enrolment' or since='<an earlier step id>', or leave it out to count"
+            " only events that arrive while the wait runs"
+        )
     if isinstance(timeout, SinceEnrolment):
         return AnchoredEventWaitStep(
-            id=id, matchers=matchers, until=timeout, next=next, on_timeout=on_timeout
+            id=id,
+            matchers=matchers,
+            until=timeout,
+            next=next,
+            on_timeout=on_timeout,
+            since=since,
         )
     # None is left for validation to report with the journey and the step.
     if timeout is not None:
@@ -500,7 +519,7 @@ def wait_for(
             "timeout=timedelta(days=7), or timeout=since_enrolment(timedelta(days=30))",
         )
     return WaitForEventStep(
-        id=id, matchers=matchers, timeout=timeout, next=next, on_timeout=on_timeout
+        id=id, matchers=matchers, timeout=timeout, next=next, on_timeout=on_timeout, since=since
     )
 
 

@@ -25,6 +25,11 @@ Goal and global exit criteria are evaluated on every input to an active cursor (
 every event and whenever any wait ends), goal first: a contact who pays and becomes a
 customer in one go converted, they did not merely leave.
 
+Early events: a ``wait_for(..., since=...)`` step looks, when it starts, through the
+events in ``facts`` for one received since its anchor (the enrolment, or the last time
+the enrolment reached a named step; the cursor's ``marks`` keep those moments) and, if it
+finds one, passes at once. Without ``since`` only events that arrive while it waits count.
+
 Facts: each input carries the contact's facts at ``now``. While one input runs instant
 steps, the journey's own ``ChangeStage``/``SetAttribute``/``AddTag`` writes are applied to
 that snapshot, so a branch after a stage change sees the new stage.
@@ -45,6 +50,7 @@ from ._errors import JourneyRuntimeError, StepBudgetExceeded
 from ._spec import JourneySpec
 from ._steps import (
     END,
+    ENROLMENT,
     EXIT_PREFIX,
     NO_CHANNEL,
     AddTagStep,
@@ -75,6 +81,9 @@ Status: TypeAlias = Literal["active", "completed", "exited"]
 _S = TypeVar("_S", bound=Step)
 WaitKind: TypeAlias = Literal["delivery", "handoff", "timer", "event", "channel"]
 
+EARLY = "sent at"
+"""A ``since`` wait that counted an event sent before it started passes with
+``matched <type> sent at <when>, before the wait``."""
 CHANNEL_TIMER_PREFIX = "channel:"
 """Timer ids of a send waiting for a usable channel: ``channel:<step id>:<n>``."""
 WAITING_FOR_CHANNEL = "waiting for a channel"
@@ -181,6 +190,33 @@ class Waiting(serial.Record):
     deadline: datetime | None = None
 
 
+ENROLMENT_MARK = "$enrolment"
+"""The mark of the moment the enrolment began (``since="enrolment"``)."""
+LEFT_MARK = "$left:"
+"""``$left:<wait id>``: when a ``since`` wait last ended; an event counts for it once."""
+
+
+@dataclass(frozen=True)
+class Mark(serial.Record):
+    """A moment a ``since`` wait counts from, as the contact's events stood then.
+
+    Attributes:
+        key: ``$enrolment``, a step id, or ``$left:<wait id>``.
+        at: When (journey time), for people reading the cursor.
+        last: The newest of the contact's events at that moment (``None``: none yet).
+            An event counts when it comes after this one in the contact's events, that
+            is, when the workflow received it after the moment, whatever its
+            ``occurred_at`` says: the client's clock and a delayed delivery cannot make
+            an event the journey heard afterwards look older than the moment.
+    """
+
+    key: str
+    at: datetime
+    last: EventRecord | None = None
+
+
+# Journeys without ``since`` leave no marks, so their cursors keep the form they had.
+@serial.fields(omit_if_default=("marks",))
 @dataclass(frozen=True)
 class Cursor(serial.Record):
     """Where one enrolment of one contact stands. Frozen, JSON-able, small.
@@ -196,6 +232,9 @@ class Cursor(serial.Record):
         waiting: What an active cursor waits for.
         history: Steps entered so far; timer ids are built from it so they never repeat.
         visits: Per send/hand-off step, how often this enrolment reached it.
+        marks: When the enrolment began and last reached each step a ``wait_for(...,
+            since=...)`` counts from, and when each such wait last ended (``Mark``).
+            Kept only for journeys that use ``since``.
     """
 
     journey: str
@@ -208,6 +247,7 @@ class Cursor(serial.Record):
     waiting: Waiting | None = None
     history: int = 0
     visits: tuple[tuple[str, int], ...] = ()
+    marks: tuple[Mark, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -455,6 +495,12 @@ class _Run:
     def passed(self, step_id: str, kind: str, outcome: str = "") -> None:
         self.trace.append(Passage(step_id, kind, outcome))
 
+    def mark(self, key: str) -> None:
+        last = self.facts.events[-1] if self.facts.events else None
+        marks = {m.key: m for m in self.cursor.marks}
+        marks[key] = Mark(key, self.now, last)
+        self.cursor = replace(self.cursor, marks=tuple(marks[k] for k in sorted(marks)))
+
 
 @serial.fields(rename={"step_id": "step"})
 @dataclass(frozen=True)
@@ -464,8 +510,9 @@ class Passage(serial.Record):
 
     ``outcome`` by kind: ``branch`` "then -> <target>" or "else -> <target>"; ``split``
     the chosen target; ``send``/``handoff`` "" on entry, then "ok" or "failed: <error>";
-    ``wait_for_event`` "" on entry, then "matched <event>" or "timed out"; ``goal`` and
-    ``exit`` the reason."""
+    ``wait_for_event`` "" on entry, then "matched <event>" or "timed out" (a ``since``
+    wait that counted an event received before it: "matched <event> sent at <when>,
+    before the wait"); ``goal`` and ``exit`` the reason."""
 
     step_id: str
     kind: str
@@ -522,6 +569,8 @@ def step_traced(
             step_id=spec.start,
         )
         run = _Run(spec, fresh, input.now, facts)
+        if ENROLMENT in _anchors(spec):
+            run.mark(ENROLMENT_MARK)
         if not _goal_or_exit(run):
             _advance(run, spec.start)
         return run.cursor, tuple(run.commands), tuple(run.trace)
@@ -557,6 +606,7 @@ def step_traced(
                 _finish(run, "exited", NO_CHANNEL)
             elif isinstance(current, WaitForEventStep):
                 run.passed(current.id, current.kind, "timed out")
+                _left(run, current)
                 _advance(run, _target(current.on_timeout))
             else:
                 _advance(run, _target(getattr(current, "next", None)))
@@ -566,6 +616,7 @@ def step_traced(
             if any(m.matches(input.event) for m in current.matchers):
                 run.passed(current.id, current.kind, f"matched {input.event.type}")
                 _cancel_timer(run)
+                _left(run, current)
                 _advance(run, _target(current.next))
     elif isinstance(input, ChannelReady):
         if waiting is None or waiting.kind != "channel" or waiting.step_id != input.step_id:
@@ -722,9 +773,53 @@ def _deliver(run: _Run, current: SendStep, visit: int) -> None:
     _wait(run, "delivery", current)
 
 
+def _anchors(spec: JourneySpec) -> frozenset[str]:
+    """What the spec's ``wait_for(..., since=...)`` steps count from."""
+    return frozenset(
+        s.since for s in spec.steps if isinstance(s, WaitForEventStep) and s.since is not None
+    )
+
+
+def _left(run: _Run, wait: WaitForEventStep) -> None:
+    if wait.since is not None:
+        run.mark(f"{LEFT_MARK}{wait.id}")
+
+
+def _early_event(run: _Run, wait: WaitForEventStep) -> EventRecord | None:
+    """The first event the contact already sent that ``wait`` counts: one of its events,
+    received since its anchor, and after this wait last ended (so one event ends it
+    once)."""
+    if wait.since is None:
+        return None
+    marks = {m.key: m for m in run.cursor.marks}
+    anchor = marks.get(ENROLMENT_MARK if wait.since == ENROLMENT else wait.since)
+    if anchor is None:
+        return None  # validation makes the anchor come first; a cursor without it counts none
+    events = list(run.facts.events)
+    first = max(
+        _after(events, anchor.last),
+        _after(events, marks[f"{LEFT_MARK}{wait.id}"].last)
+        if f"{LEFT_MARK}{wait.id}" in marks
+        else 0,
+    )
+    return next((e for e in events[first:] if any(m.matches(e) for m in wait.matchers)), None)
+
+
+def _after(events: list[EventRecord], last: EventRecord | None) -> int:
+    """Where the events received after ``last`` start in ``events``; all of them when
+    ``last`` is gone from the window (every event kept is newer) or there was none."""
+    if last is None:
+        return 0
+    for n in range(len(events) - 1, -1, -1):
+        if events[n] == last:
+            return n + 1
+    return 0
+
+
 def _advance(run: _Run, target: str) -> None:
     """Run instant steps from ``target`` until one waits or the enrolment ends."""
     spec, now = run.spec, run.now
+    anchors = _anchors(spec)
     for _ in range(STEP_BUDGET):
         if target == END:
             _finish(run, "completed", "end")
@@ -736,6 +831,8 @@ def _advance(run: _Run, target: str) -> None:
         run.cursor = replace(run.cursor, step_id=current.id, history=run.cursor.history + 1)
         if not isinstance(current, BranchStep | SplitStep | GoalStep | ExitStep):
             run.passed(current.id, current.kind)
+        if current.id in anchors:
+            run.mark(current.id)
         key = (spec.name, spec.version, current.id, run.cursor.enrolment)
 
         if isinstance(current, SendStep):
@@ -756,6 +853,17 @@ def _advance(run: _Run, target: str) -> None:
             _wait(run, "timer", current, next_time_of_day(now, current.at, zone))
             return
         if isinstance(current, WaitForEventStep):
+            early = _early_event(run, current)
+            if early is not None:
+                when = early.at.isoformat(timespec="seconds")
+                run.passed(
+                    current.id,
+                    current.kind,
+                    f"matched {early.type} {EARLY} {when}, before the wait",
+                )
+                _left(run, current)
+                target = _target(current.next)
+                continue
             deadline = now + (current.timeout or timedelta(0))
             timer_id = _wait(run, "event", current, deadline) or ""
             run.commands.append(WaitForEvent(current.id, current.matchers, deadline, timer_id))

@@ -35,6 +35,7 @@ from ._errors import JourneyValidationError, Problem, SpecFormatError
 from ._steps import (
     CHANNELS,
     END,
+    ENROLMENT,
     BranchStep,
     ChangeStageStep,
     EnrolStep,
@@ -386,6 +387,7 @@ def validate_spec(spec: JourneySpec, ctx: ValidationContext) -> list[Problem]:
 
     _check_graph(spec, add)
     _check_steps(spec, ctx, add)
+    _check_since(spec, add)
     _check_spans(spec, add)
     _check_event_types(spec, ctx, add)
     _check_stages(spec, ctx, add)
@@ -454,6 +456,51 @@ def _check_graph(spec: JourneySpec, add: Any) -> None:
             " an exit or a goal",
             "add a branch or timeout out of the loop to an exit_journey(...) step or END",
         )
+
+
+def _check_since(spec: JourneySpec, add: Any) -> None:
+    """``wait_for(..., since=...)`` names enrolment or a step every path to the wait
+    passes first: only then is the moment it counts from always known when it starts."""
+    known = {s.id for s in spec.steps}
+    graph = {s.id: [t for _, t in s.edges() if t in known] for s in spec.steps}
+    for s in spec.steps:
+        if not isinstance(s, WaitForEventStep) or s.since is None:
+            continue
+        where, since = f"step {s.id!r}", s.since
+        before = "since='enrolment' or the id of a step every path to this wait passes first"
+        if since == ENROLMENT:
+            if ENROLMENT in known:
+                add(
+                    where,
+                    f"since={since!r} could mean enrolment or the step {since!r}",
+                    f"rename the step {since!r}; since='enrolment' always means enrolment",
+                )
+        elif since == s.id:
+            add(
+                where,
+                "since names this wait itself",
+                "leave since out to count only events after the wait starts, or use " + before,
+            )
+        elif since not in known:
+            add(
+                where,
+                f"since={since!r} names no step of this journey",
+                f"use {before} ({_closest(since, known)})",
+            )
+        elif s.id not in _reach(spec.start, {k: [] if k == since else v for k, v in graph.items()}):
+            continue  # every path to the wait passes ``since`` first
+        elif s.id not in _reach(since, graph):
+            add(
+                where,
+                f"since={since!r} names a step that does not come before this wait",
+                f"use {before}",
+            )
+        else:
+            add(
+                where,
+                f"since={since!r} names a step some paths to this wait do not pass",
+                f"use {before}",
+            )
 
 
 def _reach(start: str, graph: Mapping[str, list[str]]) -> set[str]:

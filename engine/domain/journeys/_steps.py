@@ -307,7 +307,14 @@ class WaitUntilStep(Step):
         return f"wait until {self.at.strftime('%H:%M')} local"
 
 
-@serial.fields(rename={"timeout": "timeout_seconds"}, missing={"timeout": None})
+ENROLMENT = "enrolment"
+"""``wait_for(..., since=ENROLMENT)``: count matching events since the contact enrolled."""
+
+
+# A spec without ``since`` keeps the form (and version) it had before it existed.
+@serial.fields(
+    rename={"timeout": "timeout_seconds"}, missing={"timeout": None}, omit_if_default=("since",)
+)
 @dataclass(frozen=True, kw_only=True)
 class WaitForEventStep(Step):
     """Wait for one of ``matchers`` to be observed, or for ``timeout`` to pass.
@@ -317,12 +324,17 @@ class WaitForEventStep(Step):
         timeout: Required; how long to wait before taking ``on_timeout``.
         next: Where to go when a matching event arrives.
         on_timeout: Where to go when the timeout passes first.
+        since: ``None``: only events that arrive while the wait runs count. ``"enrolment"``
+            or an earlier step's id: a matching event the contact already sent since the
+            enrolment began (or since the contact last reached that step) ends the wait
+            as soon as it starts.
     """
 
     matchers: tuple[EventMatcher, ...]
     timeout: timedelta | None
     next: str | None = None
     on_timeout: str | None = None
+    since: str | None = None
     kind: ClassVar[str] = "wait_for_event"
     links: ClassVar[tuple[str, ...]] = ("next", "on_timeout")
     is_wait: ClassVar[bool] = True
@@ -340,7 +352,8 @@ class WaitForEventStep(Step):
         return f"wait-for-{self.matchers[0].type}" if self.matchers else "wait-for-event"
 
     def summary(self) -> str:
-        return f"wait for {' or '.join(m.type for m in self.matchers)}"
+        what = f"wait for {' or '.join(m.type for m in self.matchers)}"
+        return what if self.since is None else f"{what} (since {self.since})"
 
 
 @serial.fields(rename={"else_": "else"})

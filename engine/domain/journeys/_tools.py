@@ -172,7 +172,8 @@ def describe_step(step: Step) -> str:
     if isinstance(step, WaitForEventStep):
         events = " or ".join(describe_matcher(m) for m in step.matchers)
         limit = "" if step.timeout is None else f" up to {human_duration(step.timeout)}"
-        return f"wait{limit} for {events}"
+        since = "" if step.since is None else f", counting those since {step.since}"
+        return f"wait{limit} for {events}{since}"
     return step.summary()
 
 
