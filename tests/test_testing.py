@@ -9,6 +9,7 @@ sent instead.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from stagecoach.testing import TEST_SERVER_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TEAM_TEST = """
 from datetime import timedelta
@@ -102,13 +105,28 @@ def project(tmp_path: Path, test_server_path: str) -> Path:
     return tmp_path / "acme-marketing"
 
 
+def _docs_example() -> str:
+    """The example in docs/authoring/projects.md, "Testing your journeys"."""
+    page = (ROOT / "docs" / "authoring" / "projects.md").read_text(encoding="utf-8")
+    section = page.split("## Testing your journeys", 1)[1]
+    found = re.search(r"```python\n(.*?)```", section, re.S)
+    assert found, "the section has no python example"
+    return found.group(1)
+
+
 def test_a_teams_journey_test_runs_on_temporal_from_its_own_repository(
     project: Path, tmp_path: Path, test_server_path: str
 ) -> None:
     (project / "tests" / "test_team.py").write_text(TEAM_TEST, encoding="utf-8")
-    done = _pytest(project, _env(tmp_path, test_server_path), "tests/test_team.py")
+    (project / "tests" / "test_docs_example.py").write_text(_docs_example(), encoding="utf-8")
+    done = _pytest(
+        project,
+        _env(tmp_path, test_server_path),
+        "tests/test_team.py",
+        "tests/test_docs_example.py",
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "1 passed" in done.stdout
+    assert "2 passed" in done.stdout
 
 
 def test_a_wrong_expectation_fails_saying_what_was_sent_instead(

@@ -75,8 +75,9 @@ from stagecoach.workflows.worker import build_worker
 TEST_SERVER_ENV = "STAGECOACH_TEST_SERVER_PATH"
 """The Temporal Java test server to run; unset, the Temporal SDK downloads one."""
 
-CHANNELS = ("email", "wechat", "sms", "crm")
-"""Every channel gets a file sink, so whatever a journey sends is observable."""
+CHANNELS = (*model.CHANNELS, "crm")
+"""Every channel, and the CRM hand-offs go to, gets a file sink: whatever a journey
+sends is observable, and nothing leaves the machine."""
 
 _SETTLE = timedelta(milliseconds=1)
 SETTLE_TIMEOUT = timedelta(seconds=60)
