@@ -143,8 +143,8 @@ def test_a_wrong_expectation_fails_saying_what_was_sent_instead(
         "'case-study-manufacturing', 'email', 'case-study')"
     ) in out
     # ...and the story says why: the trial on day 1 reached the journey's goal.
-    assert "day 0 00:00:00  sent     wp-digital-transformation: sent" in out
-    assert "day 1 00:00:00  event    trial.started" in out
-    assert "day 1 00:00:00  stage    prospect -> lead (engaged)" in out
-    assert "day 1 00:00:00  ended    welcome completed: goal" in out
+    assert "day 0 00:00  sent     wp-digital-transformation: sent" in out
+    assert "day 1 00:00  event    trial.started" in out
+    assert "day 1 00:00  stage    prospect -> lead (engaged)" in out
+    assert "day 1 00:00  ended    welcome completed: goal" in out
     assert "Traceback" not in out

@@ -15,7 +15,7 @@ says.
 What a run saw is read back from the contact workflow's history (the same reader as
 ``stagecoach contact timeline``), where every send, stage change and hand-off is recorded
 with the workflow's own clock; offsets are measured from the moment the test enrolled the
-contact, to the whole second.
+contact, in whole minutes (see ``_offset``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
@@ -145,13 +145,16 @@ class Message:
 
 
 def _offset(when: datetime, origin: datetime) -> timedelta:
-    """``when`` after ``origin``, to the nearest second.
+    """``when`` after ``origin``, in whole minutes (the seconds dropped).
 
-    The workflow's clock reads a few milliseconds late after a timer (its task starts
-    just after the timer is due), and a send held for quiet hours goes at the whole
-    second the rule names, a few milliseconds before the enrolment's second comes
-    round again; neither is ever half a second."""
-    return timedelta(seconds=round((when - origin).total_seconds()))
+    ``origin`` is the whole minute the test enrolled the contact on, and the
+    workflow's clock only ever reads late against the journey's schedule: the
+    enrolment runs a moment after that minute, and each wait starts when the worker has
+    finished the step before it (a timer starts when its workflow task completes), so
+    after a few sends and waits a step runs a second or two after its nominal time. A
+    send held for quiet hours goes at the minute the rule names. Whole minutes are the
+    schedule the journey wrote; what is below them is the machine's speed."""
+    return timedelta(minutes=(when - origin).total_seconds() // 60)
 
 
 def _parse(value: Any) -> datetime | None:
@@ -163,12 +166,11 @@ def _parse(value: Any) -> datetime | None:
 
 
 def day_label(offset: timedelta) -> str:
-    """``day 3 09:30:00``: an offset as people read a journey's calendar."""
+    """``day 3 09:30``: an offset as people read a journey's calendar."""
     sign = "-" if offset < timedelta(0) else ""
     offset = abs(offset)
     hours, rest = divmod(offset.seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{sign}day {offset.days} {hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{sign}day {offset.days} {hours:02d}:{rest // 60:02d}"
 
 
 @dataclass
@@ -516,10 +518,11 @@ class JourneyTest:
                 an ``email`` the contact gets ``<id>@example.com``; ``"email": None``
                 gives it none. The contact starts at its stage as if it had been there:
                 that stage's own journeys are not started, only ``journey`` is.
-            time_of_day: Enrol at this time of day in the contact's ``timezone`` (UTC
-                without one): the test server's clock is moved forward to the next
-                such moment. Default: whatever time the server's clock shows, which is
-                only worth pinning down when quiet hours are on.
+            time_of_day: Enrol at this time of day (hours and minutes) in the
+                contact's ``timezone`` (UTC without one): the test server's clock is
+                moved forward to the next such moment. Default: the next whole
+                minute of the server's clock, which is only worth pinning down when
+                quiet hours are on.
 
         Raises:
             JourneyTestError: the journey, the stage or the contact is not one the
@@ -567,19 +570,19 @@ class JourneyTest:
             )
 
         now = await env.get_current_time()
-        # Enrol on a whole second of the server's clock, so that what happens at a time
-        # of day (the end of quiet hours) lands on a whole second after enrolment too.
-        aligned = now.replace(microsecond=0) + timedelta(seconds=1)
+        # Enrol on a whole minute of the server's clock (offsets are whole minutes), so
+        # that what happens at a time of day (the end of quiet hours) lands on a whole
+        # minute after enrolment too.
+        aligned = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
         if time_of_day is not None:
             zone = contact_zone(str(attributes.get("timezone") or ""))
             local = now.astimezone(zone)
-            aligned = datetime.combine(local.date(), time_of_day.replace(microsecond=0), zone)
+            at = time_of_day.replace(second=0, microsecond=0, tzinfo=None)
+            aligned = datetime.combine(local.date(), at, zone)
             if aligned <= local:
-                aligned = datetime.combine(
-                    local.date() + timedelta(days=1), time_of_day.replace(microsecond=0), zone
-                )
+                aligned = datetime.combine(local.date() + timedelta(days=1), at, zone)
         await env.sleep(aligned - now)
-        now = await env.get_current_time()
+        now = aligned.astimezone(UTC)
         await self._open(contact_id, stage, now)
         self._contacts.append(contact_id)
         identify = EventMessage(
@@ -597,7 +600,11 @@ class JourneyTest:
                 f"journey {journey!r} refused the enrolment of {contact_id}: {result.reason}"
             )
         await self._settle(contact_id)
-        origin = await self._enrolled_at(contact_id, journey, result.enrolment) or now
+        enrolled = await self._enrolled_at(contact_id, journey, result.enrolment) or now
+        # Offsets count from the whole minute the test asked for (``now``), unless the
+        # enrolment ran later than that minute (a machine under very heavy load).
+        late = enrolled - now >= timedelta(minutes=1)
+        origin = enrolled.replace(second=0, microsecond=0) if late else now
         run = JourneyRun(journey, contact_id, result.enrolment, self, origin)
         await self._refresh(run)
         return run
@@ -677,7 +684,7 @@ class JourneyTest:
     async def _advance(self, run: JourneyRun, at: timedelta) -> None:
         target = run._origin + at
         now = await self._now()
-        if target < now - timedelta(seconds=1):
+        if target < now - timedelta(minutes=1):
             raise JourneyTestError(
                 f"{run.contact_id} is already at {day_label(_offset(now, run._origin))}: "
                 f"cannot go back to {day_label(at)}; send events and 'until' in time order"

@@ -115,8 +115,8 @@ async def test_sends_land_at_their_offsets_on_their_channels_with_stages_and_han
     assert (wechat.to, wechat.channel) == (OPENID, "wechat")
     assert run.stage == "prospect"
     story = run.story()
-    assert "day 1 00:00:00  event    wechat.subscribed" in story
-    assert "day 3 06:00:00  handoff  to sales (sales_followup) [test_tour/to-sales]" in story
+    assert "day 1 00:00  event    wechat.subscribed" in story
+    assert "day 3 06:00  handoff  to sales (sales_followup) [test_tour/to-sales]" in story
 
 
 async def test_a_goal_event_on_day_one_ends_the_journey_and_a_script_sends_events_in_order(
