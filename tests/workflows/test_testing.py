@@ -24,6 +24,7 @@ from stagecoach import (
     stage_entered,
     wait,
 )
+from stagecoach.engine.domain.journeys import JourneyValidationError
 from stagecoach.engine.services.project import ProjectError, load_project
 from stagecoach.engine.settings import Settings
 from stagecoach.testing import JourneyTest, JourneyTestError
@@ -182,6 +183,10 @@ async def test_each_kind_of_bad_input_is_refused_with_what_to_write_instead(
         JourneyTest(defs, env=env, frequency_cap=0)
     with pytest.raises(JourneyTestError, match=r"quiet_hours=\.\.\.\) is \(start, end\)"):
         JourneyTest(defs, env=env, quiet_hours=("21:00", "08:00"))  # type: ignore[arg-type]
+    broken = Journey("broken", entry=stage_entered("lead"), steps=[send("no-such-item")])
+    with pytest.raises(JourneyValidationError, match="content 'no-such-item' does not exist"):
+        async with JourneyTest(_defs(TRIAL, broken), env=env):
+            pass  # validated and published as a worker would: refused before any run
     outside = JourneyTest(defs, env=env)
     with pytest.raises(JourneyTestError, match="inside 'async with JourneyTest"):
         await outside.start("test_trial")
