@@ -28,6 +28,7 @@ import sys
 import threading
 import tomllib
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,37 @@ def _resolve(settings: Settings, cwd: Path) -> _Ref:
 _cache: dict[tuple[str, Path | None], Project] = {}
 _lock = threading.Lock()
 
+PROVIDED_PREFIX = "provided:"
+_provided: dict[str, Project] = {}
+
+
+def provide(definitions: Definitions, *, root: Path | None = None) -> str:
+    """Make ``definitions``, an object in hand rather than a module a project names,
+    loadable: the returned reference, set as ``Settings.definitions``, selects it.
+
+    ``stagecoach.testing`` runs a team's journeys this way, from the ``Definitions`` its
+    test passes in. ``root`` is the folder its ``content`` is relative to. Registered
+    until :func:`withdraw`; :func:`forget_loaded` leaves it registered.
+    """
+    if not isinstance(definitions, Definitions):
+        raise ProjectError(
+            f"expected a Definitions, got {type(definitions).__name__}",
+            fix="pass the project's Definitions(...) object (e.g. your_package.definitions.defs)",
+        )
+    ref = f"{PROVIDED_PREFIX}{uuid.uuid4().hex}"
+    project = Project(definitions, ref, "passed in", root, _sources(definitions))
+    with _lock:
+        _provided[ref] = project
+    return ref
+
+
+def withdraw(ref: str) -> None:
+    """Forget definitions registered by :func:`provide`."""
+    with _lock:
+        _provided.pop(ref, None)
+        for key in [k for k in _cache if k[0] == ref]:
+            del _cache[key]
+
 
 def load_project(settings: Settings, *, cwd: Path | None = None) -> Project:
     """The project ``settings`` and the working directory point at, loaded once per process.
@@ -249,6 +281,14 @@ def forget_loaded() -> None:
 
 
 def _load(where: _Ref) -> Project:
+    if where.ref.startswith(PROVIDED_PREFIX):
+        provided = _provided.get(where.ref)
+        if provided is None:
+            raise ProjectError(
+                f"definitions {where.ref!r} (from {where.origin}) are no longer registered",
+                fix="use them inside the JourneyTest (or provide()) that registered them",
+            )
+        return provided
     if where.ref.startswith("bundled:"):
         name = where.ref.removeprefix("bundled:")
         bundled = importlib.import_module(BUNDLED_MODULE)
@@ -387,4 +427,6 @@ __all__ = [
     "forget_loaded",
     "git_commit",
     "load_project",
+    "provide",
+    "withdraw",
 ]

@@ -162,12 +162,18 @@ def test_stagecoach_up_runs_from_the_wheel(
     assert code == 0, "".join(lines[-40:])
 
 
-def test_a_team_starts_its_own_project_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+def test_a_team_starts_its_own_project_from_the_wheel(
+    installed: Path, tmp_path: Path, test_server_path: str
+) -> None:
     """``init``, ``validate`` and the project's own tests, outside the checkout, with the
     project template and the starter content coming from the wheel."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
     env.pop("PYTHONPATH", None)
-    env.update(STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"))
+    env.update(
+        STAGECOACH_DATA_DIR=str(tmp_path / ".stagecoach"),
+        # The project's stagecoach.testing test runs on the Temporal test server.
+        STAGECOACH_TEST_SERVER_PATH=test_server_path,
+    )
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
@@ -180,11 +186,11 @@ def test_a_team_starts_its_own_project_from_the_wheel(installed: Path, tmp_path:
     assert "2 journeys valid" in checked.stdout
     tests = run(root, str(installed / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider")
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert "2 passed" in tests.stdout
+    assert "3 passed" in tests.stdout
 
 
 def test_a_team_project_from_the_wheel_runs_deploys_delivers_and_rolls_back(
-    installed: Path, tmp_path: Path, temporal_cli_path: str
+    installed: Path, tmp_path: Path, temporal_cli_path: str, test_server_path: str
 ) -> None:
     """The issue's tour, outside the checkout, from the wheel: init, validate, the team's
     tests, up on THEIR definitions, a contact whose whitepaper reaches the file sink,
@@ -206,6 +212,7 @@ def test_a_team_project_from_the_wheel_runs_deploys_delivers_and_rolls_back(
         STAGECOACH_QUIET_HOURS_START="00:00",
         STAGECOACH_QUIET_HOURS_END="00:00",
         TEMPORAL_CLI_PATH=temporal_cli_path,
+        STAGECOACH_TEST_SERVER_PATH=test_server_path,
     )
 
     def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -214,7 +221,8 @@ def test_a_team_project_from_the_wheel_runs_deploys_delivers_and_rolls_back(
     assert run(tmp_path, stagecoach, "init", "acme-marketing", "--no-git").returncode == 0
     root = tmp_path / "acme-marketing"
     assert run(root, stagecoach, "validate").returncode == 0
-    assert run(root, str(installed / "python"), "-m", "pytest", "-q").returncode == 0
+    tests = run(root, str(installed / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    assert tests.returncode == 0, tests.stdout[-3000:]
 
     proc = subprocess.Popen(
         [stagecoach, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

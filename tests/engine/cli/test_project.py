@@ -45,7 +45,9 @@ def project(tmp_path: Path) -> Path:
     return tmp_path / "acme-marketing"
 
 
-def test_init_validate_and_the_projects_own_tests_from_nothing(tmp_path: Path) -> None:
+def test_init_validate_and_the_projects_own_tests_from_nothing(
+    tmp_path: Path, test_server_path: str
+) -> None:
     env = _env(tmp_path)
     made = _run(tmp_path, "init", "acme-marketing", env=env)
     assert made.returncode == 0, made.stderr
@@ -69,13 +71,14 @@ def test_init_validate_and_the_projects_own_tests_from_nothing(tmp_path: Path) -
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=root,
-        env=env,
+        # The template's stagecoach.testing test runs on the provisioned test server.
+        env={**env, "STAGECOACH_TEST_SERVER_PATH": test_server_path},
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert tests.returncode == 0, tests.stdout[-3000:]
-    assert "2 passed" in tests.stdout
+    assert "3 passed" in tests.stdout
 
     # From a folder deep inside the project, the engine's own commands use its journeys.
     deep = root / "acme_marketing" / "journeys"
