@@ -55,6 +55,7 @@ from stagecoach.engine.domain.journeys import (
     simulate,
     to_mermaid,
 )
+from stagecoach.engine.domain.policy import SendPolicy
 from stagecoach.engine.logging import configure_logging
 from stagecoach.engine.settings import Settings, load_settings
 
@@ -515,6 +516,13 @@ def simulate_command(
         str | None,
         typer.Option("--version", help="bundled (default), latest, or a version (prefix)."),
     ] = None,
+    ignore_quiet_hours: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-quiet-hours",
+            help="Send at once even in quiet hours (rehearse and the worker hold sends).",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="The timeline as JSON.")] = False,
 ) -> None:
     """Rehearse a journey offline on a fake clock and print its timeline.
@@ -573,7 +581,8 @@ def simulate_command(
         (at, EventRecord(event_type, SIMULATION_EPOCH + at, props))
         for at, event_type, props in script
     ]
-    result = simulate(spec, contact, records, horizon, fail_steps=failures)
+    policy = None if ignore_quiet_hours else _quiet_hours(settings)
+    result = simulate(spec, contact, records, horizon, fail_steps=failures, policy=policy)
 
     not_entered = _not_entered(spec, stage) if result.entered_at is None else None
     if json_output:
@@ -587,7 +596,15 @@ def simulate_command(
                     if result.entered_at is None
                     else result.entered_at.total_seconds(),
                     "timeline": [
-                        {"offset_seconds": e.offset.total_seconds(), **e.command.to_dict()}
+                        {
+                            "offset_seconds": e.offset.total_seconds(),
+                            **e.command.to_dict(),
+                            **(
+                                {"held_until_seconds": e.held_until.total_seconds()}
+                                if e.held_until is not None
+                                else {}
+                            ),
+                        }
                         for e in result.timeline
                     ],
                     "outcome": result.outcome,
@@ -608,6 +625,15 @@ def simulate_command(
         + (f", grade {grade}" if grade else "")
         + (f", attributes {json.dumps(attributes, ensure_ascii=False)}" if attributes else "")
     )
+    zone = attributes.get(TIME_ZONE_ATTRIBUTE, "UTC")
+    typer.echo(
+        "quiet hours off (--ignore-quiet-hours): sends go out at once"
+        if policy is None
+        else f"quiet hours {settings.quiet_hours_start}-{settings.quiet_hours_end} in {zone}, "
+        "as rehearse and the worker hold sends"
+        if policy.quiet_start != policy.quiet_end
+        else "quiet hours off (STAGECOACH_QUIET_HOURS_START equals _END)"
+    )
     lines: list[tuple[timedelta, int, str]] = [
         (at, 0, f"event  {event_type}" + "".join(f" {k}={v}" for k, v in props.items()))
         for at, event_type, props in script
@@ -621,7 +647,16 @@ def simulate_command(
         e.command.timer_id for e in result.timeline if isinstance(e.command, WaitForEvent)
     }
     lines += [
-        (e.offset, 2, _describe(e.command))
+        (
+            e.offset,
+            2,
+            _describe(e.command)
+            + (
+                f"  held for quiet hours until {_offset(e.held_until).strip()}"
+                if e.held_until is not None
+                else ""
+            ),
+        )
         for e in result.timeline
         if not isinstance(e.command, CancelTimer)
         and not (isinstance(e.command, StartTimer) and e.command.timer_id in wait_timers)
@@ -634,6 +669,16 @@ def simulate_command(
     if not_entered:
         typer.echo(not_entered)
         raise typer.Exit(1)
+
+
+def _quiet_hours(settings: Settings) -> SendPolicy:
+    """The quiet hours the worker holds sends for (the frequency cap is not simulated)."""
+    from datetime import time
+
+    return SendPolicy(
+        quiet_start=time.fromisoformat(settings.quiet_hours_start),
+        quiet_end=time.fromisoformat(settings.quiet_hours_end),
+    )
 
 
 def _not_entered(spec: JourneySpec, stage: str) -> str:

@@ -16,8 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stagecoach.engine.domain.conditions import EventRecord, Facts
+from stagecoach.engine.domain.policy import SendPolicy
 
 from ._interpreter import (
+    TIME_ZONE_ATTRIBUTE,
     AddTag,
     CancelTimer,
     ChangeStage,
@@ -72,10 +74,15 @@ ScriptItem = tuple[timedelta, EventRecord | str]
 
 @dataclass(frozen=True)
 class TimelineEntry:
-    """One command the journey issued, at an offset from the simulation start."""
+    """One command the journey issued, at an offset from the simulation start.
+
+    ``held_until``: for a send that fell in quiet hours, the offset it went out at (the
+    journey waits for its result until then, as the workflow does); ``None`` otherwise.
+    """
 
     offset: timedelta
     command: Command
+    held_until: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ def simulate(
     *,
     start: datetime = SIMULATION_EPOCH,
     fail_steps: Mapping[str, str] | None = None,
+    policy: SendPolicy | None = None,
 ) -> SimulationResult:
     """Rehearse ``spec`` for ``contact`` over ``until`` of fake time.
 
@@ -155,6 +163,11 @@ def simulate(
         until: Simulated duration.
         start: Wall-clock time at offset 0 (aware).
         fail_steps: Send or hand-off step id -> permanent error to inject for that step.
+        policy: Quiet hours to hold sends for, in the contact's ``timezone`` attribute
+            (UTC without one), as the workflow does: a send issued in quiet hours goes out
+            when they end, and the journey waits for its result until then, so events
+            arriving meanwhile find it still on that step. ``None``: no quiet hours. The
+            frequency cap is not simulated.
 
     Returns:
         The timeline, the final cursor and when the contact entered.
@@ -171,6 +184,7 @@ def simulate(
     cursor: Cursor | None = None
     entered_at: timedelta | None = None
     pending: list[Input] = []
+    held: list[tuple[datetime, Deliver, str | None]] = []
 
     def facts(now: datetime) -> Facts:
         return Facts(
@@ -191,7 +205,14 @@ def simulate(
             cursor, commands = step(spec, cursor, current)
             now = current.now
             for command in commands:
-                timeline.append(TimelineEntry(now - start, command))
+                quiet = (
+                    policy.quiet_until(now, attributes.get(TIME_ZONE_ATTRIBUTE))
+                    if policy is not None and isinstance(command, Deliver)
+                    else None
+                )
+                timeline.append(
+                    TimelineEntry(now - start, command, None if quiet is None else quiet - start)
+                )
                 if isinstance(command, StartTimer):
                     timers[command.timer_id] = command.fire_at
                 elif isinstance(command, CancelTimer):
@@ -202,6 +223,8 @@ def simulate(
                     attributes[command.name] = command.value
                 elif isinstance(command, AddTag):
                     tags.add(command.tag)
+                elif isinstance(command, Deliver) and quiet is not None:
+                    held.append((quiet, command, failures.get(command.step_id)))
                 elif isinstance(command, Deliver):
                     error = failures.get(command.step_id)
                     pending.append(
@@ -244,7 +267,25 @@ def simulate(
     while True:
         next_event_at = start + queue[0][0] if queue else None
         timer_id, fire_at = min(timers.items(), key=lambda kv: kv[1], default=(None, None))
-        if next_event_at is not None and (fire_at is None or next_event_at <= fire_at):
+        release = min(held, key=lambda h: h[0]) if held else None
+        if release is not None and all(
+            at is None or release[0] < at for at in (next_event_at, fire_at)
+        ):
+            if release[0] > end:
+                break
+            held.remove(release)
+            now, command, error = release
+            feed(
+                DeliveryResult(
+                    now=now,
+                    facts=facts(now),
+                    step_id=command.step_id,
+                    ok=error is None,
+                    permanent_error=error,
+                    content_id=command.content_id,
+                )
+            )
+        elif next_event_at is not None and (fire_at is None or next_event_at <= fire_at):
             if next_event_at > end:
                 break
             _, record = queue.pop(0)
