@@ -114,6 +114,19 @@ def test_without_a_project_the_engine_runs_the_example_the_pipeline_setting_name
     assert f"{len(journeys)} journeys valid" in result.stdout
 
 
+def test_the_engine_loads_no_example_unless_it_runs_the_bundled_one(tmp_path: Path) -> None:
+    """The API, the worker, the CLI and the connectors import no example code: only the
+    bundled fallback (``stagecoach.workflows.definitions``) does, when asked for."""
+    code = (
+        "import sys, stagecoach.engine.app, stagecoach.engine.cli, stagecoach.workflows.worker, "
+        "stagecoach.connectors; "
+        "print(sorted(m for m in sys.modules if m.startswith('stagecoach.examples')))"
+    )
+    result = _run(tmp_path, _environ(tmp_path), sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
+
+
 # One short journey per example, rehearsed as a user would from the example's folder
 # against a production worker running the same example as the bundled definitions.
 # x50,000: a journey day is 1.7 seconds, so each rehearsal takes a few seconds.
