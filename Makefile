@@ -8,7 +8,7 @@ export PYTHON
 .PHONY: run test setup lint bench docs test-fast clean help
 
 help:
-	@echo "make run    set up, then start Temporal (with Web UI), the worker and the API"
+	@echo "make run    set up, then start Temporal (with Web UI), the worker and the API on examples/lifecycle"
 	@echo "make test   set up, then lint, type-check and run the whole test suite"
 	@echo "make bench  run the benchmarks under tests/bench and print their figures"
 	@echo "make docs   build the documentation site into site/ (strict: broken links fail)"
@@ -18,8 +18,15 @@ setup:
 	@scripts/temporal-cli.sh >/dev/null
 	@scripts/temporal-ui.sh >/dev/null || echo "note: 'stagecoach up' serves the dev server's own Web UI instead (docs/codec.md)" >&2
 
+# The first example project, examples/lifecycle (make run EXAMPLE=b2b_funnel for the other),
+# named from the package that ships it. Run from here, not from the example's folder, so
+# the data directory and .env stay where the other commands look for them.
+EXAMPLE ?= lifecycle
+
 run: setup
-	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" $(VENV)/bin/stagecoach up
+	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" \
+	 STAGECOACH_DEFINITIONS="stagecoach.examples.$(EXAMPLE).$(EXAMPLE).definitions:defs" \
+	 $(VENV)/bin/stagecoach up
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -55,7 +55,7 @@ def test_the_contracts_cover_direction_and_cycles() -> None:
 
 
 def test_the_rooms_are_linked_into_the_one_package() -> None:
-    for room in (*ROOMS, "content"):
+    for room in (*ROOMS, "content", "examples"):
         link = ROOT / "stagecoach" / room
         assert link.is_symlink(), f"stagecoach/{room} should link to ../{room}"
         assert link.resolve() == (ROOT / room).resolve()

@@ -480,7 +480,7 @@ def parse_event(raw: str, known_types: frozenset[str]) -> tuple[timedelta, str, 
         raise InvalidOption(
             f"--event {raw!r}: event type {event_type!r} is not in the event catalogue",
             fix=f"use a catalogued type ({closest_names(event_type, sorted(known_types))}), "
-            "see workflows/events.py",
+            "see 'stagecoach events list'",
         )
     return at, event_type, _pairs(props, flag="--event", whole=raw)
 
@@ -826,7 +826,7 @@ def rehearse(
     traits = dict(REHEARSAL_CONTACT)
     for raw in attr or []:
         traits.update(_pairs(raw, flag="--attr", whole=raw))
-    known = _catalog_names()
+    known = _catalog_names(settings)
     script = sorted((parse_event(raw, known) for raw in event or []), key=lambda e: e[0])
     contact_id = f"rehearsal-{name}-{uuid.uuid4().hex[:8]}"
 
@@ -938,7 +938,9 @@ def _ignored_text(data: dict[str, Any], when: str) -> str:
     ).text(when)
 
 
-def _catalog_names() -> frozenset[str]:
-    from stagecoach.workflows.events import CATALOG
+def _catalog_names(settings: Settings) -> frozenset[str]:
+    """The project's event types (its own as well as the standard ones), as ``simulate``
+    and the worker know them."""
+    from stagecoach.engine.services.project import load_project
 
-    return frozenset(CATALOG.names())
+    return frozenset(load_project(settings).definitions.events.names())

@@ -1,6 +1,6 @@
 """Pipelines: the ordered stages a contact moves through, and the rules that move it.
 
-A :class:`Pipeline` is typed Python written by marketers (``workflows/pipeline.py``) and
+A :class:`Pipeline` is typed Python written by marketers (a project's ``pipeline.py``) and
 validated when it is built: every error names the pipeline, the rule or detour, and the
 fix. Its JSON form has a stable content hash, :attr:`Pipeline.version`.
 

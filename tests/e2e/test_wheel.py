@@ -87,6 +87,9 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     assert "stagecoach/engine/services/storage/migrations/env.py" in names
     assert "stagecoach/engine/dashboard/templates/base.html" in names
     assert "stagecoach/py.typed" in names
+    # The example projects, which `up` runs when no project names its own.
+    assert "stagecoach/examples/lifecycle/lifecycle/definitions.py" in names
+    assert "stagecoach/examples/b2b_funnel/pyproject.toml" in names
 
 
 def test_the_installed_package_comes_from_the_wheel_alone(installed: Path, tmp_path: Path) -> None:

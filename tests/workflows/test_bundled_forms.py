@@ -26,7 +26,8 @@ PUBLISHED_PIPELINES = {
     "default": "70f6b8799dc8249880a1a4785116df97b02e187335546d1752059595ca54457e",
 }
 
-BUNDLED = Path(__file__).parents[2] / "workflows"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+BUNDLED = EXAMPLES / "lifecycle" / "lifecycle"
 
 
 def test_bundled_journeys_keep_their_published_versions() -> None:
@@ -49,6 +50,9 @@ def test_the_bundled_definitions_are_written_in_the_authoring_forms() -> None:
         assert "wait(days=" not in source, path.name
     assert "then=[" in (BUNDLED / "journeys" / "b2b_nurture.py").read_text("utf-8")
     assert any(isinstance(s, AnchoredWaitStep) for s in JOURNEYS["value_nurture"].steps)
-    pipeline = (BUNDLED / "pipeline.py").read_text("utf-8")
-    assert not re.search(r'Stage\("\w+", "[^"]*", "', pipeline)
-    assert pipeline.count("label_zh=") == 14  # eleven stages and three phases
+    lifecycle = (BUNDLED / "pipeline.py").read_text("utf-8")
+    funnel = (EXAMPLES / "b2b_funnel" / "b2b_funnel" / "pipeline.py").read_text("utf-8")
+    for pipeline in (lifecycle, funnel):
+        assert not re.search(r'Stage\("\w+", "[^"]*", "', pipeline)
+    assert lifecycle.count("label_zh=") == 9  # seven stages and two phases
+    assert funnel.count("label_zh=") == 5  # four stages and one phase

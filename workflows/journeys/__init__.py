@@ -1,7 +1,9 @@
-"""The marketers' journeys. Add a journey by writing a module here and listing it below.
+"""The bundled journeys: the lifecycle example's (``examples/lifecycle/lifecycle/journeys``).
 
-Validate them all with ``compile_journeys(ctx)``; rehearse one with
-``stagecoach.engine.domain.journeys.simulate``; draw one with
+A team adds journeys in its own project (``stagecoach init``; ``docs/authoring/projects.md``),
+never here. This module re-exports the lifecycle example's journeys for the engine's own
+tests and the documentation generator. Validate them all with ``compile_journeys(ctx)``;
+rehearse one with ``stagecoach.engine.domain.journeys.simulate``; draw one with
 ``stagecoach.engine.domain.journeys.to_mermaid``.
 """
 
@@ -15,15 +17,11 @@ from stagecoach.engine.domain.journeys import (
     ValidationContext,
     compile_journey,
 )
+from stagecoach.examples.lifecycle.lifecycle.definitions import defs
+from stagecoach.examples.lifecycle.lifecycle.journeys.b2b_nurture import B2B_NURTURE
+from stagecoach.examples.lifecycle.lifecycle.journeys.onboarding import ONBOARDING
 
-from .b2b_nurture import B2B_NURTURE
-from .nps_survey import NPS_SURVEY
-from .onboarding import ONBOARDING
-from .value_nurture import VALUE_NURTURE
-
-JOURNEYS: dict[str, Journey] = {
-    j.name: j for j in (B2B_NURTURE, ONBOARDING, NPS_SURVEY, VALUE_NURTURE)
-}
+JOURNEYS: dict[str, Journey] = dict(defs.journeys_by_name)
 """Every bundled journey by name."""
 
 

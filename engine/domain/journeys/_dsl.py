@@ -1,4 +1,4 @@
-"""The journey DSL: what a marketer writes in ``workflows/journeys/*.py``.
+"""The journey DSL: what a marketer writes in a project's ``journeys/*.py``.
 
 Steps are listed in order; each one flows to the next unless it names a target, so a
 linear sequence needs no wiring. Targets are step ids, ``END`` (complete) or

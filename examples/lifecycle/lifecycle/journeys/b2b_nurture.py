@@ -41,7 +41,8 @@ from stagecoach import (
     wait,
     wait_for,
 )
-from stagecoach.workflows.pipeline import MQL
+
+from ..pipeline import MQL
 
 WHITEPAPER = "wp-digital-transformation"
 

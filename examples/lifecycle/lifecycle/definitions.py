@@ -1,0 +1,23 @@
+"""Everything this project runs, in one object (named in ``pyproject.toml``).
+
+``content`` is left unset: the journeys send the content bundled with Stagecoach
+(``stagecoach/content``), or ``STAGECOACH_CONTENT_DIR`` when that is set. A team's own
+project keeps its content beside its code (``content="content"``), as ``stagecoach init``
+writes it.
+"""
+
+from __future__ import annotations
+
+from stagecoach import Definitions, journeys_in
+
+from . import journeys
+from .events import EVENTS
+from .pipeline import DEFAULT
+
+defs = Definitions(
+    name="seven-stage lifecycle (example)",
+    pipeline=DEFAULT,
+    events=EVENTS,
+    # Every Journey defined in a module under journeys/.
+    journeys=journeys_in(journeys),
+)

@@ -1,0 +1,60 @@
+"""The lifecycle's journeys, tested offline: they validate against the pipeline, the events
+and the content, and they send what we mean, when we mean.
+
+The simulator is the interpreter the workflow runs, on fake time, so each test takes
+milliseconds; ``stagecoach journeys rehearse`` plays the same journeys on a real server.
+"""
+
+from datetime import timedelta
+
+from lifecycle.definitions import defs
+
+from stagecoach.engine.domain.conditions import EventRecord
+from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR, ContentLibrary
+from stagecoach.engine.domain.journeys import (
+    SIMULATION_EPOCH,
+    ChangeStage,
+    HandOff,
+    SimContact,
+    simulate,
+)
+
+CONTENT = ContentLibrary.load(BUNDLED_CONTENT_DIR)
+SPECS, PROBLEMS = defs.compile(CONTENT)
+DAY = timedelta(days=1)
+
+
+def test_the_definitions_have_no_problems() -> None:
+    assert PROBLEMS == []
+    assert set(SPECS) == {"b2b_nurture", "onboarding", "nps_survey", "value_nurture"}
+
+
+def test_a_suspect_who_downloads_the_whitepaper_reads_the_case_study_three_days_later() -> None:
+    whitepaper = {"content_id": "wp-digital-transformation", "kind": "whitepaper"}
+    downloaded = (DAY, EventRecord("content.downloaded", SIMULATION_EPOCH + DAY, whitepaper))
+    result = simulate(SPECS["b2b_nurture"], SimContact(stage="suspect"), [downloaded], 30 * DAY)
+    assert result.deliveries()[:3] == [
+        (timedelta(0), "wp-digital-transformation"),
+        (4 * DAY, "case-study-manufacturing"),
+        (8 * DAY, "comparison-vs-legacy"),
+    ]
+    [(at, move)] = result.commands(ChangeStage)
+    assert (at, move.stage) == (DAY, "prospect")
+
+
+def test_a_quiet_suspect_gets_the_product_tour_and_then_leaves() -> None:
+    result = simulate(SPECS["b2b_nurture"], SimContact(stage="suspect"), [], 30 * DAY)
+    assert result.deliveries() == [
+        (timedelta(0), "wp-digital-transformation"),
+        (3 * DAY, "video-product-tour"),
+    ]
+    assert result.outcome == "exited: no interest in awareness content"
+
+
+def test_a_detractor_is_handed_to_customer_care_with_an_apology() -> None:
+    script = [(timedelta(0), "order.paid"), (4 * DAY, "nps.answered")]
+    contact = SimContact(stage="customer")
+    result = simulate(SPECS["nps_survey"], contact, script, 10 * DAY)
+    assert [c for _, c in result.deliveries()] == ["survey-nps", "service-apology"]
+    [(_, handoff)] = result.commands(HandOff)
+    assert handoff.reason == "service_recovery"
