@@ -35,8 +35,6 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
 from sqlalchemy import Engine
-from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -65,6 +63,7 @@ from stagecoach.engine.temporal.history import (
     ActivityCompleted,
     ActivityScheduled,
     contact_history,
+    open_work,
 )
 from stagecoach.engine.temporal.timeline import Entry, entries_from_records
 from stagecoach.workflows.client import with_settings
@@ -667,7 +666,7 @@ class JourneyTest:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_TIMEOUT.total_seconds()
         while True:
-            busy = _busy([event async for event in handle.fetch_history_events()])
+            busy = open_work([event async for event in handle.fetch_history_events()])
             if not busy:
                 return
             if loop.time() > deadline:
@@ -773,42 +772,6 @@ def _entered(value: _T | None) -> _T:
     if value is None:
         raise JourneyTestError("use the JourneyTest inside 'async with JourneyTest(defs) as t:'")
     return value
-
-
-_OPENS = {
-    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED: "workflow task",
-    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: "activity",
-}
-_CLOSES = {
-    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED: "workflow task",
-    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED: "workflow task",
-    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT: "workflow task",
-    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity",
-    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity",
-    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity",
-    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity",
-}
-_ENDED = {
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-}
-
-
-def _busy(events: Sequence[HistoryEvent]) -> str:
-    """What is still open in a run's history (``"1 activity"``), ``""`` if nothing."""
-    if events and events[-1].event_type in _ENDED:
-        return ""  # a continued run's successor is the one to ask; its history is next
-    open_: dict[str, int] = {"workflow task": 0, "activity": 0}
-    for event in events:
-        if event.event_type in _OPENS:
-            open_[_OPENS[event.event_type]] += 1
-        elif event.event_type in _CLOSES:
-            open_[_CLOSES[event.event_type]] -= 1
-    return ", ".join(f"{n} {what}" for what, n in open_.items() if n > 0)
 
 
 async def _start_test_server(path: str | None) -> WorkflowEnvironment:

@@ -340,3 +340,41 @@ async def contact_history(
         previous = events[0].workflow_execution_started_event_attributes.continued_execution_run_id
         run_id = previous or None
     return ContactHistory(runs[::-1])
+
+
+_OPENS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED: "workflow task",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED: "activity",
+}
+_CLOSES = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED: "workflow task",
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED: "workflow task",
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT: "workflow task",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity",
+}
+_ENDED = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
+
+
+def open_work(events: Sequence[HistoryEvent]) -> str:
+    """What is still open in a run's history (``"1 activity"``), ``""`` if nothing: a
+    workflow task or an activity scheduled and not yet closed. ``stagecoach.testing``
+    waits for a run to settle with it."""
+    if events and events[-1].event_type in _ENDED:
+        return ""  # a continued run's successor is the one to ask; its history is next
+    open_: dict[str, int] = {"workflow task": 0, "activity": 0}
+    for event in events:
+        if event.event_type in _OPENS:
+            open_[_OPENS[event.event_type]] += 1
+        elif event.event_type in _CLOSES:
+            open_[_CLOSES[event.event_type]] -= 1
+    return ", ".join(f"{n} {what}" for what, n in open_.items() if n > 0)
