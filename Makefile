@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 export PYTHON
 
-.PHONY: run test setup lint bench docs test-fast clean help
+.PHONY: run test test-pythons setup lint bench docs test-fast clean help
 
 help:
 	@echo "make run    set up, then start Temporal (with Web UI), the worker and the API on examples/lifecycle"
 	@echo "make test   set up, then lint, type-check and run the whole test suite"
+	@echo "make test-pythons  the fast tests on Python 3.12 and 3.13 (pyenv), each in its own venv"
 	@echo "make bench  run the benchmarks under tests/bench and print their figures"
 	@echo "make docs   build the documentation site into site/ (strict: broken links fail)"
 
@@ -42,6 +43,12 @@ test: setup lint
 	 STAGECOACH_TEST_SERVER_PATH="$$(scripts/test-server.sh)" \
 	 $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
+# The fast tests (no Temporal server, peers killed, browser, PostgreSQL or benchmark) on each
+# further supported Python, in .venv-3.12 and .venv-3.13; `make test` runs everything on 3.11.
+# PYTHON_VERSIONS="3.13" picks the versions; a version pyenv does not have is an error.
+test-pythons:
+	@scripts/test-pythons.sh $(PYTEST_ARGS)
+
 bench: setup
 	@TEMPORAL_CLI_PATH="$$(scripts/temporal-cli.sh)" \
 	 STAGECOACH_TEST_SERVER_PATH="$$(scripts/test-server.sh)" \
@@ -54,4 +61,4 @@ docs:
 	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .stagecoach .mypy_cache .ruff_cache .pytest_cache site
+	rm -rf $(VENV) .venv-3.* .stagecoach .mypy_cache .ruff_cache .pytest_cache site
