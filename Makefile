@@ -44,7 +44,8 @@ test: setup lint
 	 $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The fast tests (no Temporal server, peers killed, browser, PostgreSQL or benchmark) on each
-# further supported Python, in .venv-3.12 and .venv-3.13; `make test` runs everything on 3.11.
+# further supported Python, each in a venv of its dependencies cached under
+# ~/.cache/stagecoach/venvs; `make test` runs everything on 3.11.
 # PYTHON_VERSIONS="3.13" picks the versions; a version pyenv does not have is an error.
 test-pythons:
 	@scripts/test-pythons.sh $(PYTEST_ARGS)
@@ -61,4 +62,4 @@ docs:
 	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .venv-3.* .stagecoach .mypy_cache .ruff_cache .pytest_cache site
+	rm -rf $(VENV) .stagecoach .mypy_cache .ruff_cache .pytest_cache site

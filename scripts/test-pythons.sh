@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The fast tests on each further supported Python (3.12 and 3.13; `make test` runs the whole
-# suite on 3.11). Each version gets its own cached venv, .venv-3.X, installed the way
-# scripts/bootstrap.sh installs .venv and reused while pyproject.toml and the interpreter
-# are unchanged. A version that cannot be found is an error, never a silent skip: a check
+# suite on 3.11). Each version gets its own venv holding the dependencies only, cached
+# under ${STAGECOACH_CACHE_DIR:-~/.cache/stagecoach}/venvs and keyed by the interpreter and
+# pyproject.toml, so a fresh clone (CI) reuses it; the checkout's own code is imported from
+# the working tree (PYTHONPATH), never installed, so no venv points at another clone. A version that cannot be found is an error, never a silent skip: a check
 # that quietly runs nothing would pass on a machine where it tests nothing.
 #
 #   scripts/test-pythons.sh                  # 3.12 and 3.13
@@ -74,25 +75,29 @@ fi
 
 # The venv is rebuilt when the interpreter changes (a new patch release, another path) and
 # reinstalled when pyproject.toml changes, as bootstrap.sh does for .venv.
+cache=${STAGECOACH_CACHE_DIR:-$HOME/.cache/stagecoach}/venvs
+
+venv_for() {
+  local v=$1 python=$2 key
+  key=$( { echo "$python"; "$python" -c 'import sys; print(sys.version)'; cat pyproject.toml; } |
+        sha256sum | cut -c1-12)
+  printf '%s/py%s-%s' "$cache" "$v" "$key"
+}
+
 ensure_venv() {
-  local v=$1 python=$2 venv=.venv-$1 base project
-  base="$python $("$python" -c 'import sys; print(sys.version.split()[0])')"
-  project=$(sha256sum pyproject.toml | cut -d' ' -f1)
-  if [ -f "$venv/.stagecoach-python" ] && [ "$(cat "$venv/.stagecoach-python")" != "$base" ]; then
-    rm -rf "$venv"
-  fi
-  if [ -x "$venv/bin/python" ] && [ -f "$venv/.stagecoach-installed" ] &&
-     [ "$(cat "$venv/.stagecoach-installed")" = "$project" ]; then
-    return 0
-  fi
-  if [ ! -x "$venv/bin/python" ]; then
-    "$python" -m venv "$venv"
-    echo "$base" >"$venv/.stagecoach-python"
-  fi
-  echo "installing Stagecoach and its dependencies into $venv ($python) ..." >&2
+  local v=$1 python=$2 venv
+  venv=$(venv_for "$v" "$python")
+  [ -f "$venv/.complete" ] && return 0
+  echo "installing Stagecoach's dependencies into $venv ($python) ..." >&2
+  # Older venvs of this version (another pyproject.toml), and a half-built one, go first.
+  rm -rf "$cache/py$v-"*
+  mkdir -p "$cache"
+  "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' >&2
-  echo "$project" >"$venv/.stagecoach-installed"
+  # The project installs with its dependencies, then leaves: only they are cached.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check '.[dev]' >&2
+  "$venv/bin/python" -m pip uninstall --quiet --disable-pip-version-check -y stagecoach >&2
+  touch "$venv/.complete"
 }
 
 failed=()
@@ -101,8 +106,8 @@ for v in "${versions[@]}"; do
   echo "== Python $v ($python): fast tests" >&2
   start=$SECONDS
   if ! ensure_venv "$v" "$python"; then
-    echo "error: could not install Stagecoach into .venv-$v (output above)." \
-         "Fix: remove .venv-$v and run 'make test-pythons' again." >&2
+    echo "error: could not install Stagecoach's dependencies for Python $v (output above)." \
+         "Fix: remove $cache/py$v-* and run 'make test-pythons' again." >&2
     failed+=("$v (install)")
     continue
   fi
@@ -122,8 +127,8 @@ for v in "${versions[@]}"; do
       deselect+=(--deselect "tests/workflows/test_replay.py::$t")
     done
   fi
-  if ! ".venv-$v/bin/pytest" -q -p no:cacheprovider -m "$fast_marks" "${deselect[@]}" \
-       "${fast_paths[@]}" "$@"; then
+  if ! PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$(venv_for "$v" "$python")/bin/pytest" \
+       -q -p no:cacheprovider -n 2 -m "$fast_marks" "${deselect[@]}" "${fast_paths[@]}" "$@"; then
     failed+=("$v")
   fi
   echo "== Python $v: $((SECONDS - start)) s" >&2
