@@ -111,24 +111,8 @@ for v in "${versions[@]}"; do
     failed+=("$v (install)")
     continue
   fi
-  deselect=()
-  if [ "$("$python" -c 'import sys; print(sys.version_info[:3] == (3, 13, 0))')" = True ]; then
-    # CPython 3.13.0 segfaults in its garbage collector after the Temporal sandbox fails
-    # to decode an activity result for a workflow subclass defined in a test module (the
-    # replay tests' "careless edit" workflows; about one run in three; 3.11 and 3.12
-    # never). Those four tests still run on 3.11 and 3.12; everything else runs here.
-    # Said out loud, not skipped quietly: docs/testing.md, "Python versions".
-    echo "note: Python 3.13.0 crashes in its GC on the replay tests' careless-edit" \
-         "workflows; they are deselected on 3.13.0 only. Fix: 'pyenv install 3.13'" \
-         "(a later patch release) and run 'make test-pythons' again." >&2
-    for t in test_a_change_to_recorded_commands_is_caught_by_replay \
-             test_a_behaviour_gated_by_the_input_replays_only_behind_its_gate \
-             test_the_reachability_changes_replay_only_behind_their_gates; do
-      deselect+=(--deselect "tests/workflows/test_replay.py::$t")
-    done
-  fi
   if ! PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$(venv_for "$v" "$python")/bin/pytest" \
-       -q -p no:cacheprovider -n 2 -m "$fast_marks" "${deselect[@]}" "${fast_paths[@]}" "$@"; then
+       -q -p no:cacheprovider -n 2 -m "$fast_marks" "${fast_paths[@]}" "$@"; then
     failed+=("$v")
   fi
   echo "== Python $v: $((SECONDS - start)) s" >&2
