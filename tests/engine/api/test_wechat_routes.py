@@ -328,7 +328,9 @@ def test_a_signed_url_replayed_with_another_body_stores_nothing(
 
 @pytest.mark.parametrize(
     # "ahead" leaves 30 s for the request to arrive: time passing only brings it closer.
-    "offset", [-3600, -301, 330, 86_400], ids=["hour-old", "past-window", "ahead", "day-ahead"]
+    "offset",
+    [-3600, -301, 330, 86_400],
+    ids=["hour-old", "past-window", "ahead", "day-ahead"],
 )
 def test_a_timestamp_outside_the_window_is_403_however_signed(
     api: TestClient, engine: Engine, offset: int
