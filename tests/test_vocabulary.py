@@ -24,6 +24,7 @@ from stagecoach.engine.domain import (
     pipeline,
     sales,
     scoring,
+    segments,
 )
 
 IO_FRAMEWORKS = (
@@ -50,7 +51,12 @@ VOCABULARY = {
     conditions: {
         "Condition", "event", "EventMatcher", "PropertyFilter", "score_at_least",
         "grade_at_least", "stage_in", "attribute", "has_tag", "all_of", "any_of",
+        "performed", "last_performed", "never_performed", "trait", "trait_date",
+        "trait_older_than", "trait_newer_than", "score_between", "grade_in",
+        "stage_at_least", "consented", "in_journey", "received", "in_segment",
+        "random_bucket",
     },
+    segments: {"Segment", "segment_entered", "segment_exited"},
     pipeline: {"Pipeline", "Stage", "Phase", "StageRule", "Detour", "Recycle"},
     scoring: {"ScoringModel", "ScoreRule", "GradingModel", "GradeRule", "Mql"},
     sales: {"Routing", "Team", "Pool", "Owner", "Territory", "Sla", "BusinessHours"},

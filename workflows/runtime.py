@@ -53,6 +53,7 @@ def definitions_loader(db: Engine, settings: Settings) -> Any:
         latest,
         latest_versions,
     )
+    from stagecoach.engine.services.segments.catalog import latest_segments
 
     pipeline = active_pipeline_of(settings)
     project_journeys = load_project(settings).definitions.journeys_by_name
@@ -71,6 +72,7 @@ def definitions_loader(db: Engine, settings: Settings) -> Any:
             journeys=journeys,
             policy=policy.to_dict(),
             loaded_at=datetime.now(UTC),
+            segments={name: spec.to_dict() for name, spec in latest_segments(db).items()},
         )
 
     return load

@@ -16,10 +16,12 @@ Pure: no I/O, no clock. The caller supplies ``Facts.now``.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from stagecoach.engine.domain import serial
@@ -46,7 +48,23 @@ class EventRecord(serial.Record):
 
 @dataclass(frozen=True)
 class Facts:
-    """Everything a condition may look at, at one instant."""
+    """Everything a condition may look at, at one instant.
+
+    The fields after ``events`` serve segments (``stagecoach.engine.domain.segments``);
+    callers that build facts by hand may leave them empty.
+
+    Attributes:
+        stages: The pipeline's stage names in order (for ``stage_at_least``).
+        score_half_life: How fast the score decays, so a condition can say when a
+            decaying score crosses its threshold (``None``: no decay).
+        consent: Whether each channel may be used, as the contact's consent reads now.
+        journeys: Journeys the contact is in now.
+        received: Content items the contact has been sent.
+        segments: Segments the contact is a member of (as last decided).
+        counts: Lifetime counts by event type (beyond the ``events`` window).
+        last_seen: The latest occurrence by event type (beyond the ``events`` window).
+        contact_id: The contact's id, for stable random buckets.
+    """
 
     now: datetime
     stage: str = ""
@@ -55,6 +73,15 @@ class Facts:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     tags: frozenset[str] = frozenset()
     events: Sequence[EventRecord] = ()
+    stages: tuple[str, ...] = ()
+    score_half_life: timedelta | None = None
+    consent: Mapping[str, bool] = field(default_factory=dict)
+    journeys: frozenset[str] = frozenset()
+    received: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()
+    counts: Mapping[str, int] = field(default_factory=dict)
+    last_seen: Mapping[str, datetime] = field(default_factory=dict)
+    contact_id: str = ""
 
 
 def _lookup(data: Mapping[str, Any], path: str) -> Any:
@@ -155,6 +182,21 @@ class Condition(serial.Record):
         """Event types this condition can react to: the ingestion filter's input."""
         return frozenset()
 
+    def children(self) -> tuple[Condition, ...]:
+        """The conditions this one combines (``all``, ``any``, ``not``); none for a leaf."""
+        return ()
+
+    def next_change(self, facts: Facts) -> datetime | None:
+        """The earliest moment after ``facts.now`` at which this condition could change
+        its answer with nothing else happening (an event leaving a window, a date
+        coming due, a decaying score crossing a threshold), or ``None``.
+
+        It may be early (the answer is then re-checked and found unchanged), never late:
+        segments arm one timer at the earliest such moment instead of polling.
+        """
+        moments = [m for c in self.children() if (m := c.next_change(facts)) is not None]
+        return min(moments) if moments else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form: ``kind`` first, then the fields (a few kinds flatten a part)."""
         return {"kind": self.kind, **serial.encode(self)}
@@ -213,6 +255,9 @@ class EventOccurred(Condition):
     def event_types(self) -> frozenset[str]:
         return frozenset({self.matcher.type})
 
+    def next_change(self, facts: Facts) -> datetime | None:
+        return _window_exit(self.matcher, self.within, facts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -222,6 +267,19 @@ class EventOccurred(Condition):
         }
 
 
+def _window_exit(matcher: EventMatcher, within: timedelta | None, facts: Facts) -> datetime | None:
+    """When the oldest matching event inside ``within`` leaves it: the count drops then."""
+    if within is None:
+        return None
+    since = facts.now - within
+    exits = [
+        record.at + within
+        for record in facts.events
+        if since <= record.at <= facts.now and matcher.matches(record)
+    ]
+    return min(exits) if exits else None
+
+
 @dataclass(frozen=True)
 class ScoreAtLeast(Condition):
     points: float
@@ -229,6 +287,19 @@ class ScoreAtLeast(Condition):
 
     def evaluate(self, facts: Facts) -> bool:
         return facts.score >= self.points
+
+    def next_change(self, facts: Facts) -> datetime | None:
+        return _decay_crossing(facts, self.points)
+
+
+def _decay_crossing(facts: Facts, threshold: float | None) -> datetime | None:
+    """When a score decaying from ``facts.score`` towards zero falls below ``threshold``
+    (``score * 0.5 ** (t / half_life) < threshold``); ``None`` if it never will."""
+    score, half_life = facts.score, facts.score_half_life
+    if threshold is None or half_life is None or score <= 0 or not 0 < threshold <= score:
+        return None
+    # A second past the computed instant: rounding must not land the check just before it.
+    return facts.now + half_life * math.log2(score / threshold) + timedelta(seconds=1)
 
 
 def grade_rank(grade: str | None) -> int:
@@ -293,6 +364,9 @@ class AllOf(Condition):
     def evaluate(self, facts: Facts) -> bool:
         return all(c.evaluate(facts) for c in self.conditions)
 
+    def children(self) -> tuple[Condition, ...]:
+        return self.conditions
+
     def event_types(self) -> frozenset[str]:
         return frozenset().union(*(c.event_types() for c in self.conditions))
 
@@ -304,6 +378,9 @@ class AnyOf(Condition):
 
     def evaluate(self, facts: Facts) -> bool:
         return any(c.evaluate(facts) for c in self.conditions)
+
+    def children(self) -> tuple[Condition, ...]:
+        return self.conditions
 
     def event_types(self) -> frozenset[str]:
         return frozenset().union(*(c.event_types() for c in self.conditions))
@@ -317,6 +394,9 @@ class Not(Condition):
     def evaluate(self, facts: Facts) -> bool:
         return not self.condition.evaluate(facts)
 
+    def children(self) -> tuple[Condition, ...]:
+        return (self.condition,)
+
     def event_types(self) -> frozenset[str]:
         return self.condition.event_types()
 
@@ -327,6 +407,349 @@ class Always(Condition):
 
     def evaluate(self, facts: Facts) -> bool:
         return True
+
+
+# --- Segment vocabulary: ranges, counts, recency, consent, journeys, content, buckets ----
+
+
+@dataclass(frozen=True)
+class ScoreBetween(Condition):
+    """``minimum <= score < maximum``; either end may be open (``None``)."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    kind = "score_between"
+
+    def __post_init__(self) -> None:
+        if self.minimum is None and self.maximum is None:
+            raise ConditionError("score_between needs a minimum, a maximum or both")
+        if (
+            self.minimum is not None
+            and self.maximum is not None
+            and not self.minimum < self.maximum
+        ):
+            raise ConditionError(
+                f"score_between({self.minimum}, {self.maximum}) can never hold: the minimum"
+                " must be below the maximum"
+            )
+
+    def evaluate(self, facts: Facts) -> bool:
+        low = self.minimum is None or facts.score >= self.minimum
+        return low and (self.maximum is None or facts.score < self.maximum)
+
+    def next_change(self, facts: Facts) -> datetime | None:
+        # Decay moves a score towards zero: it may fall below the minimum, or into range
+        # from above the maximum.
+        moments = [
+            m
+            for threshold in (self.minimum, self.maximum)
+            if (m := _decay_crossing(facts, threshold)) is not None
+        ]
+        return min(moments) if moments else None
+
+
+@dataclass(frozen=True)
+class GradeIn(Condition):
+    grades: tuple[str, ...]
+    kind = "grade_in"
+
+    def __post_init__(self) -> None:
+        if not self.grades:
+            raise ConditionError("grade_in needs at least one grade, e.g. grade_in('A', 'B')")
+        for grade in self.grades:
+            if grade not in GRADES:
+                raise ConditionError(f"grade {grade!r} is unknown; use one of {GRADES}")
+
+    def evaluate(self, facts: Facts) -> bool:
+        return facts.grade in self.grades
+
+
+@dataclass(frozen=True)
+class StageAtLeast(Condition):
+    """The contact's stage is ``stage`` or later in the pipeline's order (detour states,
+    which are outside the order, do not count)."""
+
+    stage: str
+    kind = "stage_at_least"
+
+    def evaluate(self, facts: Facts) -> bool:
+        order = facts.stages
+        if self.stage not in order or facts.stage not in order:
+            return False
+        return order.index(facts.stage) >= order.index(self.stage)
+
+
+Comparison: TypeAlias = Literal["eq", "ne", "gt", "gte", "lt", "lte"]
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+@dataclass(frozen=True)
+class Performed(Condition):
+    """How many matching events, compared with ``count``: ``performed("page.viewed",
+    at_least=3, within=timedelta(days=7))``. Unlike ``event``, it can say "fewer than"
+    and "exactly", and "0 times" is a legal count.
+
+    Without a window or filters it counts the contact's whole life (kept per type);
+    otherwise it counts what the contact's recent-event window holds (200 events).
+    """
+
+    matcher: EventMatcher
+    op: Comparison = "gte"
+    count: int = 1
+    within: timedelta | None = None
+    kind = "performed"
+
+    def __post_init__(self) -> None:
+        name = self.matcher.type
+        if self.op not in _COMPARE:
+            raise ConditionError(
+                f"performed {name!r}: op {self.op!r} is unknown; use one of {', '.join(_COMPARE)}"
+            )
+        if self.count < 0:
+            raise ConditionError(f"performed {name!r}: count must be 0 or more")
+        if self.within is not None and self.within <= timedelta(0):
+            raise ConditionError(
+                f"performed {name!r}: within={self.within} is an empty window; pass a"
+                " positive timedelta such as timedelta(days=30), or no window"
+            )
+        if (self.op, self.count) == ("lt", 0):
+            raise ConditionError(f"performed {name!r}: fewer than 0 times can never hold")
+
+    def tally(self, facts: Facts) -> int:
+        if self.within is None and not self.matcher.where:
+            lifetime = facts.counts.get(self.matcher.type)
+            if lifetime is not None:
+                return lifetime
+        since = facts.now - self.within if self.within is not None else None
+        return sum(
+            1
+            for record in facts.events
+            if record.at <= facts.now
+            and (since is None or record.at >= since)
+            and self.matcher.matches(record)
+        )
+
+    def evaluate(self, facts: Facts) -> bool:
+        return _COMPARE[self.op](self.tally(facts), self.count)
+
+    def event_types(self) -> frozenset[str]:
+        return frozenset({self.matcher.type})
+
+    def next_change(self, facts: Facts) -> datetime | None:
+        return _window_exit(self.matcher, self.within, facts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            **self.matcher.to_dict(),
+            "op": self.op,
+            "count": self.count,
+            "within_seconds": None if self.within is None else self.within.total_seconds(),
+        }
+
+
+LastOp: TypeAlias = Literal["before", "after", "never"]
+
+
+@dataclass(frozen=True)
+class LastPerformed(Condition):
+    """When the contact last did something: more than ``age`` ago (``before``), within
+    the last ``age`` (``after``), or ``never``."""
+
+    matcher: EventMatcher
+    op: LastOp
+    age: timedelta | None = None
+    kind = "last_performed"
+
+    def __post_init__(self) -> None:
+        name = self.matcher.type
+        if self.op not in ("before", "after", "never"):
+            raise ConditionError(
+                f"last_performed {name!r}: op {self.op!r} is unknown; use before, after or never"
+            )
+        if self.op == "never" and self.age is not None:
+            raise ConditionError(f"never_performed {name!r} takes no age")
+        if self.op != "never" and (self.age is None or self.age <= timedelta(0)):
+            raise ConditionError(
+                f"last_performed {name!r}: {self.op}={self.age} is an empty window; pass a"
+                " positive timedelta such as timedelta(days=30)"
+            )
+
+    def last(self, facts: Facts) -> datetime | None:
+        latest: datetime | None = None
+        for record in facts.events:
+            if (
+                record.at <= facts.now
+                and (latest is None or record.at > latest)
+                and self.matcher.matches(record)
+            ):
+                latest = record.at
+        if not self.matcher.where:
+            kept = facts.last_seen.get(self.matcher.type)
+            if kept is not None and kept <= facts.now and (latest is None or kept > latest):
+                latest = kept
+        return latest
+
+    def evaluate(self, facts: Facts) -> bool:
+        latest = self.last(facts)
+        if self.op == "never":
+            return latest is None
+        if latest is None or self.age is None:
+            return False
+        if self.op == "before":
+            return latest < facts.now - self.age
+        return latest >= facts.now - self.age
+
+    def event_types(self) -> frozenset[str]:
+        return frozenset({self.matcher.type})
+
+    def next_change(self, facts: Facts) -> datetime | None:
+        latest = self.last(facts)
+        if latest is None or self.age is None:
+            return None
+        due = latest + self.age
+        return due if due > facts.now else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            **self.matcher.to_dict(),
+            "op": self.op,
+            "age_seconds": None if self.age is None else self.age.total_seconds(),
+        }
+
+
+def _as_instant(value: Any) -> datetime | None:
+    """A trait read as a moment: a datetime, a date (midnight UTC) or ISO 8601 text."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class AttributeDate(Condition):
+    """A date trait against now: ``op`` is ``before`` or ``after``, and the moment is
+    ``now + offset`` (negative offsets are in the past). "Signed up over 30 days ago" is
+    ``trait_date("signed_up_at", before=-timedelta(days=30))``."""
+
+    path: str
+    op: Literal["before", "after"]
+    offset: timedelta
+    kind = "attribute_date"
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConditionError("trait_date: path is empty; name a trait such as 'renewal_on'")
+        if self.op not in ("before", "after"):
+            raise ConditionError(f"trait_date {self.path!r}: op must be before or after")
+
+    def evaluate(self, facts: Facts) -> bool:
+        moment = _as_instant(_lookup(facts.attributes, self.path))
+        if moment is None:
+            return False
+        pivot = facts.now + self.offset
+        return moment < pivot if self.op == "before" else moment >= pivot
+
+    def next_change(self, facts: Facts) -> datetime | None:
+        moment = _as_instant(_lookup(facts.attributes, self.path))
+        if moment is None:
+            return None
+        due = moment - self.offset
+        return due if due > facts.now else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "op": self.op,
+            "offset_seconds": self.offset.total_seconds(),
+        }
+
+
+@dataclass(frozen=True)
+class Consented(Condition):
+    """The contact may be reached on ``channel`` (consent, as the workflow reads it)."""
+
+    channel: str
+    kind = "consented"
+
+    def evaluate(self, facts: Facts) -> bool:
+        return bool(facts.consent.get(self.channel, False))
+
+
+@dataclass(frozen=True)
+class InJourney(Condition):
+    journey: str
+    kind = "in_journey"
+
+    def evaluate(self, facts: Facts) -> bool:
+        return self.journey in facts.journeys
+
+
+@dataclass(frozen=True)
+class Received(Condition):
+    """The contact has been sent this content item (on any channel)."""
+
+    content: str
+    kind = "received"
+
+    def evaluate(self, facts: Facts) -> bool:
+        return self.content in facts.received
+
+
+@dataclass(frozen=True)
+class InSegment(Condition):
+    """The contact is a member of another segment (as last decided)."""
+
+    segment: str
+    kind = "in_segment"
+
+    def evaluate(self, facts: Facts) -> bool:
+        return self.segment in facts.segments
+
+
+def bucket_of(contact_id: str, salt: str) -> float:
+    """A contact's stable place in [0, 100): the same id and salt give the same number
+    in every process, in the workflow and in the backfill's SQL."""
+    digest = hashlib.sha256(f"{salt}:{contact_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 / 100
+
+
+@dataclass(frozen=True)
+class RandomBucket(Condition):
+    """A stable pseudo-random slice of contacts, ``start <= bucket < stop`` (percent):
+    holdouts and test cells that do not reshuffle as contacts change."""
+
+    start: float
+    stop: float
+    salt: str = ""
+    kind = "bucket"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.stop <= 100:
+            raise ConditionError(
+                f"random_bucket({self.start}, {self.stop}) can never hold or is out of range:"
+                " use 0 <= start < stop <= 100 (percent)"
+            )
+
+    def evaluate(self, facts: Facts) -> bool:
+        return self.start <= bucket_of(facts.contact_id, self.salt) < self.stop
 
 
 def _filters(raw: Any) -> tuple[PropertyFilter, ...]:
@@ -376,8 +799,156 @@ def any_of(*conditions: Condition) -> AnyOf:
     return AnyOf(tuple(conditions))
 
 
+# Segment builders.
+def trait(path: str, op: Op = "eq", value: Any = True) -> AttributeMatches:
+    """A trait test, ``trait("industry", "in", ["manufacturing", "energy"])``: the same
+    as ``attribute``, under the name segments use."""
+    return attribute(path, op, value)
+
+
+def trait_date(
+    path: str, *, before: timedelta | None = None, after: timedelta | None = None
+) -> Condition:
+    """A date trait against now plus an offset: ``trait_date("renewal_on",
+    before=timedelta(days=30))`` is "renews within 30 days or already did";
+    ``after=-timedelta(days=7)`` is "on or after a week ago". Both: a range."""
+    parts: list[Condition] = []
+    if before is not None:
+        parts.append(AttributeDate(path, "before", before))
+    if after is not None:
+        parts.append(AttributeDate(path, "after", after))
+    if not parts:
+        raise ConditionError(f"trait_date {path!r}: pass before=, after= or both")
+    if before is not None and after is not None and not after < before:
+        raise ConditionError(
+            f"trait_date {path!r}: after={after} is not earlier than before={before}, so it"
+            " can never hold; the window runs from after to before"
+        )
+    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+
+def trait_older_than(path: str, age: timedelta) -> AttributeDate:
+    """The date in trait ``path`` is more than ``age`` ago."""
+    return AttributeDate(path, "before", -age)
+
+
+def trait_newer_than(path: str, age: timedelta) -> AttributeDate:
+    """The date in trait ``path`` is within the last ``age`` (or in the future)."""
+    return AttributeDate(path, "after", -age)
+
+
+def score_between(minimum: float | None = None, maximum: float | None = None) -> ScoreBetween:
+    return ScoreBetween(minimum, maximum)
+
+
+def grade_in(*grades: str) -> GradeIn:
+    return GradeIn(tuple(grades))
+
+
+def stage_at_least(stage: str) -> StageAtLeast:
+    return StageAtLeast(stage)
+
+
+def performed(
+    type: str,
+    *,
+    where: Mapping[str, Any] | Sequence[PropertyFilter] | None = None,
+    within: timedelta | None = None,
+    at_least: int | None = None,
+    at_most: int | None = None,
+    exactly: int | None = None,
+    more_than: int | None = None,
+    fewer_than: int | None = None,
+) -> Performed:
+    """A count of matching events compared with a number: give one of ``at_least``,
+    ``at_most``, ``exactly``, ``more_than`` or ``fewer_than`` (default: at least once)."""
+    given = {
+        op: n
+        for op, n in (
+            ("gte", at_least),
+            ("lte", at_most),
+            ("eq", exactly),
+            ("gt", more_than),
+            ("lt", fewer_than),
+        )
+        if n is not None
+    }
+    if len(given) > 1:
+        raise ConditionError(
+            f"performed {type!r}: give one of at_least, at_most, exactly, more_than,"
+            " fewer_than (combine two with all_of)"
+        )
+    op, count = next(iter(given.items())) if given else ("gte", 1)
+    matcher = EventMatcher(type, _filters(where))
+    return Performed(matcher, op=op, count=count, within=within)  # type: ignore[arg-type]
+
+
+def last_performed(
+    type: str,
+    *,
+    before: timedelta | None = None,
+    after: timedelta | None = None,
+    where: Mapping[str, Any] | Sequence[PropertyFilter] | None = None,
+) -> LastPerformed:
+    """The latest matching event is more than ``before`` ago, or within the last
+    ``after``; a contact who never did it matches neither (see ``never_performed``)."""
+    if (before is None) == (after is None):
+        raise ConditionError(
+            f"last_performed {type!r}: give exactly one of before= (longer ago than) or"
+            " after= (within the last)"
+        )
+    op: LastOp = "before" if before is not None else "after"
+    return LastPerformed(EventMatcher(type, _filters(where)), op, before or after)
+
+
+def never_performed(
+    type: str, *, where: Mapping[str, Any] | Sequence[PropertyFilter] | None = None
+) -> LastPerformed:
+    return LastPerformed(EventMatcher(type, _filters(where)), "never")
+
+
+def consented(channel: str) -> Consented:
+    return Consented(channel)
+
+
+def in_journey(journey: str) -> InJourney:
+    return InJourney(journey)
+
+
+def received(content: str) -> Received:
+    return Received(content)
+
+
+def in_segment(segment: str) -> InSegment:
+    return InSegment(segment)
+
+
+def random_bucket(start: float, stop: float, *, salt: str = "") -> RandomBucket:
+    """Contacts whose stable bucket is in ``[start, stop)`` percent; change ``salt`` to
+    draw a fresh, independent slice."""
+    return RandomBucket(start, stop, salt)
+
+
 _PLAIN_KINDS: dict[str, type[Condition]] = {
-    c.kind: c for c in (ScoreAtLeast, GradeAtLeast, StageIn, HasTag, AllOf, AnyOf, Not, Always)
+    c.kind: c
+    for c in (
+        ScoreAtLeast,
+        GradeAtLeast,
+        StageIn,
+        HasTag,
+        AllOf,
+        AnyOf,
+        Not,
+        Always,
+        ScoreBetween,
+        GradeIn,
+        StageAtLeast,
+        Consented,
+        InJourney,
+        Received,
+        InSegment,
+        RandomBucket,
+    )
 }
 """Kinds whose JSON form is ``kind`` plus their fields (``event`` and ``attribute`` flatten
 their matcher or filter into it)."""
@@ -396,6 +967,25 @@ def condition_from_dict(data: Mapping[str, Any]) -> Condition:
             )
         if kind == "attribute":
             return AttributeMatches(PropertyFilter.from_dict(data))
+        if kind == "performed":
+            within = data.get("within_seconds")
+            return Performed(
+                EventMatcher.from_dict(data),
+                op=data.get("op", "gte"),
+                count=int(data.get("count", 1)),
+                within=None if within is None else timedelta(seconds=within),
+            )
+        if kind == "last_performed":
+            age = data.get("age_seconds")
+            return LastPerformed(
+                EventMatcher.from_dict(data),
+                data["op"],
+                None if age is None else timedelta(seconds=age),
+            )
+        if kind == "attribute_date":
+            return AttributeDate(
+                data["path"], data["op"], timedelta(seconds=data["offset_seconds"])
+            )
         plain = _PLAIN_KINDS.get(kind) if isinstance(kind, str) else None
         if plain is not None:
             return serial.decode(plain, data)
@@ -403,6 +993,8 @@ def condition_from_dict(data: Mapping[str, Any]) -> Condition:
         missing = exc.args[0]
         raise ConditionError(f"condition of kind {kind!r} is missing field {missing!r}") from exc
     raise ConditionError(
-        f"condition kind {kind!r} is unknown; use one of event, score_at_least, grade_at_least,"
-        " stage_in, attribute, has_tag, all, any, not, always"
+        f"condition kind {kind!r} is unknown; use one of event, performed, last_performed,"
+        " score_at_least, score_between, grade_at_least, grade_in, stage_in, stage_at_least,"
+        " attribute, attribute_date, has_tag, consented, in_journey, received, in_segment,"
+        " bucket, all, any, not, always"
     )

@@ -28,6 +28,7 @@ from stagecoach.engine.domain.scoring import (
     score_at,
     shown_score,
 )
+from stagecoach.engine.domain.segments import SYSTEM_EVENTS, Membership
 
 EVENT_WINDOW = 200
 """Events kept for rules. Older ones remain in the database and the workflow history."""
@@ -55,9 +56,16 @@ class JourneyRecord(serial.Record):
     last_ended_at: datetime | None = None
 
 
+@serial.fields(omit_if_default=("segments", "counts", "last_seen"))
 @dataclass(frozen=True)
 class ContactState(serial.Record):
-    """Everything the workflow knows about one contact. Carried across continue-as-new."""
+    """Everything the workflow knows about one contact. Carried across continue-as-new.
+
+    ``segments`` holds the segments the contact is in; ``counts`` and ``last_seen`` keep,
+    per event type, how often and when last the contact did it, beyond the window of
+    ``events`` (segments ask "never" and "how many times"). They are left out of the
+    JSON form while empty, so states written before segments keep their bytes.
+    """
 
     contact_id: str
     stage: str
@@ -73,6 +81,9 @@ class ContactState(serial.Record):
     transitions: int = 0
     received_content: tuple[str, ...] = ()
     journeys: Mapping[str, JourneyRecord] = field(default_factory=dict)
+    segments: Mapping[str, Membership] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    last_seen: Mapping[str, datetime] = field(default_factory=dict)
 
     @property
     def locale(self) -> str | None:
@@ -161,6 +172,15 @@ def facts(
         attributes=state.attributes,
         tags=frozenset(state.tags),
         events=state.events,
+        stages=pipeline.stage_names,
+        score_half_life=pipeline.scoring.half_life,
+        consent={channel: state.consented(channel) for channel in CHANNELS},
+        journeys=frozenset(name for name, record in state.journeys.items() if record.active),
+        received=frozenset(state.received_content),
+        segments=frozenset(state.segments),
+        counts=state.counts,
+        last_seen=state.last_seen,
+        contact_id=state.contact_id,
     )
 
 
@@ -203,9 +223,19 @@ def observe(
     if event.type in CONSENT_EVENTS:
         channel, allowed = CONSENT_EVENTS[event.type]
         consent[channel] = allowed
+    seen = (*state.seen_ids, message_id)[-SEEN_IDS:]
+    if event.type in SYSTEM_EVENTS:
+        # A manual list change or a backfill's decision: membership, not behaviour. It
+        # scores nothing and moves no stage; the workflow applies it to the segments.
+        return Observation(state=replace(state, seen_ids=seen))
     score, _change = apply_event(pipeline.scoring, state.score, event)
     events = (*state.events, event)[-EVENT_WINDOW:]
-    seen = (*state.seen_ids, message_id)[-SEEN_IDS:]
+    counts = dict(state.counts)
+    counts[event.type] = counts.get(event.type, 0) + 1
+    last_seen = dict(state.last_seen)
+    previous = last_seen.get(event.type)
+    if previous is None or event.at > previous:
+        last_seen[event.type] = event.at
     updated = replace(
         state,
         attributes=attributes,
@@ -213,6 +243,8 @@ def observe(
         score=score,
         events=events,
         seen_ids=seen,
+        counts=counts,
+        last_seen=last_seen,
     )
     regraded = False
     if traits or state.grade is None:
@@ -228,6 +260,10 @@ def observe(
         trigger_message_id=message_id,
     )
     return Observation(state=updated, transition=transition, regraded=regraded)
+
+
+def with_segments(state: ContactState, segments: Mapping[str, Membership]) -> ContactState:
+    return replace(state, segments=dict(segments))
 
 
 def enter_stage(state: ContactState, transition: Transition) -> ContactState:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType, ModuleType
+from typing import cast
 
 from stagecoach.engine.domain.events import EventCatalog
 from stagecoach.engine.domain.hashing import content_hash
@@ -39,6 +40,12 @@ from stagecoach.engine.domain.journeys import (
     overlap_warnings,
 )
 from stagecoach.engine.domain.pipeline import Pipeline, PipelineDefinitionError
+from stagecoach.engine.domain.segments import (
+    SEGMENT_EVENTS,
+    Segment,
+    SegmentSpec,
+    segment_problems,
+)
 
 
 class DefinitionsError(ValueError):
@@ -64,6 +71,11 @@ class Definitions:
             off. Default: a week.
         intended_overlaps: Pairs of journey names, ``[("nps_survey", "acme_nps")]``,
             whose shared trigger is meant: they are not warned about.
+        segments: The project's segments (``Segment(...)``): saved audiences that
+            journeys enter on and broadcasts reach.
+        traits: The contact traits the project uses (``["industry", "region"]``):
+            segments' trait names are checked against them (plus the identity traits
+            the engine reads). ``None``, the default, leaves trait names unchecked.
     """
 
     pipeline: Pipeline
@@ -73,6 +85,8 @@ class Definitions:
     name: str = ""
     overlap_window: timedelta | None = OVERLAP_WINDOW
     intended_overlaps: Iterable[tuple[str, str]] = ()
+    segments: Iterable[Segment] = ()
+    traits: Iterable[str] | None = None
     _by_name: Mapping[str, Journey] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +136,28 @@ class Definitions:
                 " timedelta such as timedelta(days=7), or None to turn the overlap warning off"
             )
         object.__setattr__(self, "intended_overlaps", self._pairs(self.intended_overlaps))
+        segments = self.segments
+        if isinstance(segments, str | bytes | Segment) or not isinstance(segments, Iterable):
+            raise DefinitionsError(
+                "Definitions(segments=...) must be a list of Segment objects, e.g."
+                ' segments=[Segment("vip", when=grade_in("A"))]'
+            )
+        listed = tuple(segments)
+        for segment in listed:
+            if not isinstance(segment, Segment):
+                raise DefinitionsError(
+                    f"Definitions(segments=...) holds {type(segment).__name__} {segment!r}:"
+                    " list Segment(...) objects only"
+                )
+        object.__setattr__(self, "segments", listed)
+        if self.traits is not None:
+            if isinstance(self.traits, str | bytes) or not all(
+                isinstance(t, str) for t in self.traits
+            ):
+                raise DefinitionsError(
+                    'Definitions(traits=...) must be a list of trait names, e.g. ["industry"]'
+                )
+            object.__setattr__(self, "traits", frozenset(self.traits))
 
     def _pairs(self, pairs: object) -> tuple[tuple[str, str], ...]:
         usage = 'list pairs of journey names, e.g. intended_overlaps=[("nps_survey", "acme_nps")]'
@@ -157,6 +193,29 @@ class Definitions:
         """The journeys by name, in definition order."""
         return self._by_name
 
+    def segment_specs(self) -> dict[str, SegmentSpec]:
+        """The segments as published data, by name (the last of a repeated name wins;
+        :meth:`problems` reports the repeat)."""
+        return {
+            segment.name: segment.spec() for segment in cast(tuple[Segment, ...], self.segments)
+        }
+
+    def segment_problems(self, content: ContentIndex | None = None) -> list[Problem]:
+        """The segments checked against the events, stages, journeys, traits and content."""
+        pipeline = self.pipeline
+        traits = cast(frozenset[str] | None, self.traits)
+        found = segment_problems(
+            [s.spec() for s in cast(tuple[Segment, ...], self.segments)],
+            event_types=frozenset(self.events.names()),
+            stages=frozenset((*pipeline.stage_names, *pipeline.states)),
+            journeys=frozenset(self._by_name),
+            traits=traits,
+            # The content index answers "has this variant", not "which ids": a received()
+            # of an unknown item is left to the content checks of the journeys that send it.
+            content=None,
+        )
+        return [Problem(SEGMENTS, p.segment, p.message, p.fix) for p in found]
+
     def context(self, content: ContentIndex | None = None) -> ValidationContext:
         """What the project's journeys are validated against.
 
@@ -164,8 +223,9 @@ class Definitions:
             content: The content library, or ``None`` to skip content checks.
         """
         pipeline = self.pipeline
+        known = frozenset(self.events.names())
         return ValidationContext(
-            known_event_types=frozenset(self.events.names()),
+            known_event_types=known | SEGMENT_EVENTS if self.segments else known,
             stages=frozenset((*pipeline.stage_names, *pipeline.states)),
             content=content,
             known_journeys=frozenset(self._by_name),
@@ -183,11 +243,23 @@ class Definitions:
         problems = self.pipeline_problems()
         ctx = self.context(content)
         specs: dict[str, JourneySpec] = {}
+        segment_names = frozenset(s.name for s in cast(tuple[Segment, ...], self.segments))
         for name, journey in self._by_name.items():
             try:
                 specs[name] = compile_journey(journey, ctx)
             except JourneyValidationError as exc:
                 problems.extend(exc.problems)
+                continue
+            for missing in sorted(_segments_named(specs[name].to_dict()) - segment_names):
+                problems.append(
+                    Problem(
+                        name,
+                        "segments",
+                        f"the journey names segment {missing!r}, which the project does not define",
+                        "add Segment(...) to Definitions(segments=[...]), or correct the name",
+                    )
+                )
+        problems.extend(self.segment_problems(content))
         return specs, problems
 
     def pipeline_problems(self) -> list[Problem]:
@@ -250,6 +322,29 @@ class Definitions:
 PIPELINE = "(pipeline)"
 """The ``journey`` of a :class:`Problem` that is the pipeline's."""
 
+SEGMENTS = "(segments)"
+"""The ``journey`` of a :class:`Problem` that is a segment's (its ``step`` names it)."""
+
+
+def _segments_named(data: object) -> frozenset[str]:
+    """Segment names a journey's JSON form refers to: ``in_segment`` conditions and
+    matchers on ``segment.entered``/``segment.exited`` (``segment_entered("x")``)."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if item.get("kind") == "in_segment" and isinstance(item.get("segment"), str):
+                found.add(item["segment"])
+            if item.get("type") in SEGMENT_EVENTS:
+                for f in item.get("where") or ():
+                    if isinstance(f, Mapping) and f.get("path") == "segment":
+                        found.add(str(f.get("value")))
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return frozenset(found)
+
 
 def journeys_in(package: str | ModuleType) -> tuple[Journey, ...]:
     """Every ``Journey`` defined at module level in ``package`` and its submodules.
@@ -289,13 +384,22 @@ def project_version(definitions: Definitions, specs: Mapping[str, JourneySpec]) 
     """The version of a whole project: a content hash over its pipeline, its events and
     the versions of its compiled journeys. Two checkouts that define the same things have
     the same version, whatever their files look like."""
-    return content_hash(
-        {
-            "pipeline": definitions.pipeline.to_dict(),
-            "events": definitions.events.to_dict(),
-            "journeys": {name: spec.version for name, spec in sorted(specs.items())},
-        }
-    )
+    body: dict[str, object] = {
+        "pipeline": definitions.pipeline.to_dict(),
+        "events": definitions.events.to_dict(),
+        "journeys": {name: spec.version for name, spec in sorted(specs.items())},
+    }
+    segments = definitions.segment_specs()
+    if segments:  # a project without segments keeps the version it had before them
+        body["segments"] = {name: spec.version for name, spec in sorted(segments.items())}
+    return content_hash(body)
 
 
-__all__ = ["PIPELINE", "Definitions", "DefinitionsError", "journeys_in", "project_version"]
+__all__ = [
+    "PIPELINE",
+    "SEGMENTS",
+    "Definitions",
+    "DefinitionsError",
+    "journeys_in",
+    "project_version",
+]

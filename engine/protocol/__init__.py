@@ -44,6 +44,7 @@ HANDOFF_SLA_ACTIVITY = "contact.handoff_sla"
 RECORD_ENROLMENT_ACTIVITY = "contact.record_enrolment"
 RECORD_CONVERSION_ACTIVITY = "contact.record_conversion"
 RELEASE_REWARDS_ACTIVITY = "contact.release_rewards"
+RECORD_SEGMENTS_ACTIVITY = "contact.record_segments"
 CHECK_DATABASE_ACTIVITY = "system.check_database"
 
 CONTACT_ACTIVITIES: frozenset[str] = frozenset(
@@ -57,6 +58,7 @@ CONTACT_ACTIVITIES: frozenset[str] = frozenset(
         RECORD_ENROLMENT_ACTIVITY,
         RECORD_CONVERSION_ACTIVITY,
         RELEASE_REWARDS_ACTIVITY,
+        RECORD_SEGMENTS_ACTIVITY,
     }
 )
 """The activities the contact workflow schedules."""
@@ -76,6 +78,9 @@ SLA_ESCALATION_TIMER = "sla:escalation"
 REFERRAL_TIMERS = "__referral__"
 """The namespace of a referral reward's return window."""
 REWARD_RELEASE_TIMER = "release"
+SEGMENT_TIMERS = "__segments__"
+"""The namespace of the one timer at the next time-driven segment flip."""
+SEGMENT_FLIP_TIMER = "flip"
 
 __all__ = [
     "ACTIVITIES",
@@ -96,11 +101,14 @@ __all__ = [
     "OPEN_ACTIVITY",
     "RECORD_CONVERSION_ACTIVITY",
     "RECORD_ENROLMENT_ACTIVITY",
+    "RECORD_SEGMENTS_ACTIVITY",
     "RECORD_TRANSITION_ACTIVITY",
     "REFERRAL_TIMERS",
     "RELEASE_REWARDS_ACTIVITY",
     "REWARD_RELEASE_TIMER",
     "SALES_TIMERS",
+    "SEGMENT_FLIP_TIMER",
+    "SEGMENT_TIMERS",
     "SLA_ESCALATION_TIMER",
     "SLA_REMINDER_TIMER",
     "STATE_QUERY",

@@ -125,6 +125,9 @@ class Definitions:
     journeys: dict[str, dict[str, Any]]
     policy: dict[str, Any]
     loaded_at: datetime
+    segments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Segment name -> published spec (``SegmentSpec.to_dict()``, with its version):
+    each segment's newest published version, which the workflow decides membership by."""
 
 
 @dataclass
@@ -253,6 +256,20 @@ class TransitionRecord:
     contact_id: str
     transition: dict[str, Any]
     contact: dict[str, Any]
+
+
+@dataclass
+class SegmentChanges:
+    """Activity input: record a contact's segment entries and exits.
+
+    ``key`` is ``<contact id>:<n>`` with ``n`` counting the contact's recorded batches, so
+    a retry (or a replayed activity) writes nothing twice. ``changes`` are
+    ``Change.to_dict()`` forms; ``source`` is ``workflow``, ``list`` or ``backfill``."""
+
+    key: str
+    contact_id: str
+    changes: list[dict[str, Any]]
+    source: str = "workflow"
 
 
 @dataclass

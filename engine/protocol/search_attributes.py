@@ -21,6 +21,7 @@ SCORE = "Score"
 GRADE = "Grade"
 JOURNEYS = "Journeys"
 LOCALE = "Locale"
+SEGMENTS = "Segments"
 
 SEARCH_ATTRIBUTES: dict[str, str] = {
     STAGE: "Keyword",
@@ -28,6 +29,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     GRADE: "Keyword",
     JOURNEYS: "KeywordList",
     LOCALE: "Keyword",
+    SEGMENTS: "KeywordList",
 }
 """Name -> Temporal search attribute type, as the ``temporal`` CLI spells it."""
 
@@ -49,8 +51,12 @@ def registration_commands(namespace: str) -> list[str]:
     ]
 
 
-def search_values(state: ContactState, journeys: Iterable[str] = ()) -> dict[str, Any]:
-    """The contact's search attributes (the names above).
+def search_values(
+    state: ContactState, journeys: Iterable[str] = (), searchable: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The contact's search attributes (the names above). ``searchable``: the segments
+    published as searchable (``Segment(searchable=True)``); only those of the contact's
+    segments are listed, so others cost no upsert when membership changes.
 
     The score is as of the last scored event: decay is applied on read (contact show,
     rules), so the attribute changes only when behaviour changes it, and a timer firing
@@ -61,4 +67,5 @@ def search_values(state: ContactState, journeys: Iterable[str] = ()) -> dict[str
         GRADE: state.grade or "",
         JOURNEYS: sorted(journeys),
         LOCALE: state.locale or "",
+        SEGMENTS: sorted(set(state.segments) & set(searchable)),
     }

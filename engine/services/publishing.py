@@ -414,6 +414,12 @@ def publish_bundled(
     """
     specs = validate_definitions(settings, content=content, journeys=journeys)
     results = publish_many(db, list(specs.values()), source=source)
+    if journeys is None:
+        # The project's segments go with its journeys (validated with them above).
+        from stagecoach.engine.services.segments.catalog import publish_segments
+
+        segments = load_project(settings).definitions.segment_specs()
+        publish_segments(db, list(segments.values()), source=source)
     for result in results:
         if result.kept is not None:
             _log.warning(

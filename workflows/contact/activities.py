@@ -39,6 +39,7 @@ from stagecoach.engine.protocol import (
     OPEN_ACTIVITY,
     RECORD_CONVERSION_ACTIVITY,
     RECORD_ENROLMENT_ACTIVITY,
+    RECORD_SEGMENTS_ACTIVITY,
     RECORD_TRANSITION_ACTIVITY,
     RELEASE_REWARDS_ACTIVITY,
 )
@@ -59,6 +60,7 @@ from stagecoach.engine.protocol.messages import (
     HandOffRequest,
     OpenRequest,
     RewardDecision,
+    SegmentChanges,
     SlaRequest,
     TransitionRecord,
 )
@@ -76,6 +78,7 @@ from stagecoach.engine.services.storage.models import (
     StageTransition,
     Suppression,
 )
+from stagecoach.engine.services.storage.segments import save_segment_changes
 
 SENT_RECORD_PATIENCE = 40.0
 """Seconds ``contact.deliver`` keeps retrying the record of an accepted send."""
@@ -158,6 +161,7 @@ class ContactActivities:
             self.record_conversion,
             self.release_rewards,
             self.record_enrolment,
+            self.record_segments,
         ]
 
     @activity.defn(name=OPEN_ACTIVITY)
@@ -174,6 +178,11 @@ class ContactActivities:
     def load_definitions(self) -> Definitions:
         """The active pipeline, the latest published journey specs and the send policy."""
         return self._definitions()
+
+    @activity.defn(name=RECORD_SEGMENTS_ACTIVITY)
+    def record_segments(self, record: SegmentChanges) -> None:
+        """Write the contact's segment entries and exits; a retry writes nothing twice."""
+        save_segment_changes(self._db, record)
 
     @activity.defn(name=RECORD_TRANSITION_ACTIVITY)
     def record_transition(self, record: TransitionRecord) -> None:

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, cast, overload
 
 from stagecoach.engine.domain.conditions import Condition, EventMatcher, PropertyFilter
 from stagecoach.engine.domain.conditions import event as _event_condition
+from stagecoach.engine.domain.segments import SegmentTransition
 
 from ._steps import (
     END,
@@ -76,9 +77,12 @@ DEFAULT_LOCALES: tuple[str, ...] = ("zh-CN", "en")
 Where = Mapping[str, Any] | Sequence[PropertyFilter] | None
 
 
-def _matcher(type_or_matcher: str | EventMatcher, where: Where) -> EventMatcher:
+def _matcher(type_or_matcher: str | EventMatcher | SegmentTransition, where: Where) -> EventMatcher:
     if isinstance(type_or_matcher, EventMatcher):
         return type_or_matcher
+    if isinstance(type_or_matcher, SegmentTransition):
+        # wait_for(segment_entered("x")): the membership change journeys hear as an event.
+        return type_or_matcher.matcher
     # Reuse the condition builder so "where" shorthand means exactly what it means there.
     return _event_condition(type_or_matcher, where=where).matcher
 
@@ -103,7 +107,7 @@ class Journey:
     """
 
     name: str
-    entry: EntryTrigger | Sequence[EntryTrigger]
+    entry: EntryTrigger | SegmentTransition | Sequence[EntryTrigger | SegmentTransition]
     steps: Sequence[Step]
     description: str = ""
     reentry: ReEntry = field(default_factory=ReEntry.never)
@@ -114,8 +118,16 @@ class Journey:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_no_channel", no_channel_from(self.on_no_channel))
-        entry = (self.entry,) if isinstance(self.entry, StageEntered | EventEntry) else self.entry
-        object.__setattr__(self, "entry", tuple(entry))
+        single = isinstance(self.entry, StageEntered | EventEntry | SegmentTransition)
+        entry = (self.entry,) if single else self.entry
+        object.__setattr__(
+            self,
+            "entry",
+            tuple(
+                EventEntry(e.matcher) if isinstance(e, SegmentTransition) else e
+                for e in cast(Sequence[EntryTrigger | SegmentTransition], entry)
+            ),
+        )
         object.__setattr__(self, "locales", tuple(self.locales))
         object.__setattr__(self, "steps", _laid_out(self.name, self.steps))
 
@@ -446,7 +458,7 @@ def wait_until(at: time, *, id: str = "", next: str | None = None) -> WaitUntilS
 
 @overload
 def wait_for(
-    *events: str | EventMatcher,
+    *events: str | EventMatcher | SegmentTransition,
     timeout: timedelta,
     where: Where = None,
     on_timeout: str | None = None,
@@ -458,7 +470,7 @@ def wait_for(
 
 @overload
 def wait_for(
-    *events: str | EventMatcher,
+    *events: str | EventMatcher | SegmentTransition,
     timeout: SinceEnrolment,
     where: Where = None,
     on_timeout: str | None = None,
@@ -469,7 +481,7 @@ def wait_for(
 
 
 def wait_for(
-    *events: str | EventMatcher,
+    *events: str | EventMatcher | SegmentTransition,
     timeout: timedelta | SinceEnrolment,
     where: Where = None,
     on_timeout: str | None = None,

@@ -373,3 +373,68 @@ class JourneyEnrolment(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
     updated_at: datetime = _ts()
+
+
+class SegmentVersion(SQLModel, table=True):
+    """One published version of a segment (its spec's content hash).
+
+    ``status`` is ``backfilling`` while a backfill computes the version's members from
+    stored history, ``ready`` once it is complete (readers use the newest ready version
+    of each segment, so a half-done backfill is never what anyone sees), and
+    ``retired`` when a newer version became ready or the segment was removed.
+    ``cursor`` is the backfill's progress (the last contact id done), so it resumes."""
+
+    __tablename__ = "segment_versions"
+    __table_args__ = (Index("ix_segment_versions_name_status", "name", "status"),)
+
+    version: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=64)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="backfilling", max_length=16)
+    source: str = Field(default="bundled", max_length=32)
+    cursor: str | None = Field(default=None, max_length=64)
+    published_at: datetime = _ts()
+    ready_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class SegmentMember(SQLModel, table=True):
+    """A contact in a segment, under the version that decided it: since when and why.
+
+    Current members of a segment are the rows of its ready version; a row is deleted
+    when the contact leaves (the exit stays in ``segment_changes``)."""
+
+    __tablename__ = "segment_members"
+    __table_args__ = (Index("ix_segment_members_contact", "contact_id"),)
+
+    segment: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    contact_id: str = Field(primary_key=True, max_length=64)
+    since: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    reason: str = Field(default="", max_length=512)
+
+
+class SegmentChange(SQLModel, table=True):
+    """Every entry and exit, with its time, reason and who or what decided it.
+
+    ``source``: ``workflow`` (the contact's workflow, on the deciding event or at a
+    computed time), ``backfill`` (a new version computed from history) or ``list`` (a
+    manual list change, ``actor`` naming who). ``key`` makes a retried write a no-op."""
+
+    __tablename__ = "segment_changes"
+    __table_args__ = (
+        Index("ix_segment_changes_segment_at", "segment", "at"),
+        Index("ix_segment_changes_contact_at", "contact_id", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=256, unique=True)
+    segment: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    contact_id: str = Field(max_length=64)
+    entered: bool
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    reason: str = Field(default="", max_length=512)
+    source: str = Field(default="workflow", max_length=16)
+    actor: str | None = Field(default=None, max_length=128)

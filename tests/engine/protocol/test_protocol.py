@@ -58,6 +58,9 @@ WIRE = {
     "SLA_ESCALATION_TIMER": "sla:escalation",
     "REFERRAL_TIMERS": "__referral__",
     "REWARD_RELEASE_TIMER": "release",
+    "RECORD_SEGMENTS_ACTIVITY": "contact.record_segments",
+    "SEGMENT_TIMERS": "__segments__",
+    "SEGMENT_FLIP_TIMER": "flip",
     "CONTACT_WORKFLOW_ID_PREFIX": "contact-",
 }
 
@@ -124,4 +127,5 @@ def test_search_attributes_are_named_once_for_the_workflow_the_keys_and_the_serv
         "Grade": "Keyword",
         "Journeys": "KeywordList",
         "Locale": "Keyword",
+        "Segments": "KeywordList",
     }
