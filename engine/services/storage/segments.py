@@ -44,7 +44,7 @@ def save_segment_changes(db: Engine, record: SegmentChanges, *, actor: str | Non
                     at=at,
                     reason=reason,
                     source=record.source,
-                    actor=actor,
+                    actor=actor if actor is not None else change.get("actor"),
                 )
             )
             # An exit removes the contact under every version: a member row of an older
