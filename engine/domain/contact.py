@@ -225,9 +225,12 @@ def observe(
         consent[channel] = allowed
     seen = (*state.seen_ids, message_id)[-SEEN_IDS:]
     if event.type in SYSTEM_EVENTS:
-        # A manual list change or a backfill's decision: membership, not behaviour. It
-        # scores nothing and moves no stage; the workflow applies it to the segments.
-        return Observation(state=replace(state, seen_ids=seen))
+        # A manual list change or a backfill's decision: membership, not behaviour. Its
+        # traits apply (an upload may bring the address), but it scores nothing, joins
+        # no event window and moves no stage; the workflow applies it to the segments.
+        return Observation(
+            state=replace(state, attributes=attributes, consent=consent, seen_ids=seen)
+        )
     score, _change = apply_event(pipeline.scoring, state.score, event)
     events = (*state.events, event)[-EVENT_WINDOW:]
     counts = dict(state.counts)

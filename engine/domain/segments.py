@@ -75,6 +75,10 @@ MEMBERSHIP = "segment.membership"
 
 SYSTEM_EVENTS = LIST_EVENTS | {MEMBERSHIP}
 
+MANUAL_VERSION = "list"
+"""The version every manual list's memberships carry: a list is its members, whatever
+its description says, so editing the description keeps them."""
+
 IDENTITY_TRAITS = frozenset(
     {
         "email",
@@ -624,6 +628,7 @@ __all__ = [
     "LIST_ADDED",
     "LIST_EVENTS",
     "LIST_REMOVED",
+    "MANUAL_VERSION",
     "MEMBERSHIP",
     "SEGMENT_ENTERED",
     "SEGMENT_EVENTS",

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from stagecoach.engine.domain.journeys import (
         HandOff,
         HandoffResult,
+        Input,
         JourneySpec,
         parsed_spec,
     )
@@ -66,6 +67,8 @@ class ContactCore:
     if TYPE_CHECKING:
         # Provided by the workflow class and the sales mixin; declared for the other parts.
         async def _record_transition(self, transition: Transition) -> None: ...
+
+        async def _drive(self, name: str, first: Input) -> None: ...
 
         async def _hand_off(
             self, name: str, aj: ActiveJourney, command: HandOff

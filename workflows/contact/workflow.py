@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from stagecoach.engine.domain.pipeline import Transition, parsed_pipeline
     from stagecoach.engine.domain.policy import SendPolicy
     from stagecoach.engine.domain.scoring import shown_score
+    from stagecoach.engine.domain.segments import SYSTEM_EVENTS
     from stagecoach.engine.protocol import (
         CONTACT_WORKFLOW,
         ENROL_UPDATE,
@@ -55,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         RECORD_TRANSITION_ACTIVITY,
         REFERRAL_TIMERS,
         SALES_TIMERS,
+        SEGMENT_TIMERS,
         STATE_QUERY,
     )
     from stagecoach.engine.protocol.messages import (
@@ -73,10 +75,11 @@ with workflow.unsafe.imports_passed_through():
 from stagecoach.workflows.contact.journeys import JourneyDriver
 from stagecoach.workflows.contact.referrals import ReferralRewards
 from stagecoach.workflows.contact.sales import SALES_FEEDBACK, SalesHandoff
+from stagecoach.workflows.contact.segments import SegmentMembership
 
 
 @workflow.defn(name=CONTACT_WORKFLOW)
-class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
+class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembership):
     """The contact's whole story, as one durable entity."""
 
     @workflow.init
@@ -101,6 +104,9 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
         self._merged_into = None
         self._handoff = inp.handoff
         self._score_as_shown = inp.score_as_shown
+        self._segment_specs_of = None
+        self._segment_due = None
+        self._segment_batches = {}
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -190,6 +196,9 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
             for aj in inp.journeys:
                 self._restore(aj)
             self._arm_sla()
+            if self._segments_defined():
+                # A new run: the previous run's flip timer went with it.
+                self._arm_segment_timer(self._segment_specs()[0])
         else:
             self._state = replace(
                 model.new_contact(self._contact_id, self._pipeline, now), transitions=1
@@ -303,6 +312,9 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
             return None
         self._run_events += 1
         self._state = seen.state
+        if record.type in SYSTEM_EVENTS:
+            await self._adopt_segment_event(record)
+            return record
         if not opening:
             # Enrolments already due (the first stage's journeys, when this event created
             # the contact, in a run started before ``applies_opening_first``) start with
@@ -334,6 +346,7 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
         self._end_episode_below_bar(now)
         if self._handoff is None and self._qualifies(now):
             await self._open_handoff("mql", journey="", step_id="mql")
+        await self._update_segments(f"{record.type} event")
         return record
 
     async def _on_timer(self, journey: str, timer_id: str) -> None:
@@ -342,8 +355,12 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards):
             await self._on_sla(timer_id)
         elif journey == REFERRAL_TIMERS:
             await self._release_rewards()
+        elif journey == SEGMENT_TIMERS:
+            await self._on_segment_timer()
         else:
             await self._on_journey_timer(journey, timer_id)
+            # A send or an ended enrolment may change received()/in_journey() answers.
+            await self._update_segments(f"journey {journey}")
 
     async def _record_transition(self, transition: Transition) -> None:
         state = self._require_state()

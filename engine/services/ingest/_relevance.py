@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from stagecoach.engine.domain.journeys import JourneySpec
 from stagecoach.engine.domain.pipeline import Pipeline
+from stagecoach.engine.domain.segments import SegmentSpec
+from stagecoach.engine.domain.segments import event_types as segment_event_types
 from stagecoach.engine.protocol.messages import Definitions
 
 CONSENT_EVENTS = frozenset(
@@ -13,9 +15,12 @@ CONSENT_EVENTS = frozenset(
 
 
 def relevant_event_types(definitions: Definitions) -> frozenset[str]:
-    """Types used by a stage rule, score or grade rule, MQL, or any journey's entry,
-    waits, conditions, goal or exit criteria, plus the consent events."""
+    """Types used by a stage rule, score or grade rule, MQL, any journey's entry,
+    waits, conditions, goal or exit criteria, or any segment's condition, plus the
+    consent events (and the list and backfill events when segments exist)."""
     types = set(Pipeline.from_dict(definitions.pipeline).event_types())
     for raw in definitions.journeys.values():
         types |= JourneySpec.from_dict(raw).event_types()
+    segments = {name: SegmentSpec.from_dict(raw) for name, raw in definitions.segments.items()}
+    types |= segment_event_types(segments)
     return frozenset(types | CONSENT_EVENTS)

@@ -26,16 +26,13 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from stagecoach.engine.domain.segments import SegmentSpec
+from stagecoach.engine.domain.segments import MANUAL_VERSION, SegmentSpec
 from stagecoach.engine.services.storage.models import Contact, SegmentVersion
 
 BACKFILLING = "backfilling"
 READY = "ready"
 RETIRED = "retired"
 
-MANUAL_VERSION = "list"
-"""The version every manual list's member rows carry: a list is its members, whatever
-its description says, so editing the description keeps them."""
 
 _ATTEMPTS = 3
 
