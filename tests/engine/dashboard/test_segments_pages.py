@@ -318,3 +318,27 @@ def test_contact_page_of_a_contact_that_left_shows_no_segment(client: TestClient
 
     assert 'id="contact-segments"' not in html
     assert "In no segment." in html
+
+
+# --- on PostgreSQL --------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_segment_and_contact_pages_read_the_same_on_postgresql(
+    client: TestClient, truth: SegmentTruth
+) -> None:
+    """PostgreSQL hands times back with their zone (SQLite without): the same
+    days, counts and UTC times as on SQLite."""
+    html = client.get(f"/dashboard/segments/{truth.computed}").text
+    days = {r["day"]: r for r in rows(html, "segment-days")}
+    listed = rows(client.get("/dashboard/contacts/s1").text, "contact-segments")
+
+    assert {
+        day: (int(days[day]["entered"]), int(days[day]["exited"]), int(days[day]["size"]))
+        for day in truth.activity
+    } == truth.activity
+    assert [m["contact"] for m in rows(html, "segment-member-list")] == list(truth.member_ids)
+    assert [(r["segment"], r["since"]) for r in listed] == [
+        (truth.computed, f"{truth.day(3)} 09:00 UTC"),
+        (truth.manual, f"{truth.day(2)} 08:00 UTC"),
+    ]
