@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from stagecoach.engine.app import create_app
 from stagecoach.engine.domain.conditions import grade_in, stage_in
@@ -287,6 +287,23 @@ def test_a_page_after_the_last_member_is_empty_with_a_way_back(
     assert 'id="segment-member-list"' not in html
     assert "No members after zzz." in html
     assert 'id="members-first"' in html
+
+
+def test_a_database_that_fails_the_read_is_a_503_and_the_contact_page_still_opens(
+    client: TestClient, db_engine: Engine, truth: SegmentTruth
+) -> None:
+    with db_engine.begin() as connection:  # a schema the queries cannot read
+        connection.execute(text("DROP TABLE segment_members"))
+
+    listing = client.get("/dashboard/segments")
+    one = client.get(f"/dashboard/segments/{truth.computed}")
+    contact = client.get("/dashboard/contacts/s1")
+
+    assert (listing.status_code, one.status_code) == (503, 503)
+    assert "The database did not answer" in listing.text
+    assert "segment_members" in listing.text
+    assert contact.status_code == 200
+    assert "Segments not shown: the database did not answer." in contact.text
 
 
 # --- the contact page -----------------------------------------------------------------------
