@@ -9,8 +9,15 @@ Pages (HTML, server-rendered; all but the login need a signed-in session)::
     GET  /dashboard/contacts?id=&by=  "Open contact": a contact id, userId, email, phone,
                                       openid... (``stagecoach.engine.services.lookup``); one match
                                       opens it, several are listed, none is a 404
-    GET  /dashboard/contacts/{id}     stage transitions (database), the story from the
-                                      workflow history, a link to the Temporal Web UI
+    GET  /dashboard/contacts/{id}     stage transitions and segments (database), the
+                                      story from the workflow history, a link to the
+                                      Temporal Web UI
+    GET  /dashboard/segments          every published segment: description, kind,
+                                      members, status (ready / backfilling)
+    GET  /dashboard/segments/{name}   size, entries and exits per day for 30 days (an
+                                      inline SVG and a table), the definition, members
+                                      by page (``?after=<contact id>``); unknown: a 404
+                                      naming the known ones
     GET  /dashboard/login, POST       the admin token in, a session cookie out
     POST /dashboard/logout            ends the session (same origin only); GET: 405
     GET  /dashboard/static/...        plotly.min.js from the installed plotly package
@@ -25,7 +32,8 @@ asked for recently are computed right after each sync, before pages switch to th
 copy, and on a freshly started API as soon as the login page is shown. So a page load
 is a cache hit unless it asks for a period nobody asked for since the last sync, and
 numbers are at most that many seconds, plus one sync, old. The contact page reads the
-database and Temporal live.
+database and Temporal live; the segments pages read the database live
+(``stagecoach.engine.services.segments.queries``), each segment's newest ready version.
 
 Nothing on a page comes from another host: charts are drawn by the plotly.js bundled
 with the ``plotly`` package, served from this API, under a Content-Security-Policy that

@@ -37,7 +37,7 @@ from stagecoach.engine.api._common import (
 )
 from stagecoach.engine.api.deps import SessionDep, temporal_client
 from stagecoach.engine.api.sessions import Sessions
-from stagecoach.engine.dashboard import _charts
+from stagecoach.engine.dashboard import _charts, _segments
 from stagecoach.engine.domain.errors import DatabaseError, TemporalUnavailable
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from stagecoach.engine.services.analytics import Params, Report, ReportError
@@ -56,6 +56,15 @@ from stagecoach.engine.services.lookup import (
     Person,
     find_contacts,
     find_person,
+)
+from stagecoach.engine.services.segments.queries import (
+    ContactSegment,
+    UnknownSegment,
+    contact_segments,
+    daily_activity,
+    members,
+    segment_summaries,
+    segment_summary,
 )
 from stagecoach.engine.services.storage.models import StageTransition
 from stagecoach.engine.settings import Settings
@@ -169,6 +178,13 @@ def cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def utc(value: datetime) -> str:
+    """A stored time in UTC to the minute; SQLite hands times back without their zone,
+    and every time Stagecoach stores is UTC."""
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -177,6 +193,7 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["cell"] = cell
+    env.filters["utc"] = utc
     return env
 
 
@@ -494,6 +511,11 @@ def dashboard_router(
             )
         person, transitions = found
         subject = contact_id if isinstance(person, str) else person.survivor.id
+        segments: list[ContactSegment] | None
+        try:
+            segments = await _segments.read(contact_segments, request.app.state.db, subject)
+        except DatabaseError:  # the rest of the page is still worth showing
+            segments = None
         story, note = await _story(request, temporal, timeline, subject)
         if isinstance(person, str) and story is None:
             return problem_page(404, "No such contact", person, signed_in=True)
@@ -508,10 +530,72 @@ def dashboard_router(
             contact_id=subject,
             person=None if isinstance(person, str) else person,
             transitions=transitions,
+            segments=segments,
             story=story,
             note=note,
             temporal_ui=ui,
             workflow_id=workflow,
+            read_at=datetime.now(UTC),
+        )
+
+    # --- segments ---------------------------------------------------------------------
+
+    @router.get("/segments", response_class=HTMLResponse, dependencies=signed_in)
+    async def segments(request: Request) -> HTMLResponse:
+        try:
+            summaries = await _segments.read(segment_summaries, request.app.state.db)
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        return render(
+            "segments.html",
+            **base("Segments", "segments"),
+            summaries=summaries,
+            kind=_segments.kind,
+            read_at=datetime.now(UTC),
+        )
+
+    @router.get("/segments/{name}", response_class=HTMLResponse, dependencies=signed_in)
+    async def segment(request: Request, name: str, after: str | None = None) -> HTMLResponse:
+        """One segment: size, entries and exits per day, and its members by page (keyset:
+        ``after`` is the last contact id of the previous page)."""
+        if after is not None and not 0 < len(after) <= _segments.CONTACT_ID_LIMIT:
+            return problem_page(
+                400,
+                "Not a page of members",
+                f"after={after[:80]!r} is not a contact id"
+                f" (1 to {_segments.CONTACT_ID_LIMIT} characters)",
+                "Follow the page's own Next link, or drop after= for the first page.",
+                signed_in=True,
+            )
+        db = request.app.state.db
+        try:
+            summary = await _segments.read(segment_summary, db, name)
+            days = await _segments.read(daily_activity, db, name, days=_segments.DAYS)
+            page = await _segments.read(
+                members, db, name, after=after, limit=_segments.MEMBERS_PAGE + 1
+            )
+        except UnknownSegment as exc:
+            return problem_page(404, "No such segment", exc.message, exc.fix, signed_in=True)
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        more = len(page) > _segments.MEMBERS_PAGE
+        page = page[: _segments.MEMBERS_PAGE]
+        return render(
+            "segment.html",
+            **base(f"Segment {summary.name}", "segments"),
+            summary=summary,
+            kind=_segments.kind(summary),
+            definition=_segments.definition(summary),
+            days=days,
+            chart=_segments.day_chart(days),
+            members=page,
+            after=after,
+            next_after=page[-1].contact_id if more and page else None,
+            page_size=_segments.MEMBERS_PAGE,
             read_at=datetime.now(UTC),
         )
 
