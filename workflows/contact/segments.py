@@ -4,7 +4,8 @@ After each input the contact workflow applies (an event, a timer, an enrolment),
 published segments are decided again from the live state, purely
 (``stagecoach.engine.domain.segments.decide``). Nothing is spent unless an answer flips:
 
-- a flip is recorded by one activity (all the flips of one input together), and shown
+- a flip is recorded by one local activity (all the flips of one input together, written
+  in the background while the workflow goes on, one batch after the other), and shown
   to journeys as the event ``segment.entered`` / ``segment.exited``: journeys entered
   on it enrol (under their re-entry policy), waits on it end, exits on it exit;
 - a segment whose answer can change with time alone ("no visit in 30 days") gets one
@@ -59,6 +60,7 @@ class SegmentMembership(ContactCore):
     _segment_specs_of: tuple[str, dict[str, SegmentSpec], list[str]] | None
     _segment_due: datetime | None
     _segment_batches: dict[datetime, int]
+    _segment_recording: workflow.ActivityHandle[None] | None
 
     def _segment_specs(self) -> tuple[dict[str, SegmentSpec], list[str]]:
         """The published specs (parsed once per set of versions) in evaluation order."""
@@ -145,7 +147,12 @@ class SegmentMembership(ContactCore):
             changes = [
                 {**c.to_dict(), **({"actor": actor} if actor else {})} for c in decision.changes
             ]
-            await workflow.execute_activity(
+            previous = self._segment_recording
+            if previous is not None and not previous.done():
+                await previous  # batches are written in order: an exit never precedes its entry
+            # A local activity: it runs in this worker at once (no round trip through the
+            # server's task queue), and the writes are idempotent by key if it is retried.
+            recording = workflow.start_local_activity(
                 RECORD_SEGMENTS_ACTIVITY,
                 SegmentChanges(
                     key=f"{self._contact_id}:{self._segment_key(decision.changes)}",
@@ -159,6 +166,10 @@ class SegmentMembership(ContactCore):
                     f"{'+' if c.entered else '-'}{c.segment}" for c in decision.changes
                 ),
             )
+            # Written in the background: journeys hear the flip now, and a run ends only
+            # after its records (``_records_written``), as enrolment records do.
+            self._recording = [*(r for r in self._recording if not r.done()), recording]
+            self._segment_recording = recording
         await self._show_journeys(decision.changes)
 
     def _segment_key(self, changes: tuple[Change, ...]) -> str:

@@ -107,6 +107,7 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
         self._segment_specs_of = None
         self._segment_due = None
         self._segment_batches = {}
+        self._segment_recording = None
 
     # --- handlers ----------------------------------------------------------------------
 
@@ -324,6 +325,9 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
         listening = list(self._active)
         if seen.transition is not None:
             await self._record_transition(seen.transition)
+        # Segments are decided on the state this event made, before journeys act on it
+        # (their sends take time), so membership is as fresh as the event.
+        await self._update_segments(f"{record.type} event")
         for name in listening:
             aj = self._active.get(name)
             if aj is not None:
@@ -346,7 +350,6 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
         self._end_episode_below_bar(now)
         if self._handoff is None and self._qualifies(now):
             await self._open_handoff("mql", journey="", step_id="mql")
-        await self._update_segments(f"{record.type} event")
         return record
 
     async def _on_timer(self, journey: str, timer_id: str) -> None:

@@ -166,12 +166,19 @@ def segment_summary(db: Engine, name: str) -> SegmentSummary:
     raise UnknownSegment(name, [s.name for s in summaries])
 
 
+def _require(db: Engine, name: str) -> None:
+    """Raise :class:`UnknownSegment` unless ``name`` is published (no member counts)."""
+    known = latest_segments(db)
+    if name not in known:
+        raise UnknownSegment(name, sorted(known))
+
+
 def members(
     db: Engine, name: str, *, after: str | None = None, limit: int = 100
 ) -> list[MemberRow]:
     """Members of the segment's read version, by contact id, ``limit`` after ``after``
     (keyset pagination: pass the last id of a page to get the next)."""
-    segment_summary(db, name)  # raises for an unknown name
+    _require(db, name)
     with Session(db) as session:
         version = _read_versions(session).get(name)
         if version is None:
@@ -190,7 +197,7 @@ def daily_activity(
 ) -> list[DayCount]:
     """Entries, exits and size per UTC day for the last ``days`` days (oldest first),
     over the changes of the segment's read version."""
-    segment_summary(db, name)
+    _require(db, name)
     now = now or datetime.now(UTC)
     first = (now - timedelta(days=days - 1)).date()
     with Session(db) as session:
