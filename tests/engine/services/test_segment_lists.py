@@ -242,3 +242,13 @@ def test_csv_reading_takes_gbk_semicolons_and_header_spelling_and_rejects_long_r
     [long_row] = parsed.rejected
     assert (long_row.line, long_row.field) == (3, "row")
     assert "3 cells but 2 columns in the header" in long_row.reason
+
+
+@pytest.mark.postgres
+def test_an_upload_on_postgresql(db: Engine) -> None:
+    test_a_csv_upload_stores_one_outboxed_event_per_contact_and_reports_bad_rows(db)
+
+
+@pytest.mark.postgres
+def test_retries_and_repeats_on_postgresql(db: Engine) -> None:
+    test_a_retried_upload_stores_nothing_twice_and_a_re_add_after_removal_is_a_new_change(db)
