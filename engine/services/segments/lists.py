@@ -178,7 +178,8 @@ class ListResult:
             f"{self.unchanged:,} unchanged ({already}, or named twice)",
         ]
         if self.created:
-            out.append(f"{self.created:,} new contacts created for unknown addresses")
+            contacts = "contact" if self.created == 1 else "contacts"
+            out.append(f"{self.created:,} new {contacts} created for unknown addresses")
         out.append(f"{len(self.rejected):,} rejected")
         out.extend(f"  {row.describe()}" for row in self.rejected)
         return out
