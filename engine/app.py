@@ -43,6 +43,7 @@ from stagecoach.engine.api.routes.postmark_webhook import router as postmark_rou
 from stagecoach.engine.api.routes.preference_pages import router as preference_router
 from stagecoach.engine.api.routes.referrals import router as referrals_router
 from stagecoach.engine.api.routes.reports import router as reports_router
+from stagecoach.engine.api.routes.segments import router as segments_router
 from stagecoach.engine.api.routes.tracking import router as tracking_router
 from stagecoach.engine.api.routes.wechat import drain
 from stagecoach.engine.api.routes.wechat import router as wechat_router
@@ -196,6 +197,7 @@ def create_app(
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
     app.include_router(reports_router)
+    app.include_router(segments_router)
     # One report cache for the dashboard and /v1/reports: each report computed once per copy.
     app.state.reports = reports_for(settings, defaults=default_reports)
     app.include_router(dashboard_router(settings, numbers=app.state.reports))

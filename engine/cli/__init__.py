@@ -25,6 +25,7 @@ from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
 from stagecoach.engine.cli.project import deploy, init, validate
 from stagecoach.engine.cli.report import report
+from stagecoach.engine.cli.segments import segments_app
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
 from stagecoach.engine.settings import Settings, load_settings
@@ -42,6 +43,7 @@ app.add_typer(journeys_app, name="journeys")
 app.add_typer(contact_app, name="contact")
 app.add_typer(content_app, name="content")
 app.add_typer(events_app, name="events")
+app.add_typer(segments_app, name="segments")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)

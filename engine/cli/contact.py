@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,8 +136,10 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
 
     found, view = _connect_and(contact, by, contact_view)
     state = view.state
+    segments = _segments(view.contact_id)
     if json_output:
-        typer.echo(json.dumps({**view.__dict__}, indent=2, ensure_ascii=False, default=str))
+        body = {**view.__dict__, "segments": [_segment_dict(s) for s in segments or []]}
+        typer.echo(json.dumps(body, indent=2, ensure_ascii=False, default=str))
         return
     typer.echo(f"contact   {view.contact_id}")
     if found.matched and found.matched != (f"id {view.contact_id}",):
@@ -159,6 +162,42 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
             f"journey   {j['journey']} v{str(j['version'])[:12]} #{j['enrolment']} at "
             f"{j['step']} ({waiting.get('kind', 'running')}{until})"
         )
+    if segments is None:
+        typer.echo("segments  unknown (no database to read them from)")
+    elif not segments:
+        typer.echo("segments  none")
+    for s in segments or []:
+        since = _segment_dict(s)["since"]
+        typer.echo(f"segment   {s.segment} since {since}: {s.reason or '-'}")
+
+
+def _segment_dict(s: Any) -> dict[str, str]:
+    at = s.since if s.since.tzinfo else s.since.replace(tzinfo=UTC)  # SQLite: naive UTC
+    return {
+        "segment": s.segment,
+        "version": s.version,
+        "since": at.isoformat(timespec="seconds"),
+        "reason": s.reason,
+    }
+
+
+def _segments(contact_id: str) -> list[Any] | None:
+    """The contact's segments (``ContactSegment``: since when and why) from the database,
+    or ``None`` when there is no database to read."""
+    from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+    from stagecoach.engine.cli.journeys import _read_db
+    from stagecoach.engine.services.segments.queries import contact_segments
+
+    db = _read_db(load_settings())
+    if db is None:
+        return None
+    try:
+        return list(contact_segments(db, contact_id))
+    except SADatabaseError:  # a database not migrated to segments yet
+        return None
+    finally:
+        db.dispose()
 
 
 @contact_app.command("timeline")

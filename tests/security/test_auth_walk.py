@@ -239,6 +239,7 @@ PATH_SAMPLES: dict[str, str] = {
     "handoff_id": "h_0000000000000000",
     "code": "ZZZZZZZZZZ",
     "coupon_code": "REF-ZZZZZZZZZZ",
+    "name": "vip-list",
 }
 
 

@@ -137,6 +137,7 @@ from stagecoach.engine.services.lookup import (
     find_person,
 )
 from stagecoach.engine.services.lookup import pseudonym as pseudonym
+from stagecoach.engine.services.segments.queries import contact_segments
 from stagecoach.engine.services.storage.models import (
     Consent,
     Contact,
@@ -234,6 +235,13 @@ class DeliveryPublic(_FromRow):
     sent_at: datetime | None
 
 
+class SegmentPublic(_FromRow):
+    segment: str
+    version: str = Field(description="The version that decided it ('list' for a manual one)")
+    since: datetime
+    reason: str = Field(description="Why the contact entered")
+
+
 class ContactState(BaseModel):
     """What the contact is now: live from its workflow, else the stored row."""
 
@@ -273,6 +281,9 @@ class ContactDetail(BaseModel):
     merges: list[MergePublic] = Field(description="Ids merged into this contact")
     deliveries: list[DeliveryPublic] = Field(description="Most recent first")
     event_count: int
+    segments: list[SegmentPublic] = Field(
+        default_factory=list, description="The segments the contact is in, oldest first"
+    )
 
 
 class _Counts(BaseModel):
@@ -425,6 +436,9 @@ _CONTACT_EXAMPLE: dict[str, Any] = {
         }
     ],
     "event_count": 4,
+    "segments": [
+        {"segment": "vip-list", "version": "list", "since": _WHEN, "reason": "list: events-team"}
+    ],
 }
 _ERASURE_EXAMPLE: dict[str, Any] = {
     "contact_id": "c_5f0c9a2e41d7b3a8c6e19f04",
@@ -755,6 +769,7 @@ async def get_contact(
     except DatabaseError as exc:
         raise _unavailable(exc.one_line()) from exc
     row = person.survivor
+    segments = await in_thread(session, lambda s: contact_segments(s.get_bind(), row.id))
     state = await _live_state(request, row, record.traits)
     return ContactDetail(
         id=row.id,
@@ -774,6 +789,7 @@ async def get_contact(
         merges=record.merges,
         deliveries=record.deliveries,
         event_count=record.event_count,
+        segments=[SegmentPublic.model_validate(m) for m in segments],
     )
 
 
