@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from stagecoach.engine.domain.conditions import (
@@ -46,7 +48,7 @@ from stagecoach.engine.protocol import SEGMENT_TIMERS, STATE_QUERY
 from stagecoach.engine.protocol.messages import ContactView, contact_workflow_id
 from stagecoach.engine.services.publishing import definitions_context, publish
 from stagecoach.engine.services.segments.catalog import publish_segments
-from stagecoach.engine.services.storage.models import SegmentChange, SegmentMember
+from stagecoach.engine.services.storage.models import Identity, SegmentChange, SegmentMember
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 pytestmark = pytest.mark.time_skipping
@@ -179,8 +181,8 @@ COSTLY = {
 def is_record(event: Any) -> bool:
     """A segment record: the local activity's marker (or a scheduled activity)."""
     if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-        return b"contact.record_segments" in event.SerializeToString()
-    return (
+        return b"contact.record_segments" in bytes(event.SerializeToString())
+    return bool(
         event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
         and event.activity_task_scheduled_event_attributes.activity_type.name
         == "contact.record_segments"
@@ -334,3 +336,64 @@ async def test_waits_exits_and_branches_act_on_membership(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_list_uploaded_through_the_api_enrols_its_contacts(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+) -> None:
+    """From nothing, through the public surface: an admin uploads a CSV to a manual
+    segment; the API stores one list event per row (a malformed row reported, the rest
+    kept), its forwarder signals the contacts, their workflows adopt the change, record
+    it with who did it, and the journey entered on the segment sends to each."""
+    token = "segments-e2e-admin-token-0123456789"
+    async with open_runtime(
+        env, task_queue, tmp_path, content_library, admin_token=token
+    ) as runtime:
+        publish_segments(runtime.engine, [VIP.spec()], source="test")
+        publish_journeys(
+            runtime,
+            content_library,
+            Journey(
+                "seg_vip_upload",
+                entry=segment_entered("vip-list"),
+                steps=[send("webinar-oee-masterclass", channel="email", id="invite")],
+            ),
+        )
+
+        async def temporal() -> Client:
+            return runtime.client
+
+        csv = "email\nzhao@example.cn\nnot-an-address\nqian@example.cn\n"
+        with TestClient(runtime.app(temporal)) as api:
+            answer = api.post(
+                "/v1/segments/vip-list/members",
+                params={"actor": "events-team"},
+                content=csv.encode(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+            )
+            assert answer.status_code == 207, answer.text
+            result = answer.json()
+            assert [(r["line"], r["field"]) for r in result["rejected"]] == [(3, "email")]
+            with Session(runtime.engine) as session:
+                contacts = sorted(
+                    session.exec(
+                        select(Identity.contact_id).where(
+                            col(Identity.value).in_(["zhao@example.cn", "qian@example.cn"])
+                        )
+                    ).all()
+                )
+            runtime.touched.update(contacts)
+            assert len(contacts) == 2
+
+            async def invited() -> bool:
+                return all(
+                    sent(runtime, c, "seg_vip_upload") == ["webinar-oee-masterclass"]
+                    for c in contacts
+                )
+
+            await eventually(invited, within=30)
+        assert members(runtime, "vip-list") == set(contacts)
+        for contact_id in contacts:
+            assert changes(runtime, contact_id) == [
+                ("vip-list", True, "added to the list by events-team", "list")
+            ]

@@ -437,7 +437,12 @@ _CONTACT_EXAMPLE: dict[str, Any] = {
     ],
     "event_count": 4,
     "segments": [
-        {"segment": "vip-list", "version": "list", "since": _WHEN, "reason": "list: events-team"}
+        {
+            "segment": "vip-list",
+            "version": "list",
+            "since": _WHEN,
+            "reason": "added to the list by events-team",
+        }
     ],
 }
 _ERASURE_EXAMPLE: dict[str, Any] = {
