@@ -25,6 +25,8 @@ from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
 from stagecoach.engine.cli.project import deploy, init, validate
 from stagecoach.engine.cli.report import report
+from stagecoach.engine.cli.segment_backfill import backfill as segments_backfill
+from stagecoach.engine.cli.segment_backfill import preview as segments_preview
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
 from stagecoach.engine.settings import Settings, load_settings
@@ -50,6 +52,11 @@ journeys_app.command("rollback")(rollback)
 app.command("init")(init)
 app.command("validate")(validate)
 app.command("deploy")(deploy)
+# Until engine/cli/segments.py's segments_app lands: register these two on it instead.
+segments_app = typer.Typer(help="Segments: saved audiences.", no_args_is_help=True)
+app.add_typer(segments_app, name="segments")
+segments_app.command("preview")(segments_preview)
+segments_app.command("backfill")(segments_backfill)
 
 
 @app.callback()

@@ -67,6 +67,7 @@ from stagecoach.engine.services.ingest import Incoming, Ingestor
 from stagecoach.engine.services.segments import _sql
 from stagecoach.engine.services.segments.catalog import (
     BACKFILLING,
+    RETIRED,
     mark_ready,
     member_version,
     ready_version,
@@ -490,6 +491,18 @@ def _write_batch(
         session.commit()
 
 
+def _retire(db: Engine, versions: Sequence[str]) -> None:
+    if not versions:
+        return
+    with Session(db) as session:
+        for version in versions:
+            row = session.get(SegmentVersion, version)
+            if row is not None and row.status == BACKFILLING:
+                row.status = RETIRED
+                session.add(row)
+        session.commit()
+
+
 def backfill(
     db: Engine,
     settings: Settings,
@@ -499,11 +512,13 @@ def backfill(
     now: datetime | None = None,
     notify: bool = True,
     store: AnalyticsStore | None = None,
+    sync: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[BackfillResult]:
     """Backfill every version still ``backfilling`` (of segment ``name`` only, if given),
     referenced segments first. See the module docstring for how; ``notify=False``
-    writes the rows without telling the workflows (their next decision catches up).
+    writes the rows without telling the workflows (their next decision catches up);
+    ``sync=False`` reads ``store`` as it is (a caller that just synced it).
 
     ``progress(segment, done, total)`` is called after each batch.
     """
@@ -515,10 +530,15 @@ def backfill(
     now = _aware(now or datetime.now(UTC))
     pipeline = _pipeline(settings)
     analytics = _store(settings, store)
-    analytics.sync(db)
+    if sync:
+        analytics.sync(db)
+    # Oldest first, so each name keeps its newest pending version; an older one pending
+    # beside it is superseded: retired, never computed (nobody would read it).
     specs = {row.name: SegmentSpec.from_dict(row.spec) for row in pending}
     by_name = {row.name: row for row in pending}
+    superseded = [row.version for row in pending if by_name[row.name].version != row.version]
     results: list[BackfillResult] = []
+    _retire(db, superseded)
     for segment in evaluation_order(specs):
         row, spec = by_name[segment], specs[segment]
         started = time.perf_counter()
