@@ -33,7 +33,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from stagecoach.engine.domain.conditions import performed, trait
+from stagecoach.engine.domain.conditions import Condition, performed, trait
 from stagecoach.engine.domain.segments import MEMBERSHIP, Segment
 from stagecoach.engine.services.analytics.store import AnalyticsStore, create_tables
 from stagecoach.engine.services.segments import _sql
@@ -61,13 +61,12 @@ TYPES = [
 INDUSTRIES = ["manufacturing", "energy", "retail", "finance", "education"]
 
 
-def typical(days: int = 30) -> Segment:
-    return Segment(
-        "typical",
-        description="Manufacturing, 3+ page views in the window, no order in 90 days",
-        when=trait("industry", "eq", "manufacturing")
+def typical(days: int = 30) -> Condition:
+    """Manufacturing, 3+ page views in the window, no order in 90 days."""
+    return (
+        trait("industry", "eq", "manufacturing")
         & performed("page.viewed", at_least=3, within=timedelta(days=days))
-        & ~performed("order.paid", within=timedelta(days=90)),
+        & ~performed("order.paid", within=timedelta(days=90))
     )
 
 
@@ -138,14 +137,14 @@ def test_segment_backfill_over_a_million_contacts(tmp_path: Path) -> None:
         evaluations = []
         for _ in range(3):
             t0 = time.perf_counter()
-            found = _sql.members(con, typical().when, now=NOW)
+            found = _sql.members(con, typical(), now=NOW)
             evaluations.append(time.perf_counter() - t0)
     assert events == CONTACTS * EVENTS_PER_CONTACT
     assert grouped[0][0] > 0
 
     runs: list[tuple[float, int, int]] = []
     for n in range(1, 4):
-        segment = Segment(f"typical-{n}", description="", when=typical().when)
+        segment = Segment(f"typical-{n}", description="", when=typical())
         publish_segments(db, [segment.spec()])
         t0 = time.perf_counter()
         [result] = backfill(db, settings, segment.name, now=NOW, store=store, sync=False)
@@ -155,7 +154,7 @@ def test_segment_backfill_over_a_million_contacts(tmp_path: Path) -> None:
         assert result.notified == result.members == result.entered
 
     # A changed version (a 31-day window): only the contacts that flip are told.
-    publish_segments(db, [Segment("typical-1", description="", when=typical(31).when).spec()])
+    publish_segments(db, [Segment("typical-1", description="", when=typical(31)).spec()])
     t0 = time.perf_counter()
     [changed] = backfill(db, settings, "typical-1", now=NOW, store=store, sync=False)
     changed_s = time.perf_counter() - t0
