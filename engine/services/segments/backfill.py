@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
@@ -163,8 +164,21 @@ def stored_facts(
     ids = list(contact_ids)
     if not ids:
         return {}
-    con.execute("CREATE OR REPLACE TEMP TABLE _wanted (id VARCHAR)")
-    con.executemany("INSERT INTO _wanted VALUES (?)", [(i,) for i in ids])
+    con.register("_wanted", pa.table({"id": pa.array(ids, type=pa.string())}))
+    try:
+        return _facts_of(con, now=now, pipeline=pipeline, segments=segments)
+    finally:
+        con.unregister("_wanted")
+
+
+def _facts_of(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime,
+    pipeline: Pipeline | None,
+    segments: Mapping[str, Iterable[str]] | None,
+) -> dict[str, Facts]:
+    """:func:`stored_facts` of the contacts in the registered relation ``_wanted``."""
     rows = con.execute(
         "SELECT c.id, c.stage, c.traits, c.updated_at FROM contacts c JOIN _wanted w ON w.id = c.id"
     ).fetchall()
@@ -186,7 +200,6 @@ def stored_facts(
         " ON w.id = d.contact_id WHERE d.status = 'sent' AND d.content_id IS NOT NULL"
     ).fetchall():
         received.setdefault(cid, set()).add(content)
-    con.execute("DROP TABLE _wanted")
     member_sets = {name: set(members) for name, members in (segments or {}).items()}
     out: dict[str, Facts] = {}
     for cid, stage, raw_traits, updated_at in rows:

@@ -99,6 +99,16 @@ PEOPLE: dict[str, dict[str, Any]] = {
 }
 
 
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DATABASES)
+def db(request: pytest.FixtureRequest) -> Engine:
+    """The migrated database, on SQLite and on PostgreSQL (the insert-if-new differs)."""
+    engine: Engine = request.getfixturevalue("db_engine")
+    return engine
+
+
 @pytest.fixture
 def people(db_engine: Engine) -> dict[str, str]:
     return _ingest(db_engine, PEOPLE)
@@ -126,30 +136,30 @@ def _spec(cond: Condition, name: str = HOT.name) -> SegmentSpec:
 
 
 def test_a_new_segment_is_backfilled_from_ingested_history(
-    db_engine: Engine, settings: Settings, people: dict[str, str]
+    db: Engine, settings: Settings, people: dict[str, str]
 ) -> None:
     spec = HOT.spec()
-    [published] = publish_segments(db_engine, [spec])
+    [published] = publish_segments(db, [spec])
     assert published.status == "backfilling"
-    before = segment_summary(db_engine, HOT.name)
+    before = segment_summary(db, HOT.name)
     assert (before.status, before.ready_version, before.members) == ("backfilling", None, 0)
 
-    [result] = bf.backfill(db_engine, settings, now=NOW)
+    [result] = bf.backfill(db, settings, now=NOW)
 
     want = sorted(people[u] for u in ("ada", "ed", "fu"))
-    assert _all_members(db_engine, HOT.name) == want
-    assert _reference(settings, db_engine, spec.condition) == want  # type: ignore[arg-type]
-    after = segment_summary(db_engine, HOT.name)
+    assert _all_members(db, HOT.name) == want
+    assert _reference(settings, db, spec.condition) == want  # type: ignore[arg-type]
+    after = segment_summary(db, HOT.name)
     assert (after.status, after.ready_version, after.members) == ("ready", spec.version, 3)
     assert (result.members, result.entered, result.exited, result.compiled) == (3, 3, 0, True)
     # Every member entered (a brand-new segment); each is told once, through the outbox.
-    with Session(db_engine) as session:
+    with Session(db) as session:
         changes = session.exec(select(SegmentChange)).all()
         assert sorted(c.contact_id for c in changes) == want
         assert {(c.source, c.entered, c.version) for c in changes} == {
             ("backfill", True, spec.version)
         }
-        notified = _membership_events(db_engine, spec.version)
+        notified = _membership_events(db, spec.version)
         assert sorted(e.contact_id for e in notified) == want
         assert all(
             e.properties == {"segment": HOT.name, "version": spec.version, "member": True}
@@ -161,30 +171,30 @@ def test_a_new_segment_is_backfilled_from_ingested_history(
         assert queued == 3
     assert result.notified == 3
     # Nothing left to do: a second run is a no-op.
-    assert bf.backfill(db_engine, settings, now=NOW) == []
+    assert bf.backfill(db, settings, now=NOW) == []
 
 
 def test_a_changed_version_equals_row_by_row_and_touches_only_changed_contacts(
-    db_engine: Engine, settings: Settings, people: dict[str, str]
+    db: Engine, settings: Settings, people: dict[str, str]
 ) -> None:
-    publish_segments(db_engine, [HOT.spec()])
-    bf.backfill(db_engine, settings, now=NOW)
-    with Session(db_engine) as session:
+    publish_segments(db, [HOT.spec()])
+    bf.backfill(db, settings, now=NOW)
+    with Session(db) as session:
         since = {m.contact_id: m.since for m in session.exec(select(SegmentMember)).all()}
 
     wider = trait("industry", "in", ["manufacturing", "retail"]) & performed(
         "page.viewed", at_least=2, within=timedelta(days=14)
     )
     new = _spec(wider)
-    [published] = publish_segments(db_engine, [new])
+    [published] = publish_segments(db, [new])
     assert published.status == "backfilling"
-    [result] = bf.backfill(db_engine, settings, now=NOW + timedelta(minutes=5))
+    [result] = bf.backfill(db, settings, now=NOW + timedelta(minutes=5))
 
-    reference = _reference(settings, db_engine, wider)
-    assert _all_members(db_engine, HOT.name) == reference
+    reference = _reference(settings, db, wider)
+    assert _all_members(db, HOT.name) == reference
     assert sorted(reference) == sorted(people[u] for u in ("ada", "di", "ed", "fu", "gu"))
     assert (result.entered, result.exited) == (2, 0)
-    with Session(db_engine) as session:
+    with Session(db) as session:
         changes = session.exec(
             select(SegmentChange).where(SegmentChange.version == new.version)
         ).all()
@@ -198,18 +208,18 @@ def test_a_changed_version_equals_row_by_row_and_touches_only_changed_contacts(
     # Carried-over members keep the moment they entered.
     assert all(kept[cid] == since[cid] for cid in since)
     # Only the two that entered are told; the three carried over cost nothing.
-    assert sorted(e.contact_id for e in _membership_events(db_engine, new.version)) == sorted(
+    assert sorted(e.contact_id for e in _membership_events(db, new.version)) == sorted(
         [people["di"], people["gu"]]
     )
     assert result.notified == 2
 
     # Narrowing: exits are recorded and told, with member False.
     narrow = _spec(trait("industry", "eq", "manufacturing") & trait("employees", "exists", True))
-    publish_segments(db_engine, [narrow])
-    [result] = bf.backfill(db_engine, settings, now=NOW + timedelta(minutes=10))
-    assert _all_members(db_engine, HOT.name) == [people["fu"]]
+    publish_segments(db, [narrow])
+    [result] = bf.backfill(db, settings, now=NOW + timedelta(minutes=10))
+    assert _all_members(db, HOT.name) == [people["fu"]]
     assert (result.entered, result.exited, result.notified) == (0, 4, 4)
-    told = _membership_events(db_engine, narrow.version)
+    told = _membership_events(db, narrow.version)
     assert {e.properties["member"] for e in told} == {False}
 
 
@@ -237,13 +247,13 @@ class Killed(RuntimeError):
 
 
 def test_a_backfill_killed_part_way_is_never_half_applied_and_resumes(
-    db_engine: Engine, settings: Settings, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    db: Engine, settings: Settings, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    publish_segments(db_engine, [HOT.spec()])
-    bf.backfill(db_engine, settings, now=NOW)
-    old = _all_members(db_engine, HOT.name)
+    publish_segments(db, [HOT.spec()])
+    bf.backfill(db, settings, now=NOW)
+    old = _all_members(db, HOT.name)
     everyone = _spec(trait("industry", "exists", True))
-    publish_segments(db_engine, [everyone])
+    publish_segments(db, [everyone])
 
     real = bf._write_batch
     calls = {"n": 0}
@@ -256,13 +266,13 @@ def test_a_backfill_killed_part_way_is_never_half_applied_and_resumes(
 
     monkeypatch.setattr(bf, "_write_batch", dies_on_the_third_batch)
     with pytest.raises(Killed):
-        bf.backfill(db_engine, settings, batch=2, now=NOW)
+        bf.backfill(db, settings, batch=2, now=NOW)
 
     # Half-way: readers still see the old version, whole.
-    assert _all_members(db_engine, HOT.name) == old
-    summary = segment_summary(db_engine, HOT.name)
+    assert _all_members(db, HOT.name) == old
+    summary = segment_summary(db, HOT.name)
     assert (summary.status, summary.ready_version) == ("backfilling", HOT.spec().version)
-    with Session(db_engine) as session:
+    with Session(db) as session:
         row = session.get(SegmentVersion, everyone.version)
         assert row is not None
         assert row.status == "backfilling"
@@ -273,21 +283,21 @@ def test_a_backfill_killed_part_way_is_never_half_applied_and_resumes(
         assert written == 4
 
     monkeypatch.setattr(bf, "_write_batch", real)
-    [result] = bf.backfill(db_engine, settings, batch=2, now=NOW)
+    [result] = bf.backfill(db, settings, batch=2, now=NOW)
     assert result.resumed_after == sorted(people.values())[3]
 
     want = sorted(people.values())
-    assert _all_members(db_engine, HOT.name) == want
-    assert _reference(settings, db_engine, everyone.condition) == want  # type: ignore[arg-type]
+    assert _all_members(db, HOT.name) == want
+    assert _reference(settings, db, everyone.condition) == want  # type: ignore[arg-type]
     entered = sorted(set(want) - set(old))
-    with Session(db_engine) as session:
+    with Session(db) as session:
         changes = session.exec(
             select(SegmentChange).where(SegmentChange.version == everyone.version)
         ).all()
     assert sorted(c.contact_id for c in changes) == entered  # each written once
     # The killed batch's notifications were stored before it died; the resumed run's
     # copies are duplicates by message id: one event per changed contact.
-    assert sorted(e.contact_id for e in _membership_events(db_engine, everyone.version)) == entered
+    assert sorted(e.contact_id for e in _membership_events(db, everyone.version)) == entered
 
 
 def test_a_score_segment_is_evaluated_row_by_row(

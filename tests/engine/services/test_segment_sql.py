@@ -5,12 +5,15 @@ compiles; the kinds that do not compile say so by name."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from stagecoach.engine.domain.conditions import (
     Always,
@@ -399,3 +402,112 @@ def test_rules_see_the_latest_200_events_and_lifetime_counts_see_all() -> None:
         for cond, want in cases.items():
             assert _sql.members(con, cond, now=NOW) == want, cond.to_dict()
             assert row_members(con, cond, now=NOW) == want, cond.to_dict()
+
+
+# --- the same equivalence, with conditions drawn (and shrunk) by Hypothesis ---------------
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from(SCALARS),
+    st.integers(-5, 20),
+    st.floats(-5, 20, allow_nan=False, allow_infinity=False),
+    st.text(alphabet="abemnu", max_size=3),
+)
+
+
+def _filters(paths: list[str]) -> st.SearchStrategy[PropertyFilter]:
+    path = st.sampled_from(paths)
+    compared = st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte", "contains"])
+    return st.one_of(
+        st.builds(PropertyFilter, path, compared, _scalars),
+        st.builds(
+            PropertyFilter,
+            path,
+            st.sampled_from(["in", "not_in"]),
+            st.lists(_scalars, max_size=3),
+        ),
+        st.builds(PropertyFilter, path, st.just("exists"), st.booleans()),
+    )
+
+
+_types = st.sampled_from(TYPES)
+_where = st.one_of(st.none(), st.lists(_filters(["plan", "n", "plan.tier"]), max_size=2))
+_within = st.one_of(st.none(), st.integers(1, 24 * 90).map(lambda h: timedelta(hours=h)))
+_ages = st.integers(1, 24 * 60).map(lambda h: timedelta(hours=h))
+_trait_paths = ["industry", "employees", "plan", "plan.tier", "tags", "email", "missing"]
+
+_leaves: st.SearchStrategy[Condition] = st.one_of(
+    _filters(_trait_paths).map(lambda f: attribute(f.path, f.op, f.value)),
+    st.builds(
+        lambda before, days: (
+            trait_date("signed_up_at", before=timedelta(days=days))
+            if before
+            else trait_date("signed_up_at", after=timedelta(days=days))
+        ),
+        st.booleans(),
+        st.integers(-90, 30),
+    ),
+    st.lists(st.sampled_from([*STAGES, "disqualified", ""]), min_size=1, max_size=3).map(
+        lambda s: stage_in(*s)
+    ),
+    st.sampled_from([*STAGES, "nowhere"]).map(stage_at_least),
+    st.builds(
+        lambda t, w, within, n: event(t, where=w, within=within, count=n),
+        _types,
+        _where,
+        _within,
+        st.integers(1, 4),
+    ),
+    st.builds(
+        lambda t, w, within, op, n: performed(
+            t, where=w, within=within, **{op: max(n, 1) if op == "fewer_than" else n}
+        ),
+        _types,
+        _where,
+        _within,
+        st.sampled_from(["at_least", "at_most", "exactly", "more_than", "fewer_than"]),
+        st.integers(0, 5),
+    ),
+    st.builds(lambda t, w, age: last_performed(t, before=age, where=w), _types, _where, _ages),
+    st.builds(lambda t, w, age: last_performed(t, after=age, where=w), _types, _where, _ages),
+    st.builds(lambda t, w: never_performed(t, where=w), _types, _where),
+    st.sampled_from(["email", "wechat", "sms"]).map(consented),
+    st.sampled_from(["welcome", "nurture", "other"]).map(in_journey),
+    st.sampled_from(["wp-a", "wp-b", "wp-c"]).map(received),
+    st.sampled_from(["vips", "unknown"]).map(in_segment),
+    st.builds(
+        lambda start, width, salt: random_bucket(start, min(start + width, 100), salt=salt),
+        st.integers(0, 98),
+        st.integers(1, 60),
+        st.sampled_from(["", "x", "holdout-2026"]),
+    ),
+)
+_conditions_drawn = st.recursive(
+    _leaves,
+    lambda kids: st.one_of(
+        st.lists(kids, min_size=1, max_size=3).map(lambda c: all_of(*c)),
+        st.lists(kids, min_size=1, max_size=3).map(lambda c: any_of(*c)),
+        kids.map(lambda c: ~c),
+    ),
+    max_leaves=5,
+)
+
+
+@functools.cache
+def _shared_store() -> AnalyticsStore:
+    return _store(11)
+
+
+VIPS = frozenset(f"c_{n:04d}" for n in range(1, 80, 4))
+
+
+@hypothesis.settings(
+    max_examples=150, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+@hypothesis.given(cond=_conditions_drawn)
+def test_drawn_conditions_answer_as_row_by_row(cond: Condition) -> None:
+    with _shared_store().read() as con:
+        got = _sql.members(con, cond, now=NOW, stages=STAGES, segments={"vips": VIPS})
+        want = row_members(con, cond, now=NOW, pipeline=DEFAULT, segments={"vips": VIPS})
+    assert got == want, cond.to_dict()
