@@ -69,11 +69,12 @@ from stagecoach.engine.services.segments import _sql
 from stagecoach.engine.services.segments.catalog import (
     BACKFILLING,
     RETIRED,
+    latest_segments,
     mark_ready,
     member_version,
     ready_version,
 )
-from stagecoach.engine.services.segments.queries import read_versions
+from stagecoach.engine.services.segments.queries import UnknownSegment, read_versions
 from stagecoach.engine.services.storage.models import (
     Contact,
     SegmentChange,
@@ -534,11 +535,18 @@ def backfill(
     ``sync=False`` reads ``store`` as it is (a caller that just synced it).
 
     ``progress(segment, done, total)`` is called after each batch.
+
+    Raises:
+        UnknownSegment: ``name`` is not a published segment (the known ones are named).
+        NotBackfillable: a condition tests what history does not hold (tags).
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
     pending = _backfilling(db, name)
     if not pending:
+        known = sorted(latest_segments(db))
+        if name is not None and name not in known:
+            raise UnknownSegment(name, known)
         return []
     now = _aware(now or datetime.now(UTC))
     pipeline = _pipeline(settings)

@@ -321,6 +321,8 @@ def test_a_tag_segment_cannot_be_backfilled_and_says_why(
         bf.backfill(db_engine, settings, now=NOW)
     assert "trait" in caught.value.fix
     assert segment_summary(db_engine, "tagged").status == "backfilling"
+    with pytest.raises(bf.NotBackfillable, match="tags are not stored"):
+        bf.preview(db_engine, settings, _spec(has_tag("vip"), "tagged"))
 
 
 def test_preview_counts_and_samples_and_writes_nothing(
@@ -381,6 +383,10 @@ def test_the_cli_previews_the_project_segment_then_backfills_it(cli_env: dict[st
     assert unknown.exit_code == 2
     assert "no segment 'hot-manufacturer' (did you mean 'hot-manufacturers'?)" in unknown.output
     assert "use one of: hot-manufacturers" in unknown.output
+
+    missing = runner.invoke(app, ["segments", "backfill", "hot-manufacturer"])
+    assert missing.exit_code == 2
+    assert "segment 'hot-manufacturer' is not published" in missing.output
 
     nothing = runner.invoke(app, ["segments", "backfill"])
     assert nothing.exit_code == 0, nothing.output
