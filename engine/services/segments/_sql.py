@@ -171,10 +171,10 @@ def _member_of(v: str, values: Sequence[Any], kind: str) -> str:
 def filter_sql(json: str, flt: PropertyFilter, kind: str) -> str:
     """``flt.matches(data)`` for the JSON object ``json`` (an SQL expression)."""
     v = f"json_extract({json}, {_text(_json_path(flt.path.split('.'), kind))})"
-    return test_sql(v, flt.op, flt.value, kind)
+    return compare_sql(v, flt.op, flt.value, kind)
 
 
-def test_sql(v: str, op: str, expected: Any, kind: str) -> str:
+def compare_sql(v: str, op: str, expected: Any, kind: str) -> str:
     """``_compare(op, actual, expected)`` for the JSON value ``v`` (NULL: missing)."""
     if op == "exists":
         return f"(({v}) IS NOT NULL) = {'TRUE' if expected else 'FALSE'}"
@@ -390,7 +390,7 @@ class _Compiler:
             head, *rest = cond.filter.path.split(".")
             trait = self.trait(head)
             v = f"json_extract({trait}, {_text(_json_path(rest, kind))})" if rest else trait
-            return test_sql(v, cond.filter.op, cond.filter.value, kind)
+            return compare_sql(v, cond.filter.op, cond.filter.value, kind)
         if isinstance(cond, AttributeDate):
             head, *rest = cond.path.split(".")
             trait = self.trait(head)
@@ -551,10 +551,10 @@ __all__ = [
     "Compiled",
     "NotCompilable",
     "as_instant",
+    "compare_sql",
     "compile_members",
     "filter_sql",
     "instants",
     "members",
-    "test_sql",
     "truthy_sql",
 ]

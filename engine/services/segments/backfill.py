@@ -28,6 +28,12 @@ How one version is backfilled:
    that cannot lose a notification.
 4. ``mark_ready``: the new version is read from now on; the old one retires.
 
+Workflows decide by the newest published version from the moment it is published
+(``latest_segments``), so a contact active during the backfill may have decided under the
+new version already, from facts newer than the store's copy: such a contact (a change row
+of source ``workflow`` for this version) is left as its workflow recorded it, with no row
+and no event from the backfill.
+
 Contacts whose membership does not change get no event, so no signal and no workflow
 task: the backfill spends zero Temporal actions on them. A resumed backfill evaluates
 again at its own ``now``; contacts written before the interruption keep the answer of
@@ -47,7 +53,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, func, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -85,6 +91,8 @@ from stagecoach.engine.settings import Settings
 
 BATCH = 50_000
 """Contacts written per transaction (and evaluated per round in the row-by-row path)."""
+_IN_CHUNK = 500
+"""Ids per ``IN (...)`` lookup, well under every database's parameter limit."""
 
 
 class NotBackfillable(StagecoachError):
@@ -431,10 +439,12 @@ def _notify(db: Engine, spec: SegmentSpec, changed: Mapping[str, bool], now: dat
     """Ingest one ``segment.membership`` event per changed contact still stored."""
     if not changed:
         return 0
+    ids = sorted(changed)
+    stored: set[str] = set()
     with Session(db) as session:
-        stored = set(
-            session.exec(select(Contact.id).where(col(Contact.id).in_(list(changed)))).all()
-        )
+        for start in range(0, len(ids), _IN_CHUNK):
+            part = ids[start : start + _IN_CHUNK]
+            stored.update(session.exec(select(Contact.id).where(col(Contact.id).in_(part))).all())
     messages = [
         Incoming(
             kind="track",
@@ -454,6 +464,35 @@ def _notify(db: Engine, spec: SegmentSpec, changed: Mapping[str, bool], now: dat
     return sum(1 for outcome in outcomes if not outcome.duplicate)
 
 
+def _decided_by_workflows(db: Engine, spec: SegmentSpec, chunk: Sequence[str]) -> set[str]:
+    """Contacts of ``chunk`` whose workflow recorded a change under this version."""
+    found: set[str] = set()
+    with Session(db) as session:
+        for start in range(0, len(chunk), _IN_CHUNK):
+            part = chunk[start : start + _IN_CHUNK]
+            found.update(
+                session.exec(
+                    select(SegmentChange.contact_id).where(
+                        SegmentChange.version == spec.version,
+                        SegmentChange.source == "workflow",
+                        col(SegmentChange.contact_id).in_(part),
+                    )
+                ).all()
+            )
+    return found
+
+
+def _member_count(db: Engine, spec: SegmentSpec) -> int:
+    with Session(db) as session:
+        return int(
+            session.exec(
+                select(func.count()).where(
+                    SegmentMember.segment == spec.name, SegmentMember.version == spec.version
+                )
+            ).one()
+        )
+
+
 def _write_batch(
     db: Engine,
     spec: SegmentSpec,
@@ -463,11 +502,15 @@ def _write_batch(
     new: set[str],
     old: Mapping[str, tuple[datetime, str]],
     reason: str,
+    skip: set[str],
 ) -> None:
-    """Member rows, change rows and the cursor of one batch, in one transaction."""
+    """Member rows, change rows and the cursor of one batch, in one transaction
+    (contacts in ``skip`` get no row)."""
     members: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
     for cid in chunk:
+        if cid in skip:
+            continue
         inside, was = cid in new, cid in old
         if inside:
             since, why = old[cid] if was else (now, reason)
@@ -582,12 +625,21 @@ def backfill(
         todo = [cid for cid in everyone if resumed is None or cid > resumed]
         reason = f"backfill of version {spec.version[:12]}"
         notified = 0
+        overruled: set[str] = set()
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
+            # A workflow that already decided under this version saw later facts than
+            # the store's copy: its decision stands, and the backfill leaves it alone.
+            decided = _decided_by_workflows(db, spec, chunk)
+            overruled |= decided
             if notify:
-                changed = {cid: cid in new for cid in chunk if (cid in new) != (cid in old)}
+                changed = {
+                    cid: cid in new
+                    for cid in chunk
+                    if (cid in new) != (cid in old) and cid not in decided
+                }
                 notified += _notify(db, spec, changed, now)
-            _write_batch(db, spec, chunk, now=now, new=new, old=old, reason=reason)
+            _write_batch(db, spec, chunk, now=now, new=new, old=old, reason=reason, skip=decided)
             if progress is not None:
                 progress(segment, len(everyone) - len(todo) + start + len(chunk), len(everyone))
         mark_ready(db, spec.version)
@@ -595,9 +647,9 @@ def backfill(
             BackfillResult(
                 segment=segment,
                 version=spec.version,
-                members=len(new),
-                entered=len(new - set(old)),
-                exited=len(set(old) - new),
+                members=_member_count(db, spec),
+                entered=len(new - set(old) - overruled),
+                exited=len(set(old) - new - overruled),
                 notified=notified,
                 compiled=compiled,
                 resumed_after=resumed,

@@ -25,6 +25,7 @@ from stagecoach.engine.domain.conditions import (
     trait,
 )
 from stagecoach.engine.domain.segments import MEMBERSHIP, Segment, SegmentSpec
+from stagecoach.engine.protocol.messages import SegmentChanges
 from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path
 from stagecoach.engine.services.ingest import Incoming, Ingestor
 from stagecoach.engine.services.segments import backfill as bf
@@ -37,6 +38,7 @@ from stagecoach.engine.services.storage.models import (
     SegmentMember,
     SegmentVersion,
 )
+from stagecoach.engine.services.storage.segments import save_segment_changes
 from stagecoach.engine.settings import Settings
 from stagecoach.workflows.definitions import SEVEN_STAGE
 
@@ -240,6 +242,36 @@ def test_a_version_superseded_before_its_backfill_is_retired_not_computed(
         assert not session.exec(
             select(SegmentMember).where(SegmentMember.version == first.version)
         ).all()
+
+
+def test_a_workflow_that_decided_under_the_new_version_keeps_its_decision(
+    db_engine: Engine, settings: Settings, people: dict[str, str]
+) -> None:
+    spec = HOT.spec()
+    publish_segments(db_engine, [spec])
+    # While the version backfills, ada's workflow sees a newer event and records her exit
+    # under it, and gu's records an entry: both decided on facts the store has not copied.
+    for user, entered in (("ada", False), ("gu", True)):
+        change = {
+            "segment": HOT.name,
+            "version": spec.version,
+            "entered": entered,
+            "at": NOW.isoformat(),
+            "reason": "page.viewed",
+        }
+        save_segment_changes(
+            db_engine,
+            SegmentChanges(key=f"{people[user]}:1", contact_id=people[user], changes=[change]),
+        )
+    [result] = bf.backfill(db_engine, settings, now=NOW)
+
+    assert _all_members(db_engine, HOT.name) == sorted([people["ed"], people["fu"], people["gu"]])
+    told = sorted(e.contact_id for e in _membership_events(db_engine, spec.version))
+    assert told == sorted([people["ed"], people["fu"]])
+    assert (result.members, result.entered, result.notified) == (3, 2, 2)
+    with Session(db_engine) as session:
+        sources = {(c.contact_id, c.source) for c in session.exec(select(SegmentChange)).all()}
+    assert (people["ada"], "backfill") not in sources
 
 
 class Killed(RuntimeError):
