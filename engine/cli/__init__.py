@@ -25,6 +25,8 @@ from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
 from stagecoach.engine.cli.project import deploy, init, validate
 from stagecoach.engine.cli.report import report
+from stagecoach.engine.cli.segment_backfill import backfill as segments_backfill
+from stagecoach.engine.cli.segment_backfill import preview as segments_preview
 from stagecoach.engine.cli.segments import segments_app
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
@@ -52,6 +54,8 @@ journeys_app.command("rollback")(rollback)
 app.command("init")(init)
 app.command("validate")(validate)
 app.command("deploy")(deploy)
+segments_app.command("preview")(segments_preview)
+segments_app.command("backfill")(segments_backfill)
 
 
 @app.callback()

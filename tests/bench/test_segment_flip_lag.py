@@ -17,7 +17,7 @@ Figures are printed, never asserted; asserted is correctness: every contact flip
 once, none before its time. Run with ``pytest tests/bench/test_segment_flip_lag.py
 --run-bench -s -q``; ``STAGECOACH_BENCH_FLIP_CONTACTS`` (default 10000),
 ``STAGECOACH_BENCH_FLIP_LEAD`` (seconds from the start to the target minute, default
-long enough to open every contact first: 0.06 s a contact plus 60 s),
+long enough to open every contact first: 0.03 s a contact plus 60 s),
 ``STAGECOACH_BENCH_FLIP_CONCURRENCY`` (default 64).
 """
 
@@ -54,7 +54,7 @@ from tests.bench._support import (
 from tests.helpers import runtime_settings
 
 CONTACTS = env_int("STAGECOACH_BENCH_FLIP_CONTACTS", 10_000)
-LEAD = env_int("STAGECOACH_BENCH_FLIP_LEAD", int(CONTACTS * 0.06) + 60)
+LEAD = env_int("STAGECOACH_BENCH_FLIP_LEAD", int(CONTACTS * 0.03) + 60)
 CONCURRENCY = env_int("STAGECOACH_BENCH_FLIP_CONCURRENCY", 64)
 MONTH = timedelta(days=30)
 SEGMENT = Segment(

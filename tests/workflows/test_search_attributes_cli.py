@@ -109,3 +109,38 @@ async def test_contacts_are_found_by_stage_journey_grade_and_score_from_the_cli(
             break
         await asyncio.sleep(0.5)
     assert found == expected
+
+
+async def test_contacts_in_a_searchable_segment_are_found_from_the_cli(
+    runtime: Runtime, temporal_cli_path: str
+) -> None:
+    """``Segment(searchable=True)``: ops list the segment's contact workflows with
+    ``temporal workflow list --query "Segments='...'"``; a segment that is not
+    searchable is not written to the attribute (no upsert spent on it)."""
+    from stagecoach.engine.domain.conditions import performed
+    from stagecoach.engine.domain.segments import Segment
+    from stagecoach.engine.services.segments.catalog import publish_segments
+
+    tag = uuid.uuid4().hex[:8]
+    publish_segments(
+        runtime.engine,
+        [
+            Segment(f"pricing-{tag}", when=performed("pricing.viewed"), searchable=True).spec(),
+            Segment(f"quiet-{tag}", when=performed("pricing.viewed")).spec(),
+        ],
+    )
+    inside, outside = f"sa-seg-in-{tag}", f"sa-seg-out-{tag}"
+    await runtime.event(inside, "pricing.viewed")
+    await runtime.event(outside, "page.viewed", properties={"category": "blog"})
+    expected = {
+        f'Segments="pricing-{tag}"': {contact_workflow_id(inside)},
+        f'Segments="quiet-{tag}"': set(),
+    }
+    found: dict[str, set[str]] = {}
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        found = {q: await temporal_list(runtime, temporal_cli_path, q) for q in expected}
+        if found == expected or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert found == expected

@@ -195,8 +195,12 @@ def members(
 def daily_activity(
     db: Engine, name: str, *, days: int = 30, now: datetime | None = None
 ) -> list[DayCount]:
-    """Entries, exits and size per UTC day for the last ``days`` days (oldest first),
-    over the changes of the segment's read version."""
+    """Entries, exits and size per UTC day for the last ``days`` days (oldest first).
+
+    Entries and exits are the changes of the segment's read version. The size is counted
+    back from the version's members now (each later entry taken off, each later exit put
+    back), so members a new version carried over from the old one, which are not entries
+    of it, count from the start."""
     _require(db, name)
     now = now or datetime.now(UTC)
     first = (now - timedelta(days=days - 1)).date()
@@ -204,6 +208,13 @@ def daily_activity(
         version = _read_versions(session).get(name)
         if version is None:
             return [DayCount(first + timedelta(days=n), 0, 0, 0) for n in range(days)]
+        current = int(
+            session.exec(
+                select(func.count()).where(
+                    SegmentMember.segment == name, SegmentMember.version == version
+                )
+            ).one()
+        )
         rows = session.exec(
             select(SegmentChange.entered, SegmentChange.at).where(
                 SegmentChange.segment == name, SegmentChange.version == version
@@ -211,21 +222,28 @@ def daily_activity(
         ).all()
     entered: dict[date, int] = {}
     exited: dict[date, int] = {}
-    before = 0
     for is_entry, at in rows:
         day = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).date()
-        if day < first:
-            before += 1 if is_entry else -1
-            continue
         bucket = entered if is_entry else exited
         bucket[day] = bucket.get(day, 0) + 1
-    out: list[DayCount] = []
-    size = before
-    for n in range(days):
-        day = first + timedelta(days=n)
-        size += entered.get(day, 0) - exited.get(day, 0)
-        out.append(DayCount(day, entered.get(day, 0), exited.get(day, 0), size))
-    return out
+    # Net change after each day, counted from the newest change backwards.
+    last = max([*entered, *exited, now.date()])
+    size = current
+    sizes: dict[date, int] = {}
+    day = last
+    while day >= first:
+        sizes[day] = size
+        size -= entered.get(day, 0) - exited.get(day, 0)
+        day -= timedelta(days=1)
+    return [
+        DayCount(
+            first + timedelta(days=n),
+            entered.get(first + timedelta(days=n), 0),
+            exited.get(first + timedelta(days=n), 0),
+            sizes[first + timedelta(days=n)],
+        )
+        for n in range(days)
+    ]
 
 
 def contact_segments(db: Engine, contact_id: str) -> list[ContactSegment]:
