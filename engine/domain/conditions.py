@@ -367,6 +367,14 @@ class AllOf(Condition):
     def children(self) -> tuple[Condition, ...]:
         return self.conditions
 
+    def next_change(self, facts: Facts) -> datetime | None:
+        # False now: it turns true only when every false part can turn with time; one
+        # that cannot (a stage, a grade) keeps it false until an event, so no moment.
+        # True now: any part turning ends it.
+        answers = [(c, c.evaluate(facts)) for c in self.conditions]
+        deciding = [c for c, held in answers if not held] or [c for c, _ in answers]
+        return _earliest(deciding, facts, every=any(not held for _, held in answers))
+
     def event_types(self) -> frozenset[str]:
         return frozenset().union(*(c.event_types() for c in self.conditions))
 
@@ -382,8 +390,25 @@ class AnyOf(Condition):
     def children(self) -> tuple[Condition, ...]:
         return self.conditions
 
+    def next_change(self, facts: Facts) -> datetime | None:
+        # True now: it turns false only when every true part can turn with time. False
+        # now: any part turning makes it true.
+        answers = [(c, c.evaluate(facts)) for c in self.conditions]
+        deciding = [c for c, held in answers if held] or [c for c, _ in answers]
+        return _earliest(deciding, facts, every=any(held for _, held in answers))
+
     def event_types(self) -> frozenset[str]:
         return frozenset().union(*(c.event_types() for c in self.conditions))
+
+
+def _earliest(parts: Sequence[Condition], facts: Facts, *, every: bool) -> datetime | None:
+    """The earliest moment among ``parts``; with ``every``, ``None`` unless each part has
+    one (the answer cannot change before all of them can)."""
+    moments = [c.next_change(facts) for c in parts]
+    known = [m for m in moments if m is not None]
+    if not known or (every and len(known) < len(moments)):
+        return None
+    return min(known)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ condition can flip with time alone, deciding memberships, and validation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -214,9 +215,17 @@ def test_next_change_is_when_time_alone_flips_the_answer() -> None:
     # A decaying score crosses 40 after one half-life (80 -> 40), plus a second's margin.
     decaying = Facts(now=NOW, score=80.0, score_half_life=30 * DAY)
     assert score_at_least(40).next_change(decaying) == NOW + 30 * DAY + timedelta(seconds=1)
-    # Combinations take the earliest; a condition time cannot change has none.
+    # Combinations take the earliest part that can change the answer; a part time
+    # cannot change (a trait) holds a false conjunction false: no timer for it.
     both = ~performed("site.visited", within=14 * DAY) & trait("plan", "eq", "pro")
-    assert both.next_change(facts) == at(10) + 14 * DAY
+    pro = replace(facts, attributes={"plan": "pro"})
+    assert both.next_change(pro) == at(10) + 14 * DAY
+    assert both.next_change(facts) is None
+    either = performed("site.visited", within=14 * DAY) | trait("plan", "eq", "pro")
+    # The count drops when the older visit leaves: early (the newer one still holds it
+    # true), then re-checked and set again; never late.
+    assert either.next_change(facts) == at(10) + 14 * DAY
+    assert either.next_change(pro) is None  # the trait holds it true
     assert grade_in("A").next_change(facts) is None
 
 
