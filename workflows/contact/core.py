@@ -148,7 +148,9 @@ class ContactCore:
     def _sync_search_attributes(self) -> None:
         """Upsert only what differs from the workflow's current search attributes (as set
         at start or by the last upsert): each upsert is a billed action."""
-        wanted = search_values(self._require_state(), self._active)
+        raw = self._definitions.segments if self._definitions is not None else {}
+        searchable = [name for name, spec in raw.items() if spec.get("searchable")]
+        wanted = search_values(self._require_state(), self._active, searchable)
         current = workflow.info().typed_search_attributes
         updates: list[SearchAttributeUpdate[Any]] = []
         for name, value in wanted.items():
