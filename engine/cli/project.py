@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -188,9 +188,18 @@ def deploy(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
     ] = False,
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            help="Compute new or changed segments' members from stored history now "
+            "(--no-backfill leaves them to 'stagecoach segments backfill')."
+        ),
+    ] = True,
 ) -> None:
     """Publish this project version to an environment's engine: validate everything, show
     what changes per journey, then publish, recording the project version and git commit.
+    New or changed segments are then backfilled from stored history, so readers see
+    their members (until then they read the previous version).
 
     An older definition of a journey is refused (the latest stays; 'stagecoach journeys
     rollback' goes back on purpose). In-flight enrolments keep their pinned versions.
@@ -228,12 +237,17 @@ def deploy(
         reader = _read_db(settings)  # a dry run never creates the database
         try:
             planned = plan_publish(reader, settings, content=library)
+            published = {} if reader is None else _published_segments(reader)
         finally:
             if reader is not None:
                 reader.dispose()
         width = max((len(p.name) for p in planned), default=0)
         for p in planned:
             typer.echo(f"{p.status:<10} {p.name:<{width}}  {p.version[:12]}")
+        for name, spec in sorted(project.definitions.segment_specs().items()):
+            held = published.get(name)
+            status = "new" if held is None else "unchanged" if held == spec.version else "changed"
+            typer.echo(f"{status:<10} segment {name}  {spec.version[:12]}")
         typer.echo("dry run: nothing was published")
         return
     db = make_engine(settings.resolved_database_url)
@@ -245,6 +259,7 @@ def deploy(
         except JourneyValidationError as exc:
             typer.echo(f"nothing was deployed. {exc.message}")
             raise typer.Exit(1) from None
+        filled = _backfill_segments(db, settings) if backfill else []
     finally:
         db.dispose()
     width = max((len(r.name) for r in results), default=0)
@@ -256,3 +271,35 @@ def deploy(
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     recorded = f"recorded as '{source}'" if counts.get("created") else "nothing new to record"
     typer.echo(f"deployed {label} {version[:12]} to {to}: {summary}; {recorded}")
+    for line in filled:
+        typer.echo(line)
+
+
+def _published_segments(db: Any) -> dict[str, str]:
+    """Each published segment's newest version (empty on a database without them)."""
+    from sqlalchemy.exc import DatabaseError
+
+    from stagecoach.engine.services.segments.catalog import latest_segments
+
+    try:
+        return {name: spec.version for name, spec in latest_segments(db).items()}
+    except DatabaseError:
+        return {}  # not migrated to segments yet: every segment is new
+
+
+def _backfill_segments(db: Any, settings: Any) -> list[str]:
+    """Backfill every segment version the deploy left pending; one line each. A segment
+    that cannot be backfilled is reported and stays pending (readers keep the previous
+    version); the deploy itself stands."""
+    from stagecoach.engine.domain.errors import StagecoachError
+    from stagecoach.engine.services.segments.backfill import backfill
+
+    try:
+        results = backfill(db, settings)
+    except StagecoachError as exc:
+        return [f"segments not backfilled: {exc}"]
+    return [
+        f"segment {r.segment} {r.version[:12]}: backfilled, {r.members} members "
+        f"(+{r.entered} -{r.exited}), {r.notified} contacts notified"
+        for r in results
+    ]

@@ -128,6 +128,33 @@ def test_from_a_new_project_to_an_uploaded_list_waiting_for_the_workflows(
     assert removal.properties["actor"].startswith("cli:")
     db.dispose()
 
+    # A computed segment added later: the dry run names it new; the deploy publishes it
+    # and computes its members from the stored history at once.
+    text = definitions.read_text().replace(
+        'segments=[Segment("vip-list", description="Met at the expo", manual=True)],',
+        'segments=[Segment("vip-list", description="Met at the expo", manual=True),'
+        ' Segment("known-address", description="Has an email address",'
+        ' when=trait("email", "exists", True))],',
+    )
+    definitions.write_text(
+        text.replace(
+            "Definitions, Segment, journeys_in", "Definitions, Segment, journeys_in, trait"
+        )
+    )
+    planned = _run(root, env, "deploy", "--to", "local", "--dry-run")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert re.search(r"^new +segment known-address ", planned.stdout, re.M), planned.stdout
+    assert re.search(r"^unchanged +segment vip-list ", planned.stdout, re.M), planned.stdout
+    redeployed = _run(root, env, "deploy", "--to", "local")
+    assert redeployed.returncode == 0, redeployed.stdout + redeployed.stderr
+    assert re.search(
+        r"^segment known-address \w+: backfilled, 2 members \(\+2 -0\), 2 contacts notified$",
+        redeployed.stdout,
+        re.M,
+    ), redeployed.stdout
+    listed = _run(root, env, "segments", "list")
+    assert re.search(r"^known-address +computed +ready +2 ", listed.stdout, re.M), listed.stdout
+
 
 def migrated_engine_at(path: Path) -> Engine:
     from stagecoach.engine.services.storage import make_engine
