@@ -13,6 +13,7 @@ from stagecoach import Definitions, journeys_in
 from . import journeys
 from .events import EVENTS
 from .pipeline import DEFAULT
+from .segments import SEGMENTS
 
 defs = Definitions(
     name="seven-stage lifecycle (example)",
@@ -20,4 +21,6 @@ defs = Definitions(
     events=EVENTS,
     # Every Journey defined in a module under journeys/.
     journeys=journeys_in(journeys),
+    # Saved audiences (segments.py): decided as events arrive, entered by journeys.
+    segments=SEGMENTS,
 )

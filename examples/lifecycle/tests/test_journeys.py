@@ -5,11 +5,12 @@ The simulator is the interpreter the workflow runs, on fake time, so each test t
 milliseconds; ``stagecoach journeys rehearse`` plays the same journeys on a real server.
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from lifecycle.definitions import defs
+from lifecycle.segments import GONE_QUIET_CUSTOMERS
 
-from stagecoach.engine.domain.conditions import EventRecord
+from stagecoach.engine.domain.conditions import EventRecord, Facts
 from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR, ContentLibrary
 from stagecoach.engine.domain.journeys import (
     SIMULATION_EPOCH,
@@ -58,3 +59,25 @@ def test_a_detractor_is_handed_to_customer_care_with_an_apology() -> None:
     assert [c for _, c in result.deliveries()] == ["survey-nps", "service-apology"]
     [(_, handoff)] = result.commands(HandOff)
     assert handoff.reason == "service_recovery"
+
+
+def test_the_segments_validate_and_decide_as_written() -> None:
+    """The project's audiences: valid, and a customer who stopped visiting falls into
+    'gone-quiet-customers' exactly 60 days after the last page view."""
+    assert defs.problems() == []
+    assert set(defs.segment_specs()) == {
+        "a-grade-pipeline",
+        "gone-quiet-customers",
+        "engaged-prospects",
+        "expo-2026",
+    }
+    last = datetime(2026, 10, 1, tzinfo=UTC)
+    customer = Facts(
+        now=last + timedelta(days=59),
+        stage="customer",
+        stages=defs.pipeline.stage_names,
+        events=(EventRecord("page.viewed", last),),
+    )
+    assert GONE_QUIET_CUSTOMERS.when is not None
+    assert not GONE_QUIET_CUSTOMERS.when.evaluate(customer)
+    assert GONE_QUIET_CUSTOMERS.when.next_change(customer) == last + timedelta(days=60)
