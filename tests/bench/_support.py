@@ -68,16 +68,26 @@ def fresh_task_queue(prefix: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def contact_worker(client: Client, settings: Settings) -> AsyncIterator[Engine]:
-    """The production worker (``build_worker`` + ``build_activities``) on its task queue."""
+async def contact_worker(
+    client: Client, settings: Settings, *, max_cached_workflows: int | None = None
+) -> AsyncIterator[Engine]:
+    """The production worker (``build_worker`` + ``build_activities``) on its task queue;
+    ``max_cached_workflows`` overrides ``build_worker``'s workflow cache size."""
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     library = ContentLibrary.load(ROOT / "content")
     contact = build_activities(engine, settings, content=library)
-    worker = build_worker(
-        client,
-        task_queue=settings.temporal_task_queue,
-        activities=[*SystemActivities(engine).all(), *contact.all()],
+    activities = [*SystemActivities(engine).all(), *contact.all()]
+    queue = settings.temporal_task_queue
+    worker = (
+        build_worker(client, task_queue=queue, activities=activities)
+        if max_cached_workflows is None
+        else build_worker(
+            client,
+            task_queue=queue,
+            activities=activities,
+            max_cached_workflows=max_cached_workflows,
+        )
     )
     freeze_startup_heap()  # as `stagecoach worker` does before serving
     try:

@@ -18,7 +18,8 @@ once, none before its time. Run with ``pytest tests/bench/test_segment_flip_lag.
 --run-bench -s -q``; ``STAGECOACH_BENCH_FLIP_CONTACTS`` (default 10000),
 ``STAGECOACH_BENCH_FLIP_LEAD`` (seconds from the start to the target minute, default
 long enough to open every contact first: 0.03 s a contact plus 60 s),
-``STAGECOACH_BENCH_FLIP_CONCURRENCY`` (default 64).
+``STAGECOACH_BENCH_FLIP_CONCURRENCY`` (default 64), ``STAGECOACH_BENCH_FLIP_CACHE`` (the
+worker's workflow cache; default ``build_worker``'s).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from tests.helpers import runtime_settings
 CONTACTS = env_int("STAGECOACH_BENCH_FLIP_CONTACTS", 10_000)
 LEAD = env_int("STAGECOACH_BENCH_FLIP_LEAD", int(CONTACTS * 0.03) + 60)
 CONCURRENCY = env_int("STAGECOACH_BENCH_FLIP_CONCURRENCY", 64)
+CACHE = env_int("STAGECOACH_BENCH_FLIP_CACHE", 0)
+"""The worker's workflow cache (0: ``build_worker``'s default, 400). A contact that is
+not cached when its timer fires is replayed from its history first."""
 MONTH = timedelta(days=30)
 SEGMENT = Segment(
     "inactive-30",
@@ -83,7 +87,7 @@ async def test_segment_flip_lag(dev_env: WorkflowEnvironment, tmp_path: Path) ->
     if target < start + timedelta(seconds=LEAD):
         target += timedelta(minutes=1)
     due = {f"{run}-{n}": target + timedelta(seconds=n % 60) for n in range(CONTACTS)}
-    async with contact_worker(client, settings) as engine:
+    async with contact_worker(client, settings, max_cached_workflows=CACHE or None) as engine:
         publish_segments(engine, [SEGMENT.spec()], source="bench")
         opener = ContactOpener(engine, settings)
         opened_at: dict[str, float] = {}
@@ -140,7 +144,8 @@ async def test_segment_flip_lag(dev_env: WorkflowEnvironment, tmp_path: Path) ->
         f"\nsegment flip lag ({machine()}): {CONTACTS} contacts whose 'inactive for 30 "
         f"days' came due in the minute from {target:%H:%M} UTC (opened in "
         f"{opening_seconds:.0f} s at {CONTACTS / opening_seconds:.0f}/s, {CONCURRENCY} in "
-        f"flight; load average {load_before:.1f} then {load_after:.1f}); one timer per "
+        f"flight; worker cache {CACHE or 'default'}; load average {load_before:.1f} then "
+        f"{load_after:.1f}); one timer per "
         f"contact, no polling:\n"
         f"  decided after its moment: p50 {q(0.5):.2f} s, p99 {q(0.99):.2f} s, max "
         f"{lags[-1]:.2f} s, mean {statistics.fmean(lags):.2f} s; {within} of {len(lags)} "
