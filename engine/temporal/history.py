@@ -10,8 +10,8 @@ payloads it carries are plain data (a dataclass reads as a dict), so a history w
 by older code still reads. A completion, a failure, a fired or cancelled timer and an
 update's outcome carry the record they complete: readers never pair event ids.
 
-Events neither reader needs (workflow tasks, markers, search attribute upserts) are left
-out; add a record type here when a reader needs one, never a second parser.
+Events neither reader needs (workflow tasks, version markers, search attribute upserts)
+are left out; add a record type here when a reader needs one, never a second parser.
 """
 
 from __future__ import annotations
@@ -159,6 +159,16 @@ class TimerCanceled(Record):
     timer: TimerStarted | None
 
 
+@dataclass(frozen=True, eq=False)
+class LocalActivityRecorded(Record):
+    """A local activity ran (its marker): the segment records, for one."""
+
+    name: str
+    """The activity type, e.g. ``contact.record_segments``."""
+    summary: str
+    """What the workflow said it was doing, e.g. ``+trial-pricing, -vip-list``."""
+
+
 @dataclass(frozen=True)
 class Run:
     """One run of the contact's workflow."""
@@ -298,6 +308,14 @@ def read_run(
                     timed_out,
                 )
             )
+        elif t == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = ev.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity" and "data" in marker.details:
+                info = _values(conv, marker.details["data"])
+                kind = (
+                    info[0].get("activity_type", "") if info and isinstance(info[0], dict) else ""
+                )
+                out.append(LocalActivityRecorded(at, run_id, eid, str(kind), _summary(conv, ev)))
         elif t == EventType.EVENT_TYPE_TIMER_STARTED:
             attrs = ev.timer_started_event_attributes
             summary = _summary(conv, ev)

@@ -29,6 +29,7 @@ from stagecoach.engine.protocol import (
     HAND_OFF_ACTIVITY,
     OPEN_ACTIVITY,
     RECORD_ENROLMENT_ACTIVITY,
+    RECORD_SEGMENTS_ACTIVITY,
     RECORD_TRANSITION_ACTIVITY,
     contact_workflow_id,
 )
@@ -37,6 +38,7 @@ from stagecoach.engine.temporal.history import (
     ActivityCompleted,
     ActivityFailed,
     ActivityScheduled,
+    LocalActivityRecorded,
     Record,
     Signalled,
     Started,
@@ -171,6 +173,9 @@ def entries_from_records(records: Iterable[Record]) -> list[Entry]:
                 step = rec.name.removeprefix(CHANNEL_TIMER_PREFIX).rsplit(":", 1)[0]
                 label = f"waiting for a channel [{rec.namespace}/{step}], at most"
             out.append(Entry(at, "wait", f"{label} for {human_duration(rec.delay)}", {}, run_id))
+        elif isinstance(rec, LocalActivityRecorded) and rec.name == RECORD_SEGMENTS_ACTIVITY:
+            # "+trial-pricing, -vip-list": entered and left, as the workflow decided.
+            out.append(Entry(at, "segment", f"segments {rec.summary}", {}, run_id))
         elif isinstance(rec, UpdateAccepted):
             req = rec.request
             out.append(Entry(at, "enrol", f"enrol requested: {req.get('journey')}", req, run_id))

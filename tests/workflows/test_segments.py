@@ -49,7 +49,8 @@ from stagecoach.engine.protocol.messages import ContactView, contact_workflow_id
 from stagecoach.engine.services.publishing import definitions_context, publish
 from stagecoach.engine.services.segments.catalog import publish_segments
 from stagecoach.engine.services.storage.models import Identity, SegmentChange, SegmentMember
-from tests.workflows.conftest import Runtime, eventually, open_runtime
+from stagecoach.engine.temporal.timeline import contact_timeline
+from tests.workflows.conftest import Runtime, eventually, open_runtime, record_history
 
 pytestmark = pytest.mark.time_skipping
 
@@ -133,7 +134,7 @@ async def test_a_contact_enters_and_leaves_on_events_and_the_journey_runs_once_p
         async def entered() -> bool:
             return sent(runtime, who, "seg_pricing_help") == ["comparison-vs-legacy"]
 
-        await eventually(entered)
+        await eventually(entered, within=30)
         assert members(runtime, "trial-pricing") == {who}
         assert changes(runtime, who) == [
             ("trial-pricing", True, "pricing.viewed event", "workflow")
@@ -147,7 +148,7 @@ async def test_a_contact_enters_and_leaves_on_events_and_the_journey_runs_once_p
         async def left() -> bool:
             return len(changes(runtime, who)) == 2
 
-        await eventually(left)
+        await eventually(left, within=30)
         assert members(runtime, "trial-pricing") == set()
         assert changes(runtime, who)[1] == ("trial-pricing", False, "identify event", "workflow")
         # ...and enters again on the qualifying one: a second enrolment, a second send.
@@ -156,8 +157,16 @@ async def test_a_contact_enters_and_leaves_on_events_and_the_journey_runs_once_p
         async def again() -> bool:
             return len(sent(runtime, who, "seg_pricing_help")) == 2
 
-        await eventually(again)
+        await eventually(again, within=30)
         assert [c[1] for c in changes(runtime, who)] == [True, False, True]
+        await record_history(runtime, who, "segment_entered_left_entered")
+        # Ops read the flips in the contact's story, where they happened.
+        story = await contact_timeline(runtime.client, who)
+        assert [e.summary for e in story if e.kind == "segment"] == [
+            "segments +trial-pricing",
+            "segments -trial-pricing",
+            "segments +trial-pricing",
+        ]
 
         # Events that decide nothing for a segment cost nothing: no record (a local
         # activity, recorded as a marker), no timer, no upsert; a flip costs one record.
@@ -217,7 +226,7 @@ async def test_inactive_for_30_days_flips_at_its_time_and_starts_a_win_back(
         async def won_back() -> bool:
             return sent(runtime, who, "seg_win_back") == ["coupon-annual-plan"]
 
-        await eventually(won_back)
+        await eventually(won_back, within=30)
         with Session(runtime.engine) as session:
             row = session.exec(select(SegmentChange).where(SegmentChange.contact_id == who)).one()
         assert row.segment == "inactive-30"
@@ -235,6 +244,7 @@ async def test_inactive_for_30_days_flips_at_its_time_and_starts_a_win_back(
             and e.user_metadata.summary.data.decode().strip('"').startswith(SEGMENT_TIMERS)
         ]
         assert len(timers) == 1
+        await record_history(runtime, who, "segment_inactive_flipped_by_timer")
 
 
 async def test_a_manual_list_change_enrols_its_contact(
@@ -262,7 +272,7 @@ async def test_a_manual_list_change_enrols_its_contact(
         async def invited() -> bool:
             return sent(runtime, who, "seg_vip_invite") == ["webinar-oee-masterclass"]
 
-        await eventually(invited)
+        await eventually(invited, within=30)
         assert changes(runtime, who) == [
             ("vip-list", True, "added to the list by events-team", "list")
         ]
@@ -305,14 +315,14 @@ async def test_waits_exits_and_branches_act_on_membership(
         async def cold() -> bool:
             return sent(runtime, who, "seg_nurture") == ["case-study-manufacturing"]
 
-        await eventually(cold)
+        await eventually(cold, within=30)
         # Entering the awaited segment ends the wait.
         await runtime.event(who, "pricing.viewed")
 
         async def after() -> bool:
             return sent(runtime, who, "seg_nurture")[-1:] == ["trial-invitation"]
 
-        await eventually(after)
+        await eventually(after, within=30)
 
         # A second contact leaves the list while waiting: exit_when ends the journey.
         other = "seg-waits-exit"
@@ -323,9 +333,12 @@ async def test_waits_exits_and_branches_act_on_membership(
             traits={"email": "ma@example.cn", "locale": "en"},
         )
         await eventually(
-            lambda: _async(sent(runtime, other, "seg_nurture") == ["case-study-manufacturing"])
+            lambda: _async(sent(runtime, other, "seg_nurture") == ["case-study-manufacturing"]),
+            within=30,
         )
         await runtime.event(other, "segment.list_removed", properties={"segment": "vip-list"})
+        # The exit is applied (and recorded) before time moves on past the wait's timeout.
+        await eventually(lambda: _async(len(changes(runtime, other)) == 2), within=30)
         await env.sleep(11 * DAY)
         assert sent(runtime, other, "seg_nurture") == ["case-study-manufacturing"]
         state = await runtime.client.get_workflow_handle(contact_workflow_id(other)).query(

@@ -95,7 +95,7 @@ JOURNEY_NAME = re.compile(r"[a-z][a-z0-9_]*")
 def test_every_recorded_history_speaks_only_the_protocol() -> None:
     assert HISTORIES
     signals = {protocol.EVENT_SIGNAL, protocol.EVENTS_SIGNAL, protocol.MERGED_SIGNAL}
-    protocol_namespaces = {protocol.SALES_TIMERS, protocol.REFERRAL_TIMERS}
+    protocol_namespaces = {protocol.SALES_TIMERS, protocol.REFERRAL_TIMERS, protocol.SEGMENT_TIMERS}
     for path in HISTORIES:
         history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
         records = read_run(list(history.events), path.stem)
