@@ -96,6 +96,11 @@ class SegmentMembership(ContactCore):
         props = record.properties
         segment = str(props.get("segment", ""))
         specs, _ = self._segment_specs()
+        if segment and segment not in specs:
+            # Published after this workflow loaded its definitions (a backfill of a new
+            # segment, an upload to a new list): load them again before deciding.
+            self._definitions = await self._load_definitions()
+            specs, _ = self._segment_specs()
         spec = specs.get(segment)
         if not segment or spec is None:
             workflow.logger.warning("segment event for unpublished segment %r ignored", segment)
