@@ -105,7 +105,7 @@ def validate(
     bundled example."""
     from stagecoach.engine.cli.journeys import _settings
     from stagecoach.engine.domain.content import ContentLibrary, ContentValidationError
-    from stagecoach.engine.domain.definitions import PIPELINE
+    from stagecoach.engine.domain.definitions import PIPELINE, SEGMENTS
     from stagecoach.engine.services.project import load_project
 
     settings = _settings()
@@ -144,6 +144,13 @@ def validate(
         for problem in problems:
             if problem.journey == name:
                 typer.echo(f"      - {problem.step}: {problem.message}. Fix: {problem.fix}")
+    segment_problems = [p for p in problems if p.journey == SEGMENTS]
+    for name, segment in definitions.segment_specs().items():
+        mine = [p for p in segment_problems if p.step == name]
+        kind = "manual list" if segment.manual else "computed"
+        typer.echo(f"{'FAIL' if mine else 'ok  '}  segment {name}  {segment.version[:12]}  {kind}")
+        for problem in mine:
+            typer.echo(f"      - {problem.message}. Fix: {problem.fix}")
     warnings = definitions.warnings(specs=specs)
     for warning in warnings:
         typer.echo(
@@ -161,11 +168,16 @@ def validate(
         raise typer.Exit(1)
     if warnings:
         failing = " (--strict: warnings fail)" if strict else ""
-        typer.echo(f"{len(names)} journeys valid, {warned}{failing}")
+        typer.echo(f"{len(names)} journeys valid{_and_segments(definitions)}, {warned}{failing}")
         if strict:
             raise typer.Exit(1)
         return
-    typer.echo(f"{len(names)} journeys valid")
+    typer.echo(f"{len(names)} journeys valid{_and_segments(definitions)}")
+
+
+def _and_segments(definitions: Any) -> str:
+    count = len(definitions.segment_specs())
+    return f"; {count} segment{'s' if count != 1 else ''} valid" if count else ""
 
 
 def _relative(where: str) -> str:
@@ -254,6 +266,7 @@ def deploy(
     try:
         upgrade(db)
         source = f"deploy {version[:12]}" + (f"@{commit}" if commit else "")
+        before = _published_segments(db)
         try:
             results = publish_bundled(db, settings, content=library, source=source)
         except JourneyValidationError as exc:
@@ -270,6 +283,9 @@ def deploy(
         typer.echo(f"{r.status:<10} {r.name:<{width}}  {r.version[:12]}{note}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     recorded = f"recorded as '{source}'" if counts.get("created") else "nothing new to record"
+    for name, spec in sorted(project.definitions.segment_specs().items()):
+        status = "unchanged" if before.get(name) == spec.version else "created"
+        typer.echo(f"{status:<10} segment {name}  {spec.version[:12]}")
     typer.echo(f"deployed {label} {version[:12]} to {to}: {summary}; {recorded}")
     for line in filled:
         typer.echo(line)
