@@ -119,9 +119,18 @@ async def test_bundled_nurture_sends_the_whitepaper_through_the_delivery_activit
     assert message["to"] == "li.lei@example.cn"
     assert message["message"]["content_id"] == "wp-digital-transformation"
     assert message["message"]["locale"] == "zh-CN"
-    with Session(runtime.engine) as session:
-        (row,) = session.exec(select(Delivery).where(Delivery.contact_id == "c-wp")).all()
-    assert row.status == "sent"
+
+    def delivery() -> Delivery:
+        with Session(runtime.engine) as session:
+            (row,) = session.exec(select(Delivery).where(Delivery.contact_id == "c-wp")).all()
+            return row
+
+    async def recorded_sent() -> bool:
+        # The sink has the message a moment before the activity records it as sent.
+        return delivery().status == "sent"
+
+    await eventually(recorded_sent)
+    row = delivery()
     assert row.idempotency_key.startswith("c-wp:b2b_nurture:")
     assert row.content_version == message["message"]["content_version"]
     await record_history(runtime, "c-wp", "whitepaper_sent")
