@@ -209,7 +209,7 @@ async def test_inactive_for_30_days_flips_at_its_time_and_starts_a_win_back(
             Journey(
                 "seg_win_back",
                 entry=segment_entered("inactive-30"),
-                steps=[send("coupon-annual-plan", channel="email", id="win-back")],
+                steps=[send("newsletter-monthly", channel="email", id="win-back")],
             ),
         )
         who = "seg-inactive"
@@ -224,7 +224,7 @@ async def test_inactive_for_30_days_flips_at_its_time_and_starts_a_win_back(
         await env.sleep(2 * DAY)
 
         async def won_back() -> bool:
-            return sent(runtime, who, "seg_win_back") == ["coupon-annual-plan"]
+            return sent(runtime, who, "seg_win_back") == ["newsletter-monthly"]
 
         await eventually(won_back, within=30)
         with Session(runtime.engine) as session:
@@ -258,7 +258,7 @@ async def test_a_manual_list_change_enrols_its_contact(
             Journey(
                 "seg_vip_invite",
                 entry=segment_entered("vip-list"),
-                steps=[send("webinar-oee-masterclass", channel="email", id="invite")],
+                steps=[send("customer-story-invite", channel="email", id="invite")],
             ),
         )
         who = "seg-vip"
@@ -270,7 +270,7 @@ async def test_a_manual_list_change_enrols_its_contact(
         )
 
         async def invited() -> bool:
-            return sent(runtime, who, "seg_vip_invite") == ["webinar-oee-masterclass"]
+            return sent(runtime, who, "seg_vip_invite") == ["customer-story-invite"]
 
         await eventually(invited, within=30)
         assert changes(runtime, who) == [
@@ -369,7 +369,7 @@ async def test_a_list_uploaded_through_the_api_enrols_its_contacts(
             Journey(
                 "seg_vip_upload",
                 entry=segment_entered("vip-list"),
-                steps=[send("webinar-oee-masterclass", channel="email", id="invite")],
+                steps=[send("customer-story-invite", channel="email", id="invite")],
             ),
         )
 
@@ -400,7 +400,7 @@ async def test_a_list_uploaded_through_the_api_enrols_its_contacts(
 
             async def invited() -> bool:
                 return all(
-                    sent(runtime, c, "seg_vip_upload") == ["webinar-oee-masterclass"]
+                    sent(runtime, c, "seg_vip_upload") == ["customer-story-invite"]
                     for c in contacts
                 )
 
@@ -429,13 +429,13 @@ async def test_a_list_published_after_the_contact_opened_is_still_adopted(
             Journey(
                 "seg_late_invite",
                 entry=segment_entered("vip-list"),
-                steps=[send("webinar-oee-masterclass", channel="email", id="invite")],
+                steps=[send("customer-story-invite", channel="email", id="invite")],
             ),
         )
         await runtime.event(who, LIST_ADDED, properties={"segment": "vip-list"})
 
         async def invited() -> bool:
-            return sent(runtime, who, "seg_late_invite") == ["webinar-oee-masterclass"]
+            return sent(runtime, who, "seg_late_invite") == ["customer-story-invite"]
 
         await eventually(invited, within=30)
         assert members(runtime, "vip-list") == {who}
