@@ -410,32 +410,3 @@ async def test_a_list_uploaded_through_the_api_enrols_its_contacts(
             assert changes(runtime, contact_id) == [
                 ("vip-list", True, "added to the list by events-team", "list")
             ]
-
-
-async def test_a_list_published_after_the_contact_opened_is_still_adopted(
-    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
-) -> None:
-    """The contact's workflow loaded its definitions before the list existed: the list
-    change makes it load them again, so the upload is adopted and the journey published
-    with the list runs."""
-    async with open_runtime(env, task_queue, tmp_path, content_library) as runtime:
-        who = "seg-late-list"
-        await runtime.event(who, "identify", traits={"email": "lu@example.cn", "locale": "en"})
-        await env.sleep(timedelta(minutes=1))
-        publish_segments(runtime.engine, [VIP.spec()], source="test")
-        publish_journeys(
-            runtime,
-            content_library,
-            Journey(
-                "seg_late_invite",
-                entry=segment_entered("vip-list"),
-                steps=[send("customer-story-invite", channel="email", id="invite")],
-            ),
-        )
-        await runtime.event(who, LIST_ADDED, properties={"segment": "vip-list"})
-
-        async def invited() -> bool:
-            return sent(runtime, who, "seg_late_invite") == ["customer-story-invite"]
-
-        await eventually(invited, within=30)
-        assert members(runtime, "vip-list") == {who}
