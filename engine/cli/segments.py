@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from stagecoach.engine.services.segments.lists import Action, ListRef, ParsedList
-    from stagecoach.engine.services.segments.queries import SegmentSummary
     from stagecoach.engine.settings import Settings
 
 segments_app = typer.Typer(
@@ -108,20 +107,6 @@ def _at(value: datetime) -> str:
     return aware.isoformat(timespec="seconds")
 
 
-def _summary_dict(s: SegmentSummary) -> dict[str, Any]:
-    return {
-        "name": s.name,
-        "description": s.description,
-        "kind": "manual" if s.manual else "computed",
-        "searchable": s.searchable,
-        "version": s.version,
-        "ready_version": s.ready_version,
-        "status": s.status,
-        "members": s.members,
-        "condition": s.spec.to_dict()["condition"],
-    }
-
-
 @segments_app.command("list")
 def list_segments(json_output: JsonOption = False) -> None:
     """Every published segment: kind, status, members and description."""
@@ -130,7 +115,7 @@ def list_segments(json_output: JsonOption = False) -> None:
     with _database() as db:
         summaries = segment_summaries(db)
     if json_output:
-        typer.echo(json.dumps([_summary_dict(s) for s in summaries], indent=2, ensure_ascii=False))
+        typer.echo(json.dumps([s.to_dict() for s in summaries], indent=2, ensure_ascii=False))
         return
     if not summaries:
         typer.echo("no segments published: define Segment(...) in the project and deploy it")
@@ -154,7 +139,7 @@ def show(name: NameArgument, json_output: JsonOption = False) -> None:
         summary = segment_summary(db, name)
         days = daily_activity(db, name, days=30)
     if json_output:
-        body = _summary_dict(summary)
+        body = summary.to_dict()
         body["days"] = [
             {"day": d.day.isoformat(), "entered": d.entered, "exited": d.exited, "size": d.size}
             for d in days

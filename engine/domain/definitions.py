@@ -201,7 +201,10 @@ class Definitions:
         }
 
     def segment_problems(self, content: ContentIndex | None = None) -> list[Problem]:
-        """The segments checked against the events, stages, journeys, traits and content."""
+        """The segments checked against the events, stages, journeys and traits. (A
+        ``received()`` of an unknown item is not checked: the content index answers "has
+        this variant", not "which ids"; ``content`` is kept for symmetry with
+        :meth:`compile`.)"""
         pipeline = self.pipeline
         traits = cast(frozenset[str] | None, self.traits)
         found = segment_problems(
@@ -210,9 +213,6 @@ class Definitions:
             stages=frozenset((*pipeline.stage_names, *pipeline.states)),
             journeys=frozenset(self._by_name),
             traits=traits,
-            # The content index answers "has this variant", not "which ids": a received()
-            # of an unknown item is left to the content checks of the journeys that send it.
-            content=None,
         )
         return [Problem(SEGMENTS, p.segment, p.message, p.fix) for p in found]
 

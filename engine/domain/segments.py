@@ -468,7 +468,6 @@ def segment_problems(
     stages: frozenset[str],
     journeys: frozenset[str],
     traits: frozenset[str] | None,
-    content: frozenset[str] | None = None,
 ) -> list[SegmentProblem]:
     """Every problem of a project's segments; empty means valid.
 
@@ -478,7 +477,6 @@ def segment_problems(
         journeys: The project's journey names.
         traits: The traits the project declares, or ``None`` to leave trait names
             unchecked (a project that declares none).
-        content: Content ids, or ``None`` to leave ``received`` unchecked.
     """
     problems: list[SegmentProblem] = []
     by_name: dict[str, SegmentSpec] = {}
@@ -495,7 +493,7 @@ def segment_problems(
         for part in walk(spec.condition):
             problems.extend(
                 _part_problems(
-                    spec.name, part, by_name, event_types, stages, journeys, known_traits, content
+                    spec.name, part, by_name, event_types, stages, journeys, known_traits
                 )
             )
         problems.extend(_contradictions(spec.name, spec.condition))
@@ -520,7 +518,6 @@ def _part_problems(
     stages: frozenset[str],
     journeys: frozenset[str],
     traits: frozenset[str] | None,
-    content: frozenset[str] | None,
 ) -> list[SegmentProblem]:
     found: list[SegmentProblem] = []
     for kind in sorted(part.event_types()):
@@ -566,17 +563,6 @@ def _part_problems(
                 "correct the journey's name",
             )
         )
-    if content is not None and part.kind == "received":
-        item = getattr(part, "content", "")
-        if item not in content:
-            found.append(
-                SegmentProblem(
-                    name,
-                    f"received names content {item!r}, which is not in the content library"
-                    f"{_closest(item, content)}",
-                    "correct the content id",
-                )
-            )
     if traits is not None and isinstance(part, AttributeMatches | AttributeDate):
         path = part.filter.path if isinstance(part, AttributeMatches) else part.path
         root = path.split(".")[0]

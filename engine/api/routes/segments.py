@@ -54,7 +54,6 @@ from stagecoach.engine.services.segments.lists import (
     store_change,
 )
 from stagecoach.engine.services.segments.queries import (
-    SegmentSummary,
     UnknownSegment,
     daily_activity,
     members,
@@ -240,20 +239,6 @@ ActorQuery = Annotated[
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _out(s: SegmentSummary) -> dict[str, Any]:
-    return {
-        "name": s.name,
-        "description": s.description,
-        "kind": "manual" if s.manual else "computed",
-        "searchable": s.searchable,
-        "version": s.version,
-        "ready_version": s.ready_version,
-        "status": s.status,
-        "members": s.members,
-        "condition": s.spec.to_dict()["condition"],
-    }
-
-
 def _aware(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
@@ -346,7 +331,7 @@ async def _change_from_body(
 @router.get("", summary="Every published segment", response_model=list[SegmentOut])
 async def list_segments(request: Request) -> list[dict[str, Any]]:
     summaries = await run_in_threadpool(segment_summaries, request.app.state.db)
-    return [_out(s) for s in summaries]
+    return [s.to_dict() for s in summaries]
 
 
 @router.get(
@@ -361,7 +346,7 @@ async def get_segment(request: Request, name: NamePath) -> dict[str, Any]:
     def read() -> dict[str, Any]:
         summary = segment_summary(db, name)
         days = daily_activity(db, name, days=DAYS)
-        return {**_out(summary), "days": [d.__dict__ for d in days]}
+        return {**summary.to_dict(), "days": [d.__dict__ for d in days]}
 
     try:
         return await run_in_threadpool(read)

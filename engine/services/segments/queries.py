@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
@@ -69,6 +70,20 @@ class SegmentSummary:
     status: str
     members: int
     spec: SegmentSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as the CLI's ``--json`` and the API answer it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "kind": "manual" if self.manual else "computed",
+            "searchable": self.searchable,
+            "version": self.version,
+            "ready_version": self.ready_version,
+            "status": self.status,
+            "members": self.members,
+            "condition": self.spec.to_dict()["condition"],
+        }
 
 
 @dataclass(frozen=True)
