@@ -15,10 +15,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import faulthandler
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -42,11 +47,32 @@ from tests.helpers import free_port, fresh_postgres_database, migrated_engine
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# How a stuck time-skipping server shows itself: pytest-timeout's failure, the SDK's
+# RPC deadline or a broken connection, or a test's own wait for a state that needs the
+# server's clock to move (tests/workflows/conftest.py).
+STUCK_SERVER = [
+    r"Timeout \(>[0-9.]+s\) from pytest-timeout",
+    r"RPCError: Timeout expired",
+    r"RPCError: h2 protocol error",
+    r"condition not reached in time",
+]
+TIME_SKIPPING_TIMEOUT = 120
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-bench", action="store_true", help="run tests/bench benchmarks")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("time_skipping"):
+            # A time-skipping server overwhelmed on a loaded machine shows as a timeout
+            # or an RPC timeout: the test gets one rerun, on a fresh server, and a timeout
+            # well under the suite's, so that a stuck one costs two minutes, not five.
+            if not item.get_closest_marker("timeout"):
+                item.add_marker(pytest.mark.timeout(TIME_SKIPPING_TIMEOUT))
+            if not item.get_closest_marker("flaky"):
+                item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=STUCK_SERVER))
     if config.getoption("--run-bench"):
         return
     skip = pytest.mark.skip(reason="benchmark: run with 'make bench' (--run-bench)")
@@ -100,14 +126,54 @@ async def dev_env(temporal_cli_path: str) -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+# pytest-timeout's signal only reaches a test that returns to the interpreter. A test
+# stuck anywhere else would hold its worker, and so the whole run, until CI's own limit
+# kills it with no word of which test it was. So one test's whole protocol (setup, call,
+# teardown and a rerun) that runs this long dumps every thread's stack and ends its
+# process; pytest-xdist reports the test as crashed and carries on with a new worker.
+PROTOCOL_LIMIT = 15 * 60
+_running: dict[str, float] = {}
+
+
+def _watchdog() -> None:
+    while True:
+        time.sleep(5)
+        for nodeid, started in list(_running.items()):
+            if time.monotonic() - started > PROTOCOL_LIMIT:
+                sys.stderr.write(f"\n{nodeid} has run for over {PROTOCOL_LIMIT} s; its stacks:\n")
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                sys.stderr.flush()
+                os._exit(3)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    _running[item.nodeid] = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        _running.pop(item.nodeid, None)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    threading.Thread(target=_watchdog, name="test-watchdog", daemon=True).start()
+
+
+@pytest.fixture
 async def time_skipping_env(test_server_path: str) -> AsyncIterator[WorkflowEnvironment]:
+    """A Java time-skipping test server of the test's own (about 2 s to start).
+
+    One server has one clock for everything on it. A workflow an earlier test left
+    running, with no worker any more, has its next timer fire into a workflow task nobody
+    completes, and the server then never skips time again: a later test's 30-day sleep
+    hung until a CI run passed its 90 minutes. So no test shares a server."""
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=test_server_path)
     await register_search_attributes(env.client, "default")
     try:
         yield env
     finally:
-        await env.shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(env.shutdown(), 30)
 
 
 @pytest.fixture
