@@ -438,3 +438,87 @@ class SegmentChange(SQLModel, table=True):
     reason: str = Field(default="", max_length=512)
     source: str = Field(default="workflow", max_length=16)
     actor: str | None = Field(default=None, max_length=128)
+
+
+class BroadcastRow(SQLModel, table=True):
+    """One broadcast: its spec (``stagecoach.engine.domain.broadcasts``), where it is in
+    its lifecycle and what its audience snapshot held.
+
+    ``status`` is draft, scheduled, running, paused, completed or cancelled; ``reason``
+    says why it paused or was cancelled (a provider's refusal, an operator). The snapshot
+    fixes ``audience_version`` (the segment version read) and ``audience_size``. ``ab``
+    holds an A/B test's counts, test and winner once the window has closed."""
+
+    __tablename__ = "broadcasts"
+
+    id: str = Field(primary_key=True, max_length=64)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    version: str = Field(max_length=64)
+    source: str = Field(default="project", max_length=32)
+    status: str = Field(default="draft", max_length=16, index=True)
+    reason: str | None = Field(default=None, max_length=512)
+    actor: str | None = Field(default=None, max_length=128)
+    audience_version: str | None = Field(default=None, max_length=64)
+    audience_size: int = 0
+    winner: str | None = Field(default=None, max_length=64)
+    ab: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = _ts()
+    scheduled_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    started_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class BroadcastRecipient(SQLModel, table=True):
+    """One contact in a broadcast's audience snapshot, and what became of them.
+
+    ``seq`` numbers the snapshot so batches page by it; ``send_at`` is the recipient's
+    slot (a local-time broadcast groups recipients by it); ``variant`` is the A/B arm
+    (``None`` for the rest until the winner is known). ``status`` is pending, sent,
+    held (with ``reason``: consent, suppression, cap, ...), failed or skipped (a local
+    time already passed). The delivery row (``deliveries``, key ``broadcast:<id>:<contact>``)
+    is the send's record; this row is the audience's."""
+
+    __tablename__ = "broadcast_recipients"
+    __table_args__ = (
+        Index("ix_broadcast_recipients_batch", "broadcast_id", "status", "send_at", "seq"),
+    )
+
+    broadcast_id: str = Field(primary_key=True, max_length=64)
+    contact_id: str = Field(primary_key=True, max_length=64)
+    seq: int
+    send_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    variant: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="pending", max_length=16)
+    reason: str | None = Field(default=None, max_length=256)
+    sent_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class BroadcastJob(SQLModel, table=True):
+    """A WeChat mass-send job a broadcast started: the ``msg_id`` WeChat answered, our
+    ``clientmsgid`` (WeChat refuses a repeat of it, so a retried job is never sent twice)
+    and the counts its ``MASSSENDJOBFINISH`` callback reports."""
+
+    __tablename__ = "broadcast_jobs"
+
+    clientmsgid: str = Field(primary_key=True, max_length=64)
+    broadcast_id: str = Field(max_length=64, index=True)
+    appid: str = Field(default="", max_length=64)
+    msg_id: str | None = Field(default=None, max_length=64, index=True)
+    target: str = Field(default="", max_length=128, description="tag:<id> or openids:<n>")
+    status: str = Field(default="sending", max_length=32)
+    total: int | None = None
+    filtered: int | None = None
+    sent: int | None = None
+    errors: int | None = None
+    created_at: datetime = _ts()
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
