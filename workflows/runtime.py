@@ -32,6 +32,7 @@ from stagecoach.engine.protocol.messages import (
 from stagecoach.engine.protocol.search_attributes import search_values
 from stagecoach.engine.settings import Settings
 from stagecoach.engine.temporal.gateway import Opening
+from stagecoach.workflows.broadcasts import BroadcastActivities
 from stagecoach.workflows.contact import ContactActivities
 
 
@@ -238,5 +239,31 @@ def contact_activities(
             timedelta(seconds=settings.retry_hint_max_seconds)
             if settings.retry_hint_max_seconds
             else None
+        ),
+    )
+
+
+def broadcast_activities(
+    db: Engine,
+    settings: Settings,
+    *,
+    connectors: Mapping[str, Connector],
+    content: ContentLibrary | None = None,
+) -> BroadcastActivities:
+    """BroadcastActivities on the same connectors, content and send policy as the
+    contact workflow's, so caps and quiet hours mean the same for both."""
+    from stagecoach.engine.domain.content import LinkSigner
+    from stagecoach.engine.services.project import load_project
+
+    library = content or ContentLibrary.load(load_project(settings).content_dir(settings))
+    return BroadcastActivities(
+        db=db,
+        content=library,
+        connectors=connectors,
+        policy=send_policy(settings),
+        signer=LinkSigner(
+            secret=settings.link_secret.get_secret_value().encode(),
+            base_url=settings.api_base_url,
+            ttl=timedelta(days=settings.link_ttl_days),
         ),
     )

@@ -17,11 +17,12 @@ from temporalio.client import Client
 from temporalio.worker import Interceptor, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from stagecoach.workflows.broadcasts import BroadcastWorkflow
 from stagecoach.workflows.contact import ContactWorkflow
 from stagecoach.workflows.metrics import ActivityMetrics
 from stagecoach.workflows.system import SystemCheckWorkflow
 
-WORKFLOWS: tuple[type, ...] = (ContactWorkflow, SystemCheckWorkflow)
+WORKFLOWS: tuple[type, ...] = (ContactWorkflow, BroadcastWorkflow, SystemCheckWorkflow)
 
 log = logging.getLogger("stagecoach.worker")
 

@@ -36,8 +36,9 @@ from stagecoach.engine.domain.errors import ConfigurationError
 from stagecoach.engine.protocol.connector import Connector
 from stagecoach.engine.services.storage.interactions import interaction_hook
 from stagecoach.engine.settings import Settings
+from stagecoach.workflows.broadcasts import BroadcastActivities
 from stagecoach.workflows.contact import ContactActivities
-from stagecoach.workflows.runtime import contact_activities
+from stagecoach.workflows.runtime import broadcast_activities, contact_activities
 
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
@@ -165,6 +166,22 @@ def build_activities(
     )
 
 
+def build_broadcast_activities(
+    db: Engine,
+    settings: Settings,
+    *,
+    connectors: Mapping[str, Connector] | None = None,
+    content: ContentLibrary | None = None,
+) -> BroadcastActivities:
+    """BroadcastActivities wired from settings, on the connectors journeys use."""
+    return broadcast_activities(
+        db,
+        settings,
+        connectors=connectors or connectors_from_settings(settings, db),
+        content=content,
+    )
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker (the contact workflows and their activities) until it is signalled."""
     from stagecoach.engine.cli.programs import freeze_startup_heap
@@ -181,11 +198,12 @@ def run_worker(settings: Settings) -> None:
     # Loads and validates the content library and publishes the bundled journeys: a
     # definition that does not validate stops the worker here, never a contact later.
     contact = build_activities(db, settings)
+    broadcasts = build_broadcast_activities(db, settings, content=contact.content)
     runtime = worker_metrics(settings)
 
     async def serve() -> None:
         client = await connect(settings, runtime=runtime)
-        activities = [*SystemActivities(db).all(), *contact.all()]
+        activities = [*SystemActivities(db).all(), *contact.all(), *broadcasts.all()]
         built = build_worker(
             client,
             task_queue=settings.temporal_task_queue,

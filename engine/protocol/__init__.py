@@ -26,6 +26,12 @@ from stagecoach.engine.domain.journeys import CHANNEL_TIMER_PREFIX
 CONTACT_WORKFLOW = "Contact"
 CONTACT_WORKFLOW_ID_PREFIX = "contact-"
 SYSTEM_CHECK_WORKFLOW = "SystemCheck"
+BROADCAST_WORKFLOW = "Broadcast"
+BROADCAST_WORKFLOW_ID_PREFIX = "broadcast-"
+PAUSE_SIGNAL = "pause"
+RESUME_SIGNAL = "resume"
+CANCEL_SIGNAL = "cancel"
+PROGRESS_QUERY = "progress"
 
 EVENT_SIGNAL = "event"
 EVENTS_SIGNAL = "events"
@@ -46,6 +52,10 @@ RECORD_CONVERSION_ACTIVITY = "contact.record_conversion"
 RELEASE_REWARDS_ACTIVITY = "contact.release_rewards"
 RECORD_SEGMENTS_ACTIVITY = "contact.record_segments"
 CHECK_DATABASE_ACTIVITY = "system.check_database"
+SNAPSHOT_ACTIVITY = "broadcast.snapshot"
+SEND_BATCH_ACTIVITY = "broadcast.send_batch"
+EVALUATE_AB_ACTIVITY = "broadcast.evaluate_ab"
+BROADCAST_STATUS_ACTIVITY = "broadcast.set_status"
 
 CONTACT_ACTIVITIES: frozenset[str] = frozenset(
     {
@@ -62,7 +72,11 @@ CONTACT_ACTIVITIES: frozenset[str] = frozenset(
     }
 )
 """The activities the contact workflow schedules."""
-ACTIVITIES: frozenset[str] = CONTACT_ACTIVITIES | {CHECK_DATABASE_ACTIVITY}
+BROADCAST_ACTIVITIES: frozenset[str] = frozenset(
+    {SNAPSHOT_ACTIVITY, SEND_BATCH_ACTIVITY, EVALUATE_AB_ACTIVITY, BROADCAST_STATUS_ACTIVITY}
+)
+"""The activities the broadcast workflow schedules."""
+ACTIVITIES: frozenset[str] = CONTACT_ACTIVITIES | BROADCAST_ACTIVITIES | {CHECK_DATABASE_ACTIVITY}
 """Every activity a Stagecoach worker registers."""
 
 # --- timers ----------------------------------------------------------------------------
@@ -84,6 +98,11 @@ SEGMENT_FLIP_TIMER = "flip"
 
 __all__ = [
     "ACTIVITIES",
+    "BROADCAST_ACTIVITIES",
+    "BROADCAST_STATUS_ACTIVITY",
+    "BROADCAST_WORKFLOW",
+    "BROADCAST_WORKFLOW_ID_PREFIX",
+    "CANCEL_SIGNAL",
     "CHANNEL_TIMER_PREFIX",
     "CHECK_DATABASE_ACTIVITY",
     "CONTACT_ACTIVITIES",
@@ -92,6 +111,7 @@ __all__ = [
     "DEFER_TIMER_PREFIX",
     "DELIVER_ACTIVITY",
     "ENROL_UPDATE",
+    "EVALUATE_AB_ACTIVITY",
     "EVENTS_SIGNAL",
     "EVENT_SIGNAL",
     "HANDOFF_SLA_ACTIVITY",
@@ -99,20 +119,26 @@ __all__ = [
     "LOAD_DEFINITIONS_ACTIVITY",
     "MERGED_SIGNAL",
     "OPEN_ACTIVITY",
+    "PAUSE_SIGNAL",
+    "PROGRESS_QUERY",
     "RECORD_CONVERSION_ACTIVITY",
     "RECORD_ENROLMENT_ACTIVITY",
     "RECORD_SEGMENTS_ACTIVITY",
     "RECORD_TRANSITION_ACTIVITY",
     "REFERRAL_TIMERS",
     "RELEASE_REWARDS_ACTIVITY",
+    "RESUME_SIGNAL",
     "REWARD_RELEASE_TIMER",
     "SALES_TIMERS",
     "SEGMENT_FLIP_TIMER",
     "SEGMENT_TIMERS",
+    "SEND_BATCH_ACTIVITY",
     "SLA_ESCALATION_TIMER",
     "SLA_REMINDER_TIMER",
+    "SNAPSHOT_ACTIVITY",
     "STATE_QUERY",
     "SYSTEM_CHECK_WORKFLOW",
+    "broadcast_workflow_id",
     "contact_workflow_id",
     "defer_timer",
     "is_defer_timer",
@@ -124,6 +150,11 @@ __all__ = [
 def contact_workflow_id(contact_id: str) -> str:
     """One workflow per contact, reachable by this id."""
     return f"{CONTACT_WORKFLOW_ID_PREFIX}{contact_id}"
+
+
+def broadcast_workflow_id(broadcast_id: str) -> str:
+    """One workflow per broadcast: a second launch finds the first."""
+    return f"{BROADCAST_WORKFLOW_ID_PREFIX}{broadcast_id}"
 
 
 def defer_timer(step_id: str) -> str:

@@ -427,3 +427,81 @@ class RewardDecision:
     hold_until: datetime | None = None
     reward_status: str | None = None
     """held, released or cancelled: a repeated answer says what became of the reward."""
+
+
+# --- broadcasts --------------------------------------------------------------------------
+
+
+@dataclass
+class BroadcastInput:
+    """The broadcast workflow's input: which broadcast, launched when (the snapshot's
+    "now" for local-time slots), and its progress when continued as new."""
+
+    broadcast_id: str
+    launched_at: datetime
+    sent: int = 0
+    held: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    batches: int = 0
+    phase: str = "start"
+    winner: str | None = None
+    ab_window_seconds: float = 0.0
+    batch_size: int = 200
+
+
+@dataclass
+class SnapshotRequest:
+    broadcast_id: str
+    launched_at: datetime
+
+
+@dataclass
+class SnapshotResult:
+    size: int
+    skipped: int
+    first_due: datetime | None = None
+    ab: bool = False
+    ab_window_seconds: float = 0.0
+
+
+@dataclass
+class BatchRequest:
+    """Send the next ``limit`` recipients due by ``now`` (only the A/B sample's arms
+    while ``arms_only``)."""
+
+    broadcast_id: str
+    now: datetime
+    limit: int = 500
+    arms_only: bool = False
+
+
+@dataclass
+class BatchResult:
+    sent: int = 0
+    held: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    retry: int = 0
+    remaining: int = 0
+    next_due: datetime | None = None
+    refused: str | None = None
+
+
+@dataclass
+class EvaluateRequest:
+    broadcast_id: str
+    now: datetime
+
+
+@dataclass
+class EvaluateResult:
+    winner: str
+    reason: str
+    decision: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BroadcastStatus:
+    broadcast_id: str
+    status: str
+    reason: str | None = None
+    at: datetime | None = None

@@ -23,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from stagecoach.engine.api.routes.events import create_write_key
 from stagecoach.engine.app import create_app
-from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.cli.compose import build_activities, build_broadcast_activities
 from stagecoach.engine.domain.content import ContentLibrary
 from stagecoach.engine.protocol.connector import Connector
 from stagecoach.engine.protocol.messages import EventMessage, contact_workflow_id
@@ -170,11 +170,14 @@ async def open_runtime(
     settings = runtime_settings(tmp_path, task_queue, **overrides)
     engine = migrated_engine(settings.resolved_database_url)
     contact = build_activities(engine, settings, content=content, connectors=connectors)
+    broadcasts = build_broadcast_activities(
+        engine, settings, content=content, connectors=connectors
+    )
     client = with_settings(env.client, settings)  # the payload codec, as connect() gives it
     worker = build_worker(
         client,
         task_queue=task_queue,
-        activities=[*SystemActivities(engine).all(), *contact.all()],
+        activities=[*SystemActivities(engine).all(), *contact.all(), *broadcasts.all()],
     )
     runtime = Runtime(client=client, settings=settings, engine=engine, env=env)
     async with worker:

@@ -144,6 +144,11 @@ class ContactActivities:
         self._referral_policy = referral_policy or ReferralPolicy()
         self._retry_hint_max = retry_hint_max
 
+    @property
+    def content(self) -> ContentLibrary:
+        """The content library the activities render from (broadcasts share it)."""
+        return self._content
+
     def _hint(self, retry_after: timedelta | None) -> timedelta | None:
         """A connector's retry hint, capped by ``STAGECOACH_RETRY_HINT_MAX_SECONDS``."""
         if retry_after is None or self._retry_hint_max is None:

@@ -11,7 +11,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHistory
 
 from stagecoach.engine import protocol
-from stagecoach.engine.cli.compose import build_activities
+from stagecoach.engine.cli.compose import build_activities, build_broadcast_activities
 from stagecoach.engine.domain.contact import new_contact
 from stagecoach.engine.protocol.search_attributes import (
     SEARCH_ATTRIBUTES,
@@ -62,6 +62,16 @@ WIRE = {
     "SEGMENT_TIMERS": "__segments__",
     "SEGMENT_FLIP_TIMER": "flip",
     "CONTACT_WORKFLOW_ID_PREFIX": "contact-",
+    "BROADCAST_WORKFLOW": "Broadcast",
+    "BROADCAST_WORKFLOW_ID_PREFIX": "broadcast-",
+    "PAUSE_SIGNAL": "pause",
+    "RESUME_SIGNAL": "resume",
+    "CANCEL_SIGNAL": "cancel",
+    "PROGRESS_QUERY": "progress",
+    "SNAPSHOT_ACTIVITY": "broadcast.snapshot",
+    "SEND_BATCH_ACTIVITY": "broadcast.send_batch",
+    "EVALUATE_AB_ACTIVITY": "broadcast.evaluate_ab",
+    "BROADCAST_STATUS_ACTIVITY": "broadcast.set_status",
 }
 
 
@@ -77,7 +87,11 @@ def test_the_worker_registers_exactly_the_protocol_activities(tmp_path: Path) ->
     settings = runtime_settings(tmp_path, "protocol")
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
-    registered = [*SystemActivities(engine).all(), *build_activities(engine, settings).all()]
+    registered = [
+        *SystemActivities(engine).all(),
+        *build_activities(engine, settings).all(),
+        *build_broadcast_activities(engine, settings).all(),
+    ]
     # The SDK reads an activity's name from its definition the same way when a worker
     # registers it; there is no public accessor for it.
     names = [activity._Definition.must_from_callable(fn).name for fn in registered]
@@ -86,7 +100,10 @@ def test_the_worker_registers_exactly_the_protocol_activities(tmp_path: Path) ->
     # A name spelled as a literal anywhere but ``stagecoach.engine.protocol`` shows up here as an
     # activity the protocol does not know (or a protocol name nobody registers).
     assert set(names) == protocol.ACTIVITIES
-    assert protocol.ACTIVITIES - {protocol.CHECK_DATABASE_ACTIVITY} == protocol.CONTACT_ACTIVITIES
+    assert (
+        protocol.ACTIVITIES - {protocol.CHECK_DATABASE_ACTIVITY}
+        == protocol.CONTACT_ACTIVITIES | protocol.BROADCAST_ACTIVITIES
+    )
 
 
 JOURNEY_NAME = re.compile(r"[a-z][a-z0-9_]*")

@@ -1,0 +1,622 @@
+"""Broadcasts in the database: saved, launched once, snapshotted, sent in batches.
+
+- :func:`save_broadcast` keeps a broadcast as a draft (from the project, the CLI or the
+  API). A second save of the same spec is a no-op; another spec under a launched name
+  is refused.
+- :func:`check_launch` lists what stops a launch (``broadcast_problems`` against the
+  published segments and the content library, over the audience's locales).
+- :func:`mark_launched` moves a draft to scheduled; a second launch answers the first.
+- :func:`take_snapshot` fixes the audience: one ``broadcast_recipients`` row per member
+  of the segment's ready version, each with its send time and A/B arm. Idempotent: a
+  retried snapshot finds the rows and reads them back.
+- :func:`due_recipients` and :func:`settle` are a batch's read and write.
+
+Every function is synchronous; activities run them in threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from stagecoach.engine.domain.broadcasts import (
+    FINISHED,
+    Broadcast,
+    Catalogues,
+    arm_of,
+    broadcast_problems,
+    send_time,
+)
+from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.services.segments.catalog import ready_version
+from stagecoach.engine.services.storage.models import (
+    BroadcastRecipient,
+    BroadcastRow,
+    Consent,
+    Contact,
+    Delivery,
+    Identity,
+    SegmentMember,
+    Suppression,
+)
+
+SNAPSHOT_CHUNK = 5_000
+"""Recipients inserted per statement while the audience is snapshotted."""
+
+
+class BroadcastNotFound(StagecoachError, LookupError):
+    def __init__(self, broadcast_id: str) -> None:
+        super().__init__(
+            f"no broadcast {broadcast_id!r}",
+            fix="list them with 'stagecoach broadcasts list'",
+        )
+
+
+class BroadcastRefused(StagecoachError, ValueError):
+    """A save or launch that cannot be: ``problems`` name each field and its fix."""
+
+    def __init__(self, broadcast_id: str, problems: Sequence[str]) -> None:
+        super().__init__(
+            f"broadcast {broadcast_id!r} cannot launch: " + "; ".join(problems),
+            fix="correct the broadcast and launch it again; nothing was sent",
+        )
+        self.problems = list(problems)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def broadcast_of(row: BroadcastRow) -> Broadcast:
+    return Broadcast.from_dict(row.spec)
+
+
+def get_row(db: Engine, broadcast_id: str) -> BroadcastRow:
+    with Session(db) as session:
+        row = session.get(BroadcastRow, broadcast_id)
+    if row is None:
+        raise BroadcastNotFound(broadcast_id)
+    return row
+
+
+def list_rows(db: Engine) -> list[BroadcastRow]:
+    with Session(db) as session:
+        return list(
+            session.exec(select(BroadcastRow).order_by(col(BroadcastRow.created_at).desc())).all()
+        )
+
+
+def save_broadcast(
+    db: Engine, broadcast: Broadcast, *, source: str = "project", actor: str | None = None
+) -> BroadcastRow:
+    """Keep ``broadcast`` as a draft, or find the same spec already kept.
+
+    A draft may be replaced by another spec (it has sent nothing). A launched broadcast
+    keeps its spec: another one under its name is refused, naming the fix."""
+    spec = broadcast.to_dict()
+    with Session(db) as session:
+        row = session.get(BroadcastRow, broadcast.name)
+        if row is not None:
+            if row.version == broadcast.version:
+                return row
+            if row.status != "draft":
+                raise BroadcastRefused(
+                    broadcast.name,
+                    [
+                        f"it was launched ({row.status}) with another spec; give the changed"
+                        " broadcast a new name"
+                    ],
+                )
+            row.spec, row.version, row.source, row.actor = spec, broadcast.version, source, actor
+        else:
+            row = BroadcastRow(
+                id=broadcast.name,
+                spec=spec,
+                version=broadcast.version,
+                source=source,
+                actor=actor,
+                scheduled_at=broadcast.send_at,
+            )
+        row.scheduled_at = broadcast.send_at
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+        return row
+
+
+def audience_locales(db: Engine, segment: str) -> set[str]:
+    """The locales the segment's current members read (the content check's input)."""
+    version = ready_version(db, segment)
+    if version is None:
+        return set()
+    with Session(db) as session:
+        rows = session.execute(
+            select(col(Contact.locale))
+            .join(SegmentMember, col(SegmentMember.contact_id) == col(Contact.id))
+            .where(
+                col(SegmentMember.segment) == segment,
+                col(SegmentMember.version) == _member_version(session, segment, version.version),
+            )
+            .distinct()
+        ).all()
+    return {str(r[0] or "en") for r in rows}
+
+
+def _member_version(session: Session, segment: str, version: str) -> str:
+    """The version a ready segment's member rows carry: its own, or ``list`` for a
+    manual segment (``catalog.member_version``)."""
+    from stagecoach.engine.domain.segments import SegmentSpec
+    from stagecoach.engine.services.segments.catalog import member_version
+    from stagecoach.engine.services.storage.models import SegmentVersion
+
+    row = session.get(SegmentVersion, version)
+    return member_version(SegmentSpec.from_dict(row.spec)) if row is not None else version
+
+
+def ready_segments(db: Engine) -> frozenset[str]:
+    from stagecoach.engine.services.storage.models import SegmentVersion
+
+    with Session(db) as session:
+        rows = session.exec(
+            select(SegmentVersion.name).where(SegmentVersion.status == "ready").distinct()
+        ).all()
+    return frozenset(rows)
+
+
+def check_launch(
+    db: Engine,
+    broadcast: Broadcast,
+    *,
+    content: Mapping[str, frozenset[tuple[str, str]]],
+    events: frozenset[str] | None = None,
+    now: datetime,
+) -> list[str]:
+    """Everything that stops ``broadcast`` launching now (empty: it may)."""
+    catalogues = Catalogues(segments=ready_segments(db), content=content, events=events)
+    locales = audience_locales(db, broadcast.segment) if broadcast.segment else set()
+    return broadcast_problems(broadcast, catalogues, locales=locales, now=now)
+
+
+def mark_launched(db: Engine, broadcast_id: str, *, actor: str | None = None) -> BroadcastRow:
+    """Draft to scheduled; any later status is answered as it is (a second launch)."""
+    with Session(db) as session:
+        row = session.get(BroadcastRow, broadcast_id)
+        if row is None:
+            raise BroadcastNotFound(broadcast_id)
+        if row.status == "draft":
+            row.status = "scheduled"
+            row.actor = actor or row.actor
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+        return row
+
+
+def set_status(
+    db: Engine,
+    broadcast_id: str,
+    status: str,
+    *,
+    reason: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Record where the broadcast is; a finished broadcast stays finished."""
+    with Session(db) as session:
+        row = session.get(BroadcastRow, broadcast_id)
+        if row is None or row.status in FINISHED:
+            return
+        row.status = status
+        row.reason = reason
+        if status == "running" and row.started_at is None:
+            row.started_at = at or datetime.now(UTC)
+        if status in FINISHED:
+            row.finished_at = at or datetime.now(UTC)
+        session.add(row)
+        session.commit()
+
+
+def record_ab(db: Engine, broadcast_id: str, *, winner: str, decision: dict[str, Any]) -> None:
+    with Session(db) as session:
+        row = session.get(BroadcastRow, broadcast_id)
+        if row is None:
+            return
+        row.winner, row.ab = winner, decision
+        session.add(row)
+        session.commit()
+
+
+# --- the audience snapshot --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    size: int
+    skipped: int
+    first_due: datetime | None
+
+
+def take_snapshot(db: Engine, broadcast_id: str, *, launched: datetime) -> Snapshot:
+    """Fix the audience: the members of the segment's ready version now, each with a
+    send time and an arm. A second call (a retried activity) writes nothing more."""
+    row = get_row(db, broadcast_id)
+    broadcast = broadcast_of(row)
+    with Session(db) as session:
+        existing = session.exec(
+            select(func.count()).where(col(BroadcastRecipient.broadcast_id) == broadcast_id)
+        ).one()
+    if not existing:
+        version = ready_version(db, broadcast.segment)
+        if version is None:
+            raise BroadcastRefused(
+                broadcast_id,
+                [f"segment {broadcast.segment!r} has no ready version; publish or backfill it"],
+            )
+        with Session(db) as session:
+            member_version = _member_version(session, broadcast.segment, version.version)
+            members = session.execute(
+                select(col(SegmentMember.contact_id), col(Contact.timezone))
+                .join(Contact, col(Contact.id) == col(SegmentMember.contact_id), isouter=True)
+                .where(
+                    col(SegmentMember.segment) == broadcast.segment,
+                    col(SegmentMember.version) == member_version,
+                )
+                .order_by(col(SegmentMember.contact_id))
+            ).all()
+            batch: list[dict[str, Any]] = []
+            for seq, (contact_id, zone) in enumerate(members):
+                at = send_time(broadcast, zone=zone, launched=launched)
+                batch.append(
+                    {
+                        "broadcast_id": broadcast_id,
+                        "contact_id": contact_id,
+                        "seq": seq,
+                        "send_at": at or launched,
+                        "variant": arm_of(broadcast, contact_id),
+                        "status": "pending" if at is not None else "skipped",
+                        "reason": None if at is not None else "local_time_passed",
+                    }
+                )
+                if len(batch) >= SNAPSHOT_CHUNK:
+                    session.execute(insert(BroadcastRecipient), batch)
+                    batch = []
+            if batch:
+                session.execute(insert(BroadcastRecipient), batch)
+            target = session.get(BroadcastRow, broadcast_id)
+            if target is not None:
+                target.audience_version = member_version
+                target.audience_size = len(members)
+                session.add(target)
+            session.commit()
+    with Session(db) as session:
+        size = session.exec(
+            select(func.count()).where(col(BroadcastRecipient.broadcast_id) == broadcast_id)
+        ).one()
+        skipped = session.exec(
+            select(func.count()).where(
+                col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                col(BroadcastRecipient.status) == "skipped",
+            )
+        ).one()
+    return Snapshot(size=size, skipped=skipped, first_due=next_due(db, broadcast_id))
+
+
+def next_due(db: Engine, broadcast_id: str, *, arms_only: bool = False) -> datetime | None:
+    """The earliest send time of a recipient still pending."""
+    with Session(db) as session:
+        query = select(func.min(col(BroadcastRecipient.send_at))).where(
+            col(BroadcastRecipient.broadcast_id) == broadcast_id,
+            col(BroadcastRecipient.status) == "pending",
+        )
+        if arms_only:
+            query = query.where(col(BroadcastRecipient.variant).is_not(None))
+        return _aware(session.exec(query).one())
+
+
+# --- one batch --------------------------------------------------------------------------
+
+
+@dataclass
+class Recipient:
+    """What a batch needs to decide and send for one contact."""
+
+    contact_id: str
+    seq: int
+    variant: str | None
+    locale: str
+    timezone: str | None
+    traits: dict[str, Any]
+    addresses: dict[str, str] = field(default_factory=dict)
+    consent: dict[str, bool] = field(default_factory=dict)
+    delivered: str | None = None
+    """The status of this recipient's delivery row, if one exists (a crashed batch)."""
+
+    def address(self, channel: str) -> str | None:
+        key = {"email": "email", "wechat": "wechat_openid", "sms": "phone"}.get(channel, channel)
+        raw = self.traits.get(key) or self.addresses.get(key)
+        return str(raw) if raw else None
+
+    def consented(self, channel: str) -> bool:
+        """The latest recorded decision, else the contact's consent trait, else email is
+        opt-out and every other channel needs an opt-in (as for journeys)."""
+        if channel in self.consent:
+            return self.consent[channel]
+        declared = self.traits.get("consent")
+        if isinstance(declared, Mapping) and channel in declared:
+            return bool(declared[channel])
+        return channel == "email" and self.address("email") is not None
+
+
+def delivery_key(broadcast_id: str, contact_id: str) -> str:
+    """The idempotency key of a broadcast's send to one contact."""
+    return f"broadcast:{broadcast_id}:{contact_id}"
+
+
+def due_recipients(
+    db: Engine,
+    broadcast_id: str,
+    *,
+    now: datetime,
+    limit: int,
+    arms_only: bool = False,
+) -> list[Recipient]:
+    """The next ``limit`` pending recipients due by ``now``, in snapshot order, with
+    their addresses, consent and any delivery row an earlier attempt left."""
+    with Session(db) as session:
+        query = (
+            sa_select(
+                col(BroadcastRecipient.contact_id),
+                col(BroadcastRecipient.seq),
+                col(BroadcastRecipient.variant),
+                col(Contact.locale),
+                col(Contact.timezone),
+                col(Contact.traits),
+            )
+            .join(Contact, col(Contact.id) == col(BroadcastRecipient.contact_id), isouter=True)
+            .where(
+                col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                col(BroadcastRecipient.status) == "pending",
+                col(BroadcastRecipient.send_at) <= now,
+            )
+            .order_by(col(BroadcastRecipient.seq))
+            .limit(limit)
+        )
+        if arms_only:
+            query = query.where(col(BroadcastRecipient.variant).is_not(None))
+        rows = session.execute(query).all()
+        recipients = [
+            Recipient(
+                contact_id=r[0],
+                seq=r[1],
+                variant=r[2],
+                locale=r[3] or "en",
+                timezone=r[4],
+                traits=dict(r[5] or {}),
+            )
+            for r in rows
+        ]
+        if not recipients:
+            return []
+        by_id = {r.contact_id: r for r in recipients}
+        ids = list(by_id)
+        for kind, value, contact_id in session.execute(
+            select(col(Identity.kind), col(Identity.value), col(Identity.contact_id)).where(
+                col(Identity.contact_id).in_(ids),
+                col(Identity.kind).in_(("email", "wechat_openid", "phone")),
+            )
+        ).all():
+            by_id[contact_id].addresses.setdefault(kind, value)
+        latest = (
+            select(func.max(col(Consent.id)))
+            .where(col(Consent.contact_id).in_(ids))
+            .group_by(col(Consent.contact_id), col(Consent.channel))
+        )
+        for contact_id, channel, granted in session.execute(
+            select(col(Consent.contact_id), col(Consent.channel), col(Consent.granted)).where(
+                col(Consent.id).in_(latest)
+            )
+        ).all():
+            by_id[contact_id].consent[channel] = bool(granted)
+        keys = {delivery_key(broadcast_id, cid): cid for cid in ids}
+        for key, status in session.execute(
+            select(col(Delivery.idempotency_key), col(Delivery.status)).where(
+                col(Delivery.idempotency_key).in_(list(keys))
+            )
+        ).all():
+            by_id[keys[key]].delivered = status
+    return recipients
+
+
+def suppressed(db: Engine, channel: str, addresses: Iterable[str]) -> set[str]:
+    """Which of ``addresses`` are suppressed on ``channel``."""
+    wanted = list(addresses)
+    if not wanted:
+        return set()
+    with Session(db) as session:
+        return set(
+            session.exec(
+                select(Suppression.address).where(
+                    Suppression.channel == channel,
+                    col(Suppression.address).in_(wanted),
+                )
+            ).all()
+        )
+
+
+def recent_sends(
+    db: Engine, contact_ids: Iterable[str], since: datetime
+) -> dict[str, list[datetime]]:
+    """Each contact's sends since ``since``, journeys' and broadcasts' alike: the
+    frequency cap is one budget."""
+    ids = list(contact_ids)
+    found: dict[str, list[datetime]] = {}
+    if not ids:
+        return found
+    with Session(db) as session:
+        for contact_id, sent_at in session.execute(
+            select(col(Delivery.contact_id), col(Delivery.sent_at)).where(
+                col(Delivery.contact_id).in_(ids),
+                col(Delivery.status) == "sent",
+                col(Delivery.sent_at) >= since,
+            )
+        ).all():
+            moment = _aware(sent_at)
+            if moment is not None:
+                found.setdefault(contact_id, []).append(moment)
+    return found
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One recipient's outcome: ``sent``, ``held`` (reason), ``failed`` (reason),
+    ``pending`` again at ``send_at`` (quiet hours, a retry)."""
+
+    contact_id: str
+    status: str
+    reason: str | None = None
+    send_at: datetime | None = None
+    sent_at: datetime | None = None
+    variant: str | None = None
+
+
+def settle(db: Engine, broadcast_id: str, outcomes: Sequence[Settled]) -> None:
+    """Write a batch's outcomes to the snapshot in one transaction."""
+    if not outcomes:
+        return
+    with Session(db) as session:
+        for o in outcomes:
+            values: dict[str, Any] = {"status": o.status, "reason": o.reason}
+            if o.send_at is not None:
+                values["send_at"] = o.send_at
+            if o.sent_at is not None:
+                values["sent_at"] = o.sent_at
+            if o.variant is not None:
+                values["variant"] = o.variant
+            session.execute(
+                update(BroadcastRecipient)
+                .where(
+                    and_(
+                        col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                        col(BroadcastRecipient.contact_id) == o.contact_id,
+                    )
+                )
+                .values(**values)
+            )
+        session.commit()
+
+
+def record_delivery(
+    db: Engine,
+    broadcast: Broadcast,
+    version: str,
+    recipient: Recipient,
+    *,
+    channel: str,
+    status: str,
+    content_id: str | None = None,
+    content_version: str | None = None,
+    provider_message_id: str | None = None,
+    error: str | None = None,
+    sent_at: datetime | None = None,
+) -> None:
+    """Insert or update the broadcast's delivery row for ``recipient``: the same
+    ``deliveries`` table journeys write, so caps, reports and the contact's history
+    count both. ``journey`` is ``broadcast:<name>``, ``step_id`` the arm."""
+    key = delivery_key(broadcast.name, recipient.contact_id)
+    with Session(db) as session:
+        if session.get(Contact, recipient.contact_id) is None:
+            session.add(Contact(id=recipient.contact_id))
+            session.flush()
+        row = session.exec(select(Delivery).where(Delivery.idempotency_key == key)).first()
+        if row is None:
+            row = Delivery(
+                idempotency_key=key,
+                contact_id=recipient.contact_id,
+                journey=f"broadcast:{broadcast.name}",
+                journey_version=version,
+                step_id=recipient.variant or "all",
+                channel=channel,
+            )
+        row.status = status
+        if content_id is not None:
+            row.content_id = content_id
+        if content_version is not None:
+            row.content_version = content_version
+        if provider_message_id is not None:
+            row.provider_message_id = provider_message_id
+        if error is not None:
+            row.error = error[:1024]
+        if sent_at is not None:
+            row.sent_at = sent_at
+        session.add(row)
+        session.commit()
+
+
+def pending_count(db: Engine, broadcast_id: str) -> int:
+    with Session(db) as session:
+        return session.exec(
+            select(func.count()).where(
+                col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                col(BroadcastRecipient.status) == "pending",
+            )
+        ).one()
+
+
+def assign_rest(db: Engine, broadcast_id: str, winner: str) -> int:
+    """The recipients outside the sample get the winning arm."""
+    with Session(db) as session:
+        result = session.execute(
+            update(BroadcastRecipient)
+            .where(
+                col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                col(BroadcastRecipient.variant).is_(None),
+            )
+            .values(variant=winner)
+        )
+        session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def cancel_pending(db: Engine, broadcast_id: str) -> int:
+    """Cancelled: every recipient not yet sent stays unsent, counted as cancelled."""
+    with Session(db) as session:
+        result = session.execute(
+            update(BroadcastRecipient)
+            .where(
+                col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                col(BroadcastRecipient.status) == "pending",
+            )
+            .values(status="cancelled", reason="broadcast_cancelled")
+        )
+        session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def arm_sent_since(db: Engine, broadcast_id: str) -> dict[str, tuple[int, datetime | None]]:
+    """Each arm's sends so far and its first send time."""
+    with Session(db) as session:
+        rows = session.execute(
+            select(
+                col(BroadcastRecipient.variant),
+                func.count(),
+                func.min(col(BroadcastRecipient.sent_at)),
+            )
+            .where(
+                col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                col(BroadcastRecipient.status) == "sent",
+                col(BroadcastRecipient.variant).is_not(None),
+            )
+            .group_by(col(BroadcastRecipient.variant))
+        ).all()
+    return {str(v): (int(n), _aware(first)) for v, n, first in rows}
+
+
+def horizon(moment: datetime, window: timedelta) -> datetime:
+    return moment + window
