@@ -1,0 +1,1 @@
+"""Broadcasts: the store, audience snapshots, batches and reports."""
