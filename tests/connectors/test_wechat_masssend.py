@@ -6,6 +6,7 @@ calls it saw. Bad jobs are refused before any call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -238,25 +239,45 @@ async def test_busy_and_rate_limits_are_retryable_and_a_retry_sends_once(
     assert len(peer.mass_jobs) == 1
 
 
-async def test_http_trouble_and_timeouts_are_retryable(
+async def test_http_trouble_is_retryable(
+    start_peer: Callable[..., WeChatPeer], sender_for: Callable[[WeChatPeer], WeChatMassSender]
+) -> None:
+    peer = start_peer()
+    peer.http_error_next(502, endpoint="mass_send")
+    with pytest.raises(RetryableDeliveryError, match="HTTP 502"):
+        await sender_for(peer).send(article("bc-http", openids=tuple(openids(2))))
+    assert peer.mass_jobs == []
+
+
+async def test_a_timeout_is_retryable_and_the_retry_of_a_job_accepted_meanwhile_sends_nothing(
     start_peer: Callable[..., WeChatPeer], sender_for: Callable[[WeChatPeer], WeChatMassSender]
 ) -> None:
     peer = start_peer()
     sender = sender_for(peer)
-    peer.http_error_next(502, endpoint="mass_send")
-    with pytest.raises(RetryableDeliveryError, match="HTTP 502"):
-        await sender.send(article("bc-http", openids=tuple(openids(2))))
     await sender.tokens.verify()
     quick = WeChatMassSender(
         WeChatConfig(appid=peer.appid, secret=peer.secret, api_base=peer.url, timeout=0.3),
         tokens=sender.tokens,
     )
-    peer.slow_next(1.0, endpoint="mass_send")
+    job = article("bc-timeout", openids=tuple(openids(2)))
+    peer.slow_next(0.6, endpoint="mass_send")
     try:
         with pytest.raises(RetryableDeliveryError, match="could not reach WeChat"):
-            await quick.send(article("bc-http", openids=tuple(openids(2))))
+            await quick.send(job)
     finally:
         await quick.aclose()
+    # WeChat went on with the job after we stopped waiting for its answer.
+    for _ in range(100):
+        if peer.mass_jobs:
+            break
+        await asyncio.sleep(0.02)
+    [accepted] = peer.mass_jobs
+
+    retried = await sender.send(job)
+
+    assert retried.already_sent
+    assert retried.msg_id == str(accepted.msg_id)
+    assert len(peer.mass_jobs) == 1
 
 
 @pytest.mark.parametrize(("errcode", "code"), [(40003, "wechat_40003"), (40007, "wechat_40007")])

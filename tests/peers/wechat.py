@@ -296,8 +296,9 @@ class WeChatPeer:
     ) -> None:
         """Answer the next ``times`` matching calls with ``errcode``.
 
-        ``endpoint`` is ``template``, ``custom`` or ``token``; None means either message
-        endpoint. ``openid`` narrows it to sends to one recipient.
+        ``endpoint`` is ``template``, ``custom``, ``sendall``, ``mass_send``, ``mass_get``
+        or ``token``; None means any but ``token``. ``openid`` narrows it to sends to one
+        recipient (template and custom messages).
         """
         self._add(_Fault(endpoint, openid, times, errcode=errcode))
 
@@ -755,15 +756,17 @@ class WeChatPeer:
 
         @app.post("/cgi-bin/message/mass/sendall")
         async def mass_sendall(request: Request) -> Response:
+            body = await json_body(request)  # read first: a slow job outlives its caller
             await _sleep(self._pending_delay("sendall"))
             token = request.query_params.get("access_token")
-            return self._mass_send("sendall", token, await json_body(request))
+            return self._mass_send("sendall", token, body)
 
         @app.post("/cgi-bin/message/mass/send")
         async def mass_send(request: Request) -> Response:
+            body = await json_body(request)  # read first: a slow job outlives its caller
             await _sleep(self._pending_delay("mass_send"))
             token = request.query_params.get("access_token")
-            return self._mass_send("mass_send", token, await json_body(request))
+            return self._mass_send("mass_send", token, body)
 
         @app.post("/cgi-bin/message/mass/get")
         async def mass_get(request: Request) -> Response:

@@ -1,10 +1,16 @@
 """A broadcast's WeChat mass-send jobs: started (our ``clientmsgid``, WeChat's ``msg_id``)
 and finished (the counts of WeChat's ``MASSSENDJOBFINISH`` callback), in ``broadcast_jobs``.
 
-The broadcast's batch activity records a job when WeChat accepted it (or answered that
-its clientmsgid was already used: the same job, already sent); the callback route records
-its end. Both are idempotent, because both are retried: the activity by Temporal, the
-callback by WeChat (three times, 5 seconds apart, when our answer is slow).
+The broadcast's batch activity records a job twice: before sending it (``msg_id=None``)
+and when WeChat accepted it (or answered that its clientmsgid was already used: the same
+job, already sent), with its ``msg_id``; the callback route records its end, finding the
+row by ``msg_id``. Both are idempotent, because both are retried: the activity by
+Temporal, the callback by WeChat (three times, 5 seconds apart, when our answer is slow).
+
+A callback that arrives before the row has its ``msg_id`` (a worker killed between
+WeChat's answer and the second record, and a job small enough to finish first) finds no
+job and is lost, since WeChat does not repeat a callback answered ``success``; such a
+job stays ``sending``, and ``WeChatMassSender.status(msg_id)`` tells how it ended.
 
 A job's ``status`` is ``sending`` until its callback, then ``finished`` (WeChat's
 ``send success``, though a few followers may have failed: ``errors``), ``failed``
