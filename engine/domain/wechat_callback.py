@@ -67,6 +67,7 @@ from pydantic import (
 
 __all__ = [
     "INTERACTION_EVENTS",
+    "MASS_SEND_FINISHED",
     "MAX_BODY_BYTES",
     "REPLAY_WINDOW_SECONDS",
     "AppIdMismatch",
@@ -74,6 +75,7 @@ __all__ = [
     "CallbackError",
     "CallbackEvent",
     "MalformedMessage",
+    "MassSendFinished",
     "NonceMemory",
     "SignatureMismatch",
     "StaleRequest",
@@ -86,6 +88,7 @@ __all__ = [
     "decrypt",
     "encrypt",
     "event_from",
+    "mass_send_finished",
     "message_id_for",
     "parse_apps",
     "parse_message",
@@ -562,4 +565,82 @@ def event_from(app: str, message: WeChatMessage) -> CallbackEvent | None:
         occurred_at=message.occurred_at,
         properties=properties,
         context=context,
+    )
+
+
+# --- mass-send jobs ------------------------------------------------------------------------
+
+MASS_SEND_FINISHED = "masssendjobfinish"
+"""``Event`` of the callback that reports a mass-send job done (lower-cased)."""
+_COUNT_MAX = 10**9
+_REJECTED = re.compile(r"^err\((\d{1,9})\)$")
+
+
+@dataclass(frozen=True)
+class MassSendFinished:
+    """A ``MASSSENDJOBFINISH`` callback: how WeChat's mass-send job ``msg_id`` ended.
+
+    ``status`` is WeChat's: ``send success`` (a few followers may still have failed:
+    ``errors``), ``send fail``, or ``err(<n>)`` when the content review refused the job
+    (10001 advertising, 20001 politics, 20013 copyright, ...). The counts are WeChat's:
+    ``total`` followers targeted, ``filter_count`` of them left after WeChat's filters
+    (refused the account's messages, over their four a month), ``sent`` and ``errors``
+    of those.
+    """
+
+    msg_id: str
+    status: str
+    total: int
+    filter_count: int
+    sent: int
+    errors: int
+
+    @property
+    def filtered_out(self) -> int:
+        """Followers WeChat's filters took out of the job."""
+        return max(self.total - self.filter_count, 0)
+
+    @property
+    def outcome(self) -> str:
+        """``finished``, ``failed``, or ``rejected_<n>`` for a refused review ``err(<n>)``."""
+        status = self.status.strip().lower()
+        if status == "send success":
+            return "finished"
+        rejected = _REJECTED.match(status)
+        if rejected:
+            return f"rejected_{rejected.group(1)}"
+        return "failed"
+
+
+def mass_send_finished(fields: Mapping[str, str]) -> MassSendFinished:
+    """The ``MassSendFinished`` in a ``MASSSENDJOBFINISH`` callback's ``parse_xml`` fields.
+
+    The job id is ``MsgID`` (WeChat's documentation; some senders write ``MsgId``).
+
+    Raises:
+        MalformedMessage: the job id, the status or a count is missing or not a number;
+            the message names the field.
+    """
+    msg_id = (fields.get("MsgID") or fields.get("MsgId") or "").strip()
+    if not msg_id.isascii() or not msg_id.isdigit() or len(msg_id) > 20:
+        raise MalformedMessage("MASSSENDJOBFINISH without a numeric MsgID")
+    status = (fields.get("Status") or "").strip()
+    if not status or len(status) > 64:
+        raise MalformedMessage("MASSSENDJOBFINISH without a Status")
+
+    def count(tag: str) -> int:
+        raw = (fields.get(tag) or "").strip()
+        if not raw.isascii() or not raw.isdigit() or int(raw) > _COUNT_MAX:
+            raise MalformedMessage(
+                f"MASSSENDJOBFINISH {tag} is {raw[:20]!r}, not a count of followers"
+            )
+        return int(raw)
+
+    return MassSendFinished(
+        msg_id=msg_id,
+        status=status,
+        total=count("TotalCount"),
+        filter_count=count("FilterCount"),
+        sent=count("SentCount"),
+        errors=count("ErrorCount"),
     )

@@ -4,7 +4,10 @@ Set the account's server URL to ``https://<public_url>/wechat/<app>`` with the T
 EncodingAESKey and mode (plaintext, compatible or safe) entered in ``wechat_apps``
 settings under ``<app>``. ``GET`` answers WeChat's URL check; ``POST`` receives follows,
 QR-code scans, menu clicks and messages and stores each as an event of the sender's
-contact (identity ``wechat_openid``). The signatures, crypto and XML rules are in
+contact (identity ``wechat_openid``). A ``MASSSENDJOBFINISH`` event (a broadcast's
+mass-send job ended) records its counts on the job's ``broadcast_jobs`` row instead
+(``stagecoach.engine.services.broadcasts.wechat_jobs``); one for a job we do not know is
+answered ``success`` and changes nothing. The signatures, crypto and XML rules are in
 ``stagecoach.engine.domain.wechat_callback``.
 
 Reply first, store after. WeChat waits 5 seconds for a reply, then drops the connection
@@ -40,14 +43,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from stagecoach.engine.api._common import ingest, read_body
 from stagecoach.engine.domain.wechat_callback import (
+    MASS_SEND_FINISHED,
     MAX_BODY_BYTES,
     REPLAY_WINDOW_SECONDS,
     AppIdMismatch,
@@ -55,6 +61,7 @@ from stagecoach.engine.domain.wechat_callback import (
     CallbackError,
     CallbackEvent,
     MalformedMessage,
+    MassSendFinished,
     NonceMemory,
     SignatureMismatch,
     StaleRequest,
@@ -63,11 +70,13 @@ from stagecoach.engine.domain.wechat_callback import (
     check_fresh,
     decrypt,
     event_from,
+    mass_send_finished,
     parse_apps,
     parse_message,
     parse_xml,
     verify,
 )
+from stagecoach.engine.services.broadcasts.wechat_jobs import record_job_finished
 from stagecoach.engine.services.ingest import Incoming
 from stagecoach.engine.services.storage.interactions import SOURCE
 
@@ -215,9 +224,23 @@ async def _store(app: FastAPI, event: CallbackEvent) -> None:
     bound.debug("wechat event stored", contact_id=outcome.contact_id, duplicate=outcome.duplicate)
 
 
-def _store_later(app: FastAPI, event: CallbackEvent) -> None:
+async def _record_job(app: FastAPI, appid: str, finished: MassSendFinished) -> None:
+    bound = log.bind(appid=appid, msg_id=finished.msg_id, status=finished.status)
+    try:
+        await run_in_threadpool(
+            record_job_finished, app.state.db, appid=appid, finished=finished, at=datetime.now(UTC)
+        )
+    except asyncio.CancelledError:
+        bound.error("wechat mass-send result not stored: cancelled (shutdown)")
+        raise
+    except Exception as exc:
+        bound.error("wechat mass-send result not stored", error=str(exc), exc_info=True)
+
+
+def _store_later(app: FastAPI, event: CallbackEvent | tuple[str, MassSendFinished]) -> None:
     tasks = _pending(app)
-    task = asyncio.create_task(_store(app, event), name="wechat-store")
+    work = _store(app, event) if isinstance(event, CallbackEvent) else _record_job(app, *event)
+    task = asyncio.create_task(work, name="wechat-store")
     tasks.add(task)  # a task only weakly referenced by the loop can vanish mid-flight
     task.add_done_callback(tasks.discard)
 
@@ -388,6 +411,11 @@ async def wechat_callback(
         )
         stamp = _fresh(request, timestamp)
         message = parse_message(fields)
+        finished = (
+            mass_send_finished(fields)
+            if message.msg_type == "event" and message.event == MASS_SEND_FINISHED
+            else None
+        )
     except CallbackError as exc:
         status = _STATUS.get(type(exc), 400)
         log.warning("wechat callback refused", app=app, status=status, reason=exc.message)
@@ -396,6 +424,11 @@ async def wechat_callback(
     seen = (nonce or "", (msg_signature or signature or "").strip().lower())
     if not _first_time(request, app, stamp, *seen):
         log.warning("wechat callback replayed", app=app, timestamp=stamp)
+        return _text(200, "success")
+    if finished is not None:
+        # A broadcast's mass-send job ended: its counts go to broadcast_jobs, not to a
+        # contact (the sender is WeChat's mass-send assistant, not a follower).
+        _store_later(request.app, (config.appid, finished))
         return _text(200, "success")
     event = event_from(app, message)
     if event is not None:
