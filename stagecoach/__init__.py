@@ -35,6 +35,7 @@ _SALES = "stagecoach.engine.domain.sales"
 _DEFINITIONS = "stagecoach.engine.domain.definitions"
 _EVENTS = "stagecoach.engine.domain.events"
 _SEGMENTS = "stagecoach.engine.domain.segments"
+_BROADCASTS = "stagecoach.engine.domain.broadcasts"
 
 _VOCABULARY: dict[str, str] = {
     # The project: what a team's repository names in [tool.stagecoach] definitions.
@@ -117,6 +118,10 @@ _VOCABULARY: dict[str, str] = {
     "Territory": _SALES,
     "Sla": _SALES,
     "BusinessHours": _SALES,
+    # Broadcasts: one-off campaigns to a segment, with an optional A/B test.
+    "Broadcast": _BROADCASTS,
+    "ABTest": _BROADCASTS,
+    "Variant": _BROADCASTS,
     # Durations and times of day: one spelling, the standard library's.
     "timedelta": "datetime",
     "time": "datetime",
@@ -124,6 +129,8 @@ _VOCABULARY: dict[str, str] = {
 
 __all__ = [
     "END",
+    "ABTest",
+    "Broadcast",
     "BusinessHours",
     "Condition",
     "Definitions",
@@ -153,6 +160,7 @@ __all__ = [
     "StageRule",
     "Team",
     "Territory",
+    "Variant",
     "add_tag",
     "all_of",
     "any_of",
@@ -205,6 +213,7 @@ __all__ = [
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from datetime import time, timedelta
 
+    from stagecoach.engine.domain.broadcasts import ABTest, Broadcast, Variant
     from stagecoach.engine.domain.conditions import (
         Condition,
         EventMatcher,

@@ -17,6 +17,7 @@ import pytest
 
 import stagecoach
 from stagecoach.engine.domain import (
+    broadcasts,
     conditions,
     definitions,
     events,
@@ -57,6 +58,7 @@ VOCABULARY = {
         "random_bucket",
     },
     segments: {"Segment", "segment_entered", "segment_exited"},
+    broadcasts: {"Broadcast", "ABTest", "Variant"},
     pipeline: {"Pipeline", "Stage", "Phase", "StageRule", "Detour", "Recycle"},
     scoring: {"ScoringModel", "ScoreRule", "GradingModel", "GradeRule", "Mql"},
     sales: {"Routing", "Team", "Pool", "Owner", "Territory", "Sla", "BusinessHours"},

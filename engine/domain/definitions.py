@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import cast
 
+from stagecoach.engine.domain.broadcasts import Broadcast, Catalogues, broadcast_problems
 from stagecoach.engine.domain.events import EventCatalog
 from stagecoach.engine.domain.hashing import content_hash
 from stagecoach.engine.domain.journeys import (
@@ -73,6 +74,9 @@ class Definitions:
             whose shared trigger is meant: they are not warned about.
         segments: The project's segments (``Segment(...)``): saved audiences that
             journeys enter on and broadcasts reach.
+        broadcasts: The project's broadcasts (``Broadcast(...)``): one-off campaigns to a
+            segment. ``deploy`` keeps each as a draft; ``stagecoach broadcasts schedule``
+            launches one.
         traits: The contact traits the project uses (``["industry", "region"]``):
             segments' trait names are checked against them (plus the identity traits
             the engine reads). ``None``, the default, leaves trait names unchecked.
@@ -87,6 +91,7 @@ class Definitions:
     intended_overlaps: Iterable[tuple[str, str]] = ()
     segments: Iterable[Segment] = ()
     traits: Iterable[str] | None = None
+    broadcasts: Iterable[Broadcast] = ()
     _by_name: Mapping[str, Journey] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +155,7 @@ class Definitions:
                     " list Segment(...) objects only"
                 )
         object.__setattr__(self, "segments", listed)
+        object.__setattr__(self, "broadcasts", self._broadcasts(self.broadcasts))
         if self.traits is not None:
             if isinstance(self.traits, str | bytes) or not all(
                 isinstance(t, str) for t in self.traits
@@ -158,6 +164,46 @@ class Definitions:
                     'Definitions(traits=...) must be a list of trait names, e.g. ["industry"]'
                 )
             object.__setattr__(self, "traits", frozenset(self.traits))
+
+    @staticmethod
+    def _broadcasts(broadcasts: object) -> tuple[Broadcast, ...]:
+        usage = (
+            'list Broadcast(...) objects, e.g. broadcasts=[Broadcast("jan-news",'
+            ' segment="readers", content="newsletter-monthly")]'
+        )
+        if isinstance(broadcasts, str | bytes | Broadcast) or not isinstance(broadcasts, Iterable):
+            raise DefinitionsError(f"Definitions(broadcasts=...) got {broadcasts!r}: {usage}")
+        listed = tuple(broadcasts)
+        seen: set[str] = set()
+        for broadcast in listed:
+            if not isinstance(broadcast, Broadcast):
+                raise DefinitionsError(
+                    f"Definitions(broadcasts=...) holds {type(broadcast).__name__}"
+                    f" {broadcast!r}: {usage}"
+                )
+            if broadcast.name in seen:
+                raise DefinitionsError(
+                    f"two broadcasts are named {broadcast.name!r}: give each its own name"
+                )
+            seen.add(broadcast.name)
+        return listed
+
+    def broadcast_problems(self) -> list[Problem]:
+        """The project's broadcasts checked against its segments and events (content and
+        the audience's locales are checked at launch, against the library and the data)."""
+        catalogues = Catalogues(
+            segments=frozenset(s.name for s in cast(tuple[Segment, ...], self.segments)),
+            content={},
+            events=frozenset(self.events.names()),
+        )
+        found: list[Problem] = []
+        for broadcast in cast(tuple[Broadcast, ...], self.broadcasts):
+            for message in broadcast_problems(broadcast, catalogues):
+                if "is not in the content library" in message:
+                    continue  # the library is not known here; the launch checks it
+                what, _, fix = message.partition("; ")
+                found.append(Problem(BROADCASTS, broadcast.name, what, fix or "correct it"))
+        return found
 
     def _pairs(self, pairs: object) -> tuple[tuple[str, str], ...]:
         usage = 'list pairs of journey names, e.g. intended_overlaps=[("nps_survey", "acme_nps")]'
@@ -260,6 +306,7 @@ class Definitions:
                     )
                 )
         problems.extend(self.segment_problems(content))
+        problems.extend(self.broadcast_problems())
         return specs, problems
 
     def pipeline_problems(self) -> list[Problem]:
@@ -323,6 +370,7 @@ PIPELINE = "(pipeline)"
 """The ``journey`` of a :class:`Problem` that is the pipeline's."""
 
 SEGMENTS = "(segments)"
+BROADCASTS = "(broadcasts)"
 """The ``journey`` of a :class:`Problem` that is a segment's (its ``step`` names it)."""
 
 
