@@ -249,6 +249,7 @@ def broadcast_activities(
     *,
     connectors: Mapping[str, Connector],
     content: ContentLibrary | None = None,
+    mass_sender: Any = None,
 ) -> BroadcastActivities:
     """BroadcastActivities on the same connectors, content and send policy as the
     contact workflow's, so caps and quiet hours mean the same for both."""
@@ -266,4 +267,5 @@ def broadcast_activities(
             base_url=settings.api_base_url,
             ttl=timedelta(days=settings.link_ttl_days),
         ),
+        mass_sender=mass_sender,
     )

@@ -173,12 +173,17 @@ def build_broadcast_activities(
     connectors: Mapping[str, Connector] | None = None,
     content: ContentLibrary | None = None,
 ) -> BroadcastActivities:
-    """BroadcastActivities wired from settings, on the connectors journeys use."""
+    """BroadcastActivities wired from settings, on the connectors journeys use; with the
+    WeChat connector configured, a mass sender on the same access tokens."""
+    chosen = connectors or connectors_from_settings(settings, db)
+    mass_sender = None
+    wechat = chosen.get("wechat")
+    if isinstance(wechat, WeChatConnector):
+        from stagecoach.connectors.wechat.masssend import WeChatMassSender
+
+        mass_sender = WeChatMassSender(wechat.config, tokens=wechat.tokens)
     return broadcast_activities(
-        db,
-        settings,
-        connectors=connectors or connectors_from_settings(settings, db),
-        content=content,
+        db, settings, connectors=chosen, content=content, mass_sender=mass_sender
     )
 
 

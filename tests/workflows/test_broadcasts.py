@@ -74,13 +74,19 @@ def seed_audience(
     with Session(db) as session:
         for c in contacts:
             email = c.get("email", f"{c['id']}@example.com")
+            traits: dict[str, Any] = {"first_name": c["id"]}
+            if email:
+                traits["email"] = email
+            if c.get("wechat_openid"):
+                traits["wechat_openid"] = c["wechat_openid"]
+                traits["consent"] = {"wechat": True}
             session.add(
                 Contact(
                     id=c["id"],
                     stage="customer",
                     locale=c.get("locale", "en"),
                     timezone=c.get("timezone", "UTC"),
-                    traits={"email": email, "first_name": c["id"]} if email else {},
+                    traits=traits,
                 )
             )
             if email:
@@ -493,3 +499,72 @@ def _recipients(db: Engine, broadcast_id: str) -> list[BroadcastRecipient]:
                 select(BroadcastRecipient).where(BroadcastRecipient.broadcast_id == broadcast_id)
             ).all()
         )
+
+
+# --- WeChat mass send, to the local WeChat API --------------------------------------------
+
+
+async def test_a_wechat_mass_send_goes_as_one_job_per_locale_and_its_callback_counts_land(
+    env: Any, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from stagecoach.connectors.filesink import FileSinkConnector
+    from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
+    from stagecoach.engine.api.routes.wechat import drain
+    from tests.peers.wechat import PEER_APPID, running_peer
+
+    with running_peer(account_type="service") as peer:
+        wechat = WeChatConnector(
+            WeChatConfig(appid=peer.appid, secret=peer.secret, api_base=peer.url)
+        )
+        connectors = {
+            "email": FileSinkConnector(tmp_path / "sink", channel="email"),
+            "wechat": wechat,
+        }
+        async with open_runtime(
+            env, task_queue, tmp_path, content_library, connectors=connectors
+        ) as runtime:
+            fans = [
+                {"id": f"fan{i}", "wechat_openid": f"oFan{i:024}", "locale": "zh-CN"}
+                for i in range(5)
+            ] + [
+                {"id": "fan-en-1", "wechat_openid": "oFanEn1", "locale": "en"},
+                {"id": "fan-en-2", "wechat_openid": "oFanEn2", "locale": "en"},
+                {"id": "no-openid"},
+            ]
+            seed_audience(runtime.engine, fans)
+            broadcast = Broadcast(
+                name="mass-news", segment=AUDIENCE.name, content=CONTENT, channel="wechat_mass"
+            )
+            await launch(runtime, content_library, broadcast)
+            assert await finished(runtime, "mass-news") == "completed"
+            jobs = peer.mass_jobs
+            assert sorted(len(j.recipients) for j in jobs) == [2, 5]
+            assert sorted(r for j in jobs for r in j.recipients) == sorted(
+                f["wechat_openid"] for f in fans if "wechat_openid" in f
+            )
+            zh = next(j for j in jobs if len(j.recipients) == 5)
+            assert "铁桥月刊" in zh.body["text"]["content"]
+            report = broadcast_report(runtime.engine, "mass-news")
+            assert (report.sent, report.held) == (7, {"no_address:wechat": 1})
+
+            # WeChat reports each job finished; the counts land on the broadcast's report.
+            app = runtime.app()
+            app.state.wechat_apps = {"main": {"token": "tok", "appid": PEER_APPID}}
+            with TestClient(app) as api:
+                for job in jobs:
+                    peer.finish_job(
+                        job.msg_id,
+                        callback_url="/wechat/main",
+                        token="tok",
+                        client=api,
+                        filtered=1 if len(job.recipients) == 5 else 0,
+                    )
+                assert api.portal is not None
+                api.portal.call(drain, app)
+            report = broadcast_report(runtime.engine, "mass-news")
+            by_size = {j["target"]: j for j in report.wechat_jobs}
+            assert by_size["openids:5"]["status"] == "finished"
+            assert (by_size["openids:5"]["total"], by_size["openids:5"]["sent"]) == (5, 4)
+            assert by_size["openids:2"]["sent"] == 2

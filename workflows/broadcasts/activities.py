@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from temporalio import activity
@@ -54,6 +54,9 @@ from stagecoach.engine.protocol.messages import (
 from stagecoach.engine.services.broadcasts import store
 from stagecoach.engine.services.broadcasts.metrics import arm_successes
 
+if TYPE_CHECKING:
+    from stagecoach.connectors.wechat.masssend import WeChatMassSender
+
 REFUSALS = frozenset(
     {"policy_rejected", "sender_rejected", "wechat_quota_exhausted", "wechat_45009"}
 )
@@ -64,6 +67,8 @@ MAX_ATTEMPTS = 5
 """Retryable failures per recipient before it is counted failed."""
 
 RETRY_AFTER = timedelta(minutes=1)
+MASS_BATCH = 10_000
+"""Recipients per ``wechat_mass`` batch: WeChat's most openids in one job."""
 CONCURRENCY = 16
 """Sends in flight at once within a batch (the connector's pool and rate limit still
 apply: the task-queue limit across workers is the activity's, see docs)."""
@@ -80,9 +85,11 @@ class BroadcastActivities:
         connectors: Mapping[str, Connector],
         policy: SendPolicy,
         signer: LinkSigner | None = None,
+        mass_sender: WeChatMassSender | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
+        self._mass = mass_sender
         self._content = content
         self._connectors = dict(connectors)
         self._policy = policy
@@ -151,12 +158,14 @@ class BroadcastActivities:
         """Send the next recipients due; see the module docstring for the guarantees."""
         broadcast, version = self._spec(request.broadcast_id)
         now = request.now
+        # A mass send's batch is one job of up to 10,000 openids: WeChat counts jobs.
+        limit = MASS_BATCH if broadcast.channel == "wechat_mass" else request.limit
         recipients = await asyncio.to_thread(
             store.due_recipients,
             self._db,
             request.broadcast_id,
             now=now,
-            limit=request.limit,
+            limit=limit,
             arms_only=request.arms_only,
         )
         result = BatchResult()
@@ -168,7 +177,7 @@ class BroadcastActivities:
         )
         return result
 
-    async def _send_all(
+    async def _mass_send(
         self,
         broadcast: Broadcast,
         version: str,
@@ -176,11 +185,147 @@ class BroadcastActivities:
         now: datetime,
         result: BatchResult,
     ) -> None:
-        channel = broadcast.channel
-        connector = self._connectors.get(channel)
-        if connector is None:
-            result.refused = f"no connector configured for channel {channel!r}"
+        """A ``wechat_mass`` batch: the eligible recipients' openids in mass-send jobs
+        (one per locale, 2 to 10,000 openids each), each recorded in ``broadcast_jobs``
+        before and after it is sent. The job's clientmsgid derives from the batch's first
+        recipient, so a batch retried after a crash repeats it and WeChat sends nothing
+        twice (45065, answered as already sent). Quiet hours do not apply: one job reaches
+        every recipient at once, as WeChat delivers it."""
+        from stagecoach.connectors.wechat.masssend import MIN_OPENIDS, jobs_for
+        from stagecoach.engine.services.broadcasts.wechat_jobs import record_job_started
+
+        sender = self._mass
+        if sender is None:
+            result.refused = (
+                "no WeChat mass sender is configured: set STAGECOACH_WECHAT_CONNECTOR=wechat"
+                " with the Official Account's credentials"
+            )
             return
+        settled: list[store.Settled] = []
+        eligible = await self._eligible(broadcast, recipients, now, result, settled, "wechat")
+        groups: dict[str, list[tuple[store.Recipient, str]]] = {}
+        for r, openid in eligible:
+            groups.setdefault(r.locale, []).append((r, openid))
+        if groups:
+            # A locale with one recipient joins the largest group (a job needs two).
+            largest = max(groups, key=lambda loc: len(groups[loc]))
+            for loc in [loc for loc, g in groups.items() if len(g) < MIN_OPENIDS]:
+                if loc != largest:
+                    groups[largest] += groups.pop(loc)
+        first = recipients[0].seq
+        for locale, group in groups.items():
+            if len(group) < MIN_OPENIDS:
+                for r, _ in group:
+                    settled.append(store.Settled(r.contact_id, "held", "wechat_mass_single"))
+                    result.held["wechat_mass_single"] = result.held.get("wechat_mass_single", 0) + 1
+                continue
+            try:
+                text, content_version = self._mass_text(broadcast.content, locale, now)
+            except ContentError as exc:
+                for r, _ in group:
+                    settled.append(store.Settled(r.contact_id, "failed", f"content: {exc}"[:256]))
+                result.failed += len(group)
+                continue
+            by_openid = {openid: r for r, openid in group}
+            for job in jobs_for(
+                broadcast.name,
+                list(by_openid),
+                msgtype="text",
+                content=text,
+                label=f"{first}:{locale}",
+            ):
+                members = [by_openid[o] for o in job.openids or ()]
+                await asyncio.to_thread(
+                    record_job_started,
+                    self._db,
+                    broadcast_id=broadcast.name,
+                    appid=sender.config.appid,
+                    clientmsgid=job.clientmsgid,
+                    msg_id=None,
+                    target=job.target,
+                )
+                try:
+                    answer = await sender.send(job)
+                except RetryableDeliveryError as exc:
+                    settled += [self._retry(r, exc.message, now) for r in members]
+                    result.retry += len(members)
+                    continue
+                except PermanentDeliveryError as exc:
+                    if exc.code in REFUSALS:
+                        result.refused = f"{exc.code}: {exc.message}"
+                        break
+                    settled += [
+                        store.Settled(r.contact_id, "failed", (exc.code or "permanent")[:256])
+                        for r in members
+                    ]
+                    result.failed += len(members)
+                    continue
+                await asyncio.to_thread(
+                    record_job_started,
+                    self._db,
+                    broadcast_id=broadcast.name,
+                    appid=sender.config.appid,
+                    clientmsgid=job.clientmsgid,
+                    msg_id=answer.msg_id,
+                    target=job.target,
+                )
+                await asyncio.to_thread(
+                    store.record_deliveries,
+                    self._db,
+                    broadcast,
+                    version,
+                    members,
+                    channel="wechat_mass",
+                    content_id=broadcast.content,
+                    content_version=content_version,
+                    provider_message_id=answer.msg_id,
+                    sent_at=now,
+                )
+                settled += [store.Settled(r.contact_id, "sent", sent_at=now) for r in members]
+                result.sent += len(members)
+            if result.refused:
+                break
+        await asyncio.to_thread(store.settle, self._db, broadcast.name, settled)
+
+    def _mass_text(self, content_id: str, locale: str, now: datetime) -> tuple[str, str]:
+        """A mass send's text: the item's WeChat title, description and link. (An
+        ``mpnews`` article must first be uploaded to WeChat's media library, which
+        Stagecoach does not manage.)"""
+        rendered = self._content.render(
+            content_id,
+            channel="wechat",
+            locale=locale,
+            contact=RenderContact(contact_id="broadcast", attributes={}, openid="broadcast"),
+            now=now,
+            signer=None,
+        )
+        body = dict(rendered.wechat or {})
+        parts: list[str] = []
+        if body.get("msgtype") == "text":
+            parts = [str((body.get("text") or {}).get("content") or "")]
+        for article in (body.get("news") or {}).get("articles") or [body]:
+            parts += [str(article.get(k) or "") for k in ("title", "description", "url")]
+        text = "\n".join(p for p in parts if p).strip()
+        if not text:
+            raise ContentError(
+                f"content {content_id!r} has no WeChat text, title or description to mass-send",
+                fix="give the item a WeChat variant with a title and description",
+            )
+        return text, rendered.content_version
+
+    async def _eligible(
+        self,
+        broadcast: Broadcast,
+        recipients: list[store.Recipient],
+        now: datetime,
+        result: BatchResult,
+        settled: list[store.Settled],
+        channel: str,
+        *,
+        quiet_hours: bool = False,
+    ) -> list[tuple[store.Recipient, str]]:
+        """The recipients who may be sent now, with their address; the rest are settled
+        (held by reason, already sent, or pending again after quiet hours)."""
         addresses = {r.contact_id: r.address(channel) for r in recipients}
         blocked = await asyncio.to_thread(
             store.suppressed, self._db, channel, [a for a in addresses.values() if a]
@@ -191,8 +336,7 @@ class BroadcastActivities:
             [r.contact_id for r in recipients],
             now - self._policy.frequency_window,
         )
-        settled: list[store.Settled] = []
-        to_send: list[tuple[store.Recipient, str]] = []
+        eligible: list[tuple[store.Recipient, str]] = []
 
         def hold(r: store.Recipient, reason: str) -> None:
             settled.append(store.Settled(r.contact_id, "held", reason))
@@ -202,14 +346,13 @@ class BroadcastActivities:
             address = addresses[r.contact_id]
             if r.delivered == "sent":
                 settled.append(store.Settled(r.contact_id, "sent", sent_at=now))
-                continue
-            if address is None:
+            elif address is None:
                 hold(r, f"no_address:{channel}")
             elif not r.consented(channel):
                 hold(r, f"no_consent:{channel}")
             elif address in blocked:
                 hold(r, f"suppressed:{channel}")
-            elif (quiet := self._policy.quiet_until(now, r.timezone)) is not None:
+            elif quiet_hours and (quiet := self._policy.quiet_until(now, r.timezone)) is not None:
                 settled.append(store.Settled(r.contact_id, "pending", "quiet_hours", send_at=quiet))
                 result.retry += 1
             elif not broadcast.override_caps and self._policy.cap_until(
@@ -217,7 +360,29 @@ class BroadcastActivities:
             ):
                 hold(r, "frequency_cap")
             else:
-                to_send.append((r, address))
+                eligible.append((r, address))
+        return eligible
+
+    async def _send_all(
+        self,
+        broadcast: Broadcast,
+        version: str,
+        recipients: list[store.Recipient],
+        now: datetime,
+        result: BatchResult,
+    ) -> None:
+        channel = broadcast.channel
+        if channel == "wechat_mass":
+            await self._mass_send(broadcast, version, recipients, now, result)
+            return
+        connector = self._connectors.get(channel)
+        if connector is None:
+            result.refused = f"no connector configured for channel {channel!r}"
+            return
+        settled: list[store.Settled] = []
+        to_send = await self._eligible(
+            broadcast, recipients, now, result, settled, channel, quiet_hours=True
+        )
         gate = asyncio.Semaphore(CONCURRENCY)
         refusal: list[str] = []
 
@@ -309,7 +474,10 @@ class BroadcastActivities:
                 )
             )
         except RetryableDeliveryError as exc:
-            return self._retry(r, exc.message, now)
+            settled = self._retry(r, exc.message, now)
+            if settled.status == "failed":
+                await asyncio.to_thread(self._record_failure, broadcast, version, r, "failed", exc)
+            return settled
         except ConsentRevoked as exc:
             await asyncio.to_thread(self._record_failure, broadcast, version, r, "blocked", exc)
             return store.Settled(r.contact_id, "held", "consent_revoked")
@@ -334,8 +502,15 @@ class BroadcastActivities:
         return store.Settled(r.contact_id, "sent", sent_at=now, variant=r.variant)
 
     def _retry(self, r: store.Recipient, message: str, now: datetime) -> store.Settled:
-        del message
-        return store.Settled(r.contact_id, "pending", "retry", send_at=now + RETRY_AFTER)
+        """Pending again a minute later, or failed after :data:`MAX_ATTEMPTS` tries."""
+        tried = 1
+        if r.reason and r.reason.startswith("retry:"):
+            tried = int(r.reason.removeprefix("retry:") or 0) + 1
+        if tried >= MAX_ATTEMPTS:
+            return store.Settled(
+                r.contact_id, "failed", f"retryable, {tried} tries: {message}"[:256]
+            )
+        return store.Settled(r.contact_id, "pending", f"retry:{tried}", send_at=now + RETRY_AFTER)
 
     def _record_failure(
         self, broadcast: Broadcast, version: str, r: store.Recipient, status: str, exc: Any

@@ -337,6 +337,8 @@ class Recipient:
     consent: dict[str, bool] = field(default_factory=dict)
     delivered: str | None = None
     """The status of this recipient's delivery row, if one exists (a crashed batch)."""
+    reason: str | None = None
+    """Why the recipient is pending again, if it is: ``retry:<n>``, ``quiet_hours``."""
 
     def address(self, channel: str) -> str | None:
         key = {"email": "email", "wechat": "wechat_openid", "sms": "phone"}.get(channel, channel)
@@ -378,6 +380,7 @@ def due_recipients(
                 col(Contact.locale),
                 col(Contact.timezone),
                 col(Contact.traits),
+                col(BroadcastRecipient.reason),
             )
             .join(Contact, col(Contact.id) == col(BroadcastRecipient.contact_id), isouter=True)
             .where(
@@ -399,6 +402,7 @@ def due_recipients(
                 locale=r[3] or "en",
                 timezone=r[4],
                 traits=dict(r[5] or {}),
+                reason=r[6],
             )
             for r in rows
         ]
@@ -556,6 +560,57 @@ def record_delivery(
         if sent_at is not None:
             row.sent_at = sent_at
         session.add(row)
+        session.commit()
+
+
+def record_deliveries(
+    db: Engine,
+    broadcast: Broadcast,
+    version: str,
+    recipients: Sequence[Recipient],
+    *,
+    channel: str,
+    content_id: str,
+    content_version: str,
+    provider_message_id: str | None,
+    sent_at: datetime,
+) -> None:
+    """Sent delivery rows for many recipients of one job (a WeChat mass send), in one
+    transaction; a row a retry finds is left as it is."""
+    keys = {delivery_key(broadcast.name, r.contact_id): r for r in recipients}
+    with Session(db) as session:
+        existing = set(
+            session.exec(
+                select(Delivery.idempotency_key).where(
+                    col(Delivery.idempotency_key).in_(list(keys))
+                )
+            ).all()
+        )
+        known = set(
+            session.exec(
+                select(Contact.id).where(col(Contact.id).in_([r.contact_id for r in recipients]))
+            ).all()
+        )
+        for key, r in keys.items():
+            if r.contact_id not in known:
+                session.add(Contact(id=r.contact_id))
+            if key in existing:
+                continue
+            session.add(
+                Delivery(
+                    idempotency_key=key,
+                    contact_id=r.contact_id,
+                    journey=f"broadcast:{broadcast.name}",
+                    journey_version=version,
+                    step_id=r.variant or "all",
+                    channel=channel,
+                    content_id=content_id,
+                    content_version=content_version,
+                    status="sent",
+                    provider_message_id=provider_message_id,
+                    sent_at=sent_at,
+                )
+            )
         session.commit()
 
 
