@@ -518,7 +518,7 @@ async def test_a_wechat_mass_send_goes_as_one_job_per_locale_and_its_callback_co
         wechat = WeChatConnector(
             WeChatConfig(appid=peer.appid, secret=peer.secret, api_base=peer.url)
         )
-        connectors = {
+        connectors: dict[str, Connector] = {
             "email": FileSinkConnector(tmp_path / "sink", channel="email"),
             "wechat": wechat,
         }
