@@ -200,19 +200,41 @@ def _segments(contact_id: str) -> list[Any] | None:
         db.dispose()
 
 
+def _broadcast_entries(contact_id: str) -> list[Any]:
+    """The contact's broadcast sends (no workflow history holds them), or none when the
+    database is not migrated to broadcasts yet."""
+    from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+    from stagecoach.engine.services.broadcasts.store import contact_broadcast_sends
+    from stagecoach.engine.services.storage import make_engine
+    from stagecoach.engine.temporal.timeline import broadcast_entry
+
+    db = make_engine(load_settings().resolved_database_url)
+    try:
+        return [
+            broadcast_entry(s.at, s.broadcast, s.channel, s.content_id, s.status, s.arm)
+            for s in contact_broadcast_sends(db, contact_id)
+        ]
+    except SADatabaseError:
+        return []
+    finally:
+        db.dispose()
+
+
 @contact_app.command("timeline")
 def timeline(
     contact: ContactArgument, by: ByOption = "auto", json_output: JsonOption = False
 ) -> None:
     """The contact's story from its workflow history: events, stages, sends, waits."""
     from stagecoach.engine.temporal.gateway import missing_contact
-    from stagecoach.engine.temporal.timeline import contact_timeline
+    from stagecoach.engine.temporal.timeline import contact_timeline, with_entries
 
     async def read(client: Any, contact_id: str) -> Any:
         with missing_contact(contact_id):
             return await contact_timeline(client, contact_id)
 
-    _, entries = _connect_and(contact, by, read)
+    found, entries = _connect_and(contact, by, read)
+    entries = with_entries(entries, _broadcast_entries(found.contact_id))
     if json_output:
         rows = [
             {"at": e.at.isoformat(), "kind": e.kind, "summary": e.summary, "run_id": e.run_id}

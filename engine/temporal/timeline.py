@@ -56,7 +56,7 @@ class Entry:
     at: datetime
     kind: str
     """``created``, ``event``, ``stage``, ``send``, ``sent``, ``not_sent``, ``handoff``,
-    ``wait``, ``waited``, ``enrol``, ``continued``, ``ignored``."""
+    ``wait``, ``waited``, ``enrol``, ``continued``, ``ignored``, ``broadcast``."""
     summary: str
     data: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
@@ -210,3 +210,27 @@ async def contact_timeline(
         where = next((n for n, e in enumerate(story) if e.at > entry.at), len(story))
         story.insert(where, entry)
     return story
+
+
+def with_entries(story: list[Entry], extra: Iterable[Entry]) -> list[Entry]:
+    """``story`` with ``extra`` entries (sends no workflow history holds: a broadcast's,
+    read from the delivery records) placed in time order."""
+    merged = list(story)
+    for entry in sorted(extra, key=lambda e: e.at):
+        where = next((n for n, e in enumerate(merged) if e.at > entry.at), len(merged))
+        merged.insert(where, entry)
+    return merged
+
+
+def broadcast_entry(
+    at: datetime, broadcast: str, channel: str, content_id: str | None, status: str, arm: str
+) -> Entry:
+    """A broadcast's send to the contact: ``broadcast`` lines, from the delivery row."""
+    what = content_id or "content"
+    where = f"[broadcast {broadcast}" + (f", arm {arm}" if arm and arm != "all" else "") + "]"
+    return Entry(
+        at,
+        "broadcast",
+        f"{what} via {channel} {where}: {status}",
+        {"broadcast": broadcast, "channel": channel, "content_id": content_id, "status": status},
+    )

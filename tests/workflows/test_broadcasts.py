@@ -47,6 +47,7 @@ from stagecoach.engine.services.storage.models import (
     Suppression,
 )
 from stagecoach.engine.services.storage.segments import save_segment_changes
+from stagecoach.engine.temporal.timeline import Entry, broadcast_entry, with_entries
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 AUDIENCE = Segment("newsletter-readers", description="Uploaded readers", manual=True)
@@ -73,6 +74,8 @@ def seed_audience(
     publish_segments(db, [segment.spec()], source="test")
     with Session(db) as session:
         for c in contacts:
+            if session.get(Contact, c["id"]) is not None:
+                continue  # a contact the workflow already recorded: membership only
             email = c.get("email", f"{c['id']}@example.com")
             traits: dict[str, Any] = {"first_name": c["id"]}
             if email:
@@ -213,6 +216,64 @@ async def test_each_eligible_member_is_sent_once_and_each_hold_is_counted_by_rea
             select(Delivery.idempotency_key).where(Delivery.journey == "broadcast:december-news")
         ).all()
     assert sorted(keys) == [f"broadcast:december-news:r{i}" for i in (0, 4, 5)]
+    # The contact's timeline shows the send, though no contact workflow made it.
+    [send] = store.contact_broadcast_sends(runtime.engine, "r0")
+    entry = broadcast_entry(
+        send.at, send.broadcast, send.channel, send.content_id, send.status, send.arm
+    )
+    story = with_entries([Entry(send.at - timedelta(days=1), "event", "signed up")], [entry])
+    assert [e.kind for e in story] == ["event", "broadcast"]
+    assert story[1].summary == ("newsletter-monthly via email [broadcast december-news]: sent")
+    assert store.contact_broadcast_sends(runtime.engine, "r1") == []
+
+
+@pytest.mark.settings(frequency_cap=1)
+async def test_a_contact_a_journey_sent_to_today_is_held_unless_the_broadcast_overrides_caps(
+    runtime: Runtime, content_library: ContentLibrary
+) -> None:
+    # A real journey send first: the bundled nurture's whitepaper, tracked through the
+    # event API as a website would, and sent by the contact's workflow.
+    from fastapi.testclient import TestClient
+
+    with TestClient(runtime.app(), headers=runtime.write_auth("web")) as api:
+        body: dict[str, Any] = {
+            "userId": "j1",
+            "messageId": "j1-download",
+            "event": "content.downloaded",
+            "properties": {"content_id": "wp-digital-transformation", "kind": "whitepaper"},
+            "context": {"traits": {"email": "j1@example.com", "locale": "en"}},
+        }
+        assert api.post("/v1/track", json=body).status_code == 200
+        with Session(runtime.engine) as session:
+            j1 = session.exec(select(Event).where(Event.message_id == "j1-download")).one()
+        runtime.touched.add(j1.contact_id)
+
+        async def journey_sent() -> bool:
+            with Session(runtime.engine) as session:
+                rows = session.exec(
+                    select(Delivery).where(
+                        Delivery.contact_id == j1.contact_id, Delivery.status == "sent"
+                    )
+                ).all()
+            return len(rows) == 1
+
+        await eventually(journey_sent)
+    seed_audience(runtime.engine, [{"id": j1.contact_id}, {"id": "j2"}])
+    capped = Broadcast(name="promo", segment=AUDIENCE.name, content=CONTENT)
+    await launch(runtime, content_library, capped)
+    assert await finished(runtime, "promo") == "completed"
+    report = broadcast_report(runtime.engine, "promo")
+    assert (report.sent, report.held) == (1, {"frequency_cap": 1})
+    assert [m["message"]["content_id"] for m in runtime.sent(j1.contact_id)] == [
+        "wp-digital-transformation"
+    ]
+    # A transactional notice overrides the cap (consent and suppression still hold).
+    notice = Broadcast(
+        name="terms-update", segment=AUDIENCE.name, content=CONTENT, override_caps=True
+    )
+    await launch(runtime, content_library, notice)
+    assert await finished(runtime, "terms-update") == "completed"
+    assert broadcast_report(runtime.engine, "terms-update").sent == 2
 
 
 class RefusingAfter:
@@ -385,9 +446,23 @@ async def test_a_local_time_broadcast_reaches_each_zone_at_nine_and_skips_a_pass
         [
             {"id": "tokyo", "timezone": "Asia/Tokyo"},
             {"id": "london", "timezone": "Europe/London"},
-            {"id": "newyork", "timezone": "America/New_York"},
+            # The contact row still says UTC: the move to New York is in an identify
+            # that came after the row was last written (rows change at stage changes).
+            {"id": "newyork", "timezone": "UTC"},
         ],
     )
+    with Session(runtime.engine) as session:
+        session.add(
+            Event(
+                message_id="ny-moved",
+                contact_id="newyork",
+                kind="identify",
+                name="identify",
+                context={"traits": {"timezone": "America/New_York"}},
+                occurred_at=now,
+            )
+        )
+        session.commit()
     broadcast = Broadcast(
         name="morning-webinar",
         segment=AUDIENCE.name,

@@ -41,6 +41,7 @@ from stagecoach.engine.services.storage.models import (
     Consent,
     Contact,
     Delivery,
+    Event,
     Identity,
     SegmentMember,
     Suppression,
@@ -271,8 +272,11 @@ def take_snapshot(db: Engine, broadcast_id: str, *, launched: datetime) -> Snaps
                 .order_by(col(SegmentMember.contact_id))
             ).all()
             batch: list[dict[str, Any]] = []
+            zones: dict[str, str | None] = {}
             for seq, (contact_id, zone) in enumerate(members):
-                at = send_time(broadcast, zone=zone, launched=launched)
+                if broadcast.local_time is not None and seq % SNAPSHOT_CHUNK == 0:
+                    zones = _latest_zones(session, members[seq : seq + SNAPSHOT_CHUNK])
+                at = send_time(broadcast, zone=zones.get(contact_id, zone), launched=launched)
                 batch.append(
                     {
                         "broadcast_id": broadcast_id,
@@ -410,6 +414,7 @@ def due_recipients(
             return []
         by_id = {r.contact_id: r for r in recipients}
         ids = list(by_id)
+        _overlay_traits(session, by_id)
         for kind, value, contact_id in session.execute(
             select(col(Identity.kind), col(Identity.value), col(Identity.contact_id)).where(
                 col(Identity.contact_id).in_(ids),
@@ -436,6 +441,47 @@ def due_recipients(
         ).all():
             by_id[keys[key]].delivered = status
     return recipients
+
+
+def _latest_zones(session: Session, members: Sequence[Any]) -> dict[str, str | None]:
+    """Each member's zone as they last said it (see :func:`_overlay_traits`)."""
+    recipients = {
+        contact_id: Recipient(
+            contact_id=contact_id, seq=0, variant=None, locale="", timezone=zone, traits={}
+        )
+        for contact_id, zone in members
+    }
+    _overlay_traits(session, recipients)
+    return {contact_id: r.timezone for contact_id, r in recipients.items()}
+
+
+def _overlay_traits(session: Session, by_id: Mapping[str, Recipient]) -> None:
+    """The traits events brought since the contact row was last written, newest last.
+
+    The contact row's traits, locale and zone are written at stage changes; an identify
+    (a new address, a move to another zone) between two changes is in the events table
+    only. A broadcast must use what the contact said last, so the traits each recipient's
+    events carry are laid over the row, in the order they arrived."""
+    from sqlalchemy import String, cast
+
+    rows = session.execute(
+        select(col(Event.contact_id), col(Event.context))
+        .where(
+            col(Event.contact_id).in_(list(by_id)),
+            cast(col(Event.context), String).like('%"traits"%'),
+        )
+        .order_by(col(Event.id))
+    ).all()
+    for contact_id, context in rows:
+        traits = (context or {}).get("traits")
+        if not isinstance(traits, Mapping):
+            continue
+        r = by_id[contact_id]
+        r.traits.update({k: v for k, v in traits.items() if v is not None})
+        if isinstance(traits.get("locale"), str):
+            r.locale = traits["locale"]
+        if isinstance(traits.get("timezone"), str):
+            r.timezone = traits["timezone"]
 
 
 def suppressed(db: Engine, channel: str, addresses: Iterable[str]) -> set[str]:
@@ -675,3 +721,39 @@ def arm_sent_since(db: Engine, broadcast_id: str) -> dict[str, tuple[int, dateti
 
 def horizon(moment: datetime, window: timedelta) -> datetime:
     return moment + window
+
+
+@dataclass(frozen=True)
+class BroadcastSend:
+    """One broadcast's delivery to a contact, for the contact's timeline."""
+
+    at: datetime
+    broadcast: str
+    channel: str
+    content_id: str | None
+    status: str
+    arm: str
+
+
+def contact_broadcast_sends(db: Engine, contact_id: str) -> list[BroadcastSend]:
+    """Every broadcast delivery row of the contact, oldest first."""
+    with Session(db) as session:
+        rows = session.exec(
+            select(Delivery)
+            .where(
+                Delivery.contact_id == contact_id,
+                col(Delivery.journey).startswith("broadcast:"),
+            )
+            .order_by(col(Delivery.created_at))
+        ).all()
+    return [
+        BroadcastSend(
+            at=_aware(r.sent_at or r.created_at) or datetime.now(UTC),
+            broadcast=r.journey.removeprefix("broadcast:"),
+            channel=r.channel,
+            content_id=r.content_id,
+            status=r.status,
+            arm=r.step_id,
+        )
+        for r in rows
+    ]
