@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "stagecoach"
+
+    @property
+    def broadcast_task_queue(self) -> str:
+        """The task queue broadcast batches run on, so its server-side activity rate
+        limit bounds broadcast sends across all workers (``broadcast_rate``)."""
+        return f"{self.temporal_task_queue}-broadcasts"
+
     temporal_tls: bool = False
     temporal_tls_cert_path: Path | None = None
     temporal_tls_key_path: Path | None = None
@@ -226,6 +233,21 @@ class Settings(BaseSettings):
     )
     max_events_per_run: int = Field(
         default=2000, ge=1, description="Continue-as-new after this many events in one run."
+    )
+    # --- broadcasts ---------------------------------------------------------------------
+    broadcast_batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Recipients per broadcast batch (one activity); pause and cancel act "
+        "between batches.",
+    )
+    broadcast_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Broadcast messages per second across every worker (unset: unlimited). "
+        "Enforced by the Temporal server as the broadcast task queue's activity rate "
+        "(this divided by the batch size).",
     )
     # --- connectors: each channel goes to the file sink until one is configured --------
     email_connector: Literal["sink", "smtp", "http", "postmark"] = "sink"

@@ -8,6 +8,7 @@ on its own, so tests build the same worker around fakes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ def build_worker(
     max_cached_workflows: int = 400,
     interceptors: Sequence[Interceptor] = (ActivityMetrics(),),
     workflow_runner: WorkflowRunner | None = None,
+    max_task_queue_activities_per_second: float | None = None,
 ) -> Worker:
     """A worker for ``task_queue`` running Stagecoach's workflows and the given activities.
 
@@ -55,7 +57,8 @@ def build_worker(
     0.4 MB, and a contact that is only waiting on a timer needs no cache slot.
     ``interceptors`` default to the activity metrics (``stagecoach_activity_*``).
     ``workflow_runner`` defaults to the SDK's sandbox without its per-task overheads
-    (``stagecoach.workflows.sandbox``).
+    (``stagecoach.workflows.sandbox``). ``max_task_queue_activities_per_second`` is the
+    server-enforced activity rate of the whole queue, across every worker polling it.
     """
     return Worker(
         client,
@@ -68,14 +71,38 @@ def build_worker(
         # Synchronous activities (database work) run on this pool, off the event loop.
         activity_executor=ThreadPoolExecutor(max_workers=max_concurrent_activities),
         max_concurrent_activities=max_concurrent_activities,
+        max_task_queue_activities_per_second=max_task_queue_activities_per_second,
     )
 
 
-async def run_until_signalled(worker: Worker) -> None:
-    """Run ``worker`` until SIGINT or SIGTERM, then shut it down gracefully."""
+def build_broadcast_worker(
+    client: Client,
+    *,
+    task_queue: str,
+    activities: Sequence[Callable[..., object]],
+    batch_size: int,
+    rate: float | None,
+) -> Worker:
+    """The worker of the broadcast queue: batch activities only, under the queue's
+    server-side rate limit when ``rate`` (messages per second across every worker) is
+    set: ``rate / batch_size`` batches per second."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        activities=list(activities),
+        interceptors=[ActivityMetrics()],
+        max_concurrent_activities=4,
+        max_task_queue_activities_per_second=(rate / batch_size) if rate else None,
+    )
+
+
+async def run_until_signalled(*workers: Worker) -> None:
+    """Run ``workers`` until SIGINT or SIGTERM, then shut them down gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with contextlib.AsyncExitStack() as running:
+        for worker in workers:
+            await running.enter_async_context(worker)
         await stop.wait()

@@ -196,7 +196,11 @@ def run_worker(settings: Settings) -> None:
     private_umask()
     from stagecoach.workflows.client import connect
     from stagecoach.workflows.system import SystemActivities
-    from stagecoach.workflows.worker import build_worker, run_until_signalled
+    from stagecoach.workflows.worker import (
+        build_broadcast_worker,
+        build_worker,
+        run_until_signalled,
+    )
 
     db = make_engine(settings.resolved_database_url)
     upgrade(db)
@@ -215,8 +219,15 @@ def run_worker(settings: Settings) -> None:
             activities=activities,
             max_cached_workflows=settings.worker_max_cached_workflows,
         )
+        batches = build_broadcast_worker(
+            client,
+            task_queue=settings.broadcast_task_queue,
+            activities=broadcasts.batches(),
+            batch_size=settings.broadcast_batch_size,
+            rate=settings.broadcast_rate,
+        )
         freeze_startup_heap()
-        await run_until_signalled(built)
+        await run_until_signalled(built, batches)
 
     asyncio.run(serve())
 

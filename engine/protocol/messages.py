@@ -447,6 +447,8 @@ class BroadcastInput:
     winner: str | None = None
     ab_window_seconds: float = 0.0
     batch_size: int = 200
+    batch_queue: str = ""
+    """The task queue batches run on ("": the workflow's own)."""
 
 
 @dataclass

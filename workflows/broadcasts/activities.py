@@ -100,6 +100,10 @@ class BroadcastActivities:
     def all(self) -> list[Callable[..., object]]:
         return [self.snapshot, self.send_batch, self.evaluate_ab, self.set_status]
 
+    def batches(self) -> list[Callable[..., object]]:
+        """What the broadcast queue's worker runs: the batches alone."""
+        return [self.send_batch]
+
     def _spec(self, broadcast_id: str) -> tuple[Broadcast, str]:
         found = self._specs.get(broadcast_id)
         if found is None:

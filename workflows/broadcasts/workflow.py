@@ -146,6 +146,7 @@ class BroadcastWorkflow:
                 SEND_BATCH_ACTIVITY,
                 BatchRequest(progress.broadcast_id, now, progress.batch_size, arms_only),
                 result_type=BatchResult,
+                task_queue=progress.batch_queue or None,
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=_DB,

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from stagecoach.engine.domain.errors import StagecoachError
@@ -61,10 +62,13 @@ async def launch(
     now: datetime,
     actor: str | None = None,
     batch_size: int = 200,
+    batch_queue: str = "",
 ) -> Launched:
     """Check and start the broadcast; a second launch answers with the first.
 
-    ``batch_size`` recipients go per activity: pause and cancel act between batches."""
+    ``batch_size`` recipients go per activity: pause and cancel act between batches.
+    ``batch_queue``: the task queue batches run on (``Settings.broadcast_task_queue``,
+    whose server-side rate limit bounds sends across workers); "" is ``task_queue``."""
     row = store.get_row(db, broadcast_id)
     broadcast = store.broadcast_of(row)
     if row.status != "draft":
@@ -79,20 +83,45 @@ async def launch(
     if problems:
         raise store.BroadcastRefused(broadcast_id, problems)
     send_at = broadcast.send_at or now
-    handle = await client.start_workflow(
+    try:
+        await _start(client, broadcast_id, task_queue, send_at, now, batch_size, batch_queue)
+    except WorkflowAlreadyStartedError as exc:
+        raise store.BroadcastRefused(
+            broadcast_id,
+            [
+                f"workflow {exc.workflow_id} already ran on this Temporal namespace (another"
+                " database, or one restored from before it ran); give the broadcast a new name"
+            ],
+        ) from exc
+    launched = store.mark_launched(db, broadcast_id, actor=actor)
+    return Launched(
+        broadcast_id, broadcast_workflow_id(broadcast_id), launched.status, send_at, first=True
+    )
+
+
+async def _start(
+    client: Client,
+    broadcast_id: str,
+    task_queue: str,
+    send_at: datetime,
+    now: datetime,
+    batch_size: int,
+    batch_queue: str,
+) -> None:
+    """Start ``broadcast-<id>``; a running one is kept (USE_EXISTING), a finished one is
+    refused (REJECT_DUPLICATE): a broadcast runs once."""
+    await client.start_workflow(
         BROADCAST_WORKFLOW,
         BroadcastInput(
-            broadcast_id=broadcast_id, launched_at=max(send_at, now), batch_size=batch_size
+            broadcast_id=broadcast_id,
+            launched_at=max(send_at, now),
+            batch_size=batch_size,
+            batch_queue=batch_queue,
         ),
         id=broadcast_workflow_id(broadcast_id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    )
-    del handle
-    launched = store.mark_launched(db, broadcast_id, actor=actor)
-    return Launched(
-        broadcast_id, broadcast_workflow_id(broadcast_id), launched.status, send_at, first=True
     )
 
 
