@@ -32,7 +32,7 @@ from stagecoach.engine.temporal.gateway import send_event
 from stagecoach.workflows.client import with_settings
 from stagecoach.workflows.runtime import ContactOpener
 from stagecoach.workflows.system import SystemActivities
-from stagecoach.workflows.worker import build_worker
+from stagecoach.workflows.worker import build_broadcast_worker, build_worker
 from tests.helpers import migrated_engine, runtime_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,8 +179,16 @@ async def open_runtime(
         task_queue=task_queue,
         activities=[*SystemActivities(engine).all(), *contact.all(), *broadcasts.all()],
     )
+    # The broadcast queue's worker, as `stagecoach worker` runs it beside its own.
+    batches = build_broadcast_worker(
+        client,
+        task_queue=settings.broadcast_task_queue,
+        activities=broadcasts.batches(),
+        batch_size=settings.broadcast_batch_size,
+        rate=settings.broadcast_rate,
+    )
     runtime = Runtime(client=client, settings=settings, engine=engine, env=env)
-    async with worker:
+    async with worker, batches:
         yield runtime
         # Contact workflows live forever; left running on a shared server with no worker
         # for their queue, their timers would hold up later tests' time skipping.

@@ -683,7 +683,8 @@ async def test_the_broadcast_rate_holds_across_two_workers(
     sink = FileSinkConnector(tmp_path / "sink", channel="email")
     workers = [Counting(sink), Counting(sink)]
     async with open_runtime(env, task_queue, tmp_path, content_library) as runtime:
-        queue = runtime.settings.broadcast_task_queue
+        # A queue of their own: the runtime's worker polls the settings' broadcast queue.
+        queue = f"{task_queue}-paced"
         # Each worker on a connection of its own, as two worker processes would be.
         target = runtime.client.service_client.config.target_host
         clients = [
