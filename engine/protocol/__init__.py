@@ -92,6 +92,9 @@ SLA_ESCALATION_TIMER = "sla:escalation"
 REFERRAL_TIMERS = "__referral__"
 """The namespace of a referral reward's return window."""
 REWARD_RELEASE_TIMER = "release"
+BROADCAST_TIMERS = "__broadcast__"
+"""The broadcast workflow's timers: ``start`` (its send time), ``next`` (the next
+recipient due) and ``window`` (an A/B test's window)."""
 SEGMENT_TIMERS = "__segments__"
 """The namespace of the one timer at the next time-driven segment flip."""
 SEGMENT_FLIP_TIMER = "flip"
@@ -100,6 +103,7 @@ __all__ = [
     "ACTIVITIES",
     "BROADCAST_ACTIVITIES",
     "BROADCAST_STATUS_ACTIVITY",
+    "BROADCAST_TIMERS",
     "BROADCAST_WORKFLOW",
     "BROADCAST_WORKFLOW_ID_PREFIX",
     "CANCEL_SIGNAL",

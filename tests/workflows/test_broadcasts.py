@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -49,7 +50,7 @@ from stagecoach.engine.services.storage.models import (
 )
 from stagecoach.engine.services.storage.segments import save_segment_changes
 from stagecoach.engine.temporal.timeline import Entry, broadcast_entry, with_entries
-from tests.workflows.conftest import Runtime, eventually, open_runtime
+from tests.workflows.conftest import HISTORIES, Runtime, eventually, open_runtime
 
 AUDIENCE = Segment("newsletter-readers", description="Uploaded readers", manual=True)
 CONTENT = "newsletter-monthly"
@@ -143,6 +144,16 @@ async def finished(runtime: Runtime, broadcast_id: str, within: float = 30.0) ->
 
     await eventually(done, within=within)
     return store.get_row(runtime.engine, broadcast_id).status
+
+
+async def record_broadcast_history(runtime: Runtime, broadcast_id: str, name: str) -> None:
+    """With STAGECOACH_RECORD_HISTORIES=1, keep the broadcast workflow's history for the
+    replay tests (a recorded file is never rewritten)."""
+    target = HISTORIES / f"{name}.json"
+    if os.environ.get("STAGECOACH_RECORD_HISTORIES") != "1" or target.exists():
+        return
+    handle = runtime.client.get_workflow_handle(f"broadcast-{broadcast_id}")
+    target.write_text((await handle.fetch_history()).to_json(), encoding="utf-8")
 
 
 def sink_count(runtime: Runtime, contact_id: str) -> int:
@@ -329,6 +340,7 @@ async def test_a_provider_refusing_by_policy_pauses_the_broadcast_and_resume_fin
         assert await finished(runtime, "policy-block") == "completed"
         assert refusing.sent == 10
         assert broadcast_report(runtime.engine, "policy-block").sent == 10
+        await record_broadcast_history(runtime, "policy-block", "broadcast_refused_then_resumed")
 
 
 class Slow:
@@ -388,6 +400,7 @@ async def test_pause_resume_and_cancel_act_between_batches_and_lose_nothing(
         assert len(sent_rows) == len(set(sent_rows)) == report.sent
         with pytest.raises(steer.BroadcastNotSteerable, match="cancelled"):
             await steer.resume(runtime.client, runtime.engine, "steered")
+        await record_broadcast_history(runtime, "steered", "broadcast_paused_resumed_cancelled")
 
 
 async def _true(value: bool) -> bool:
@@ -500,6 +513,7 @@ async def test_a_local_time_broadcast_reaches_each_zone_at_nine_and_skips_a_pass
     assert not runtime.sent("tokyo")
     report = broadcast_report(runtime.engine, "morning-webinar")
     assert (report.sent, report.skipped, report.status) == (2, 1, "completed")
+    await record_broadcast_history(runtime, "morning-webinar", "broadcast_local_time_slots")
 
 
 # --- A/B test, on the time-skipping server --------------------------------------------
@@ -566,6 +580,7 @@ async def test_an_ab_test_sends_the_arms_picks_the_winner_on_clicks_and_sends_it
     subjects = {runtime.sent(r.contact_id)[0]["message"]["subject"] for r in rest[:5]}
     assert subjects == {"Ready for 2027?"}
     assert all(sink_count(runtime, m["id"]) == 1 for m in members)
+    await record_broadcast_history(runtime, "subject-test", "broadcast_ab_winner")
 
 
 def _recipients(db: Engine, broadcast_id: str) -> list[BroadcastRecipient]:

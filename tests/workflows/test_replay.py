@@ -13,13 +13,15 @@ test keeps proving they no longer replay, which is why they had to be closed fir
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-from stagecoach.engine.protocol.messages import ContactInput
+from stagecoach.engine.protocol.messages import BroadcastInput, ContactInput
+from stagecoach.workflows.broadcasts import BroadcastWorkflow
 from stagecoach.workflows.contact import ContactWorkflow
 
 HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
@@ -30,7 +32,9 @@ def _history(path: Path) -> WorkflowHistory:
     return WorkflowHistory.from_json(f"replay-{path.stem}", path.read_text(encoding="utf-8"))
 
 
-async def _replay_edit(edit: type[ContactWorkflow], path: Path) -> BaseException:
+async def _replay_edit(
+    edit: type[ContactWorkflow] | type[BroadcastWorkflow], path: Path
+) -> BaseException:
     """Replay ``path`` on a careless edit of the workflow and return why it failed, which
     must be nondeterminism: the edit issues other commands than the history recorded.
 
@@ -40,8 +44,9 @@ async def _replay_edit(edit: type[ContactWorkflow], path: Path) -> BaseException
     without the sandbox checks the commands the same way, and the unchanged workflow
     replays the same file cleanly on that runner (the first assertion).
     """
+    original = BroadcastWorkflow if issubclass(edit, BroadcastWorkflow) else ContactWorkflow
     clean = await Replayer(
-        workflows=[ContactWorkflow], workflow_runner=UnsandboxedWorkflowRunner()
+        workflows=[original], workflow_runner=UnsandboxedWorkflowRunner()
     ).replay_workflow(_history(path), raise_on_replay_failure=False)
     assert clean.replay_failure is None, clean.replay_failure
     result = await Replayer(
@@ -67,7 +72,7 @@ async def test_retired_history_no_longer_replays(path: Path) -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays_on_current_code(path: Path) -> None:
-    await Replayer(workflows=[ContactWorkflow]).replay_workflow(_history(path))
+    await Replayer(workflows=[ContactWorkflow, BroadcastWorkflow]).replay_workflow(_history(path))
 
 
 @workflow.defn(name="Contact")
@@ -133,3 +138,20 @@ def test_histories_of_the_reachability_changes_are_recorded() -> None:
         "qr_follower_whitepaper_by_wechat",
         "anonymous_visitor_identified_later",
     } <= stems
+
+
+@workflow.defn(name="Broadcast")
+class BroadcastWorkflowThatSkipsStatusRecords(BroadcastWorkflow):
+    """A careless edit: pause, resume and the end no longer recorded by an activity."""
+
+    @workflow.run
+    async def run(self, progress: BroadcastInput) -> dict[str, Any]:
+        return await super().run(progress)
+
+    async def _mark(self, status: str, reason: str | None) -> None:
+        self._status = status
+
+
+async def test_a_change_to_a_broadcasts_recorded_commands_is_caught_by_replay() -> None:
+    path = next(p for p in HISTORIES if p.stem == "broadcast_paused_resumed_cancelled")
+    await _replay_edit(BroadcastWorkflowThatSkipsStatusRecords, path)

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
     from stagecoach.engine.protocol import (
         BROADCAST_STATUS_ACTIVITY,
+        BROADCAST_TIMERS,
         BROADCAST_WORKFLOW,
         CANCEL_SIGNAL,
         EVALUATE_AB_ACTIVITY,
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         RESUME_SIGNAL,
         SEND_BATCH_ACTIVITY,
         SNAPSHOT_ACTIVITY,
+        timer_summary,
     )
     from stagecoach.engine.protocol.messages import (
         BatchRequest,
@@ -94,7 +96,7 @@ class BroadcastWorkflow:
     async def run(self, progress: BroadcastInput) -> dict[str, Any]:
         self._progress = progress
         if progress.phase == "start":
-            await self._sleep_until(progress.launched_at)
+            await self._sleep_until(progress.launched_at, "start")
             if self._cancelled:
                 return await self._finish("cancelled")
             snapshot: SnapshotResult = await workflow.execute_activity(
@@ -111,7 +113,8 @@ class BroadcastWorkflow:
         if progress.phase == "sample":
             if not await self._send(arms_only=True):
                 return await self._finish("cancelled")
-            await self._sleep_until(workflow.now() + timedelta(seconds=progress.ab_window_seconds))
+            window = timedelta(seconds=progress.ab_window_seconds)
+            await self._sleep_until(workflow.now() + window, "window")
             if self._cancelled:
                 return await self._finish("cancelled")
             decided: EvaluateResult = await workflow.execute_activity(
@@ -163,20 +166,21 @@ class BroadcastWorkflow:
             if result.next_due is None:
                 return True
             if result.next_due > now:
-                await self._sleep_until(result.next_due, wake_on_pause=False)
+                await self._sleep_until(result.next_due, "next")
             if progress.batches % BATCHES_PER_RUN == 0 and not self._paused:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(progress)
 
-    async def _sleep_until(self, moment: datetime, *, wake_on_pause: bool = False) -> None:
-        """A timer to ``moment`` that a cancel (or, if asked, a pause) cuts short."""
+    async def _sleep_until(self, moment: datetime, name: str) -> None:
+        """A timer to ``moment`` that a cancel cuts short."""
         delay = moment - workflow.now()
         if delay <= timedelta(0):
             return
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
-                lambda: bool(self._cancelled) or (wake_on_pause and self._paused),
+                lambda: bool(self._cancelled),
                 timeout=delay,
+                timeout_summary=timer_summary(BROADCAST_TIMERS, name),
             )
 
     async def _mark(self, status: str, reason: str | None) -> None:

@@ -68,6 +68,7 @@ WIRE = {
     "RESUME_SIGNAL": "resume",
     "CANCEL_SIGNAL": "cancel",
     "PROGRESS_QUERY": "progress",
+    "BROADCAST_TIMERS": "__broadcast__",
     "SNAPSHOT_ACTIVITY": "broadcast.snapshot",
     "SEND_BATCH_ACTIVITY": "broadcast.send_batch",
     "EVALUATE_AB_ACTIVITY": "broadcast.evaluate_ab",
@@ -113,8 +114,20 @@ def test_every_recorded_history_speaks_only_the_protocol() -> None:
     assert HISTORIES
     signals = {protocol.EVENT_SIGNAL, protocol.EVENTS_SIGNAL, protocol.MERGED_SIGNAL}
     protocol_namespaces = {protocol.SALES_TIMERS, protocol.REFERRAL_TIMERS, protocol.SEGMENT_TIMERS}
+    broadcast_signals = {protocol.PAUSE_SIGNAL, protocol.RESUME_SIGNAL, protocol.CANCEL_SIGNAL}
     for path in HISTORIES:
         history = WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
+        started = history.events[0].workflow_execution_started_event_attributes
+        if started.workflow_type.name == protocol.BROADCAST_WORKFLOW:
+            for record in read_run(list(history.events), path.stem):
+                if isinstance(record, ActivityScheduled):
+                    assert record.name in protocol.BROADCAST_ACTIVITIES, (path.stem, record.name)
+                elif isinstance(record, Signalled):
+                    assert record.name in broadcast_signals, (path.stem, record.name)
+                elif isinstance(record, TimerStarted):
+                    assert record.namespace == protocol.BROADCAST_TIMERS, record.summary
+            continue
+        assert started.workflow_type.name == protocol.CONTACT_WORKFLOW, path.stem
         records = read_run(list(history.events), path.stem)
         for record in records:
             if isinstance(record, ActivityScheduled):
