@@ -18,12 +18,14 @@ back, unless the broadcast overrides caps). Each hold is counted by reason.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from temporalio import activity
 
 from stagecoach.engine.domain.broadcasts import ArmResult, Broadcast, choose_winner
@@ -62,6 +64,10 @@ REFUSALS = frozenset(
 )
 """Permanent errors that are the provider refusing us, not one recipient: the broadcast
 pauses with the reason rather than burning through the list."""
+
+SENT_RECORD_PATIENCE = 40.0
+"""Seconds a batch keeps retrying the record of an accepted send (the activity's
+start-to-close is 10 minutes; its heartbeat goes on meanwhile)."""
 
 MAX_ATTEMPTS = 5
 """Retryable failures per recipient before it is counted failed."""
@@ -492,18 +498,41 @@ class BroadcastActivities:
                 return store.Settled(r.contact_id, "refused", f"{exc.code}: {exc.message}"[:256])
             await asyncio.to_thread(self._record_failure, broadcast, version, r, "failed", exc)
             return store.Settled(r.contact_id, "failed", (exc.code or "permanent")[:256])
-        await asyncio.to_thread(
-            store.record_delivery,
-            self._db,
-            broadcast,
-            version,
-            r,
-            channel=broadcast.channel,
-            status="sent",
-            provider_message_id=sent.provider_message_id,
-            sent_at=now,
-        )
+        await self._record_sent(broadcast, version, r, sent.provider_message_id, now)
         return store.Settled(r.contact_id, "sent", sent_at=now, variant=r.variant)
+
+    async def _record_sent(
+        self,
+        broadcast: Broadcast,
+        version: str,
+        r: store.Recipient,
+        provider_message_id: str | None,
+        now: datetime,
+    ) -> None:
+        """Record the accepted send, retrying in place while the database is locked or
+        away (as journeys' deliveries do): past the send, a failed batch would be retried
+        and would send this recipient again."""
+        delay = 0.05
+        deadline = time.monotonic() + SENT_RECORD_PATIENCE
+        while True:
+            try:
+                await asyncio.to_thread(
+                    store.record_delivery,
+                    self._db,
+                    broadcast,
+                    version,
+                    r,
+                    channel=broadcast.channel,
+                    status="sent",
+                    provider_message_id=provider_message_id,
+                    sent_at=now,
+                )
+                return
+            except OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _retry(self, r: store.Recipient, message: str, now: datetime) -> store.Settled:
         """Pending again a minute later, or failed after :data:`MAX_ATTEMPTS` tries."""
