@@ -50,6 +50,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
 from stagecoach.engine.api.deps import connectors, get_signer, temporal_client
+from stagecoach.engine.domain.addresses import AddressError, parse_email
 from stagecoach.engine.domain.broadcasts import (
     CHANNELS,
     ABTest,
@@ -365,11 +366,23 @@ class _Project:
 
 
 def _project(request: Request) -> _Project:
-    """The content library and event types a broadcast is checked against."""
+    """The content library and event types a broadcast is checked against.
+
+    The library is loaded once per content folder and kept on ``app.state`` (loading
+    parses every item: about half a second), as the worker loads it once per process:
+    content is deployed with the project, and both restart to take a new one."""
     settings = request.app.state.settings
     try:
         project = load_project(settings)
-        library = ContentLibrary.load(project.content_dir(settings))
+        folder = project.content_dir(settings)
+        kept: dict[Any, ContentLibrary] | None = getattr(
+            request.app.state, "broadcast_content", None
+        )
+        if kept is None:
+            kept = request.app.state.broadcast_content = {}
+        library = kept.get(folder)
+        if library is None:
+            library = kept[folder] = ContentLibrary.load(folder)
     except ConfigurationError as exc:
         raise HTTPException(503, detail=exc.one_line()) from exc
     return _Project(library, frozenset(project.definitions.events.names()))
@@ -535,7 +548,10 @@ async def preview_broadcast(
     responses={
         **_NOT_FOUND,
         207: {"description": "Some seeds failed: each result says why", "model": TestSendOut},
-        422: {"description": "No seed addresses: name them in `to` or in the broadcast's seeds"},
+        422: {
+            "description": "No seed addresses, or one that is not an address for the"
+            " channel: the detail names it (`to[1]`), and nothing was sent"
+        },
         503: {"description": "No connector is configured for the broadcast's channel"},
     },
 )
@@ -550,6 +566,15 @@ async def test_send(request: Request, broadcast_id: IdPath, body: TestSendIn) ->
             " the broadcast seeds",
         )
     channel = "wechat" if broadcast.channel == "wechat_mass" else broadcast.channel
+    if channel == "email":
+        for n, address in enumerate(seeds):
+            try:
+                parse_email(address)
+            except AddressError as exc:
+                field = f"to[{n}]" if body.to else f"seeds[{n}]"
+                raise HTTPException(
+                    422, detail=f"{field}: {exc.message}; nothing was sent"
+                ) from exc
     configured = await connectors(request)
     if configured is None:
         raise HTTPException(

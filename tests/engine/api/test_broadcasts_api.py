@@ -274,6 +274,24 @@ async def test_a_send_time_that_passed_before_launch_is_refused_and_nothing_sent
     nothing_sent(stack)
 
 
+async def test_a_test_send_to_no_seeds_or_a_bad_address_is_422_and_sends_nothing(
+    stack: Stack,
+) -> None:
+    seed_audience(stack.runtime.engine, [{"id": "t0"}])
+    assert (await stack.api.post("/v1/broadcasts", json=spec("seedless"))).status_code == 201
+
+    none = await stack.api.post("/v1/broadcasts/seedless/test-send", json={})
+    assert none.status_code == 422
+    assert none.json()["detail"].startswith("to: no seed addresses")
+    bad = await stack.api.post(
+        "/v1/broadcasts/seedless/test-send", json={"to": ["me@example.com", "wang@"]}
+    )
+    assert bad.status_code == 422
+    assert bad.json()["detail"].startswith("to[1]: 'wang@' is not an email address")
+    assert not stack.seeds.exists()
+    nothing_sent(stack)
+
+
 async def test_unknown_broadcast_is_404(stack: Stack) -> None:
     for method, path in (
         ("GET", "/v1/broadcasts/nope"),
