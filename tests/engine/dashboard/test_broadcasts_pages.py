@@ -1,6 +1,7 @@
 """The dashboard's broadcasts pages through the real app over HTTP: what a draft and a
 scheduled broadcast look like before anything is sent, the reload while one is live,
-the 404 for an unknown id and the login for a stranger. What a finished run shows is
+the 404 for an unknown id, the login for a stranger, and a WeChat mass send's jobs. What a
+finished run shows is
 read in Chromium from a real run (``tests/browser/test_broadcasts.py``).
 
 Broadcasts are kept and launched here with the store functions the API and the CLI call
@@ -10,6 +11,7 @@ Broadcasts are kept and launched here with the store functions the API and the C
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
 
@@ -19,7 +21,12 @@ from sqlalchemy import Engine
 
 from stagecoach.engine.app import create_app
 from stagecoach.engine.domain.broadcasts import ABTest, Broadcast, Variant
+from stagecoach.engine.domain.wechat_callback import MassSendFinished
 from stagecoach.engine.services.broadcasts.store import mark_launched, save_broadcast
+from stagecoach.engine.services.broadcasts.wechat_jobs import (
+    record_job_finished,
+    record_job_started,
+)
 from stagecoach.engine.settings import Settings
 from tests.browser.conftest import ADMIN_TOKEN, seeded_settings
 from tests.engine.dashboard.test_segments_pages import FORM, rows
@@ -104,3 +111,46 @@ def test_an_unknown_broadcast_is_a_404_page_saying_how_to_find_them(client: Test
     text = unescape(page.text)
     assert "no broadcast 'nope'" in text
     assert "stagecoach broadcasts list" in text
+
+
+def test_a_wechat_mass_send_shows_its_jobs_with_the_callbacks_counts(
+    client: TestClient, db_engine: Engine
+) -> None:
+    mass = Broadcast(
+        name="wechat-news", segment="followers", content="newsletter-monthly", channel="wechat_mass"
+    )
+    save_broadcast(db_engine, mass, source="test")
+    mark_launched(db_engine, mass.name)
+    for n, msg_id in enumerate(("1000001", "1000002")):
+        record_job_started(
+            db_engine,
+            broadcast_id=mass.name,
+            appid="wx-app",
+            clientmsgid=f"wechat-news-{n}",
+            msg_id=msg_id,
+            target="openids:10000" if n == 0 else "openids:2500",
+        )
+    finished = MassSendFinished(
+        msg_id="1000001",
+        status="send success",
+        total=10000,
+        filter_count=9800,
+        sent=9790,
+        errors=10,
+    )
+    assert record_job_finished(db_engine, appid="wx-app", finished=finished, at=datetime.now(UTC))
+
+    page = client.get("/dashboard/broadcasts/wechat-news")
+
+    jobs = {r["msg_id"]: r for r in rows(page.text, "broadcast-wechat-jobs")}
+    assert set(jobs) == {"1000001", "1000002"}
+    done = jobs["1000001"]
+    assert (done["target"], done["total"], done["sent"], done["errors"]) == (
+        "openids:10000",
+        "10,000",
+        "9,790",
+        "10",
+    )
+    assert done["filtered"] == f"{finished.filtered_out:,}"
+    waiting = jobs["1000002"]
+    assert (waiting["status"], waiting["sent"]) == ("sending", "–")
