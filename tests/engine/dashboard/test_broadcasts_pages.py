@@ -1,8 +1,8 @@
 """The dashboard's broadcasts pages through the real app over HTTP: what a draft and a
 scheduled broadcast look like before anything is sent, the reload while one is live,
-the 404 for an unknown id, the login for a stranger, and a WeChat mass send's jobs. What a
-finished run shows is
-read in Chromium from a real run (``tests/browser/test_broadcasts.py``).
+the 404 for an unknown id, the login for a stranger, and a WeChat mass send's jobs.
+What a finished run shows is read in Chromium from a real run
+(``tests/browser/test_broadcasts.py``).
 
 Broadcasts are kept and launched here with the store functions the API and the CLI call
 (``save_broadcast``, ``mark_launched``): these pages only read what those rows say.
