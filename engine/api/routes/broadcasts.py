@@ -41,7 +41,7 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -58,7 +58,7 @@ from stagecoach.engine.domain.broadcasts import (
     BroadcastError,
     Variant,
 )
-from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.domain.content import ContentError, ContentLibrary
 from stagecoach.engine.domain.errors import ConfigurationError, TemporalUnavailable
 from stagecoach.engine.services.broadcasts import launch as steer
 from stagecoach.engine.services.broadcasts import store
@@ -69,6 +69,10 @@ from stagecoach.engine.services.broadcasts.preview import (
     send_to_seeds,
 )
 from stagecoach.engine.services.project import load_project
+from stagecoach.engine.services.storage.models import BroadcastRow
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 router = APIRouter(
     prefix="/v1/broadcasts",
@@ -383,7 +387,7 @@ def _project(request: Request) -> _Project:
         library = kept.get(folder)
         if library is None:
             library = kept[folder] = ContentLibrary.load(folder)
-    except ConfigurationError as exc:
+    except (ConfigurationError, ContentError) as exc:  # the deployment's, not the caller's
         raise HTTPException(503, detail=exc.one_line()) from exc
     return _Project(library, frozenset(project.definitions.events.names()))
 
@@ -396,14 +400,14 @@ def _not_found(exc: store.BroadcastNotFound) -> HTTPException:
     return HTTPException(404, detail=exc.one_line())
 
 
-async def _row(request: Request, broadcast_id: str) -> Any:
+async def _row(request: Request, broadcast_id: str) -> BroadcastRow:
     try:
         return await run_in_threadpool(store.get_row, request.app.state.db, broadcast_id)
     except store.BroadcastNotFound as exc:
         raise _not_found(exc) from exc
 
 
-async def _temporal(request: Request) -> Any:
+async def _temporal(request: Request) -> Client:
     try:
         client = await temporal_client(request)
     except TemporalUnavailable as exc:
@@ -417,7 +421,7 @@ async def _temporal(request: Request) -> Any:
     return client
 
 
-def _detail(row: Any) -> dict[str, Any]:
+def _detail(row: BroadcastRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "status": row.status,
