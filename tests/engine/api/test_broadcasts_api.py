@@ -292,6 +292,27 @@ async def test_a_test_send_to_no_seeds_or_a_bad_address_is_422_and_sends_nothing
     nothing_sent(stack)
 
 
+async def test_an_api_without_temporal_or_connectors_says_so_and_sends_nothing(
+    stack: Stack,
+) -> None:
+    runtime = stack.runtime
+    seed_audience(runtime.engine, [{"id": "w0"}])
+    bare = create_app(runtime.settings, db=runtime.engine)  # no Temporal, no connectors
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=bare), base_url="http://api.test", headers=AUTH
+    ) as api:
+        assert (await api.post("/v1/broadcasts", json=spec("unwired"))).status_code == 201
+        launched = await api.post("/v1/broadcasts/unwired/schedule")
+        assert launched.status_code == 503
+        assert "Temporal is not wired to this API" in launched.json()["detail"]
+        tested = await api.post("/v1/broadcasts/unwired/test-send", json={"to": ["me@example.com"]})
+        assert tested.status_code == 503
+        assert "built without connectors" in tested.json()["detail"]
+    bare.state.reports.wait(30)
+    assert await stack.status("unwired") == "draft"
+    nothing_sent(stack)
+
+
 async def test_unknown_broadcast_is_404(stack: Stack) -> None:
     for method, path in (
         ("GET", "/v1/broadcasts/nope"),
