@@ -7,6 +7,8 @@ worker, its broadcast activities and the file sink.
 - Each kind of bad input is a 422 naming the field, and nothing is kept or sent.
 - Pause, resume and cancel act on the running workflow; a draft or a finished broadcast
   cannot be steered (409); no token is 401 on every route.
+- `stagecoach api`, started as an operator starts it, test-sends through the connectors
+  its settings configure.
 
 The audience is written the way a CSV upload leaves it (``seed_audience``: a published
 manual segment and its members); the upload itself has its own tests.
@@ -15,8 +17,15 @@ manual segment and its members); the upload itself has its own tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,7 +47,7 @@ from stagecoach.engine.services.storage.models import (
     Consent,
     Delivery,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port, migrated_engine
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 from tests.workflows.test_broadcasts import AUDIENCE, CONTENT, seed_audience
 
@@ -389,3 +398,64 @@ async def test_pause_resume_and_cancel_act_on_the_running_broadcast(stack: Stack
     again = await stack.api.post("/v1/broadcasts/cancelled-one/cancel", json={})
     assert again.status_code == 409
     assert (await stack.api.post("/v1/broadcasts/cancelled-one/resume")).status_code == 409
+
+
+# --- the served API -------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_stagecoach_api_test_sends_through_the_connector_settings_configure(
+    tmp_path: Path,
+) -> None:
+    """``stagecoach api`` as an operator starts it builds the channels' connectors from
+    settings (here the default file sink under the data directory), as the worker does."""
+    data = tmp_path / ".stagecoach"
+    engine = migrated_engine(f"sqlite:///{data / 'stagecoach.db'}")
+    seed_audience(engine, [{"id": "e0"}])
+    engine.dispose()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECOACH_")}
+    env.update(
+        STAGECOACH_DATA_DIR=str(data),
+        STAGECOACH_CONTENT_DIR=str(ROOT / "content"),
+        STAGECOACH_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
+        STAGECOACH_API_PORT=str(port),
+        STAGECOACH_ADMIN_TOKEN=TOKEN,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "api.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stagecoach.engine.cli", "api"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, (tmp_path / "api.log").read_text()
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+                time.sleep(0.2)
+            with httpx.Client(base_url=url, headers=AUTH, timeout=30) as api:
+                assert api.post("/v1/broadcasts", json=spec("served")).status_code == 201
+                tested = api.post(
+                    "/v1/broadcasts/served/test-send", json={"to": ["qa@example.com"]}
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert tested.status_code == 200, tested.text
+    [message] = [
+        json.loads(p.read_text(encoding="utf-8"))
+        for p in (data / "sink" / "email").glob("*/*.json")
+    ]
+    assert message["to"] == "qa@example.com"
+    assert message["message"]["subject"].startswith("[test] ")
