@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -34,6 +34,8 @@ from stagecoach.engine.api._common import database_unavailable
 from stagecoach.engine.api._docs import install_docs
 from stagecoach.engine.api._pages import Pages
 from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
+from stagecoach.engine.api.routes.broadcasts import reports_router as broadcast_reports_router
+from stagecoach.engine.api.routes.broadcasts import router as broadcasts_router
 from stagecoach.engine.api.routes.codec import codec_router
 from stagecoach.engine.api.routes.contacts import router as contacts_router
 from stagecoach.engine.api.routes.events import WriteKeys, keys_router
@@ -64,6 +66,7 @@ from stagecoach.engine.settings import Settings
 if TYPE_CHECKING:
     from temporalio.client import Client
 
+    from stagecoach.engine.protocol.connector import Connector
     from stagecoach.engine.services.ingest._forwarder import Opener
 
 
@@ -106,6 +109,7 @@ def create_app(
     db: Engine | None = None,
     temporal: Callable[[], Awaitable[Client]] | None = None,
     opener: Opener | None = None,
+    connectors: Callable[[], Mapping[str, Connector]] | None = None,
 ) -> FastAPI:
     """Build the API for ``settings``; pass ``db`` (an Engine) to share one (tests do).
 
@@ -113,6 +117,10 @@ def create_app(
     sends stored events to contact workflows; ``opener`` (``stagecoach.workflows.runtime.
     ContactOpener``) opens new contacts first and says which event types matter.
     Without ``temporal`` events are stored and wait in the outbox.
+
+    ``connectors`` (a factory, called on first use) gives the channels' connectors for
+    what the API itself sends: a broadcast's test send to seed addresses. Without it
+    those routes answer 503 naming the fix.
     """
     db = db or make_engine(settings.resolved_database_url)
     relevance: dict[str, Any] = {}
@@ -172,6 +180,7 @@ def create_app(
     app.state.clock = time.monotonic
     app.state.forwarder = None
     app.state.temporal = temporal  # a client factory, or None when Temporal is not wired
+    app.state.connectors = connectors  # a factory, or None: the API sends nothing itself
     app.state.link_signer = link_signer(settings)  # an unusable secret fails at start
     # Incomplete page templates fail at start, not on a reader's unsubscribe link.
     app.state.pages = Pages.for_content(settings.resolved_content_dir)
@@ -198,6 +207,8 @@ def create_app(
     app.include_router(referrals_router)
     app.include_router(reports_router)
     app.include_router(segments_router)
+    app.include_router(broadcasts_router)
+    app.include_router(broadcast_reports_router)
     # One report cache for the dashboard and /v1/reports: each report computed once per copy.
     app.state.reports = reports_for(settings, defaults=default_reports)
     app.include_router(dashboard_router(settings, numbers=app.state.reports))

@@ -9,18 +9,20 @@ with ``app.dependency_overrides`` like any FastAPI dependency.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 from sqlmodel import Session
 
 from stagecoach.engine.domain.content import LinkSigner, TokenInvalid
-from stagecoach.engine.domain.errors import TemporalUnavailable
+from stagecoach.engine.domain.errors import StagecoachError, TemporalUnavailable
 from stagecoach.engine.services.links import link_signer
 
 if TYPE_CHECKING:
     from temporalio.client import Client
+
+    from stagecoach.engine.protocol.connector import Connector
 
 CONNECT_TIMEOUT = 10.0
 """Seconds the first request that needs Temporal waits for the client to connect."""
@@ -92,3 +94,27 @@ async def temporal_client(request: Request) -> Client | None:
             ) from exc
         request.app.state.temporal_client = client
     return client
+
+
+async def connectors(request: Request) -> Mapping[str, Connector] | None:
+    """The channels' connectors (by channel), built once from ``app.state.connectors``
+    (a factory the composition root hands ``create_app``) and kept in
+    ``app.state.connector_map``; None when the API was built without connectors.
+
+    Raises:
+        HTTPException: 503 when the factory fails (a connector's settings are wrong).
+    """
+    built: Mapping[str, Connector] | None = getattr(request.app.state, "connector_map", None)
+    if built is not None:
+        return built
+    factory: Callable[[], Mapping[str, Connector]] | None = getattr(
+        request.app.state, "connectors", None
+    )
+    if factory is None:
+        return None
+    try:
+        built = dict(factory())
+    except StagecoachError as exc:
+        raise HTTPException(503, detail=exc.one_line()) from exc
+    request.app.state.connector_map = built
+    return built

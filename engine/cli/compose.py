@@ -275,7 +275,13 @@ def serve_api(settings: Settings) -> None:
     async def temporal() -> Any:
         return await connect(settings)
 
-    served = create_app(settings, db=db, temporal=temporal, opener=ContactOpener(db, settings))
+    served = create_app(
+        settings,
+        db=db,
+        temporal=temporal,
+        opener=ContactOpener(db, settings),
+        connectors=lambda: connectors_from_settings(settings, db),  # a test send's
+    )
     freeze_startup_heap()
     uvicorn.run(
         served,

@@ -18,6 +18,12 @@ Pages (HTML, server-rendered; all but the login need a signed-in session)::
                                       inline SVG and a table), the definition, members
                                       by page (``?after=<contact id>``); unknown: a 404
                                       naming the known ones
+    GET  /dashboard/broadcasts        every broadcast: status, a progress bar (done of
+                                      the audience), sent, held back, failed
+    GET  /dashboard/broadcasts/{id}   one broadcast: recipients by outcome, engagement,
+                                      conversions in the attribution window, held back
+                                      by reason, the A/B test, WeChat mass-send jobs;
+                                      unknown: a 404
     GET  /dashboard/login, POST       the admin token in, a session cookie out
     POST /dashboard/logout            ends the session (same origin only); GET: 405
     GET  /dashboard/static/...        plotly.min.js from the installed plotly package
@@ -33,7 +39,10 @@ copy, and on a freshly started API as soon as the login page is shown. So a page
 is a cache hit unless it asks for a period nobody asked for since the last sync, and
 numbers are at most that many seconds, plus one sync, old. The contact page reads the
 database and Temporal live; the segments pages read the database live
-(``stagecoach.engine.services.segments.queries``), each segment's newest ready version.
+(``stagecoach.engine.services.segments.queries``), each segment's newest ready version;
+the broadcasts pages read the database live too
+(``stagecoach.engine.services.broadcasts.metrics``) and reload themselves while a
+broadcast is scheduled or running.
 
 Nothing on a page comes from another host: charts are drawn by the plotly.js bundled
 with the ``plotly`` package, served from this API, under a Content-Security-Policy that

@@ -37,7 +37,7 @@ from stagecoach.engine.api._common import (
 )
 from stagecoach.engine.api.deps import SessionDep, temporal_client
 from stagecoach.engine.api.sessions import Sessions
-from stagecoach.engine.dashboard import _charts, _segments
+from stagecoach.engine.dashboard import _broadcasts, _charts, _segments
 from stagecoach.engine.domain.errors import DatabaseError, TemporalUnavailable
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from stagecoach.engine.services.analytics import Params, Report, ReportError
@@ -49,6 +49,7 @@ from stagecoach.engine.services.analytics.service import (
     Wanted,
     reports_for,
 )
+from stagecoach.engine.services.broadcasts.store import BroadcastNotFound
 from stagecoach.engine.services.lookup import (
     LOOKUP_KINDS,
     ContactNotMatched,
@@ -596,6 +597,54 @@ def dashboard_router(
             after=after,
             next_after=page[-1].contact_id if more and page else None,
             page_size=_segments.MEMBERS_PAGE,
+            read_at=datetime.now(UTC),
+        )
+
+    # --- broadcasts -------------------------------------------------------------------
+
+    @router.get("/broadcasts", response_class=HTMLResponse, dependencies=signed_in)
+    async def broadcasts(request: Request) -> HTMLResponse:
+        try:
+            reports = await _segments.read(_broadcasts.all_reports, request.app.state.db)
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        live = any(r.status in _broadcasts.LIVE for r in reports)
+        return render(
+            "broadcasts.html",
+            **base("Broadcasts", "broadcasts"),
+            reports=reports,
+            progress=_broadcasts.progress,
+            refresh=_broadcasts.REFRESH_SECONDS if live else None,
+            read_at=datetime.now(UTC),
+        )
+
+    @router.get("/broadcasts/{broadcast_id}", response_class=HTMLResponse, dependencies=signed_in)
+    async def broadcast(request: Request, broadcast_id: str) -> HTMLResponse:
+        """One broadcast: progress, outcomes, engagement, conversions, held back by
+        reason, the A/B test and any WeChat mass-send jobs."""
+        try:
+            report, spec = await _segments.read(
+                _broadcasts.one_report, request.app.state.db, broadcast_id
+            )
+        except BroadcastNotFound as exc:
+            return problem_page(404, "No such broadcast", exc.message, exc.fix, signed_in=True)
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        return render(
+            "broadcast.html",
+            **base(f"Broadcast {report.id}", "broadcasts"),
+            report=report,
+            spec=spec,
+            progress=_broadcasts.progress(report),
+            engagement=[(name, report.engagement.get(name, 0)) for name in _broadcasts.ENGAGEMENT],
+            rate=_broadcasts.rate,
+            attribution=_broadcasts.span(spec.get("attribution")),
+            ab=_broadcasts.ab_view(report, spec),
+            refresh=_broadcasts.REFRESH_SECONDS if report.status in _broadcasts.LIVE else None,
             read_at=datetime.now(UTC),
         )
 

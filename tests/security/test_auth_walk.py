@@ -240,6 +240,7 @@ PATH_SAMPLES: dict[str, str] = {
     "code": "ZZZZZZZZZZ",
     "coupon_code": "REF-ZZZZZZZZZZ",
     "name": "vip-list",
+    "broadcast_id": "walk-broadcast",
 }
 
 
