@@ -644,6 +644,8 @@ async def schedule_broadcast(
             events=project.events,
             now=datetime.now(UTC),
             actor=actor,
+            batch_size=request.app.state.settings.broadcast_batch_size,
+            batch_queue=request.app.state.settings.broadcast_task_queue,
         )
     except store.BroadcastRefused as exc:
         return _refused(exc.problems)
