@@ -755,9 +755,14 @@ def _steer(
 ) -> None:
     """Signal the workflow, then wait (briefly) until its progress shows it acted."""
     from stagecoach.engine.services.broadcasts import launch as steer
+    from stagecoach.engine.services.broadcasts.store import get_row
 
     settings = _settings()
     with _database(settings) as db:
+        row = get_row(db, broadcast_id)  # an unknown id needs no Temporal to be refused
+        if row.status in ("draft", "completed", "cancelled"):
+            done_as = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
+            raise steer.BroadcastNotSteerable(broadcast_id, row.status, done_as)
 
         async def run(client: Client) -> dict[str, Any] | None:
             await send(client, db)
@@ -869,18 +874,28 @@ FINAL = ("completed", "cancelled", "paused")
 async def _follow(client: Client, db: Engine, broadcast_id: str) -> None:
     """Poll the workflow's progress until it completes, is cancelled or pauses: a bar on
     a terminal (stderr), a line per change elsewhere."""
+    from temporalio.client import WorkflowQueryFailedError
+
     from stagecoach.engine.services.broadcasts import launch as steer
+    from stagecoach.engine.services.broadcasts.metrics import broadcast_report
 
     show = _Bar() if sys.stderr.isatty() else _Lines()
     try:
         while True:
-            seen = await steer.progress(client, db, broadcast_id)
+            try:
+                seen = await steer.progress(client, db, broadcast_id)
+            except WorkflowQueryFailedError:
+                seen = {"status": "scheduled"}  # asked before its first task: not yet
             status = str(seen.get("status"))
             done = int(seen.get("sent") or 0) + int(seen.get("failed") or 0)
             done += sum(int(n) for n in (seen.get("held") or {}).values())
-            show.update(status, done, int(seen.get("audience") or 0))
+            total = int(seen.get("audience") or 0)
             if status in FINAL:
+                # The database's count: skipped and cancelled recipients are done too.
+                final = broadcast_report(db, broadcast_id)
+                show.update(status, final.done, final.audience)
                 return
+            show.update(status, done, total)
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
     finally:
         show.close()
