@@ -304,7 +304,9 @@ def deploy(
     """Publish this project version to an environment's engine: validate everything, show
     what changes per journey, then publish, recording the project version and git commit.
     New or changed segments are then backfilled from stored history, so readers see
-    their members (until then they read the previous version).
+    their members (until then they read the previous version). The project's broadcasts
+    are kept as drafts (nothing is sent); a launched one keeps its spec, and a change to
+    it is reported with the fix (a new name) without failing the deploy.
 
     An older definition of a journey is refused (the latest stays; 'stagecoach journeys
     rollback' goes back on purpose). In-flight enrolments keep their pinned versions.
