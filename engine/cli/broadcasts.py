@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import inspect
 import json
 import sys
 import time as clock
@@ -666,8 +667,8 @@ def send_test(
             finally:
                 for opened in connectors.values():
                     closing = getattr(opened, "aclose", None) or getattr(opened, "close", None)
-                    if closing is not None:
-                        await closing()
+                    if closing is not None and inspect.isawaitable(pending := closing()):
+                        await pending
 
         results = asyncio.run(send())
     for r in results:

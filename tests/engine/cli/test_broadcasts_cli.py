@@ -50,6 +50,7 @@ from stagecoach.engine.services.storage.models import (
 from stagecoach.engine.services.storage.segments import save_segment_changes
 from tests.engine.cli.conftest import Shell
 from tests.helpers import free_port, migrated_engine
+from tests.peers.smtp import SmtpPeer
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -545,4 +546,64 @@ def test_deploy_keeps_project_broadcasts_as_drafts_and_never_rewrites_a_launched
     assert blocked.returncode == 1
     assert "nothing was deployed" in blocked.stdout
     assert [r.id for r in store.list_rows(db)] == ["jan-news"]
+    db.dispose()
+
+
+def test_a_test_send_goes_through_the_configured_smtp_relay_and_names_each_refusal(
+    tmp_path: Path,
+) -> None:
+    """The seeds get the broadcast from the relay the settings name, the subject marked
+    as a test; a seed the relay refuses is a FAIL line with the relay's answer (exit 1);
+    the audience gets nothing."""
+    db = migrated_engine(f"sqlite:///{tmp_path / 'stagecoach.db'}")
+    _seed_readers(db, [{"id": "r1"}])
+    with SmtpPeer() as peer:
+        peer.fail_address("gone@example.cn", "550 5.1.1 no such user")
+        env = _bare_env(
+            tmp_path,
+            STAGECOACH_EMAIL_CONNECTOR="smtp",
+            STAGECOACH_SMTP_HOST=peer.host,
+            STAGECOACH_SMTP_PORT=str(peer.port),
+            STAGECOACH_EMAIL_FROM="news@example.cn",
+        )
+        made = _run(
+            tmp_path,
+            env,
+            "broadcasts",
+            "create",
+            "apr-news",
+            "--segment",
+            "newsletter-readers",
+            "--content",
+            "newsletter-monthly",
+            "--seed",
+            "editor@example.cn",
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        seeded = _run(tmp_path, env, "broadcasts", "test-send", "apr-news", "--locale", "zh-CN")
+        assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+        assert re.fullmatch(r"ok    editor@example\.cn  all  \S+\n", seeded.stdout), seeded.stdout
+        sent = _run(
+            tmp_path,
+            env,
+            "broadcasts",
+            "test-send",
+            "apr-news",
+            "--to",
+            "me@example.cn",
+            "--to",
+            "gone@example.cn",
+        )
+        assert sent.returncode == 1, sent.stdout + sent.stderr
+        ok, failed = sent.stdout.splitlines()
+        assert ok.startswith("ok    me@example.cn  all  ")
+        assert failed.startswith("FAIL  gone@example.cn  all  ")
+        assert "550" in failed
+        received = {m.rcpt_tos: m.message for m in peer.accepted}
+    assert set(received) == {("editor@example.cn",), ("me@example.cn",)}
+    assert all(str(m["Subject"]).startswith("[test] ") for m in received.values())
+    assert all(m["From"] == "news@example.cn" for m in received.values())
+    with Session(db) as session:
+        assert session.exec(select(Delivery)).all() == []
+    assert store.get_row(db, "apr-news").status == "draft"
     db.dispose()
