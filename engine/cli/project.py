@@ -105,7 +105,7 @@ def validate(
     bundled example."""
     from stagecoach.engine.cli.journeys import _settings
     from stagecoach.engine.domain.content import ContentLibrary, ContentValidationError
-    from stagecoach.engine.domain.definitions import PIPELINE, SEGMENTS
+    from stagecoach.engine.domain.definitions import BROADCASTS, PIPELINE, SEGMENTS
     from stagecoach.engine.services.project import load_project
 
     settings = _settings()
@@ -120,6 +120,7 @@ def validate(
         typer.echo(f"      - {exc}")
         raise typer.Exit(1) from None
     specs, problems = definitions.compile(library)
+    problems = [*problems, *_broadcast_content_problems(definitions, library)]
     pipeline_problems = [p for p in problems if p.journey == PIPELINE]
     mark = "FAIL" if pipeline_problems else "ok  "
     typer.echo(
@@ -151,6 +152,14 @@ def validate(
         typer.echo(f"{'FAIL' if mine else 'ok  '}  segment {name}  {segment.version[:12]}  {kind}")
         for problem in mine:
             typer.echo(f"      - {problem.message}. Fix: {problem.fix}")
+    for broadcast in definitions.broadcasts:
+        mine = [p for p in problems if p.journey == BROADCASTS and p.step == broadcast.name]
+        typer.echo(
+            f"{'FAIL' if mine else 'ok  '}  broadcast {broadcast.name}  {broadcast.version[:12]}"
+            f"  {broadcast.segment} <- {broadcast.content} over {broadcast.channel}"
+        )
+        for problem in mine:
+            typer.echo(f"      - {problem.message}. Fix: {problem.fix}")
     warnings = definitions.warnings(specs=specs)
     for warning in warnings:
         typer.echo(
@@ -177,7 +186,91 @@ def validate(
 
 def _and_segments(definitions: Any) -> str:
     count = len(definitions.segment_specs())
-    return f"; {count} segment{'s' if count != 1 else ''} valid" if count else ""
+    said = f"; {count} segment{'s' if count != 1 else ''} valid" if count else ""
+    casts = len(definitions.broadcasts)
+    return said + (f"; {casts} broadcast{'s' if casts != 1 else ''} valid" if casts else "")
+
+
+def _broadcast_content_problems(definitions: Any, library: Any) -> list[Any]:
+    """The project's broadcasts against its content library, which the definitions alone
+    cannot check: an item that does not exist, or has no variant on the channel at all
+    (a variant per audience locale is checked at launch, against the audience)."""
+    from stagecoach.engine.domain.definitions import BROADCASTS
+    from stagecoach.engine.domain.journeys import Problem
+    from stagecoach.engine.services.broadcasts.preview import content_catalogue
+
+    catalogue = content_catalogue(library)
+    found: list[Any] = []
+    for broadcast in definitions.broadcasts:
+        channel = "wechat" if broadcast.channel == "wechat_mass" else broadcast.channel
+        for item in broadcast.contents():
+            if item not in catalogue:
+                found.append(
+                    Problem(
+                        BROADCASTS,
+                        broadcast.name,
+                        f"broadcast {broadcast.name!r}: content {item!r} is not in the content"
+                        " library",
+                        "add it under content/ or name another item ('stagecoach content list')",
+                    )
+                )
+            elif not any(ch == channel for _, ch in catalogue[item]):
+                found.append(
+                    Problem(
+                        BROADCASTS,
+                        broadcast.name,
+                        f"broadcast {broadcast.name!r}: content {item!r} has no {channel} variant",
+                        f"add content/{item}/{channel}.<locale>... or pick another channel",
+                    )
+                )
+    return found
+
+
+def _broadcast_lines(db: Any, broadcasts: Any, *, save: bool) -> list[str]:
+    """One line per project broadcast: a new or changed draft, unchanged, or refused
+    because it was launched with another spec (a problem line, not a failed deploy:
+    a launched broadcast keeps the spec it was launched with). ``save`` keeps each
+    draft (``source="project"``); without it the database is only read."""
+    from stagecoach.engine.services.broadcasts.store import BroadcastRefused, save_broadcast
+
+    held = _saved_broadcasts(db) if db is not None else {}
+    lines: list[str] = []
+    for broadcast in broadcasts:
+        before = held.get(broadcast.name)
+        refused = (
+            f"broadcast {broadcast.name}: launched ({before[1] if before else '?'}); spec"
+            " changed: refused, the launched broadcast keeps its spec. Fix: give the changed"
+            " broadcast a new name in the project"
+        )
+        if before is None:
+            state = "draft (new)"
+        elif before[0] == broadcast.version:
+            state = f"unchanged ({before[1]})"
+        elif before[1] == "draft":
+            state = "draft (changed)"
+        else:
+            lines.append(refused)
+            continue
+        if save:
+            try:
+                save_broadcast(db, broadcast, source="project")
+            except BroadcastRefused:
+                lines.append(refused)  # launched since it was read
+                continue
+        lines.append(f"broadcast {broadcast.name}: {state}")
+    return lines
+
+
+def _saved_broadcasts(db: Any) -> dict[str, tuple[str, str]]:
+    """Each stored broadcast's (version, status); empty on a database without them."""
+    from sqlalchemy.exc import DatabaseError
+
+    from stagecoach.engine.services.broadcasts.store import list_rows
+
+    try:
+        return {row.id: (row.version, row.status) for row in list_rows(db)}
+    except DatabaseError:
+        return {}  # not migrated to broadcasts yet: every broadcast is new
 
 
 def _relative(where: str) -> str:
@@ -211,7 +304,9 @@ def deploy(
     """Publish this project version to an environment's engine: validate everything, show
     what changes per journey, then publish, recording the project version and git commit.
     New or changed segments are then backfilled from stored history, so readers see
-    their members (until then they read the previous version).
+    their members (until then they read the previous version). The project's broadcasts
+    are kept as drafts (nothing is sent); a launched one keeps its spec, and a change to
+    it is reported with the fix (a new name) without failing the deploy.
 
     An older definition of a journey is refused (the latest stays; 'stagecoach journeys
     rollback' goes back on purpose). In-flight enrolments keep their pinned versions.
@@ -230,6 +325,7 @@ def deploy(
     settings = environment_settings(project, to, base)
     library = ContentLibrary.load(project.content_dir(settings))
     specs, problems = project.definitions.compile(library)
+    problems = [*problems, *_broadcast_content_problems(project.definitions, library)]
     if problems:
         typer.echo(f"nothing was deployed: {len(problems)} problem(s); the first: {problems[0]}")
         typer.echo("run 'stagecoach validate' for the list")
@@ -260,6 +356,13 @@ def deploy(
             held = published.get(name)
             status = "new" if held is None else "unchanged" if held == spec.version else "changed"
             typer.echo(f"{status:<10} segment {name}  {spec.version[:12]}")
+        reader = _read_db(settings)
+        try:
+            for line in _broadcast_lines(reader, project.definitions.broadcasts, save=False):
+                typer.echo(line)
+        finally:
+            if reader is not None:
+                reader.dispose()
         typer.echo("dry run: nothing was published")
         return
     db = make_engine(settings.resolved_database_url)
@@ -273,6 +376,8 @@ def deploy(
             typer.echo(f"nothing was deployed. {exc.message}")
             raise typer.Exit(1) from None
         filled = _backfill_segments(db, settings) if backfill else []
+        # Drafts only: a project's broadcast is sent by 'stagecoach broadcasts schedule'.
+        casts = _broadcast_lines(db, project.definitions.broadcasts, save=True)
     finally:
         db.dispose()
     width = max((len(r.name) for r in results), default=0)
@@ -288,6 +393,8 @@ def deploy(
         typer.echo(f"{status:<10} segment {name}  {spec.version[:12]}")
     typer.echo(f"deployed {label} {version[:12]} to {to}: {summary}; {recorded}")
     for line in filled:
+        typer.echo(line)
+    for line in casts:
         typer.echo(line)
 
 

@@ -1,17 +1,21 @@
-"""``stagecoach report funnel|conversion|paths|channels|journeys|engagement|nps``.
+"""``stagecoach report funnel|conversion|paths|channels|journeys|engagement|nps|broadcasts``.
 
 Each report reads the analytics store, copied from the database first when the copy is
 older than ``STAGECOACH_DASHBOARD_CACHE_SECONDS`` (``--fresh`` copies regardless), and
 prints a table per section (``--format table``), the report as JSON, or one section as
 CSV (``--section``; the first by default). Journey rehearsals' contacts are left out
 unless ``--include-rehearsals``.
+
+``report broadcasts`` reads the database itself, not the store: every broadcast's
+numbers as ``stagecoach broadcasts report`` gives them (the same function computes
+both), one row each; the time options do not apply to it.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,7 +33,11 @@ from stagecoach.engine.services.analytics.service import (
 from stagecoach.engine.services.analytics.store import synced_at as store_as_of
 from stagecoach.engine.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from stagecoach.engine.services.broadcasts.metrics import BroadcastReport
+
 FORMATS = ("table", "json", "csv")
+BROADCASTS = "broadcasts"
 
 
 def _print_table(report: Report, section: str | None) -> None:
@@ -70,7 +78,7 @@ def _cell(value: Any, column: str = "") -> str:
 
 
 def report(
-    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(REPORTS)}.")],
+    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(REPORTS)}, broadcasts.")],
     since: Annotated[
         str | None, typer.Option(help="Start: 2026-11-01, an ISO time, or 30d/12h/2w ago.")
     ] = None,
@@ -109,13 +117,16 @@ def report(
     ] = False,
 ) -> None:
     """Print an analytics report: the pipeline's width and length, funnels, paths,
-    channel value, journey performance, engagement, NPS."""
+    channel value, journey performance, engagement, NPS; or every broadcast's numbers."""
     settings = load_settings()
     configure_logging(level="warning", fmt=settings.log_format)  # stderr: stdout is the report
     try:
         if fmt not in FORMATS:
             choice("--format", fmt, FORMATS)
-        choice("report", name, REPORTS)
+        if name == BROADCASTS:
+            _broadcasts(settings, fmt)
+            return
+        choice("report", name, [*REPORTS, BROADCASTS])
         params = make_params(
             since=since,
             until=until,
@@ -151,6 +162,64 @@ def report(
             typer.echo(f"(section {shown.name}; others: {', '.join(others)})", err=True)
     else:
         _print_table(result, section)
+
+
+def _broadcasts(settings: Settings, fmt: str) -> None:
+    """Every broadcast, newest first, with the numbers ``broadcasts report`` prints."""
+    import csv
+    import io
+
+    from stagecoach.engine.cli.broadcasts import _database, flat_report
+    from stagecoach.engine.services.broadcasts.metrics import broadcast_reports
+
+    with _database(settings) as db:
+        reports = broadcast_reports(db)
+    if fmt == "json":
+        body = {"report": BROADCASTS, "broadcasts": [r.to_dict() for r in reports]}
+        typer.echo(json.dumps(body, indent=2, ensure_ascii=False, default=to_plain))
+        return
+    reasons = sorted({reason for r in reports for reason in r.held})
+    rows = [flat_report(r, reasons) for r in reports]
+    columns = list(rows[0] if rows else flat_report(_no_broadcast(), []))
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        typer.echo(out.getvalue(), nl=False)
+        return
+    typer.echo(f"Broadcasts: {len(rows)}, newest first")
+    shown = [c for c in columns if c not in ("reason", "content", "scheduled_at")]
+    cells = [[_cell(row[c], c) if row[c] != "" else "-" for c in shown] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(shown)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True)))
+    typer.echo("  ".join("-" * w for w in widths))
+    for line in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    if not cells:
+        typer.echo("(no broadcasts)")
+
+
+def _no_broadcast() -> BroadcastReport:
+    """A report of zeros: the CSV's header when there is no broadcast yet."""
+    from stagecoach.engine.services.broadcasts.metrics import ENGAGEMENT, BroadcastReport
+
+    return BroadcastReport(
+        id="",
+        status="",
+        reason=None,
+        segment="",
+        channel="",
+        content="",
+        audience=0,
+        late_joiners=0,
+        sent=0,
+        pending=0,
+        failed=0,
+        skipped=0,
+        cancelled=0,
+        engagement=dict.fromkeys(ENGAGEMENT, 0),
+    )
 
 
 def _compute(settings: Settings, name: str, params: Params, *, fresh: bool) -> Report:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from stagecoach import Definitions, journeys_in
 
 from . import journeys
+from .broadcasts import BROADCASTS
 from .events import EVENTS
 from .pipeline import DEFAULT
 from .segments import SEGMENTS
@@ -23,4 +24,6 @@ defs = Definitions(
     journeys=journeys_in(journeys),
     # Saved audiences (segments.py): decided as events arrive, entered by journeys.
     segments=SEGMENTS,
+    # One-off campaigns to a segment (broadcasts.py): deploy keeps them as drafts.
+    broadcasts=BROADCASTS,
 )

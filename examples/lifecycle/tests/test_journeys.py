@@ -81,3 +81,12 @@ def test_the_segments_validate_and_decide_as_written() -> None:
     assert GONE_QUIET_CUSTOMERS.when is not None
     assert not GONE_QUIET_CUSTOMERS.when.evaluate(customer)
     assert GONE_QUIET_CUSTOMERS.when.next_change(customer) == last + timedelta(days=60)
+
+
+def test_the_broadcasts_name_the_projects_segments_and_events() -> None:
+    """deploy keeps these as drafts: each names a segment and events the project has."""
+    assert defs.broadcast_problems() == []
+    assert {b.name: b.segment for b in defs.broadcasts} == {
+        "newsletter-2027-01": "engaged-prospects",
+        "expo-webinar-invite": "expo-2026",
+    }
