@@ -717,6 +717,8 @@ def schedule(broadcast_id: IdArgument) -> None:
                 events=project.events,
                 now=now,
                 actor=_actor(),
+                batch_size=settings.broadcast_batch_size,
+                batch_queue=settings.broadcast_task_queue,
             )
 
         try:
