@@ -440,10 +440,14 @@ def project_version(definitions: Definitions, specs: Mapping[str, JourneySpec]) 
     segments = definitions.segment_specs()
     if segments:  # a project without segments keeps the version it had before them
         body["segments"] = {name: spec.version for name, spec in sorted(segments.items())}
+    broadcasts = cast(tuple[Broadcast, ...], definitions.broadcasts)
+    if broadcasts:  # likewise for broadcasts
+        body["broadcasts"] = {b.name: b.version for b in sorted(broadcasts, key=lambda b: b.name)}
     return content_hash(body)
 
 
 __all__ = [
+    "BROADCASTS",
     "PIPELINE",
     "SEGMENTS",
     "Definitions",

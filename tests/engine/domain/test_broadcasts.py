@@ -170,3 +170,36 @@ def test_the_two_arm_test_is_the_two_proportion_z_test() -> None:
     # two-sided p = 2 * (1 - Phi(2.2453)) = 0.02475 (by hand from the normal table).
     decision = choose_winner(AB, [ArmResult("a", 500, 60), ArmResult("b", 500, 85)])
     assert decision.p_value == pytest.approx(0.02475, abs=5e-5)
+
+
+def test_a_projects_version_changes_with_its_broadcasts_and_not_without_them() -> None:
+    from stagecoach.engine.domain.definitions import Definitions, project_version
+    from stagecoach.engine.domain.segments import Segment
+    from stagecoach.workflows.events import CATALOG as events
+    from stagecoach.workflows.pipeline import DEFAULT
+
+    readers = Segment("readers", manual=True)
+    plain = Definitions(pipeline=DEFAULT, events=events, segments=[readers])
+    one = Definitions(
+        pipeline=DEFAULT,
+        events=events,
+        segments=[readers],
+        broadcasts=[Broadcast(name="jan", segment="readers", content="news")],
+    )
+    other = Definitions(
+        pipeline=DEFAULT,
+        events=events,
+        segments=[readers],
+        broadcasts=[Broadcast(name="jan", segment="readers", content="other")],
+    )
+    versions = {project_version(d, {}) for d in (plain, one, other)}
+    assert len(versions) == 3
+    assert one.problems() == []
+    unknown = Definitions(
+        pipeline=DEFAULT,
+        events=events,
+        broadcasts=[Broadcast(name="feb", segment="nobody", content="news")],
+    )
+    [problem] = unknown.problems()
+    assert (problem.journey, problem.step) == ("(broadcasts)", "feb")
+    assert "segment 'nobody' is unknown" in problem.message
