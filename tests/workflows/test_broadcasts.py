@@ -198,11 +198,11 @@ async def test_each_eligible_member_is_sent_once_and_each_hold_is_counted_by_rea
                 )
             )
         session.commit()
-    broadcast = Broadcast(name="december-news", segment=AUDIENCE.name, content=CONTENT)
+    broadcast = Broadcast(name="december-news-wf", segment=AUDIENCE.name, content=CONTENT)
     first = await launch(runtime, content_library, broadcast)
     assert first.first
-    assert first.workflow_id == "broadcast-december-news"
-    assert await finished(runtime, "december-news") == "completed"
+    assert first.workflow_id == "broadcast-december-news-wf"
+    assert await finished(runtime, "december-news-wf") == "completed"
 
     # A joiner after the snapshot is not sent, but the report counts them.
     seed_audience(runtime.engine, [{"id": "late"}])
@@ -216,7 +216,7 @@ async def test_each_eligible_member_is_sent_once_and_each_hold_is_counted_by_rea
     message = runtime.sent("r0")[0]
     assert message["to"] == "r0@example.com"
     assert message["message"]["subject"]
-    report = broadcast_report(runtime.engine, "december-news")
+    report = broadcast_report(runtime.engine, "december-news-wf")
     assert (report.audience, report.sent, report.late_joiners) == (6, 3, 1)
     assert report.held == {
         "no_consent:email": 1,
@@ -225,9 +225,9 @@ async def test_each_eligible_member_is_sent_once_and_each_hold_is_counted_by_rea
     }
     with Session(runtime.engine) as session:
         keys = session.exec(
-            select(Delivery.idempotency_key).where(Delivery.journey == "broadcast:december-news")
+            select(Delivery.idempotency_key).where(Delivery.journey == "broadcast:december-news-wf")
         ).all()
-    assert sorted(keys) == [f"broadcast:december-news:r{i}" for i in (0, 4, 5)]
+    assert sorted(keys) == [f"broadcast:december-news-wf:r{i}" for i in (0, 4, 5)]
     # The contact's timeline shows the send, though no contact workflow made it.
     [send] = store.contact_broadcast_sends(runtime.engine, "r0")
     entry = broadcast_entry(
@@ -235,7 +235,7 @@ async def test_each_eligible_member_is_sent_once_and_each_hold_is_counted_by_rea
     )
     story = with_entries([Entry(send.at - timedelta(days=1), "event", "signed up")], [entry])
     assert [e.kind for e in story] == ["event", "broadcast"]
-    assert story[1].summary == ("newsletter-monthly via email [broadcast december-news]: sent")
+    assert story[1].summary == ("newsletter-monthly via email [broadcast december-news-wf]: sent")
     assert store.contact_broadcast_sends(runtime.engine, "r1") == []
 
 
@@ -369,25 +369,25 @@ async def test_pause_resume_and_cancel_act_between_batches_and_lose_nothing(
         env, task_queue, tmp_path, content_library, connectors={"email": slow}
     ) as runtime:
         seed_audience(runtime.engine, [{"id": f"m{i:03}"} for i in range(120)])
-        broadcast = Broadcast(name="steered", segment=AUDIENCE.name, content=CONTENT)
+        broadcast = Broadcast(name="steered-wf", segment=AUDIENCE.name, content=CONTENT)
         await launch(runtime, content_library, broadcast, batch_size=10)
         await eventually(lambda: _true(slow.sent >= 10))
-        await steer.pause(runtime.client, runtime.engine, "steered", "checking the copy")
+        await steer.pause(runtime.client, runtime.engine, "steered-wf", "checking the copy")
 
         async def paused() -> bool:
-            return store.get_row(runtime.engine, "steered").status == "paused"
+            return store.get_row(runtime.engine, "steered-wf").status == "paused"
 
         await eventually(paused)
         held_at = slow.sent
         await asyncio.sleep(1.0)
         assert slow.sent == held_at < 120  # nothing goes out while paused
-        assert store.get_row(runtime.engine, "steered").reason == "checking the copy"
+        assert store.get_row(runtime.engine, "steered-wf").reason == "checking the copy"
 
-        await steer.resume(runtime.client, runtime.engine, "steered")
+        await steer.resume(runtime.client, runtime.engine, "steered-wf")
         await eventually(lambda: _true(slow.sent >= held_at + 20))
-        await steer.cancel(runtime.client, runtime.engine, "steered", "wrong segment")
-        assert await finished(runtime, "steered") == "cancelled"
-        report = broadcast_report(runtime.engine, "steered")
+        await steer.cancel(runtime.client, runtime.engine, "steered-wf", "wrong segment")
+        assert await finished(runtime, "steered-wf") == "cancelled"
+        report = broadcast_report(runtime.engine, "steered-wf")
         assert report.sent == slow.sent < 120
         assert report.cancelled == 120 - report.sent
         assert report.reason == "wrong segment"
@@ -399,8 +399,8 @@ async def test_pause_resume_and_cancel_act_between_batches_and_lose_nothing(
             ).all()
         assert len(sent_rows) == len(set(sent_rows)) == report.sent
         with pytest.raises(steer.BroadcastNotSteerable, match="cancelled"):
-            await steer.resume(runtime.client, runtime.engine, "steered")
-        await record_broadcast_history(runtime, "steered", "broadcast_paused_resumed_cancelled")
+            await steer.resume(runtime.client, runtime.engine, "steered-wf")
+        await record_broadcast_history(runtime, "steered-wf", "broadcast_paused_resumed_cancelled")
 
 
 async def _true(value: bool) -> bool:

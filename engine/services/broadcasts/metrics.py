@@ -12,14 +12,17 @@ were not in the snapshot.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, and_, func
+from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from stagecoach.engine.domain.broadcasts import Broadcast
+from stagecoach.engine.services.broadcasts.store import delivery_key
 from stagecoach.engine.services.storage.models import (
     BroadcastJob,
     BroadcastRecipient,
@@ -53,42 +56,21 @@ def _engaged(
     by_arm: bool = False,
 ) -> dict[str | None, int]:
     """How many recipients sent by ``broadcast_id`` performed ``event_type`` after their
-    send (and within ``window`` of it, or by ``until``), per arm if asked."""
-    if window is not None:
-        # The attribution window is per recipient: filtered in Python over the recipients
-        # who performed the event, portable across SQLite's and PostgreSQL's date maths.
-        return dict(_within_window(session, broadcast_id, event_type, window, by_arm))
-    conditions = [
-        col(BroadcastRecipient.broadcast_id) == broadcast_id,
-        col(BroadcastRecipient.status) == "sent",
-        col(Event.name) == event_type,
-        col(Event.occurred_at) >= col(BroadcastRecipient.sent_at),
-    ]
-    if until is not None:
-        conditions.append(col(Event.occurred_at) <= until)
-    contacts = func.count(func.distinct(col(BroadcastRecipient.contact_id)))
-    joined = (Event, col(Event.contact_id) == col(BroadcastRecipient.contact_id))
-    if by_arm:
-        rows = session.execute(
-            select(col(BroadcastRecipient.variant), contacts)
-            .join(*joined)
-            .where(and_(*conditions))
-            .group_by(col(BroadcastRecipient.variant))
-        ).all()
-        return {r[0]: int(r[1]) for r in rows}
-    total = session.execute(select(contacts).join(*joined).where(and_(*conditions))).scalar()
-    return {None: int(total or 0)}
+    send (and within ``window`` of it, or by ``until``), per arm if asked.
 
-
-def _within_window(
-    session: Session, broadcast_id: str, event_type: str, window: Any, by_arm: bool
-) -> list[tuple[str | None, int]]:
-    pairs = session.execute(
-        select(
+    An event that names the message it is about (tracking's and the provider webhook's
+    ``message_id``: the digest of the delivery's key, as the Message-ID header carries
+    it) counts only for that message, so an open of another broadcast's email sent the
+    same week is not this one's; an event that names none (a conversion) counts when it
+    follows the send. Filtered here rather than in SQL, the same on SQLite and
+    PostgreSQL, over the recipients who performed the event at all."""
+    rows = session.execute(
+        sa_select(
             col(BroadcastRecipient.contact_id),
             col(BroadcastRecipient.variant),
             col(BroadcastRecipient.sent_at),
             col(Event.occurred_at),
+            col(Event.properties),
         )
         .join(Event, col(Event.contact_id) == col(BroadcastRecipient.contact_id))
         .where(
@@ -99,11 +81,25 @@ def _within_window(
         )
     ).all()
     counted: dict[str | None, set[str]] = {}
-    for contact_id, variant, sent_at, occurred in pairs:
+    for contact_id, variant, sent_at, occurred, properties in rows:
         sent, at = _aware(sent_at), _aware(occurred)
-        if sent is not None and at is not None and at - sent <= window:
-            counted.setdefault(variant if by_arm else None, set()).add(contact_id)
-    return [(k, len(v)) for k, v in counted.items()]
+        if sent is None or at is None:
+            continue
+        if until is not None and at > until:
+            continue
+        if window is not None and at - sent > window:
+            continue
+        named = (properties or {}).get("message_id")
+        if named and named != message_digest(delivery_key(broadcast_id, contact_id)):
+            continue
+        counted.setdefault(variant if by_arm else None, set()).add(contact_id)
+    return {key: len(found) for key, found in counted.items()}
+
+
+def message_digest(key: str) -> str:
+    """The digest a delivery's Message-ID carries (``<digest@domain>``), from its key:
+    what tracking and webhook events name as ``message_id``."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _aware(moment: datetime | None) -> datetime | None:
