@@ -394,7 +394,7 @@ async def test_pause_resume_and_cancel_act_between_batches_and_lose_nothing(
         with Session(runtime.engine) as session:
             sent_rows = session.exec(
                 select(col(Delivery.contact_id)).where(
-                    Delivery.journey == "broadcast:steered", Delivery.status == "sent"
+                    Delivery.journey == "broadcast:steered-wf", Delivery.status == "sent"
                 )
             ).all()
         assert len(sent_rows) == len(set(sent_rows)) == report.sent
