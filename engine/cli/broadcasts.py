@@ -769,11 +769,6 @@ def _steer(
 
         async def run(client: Client) -> dict[str, Any] | None:
             await send(client, db)
-            seen = await steer.progress(client, db, broadcast_id)
-            if action == "pause" and seen.get("status") == "scheduled":
-                # Waiting for its send time: the workflow keeps the pause and stops
-                # before its first batch, so there is nothing to see yet.
-                return {**seen, "status": "scheduled, paused before its first batch"}
             deadline = clock.monotonic() + STEER_WAIT_SECONDS
             while clock.monotonic() < deadline:
                 seen = await steer.progress(client, db, broadcast_id)

@@ -403,6 +403,29 @@ async def test_pause_resume_and_cancel_act_between_batches_and_lose_nothing(
         await record_broadcast_history(runtime, "steered-wf", "broadcast_paused_resumed_cancelled")
 
 
+async def test_a_pause_before_the_send_time_shows_at_once_and_holds_the_start(
+    runtime: Runtime, content_library: ContentLibrary
+) -> None:
+    seed_audience(runtime.engine, [{"id": f"w{i}"} for i in range(3)])
+    start = datetime.now(UTC) + timedelta(seconds=3)
+    broadcast = Broadcast(name="held-start", segment=AUDIENCE.name, content=CONTENT, send_at=start)
+    await launch(runtime, content_library, broadcast)
+    await steer.pause(runtime.client, runtime.engine, "held-start", "legal review")
+
+    async def paused() -> bool:
+        row = store.get_row(runtime.engine, "held-start")
+        return (row.status, row.reason) == ("paused", "legal review")
+
+    await eventually(paused)
+    await asyncio.sleep((start - datetime.now(UTC)).total_seconds() + 1.0)
+    assert store.get_row(runtime.engine, "held-start").status == "paused"
+    assert not any(runtime.sent(f"w{i}") for i in range(3))
+    await steer.resume(runtime.client, runtime.engine, "held-start")
+    assert await finished(runtime, "held-start") == "completed"
+    assert [sink_count(runtime, f"w{i}") for i in range(3)] == [1, 1, 1]
+    await record_broadcast_history(runtime, "held-start", "broadcast_paused_before_start")
+
+
 async def _true(value: bool) -> bool:
     return value
 

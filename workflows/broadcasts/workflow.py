@@ -96,8 +96,7 @@ class BroadcastWorkflow:
     async def run(self, progress: BroadcastInput) -> dict[str, Any]:
         self._progress = progress
         if progress.phase == "start":
-            await self._sleep_until(progress.launched_at, "start")
-            if self._cancelled:
+            if not await self._wait_for_start(progress.launched_at):
                 return await self._finish("cancelled")
             snapshot: SnapshotResult = await workflow.execute_activity(
                 SNAPSHOT_ACTIVITY,
@@ -171,20 +170,39 @@ class BroadcastWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(progress)
 
-    async def _sleep_until(self, moment: datetime, name: str) -> None:
-        """A timer to ``moment`` that a cancel cuts short."""
+    async def _wait_for_start(self, start: datetime) -> bool:
+        """Wait for the send time; False if cancelled meanwhile. A pause meanwhile shows
+        at once (``paused``, with its reason) and holds the start until resumed."""
+        while True:
+            await self._sleep_until(start, "start", wake_on_pause=True)
+            if self._cancelled:
+                return False
+            if self._paused:
+                await self._mark("paused", self._pause_reason)
+                await workflow.wait_condition(lambda: not self._paused or bool(self._cancelled))
+                if self._cancelled:
+                    return False
+                await self._mark("scheduled", None)
+                continue
+            return True
+
+    async def _sleep_until(
+        self, moment: datetime, name: str, *, wake_on_pause: bool = False
+    ) -> None:
+        """A timer to ``moment`` that a cancel (and, if asked, a pause) cuts short."""
         delay = moment - workflow.now()
         if delay <= timedelta(0):
             return
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
-                lambda: bool(self._cancelled),
+                lambda: bool(self._cancelled) or (wake_on_pause and self._paused),
                 timeout=delay,
                 timeout_summary=timer_summary(BROADCAST_TIMERS, name),
             )
 
     async def _mark(self, status: str, reason: str | None) -> None:
-        self._status = status
+        """Record ``status``; the progress query shows it once recorded, so a caller that
+        saw it there finds the database saying the same."""
         progress = self._progress
         assert progress is not None
         await workflow.execute_activity(
@@ -193,6 +211,7 @@ class BroadcastWorkflow:
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=_DB,
         )
+        self._status = status
 
     async def _finish(self, status: str) -> dict[str, Any]:
         await self._mark(status, self._cancelled if status == "cancelled" else None)

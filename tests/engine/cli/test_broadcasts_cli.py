@@ -7,8 +7,8 @@ production worker on the Temporal dev server.
   ``broadcasts create``, ``preview``, ``schedule``, ``report --follow``; each reader sent
   once (counted in the file sink); ``report broadcasts`` in JSON and CSV; a second
   ``schedule`` answered with the first.
-- A broadcast scheduled for later: ``test-send`` to seeds, pause kept before the first
-  batch, resume, cancel; nothing sent to the audience.
+- A broadcast scheduled for later: ``test-send`` to seeds, pause shown at once and kept
+  before the first batch, resume, cancel; nothing sent to the audience.
 - Every kind of bad input, refused with the field and the fix, nothing sent.
 - ``deploy`` keeps a project's broadcasts as drafts, and reports a launched one whose spec
   changed as a problem line instead of failing; ``validate`` checks each.
@@ -356,7 +356,9 @@ async def test_a_later_broadcast_is_test_sent_paused_resumed_and_cancelled_befor
     assert f"sends at {later.isoformat()}" in out
     code, out, err = await sh.run("broadcasts", "pause", "feb-news", "--reason", "legal review")
     assert code == 0, out + err
-    assert out.startswith("broadcast feb-news scheduled, paused before its first batch")
+    # Paused while waiting for its send time: shown at once, with the reason.
+    assert out.startswith("broadcast feb-news paused (legal review): 0 sent"), out
+    assert store_status(runtime, "feb-news") == ("paused", "legal review")
     code, out, err = await sh.run("broadcasts", "resume", "feb-news")
     assert code == 0, out + err
     assert out.startswith("broadcast feb-news scheduled")
@@ -607,3 +609,10 @@ def test_a_test_send_goes_through_the_configured_smtp_relay_and_names_each_refus
         assert session.exec(select(Delivery)).all() == []
     assert store.get_row(db, "apr-news").status == "draft"
     db.dispose()
+
+
+def store_status(runtime: Any, broadcast_id: str) -> tuple[str, str | None]:
+    from stagecoach.engine.services.broadcasts.store import get_row
+
+    row = get_row(runtime.engine, broadcast_id)
+    return row.status, row.reason
