@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ STUCK_SERVER = [
     r"RPCError: Timeout expired",
     r"RPCError: h2 protocol error",
     r"condition not reached in time",
+    r"Failed starting test server",
 ]
 TIME_SKIPPING_TIMEOUT = 120
 
@@ -167,7 +169,11 @@ async def time_skipping_env(test_server_path: str) -> AsyncIterator[WorkflowEnvi
     running, with no worker any more, has its next timer fire into a workflow task nobody
     completes, and the server then never skips time again: a later test's 30-day sleep
     hung until a CI run passed its 90 minutes. So no test shares a server."""
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=test_server_path)
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=test_server_path,
+        # The SDK waits 5 s for the JVM; on two loaded cores it has taken longer.
+        test_server_startup_timeout=timedelta(seconds=30),
+    )
     await register_search_attributes(env.client, "default")
     try:
         yield env

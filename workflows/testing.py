@@ -782,7 +782,11 @@ async def _start_test_server(path: str | None) -> WorkflowEnvironment:
             "Temporal test server (temporal-test-server), or unset it to download one"
         )
     try:
-        return await WorkflowEnvironment.start_time_skipping(test_server_existing_path=path)
+        return await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=path,
+            # The SDK waits 5 s for the JVM to start; a busy laptop or CI box takes longer.
+            test_server_startup_timeout=timedelta(seconds=30),
+        )
     except RuntimeError as exc:
         where = path or "a downloaded one (no network?)"
         raise JourneyTestError(

@@ -25,6 +25,7 @@ import jinja2
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.exceptions import TemporalError
@@ -49,7 +50,7 @@ from stagecoach.engine.services.analytics.service import (
     Wanted,
     reports_for,
 )
-from stagecoach.engine.services.broadcasts.store import BroadcastNotFound
+from stagecoach.engine.services.broadcasts.store import BroadcastNotFound, contact_broadcast_sends
 from stagecoach.engine.services.lookup import (
     LOOKUP_KINDS,
     ContactNotMatched,
@@ -70,7 +71,12 @@ from stagecoach.engine.services.segments.queries import (
 from stagecoach.engine.services.storage.models import StageTransition
 from stagecoach.engine.settings import Settings
 from stagecoach.engine.temporal.gateway import ContactNotFound, missing_contact
-from stagecoach.engine.temporal.timeline import Entry, contact_timeline
+from stagecoach.engine.temporal.timeline import (
+    Entry,
+    broadcast_entry,
+    contact_timeline,
+    with_entries,
+)
 
 PREFIX = "/dashboard"
 DEFAULT_DAYS = 90
@@ -518,6 +524,20 @@ def dashboard_router(
         except DatabaseError:  # the rest of the page is still worth showing
             segments = None
         story, note = await _story(request, temporal, timeline, subject)
+        # Broadcast sends are in the delivery records, not the workflow's history: shown
+        # even when the history cannot be read (the note still says why).
+        try:
+            sends = await asyncio.to_thread(contact_broadcast_sends, request.app.state.db, subject)
+        except SADatabaseError:
+            sends = []
+        if sends:
+            story = with_entries(
+                story or [],
+                [
+                    broadcast_entry(b.at, b.broadcast, b.channel, b.content_id, b.status, b.arm)
+                    for b in sends
+                ],
+            )
         if isinstance(person, str) and story is None:
             return problem_page(404, "No such contact", person, signed_in=True)
         workflow = contact_workflow_id(subject)

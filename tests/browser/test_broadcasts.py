@@ -232,6 +232,12 @@ def test_broadcast_pages_show_what_the_run_sent_and_held_back(
     converted = engagement["converted (order.paid within 7 days of the send)"]
     assert (converted["recipients"], converted["rate"]) == ("1", "25.0%")
     assert tab.locator("#broadcast-ab").count() == 0  # no A/B test declared
+
+    # A recipient's own page shows the send on their timeline, though no workflow made it.
+    with tab.expect_navigation():
+        tab.goto(f"{served.url}/dashboard/contacts/{MEMBERS[0]}")
+    story = tab.inner_text("body")
+    assert f"[broadcast {NAME}]: sent" in story
     only_local(page)
 
 

@@ -18,6 +18,7 @@ from temporalio.worker import Replayer, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox._runner import _Instance
 
 import stagecoach.workflows.contact
+from stagecoach.workflows.broadcasts import BroadcastWorkflow
 from stagecoach.workflows.contact import ContactWorkflow
 from stagecoach.workflows.sandbox import LeanSandboxedWorkflowRunner, lean_sandbox
 from stagecoach.workflows.worker import build_worker
@@ -116,6 +117,6 @@ def _history(path: Path) -> WorkflowHistory:
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays_in_the_lean_sandbox(path: Path) -> None:
     history = _history(path)
-    await Replayer(workflows=[ContactWorkflow], workflow_runner=lean_sandbox()).replay_workflow(
-        history
-    )
+    await Replayer(
+        workflows=[ContactWorkflow, BroadcastWorkflow], workflow_runner=lean_sandbox()
+    ).replay_workflow(history)
