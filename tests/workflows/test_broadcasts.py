@@ -773,3 +773,55 @@ async def test_the_broadcast_rate_holds_across_two_workers(
         assert elapsed < bound, elapsed
     else:
         assert elapsed >= bound, elapsed
+
+
+# --- WeChat template messages, to the local WeChat API -------------------------------------
+
+
+async def test_a_wechat_template_broadcast_pauses_on_the_daily_quota_and_resumes(
+    env: Any, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+) -> None:
+    from stagecoach.connectors.filesink import FileSinkConnector
+    from stagecoach.connectors.wechat import WeChatConfig, WeChatConnector
+    from tests.peers.wechat import running_peer
+
+    with running_peer() as peer:
+        wechat = WeChatConnector(
+            WeChatConfig(appid=peer.appid, secret=peer.secret, api_base=peer.url)
+        )
+        connectors: dict[str, Connector] = {
+            "email": FileSinkConnector(tmp_path / "sink", channel="email"),
+            "wechat": wechat,
+        }
+        async with open_runtime(
+            env, task_queue, tmp_path, content_library, connectors=connectors
+        ) as runtime:
+            fans = [
+                {"id": f"tf{i}", "wechat_openid": f"oTpl{i:024}", "locale": "zh-CN"}
+                for i in range(4)
+            ]
+            seed_audience(runtime.engine, fans)
+            peer.fail_openid(fans[3]["wechat_openid"], 43004)  # unfollowed meanwhile
+            peer.fail_next(45009, times=1)  # the account's daily template quota is spent
+            broadcast = Broadcast(
+                name="story-invite-wechat",
+                segment=AUDIENCE.name,
+                content="customer-story-invite",
+                channel="wechat",
+            )
+            await launch(runtime, content_library, broadcast)
+
+            async def paused() -> bool:
+                return store.get_row(runtime.engine, "story-invite-wechat").status == "paused"
+
+            await eventually(paused)
+            row = store.get_row(runtime.engine, "story-invite-wechat")
+            assert row.reason is not None
+            assert "daily quota" in row.reason
+            await steer.resume(runtime.client, runtime.engine, "story-invite-wechat")
+            assert await finished(runtime, "story-invite-wechat") == "completed"
+            report = broadcast_report(runtime.engine, "story-invite-wechat")
+            assert (report.sent, report.held) == (3, {"consent_revoked": 1})
+            accepted = [m.openid for m in peer.accepted]
+            assert sorted(accepted) == sorted(f["wechat_openid"] for f in fans[:3])
+            assert all(m.kind == "template" for m in peer.accepted)

@@ -73,6 +73,9 @@ MAX_ATTEMPTS = 5
 """Retryable failures per recipient before it is counted failed."""
 
 RETRY_AFTER = timedelta(minutes=1)
+HOLD_AS_REFUSAL = timedelta(minutes=10)
+"""A retry hint longer than this is the provider holding every send back (a daily quota),
+not one recipient's trouble: the broadcast pauses with the provider's words."""
 MASS_BATCH = 10_000
 """Recipients per ``wechat_mass`` batch: WeChat's most openids in one job."""
 CONCURRENCY = 16
@@ -484,7 +487,11 @@ class BroadcastActivities:
                 )
             )
         except RetryableDeliveryError as exc:
-            settled = self._retry(r, exc.message, now)
+            if exc.retry_after is not None and exc.retry_after > HOLD_AS_REFUSAL:
+                # The provider holds every send back for long (WeChat's daily quota until
+                # midnight in Beijing): pause with its word rather than wait per recipient.
+                return store.Settled(r.contact_id, "refused", exc.message[:256])
+            settled = self._retry(r, exc.message, now, exc.retry_after)
             if settled.status == "failed":
                 await asyncio.to_thread(self._record_failure, broadcast, version, r, "failed", exc)
             return settled
@@ -534,8 +541,15 @@ class BroadcastActivities:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _retry(self, r: store.Recipient, message: str, now: datetime) -> store.Settled:
-        """Pending again a minute later, or failed after :data:`MAX_ATTEMPTS` tries."""
+    def _retry(
+        self,
+        r: store.Recipient,
+        message: str,
+        now: datetime,
+        hint: timedelta | None = None,
+    ) -> store.Settled:
+        """Pending again a minute later (or after the provider's hint, if longer), or
+        failed after :data:`MAX_ATTEMPTS` tries."""
         tried = 1
         if r.reason and r.reason.startswith("retry:"):
             tried = int(r.reason.removeprefix("retry:") or 0) + 1
@@ -543,7 +557,8 @@ class BroadcastActivities:
             return store.Settled(
                 r.contact_id, "failed", f"retryable, {tried} tries: {message}"[:256]
             )
-        return store.Settled(r.contact_id, "pending", f"retry:{tried}", send_at=now + RETRY_AFTER)
+        after = max(RETRY_AFTER, hint or RETRY_AFTER)
+        return store.Settled(r.contact_id, "pending", f"retry:{tried}", send_at=now + after)
 
     def _record_failure(
         self, broadcast: Broadcast, version: str, r: store.Recipient, status: str, exc: Any
