@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
@@ -404,28 +404,3 @@ def choose_winner(ab: ABTest, arms: Iterable[ArmResult]) -> ABDecision:
         winner=ab.default,
         reason=f"no significant winner (p = {p_value:.4g} >= {ab.alpha}); default sent",
     )
-
-
-# --- what became of each recipient ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchOutcome(serial.Record):
-    """What one batch did: sends, holds by reason, failures; the next recipient's send
-    time still ahead; and a provider's refusal that pauses the broadcast."""
-
-    sent: int = 0
-    held: Mapping[str, int] = field(default_factory=dict)
-    failed: int = 0
-    retry: int = 0
-    remaining: int = 0
-    next_due: datetime | None = None
-    refused: str | None = None
-
-
-def merge_counts(*counts: Mapping[str, int]) -> dict[str, int]:
-    merged: dict[str, int] = {}
-    for part in counts:
-        for key, n in part.items():
-            merged[key] = merged.get(key, 0) + n
-    return merged

@@ -484,6 +484,7 @@ class BatchResult:
     failed: int = 0
     retry: int = 0
     remaining: int = 0
+    """Unused (kept so recorded histories decode): the workflow needs only ``next_due``."""
     next_due: datetime | None = None
     refused: str | None = None
 

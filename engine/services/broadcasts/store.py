@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, update
+from sqlalchemy import Engine, bindparam, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -392,7 +392,9 @@ def due_recipients(
                 col(BroadcastRecipient.status) == "pending",
                 col(BroadcastRecipient.send_at) <= now,
             )
-            .order_by(col(BroadcastRecipient.seq))
+            # The batch index's own order: a batch reads its rows, it does not sort the
+            # audience (snapshot order within each send time).
+            .order_by(col(BroadcastRecipient.send_at), col(BroadcastRecipient.seq))
             .limit(limit)
         )
         if arms_only:
@@ -537,137 +539,182 @@ class Settled:
 
 
 def settle(db: Engine, broadcast_id: str, outcomes: Sequence[Settled]) -> None:
-    """Write a batch's outcomes to the snapshot in one transaction."""
+    """Write a batch's outcomes to the snapshot: one statement, executed for every
+    recipient, in one transaction (a column an outcome leaves as ``None`` keeps its
+    value)."""
     if not outcomes:
         return
-    with Session(db) as session:
-        for o in outcomes:
-            values: dict[str, Any] = {"status": o.status, "reason": o.reason}
-            if o.send_at is not None:
-                values["send_at"] = o.send_at
-            if o.sent_at is not None:
-                values["sent_at"] = o.sent_at
-            if o.variant is not None:
-                values["variant"] = o.variant
-            session.execute(
-                update(BroadcastRecipient)
-                .where(
-                    and_(
-                        col(BroadcastRecipient.broadcast_id) == broadcast_id,
-                        col(BroadcastRecipient.contact_id) == o.contact_id,
-                    )
-                )
-                .values(**values)
-            )
-        session.commit()
+    table = _table(BroadcastRecipient)
 
+    def keep(name: str, column: Any) -> Any:
+        return func.coalesce(bindparam(name, type_=column.type), column)
 
-def record_delivery(
-    db: Engine,
-    broadcast: Broadcast,
-    version: str,
-    recipient: Recipient,
-    *,
-    channel: str,
-    status: str,
-    content_id: str | None = None,
-    content_version: str | None = None,
-    provider_message_id: str | None = None,
-    error: str | None = None,
-    sent_at: datetime | None = None,
-) -> None:
-    """Insert or update the broadcast's delivery row for ``recipient``: the same
-    ``deliveries`` table journeys write, so caps, reports and the contact's history
-    count both. ``journey`` is ``broadcast:<name>``, ``step_id`` the arm."""
-    key = delivery_key(broadcast.name, recipient.contact_id)
-    with Session(db) as session:
-        if session.get(Contact, recipient.contact_id) is None:
-            session.add(Contact(id=recipient.contact_id))
-            session.flush()
-        row = session.exec(select(Delivery).where(Delivery.idempotency_key == key)).first()
-        if row is None:
-            row = Delivery(
-                idempotency_key=key,
-                contact_id=recipient.contact_id,
-                journey=f"broadcast:{broadcast.name}",
-                journey_version=version,
-                step_id=recipient.variant or "all",
-                channel=channel,
-            )
-        row.status = status
-        if content_id is not None:
-            row.content_id = content_id
-        if content_version is not None:
-            row.content_version = content_version
-        if provider_message_id is not None:
-            row.provider_message_id = provider_message_id
-        if error is not None:
-            row.error = error[:1024]
-        if sent_at is not None:
-            row.sent_at = sent_at
-        session.add(row)
-        session.commit()
-
-
-def record_deliveries(
-    db: Engine,
-    broadcast: Broadcast,
-    version: str,
-    recipients: Sequence[Recipient],
-    *,
-    channel: str,
-    content_id: str,
-    content_version: str,
-    provider_message_id: str | None,
-    sent_at: datetime,
-) -> None:
-    """Sent delivery rows for many recipients of one job (a WeChat mass send), in one
-    transaction; a row a retry finds is left as it is."""
-    keys = {delivery_key(broadcast.name, r.contact_id): r for r in recipients}
-    with Session(db) as session:
-        existing = set(
-            session.exec(
-                select(Delivery.idempotency_key).where(
-                    col(Delivery.idempotency_key).in_(list(keys))
-                )
-            ).all()
+    statement = (
+        update(table)
+        .where(
+            table.c.broadcast_id == bindparam("b_id"),
+            table.c.contact_id == bindparam("c_id"),
         )
-        known = set(
-            session.exec(
-                select(Contact.id).where(col(Contact.id).in_([r.contact_id for r in recipients]))
-            ).all()
+        .values(
+            status=bindparam("b_status"),
+            reason=bindparam("b_reason"),
+            send_at=func.coalesce(
+                bindparam("b_send_at", type_=table.c.send_at.type), table.c.send_at
+            ),
+            sent_at=func.coalesce(
+                bindparam("b_sent_at", type_=table.c.sent_at.type), table.c.sent_at
+            ),
+            variant=func.coalesce(
+                bindparam("b_variant", type_=table.c.variant.type), table.c.variant
+            ),
         )
-        for key, r in keys.items():
-            if r.contact_id not in known:
-                session.add(Contact(id=r.contact_id))
-            if key in existing:
-                continue
+    )
+    rows = [
+        {
+            "b_id": broadcast_id,
+            "c_id": o.contact_id,
+            "b_status": o.status,
+            "b_reason": o.reason,
+            "b_send_at": o.send_at,
+            "b_sent_at": o.sent_at,
+            "b_variant": o.variant,
+        }
+        for o in outcomes
+    ]
+    with db.begin() as connection:
+        connection.execute(statement, rows)
+
+
+@dataclass(frozen=True)
+class DeliveryWrite:
+    """One delivery row to write for a broadcast's recipient (see :func:`write_deliveries`)."""
+
+    contact_id: str
+    status: str
+    arm: str | None = None
+    content_id: str | None = None
+    content_version: str | None = None
+    provider_message_id: str | None = None
+    error: str | None = None
+    sent_at: datetime | None = None
+
+
+def write_deliveries(
+    db: Engine, broadcast: Broadcast, version: str, channel: str, writes: Sequence[DeliveryWrite]
+) -> None:
+    """Insert or update many of a broadcast's delivery rows in one transaction: the rows
+    journeys write too (``journey`` ``broadcast:<name>``, ``step_id`` the arm), so caps,
+    reports and the contact's history count both. Missing contact rows are added. A value
+    a write leaves as ``None`` keeps what the row has."""
+    if not writes:
+        return
+    table = _table(Delivery)
+    contacts = _table(Contact)
+    by_key = {delivery_key(broadcast.name, w.contact_id): w for w in writes}
+    now = datetime.now(UTC)
+    with db.begin() as connection:
+        existing = {
+            row[0]
+            for row in connection.execute(
+                sa_select(table.c.idempotency_key).where(table.c.idempotency_key.in_(list(by_key)))
+            )
+        }
+        ids = list({w.contact_id for w in writes})
+        known = {
+            row[0]
+            for row in connection.execute(sa_select(contacts.c.id).where(contacts.c.id.in_(ids)))
+        }
+        missing = [cid for cid in ids if cid not in known]
+        if missing:
+            connection.execute(
+                insert(contacts),
+                [
+                    {
+                        "id": cid,
+                        "traits": {},
+                        "created_at": now,
+                        "updated_at": now,
+                        "rehearsal": False,
+                    }
+                    for cid in missing
+                ],
+            )
+        new = [
+            {
+                "idempotency_key": key,
+                "contact_id": w.contact_id,
+                "journey": f"broadcast:{broadcast.name}",
+                "journey_version": version,
+                "step_id": w.arm or "all",
+                "enrolment": 1,
+                "channel": channel,
+                "content_id": w.content_id,
+                "content_version": w.content_version,
+                "status": w.status,
+                "provider_message_id": w.provider_message_id,
+                "error": w.error[:1024] if w.error else None,
+                "created_at": now,
+                "sent_at": w.sent_at,
+            }
+            for key, w in by_key.items()
+            if key not in existing
+        ]
+        if new:
+            connection.execute(insert(table), new)
+        changed = [
+            {
+                "d_key": key,
+                "d_status": w.status,
+                "d_content_id": w.content_id,
+                "d_content_version": w.content_version,
+                "d_provider": w.provider_message_id,
+                "d_error": w.error[:1024] if w.error else None,
+                "d_sent_at": w.sent_at,
+            }
+            for key, w in by_key.items()
+            if key in existing
+        ]
+        if changed:
+            connection.execute(_DELIVERY_UPDATE, changed)
+
+
+def _table(model: type[Any]) -> Any:
+    """A model's Core table, for executemany statements (SQLModel does not type it)."""
+    return model.__table__
+
+
+def _delivery_update() -> Any:
+    table = _table(Delivery)
+
+    def keep(name: str, column: Any) -> Any:
+        return func.coalesce(bindparam(name, type_=column.type), column)
+
+    return (
+        update(table)
+        .where(table.c.idempotency_key == bindparam("d_key"))
+        .values(
+            status=bindparam("d_status"),
+            content_id=keep("d_content_id", table.c.content_id),
+            content_version=keep("d_content_version", table.c.content_version),
+            provider_message_id=keep("d_provider", table.c.provider_message_id),
+            error=keep("d_error", table.c.error),
+            sent_at=keep("d_sent_at", table.c.sent_at),
+        )
+    )
+
+
+_DELIVERY_UPDATE = _delivery_update()
+
+
+def suppress(db: Engine, channel: str, address: str, reason: str, contact_id: str) -> None:
+    """Suppress ``address`` on ``channel`` (a hard bounce, consent revoked), as a
+    journey's delivery does; an address already suppressed keeps its first reason."""
+    with Session(db) as session:
+        if session.get(Suppression, (channel, address)) is None:
             session.add(
-                Delivery(
-                    idempotency_key=key,
-                    contact_id=r.contact_id,
-                    journey=f"broadcast:{broadcast.name}",
-                    journey_version=version,
-                    step_id=r.variant or "all",
-                    channel=channel,
-                    content_id=content_id,
-                    content_version=content_version,
-                    status="sent",
-                    provider_message_id=provider_message_id,
-                    sent_at=sent_at,
-                )
+                Suppression(channel=channel, address=address, reason=reason, contact_id=contact_id)
             )
-        session.commit()
-
-
-def pending_count(db: Engine, broadcast_id: str) -> int:
-    with Session(db) as session:
-        return session.exec(
-            select(func.count()).where(
-                col(BroadcastRecipient.broadcast_id) == broadcast_id,
-                col(BroadcastRecipient.status) == "pending",
-            )
-        ).one()
+            session.commit()
 
 
 def assign_rest(db: Engine, broadcast_id: str, winner: str) -> int:
