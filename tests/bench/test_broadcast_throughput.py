@@ -37,7 +37,9 @@ Environment: ``STAGECOACH_BENCH_BROADCAST_N`` (default 20,000),
 default ``200``), ``STAGECOACH_BENCH_BROADCAST_RUNS`` (runs per batch size, default 3),
 ``STAGECOACH_BENCH_SMTP_POOL`` (8, the worker's default), ``STAGECOACH_BENCH_BROADCAST_BUDGET``
 (seconds: a run still sending then is cancelled and reported as partial, its rate from
-what it sent by the time the cancel took; default none), ``STAGECOACH_BENCH_PYSPY`` (a
+what it sent by the time the cancel took; default none: the suite's watchdog,
+``tests/conftest.py``, ends any test after 15 minutes with no figures, so a large N wants
+a budget under that, launch to cancel, seeding and teardown included), ``STAGECOACH_BENCH_PYSPY`` (a
 path: py-spy, on PATH or in ``.venv``, records the worker's stacks, collapsed, into
 ``<path>-<run>.txt``).
 
