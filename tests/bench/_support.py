@@ -302,3 +302,293 @@ def table(summary: dict[str, tuple[float, int]]) -> str:
     return "\n".join(
         f"    {name:<16} mean {mean:6.2f}   max {peak:3d}" for name, (mean, peak) in summary.items()
     )
+
+
+# --- broadcasts -------------------------------------------------------------------------
+#
+# Shared by the broadcast benchmarks and the broadcast fault test: an audience bulk-loaded
+# into the database (what a CSV upload of a list leaves behind), a broadcast launched
+# through the public launch API, its workflow's histories counted in actions, and the
+# worker process's memory sampled while it runs.
+
+BROADCAST_CONTENT = "newsletter-monthly"
+"""Personalised (``first_name``) in every locale the audience reads."""
+
+
+def seed_broadcast_audience(
+    db: Engine,
+    segment: str,
+    count: int,
+    *,
+    prefix: str,
+    zones: Sequence[str] = ("UTC",),
+    chunk: int = 10_000,
+) -> list[str]:
+    """``count`` contacts with an email identity each, members of the manual segment
+    ``segment`` (published here), inserted in chunks of ``chunk`` rows a statement.
+
+    Contact ``n`` lives in ``zones[n % len(zones)]``. Returns the contact ids in order.
+    ``tests/workflows/test_broadcasts.seed_audience`` writes the same rows one contact at
+    a time (and the list's change log, which the broadcast never reads)."""
+    from sqlalchemy import insert
+
+    from stagecoach.engine.domain.segments import MANUAL_VERSION, Segment
+    from stagecoach.engine.services.segments.catalog import publish_segments
+    from stagecoach.engine.services.storage.models import Contact, Identity, SegmentMember
+
+    publish_segments(db, [Segment(segment, description="bench list", manual=True).spec()])
+    now = datetime.now(UTC)
+    ids = [f"{prefix}-{n}" for n in range(count)]
+    for start in range(0, count, chunk):
+        part = range(start, min(start + chunk, count))
+        with db.begin() as conn:
+            conn.execute(
+                insert(Contact),
+                [
+                    {
+                        "id": ids[n],
+                        "stage": "customer",
+                        "locale": "en",
+                        "timezone": zones[n % len(zones)],
+                        "traits": {"email": f"{ids[n]}@example.com", "first_name": f"Reader{n}"},
+                        "created_at": now,
+                        "updated_at": now,
+                        "rehearsal": False,
+                    }
+                    for n in part
+                ],
+            )
+            conn.execute(
+                insert(Identity),
+                [
+                    {
+                        "kind": "email",
+                        "value": f"{ids[n]}@example.com",
+                        "contact_id": ids[n],
+                        "source": "bench",
+                        "created_at": now,
+                    }
+                    for n in part
+                ],
+            )
+            conn.execute(
+                insert(SegmentMember),
+                [
+                    {
+                        "segment": segment,
+                        "version": MANUAL_VERSION,
+                        "contact_id": ids[n],
+                        "since": now,
+                        "reason": "uploaded",
+                    }
+                    for n in part
+                ],
+            )
+    return ids
+
+
+def content_catalogue(library: ContentLibrary) -> dict[str, frozenset[tuple[str, str]]]:
+    """What ``launch`` checks the content against: each item's (locale, channel) pairs."""
+    return {
+        item.id: frozenset((loc, ch) for loc in item.locales for ch in item.channels)
+        for item in library.items
+    }
+
+
+async def launch_broadcast(
+    client: Client,
+    db: Engine,
+    broadcast: Any,
+    *,
+    task_queue: str,
+    batch_size: int,
+    now: datetime | None = None,
+) -> None:
+    """Save ``broadcast`` (a ``Broadcast``) as a draft and launch it, as the CLI does."""
+    from stagecoach.engine.services.broadcasts import launch as steer
+    from stagecoach.engine.services.broadcasts import store
+
+    store.save_broadcast(db, broadcast, source="bench")
+    launched = await steer.launch(
+        client,
+        db,
+        broadcast.name,
+        task_queue=task_queue,
+        content=content_catalogue(ContentLibrary.load(ROOT / "content")),
+        events=None,
+        now=now or datetime.now(UTC),
+        batch_size=batch_size,
+    )
+    assert launched.first, launched
+
+
+def broadcast_status(db: Engine, broadcast_id: str) -> str:
+    from stagecoach.engine.services.broadcasts import store
+
+    return store.get_row(db, broadcast_id).status
+
+
+def broadcast_sent(db: Engine, broadcast_id: str) -> int:
+    """Recipients settled as sent so far (a batch settles its recipients at its end)."""
+    from sqlalchemy import func
+    from sqlmodel import Session, col, select
+
+    from stagecoach.engine.services.storage.models import BroadcastRecipient
+
+    with Session(db) as session:
+        return int(
+            session.exec(
+                select(func.count()).where(
+                    col(BroadcastRecipient.broadcast_id) == broadcast_id,
+                    col(BroadcastRecipient.status) == "sent",
+                )
+            ).one()
+        )
+
+
+async def workflow_histories(client: Client, workflow_id: str) -> list[WorkflowHistory]:
+    """Every run of ``workflow_id``, first run first (follows continue-as-new)."""
+    histories: list[WorkflowHistory] = []
+    run_id: str | None = None
+    while True:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        histories.append(history)
+        first = history.events[0]
+        previous = first.workflow_execution_started_event_attributes.continued_execution_run_id
+        if not previous:
+            break
+        run_id = previous
+    histories.reverse()
+    return histories
+
+
+def workflow_tasks(histories: Sequence[WorkflowHistory]) -> int:
+    """Workflow tasks completed over the runs: not billed as actions by Temporal Cloud,
+    but the work the server and the worker do per workflow step."""
+    return sum(
+        1
+        for history in histories
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+
+
+class RssSampler:
+    """The resident memory of a process (or of whichever process ``pid()`` names now,
+    for a worker that is killed and started again), sampled every ``every`` seconds on
+    a thread until stopped."""
+
+    def __init__(self, pid: Any, *, every: float = 2.0) -> None:
+        import threading
+
+        self._pid = pid
+        self._every = every
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, float]] = []
+        """(seconds since start, RSS in MiB)."""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = time.perf_counter()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pid = self._pid()
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    rss = psutil.Process(pid).memory_info().rss / 2**20
+                    self.samples.append((time.perf_counter() - self._started, rss))
+            self._stop.wait(self._every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def describe(self, points: int = 8) -> str:
+        """A few samples spread over the run, and the peak."""
+        if not self.samples:
+            return "no samples"
+        step = max(len(self.samples) // points, 1)
+        shown = self.samples[::step]
+        if shown[-1] != self.samples[-1]:
+            shown.append(self.samples[-1])
+        peak = max(rss for _, rss in self.samples)
+        return ", ".join(f"{t:.0f}s {rss:.0f}" for t, rss in shown) + f" MiB; peak {peak:.0f} MiB"
+
+
+def load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass
+class Kill:
+    """One SIGKILL of the worker during a broadcast, and what it cost."""
+
+    progress: int
+    """Messages the progress count showed once the worker was dead."""
+    at: float
+    """Seconds from the launch to the kill."""
+    stalled: float | None = None
+    """Seconds from the kill until the progress count moved again (a new worker sending:
+    its start, the workflow task moving to it, the killed batch's heartbeat timeout)."""
+
+
+async def broadcast_with_kills(
+    worker: Any,
+    thresholds: Sequence[int],
+    *,
+    progress: Any,
+    done: Any,
+    within: float,
+    poll: float = 0.05,
+    on_kill: Any = None,
+) -> list[Kill]:
+    """Watch a running broadcast; each time ``progress()`` reaches the next of
+    ``thresholds`` (and the last kill has been recovered from), SIGKILL ``worker`` (a
+    ``tests.faults._harness.Child``) and start it again at once. Returns when ``done()``.
+
+    ``progress`` and ``done`` are async callables; ``within`` bounds the whole wait;
+    ``on_kill`` (async, optional) is awaited while the worker is dead."""
+    started = time.perf_counter()
+    pending = sorted(thresholds)
+    kills: list[Kill] = []
+    killed_at = 0.0
+    while not await done():
+        elapsed = time.perf_counter() - started
+        assert elapsed < within, f"the broadcast did not finish in {within:.0f} s: {kills}"
+        assert worker.alive, f"the worker exited on its own: see {worker.log}"
+        count = await progress()
+        last = kills[-1] if kills else None
+        if last is not None and last.stalled is None and count > last.progress:
+            last.stalled = time.perf_counter() - killed_at
+        if pending and count >= pending[0] and (last is None or last.stalled is not None):
+            pending.pop(0)
+            worker.kill()
+            killed_at = time.perf_counter()
+            kills.append(Kill(progress=await progress(), at=killed_at - started))
+            if on_kill is not None:
+                await on_kill()
+            worker.start()
+        await asyncio.sleep(poll)
+    assert not pending, f"the broadcast finished before every kill: {len(kills)} done"
+    return kills
+
+
+def go_smtp_peer() -> Any:
+    """The Go SMTP peer (``tests/peers/smtpsink``, built by ``scripts/smtp-sink.sh``) in
+    a child process, as the email benchmark runs it; skips the test without Go."""
+    import pytest
+
+    from tests.bench.test_email_throughput import PeerProcess
+
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "smtp-sink.sh")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"no Go SMTP peer: {' '.join(built.stderr.split())}")
+    return PeerProcess(program=[built.stdout.strip().splitlines()[-1]])
