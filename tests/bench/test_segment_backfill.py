@@ -105,6 +105,7 @@ def generate(path: Path, contacts: int) -> None:
     con.close()
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(1800)
 def test_segment_backfill_over_a_million_contacts(tmp_path: Path) -> None:
     store_path = tmp_path / "analytics.duckdb"
