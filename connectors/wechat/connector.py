@@ -211,11 +211,11 @@ class WeChatConnector:
             await self._check_window(message)
         token = await self.tokens.token()
         data = await self._post(path, token, body)
-        errcode = _errcode(data)
+        errcode = errcode_of(data)
         if errcode in TOKEN_REJECTED:
             token = await self.tokens.replace(token)
             data = await self._post(path, token, body)
-            errcode = _errcode(data)
+            errcode = errcode_of(data)
             if errcode in TOKEN_REJECTED:
                 raise RetryableDeliveryError(
                     f"WeChat refused two access tokens in a row (errcode {errcode}: "
@@ -269,37 +269,50 @@ class WeChatConnector:
         )
 
     async def _post(self, path: str, token: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        if self._limiter is not None:
-            await self._limiter.acquire()
-        try:
-            response = await self._client.post(
-                self._base + path, params={"access_token": token}, json=body
-            )
-        except httpx.HTTPError as exc:
-            # Never the exception's URL: it carries the access token.
-            raise RetryableDeliveryError(
-                f"could not reach WeChat: {type(exc).__name__}: {exc}"
-            ) from exc
-        status = response.status_code
-        if status >= 500 or status in RETRYABLE_HTTP:
-            raise RetryableDeliveryError(
-                f"WeChat answered HTTP {status}", retry_after=_retry_after(response)
-            )
-        if status != 200:
-            raise PermanentDeliveryError(
-                f"WeChat answered HTTP {status} at {path}; check STAGECOACH_WECHAT_API_BASE",
-                code=f"wechat_http_{status}",
-            )
-        try:
-            data: Any = response.json()
-        except ValueError as exc:
-            raise RetryableDeliveryError("WeChat answered HTTP 200 without JSON") from exc
-        if not isinstance(data, dict):
-            raise RetryableDeliveryError("WeChat answered HTTP 200 without a JSON object")
-        return data
+        return await post_api(self._client, self._base, path, token, body, self._limiter)
 
 
-def _errcode(data: Mapping[str, Any]) -> int:
+async def post_api(
+    client: httpx.AsyncClient,
+    base: str,
+    path: str,
+    token: str,
+    body: Mapping[str, Any],
+    limiter: RateLimiter | None = None,
+) -> dict[str, Any]:
+    """POST one Official Account API call and return its JSON object, the transport's
+    failures classified (unreachable, 5xx, 408 and 429 retryable, with ``Retry-After``;
+    other non-200 permanent). Shared by this connector and the mass sender."""
+    if limiter is not None:
+        await limiter.acquire()
+    try:
+        response = await client.post(base + path, params={"access_token": token}, json=body)
+    except httpx.HTTPError as exc:
+        # Never the exception's URL: it carries the access token.
+        raise RetryableDeliveryError(
+            f"could not reach WeChat: {type(exc).__name__}: {exc}"
+        ) from exc
+    status = response.status_code
+    if status >= 500 or status in RETRYABLE_HTTP:
+        raise RetryableDeliveryError(
+            f"WeChat answered HTTP {status}", retry_after=_retry_after(response)
+        )
+    if status != 200:
+        raise PermanentDeliveryError(
+            f"WeChat answered HTTP {status} at {path}; check STAGECOACH_WECHAT_API_BASE",
+            code=f"wechat_http_{status}",
+        )
+    try:
+        data: Any = response.json()
+    except ValueError as exc:
+        raise RetryableDeliveryError("WeChat answered HTTP 200 without JSON") from exc
+    if not isinstance(data, dict):
+        raise RetryableDeliveryError("WeChat answered HTTP 200 without a JSON object")
+    return data
+
+
+def errcode_of(data: Mapping[str, Any]) -> int:
+    """The answer's ``errcode`` (0 when absent); an unreadable one is retryable."""
     raw = data.get("errcode", 0)
     try:
         return int(raw)

@@ -61,14 +61,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import structlog
 
 from stagecoach.connectors.ratelimit import RateLimiter
-from stagecoach.connectors.wechat.connector import WeChatConfig
+from stagecoach.connectors.wechat.connector import WeChatConfig, errcode_of, post_api
 from stagecoach.connectors.wechat.errors import (
     BAD_MESSAGE,
     BUSY_DELAY,
@@ -97,7 +97,6 @@ MSGTYPES = ("mpnews", "text")
 NO_MASSSEND_QUOTA = 45028
 CLIENTMSGID_EXISTS = 45065
 CLIENTMSGID_TOO_FAST = 45066
-RETRYABLE_HTTP = frozenset({408, 429})
 
 QUOTA_EXHAUSTED = "wechat_quota_exhausted"
 """``PermanentDeliveryError.code`` when the account has no mass send (45028) or API call
@@ -394,7 +393,7 @@ class WeChatMassSender:
             PermanentDeliveryError: WeChat refused the job; ``code`` ``wechat_<errcode>``.
         """
         data = await self._call(job.path, job.body())
-        errcode = _errcode(data)
+        errcode = errcode_of(data)
         msg_id = _text_or_none(data.get("msg_id"))
         if errcode == CLIENTMSGID_EXISTS:
             log.info(
@@ -435,7 +434,7 @@ class WeChatMassSender:
             RetryableDeliveryError, PermanentDeliveryError: as for ``send``.
         """
         data = await self._call(GET_PATH, {"msg_id": msg_id})
-        errcode = _errcode(data)
+        errcode = errcode_of(data)
         if errcode:
             raise self._classify(errcode, str(data.get("errmsg", "")), None)
         return str(data.get("msg_status", ""))
@@ -444,11 +443,11 @@ class WeChatMassSender:
         """POST with the current token; on a refused token, once more with a new one."""
         token = await self.tokens.token()
         data = await self._post(path, token, body)
-        errcode = _errcode(data)
+        errcode = errcode_of(data)
         if errcode in TOKEN_REJECTED:
             token = await self.tokens.replace(token)
             data = await self._post(path, token, body)
-            errcode = _errcode(data)
+            errcode = errcode_of(data)
             if errcode in TOKEN_REJECTED:
                 raise RetryableDeliveryError(
                     f"WeChat refused two access tokens in a row (errcode {errcode}: "
@@ -488,42 +487,7 @@ class WeChatMassSender:
         return PermanentDeliveryError(f"WeChat refused {what} ({said})", code=f"wechat_{errcode}")
 
     async def _post(self, path: str, token: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        if self._limiter is not None:
-            await self._limiter.acquire()
-        try:
-            response = await self._client.post(
-                self._base + path, params={"access_token": token}, json=body
-            )
-        except httpx.HTTPError as exc:
-            # Never the exception's URL: it carries the access token.
-            raise RetryableDeliveryError(
-                f"could not reach WeChat: {type(exc).__name__}: {exc}"
-            ) from exc
-        status = response.status_code
-        if status >= 500 or status in RETRYABLE_HTTP:
-            raw = response.headers.get("retry-after", "")
-            after = timedelta(seconds=int(raw)) if raw.isdigit() else None
-            raise RetryableDeliveryError(f"WeChat answered HTTP {status}", retry_after=after)
-        if status != 200:
-            raise PermanentDeliveryError(
-                f"WeChat answered HTTP {status} at {path}; check STAGECOACH_WECHAT_API_BASE",
-                code=f"wechat_http_{status}",
-            )
-        try:
-            data: Any = response.json()
-        except ValueError as exc:
-            raise RetryableDeliveryError("WeChat answered HTTP 200 without JSON") from exc
-        if not isinstance(data, dict):
-            raise RetryableDeliveryError("WeChat answered HTTP 200 without a JSON object")
-        return data
-
-
-def _errcode(data: Mapping[str, Any]) -> int:
-    raw = data.get("errcode", 0)
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise RetryableDeliveryError(f"WeChat answered with errcode {raw!r}") from None
+        return await post_api(self._client, self._base, path, token, body, self._limiter)
 
 
 def _text_or_none(value: object) -> str | None:

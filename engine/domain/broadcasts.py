@@ -370,37 +370,29 @@ def choose_winner(ab: ABTest, arms: Iterable[ArmResult]) -> ABDecision:
     from scipy.stats import chi2_contingency
 
     results = tuple(arms)
-    table = [[a.successes, a.sent - a.successes] for a in results]
     total = sum(a.successes for a in results)
     sent = sum(a.sent for a in results)
-    if any(a.sent == 0 for a in results) or total == 0 or total == sent:
-        return ABDecision(
-            arms=results,
-            metric=ab.metric,
-            p_value=None,
-            alpha=ab.alpha,
-            significant=False,
-            winner=ab.default,
-            reason="no test: an arm sent nothing, or the rates cannot differ; default sent",
-        )
-    p_value = float(chi2_contingency(table, correction=False).pvalue)
-    best = max(results, key=lambda a: (a.rate, a.name == ab.default))
-    if p_value < ab.alpha:
+
+    def decided(p_value: float | None, winner: str | None, reason: str) -> ABDecision:
         return ABDecision(
             arms=results,
             metric=ab.metric,
             p_value=p_value,
             alpha=ab.alpha,
-            significant=True,
-            winner=best.name,
-            reason=f"{best.name} won: p = {p_value:.4g} < {ab.alpha}",
+            significant=winner is not None,
+            winner=winner or ab.default,
+            reason=reason,
         )
-    return ABDecision(
-        arms=results,
-        metric=ab.metric,
-        p_value=p_value,
-        alpha=ab.alpha,
-        significant=False,
-        winner=ab.default,
-        reason=f"no significant winner (p = {p_value:.4g} >= {ab.alpha}); default sent",
+
+    if any(a.sent == 0 for a in results) or total == 0 or total == sent:
+        return decided(
+            None, None, "no test: an arm sent nothing, or the rates cannot differ; default sent"
+        )
+    table = [[a.successes, a.sent - a.successes] for a in results]
+    p_value = float(chi2_contingency(table, correction=False).pvalue)
+    if p_value < ab.alpha:
+        best = max(results, key=lambda a: (a.rate, a.name == ab.default))
+        return decided(p_value, best.name, f"{best.name} won: p = {p_value:.4g} < {ab.alpha}")
+    return decided(
+        p_value, None, f"no significant winner (p = {p_value:.4g} >= {ab.alpha}); default sent"
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, insert, update
@@ -764,10 +764,6 @@ def arm_sent_since(db: Engine, broadcast_id: str) -> dict[str, tuple[int, dateti
             .group_by(col(BroadcastRecipient.variant))
         ).all()
     return {str(v): (int(n), _aware(first)) for v, n, first in rows}
-
-
-def horizon(moment: datetime, window: timedelta) -> datetime:
-    return moment + window
 
 
 @dataclass(frozen=True)
