@@ -39,9 +39,14 @@ are built by :mod:`stagecoach.connectors.email.mime`, shared with the HTTP email
 
 Exactly once: SMTP has no idempotency key. The delivery activity records the key before
 it calls ``send`` and never sends a key again once it is recorded as sent, so a key is
-delivered at most once per successful send. The one window SMTP cannot close is a
-connection lost after the message's final dot and before the server's reply: the server
-may have queued it, we cannot know, and the retry may deliver a second copy. For that
+delivered at most once per successful send. A caller that passes ``commit`` closes the
+window between the server taking the message and the caller's record of it: the hook runs
+after DATA's 354 and before the content and its final dot are written, and a server
+delivers nothing whose final dot it never received, so a caller killed on either side of
+its record neither loses the message nor sends it twice (broadcasts do this). The one
+window SMTP cannot close is a connection lost after the message's final dot and before
+the server's reply: the server may have queued it, we cannot know, and the retry may
+deliver a second copy. For that
 case every message carries the same ``Message-ID`` on every attempt (derived from the
 key by the content library) and an ``X-Stagecoach-Idempotency-Key`` header, so receivers
 and our test peer can recognise and count copies. The header carries
@@ -79,6 +84,7 @@ from stagecoach.engine.protocol.connector import (
     DeliveryError,
     OutgoingMessage,
     PermanentDeliveryError,
+    PointOfNoReturn,
     RetryableDeliveryError,
     SendResult,
 )
@@ -427,8 +433,19 @@ class SmtpConnector:
         """Sessions open and waiting for the next message."""
         return len(self._idle)
 
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        """Send one rendered email; see the module docstring for what each failure raises."""
+    commits_before_end_of_data = True
+    """``send`` takes a ``commit`` hook, awaited after DATA's 354 and before the
+    message's content and final dot go out (:class:`CommittingConnector`)."""
+
+    async def send(
+        self, message: OutgoingMessage, *, commit: PointOfNoReturn | None = None
+    ) -> SendResult:
+        """Send one rendered email; see the module docstring for what each failure raises.
+
+        ``commit``, when given, is awaited with the message's ``Message-ID`` once the
+        server has said 354 to DATA and before the content and its final dot are written:
+        the caller's record that the message is sent. If it raises, the session is closed
+        without the dot, so the server discards the message."""
         envelope = prepare_email(message, from_addr=self.config.from_addr)
         if self._closed:
             raise RetryableDeliveryError(
@@ -450,7 +467,9 @@ class SmtpConnector:
                 session.borrowed += 1
                 reused = session.borrowed > 1
                 try:
-                    reply = await self._transact(session, envelope, announced=announced)
+                    reply = await self._transact(
+                        session, envelope, announced=announced, commit=commit
+                    )
                 except _Failed as failed:
                     passed = await self._checkin(session)
                     if failed.stale and reused and attempt == 1:
@@ -500,7 +519,12 @@ class SmtpConnector:
     # --- one transaction ----------------------------------------------------------------------
 
     async def _transact(
-        self, session: _Session, envelope: PreparedEmail, *, announced: bool = False
+        self,
+        session: _Session,
+        envelope: PreparedEmail,
+        *,
+        announced: bool = False,
+        commit: PointOfNoReturn | None = None,
     ) -> aiosmtplib.SMTPResponse:
         """One transaction; ``announced`` when its MAIL/RCPT/DATA went out with the
         previous message's content, so only their replies are still to read."""
@@ -527,6 +551,8 @@ class SmtpConnector:
                 if reply.code not in expected:
                     pending = len(group) - n - 1 if session.pipelining else 0
                     raise _Refused(stage, reply, pending)
+            if commit is not None:
+                await commit(envelope.message_id)
             data = envelope.payload + b".\r\n" if envelope.framed else _data_bytes(envelope.payload)
             session.next = self._follower(session)
             if session.next is not None:

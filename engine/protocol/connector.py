@@ -15,7 +15,7 @@ suggested delay), permanent and consent-revoked become non-retryable Application
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -86,4 +86,32 @@ class Connector(Protocol):
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         """Send ``message``; raise a DeliveryError subclass when it does not go."""
+        ...
+
+
+PointOfNoReturn = Callable[[str], Awaitable[None]]
+"""Called by a connector with the message's provider id at the last moment it can still
+take the message back; the send goes on only once the awaitable returns."""
+
+
+@runtime_checkable
+class CommittingConnector(Connector, Protocol):
+    """A connector with no idempotency key at the provider, but a point of no return.
+
+    SMTP is one: a server may deliver only a message whose end of data it received (RFC
+    5321 section 4.1.1.4), so until the final dot is written the message can still be
+    taken back by closing the connection. Such a connector calls ``commit`` just before
+    that write, and the caller records the message as sent there: a caller killed before
+    the record leaves a message the server discards, one killed after it leaves a record,
+    so a retry never sends a second copy. What remains is a failure after the dot (a
+    refusal, a connection lost before the reply): ``send`` raises as usual and the caller
+    corrects its record.
+    """
+
+    commits_before_end_of_data: bool
+
+    async def send(
+        self, message: OutgoingMessage, *, commit: PointOfNoReturn | None = None
+    ) -> SendResult:
+        """Send ``message``, awaiting ``commit`` at the point of no return (if given)."""
         ...

@@ -296,6 +296,56 @@ async def test_connection_dropped_after_data_is_retryable_and_the_copy_is_recogn
     assert peer.sessions == 2
 
 
+async def test_the_commit_hook_runs_after_354_and_before_the_content_with_the_message_id(
+    peer: SmtpPeer, connector: SmtpConnector
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def commit(message_id: str) -> None:
+        # The server said 354 to DATA and holds nothing yet: the point of no return.
+        seen.append((message_id, len(peer.received)))
+
+    result = await connector.send(outgoing(1), commit=commit)
+
+    assert seen == [(result.provider_message_id, 0)]
+    [arrived] = peer.received
+    assert arrived.message["Message-ID"] == result.provider_message_id
+
+
+async def test_a_commit_hook_that_fails_leaves_the_server_nothing_and_the_session_closed(
+    peer: SmtpPeer, connector: SmtpConnector
+) -> None:
+    class RecordFailed(Exception):
+        pass
+
+    async def commit(message_id: str) -> None:
+        raise RecordFailed(message_id)
+
+    with pytest.raises(RecordFailed):
+        await connector.send(outgoing(1), commit=commit)
+    await connector.send(outgoing(2))  # the retry of some later send
+
+    # The server never got the first message's final dot, so it delivered nothing of it;
+    # the session it was on is not reused (it is mid-DATA).
+    assert [m.key_digest for m in peer.received] == [key_digest(outgoing(2).idempotency_key)]
+    assert connector.stats.opened == 2
+
+
+async def test_a_refused_final_dot_after_the_commit_is_still_a_refusal(
+    peer: SmtpPeer, connector: SmtpConnector
+) -> None:
+    committed: list[str] = []
+
+    async def commit(message_id: str) -> None:
+        committed.append(message_id)
+
+    peer.fail_next(1, "452 4.3.1 Insufficient system storage", at="DATA")
+    with pytest.raises(RetryableDeliveryError):
+        await connector.send(outgoing(1), commit=commit)
+    # The caller recorded the send at the commit and corrects its record on the error.
+    assert len(committed) == 1
+
+
 async def test_a_session_the_server_closed_while_idle_is_replaced() -> None:
     with SmtpPeer(idle_timeout=0.2) as peer:
         async with SmtpConnector(config(peer)) as smtp:

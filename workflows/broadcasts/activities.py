@@ -45,6 +45,7 @@ from stagecoach.engine.protocol import (
     SNAPSHOT_ACTIVITY,
 )
 from stagecoach.engine.protocol.connector import (
+    CommittingConnector,
     Connector,
     ConsentRevoked,
     OutgoingMessage,
@@ -437,7 +438,7 @@ class BroadcastActivities:
             async with gate:
                 if refusal:
                     return
-                outcome, write = await self._send_one(broadcast, p, connector, now)
+                outcome, write = await self._send_one(broadcast, p, connector, now, recorder)
                 if outcome.status == "sent":
                     recorder.add(write)
                 elif write is not None:
@@ -511,22 +512,46 @@ class BroadcastActivities:
         return prepared
 
     async def _send_one(
-        self, broadcast: Broadcast, p: _Prepared, connector: Connector, now: datetime
+        self,
+        broadcast: Broadcast,
+        p: _Prepared,
+        connector: Connector,
+        now: datetime,
+        recorder: _SentRecorder,
     ) -> tuple[store.Settled, store.DeliveryWrite | None]:
         """Send one rendered message: its outcome for the snapshot and for its delivery
-        row (written by the caller, in bulk). Suppressions are written here, as rare."""
+        row (written by the caller, in bulk; ``None`` when the row is already right).
+        Suppressions are written here, as rare.
+
+        A connector with a point of no return (SMTP) has the ``sent`` row committed
+        there, before the message can no longer be taken back: a worker killed at any
+        moment then leaves either a message the provider discarded under a ``sending``
+        row (sent again by the retried batch) or a ``sent`` row (never sent again)."""
         r = p.recipient
         assert p.rendered is not None
-        try:
-            sent = await connector.send(
-                OutgoingMessage(
-                    channel=broadcast.channel,
-                    to=p.address,
-                    idempotency_key=p.key,
-                    contact_id=r.contact_id,
-                    rendered=p.rendered.to_dict(),
+        message = OutgoingMessage(
+            channel=broadcast.channel,
+            to=p.address,
+            idempotency_key=p.key,
+            contact_id=r.contact_id,
+            rendered=p.rendered.to_dict(),
+        )
+        committed = False
+
+        async def commit(message_id: str) -> None:
+            nonlocal committed
+            await recorder.commit(
+                store.DeliveryWrite(
+                    r.contact_id, "sent", provider_message_id=message_id, sent_at=now
                 )
             )
+            committed = True
+
+        try:
+            if isinstance(connector, CommittingConnector) and connector.commits_before_end_of_data:
+                sent = await connector.send(message, commit=commit)
+            else:
+                sent = await connector.send(message)
         except RetryableDeliveryError as exc:
             if exc.retry_after is not None and exc.retry_after > HOLD_AS_REFUSAL:
                 # The provider holds every send back for long (WeChat's daily quota until
@@ -564,10 +589,12 @@ class BroadcastActivities:
                 )
             write = store.DeliveryWrite(r.contact_id, "failed", error=exc.message)
             return store.Settled(r.contact_id, "failed", (exc.code or "permanent")[:256]), write
-        write = store.DeliveryWrite(
+        done = store.Settled(r.contact_id, "sent", sent_at=now, variant=r.variant)
+        if committed:
+            return done, None
+        return done, store.DeliveryWrite(
             r.contact_id, "sent", provider_message_id=sent.provider_message_id, sent_at=now
         )
-        return store.Settled(r.contact_id, "sent", sent_at=now, variant=r.variant), write
 
     def _retry(
         self,
@@ -607,14 +634,17 @@ class _SentRecorder:
     A row per send, each in its own transaction, was most of a batch's CPU (the
     broadcast benchmark's profile: 58% in commits). Here each flush writes what has
     completed since the last one, every :data:`FLUSH_EVERY` seconds or
-    :data:`FLUSH_AT` rows, so the window in which a send the provider took is not yet
-    recorded stays a few milliseconds wide. A locked or absent database is retried in
-    place for up to :data:`SENT_RECORD_PATIENCE` seconds: past the send, a failed batch
-    would be retried and would send again."""
+    :data:`FLUSH_AT` rows. A send at a connector's point of no return (:meth:`commit`)
+    is flushed at once and waits for it, with every other send that reached that point
+    meanwhile (a group commit: the more sends in flight, the larger each group). A
+    locked or absent database is retried in place for up to
+    :data:`SENT_RECORD_PATIENCE` seconds: past the send, a failed batch would be retried
+    and would send again."""
 
     def __init__(self, db: Engine, broadcast: Broadcast, version: str, channel: str) -> None:
         self._db, self._broadcast, self._version, self._channel = db, broadcast, version, channel
         self._pending: list[store.DeliveryWrite] = []
+        self._waiting: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -625,6 +655,17 @@ class _SentRecorder:
         self._pending.append(write)
         if len(self._pending) >= FLUSH_AT:
             self._wake.set()
+
+    async def commit(self, write: store.DeliveryWrite) -> None:
+        """Write ``write`` in the next group and return once it is committed; raises what
+        the write raised if it could not be."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the sent-row recorder is not running")
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append(write)
+        self._waiting.append(done)
+        self._wake.set()
+        await done
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -637,8 +678,9 @@ class _SentRecorder:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), FLUSH_EVERY)
+            if not self._waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), FLUSH_EVERY)
             self._wake.clear()
             await self._flush()
             if self._closing and not self._pending:
@@ -648,21 +690,31 @@ class _SentRecorder:
         if not self._pending:
             return
         group, self._pending = self._pending, []
+        waiting, self._waiting = self._waiting, []
         delay = 0.05
         deadline = time.monotonic() + SENT_RECORD_PATIENCE
         while True:
             try:
                 await asyncio.to_thread(
-                    store.write_deliveries,
+                    store.update_deliveries,
                     self._db,
                     self._broadcast,
                     self._version,
                     self._channel,
                     group,
                 )
-                return
-            except OperationalError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except OperationalError as exc:
+                if time.monotonic() + delay <= deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                for done in waiting:
+                    if not done.done():
+                        done.set_exception(exc)
+                if waiting:
+                    return  # the sends that waited raise; the batch fails and is retried
+                raise
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None)
+            return

@@ -678,6 +678,41 @@ def write_deliveries(
             connection.execute(_DELIVERY_UPDATE, changed)
 
 
+def update_deliveries(
+    db: Engine, broadcast: Broadcast, version: str, channel: str, writes: Sequence[DeliveryWrite]
+) -> None:
+    """:func:`write_deliveries` for rows already written (a batch writes every row as
+    ``sending`` before its first send): one ``executemany`` update in one transaction,
+    without the reads an insert needs. Should a row be missing after all, the whole group
+    goes through :func:`write_deliveries` instead, in the same transaction's place."""
+    if not writes:
+        return
+    rows = [
+        {
+            "d_key": delivery_key(broadcast.name, w.contact_id),
+            "d_status": w.status,
+            "d_content_id": w.content_id,
+            "d_content_version": w.content_version,
+            "d_provider": w.provider_message_id,
+            "d_error": w.error[:1024] if w.error else None,
+            "d_sent_at": w.sent_at,
+        }
+        for w in writes
+    ]
+    try:
+        with db.begin() as connection:
+            if connection.execute(_DELIVERY_UPDATE, rows).rowcount != len(rows):
+                raise _RowsMissing
+        return
+    except _RowsMissing:
+        pass
+    write_deliveries(db, broadcast, version, channel, writes)
+
+
+class _RowsMissing(Exception):
+    """An update found fewer rows than it was given (rolls its transaction back)."""
+
+
 def _table(model: type[Any]) -> Any:
     """A model's Core table, for executemany statements (SQLModel does not type it)."""
     return model.__table__
