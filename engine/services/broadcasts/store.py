@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, insert, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -365,6 +365,9 @@ def delivery_key(broadcast_id: str, contact_id: str) -> str:
     return f"broadcast:{broadcast_id}:{contact_id}"
 
 
+_ADDRESS_KINDS = frozenset({"email", "wechat_openid", "phone"})
+
+
 def due_recipients(
     db: Engine,
     broadcast_id: str,
@@ -375,7 +378,9 @@ def due_recipients(
 ) -> list[Recipient]:
     """The next ``limit`` pending recipients due by ``now``, in snapshot order, with
     their addresses, consent and any delivery row an earlier attempt left."""
-    with Session(db) as session:
+    # A Core connection, not an ORM session: these are plain row reads, and the ORM's
+    # row processing was a tenth of a batch's CPU (the broadcast benchmark's profile).
+    with db.connect() as session:
         query = (
             sa_select(
                 col(BroadcastRecipient.contact_id),
@@ -417,13 +422,16 @@ def due_recipients(
         by_id = {r.contact_id: r for r in recipients}
         ids = list(by_id)
         _overlay_traits(session, by_id)
+        # The kinds are filtered here, not in SQL: with them in the WHERE clause SQLite
+        # reads the (kind, value) index, every email identity there is, for each batch,
+        # instead of the contact index (a batch's cost grew with the database).
         for kind, value, contact_id in session.execute(
             select(col(Identity.kind), col(Identity.value), col(Identity.contact_id)).where(
-                col(Identity.contact_id).in_(ids),
-                col(Identity.kind).in_(("email", "wechat_openid", "phone")),
+                col(Identity.contact_id).in_(ids)
             )
         ).all():
-            by_id[contact_id].addresses.setdefault(kind, value)
+            if kind in _ADDRESS_KINDS:
+                by_id[contact_id].addresses.setdefault(kind, value)
         latest = (
             select(func.max(col(Consent.id)))
             .where(col(Consent.contact_id).in_(ids))
@@ -457,7 +465,7 @@ def _latest_zones(session: Session, members: Sequence[Any]) -> dict[str, str | N
     return {contact_id: r.timezone for contact_id, r in recipients.items()}
 
 
-def _overlay_traits(session: Session, by_id: Mapping[str, Recipient]) -> None:
+def _overlay_traits(session: Session | Connection, by_id: Mapping[str, Recipient]) -> None:
     """The traits events brought since the contact row was last written, newest last.
 
     The contact row's traits, locale and zone are written at stage changes; an identify
@@ -511,14 +519,18 @@ def recent_sends(
     found: dict[str, list[datetime]] = {}
     if not ids:
         return found
-    with Session(db) as session:
-        for contact_id, sent_at in session.execute(
-            select(col(Delivery.contact_id), col(Delivery.sent_at)).where(
+    with db.connect() as connection:
+        # The status is filtered here, not in SQL: with ``status = 'sent'`` in the WHERE
+        # clause SQLite reads the status index, every sent row there is, for each batch,
+        # instead of the (contact, created) index.
+        for contact_id, status, sent_at in connection.execute(
+            select(col(Delivery.contact_id), col(Delivery.status), col(Delivery.sent_at)).where(
                 col(Delivery.contact_id).in_(ids),
-                col(Delivery.status) == "sent",
                 col(Delivery.sent_at) >= since,
             )
         ).all():
+            if status != "sent":
+                continue
             moment = _aware(sent_at)
             if moment is not None:
                 found.setdefault(contact_id, []).append(moment)
