@@ -108,3 +108,69 @@ def test_canonicalising_is_idempotent_and_the_key_is_stable(raw: str) -> None:
     assert canonical_email(canonical) == canonical
     assert comparison_key(canonical) == comparison_key(raw)
     assert canonical_email(sending_address(raw)) == canonical
+
+
+def _by_the_validator(local: str, domain: str) -> tuple[str, str, str, str] | None:
+    """What ``parse_email`` answers without its plain-address path: the validator's."""
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        checked = validate_email(
+            f"{local}@{domain}",
+            check_deliverability=False,
+            allow_smtputf8=True,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            allow_display_name=False,
+        )
+    except EmailNotValidError:
+        return None
+    local_part, dom = checked.local_part.lower(), checked.domain.lower()
+    return (f"{local_part}@{dom}", local_part, dom, checked.ascii_domain.lower())
+
+
+_LOCAL_CHARS = "ab9_+-.!#'"
+_DOMAIN_CHARS = "aZ9-._"
+# Near the plain path's edges most of the time (dots, hyphens and lengths where the
+# rules bite), anything from the alphabets otherwise.
+_LOCALS = st.one_of(
+    st.from_regex(r"[a-z0-9_+.-]{1,66}", fullmatch=True),
+    st.text(_LOCAL_CHARS, min_size=0, max_size=70),
+)
+_LABELS = st.one_of(
+    st.from_regex(r"[a-zA-Z0-9-]{1,64}", fullmatch=True),
+    st.text(_DOMAIN_CHARS, min_size=0, max_size=70),
+)
+_TLDS = st.sampled_from(["com", "c", "io", "test", "local", "123", "x1", "xn--p1ai", "Org"])
+
+
+@given(
+    local=_LOCALS,
+    domain=st.builds(
+        lambda labels, tld: ".".join([*labels, tld]), st.lists(_LABELS, max_size=4), _TLDS
+    ),
+)
+def test_the_plain_address_path_answers_what_the_validator_answers(local: str, domain: str) -> None:
+    from stagecoach.engine.domain.addresses import _plain_address
+
+    plain = _plain_address(local.lower(), domain)
+    if plain is None:
+        return  # the validator decides, as before
+    assert (plain.canonical, plain.local, plain.domain, plain.ascii_domain) == _by_the_validator(
+        local.lower(), domain
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["reader1@example.com", "a.b+tag@mail.example.co", "x_y-z@sub-1.example.org", "A@B.IO"],
+)
+def test_common_addresses_take_the_plain_path_and_match_the_validator(raw: str) -> None:
+    from stagecoach.engine.domain.addresses import _plain_address
+
+    local, _, domain = raw.rpartition("@")
+    plain = _plain_address(local.lower(), domain)
+    assert plain is not None
+    assert (plain.canonical, plain.local, plain.domain, plain.ascii_domain) == _by_the_validator(
+        local.lower(), domain
+    )
