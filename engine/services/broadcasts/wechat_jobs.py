@@ -7,10 +7,13 @@ job, already sent), with its ``msg_id``; the callback route records its end, fin
 row by ``msg_id``. Both are idempotent, because both are retried: the activity by
 Temporal, the callback by WeChat (three times, 5 seconds apart, when our answer is slow).
 
-A callback that arrives before the row has its ``msg_id`` (a worker killed between
-WeChat's answer and the second record, and a job small enough to finish first) finds no
-job and is lost, since WeChat does not repeat a callback answered ``success``; such a
-job stays ``sending``, and ``WeChatMassSender.status(msg_id)`` tells how it ended.
+A callback can arrive before the row has its ``msg_id``: a small job finishes within
+the moment between WeChat's answer and the second record, or the worker is killed in
+between and its retry records the job later. WeChat does not repeat a callback answered
+``success``, so such a callback is kept as it came, in a row of its own with no broadcast
+(``EARLY`` prefixes its key), and the record that brings the ``msg_id`` takes its result
+and removes it. A callback for a job that never becomes ours (sent from WeChat's admin
+page, or by another system on the same account) stays such a row, logged once.
 
 A job's ``status`` is ``sending`` until its callback, then ``finished`` (WeChat's
 ``send success``, though a few followers may have failed: ``errors``), ``failed``
@@ -35,6 +38,8 @@ from stagecoach.engine.domain.wechat_callback import MassSendFinished
 from stagecoach.engine.services.storage.models import BroadcastJob
 
 SENDING = "sending"
+EARLY = "early:"
+"""The key prefix of a callback kept until its job's ``msg_id`` is recorded."""
 
 log = structlog.get_logger("stagecoach.broadcasts.wechat")
 
@@ -113,6 +118,8 @@ def record_job_started(
                     if row.msg_id is None and msg_id is not None:
                         row.msg_id = msg_id
                         session.add(row)
+                if row.msg_id is not None and row.status == SENDING:
+                    _take_early_result(session, row)
                 session.commit()
                 session.refresh(row)
                 return JobState.of(row)
@@ -123,21 +130,45 @@ def record_job_started(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _early_key(appid: str, msg_id: str) -> str:
+    return f"{EARLY}{msg_id}:{appid}"[:64]
+
+
+def _take_early_result(session: Session, row: BroadcastJob) -> None:
+    """Give ``row`` the result of a callback that came before its ``msg_id`` did."""
+    assert row.msg_id is not None
+    early = session.get(BroadcastJob, _early_key(row.appid, row.msg_id))
+    if early is None or early.broadcast_id:
+        return
+    row.status, row.total, row.filtered = early.status, early.total, early.filtered
+    row.sent, row.errors, row.finished_at = early.sent, early.errors, early.finished_at
+    session.add(row)
+    session.delete(early)
+    log.info(
+        "wechat mass-send job finished (its callback came first)",
+        broadcast_id=row.broadcast_id,
+        clientmsgid=row.clientmsgid,
+        msg_id=row.msg_id,
+        status=row.status,
+    )
+
+
 def record_job_finished(
     db: Engine, *, appid: str, finished: MassSendFinished, at: datetime
-) -> Literal["recorded", "repeat", "unknown"]:
+) -> Literal["recorded", "repeat", "early"]:
     """Record the end of the job WeChat calls ``finished.msg_id`` on ``appid``.
 
     Returns ``recorded``; ``repeat`` when the same report was already stored (nothing
-    changes, ``finished_at`` stays the first one's); ``unknown`` when no job of ours has
-    that msg_id (logged, nothing stored: a job sent from WeChat's admin page, or by
-    another system on the same account).
+    changes, ``finished_at`` stays the first one's); ``early`` when no job of ours has
+    that msg_id yet: the result is kept for the job's record to take (see the module's
+    docstring), and logged, since it may be a job that is not ours at all.
     """
     with Session(db) as session:
         row = session.exec(
             select(BroadcastJob)
             .where(col(BroadcastJob.msg_id) == finished.msg_id)
             .where(col(BroadcastJob.appid) == appid)
+            .order_by(col(BroadcastJob.broadcast_id).desc())  # a job of ours before a kept one
         ).first()
         if row is None:
             log.warning(
@@ -146,7 +177,26 @@ def record_job_finished(
                 msg_id=finished.msg_id,
                 status=finished.status,
             )
-            return "unknown"
+            session.add(
+                BroadcastJob(
+                    clientmsgid=_early_key(appid, finished.msg_id),
+                    broadcast_id="",
+                    appid=appid,
+                    msg_id=finished.msg_id,
+                    target="",
+                    status=finished.outcome,
+                    total=finished.total,
+                    filtered=finished.filtered_out,
+                    sent=finished.sent,
+                    errors=finished.errors,
+                    finished_at=at,
+                )
+            )
+            try:
+                session.commit()
+            except IntegrityError:
+                return "repeat"  # the same early callback, stored meanwhile
+            return "early"
         counts = (
             finished.outcome,
             finished.total,

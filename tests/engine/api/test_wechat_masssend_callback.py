@@ -287,6 +287,51 @@ async def test_a_callback_for_an_unknown_job_is_answered_success_and_changes_not
     assert warning["msg_id"] == foreign.msg_id
 
 
+async def test_a_callback_that_comes_before_the_jobs_msg_id_is_kept_for_it(
+    api: TestClient, engine: Engine, peer: WeChatPeer
+) -> None:
+    """The batch recorded the job before sending it, WeChat accepted it, and the worker
+    was killed before recording the msg_id; the job finished and WeChat called back."""
+    [job] = jobs_for("bc-early", FANS, msgtype="mpnews", media_id=MEDIA_ID)
+    record_job_started(
+        engine,
+        broadcast_id="bc-early",
+        appid=peer.appid,
+        clientmsgid=job.clientmsgid,
+        msg_id=None,
+        target=job.target,
+    )
+    sender = WeChatMassSender(
+        WeChatConfig(appid=peer.appid, secret=peer.secret, api_base=peer.url, timeout=5)
+    )
+    try:
+        accepted = await sender.send(job)
+    finally:
+        await sender.aclose()
+
+    assert finish(peer, api, accepted.msg_id, errors=1).status_code == 200
+    settle(api)
+    assert job_of(engine, "bc-early").status == "sending"  # not ours to know yet
+    # The same callback again (WeChat's retry of a slow answer) keeps one result.
+    assert finish(peer, api, accepted.msg_id, errors=1).status_code == 200
+    settle(api)
+
+    # The retried batch records the job's msg_id: it takes the kept result.
+    recorded = record_job_started(
+        engine,
+        broadcast_id="bc-early",
+        appid=peer.appid,
+        clientmsgid=job.clientmsgid,
+        msg_id=accepted.msg_id,
+        target=job.target,
+    )
+
+    assert (recorded.status, recorded.sent, recorded.errors) == ("finished", 2, 1)
+    assert recorded.finished_at is not None
+    assert job_of(engine, "bc-early") == recorded
+    assert jobs_of(engine, "") == []  # the kept callback is gone
+
+
 def test_record_job_started_refuses_another_broadcasts_clientmsgid(engine: Engine) -> None:
     record_job_started(
         engine, broadcast_id="bc-a", appid="wx1", clientmsgid="sc-1", msg_id="1", target="tag:1"
