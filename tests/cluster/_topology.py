@@ -1,0 +1,71 @@
+"""Stagecoach's processes on the cluster, built with the fault harness
+(``tests.faults._harness``): a ``Stack`` whose database is a fresh one on the cluster's
+PostgreSQL and whose Temporal address is the cluster's server, plus API replicas beside
+the harness's own API, each on a port of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from stagecoach.engine.cli.local_cluster import LocalCluster
+from tests.faults._harness import Child, Person, Stack, Workload, drive
+from tests.helpers import free_port, fresh_postgres_database
+
+
+def cluster_stack(cluster: LocalCluster, tmp: Path, **connector: str) -> Stack:
+    """A stack on ``cluster`` with a task queue and a database of its own."""
+    assert cluster.client is not None, "the cluster's backends are not started"
+    return Stack.create(
+        tmp,
+        cluster.client,
+        f"cluster-{uuid.uuid4().hex[:12]}",
+        database_url=fresh_postgres_database(cluster.postgres.base_url, prefix="c"),
+        **connector,
+    )
+
+
+async def api_replica(stack: Stack, name: str) -> tuple[Child, str]:
+    """Start one more API process of ``stack`` (same database, queue and settings) on a
+    free port, once it answers ``/healthz``; the caller starts the harness's own API
+    first, which waits for the journeys to be published."""
+    port = free_port()
+    env = {**stack.env, "STAGECOACH_API_PORT": str(port)}
+    argv = [sys.executable, "-m", "stagecoach.engine.cli", "api"]
+    child = Child(name, argv, env, stack.tmp / f"{name}.log")
+    stack.children[name] = child
+    child.start()
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        deadline = time.monotonic() + 30
+        while True:
+            assert child.alive, f"the API replica exited: see {child.log}"
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(f"{url}/healthz")).status_code == 200:
+                    return child, url
+            assert time.monotonic() < deadline, f"the API replica is not up: see {child.log}"
+            await asyncio.sleep(0.1)
+
+
+async def drive_both(stack: Stack, urls: list[str], persons: list[Person]) -> Workload:
+    """The harness's workload, the persons dealt out across ``urls`` in turn (each
+    person's events all go to one API, as a client library pinned to one host sends
+    them); one ``Workload`` of everything accepted."""
+    parts = await asyncio.gather(
+        *(drive(url, stack.key, persons[n :: len(urls)]) for n, url in enumerate(urls))
+    )
+    total = Workload()
+    for part in parts:
+        total.accepted |= part.accepted
+        total.calls += part.calls
+        total.retries += part.retries
+        total.answers.update(part.answers)
+        total.duplicates_reported += part.duplicates_reported
+        total.seconds = max(total.seconds, part.seconds)
+    return total
