@@ -14,18 +14,22 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from stagecoach.engine.cli.local_cluster import LocalCluster
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from tests.cluster._topology import api_replica, cluster_stack, drive_both
-from tests.faults._harness import Figures, contact_ids, people
+from tests.faults._harness import Figures, contact_ids, people, until
 from tests.faults.test_faults import _http_books, _settle
 from tests.peers.http_email import HttpEmailPeer
+from tests.workflows.test_broadcasts import AUDIENCE as AUDIENCE_SEGMENT
+from tests.workflows.test_broadcasts import CONTENT, seed_audience
 
 pytestmark = pytest.mark.cluster
 
 CONTACTS = 16
+ADMIN = "cluster-admin-token-for-the-rate-test"
 
 
 @pytest.mark.timeout(240)
@@ -71,3 +75,68 @@ async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
             assert len(workers) == 2, identities
         finally:
             await stack.close(contact_ids(stack.engine, persons).values())
+
+
+BROADCAST_RATE = 20.0
+BATCH = 10
+AUDIENCE = 160
+
+
+@pytest.mark.timeout(240)
+async def test_the_broadcast_rate_holds_across_two_worker_processes(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """``STAGECOACH_BROADCAST_RATE`` is the broadcast task queue's activity rate, which
+    the server enforces across every worker polling it: two worker processes on the
+    cluster together send no faster than the rate (160 recipients at 20 a second: at
+    least 8 s less one second's burst; at 1,000 a second the two workers sent them in 0.7 s).
+    Only the lower bound is asserted: a loaded machine makes a run slower, never faster.
+    """
+    stack = cluster_stack(
+        cluster,
+        tmp_path,
+        broadcast_rate=str(BROADCAST_RATE),
+        broadcast_batch_size=str(BATCH),
+        admin_token=ADMIN,
+    )
+    try:
+        stack.worker("worker-1")
+        stack.worker("worker-2")
+        await stack.api()
+        seed_audience(stack.engine, [{"id": f"r{n:03}"} for n in range(AUDIENCE)])
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(base_url=stack.api_url, headers=auth) as http:
+            made = await http.post(
+                "/v1/broadcasts",
+                json={"name": "paced", "segment": AUDIENCE_SEGMENT.name, "content": CONTENT},
+            )
+            assert made.status_code == 201, made.text
+            launched = await http.post("/v1/broadcasts/paced/schedule")
+            assert launched.status_code == 202, launched.text
+
+            async def completed() -> bool:
+                body = (await http.get("/v1/broadcasts/paced")).json()
+                return bool(body["status"] == "completed")
+
+            await until(completed, within=120, what="the broadcast completed")
+        sent = sorted(
+            p.stat().st_mtime
+            for p in (stack.settings.resolved_sink_dir / "email").rglob("*.json")
+            if p.parent.name.startswith("r")
+        )
+        assert len(sent) == AUDIENCE
+        elapsed = sent[-1] - sent[0]
+        print(f"\n  {AUDIENCE} sends at {BROADCAST_RATE:.0f}/s on 2 workers: {elapsed:.1f} s")
+        assert elapsed >= AUDIENCE / BROADCAST_RATE - 1.0, elapsed
+
+        # Both worker processes took batches.
+        handle = stack.client.get_workflow_handle("broadcast-paced")
+        identities = {
+            event.activity_task_started_event_attributes.identity.split("@", 1)[0]
+            async for event in handle.fetch_history_events()
+            if event.HasField("activity_task_started_event_attributes")
+        }
+        pids = {str(c.proc.pid) for c in stack.children.values() if c.proc is not None}
+        assert len(identities & pids) == 2, (identities, pids)
+    finally:
+        await stack.close([])
