@@ -544,6 +544,11 @@ class LocalCluster:
     async def start_backends(self) -> Client:
         """PostgreSQL, the schemas, the Temporal server, the namespace; Stagecoach's
         database migrated. Returns a client of the namespace (no payload codec)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # PostgreSQL runs as the user postgres: it must be able to pass through
+            # this folder (only that; nothing here becomes readable to others).
+            self.root.chmod(self.root.stat().st_mode | 0o011)
         self.postgres.start()
         await self.postgres.ready()
         self.temporal.setup_schemas()
