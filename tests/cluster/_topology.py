@@ -1,7 +1,8 @@
 """Stagecoach's processes on the cluster, built with the fault harness
 (``tests.faults._harness``): a ``Stack`` whose database is a fresh one on the cluster's
 PostgreSQL and whose Temporal address is the cluster's server, plus API replicas beside
-the harness's own API, each on a port of its own."""
+the harness's own API, each on a port of its own; and the harness's books for one
+scenario's contacts on a stack that other scenarios share."""
 
 from __future__ import annotations
 
@@ -10,13 +11,40 @@ import contextlib
 import sys
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from stagecoach.engine.cli.local_cluster import LocalCluster
-from tests.faults._harness import Child, Person, Stack, Workload, drive
+from tests.faults._harness import Books, Child, Person, Stack, Workload, drive
 from tests.helpers import free_port, fresh_postgres_database
+from tests.peers.http_email import GENERIC, HttpEmailPeer
+
+
+@dataclass
+class Topology:
+    """The production topology on the cluster: two workers (``worker-1``, ``worker-2``)
+    and two API replicas (``apis``) of one stack, sending email to ``peer``."""
+
+    cluster: LocalCluster
+    stack: Stack
+    peer: HttpEmailPeer
+    apis: list[str]
+
+    def books(self, persons: list[Person], workload: Workload) -> Books:
+        """The harness's books for ``persons``: what the provider received for them
+        (other scenarios on the same stack have other recipients)."""
+        ours = {p.email for p in persons}
+        received = [r for r in self.peer.received(GENERIC) if str(r.body["to"]).lower() in ours]
+        return Books(
+            self.stack,
+            persons,
+            workload,
+            received=Counter(str(r.body["to"]).lower() for r in received),
+            keys=Counter(r.key_digest for r in received),
+        )
 
 
 def cluster_stack(cluster: LocalCluster, tmp: Path, **connector: str) -> Stack:
@@ -53,12 +81,17 @@ async def api_replica(stack: Stack, name: str) -> tuple[Child, str]:
             await asyncio.sleep(0.1)
 
 
-async def drive_both(stack: Stack, urls: list[str], persons: list[Person]) -> Workload:
+async def drive_both(
+    stack: Stack, urls: list[str], persons: list[Person], *, rate: float = 60.0
+) -> Workload:
     """The harness's workload, the persons dealt out across ``urls`` in turn (each
     person's events all go to one API, as a client library pinned to one host sends
     them); one ``Workload`` of everything accepted."""
     parts = await asyncio.gather(
-        *(drive(url, stack.key, persons[n :: len(urls)]) for n, url in enumerate(urls))
+        *(
+            drive(url, stack.key, persons[n :: len(urls)], rate=rate / len(urls))
+            for n, url in enumerate(urls)
+        )
     )
     total = Workload()
     for part in parts:

@@ -3,10 +3,14 @@ from the Go module proxy (``scripts/temporal-server.sh``) on it, configured by
 ``docker/temporal/stagecoach.yaml``; the same ``LocalCluster`` that ``stagecoach cluster
 up`` runs (``stagecoach.engine.cli.local_cluster``).
 
-``cluster``: started once per module (about 4 s) on free ports, stopped after it. A
-module whose tests kill the server or PostgreSQL has a cluster of its own, so no other
-module's tests see the faults. Stagecoach's processes are each test's own
-(``tests.cluster._topology``), on a database of their own on the cluster's PostgreSQL.
+``cluster``: started once per module (about 4 s) on free ports, stopped after it; a
+module's faults (the server or PostgreSQL killed) stay in that module.
+
+``topology``: the production topology on it, once per module: two workers and two API
+replicas (``tests.cluster._topology``) on a database of their own on the cluster's
+PostgreSQL, sending email to a local HTTP provider; the broadcast rate is
+``BROADCAST_RATE`` and ``ADMIN`` is the admin token. Each test drives contacts of its
+own through it and checks the books for those.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ from pathlib import Path
 import pytest
 
 from stagecoach.engine.cli.local_cluster import LocalCluster, find_postgres
+from tests.cluster._topology import Topology, api_replica, cluster_stack
 from tests.helpers import free_port
+from tests.peers.http_email import HttpEmailPeer
 
 ROOT = Path(__file__).resolve().parents[2]
+BROADCAST_RATE = 20.0
+BROADCAST_BATCH = 10
+ADMIN = "cluster-admin-token-for-the-rate-test"
 
 
 def _script_output(script: str) -> Path:
@@ -67,3 +76,28 @@ async def cluster(temporal_server_bin: Path, postgres_bin: Path) -> AsyncIterato
     finally:
         local.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def topology(
+    cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Topology]:
+    with HttpEmailPeer() as peer:
+        stack = cluster_stack(
+            cluster,
+            tmp_path_factory.mktemp("topology"),
+            email_connector="http",
+            email_http_url=peer.generic_url,
+            email_http_token=peer.generic_token,
+            broadcast_rate=str(BROADCAST_RATE),
+            broadcast_batch_size=str(BROADCAST_BATCH),
+            admin_token=ADMIN,
+        )
+        try:
+            stack.worker("worker-1")
+            stack.worker("worker-2")
+            await stack.api()
+            _, second = await api_replica(stack, "api-2")
+            yield Topology(cluster, stack, peer, [stack.api_url, second])
+        finally:
+            await stack.close([])
