@@ -450,7 +450,7 @@ class TemporalServer:
         """The namespace and the contact search attributes, idempotently; returns once
         a visibility query by them is answered (each service caches namespaces for a
         few seconds after they change)."""
-        with contextlib.suppress(RPCError):  # ALREADY_EXISTS on a second ``up``
+        try:
             await client.workflow_service.register_namespace(
                 RegisterNamespaceRequest(
                     namespace=self.namespace,
@@ -459,6 +459,9 @@ class TemporalServer:
                     ),
                 )
             )
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.ALREADY_EXISTS:  # a second ``up`` finds it
+                raise
         deadline = time.monotonic() + within
         while True:
             try:
