@@ -102,3 +102,48 @@ async def drive_both(
         total.duplicates_reported += part.duplicates_reported
         total.seconds = max(total.seconds, part.seconds)
     return total
+
+
+class Balancer:
+    """A TCP balancer in front of the API replicas in failover order: each new connection
+    goes to the first replica that accepts it, so a client whose replica died reaches the
+    next one on its next attempt (its resend)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._backends = [tuple(u.removeprefix("http://").rsplit(":", 1)) for u in urls]
+        self._server: asyncio.Server | None = None
+        self.connections: Counter[str] = Counter()
+
+    async def start(self) -> str:
+        port = free_port()
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for host, port in self._backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                continue  # that replica is down: the next one
+            self.connections[f"{host}:{port}"] += 1
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            return
+        writer.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await source.read(65536):
+            sink.write(chunk)
+            await sink.drain()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            sink.close()

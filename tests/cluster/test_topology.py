@@ -12,7 +12,9 @@ at its three-day pause. The faults a multi-process deployment meets:
 - a worker SIGKILLed (twice), its twin carrying on and the killed one restarted;
 - the Temporal server SIGKILLed with events and sends in flight, then started again on
   the same PostgreSQL databases;
-- PostgreSQL restarted (a fast shutdown) under the server and Stagecoach at once.
+- PostgreSQL restarted (a fast shutdown) under the server and Stagecoach at once;
+- an API replica SIGKILLed with batches in flight, the clients (behind a load balancer)
+  failing over to the other replica by resending.
 
 The scenarios share the module's topology (starting it costs more than any of them),
 each with contacts of its own; a fault is over, and the topology whole again, when its
@@ -32,9 +34,9 @@ from sqlmodel import Session, col, select
 
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from stagecoach.engine.services.storage.models import BroadcastRecipient
-from tests.cluster._topology import Topology, drive_both
+from tests.cluster._topology import Balancer, Topology, drive_both
 from tests.cluster.conftest import ADMIN, BROADCAST_RATE
-from tests.faults._harness import Figures, contact_ids, people, until
+from tests.faults._harness import Figures, Workload, contact_ids, drive, people, until
 from tests.faults.test_faults import _settle
 from tests.workflows.test_broadcasts import AUDIENCE as AUDIENCE_SEGMENT
 from tests.workflows.test_broadcasts import CONTENT, seed_audience
@@ -208,3 +210,48 @@ async def test_postgresql_restarted_under_the_server_and_stagecoach_loses_nothin
         return [f"PostgreSQL stopped (fast) at {at:.1f} s, accepting again at {back:.1f} s"]
 
     await _scenario(topology, "PostgreSQL restart", restart_postgres, rate=RATE)
+
+
+@pytest.mark.timeout(240)
+async def test_an_api_replica_sigkilled_with_batches_in_flight_fails_over_and_loses_nothing(
+    topology: Topology,
+) -> None:
+    """Clients reach the replicas through a balancer that sends them to api-2 while it is
+    up, else to the first; api-2 is SIGKILLed while calls are in its hands. Unanswered
+    calls are resent with the same message ids and land on the other replica. (Last in
+    the module: the killed replica stays down.)"""
+    stack = topology.stack
+    balancer = Balancer(list(reversed(topology.apis)))
+    url = await balancer.start()
+    persons = people(f"c{uuid.uuid4().hex[:6]}", CONTACTS)
+    workload = Workload()
+    started = time.monotonic()
+    victim = stack.children["api-2"]
+
+    async def kill_replica() -> list[str]:
+        await asyncio.sleep(1.0)
+        # Kill while calls are in flight: sent, not yet answered.
+        deadline = time.monotonic() + 2.0
+        while workload.in_flight == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        caught = workload.in_flight
+        victim.kill()
+        return [f"SIGKILL api-2 at {time.monotonic() - started:.1f} s, {caught} calls in flight"]
+
+    try:
+        _, faults = await asyncio.gather(
+            drive(url, stack.key, persons, rate=RATE, result=workload), kill_replica()
+        )
+        settle = await _settle(stack, persons, CONTACTS)
+    finally:
+        await balancer.stop()
+    figures = Figures(
+        "cluster: API replica SIGKILL, failover", CONTACTS, workload.rate, faults,
+        seconds=time.monotonic() - started, settle_seconds=settle,
+        notes=f"answers {dict(workload.answers)}, connections {dict(balancer.connections)}, "
+        f"duplicates the API reported on resends {workload.duplicates_reported}",
+    )  # fmt: skip
+    await topology.books(persons, workload).check(figures)
+    figures.publish()
+    assert len(balancer.connections) == 2, "both replicas took calls"
+    assert workload.retries > 0, "no call was caught by the kill"
