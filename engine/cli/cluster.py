@@ -90,11 +90,13 @@ async def run_cluster(
     )
     for port in api_ports:
         ensure_port_free(settings.api_host, port, what="HTTP API", setting="STAGECOACH_API_PORT")
+    # The binaries before the project: each check is quicker than loading definitions.
+    server_bin, postgres_bin = find_temporal_server(settings.cache_dir), find_postgres()
     project = check_definitions(settings)
     cluster = LocalCluster(
         (directory or settings.data_dir / "cluster").resolve(),
-        server_bin=find_temporal_server(settings.cache_dir),
-        postgres_bin=find_postgres(),
+        server_bin=server_bin,
+        postgres_bin=postgres_bin,
         namespace=settings.temporal_namespace,
         frontend_port=frontend,
     )

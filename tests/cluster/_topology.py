@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 
 from stagecoach.engine.cli.local_cluster import LocalCluster
-from tests.faults._harness import Books, Child, Person, Stack, Workload, drive
+from stagecoach.engine.services.publishing import latest_versions
+from tests.faults._harness import Books, Child, Person, Stack, Workload, drive, until
 from tests.helpers import free_port, fresh_postgres_database
 from tests.peers.http_email import GENERIC, HttpEmailPeer
 
@@ -59,11 +60,23 @@ def cluster_stack(cluster: LocalCluster, tmp: Path, **connector: str) -> Stack:
     )
 
 
-async def api_replica(stack: Stack, name: str) -> tuple[Child, str]:
-    """Start one more API process of ``stack`` (same database, queue and settings) on a
-    free port, once it answers ``/healthz``; the caller starts the harness's own API
-    first, which waits for the journeys to be published."""
-    port = free_port()
+STARTUP = 120.0
+"""Seconds a process may take to come up: the harness's 30 s is not enough when the
+cluster's tests share two loaded cores with the rest of the suite."""
+
+
+async def api_replica(stack: Stack, name: str, port: int | None = None) -> tuple[Child, str]:
+    """Start an API process of ``stack`` (same database, queue and settings) called
+    ``name`` on ``port`` (default: a free one), once a worker published the bundled
+    journeys (as the harness's ``Stack.api`` waits for), and return it once it answers
+    ``/healthz``. ``name="api"`` on the stack's own port is the harness's API."""
+    await until(
+        lambda: asyncio.to_thread(lambda: "b2b_nurture" in latest_versions(stack.engine)),
+        within=STARTUP,
+        what="a worker published the bundled journeys",
+        every=0.2,
+    )
+    port = port or free_port()
     env = {**stack.env, "STAGECOACH_API_PORT": str(port)}
     argv = [sys.executable, "-m", "stagecoach.engine.cli", "api"]
     child = Child(name, argv, env, stack.tmp / f"{name}.log")
@@ -71,13 +84,13 @@ async def api_replica(stack: Stack, name: str) -> tuple[Child, str]:
     child.start()
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as http:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STARTUP
         while True:
-            assert child.alive, f"the API replica exited: see {child.log}"
+            assert child.alive, f"the API {name} exited: see {child.log}"
             with contextlib.suppress(httpx.TransportError):
                 if (await http.get(f"{url}/healthz")).status_code == 200:
                     return child, url
-            assert time.monotonic() < deadline, f"the API replica is not up: see {child.log}"
+            assert time.monotonic() < deadline, f"the API {name} is not up: see {child.log}"
             await asyncio.sleep(0.1)
 
 

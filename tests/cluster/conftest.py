@@ -96,8 +96,8 @@ async def topology(
         try:
             stack.worker("worker-1")
             stack.worker("worker-2")
-            await stack.api()
+            _, first = await api_replica(stack, "api", stack.settings.api_port)
             _, second = await api_replica(stack, "api-2")
-            yield Topology(cluster, stack, peer, [stack.api_url, second])
+            yield Topology(cluster, stack, peer, [first, second])
         finally:
             await stack.close([])
