@@ -15,6 +15,7 @@ own through it and checks the books for those.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -96,8 +97,9 @@ async def topology(
         try:
             stack.worker("worker-1")
             stack.worker("worker-2")
-            _, first = await api_replica(stack, "api", stack.settings.api_port)
-            _, second = await api_replica(stack, "api-2")
+            (_, first), (_, second) = await asyncio.gather(
+                api_replica(stack, "api", stack.settings.api_port), api_replica(stack, "api-2")
+            )
             yield Topology(cluster, stack, peer, [first, second])
         finally:
             await stack.close([])
