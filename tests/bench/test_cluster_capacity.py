@@ -1,12 +1,12 @@
 """The same workload on the dev server and on the real cluster, in the same run: what
 ``docs/capacity.md`` reports.
 
-Each side gets the fault harness's stack (``tests.faults._harness``): one worker, one
-API, its own task queue, and a database of its own on the cluster's PostgreSQL (so the
-application database is the same kind on both sides and only Temporal differs). The
-workload is the harness's: N contacts identified, three page views and the whitepaper
-download each, the B2B nurture's first send to a local HTTP provider, the books checked.
-Measured per side:
+Each side gets the fault harness's stack (``tests.faults._harness``): one worker (two on
+the third side, the cluster again), one API, its own task queue, and a database of its
+own on the cluster's PostgreSQL (so the application database is the same kind on every
+side and only Temporal differs). The workload is the harness's: N contacts identified,
+three page views and the whitepaper download each, the B2B nurture's first send to a
+local HTTP provider, the books checked. Measured per side:
 
 - ingest: events accepted per second by the API (paced at ``RATE``, so a ceiling
   below it is the stack's);
@@ -94,6 +94,7 @@ async def _side(
     server: psutil.Process,
     count: int,
     size: Callable[[], int] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     persons = people(f"{name[:1]}{uuid.uuid4().hex[:6]}", count)
     os.makedirs(tmp, exist_ok=True)
@@ -108,7 +109,8 @@ async def _side(
             email_http_token=peer.generic_token,
         )
         try:
-            stack.worker()
+            for n in range(workers):
+                stack.worker(f"worker-{n + 1}")
             await stack.api()
             bytes_before = size() if size else 0
             cpu_before = _cpu(server)
@@ -130,6 +132,7 @@ async def _side(
             history = sum(e.ByteSize() for h in runs for run in h for e in run.events) / len(sample)
             row: dict[str, Any] = {
                 "server": name,
+                "workers": workers,
                 "contacts": count,
                 "ingest_events_per_s": round(workload.rate, 1),
                 "contacts_per_s": round(count / elapsed, 2),
@@ -183,6 +186,16 @@ async def test_the_same_workload_on_the_dev_server_and_on_the_cluster(
             count,
             size=lambda: _temporal_bytes(cluster),
         )
+        two = await _side(
+            "cluster, 2 workers",
+            client,
+            fresh_postgres_database(base, prefix="cap"),
+            tmp_path / "cluster-2",
+            psutil.Process(cluster.temporal.child.proc.pid),
+            count,
+            size=lambda: _temporal_bytes(cluster),
+            workers=2,
+        )
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -190,7 +203,9 @@ async def test_the_same_workload_on_the_dev_server_and_on_the_cluster(
     width = max(len(k) for k in keys)
     print(f"\n  {machine()}")
     for key in keys:
-        print(f"  {key.ljust(width)} | {dev.get(key, '-')!s:>12} | {real[key]!s:>12}")
+        cells = [str(side.get(key, "-")).rjust(18) for side in (dev, real, two)]
+        print(f"  {key.ljust(width)} | {' | '.join(cells)}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a", encoding="utf-8") as out:
-        out.write(json.dumps({"machine": machine(), "dev": dev, "cluster": real}) + "\n")
+        row = {"machine": machine(), "dev": dev, "cluster": real, "cluster_2_workers": two}
+        out.write(json.dumps(row) + "\n")
