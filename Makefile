@@ -17,6 +17,7 @@ help:
 setup:
 	@scripts/bootstrap.sh
 	@scripts/temporal-cli.sh >/dev/null
+	@scripts/temporal-server.sh >/dev/null
 	@scripts/temporal-ui.sh >/dev/null || echo "note: 'stagecoach up' serves the dev server's own Web UI instead (docs/codec.md)" >&2
 
 # The first example project, examples/lifecycle (make run EXAMPLE=b2b_funnel for the other),

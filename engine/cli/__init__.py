@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from stagecoach.engine.cli.broadcasts import broadcasts_app
+from stagecoach.engine.cli.cluster import cluster_app
 from stagecoach.engine.cli.contact import contact_app
 from stagecoach.engine.cli.content import content_app
 from stagecoach.engine.cli.demo import demo
@@ -48,6 +49,7 @@ app.add_typer(content_app, name="content")
 app.add_typer(events_app, name="events")
 app.add_typer(segments_app, name="segments")
 app.add_typer(broadcasts_app, name="broadcasts")
+app.add_typer(cluster_app, name="cluster")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)
