@@ -142,8 +142,11 @@ def create_app(
         task = None
         if temporal is not None:
             from stagecoach.engine.services.ingest._forwarder import Forwarder
+            from stagecoach.engine.services.leases import Leases
 
-            forwarder = Forwarder(db, settings, temporal, opener=opener)
+            # Every replica runs one: leases split the outbox (docs/operations/replicas.md).
+            leases = Leases(db, ttl=settings.lease_seconds)
+            forwarder = Forwarder(db, settings, temporal, opener=opener, leases=leases)
             app.state.forwarder = forwarder
             task = asyncio.create_task(forwarder.run(), name="outbox-forwarder")
         try:
