@@ -28,11 +28,15 @@ and a lease is a few rows in it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
+import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, case, delete, func, literal_column, or_, select, update
@@ -41,6 +45,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from stagecoach.engine.services.storage.models import Lease
+
+log = logging.getLogger("stagecoach.leases")
 
 RENEW_FRACTION = 3
 """A holder renews ``RENEW_FRACTION`` times per ``ttl``: two renewals can fail (a
@@ -108,6 +114,10 @@ class Leases:
         return self.ttl / MARGIN_FRACTION
 
     def _insert_missing(self, conn: Connection, names: Sequence[str]) -> None:
+        self._insert_missing_rows(conn, names)
+
+    @staticmethod
+    def _insert_missing_rows(conn: Connection, names: Sequence[str]) -> None:
         if not names:
             return
         have = set(
@@ -272,4 +282,131 @@ class Leases:
         return {n: (h, int(t), bool(live) and h != "") for n, h, t, live in rows}
 
 
-__all__ = ["Fenced", "Grant", "Leases", "default_holder"]
+# --- a synchronous job held once per cluster --------------------------------------------
+
+
+class Held:
+    """One lease held by a long synchronous job (a CLI command, a backfill): taken on
+    entering, waiting while another process holds it; :meth:`keep` between steps renews
+    it when due and raises :class:`Fenced` if it was lost; :meth:`fence` guards a step's
+    transaction; given back on leaving."""
+
+    def __init__(
+        self, leases: Leases, name: str, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.leases = leases
+        self.name = name
+        self._sleep = sleep
+        self.grant: Grant | None = None
+        self.waited = 0.0
+        """Seconds spent waiting for another holder to finish or lapse."""
+        self._renewed = 0.0
+
+    def __enter__(self) -> Held:
+        started = time.monotonic()
+        while True:
+            got = self.leases.acquire([self.name])
+            if self.name in got:
+                self.grant = got[self.name]
+                self._renewed = time.monotonic()
+                self.waited = self._renewed - started
+                return self
+            self._sleep(self.leases.renew_every)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.grant is not None:
+            with contextlib.suppress(Exception):  # it lapses by itself anyway
+                self.leases.release([self.grant])
+            self.grant = None
+
+    def keep(self) -> None:
+        """Renew if a third of the lease went by; raise Fenced if another took it."""
+        assert self.grant is not None, "keep() outside the with block"
+        if time.monotonic() - self._renewed < self.leases.renew_every:
+            return
+        renewed = self.leases.renew([self.grant])
+        if self.name not in renewed:
+            lost, self.grant = self.grant, None
+            raise Fenced(f"lease {lost.name!r} was taken by another process")
+        self.grant = renewed[self.name]
+        self._renewed = time.monotonic()
+
+    def fence(self, conn: Connection) -> None:
+        """Inside a step's transaction, after its writes: refuse them if the lease moved."""
+        assert self.grant is not None, "fence() outside the with block"
+        self.leases.fence(conn, self.grant)
+
+
+# --- generations: "something changed" for every replica --------------------------------
+#
+# Some per-replica state must follow a change made through another replica (an erasure
+# must reach every replica's analytics copy, not only the one that served the DELETE).
+# A generation is a lease row nobody holds whose token counts the changes: the replica
+# making one bumps it, and every replica polls it (a primary-key read) and acts when it
+# moved.
+
+
+ERASURES = "generation/erasures"
+"""Bumped by each erasure: every replica then syncs its analytics copy, which drops the
+person's rows (``stagecoach.engine.services.analytics.store``)."""
+
+
+def bump(db: Engine, name: str) -> int:
+    """Count one change of ``name``; returns the new generation."""
+    with db.begin() as conn:
+        Leases._insert_missing_rows(conn, [name])
+        token = conn.execute(
+            update(Lease)
+            .where(col(Lease.name) == name)
+            .values(token=col(Lease.token) + 1)
+            .returning(col(Lease.token))
+        ).scalar_one()
+    return int(token)
+
+
+def generation(db: Engine, name: str) -> int:
+    """How many changes of ``name`` were counted (0: none yet)."""
+    with db.connect() as conn:
+        token = conn.execute(select(col(Lease.token)).where(col(Lease.name) == name)).scalar()
+    return int(token or 0)
+
+
+async def follow(
+    db: Engine,
+    name: str,
+    every: float,
+    on_change: Callable[[], Awaitable[None] | None],
+    *,
+    seen: int | None = None,
+) -> None:
+    """Call ``on_change`` each time ``name`` moves past ``seen`` (checked every ``every``
+    seconds), until cancelled. Without ``seen`` the first reading is the baseline. A
+    database that cannot be read is tried again at the next check."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            now = await asyncio.to_thread(generation, db, name)
+        except Exception as exc:  # the database away: try again later
+            log.warning("cannot read generation %s: %s", name, exc)
+            continue
+        if seen is not None and now != seen:
+            try:
+                result = on_change()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.warning("acting on %s failed: %s", name, exc)
+        seen = now
+
+
+__all__ = [
+    "ERASURES",
+    "Fenced",
+    "Grant",
+    "Held",
+    "Leases",
+    "bump",
+    "default_holder",
+    "follow",
+    "generation",
+]

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select
 from sqlmodel import col
 
-from stagecoach.engine.services.leases import Fenced, Leases
+from stagecoach.engine.services.leases import Fenced, Held, Leases
 from stagecoach.engine.services.storage import make_engine, upgrade
 from stagecoach.engine.services.storage.models import Lease, Outbox, outbox_bucket
 
@@ -105,3 +105,24 @@ def test_the_migration_gives_waiting_outbox_rows_their_bucket(url: str, database
         }
     finally:
         engine.dispose()
+
+
+def test_a_held_job_waits_for_the_holder_and_stops_once_its_lease_is_taken(db: Engine) -> None:
+    first, second = Leases(db, ttl=1, holder="first"), Leases(db, ttl=1, holder="second")
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the second waits until the first is done
+        naps.append(seconds)
+        if len(naps) == 2:
+            first.release([held.grant])  # type: ignore[list-item]
+
+    with Held(first, "job") as held:
+        with Held(second, "job", sleep=nap) as waiting:
+            assert waiting.grant is not None
+            assert waiting.grant.token == held.grant.token + 1  # type: ignore[union-attr]
+            assert len(naps) == 2
+        # The first's lease is gone: its next step is refused, before any write.
+        time.sleep(first.renew_every)
+        with pytest.raises(Fenced, match="taken by another process"):
+            held.keep()
+        held.grant = None
