@@ -255,6 +255,9 @@ class Forwarder:
         assert leases is not None
         if time.monotonic() - self._balanced_at < leases.renew_every:
             return
+        if self._balanced_at == -math.inf:
+            # Each process start adds a member row: forget those long gone.
+            await asyncio.to_thread(leases.prune, MEMBER_LEASE)
         self._balanced_at = time.monotonic()
         member = MEMBER_LEASE + leases.holder
         got = await asyncio.to_thread(leases.acquire, [member])

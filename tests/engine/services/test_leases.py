@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlmodel import col
 
 from stagecoach.engine.services.leases import Fenced, Held, Leases
@@ -126,3 +126,15 @@ def test_a_held_job_waits_for_the_holder_and_stops_once_its_lease_is_taken(db: E
         with pytest.raises(Fenced, match="taken by another process"):
             held.keep()
         held.grant = None
+
+
+def test_members_gone_for_an_hour_are_pruned_and_live_ones_kept(db: Engine) -> None:
+    gone, here = Leases(db, ttl=30, holder="gone"), Leases(db, ttl=30, holder="here")
+    gone.acquire(["member/gone", "other/gone"])
+    here.acquire(["member/here"])
+    with db.begin() as conn:  # "gone" stopped renewing long ago
+        conn.execute(update(Lease).where(col(Lease.holder) == "gone").values(expires_at=1_000.0))
+    here.prune("member/")
+    with db.connect() as conn:
+        names = sorted(conn.execute(select(col(Lease.name))).scalars())
+    assert names == ["member/here", "other/gone"]  # only the prefix asked for

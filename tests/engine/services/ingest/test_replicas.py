@@ -515,13 +515,11 @@ async def test_two_api_processes_survive_a_pause_and_a_kill_with_order_kept_and_
             await asyncio.gather(*(post(u, step) for u in sent))
             step += 1
 
-        for _ in range(2):
-            await wave()
+        await wave()
         # A paused past its lease: B takes A's buckets within seconds.
         procs[0].send_signal(signal.SIGSTOP)
         took = await _until(lambda: _equal(_buckets(b), OUTBOX_BUCKETS), 15, "B holds every bucket")
-        for _ in range(2):
-            await wave()
+        await wave()  # clients fail over from A, which does not answer
         procs[0].send_signal(signal.SIGCONT)  # A resumes: fenced, then shares again
         await _until(split, 20, "the buckets are shared again after A resumed")
         await wave()
@@ -540,11 +538,12 @@ async def test_two_api_processes_survive_a_pause_and_a_kill_with_order_kept_and_
         f"after SIGKILL (lease 2 s); B counted {seen.get('stagecoach_outbox_duplicates_total')} "
         "duplicates"
     )
-    assert accepted == 16 * 6
+    assert accepted == 16 * 4
     assert lost == 0
     assert took < 3 * 2 + 2
     assert taken_over < 3 * 2 + 2
-    # Only a signal A sent in the instant before its SIGKILL can go twice.
+    # Only what A had signalled and not yet deleted at the SIGSTOP and at the SIGKILL can
+    # go twice: at most A's half of the wave in flight each time.
     assert duplicates <= len(sent)
     await terminate(
         client, list(contacts_of(db_engine, [ids[0] for ids in sent.values()]).values())
