@@ -179,12 +179,6 @@ class Forwarder:
     async def _forward_forever(self) -> None:
         backoff = 0.5
         while True:
-            if self._leases is not None:
-                try:
-                    await self._balance()
-                except Exception as exc:  # the database away: renewals lapse, sends stop
-                    self.stats.last_error = f"leases: {exc}"
-                    log.warning("outbox leases: %s", exc)
             try:
                 await self._connect()
             except Exception as exc:  # unreachable is a state, not a crash
@@ -196,6 +190,14 @@ class Forwarder:
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
+            if self._leases is not None:
+                # Only once Temporal answers: a replica that cannot reach it takes no
+                # buckets, so the others forward them.
+                try:
+                    await self._balance()
+                except Exception as exc:  # the database away: renewals lapse, sends stop
+                    self.stats.last_error = f"leases: {exc}"
+                    log.warning("outbox leases: %s", exc)
             try:
                 moved = await self.drain_once()
             except Exception as exc:

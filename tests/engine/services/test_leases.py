@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlmodel import col
 
+from stagecoach.engine.domain.errors import ConfigurationError
 from stagecoach.engine.services.leases import Fenced, Held, Leases
 from stagecoach.engine.services.storage import make_engine, upgrade
 from stagecoach.engine.services.storage.models import Lease, Outbox, outbox_bucket
+from stagecoach.engine.settings import load_settings
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -138,3 +140,17 @@ def test_members_gone_for_an_hour_are_pruned_and_live_ones_kept(db: Engine) -> N
     with db.connect() as conn:
         names = sorted(conn.execute(select(col(Lease.name))).scalars())
     assert names == ["member/here", "other/gone"]  # only the prefix asked for
+
+
+@pytest.mark.parametrize("value", ["0", "0.5", "301", "ten"])
+def test_a_lease_length_out_of_range_is_refused_naming_the_setting(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under a second, renewals (a third of it) would crowd the database and a loaded
+    # replica would lose its lease; over five minutes, a dead replica's work waits too long.
+    monkeypatch.setenv("STAGECOACH_LEASE_SECONDS", value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    line = caught.value.one_line()
+    assert "STAGECOACH_LEASE_SECONDS" in line
+    assert "Fix:" in line

@@ -552,3 +552,43 @@ async def test_two_api_processes_survive_a_pause_and_a_kill_with_order_kept_and_
 
 async def _equal(value: Awaitable[float], expected: float) -> bool:
     return await value == expected
+
+
+async def test_a_replica_that_cannot_reach_temporal_takes_no_buckets(
+    shared_db: Engine, client: Client, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / ".stagecoach",
+        temporal_task_queue=f"cut-off-{uuid.uuid4().hex}",
+        lease_seconds=1,
+    )
+
+    async def unreachable() -> Client:
+        raise RuntimeError("connection refused")  # this replica's network to Temporal
+
+    async def temporal() -> Client:
+        return client
+
+    cut_off = Forwarder(
+        shared_db, settings, unreachable, leases=Leases(shared_db, ttl=settings.lease_seconds)
+    )
+    fine = Forwarder(
+        shared_db, settings, temporal, leases=Leases(shared_db, ttl=settings.lease_seconds)
+    )
+    tasks = [asyncio.create_task(f.run()) for f in (cut_off, fine)]
+    try:
+        sent = _store(shared_db, [f"u-{uuid.uuid4().hex[:8]}-{n}" for n in range(8)], 2)
+        await outbox_drained(shared_db, within=10)  # every bucket: none is stuck with it
+        assert cut_off.buckets == []
+        assert fine.buckets == list(range(OUTBOX_BUCKETS))
+        assert cut_off.stats.failures >= 1
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    accepted, lost, duplicates = await books(client, shared_db, sent)
+    assert (accepted, lost, duplicates) == (16, 0, 0)
+    await terminate(
+        client, list(contacts_of(shared_db, [ids[0] for ids in sent.values()]).values())
+    )
