@@ -77,6 +77,10 @@ MEMBER_LEASE = "outbox/member/"
 """Lease name prefix of a live forwarder (one per process): how many share the buckets."""
 
 
+IDLE_SHARE = 5
+"""With other replicas, an idle forwarder polls this many times per ``idle``."""
+
+
 def bucket_lease(bucket: int) -> str:
     return f"{BUCKET_LEASE}{bucket:02d}"
 
@@ -149,6 +153,7 @@ class Forwarder:
         self._grants: dict[int, Grant] = {}
         self._member: Grant | None = None
         self._balanced_at = -math.inf
+        self._members = 1
 
     @property
     def buckets(self) -> list[int]:
@@ -208,7 +213,14 @@ class Forwarder:
             if moved == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle)
+                    await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        """How long an idle forwarder waits for a wake-up before looking again. Alone, a
+        wake-up comes with every event this API stores; with other replicas, events
+        they store for this one's buckets wake nobody here, so it looks five times as
+        often (an indexed read of an empty outbox: a fraction of a millisecond)."""
+        return self._idle if self._members <= 1 else self._idle / IDLE_SHARE
 
     async def drain_once(self) -> int:
         """One pass over the oldest rows of this forwarder's buckets; returns how many
@@ -265,6 +277,7 @@ class Forwarder:
         got = await asyncio.to_thread(leases.acquire, [member])
         self._member = got.get(member)
         members = max(1, await asyncio.to_thread(leases.live, MEMBER_LEASE))
+        self._members = members
         target = math.ceil(OUTBOX_BUCKETS / members)
         if len(self._grants) > target:
             extra = sorted(self._grants)[target:]
