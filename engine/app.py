@@ -105,6 +105,10 @@ def admission_gate(settings: Settings) -> AdmissionGate | None:
     )
 
 
+def _in_memory(db: Engine) -> bool:
+    return db.url.get_backend_name() == "sqlite" and db.url.database in (None, "", ":memory:")
+
+
 def resync_copy(app: FastAPI) -> None:
     """Sync this replica's analytics copy now, if it has one: another replica erased a
     person, and the copy must forget them too. A replica that never served a report has
@@ -153,15 +157,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         # An erasure served by another replica reaches this one's analytics copy too; a
-        # copy kept from before a restart catches up at once (erasures meanwhile).
-        seen = None
-        with contextlib.suppress(Exception):  # no database yet: the first check will do
-            seen = await asyncio.to_thread(generation, db, ERASURES)
-            await asyncio.to_thread(resync_copy, app)
-        follower = asyncio.create_task(
-            follow(db, ERASURES, settings.lease_seconds, lambda: resync_copy(app), seen=seen),
-            name="analytics-erasures",
-        )
+        # copy kept from before a restart catches up at once (erasures meanwhile). An
+        # in-memory database has no other replica (and one connection for every thread).
+        follower = None
+        if not _in_memory(db):
+            seen = None
+            with contextlib.suppress(Exception):  # no database yet: the first check will do
+                seen = await asyncio.to_thread(generation, db, ERASURES)
+                await asyncio.to_thread(resync_copy, app)
+            follower = asyncio.create_task(
+                follow(db, ERASURES, settings.lease_seconds, lambda: resync_copy(app), seen=seen),
+                name="analytics-erasures",
+            )
         if temporal is not None:
             from stagecoach.engine.services.ingest._forwarder import Forwarder
             from stagecoach.engine.services.leases import Leases
