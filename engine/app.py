@@ -174,7 +174,8 @@ def create_app(
             from stagecoach.engine.services.leases import Leases
 
             # Every replica runs one: leases split the outbox (docs/operations/replicas.md).
-            leases = Leases(db, ttl=settings.lease_seconds)
+            # An in-memory database has no other replica to split it with.
+            leases = None if _in_memory(db) else Leases(db, ttl=settings.lease_seconds)
             forwarder = Forwarder(db, settings, temporal, opener=opener, leases=leases)
             app.state.forwarder = forwarder
             task = asyncio.create_task(forwarder.run(), name="outbox-forwarder")
