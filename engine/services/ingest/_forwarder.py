@@ -77,6 +77,8 @@ MEMBER_LEASE = "outbox/member/"
 """Lease name prefix of a live forwarder (one per process): how many share the buckets."""
 
 
+DELETE_EVERY = 0.05
+"""Seconds between deletes of the rows Temporal accepted during a pass."""
 IDLE_SHARE = 5
 """With other replicas, an idle forwarder polls this many times per ``idle``."""
 
@@ -241,14 +243,33 @@ class Forwarder:
             if self.stats.retry_at.get(row.contact_id, 0) > now:
                 continue  # backing off: its later rows wait behind it
             by_contact.setdefault(row.contact_id, []).append(row)
-        results = await asyncio.gather(
-            *(self._forward(client, cid, items, grants) for cid, items in by_contact.items())
+        accepted: list[_Row] = []
+        forwarding = asyncio.gather(
+            *(
+                self._forward(client, cid, items, grants, accepted)
+                for cid, items in by_contact.items()
+            )
         )
-        done = [row for sent in results for row in sent]
-        if not done:
+        moved = 0
+        try:
+            # What Temporal accepted is deleted every DELETE_EVERY while the pass goes
+            # on, in one transaction each time (few turns at SQLite's write lock, which
+            # ingestion needs too), not only at its end: a replica killed mid-pass
+            # leaves little to be signalled twice.
+            while not forwarding.done():
+                await asyncio.wait([forwarding], timeout=DELETE_EVERY)
+                moved += await self._remove(accepted, grants)
+            await forwarding
+        finally:
+            moved += await self._remove(accepted, grants)
+        return moved
+
+    async def _remove(self, accepted: list[_Row], grants: dict[int, Grant] | None) -> int:
+        """Delete the rows accepted so far (emptying ``accepted``); returns how many."""
+        if not accepted:
             return 0
-        # One transaction for the whole pass: fewer turns at SQLite's write lock,
-        # which the API's ingestion needs too.
+        done = accepted[:]
+        accepted.clear()
         refused = await asyncio.to_thread(self._delete, done, grants)
         if refused:
             self.stats.duplicates += refused
@@ -395,14 +416,17 @@ class Forwarder:
         contact_id: str,
         rows: list[_Row],
         grants: dict[int, Grant] | None,
+        accepted: list[_Row],
     ) -> list[_Row]:
-        """Send one contact's rows in order; returns the rows Temporal accepted."""
+        """Send one contact's rows in order, adding each chunk Temporal accepted to
+        ``accepted`` at once; returns this contact's accepted rows."""
         async with self._gate:
             done: list[_Row] = []
             try:
                 for chunk in _chunks(rows, self._per_signal):
                     await self._send(client, contact_id, chunk, grants)
                     done += chunk
+                    accepted += chunk
                     self.stats.signals += 1
                     metrics.OUTBOX_SIGNALS.inc()
             except _Lapsed:
