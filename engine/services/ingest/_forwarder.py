@@ -77,8 +77,10 @@ MEMBER_LEASE = "outbox/member/"
 """Lease name prefix of a live forwarder (one per process): how many share the buckets."""
 
 
-DELETE_EVERY = 0.05
-"""Seconds between deletes of the rows Temporal accepted during a pass."""
+DELETE_EVERY = 0.5
+"""Seconds between deletes of the rows Temporal accepted during a pass: a pass of 1,000
+rows takes seconds, and a replica killed mid-pass leaves at most this much accepted and
+not deleted, to be signalled again. Every 0.05 s cost about 75% more CPU an event."""
 IDLE_SHARE = 5
 """With other replicas, an idle forwarder polls this many times per ``idle``."""
 
@@ -255,12 +257,15 @@ class Forwarder:
             # What Temporal accepted is deleted every DELETE_EVERY while the pass goes
             # on, in one transaction each time (few turns at SQLite's write lock, which
             # ingestion needs too), not only at its end: a replica killed mid-pass
-            # leaves little to be signalled twice.
+            # leaves less to be signalled twice.
             while not forwarding.done():
                 await asyncio.wait([forwarding], timeout=DELETE_EVERY)
                 moved += await self._remove(accepted, grants)
             await forwarding
         finally:
+            # Stopped mid-pass (a rolling deploy): send nothing more, and delete what
+            # was accepted, so the replica taking over does not signal it again.
+            forwarding.cancel()
             moved += await self._remove(accepted, grants)
         return moved
 

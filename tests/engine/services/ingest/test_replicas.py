@@ -643,3 +643,84 @@ async def test_an_event_stored_by_another_replica_is_forwarded_without_waiting_a
     assert sorted(delays)[len(delays) // 2] < idle / 3, delays
     owner = contacts_of(shared_db, [f"{u}-0" for u in users])
     await terminate(client, list(owner.values()))
+
+
+class _HoldOne(Interceptor):
+    """Holds the signal to one workflow until released (a slow RPC), and says when the
+    others were accepted."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.accepted: list[str] = []
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        hold = self
+
+        class Outbound(OutboundInterceptor):
+            async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+                if input.id == hold.workflow_id:
+                    hold.held.set()
+                    await hold.release.wait()
+                handle = await super().start_workflow(input)
+                hold.accepted.append(input.id)
+                return handle
+
+        return Outbound(next)
+
+
+async def test_a_replica_stopped_mid_pass_deletes_what_was_accepted_and_sends_no_more(
+    shared_db: Engine, client: Client, tmp_path: Path
+) -> None:
+    """A rolling deploy stops a replica while it forwards: what Temporal accepted is not
+    signalled again by the replica that takes over, and nothing is lost."""
+    settings = Settings(
+        data_dir=tmp_path / ".stagecoach",
+        temporal_task_queue=f"stop-{uuid.uuid4().hex}",
+        lease_seconds=1,
+    )
+    run = uuid.uuid4().hex[:8]
+    sent = _store(shared_db, [f"s-{run}-fast", f"s-{run}-slow"], 2)
+    owner = contacts_of(shared_db, [ids[0] for ids in sent.values()])
+    slow = contact_workflow_id(owner[f"s-{run}-slow-0"])
+    hold = _HoldOne(slow)
+    config = client.config()
+    config["interceptors"] = [hold]
+    held_client = Client(**config)
+
+    async def held_temporal() -> Client:
+        return held_client
+
+    async def temporal() -> Client:
+        return client
+
+    leases = Leases(shared_db, ttl=settings.lease_seconds)
+    stopping = Forwarder(shared_db, settings, held_temporal, leases=leases)
+    task = asyncio.create_task(stopping.run())
+    await asyncio.wait_for(hold.held.wait(), 15)
+    deadline = time.monotonic() + 10
+    while len(hold.accepted) < 1:  # the fast contact's signal is in
+        assert time.monotonic() < deadline, "the other contact was never signalled"
+        await asyncio.sleep(0.02)
+    task.cancel()  # SIGTERM: the API's lifespan cancels the forwarder
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    hold.release.set()
+    with shared_db.connect() as conn:
+        waiting = conn.execute(select(col(Outbox.contact_id))).scalars().all()
+    assert sorted(waiting) == [owner[f"s-{run}-slow-0"]] * 2  # only the unsent ones
+
+    taking_over = Forwarder(
+        shared_db, settings, temporal, leases=Leases(shared_db, ttl=settings.lease_seconds)
+    )
+    other = asyncio.create_task(taking_over.run())
+    try:
+        await outbox_drained(shared_db)
+    finally:
+        other.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await other
+    accepted, lost, duplicates = await books(client, shared_db, sent)
+    assert (accepted, lost, duplicates) == (4, 0, 0)
+    await terminate(client, list(owner.values()))
