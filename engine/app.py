@@ -58,7 +58,9 @@ from stagecoach.engine.metrics import (
     render,
 )
 from stagecoach.engine.services.analytics.service import reports_for
+from stagecoach.engine.services.analytics.store import default_path
 from stagecoach.engine.services.ingest import Ingestor, relevant_event_types
+from stagecoach.engine.services.leases import ERASURES, follow, generation
 from stagecoach.engine.services.links import link_signer
 from stagecoach.engine.services.storage import check_connection, make_engine, session_factory
 from stagecoach.engine.settings import Settings
@@ -103,6 +105,20 @@ def admission_gate(settings: Settings) -> AdmissionGate | None:
     )
 
 
+def _in_memory(db: Engine) -> bool:
+    return db.url.get_backend_name() == "sqlite" and db.url.database in (None, "", ":memory:")
+
+
+def resync_copy(app: FastAPI) -> None:
+    """Sync this replica's analytics copy now, if it has one: another replica erased a
+    person, and the copy must forget them too. A replica that never served a report has
+    no copy, and is not made to build one."""
+    settings: Settings = app.state.settings
+    path = settings.analytics_path or default_path(settings.data_dir)
+    if path.exists():
+        app.state.reports.sync_soon(app.state.db)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -140,19 +156,37 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
+        # An erasure served by another replica reaches this one's analytics copy too; a
+        # copy kept from before a restart catches up at once (erasures meanwhile). An
+        # in-memory database has no other replica (and one connection for every thread).
+        follower = None
+        if not _in_memory(db):
+            seen = None
+            with contextlib.suppress(Exception):  # no database yet: the first check will do
+                seen = await asyncio.to_thread(generation, db, ERASURES)
+                await asyncio.to_thread(resync_copy, app)
+            follower = asyncio.create_task(
+                follow(db, ERASURES, settings.lease_seconds, lambda: resync_copy(app), seen=seen),
+                name="analytics-erasures",
+            )
         if temporal is not None:
             from stagecoach.engine.services.ingest._forwarder import Forwarder
+            from stagecoach.engine.services.leases import Leases
 
-            forwarder = Forwarder(db, settings, temporal, opener=opener)
+            # Every replica runs one: leases split the outbox (docs/operations/replicas.md).
+            # An in-memory database has no other replica to split it with.
+            leases = None if _in_memory(db) else Leases(db, ttl=settings.lease_seconds)
+            forwarder = Forwarder(db, settings, temporal, opener=opener, leases=leases)
             app.state.forwarder = forwarder
             task = asyncio.create_task(forwarder.run(), name="outbox-forwarder")
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for running in (task, follower):
+                if running is not None:
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await drain(app)  # callbacks answered before their events were stored

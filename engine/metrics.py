@@ -28,6 +28,7 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     disable_created_metrics,
     start_http_server,
 )
@@ -85,6 +86,27 @@ OUTBOX_FAILURES = Counter(
     "(a contact's signal failed; its rows wait and are retried with backoff) or error "
     "(a pass failed, e.g. reading the outbox).",
     ["reason"],
+    registry=REGISTRY,
+)
+
+OUTBOX_DUPLICATES = Counter(
+    "stagecoach_outbox_duplicates",
+    "Outbox rows this replica signalled whose delete fencing refused (its lease on their "
+    "bucket had moved to another replica, which signals them again; the workflow drops "
+    "the copy by message id). Near zero: it grows only when a replica stalls past its "
+    "lease mid-send.",
+    registry=REGISTRY,
+)
+OUTBOX_FENCED = Counter(
+    "stagecoach_outbox_fenced",
+    "Outbox rows this replica read but did not signal because its lease on their bucket "
+    "lapsed first (a pause, a slow database): the bucket's new holder sends them.",
+    registry=REGISTRY,
+)
+OUTBOX_BUCKETS = Gauge(
+    "stagecoach_outbox_buckets",
+    "Outbox buckets this replica's forwarder holds the lease of (of 64, shared by the "
+    "live API replicas).",
     registry=REGISTRY,
 )
 

@@ -327,6 +327,14 @@ class Settings(BaseSettings):
         description="How long the API trusts its copy of the published journeys: a "
         "publish reaches new contacts within it.",
     )
+    lease_seconds: float = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="How long an API replica's lease on shared background work (outbox "
+        "buckets, once-per-cluster jobs) lasts unless renewed (every third of it): a "
+        "replica that dies is replaced within it. docs/operations/replicas.md.",
+    )
     # --- referral programme (stagecoach.engine.services.referrals.ReferralPolicy)
     # --------------------------
     referral_code_ttl_days: float = Field(default=180, gt=0)

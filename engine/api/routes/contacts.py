@@ -102,6 +102,7 @@ search only) answers **409** listing them with what matched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shutil
 from collections.abc import Sequence
@@ -115,6 +116,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, func, or_, update
 from sqlalchemy.engine import Result
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
@@ -127,6 +129,7 @@ from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
 from stagecoach.engine.api.deps import SessionDep, temporal_client
 from stagecoach.engine.domain.errors import DatabaseError, TemporalUnavailable
 from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.services.leases import ERASURES, bump
 from stagecoach.engine.services.lookup import ERASED_PREFIX as ERASED_PREFIX
 from stagecoach.engine.services.lookup import (
     AmbiguousContact,
@@ -1009,7 +1012,10 @@ def scrub_sink(sink: FilePath, ids: Sequence[str]) -> list[str]:
 
 
 def _resync_analytics(request: Request) -> str:
-    """Ask the API's report cache for a sync: it replaces the person's copied rows."""
+    """Ask the API's report cache for a sync: it replaces the person's copied rows. The
+    other API replicas, each with its own copy, are told through the database."""
+    with contextlib.suppress(SQLAlchemyError):  # the others then sync when next asked
+        bump(request.app.state.db, ERASURES)
     numbers = getattr(request.app.state, "reports", None)
     if numbers is None:
         return "not served by this API: its next sync replaces the person's rows"

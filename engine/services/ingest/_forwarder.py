@@ -10,6 +10,19 @@ behind it (order per contact). While Temporal is unreachable the outbox grows an
 ``stagecoach_outbox_*`` counters (``stagecoach.engine.metrics``) count rows forwarded, signals and
 failures.
 
+With several API replicas on one database (``stagecoach.engine.services.leases``), the
+outbox is split into ``OUTBOX_BUCKETS`` buckets by contact, and each bucket is forwarded
+only by the replica holding its lease: a replica reads only its buckets' rows, so a
+contact's events go out from one place, in order, and not twice. Each replica holds a
+fair share (``ceil(buckets / live replicas)``), taking free or expired buckets and giving
+back extras when a replica joins; a replica that dies stops renewing and its buckets are
+taken within ``STAGECOACH_LEASE_SECONDS``. A replica paused past its lease and resumed is
+stopped twice: before each signal it checks its local deadline and drops the rows of a
+lapsed bucket (``stagecoach_outbox_fenced``), and the delete after a signal is refused by
+the database if the bucket's fencing token moved; those rows are signalled again by the
+new holder and counted (``stagecoach_outbox_duplicates``); the workflow drops the copy
+by message id. docs/operations/replicas.md says why buckets and not one elected forwarder.
+
 A contact seen for the first time is opened first (``opener``), so its workflow starts
 with its definitions and search attributes (see ``stagecoach.engine.temporal.gateway.Opening``). A
 contact whose workflow this forwarder has already started or signalled gets a plain signal: the
@@ -23,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,7 +62,8 @@ from stagecoach.engine.protocol.messages import (
     contact_workflow_id,
 )
 from stagecoach.engine.protocol.search_keys import typed
-from stagecoach.engine.services.storage.models import Event, Outbox
+from stagecoach.engine.services.leases import Grant, Leases
+from stagecoach.engine.services.storage.models import OUTBOX_BUCKETS, Event, Outbox
 from stagecoach.engine.settings import Settings
 from stagecoach.engine.temporal.gateway import Opening
 
@@ -55,6 +71,22 @@ log = logging.getLogger("stagecoach.forwarder")
 
 RUNNING_MEMORY = 100_000
 """Contacts a forwarder remembers as having a running workflow (a few MB)."""
+BUCKET_LEASE = "outbox/bucket/"
+"""Lease name prefix of an outbox bucket: ``outbox/bucket/07``."""
+MEMBER_LEASE = "outbox/member/"
+"""Lease name prefix of a live forwarder (one per process): how many share the buckets."""
+
+
+DELETE_EVERY = 0.5
+"""Seconds between deletes of the rows Temporal accepted during a pass: a pass of 1,000
+rows takes seconds, and a replica killed mid-pass leaves at most this much accepted and
+not deleted, to be signalled again. Every 0.05 s cost about 75% more CPU an event."""
+IDLE_SHARE = 5
+"""With other replicas, an idle forwarder polls this many times per ``idle``."""
+
+
+def bucket_lease(bucket: int) -> str:
+    return f"{BUCKET_LEASE}{bucket:02d}"
 
 
 class Opener(Protocol):
@@ -69,6 +101,11 @@ class _Row:
     contact_id: str
     event: EventMessage | None
     merged_into: str | None
+    bucket: int = 0
+
+
+class _Lapsed(Exception):
+    """The bucket's lease lapsed (or moved) mid-pass: send nothing more from it."""
 
 
 @dataclass
@@ -80,6 +117,11 @@ class ForwarderStats:
     failures: int = 0
     last_error: str = ""
     retry_at: dict[str, float] = field(default_factory=dict)
+    fenced: int = 0
+    """Rows not sent because this replica's lease on their bucket lapsed mid-pass."""
+    duplicates: int = 0
+    """Rows signalled whose delete the database refused (the bucket's lease moved): the
+    new holder signals them again, and the workflow drops the copy."""
 
 
 class Forwarder:
@@ -96,6 +138,7 @@ class Forwarder:
         batch: int = 1000,
         per_signal: int = 100,
         idle: float = 0.5,
+        leases: Leases | None = None,
     ) -> None:
         self._db = db
         self._settings = settings
@@ -109,6 +152,19 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._running: OrderedDict[str, None] = OrderedDict()
         self.stats = ForwarderStats()
+        self._leases = leases
+        """None: this forwarder is alone on its database and forwards every bucket."""
+        self._grants: dict[int, Grant] = {}
+        self._member: Grant | None = None
+        self._balanced_at = -math.inf
+        self._members = 1
+
+    @property
+    def buckets(self) -> list[int]:
+        """The buckets this forwarder holds now (all of them without leases)."""
+        if self._leases is None:
+            return list(range(OUTBOX_BUCKETS))
+        return sorted(self._grants)
 
     def wake(self) -> None:
         self._wake.set()
@@ -117,6 +173,19 @@ class Forwarder:
         """Forward until cancelled. While Temporal is unreachable it retries the
         connection with backoff (0.5 s doubling to 30 s) and leaves the outbox alone, so
         an API taking events at full speed is not slowed by a forwarder spinning."""
+        keeper = None
+        if self._leases is not None:
+            keeper = asyncio.create_task(self._keep(), name="outbox-leases")
+        try:
+            await self._forward_forever()
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+                await self._release_all()
+
+    async def _forward_forever(self) -> None:
         backoff = 0.5
         while True:
             try:
@@ -130,6 +199,14 @@ class Forwarder:
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
+            if self._leases is not None:
+                # Only once Temporal answers: a replica that cannot reach it takes no
+                # buckets, so the others forward them.
+                try:
+                    await self._balance()
+                except Exception as exc:  # the database away: renewals lapse, sends stop
+                    self.stats.last_error = f"leases: {exc}"
+                    log.warning("outbox leases: %s", exc)
             try:
                 moved = await self.drain_once()
             except Exception as exc:
@@ -140,11 +217,25 @@ class Forwarder:
             if moved == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle)
+                    await asyncio.wait_for(self._wake.wait(), self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        """How long an idle forwarder waits for a wake-up before looking again. Alone, a
+        wake-up comes with every event this API stores; with other replicas, events
+        they store for this one's buckets wake nobody here, so it looks five times as
+        often (an indexed read of an empty outbox: a fraction of a millisecond)."""
+        return self._idle if self._members <= 1 else self._idle / IDLE_SHARE
 
     async def drain_once(self) -> int:
-        """One pass over the oldest rows; returns how many were forwarded."""
-        rows = await asyncio.to_thread(self._read)
+        """One pass over the oldest rows of this forwarder's buckets; returns how many
+        were forwarded."""
+        grants: dict[int, Grant] | None = None
+        if self._leases is not None:
+            margin = self._leases.margin
+            grants = {b: g for b, g in self._grants.items() if g.usable(margin)}
+            if not grants:
+                return 0
+        rows = await asyncio.to_thread(self._read, None if grants is None else sorted(grants))
         if not rows:
             return 0
         client = await self._connect()
@@ -154,29 +245,143 @@ class Forwarder:
             if self.stats.retry_at.get(row.contact_id, 0) > now:
                 continue  # backing off: its later rows wait behind it
             by_contact.setdefault(row.contact_id, []).append(row)
-        results = await asyncio.gather(
-            *(self._forward(client, cid, items) for cid, items in by_contact.items())
+        accepted: list[_Row] = []
+        forwarding = asyncio.gather(
+            *(
+                self._forward(client, cid, items, grants, accepted)
+                for cid, items in by_contact.items()
+            )
         )
-        done = [row_id for ids in results for row_id in ids]
-        if done:
-            # One transaction for the whole pass: fewer turns at SQLite's write lock,
-            # which the API's ingestion needs too.
-            await asyncio.to_thread(self._delete, done)
-            self.stats.forwarded += len(done)
-            metrics.OUTBOX_FORWARDED.inc(len(done))
-        return len(done)
+        moved = 0
+        try:
+            # What Temporal accepted is deleted every DELETE_EVERY while the pass goes
+            # on, in one transaction each time (few turns at SQLite's write lock, which
+            # ingestion needs too), not only at its end: a replica killed mid-pass
+            # leaves less to be signalled twice.
+            while not forwarding.done():
+                await asyncio.wait([forwarding], timeout=DELETE_EVERY)
+                moved += await self._remove(accepted, grants)
+            await forwarding
+        finally:
+            # Stopped mid-pass (a rolling deploy): send nothing more, and delete what
+            # was accepted, so the replica taking over does not signal it again.
+            forwarding.cancel()
+            moved += await self._remove(accepted, grants)
+        return moved
+
+    async def _remove(self, accepted: list[_Row], grants: dict[int, Grant] | None) -> int:
+        """Delete the rows accepted so far (emptying ``accepted``); returns how many."""
+        if not accepted:
+            return 0
+        done = accepted[:]
+        accepted.clear()
+        refused = await asyncio.to_thread(self._delete, done, grants)
+        if refused:
+            self.stats.duplicates += refused
+            metrics.OUTBOX_DUPLICATES.inc(refused)
+            log.warning("outbox: %d signalled rows were refused by fencing", refused)
+        moved = len(done) - refused
+        self.stats.forwarded += moved
+        metrics.OUTBOX_FORWARDED.inc(moved)
+        return moved
+
+    # --- leases ------------------------------------------------------------------------
+
+    async def _balance(self) -> None:
+        """Hold a fair share of the buckets: join (a member lease), count the live
+        forwarders, give back extras (between passes, so none is mid-send) or take free
+        and expired ones. Runs at most every ``renew_every`` seconds."""
+        leases = self._leases
+        assert leases is not None
+        if time.monotonic() - self._balanced_at < leases.renew_every:
+            return
+        if self._balanced_at == -math.inf:
+            # Each process start adds a member row: forget those long gone.
+            await asyncio.to_thread(leases.prune, MEMBER_LEASE)
+        self._balanced_at = time.monotonic()
+        member = MEMBER_LEASE + leases.holder
+        got = await asyncio.to_thread(leases.acquire, [member])
+        self._member = got.get(member)
+        members = max(1, await asyncio.to_thread(leases.live, MEMBER_LEASE))
+        self._members = members
+        target = math.ceil(OUTBOX_BUCKETS / members)
+        if len(self._grants) > target:
+            extra = sorted(self._grants)[target:]
+            give = [self._grants.pop(b) for b in extra]
+            await asyncio.to_thread(leases.release, give)
+            log.info("outbox: gave back %d buckets (%d forwarders)", len(give), members)
+        elif len(self._grants) < target:
+            free = [bucket_lease(b) for b in range(OUTBOX_BUCKETS) if b not in self._grants]
+            taken = await asyncio.to_thread(leases.acquire, free, limit=target - len(self._grants))
+            for name, grant in taken.items():
+                self._grants[int(name.removeprefix(BUCKET_LEASE))] = grant
+            if taken:
+                log.info("outbox: took %d buckets (%d forwarders)", len(taken), members)
+        metrics.OUTBOX_BUCKETS.set(len(self._grants))
+
+    async def _keep(self) -> None:
+        """Renew the member and bucket leases every ``renew_every``; a bucket that
+        another replica took meanwhile is dropped here."""
+        leases = self._leases
+        assert leases is not None
+        while True:
+            await asyncio.sleep(leases.renew_every)
+            held = dict(self._grants)
+            asking = [*held.values(), *([self._member] if self._member else [])]
+            try:
+                renewed = await asyncio.to_thread(leases.renew, asking)
+            except Exception as exc:
+                log.warning("outbox: renewing leases failed: %s", exc)
+                continue
+            if self._member is not None:
+                self._member = renewed.get(self._member.name)
+            for bucket, grant in held.items():
+                if self._grants.get(bucket) is not grant:
+                    continue  # given back or re-taken meanwhile
+                if grant.name in renewed:
+                    self._grants[bucket] = renewed[grant.name]
+                else:
+                    del self._grants[bucket]
+                    log.warning("outbox: lost the lease on bucket %d", bucket)
+            metrics.OUTBOX_BUCKETS.set(len(self._grants))
+
+    async def _release_all(self) -> None:
+        """A clean stop gives every lease back, so the others need not wait them out."""
+        leases = self._leases
+        assert leases is not None
+        give = [*self._grants.values(), *([self._member] if self._member else [])]
+        self._grants.clear()
+        self._member = None
+        metrics.OUTBOX_BUCKETS.set(0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.to_thread(leases.release, give), 5)
+
+    def _check(self, grants: dict[int, Grant] | None, bucket: int) -> None:
+        """Before a signal: is this pass's lease on ``bucket`` still surely held?"""
+        if grants is None or self._leases is None:
+            return
+        held = self._grants.get(bucket)
+        pass_grant = grants.get(bucket)
+        if (
+            held is None
+            or pass_grant is None
+            or held.token != pass_grant.token
+            or not held.usable(self._leases.margin)
+        ):
+            raise _Lapsed(bucket)
 
     async def _connect(self) -> Client:
         if self._client is None:
             self._client = await self._client_factory()
         return self._client
 
-    def _read(self) -> list[_Row]:
+    def _read(self, buckets: list[int] | None) -> list[_Row]:
         with Session(self._db) as session:
-            rows = session.execute(
+            query = (
                 select(
                     col(Outbox.id),
                     col(Outbox.contact_id),
+                    col(Outbox.bucket),
                     col(Outbox.merged_into),
                     col(Event.message_id),
                     col(Event.name),
@@ -189,9 +394,12 @@ class Forwarder:
                 .outerjoin(Event, col(Event.id) == col(Outbox.event_id))
                 .order_by(col(Outbox.id))
                 .limit(self._batch)
-            ).all()
+            )
+            if buckets is not None and len(buckets) < OUTBOX_BUCKETS:
+                query = query.where(col(Outbox.bucket).in_(buckets))
+            rows = session.execute(query).all()
         out: list[_Row] = []
-        for oid, cid, merged_into, mid, name, at, props, context, source, channel in rows:
+        for oid, cid, bucket, merged_into, mid, name, at, props, context, source, channel in rows:
             event = None
             if mid is not None:
                 occurred = at if at.tzinfo else at.replace(tzinfo=UTC)
@@ -204,37 +412,57 @@ class Forwarder:
                     source=source,
                     channel=channel,
                 )
-            out.append(_Row(oid, cid, event, merged_into))
+            out.append(_Row(oid, cid, event, merged_into, bucket))
         return out
 
-    async def _forward(self, client: Client, contact_id: str, rows: list[_Row]) -> list[int]:
-        """Send one contact's rows in order; returns the ids Temporal accepted."""
+    async def _forward(
+        self,
+        client: Client,
+        contact_id: str,
+        rows: list[_Row],
+        grants: dict[int, Grant] | None,
+        accepted: list[_Row],
+    ) -> list[_Row]:
+        """Send one contact's rows in order, adding each chunk Temporal accepted to
+        ``accepted`` at once; returns this contact's accepted rows."""
         async with self._gate:
-            done: list[int] = []
+            done: list[_Row] = []
             try:
                 for chunk in _chunks(rows, self._per_signal):
-                    await self._send(client, contact_id, chunk)
-                    done += [r.id for r in chunk]
+                    await self._send(client, contact_id, chunk, grants)
+                    done += chunk
+                    accepted += chunk
                     self.stats.signals += 1
                     metrics.OUTBOX_SIGNALS.inc()
+            except _Lapsed:
+                # Another replica may hold the bucket now: it sends these, in order.
+                left = len(rows) - len(done)
+                self.stats.fenced += left
+                metrics.OUTBOX_FENCED.inc(left)
             except (RPCError, RuntimeError, OSError) as exc:
                 self.stats.failures += 1
                 metrics.OUTBOX_FAILURES.labels("signal").inc()
                 self.stats.last_error = f"{contact_id}: {exc}"
-                attempts = await asyncio.to_thread(self._failed, rows[len(done) :], str(exc))
+                attempts = await asyncio.to_thread(
+                    self._failed, rows[len(done) :], str(exc), grants
+                )
                 delay = min(60.0, 0.5 * 2 ** min(attempts, 7))
                 self.stats.retry_at[contact_id] = asyncio.get_running_loop().time() + delay
             else:
                 self.stats.retry_at.pop(contact_id, None)
             return done
 
-    async def _send(self, client: Client, contact_id: str, rows: list[_Row]) -> None:
+    async def _send(
+        self, client: Client, contact_id: str, rows: list[_Row], grants: dict[int, Grant] | None
+    ) -> None:
         control = [r for r in rows if r.merged_into]
         events = [r.event for r in rows if r.event is not None]
+        bucket = rows[0].bucket
         if events:
             opening = None
             if self._opener is not None:
                 opening = await self._opener.open(contact_id, event=events[0])
+            self._check(grants, bucket)  # last thing before the signal leaves
             signal, arg = (
                 (EVENT_SIGNAL, events[0])
                 if len(events) == 1
@@ -244,6 +472,7 @@ class Forwarder:
             if not known:
                 await self._start(client, contact_id, opening, signal, arg)
         for row in control:
+            self._check(grants, bucket)
             self._running.pop(contact_id, None)  # the merged run ends
             handle = client.get_workflow_handle(contact_workflow_id(contact_id))
             try:
@@ -303,18 +532,45 @@ class Forwarder:
         if len(self._running) > RUNNING_MEMORY:
             self._running.popitem(last=False)
 
-    def _delete(self, ids: list[int]) -> None:
-        with Session(self._db) as session:
-            session.execute(delete(Outbox).where(col(Outbox.id).in_(ids)))
-            session.commit()
+    def _delete(self, rows: list[_Row], grants: dict[int, Grant] | None) -> int:
+        """Delete the signalled rows; returns how many fencing refused (their bucket's
+        lease moved: the new holder has them, and signals them again)."""
+        if grants is None or self._leases is None:
+            with Session(self._db) as session:
+                session.execute(delete(Outbox).where(col(Outbox.id).in_([r.id for r in rows])))
+                session.commit()
+            return 0
+        leases = self._leases
+        by_bucket: dict[int, list[int]] = {}
+        for row in rows:
+            by_bucket.setdefault(row.bucket, []).append(row.id)
+        mine = [grants[b] for b in by_bucket]
+        with self._db.begin() as conn:
+            # Locked first (PostgreSQL: a takeover waits for this commit), guarded in
+            # each statement (SQLite: no takeover between check and write), and checked
+            # again after, to count what the guard refused.
+            before = leases.held(conn, mine)
+            for bucket, ids in by_bucket.items():
+                grant = grants[bucket]
+                if grant.name in before:
+                    conn.execute(delete(Outbox).where(col(Outbox.id).in_(ids), leases.holds(grant)))
+            after = leases.held(conn, mine)
+        return sum(
+            len(ids)
+            for bucket, ids in by_bucket.items()
+            if grants[bucket].name not in (before & after)
+        )
 
-    def _failed(self, rows: list[_Row], error: str) -> int:
+    def _failed(self, rows: list[_Row], error: str, grants: dict[int, Grant] | None) -> int:
         if not rows:
             return 0
         with Session(self._db) as session:
+            guard = []
+            if grants is not None and self._leases is not None:
+                guard = [self._leases.holds(grants[rows[0].bucket])]
             session.execute(
                 update(Outbox)
-                .where(col(Outbox.id).in_([r.id for r in rows]))
+                .where(col(Outbox.id).in_([r.id for r in rows]), *guard)
                 .values(attempts=col(Outbox.attempts) + 1, last_error=error[:512])
             )
             session.commit()

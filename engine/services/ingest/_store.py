@@ -56,12 +56,14 @@ from stagecoach.engine.services.ingest._identity import KINDS
 from stagecoach.engine.services.ingest._segment import Incoming
 from stagecoach.engine.services.storage.db import driver_reason
 from stagecoach.engine.services.storage.models import (
+    OUTBOX_BUCKET_SQL,
     Consent,
     Contact,
     Event,
     Identity,
     Merge,
     Outbox,
+    outbox_bucket,
 )
 
 ALWAYS_SIGNALLED = frozenset({"identify", "group"})
@@ -251,7 +253,11 @@ class Ingestor:
         session.flush()
         signalled = _signalled(m, relevant)
         if signalled:
-            session.add(Outbox(contact_id=contact_id, event_id=event.id or 0))
+            session.add(
+                Outbox(
+                    contact_id=contact_id, bucket=outbox_bucket(contact_id), event_id=event.id or 0
+                )
+            )
         consent = traits.get("consent")
         if isinstance(consent, dict):
             self._record_consent(session, contact_id, m, consent)
@@ -360,12 +366,19 @@ class Ingestor:
         session.execute(delete(Outbox).where(col(Outbox.contact_id) == merged))
         at = datetime.now(UTC)
         rows: list[dict[str, Any]] = [
-            {"contact_id": survivor, "event_id": event_id, "attempts": 0, "created_at": at}
+            {
+                "contact_id": survivor,
+                "bucket": outbox_bucket(survivor),
+                "event_id": event_id,
+                "attempts": 0,
+                "created_at": at,
+            }
             for event_id in moved
         ]
         rows.append(
             {
                 "contact_id": merged,
+                "bucket": outbox_bucket(merged),
                 "event_id": None,
                 "merged_into": survivor,
                 "attempts": 0,
@@ -634,6 +647,7 @@ class _Statements:
             from psycopg.types.json import Json
 
             def adapted(sql: str) -> str:
+                sql = sql.replace(OUTBOX_BUCKET_SQL["sqlite"], OUTBOX_BUCKET_SQL["postgresql"])
                 return sql.replace(_SQLITE_LIST, "= ANY(?)").replace("?", "%s")
 
             made = cls(
@@ -657,9 +671,11 @@ _SQLITE_STATEMENTS = {
     "VALUES (?, ?, ?, ?, ?)",
     "insert_events": "INSERT INTO events (message_id, contact_id, kind, name, properties, "
     "context, source, channel, occurred_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    # In event order, so each contact's outbox rows keep its events' order.
-    "insert_outbox": "INSERT INTO outbox (contact_id, event_id, merged_into, attempts, "
-    "last_error, created_at) SELECT contact_id, id, NULL, 0, NULL, ? FROM events "
+    # In event order, so each contact's outbox rows keep its events' order; the bucket is
+    # OUTBOX_BUCKET_SQL["sqlite"], swapped for PostgreSQL's by _Statements.of.
+    "insert_outbox": "INSERT INTO outbox (contact_id, bucket, event_id, merged_into, attempts, "
+    "last_error, created_at) SELECT contact_id, outbox_bucket(contact_id), id, NULL, 0, "
+    "NULL, ? FROM events "
     "WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY id",
 }
 """The bulk statements as SQLite takes them; ``_Statements.of`` adapts them."""

@@ -28,6 +28,12 @@ How one version is backfilled:
    that cannot lose a notification.
 4. ``mark_ready``: the new version is read from now on; the old one retires.
 
+Each version is backfilled under a lease (``segments/backfill/<version>``,
+``stagecoach.engine.services.leases``): two processes running at once (two hosts
+publishing the same project) do not both compute it; the second waits, then finds it
+ready. Each batch renews the lease and its transaction is fenced: a process that stalled
+past its lease stops, and the one that took over resumes after the cursor.
+
 Workflows decide by the newest published version from the moment it is published
 (``latest_segments``), so a contact active during the backfill may have decided under the
 new version already, from facts newer than the store's copy: such a contact (a change row
@@ -53,7 +59,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Engine, func, insert
+from sqlalchemy import Connection, Engine, func, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -71,6 +77,7 @@ from stagecoach.engine.domain.segments import (
 )
 from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path
 from stagecoach.engine.services.ingest import Incoming, Ingestor
+from stagecoach.engine.services.leases import Held, Leases
 from stagecoach.engine.services.segments import _sql
 from stagecoach.engine.services.segments.catalog import (
     BACKFILLING,
@@ -93,6 +100,10 @@ BATCH = 50_000
 """Contacts written per transaction (and evaluated per round in the row-by-row path)."""
 _IN_CHUNK = 500
 """Ids per ``IN (...)`` lookup, well under every database's parameter limit."""
+
+
+BACKFILL_LEASE = "segments/backfill/"
+"""Lease name prefix of one version's backfill: one process computes it at a time."""
 
 
 class NotBackfillable(StagecoachError):
@@ -503,9 +514,11 @@ def _write_batch(
     old: Mapping[str, tuple[datetime, str]],
     reason: str,
     skip: set[str],
+    fence: Callable[[Connection], None] | None = None,
 ) -> None:
     """Member rows, change rows and the cursor of one batch, in one transaction
-    (contacts in ``skip`` get no row)."""
+    (contacts in ``skip`` get no row); ``fence`` refuses it if this process's lease on
+    the version moved to another."""
     members: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
     for cid in chunk:
@@ -545,6 +558,9 @@ def _write_batch(
             raise LookupError(f"segment version {spec.version!r} is no longer backfilling")
         row.cursor = chunk[-1]
         session.add(row)
+        session.flush()
+        if fence is not None:
+            fence(session.connection())
         session.commit()
 
 
@@ -558,6 +574,92 @@ def _retire(db: Engine, versions: Sequence[str]) -> None:
                 row.status = RETIRED
                 session.add(row)
         session.commit()
+
+
+def _version_row(db: Engine, version: str) -> SegmentVersion | None:
+    with Session(db) as session:
+        row = session.get(SegmentVersion, version)
+        if row is not None:
+            session.expunge(row)
+    return row
+
+
+def _backfill_one(
+    db: Engine,
+    analytics: AnalyticsStore,
+    spec: SegmentSpec,
+    row: SegmentVersion,
+    *,
+    now: datetime,
+    pipeline: Pipeline,
+    batch: int,
+    notify: bool,
+    progress: Callable[[str, int, int], None] | None,
+    held: Held,
+) -> BackfillResult | None:
+    """One version, under ``held`` (its lease); None for a version with nothing to
+    compute (manual, or no condition)."""
+    segment = spec.name
+    started = time.perf_counter()
+    if spec.manual or spec.condition is None:
+        mark_ready(db, spec.version)
+        return None
+    with analytics.read() as con:
+        found, compiled = _evaluate(
+            con,
+            spec,
+            now=now,
+            pipeline=pipeline,
+            segments=_reference_members(db, spec),
+            batch=batch,
+        )
+    new = set(found)
+    old = _previous(db, spec)
+    everyone = sorted(new | set(old))
+    resumed = row.cursor
+    todo = [cid for cid in everyone if resumed is None or cid > resumed]
+    reason = f"backfill of version {spec.version[:12]}"
+    notified = 0
+    overruled: set[str] = set()
+    for start in range(0, len(todo), batch):
+        held.keep()
+        chunk = todo[start : start + batch]
+        # A workflow that already decided under this version saw later facts than
+        # the store's copy: its decision stands, and the backfill leaves it alone.
+        decided = _decided_by_workflows(db, spec, chunk)
+        overruled |= decided
+        if notify:
+            changed = {
+                cid: cid in new
+                for cid in chunk
+                if (cid in new) != (cid in old) and cid not in decided
+            }
+            notified += _notify(db, spec, changed, now)
+        _write_batch(
+            db,
+            spec,
+            chunk,
+            now=now,
+            new=new,
+            old=old,
+            reason=reason,
+            skip=decided,
+            fence=held.fence,
+        )
+        if progress is not None:
+            progress(segment, len(everyone) - len(todo) + start + len(chunk), len(everyone))
+    mark_ready(db, spec.version)
+    return BackfillResult(
+        segment=segment,
+        version=spec.version,
+        members=_member_count(db, spec),
+        entered=len(new - set(old) - overruled),
+        exited=len(set(old) - new - overruled),
+        notified=notified,
+        compiled=compiled,
+        resumed_after=resumed,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def backfill(
@@ -603,59 +705,29 @@ def backfill(
     superseded = [row.version for row in pending if by_name[row.name].version != row.version]
     results: list[BackfillResult] = []
     _retire(db, superseded)
+    leases = Leases(db, ttl=settings.lease_seconds)
     for segment in evaluation_order(specs):
-        row, spec = by_name[segment], specs[segment]
-        started = time.perf_counter()
-        if spec.manual or spec.condition is None:
-            mark_ready(db, spec.version)
-            continue
-        with analytics.read() as con:
-            found, compiled = _evaluate(
-                con,
+        spec = specs[segment]
+        # One process per version at a time (two hosts running publish): the other
+        # waits, then finds it ready; a run that lost its lease stops before writing.
+        with Held(leases, f"{BACKFILL_LEASE}{spec.version}") as held:
+            row = _version_row(db, spec.version)
+            if row is None or row.status != BACKFILLING:
+                continue  # done (or retired) by another process while this one waited
+            result = _backfill_one(
+                db,
+                analytics,
                 spec,
+                row,
                 now=now,
                 pipeline=pipeline,
-                segments=_reference_members(db, spec),
                 batch=batch,
+                notify=notify,
+                progress=progress,
+                held=held,
             )
-        new = set(found)
-        old = _previous(db, spec)
-        everyone = sorted(new | set(old))
-        resumed = row.cursor
-        todo = [cid for cid in everyone if resumed is None or cid > resumed]
-        reason = f"backfill of version {spec.version[:12]}"
-        notified = 0
-        overruled: set[str] = set()
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
-            # A workflow that already decided under this version saw later facts than
-            # the store's copy: its decision stands, and the backfill leaves it alone.
-            decided = _decided_by_workflows(db, spec, chunk)
-            overruled |= decided
-            if notify:
-                changed = {
-                    cid: cid in new
-                    for cid in chunk
-                    if (cid in new) != (cid in old) and cid not in decided
-                }
-                notified += _notify(db, spec, changed, now)
-            _write_batch(db, spec, chunk, now=now, new=new, old=old, reason=reason, skip=decided)
-            if progress is not None:
-                progress(segment, len(everyone) - len(todo) + start + len(chunk), len(everyone))
-        mark_ready(db, spec.version)
-        results.append(
-            BackfillResult(
-                segment=segment,
-                version=spec.version,
-                members=_member_count(db, spec),
-                entered=len(new - set(old) - overruled),
-                exited=len(set(old) - new - overruled),
-                notified=notified,
-                compiled=compiled,
-                resumed_after=resumed,
-                seconds=time.perf_counter() - started,
-            )
-        )
+        if result is not None:
+            results.append(result)
     return results
 
 

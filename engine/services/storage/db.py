@@ -16,6 +16,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from stagecoach.engine.domain.errors import ConfigurationError, DatabaseError
+from stagecoach.engine.services.storage.models import outbox_bucket
 
 _URL_FIX = (
     "set STAGECOACH_DATABASE_URL to sqlite:///path/to/stagecoach.db or "
@@ -83,6 +84,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA cache_size=-32768")
     cursor.execute("PRAGMA wal_autocheckpoint=10000")
     cursor.close()
+    # The outbox's bucket, computed by SQL in the ingestion's bulk insert (PostgreSQL
+    # computes it with md5() instead): see models.OUTBOX_BUCKET_SQL.
+    dbapi_connection.create_function("outbox_bucket", 1, outbox_bucket, deterministic=True)
 
 
 def make_engine(raw_url: str, *, echo: bool = False) -> Engine:

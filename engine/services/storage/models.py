@@ -8,6 +8,7 @@ handoffs and the outbox, each in its own migration.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,6 +157,29 @@ class Identity(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+OUTBOX_BUCKETS = 64
+"""The outbox is split by contact into this many buckets, each forwarded by the one API
+replica holding its lease (``stagecoach.engine.services.ingest._forwarder``). Fixed, not a
+setting: rows carry their bucket, and two replicas disagreeing on the count during a
+rolling deploy would both forward a contact. 64 lets up to 64 replicas share the work."""
+
+
+def outbox_bucket(contact_id: str) -> int:
+    """The bucket of a contact's outbox rows: the same on every replica and Python run
+    (not ``hash()``, which is salted per process) and in SQL (``OUTBOX_BUCKET_SQL``),
+    for the ingestion's bulk path that inserts outbox rows from the events table."""
+    return hashlib.md5(contact_id.encode(), usedforsecurity=False).digest()[15] % OUTBOX_BUCKETS
+
+
+OUTBOX_BUCKET_SQL = {
+    # mod(), not %: the bulk path's statements go to the driver with %s parameters.
+    "postgresql": f"mod(get_byte(decode(md5(contact_id), 'hex'), 15), {OUTBOX_BUCKETS})",
+    "sqlite": "outbox_bucket(contact_id)",
+}
+"""``outbox_bucket`` of a ``contact_id`` column in SQL; SQLite's is the Python function,
+registered on each connection (``stagecoach.engine.services.storage.db``)."""
+
+
 class Outbox(SQLModel, table=True):
     """An event waiting to be signalled to its contact's workflow.
 
@@ -163,10 +187,14 @@ class Outbox(SQLModel, table=True):
     is accepted, so the table's size is the backlog."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_contact_id", "contact_id", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_contact_id", "contact_id", "id"),
+        Index("ix_outbox_bucket", "bucket", "id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     contact_id: str = Field(max_length=64)
+    bucket: int = Field(description="outbox_bucket(contact_id): which forwarder lease owns it")
     event_id: int | None = Field(default=None, foreign_key="events.id")
     merged_into: str | None = Field(
         default=None, max_length=64, description="a control row: this contact was merged"
@@ -522,3 +550,17 @@ class BroadcastJob(SQLModel, table=True):
     finished_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class Lease(SQLModel, table=True):
+    """A named piece of shared background work and the replica that holds it, until
+    ``expires_at`` (seconds since the epoch by the database's clock). ``token`` grows by
+    one at each change of holder: the fencing token a holder's writes are checked
+    against (``stagecoach.engine.services.leases``)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=128)
+    holder: str = Field(default="", max_length=128, description="empty: free")
+    token: int = Field(default=0)
+    expires_at: float = Field(default=0.0)
