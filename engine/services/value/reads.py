@@ -20,6 +20,23 @@ NEVER = (
     " from their orders)"
 )
 CLV_BUCKETS = 10
+TIERS = ("tier", "customers", "share", "avg_clv", "total_clv", "avg_p_alive")
+CLV = ("clv_from", "clv_to", "customers")
+MODEL = ("name", "value")
+LEFT_OUT = ("flag", "orders", "meaning")
+CUSTOMERS = ("contact_id", "tier", "score", "rfm", "clv", "p_alive", "orders", "spend")
+PAIRS = ("bought", "recommend", "customers", "support", "confidence", "lift")
+VALUE_SECTIONS = (
+    ("tiers", TIERS, "Value tiers (ABC: attitude, behaviour, consumption)"),
+    ("clv_distribution", CLV, "CLV distribution"),
+    ("model", MODEL, "Model (BG/NBD + Gamma-Gamma)"),
+    ("left_out", LEFT_OUT, "Orders left out, and why"),
+    ("customers", CUSTOMERS, "Top customers by CLV"),
+)
+CROSS_SECTIONS = (
+    ("pairs", PAIRS, "Bought X, also bought Y (strongest lift first)"),
+    ("left_out", LEFT_OUT, "Orders left out, and why"),
+)
 
 
 def latest_run(db: Engine) -> ValueRun | None:
@@ -65,7 +82,8 @@ def value_report(db: Engine) -> Report:
     customers by CLV; from the latest refresh."""
     run = latest_run(db)
     if run is None:
-        return Report("value", "Customer value", _params(None), None, [], [NEVER])
+        empty = [Section(name, columns, [], title) for name, columns, title in VALUE_SECTIONS]
+        return Report("value", "Customer value", _params(None), None, empty, [NEVER])
     with Session(db) as session:
         tiers = session.execute(
             sa_select(
@@ -166,7 +184,8 @@ def cross_sell_report(db: Engine) -> Report:
     from the latest refresh."""
     run = latest_run(db)
     if run is None:
-        return Report("cross-sell", "Cross-sell pairs", _params(None), None, [], [NEVER])
+        empty = [Section(name, columns, [], title) for name, columns, title in CROSS_SECTIONS]
+        return Report("cross-sell", "Cross-sell pairs", _params(None), None, empty, [NEVER])
     pairs = [
         (p["bought"], p["recommend"], p["customers"], p["support"], p["confidence"], p["lift"])
         for p in run.summary.get("pairs", [])
