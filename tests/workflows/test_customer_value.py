@@ -67,7 +67,7 @@ async def test_a_customers_orders_give_them_a_value_tier_and_clv(runtime: Runtim
                 view = await contact_view(runtime.client, contact_id)
             except ContactNotFound:
                 return False
-            return view.state["attributes"].get("value_model") == result.version
+            return bool(view.state["attributes"].get("value_model") == result.version)
 
         await eventually(valued, within=30)
     attributes = (await contact_view(runtime.client, contact_id)).state["attributes"]
