@@ -790,12 +790,7 @@ def evaluate_detours(
         here = facts if facts.stage == current else replace(facts, stage=current)
         if not detour.when.evaluate(here):
             continue
-        held = (
-            [c for c in detour.when.conditions if c.evaluate(here)]
-            if isinstance(detour.when, AnyOf)
-            else [detour.when]
-        )
-        why = " or ".join(_held_words(c, here) for c in held)
+        why = _held_words(detour.when, here)
         return Transition(
             from_stage=current,
             to_stage=detour.to_stage_or_state,
@@ -810,9 +805,22 @@ def evaluate_detours(
 
 
 def _held_words(condition: Condition, facts: Facts) -> str:
-    """A condition that held, in words for the transition's reason."""
+    """A condition that held, in words for the transition's reason: of an ``any_of``,
+    only the parts that held."""
+    if isinstance(condition, AnyOf):
+        held = [c for c in condition.conditions if c.evaluate(facts)]
+        return " or ".join(_held_words(c, facts) for c in held)
+    if isinstance(condition, AllOf):
+        return " and ".join(_held_words(c, facts) for c in condition.conditions)
     data = condition.to_dict()
     kind = data.get("kind")
+    if kind == "not" and data["condition"].get("kind") == "event":
+        inner = data["condition"]
+        days = (inner.get("within_seconds") or 0) / 86400
+        return f"no {inner['type']} in {days:g} days" if days else f"never {inner['type']}"
+    if kind == "event":
+        days = (data.get("within_seconds") or 0) / 86400
+        return f"{data['type']} within {days:g} days" if days else str(data["type"])
     if kind == "attribute":
         actual = facts.attributes.get(data["path"])
         return f"{data['path']} {data['op']} {data['value']} (was {actual})"

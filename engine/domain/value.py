@@ -60,7 +60,6 @@ TRAITS = (
     "value_tier",
     "value_score",
     "rfm",
-    "recency_days",
     "frequency",
     "monetary",
     "clv",
@@ -68,8 +67,12 @@ TRAITS = (
     "expected_purchases",
     "repurchase_interval_days",
     "next_purchase_due",
+    "replenishment_due",
     "products_bought",
+    "last_product",
     "cross_sell",
+    "cross_sell_name",
+    "cross_sell_products",
     "value_as_of",
     "value_model",
 )
@@ -380,6 +383,7 @@ class Summary:
     last: datetime
     interval_days: float | None
     products: frozenset[str]
+    last_product: str = ""
 
 
 def summarise(orders: Iterable[Order], as_of: datetime) -> dict[str, Summary]:
@@ -410,6 +414,7 @@ def summarise(orders: Iterable[Order], as_of: datetime) -> dict[str, Summary]:
             last=last,
             interval_days=float(statistics.median(gaps)) if gaps else None,
             products=frozenset(i.product for o in mine for i in o.items),
+            last_product=mine[-1].items[0].product if mine[-1].items else "",
         )
     return out
 

@@ -252,9 +252,13 @@ def refresh_values(
             "clv": None if worth is None else round(worth, 2),
             "p_alive": None if p_alive is None else round(p_alive, 3),
             "expected_purchases": None if expect is None else round(expect, 2),
-            "repurchase_interval_days": s.interval_days,
+            "repurchase_interval_days": (
+                None if s.interval_days is None else round(s.interval_days)
+            ),
             "next_purchase_due": due.isoformat() if due else None,
+            "replenishment_due": due is not None and due <= as_of,
             "products_bought": sorted(s.products),
+            "last_product": names.get(s.last_product, s.last_product),
             "cross_sell": cross[0] if cross else None,
             "cross_sell_name": names.get(cross[0], cross[0]) if cross else None,
             "cross_sell_products": cross,
@@ -302,7 +306,7 @@ def refresh_values(
                 type=domain.VALUE_SCORED,
                 occurred_at=as_of,
                 contact_id=contact_id,
-                properties={"model": version, "status": status},
+                properties=_properties(version, status, values[contact_id]),
                 traits={
                     **values[contact_id],
                     "value_as_of": as_of.isoformat(),
@@ -323,6 +327,17 @@ def refresh_values(
         signalled=signalled,
     )
     return RunResult(run=run, scored=len(values), signalled=signalled, values=values)
+
+
+def _properties(version: str, status: str, traits: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``value.scored`` event's properties, for journeys to enter on: the tier, the
+    cross-sell product (only when there is one) and whether the customer's own
+    repurchase interval has passed (``replenishment_due``)."""
+    out: dict[str, Any] = {"model": version, "status": status, "value_tier": traits["value_tier"]}
+    if traits.get("cross_sell"):
+        out["cross_sell"] = traits["cross_sell"]
+    out["replenishment_due"] = bool(traits.get("replenishment_due"))
+    return out
 
 
 def _comparable(traits: Mapping[str, Any]) -> dict[str, Any]:
