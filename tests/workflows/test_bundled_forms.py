@@ -21,9 +21,9 @@ PUBLISHED_JOURNEYS = {
     "onboarding": "84029fa29551237c0741fbb583ec90c9521cddb23e5d0a0d38d4dcde91da2305",
     "value_nurture": "8f0c56bf04e2ec11b2bd06689b995063ac73b9070962e8b6a6c970f541128373",
     # Issue 23's delight journeys: new, so new versions.
-    "cross_sell": "fe6358a7d63be97049b755dd238ef138d8d306bf7f8bbad84b0c29dda78156f1",
-    "replenishment": "744ecdd7d776745d3bc0e893a2df583f689436bba71e16b7cca07e72bc66f323",
-    "win_back": "d2a06e0ff09ca14d3d2135247a8bb938353020f7590dd2dd047654f795be073d",
+    "cross_sell": "fafef6e0df0e34ee1df57be7eeb1366eca436f30e54441c9c18d972a30fb134a",
+    "replenishment": "f185f9231dc19a37ade79ce8bf7b9661e6769515006b068edb890ee561933f56",
+    "win_back": "3e2928d8a304c106405174c9ff8b14e5f6b7adfa81e588b75c64fe9e32b5600c",
 }
 PUBLISHED_PIPELINES = {
     "b2b_funnel": "e72a4a929f2e6e20af8076eb1f6eee337baaf720374bca6837671d385d36068a",

@@ -11,7 +11,17 @@ variable.
 
 from __future__ import annotations
 
-from stagecoach import Journey, PropertyFilter, ReEntry, event, on_event, send, timedelta, wait
+from stagecoach import (
+    Journey,
+    PropertyFilter,
+    ReEntry,
+    event,
+    exit_journey,
+    on_event,
+    send,
+    timedelta,
+    wait_for,
+)
 
 CROSS_SELL_DELAY = timedelta(days=10)
 
@@ -21,11 +31,14 @@ CROSS_SELL = Journey(
     "what they have.",
     entry=on_event("value.scored", where=[PropertyFilter("cross_sell", "exists")]),
     reentry=ReEntry.after(timedelta(days=60)),
-    goal=event("order.paid"),
     exit_when=event("email.unsubscribed") | event("wechat.unsubscribed"),
     locales=("zh-CN", "en"),
     # Ten days to settle in with what they bought (and not the same week as a restocking
-    # reminder); an order meanwhile is the goal and ends it.
-    steps=[wait(CROSS_SELL_DELAY, id="settle"), send("cross-sell-offer", id="offer")],
+    # reminder); an order meanwhile ends it, and the next refresh recommends afresh.
+    steps=[
+        wait_for("order.paid", timeout=CROSS_SELL_DELAY, on_timeout="offer", id="settle"),
+        exit_journey("ordered meanwhile", id="ordered"),
+        send("cross-sell-offer", id="offer"),
+    ],
 )
 """The bundled cross-sell journey."""

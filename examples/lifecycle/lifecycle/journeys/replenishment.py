@@ -4,8 +4,8 @@ The value refresh sets ``next_purchase_due`` on every repeat buyer: their last o
 their own median interval between orders. The first refresh after that moment (run it
 daily: ``stagecoach value refresh``) marks its ``value.scored`` event
 ``replenishment_due``, and this journey sends the reminder, naming the product they last
-bought (``last_product``) and their interval. An order ends it; the next refresh sets the
-next due date.
+bought (``last_product``) and their interval. The next refresh after their next order
+sets the next due date.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ REPLENISHMENT = Journey(
     "reminder for what they last bought.",
     entry=on_event("value.scored", where=[PropertyFilter("replenishment_due", "eq", True)]),
     reentry=ReEntry.after(timedelta(days=7)),
-    goal=event("order.paid"),
     exit_when=event("email.unsubscribed") | event("wechat.unsubscribed"),
     locales=("zh-CN", "en"),
     steps=[send("replenishment-reminder", id="remind")],

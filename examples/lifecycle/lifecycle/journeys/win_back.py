@@ -10,7 +10,16 @@ customer back to ``customer``.
 
 from __future__ import annotations
 
-from stagecoach import Journey, ReEntry, event, send, stage_entered, timedelta, wait
+from stagecoach import (
+    Journey,
+    ReEntry,
+    event,
+    exit_journey,
+    send,
+    stage_entered,
+    timedelta,
+    wait_for,
+)
 
 WIN_BACK = Journey(
     "win_back",
@@ -18,12 +27,13 @@ WIN_BACK = Journey(
     "order ends it.",
     entry=stage_entered("dormant"),
     reentry=ReEntry.after(timedelta(days=90)),
-    goal=event("order.paid"),
     exit_when=event("email.unsubscribed") | event("wechat.unsubscribed"),
     locales=("zh-CN", "en"),
     steps=[
         send("winback-offer", id="offer"),
-        wait(timedelta(days=14), id="fortnight"),
+        # Their past orders are not an answer: only one placed from now on is.
+        wait_for("order.paid", timeout=timedelta(days=14), on_timeout="reminder", id="await"),
+        exit_journey("ordered again", id="came-back"),
         send("winback-offer", id="reminder"),
     ],
 )
