@@ -118,3 +118,35 @@ def report_of(settings: Settings, name: str) -> Report:
         return value_report(db) if name == "value" else cross_sell_report(db)
     finally:
         db.dispose()
+
+
+def contact_value_of(contact_id: str) -> dict[str, Any] | None:
+    """The contact's value traits from the latest refresh that scored them (with
+    ``value_as_of`` and ``value_model``), or None: never scored, or no database."""
+    from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+    from stagecoach.engine.cli.journeys import _read_db
+    from stagecoach.engine.services.value import contact_value
+
+    db = _read_db(load_settings())
+    if db is None:
+        return None
+    try:
+        return contact_value(db, contact_id)
+    except SADatabaseError:  # a database not migrated to customer value yet
+        return None
+    finally:
+        db.dispose()
+
+
+def value_line(value: dict[str, Any] | None) -> str:
+    """``contact show``'s value line: tier, CLV, probability alive, as of, model."""
+    if value is None:
+        return "value     not scored yet (stagecoach value refresh)"
+    clv = "-" if value.get("clv") is None else f"{value['clv']:,.2f}"
+    alive = "-" if value.get("p_alive") is None else f"{value['p_alive']:.2f}"
+    return (
+        f"value     tier {value.get('value_tier')} (score {value.get('value_score')}),"
+        f" CLV {clv}, p_alive {alive}, RFM {value.get('rfm')}"
+        f" (as of {value.get('value_as_of')}, model {value.get('value_model')})"
+    )

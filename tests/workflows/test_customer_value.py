@@ -3,7 +3,11 @@ refresh, and the value traits on the contact's workflow."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +27,18 @@ from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 CATALOG = Catalog((Product("tea", "drinks", "Green tea"), Product("cup", "kitchen", "Tea cup")))
 DEFS = replace(defs, value=ValueModel(min_customers=10), catalog=CATALOG)
+
+
+def _stagecoach(runtime: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "STAGECOACH_TEMPORAL_ADDRESS": runtime.client.service_client.config.target_host,
+        "STAGECOACH_TEMPORAL_NAMESPACE": runtime.client.namespace,
+        "STAGECOACH_DATA_DIR": str(runtime.settings.data_dir),
+        "STAGECOACH_DATABASE_URL": runtime.settings.resolved_database_url,
+    }
+    command = [sys.executable, "-m", "stagecoach.engine.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False, env=env)
 
 
 def orders(customers: int, now: datetime, seed: int = 3) -> list[dict[str, Any]]:
@@ -79,6 +95,13 @@ async def test_a_customers_orders_give_them_a_value_tier_and_clv(runtime: Runtim
     assert attributes["clv"] == expected["clv"] > 0
     assert 0 < attributes["p_alive"] <= 1
     assert attributes["value_as_of"] == result.run.as_of.isoformat()
+    # `stagecoach contact show` gives the tier, CLV and p_alive with their as-of and model.
+    shown = await asyncio.to_thread(_stagecoach, runtime, "contact", "show", contact_id)
+    assert shown.returncode == 0, shown.stderr
+    [line] = [li for li in shown.stdout.splitlines() if li.startswith("value ")]
+    assert f"tier {expected['value_tier']} " in line
+    assert f"CLV {expected['clv']:,.2f}, p_alive {expected['p_alive']:.2f}" in line
+    assert f"(as of {result.run.as_of.isoformat()}, model {result.version})" in line
 
 
 def _order(user: str, n: int, at: datetime, *products: str) -> dict[str, Any]:
