@@ -561,6 +561,7 @@ class Pipeline(serial.Record):
             ("mql", self.mql.event_types()),
             *((f"score rule {r.name!r}", frozenset({r.matcher.type})) for r in self.scoring.rules),
             *((f"grade rule {r.name!r}", r.when.event_types()) for r in self.grading.rules),
+            *((f"detour {d.name!r}", d.when.event_types()) for d in self.detours if d.when),
         ]
         if self.recycle is not None:
             users.append(("recycle", frozenset({self.recycle.event})))
