@@ -276,9 +276,18 @@ def refresh_values(
         }
         changed: list[str] = []
         for contact_id, traits in values.items():
+            # ``traits`` on the row are the values last sent to the workflow (what its
+            # segments and journeys see), so small drifts add up until they are sent.
             previous = before.get(contact_id)
-            if previous is None or _comparable(previous) != _comparable(traits):
+            stamped = {**traits, "value_as_of": as_of.isoformat(), "value_model": version}
+            kept = previous
+            if (
+                previous is None
+                or not previous.get("value_sent", False)
+                or _comparable(previous) != _comparable(traits)
+            ):
                 changed.append(contact_id)
+                kept = {**stamped, "value_sent": signal} if signal or previous is None else None
             fields: dict[str, Any] = {
                 "run_id": run.id or 0,
                 "model_version": version,
@@ -287,7 +296,7 @@ def refresh_values(
                 "score": traits["value_score"],
                 "clv": traits["clv"],
                 "p_alive": traits["p_alive"],
-                "traits": {**traits, "value_as_of": as_of.isoformat(), "value_model": version},
+                "traits": kept if kept is not None else previous,
             }
             row = session.get(ContactValue, contact_id)
             if row is None:
@@ -340,5 +349,14 @@ def _properties(version: str, status: str, traits: Mapping[str, Any]) -> dict[st
     return out
 
 
+COARSE = {"p_alive": 2, "value_score": 2, "clv": 0, "expected_purchases": 1}
+"""Decimals a value must move by to be worth a new ``value.scored`` event: each event is
+a signal (a Temporal action), and p_alive drifts a little every day for everyone."""
+
+
 def _comparable(traits: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in traits.items() if k not in ("value_as_of", "value_model")}
+    out = {k: v for k, v in traits.items() if k not in ("value_as_of", "value_model", "value_sent")}
+    for name, places in COARSE.items():
+        if isinstance(out.get(name), float):
+            out[name] = round(out[name], places)
+    return out
