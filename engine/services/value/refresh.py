@@ -268,12 +268,10 @@ def refresh_values(
         run = ValueRun(version=version, as_of=as_of, status=status, params=params, summary=summary)
         session.add(run)
         session.flush()
-        before = {
-            v.contact_id: v.traits
-            for v in session.exec(
-                select(ContactValue).where(col(ContactValue.contact_id).in_(list(values)))
-            ).all()
-        }
+        # Every stored row in one read (an IN list of every customer would outgrow the
+        # database's parameter limit), and no query per contact after it.
+        stored = {v.contact_id: v for v in session.exec(select(ContactValue)).all()}
+        before = {contact_id: row.traits for contact_id, row in stored.items()}
         changed: list[str] = []
         for contact_id, traits in values.items():
             # ``traits`` on the row are the values last sent to the workflow (what its
@@ -298,7 +296,7 @@ def refresh_values(
                 "p_alive": traits["p_alive"],
                 "traits": kept if kept is not None else previous,
             }
-            row = session.get(ContactValue, contact_id)
+            row = stored.get(contact_id)
             if row is None:
                 session.add(ContactValue(contact_id=contact_id, **fields))
             else:
