@@ -47,6 +47,7 @@ from stagecoach.engine.api.routes.referrals import router as referrals_router
 from stagecoach.engine.api.routes.reports import router as reports_router
 from stagecoach.engine.api.routes.segments import router as segments_router
 from stagecoach.engine.api.routes.tracking import router as tracking_router
+from stagecoach.engine.api.routes.value import router as value_router
 from stagecoach.engine.api.routes.wechat import drain
 from stagecoach.engine.api.routes.wechat import router as wechat_router
 from stagecoach.engine.dashboard import dashboard_router, default_reports
@@ -243,6 +244,7 @@ def create_app(
     app.include_router(segments_router)
     app.include_router(broadcasts_router)
     app.include_router(broadcast_reports_router)
+    app.include_router(value_router)
     # One report cache for the dashboard and /v1/reports: each report computed once per copy.
     app.state.reports = reports_for(settings, defaults=default_reports)
     app.include_router(dashboard_router(settings, numbers=app.state.reports))

@@ -36,6 +36,7 @@ _DEFINITIONS = "stagecoach.engine.domain.definitions"
 _EVENTS = "stagecoach.engine.domain.events"
 _SEGMENTS = "stagecoach.engine.domain.segments"
 _BROADCASTS = "stagecoach.engine.domain.broadcasts"
+_VALUE = "stagecoach.engine.domain.value"
 
 _VOCABULARY: dict[str, str] = {
     # The project: what a team's repository names in [tool.stagecoach] definitions.
@@ -122,6 +123,11 @@ _VOCABULARY: dict[str, str] = {
     "Broadcast": _BROADCASTS,
     "ABTest": _BROADCASTS,
     "Variant": _BROADCASTS,
+    # Customer value: the catalog orders name, and how customers are tiered and valued.
+    "ValueModel": _VALUE,
+    "Tier": _VALUE,
+    "Catalog": _VALUE,
+    "Product": _VALUE,
     # Durations and times of day: one spelling, the standard library's.
     "timedelta": "datetime",
     "time": "datetime",
@@ -132,6 +138,7 @@ __all__ = [
     "ABTest",
     "Broadcast",
     "BusinessHours",
+    "Catalog",
     "Condition",
     "Definitions",
     "Detour",
@@ -147,6 +154,7 @@ __all__ = [
     "Phase",
     "Pipeline",
     "Pool",
+    "Product",
     "PropertyFilter",
     "ReEntry",
     "Recycle",
@@ -160,6 +168,8 @@ __all__ = [
     "StageRule",
     "Team",
     "Territory",
+    "Tier",
+    "ValueModel",
     "Variant",
     "add_tag",
     "all_of",
@@ -295,6 +305,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         ScoringModel,
     )
     from stagecoach.engine.domain.segments import Segment, segment_entered, segment_exited
+    from stagecoach.engine.domain.value import Catalog, Product, Tier, ValueModel
 
 
 def __getattr__(name: str) -> Any:

@@ -26,6 +26,7 @@ from stagecoach.engine.domain import (
     sales,
     scoring,
     segments,
+    value,
 )
 
 IO_FRAMEWORKS = (
@@ -65,6 +66,7 @@ VOCABULARY = {
     datetime: {"timedelta", "time"},
     definitions: {"Definitions", "journeys_in"},
     events: {"EventCatalog", "EventType"},
+    value: {"ValueModel", "Tier", "Catalog", "Product"},
 }  # fmt: skip
 
 

@@ -79,7 +79,28 @@ CATALOG = EventCatalog(
         EventType(
             "order.paid",
             "An order was paid",
-            {"amount": "order total, a number", "currency": "ISO 4217 code, e.g. CNY"},
+            {
+                "amount": "order total, a number",
+                "currency": "ISO 4217 code, e.g. CNY",
+                "order_id": "the shop's order id (refunds name it)",
+                "items": "list of {product, category, quantity, amount}; amount is the line total",
+            },
+        ),
+        EventType(
+            "order.refunded",
+            "An order was refunded, in whole or in part",
+            {"order_id": "the refunded order", "amount": "refunded amount; none: all of it"},
+        ),
+        EventType(
+            "value.scored",
+            "A value refresh computed the customer's value (traits: value_tier, clv, p_alive)",
+            {
+                "model": "the value model version",
+                "status": "fitted, not_enough_data or failed",
+                "value_tier": "the ABC tier",
+                "cross_sell": "the product to recommend, when there is one",
+                "replenishment_due": "true once the customer's own repurchase interval passed",
+            },
         ),
         EventType("onboarding.finished", "The customer finished onboarding"),
         EventType(

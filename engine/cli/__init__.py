@@ -30,6 +30,7 @@ from stagecoach.engine.cli.report import report
 from stagecoach.engine.cli.segment_backfill import backfill as segments_backfill
 from stagecoach.engine.cli.segment_backfill import preview as segments_preview
 from stagecoach.engine.cli.segments import segments_app
+from stagecoach.engine.cli.value import value_app
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
 from stagecoach.engine.settings import Settings, load_settings
@@ -50,6 +51,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(segments_app, name="segments")
 app.add_typer(broadcasts_app, name="broadcasts")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(value_app, name="value")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stagecoach.engine.cli.value import contact_value_of, value_line
 from stagecoach.engine.services.lookup import LOOKUP_KINDS
 from stagecoach.engine.settings import Settings, load_settings
 
@@ -137,8 +138,10 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
     found, view = _connect_and(contact, by, contact_view)
     state = view.state
     segments = _segments(view.contact_id)
+    valued = contact_value_of(view.contact_id)
     if json_output:
         body = {**view.__dict__, "segments": [_segment_dict(s) for s in segments or []]}
+        body["value"] = valued
         typer.echo(json.dumps(body, indent=2, ensure_ascii=False, default=str))
         return
     typer.echo(f"contact   {view.contact_id}")
@@ -169,6 +172,7 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
     for s in segments or []:
         since = _segment_dict(s)["since"]
         typer.echo(f"segment   {s.segment} since {since}: {s.reason or '-'}")
+    typer.echo(value_line(valued))
 
 
 def _segment_dict(s: Any) -> dict[str, str]:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from stagecoach.engine.cli.value import REPORTS as VALUE_REPORTS
+from stagecoach.engine.cli.value import report_of as value_report_of
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.logging import configure_logging
 from stagecoach.engine.services.analytics import REPORTS, Params, Report, run_report
@@ -78,7 +80,10 @@ def _cell(value: Any, column: str = "") -> str:
 
 
 def report(
-    name: Annotated[str, typer.Argument(help=f"One of: {', '.join(REPORTS)}, broadcasts.")],
+    name: Annotated[
+        str,
+        typer.Argument(help=f"One of: {', '.join(REPORTS)}, broadcasts, value, cross-sell."),
+    ],
     since: Annotated[
         str | None, typer.Option(help="Start: 2026-11-01, an ISO time, or 30d/12h/2w ago.")
     ] = None,
@@ -126,7 +131,7 @@ def report(
         if name == BROADCASTS:
             _broadcasts(settings, fmt)
             return
-        choice("report", name, [*REPORTS, BROADCASTS])
+        choice("report", name, [*REPORTS, BROADCASTS, *VALUE_REPORTS])
         params = make_params(
             since=since,
             until=until,
@@ -144,7 +149,10 @@ def report(
             ),
             include_rehearsals=include_rehearsals,
         )
-        result = _compute(settings, name, params, fresh=fresh)
+        if name in VALUE_REPORTS:  # customer value: from the latest value refresh
+            result = value_report_of(settings, name)
+        else:
+            result = _compute(settings, name, params, fresh=fresh)
         chosen = pick_section(result, section)
     except StagecoachError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)

@@ -24,6 +24,9 @@ Pages (HTML, server-rendered; all but the login need a signed-in session)::
                                       conversions in the attribution window, held back
                                       by reason, the A/B test, WeChat mass-send jobs;
                                       unknown: a 404
+    GET  /dashboard/value             customer value from the latest value refresh:
+                                      tiers, the CLV distribution, cross-sell pairs,
+                                      the model and the orders it left out
     GET  /dashboard/login, POST       the admin token in, a session cookie out
     POST /dashboard/logout            ends the session (same origin only); GET: 405
     GET  /dashboard/static/...        plotly.min.js from the installed plotly package

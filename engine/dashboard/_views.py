@@ -38,7 +38,7 @@ from stagecoach.engine.api._common import (
 )
 from stagecoach.engine.api.deps import SessionDep, temporal_client
 from stagecoach.engine.api.sessions import Sessions
-from stagecoach.engine.dashboard import _broadcasts, _charts, _segments
+from stagecoach.engine.dashboard import _broadcasts, _charts, _segments, _value
 from stagecoach.engine.domain.errors import DatabaseError, TemporalUnavailable
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from stagecoach.engine.services.analytics import Params, Report, ReportError
@@ -523,6 +523,10 @@ def dashboard_router(
             segments = await _segments.read(contact_segments, request.app.state.db, subject)
         except DatabaseError:  # the rest of the page is still worth showing
             segments = None
+        try:
+            valued = await _segments.read(_value.of_contact, request.app.state.db, subject)
+        except DatabaseError:  # not migrated to customer value yet: the page still shows
+            valued = None
         story, note = await _story(request, temporal, timeline, subject)
         # Broadcast sends are in the delivery records, not the workflow's history: shown
         # even when the history cannot be read (the note still says why).
@@ -552,6 +556,7 @@ def dashboard_router(
             person=None if isinstance(person, str) else person,
             transitions=transitions,
             segments=segments,
+            value=valued,
             story=story,
             note=note,
             temporal_ui=ui,
@@ -666,6 +671,32 @@ def dashboard_router(
             ab=_broadcasts.ab_view(report, spec),
             refresh=_broadcasts.REFRESH_SECONDS if report.status in _broadcasts.LIVE else None,
             read_at=datetime.now(UTC),
+        )
+
+    # --- customer value -----------------------------------------------------------------
+
+    @router.get("/value", response_class=HTMLResponse, dependencies=signed_in)
+    async def value(request: Request) -> HTMLResponse:
+        """Value tiers, the CLV distribution, the model and what it left out, and the
+        cross-sell pairs, from the latest value refresh."""
+        try:
+            tiers, pairs = await _segments.read(_value.reports, request.app.state.db)
+        except DatabaseError as exc:
+            return problem_page(
+                503, "The database did not answer", exc.message, exc.fix, signed_in=True
+            )
+        buckets, most = _value.buckets(tiers)
+        return render(
+            "value.html",
+            **base("Customer value", "value"),
+            report=tiers,
+            tiers=_value.section(tiers, "tiers"),
+            buckets=buckets,
+            most=most,
+            model=_value.section(tiers, "model"),
+            left_out=_value.section(tiers, "left_out"),
+            customers=_value.section(tiers, "customers"),
+            pairs=_value.section(pairs, "pairs"),
         )
 
     return router

@@ -20,7 +20,12 @@ from typing import Any
 
 from stagecoach.engine.domain import serial
 from stagecoach.engine.domain.conditions import EventRecord, Facts
-from stagecoach.engine.domain.pipeline import Pipeline, Transition, evaluate_transition
+from stagecoach.engine.domain.pipeline import (
+    Pipeline,
+    Transition,
+    evaluate_detours,
+    evaluate_transition,
+)
 from stagecoach.engine.domain.scoring import (
     ScoreState,
     apply_event,
@@ -262,6 +267,15 @@ def observe(
         source,
         trigger_message_id=message_id,
     )
+    if transition is None and any(d.when is not None for d in pipeline.detours):
+        transition = evaluate_detours(
+            pipeline,
+            updated.stage,
+            facts(updated, pipeline, now, as_shown=as_shown),
+            event,
+            source,
+            trigger_message_id=message_id,
+        )
     return Observation(state=updated, transition=transition, regraded=regraded)
 
 

@@ -47,6 +47,7 @@ from stagecoach.engine.domain.segments import (
     SegmentSpec,
     segment_problems,
 )
+from stagecoach.engine.domain.value import Catalog, ValueModel
 
 
 class DefinitionsError(ValueError):
@@ -80,6 +81,10 @@ class Definitions:
         traits: The contact traits the project uses (``["industry", "region"]``):
             segments' trait names are checked against them (plus the identity traits
             the engine reads). ``None``, the default, leaves trait names unchecked.
+        value: How customers are valued (``ValueModel(...)``: the currency, the ABC
+            tier's weights and thresholds, the CLV horizon); ``None`` uses the defaults.
+        catalog: The products orders may name (``Catalog([Product(...)])``); ``None``
+            checks no product names (``stagecoach value refresh --catalog`` imports one).
     """
 
     pipeline: Pipeline
@@ -92,6 +97,8 @@ class Definitions:
     segments: Iterable[Segment] = ()
     traits: Iterable[str] | None = None
     broadcasts: Iterable[Broadcast] = ()
+    value: ValueModel | None = None
+    catalog: Catalog | None = None
     _by_name: Mapping[str, Journey] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +163,16 @@ class Definitions:
                 )
         object.__setattr__(self, "segments", listed)
         object.__setattr__(self, "broadcasts", self._broadcasts(self.broadcasts))
+        if self.value is not None and not isinstance(self.value, ValueModel):
+            raise DefinitionsError(
+                f"Definitions(value=...) got {type(self.value).__name__}: pass a"
+                " ValueModel(...) or leave it out for the defaults"
+            )
+        if self.catalog is not None and not isinstance(self.catalog, Catalog):
+            raise DefinitionsError(
+                f"Definitions(catalog=...) got {type(self.catalog).__name__}: pass a"
+                " Catalog([Product('sku', category='...'), ...])"
+            )
         if self.traits is not None:
             if isinstance(self.traits, str | bytes) or not all(
                 isinstance(t, str) for t in self.traits

@@ -219,7 +219,7 @@ class StageRule(serial.Record):
         object.__setattr__(self, "from_stages", tuple(self.from_stages))
 
 
-@serial.fields(missing={"from_stages": ()})
+@serial.fields(missing={"from_stages": ()}, omit_if_default=("when",))
 @dataclass(frozen=True)
 class Detour(serial.Record):
     """A declared backward or sideways move, applied explicitly with :func:`apply_detour`.
@@ -231,12 +231,19 @@ class Detour(serial.Record):
         to_stage_or_state: A stage earlier than every ``from_stages`` entry, or an
             off-pipeline state declared in ``Pipeline.states``.
         reason_required: Whether :func:`apply_detour` refuses an empty reason.
+        when: Take the detour by itself when this condition holds (checked on every
+            event the contact's workflow applies, after the stage rules, from the
+            detour's starting stages), e.g. a ``dormant`` detour on
+            ``trait("p_alive", "lt", 0.3)``. ``None``: only taken when asked for (a sales
+            rejection, an operator). The transition's reason names the conditions that
+            held. Left out of the pipeline's form when ``None``.
     """
 
     name: str
     from_stages: tuple[str, ...]
     to_stage_or_state: str
     reason_required: bool = True
+    when: Condition | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "from_stages", tuple(self.from_stages))
@@ -554,6 +561,7 @@ class Pipeline(serial.Record):
             ("mql", self.mql.event_types()),
             *((f"score rule {r.name!r}", frozenset({r.matcher.type})) for r in self.scoring.rules),
             *((f"grade rule {r.name!r}", r.when.event_types()) for r in self.grading.rules),
+            *((f"detour {d.name!r}", d.when.event_types()) for d in self.detours if d.when),
         ]
         if self.recycle is not None:
             users.append(("recycle", frozenset({self.recycle.event})))
@@ -663,6 +671,7 @@ class Pipeline(serial.Record):
             self.scoring.event_types(),
             self.grading.event_types(),
             frozenset({self.recycle.event}) if self.recycle else frozenset(),
+            *(d.when.event_types() for d in self.detours if d.when is not None),
         )
 
     # Serialisation
@@ -763,6 +772,63 @@ def evaluate_transition(
         source=source,
         kind="rule",
     )
+
+
+def evaluate_detours(
+    pipeline: Pipeline,
+    current: str,
+    facts: Facts,
+    trigger: EventRecord | None,
+    source: str,
+    *,
+    trigger_message_id: str | None = None,
+) -> Transition | None:
+    """The first declared detour with a ``when`` that starts from ``current`` and holds:
+    its transition, with the reason naming the condition(s) that held; else ``None``."""
+    for detour in pipeline.detours:
+        if detour.when is None or current not in pipeline.detour_sources(detour):
+            continue
+        here = facts if facts.stage == current else replace(facts, stage=current)
+        if not detour.when.evaluate(here):
+            continue
+        why = _held_words(detour.when, here)
+        return Transition(
+            from_stage=current,
+            to_stage=detour.to_stage_or_state,
+            at=facts.now,
+            reason=f"{detour.name}: {why}",
+            trigger_event_type=None if trigger is None else trigger.type,
+            trigger_message_id=trigger_message_id,
+            source=source,
+            kind="detour",
+        )
+    return None
+
+
+def _held_words(condition: Condition, facts: Facts) -> str:
+    """A condition that held, in words for the transition's reason: of an ``any_of``,
+    only the parts that held."""
+    if isinstance(condition, AnyOf):
+        held = [c for c in condition.conditions if c.evaluate(facts)]
+        return " or ".join(_held_words(c, facts) for c in held)
+    if isinstance(condition, AllOf):
+        return " and ".join(_held_words(c, facts) for c in condition.conditions)
+    data = condition.to_dict()
+    kind = data.get("kind")
+    if kind == "not" and data["condition"].get("kind") == "event":
+        inner = data["condition"]
+        days = (inner.get("within_seconds") or 0) / 86400
+        return f"no {inner['type']} in {days:g} days" if days else f"never {inner['type']}"
+    if kind == "event":
+        days = (data.get("within_seconds") or 0) / 86400
+        return f"{data['type']} within {days:g} days" if days else str(data["type"])
+    if kind == "attribute":
+        actual = facts.attributes.get(data["path"])
+        return f"{data['path']} {data['op']} {data['value']} (was {actual})"
+    if kind == "last_performed":
+        days = data["age_seconds"] / 86400
+        return f"last {data['type']} {data['op']} {days:g} days ago"
+    return canonical_json(data)
 
 
 def apply_detour(

@@ -50,6 +50,7 @@ HANDOFF_SLA_ACTIVITY = "contact.handoff_sla"
 RECORD_ENROLMENT_ACTIVITY = "contact.record_enrolment"
 RECORD_CONVERSION_ACTIVITY = "contact.record_conversion"
 RELEASE_REWARDS_ACTIVITY = "contact.release_rewards"
+CANCEL_REWARD_ACTIVITY = "contact.cancel_reward"
 RECORD_SEGMENTS_ACTIVITY = "contact.record_segments"
 CHECK_DATABASE_ACTIVITY = "system.check_database"
 SNAPSHOT_ACTIVITY = "broadcast.snapshot"
@@ -68,6 +69,7 @@ CONTACT_ACTIVITIES: frozenset[str] = frozenset(
         RECORD_ENROLMENT_ACTIVITY,
         RECORD_CONVERSION_ACTIVITY,
         RELEASE_REWARDS_ACTIVITY,
+        CANCEL_REWARD_ACTIVITY,
         RECORD_SEGMENTS_ACTIVITY,
     }
 )
@@ -106,6 +108,7 @@ __all__ = [
     "BROADCAST_TIMERS",
     "BROADCAST_WORKFLOW",
     "BROADCAST_WORKFLOW_ID_PREFIX",
+    "CANCEL_REWARD_ACTIVITY",
     "CANCEL_SIGNAL",
     "CHANNEL_TIMER_PREFIX",
     "CHECK_DATABASE_ACTIVITY",

@@ -411,6 +411,16 @@ class ConversionRequest:
 
 
 @dataclass
+class RefundRequest:
+    """Activity input: ``contact_id`` (a referee, perhaps) had an order refunded at
+    ``at``; ``order_id`` names it (empty when the refund did not say)."""
+
+    contact_id: str
+    at: datetime
+    order_id: str = ""
+
+
+@dataclass
 class RewardDecision:
     """What a conversion earned. ``duplicate``: decided before (a retry, or a later
     purchase); the answer is the first one and nothing new was granted."""

@@ -28,7 +28,18 @@ STAGECOACH = [sys.executable, "-m", "stagecoach.engine.cli"]
 
 # name -> (pipeline name, its journeys)
 EXPECTED = {
-    "lifecycle": ("default", {"b2b_nurture", "nps_survey", "onboarding", "value_nurture"}),
+    "lifecycle": (
+        "default",
+        {
+            "b2b_nurture",
+            "nps_survey",
+            "onboarding",
+            "value_nurture",
+            "win_back",
+            "replenishment",
+            "cross_sell",
+        },
+    ),
     "b2b_funnel": ("b2b_funnel", {"development_nurture", "proposal_follow_up"}),
 }
 

@@ -20,10 +20,16 @@ PUBLISHED_JOURNEYS = {
     "nps_survey": "0175c7918c8552c9d2ac088828a4f2c704b1f65713a8b38eeccfb81bdbd70c94",
     "onboarding": "84029fa29551237c0741fbb583ec90c9521cddb23e5d0a0d38d4dcde91da2305",
     "value_nurture": "8f0c56bf04e2ec11b2bd06689b995063ac73b9070962e8b6a6c970f541128373",
+    # Issue 23's delight journeys: new, so new versions.
+    "cross_sell": "fafef6e0df0e34ee1df57be7eeb1366eca436f30e54441c9c18d972a30fb134a",
+    "replenishment": "f185f9231dc19a37ade79ce8bf7b9661e6769515006b068edb890ee561933f56",
+    "win_back": "3e2928d8a304c106405174c9ff8b14e5f6b7adfa81e588b75c64fe9e32b5600c",
 }
 PUBLISHED_PIPELINES = {
     "b2b_funnel": "e72a4a929f2e6e20af8076eb1f6eee337baaf720374bca6837671d385d36068a",
-    "default": "70f6b8799dc8249880a1a4785116df97b02e187335546d1752059595ca54457e",
+    # Issue 23 added the dormant state and the dormant and won_back detours: a new version
+    # (was 70f6b8799dc8249880a1a4785116df97b02e187335546d1752059595ca54457e).
+    "default": "cf72f52c01977ce9e50f24ada4dbeb82024e29671989da8c47f46b3664696081",
 }
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

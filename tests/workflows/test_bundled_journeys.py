@@ -56,6 +56,9 @@ CONTENT_IDS = (
     "referral-offer",
     "customer-story-invite",
     "newsletter-monthly",
+    "winback-offer",
+    "replenishment-reminder",
+    "cross-sell-offer",
 )
 DAY = timedelta(days=1)
 WHITEPAPER_DOWNLOAD = EventRecord(
@@ -74,7 +77,15 @@ def specs() -> dict[str, JourneySpec]:
 
 
 def test_journeys_are_listed_by_name():
-    assert set(JOURNEYS) == {"b2b_nurture", "onboarding", "nps_survey", "value_nurture"}
+    assert set(JOURNEYS) == {
+        "b2b_nurture",
+        "onboarding",
+        "nps_survey",
+        "value_nurture",
+        "win_back",
+        "replenishment",
+        "cross_sell",
+    }
     assert all(name == journey.name for name, journey in JOURNEYS.items())
 
 

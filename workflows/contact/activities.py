@@ -32,6 +32,7 @@ from stagecoach.engine.domain.pipeline import Transition
 from stagecoach.engine.domain.policy import SendPolicy
 from stagecoach.engine.metrics import count_handoff, count_send, count_sla_breach
 from stagecoach.engine.protocol import (
+    CANCEL_REWARD_ACTIVITY,
     DELIVER_ACTIVITY,
     HAND_OFF_ACTIVITY,
     HANDOFF_SLA_ACTIVITY,
@@ -59,6 +60,7 @@ from stagecoach.engine.protocol.messages import (
     HandOffOutcome,
     HandOffRequest,
     OpenRequest,
+    RefundRequest,
     RewardDecision,
     SegmentChanges,
     SlaRequest,
@@ -165,6 +167,7 @@ class ContactActivities:
             self.handoff_sla,
             self.record_conversion,
             self.release_rewards,
+            self.cancel_reward,
             self.record_enrolment,
             self.record_segments,
         ]
@@ -485,6 +488,19 @@ class ContactActivities:
         from stagecoach.engine.services.referrals import release_due_rewards
 
         return len(release_due_rewards(self._db, at))
+
+    @activity.defn(name=CANCEL_REWARD_ACTIVITY)
+    def cancel_reward(self, request: RefundRequest) -> str | None:
+        """A referred contact's order was refunded: cancel the reward their purchase
+        earned the referrer if it is still held and within its return window. The
+        reward's status now, or None when the purchase earned none."""
+        from stagecoach.engine.services.referrals import cancel_reward
+
+        order = f" {request.order_id}" if request.order_id else ""
+        reward = cancel_reward(
+            self._db, request.contact_id, f"order{order} refunded", at=request.at
+        )
+        return None if reward is None else reward.status
 
     def _prepare_handoff(
         self, request: HandOffRequest, now: datetime

@@ -7,15 +7,25 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from stagecoach.engine.domain.conditions import EventRecord
     from stagecoach.engine.protocol import (
+        CANCEL_REWARD_ACTIVITY,
         RECORD_CONVERSION_ACTIVITY,
         REFERRAL_TIMERS,
         RELEASE_REWARDS_ACTIVITY,
         REWARD_RELEASE_TIMER,
     )
-    from stagecoach.engine.protocol.messages import ConversionRequest, RewardDecision
+    from stagecoach.engine.protocol.messages import (
+        ConversionRequest,
+        RefundRequest,
+        RewardDecision,
+    )
 
 from stagecoach.workflows.contact.core import ContactCore
+
+REFUND_CANCELS_REWARD = "refund-cancels-reward"
+"""Patch id: an ``order.refunded`` of a referred contact cancels the referrer's held
+reward (workflows that saw a refund before it did nothing)."""
 
 
 class ReferralRewards(ContactCore):
@@ -45,4 +55,18 @@ class ReferralRewards(ContactCore):
             workflow.now(),
             start_to_close_timeout=timedelta(seconds=60),
             summary="release referral reward",
+        )
+
+    async def _refunded(self, record: EventRecord) -> None:
+        """A referred contact's order was refunded: the referrer's reward for it is
+        cancelled if still held within the return window (the activity decides)."""
+        await workflow.execute_activity(
+            CANCEL_REWARD_ACTIVITY,
+            RefundRequest(
+                contact_id=self._contact_id,
+                at=record.at,
+                order_id=str(record.properties.get("order_id") or ""),
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            summary="referral reward: refund",
         )

@@ -73,7 +73,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from stagecoach.workflows.contact.journeys import JourneyDriver
-from stagecoach.workflows.contact.referrals import ReferralRewards
+from stagecoach.workflows.contact.referrals import REFUND_CANCELS_REWARD, ReferralRewards
 from stagecoach.workflows.contact.sales import SALES_FEEDBACK, SalesHandoff
 from stagecoach.workflows.contact.segments import SegmentMembership
 
@@ -342,6 +342,12 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
         decision = SALES_FEEDBACK.get(record.type)
         if decision is not None:
             await self._on_feedback(decision, record)
+        if (
+            record.type == "order.refunded"
+            and state.attributes.get("referred_by")
+            and workflow.patched(REFUND_CANCELS_REWARD)
+        ):
+            await self._refunded(record)
         if self._rehearsal:
             return record  # a rehearsal contact is only in the journeys it was enrolled in
         for name, raw in sorted(self._published().items()):

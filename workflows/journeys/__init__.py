@@ -36,6 +36,10 @@ def compile_journeys(ctx: ValidationContext) -> dict[str, JourneySpec]:
     """
     if ctx.known_journeys is None:
         ctx = replace(ctx, known_journeys=frozenset(JOURNEYS))
+    # The win-back journey enters on the dormant state, which a context built from the
+    # stage names alone does not hold: the project's definitions check it against its
+    # pipeline's states.
+    ctx = replace(ctx, stages=ctx.stages | frozenset(defs.pipeline.states))
     return {name: compile_journey(j, ctx) for name, j in JOURNEYS.items()}
 
 

@@ -564,3 +564,35 @@ class Lease(SQLModel, table=True):
     holder: str = Field(default="", max_length=128, description="empty: free")
     token: int = Field(default=0)
     expires_at: float = Field(default=0.0)
+
+
+class ValueRun(SQLModel, table=True):
+    """One customer-value refresh (``stagecoach value refresh``): the BG/NBD and
+    Gamma-Gamma parameters it fitted (none when there was not enough data), the orders it
+    left out and why, and the cross-sell pairs it found. ``version`` names the model."""
+
+    __tablename__ = "value_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=64, index=True)
+    as_of: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    status: str = Field(max_length=32, description="fitted, not_enough_data or failed")
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _ts()
+
+
+class ContactValue(SQLModel, table=True):
+    """A contact's value as the latest refresh that scored them computed it."""
+
+    __tablename__ = "contact_values"
+
+    contact_id: str = Field(primary_key=True, max_length=64)
+    run_id: int = Field(index=True)
+    model_version: str = Field(max_length=64)
+    as_of: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    tier: str = Field(max_length=16, index=True)
+    score: float
+    clv: float | None = None
+    p_alive: float | None = None
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

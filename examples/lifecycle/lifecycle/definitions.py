@@ -15,6 +15,7 @@ from .broadcasts import BROADCASTS
 from .events import EVENTS
 from .pipeline import DEFAULT
 from .segments import SEGMENTS
+from .value import CATALOG, VALUE
 
 defs = Definitions(
     name="seven-stage lifecycle (example)",
@@ -26,4 +27,7 @@ defs = Definitions(
     segments=SEGMENTS,
     # One-off campaigns to a segment (broadcasts.py): deploy keeps them as drafts.
     broadcasts=BROADCASTS,
+    # Customer value (value.py): the product catalog, the ABC tier and the CLV horizon.
+    value=VALUE,
+    catalog=CATALOG,
 )

@@ -40,9 +40,11 @@ from stagecoach import (
     attribute,
     event,
     grade_at_least,
+    last_performed,
     score_at_least,
     time,
     timedelta,
+    trait,
 )
 
 from .events import EVENTS
@@ -55,6 +57,13 @@ REFERRALS_FOR_ADVOCATE = 2
 
 PROMOTER_NPS = 9
 """NPS answers at or above this are promoters."""
+
+DORMANT_BELOW = 0.3
+"""Probability alive (BG/NBD, from ``stagecoach value refresh``) below which a customer is
+dormant."""
+
+DORMANT_AFTER = 180 * DAY
+"""No order for this long makes a customer dormant, whatever the model says."""
 
 
 def _on(event_type: str, *where: PropertyFilter) -> EventMatcher:
@@ -209,7 +218,7 @@ DEFAULT = Pipeline(
         Phase("acquisition", "Acquisition", label_zh="获新", first="suspect", last="customer"),
         Phase("delight", "Delight", label_zh="悦旧", first="customer", last="advocate"),
     ),
-    states=("disqualified",),
+    states=("disqualified", "dormant"),
     rules=(
         StageRule(
             "prospect",
@@ -258,6 +267,21 @@ DEFAULT = Pipeline(
         Detour("recycled", ("lead", "opportunity"), "prospect", reason_required=True),
         Detour("disqualified", (), "disqualified", reason_required=True),
         Detour("reactivated", ("disqualified",), "suspect", reason_required=True),
+        # The decline period (衰退期): taken by itself when the value refresh says the
+        # customer has probably stopped buying, or they simply have not ordered for long;
+        # never within a month of an order (a p_alive from before it is stale).
+        Detour(
+            "dormant",
+            ("customer", "fan", "advocate"),
+            "dormant",
+            when=(
+                trait("p_alive", "lt", DORMANT_BELOW)
+                | last_performed("order.paid", before=DORMANT_AFTER)
+            )
+            & ~event("order.paid", within=30 * DAY),
+        ),
+        # An order from a dormant customer wins them back.
+        Detour("won_back", ("dormant",), "customer", when=event("order.paid", within=DAY)),
     ),
     mql=MQL,
     scoring=SCORING,

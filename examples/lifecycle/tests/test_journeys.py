@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from lifecycle.definitions import defs
 from lifecycle.segments import GONE_QUIET_CUSTOMERS
 
+from stagecoach.engine.domain import contact as model
 from stagecoach.engine.domain.conditions import EventRecord, Facts
 from stagecoach.engine.domain.content import BUNDLED_CONTENT_DIR, ContentLibrary
 from stagecoach.engine.domain.journeys import (
@@ -27,7 +28,15 @@ DAY = timedelta(days=1)
 
 def test_the_definitions_have_no_problems() -> None:
     assert PROBLEMS == []
-    assert set(SPECS) == {"b2b_nurture", "onboarding", "nps_survey", "value_nurture"}
+    assert set(SPECS) == {
+        "b2b_nurture",
+        "onboarding",
+        "nps_survey",
+        "value_nurture",
+        "win_back",
+        "replenishment",
+        "cross_sell",
+    }
 
 
 def test_a_suspect_who_downloads_the_whitepaper_reads_the_case_study_three_days_later() -> None:
@@ -90,3 +99,39 @@ def test_the_broadcasts_name_the_projects_segments_and_events() -> None:
         "newsletter-2027-01": "engaged-prospects",
         "expo-webinar-invite": "expo-2026",
     }
+
+
+def test_a_customer_the_model_gives_up_on_goes_dormant_and_an_order_wins_them_back() -> None:
+    """The dormant detour is taken on the value refresh's p_alive, never within a month of
+    an order; the win-back journey sends its offer, then a reminder two weeks later."""
+    pipeline, now = defs.pipeline, datetime(2026, 10, 1, tzinfo=UTC)
+    state = model.ContactState("c", "customer", now - 200 * DAY)
+    ordered = EventRecord("order.paid", now - 10 * DAY)
+    state = model.observe(
+        state, pipeline, message_id="o", event=ordered, traits={}, now=ordered.at, source="t"
+    ).state
+    scored = EventRecord("value.scored", now)
+    early = model.observe(
+        state, pipeline, message_id="v", event=scored, traits={"p_alive": 0.1}, now=now, source="t"
+    )
+    assert early.transition is None  # ordered ten days ago: the p_alive is stale
+    later = now + 30 * DAY
+    seen = model.observe(
+        state, pipeline, message_id="v2", event=scored, traits={"p_alive": 0.1}, now=later,
+        source="t",
+    )  # fmt: skip
+    assert seen.transition is not None
+    assert (seen.transition.to_stage, seen.transition.kind) == ("dormant", "detour")
+    assert seen.transition.reason.startswith("dormant: p_alive lt 0.3 (was 0.1)")
+    result = simulate(SPECS["win_back"], SimContact(stage="dormant"), [], 20 * DAY)
+    assert result.deliveries() == [(timedelta(0), "winback-offer"), (14 * DAY, "winback-offer")]
+    dormant = model.enter_stage(seen.state, seen.transition)
+    back = model.observe(
+        dormant, pipeline, message_id="o2", event=EventRecord("order.paid", later + DAY),
+        traits={}, now=later + DAY, source="t",
+    )  # fmt: skip
+    assert back.transition is not None
+    assert (back.transition.to_stage, back.transition.reason) == (
+        "customer",
+        "won_back: order.paid within 1 days",
+    )

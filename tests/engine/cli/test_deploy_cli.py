@@ -234,7 +234,7 @@ def test_plan_from_nothing_to_changed_and_older_with_exit_codes(
     v1, v2, v3 = version(2), version(3), version(4)
     fresh = run("plan")
     assert fresh.exit_code == 2, fresh.output
-    assert fresh.stdout.splitlines()[0].endswith(": 4 new, 0 changed, 0 unchanged, 0 older")
+    assert fresh.stdout.splitlines()[0].endswith(": 7 new, 0 changed, 0 unchanged, 0 older")
     assert line_of(fresh, NAME).split()[:3] == ["new", NAME, v2[:12]]
     assert not (tmp_path / "stagecoach.db").exists()  # planning creates nothing
 
@@ -264,7 +264,7 @@ def test_plan_from_nothing_to_changed_and_older_with_exit_codes(
     checkout(monkeypatch, 4)
     changed = run("plan")
     assert changed.exit_code == 2, changed.output
-    assert changed.stdout.splitlines()[0].endswith(": 0 new, 1 changed, 3 unchanged, 0 older")
+    assert changed.stdout.splitlines()[0].endswith(": 0 new, 1 changed, 6 unchanged, 0 older")
     head = line_of(changed, NAME)
     assert head.split()[:5] == ["changed", NAME, v2[:12], "->", v3[:12]]
     assert f"IN FLIGHT: 2 active enrolments on {v2[:12]} keep it" in head
@@ -287,7 +287,7 @@ def test_plan_from_nothing_to_changed_and_older_with_exit_codes(
     checkout(monkeypatch, 2)
     older = run("plan")
     assert older.exit_code == 0, older.output  # publishing would refuse it: no change
-    assert older.stdout.splitlines()[0].endswith(": 0 new, 0 changed, 3 unchanged, 1 older")
+    assert older.stdout.splitlines()[0].endswith(": 0 new, 0 changed, 6 unchanged, 1 older")
     assert f"older than the latest: publishing keeps {v2[:12]}" in line_of(older, NAME)
     assert latest(engine, NAME).version == v2  # planning published nothing
     assert [v.version for v in versions(engine, NAME)] == [v2, v1]

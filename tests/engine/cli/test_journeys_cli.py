@@ -85,13 +85,13 @@ def test_publish_twice_creates_then_reports_unchanged(db_url: str) -> None:
     assert first.exit_code == 0, first.output
     assert [line.split()[:2] for line in first.stdout.splitlines()[:2]] == [
         ["created", "b2b_nurture"],
-        ["created", "nps_survey"],  # the example's journeys, in module order
+        ["created", "cross_sell"],  # the example's journeys, in module order
     ]
     second = run("publish")
     assert second.exit_code == 0, second.output
     assert [line.split()[:2] for line in second.stdout.splitlines()[:2]] == [
         ["unchanged", "b2b_nurture"],
-        ["unchanged", "nps_survey"],
+        ["unchanged", "cross_sell"],
     ]
     listed = run("list").stdout
     assert "not published" not in listed

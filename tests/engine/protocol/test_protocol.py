@@ -59,6 +59,7 @@ WIRE = {
     "REFERRAL_TIMERS": "__referral__",
     "REWARD_RELEASE_TIMER": "release",
     "RECORD_SEGMENTS_ACTIVITY": "contact.record_segments",
+    "CANCEL_REWARD_ACTIVITY": "contact.cancel_reward",
     "SEGMENT_TIMERS": "__segments__",
     "SEGMENT_FLIP_TIMER": "flip",
     "CONTACT_WORKFLOW_ID_PREFIX": "contact-",

@@ -247,6 +247,9 @@ def test_plan_says_new_changed_unchanged_older_and_who_is_in_flight(
         "onboarding": "unchanged",
         "nps_survey": "new",
         "value_nurture": "unchanged",
+        "win_back": "unchanged",
+        "replenishment": "unchanged",
+        "cross_sell": "unchanged",
     }
     b2b_plan = changed[NAME]
     assert (b2b_plan.version, b2b_plan.latest) == (v3, v2)

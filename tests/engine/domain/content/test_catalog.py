@@ -30,6 +30,9 @@ JOURNEY_CONTENT = {
     "service-apology": "service",
     "customer-story-invite": "case_study",
     "newsletter-monthly": "newsletter",
+    "winback-offer": "coupon",
+    "replenishment-reminder": "product_sheet",
+    "cross-sell-offer": "product_sheet",
 }
 
 

@@ -22,7 +22,7 @@ def test_list_shows_every_bundled_item():
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:3] == ["ID", "KIND", "STAGE"]
-    assert len(lines) == 20
+    assert len(lines) == 23
     assert any(line.startswith("coupon-annual-plan") and "2027-06-30" in line for line in lines)
 
 
@@ -47,7 +47,7 @@ def test_show_an_unknown_id_suggests_the_closest():
 def test_validate_the_bundled_catalog():
     result = run("validate")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: 19 items, 76 variants")
+    assert result.output.startswith("ok: 22 items, 88 variants")
 
 
 def test_validate_lists_every_problem_with_its_fix(write_item):
