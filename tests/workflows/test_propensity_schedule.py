@@ -42,9 +42,10 @@ BUYER = {"company_size": 500, "role": "cto", "email": "buyer@example.com"}
 def _seed(engine: Any, contacts: int = 2500) -> None:
     con = duckdb.connect()
     create_tables(con)
-    start = (datetime.now(UTC) - timedelta(days=200)).replace(tzinfo=None)
-    generate(con, contacts, events_per_contact=8, start=start, days=170, fit_signal=0.5)
-    to_database(con, engine)
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=300)).replace(tzinfo=None)
+    generate(con, contacts, events_per_contact=8, start=start, days=300, fit_signal=0.5)
+    to_database(con, engine, until=now)
     con.close()
 
 

@@ -475,35 +475,47 @@ def _max_id(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchall()[0][0])
 
 
-def to_database(con: duckdb.DuckDBPyConnection, db: sa.Engine) -> dict[str, int]:
+def to_database(
+    con: duckdb.DuckDBPyConnection, db: sa.Engine, *, until: datetime | None = None
+) -> dict[str, int]:
     """Copy generated contacts, events and stage transitions into the operational
     database (migrated), as if the engine had recorded them: a demo or a test then has
     months of history that a sync copies back into a store like any other.
+
+    Generated lives run on past the days contacts appear in. With ``until``, only what
+    happened before it is copied (contacts created before it, at the stage they had
+    reached by then): history up to now, with the future still to come.
 
     Returns:
         The rows written per table.
     """
     from stagecoach.engine.services.storage.models import Contact, Event, StageTransition
 
+    end = utc_naive(until) if until is not None else datetime(9999, 1, 1)
     queries = {
-        Contact: """SELECT id, stage, locale, timezone, traits::VARCHAR AS traits,
-            created_at AS created_at, updated_at AS updated_at, rehearsal
-            FROM contacts ORDER BY contact_key""",
+        Contact: """SELECT c.id, arg_max(t.to_stage, t."at") AS stage, c.locale, c.timezone,
+            c.traits::VARCHAR AS traits, c.created_at,
+            greatest(c.created_at, max(t."at")) AS updated_at, c.rehearsal
+            FROM contacts c JOIN stage_transitions t ON t.contact_id = c.id AND t."at" < $end
+            WHERE c.created_at < $end
+            GROUP BY c.id, c.locale, c.timezone, c.traits::VARCHAR, c.created_at, c.rehearsal
+            ORDER BY c.created_at, c.id""",
         Event: """SELECT 'syn-' || id AS message_id, contact_id, kind, name,
             properties::VARCHAR AS properties, context::VARCHAR AS context,
-            coalesce(source, 'api') AS source, channel,
-            occurred_at AS occurred_at, received_at AS received_at
-            FROM events ORDER BY id""",
+            coalesce(source, 'api') AS source, channel, occurred_at, received_at
+            FROM events WHERE received_at < $end
+                AND contact_id IN (SELECT contact_id FROM stage_transitions WHERE "at" < $end)
+            ORDER BY id""",
         StageTransition: """SELECT contact_id || ':syn:' || id AS key, contact_id, from_stage,
             to_stage, kind, coalesce(reason, kind) AS reason, coalesce(source, 'workflow')
-            AS source, trigger_event_type, "at" AS "at"
-            FROM stage_transitions ORDER BY id""",
+            AS source, trigger_event_type, "at"
+            FROM stage_transitions WHERE "at" < $end ORDER BY id""",
     }
     written: dict[str, int] = {}
     with db.begin() as conn:
         for model, sql in queries.items():
             table = model.__table__  # type: ignore[attr-defined]
-            cursor = con.execute(sql)
+            cursor = con.execute(sql, {"end": end})
             names = [d[0] for d in cursor.description or ()]
             total = 0
             while rows := cursor.fetchmany(10_000):
