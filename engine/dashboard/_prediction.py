@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import plotly.graph_objects as go  # type: ignore[import-untyped]
+from sqlalchemy import Engine
 
 from stagecoach.engine.dashboard._charts import Chart, _column, _figure, _number
 from stagecoach.engine.services.analytics import Report, ReportError
@@ -145,3 +146,16 @@ def origin_time(origin: str | None) -> datetime:
             f"origin={origin!r} is not a date", fix="give the origin as 2026-11-01"
         ) from None
     return datetime.combine(day, time(), UTC)
+
+
+def contact_propensity(db: Engine, contact_id: str) -> dict[str, Any] | None:
+    """The contact page's propensity line; None when unscored or unreadable (the rest of
+    the page is still worth showing)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from stagecoach.engine.services.prediction.scores import current_propensity
+
+    try:
+        return current_propensity(db, contact_id)
+    except SQLAlchemyError:
+        return None

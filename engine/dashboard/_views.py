@@ -540,6 +540,9 @@ def dashboard_router(
             )
         if isinstance(person, str) and story is None:
             return problem_page(404, "No such contact", person, signed_in=True)
+        propensity = await asyncio.to_thread(
+            _prediction.contact_propensity, request.app.state.db, subject
+        )
         workflow = contact_workflow_id(subject)
         ui = (
             f"{settings.temporal_ui_url}/namespaces/{quote(settings.temporal_namespace, safe='')}"
@@ -557,6 +560,7 @@ def dashboard_router(
             temporal_ui=ui,
             workflow_id=workflow,
             read_at=datetime.now(UTC),
+            propensity=propensity,
         )
 
     # --- segments ---------------------------------------------------------------------

@@ -13,12 +13,14 @@ from typing import Any
 
 import duckdb
 import pytest
+from sqlmodel import Session, col, select
 
 from stagecoach.engine.app import create_app
 from stagecoach.engine.services.analytics.pipeline import STAGES
 from stagecoach.engine.services.analytics.store import AnalyticsStore, create_tables
 from stagecoach.engine.services.analytics.synthetic import generate, to_database
 from stagecoach.engine.services.prediction.propensity import TrainingConfig, retrain
+from stagecoach.engine.services.storage.models import Contact, PropensityScore
 from tests.browser.conftest import Recorded, Served, seeded_settings, serving
 from tests.browser.test_dashboard import chart, only_local, open_page, shot, sign_in
 from tests.helpers import migrated_engine
@@ -119,4 +121,18 @@ def test_the_propensity_page_before_and_after_a_model(
     assert tab.locator("#table-models tbody tr").count() == 1
     assert tab.locator("#table-calibration tbody tr").count() == 10
     shot(tab, artifacts, "propensity")
+    with Session(engine) as session:
+        scored = session.exec(
+            select(PropensityScore).order_by(col(PropensityScore.probability).desc())
+        ).first()
+        unscored = session.exec(select(Contact.id).where(Contact.stage == "customer")).first()
+    assert scored is not None
+    assert unscored is not None
+    tab.goto(f"{served.url}/dashboard/contacts/{scored.contact_id}")
+    line = tab.inner_text("#contact-propensity")
+    shown = round(scored.probability, 3) * 100  # as the contact's propensity rounds it
+    assert line.startswith(f"Propensity {shown:.1f}% to reach customer within 30 days")
+    assert "model v1, as of" in line
+    tab.goto(f"{served.url}/dashboard/contacts/{unscored}")
+    assert "not scored yet" in tab.inner_text("#contact-propensity")
     only_local(page)
