@@ -109,6 +109,11 @@ async def test_a_scheduled_retrain_publishes_a_version_the_next_handoff_carries(
     first, second = f"lead-a-{task_queue}", f"lead-b-{task_queue}"
     # The worker creates the Schedule at start (run_worker); here the test does, the same way.
     handle = await ensure_retrain_schedule(client, task_queue=task_queue, every=timedelta(days=7))
+    # A second worker starting (or a changed setting) updates it rather than failing.
+    again = await ensure_retrain_schedule(client, task_queue=task_queue, every=timedelta(days=1))
+    assert again.id == handle.id
+    [interval] = (await handle.describe()).schedule.spec.intervals
+    assert interval.every == timedelta(days=1)
     try:
         async with worker:
             for contact_id in (first, second):

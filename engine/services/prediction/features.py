@@ -167,18 +167,8 @@ class Column:
     name: str
     sql: str
     kind: str
-    """How a value reads to a person: flag, count, log_count, log_days, log_number."""
-
-
-def readable(kind: str, value: float) -> float | bool:
-    """A feature value as sales would read it: counts and days, not their logarithms."""
-    if kind == "flag":
-        return bool(value >= 0.5)
-    if kind in ("log_count", "log_days"):
-        return round(float(np.expm1(value)), 1)
-    if kind == "log_number":
-        return round(float(np.sign(value) * np.expm1(abs(value))), 1)
-    return round(float(value), 3)
+    """How a value reads to a person (``model.top_rows``): flag, count, log_count,
+    log_days (counts and days stored as ln(1 + n)), log_number (signed)."""
 
 
 def _lit(value: str) -> str:

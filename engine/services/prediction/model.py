@@ -21,10 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from stagecoach.engine.services.prediction.features import FeatureError, Vocabulary, readable
+from stagecoach.engine.services.prediction.features import FeatureError, Vocabulary
 
 CALIBRATION_BINS = 10
 TOP_FEATURES = 3
+_KIND_CODES = {"flag": 0, "log_count": 1, "log_days": 1, "log_number": 2}
+"""How each feature kind reads (``features.readable``), as codes for vectorised work."""
+
+
+def expand_top(row: list[Any]) -> list[dict[str, Any]]:
+    """Stored ``[feature, value, effect]`` triples as the hand-off and reports show them."""
+    return [{"feature": f, "value": v, "effect": e} for f, v, e in row]
 
 
 @dataclass(frozen=True)
@@ -52,22 +59,46 @@ class PropensityModel:
         return np.asarray((np.asarray(x, dtype=np.float64) - self.mean) / self.scale * self.coef)
 
     def top(self, x: np.ndarray, k: int = TOP_FEATURES) -> list[list[dict[str, Any]]]:
-        """Per row, the ``k`` features that moved its score most, either way."""
+        """Per row, the ``k`` features that moved its score most, either way, as
+        ``{"feature", "value", "effect"}`` (value as a person reads it, effect in log-odds)."""
+        return [expand_top(row) for row in self.top_rows(x, k)]
+
+    def top_rows(self, x: np.ndarray, k: int = TOP_FEATURES) -> list[list[list[Any]]]:
+        """:meth:`top` in the compact form stored with each score: ``[feature, value,
+        effect]`` triples. A million contacts' worth is built in seconds: the picking and
+        the readable values are vectorised, only the lists are Python."""
         contrib = self.contributions(x)
+        if not len(contrib):
+            return []
         cols = self.vocab.columns()
-        order = np.argsort(-np.abs(contrib), axis=1)[:, :k]
-        return [
-            [
-                {
-                    "feature": cols[j].name,
-                    "value": readable(cols[j].kind, float(x[i, j])),
-                    "effect": round(float(contrib[i, j]), 3),
-                }
-                for j in row
-                if contrib[i, j] != 0
-            ]
-            for i, row in enumerate(order)
-        ]
+        k = min(k, contrib.shape[1])
+        size = np.abs(contrib)
+        # The k largest per row without sorting whole rows, then those k in order.
+        picked = np.argpartition(-size, k - 1, axis=1)[:, :k]
+        rows = np.arange(len(contrib))[:, None]
+        order = np.take_along_axis(picked, np.argsort(-size[rows, picked], axis=1), axis=1)
+        effects = np.round(contrib[rows, order], 3)
+        raw = np.asarray(x, dtype=np.float64)[rows, order]
+        kind = np.array([_KIND_CODES.get(c.kind, 3) for c in cols])[order]
+        shown = np.where(
+            kind == 1,
+            np.round(np.expm1(raw), 1),
+            np.where(kind == 2, np.round(np.sign(raw) * np.expm1(np.abs(raw)), 1), raw),
+        )
+        shown = np.where(kind == 3, np.round(raw, 3), shown)
+        names = [c.name for c in cols]
+        out: list[list[list[Any]]] = []
+        for row, vrow, erow, krow in zip(
+            order.tolist(), shown.tolist(), effects.tolist(), kind.tolist(), strict=True
+        ):
+            out.append(
+                [
+                    [names[j], v >= 0.5 if kd == 0 else v, e]
+                    for j, v, e, kd in zip(row, vrow, erow, krow, strict=True)
+                    if e != 0
+                ]
+            )
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {

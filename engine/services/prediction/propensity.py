@@ -77,7 +77,8 @@ class Scores:
     at: datetime
     ids: list[str]
     probability: np.ndarray
-    top: list[list[dict[str, Any]]] = field(default_factory=list)
+    top: list[list[list[Any]]] = field(default_factory=list)
+    """Per contact, ``[feature, value, effect]`` triples (``PropensityModel.top_rows``)."""
     seconds: float = 0.0
 
 
@@ -161,7 +162,7 @@ def score_store(
     started = time.perf_counter()
     current = frame(con, model.vocab, at)
     probability = model.probability(current.x) if len(current.ids) else np.empty(0)
-    top = model.top(current.x) if explain and len(current.ids) else []
+    top = model.top_rows(current.x) if explain and len(current.ids) else []
     return Scores(
         at=_aware(at),
         ids=current.ids,

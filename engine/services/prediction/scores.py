@@ -38,7 +38,11 @@ def current_propensity(db: sa.Engine, contact_id: str) -> dict[str, Any] | None:
         "horizon_days": model.horizon_days,
         "model_version": score.model_version,
         "as_of": _aware(score.scored_at).isoformat(),
-        "top_features": list(score.top),
+        # Stored as [feature, value, effect] triples: a million scores write faster.
+        "top_features": [
+            t if isinstance(t, dict) else {"feature": t[0], "value": t[1], "effect": t[2]}
+            for t in score.top
+        ],
     }
 
 

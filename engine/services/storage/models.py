@@ -553,7 +553,8 @@ class PropensityModelVersion(SQLModel, table=True):
 
 
 class PropensityScore(SQLModel, table=True):
-    """A contact's latest conversion propensity: replaced whole by each full refresh."""
+    """A contact's latest conversion propensity: replaced whole by each full refresh.
+    ``top`` holds the features that moved it most as ``[feature, value, effect]``."""
 
     __tablename__ = "propensity_scores"
 

@@ -19,6 +19,7 @@ from stagecoach.engine.services.prediction.model import (
     PropensityModel,
     artifact_hash,
     calibration_error,
+    expand_top,
 )
 from stagecoach.engine.services.prediction.propensity import (
     NotEnoughData,
@@ -122,11 +123,21 @@ def test_scores_come_with_the_features_that_moved_them(
     scores = score_store(history, trained.model, AS_OF)
     assert len(scores.ids) == len(scores.probability) == len(scores.top)
     assert ((scores.probability >= 0) & (scores.probability <= 1)).all()
-    top = scores.top[0]
+    top = expand_top(scores.top[0])
     assert 1 <= len(top) <= 3
     assert all(set(t) == {"feature", "value", "effect"} for t in top)
     effects = [abs(t["effect"]) for t in top]
     assert effects == sorted(effects, reverse=True)
+    # The effects are the model's contributions, and the values read as counts and days.
+    row = frame(history, trained.model.vocab, AS_OF)
+    contrib = trained.model.contributions(row.x[:1])[0]
+    names = trained.model.vocab.names()
+    for t in top:
+        assert t["effect"] == pytest.approx(contrib[names.index(t["feature"])], abs=1e-3)
+        if t["feature"].startswith("stage:"):
+            assert isinstance(t["value"], bool)
+        elif t["feature"].startswith("events"):
+            assert t["value"] == round(t["value"])  # a count, not its logarithm
 
 
 def test_too_little_history_builds_no_model(history: duckdb.DuckDBPyConnection) -> None:
