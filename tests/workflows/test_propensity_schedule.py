@@ -202,3 +202,20 @@ async def test_too_little_history_publishes_nothing_and_says_how_much(
     assert contacts or int(found[1]) == 0
     assert _versions(engine) == []
     engine.dispose()
+
+
+def test_a_pipeline_without_the_target_stage_publishes_nothing_and_names_the_setting(
+    tmp_path: Path,
+) -> None:
+    from stagecoach.engine.services.analytics.store import AnalyticsStore
+    from stagecoach.engine.services.prediction.propensity import TrainingConfig, retrain
+
+    engine = migrated_engine(runtime_settings(tmp_path, "unused").resolved_database_url)
+    funnel = ["verification", "development", "proposal", "closing"]
+    with AnalyticsStore(tmp_path / "a.duckdb") as store:
+        result = retrain(engine, store, funnel, TrainingConfig())
+    assert not result.published
+    assert "target stage 'customer' is not a stage of the pipeline" in result.reason
+    assert "STAGECOACH_PROPENSITY_TARGET_STAGE" in result.reason
+    assert _versions(engine) == []
+    engine.dispose()

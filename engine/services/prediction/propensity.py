@@ -27,6 +27,7 @@ from sqlmodel import Session
 from stagecoach.engine.domain.errors import StagecoachError
 from stagecoach.engine.services.analytics.store import AnalyticsStore, synced_at
 from stagecoach.engine.services.prediction.features import (
+    FeatureError,
     Frame,
     Vocabulary,
     frame,
@@ -254,6 +255,14 @@ def retrain(
             trained = fit_on_store(con, stages, config, as_of)
         except NotEnoughData as exc:
             return RetrainResult(published=False, reason=exc.message)
+        except FeatureError as exc:
+            # A pipeline without the target stage (say the B2B funnel's "closing"): the
+            # Schedule's runs say so instead of failing every time.
+            return RetrainResult(
+                published=False,
+                reason=f"{exc}: set STAGECOACH_PROPENSITY_TARGET_STAGE to the stage a "
+                "conversion reaches",
+            )
         scores = score_store(con, trained.model, as_of)
     version = publish(db, trained, scores, now=now or datetime.now(UTC))
     return RetrainResult(
