@@ -24,6 +24,7 @@ from stagecoach.engine.cli.deploy import PlanCommand, plan, rollback
 from stagecoach.engine.cli.events import events_app
 from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
+from stagecoach.engine.cli.prediction import prediction_app
 from stagecoach.engine.cli.project import deploy, init, validate
 from stagecoach.engine.cli.report import report
 from stagecoach.engine.cli.segment_backfill import backfill as segments_backfill
@@ -48,6 +49,7 @@ app.add_typer(content_app, name="content")
 app.add_typer(events_app, name="events")
 app.add_typer(segments_app, name="segments")
 app.add_typer(broadcasts_app, name="broadcasts")
+app.add_typer(prediction_app, name="propensity")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)

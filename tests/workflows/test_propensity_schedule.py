@@ -5,8 +5,12 @@ store on disk, and the file sink standing in for the CRM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,27 @@ async def _event(client: Client, settings: Settings, contact_id: str, type_: str
         source="test",
     )
     await send_event(client, settings, contact_id, message)
+
+
+def _cli(
+    env: WorkflowEnvironment, settings: Settings, *args: str
+) -> subprocess.CompletedProcess[str]:
+    values = {
+        **os.environ,
+        "STAGECOACH_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "STAGECOACH_TEMPORAL_NAMESPACE": env.client.namespace,
+        "STAGECOACH_TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+        "STAGECOACH_DATA_DIR": str(settings.data_dir),
+        "STAGECOACH_DATABASE_URL": settings.resolved_database_url,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "stagecoach.engine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=values,
+    )
 
 
 def _handoff(sink: Path, contact_id: str) -> dict[str, Any] | None:
@@ -160,8 +185,19 @@ async def test_a_scheduled_retrain_publishes_a_version_the_next_handoff_carries(
             assert propensity["top_features"]
             assert {"feature", "value", "effect"} <= set(propensity["top_features"][0])
 
-            v2 = await _retrain_on_schedule(handle, engine, before=1)
+            # The next one as an operator runs it: `stagecoach propensity retrain --wait`.
+            ran = await asyncio.to_thread(
+                _cli, env, settings, "propensity", "retrain", "--wait", "--timeout", "90"
+            )
+            assert ran.returncode == 0, ran.stderr
+            first_line, answer = ran.stdout.split("\n", 1)
+            assert first_line == f"triggered schedule {handle.id}"
+            result = json.loads(answer)
+            assert result["published"]
+            v2 = result["version"]
             assert v2 > v1
+            assert max(int(v.version or 0) for v in _versions(engine)) == v2
+            assert result["metrics"]["auc"] > 0.7
             for kind in ("webinar.attended", "demo.requested", "consultation.booked"):
                 await _event(client, settings, second, kind)
 
