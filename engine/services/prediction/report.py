@@ -33,12 +33,22 @@ def propensity_report(db: sa.Engine, *, now: datetime | None = None) -> Report:
                 .limit(VERSIONS_SHOWN)
             ).all()
         )
-        spread = session.exec(
+        # One sum per tenth, portable: SQLite may lack floor(), and PostgreSQL rounds
+        # where a cast would truncate.
+        p = col(PropensityScore.probability)
+        spread = session.execute(
             select(
-                func.floor(col(PropensityScore.probability) * 10).label("b"),
-                func.count(),
-            ).group_by("b")
-        ).all()
+                *(
+                    func.coalesce(
+                        func.sum(
+                            sa.case(((p >= b / 10) & (p < (b + 1) / 10 if b < 9 else p <= 1), 1))
+                        ),
+                        0,
+                    )
+                    for b in range(10)
+                )
+            )
+        ).one()
     notes: list[str] = []
     latest = versions[0] if versions else None
     if latest is None:
@@ -75,8 +85,7 @@ def propensity_report(db: sa.Engine, *, now: datetime | None = None) -> Report:
             zip(latest.features, coef, strict=False), key=lambda p: abs(float(p[1])), reverse=True
         )
         drivers = [(name, round(float(c), 4)) for name, c in pairs[:TOP_DRIVERS]]
-    counts = {min(int(b), 9): int(n) for b, n in spread if b is not None}
-    distribution = [(f"{b / 10:.1f}-{(b + 1) / 10:.1f}", counts.get(b, 0)) for b in range(10)]
+    distribution = [(f"{b / 10:.1f}-{(b + 1) / 10:.1f}", int(spread[b])) for b in range(10)]
     return Report(
         name=PROPENSITY,
         title="Conversion propensity",
