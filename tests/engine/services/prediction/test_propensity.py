@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import numpy as np
 import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 
 from stagecoach.engine.services.analytics.pipeline import STAGES
 from stagecoach.engine.services.analytics.store import create_tables
@@ -26,8 +28,11 @@ from stagecoach.engine.services.prediction.propensity import (
     Trained,
     TrainingConfig,
     fit_on_store,
+    publish,
     score_store,
 )
+from stagecoach.engine.services.prediction.scores import current_propensity
+from stagecoach.engine.services.storage.models import PropensityModelVersion, PropensityScore
 
 START = datetime(2025, 1, 1)
 AS_OF = (START + timedelta(days=150)).replace(tzinfo=UTC)
@@ -170,3 +175,34 @@ def test_calibration_error_of_a_perfectly_calibrated_score_is_zero() -> None:
     y = np.array([1, 0, 0, 0, 1, 1, 1, 0])
     assert calibration_error(y, p) == 0.0
     assert calibration_error(y, 1 - p) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_publishing_records_the_version_and_replaces_every_score(
+    history: duckdb.DuckDBPyConnection, trained: Trained, db_engine: Engine, database: str
+) -> None:
+    assert db_engine.dialect.name == database
+    scores = score_store(history, trained.model, AS_OF)
+    first = publish(db_engine, trained, scores, now=AS_OF)
+    second = publish(db_engine, trained, scores, now=AS_OF + timedelta(days=1))
+    assert second == first + 1
+    with Session(db_engine) as session:
+        rows = session.exec(select(PropensityScore)).all()
+        assert len(rows) == len(scores.ids)
+        assert {r.model_version for r in rows} == {second}
+        version = session.get(PropensityModelVersion, second)
+        assert version is not None
+        assert version.features == trained.model.vocab.names()
+        assert version.scored == len(scores.ids)
+        loaded = PropensityModel.from_json(version.artifact, version.artifact_sha256)
+    contact = scores.ids[0]
+    shown = current_propensity(db_engine, contact)
+    assert shown is not None
+    assert shown["model_version"] == second
+    assert shown["probability"] == round(
+        float(loaded.probability(frame(history, loaded.vocab, AS_OF).x[:1])[0]), 3
+    )
+    assert shown["top_features"] == expand_top(scores.top[0])
+    assert current_propensity(db_engine, "nobody") is None
