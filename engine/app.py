@@ -42,6 +42,7 @@ from stagecoach.engine.api.routes.events import WriteKeys, keys_router
 from stagecoach.engine.api.routes.events import router as events_router
 from stagecoach.engine.api.routes.handoffs import router as handoffs_router
 from stagecoach.engine.api.routes.postmark_webhook import router as postmark_router
+from stagecoach.engine.api.routes.prediction import router as prediction_router
 from stagecoach.engine.api.routes.preference_pages import router as preference_router
 from stagecoach.engine.api.routes.referrals import router as referrals_router
 from stagecoach.engine.api.routes.reports import router as reports_router
@@ -241,6 +242,7 @@ def create_app(
     app.include_router(handoffs_router)
     app.include_router(referrals_router)
     app.include_router(reports_router)
+    app.include_router(prediction_router)
     app.include_router(segments_router)
     app.include_router(broadcasts_router)
     app.include_router(broadcast_reports_router)

@@ -249,6 +249,30 @@ class Settings(BaseSettings):
         "Enforced by the Temporal server as the broadcast task queue's activity rate "
         "(this divided by the batch size).",
     )
+    # --- prediction (conversion propensity) ---------------------------------------------
+    propensity_retrain_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="How often the worker's Temporal Schedule retrains the conversion "
+        "propensity model and rescores every contact, in hours (0: no schedule).",
+    )
+    propensity_target_stage: str = Field(
+        default="customer",
+        description="The stage a conversion reaches: propensity is the chance of reaching "
+        "it (or a later stage) within the horizon.",
+    )
+    propensity_horizon_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Propensity is the chance of converting within this many days.",
+    )
+    propensity_min_customers: int = Field(
+        default=50,
+        ge=1,
+        description="Contacts that must have converted within the training window before a "
+        "model is trained; with fewer the retrain publishes nothing and says so.",
+    )
     # --- connectors: each channel goes to the file sink until one is configured --------
     email_connector: Literal["sink", "smtp", "http", "postmark"] = "sink"
     email_from: str = "Stagecoach <news@example.com>"

@@ -21,9 +21,15 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from stagecoach.workflows.broadcasts import BroadcastWorkflow
 from stagecoach.workflows.contact import ContactWorkflow
 from stagecoach.workflows.metrics import ActivityMetrics
+from stagecoach.workflows.prediction import PropensityRetrainWorkflow
 from stagecoach.workflows.system import SystemCheckWorkflow
 
-WORKFLOWS: tuple[type, ...] = (ContactWorkflow, BroadcastWorkflow, SystemCheckWorkflow)
+WORKFLOWS: tuple[type, ...] = (
+    ContactWorkflow,
+    BroadcastWorkflow,
+    SystemCheckWorkflow,
+    PropensityRetrainWorkflow,
+)
 
 log = logging.getLogger("stagecoach.worker")
 

@@ -25,6 +25,7 @@ from stagecoach.engine.cli.deploy import PlanCommand, plan, rollback
 from stagecoach.engine.cli.events import events_app
 from stagecoach.engine.cli.imports import import_contacts
 from stagecoach.engine.cli.journeys import journeys_app
+from stagecoach.engine.cli.prediction import prediction_app
 from stagecoach.engine.cli.project import deploy, init, validate
 from stagecoach.engine.cli.report import report
 from stagecoach.engine.cli.segment_backfill import backfill as segments_backfill
@@ -52,6 +53,7 @@ app.add_typer(segments_app, name="segments")
 app.add_typer(broadcasts_app, name="broadcasts")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(value_app, name="value")
+app.add_typer(prediction_app, name="propensity")
 app.command()(demo)
 app.command("import")(import_contacts)
 app.command("report")(report)

@@ -43,6 +43,8 @@ from stagecoach.workflows.runtime import broadcast_activities, contact_activitie
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
+    from stagecoach.workflows.prediction import PredictionActivities
+
 
 def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
     root = settings.resolved_sink_dir
@@ -187,6 +189,23 @@ def build_broadcast_activities(
     )
 
 
+def build_prediction_activities(db: Engine, settings: Settings) -> PredictionActivities:
+    """The propensity retrain's activities: the database, the analytics store the
+    reports read, the active pipeline's stage order and the training settings."""
+    from stagecoach.engine.services.analytics.store import default_path
+    from stagecoach.engine.services.publishing import active_pipeline_of
+    from stagecoach.workflows.prediction import PredictionActivities
+
+    return PredictionActivities(
+        db=db,
+        analytics_path=settings.analytics_path or default_path(settings.data_dir),
+        stages=lambda: active_pipeline_of(settings).stage_names,
+        target=settings.propensity_target_stage,
+        horizon_days=settings.propensity_horizon_days,
+        min_customers=settings.propensity_min_customers,
+    )
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker (the contact workflows and their activities) until it is signalled."""
     from stagecoach.engine.cli.programs import freeze_startup_heap
@@ -208,11 +227,27 @@ def run_worker(settings: Settings) -> None:
     # definition that does not validate stops the worker here, never a contact later.
     contact = build_activities(db, settings)
     broadcasts = build_broadcast_activities(db, settings, content=contact.content)
+    prediction = build_prediction_activities(db, settings)
     runtime = worker_metrics(settings)
 
     async def serve() -> None:
         client = await connect(settings, runtime=runtime)
-        activities = [*SystemActivities(db).all(), *contact.all(), *broadcasts.all()]
+        if settings.propensity_retrain_hours > 0:
+            from datetime import timedelta
+
+            from stagecoach.workflows.prediction.schedule import ensure_retrain_schedule
+
+            await ensure_retrain_schedule(
+                client,
+                task_queue=settings.temporal_task_queue,
+                every=timedelta(hours=settings.propensity_retrain_hours),
+            )
+        activities = [
+            *SystemActivities(db).all(),
+            *contact.all(),
+            *broadcasts.all(),
+            *prediction.all(),
+        ]
         built = build_worker(
             client,
             task_queue=settings.temporal_task_queue,

@@ -139,8 +139,13 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
     state = view.state
     segments = _segments(view.contact_id)
     valued = contact_value_of(view.contact_id)
+    propensity = _propensity(view.contact_id)
     if json_output:
-        body = {**view.__dict__, "segments": [_segment_dict(s) for s in segments or []]}
+        body = {
+            **view.__dict__,
+            "segments": [_segment_dict(s) for s in segments or []],
+            "propensity": propensity,
+        }
         body["value"] = valued
         typer.echo(json.dumps(body, indent=2, ensure_ascii=False, default=str))
         return
@@ -149,6 +154,7 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
         typer.echo(f"found by  {', '.join(found.matched)}")
     typer.echo(f"stage     {view.stage} (since {state['stage_entered_at']})")
     typer.echo(f"score     {view.score}")
+    typer.echo(f"propensity {_propensity_line(propensity)}")
     typer.echo(f"grade     {view.grade or '-'}  {', '.join(state.get('grade_rules', []))}")
     consent = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in state["consent"].items())
     typer.echo(f"consent   {consent or 'defaults'}")
@@ -173,6 +179,35 @@ def show(contact: ContactArgument, by: ByOption = "auto", json_output: JsonOptio
         since = _segment_dict(s)["since"]
         typer.echo(f"segment   {s.segment} since {since}: {s.reason or '-'}")
     typer.echo(value_line(valued))
+
+
+def _propensity(contact_id: str) -> dict[str, Any] | None:
+    """The contact's published propensity (``None``: not scored, or no database)."""
+    from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+    from stagecoach.engine.cli.journeys import _read_db
+    from stagecoach.engine.services.prediction.scores import current_propensity
+
+    db = _read_db(load_settings())
+    if db is None:
+        return None
+    try:
+        return current_propensity(db, contact_id)
+    except SADatabaseError:  # a database not migrated to prediction yet
+        return None
+    finally:
+        db.dispose()
+
+
+def _propensity_line(found: dict[str, Any] | None) -> str:
+    if found is None:
+        return "- (not scored: no propensity model has scored this contact yet)"
+    why = ", ".join(f"{t['feature']} {t['value']} ({t['effect']:+})" for t in found["top_features"])
+    return (
+        f"{found['probability']:.1%} to reach {found['target_stage']} within "
+        f"{found['horizon_days']} days (model v{found['model_version']}, as of "
+        f"{found['as_of']})" + (f"; {why}" if why else "")
+    )
 
 
 def _segment_dict(s: Any) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""``stagecoach report funnel|conversion|paths|channels|journeys|engagement|nps|broadcasts``.
+"""``stagecoach report funnel|...|forecast|broadcasts|propensity``.
 
 Each report reads the analytics store, copied from the database first when the copy is
 older than ``STAGECOACH_DASHBOARD_CACHE_SECONDS`` (``--fresh`` copies regardless), and
@@ -8,7 +8,8 @@ unless ``--include-rehearsals``.
 
 ``report broadcasts`` reads the database itself, not the store: every broadcast's
 numbers as ``stagecoach broadcasts report`` gives them (the same function computes
-both), one row each; the time options do not apply to it.
+both), one row each; the time options do not apply to it. ``report propensity`` also
+reads the database: the propensity model's versions, calibration, drivers and scores.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 FORMATS = ("table", "json", "csv")
 BROADCASTS = "broadcasts"
+PROPENSITY = "propensity"
+"""Read from the database (model versions and scores), not the store: no time options."""
 
 
 def _print_table(report: Report, section: str | None) -> None:
@@ -82,7 +85,9 @@ def _cell(value: Any, column: str = "") -> str:
 def report(
     name: Annotated[
         str,
-        typer.Argument(help=f"One of: {', '.join(REPORTS)}, broadcasts, value, cross-sell."),
+        typer.Argument(
+            help=f"One of: {', '.join(REPORTS)}, broadcasts, propensity, value, cross-sell."
+        ),
     ],
     since: Annotated[
         str | None, typer.Option(help="Start: 2026-11-01, an ISO time, or 30d/12h/2w ago.")
@@ -131,7 +136,8 @@ def report(
         if name == BROADCASTS:
             _broadcasts(settings, fmt)
             return
-        choice("report", name, [*REPORTS, BROADCASTS, *VALUE_REPORTS])
+        choice("report", name, [*REPORTS, BROADCASTS, PROPENSITY, *VALUE_REPORTS])
+        result = _propensity(settings) if name == PROPENSITY else None
         params = make_params(
             since=since,
             until=until,
@@ -149,10 +155,9 @@ def report(
             ),
             include_rehearsals=include_rehearsals,
         )
-        if name in VALUE_REPORTS:  # customer value: from the latest value refresh
+        if result is None and name in VALUE_REPORTS:  # from the latest value refresh
             result = value_report_of(settings, name)
-        else:
-            result = _compute(settings, name, params, fresh=fresh)
+        result = result or _compute(settings, name, params, fresh=fresh)
         chosen = pick_section(result, section)
     except StagecoachError as exc:
         typer.echo(f"error: {exc.one_line()}", err=True)
@@ -170,6 +175,19 @@ def report(
             typer.echo(f"(section {shown.name}; others: {', '.join(others)})", err=True)
     else:
         _print_table(result, section)
+
+
+def _propensity(settings: Settings) -> Report:
+    """Model versions, calibration, drivers and the spread of scores, from the database."""
+    from stagecoach.engine.services.prediction.report import propensity_report
+    from stagecoach.engine.services.storage import make_engine, upgrade
+
+    db = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(db)
+        return propensity_report(db)
+    finally:
+        db.dispose()
 
 
 def _broadcasts(settings: Settings, fmt: str) -> None:

@@ -38,7 +38,7 @@ from stagecoach.engine.api._common import (
 )
 from stagecoach.engine.api.deps import SessionDep, temporal_client
 from stagecoach.engine.api.sessions import Sessions
-from stagecoach.engine.dashboard import _broadcasts, _charts, _segments, _value
+from stagecoach.engine.dashboard import _broadcasts, _charts, _prediction, _segments, _value
 from stagecoach.engine.domain.errors import DatabaseError, TemporalUnavailable
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from stagecoach.engine.services.analytics import Params, Report, ReportError
@@ -544,6 +544,9 @@ def dashboard_router(
             )
         if isinstance(person, str) and story is None:
             return problem_page(404, "No such contact", person, signed_in=True)
+        propensity = await asyncio.to_thread(
+            _prediction.contact_propensity, request.app.state.db, subject
+        )
         workflow = contact_workflow_id(subject)
         ui = (
             f"{settings.temporal_ui_url}/namespaces/{quote(settings.temporal_namespace, safe='')}"
@@ -562,6 +565,7 @@ def dashboard_router(
             temporal_ui=ui,
             workflow_id=workflow,
             read_at=datetime.now(UTC),
+            propensity=propensity,
         )
 
     # --- segments ---------------------------------------------------------------------
@@ -623,6 +627,49 @@ def dashboard_router(
             next_after=page[-1].contact_id if more and page else None,
             page_size=_segments.MEMBERS_PAGE,
             read_at=datetime.now(UTC),
+        )
+
+    # --- prediction ---------------------------------------------------------------------
+
+    @router.get("/forecast", response_class=HTMLResponse, dependencies=signed_in)
+    def forecast(request: Request, *, origin: str | None = None) -> HTMLResponse:
+        """New customers and revenue per week ahead, with 80% bands, against actuals."""
+        try:
+            at = _prediction.origin_time(origin)
+        except ReportError as exc:
+            return problem_page(
+                400, "Cannot forecast from there", exc.message, exc.fix, signed_in=True
+            )
+        got = page_numbers(request, [("forecast", Params.last(options={}, now=at))])
+        if isinstance(got, HTMLResponse):
+            return got
+        fresh, (report,) = got
+        return render(
+            "forecast.html",
+            **base("Pipeline forecast", "forecast"),
+            freshness=fresh,
+            report=report,
+            origin=report.params.until.date().isoformat() if origin else "",
+            charts=[
+                _prediction.forecast_chart(report, "customers"),
+                _prediction.forecast_chart(report, "revenue"),
+            ],
+        )
+
+    @router.get("/propensity", response_class=HTMLResponse, dependencies=signed_in)
+    async def propensity(request: Request) -> HTMLResponse:
+        """Model versions, calibration on held-out contacts, drivers, score spread."""
+        from stagecoach.engine.services.prediction.report import propensity_report
+
+        report = await asyncio.to_thread(propensity_report, request.app.state.db)
+        charts = (
+            [_prediction.calibration_chart(report)] if report.section("calibration").rows else []
+        )
+        return render(
+            "propensity.html",
+            **base("Conversion propensity", "propensity"),
+            report=report,
+            charts=charts,
         )
 
     # --- broadcasts -------------------------------------------------------------------

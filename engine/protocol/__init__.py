@@ -32,6 +32,10 @@ PAUSE_SIGNAL = "pause"
 RESUME_SIGNAL = "resume"
 CANCEL_SIGNAL = "cancel"
 PROGRESS_QUERY = "progress"
+PROPENSITY_RETRAIN_WORKFLOW = "PropensityRetrain"
+PROPENSITY_SCHEDULE_ID = "stagecoach-propensity-retrain"
+"""The Temporal Schedule that starts the retrain workflow (one per namespace and queue:
+the task queue is appended, ``stagecoach-propensity-retrain-<queue>``)."""
 
 EVENT_SIGNAL = "event"
 EVENTS_SIGNAL = "events"
@@ -57,6 +61,7 @@ SNAPSHOT_ACTIVITY = "broadcast.snapshot"
 SEND_BATCH_ACTIVITY = "broadcast.send_batch"
 EVALUATE_AB_ACTIVITY = "broadcast.evaluate_ab"
 BROADCAST_STATUS_ACTIVITY = "broadcast.set_status"
+PROPENSITY_RETRAIN_ACTIVITY = "prediction.retrain"
 
 CONTACT_ACTIVITIES: frozenset[str] = frozenset(
     {
@@ -78,7 +83,11 @@ BROADCAST_ACTIVITIES: frozenset[str] = frozenset(
     {SNAPSHOT_ACTIVITY, SEND_BATCH_ACTIVITY, EVALUATE_AB_ACTIVITY, BROADCAST_STATUS_ACTIVITY}
 )
 """The activities the broadcast workflow schedules."""
-ACTIVITIES: frozenset[str] = CONTACT_ACTIVITIES | BROADCAST_ACTIVITIES | {CHECK_DATABASE_ACTIVITY}
+PREDICTION_ACTIVITIES: frozenset[str] = frozenset({PROPENSITY_RETRAIN_ACTIVITY})
+"""The activities the propensity retrain workflow schedules."""
+ACTIVITIES: frozenset[str] = (
+    CONTACT_ACTIVITIES | BROADCAST_ACTIVITIES | PREDICTION_ACTIVITIES | {CHECK_DATABASE_ACTIVITY}
+)
 """Every activity a Stagecoach worker registers."""
 
 # --- timers ----------------------------------------------------------------------------
@@ -127,7 +136,11 @@ __all__ = [
     "MERGED_SIGNAL",
     "OPEN_ACTIVITY",
     "PAUSE_SIGNAL",
+    "PREDICTION_ACTIVITIES",
     "PROGRESS_QUERY",
+    "PROPENSITY_RETRAIN_ACTIVITY",
+    "PROPENSITY_RETRAIN_WORKFLOW",
+    "PROPENSITY_SCHEDULE_ID",
     "RECORD_CONVERSION_ACTIVITY",
     "RECORD_ENROLMENT_ACTIVITY",
     "RECORD_SEGMENTS_ACTIVITY",

@@ -67,6 +67,7 @@ from stagecoach.engine.protocol.messages import (
     TransitionRecord,
 )
 from stagecoach.engine.services.ingest._identity import IdentityError, normalise_email
+from stagecoach.engine.services.prediction.scores import current_propensity
 from stagecoach.engine.services.referrals import ReferralPolicy
 from stagecoach.engine.services.storage.contacts import creation_record, save_transition
 from stagecoach.engine.services.storage.db import driver_reason
@@ -601,6 +602,9 @@ class ContactActivities:
                     assignment=assignment,
                     deadlines=deadlines,
                 )
+                # The model's view next to the rule score: read here, in the activity, so
+                # the workflow and its recorded histories are untouched.
+                payload["propensity"] = current_propensity(self._db, request.contact_id)
             row = Handoff(
                 id=handoff_id,
                 idempotency_key=request.idempotency_key,

@@ -53,6 +53,8 @@ search only) answers **409** listing them with what matched.
     consents        deleted (their hash chain would not survive a rewrite, and with no
                     address left there is nothing they could permit)
     merges          deleted (they link the erased ids to each other)
+    propensity      the contact's propensity score (with the feature values behind it)
+                    deleted; the next refresh scores the pseudonym, if anything
     outbox          deleted: no stored event is forwarded again
     suppressions    **kept**, address included, with ``contact_id`` cleared: they protect
                     the person, who must not be emailed again if someone re-imports the
@@ -151,6 +153,7 @@ from stagecoach.engine.services.storage.models import (
     JourneyEnrolment,
     Merge,
     Outbox,
+    PropensityScore,
     Referral,
     ReferralCode,
     Reward,
@@ -315,6 +318,7 @@ class Removed(_Counts):
     consents: int = 0
     merges: int = 0
     outbox: int = 0
+    propensity_scores: int = 0
 
 
 class Kept(_Counts):
@@ -980,6 +984,9 @@ def scrub(session: Session, ids: Sequence[str], at: datetime) -> _Scrubbed:
         session.execute(
             delete(Merge).where(or_(col(Merge.merged_id).in_(ids), col(Merge.into_id).in_(ids)))
         )
+    )
+    done.removed.propensity_scores = _rowcount(
+        session.execute(delete(PropensityScore).where(col(PropensityScore.contact_id).in_(ids)))
     )
     done.kept.suppressions = _rowcount(
         session.execute(

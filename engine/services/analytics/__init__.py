@@ -50,6 +50,11 @@ REPORTS: dict[str, tuple[str, str, str]] = {
         "nps_report",
         "NPS by period and touchpoint; referral tree",
     ),
+    "forecast": (
+        "stagecoach.engine.services.prediction.forecast",
+        "forecast_report",
+        "Pipeline forecast: new customers and revenue per week, with intervals",
+    ),
 }
 """Report name -> (module, function, one-line description)."""
 

@@ -20,9 +20,11 @@ twenty million events take about half a minute in memory, under a minute to a fi
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 
 import duckdb
+import sqlalchemy as sa
 
 from stagecoach.engine.services.analytics._stats import utc_naive
 from stagecoach.engine.services.analytics.pipeline import STAGES
@@ -73,6 +75,7 @@ def generate(
     *,
     start: datetime = DEFAULT_START,
     days: int = 180,
+    fit_signal: float = 0.0,
 ) -> dict[str, int]:
     """Append synthetic data to the store's tables (created beforehand) behind ``con``.
 
@@ -84,19 +87,27 @@ def generate(
         seed: Different seeds give different, equally plausible data.
         start: When the first contact appears (naive times are UTC).
         days: Over how many days contacts appear; their lives run on after it.
+        fit_signal: How strongly a contact's fit decides how far it goes (0: not at
+            all, the default). With it, the draw that picks the furthest stage moves by
+            ``fit_signal * (size - 0.5 + 0.5 * target_industry - 0.25)``, where ``size``
+            is the uniform draw behind the ``employees`` trait (10 to 10,000, log-uniform)
+            and ``target_industry`` is 1 for software and finance: the known generating
+            process the propensity benchmark recovers. The rule score sees none of it.
 
     Returns:
         The rows added per table.
     """
-    if contacts < 0 or events_per_contact < 1 or days < 1:
-        raise ValueError("contacts >= 0, events_per_contact >= 1 and days >= 1, please")
+    if contacts < 0 or events_per_contact < 1 or days < 1 or not 0 <= fit_signal <= 1:
+        raise ValueError(
+            "contacts >= 0, events_per_contact >= 1, days >= 1 and 0 <= fit_signal <= 1, please"
+        )
     start = utc_naive(start)
     before = {t: _count(con, t) for t in _TABLES}
     seed_sql = str(int(seed))
     con.execute(f"CREATE OR REPLACE TEMP MACRO syn_u(a, b) AS (hash(a, b, {seed_sql}) / {_SCALE})")
     con.execute("CREATE OR REPLACE TEMP MACRO syn_stage(k) AS (" + _stage_list() + "[k])")
     offset = before["contacts"]  # a second call adds new people
-    _contacts(con, contacts, events_per_contact, start, days, offset)
+    _contacts(con, contacts, events_per_contact, start, days, offset, fit_signal)
     _transitions(con)
     _journeys(con)
     _events(con)
@@ -131,6 +142,7 @@ def _contacts(
     start: datetime,
     days: int,
     offset: int,
+    fit_signal: float = 0.0,
 ) -> None:
     spread = max(0.0, 2 * events_per_contact - 3)  # background ~ events_per_contact - 1
     stages = tuple((str(k), share) for k, share in enumerate(TOP_STAGE, start=1))
@@ -144,8 +156,10 @@ def _contacts(
                 CASE WHEN syn_u(i, 301) < 0.1 THEN 'holdout' ELSE 'treatment' END AS arm,
                 CASE WHEN syn_u(i, 302) < 0.5 THEN 'variant-a' ELSE 'variant-b' END AS variant,
                 -- the welcome journey works: treated contacts go further, variant b more so
-                least(0.999999, syn_u(i, 2) + CASE WHEN welcome AND arm = 'treatment'
-                    THEN 0.04 + 0.03 * (variant = 'variant-b')::INTEGER ELSE 0 END) AS r_stage
+                least(0.999999, greatest(0.0, syn_u(i, 2) + CASE WHEN welcome AND arm = 'treatment'
+                    THEN 0.04 + 0.03 * (variant = 'variant-b')::INTEGER ELSE 0 END
+                    + {float(fit_signal)!r} * (syn_u(i, 6) - 0.5
+                        + 0.5 * (i % 4 IN (0, 3))::INTEGER - 0.25))) AS r_stage
             FROM range({offset}, {offset + contacts}) t(i)
         )
         SELECT i, printf('c%08d', i) AS id,
@@ -459,3 +473,60 @@ def _referrals(con: duckdb.DuckDBPyConnection, first_id: int) -> None:
 
 def _max_id(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return int(con.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchall()[0][0])
+
+
+def to_database(
+    con: duckdb.DuckDBPyConnection, db: sa.Engine, *, until: datetime | None = None
+) -> dict[str, int]:
+    """Copy generated contacts, events and stage transitions into the operational
+    database (migrated), as if the engine had recorded them: a demo or a test then has
+    months of history that a sync copies back into a store like any other.
+
+    Generated lives run on past the days contacts appear in. With ``until``, only what
+    happened before it is copied (contacts created before it, at the stage they had
+    reached by then): history up to now, with the future still to come.
+
+    Returns:
+        The rows written per table.
+    """
+    from stagecoach.engine.services.storage.models import Contact, Event, StageTransition
+
+    end = utc_naive(until) if until is not None else datetime(9999, 1, 1)
+    queries = {
+        Contact: """SELECT c.id, arg_max(t.to_stage, t."at") AS stage, c.locale, c.timezone,
+            c.traits::VARCHAR AS traits, c.created_at,
+            greatest(c.created_at, max(t."at")) AS updated_at, c.rehearsal
+            FROM contacts c JOIN stage_transitions t ON t.contact_id = c.id AND t."at" < $end
+            WHERE c.created_at < $end
+            GROUP BY c.id, c.locale, c.timezone, c.traits::VARCHAR, c.created_at, c.rehearsal
+            ORDER BY c.created_at, c.id""",
+        Event: """SELECT 'syn-' || id AS message_id, contact_id, kind, name,
+            properties::VARCHAR AS properties, context::VARCHAR AS context,
+            coalesce(source, 'api') AS source, channel, occurred_at, received_at
+            FROM events WHERE received_at < $end
+                AND contact_id IN (SELECT contact_id FROM stage_transitions WHERE "at" < $end)
+            ORDER BY id""",
+        StageTransition: """SELECT contact_id || ':syn:' || id AS key, contact_id, from_stage,
+            to_stage, kind, coalesce(reason, kind) AS reason, coalesce(source, 'workflow')
+            AS source, trigger_event_type, "at"
+            FROM stage_transitions WHERE "at" < $end ORDER BY id""",
+    }
+    written: dict[str, int] = {}
+    with db.begin() as conn:
+        for model, sql in queries.items():
+            table = model.__table__  # type: ignore[attr-defined]
+            cursor = con.execute(sql, {"end": end})
+            names = [d[0] for d in cursor.description or ()]
+            total = 0
+            while rows := cursor.fetchmany(10_000):
+                records = [dict(zip(names, row, strict=True)) for row in rows]
+                for record in records:
+                    for key, value in record.items():
+                        if key in ("traits", "properties", "context"):
+                            record[key] = json.loads(value or "{}")
+                        elif isinstance(value, datetime):
+                            record[key] = value.replace(tzinfo=UTC)
+                conn.execute(sa.insert(table), records)
+                total += len(records)
+            written[str(table.name)] = total
+    return written

@@ -596,3 +596,44 @@ class ContactValue(SQLModel, table=True):
     clv: float | None = None
     p_alive: float | None = None
     traits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+# --- prediction (issue 23): propensity model versions and the scores they gave ----------
+
+
+class PropensityModelVersion(SQLModel, table=True):
+    """One trained and published conversion-propensity model.
+
+    ``artifact`` is the fitted model as plain JSON numbers (scaler, coefficients,
+    isotonic calibration points and the feature vocabularies), never a pickle: loading
+    it runs no code (``stagecoach.engine.services.prediction.model``).
+    ``artifact_sha256`` is the hash of its canonical JSON, checked when it is loaded."""
+
+    __tablename__ = "propensity_models"
+
+    version: int | None = Field(default=None, primary_key=True)
+    trained_at: datetime = _ts(index=True)
+    window_start: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    window_end: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    target_stage: str = Field(max_length=64)
+    horizon_days: int
+    rows: int = Field(description="training examples (contact x cut-off date)")
+    customers: int = Field(description="contacts that became customers in the window")
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    features: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    artifact: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    artifact_sha256: str = Field(max_length=64)
+    scored: int = Field(default=0, description="contacts scored when it was published")
+
+
+class PropensityScore(SQLModel, table=True):
+    """A contact's latest conversion propensity: replaced whole by each full refresh.
+    ``top`` holds the features that moved it most as ``[feature, value, effect]``."""
+
+    __tablename__ = "propensity_scores"
+
+    contact_id: str = Field(primary_key=True, max_length=64)
+    model_version: int = Field(index=True)
+    probability: float
+    scored_at: datetime = _ts()
+    top: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

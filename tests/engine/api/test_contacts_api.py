@@ -719,7 +719,13 @@ def test_erasure_removes_personal_data_and_keeps_the_aggregates(
     assert sorted(temporal.deleted) == sorted(
         [(survivor_wf, "run-1"), (survivor_wf, "run-2"), (merged_wf, "run-1")]
     )
-    assert summary["removed"] == {"identities": 3, "consents": 1, "merges": 1, "outbox": outbox}
+    assert summary["removed"] == {
+        "identities": 3,
+        "consents": 1,
+        "merges": 1,
+        "outbox": outbox,
+        "propensity_scores": 0,
+    }
     assert summary["anonymised"] == {
         "contacts": 2,
         "events": 4,
@@ -921,3 +927,28 @@ def test_a_referrer_and_the_friend_they_brought_can_be_erased(
     again = api.post(f"/r/{code}", json={"name": "X", "email": "x@example.cn", "consent": True},
                      headers={"Accept": "application/json"})  # fmt: skip
     assert again.status_code in (404, 410), again.text
+
+
+def test_erasure_deletes_the_contacts_propensity_score(
+    api: TestClient, engine: Engine, temporal: FakeTemporal, person: Person
+) -> None:
+    from stagecoach.engine.services.storage.models import PropensityScore
+
+    temporal.start(person.survivor, "run-1")
+    with Session(engine) as session:
+        for cid in (person.survivor, "bystander"):
+            session.add(
+                PropensityScore(
+                    contact_id=cid,
+                    model_version=1,
+                    probability=0.4,
+                    top=[{"feature": "trait:employees", "value": 500.0, "effect": 0.7}],
+                )
+            )
+        session.commit()
+
+    response = api.delete(f"/v1/contacts/{person.survivor}")
+
+    assert response.status_code == 202, response.text
+    assert response.json()["removed"]["propensity_scores"] == 1
+    assert [row.contact_id for row in _rows(engine, PropensityScore)] == ["bystander"]

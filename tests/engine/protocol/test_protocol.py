@@ -11,7 +11,11 @@ from temporalio import activity
 from temporalio.client import WorkflowHistory
 
 from stagecoach.engine import protocol
-from stagecoach.engine.cli.compose import build_activities, build_broadcast_activities
+from stagecoach.engine.cli.compose import (
+    build_activities,
+    build_broadcast_activities,
+    build_prediction_activities,
+)
 from stagecoach.engine.domain.contact import new_contact
 from stagecoach.engine.protocol.search_attributes import (
     SEARCH_ATTRIBUTES,
@@ -93,6 +97,7 @@ def test_the_worker_registers_exactly_the_protocol_activities(tmp_path: Path) ->
         *SystemActivities(engine).all(),
         *build_activities(engine, settings).all(),
         *build_broadcast_activities(engine, settings).all(),
+        *build_prediction_activities(engine, settings).all(),
     ]
     # The SDK reads an activity's name from its definition the same way when a worker
     # registers it; there is no public accessor for it.
@@ -104,7 +109,9 @@ def test_the_worker_registers_exactly_the_protocol_activities(tmp_path: Path) ->
     assert set(names) == protocol.ACTIVITIES
     assert (
         protocol.ACTIVITIES - {protocol.CHECK_DATABASE_ACTIVITY}
-        == protocol.CONTACT_ACTIVITIES | protocol.BROADCAST_ACTIVITIES
+        == protocol.CONTACT_ACTIVITIES
+        | protocol.BROADCAST_ACTIVITIES
+        | protocol.PREDICTION_ACTIVITIES
     )
 
 

@@ -1,0 +1,2 @@
+"""Prediction: conversion propensity (``propensity``, features in ``features``, the
+stored model in ``model``) and the pipeline forecast (``forecast``)."""
