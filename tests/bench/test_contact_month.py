@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
@@ -87,6 +88,25 @@ KINDS: dict[str, list[Touch]] = {
 
 def _bytes(histories: Sequence[WorkflowHistory]) -> int:
     return sum(e.ByteSize() for h in histories for e in h.events)
+
+
+def _definitions_bytes(histories: Sequence[WorkflowHistory]) -> int:
+    """Bytes of the completed ``contact.load_definitions`` activities: the published
+    definitions, stored in the history as the activity's result."""
+    total = 0
+    for history in histories:
+        loads: set[int] = set()
+        for e in history.events:
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                name = e.activity_task_scheduled_event_attributes.activity_type.name
+                if name == "contact.load_definitions":
+                    loads.add(e.event_id)
+            elif (
+                e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                and e.activity_task_completed_event_attributes.scheduled_event_id in loads
+            ):
+                total += e.ByteSize()
+    return total
 
 
 def _minus(later: Actions, earlier: Actions) -> dict[str, int]:
@@ -156,6 +176,7 @@ async def test_actions_and_history_per_contact_month(
                     "activity_types": two.activity_types,
                     "history_bytes_month_1": _bytes(first_month[cid]),
                     "history_bytes_month_2": _bytes(both_months[cid]) - _bytes(first_month[cid]),
+                    "definitions_bytes": _definitions_bytes(both_months[cid]),
                     "runs": len(both_months[cid]),
                 }
             )
@@ -183,7 +204,10 @@ async def test_actions_and_history_per_contact_month(
                 f"  {kind:<9} {month}: {mean(month, 'total'):5.1f} actions ({parts or 'none'}); "
                 f"history {mean_bytes('history_bytes_' + month):,.0f} bytes"
             )
-        lines.append(f"  {kind:<9} activities over both months: {mine[0]['activity_types']}")
+        lines.append(
+            f"  {kind:<9} activities over both months: {mine[0]['activity_types']}; "
+            f"definitions loaded into the history: {mean_bytes('definitions_bytes'):,.0f} bytes"
+        )
     print("\n".join(lines))
 
     # Correctness only: every contact was created by its first event and its journeys
