@@ -3,17 +3,23 @@ runs in ``make test``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.bench.capacity_model import (
+    SIZES,
     Assumptions,
     Measured,
     action_cost,
     broadcast_peak,
+    flattening,
     model,
     shards,
     table,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # One kind of contact, round numbers, so every figure below is checkable on paper.
 SIMPLE = Measured(
@@ -105,3 +111,11 @@ def test_the_printed_table_has_a_column_per_size() -> None:
     text = table([model(n) for n in (100_000, 10_000_000)])
     assert "| 100,000 contacts | 10,000,000 contacts |" in text
     assert text.count("\n") == 16
+
+
+def test_the_capacity_page_shows_what_the_model_prints() -> None:
+    # The page's tables are the model's output: a changed input or formula that is not
+    # carried to docs/capacity.md fails here.
+    page = (ROOT / "docs" / "capacity.md").read_text(encoding="utf-8")
+    assert table([model(n) for n in SIZES]) in page
+    assert flattening(SIZES[-1]) in page
