@@ -102,6 +102,11 @@ def parse_email(raw: str) -> EmailAddress:
     local = unicodedata.normalize("NFKC", local).lower()
     if (plain := _plain_address(local, domain)) is not None:
         return plain
+    return _validated(raw, local, domain)
+
+
+def _validated(raw: str, local: str, domain: str) -> EmailAddress:
+    """``local@domain`` as ``email_validator`` reads it (``raw`` names it in the error)."""
     try:
         checked = validate_email(
             f"{local}@{domain}",

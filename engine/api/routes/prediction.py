@@ -12,16 +12,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from stagecoach.engine.api._reports import Format, SectionName, report_response
 from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
 from stagecoach.engine.domain.errors import DatabaseError
-from stagecoach.engine.services.analytics import REPORTS, Report, ReportError
+from stagecoach.engine.services.analytics import REPORTS, ReportError
 from stagecoach.engine.services.analytics.service import (
     make_params,
-    pick_section,
-    section_csv,
-    to_plain,
 )
 
 router = APIRouter(
@@ -33,24 +31,6 @@ router = APIRouter(
         400: {"description": "A parameter is not valid: the detail names it and the fix"},
     },
 )
-
-Format = Annotated[str, Query(pattern="^(json|csv)$", description="json, or csv for one section")]
-SectionName = Annotated[str | None, Query(description="csv: the section (default the first)")]
-
-
-def _respond(report: Report, fmt: str, section: str | None) -> Response:
-    try:
-        chosen = pick_section(report, section)
-    except ReportError as exc:
-        raise HTTPException(400, detail=exc.one_line()) from None
-    if fmt == "csv":
-        return Response(
-            section_csv(chosen or report.sections[0]), media_type="text/csv; charset=utf-8"
-        )
-    body = report.to_json()
-    for s in body["sections"].values():
-        s["rows"] = [{k: to_plain(v) for k, v in r.items()} for r in s["rows"]]
-    return JSONResponse(body)
 
 
 @router.get("/forecast", summary=REPORTS["forecast"][2])
@@ -80,7 +60,7 @@ def forecast(
         raise HTTPException(400, detail=exc.one_line()) from None
     except DatabaseError as exc:
         raise HTTPException(503, detail=exc.one_line()) from None
-    return _respond(report, format, section)
+    return report_response(report, format, section)
 
 
 @router.get("/propensity", summary="Conversion propensity: versions, calibration, drivers")
@@ -92,4 +72,4 @@ def propensity(
     scores spread."""
     from stagecoach.engine.services.prediction.report import propensity_report
 
-    return _respond(propensity_report(request.app.state.db), format, section)
+    return report_response(propensity_report(request.app.state.db), format, section)

@@ -19,18 +19,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from stagecoach.engine.api._reports import Format, SectionName, report_response
 from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
 from stagecoach.engine.domain.errors import DatabaseError
 from stagecoach.engine.services.analytics import REPORTS, ReportError
 from stagecoach.engine.services.analytics.service import (
     Numbers,
     make_params,
-    pick_section,
-    section_csv,
     text_options,
-    to_plain,
 )
 
 router = APIRouter(
@@ -48,8 +46,6 @@ Since = Annotated[
     Query(description="Start: 2026-11-01, an ISO time, or 30d / 12h / 2w ago (default 30d)"),
 ]
 Until = Annotated[str | None, Query(description="End, exclusive (default now)")]
-Format = Annotated[str, Query(pattern="^(json|csv)$", description="json, or csv for one section")]
-SectionName = Annotated[str | None, Query(description="csv: the section (default the first)")]
 IncludeRehearsals = Annotated[
     bool, Query(description="Count journey rehearsals' contacts too (left out by default)")
 ]
@@ -82,18 +78,11 @@ def _answer(
         numbers, database = reports
         numbers.freshness(database)  # copies again in the background when due
         [report] = numbers.reports([(name, params)])
-        chosen = pick_section(report, section)
     except ReportError as exc:
         raise HTTPException(400, detail=exc.one_line()) from None
     except DatabaseError as exc:
         raise HTTPException(503, detail=exc.one_line()) from None
-    if fmt == "csv":
-        body_csv = section_csv(chosen or report.sections[0])
-        return Response(body_csv, media_type="text/csv; charset=utf-8")
-    body = report.to_json()
-    for s in body["sections"].values():
-        s["rows"] = [{k: to_plain(v) for k, v in r.items()} for r in s["rows"]]
-    return JSONResponse(body)
+    return report_response(report, fmt, section)
 
 
 ReportsDep = Annotated[tuple[Numbers, Any], Depends(_reports)]

@@ -7,15 +7,14 @@ time. Admin bearer token required."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+from stagecoach.engine.api._reports import Format, SectionName, report_response
 from stagecoach.engine.api.auth import ADMIN_RESPONSES, require_admin
-from stagecoach.engine.services.analytics import Report, ReportError
-from stagecoach.engine.services.analytics.service import pick_section, section_csv, to_plain
+from stagecoach.engine.services.analytics import Report
 from stagecoach.engine.services.value import cross_sell_report, value_report
 
 router = APIRouter(
@@ -25,26 +24,12 @@ router = APIRouter(
     responses={**ADMIN_RESPONSES, 400: {"description": "An unknown section: the detail says"}},
 )
 
-Format = Annotated[str, Query(pattern="^(json|csv)$", description="json, or csv for one section")]
-SectionName = Annotated[str | None, Query(description="csv: the section (default the first)")]
-
 
 async def _answer(
     request: Request, compute: Callable[..., Report], fmt: str, section: str | None
 ) -> Response:
     report = await run_in_threadpool(compute, request.app.state.db)
-    try:
-        chosen = pick_section(report, section)
-    except ReportError as exc:
-        raise HTTPException(400, detail=exc.one_line()) from None
-    if fmt == "csv":
-        return Response(
-            section_csv(chosen or report.sections[0]), media_type="text/csv; charset=utf-8"
-        )
-    body = report.to_json()
-    for s in body["sections"].values():
-        s["rows"] = [{k: to_plain(v) for k, v in r.items()} for r in s["rows"]]
-    return JSONResponse(body)
+    return report_response(report, fmt, section)
 
 
 @router.get("/value", summary="Customer value: tiers, CLV distribution, model, left out")
