@@ -209,6 +209,14 @@ class Leases:
         tokens = {g.name: g.token for g in grants}
         if not tokens:
             return set()
+        if conn.dialect.name == "postgresql":
+            # A holder paused inside this transaction (a GC pause, a SIGSTOP, a frozen VM)
+            # would keep the rows locked, and the takeover waiting, for as long as it is
+            # paused. Past the lease's own length PostgreSQL ends its session instead: the
+            # locks go, and the paused holder's write fails when it resumes.
+            conn.exec_driver_sql(
+                f"SET LOCAL idle_in_transaction_session_timeout = {max(1, int(self.ttl * 1000))}"
+            )
         rows = conn.execute(
             select(col(Lease.name), col(Lease.token))
             .where(col(Lease.name).in_(list(tokens)), col(Lease.holder) == self.holder)

@@ -3,11 +3,13 @@ clock, fencing tokens that refuse a stale holder's writes; on SQLite and Postgre
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import col
 
 from stagecoach.engine.domain.errors import ConfigurationError
@@ -154,3 +156,36 @@ def test_a_lease_length_out_of_range_is_refused_naming_the_setting(
     line = caught.value.one_line()
     assert "STAGECOACH_LEASE_SECONDS" in line
     assert "Fix:" in line
+
+
+@pytest.mark.postgres
+def test_a_holder_paused_inside_its_fenced_transaction_does_not_hold_off_the_takeover(
+    db_engine: Engine,
+) -> None:
+    """A holds its lease rows locked ``FOR SHARE`` while it fences a write, then stops
+    (a SIGSTOP, a long GC pause: here, a transaction left open). Once A's lease has
+    expired, B takes it over within about the lease's length: PostgreSQL ends A's idle
+    session instead of leaving B waiting on its lock until A resumes. A's write, when it
+    resumes, fails."""
+    a, b = Leases(db_engine, ttl=1, holder="a"), Leases(db_engine, ttl=30, holder="b")
+    grant = a.acquire(["job"])["job"]
+    paused = db_engine.connect()
+    paused.begin()
+    a.fence(paused, grant)  # the rows are locked until this transaction ends
+    time.sleep(1.1)  # past A's lease
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    asked = pool.submit(b.acquire, ["job"])
+    try:
+        taken = asked.result(timeout=15)
+    except concurrent.futures.TimeoutError:
+        paused.close()  # A "resumes" and ends its transaction: only then would B get in
+        pytest.fail("B waited on the paused holder's lock past its lease")
+    finally:
+        pool.shutdown(wait=True)
+
+    assert set(taken) == {"job"}
+    assert taken["job"].token == grant.token + 1
+    with pytest.raises(DBAPIError, match="idle-in-transaction"):
+        paused.execute(delete(Outbox).where(a.holds(grant)))
+    paused.close()
