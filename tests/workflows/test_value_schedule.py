@@ -1,0 +1,191 @@
+"""The customer-value refresh on a Temporal Schedule: real dev server, the production
+worker with the value activity, the API's outbox forwarder carrying ``value.scored`` to
+the contact's workflow, and ``stagecoach value refresh --schedule-now`` triggering it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, col, select
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from stagecoach.engine.cli.compose import build_activities, build_value_activities
+from stagecoach.engine.domain.content import ContentLibrary
+from stagecoach.engine.protocol.messages import contact_workflow_id
+from stagecoach.engine.services.storage.models import ContactValue, Event
+from stagecoach.engine.settings import Settings
+from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
+from stagecoach.workflows.client import with_settings
+from stagecoach.workflows.value.schedule import ensure_value_schedule, schedule_id
+from stagecoach.workflows.worker import build_worker
+from tests.helpers import migrated_engine, runtime_settings
+from tests.workflows.conftest import Runtime, eventually
+
+
+def _cli(
+    env: WorkflowEnvironment, settings: Settings, *args: str, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    values = {
+        **os.environ,
+        "STAGECOACH_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "STAGECOACH_TEMPORAL_NAMESPACE": env.client.namespace,
+        "STAGECOACH_TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+        "STAGECOACH_DATA_DIR": str(settings.data_dir),
+        "STAGECOACH_DATABASE_URL": settings.resolved_database_url,
+        **extra,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "stagecoach.engine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=values,
+    )
+
+
+def _order(user: str, n: int, at: datetime, amount: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "userId": user,
+        "messageId": f"{user}-order-{n}",
+        "event": "order.paid",
+        "timestamp": at.isoformat(),
+        "properties": {
+            "order_id": f"{user}-{n}",
+            "currency": "CNY",
+            "items": [{"product": "sensor-pack", "quantity": 1, "amount": amount}],
+        },
+        "context": {"traits": {"email": f"{user}@example.cn"}},
+    }
+
+
+async def _schedules(client: Client, sid: str) -> int:
+    return len([s async for s in await client.list_schedules() if s.id == sid])
+
+
+async def test_the_scheduled_refresh_values_a_customer_and_tells_their_workflow(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    content_library: ContentLibrary,
+) -> None:
+    settings = runtime_settings(tmp_path, task_queue)
+    engine = migrated_engine(settings.resolved_database_url)
+    client = with_settings(env.client, settings)
+    contact = build_activities(engine, settings, content=content_library)
+    value = build_value_activities(engine, settings)
+    worker = build_worker(client, task_queue=task_queue, activities=[*contact.all(), *value.all()])
+    runtime = Runtime(client=client, settings=settings, engine=engine, env=env)
+    user = f"buyer-{task_queue}"
+
+    # The worker creates the Schedule at start (run_worker); a second worker starting, or
+    # a changed STAGECOACH_VALUE_REFRESH_HOURS, updates it: one Schedule, the new interval.
+    handle = await ensure_value_schedule(client, task_queue=task_queue, every=timedelta(days=1))
+    again = await ensure_value_schedule(client, task_queue=task_queue, every=timedelta(hours=6))
+    assert again.id == handle.id == schedule_id(task_queue)
+    [interval] = (await handle.describe()).schedule.spec.intervals
+    assert interval.every == timedelta(hours=6)
+
+    async def listed_once() -> bool:  # the schedule list is eventually consistent
+        return await _schedules(client, handle.id) == 1
+
+    await eventually(listed_once, within=30)
+    try:
+        async with worker:
+
+            async def ours() -> Client:
+                return client
+
+            with TestClient(runtime.app(ours), headers=runtime.write_auth("shop")) as api:
+                now = datetime.now(UTC)
+                batch = [
+                    _order(user, n, now - timedelta(days=90 - 30 * n), 60 + 10 * n)
+                    for n in range(3)
+                ]
+                answer = api.post("/v1/batch", json={"batch": batch})
+                assert answer.status_code == 200, answer.text
+                with Session(engine) as session:
+                    contact_id = session.exec(
+                        select(Event.contact_id).where(col(Event.message_id) == f"{user}-order-0")
+                    ).one()
+                runtime.touched.add(contact_id)
+
+                # As an operator runs it: the worker picks up the Schedule's run.
+                ran = await asyncio.to_thread(
+                    _cli, env, settings, "value", "refresh", "--schedule-now", "--timeout", "90"
+                )
+                assert ran.returncode == 0, ran.stderr
+                first_line, body = ran.stdout.split("\n", 1)
+                assert first_line == f"triggered schedule {handle.id}"
+                result = json.loads(body)
+                assert result["version"].startswith("value-")
+                assert result["scored"] == 1
+                assert result["sent"] == 1
+                assert result["orders_left_out"] == 0
+                # One customer with a repeat purchase is too few for BG/NBD; the run says so.
+                assert result["status"] == "not_enough_data"
+                assert any("not enough data" in n for n in result["notes"])
+                with Session(engine) as session:
+                    stored = session.get(ContactValue, contact_id)
+                    assert stored is not None
+                    assert stored.model_version == result["version"]
+
+                async def valued() -> bool:
+                    try:
+                        view = await contact_view(client, contact_id)
+                    except ContactNotFound:
+                        return False
+                    return bool(view.state["attributes"].get("value_model") == result["version"])
+
+                await eventually(valued, within=30)
+            attributes = (await contact_view(client, contact_id)).state["attributes"]
+            assert attributes["value_tier"] == stored.tier
+            assert attributes["value_tier"] in ("A", "B", "C")
+            assert attributes["frequency"] == 3
+            assert attributes["monetary"] == 60 + 70 + 80
+
+        # The run is the Schedule's: it shows among its recent actions.
+        described = await handle.describe()
+        assert described.info.recent_actions
+        assert await _schedules(client, handle.id) == 1
+    finally:
+        await handle.delete()
+        for contact_id in runtime.touched:
+            await env.client.get_workflow_handle(contact_workflow_id(contact_id)).terminate()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("hours", ["-1", "soon", "inf", "9000"])
+def test_a_bad_refresh_interval_is_refused_naming_the_setting(tmp_path: Path, hours: str) -> None:
+    settings = runtime_settings(tmp_path, "unused")
+    env = {
+        **os.environ,
+        "STAGECOACH_DATA_DIR": str(settings.data_dir),
+        "STAGECOACH_DATABASE_URL": settings.resolved_database_url,
+        # Nothing listens here: the setting must be refused before any connection.
+        "STAGECOACH_TEMPORAL_ADDRESS": "127.0.0.1:9",
+        "STAGECOACH_VALUE_REFRESH_HOURS": hours,
+    }
+    for args in (["value", "refresh", "--schedule-now"], ["worker"]):
+        ran = subprocess.run(
+            [sys.executable, "-m", "stagecoach.engine.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert ran.returncode == 2, (args, ran.stdout, ran.stderr)
+        assert "STAGECOACH_VALUE_REFRESH_HOURS is invalid" in ran.stderr, ran.stderr
+        assert "correct or unset STAGECOACH_VALUE_REFRESH_HOURS" in ran.stderr, ran.stderr
