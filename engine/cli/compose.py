@@ -243,16 +243,6 @@ def run_worker(settings: Settings) -> None:
 
     async def serve() -> None:
         client = await connect(settings, runtime=runtime)
-        if settings.propensity_retrain_hours > 0:
-            from datetime import timedelta
-
-            from stagecoach.workflows.prediction.schedule import ensure_retrain_schedule
-
-            await ensure_retrain_schedule(
-                client,
-                task_queue=settings.temporal_task_queue,
-                every=timedelta(hours=settings.propensity_retrain_hours),
-            )
         if settings.value_refresh_hours > 0:
             from datetime import timedelta
 
@@ -262,6 +252,16 @@ def run_worker(settings: Settings) -> None:
                 client,
                 task_queue=settings.temporal_task_queue,
                 every=timedelta(hours=settings.value_refresh_hours),
+            )
+        if settings.propensity_retrain_hours > 0:
+            from datetime import timedelta
+
+            from stagecoach.workflows.prediction.schedule import ensure_retrain_schedule
+
+            await ensure_retrain_schedule(
+                client,
+                task_queue=settings.temporal_task_queue,
+                every=timedelta(hours=settings.propensity_retrain_hours),
             )
         activities = [
             *SystemActivities(db).all(),

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from stagecoach.engine.cli.compose import build_activities, build_value_activities
@@ -26,6 +27,7 @@ from stagecoach.engine.services.storage.models import ContactValue, Event
 from stagecoach.engine.settings import Settings
 from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
 from stagecoach.workflows.client import with_settings
+from stagecoach.workflows.prediction.schedule import schedule_id as retrain_schedule_id
 from stagecoach.workflows.value.schedule import ensure_value_schedule, schedule_id
 from stagecoach.workflows.worker import build_worker
 from tests.helpers import migrated_engine, runtime_settings
@@ -164,6 +166,68 @@ async def test_the_scheduled_refresh_values_a_customer_and_tells_their_workflow(
         for contact_id in runtime.touched:
             await env.client.get_workflow_handle(contact_workflow_id(contact_id)).terminate()
         engine.dispose()
+
+
+async def _exists(handle: ScheduleHandle) -> bool:
+    try:
+        await handle.describe()
+    except RPCError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("hours", ["2", "0"])
+async def test_the_worker_creates_the_schedule_at_start_unless_the_setting_is_0(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, hours: str
+) -> None:
+    settings = runtime_settings(tmp_path, task_queue)
+    migrated_engine(settings.resolved_database_url).dispose()
+    values = {
+        **os.environ,
+        "STAGECOACH_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "STAGECOACH_TEMPORAL_NAMESPACE": env.client.namespace,
+        "STAGECOACH_TEMPORAL_TASK_QUEUE": task_queue,
+        "STAGECOACH_DATA_DIR": str(settings.data_dir),
+        "STAGECOACH_DATABASE_URL": settings.resolved_database_url,
+        "STAGECOACH_CONTENT_DIR": str(settings.content_dir),
+        "STAGECOACH_WORKER_METRICS_PORT": "off",
+        "STAGECOACH_TEMPORAL_METRICS_PORT": "off",
+        "STAGECOACH_PROPENSITY_RETRAIN_HOURS": "24",
+        "STAGECOACH_VALUE_REFRESH_HOURS": hours,
+    }
+    ours = env.client.get_schedule_handle(schedule_id(task_queue))
+    retrain = env.client.get_schedule_handle(retrain_schedule_id(task_queue))
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stagecoach.engine.cli",
+        "worker",
+        env=values,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        # The worker ensures the value Schedule before the retrain one: once the retrain
+        # Schedule exists, the value one exists too, or never will.
+        async def retrain_created() -> bool:
+            if worker.returncode is not None:
+                assert worker.stderr is not None
+                raise AssertionError((await worker.stderr.read()).decode())
+            return await _exists(retrain)
+
+        await eventually(retrain_created, within=60)
+        if hours == "0":
+            assert not await _exists(ours)
+        else:
+            [interval] = (await ours.describe()).schedule.spec.intervals
+            assert interval.every == timedelta(hours=2)
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+        await asyncio.wait_for(worker.wait(), timeout=30)
+        for handle in (ours, retrain):
+            if await _exists(handle):
+                await handle.delete()
 
 
 @pytest.mark.parametrize("hours", ["-1", "soon", "inf", "9000"])
