@@ -253,3 +253,56 @@ def test_a_bad_refresh_interval_is_refused_naming_the_setting(tmp_path: Path, ho
         assert ran.returncode == 2, (args, ran.stdout, ran.stderr)
         assert "STAGECOACH_VALUE_REFRESH_HOURS is invalid" in ran.stderr, ran.stderr
         assert "correct or unset STAGECOACH_VALUE_REFRESH_HOURS" in ran.stderr, ran.stderr
+
+
+@pytest.mark.parametrize(
+    "extra", [["--dry-run"], ["--as-of", "2026-12-01"], ["--catalog", "x.csv"]]
+)
+def test_schedule_now_refuses_the_options_of_a_refresh_run_here(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    settings = runtime_settings(tmp_path, "unused")
+    ran = _cli_offline(settings, "value", "refresh", "--schedule-now", *extra)
+    assert ran.returncode == 2, (ran.stdout, ran.stderr)
+    assert "--schedule-now runs the Schedule's refresh" in ran.stderr
+    assert "drop those options, or drop --schedule-now" in ran.stderr
+    assert "triggered" not in ran.stdout
+
+
+async def test_schedule_now_with_no_worker_gives_up_after_the_timeout(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    settings = runtime_settings(tmp_path, task_queue)
+    try:
+        ran = await asyncio.to_thread(
+            _cli, env, settings, "value", "refresh", "--schedule-now", "--timeout", "2"
+        )
+        assert ran.returncode == 2, (ran.stdout, ran.stderr)
+        assert ran.stdout.startswith(f"triggered schedule {schedule_id(task_queue)}")
+        assert "the value refresh did not finish within 2 s" in ran.stderr
+        assert "check that a worker runs on the task queue" in ran.stderr
+    finally:
+        handle = env.client.get_schedule_handle(schedule_id(task_queue))
+        if await _exists(handle):
+            await handle.delete()
+        # The run the trigger started waits for a worker that never comes.
+        async for run in env.client.list_workflows(f"TaskQueue = '{task_queue}'"):
+            await env.client.get_workflow_handle(run.id).terminate()
+
+
+def _cli_offline(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with nothing listening at the Temporal address."""
+    values = {
+        **os.environ,
+        "STAGECOACH_DATA_DIR": str(settings.data_dir),
+        "STAGECOACH_DATABASE_URL": settings.resolved_database_url,
+        "STAGECOACH_TEMPORAL_ADDRESS": "127.0.0.1:9",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "stagecoach.engine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=values,
+    )
