@@ -273,6 +273,17 @@ class Settings(BaseSettings):
         description="Contacts that must have converted within the training window before a "
         "model is trained; with fewer the retrain publishes nothing and says so.",
     )
+    # --- customer value -----------------------------------------------------------------
+    value_refresh_hours: float = Field(
+        default=24.0,
+        ge=0,
+        # A year at most: a longer interval is a typo, and the value traits' time-based
+        # parts (dormant, replenishment due) would go stale without anyone noticing.
+        le=24 * 366,
+        allow_inf_nan=False,
+        description="How often the worker's Temporal Schedule runs the customer-value "
+        "refresh, in hours (0: no schedule; at most 8784, a year).",
+    )
     # --- connectors: each channel goes to the file sink until one is configured --------
     email_connector: Literal["sink", "smtp", "http", "postmark"] = "sink"
     email_from: str = "Stagecoach <news@example.com>"

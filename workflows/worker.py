@@ -23,12 +23,14 @@ from stagecoach.workflows.contact import ContactWorkflow
 from stagecoach.workflows.metrics import ActivityMetrics
 from stagecoach.workflows.prediction import PropensityRetrainWorkflow
 from stagecoach.workflows.system import SystemCheckWorkflow
+from stagecoach.workflows.value import ValueRefreshWorkflow
 
 WORKFLOWS: tuple[type, ...] = (
     ContactWorkflow,
     BroadcastWorkflow,
     SystemCheckWorkflow,
     PropensityRetrainWorkflow,
+    ValueRefreshWorkflow,
 )
 
 log = logging.getLogger("stagecoach.worker")

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
     from stagecoach.workflows.prediction import PredictionActivities
+    from stagecoach.workflows.value import ValueActivities
 
 
 def file_sink_connectors(settings: Settings) -> Mapping[str, Connector]:
@@ -206,6 +207,15 @@ def build_prediction_activities(db: Engine, settings: Settings) -> PredictionAct
     )
 
 
+def build_value_activities(db: Engine, settings: Settings) -> ValueActivities:
+    """The value refresh's activities: the database and the project's definitions, read
+    at each run as ``stagecoach value refresh`` reads them."""
+    from stagecoach.engine.services.project import load_project
+    from stagecoach.workflows.value import ValueActivities
+
+    return ValueActivities(db=db, definitions=lambda: load_project(settings).definitions)
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker (the contact workflows and their activities) until it is signalled."""
     from stagecoach.engine.cli.programs import freeze_startup_heap
@@ -228,10 +238,21 @@ def run_worker(settings: Settings) -> None:
     contact = build_activities(db, settings)
     broadcasts = build_broadcast_activities(db, settings, content=contact.content)
     prediction = build_prediction_activities(db, settings)
+    value = build_value_activities(db, settings)
     runtime = worker_metrics(settings)
 
     async def serve() -> None:
         client = await connect(settings, runtime=runtime)
+        if settings.value_refresh_hours > 0:
+            from datetime import timedelta
+
+            from stagecoach.workflows.value.schedule import ensure_value_schedule
+
+            await ensure_value_schedule(
+                client,
+                task_queue=settings.temporal_task_queue,
+                every=timedelta(hours=settings.value_refresh_hours),
+            )
         if settings.propensity_retrain_hours > 0:
             from datetime import timedelta
 
@@ -247,6 +268,7 @@ def run_worker(settings: Settings) -> None:
             *contact.all(),
             *broadcasts.all(),
             *prediction.all(),
+            *value.all(),
         ]
         built = build_worker(
             client,

@@ -71,6 +71,16 @@ def refresh(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Store the run, send no traits to the contacts.")
     ] = False,
+    schedule_now: Annotated[
+        bool,
+        typer.Option(
+            "--schedule-now",
+            help="Trigger the worker's value-refresh Schedule now and wait for its run.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --schedule-now: seconds to wait for the run.", min=1)
+    ] = 1800,
 ) -> None:
     """Value every customer from their orders and send the changed values to their
     workflows as traits (value_tier, clv, p_alive, rfm, next_purchase_due, cross_sell)."""
@@ -81,6 +91,18 @@ def refresh(
 
     settings = load_settings()
     configure_logging(level="warning", fmt=settings.log_format)
+    if schedule_now:
+        try:
+            if catalog is not None or as_of is not None or dry_run:
+                raise StagecoachError(
+                    "--schedule-now runs the Schedule's refresh, which takes no --catalog,"
+                    " --as-of or --dry-run",
+                    fix="drop those options, or drop --schedule-now to refresh here",
+                )
+            _on_schedule(settings, timeout)
+        except StagecoachError as exc:
+            raise _fail(exc) from None
+        return
     try:
         definitions = load_project(settings).definitions
         imported = _catalog(catalog)
@@ -105,6 +127,44 @@ def refresh(
         typer.echo(f"left out: {summary.get('orders_left_out', 0)} order event(s): {why}")
     for note in summary.get("notes", []):
         typer.echo(f"note: {note}")
+
+
+DEFAULT_EVERY_HOURS = 24.0
+"""The Schedule's interval when STAGECOACH_VALUE_REFRESH_HOURS is 0 (no schedule): the
+command still needs one to trigger."""
+
+
+def _on_schedule(settings: Settings, timeout: float) -> None:
+    """Create or update the value-refresh Schedule as the worker does, trigger it, wait
+    for the run a worker picks up and print its summary."""
+    import asyncio
+    import json
+    from datetime import timedelta
+
+    from stagecoach.workflows.client import connect
+    from stagecoach.workflows.value.schedule import ensure_value_schedule, trigger_and_wait
+
+    hours = settings.value_refresh_hours or DEFAULT_EVERY_HOURS
+
+    async def run() -> tuple[str, dict[str, Any] | None]:
+        client = await connect(settings)
+        handle = await ensure_value_schedule(
+            client, task_queue=settings.temporal_task_queue, every=timedelta(hours=hours)
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                return handle.id, await trigger_and_wait(client, handle)
+        except TimeoutError:
+            return handle.id, None
+
+    sid, answer = asyncio.run(run())
+    typer.echo(f"triggered schedule {sid}")
+    if answer is None:
+        raise StagecoachError(
+            f"the value refresh did not finish within {timeout:.0f} s",
+            fix="check that a worker runs on the task queue (stagecoach doctor), or wait longer",
+        )
+    typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
 
 
 def report_of(settings: Settings, name: str) -> Report:

@@ -36,6 +36,10 @@ PROPENSITY_RETRAIN_WORKFLOW = "PropensityRetrain"
 PROPENSITY_SCHEDULE_ID = "stagecoach-propensity-retrain"
 """The Temporal Schedule that starts the retrain workflow (one per namespace and queue:
 the task queue is appended, ``stagecoach-propensity-retrain-<queue>``)."""
+VALUE_REFRESH_WORKFLOW = "ValueRefresh"
+VALUE_SCHEDULE_ID = "stagecoach-value-refresh"
+"""The Temporal Schedule that starts the customer-value refresh workflow (one per
+namespace and queue: ``stagecoach-value-refresh-<queue>``)."""
 
 EVENT_SIGNAL = "event"
 EVENTS_SIGNAL = "events"
@@ -62,6 +66,7 @@ SEND_BATCH_ACTIVITY = "broadcast.send_batch"
 EVALUATE_AB_ACTIVITY = "broadcast.evaluate_ab"
 BROADCAST_STATUS_ACTIVITY = "broadcast.set_status"
 PROPENSITY_RETRAIN_ACTIVITY = "prediction.retrain"
+VALUE_REFRESH_ACTIVITY = "value.refresh"
 
 CONTACT_ACTIVITIES: frozenset[str] = frozenset(
     {
@@ -85,8 +90,14 @@ BROADCAST_ACTIVITIES: frozenset[str] = frozenset(
 """The activities the broadcast workflow schedules."""
 PREDICTION_ACTIVITIES: frozenset[str] = frozenset({PROPENSITY_RETRAIN_ACTIVITY})
 """The activities the propensity retrain workflow schedules."""
+VALUE_ACTIVITIES: frozenset[str] = frozenset({VALUE_REFRESH_ACTIVITY})
+"""The activities the customer-value refresh workflow schedules."""
 ACTIVITIES: frozenset[str] = (
-    CONTACT_ACTIVITIES | BROADCAST_ACTIVITIES | PREDICTION_ACTIVITIES | {CHECK_DATABASE_ACTIVITY}
+    CONTACT_ACTIVITIES
+    | BROADCAST_ACTIVITIES
+    | PREDICTION_ACTIVITIES
+    | VALUE_ACTIVITIES
+    | {CHECK_DATABASE_ACTIVITY}
 )
 """Every activity a Stagecoach worker registers."""
 
@@ -158,6 +169,10 @@ __all__ = [
     "SNAPSHOT_ACTIVITY",
     "STATE_QUERY",
     "SYSTEM_CHECK_WORKFLOW",
+    "VALUE_ACTIVITIES",
+    "VALUE_REFRESH_ACTIVITY",
+    "VALUE_REFRESH_WORKFLOW",
+    "VALUE_SCHEDULE_ID",
     "broadcast_workflow_id",
     "contact_workflow_id",
     "defer_timer",

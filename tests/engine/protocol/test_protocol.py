@@ -15,6 +15,7 @@ from stagecoach.engine.cli.compose import (
     build_activities,
     build_broadcast_activities,
     build_prediction_activities,
+    build_value_activities,
 )
 from stagecoach.engine.domain.contact import new_contact
 from stagecoach.engine.protocol.search_attributes import (
@@ -40,6 +41,9 @@ HISTORIES = sorted((Path(__file__).parents[2] / "workflows" / "histories").glob(
 WIRE = {
     "CONTACT_WORKFLOW": "Contact",
     "SYSTEM_CHECK_WORKFLOW": "SystemCheck",
+    "VALUE_REFRESH_WORKFLOW": "ValueRefresh",
+    "VALUE_REFRESH_ACTIVITY": "value.refresh",
+    "VALUE_SCHEDULE_ID": "stagecoach-value-refresh",
     "EVENT_SIGNAL": "event",
     "EVENTS_SIGNAL": "events",
     "MERGED_SIGNAL": "merged",
@@ -98,6 +102,7 @@ def test_the_worker_registers_exactly_the_protocol_activities(tmp_path: Path) ->
         *build_activities(engine, settings).all(),
         *build_broadcast_activities(engine, settings).all(),
         *build_prediction_activities(engine, settings).all(),
+        *build_value_activities(engine, settings).all(),
     ]
     # The SDK reads an activity's name from its definition the same way when a worker
     # registers it; there is no public accessor for it.
@@ -112,6 +117,7 @@ def test_the_worker_registers_exactly_the_protocol_activities(tmp_path: Path) ->
         == protocol.CONTACT_ACTIVITIES
         | protocol.BROADCAST_ACTIVITIES
         | protocol.PREDICTION_ACTIVITIES
+        | protocol.VALUE_ACTIVITIES
     )
 
 
