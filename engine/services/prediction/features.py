@@ -26,6 +26,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from stagecoach.engine.domain.propensity import PROPENSITY_SCORED
+from stagecoach.engine.domain.propensity import TRAITS as OWN_TRAITS
 from stagecoach.engine.services.analytics._stats import utc_naive
 from stagecoach.engine.services.analytics.pipeline import time_order
 
@@ -38,6 +40,9 @@ MAX_SOURCES = 6
 MIN_SHARE = 0.05
 """A trait becomes a feature when at least this share of contacts has it."""
 RECENT = timedelta(days=30)
+OWN_EVENTS = frozenset({PROPENSITY_SCORED})
+"""Never features, nor are the traits they set (``OWN_TRAITS``): the model would learn
+from its own earlier scores."""
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 """Trait keys and event names that may be spelled into SQL (others are left out)."""
 
@@ -187,7 +192,7 @@ def learn_vocabulary(
             "GROUP BY name ORDER BY n DESC, name LIMIT $k",
             {"at": at, "k": MAX_EVENTS * 2},
         ).fetchall()
-        if _KEY.match(str(r[0]))
+        if _KEY.match(str(r[0])) and str(r[0]) not in OWN_EVENTS
     ][:MAX_EVENTS]
     total = int(
         con.execute("SELECT count(*) FROM contacts WHERE created_at < $at", {"at": at}).fetchall()[
@@ -210,7 +215,7 @@ def learn_vocabulary(
     numeric: list[str] = []
     text: list[tuple[str, tuple[str, ...]]] = []
     for key, n, num in keys:
-        if not _KEY.match(str(key)) or n < MIN_SHARE * max(total, 1):
+        if not _KEY.match(str(key)) or key in OWN_TRAITS or n < MIN_SHARE * max(total, 1):
             continue
         if num >= 0.9 * n and len(numeric) < MAX_NUMERIC_TRAITS:
             numeric.append(str(key))
