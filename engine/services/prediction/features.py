@@ -41,8 +41,9 @@ MIN_SHARE = 0.05
 """A trait becomes a feature when at least this share of contacts has it."""
 RECENT = timedelta(days=30)
 OWN_EVENTS = frozenset({PROPENSITY_SCORED})
-"""Never features, nor are the traits they set (``OWN_TRAITS``): the model would learn
-from its own earlier scores."""
+"""Events the model never sees (not counted, not "last active"), nor the traits they set
+(``OWN_TRAITS``): the model would learn from its own earlier scores, and every signalled
+contact would look freshly active."""
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 """Trait keys and event names that may be spelled into SQL (others are left out)."""
 
@@ -302,7 +303,8 @@ def frame(
                 count(*) FILTER (WHERE occurred_at >= $recent) AS recent,
                 count(DISTINCT json_extract_string(properties, '$.content_id')) AS content,
                 {event_aggs}
-            FROM events WHERE occurred_at < $at GROUP BY contact_key
+            FROM events WHERE occurred_at < $at AND NOT list_contains($own, name)
+            GROUP BY contact_key
         ),
         f AS (
             SELECT c.id, c.contact_key, c.traits, c.acquired_source, st.stage, st.detours,
@@ -324,6 +326,7 @@ def frame(
         "recent": cut - RECENT,
         "reached": list(vocab.reached),
         "open": list(vocab.open_stages),
+        "own": sorted(OWN_EVENTS),
     }
     if horizon is not None:
         binds["until"] = cut + horizon

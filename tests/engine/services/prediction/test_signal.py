@@ -4,15 +4,22 @@ drifts adding up; an unchanged score never; the same version twice stores nothin
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import duckdb
 import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from stagecoach.engine.domain.propensity import PROPENSITY_SCORED, SignalRule
+from stagecoach.engine.services.analytics.pipeline import STAGES
+from stagecoach.engine.services.analytics.store import AnalyticsStore, create_tables
+from stagecoach.engine.services.analytics.synthetic import generate, to_database
+from stagecoach.engine.services.prediction.propensity import TrainingConfig, retrain
 from stagecoach.engine.services.prediction.signal import signal_moved
 from stagecoach.engine.services.storage.models import Contact, Event, PropensityScore
+from tests.helpers import migrated_engine
 
 AT = datetime(2026, 12, 1, 6, tzinfo=UTC)
 
@@ -90,3 +97,26 @@ def test_the_declared_step_and_bands_decide(db_engine: Engine) -> None:
     assert signal_moved(db_engine, 2, rule=coarse).signalled == 0
     _publish(db_engine, 3, {"a": 0.61})
     assert signal_moved(db_engine, 3, rule=coarse).signalled == 1
+
+
+def test_a_retrain_on_unchanged_history_sends_nothing(tmp_path: Path) -> None:
+    """The events a retrain sends are not activity: were they counted, every contact told
+    would look freshly active to the next retrain, and its score would move."""
+    engine = migrated_engine(f"sqlite:///{tmp_path / 'stagecoach.db'}")
+    con = duckdb.connect()
+    create_tables(con)
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=300)).replace(tzinfo=None)
+    generate(con, 700, events_per_contact=8, start=start, days=300, fit_signal=0.5)
+    to_database(con, engine, until=now)
+    con.close()
+    config = TrainingConfig(min_customers=20)
+    with AnalyticsStore(tmp_path / "analytics.duckdb") as store:
+        first = retrain(engine, store, STAGES, config)
+        second = retrain(engine, store, STAGES, config)
+    assert first.published
+    assert second.published
+    assert first.signalled == first.scored > 0
+    assert second.signalled == 0
+    assert len(_events(engine)) == first.scored
+    engine.dispose()
