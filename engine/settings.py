@@ -284,6 +284,18 @@ class Settings(BaseSettings):
         description="How often the worker's Temporal Schedule runs the customer-value "
         "refresh, in hours (0: no schedule; at most 8784, a year).",
     )
+    propensity_signal_step: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="How far a contact's propensity must move since the value last sent "
+        "before a retrain sends it a new propensity.scored event (the trait segments read).",
+    )
+    propensity_signal_bands: str = Field(
+        default="0.2,0.5,0.8",
+        description="Propensity band edges, comma-separated and increasing: crossing one "
+        "sends a propensity.scored event even when the move is below the step.",
+    )
     # --- connectors: each channel goes to the file sink until one is configured --------
     email_connector: Literal["sink", "smtp", "http", "postmark"] = "sink"
     email_from: str = "Stagecoach <news@example.com>"
@@ -469,6 +481,17 @@ class Settings(BaseSettings):
         """``STAGECOACH_TRUSTED_PROXIES`` as a list (empty: no proxy is believed)."""
         return [p.strip() for p in self.trusted_proxies.split(",") if p.strip()]
 
+    @property
+    def propensity_band_edges(self) -> tuple[float, ...]:
+        """``STAGECOACH_PROPENSITY_SIGNAL_BANDS`` as numbers (checked when loaded)."""
+        return _parse_bands(self.propensity_signal_bands)
+
+    @field_validator("propensity_signal_bands")
+    @classmethod
+    def _bands_parse(cls, value: str) -> str:
+        _parse_bands(value)
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies_parse(cls, value: str) -> str:
@@ -496,6 +519,22 @@ class Settings(BaseSettings):
     def temporal_ui_url(self) -> str:
         host, _ = self.temporal_host_port
         return f"http://{host}:{self.temporal_ui_port}"
+
+
+def _parse_bands(raw: str) -> tuple[float, ...]:
+    try:
+        edges = tuple(float(p) for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(
+            f"{raw!r} is not a list of numbers: give increasing band edges between 0 and 1, "
+            "e.g. '0.2,0.5,0.8', or '' for none"
+        ) from None
+    if any(not 0 < e < 1 for e in edges) or list(edges) != sorted(set(edges)):
+        raise ValueError(
+            f"{raw!r}: band edges must be increasing and each between 0 and 1, "
+            "e.g. '0.2,0.5,0.8', or '' for none"
+        )
+    return edges
 
 
 def _parse_previous(raw: str) -> list[tuple[bytes, datetime | None]]:

@@ -102,6 +102,17 @@ CATALOG = EventCatalog(
                 "replenishment_due": "true once the customer's own repurchase interval passed",
             },
         ),
+        EventType(
+            "propensity.scored",
+            "A propensity retrain moved the contact's score by a step or across a band"
+            " (traits: propensity, propensity_version, propensity_as_of)",
+            {
+                "propensity": "the chance of converting within the horizon, 0 to 1, rounded",
+                "previous": "the value sent before; none on the first score",
+                "model_version": "the propensity model version that scored it",
+                "band": "how many band edges the score is at or above (0 to 3 with 0.2, 0.5, 0.8)",
+            },
+        ),
         EventType("onboarding.finished", "The customer finished onboarding"),
         EventType(
             "ticket.closed",

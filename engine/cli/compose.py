@@ -204,6 +204,8 @@ def build_prediction_activities(db: Engine, settings: Settings) -> PredictionAct
         target=settings.propensity_target_stage,
         horizon_days=settings.propensity_horizon_days,
         min_customers=settings.propensity_min_customers,
+        signal_step=settings.propensity_signal_step,
+        signal_bands=settings.propensity_band_edges,
     )
 
 

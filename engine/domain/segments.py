@@ -57,6 +57,7 @@ from stagecoach.engine.domain.conditions import (
     condition_from_dict,
 )
 from stagecoach.engine.domain.hashing import content_hash
+from stagecoach.engine.domain.propensity import TRAITS as PROPENSITY_TRAITS
 
 SEGMENT_ENTERED = "segment.entered"
 SEGMENT_EXITED = "segment.exited"
@@ -486,7 +487,8 @@ def segment_problems(
                 SegmentProblem(spec.name, "two segments have this name", "rename one of them")
             )
         by_name[spec.name] = spec
-    known_traits = None if traits is None else traits | IDENTITY_TRAITS
+    # Computed traits (``propensity``...) are set by the engine, never declared.
+    known_traits = None if traits is None else traits | IDENTITY_TRAITS | set(PROPENSITY_TRAITS)
     for spec in segments:
         if spec.condition is None:
             continue

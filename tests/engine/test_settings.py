@@ -100,3 +100,24 @@ def test_trusted_proxies_are_addresses_or_networks() -> None:
     assert Settings().trusted_proxy_list == []
     with pytest.raises(ConfigurationError, match="STAGECOACH_TRUSTED_PROXIES"):
         load_settings(trusted_proxies="10.0.0.5,proxy.internal")
+
+
+@pytest.mark.parametrize(
+    ("bands", "message"),
+    [
+        ("0.5,high", "is not a list of numbers"),
+        ("0.8,0.5", "must be increasing"),
+        ("0.5,0.5", "must be increasing"),
+        ("0,0.5", "each between 0 and 1"),
+        ("0.5,1", "each between 0 and 1"),
+    ],
+)
+def test_propensity_bands_are_increasing_edges_inside_0_to_1(bands: str, message: str) -> None:
+    assert Settings().propensity_band_edges == (0.2, 0.5, 0.8)
+    assert Settings(propensity_signal_bands="").propensity_band_edges == ()
+    assert Settings(propensity_signal_bands=" 0.3, 0.7").propensity_band_edges == (0.3, 0.7)
+    with pytest.raises(ConfigurationError, match="STAGECOACH_PROPENSITY_SIGNAL_BANDS") as found:
+        load_settings(propensity_signal_bands=bands)
+    assert message in str(found.value)
+    with pytest.raises(ConfigurationError, match="STAGECOACH_PROPENSITY_SIGNAL_STEP"):
+        load_settings(propensity_signal_step=0)

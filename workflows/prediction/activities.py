@@ -1,4 +1,5 @@
-"""The retrain activity: sync the analytics store, train, publish, rescore."""
+"""The retrain activity: sync the analytics store, train, publish, rescore, and send
+``propensity.scored`` to the contacts whose score moved enough."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class PredictionActivities:
         target: str = "customer",
         horizon_days: int = 30,
         min_customers: int = 50,
+        signal_step: float = 0.05,
+        signal_bands: Sequence[float] = (0.2, 0.5, 0.8),
     ) -> None:
         self._db = db
         self._path = analytics_path
@@ -32,6 +35,8 @@ class PredictionActivities:
         self._target = target
         self._horizon_days = horizon_days
         self._min_customers = min_customers
+        self._signal_step = signal_step
+        self._signal_bands = tuple(signal_bands)
 
     def all(self) -> list[Callable[..., object]]:
         return [self.retrain]
@@ -41,6 +46,7 @@ class PredictionActivities:
         """Train on the history up to now and publish a version with every score; too
         little history publishes nothing and says so (not an error: the Schedule just
         tries again next time)."""
+        from stagecoach.engine.domain.propensity import SignalRule
         from stagecoach.engine.services.analytics.store import AnalyticsStore
         from stagecoach.engine.services.prediction.propensity import TrainingConfig, retrain
 
@@ -50,13 +56,20 @@ class PredictionActivities:
             min_customers=self._min_customers,
         )
         with AnalyticsStore(self._path) as store:
-            result = retrain(self._db, store, list(self._stages()), config)
+            result = retrain(
+                self._db,
+                store,
+                list(self._stages()),
+                config,
+                rule=SignalRule(step=self._signal_step, bands=self._signal_bands),
+            )
         if result.published:
             activity.logger.info(
-                "propensity model v%s published: %s contacts scored, AUC %s",
+                "propensity model v%s published: %s contacts scored, AUC %s, %s signalled",
                 result.version,
                 result.scored,
                 result.metrics.get("auc"),
+                result.signalled,
             )
         else:
             activity.logger.warning("propensity not retrained: %s", result.reason)

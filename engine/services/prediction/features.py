@@ -26,6 +26,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from stagecoach.engine.domain.propensity import PROPENSITY_SCORED
+from stagecoach.engine.domain.propensity import TRAITS as OWN_TRAITS
 from stagecoach.engine.services.analytics._stats import utc_naive
 from stagecoach.engine.services.analytics.pipeline import time_order
 
@@ -38,6 +40,10 @@ MAX_SOURCES = 6
 MIN_SHARE = 0.05
 """A trait becomes a feature when at least this share of contacts has it."""
 RECENT = timedelta(days=30)
+OWN_EVENTS = frozenset({PROPENSITY_SCORED})
+"""Events the model never sees (not counted, not "last active"), nor the traits they set
+(``OWN_TRAITS``): the model would learn from its own earlier scores, and every signalled
+contact would look freshly active."""
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 """Trait keys and event names that may be spelled into SQL (others are left out)."""
 
@@ -187,7 +193,7 @@ def learn_vocabulary(
             "GROUP BY name ORDER BY n DESC, name LIMIT $k",
             {"at": at, "k": MAX_EVENTS * 2},
         ).fetchall()
-        if _KEY.match(str(r[0]))
+        if _KEY.match(str(r[0])) and str(r[0]) not in OWN_EVENTS
     ][:MAX_EVENTS]
     total = int(
         con.execute("SELECT count(*) FROM contacts WHERE created_at < $at", {"at": at}).fetchall()[
@@ -210,7 +216,7 @@ def learn_vocabulary(
     numeric: list[str] = []
     text: list[tuple[str, tuple[str, ...]]] = []
     for key, n, num in keys:
-        if not _KEY.match(str(key)) or n < MIN_SHARE * max(total, 1):
+        if not _KEY.match(str(key)) or key in OWN_TRAITS or n < MIN_SHARE * max(total, 1):
             continue
         if num >= 0.9 * n and len(numeric) < MAX_NUMERIC_TRAITS:
             numeric.append(str(key))
@@ -297,7 +303,8 @@ def frame(
                 count(*) FILTER (WHERE occurred_at >= $recent) AS recent,
                 count(DISTINCT json_extract_string(properties, '$.content_id')) AS content,
                 {event_aggs}
-            FROM events WHERE occurred_at < $at GROUP BY contact_key
+            FROM events WHERE occurred_at < $at AND NOT list_contains($own, name)
+            GROUP BY contact_key
         ),
         f AS (
             SELECT c.id, c.contact_key, c.traits, c.acquired_source, st.stage, st.detours,
@@ -319,6 +326,7 @@ def frame(
         "recent": cut - RECENT,
         "reached": list(vocab.reached),
         "open": list(vocab.open_stages),
+        "own": sorted(OWN_EVENTS),
     }
     if horizon is not None:
         binds["until"] = cut + horizon

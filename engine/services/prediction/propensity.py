@@ -8,7 +8,8 @@ it stops the run with ``NotEnoughData`` ("not enough data: N customers, need M")
 no model. ``publish`` records the version (window, metrics, feature list, the JSON
 artifact and its hash) and replaces every contact's score in one transaction; the
 hand-off activity and ``contact show`` read the score with :func:`current_propensity`.
-``retrain`` is the whole run, as the Temporal Schedule's activity does it.
+``retrain`` is the whole run, as the Temporal Schedule's activity does it, ending with
+the ``propensity.scored`` events that make the score a contact trait.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from stagecoach.engine.domain.errors import StagecoachError
+from stagecoach.engine.domain.propensity import SignalRule
 from stagecoach.engine.services.analytics.store import AnalyticsStore, synced_at
 from stagecoach.engine.services.prediction.features import (
     FeatureError,
@@ -34,6 +36,7 @@ from stagecoach.engine.services.prediction.features import (
     learn_vocabulary,
 )
 from stagecoach.engine.services.prediction.model import Fit, PropensityModel, artifact_hash, train
+from stagecoach.engine.services.prediction.signal import signal_moved
 from stagecoach.engine.services.storage.models import PropensityModelVersion, PropensityScore
 
 WRITE_CHUNK = 20_000
@@ -225,6 +228,8 @@ class RetrainResult:
     reason: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     scored: int = 0
+    signalled: int = 0
+    """``propensity.scored`` events sent: contacts whose score moved enough."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -233,6 +238,7 @@ class RetrainResult:
             "reason": self.reason,
             "metrics": {k: v for k, v in self.metrics.items() if k != "reliability"},
             "scored": self.scored,
+            "signalled": self.signalled,
         }
 
 
@@ -243,8 +249,12 @@ def retrain(
     config: TrainingConfig,
     *,
     now: datetime | None = None,
+    rule: SignalRule | None = None,
+    signal: bool = True,
 ) -> RetrainResult:
-    """Copy the database into the store, train, and publish a version with its scores.
+    """Copy the database into the store, train, and publish a version with its scores;
+    then (``signal``) send ``propensity.scored`` to each contact whose score moved enough
+    by ``rule`` (``stagecoach.engine.services.prediction.signal``).
 
     Too little history is an answer, not a failure: nothing is published and ``reason``
     says how much is missing."""
@@ -265,6 +275,11 @@ def retrain(
             )
         scores = score_store(con, trained.model, as_of)
     version = publish(db, trained, scores, now=now or datetime.now(UTC))
+    signalled = signal_moved(db, version, rule=rule).signalled if signal else 0
     return RetrainResult(
-        published=True, version=version, metrics=trained.fit.metrics, scored=len(scores.ids)
+        published=True,
+        version=version,
+        metrics=trained.fit.metrics,
+        scored=len(scores.ids),
+        signalled=signalled,
     )
