@@ -58,6 +58,7 @@ from stagecoach.engine.domain.conditions import (
 )
 from stagecoach.engine.domain.hashing import content_hash
 from stagecoach.engine.domain.propensity import TRAITS as PROPENSITY_TRAITS
+from stagecoach.engine.domain.value import TRAITS as VALUE_TRAITS
 
 SEGMENT_ENTERED = "segment.entered"
 SEGMENT_EXITED = "segment.exited"
@@ -487,8 +488,13 @@ def segment_problems(
                 SegmentProblem(spec.name, "two segments have this name", "rename one of them")
             )
         by_name[spec.name] = spec
-    # Computed traits (``propensity``...) are set by the engine, never declared.
-    known_traits = None if traits is None else traits | IDENTITY_TRAITS | set(PROPENSITY_TRAITS)
+    # Computed traits (``propensity``, ``value_tier``...) are set by the engine, never
+    # declared.
+    known_traits = (
+        None
+        if traits is None
+        else traits | IDENTITY_TRAITS | set(PROPENSITY_TRAITS) | set(VALUE_TRAITS)
+    )
     for spec in segments:
         if spec.condition is None:
             continue

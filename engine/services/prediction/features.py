@@ -27,7 +27,9 @@ import duckdb
 import numpy as np
 
 from stagecoach.engine.domain.propensity import PROPENSITY_SCORED
-from stagecoach.engine.domain.propensity import TRAITS as OWN_TRAITS
+from stagecoach.engine.domain.propensity import TRAITS as PROPENSITY_TRAITS
+from stagecoach.engine.domain.value import TRAITS as VALUE_TRAITS
+from stagecoach.engine.domain.value import VALUE_SCORED
 from stagecoach.engine.services.analytics._stats import utc_naive
 from stagecoach.engine.services.analytics.pipeline import time_order
 
@@ -40,10 +42,12 @@ MAX_SOURCES = 6
 MIN_SHARE = 0.05
 """A trait becomes a feature when at least this share of contacts has it."""
 RECENT = timedelta(days=30)
-OWN_EVENTS = frozenset({PROPENSITY_SCORED})
-"""Events the model never sees (not counted, not "last active"), nor the traits they set
-(``OWN_TRAITS``): the model would learn from its own earlier scores, and every signalled
-contact would look freshly active."""
+OWN_EVENTS = frozenset({PROPENSITY_SCORED, VALUE_SCORED})
+"""Events the engine itself sends, which the model never sees (not counted, not "last
+active"), nor the traits they set (``OWN_TRAITS``): the model would learn from its own
+earlier scores, every contact told would look freshly active, and the value refresh's
+traits are as of its last run, not as of a training snapshot's cut-off."""
+OWN_TRAITS = frozenset(PROPENSITY_TRAITS) | frozenset(VALUE_TRAITS)
 _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 """Trait keys and event names that may be spelled into SQL (others are left out)."""
 

@@ -181,3 +181,25 @@ def test_co_purchase_association_gives_support_confidence_and_lift() -> None:
     assert recommend(frozenset({"tea"}), pairs) == ["cup"]
     assert recommend(frozenset({"tea", "cup"}), pairs) == []
     assert associations(baskets, min_customers=3) == []
+
+
+def test_a_segment_may_read_the_value_traits_in_a_project_that_declares_its_traits() -> None:
+    """The value refresh sets ``value_tier``, ``p_alive``... on contacts: engine traits,
+    which a project that declares its own traits does not list."""
+    from stagecoach import Definitions, Segment, trait
+    from stagecoach.workflows.definitions import SEVEN_STAGE
+
+    defs = Definitions(
+        pipeline=SEVEN_STAGE.pipeline,
+        events=SEVEN_STAGE.events,
+        segments=(
+            Segment("tier-a", when=trait("value_tier", "eq", "A")),
+            Segment("fading", when=trait("p_alive", "lt", 0.3)),
+            Segment("typo", when=trait("value_teir", "eq", "A")),
+        ),
+        traits=["industry"],
+    )
+    found = "\n".join(str(p) for p in defs.problems())
+    assert "tier-a:" not in found
+    assert "fading:" not in found
+    assert "typo: trait 'value_teir' is not declared" in found
