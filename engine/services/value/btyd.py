@@ -36,8 +36,19 @@ def lifetimes() -> Any:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         import lifetimes as package
-        import lifetimes.datasets
     return package
+
+
+def cdnow_sample() -> Any:
+    """The CDNOW sample ``lifetimes`` ships, as a DataFrame. Read from the package's
+    files: ``lifetimes.datasets`` itself imports ``pkg_resources``, which Python 3.12+
+    venvs do not have (setuptools is not installed by default there)."""
+    from importlib.resources import files
+
+    import pandas as pd
+
+    with (files("lifetimes") / "datasets" / "CDNOW_sample.txt").open("rb") as data:
+        return pd.read_csv(data, header=None, sep=r"\s+")
 
 
 class FitFailed(Exception):

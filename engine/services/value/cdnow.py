@@ -37,7 +37,7 @@ class Validation:
 
 def validate() -> Validation:
     """Fit on weeks 1-39 of the CDNOW sample and predict weeks 40-78."""
-    raw = btyd.lifetimes().datasets.load_dataset("CDNOW_sample.txt", header=None, sep=r"\s+")
+    raw = btyd.cdnow_sample()
     days: dict[int, set[date]] = defaultdict(set)
     spend: dict[tuple[int, date], float] = defaultdict(float)
     for customer, stamp, amount in zip(raw[1], raw[2], raw[4], strict=True):
