@@ -189,7 +189,10 @@ async def killed_twice(
         f"{len(set(copies) - expected)} strangers sent"
     )
     assert max(copies.values()) <= 2
-    assert not window, f"{len(window)} messages at the peer still recorded as sending"
+    if peer_kind == "smtp":
+        # The point of no return: no message the server took is left recorded as sending.
+        # (Over HTTP such messages are expected; the provider drops the retry by its key.)
+        assert not window, f"{len(window)} messages at the peer still recorded as sending"
     assert not duplicated, f"{len(duplicated)} recipients received twice"
 
     report = broadcast_report(stack.engine, name)

@@ -325,7 +325,11 @@ async def test_the_frequency_cap_defers_the_onboarding_welcome(
         await _until(runtime, "why-cap", *WHITEPAPER, SENT)
         # A purchase makes a customer: onboarding's welcome is due at once, over the cap.
         await runtime.event("why-cap", "order.paid", properties={"amount": 9800})
-        why = await _until(runtime, "why-cap", "onboarding", "welcome", PENDING)
+        # Pending twice over: first the delivery in flight, then held once the activity
+        # has answered that the cap is reached (the timer it arms is the last link).
+        why = await _until(
+            runtime, "why-cap", "onboarding", "welcome", PENDING, last_verdict="held"
+        )
 
     assert why.answer.startswith("not sent yet: held by the frequency cap until ")
     assert _kinds(why) == ["entry", "reached", "consent", "frequency_cap", "frequency_cap"]
