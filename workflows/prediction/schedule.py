@@ -8,36 +8,15 @@ from datetime import timedelta
 
 from temporalio.client import (
     Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 
 from stagecoach.engine.protocol import PROPENSITY_RETRAIN_WORKFLOW, PROPENSITY_SCHEDULE_ID
+from stagecoach.workflows.schedules import ensure_interval_schedule
 
 
 def schedule_id(task_queue: str) -> str:
     return f"{PROPENSITY_SCHEDULE_ID}-{task_queue}"
-
-
-def _schedule(task_queue: str, every: timedelta) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            PROPENSITY_RETRAIN_WORKFLOW,
-            id=f"propensity-retrain-{task_queue}",
-            task_queue=task_queue,
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        # One retrain at a time; a run still going when the next is due makes it skip.
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
 
 
 async def ensure_retrain_schedule(
@@ -47,15 +26,11 @@ async def ensure_retrain_schedule(
     calls this at start, and the first one creates it."""
     if every <= timedelta(0):
         raise ValueError("the retrain interval must be positive")
-    sid = schedule_id(task_queue)
-    wanted = _schedule(task_queue, every)
-    try:
-        return await client.create_schedule(sid, wanted)
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(sid)
-
-        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
-
-        await handle.update(update)
-        return handle
+    return await ensure_interval_schedule(
+        client,
+        schedule_id(task_queue),
+        workflow=PROPENSITY_RETRAIN_WORKFLOW,
+        workflow_id=f"propensity-retrain-{task_queue}",
+        task_queue=task_queue,
+        every=every,
+    )

@@ -10,39 +10,17 @@ from typing import Any
 
 from temporalio.client import (
     Client,
-    Schedule,
     ScheduleActionExecutionStartWorkflow,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleHandle,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
     WorkflowExecutionStatus,
 )
 
 from stagecoach.engine.protocol import VALUE_REFRESH_WORKFLOW, VALUE_SCHEDULE_ID
+from stagecoach.workflows.schedules import ensure_interval_schedule
 
 
 def schedule_id(task_queue: str) -> str:
     return f"{VALUE_SCHEDULE_ID}-{task_queue}"
-
-
-def _schedule(task_queue: str, every: timedelta) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            VALUE_REFRESH_WORKFLOW,
-            id=f"value-refresh-{task_queue}",
-            task_queue=task_queue,
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        # One refresh at a time; a run still going when the next is due makes it skip
-        # (two at once would both send the same customers' changes).
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
 
 
 async def ensure_value_schedule(
@@ -52,18 +30,14 @@ async def ensure_value_schedule(
     worker calls this at start, and the first one creates it."""
     if every <= timedelta(0):
         raise ValueError("the value refresh interval must be positive")
-    sid = schedule_id(task_queue)
-    wanted = _schedule(task_queue, every)
-    try:
-        return await client.create_schedule(sid, wanted)
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(sid)
-
-        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=wanted)
-
-        await handle.update(update)
-        return handle
+    return await ensure_interval_schedule(
+        client,
+        schedule_id(task_queue),
+        workflow=VALUE_REFRESH_WORKFLOW,
+        workflow_id=f"value-refresh-{task_queue}",
+        task_queue=task_queue,
+        every=every,
+    )
 
 
 def started_by(actions: Any) -> list[str]:
