@@ -24,6 +24,7 @@ test ends. The full forms (500 contacts) belong in ``tests/bench``.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -230,9 +231,16 @@ async def test_an_api_replica_sigkilled_with_batches_in_flight_fails_over_and_lo
 
     async def kill_replica() -> list[str]:
         await asyncio.sleep(1.0)
-        # Kill while calls are in flight: sent, not yet answered.
-        deadline = time.monotonic() + 2.0
-        while workload.in_flight == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        # Kill with a call in its hands: freeze api-2 first, so that a call sent after the
+        # freeze cannot be answered (its answer can no longer be on the wire when the kill
+        # lands, which a bare in-flight count cannot promise), then SIGKILL it.
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGSTOP)
+        calls_at_freeze = workload.calls
+        deadline = time.monotonic() + 3.0
+        while (  # noqa: ASYNC110
+            workload.calls == calls_at_freeze or workload.in_flight == 0
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
         caught = workload.in_flight
         victim.kill()
