@@ -100,7 +100,7 @@ async def test_a_retrain_puts_propensity_on_the_contact_and_a_segment_gains_it(
         async def temporal() -> Client:
             return runtime.client
 
-        _seed(runtime, 700)
+        _seed(runtime, 350)
         # Published before the contact opens: its workflow loads them with its definitions.
         publish_segments(runtime.engine, [LIKELY.spec(), UNLIKELY.spec()], source="test")
         queue = f"{task_queue}-predict"
