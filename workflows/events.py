@@ -93,12 +93,14 @@ CATALOG = EventCatalog(
         ),
         EventType(
             "value.scored",
-            "A value refresh computed the customer's value (traits: value_tier, clv, p_alive)",
+            "A value refresh computed the customer's value (traits: value_tier, clv, p_alive,"
+            " churn_risk)",
             {
                 "model": "the value model version",
                 "status": "fitted, not_enough_data or failed",
                 "value_tier": "the ABC tier",
                 "cross_sell": "the product to recommend, when there is one",
+                "churn_risk_level": "high, medium or low, when there is a churn risk",
                 "replenishment_due": "true once the customer's own repurchase interval passed",
             },
         ),

@@ -95,12 +95,15 @@ async def test_a_customers_orders_give_them_a_value_tier_and_clv(runtime: Runtim
     assert attributes["clv"] == expected["clv"] > 0
     assert 0 < attributes["p_alive"] <= 1
     assert attributes["value_as_of"] == result.run.as_of.isoformat()
-    # `stagecoach contact show` gives the tier, CLV and p_alive with their as-of and model.
+    # `stagecoach contact show` gives the tier, CLV, p_alive and churn risk with their as-of
+    # and model.
     shown = await asyncio.to_thread(_stagecoach, runtime, "contact", "show", contact_id)
     assert shown.returncode == 0, shown.stderr
     [line] = [li for li in shown.stdout.splitlines() if li.startswith("value ")]
     assert f"tier {expected['value_tier']} " in line
     assert f"CLV {expected['clv']:,.2f}, p_alive {expected['p_alive']:.2f}" in line
+    risk = f"churn risk {expected['churn_risk']:.2f} ({expected['churn_risk_level']})"
+    assert risk in line
     assert f"(as of {result.run.as_of.isoformat()}, model {result.version})" in line
 
 
@@ -154,7 +157,8 @@ async def test_a_quiet_customer_becomes_dormant_and_enters_the_win_back_journey(
         await eventually(customer, within=30)
         result = refresh_values(runtime.engine, DEFS)
         runtime.touched.update(result.values)
-        assert result.values[contact_id]["p_alive"] < 0.3
+        assert result.values[contact_id]["churn_risk"] >= 0.7
+        assert result.values[contact_id]["churn_risk_level"] == "high"
 
         async def won_back_offered() -> bool:
             view = await contact_view(runtime.client, contact_id)
@@ -173,7 +177,7 @@ async def test_a_quiet_customer_becomes_dormant_and_enters_the_win_back_journey(
                 col(StageTransition.to_stage) == "dormant",
             )
         ).one()
-    assert moved.reason.startswith("dormant: p_alive lt 0.3 (was ")
+    assert moved.reason.startswith("dormant: churn_risk gte 0.7 (was ")
     assert moved.reason.endswith("and no order.paid in 30 days")
 
 

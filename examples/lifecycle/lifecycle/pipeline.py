@@ -58,9 +58,9 @@ REFERRALS_FOR_ADVOCATE = 2
 PROMOTER_NPS = 9
 """NPS answers at or above this are promoters."""
 
-DORMANT_BELOW = 0.3
-"""Probability alive (BG/NBD, from ``stagecoach value refresh``) below which a customer is
-dormant."""
+DORMANT_RISK = 0.7
+"""Churn risk (from ``stagecoach value refresh``: probability alive weighed with recent
+engagement) at or above which a customer is dormant: the value model's ``high`` level."""
 
 DORMANT_AFTER = 180 * DAY
 """No order for this long makes a customer dormant, whatever the model says."""
@@ -268,14 +268,15 @@ DEFAULT = Pipeline(
         Detour("disqualified", (), "disqualified", reason_required=True),
         Detour("reactivated", ("disqualified",), "suspect", reason_required=True),
         # The decline period (衰退期): taken by itself when the value refresh says the
-        # customer has probably stopped buying, or they simply have not ordered for long;
-        # never within a month of an order (a p_alive from before it is stale).
+        # customer is at high risk of churning (has probably stopped buying and no longer
+        # engages), or they simply have not ordered for long; never within a month of an
+        # order (a churn risk from before it is stale).
         Detour(
             "dormant",
             ("customer", "fan", "advocate"),
             "dormant",
             when=(
-                trait("p_alive", "lt", DORMANT_BELOW)
+                trait("churn_risk", "gte", DORMANT_RISK)
                 | last_performed("order.paid", before=DORMANT_AFTER)
             )
             & ~event("order.paid", within=30 * DAY),

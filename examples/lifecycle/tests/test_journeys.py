@@ -102,8 +102,8 @@ def test_the_broadcasts_name_the_projects_segments_and_events() -> None:
 
 
 def test_a_customer_the_model_gives_up_on_goes_dormant_and_an_order_wins_them_back() -> None:
-    """The dormant detour is taken on the value refresh's p_alive, never within a month of
-    an order; the win-back journey sends its offer, then a reminder two weeks later."""
+    """The dormant detour is taken on the value refresh's churn risk, never within a month
+    of an order; the win-back journey sends its offer, then a reminder two weeks later."""
     pipeline, now = defs.pipeline, datetime(2026, 10, 1, tzinfo=UTC)
     state = model.ContactState("c", "customer", now - 200 * DAY)
     ordered = EventRecord("order.paid", now - 10 * DAY)
@@ -112,17 +112,24 @@ def test_a_customer_the_model_gives_up_on_goes_dormant_and_an_order_wins_them_ba
     ).state
     scored = EventRecord("value.scored", now)
     early = model.observe(
-        state, pipeline, message_id="v", event=scored, traits={"p_alive": 0.1}, now=now, source="t"
-    )
-    assert early.transition is None  # ordered ten days ago: the p_alive is stale
-    later = now + 30 * DAY
-    seen = model.observe(
-        state, pipeline, message_id="v2", event=scored, traits={"p_alive": 0.1}, now=later,
+        state, pipeline, message_id="v", event=scored, traits={"churn_risk": 0.9}, now=now,
         source="t",
     )  # fmt: skip
+    assert early.transition is None  # ordered ten days ago: the churn risk is stale
+    later = now + 30 * DAY
+    seen = model.observe(
+        state, pipeline, message_id="v2", event=scored, traits={"churn_risk": 0.9}, now=later,
+        source="t",
+    )  # fmt: skip
+    # A customer still engaging (churn risk medium) is not dormant for it.
+    engaged = model.observe(
+        state, pipeline, message_id="v3", event=scored, traits={"churn_risk": 0.5}, now=later,
+        source="t",
+    )  # fmt: skip
+    assert engaged.transition is None
     assert seen.transition is not None
     assert (seen.transition.to_stage, seen.transition.kind) == ("dormant", "detour")
-    assert seen.transition.reason.startswith("dormant: p_alive lt 0.3 (was 0.1)")
+    assert seen.transition.reason.startswith("dormant: churn_risk gte 0.7 (was 0.9)")
     result = simulate(SPECS["win_back"], SimContact(stage="dormant"), [], 20 * DAY)
     assert result.deliveries() == [(timedelta(0), "winback-offer"), (14 * DAY, "winback-offer")]
     dormant = model.enter_stage(seen.state, seen.transition)
