@@ -135,6 +135,17 @@ CATALOG = EventCatalog(
                 "touchpoint": "what the survey followed, e.g. onboarding",
             },
         ),
+        EventType(
+            "survey.answered",
+            "A survey question was answered on a scale (the value tier's attitude reads it)",
+            {
+                "score": "the answer, a number from 0 to max",
+                "max": "the top of the scale, a number above 0; none: 5 (a five-point scale)",
+                "survey": "survey id, e.g. csat-2026-q4",
+                "question": "question id, e.g. overall-satisfaction",
+                "comment": "free text",
+            },
+        ),
         # Sales feedback
         EventType("sales.accepted", "Sales accepted a handed-off lead"),
         EventType(
