@@ -270,7 +270,8 @@ DEFAULT = Pipeline(
         # The decline period (衰退期): taken by itself when the value refresh says the
         # customer is at high risk of churning (has probably stopped buying and no longer
         # engages), or they simply have not ordered for long; never within a month of an
-        # order (a churn risk from before it is stale).
+        # order (a churn risk from before it is stale), and only once a value refresh has
+        # scored the customer: an import of old orders makes no one dormant by itself.
         Detour(
             "dormant",
             ("customer", "fan", "advocate"),
@@ -279,7 +280,8 @@ DEFAULT = Pipeline(
                 trait("churn_risk", "gte", DORMANT_RISK)
                 | last_performed("order.paid", before=DORMANT_AFTER)
             )
-            & ~event("order.paid", within=30 * DAY),
+            & ~event("order.paid", within=30 * DAY)
+            & trait("value_as_of", "exists"),
         ),
         # An order from a dormant customer wins them back.
         Detour("won_back", ("dormant",), "customer", when=event("order.paid", within=DAY)),
