@@ -93,12 +93,14 @@ CATALOG = EventCatalog(
         ),
         EventType(
             "value.scored",
-            "A value refresh computed the customer's value (traits: value_tier, clv, p_alive)",
+            "A value refresh computed the customer's value (traits: value_tier, clv, p_alive,"
+            " churn_risk)",
             {
                 "model": "the value model version",
                 "status": "fitted, not_enough_data or failed",
                 "value_tier": "the ABC tier",
                 "cross_sell": "the product to recommend, when there is one",
+                "churn_risk_level": "high, medium or low, when there is a churn risk",
                 "replenishment_due": "true once the customer's own repurchase interval passed",
             },
         ),
@@ -131,6 +133,17 @@ CATALOG = EventCatalog(
                 "score": "0 to 10",
                 "comment": "free text",
                 "touchpoint": "what the survey followed, e.g. onboarding",
+            },
+        ),
+        EventType(
+            "survey.answered",
+            "A survey question was answered on a scale (the value tier's attitude reads it)",
+            {
+                "score": "the answer, a number from 0 to max",
+                "max": "the top of the scale, a number above 0; none: 5 (a five-point scale)",
+                "survey": "survey id, e.g. csat-2026-q4",
+                "question": "question id, e.g. overall-satisfaction",
+                "comment": "free text",
             },
         ),
         # Sales feedback

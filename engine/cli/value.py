@@ -200,13 +200,16 @@ def contact_value_of(contact_id: str) -> dict[str, Any] | None:
 
 
 def value_line(value: dict[str, Any] | None) -> str:
-    """``contact show``'s value line: tier, CLV, probability alive, as of, model."""
+    """``contact show``'s value line: tier, CLV, probability alive, churn risk, as of,
+    model."""
     if value is None:
         return "value     not scored yet (stagecoach value refresh)"
     clv = "-" if value.get("clv") is None else f"{value['clv']:,.2f}"
     alive = "-" if value.get("p_alive") is None else f"{value['p_alive']:.2f}"
+    risk = value.get("churn_risk")
+    churn = "-" if risk is None else f"{risk:.2f} ({value.get('churn_risk_level')})"
     return (
         f"value     tier {value.get('value_tier')} (score {value.get('value_score')}),"
-        f" CLV {clv}, p_alive {alive}, RFM {value.get('rfm')}"
+        f" CLV {clv}, p_alive {alive}, churn risk {churn}, RFM {value.get('rfm')}"
         f" (as of {value.get('value_as_of')}, model {value.get('value_model')})"
     )

@@ -738,6 +738,7 @@ def dashboard_router(
             **base("Customer value", "value"),
             report=tiers,
             tiers=_value.section(tiers, "tiers"),
+            churn=_value.section(tiers, "churn"),
             buckets=buckets,
             most=most,
             model=_value.section(tiers, "model"),

@@ -14,7 +14,11 @@ enter it, moving stage by stage to the target (``customer``):
   a drawn stay;
 - new contacts enter the first stage as a Poisson stream at the recent weekly rate;
 - each simulated run draws ``p`` from its Beta posterior (uncertainty in the rates, not
-  only in who converts), and each new customer's first order from the recent ones.
+  only in who converts), and each new customer's first order from the recent ones;
+- customers order again: each customer's repeat orders in a week are Poisson at the
+  measured repeat rate for their age (weeks since their first order), for the customers
+  at the origin and the new ones the run makes; each repeat order's value is drawn from
+  the recent repeat orders. Revenue is first and repeat orders.
 
 Pure: numpy only, no I/O. ``stagecoach.engine.services.prediction.forecast`` reads the
 inputs from the analytics store.
@@ -69,10 +73,26 @@ class ForecastInput:
     order_values: tuple[float, ...] = ()
     """Recent first orders: each new customer's revenue is drawn from them."""
     weeks: int = 8
+    customer_ages_weeks: Sequence[float] = ()
+    """Every customer at the origin (a contact with an order): weeks since their first."""
+    repeat_rates: tuple[float, ...] = ()
+    """Repeat orders per customer-week by weeks since the first order (index 0: the first
+    week after it); the last applies to every older customer too. Empty: no repeats."""
+    repeat_orders: int = 0
+    """The repeat orders ``repeat_rates`` were measured on: how sure they are."""
+    repeat_values: tuple[float, ...] = ()
+    """Recent repeat orders' values: each simulated repeat order is drawn from them (from
+    ``order_values`` when there are none)."""
 
     def __post_init__(self) -> None:
         if not self.flows:
             raise ForecastError("no open stage to forecast from")
+        if self.repeat_orders < 0:
+            raise ForecastError("repeat_orders must be a count >= 0")
+        if any(not np.isfinite(r) or r < 0 for r in self.repeat_rates):
+            raise ForecastError("repeat_rates must be orders per customer-week >= 0")
+        if any(not np.isfinite(a) or a < 0 for a in self.customer_ages_weeks):
+            raise ForecastError("customer_ages_weeks must be weeks >= 0")
         if self.weeks < 1 or self.weeks > 52:
             raise ForecastError(f"weeks must be 1 to 52, not {self.weeks}")
         if not np.isfinite(self.arrivals_per_week) or self.arrivals_per_week < 0:
@@ -93,6 +113,8 @@ class WeekForecast:
     revenue_mean: float
     revenue_low: float
     revenue_high: float
+    repeat_revenue_mean: float = 0.0
+    """The part of ``revenue_mean`` from customers ordering again."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +181,9 @@ def simulate(inp: ForecastInput, *, runs: int = 2000, seed: int = 0) -> Forecast
             span = weeks - w
             nxt[:, w : w + span] += moved[:, :span]
     customers = arrivals[-1][:, :weeks]
-    revenue = _revenue(rng, customers, np.asarray(inp.order_values, dtype=np.float64))
+    first = _revenue(rng, customers, np.asarray(inp.order_values, dtype=np.float64))
+    repeat = _repeat_revenue(rng, inp, customers)
+    revenue = first + repeat
     low, high = INTERVAL
     out = tuple(
         WeekForecast(
@@ -171,6 +195,7 @@ def simulate(inp: ForecastInput, *, runs: int = 2000, seed: int = 0) -> Forecast
             revenue_mean=float(revenue[:, w].mean()),
             revenue_low=float(np.quantile(revenue[:, w], low)),
             revenue_high=float(np.quantile(revenue[:, w], high)),
+            repeat_revenue_mean=float(repeat[:, w].mean()),
         )
         for w in range(weeks)
     )
@@ -192,3 +217,72 @@ def _revenue(rng: np.random.Generator, customers: np.ndarray, values: np.ndarray
         cums = np.concatenate([[0.0], np.cumsum(draws)])
         sums[nonzero] = cums[ends[nonzero]] - cums[starts[nonzero]]
     return sums.reshape(customers.shape)
+
+
+REPEAT_AGES = 104
+"""Repeat rates are measured for each week of a customer's first two years; older
+customers share one rate."""
+
+
+def repeat_rates(
+    customer_ages_weeks: Sequence[float],
+    repeat_ages_weeks: Sequence[float],
+    *,
+    ages: int = REPEAT_AGES,
+) -> tuple[float, ...]:
+    """Repeat orders per customer-week at each age (whole weeks since the first order):
+    the repeat orders placed at that age over the customer-weeks spent at it. Customers
+    are seen only up to their age now, so a young store's old ages have little exposure;
+    an age none has reached takes the rate of the age before. The last entry pools every
+    age from ``ages`` on."""
+    lived = np.asarray(customer_ages_weeks, dtype=np.float64)
+    if len(lived) == 0:
+        return ()
+    placed = np.minimum(np.floor(np.asarray(repeat_ages_weeks, dtype=np.float64)), ages)
+    counts = np.bincount(placed.astype(int), minlength=ages + 1)[: ages + 1]
+    exposure = np.array(
+        [np.clip(lived - a, 0.0, 1.0).sum() for a in range(ages)]
+        + [np.maximum(lived - ages, 0.0).sum()]
+    )
+    rates: list[float] = []
+    for count, weeks in zip(counts, exposure, strict=True):
+        rates.append(float(count / weeks) if weeks > 0 else (rates[-1] if rates else 0.0))
+    return tuple(rates)
+
+
+def _repeat_revenue(
+    rng: np.random.Generator, inp: ForecastInput, customers: np.ndarray
+) -> np.ndarray:
+    """Each run's revenue per week from customers ordering again (``customers``: the
+    run's new customers per week).
+
+    A customer's chance of ordering again in a week is the measured rate at their age
+    (weeks since their first order): a replenishment cycle shows as a bump, customers
+    drifting away as a fall. Each run scales every rate by one draw of the uncertainty
+    in the measured level (a Gamma around 1 as sure as ``repeat_orders`` makes it)."""
+    runs, weeks = customers.shape
+    if not inp.repeat_rates:
+        return np.zeros(customers.shape)
+    oldest = len(inp.repeat_rates) - 1
+    rates = np.asarray(inp.repeat_rates, dtype=np.float64)
+
+    def rate(age: np.ndarray) -> np.ndarray:
+        return np.asarray(rates[np.minimum(age, oldest)])
+
+    # The customers there are: in week k, one of age a (weeks) is at age a + k mid-week.
+    ages = np.floor(np.asarray(inp.customer_ages_weeks, dtype=np.float64) + 0.5).astype(int)
+    by_age = np.bincount(ages) if len(ages) else np.zeros(1, dtype=np.int64)
+    ahead = np.arange(weeks)
+    present = np.array([float((by_age * rate(np.arange(len(by_age)) + k)).sum()) for k in ahead])
+    # New customers of week j join mid-week: half a week at age 0 in week j, then mid-week
+    # half-way between two ages.
+    join = np.zeros((weeks, weeks))
+    for j in range(weeks):
+        join[j, j] = 0.5 * rates[0]
+        later = ahead[j + 1 :] - j
+        join[j, j + 1 :] = 0.5 * (rate(later - 1) + rate(later))
+    level = np.asarray(rng.gamma(inp.repeat_orders + 1, 1.0 / (inp.repeat_orders + 1), size=runs))
+    expected = level[:, None] * (present[None, :] + customers @ join)
+    orders = np.asarray(rng.poisson(expected), dtype=np.int64)
+    values = inp.repeat_values or inp.order_values
+    return _revenue(rng, orders, np.asarray(values, dtype=np.float64))

@@ -824,6 +824,8 @@ def _held_words(condition: Condition, facts: Facts) -> str:
         return f"{data['type']} within {days:g} days" if days else str(data["type"])
     if kind == "attribute":
         actual = facts.attributes.get(data["path"])
+        if data["op"] == "exists":
+            return f"{data['path']} set ({actual})" if data["value"] else f"no {data['path']}"
         return f"{data['path']} {data['op']} {data['value']} (was {actual})"
     if kind == "last_performed":
         days = data["age_seconds"] / 86400

@@ -64,6 +64,8 @@ TRAITS = (
     "monetary",
     "clv",
     "p_alive",
+    "churn_risk",
+    "churn_risk_level",
     "expected_purchases",
     "repurchase_interval_days",
     "next_purchase_due",
@@ -169,10 +171,15 @@ class ValueModel:
         horizon: The period lifetime value (CLV) is predicted over.
         annual_discount: The yearly discount rate applied to future spend.
         min_customers: Customers with a repeat purchase the BG/NBD and Gamma-Gamma fits
-            need; with fewer, no CLV or probability alive is computed ("not enough data").
+            need; with fewer, no CLV, probability alive or churn risk is computed ("not enough
+            data").
         min_pair_customers: Cross-sell pairs bought together by fewer customers are
             left out (noise).
         min_lift: Cross-sell pairs with a lower lift are not recommended.
+        churn_engagement_weight: How much recent engagement counts in churn risk, from 0
+            (probability alive alone) to below 1; the rest is probability alive's.
+        churn_levels: Highest first, like ``tiers``: a customer's ``churn_risk_level`` is
+            the first level whose ``min_score`` its churn risk reaches.
     """
 
     currency: str = "CNY"
@@ -186,6 +193,8 @@ class ValueModel:
     min_customers: int = 20
     min_pair_customers: int = 2
     min_lift: float = 1.0
+    churn_engagement_weight: float = 0.3
+    churn_levels: tuple[Tier, ...] = (Tier("high", 0.7), Tier("medium", 0.4), Tier("low", 0.0))
 
     def __post_init__(self) -> None:
         if not isinstance(self.currency, str) or len(self.currency) != 3:
@@ -207,20 +216,16 @@ class ValueModel:
                 "ValueModel(weights=...) must be non-negative numbers, at least one above 0"
             )
         object.__setattr__(self, "weights", weights)
-        tiers = tuple(self.tiers)
-        if not tiers or any(not isinstance(t, Tier) for t in tiers):
-            raise ValueModelError('ValueModel(tiers=...) must list Tier("A", 0.7)-style tiers')
-        scores = [t.min_score for t in tiers]
-        if scores != sorted(scores, reverse=True) or len(set(scores)) != len(scores):
+        object.__setattr__(self, "tiers", _levels("tiers", self.tiers, 'Tier("A", 0.7)'))
+        object.__setattr__(
+            self, "churn_levels", _levels("churn_levels", self.churn_levels, 'Tier("high", 0.7)')
+        )
+        weight = self.churn_engagement_weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < 1:
             raise ValueModelError(
-                f"ValueModel(tiers=...) thresholds {scores} must fall strictly, highest first"
+                f"ValueModel(churn_engagement_weight={weight!r}) must be a number from 0 to"
+                " below 1 (0: probability alive alone)"
             )
-        if scores[-1] != 0:
-            raise ValueModelError(
-                f"ValueModel(tiers=...): the last tier ({tiers[-1].name!r}) must start at 0,"
-                " so every customer gets a tier"
-            )
-        object.__setattr__(self, "tiers", tiers)
         if self.engagement_full <= 0:
             raise ValueModelError("ValueModel(engagement_full=...) must be above 0")
         if self.horizon <= timedelta(0):
@@ -231,10 +236,34 @@ class ValueModel:
             raise ValueModelError("ValueModel(min_customers=...) must be at least 2")
 
     def tier_of(self, score: float) -> str:
-        for tier in self.tiers:
-            if score >= tier.min_score:
-                return tier.name
-        return self.tiers[-1].name
+        return _level_of(self.tiers, score)
+
+    def churn_level_of(self, risk: float) -> str:
+        return _level_of(self.churn_levels, risk)
+
+
+def _levels(name: str, given: Sequence[Tier], example: str) -> tuple[Tier, ...]:
+    levels = tuple(given)
+    if not levels or any(not isinstance(t, Tier) for t in levels):
+        raise ValueModelError(f"ValueModel({name}=...) must list {example}-style levels")
+    scores = [t.min_score for t in levels]
+    if scores != sorted(scores, reverse=True) or len(set(scores)) != len(scores):
+        raise ValueModelError(
+            f"ValueModel({name}=...) thresholds {scores} must fall strictly, highest first"
+        )
+    if scores[-1] != 0:
+        raise ValueModelError(
+            f"ValueModel({name}=...): the last one ({levels[-1].name!r}) must start at 0,"
+            " so every customer gets one"
+        )
+    return levels
+
+
+def _level_of(levels: Sequence[Tier], score: float) -> str:
+    for level in levels:
+        if score >= level.min_score:
+            return level.name
+    return levels[-1].name
 
 
 # --- orders ------------------------------------------------------------------------------
@@ -535,6 +564,25 @@ def value_scores(
         score = sum(parts[k] * w for k, w in weighed.items()) / total if total else 0.0
         out[contact_id] = ValueScore(round(score, 4), model.tier_of(score), parts)
     return out
+
+
+# --- churn risk ---------------------------------------------------------------------------
+
+
+def churn_risk(model: ValueModel, p_alive: float | None, engagement: float | None) -> float | None:
+    """How likely the customer is to be lost, 0 to 1: one minus a weighed mean of
+    probability alive (BG/NBD: are they still buying?) and recent engagement (the
+    pipeline's decaying engagement score over ``engagement_full``: are they still
+    listening?), weighed ``1 - churn_engagement_weight`` and ``churn_engagement_weight``.
+
+    A customer the model gives up on but who still reads every email is at less risk
+    than one who has gone silent too. None without a probability alive (no model was
+    fitted: not enough data), because engagement alone says nothing about buying."""
+    if p_alive is None:
+        return None
+    engaged = min(max(engagement or 0.0, 0.0) / model.engagement_full, 1.0)
+    weight = model.churn_engagement_weight
+    return min(max(1.0 - ((1.0 - weight) * p_alive + weight * engaged), 0.0), 1.0)
 
 
 # --- repurchase --------------------------------------------------------------------------

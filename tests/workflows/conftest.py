@@ -125,11 +125,17 @@ HISTORIES = Path(__file__).with_name("histories")
 async def record_history(runtime: Runtime, contact_id: str, name: str) -> None:
     """With STAGECOACH_RECORD_HISTORIES=1, save the contact's newest run history for the
     replay tests; a recorded file is only ever added, never rewritten by a normal run."""
+    await record_workflow_history(runtime.client, contact_workflow_id(contact_id), name)
+
+
+async def record_workflow_history(
+    client: Client, workflow_id: str, name: str, run_id: str | None = None
+) -> None:
+    """``record_history`` for any workflow (a Schedule's run, say) by its id."""
     target = HISTORIES / f"{name}.json"
     if os.environ.get("STAGECOACH_RECORD_HISTORIES") != "1" or target.exists():
         return  # recorded histories are evidence of old code: never rewritten
-    handle = runtime.client.get_workflow_handle(contact_workflow_id(contact_id))
-    history = await handle.fetch_history()
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     target.write_text(history.to_json(), encoding="utf-8")
 

@@ -28,8 +28,11 @@ PUBLISHED_JOURNEYS = {
 PUBLISHED_PIPELINES = {
     "b2b_funnel": "e72a4a929f2e6e20af8076eb1f6eee337baaf720374bca6837671d385d36068a",
     # Issue 23 added the dormant state and the dormant and won_back detours: a new version
-    # (was 70f6b8799dc8249880a1a4785116df97b02e187335546d1752059595ca54457e).
-    "default": "cf72f52c01977ce9e50f24ada4dbeb82024e29671989da8c47f46b3664696081",
+    # (was 70f6b8799dc8249880a1a4785116df97b02e187335546d1752059595ca54457e), then the
+    # dormant detour read churn risk instead of p_alive (was cf72f52c...), then waited for
+    # a value refresh's verdict, so that an import of old orders makes no one dormant
+    # (was 5a31a1c2...).
+    "default": "456dcb31c9544339b773925c9816e1951c7852cd25e3b571f87bad302f0ae316",
 }
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

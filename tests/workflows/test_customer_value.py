@@ -4,10 +4,7 @@ refresh, and the value traits on the contact's workflow."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,8 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner, Result
 
 from stagecoach import Catalog, Product, ValueModel
+from stagecoach.engine.cli import app as cli
 from stagecoach.engine.domain.content import ContentLibrary
 from stagecoach.engine.services.value import refresh_values
 from stagecoach.engine.temporal.gateway import ContactNotFound, contact_view
@@ -29,16 +28,15 @@ CATALOG = Catalog((Product("tea", "drinks", "Green tea"), Product("cup", "kitche
 DEFS = replace(defs, value=ValueModel(min_customers=10), catalog=CATALOG)
 
 
-def _stagecoach(runtime: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
+def _stagecoach(runtime: Runtime, *args: str) -> Result:
+    """The CLI in this process (a subprocess would spend seconds importing it again)."""
     env = {
-        **os.environ,
         "STAGECOACH_TEMPORAL_ADDRESS": runtime.client.service_client.config.target_host,
         "STAGECOACH_TEMPORAL_NAMESPACE": runtime.client.namespace,
         "STAGECOACH_DATA_DIR": str(runtime.settings.data_dir),
         "STAGECOACH_DATABASE_URL": runtime.settings.resolved_database_url,
     }
-    command = [sys.executable, "-m", "stagecoach.engine.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False, env=env)
+    return CliRunner().invoke(cli, list(args), env=env)
 
 
 def orders(customers: int, now: datetime, seed: int = 3) -> list[dict[str, Any]]:
@@ -95,12 +93,15 @@ async def test_a_customers_orders_give_them_a_value_tier_and_clv(runtime: Runtim
     assert attributes["clv"] == expected["clv"] > 0
     assert 0 < attributes["p_alive"] <= 1
     assert attributes["value_as_of"] == result.run.as_of.isoformat()
-    # `stagecoach contact show` gives the tier, CLV and p_alive with their as-of and model.
+    # `stagecoach contact show` gives the tier, CLV, p_alive and churn risk with their as-of
+    # and model.
     shown = await asyncio.to_thread(_stagecoach, runtime, "contact", "show", contact_id)
-    assert shown.returncode == 0, shown.stderr
+    assert shown.exit_code == 0, shown.output
     [line] = [li for li in shown.stdout.splitlines() if li.startswith("value ")]
     assert f"tier {expected['value_tier']} " in line
     assert f"CLV {expected['clv']:,.2f}, p_alive {expected['p_alive']:.2f}" in line
+    risk = f"churn risk {expected['churn_risk']:.2f} ({expected['churn_risk_level']})"
+    assert risk in line
     assert f"(as of {result.run.as_of.isoformat()}, model {result.version})" in line
 
 
@@ -154,7 +155,8 @@ async def test_a_quiet_customer_becomes_dormant_and_enters_the_win_back_journey(
         await eventually(customer, within=30)
         result = refresh_values(runtime.engine, DEFS)
         runtime.touched.update(result.values)
-        assert result.values[contact_id]["p_alive"] < 0.3
+        assert result.values[contact_id]["churn_risk"] >= 0.7
+        assert result.values[contact_id]["churn_risk_level"] == "high"
 
         async def won_back_offered() -> bool:
             view = await contact_view(runtime.client, contact_id)
@@ -173,8 +175,8 @@ async def test_a_quiet_customer_becomes_dormant_and_enters_the_win_back_journey(
                 col(StageTransition.to_stage) == "dormant",
             )
         ).one()
-    assert moved.reason.startswith("dormant: p_alive lt 0.3 (was ")
-    assert moved.reason.endswith("and no order.paid in 30 days")
+    assert moved.reason.startswith("dormant: churn_risk gte 0.7 (was ")
+    assert "and no order.paid in 30 days and value_as_of set (20" in moved.reason
 
 
 @pytest.mark.time_skipping
@@ -227,3 +229,50 @@ async def test_a_buyer_of_tea_gets_the_cross_sell_for_the_cup(
     # Those who have the cup already get no offer for it.
     paired = _contact_of(runtime, "pair0-0")
     assert all(m["message"]["content_id"] != "cross-sell-offer" for m in runtime.sent(paired))
+
+
+async def test_a_repeat_buyer_past_their_own_interval_gets_the_restocking_reminder(
+    runtime: Runtime,
+) -> None:
+    async def temporal() -> Client:
+        return runtime.client
+
+    now = datetime.now(UTC)
+    # Tea every 30 days, the last 40 days ago: ten days past due. "fresh" bought tea
+    # twice too, the last 5 days ago: not due yet.
+    regular = [_order("regular", n, now - timedelta(days=100 - 30 * n), "tea") for n in range(3)]
+    fresh = [_order("fresh", n, now - timedelta(days=65 - 30 * n), "tea") for n in range(3)]
+    with TestClient(runtime.app(temporal), headers=runtime.write_auth("shop")) as api:
+        answer = api.post("/v1/batch", json={"batch": [*regular, *fresh]})
+        assert answer.status_code == 200, answer.text
+        due, not_due = _contact_of(runtime, "regular-2"), _contact_of(runtime, "fresh-2")
+
+        async def customers() -> bool:
+            try:
+                views = [await contact_view(runtime.client, c) for c in (due, not_due)]
+            except ContactNotFound:
+                return False
+            return all(v.stage == "customer" for v in views)
+
+        await eventually(customers, within=30)
+        result = refresh_values(runtime.engine, DEFS)
+        runtime.touched.update(result.values)
+        assert result.values[due]["replenishment_due"] is True
+        assert result.values[due]["repurchase_interval_days"] == 30
+        assert result.values[not_due]["replenishment_due"] is False
+
+        async def reminded() -> bool:
+            return any(
+                m["message"]["content_id"] == "replenishment-reminder" for m in runtime.sent(due)
+            )
+
+        await eventually(reminded, within=30)
+    [reminder] = [
+        m["message"]
+        for m in runtime.sent(due)
+        if m["message"]["content_id"] == "replenishment-reminder"
+    ]
+    assert "your usual interval of about 30 days, your Green tea is probably" in reminder["text"]
+    assert all(
+        m["message"]["content_id"] != "replenishment-reminder" for m in runtime.sent(not_due)
+    )

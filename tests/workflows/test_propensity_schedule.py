@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 from sqlmodel import Session, select
-from temporalio.client import Client, ScheduleHandle
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, ScheduleHandle
 from temporalio.testing import WorkflowEnvironment
 
 from stagecoach.engine.cli.compose import build_activities, build_prediction_activities
@@ -38,7 +38,7 @@ from stagecoach.workflows.client import with_settings
 from stagecoach.workflows.prediction.schedule import ensure_retrain_schedule
 from stagecoach.workflows.worker import build_worker
 from tests.helpers import migrated_engine, runtime_settings
-from tests.workflows.conftest import eventually
+from tests.workflows.conftest import eventually, record_workflow_history
 
 BUYER = {"company_size": 500, "role": "cto", "email": "buyer@example.com"}
 
@@ -151,6 +151,14 @@ async def test_a_scheduled_retrain_publishes_a_version_the_next_handoff_carries(
             await eventually(both_recorded)
 
             v1 = await _retrain_on_schedule(handle, engine, before=0)
+            started = (await handle.describe()).info.recent_actions[-1].action
+            assert isinstance(started, ScheduleActionExecutionStartWorkflow)
+            await record_workflow_history(
+                client,
+                started.workflow_id,
+                "propensity_retrain_scheduled",
+                started.first_execution_run_id,
+            )
             row = next(v for v in _versions(engine) if v.version == v1)
             assert row.metrics["auc"] > 0.7
             assert 0 <= row.metrics["calibration_error"] < 0.1

@@ -1,4 +1,5 @@
-"""Replay: every recorded history of the bundled journeys must replay on today's code.
+"""Replay: every recorded history (the contact and broadcast workflows, and the
+Schedules' value refresh and propensity retrain) must replay on today's code.
 
 Histories under ``histories/`` were recorded from real runs (see ``record_history`` in
 conftest). A change to workflow code that alters the commands an old history recorded
@@ -20,9 +21,12 @@ from temporalio import workflow
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
+from stagecoach.engine.protocol import PROPENSITY_RETRAIN_WORKFLOW, VALUE_REFRESH_WORKFLOW
 from stagecoach.engine.protocol.messages import BroadcastInput, ContactInput
 from stagecoach.workflows.broadcasts import BroadcastWorkflow
 from stagecoach.workflows.contact import ContactWorkflow
+from stagecoach.workflows.prediction import PropensityRetrainWorkflow
+from stagecoach.workflows.value import ValueRefreshWorkflow
 
 HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
 RETIRED = sorted(Path(__file__).with_name("histories").glob("retired/*.json"))
@@ -72,7 +76,25 @@ async def test_retired_history_no_longer_replays(path: Path) -> None:
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_recorded_history_replays_on_current_code(path: Path) -> None:
-    await Replayer(workflows=[ContactWorkflow, BroadcastWorkflow]).replay_workflow(_history(path))
+    workflows = [
+        ContactWorkflow,
+        BroadcastWorkflow,
+        ValueRefreshWorkflow,
+        PropensityRetrainWorkflow,
+    ]
+    await Replayer(workflows=workflows).replay_workflow(_history(path))
+
+
+def test_the_scheduled_workflows_have_recorded_histories() -> None:
+    """The Schedules' workflows (value refresh, propensity retrain) are replayed too: a
+    change to the commands they issue (another activity, a timer) fails here first."""
+    kinds = {
+        WorkflowHistory.from_json(p.stem, p.read_text(encoding="utf-8"))
+        .events[0]
+        .workflow_execution_started_event_attributes.workflow_type.name
+        for p in HISTORIES
+    }
+    assert {VALUE_REFRESH_WORKFLOW, PROPENSITY_RETRAIN_WORKFLOW} <= kinds
 
 
 @workflow.defn(name="Contact")
@@ -155,3 +177,48 @@ class BroadcastWorkflowThatSkipsStatusRecords(BroadcastWorkflow):
 async def test_a_change_to_a_broadcasts_recorded_commands_is_caught_by_replay() -> None:
     path = next(p for p in HISTORIES if p.stem == "broadcast_paused_resumed_cancelled")
     await _replay_edit(BroadcastWorkflowThatSkipsStatusRecords, path)
+
+
+@workflow.defn(name=VALUE_REFRESH_WORKFLOW)
+class ValueRefreshThatWaitsFirst(ValueRefreshWorkflow):
+    """A careless edit: a timer before the refresh."""
+
+    @workflow.run
+    async def run(self) -> dict[str, Any]:
+        await workflow.sleep(60)
+        return await super().run()
+
+
+@workflow.defn(name=PROPENSITY_RETRAIN_WORKFLOW)
+class PropensityRetrainThatWaitsFirst(PropensityRetrainWorkflow):
+    """The same careless edit of the retrain."""
+
+    @workflow.run
+    async def run(self) -> dict[str, Any]:
+        await workflow.sleep(60)
+        return await super().run()
+
+
+@pytest.mark.parametrize(
+    ("stem", "original", "edit"),
+    [
+        ("value_refresh_scheduled", ValueRefreshWorkflow, ValueRefreshThatWaitsFirst),
+        (
+            "propensity_retrain_scheduled",
+            PropensityRetrainWorkflow,
+            PropensityRetrainThatWaitsFirst,
+        ),
+    ],
+)
+async def test_a_change_to_a_scheduled_workflows_commands_is_caught_by_replay(
+    stem: str, original: type, edit: type
+) -> None:
+    path = next(p for p in HISTORIES if p.stem == stem)
+    clean = await Replayer(
+        workflows=[original], workflow_runner=UnsandboxedWorkflowRunner()
+    ).replay_workflow(_history(path), raise_on_replay_failure=False)
+    assert clean.replay_failure is None, clean.replay_failure
+    result = await Replayer(
+        workflows=[edit], workflow_runner=UnsandboxedWorkflowRunner()
+    ).replay_workflow(_history(path), raise_on_replay_failure=False)
+    assert isinstance(result.replay_failure, workflow.NondeterminismError), result.replay_failure

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
-from temporalio.client import Client, ScheduleHandle
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, ScheduleHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -31,7 +31,7 @@ from stagecoach.workflows.prediction.schedule import schedule_id as retrain_sche
 from stagecoach.workflows.value.schedule import ensure_value_schedule, schedule_id
 from stagecoach.workflows.worker import build_worker
 from tests.helpers import migrated_engine, runtime_settings
-from tests.workflows.conftest import Runtime, eventually
+from tests.workflows.conftest import Runtime, eventually, record_workflow_history
 
 
 def _cli(
@@ -161,6 +161,11 @@ async def test_the_scheduled_refresh_values_a_customer_and_tells_their_workflow(
         described = await handle.describe()
         assert described.info.recent_actions
         assert await _schedules(client, handle.id) == 1
+        started = described.info.recent_actions[-1].action
+        assert isinstance(started, ScheduleActionExecutionStartWorkflow)
+        await record_workflow_history(
+            client, started.workflow_id, "value_refresh_scheduled", started.first_execution_run_id
+        )
     finally:
         await handle.delete()
         for contact_id in runtime.touched:

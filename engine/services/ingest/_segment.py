@@ -21,6 +21,7 @@ Field names and meanings follow Segment's spec, so its client libraries work unc
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -236,6 +237,10 @@ def parse_message(
                 "properties.score",
                 f"an NPS answer is a whole number from 0 to 10, not {score!r}",
             )
+    if type_ == "survey.answered":
+        refused = _survey_problem(properties)
+        if refused is not None:
+            return Problem(index, *refused)
     for key in ("locale", "timezone"):
         value = message.context.get(key)
         if isinstance(value, str) and value and key not in traits:
@@ -262,6 +267,34 @@ def parse_message(
         channel=channel if isinstance(channel, str) else None,
         contact_id=None,
     )
+
+
+def _survey_problem(properties: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What is wrong with a ``survey.answered`` event's answer (the field, the message), if
+    anything: the value tier's attitude reads ``score`` out of ``max``, and an answer it
+    cannot read would silently count as no answer."""
+
+    def number(value: Any) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    raw_top = properties.get("max", 5)
+    top = number(raw_top)
+    if top is None or top <= 0:
+        return (
+            "properties.max",
+            f"a survey's max is the top of its scale, a number above 0 (leave it out for a"
+            f" five-point scale), not {raw_top!r}",
+        )
+    raw_score = properties.get("score")
+    score = number(raw_score)
+    if score is None or not 0 <= score <= top:
+        return (
+            "properties.score",
+            f"a survey answer is a number from 0 to max ({top:g}), not {raw_score!r}",
+        )
+    return None
 
 
 def _incoming(

@@ -9,7 +9,11 @@ actuals it is judged against.
   how many reached a later stage before ``origin``, and how long those stays lasted (the
   time-in-stage distribution of the pipeline report, per stay);
 - new contacts per week over the last ``arrival_weeks`` weeks;
-- the amounts of first orders (``order.paid``, ``properties.amount``) in the lookback.
+- the amounts of first orders (``order.paid``: ``properties.amount``, else the sum of
+  its ``items``' amounts) in the lookback;
+- customers ordering again: every customer's weeks since their first order, and from
+  all the history before ``origin`` the repeat rate (orders per customer-week) at each
+  such age; the repeat orders' amounts in the lookback.
 
 The simulation itself is pure (``stagecoach.engine.domain.forecast``).
 """
@@ -22,13 +26,32 @@ from typing import Any
 
 import duckdb
 
-from stagecoach.engine.domain.forecast import Forecast, ForecastInput, StageFlow, simulate
+from stagecoach.engine.domain.forecast import (
+    Forecast,
+    ForecastInput,
+    StageFlow,
+    repeat_rates,
+    simulate,
+)
 from stagecoach.engine.services.analytics._report import Params, Report, ReportError, Section
 from stagecoach.engine.services.analytics._stats import utc_naive
 from stagecoach.engine.services.analytics.pipeline import STAGES, stages_option, time_order
 
 ORDER_EVENT = "order.paid"
 WEEK = timedelta(weeks=1)
+AMOUNT = """coalesce(
+    TRY_CAST(json_extract_string(properties, '$.amount') AS DOUBLE),
+    list_sum(TRY_CAST(json_extract(properties, '$.items[*].amount') AS DOUBLE[]))
+)"""
+"""An order's value: its ``amount``, or the sum of its items' line totals (the form the
+value model reads) when it gives none."""
+ORDERS = f"""
+    SELECT e.contact_key, e.occurred_at AS ordered_at, {AMOUNT} AS amount,
+        row_number() OVER (PARTITION BY e.contact_key ORDER BY e.occurred_at, e.id) AS n
+    FROM events e JOIN contacts c ON c.contact_key = e.contact_key
+    WHERE e.name = $order AND NOT c.rehearsal
+"""
+"""Every order with its place in the contact's orders (``n`` 1: the first)."""
 
 
 def _stage_at(origin_bind: str = "$origin") -> str:
@@ -124,23 +147,39 @@ def forecast_input(
         """,
         {"origin": at, "since": at - WEEK * arrival_weeks},
     ).fetchall()[0][0]
-    values = [
-        float(v[0])
-        for v in con.execute(
-            """
-            SELECT TRY_CAST(json_extract_string(properties, '$.amount') AS DOUBLE) AS amount
-            FROM events WHERE name = $order AND occurred_at < $origin AND occurred_at >= $since
-                AND amount IS NOT NULL AND amount >= 0
-            """,
-            {"order": ORDER_EVENT, "origin": at, "since": at - WEEK * lookback_weeks},
-        ).fetchall()
-    ]
+    recent = {"order": ORDER_EVENT, "origin": at, "since": at - WEEK * lookback_weeks}
+    lived, first_values, repeat_ages, repeat_values = con.execute(
+        f"""
+        WITH orders AS ({ORDERS} AND e.occurred_at < $origin),
+        firsts AS (SELECT contact_key, ordered_at, amount FROM orders WHERE n = 1),
+        repeats AS (
+            SELECT date_diff('second', f.ordered_at, o.ordered_at) / 604800.0 AS age,
+                o.ordered_at, o.amount
+            FROM orders o JOIN firsts f ON f.contact_key = o.contact_key WHERE o.n > 1
+        )
+        SELECT (SELECT list(date_diff('second', ordered_at, $origin) / 604800.0) FROM firsts),
+            (SELECT list(amount) FILTER (WHERE amount >= 0 AND ordered_at >= $since)
+                FROM firsts),
+            (SELECT list(age) FROM repeats),
+            (SELECT list(amount) FILTER (WHERE amount >= 0 AND ordered_at >= $since)
+                FROM repeats)
+        """,
+        recent,
+    ).fetchone() or (None, None, None, None)
+    # Sorted: DuckDB's list() order varies with its threads, and the runs draw from these
+    # by index, so the same store would otherwise give a slightly different forecast.
+    values = sorted(float(v) for v in first_values or ())
+    ages = tuple(float(a) for a in lived or ())
     return ForecastInput(
         flows=tuple(flows),
         current_ages_hours=current,
         arrivals_per_week=float(new) / arrival_weeks,
         order_values=tuple(values),
         weeks=weeks,
+        customer_ages_weeks=ages,
+        repeat_rates=repeat_rates(ages, [float(a) for a in repeat_ages or ()]),
+        repeat_orders=len(repeat_ages or ()),
+        repeat_values=tuple(sorted(float(v) for v in repeat_values or ())),
     )
 
 
@@ -153,27 +192,37 @@ def actuals(
     target: str = "customer",
     before: int = 0,
 ) -> list[tuple[datetime, int, float]]:
-    """New customers (first arrival at the target or beyond) and their first-order revenue
-    per week from ``origin - before weeks`` for ``before + weeks`` weeks."""
+    """New customers (first arrival at the target or beyond) and revenue per week from
+    ``origin - before weeks`` for ``before + weeks`` weeks. Revenue is the new customers'
+    first orders (in the week they became customers, as the forecast counts them) and
+    every repeat order placed in the week."""
     at = utc_naive(origin)
     reached = list(stages)[list(stages).index(target) :]
     start = at - WEEK * before
     rows = con.execute(
-        """
+        f"""
         WITH firsts AS (
             SELECT contact_key, min("at") AS at FROM stage_transitions
             WHERE list_contains($reached, to_stage) GROUP BY contact_key
         ),
-        orders AS (
-            SELECT contact_key, arg_min(TRY_CAST(json_extract_string(properties, '$.amount')
-                AS DOUBLE), occurred_at) AS amount
-            FROM events WHERE name = $order GROUP BY contact_key
+        orders AS ({ORDERS}),
+        first_orders AS (SELECT contact_key, amount FROM orders WHERE n = 1),
+        new AS (
+            SELECT floor(date_diff('second', $start, f.at) / 604800)::INTEGER AS w, count(*) AS n,
+                coalesce(sum(o.amount), 0) AS revenue
+            FROM firsts f LEFT JOIN first_orders o ON o.contact_key = f.contact_key
+            WHERE f.at >= $start AND f.at < $end
+            GROUP BY w
+        ),
+        again AS (
+            SELECT floor(date_diff('second', $start, ordered_at) / 604800)::INTEGER AS w,
+                coalesce(sum(amount) FILTER (WHERE amount >= 0), 0) AS revenue
+            FROM orders WHERE n > 1 AND ordered_at >= $start AND ordered_at < $end
+            GROUP BY w
         )
-        SELECT floor(date_diff('second', $start, f.at) / 604800)::INTEGER AS w, count(*),
-            coalesce(sum(o.amount), 0)
-        FROM firsts f LEFT JOIN orders o ON o.contact_key = f.contact_key
-        WHERE f.at >= $start AND f.at < $end
-        GROUP BY w
+        SELECT coalesce(new.w, again.w), coalesce(new.n, 0),
+            coalesce(new.revenue, 0) + coalesce(again.revenue, 0)
+        FROM new FULL OUTER JOIN again ON again.w = new.w
         """,
         {
             "reached": reached,
@@ -230,6 +279,7 @@ def forecast_report(
                 round(wf.revenue_low, 2),
                 round(wf.revenue_mean, 2),
                 round(wf.revenue_high, 2),
+                round(wf.repeat_revenue_mean, 2),
                 n if done else None,
                 round(revenue, 2) if done else None,
             )
@@ -251,18 +301,21 @@ def forecast_report(
                     "revenue_low",
                     "revenue_mean",
                     "revenue_high",
+                    "repeat_revenue_mean",
                     "actual_customers",
                     "actual_revenue",
                 ),
                 rows,
-                f"New customers and first-order revenue per week from {origin.date()}, "
-                "with 80% intervals; actuals for weeks already over",
+                f"New customers and revenue (their first orders and every customer's repeat "
+                f"orders) per week from {origin.date()}, with 80% intervals; actuals for weeks "
+                "already over",
             ),
             Section(
                 "history",
                 ("week", "customers", "revenue"),
                 [(s.date().isoformat(), n, round(r, 2)) for s, n, r in history],
-                "New customers and first-order revenue in the weeks before the forecast",
+                "New customers and revenue (first and repeat orders) in the weeks before the "
+                "forecast",
             ),
             Section(
                 "inputs",
@@ -285,7 +338,10 @@ def forecast_report(
         notes=[
             f"{result.runs} simulated runs; new contacts at {inp.arrivals_per_week:.1f} a week; "
             f"revenue is each new customer's first {ORDER_EVENT} amount, drawn from "
-            f"{len(inp.order_values)} recent ones"
+            f"{len(inp.order_values)} recent ones, and repeat orders: "
+            f"{len(inp.customer_ages_weeks)} customers ordering again at the rate measured "
+            f"for their weeks since their first order ({inp.repeat_orders} repeat orders so "
+            "far)"
         ],
     )
 

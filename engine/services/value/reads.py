@@ -26,8 +26,10 @@ MODEL = ("name", "value")
 LEFT_OUT = ("flag", "orders", "meaning")
 CUSTOMERS = ("contact_id", "tier", "score", "rfm", "clv", "p_alive", "orders", "spend")
 PAIRS = ("bought", "recommend", "customers", "support", "confidence", "lift")
+CHURN = ("level", "customers", "share")
 VALUE_SECTIONS = (
     ("tiers", TIERS, "Value tiers (ABC: attitude, behaviour, consumption)"),
+    ("churn", CHURN, "Churn risk (probability alive and recent engagement)"),
     ("clv_distribution", CLV, "CLV distribution"),
     ("model", MODEL, "Model (BG/NBD + Gamma-Gamma)"),
     ("left_out", LEFT_OUT, "Orders left out, and why"),
@@ -146,6 +148,9 @@ def value_report(db: Engine) -> Report:
         *((name, value) for name, value in run.params.items()),
     ]
     left, notes = _left_out(run)
+    churn = run.summary.get("churn", {})
+    churn_total = sum(churn.values()) or 1
+    churn_rows = [(level, n, n / churn_total) for level, n in churn.items()]
     customers = [
         (v.contact_id, v.tier, v.score, v.traits.get("rfm"), v.clv, v.p_alive,
          v.traits.get("frequency"), v.traits.get("monetary"))
@@ -162,6 +167,9 @@ def value_report(db: Engine) -> Report:
                 ("tier", "customers", "share", "avg_clv", "total_clv", "avg_p_alive"),
                 tier_rows,
                 "Value tiers (ABC: attitude, behaviour, consumption)",
+            ),
+            Section(
+                "churn", CHURN, churn_rows, "Churn risk (probability alive and recent engagement)"
             ),
             Section(
                 "clv_distribution", ("clv_from", "clv_to", "customers"), buckets, "CLV distribution"

@@ -10,8 +10,9 @@ One call, :func:`refresh_values`, does it all, in this order:
    out by reason, take refunds off;
 3. RFM, the ABC tier, the repurchase interval and the cross-sell pairs (pure);
 4. BG/NBD and Gamma-Gamma (``btyd``) when there are at least ``min_customers`` repeat
-   buyers; with fewer the run says "not enough data: N customers, need M" and no CLV or
-   probability alive is given: no model is built on noise;
+   buyers; with fewer the run says "not enough data: N customers, need M" and no CLV,
+   probability alive or churn risk is given: no model is built on noise; churn risk
+   weighs probability alive with the engagement score of step 3's behaviour part;
 5. store a ``value_runs`` row (the model version, its parameters, what was left out) and
    each customer's ``contact_values`` row;
 6. ingest one ``value.scored`` event per customer whose value traits changed, with the
@@ -174,7 +175,7 @@ def refresh_values(
     if repeat_buyers < model.min_customers:
         notes.append(
             f"not enough data: {repeat_buyers} customers with a repeat purchase, need"
-            f" {model.min_customers}; no CLV or probability alive"
+            f" {model.min_customers}; no CLV, probability alive or churn risk"
         )
     else:
         ids = sorted(summaries)
@@ -192,7 +193,7 @@ def refresh_values(
                 notes.append(f"{fitted.spend_error}; no CLV this run")
         except btyd.FitFailed as exc:
             status = "failed"
-            notes.append(f"{exc}; no CLV or probability alive this run")
+            notes.append(f"{exc}; no CLV, probability alive or churn risk this run")
     predictions: dict[str, tuple[float, float, float | None]] = {}
     if fitted is not None:
         alive, expected, clv = btyd.predict(
@@ -238,11 +239,15 @@ def refresh_values(
     }
     names = {p.sku: p.name or p.sku for p in catalog.products} if catalog else {}
     values: dict[str, dict[str, Any]] = {}
+    churn: dict[str, int] = defaultdict(int)
     for contact_id, s in summaries.items():
         score = scores[contact_id]
         p_alive, expect, worth = predictions.get(contact_id, (None, None, None))
         due = domain.next_purchase_due(s)
         cross = domain.recommend(s.products, pairs, min_lift=model.min_lift)
+        risk = domain.churn_risk(model, p_alive, engagement.get(contact_id))
+        level = None if risk is None else model.churn_level_of(risk)
+        churn[level or "unscored"] += 1
         traits: dict[str, Any] = {
             "value_tier": score.tier,
             "value_score": round(score.score, 3),
@@ -251,6 +256,8 @@ def refresh_values(
             "monetary": round(s.spend, 2),
             "clv": None if worth is None else round(worth, 2),
             "p_alive": None if p_alive is None else round(p_alive, 3),
+            "churn_risk": None if risk is None else round(risk, 3),
+            "churn_risk_level": level,
             "expected_purchases": None if expect is None else round(expect, 2),
             "repurchase_interval_days": (
                 None if s.interval_days is None else round(s.interval_days)
@@ -264,6 +271,11 @@ def refresh_values(
             "cross_sell_products": cross,
         }
         values[contact_id] = traits
+    # Customers by churn level ("unscored": no probability alive, no model this run).
+    summary["churn"] = {
+        **{level.name: churn[level.name] for level in model.churn_levels},
+        "unscored": churn["unscored"],
+    }
     with Session(db, expire_on_commit=False) as session:
         run = ValueRun(version=version, as_of=as_of, status=status, params=params, summary=summary)
         session.add(run)
@@ -343,11 +355,13 @@ def _properties(version: str, status: str, traits: Mapping[str, Any]) -> dict[st
     out: dict[str, Any] = {"model": version, "status": status, "value_tier": traits["value_tier"]}
     if traits.get("cross_sell"):
         out["cross_sell"] = traits["cross_sell"]
+    if traits.get("churn_risk_level"):
+        out["churn_risk_level"] = traits["churn_risk_level"]
     out["replenishment_due"] = bool(traits.get("replenishment_due"))
     return out
 
 
-COARSE = {"p_alive": 2, "value_score": 2, "clv": 0, "expected_purchases": 1}
+COARSE = {"p_alive": 2, "churn_risk": 2, "value_score": 2, "clv": 0, "expected_purchases": 1}
 """Decimals a value must move by to be worth a new ``value.scored`` event: each event is
 a signal (a Temporal action), and p_alive drifts a little every day for everyone."""
 

@@ -58,9 +58,9 @@ REFERRALS_FOR_ADVOCATE = 2
 PROMOTER_NPS = 9
 """NPS answers at or above this are promoters."""
 
-DORMANT_BELOW = 0.3
-"""Probability alive (BG/NBD, from ``stagecoach value refresh``) below which a customer is
-dormant."""
+DORMANT_RISK = 0.7
+"""Churn risk (from ``stagecoach value refresh``: probability alive weighed with recent
+engagement) at or above which a customer is dormant: the value model's ``high`` level."""
 
 DORMANT_AFTER = 180 * DAY
 """No order for this long makes a customer dormant, whatever the model says."""
@@ -268,17 +268,20 @@ DEFAULT = Pipeline(
         Detour("disqualified", (), "disqualified", reason_required=True),
         Detour("reactivated", ("disqualified",), "suspect", reason_required=True),
         # The decline period (衰退期): taken by itself when the value refresh says the
-        # customer has probably stopped buying, or they simply have not ordered for long;
-        # never within a month of an order (a p_alive from before it is stale).
+        # customer is at high risk of churning (has probably stopped buying and no longer
+        # engages), or they simply have not ordered for long; never within a month of an
+        # order (a churn risk from before it is stale), and only once a value refresh has
+        # scored the customer: an import of old orders makes no one dormant by itself.
         Detour(
             "dormant",
             ("customer", "fan", "advocate"),
             "dormant",
             when=(
-                trait("p_alive", "lt", DORMANT_BELOW)
+                trait("churn_risk", "gte", DORMANT_RISK)
                 | last_performed("order.paid", before=DORMANT_AFTER)
             )
-            & ~event("order.paid", within=30 * DAY),
+            & ~event("order.paid", within=30 * DAY)
+            & trait("value_as_of", "exists"),
         ),
         # An order from a dormant customer wins them back.
         Detour("won_back", ("dormant",), "customer", when=event("order.paid", within=DAY)),

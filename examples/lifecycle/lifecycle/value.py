@@ -3,7 +3,8 @@
 ``stagecoach value refresh`` reads both: orders naming a product not in ``CATALOG`` are
 left out of the models (and counted in ``stagecoach report value``); ``VALUE`` sets the
 currency, the ABC tier's weights and thresholds (attitude: NPS and survey answers;
-behaviour: the pipeline's engagement score; consumption: spend) and the CLV horizon.
+behaviour: the pipeline's engagement score; consumption: spend), the CLV horizon and how
+churn risk weighs recent engagement against probability alive.
 """
 
 from __future__ import annotations
@@ -30,5 +31,10 @@ VALUE = ValueModel(
     horizon=timedelta(days=365),
     annual_discount=0.10,
     min_customers=20,
+    # Churn risk: 1 - (0.7 * probability alive + 0.3 * engagement / engagement_full). The
+    # pipeline's dormant detour starts at the high level (DORMANT_RISK).
+    churn_engagement_weight=0.3,
+    churn_levels=(Tier("high", 0.7), Tier("medium", 0.4), Tier("low", 0.0)),
 )
-"""The ABC value tier (A: 0.7 and up, B: 0.4 and up, C: the rest) and a one-year CLV."""
+"""The ABC value tier (A: 0.7 and up, B: 0.4 and up, C: the rest), a one-year CLV and the
+churn risk levels."""

@@ -101,9 +101,34 @@ def test_the_broadcasts_name_the_projects_segments_and_events() -> None:
     }
 
 
+def test_an_import_of_old_orders_makes_no_one_dormant_until_a_value_refresh_scores_them() -> None:
+    """Orders imported today with last year's dates: the 180-day rule holds for all of
+    them, but only the value refresh, which has every order, decides who is dormant."""
+    pipeline, now = defs.pipeline, datetime(2026, 10, 1, tzinfo=UTC)
+    state = model.ContactState("c", "customer", now)
+    for n, days in enumerate((360, 300, 200)):
+        imported = model.observe(
+            state, pipeline, message_id=f"o{n}", event=EventRecord("order.paid", now - days * DAY),
+            traits={}, now=now, source="import",
+        )  # fmt: skip
+        assert imported.transition is None, days
+        state = imported.state
+    scored = model.observe(
+        state, pipeline, message_id="v", event=EventRecord("value.scored", now + DAY),
+        traits={"value_as_of": (now + DAY).isoformat(), "churn_risk": 0.5}, now=now + DAY,
+        source="value",
+    )  # fmt: skip
+    assert scored.transition is not None
+    assert (scored.transition.to_stage, scored.transition.kind) == ("dormant", "detour")
+    assert scored.transition.reason == (
+        "dormant: last order.paid before 180 days ago and no order.paid in 30 days and"
+        f" value_as_of set ({(now + DAY).isoformat()})"
+    )  # the 180-day rule, not the churn risk
+
+
 def test_a_customer_the_model_gives_up_on_goes_dormant_and_an_order_wins_them_back() -> None:
-    """The dormant detour is taken on the value refresh's p_alive, never within a month of
-    an order; the win-back journey sends its offer, then a reminder two weeks later."""
+    """The dormant detour is taken on the value refresh's churn risk, never within a month
+    of an order; the win-back journey sends its offer, then a reminder two weeks later."""
     pipeline, now = defs.pipeline, datetime(2026, 10, 1, tzinfo=UTC)
     state = model.ContactState("c", "customer", now - 200 * DAY)
     ordered = EventRecord("order.paid", now - 10 * DAY)
@@ -112,17 +137,24 @@ def test_a_customer_the_model_gives_up_on_goes_dormant_and_an_order_wins_them_ba
     ).state
     scored = EventRecord("value.scored", now)
     early = model.observe(
-        state, pipeline, message_id="v", event=scored, traits={"p_alive": 0.1}, now=now, source="t"
-    )
-    assert early.transition is None  # ordered ten days ago: the p_alive is stale
+        state, pipeline, message_id="v", event=scored,
+        traits={"churn_risk": 0.9, "value_as_of": now.isoformat()}, now=now, source="t",
+    )  # fmt: skip
+    assert early.transition is None  # ordered ten days ago: the churn risk is stale
     later = now + 30 * DAY
     seen = model.observe(
-        state, pipeline, message_id="v2", event=scored, traits={"p_alive": 0.1}, now=later,
-        source="t",
+        state, pipeline, message_id="v2", event=scored,
+        traits={"churn_risk": 0.9, "value_as_of": later.isoformat()}, now=later, source="t",
     )  # fmt: skip
+    # A customer still engaging (churn risk medium) is not dormant for it.
+    engaged = model.observe(
+        state, pipeline, message_id="v3", event=scored,
+        traits={"churn_risk": 0.5, "value_as_of": later.isoformat()}, now=later, source="t",
+    )  # fmt: skip
+    assert engaged.transition is None
     assert seen.transition is not None
     assert (seen.transition.to_stage, seen.transition.kind) == ("dormant", "detour")
-    assert seen.transition.reason.startswith("dormant: p_alive lt 0.3 (was 0.1)")
+    assert seen.transition.reason.startswith("dormant: churn_risk gte 0.7 (was 0.9)")
     result = simulate(SPECS["win_back"], SimContact(stage="dormant"), [], 20 * DAY)
     assert result.deliveries() == [(timedelta(0), "winback-offer"), (14 * DAY, "winback-offer")]
     dormant = model.enter_stage(seen.state, seen.transition)

@@ -352,3 +352,40 @@ def test_a_valid_nps_answer_is_stored(api: TestClient, engine: Engine) -> None:
     )
     assert api.post("/v1/track", json=body).status_code == 200
     assert [e.name for e in _events(engine)] == ["nps.answered"]
+
+
+@pytest.mark.parametrize(
+    ("properties", "field", "words"),
+    [
+        ({}, "properties.score", "a number from 0 to max (5), not None"),
+        ({"score": 6}, "properties.score", "from 0 to max (5), not 6"),
+        ({"score": -1}, "properties.score", "not -1"),
+        ({"score": "4"}, "properties.score", "not '4'"),
+        ({"score": True}, "properties.score", "not True"),
+        ({"score": 8, "max": 7}, "properties.score", "from 0 to max (7), not 8"),
+        ({"score": 3, "max": 0}, "properties.max", "a number above 0"),
+        ({"score": 3, "max": "ten"}, "properties.max", "not 'ten'"),
+    ],
+)
+def test_a_survey_answer_the_value_tier_cannot_read_is_400_naming_the_field(
+    api: TestClient, engine: Engine, properties: dict[str, object], field: str, words: str
+) -> None:
+    body = track(messageId="survey-bad", event="survey.answered", properties=properties)
+    response = api.post("/v1/track", json=body)
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error["field"] == field
+    assert words in error["message"]
+    assert _events(engine) == []
+
+
+def test_a_survey_answer_on_its_scale_is_stored_and_in_the_catalog(
+    api: TestClient, engine: Engine
+) -> None:
+    from stagecoach.workflows.events import CATALOG
+
+    assert {"score", "max"} <= set(CATALOG.get("survey.answered").properties)
+    for n, properties in enumerate(({"score": 4}, {"score": 8.5, "max": 10, "survey": "csat"})):
+        body = track(messageId=f"survey-{n}", event="survey.answered", properties=properties)
+        assert api.post("/v1/track", json=body).status_code == 200
+    assert [e.name for e in _events(engine)] == ["survey.answered"] * 2

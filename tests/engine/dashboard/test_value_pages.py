@@ -3,6 +3,7 @@ real app over HTTP, before and after a value refresh."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def test_the_value_page_shows_tiers_the_clv_distribution_and_cross_sell_pairs(
     assert 'data-pair="tea:cup"' in text
     assert 'data-flag="no_items"' in text
     assert result.version in text
+    high = result.run.summary["churn"]["high"]
+    row = '<tr data-churn="high"><td>high</td><td class="n" data-column="customers">'
+    assert f"{row}{high}<" in text
 
     contact_id = sorted(result.values)[0]
     shown = client.get(f"/dashboard/contacts/{contact_id}")
@@ -61,4 +65,6 @@ def test_the_value_page_shows_tiers_the_clv_distribution_and_cross_sell_pairs(
     expected = result.values[contact_id]
     assert f'<dd data-field="value_tier">{expected["value_tier"]} ' in shown.text
     assert f"model {result.version}" in shown.text
+    [churn] = re.findall(r'data-field="churn_risk">([^<]*)</dd>', shown.text)
+    assert churn.endswith(f" ({expected['churn_risk_level']})")
     assert 'href="/dashboard/value"' in shown.text  # the nav links the value page

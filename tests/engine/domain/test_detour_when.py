@@ -55,6 +55,24 @@ def test_the_reason_names_only_the_conditions_that_held() -> None:
     assert evaluate_detours(pipeline, "customer", alive, None, "workflow") is None
 
 
+def test_a_trait_that_must_be_there_reads_as_set_or_missing_in_the_reason() -> None:
+    scored = Detour(
+        "dormant", ("customer",), "dormant",
+        when=trait("value_as_of", "exists") & trait("p_alive", "lt", 0.3),
+    )  # fmt: skip
+    missing = Detour(
+        "dormant", ("customer",), "dormant", when=trait("value_as_of", "exists", False)
+    )
+    facts = Facts(now=NOW, stage="customer", attributes={"p_alive": 0.1, "value_as_of": "2026-05"})
+    moved = evaluate_detours(_with(scored), "customer", facts, None, "workflow")
+    assert moved is not None
+    assert moved.reason == "dormant: value_as_of set (2026-05) and p_alive lt 0.3 (was 0.1)"
+    bare = replace(facts, attributes={})
+    moved = evaluate_detours(_with(missing), "customer", bare, None, "workflow")
+    assert moved is not None
+    assert moved.reason == "dormant: no value_as_of"
+
+
 def test_an_unknown_event_in_a_detours_condition_names_the_detour() -> None:
     typo = Detour(
         "dormant", ("customer",), "dormant", when=last_performed("order.payed", before=timedelta(1))

@@ -3,12 +3,15 @@ whose answer is known."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from stagecoach.engine.domain.forecast import (
     ForecastError,
     ForecastInput,
     StageFlow,
+    repeat_rates,
     simulate,
 )
 
@@ -71,6 +74,49 @@ def test_the_interval_widens_with_fewer_observations() -> None:
     assert width(20) > 2 * width(20000)
 
 
+def test_repeat_rates_are_orders_over_the_customer_weeks_spent_at_each_age() -> None:
+    # Three customers, 2.5, 4 and 10 weeks since their first orders; repeat orders at ages
+    # 1.2, 1.7 and 3.5 weeks, and one at 9 weeks.
+    rates = repeat_rates([2.5, 4.0, 10.0], [1.2, 1.7, 3.5, 9.0], ages=6)
+    assert rates[0] == 0.0
+    assert rates[1] == pytest.approx(2 / 3)  # all three lived through week 1
+    assert rates[2] == pytest.approx(0 / 2.5)  # the first only half of it
+    assert rates[3] == pytest.approx(1 / 2)
+    assert rates[6] == pytest.approx(1 / 4)  # from 6 weeks on, pooled: the third's 4 weeks
+    assert len(rates) == 7
+    assert repeat_rates([], [1.0]) == ()
+    # An age no one has reached yet takes the rate of the age before.
+    assert repeat_rates([1.5], [0.5], ages=4) == (1.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_customers_at_the_origin_and_new_ones_order_again() -> None:
+    flows = (StageFlow("lead", 1000, 1000, (0.0,) * 10),)  # converts at once
+    steady = (0.1,) * 10  # one order in ten weeks, at every age
+    # 1,000 customers already, no new ones: 100 repeat orders a week at 50.
+    there = ForecastInput(
+        flows=flows, current_ages_hours={}, arrivals_per_week=0, weeks=4,
+        customer_ages_weeks=(5.0,) * 1000, repeat_rates=steady, repeat_orders=5000,
+        repeat_values=(50.0,),
+    )  # fmt: skip
+    for week in simulate(there, runs=400).weeks:
+        assert week.customers_mean == 0
+        assert week.repeat_revenue_mean == pytest.approx(100 * 50, rel=0.03)
+        assert week.revenue_mean == week.repeat_revenue_mean
+    # No customer yet, 200 new a week (mid-week): week k has 200k + 100 customers ordering.
+    new = replace(there, arrivals_per_week=200, customer_ages_weeks=(), order_values=(10.0,))
+    for k, week in enumerate(simulate(new, runs=400).weeks):
+        assert week.customers_mean == pytest.approx(200, rel=0.05)
+        assert week.repeat_revenue_mean == pytest.approx((200 * k + 100) * 0.1 * 50, rel=0.1)
+        first = week.revenue_mean - week.repeat_revenue_mean
+        assert first == pytest.approx(week.customers_mean * 10.0, rel=0.01)
+    # A rate that falls with age: customers of two weeks order, older ones no more.
+    fading = replace(there, repeat_rates=(0.0, 0.0, 0.5, 0.0), customer_ages_weeks=(1.0,) * 100)
+    weeks = [w.repeat_revenue_mean for w in simulate(fading, runs=400).weeks]
+    assert weeks[0] == 0  # one week in
+    assert weeks[1] == pytest.approx(100 * 0.5 * 50, rel=0.05)  # two weeks in
+    assert weeks[2:] == [0.0, 0.0]
+
+
 @pytest.mark.parametrize(
     ("build", "message"),
     [
@@ -102,6 +148,24 @@ def test_the_interval_widens_with_fewer_observations() -> None:
                 weeks=0,
             ),
             "weeks must be 1 to 52",
+        ),
+        (
+            lambda: ForecastInput(
+                flows=(StageFlow("lead", 1, 1),),
+                current_ages_hours={},
+                arrivals_per_week=1,
+                repeat_rates=(0.1, -0.1),
+            ),
+            "repeat_rates must be orders per customer-week >= 0",
+        ),
+        (
+            lambda: ForecastInput(
+                flows=(StageFlow("lead", 1, 1),),
+                current_ages_hours={},
+                arrivals_per_week=1,
+                customer_ages_weeks=(3.0, float("nan")),
+            ),
+            "customer_ages_weeks must be weeks >= 0",
         ),
     ],
 )

@@ -15,6 +15,7 @@ from stagecoach.engine.domain.value import (
     ValueModelError,
     apply_refunds,
     associations,
+    churn_risk,
     next_purchase_due,
     read_order,
     recommend,
@@ -146,6 +147,12 @@ def test_the_abc_tier_weighs_attitude_behaviour_and_consumption() -> None:
         ({"tiers": (Tier("A", 0.2), Tier("B", 0.5), Tier("C", 0))}, "highest first"),
         ({"tiers": (Tier("A", 0.5), Tier("B", 0.1))}, "must start at 0"),
         ({"min_customers": 1}, "at least 2"),
+        ({"churn_engagement_weight": 1}, r"churn_engagement_weight=1\) must be a number from 0"),
+        ({"churn_engagement_weight": -0.1}, "from 0 to below 1"),
+        ({"churn_engagement_weight": "high"}, "from 0 to below 1"),
+        ({"churn_levels": (Tier("high", 0.4), Tier("low", 0.7), Tier("x", 0))}, "churn_levels"),
+        ({"churn_levels": (Tier("high", 0.7), Tier("low", 0.2))}, r"churn_levels=.*start at 0"),
+        ({"churn_levels": ()}, r"churn_levels=\.\.\.\) must list"),
     ],
 )
 def test_a_malformed_value_model_names_the_field_and_the_fix(
@@ -153,6 +160,23 @@ def test_a_malformed_value_model_names_the_field_and_the_fix(
 ) -> None:
     with pytest.raises(ValueModelError, match=words):
         ValueModel(**kwargs)  # type: ignore[arg-type]
+
+
+def test_churn_risk_weighs_probability_alive_with_recent_engagement() -> None:
+    model = ValueModel(engagement_full=100, churn_engagement_weight=0.3)
+    silent = churn_risk(model, 0.2, None)
+    assert silent == pytest.approx(1 - 0.7 * 0.2)
+    # The same buyer who still reads and clicks is at less risk.
+    listening = churn_risk(model, 0.2, 80.0)
+    assert listening == pytest.approx(1 - (0.7 * 0.2 + 0.3 * 0.8))
+    assert model.churn_level_of(silent or 0) == "high"
+    assert model.churn_level_of(listening or 0) == "medium"
+    assert churn_risk(model, 0.99, 500.0) == pytest.approx(1 - (0.7 * 0.99 + 0.3))  # capped
+    assert churn_risk(model, 0.5, -40.0) == churn_risk(model, 0.5, 0.0)  # no below-zero bonus
+    # No probability alive (no model: not enough data): no churn risk either.
+    assert churn_risk(model, None, 80.0) is None
+    # Weight 0: probability alive alone.
+    assert churn_risk(ValueModel(churn_engagement_weight=0), 0.2, 80.0) == pytest.approx(0.8)
 
 
 def test_a_catalog_refuses_duplicates_and_imports_from_rows() -> None:
@@ -195,6 +219,7 @@ def test_a_segment_may_read_the_value_traits_in_a_project_that_declares_its_trai
         segments=(
             Segment("tier-a", when=trait("value_tier", "eq", "A")),
             Segment("fading", when=trait("p_alive", "lt", 0.3)),
+            Segment("churning", when=trait("churn_risk_level", "eq", "high")),
             Segment("typo", when=trait("value_teir", "eq", "A")),
         ),
         traits=["industry"],
@@ -202,4 +227,5 @@ def test_a_segment_may_read_the_value_traits_in_a_project_that_declares_its_trai
     found = "\n".join(str(p) for p in defs.problems())
     assert "tier-a:" not in found
     assert "fading:" not in found
+    assert "churning:" not in found
     assert "typo: trait 'value_teir' is not declared" in found

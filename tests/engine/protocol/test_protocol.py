@@ -141,6 +141,16 @@ def test_every_recorded_history_speaks_only_the_protocol() -> None:
                 elif isinstance(record, TimerStarted):
                     assert record.namespace == protocol.BROADCAST_TIMERS, record.summary
             continue
+        scheduled = {
+            protocol.VALUE_REFRESH_WORKFLOW: protocol.VALUE_ACTIVITIES,
+            protocol.PROPENSITY_RETRAIN_WORKFLOW: protocol.PREDICTION_ACTIVITIES,
+        }.get(started.workflow_type.name)
+        if scheduled is not None:  # a Schedule's run: its activity, and no signal or timer
+            for record in read_run(list(history.events), path.stem):
+                assert not isinstance(record, Signalled | TimerStarted), (path.stem, record)
+                if isinstance(record, ActivityScheduled):
+                    assert record.name in scheduled, (path.stem, record.name)
+            continue
         assert started.workflow_type.name == protocol.CONTACT_WORKFLOW, path.stem
         records = read_run(list(history.events), path.stem)
         for record in records:

@@ -1,11 +1,11 @@
 """Dormant customers: win them back.
 
-A customer whose probability of still being a customer (``p_alive``, from the value
-refresh's BG/NBD model) falls below the pipeline's threshold, or who has not ordered for
-``DORMANT_AFTER``, takes the ``dormant`` detour (``pipeline.py``): the decline period
-(衰退期). This journey is entered on it: an offer to come back, and a second nudge two
-weeks later. An order ends it (the goal), and the pipeline's ``won_back`` detour takes the
-customer back to ``customer``.
+A customer whose churn risk (``churn_risk``, from the value refresh: the BG/NBD model's
+probability alive weighed with recent engagement) reaches the pipeline's threshold, or who
+has not ordered for ``DORMANT_AFTER``, takes the ``dormant`` detour (``pipeline.py``): the
+decline period (衰退期). This journey is entered on it: an offer to come back, and a
+second nudge two weeks later. An order ends it (the goal), and the pipeline's ``won_back``
+detour takes the customer back to ``customer``.
 """
 
 from __future__ import annotations

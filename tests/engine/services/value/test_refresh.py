@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
@@ -117,6 +118,73 @@ def test_orders_give_every_customer_a_tier_rfm_clv_and_probability_alive(
     assert {(p["bought"], p["recommend"]) for p in pairs} == {("tea", "cup"), ("cup", "tea")}
 
 
+def _engaged(contact: str, at: datetime) -> list[Incoming]:
+    """A demo request, a webinar and a download: 65 points of the lifecycle's scoring."""
+    return [
+        Incoming(
+            kind="track",
+            message_id=f"{name}-{contact}",
+            type=name,
+            occurred_at=at,
+            identities={"email": f"{contact}@example.cn"},
+        )
+        for name in ("demo.requested", "webinar.attended", "content.downloaded")
+    ]
+
+
+def test_churn_risk_comes_from_probability_alive_and_recent_engagement(
+    db_engine: Engine,
+) -> None:
+    # Two customers with the same orders (so the same probability alive); one of them
+    # still engages.
+    twins = [
+        order(who, NOW - timedelta(days=days), ("tea", 60))
+        for who in ("silent", "listening")
+        for days in (300, 280, 260, 240)
+    ]
+    Ingestor(db_engine).store([history(30), twins, _engaged("listening", NOW - timedelta(days=1))])
+    result = refresh_values(db_engine, DEFS, as_of=NOW)
+    assert result.run.status == "fitted"
+    emails = _emails(db_engine)
+    by_email = {emails[c]: v for c, v in result.values.items()}
+    silent, listening = by_email["silent@example.cn"], by_email["listening@example.cn"]
+    assert silent["p_alive"] == listening["p_alive"] < 0.5
+    # Nothing scored but orders: churn risk is probability alive's complement, weighed.
+    assert silent["churn_risk"] == pytest.approx(1 - 0.7 * silent["p_alive"], abs=2e-3)
+    assert silent["churn_risk_level"] == "high"
+    assert listening["churn_risk"] < silent["churn_risk"] - 0.1
+    for value in result.values.values():
+        level = DEFS.value.churn_level_of(value["churn_risk"])  # type: ignore[union-attr]
+        assert value["churn_risk_level"] == level
+    # The report counts the customers by level; the event carries the level for journeys.
+    churn = {row[0]: row[1] for row in value_report(db_engine).section("churn").rows}
+    assert set(churn) == {"high", "medium", "low", "unscored"}
+    assert sum(churn.values()) == result.scored == 32
+    assert churn["unscored"] == 0
+    with Session(db_engine) as session:
+        levels = {
+            e.properties.get("churn_risk_level")
+            for e in session.exec(select(Event).where(col(Event.name) == "value.scored"))
+        }
+    assert "high" in levels
+    # Engagement weighed at 0: probability alive alone, the twins alike.
+    alone = refresh_values(
+        db_engine, replace(DEFS, value=ValueModel(min_customers=10, churn_engagement_weight=0)),
+        as_of=NOW, signal=False,
+    )  # fmt: skip
+    twins_alone = {emails[c]: v["churn_risk"] for c, v in alone.values.items()}
+    assert twins_alone["silent@example.cn"] == twins_alone["listening@example.cn"]
+
+
+def _emails(db: Engine) -> dict[str, str]:
+    """Contact id to email address."""
+    from stagecoach.engine.services.storage.models import Identity
+
+    with Session(db) as session:
+        rows = session.exec(select(Identity).where(col(Identity.kind) == "email")).all()
+    return {i.contact_id: i.value for i in rows}
+
+
 def test_too_little_history_builds_no_model_and_says_how_much_is_needed(
     db_engine: Engine,
 ) -> None:
@@ -129,6 +197,9 @@ def test_too_little_history_builds_no_model_and_says_how_much_is_needed(
     value = next(iter(result.values.values()))
     assert value["clv"] is None
     assert value["p_alive"] is None
+    assert value["churn_risk"] is None
+    assert value["churn_risk_level"] is None
+    assert result.run.summary["churn"]["unscored"] == 3
     assert value["value_tier"]  # the tier needs no model
 
 
