@@ -19,7 +19,7 @@ loopback peers that record what they took in), with the channel under fault swap
    identify; score 75 from pricing views, the whitepaper download and a demo request),
    which the contact workflow hands to sales through the webhook connector. Once a
    quarter of the hand-offs are in, the receiver goes down for
-   ``STAGECOACH_FAULT_CRM_DOWN_SECONDS`` (30 s in the short form, 1800 s in the full
+   ``STAGECOACH_FAULT_CRM_DOWN_SECONDS`` (12 s in the short form, 1800 s in the full
    form): the first half refusing connections, the second half answering 503. Then it
    comes back. From the receiver's records: one hand-off per contact, one delivery per
    idempotency key, none lost; and the time from the receiver's return until the last
@@ -79,7 +79,7 @@ TOKEN_SECONDS = seconds("TOKEN", short=3.0, full=3.0)
 """Scenario 5: every WeChat token dies at each multiple of this many seconds."""
 ANNOUNCED_LIFETIME = 7200.0
 """...while the peer says ``expires_in`` 7200, as WeChat does."""
-CRM_DOWN = seconds("CRM_DOWN", short=30.0, full=1800.0)
+CRM_DOWN = seconds("CRM_DOWN", short=12.0, full=1800.0)
 """Scenario 6: how long the CRM receiver is down."""
 HANDOFF_MAX_INTERVAL = 1800.0
 """``HANDOFF_RETRY.maximum_interval`` (workflows/contact/sales.py): the longest wait between
