@@ -33,7 +33,6 @@ from stagecoach.engine.services.analytics.service import (
     text_options,
     to_plain,
 )
-from stagecoach.engine.services.analytics.store import synced_at as store_as_of
 from stagecoach.engine.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -252,6 +251,7 @@ def _compute(settings: Settings, name: str, params: Params, *, fresh: bool) -> R
     """Copy the database into the store when the copy is stale (or ``fresh``), then
     compute: a command has no earlier answer to show while a copy runs."""
     from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path
+    from stagecoach.engine.services.analytics.store import synced_at as store_as_of
     from stagecoach.engine.services.storage import make_engine, upgrade
 
     store = AnalyticsStore(settings.analytics_path or default_path(settings.data_dir))

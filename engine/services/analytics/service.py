@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Engine
@@ -48,8 +48,11 @@ from stagecoach.engine.services.analytics import (
     run_report,
 )
 from stagecoach.engine.services.analytics._stats import choice
-from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path, synced_at
 from stagecoach.engine.settings import Settings
+
+if TYPE_CHECKING:
+    # duckdb and pyarrow load with the store: only a report that runs needs them.
+    from stagecoach.engine.services.analytics.store import AnalyticsStore
 
 _log = structlog.get_logger("stagecoach.analytics")
 
@@ -425,6 +428,8 @@ class Numbers:
         return report
 
     def _run(self, wanted: Wanted) -> tuple[datetime | None, list[Report]]:
+        from stagecoach.engine.services.analytics.store import synced_at
+
         with self.store.read() as con:
             as_of = synced_at(con)
             done = [run_report(name, con, params, as_of=as_of) for name, params in wanted]
@@ -434,6 +439,8 @@ class Numbers:
     def _run_answerable(self, wanted: Wanted) -> tuple[datetime | None, Wanted, list[Report]]:
         """``_run``, leaving out (and forgetting) the reports that refuse their
         parameters, so that one of them never keeps the others from refreshing."""
+        from stagecoach.engine.services.analytics.store import synced_at
+
         kept: list[tuple[str, Params]] = []
         done: list[Report] = []
         with self.store.read() as con:
@@ -558,6 +565,8 @@ def to_plain(value: Any) -> Any:
 def reports_for(settings: Settings, *, defaults: Callable[[], Wanted] = tuple) -> Numbers:
     """This deployment's reports: its store file, synced at most every
     ``STAGECOACH_DASHBOARD_CACHE_SECONDS``; ``defaults`` are worth computing early."""
+    from stagecoach.engine.services.analytics.store import AnalyticsStore, default_path
+
     path = settings.analytics_path or default_path(settings.data_dir)
     return Numbers(
         lambda: AnalyticsStore(path), sync_every=settings.dashboard_cache_seconds, defaults=defaults

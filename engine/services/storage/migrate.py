@@ -1,13 +1,14 @@
-"""Versioned schema migrations with Alembic, driven from code (no alembic.ini to find)."""
+"""Versioned schema migrations with Alembic, driven from code (no alembic.ini to find).
+
+Alembic is imported when a migration function runs, not with this module: every
+``stagecoach`` command imports the storage package, and most never migrate (Alembic is
+about a third of a second of each command's start)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
@@ -15,11 +16,16 @@ from sqlalchemy.exc import OperationalError
 from stagecoach.engine.domain.errors import DatabaseError
 from stagecoach.engine.services.storage.db import driver_reason
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
 def alembic_config(db: Engine | None = None) -> Config:
     """An Alembic config pointing at our migrations; ``db`` is handed to env.py."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["db"] = db
@@ -27,6 +33,8 @@ def alembic_config(db: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "the migrations directory has no revisions"
     return head
@@ -34,12 +42,16 @@ def head_revision() -> str:
 
 def current_revision(db: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
     with db.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(db: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``. Safe to run on every start: it is a no-op at head."""
+    from alembic import command
+
     try:
         command.upgrade(alembic_config(db), revision)
     except (OperationalError, SADatabaseError) as exc:
