@@ -20,7 +20,10 @@ at its three-day pause. The faults a multi-process deployment meets:
 
 The scenarios share the module's topology (starting it costs more than any of them),
 each with contacts of its own; a fault is over, and the topology whole again, when its
-test ends. The full forms (500 contacts) belong in ``tests/bench``.
+test ends. The full forms, as for ``tests/faults``: ``STAGECOACH_FAULT_CONTACTS=500``
+(contacts per scenario; 16 by default) at 150 events a second, not part of ``make test``::
+
+    STAGECOACH_FAULT_CONTACTS=500 pytest tests/cluster/test_topology.py -m cluster -s
 """
 
 from __future__ import annotations
@@ -47,17 +50,27 @@ from stagecoach.engine.services.storage.models import (
 )
 from tests.cluster._topology import Balancer, Topology, drive_both
 from tests.cluster.conftest import ADMIN, BROADCAST_RATE, LEASE
-from tests.faults._harness import Figures, Workload, contact_ids, drive, people, until
+from tests.faults._harness import (
+    FULL,
+    Figures,
+    Workload,
+    contact_ids,
+    contacts_from_env,
+    drive,
+    people,
+    until,
+)
 from tests.faults.test_faults import _settle
 from tests.workflows.test_broadcasts import AUDIENCE as AUDIENCE_SEGMENT
 from tests.workflows.test_broadcasts import CONTENT, seed_audience
 
 pytestmark = pytest.mark.cluster
 
-CONTACTS = 16
-RATE = 30.0
-"""Events a second in the fault scenarios: the 80 events stream for about 3 s, so each
-fault lands mid-stream."""
+CONTACTS = contacts_from_env(16)
+RATE = 30.0 if not FULL else 150.0
+"""Events a second in the fault scenarios: the 80 events stream for about 3 s (the full
+form's 2,500 for about 17 s), so each fault lands mid-stream."""
+TIMEOUT = 240 if not FULL else 1800
 
 
 def _worker_pids(topology: Topology) -> set[str]:
@@ -97,7 +110,7 @@ async def _scenario(
     return list(contact_ids(stack.engine, persons).values())
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
     topology: Topology,
 ) -> None:
@@ -119,7 +132,7 @@ async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
 AUDIENCE = 160
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_the_broadcast_rate_holds_across_two_worker_processes(topology: Topology) -> None:
     """``STAGECOACH_BROADCAST_RATE`` is the broadcast task queue's activity rate, which
     the server enforces across every worker polling it: two worker processes on the
@@ -168,7 +181,7 @@ async def test_the_broadcast_rate_holds_across_two_worker_processes(topology: To
     assert len(identities & _worker_pids(topology)) == 2, identities
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_a_worker_sigkilled_twice_beside_its_twin_sends_each_message_once(
     topology: Topology,
 ) -> None:
@@ -185,7 +198,7 @@ async def test_a_worker_sigkilled_twice_beside_its_twin_sends_each_message_once(
     await _scenario(topology, "worker SIGKILL x2", kill_worker, rate=RATE)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_the_temporal_server_sigkilled_and_restarted_loses_and_doubles_nothing(
     topology: Topology,
 ) -> None:
@@ -204,7 +217,7 @@ async def test_the_temporal_server_sigkilled_and_restarted_loses_and_doubles_not
     await _scenario(topology, "Temporal server SIGKILL", kill_server, rate=RATE)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_postgresql_restarted_under_the_server_and_stagecoach_loses_nothing(
     topology: Topology,
 ) -> None:
@@ -262,7 +275,7 @@ def _waiting_in_buckets_of(topology: Topology, pid: int) -> bool:
         return int(waiting) > 0
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_an_api_replica_paused_past_its_lease_is_fenced_when_it_resumes(
     topology: Topology,
 ) -> None:
@@ -347,7 +360,7 @@ async def test_an_api_replica_paused_past_its_lease_is_fenced_when_it_resumes(
     await _scenario(topology, "API replica paused past its lease", pause, rate=RATE)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_an_api_replica_sigkilled_with_batches_in_flight_fails_over_and_loses_nothing(
     topology: Topology,
 ) -> None:
