@@ -858,22 +858,17 @@ class Backend:
 
 
 @pytest.fixture
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """The session's dev server, or with ``STAGECOACH_SOAK_CLUSTER`` a cluster of the
-    soak's own (PostgreSQL, the Temporal server on it), as ``stagecoach cluster up``
-    starts it."""
-    if not PLAN.cluster:
-        env: WorkflowEnvironment = request.getfixturevalue("env")
-        yield Backend(env.client)
-        return
+async def soak_cluster(
+    temporal_server_bin: Path,  # noqa: F811
+    postgres_bin: Path,  # noqa: F811
+) -> AsyncIterator[Backend]:
+    """A cluster of the soak's own (PostgreSQL, the Temporal server on it), as
+    ``stagecoach cluster up`` starts it, and a fresh database on its PostgreSQL."""
     # Outside pytest's private tmp folders: PostgreSQL runs as the postgres user.
     root = Path(tempfile.mkdtemp(prefix="stagecoach-soak-"))
     os.chmod(root, 0o711)  # noqa: S103  (enter only: the postgres user needs its subfolder)
     cluster = LocalCluster(
-        root,
-        server_bin=request.getfixturevalue("temporal_server_bin"),
-        postgres_bin=request.getfixturevalue("postgres_bin"),
-        pick_port=free_port,
+        root, server_bin=temporal_server_bin, postgres_bin=postgres_bin, pick_port=free_port
     )
     try:
         client = await cluster.start_backends()
@@ -882,6 +877,17 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The session's dev server, or with ``STAGECOACH_SOAK_CLUSTER`` the soak's cluster
+    (asked for only then: it takes PostgreSQL and the server's binaries)."""
+    if PLAN.cluster:
+        cluster: Backend = request.getfixturevalue("soak_cluster")
+        return cluster
+    env: WorkflowEnvironment = request.getfixturevalue("env")
+    return Backend(env.client)
 
 
 @pytest.mark.faults
