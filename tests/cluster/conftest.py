@@ -9,8 +9,8 @@ module's faults (the server or PostgreSQL killed) stay in that module.
 ``topology``: the production topology on it, once per module: two workers and two API
 replicas (``tests.cluster._topology``) on a database of their own on the cluster's
 PostgreSQL, sending email to a local HTTP provider; the broadcast rate is
-``BROADCAST_RATE`` and ``ADMIN`` is the admin token. Each test drives contacts of its
-own through it and checks the books for those.
+``BROADCAST_RATE``, the replicas' lease ``LEASE`` seconds and ``ADMIN`` is the admin
+token. Each test drives contacts of its own through it and checks the books for those.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BROADCAST_RATE = 20.0
 BROADCAST_BATCH = 10
 ADMIN = "cluster-admin-token-for-the-rate-test"
+LEASE = 2.0
+"""``STAGECOACH_LEASE_SECONDS`` of the topology's API replicas (10 s by default): a
+replica paused or killed loses its outbox buckets within seconds, so the scenarios that
+wait a lease out stay short."""
 
 
 def _script_output(script: str) -> Path:
@@ -93,6 +97,7 @@ async def topology(
             broadcast_rate=str(BROADCAST_RATE),
             broadcast_batch_size=str(BROADCAST_BATCH),
             admin_token=ADMIN,
+            lease_seconds=str(LEASE),
         )
         try:
             stack.worker("worker-1")

@@ -13,12 +13,17 @@ at its three-day pause. The faults a multi-process deployment meets:
 - the Temporal server SIGKILLed with events and sends in flight, then started again on
   the same PostgreSQL databases;
 - PostgreSQL restarted (a fast shutdown) under the server and Stagecoach at once;
+- one API replica paused (SIGSTOP) with its forwarder's signals in flight until it lost
+  its outbox leases, then resumed (SIGCONT): its stale write is fenced;
 - an API replica SIGKILLed with batches in flight, the clients (behind a load balancer)
   failing over to the other replica by resending.
 
 The scenarios share the module's topology (starting it costs more than any of them),
 each with contacts of its own; a fault is over, and the topology whole again, when its
-test ends. The full forms (500 contacts) belong in ``tests/bench``.
+test ends. The full forms, as for ``tests/faults``: ``STAGECOACH_FAULT_CONTACTS=500``
+(contacts per scenario; 16 by default) at 150 events a second, not part of ``make test``::
+
+    STAGECOACH_FAULT_CONTACTS=500 pytest tests/cluster/test_topology.py -m cluster -s
 """
 
 from __future__ import annotations
@@ -31,23 +36,41 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from stagecoach.engine.protocol.messages import contact_workflow_id
-from stagecoach.engine.services.storage.models import BroadcastRecipient
+from stagecoach.engine.services.ingest._forwarder import BUCKET_LEASE
+from stagecoach.engine.services.storage.models import (
+    OUTBOX_BUCKETS,
+    BroadcastRecipient,
+    Lease,
+    Outbox,
+)
 from tests.cluster._topology import Balancer, Topology, drive_both
-from tests.cluster.conftest import ADMIN, BROADCAST_RATE
-from tests.faults._harness import Figures, Workload, contact_ids, drive, people, until
+from tests.cluster.conftest import ADMIN, BROADCAST_RATE, LEASE
+from tests.faults._harness import (
+    FULL,
+    Figures,
+    Workload,
+    contact_ids,
+    contacts_from_env,
+    drive,
+    people,
+    until,
+)
 from tests.faults.test_faults import _settle
 from tests.workflows.test_broadcasts import AUDIENCE as AUDIENCE_SEGMENT
 from tests.workflows.test_broadcasts import CONTENT, seed_audience
 
 pytestmark = pytest.mark.cluster
 
-CONTACTS = 16
-RATE = 30.0
-"""Events a second in the fault scenarios: the 80 events stream for about 3 s, so each
-fault lands mid-stream."""
+CONTACTS = contacts_from_env(16)
+RATE = 30.0 if not FULL else 150.0
+"""Events a second in the fault scenarios: the 80 events stream for about 3 s (the full
+form's 2,500 for about 17 s), so each fault lands mid-stream."""
+TIMEOUT = 240 if not FULL else 1800
 
 
 def _worker_pids(topology: Topology) -> set[str]:
@@ -87,7 +110,7 @@ async def _scenario(
     return list(contact_ids(stack.engine, persons).values())
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
     topology: Topology,
 ) -> None:
@@ -109,7 +132,7 @@ async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
 AUDIENCE = 160
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_the_broadcast_rate_holds_across_two_worker_processes(topology: Topology) -> None:
     """``STAGECOACH_BROADCAST_RATE`` is the broadcast task queue's activity rate, which
     the server enforces across every worker polling it: two worker processes on the
@@ -158,7 +181,7 @@ async def test_the_broadcast_rate_holds_across_two_worker_processes(topology: To
     assert len(identities & _worker_pids(topology)) == 2, identities
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_a_worker_sigkilled_twice_beside_its_twin_sends_each_message_once(
     topology: Topology,
 ) -> None:
@@ -175,7 +198,7 @@ async def test_a_worker_sigkilled_twice_beside_its_twin_sends_each_message_once(
     await _scenario(topology, "worker SIGKILL x2", kill_worker, rate=RATE)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_the_temporal_server_sigkilled_and_restarted_loses_and_doubles_nothing(
     topology: Topology,
 ) -> None:
@@ -194,7 +217,7 @@ async def test_the_temporal_server_sigkilled_and_restarted_loses_and_doubles_not
     await _scenario(topology, "Temporal server SIGKILL", kill_server, rate=RATE)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(TIMEOUT)
 async def test_postgresql_restarted_under_the_server_and_stagecoach_loses_nothing(
     topology: Topology,
 ) -> None:
@@ -213,7 +236,131 @@ async def test_postgresql_restarted_under_the_server_and_stagecoach_loses_nothin
     await _scenario(topology, "PostgreSQL restart", restart_postgres, rate=RATE)
 
 
-@pytest.mark.timeout(240)
+async def _outbox_metrics(url: str) -> dict[str, float]:
+    """The replica's ``stagecoach_outbox_*`` samples from its ``/metrics``."""
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        text = (await http.get(f"{url}/metrics", timeout=5)).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("stagecoach_outbox")
+    }
+
+
+async def _metric(url: str, name: str) -> float:
+    try:
+        return (await _outbox_metrics(url)).get(name, 0.0)
+    except httpx.HTTPError:
+        return -1.0
+
+
+def _waiting_in_buckets_of(topology: Topology, pid: int) -> bool:
+    """Whether outbox rows wait in the buckets whose lease the process ``pid`` holds (a
+    holder is named ``host:pid:random``)."""
+    with Session(topology.stack.engine) as session:
+        leases = session.exec(
+            select(col(Lease.name), col(Lease.holder)).where(
+                col(Lease.name).startswith(BUCKET_LEASE)
+            )
+        ).all()
+        buckets = [
+            int(name.removeprefix(BUCKET_LEASE))
+            for name, holder in leases
+            if holder.split(":")[1:2] == [str(pid)]
+        ]
+        waiting = session.exec(
+            select(func.count()).select_from(Outbox).where(col(Outbox.bucket).in_(buckets))
+        ).one()
+        return int(waiting) > 0
+
+
+@pytest.mark.timeout(TIMEOUT)
+async def test_an_api_replica_paused_past_its_lease_is_fenced_when_it_resumes(
+    topology: Topology,
+) -> None:
+    """The API replica ``api`` is frozen (SIGSTOP, as a long GC pause or a frozen VM
+    would) while its forwarder has signals in flight, for longer than its outbox leases
+    (``LEASE``); ``api-2`` takes every bucket and forwards them; then ``api`` resumes.
+
+    To be sure the pause lands mid-send, the Temporal server is frozen first, for under
+    a second: the forwarders' signals wait unanswered, ``api`` is frozen with rows of its
+    buckets read and their signals sent, and the server resumes (answering them into a
+    process that cannot read the answer yet). Resumed, ``api`` gets Temporal's
+    acceptance and tries to delete those rows: fencing refuses the delete (its token on
+    the bucket moved to ``api-2``), which ``api`` counts in
+    ``stagecoach_outbox_duplicates_total`` (or, for rows it had not signalled yet, in
+    ``stagecoach_outbox_fenced_total``). ``api-2`` has signalled them again, and the
+    workflows dropped the copies by message id: the books hold."""
+    stack = topology.stack
+    ours, other = topology.apis
+    replica = stack.children["api"]
+    assert replica.proc is not None
+    assert topology.cluster.temporal.child is not None
+    server = topology.cluster.temporal.child.proc
+    assert server is not None
+    stale = ("stagecoach_outbox_duplicates_total", "stagecoach_outbox_fenced_total")
+    before = await _outbox_metrics(ours)
+
+    async def refused() -> bool:
+        now = await _outbox_metrics(ours)
+        return sum(now.get(n, 0.0) - before.get(n, 0.0) for n in stale) > 0
+
+    async def holds_all(url: str) -> bool:
+        return await _metric(url, "stagecoach_outbox_buckets") == OUTBOX_BUCKETS
+
+    async def split() -> bool:
+        half = OUTBOX_BUCKETS // 2
+        return (
+            await _metric(ours, "stagecoach_outbox_buckets")
+            == half
+            == await _metric(other, "stagecoach_outbox_buckets")
+        )
+
+    async def pause(started: float) -> list[str]:
+        assert replica.proc is not None
+        pid = replica.proc.pid
+        await asyncio.sleep(1.0)
+        server.send_signal(signal.SIGSTOP)
+        try:
+            await until(
+                lambda: asyncio.to_thread(_waiting_in_buckets_of, topology, pid),
+                within=10,
+                what="an event waiting in the buckets of api",
+                every=0.05,
+            )
+            # api's forwarder looks every 0.1 s: by now it has read the rows and its
+            # signals are on the wire, unanswered.
+            await asyncio.sleep(0.3)
+            replica.proc.send_signal(signal.SIGSTOP)
+        finally:
+            server.send_signal(signal.SIGCONT)
+        frozen = time.monotonic()
+        try:
+            took = await until(
+                lambda: holds_all(other), within=10 * LEASE, what="api-2 holds every bucket",
+                every=0.1,
+            )  # fmt: skip
+            await asyncio.sleep(LEASE / 2)  # api-2 forwards the rows api had in hand
+        finally:
+            replica.proc.send_signal(signal.SIGCONT)
+        paused = time.monotonic() - frozen
+        await until(refused, within=10 * LEASE, what="api's stale write refused", every=0.1)
+        await until(split, within=10 * LEASE, what="the buckets shared again", every=0.1)
+        counted = await _outbox_metrics(ours)
+        delta = {n: counted.get(n, 0.0) - before.get(n, 0.0) for n in stale}
+        assert paused > LEASE, paused
+        fenced = ", ".join(f"{n.split('_')[2]} +{v:.0f}" for n, v in delta.items())
+        return [
+            f"SIGSTOP api at {frozen - started:.1f} s, signals in flight; api-2 held every "
+            f"bucket {took:.1f} s later; SIGCONT api after {paused:.1f} s (lease {LEASE:.0f} s)",
+            f"api's stale rows refused: {fenced}",
+        ]
+
+    await _scenario(topology, "API replica paused past its lease", pause, rate=RATE)
+
+
+@pytest.mark.timeout(TIMEOUT)
 async def test_an_api_replica_sigkilled_with_batches_in_flight_fails_over_and_loses_nothing(
     topology: Topology,
 ) -> None:

@@ -37,6 +37,12 @@ of :data:`GROWTH_BOUND`; timing never is.
     pytest tests/faults/test_soak.py -m faults -s                      # short form, 60 s
     STAGECOACH_SOAK_SECONDS=600 pytest tests/faults/test_soak.py -m faults -s   # full form
 
+``STAGECOACH_SOAK_CLUSTER=1`` runs it against the cluster topology instead
+(``tests/cluster``, docs/operations/cluster.md): the Temporal server on PostgreSQL, the
+stack's database on the same PostgreSQL, two workers and two API replicas (the clients
+send to the first; the two forwarders share the outbox's buckets). The series samples
+the first worker and API.
+
 ``STAGECOACH_SOAK_RATE`` (50) and ``STAGECOACH_SOAK_NEW_CONTACTS`` (2) set the declared
 load (what the 2-core machine held for ten minutes alongside other work),
 ``STAGECOACH_SOAK_REGULARS`` the stream's contacts (by default enough that none
@@ -53,11 +59,13 @@ import json
 import math
 import os
 import random
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,9 +77,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func
 from sqlmodel import Session, col, select
-from temporalio.client import WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from stagecoach.engine.cli.local_cluster import LocalCluster
 from stagecoach.engine.domain.contact import EVENT_WINDOW, SEEN_IDS
 from stagecoach.engine.protocol.messages import ContactView
 from stagecoach.engine.services.ingest import relevant_event_types
@@ -79,6 +88,8 @@ from stagecoach.engine.services.storage.models import Contact, Delivery, Event, 
 from stagecoach.engine.temporal.gateway import contact_view
 from stagecoach.workflows.runtime import definitions_loader
 from tests.bench._support import machine
+from tests.cluster._topology import api_replica
+from tests.cluster.conftest import postgres_bin, temporal_server_bin  # noqa: F401  (fixtures)
 from tests.faults._harness import (
     EVENTS_PER_CONTACT,
     FIRST_SEND,
@@ -95,6 +106,7 @@ from tests.faults._harness import (
     people,
     until,
 )
+from tests.helpers import free_port, fresh_postgres_database
 from tests.peers.http_email import GENERIC, HttpEmailPeer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +155,15 @@ def _env_number(name: str, default: float, *, minimum: float) -> float:
     return value
 
 
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SoakPlanError(f"{name}={raw!r} is not a switch; set it to 1 (on) or 0 (off)")
+
+
 @dataclass(frozen=True)
 class SoakPlan:
     """The declared load, from ``STAGECOACH_SOAK_*`` (or the short form's defaults)."""
@@ -156,6 +177,8 @@ class SoakPlan:
     """Contacts the stream goes to; 0: enough that none is signalled more than
     :data:`STREAM_PER_REGULAR` events."""
     sample_every: float = 10.0
+    cluster: bool = False
+    """Against the cluster topology (``STAGECOACH_SOAK_CLUSTER``), not the dev server."""
 
     @property
     def stream_rate(self) -> float:
@@ -184,6 +207,7 @@ class SoakPlan:
             rate=_env_number("STAGECOACH_SOAK_RATE", cls.rate, minimum=1),
             regulars=int(_env_number("STAGECOACH_SOAK_REGULARS", cls.regulars, minimum=0)),
             sample_every=_env_number("STAGECOACH_SOAK_SAMPLE_SECONDS", cls.sample_every, minimum=1),
+            cluster=_env_flag("STAGECOACH_SOAK_CLUSTER"),
         )
         if plan.stream_rate < 0:
             need = plan.new_contacts * EVENTS_PER_CONTACT
@@ -660,9 +684,13 @@ def test_soak_plan_names_the_variable_and_the_fix(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(SoakPlanError, match=r"STAGECOACH_SOAK_RATE='fast' is not a number"):
         SoakPlan.from_env()
     monkeypatch.setenv("STAGECOACH_SOAK_RATE", "40")
+    monkeypatch.setenv("STAGECOACH_SOAK_CLUSTER", "cluster")
+    with pytest.raises(SoakPlanError, match=r"STAGECOACH_SOAK_CLUSTER='cluster' is not a swi"):
+        SoakPlan.from_env()
+    monkeypatch.setenv("STAGECOACH_SOAK_CLUSTER", "1")
     monkeypatch.setenv("STAGECOACH_SOAK_SECONDS", "600")
     plan = SoakPlan.from_env()
-    assert (plan.stream_rate, plan.full, plan.arrivals) == (30.0, True, 1200)
+    assert (plan.stream_rate, plan.full, plan.arrivals, plan.cluster) == (30.0, True, 1200, True)
     assert plan.stream_contacts == 40  # 13,500 page views over 40: 338 each
     assert EVENT_WINDOW < STREAM_PER_REGULAR < SEEN_IDS - EVENTS_PER_CONTACT
 
@@ -819,10 +847,53 @@ def _trends(plan: SoakPlan, rows: list[Sample]) -> list[Trend]:
     return trends
 
 
+@dataclass
+class Backend:
+    """Where the soak's stack runs: Temporal (a client of it) and the application
+    database (``None``: a SQLite file of the stack's); ``cluster`` when it is the real one."""
+
+    client: Client
+    database_url: str | None = None
+    cluster: LocalCluster | None = None
+
+
+@pytest.fixture
+async def soak_cluster(
+    temporal_server_bin: Path,  # noqa: F811
+    postgres_bin: Path,  # noqa: F811
+) -> AsyncIterator[Backend]:
+    """A cluster of the soak's own (PostgreSQL, the Temporal server on it), as
+    ``stagecoach cluster up`` starts it, and a fresh database on its PostgreSQL."""
+    # Outside pytest's private tmp folders: PostgreSQL runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="stagecoach-soak-"))
+    os.chmod(root, 0o711)  # noqa: S103  (enter only: the postgres user needs its subfolder)
+    cluster = LocalCluster(
+        root, server_bin=temporal_server_bin, postgres_bin=postgres_bin, pick_port=free_port
+    )
+    try:
+        client = await cluster.start_backends()
+        url = fresh_postgres_database(cluster.postgres.base_url, prefix="soak")
+        yield Backend(client, url, cluster)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The session's dev server, or with ``STAGECOACH_SOAK_CLUSTER`` the soak's cluster
+    (asked for only then: it takes PostgreSQL and the server's binaries)."""
+    if PLAN.cluster:
+        cluster: Backend = request.getfixturevalue("soak_cluster")
+        return cluster
+    env: WorkflowEnvironment = request.getfixturevalue("env")
+    return Backend(env.client)
+
+
 @pytest.mark.faults
 @pytest.mark.timeout(int(PLAN.seconds) + (600 if not PLAN.full else 1800))
 async def test_soak_holds_its_rate_and_its_memory(
-    env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+    backend: Backend, task_queue: str, tmp_path: Path
 ) -> None:
     """Sustained ingest plus journey execution at a declared rate: accepted equals
     stored, the outbox drains, each message is received once; RSS and backlogs over time
@@ -843,8 +914,9 @@ async def test_soak_holds_its_rate_and_its_memory(
     with HttpEmailPeer() as peer:
         stack = Stack.create(
             tmp_path,
-            env.client,
+            backend.client,
             task_queue,
+            database_url=backend.database_url,
             email_connector="http",
             email_http_url=peer.generic_url,
             email_http_token=peer.generic_token,
@@ -853,7 +925,14 @@ async def test_soak_holds_its_rate_and_its_memory(
         sampler: Sampler | None = None
         try:
             stack.worker()
-            await stack.api()
+            if backend.cluster is None:
+                await stack.api()
+            else:  # the topology: a second worker and a second API replica
+                stack.worker("worker-2")
+                await asyncio.gather(
+                    api_replica(stack, "api", stack.settings.api_port),
+                    api_replica(stack, "api-2"),
+                )
             relevant = relevant_event_types(definitions_loader(stack.engine, stack.settings)())
             seeded = await drive(stack.api_url, stack.key, regulars, rate=max(plan.rate, 100.0))
             # The regulars settle before the clock starts: the series starts at rest.
@@ -912,8 +991,9 @@ async def test_soak_holds_its_rate_and_its_memory(
             users = {p.user_id for p in sample}
             emails = {p.email for p in sample}
             figures = Figures(
-                "soak", len(streams.arrivals), streams.accepted / load_seconds,
-                [], seconds=time.monotonic() - began, settle_seconds=settle,
+                "soak" if backend.cluster is None else "soak (cluster)", len(streams.arrivals),
+                streams.accepted / load_seconds, [],
+                seconds=time.monotonic() - began, settle_seconds=settle,
             )  # fmt: skip
             books = Books(
                 stack,
@@ -968,14 +1048,20 @@ async def test_soak_holds_its_rate_and_its_memory(
         f"{middle.worker_rss_mb:.0f}/{load_rows[-1].worker_rss_mb:.0f} MB (workflow cache "
         f"{cached}; {warmup_contacts} contacts by the end of warm-up)",
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
-        f"(2 cores shared with other work); Temporal is the session's dev server, its "
-        f"in-memory database holds every history, so its RSS grows by design",
+        f"(2 cores shared with other work); "
+        + (
+            "Temporal is the session's dev server, its in-memory database holds every "
+            "history, so its RSS grows by design"
+            if backend.cluster is None
+            else "Temporal is the cluster's server on PostgreSQL (2 workers, 2 API replicas)"
+        ),
         *(t.describe() for t in trends),
     ]
     print("\n" + "\n".join(f"  {line}" for line in summary))
     meta = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "temporal": "dev server" if backend.cluster is None else "cluster",
         "plan": {**asdict(plan), "regulars": len(regulars), "stream_rate": plan.stream_rate},
         "load_seconds": round(load_seconds, 1),
         "accepted": len(accepted),
