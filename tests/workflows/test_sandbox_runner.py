@@ -20,7 +20,9 @@ from temporalio.worker.workflow_sandbox._runner import _Instance
 import stagecoach.workflows.contact
 from stagecoach.workflows.broadcasts import BroadcastWorkflow
 from stagecoach.workflows.contact import ContactWorkflow
+from stagecoach.workflows.prediction import PropensityRetrainWorkflow
 from stagecoach.workflows.sandbox import LeanSandboxedWorkflowRunner, lean_sandbox
+from stagecoach.workflows.value import ValueRefreshWorkflow
 from stagecoach.workflows.worker import build_worker
 
 HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))
@@ -118,5 +120,11 @@ def _history(path: Path) -> WorkflowHistory:
 async def test_recorded_history_replays_in_the_lean_sandbox(path: Path) -> None:
     history = _history(path)
     await Replayer(
-        workflows=[ContactWorkflow, BroadcastWorkflow], workflow_runner=lean_sandbox()
+        workflows=[
+            ContactWorkflow,
+            BroadcastWorkflow,
+            ValueRefreshWorkflow,
+            PropensityRetrainWorkflow,
+        ],
+        workflow_runner=lean_sandbox(),
     ).replay_workflow(history)
