@@ -419,25 +419,20 @@ class BroadcastActivities:
         )
         prepared = await asyncio.to_thread(self._render_all, broadcast, to_send, now)
         # Every recipient's delivery row in one transaction before any send: `sending`
-        # (the key recorded first), or `failed` for content that would not render. A
-        # connector with a point of no return needs no `sending` row: the whole row is
-        # written `sent` there, and a send killed before it was never delivered.
-        committing = (
-            isinstance(connector, CommittingConnector) and connector.commits_before_end_of_data
-        )
+        # (the key recorded first), or `failed` for content that would not render.
         await asyncio.to_thread(
             store.write_deliveries,
             self._db,
             broadcast,
             version,
             channel,
-            [p.before for p in prepared if not committing or p.rendered is None],
+            [p.before for p in prepared],
         )
         for p in prepared:
             if p.rendered is None:
                 settled.append(store.Settled(p.recipient.contact_id, "failed", p.before.error))
                 result.failed += 1
-        recorder = _SentRecorder(self._db, broadcast, version, channel, upsert=committing)
+        recorder = _SentRecorder(self._db, broadcast, version, channel)
         gate = asyncio.Semaphore(CONCURRENCY)
         last_beat = 0.0
 
@@ -542,11 +537,9 @@ class BroadcastActivities:
         Suppressions are written here, as rare.
 
         A connector with a point of no return (SMTP) has the ``sent`` row committed
-        there, before the message can no longer be taken back, and no ``sending`` row
-        before it: a worker killed at any moment then leaves either a message the
-        provider discarded and no row (sent by the retried batch) or a ``sent`` row
-        (never sent again). Every row written here carries the recipient's arm and
-        content, as it may be the first."""
+        there, before the message can no longer be taken back: a worker killed at any
+        moment then leaves either a message the provider discarded under a ``sending``
+        row (sent again by the retried batch) or a ``sent`` row (never sent again)."""
         r = p.recipient
         assert p.rendered is not None
         message = OutgoingMessage(
@@ -561,7 +554,9 @@ class BroadcastActivities:
         async def commit(message_id: str) -> None:
             nonlocal committed
             await recorder.commit(
-                replace(p.before, status="sent", provider_message_id=message_id, sent_at=now)
+                store.DeliveryWrite(
+                    r.contact_id, "sent", provider_message_id=message_id, sent_at=now
+                )
             )
             committed = True
 
@@ -577,8 +572,8 @@ class BroadcastActivities:
                 return store.Settled(r.contact_id, "refused", exc.message[:256]), None
             settled = self._retry(r, exc.message, now, exc.retry_after)
             if settled.status == "failed":
-                return settled, replace(p.before, status="failed", error=exc.message)
-            return settled, replace(p.before, error=exc.message)
+                return settled, store.DeliveryWrite(r.contact_id, "failed", error=exc.message)
+            return settled, store.DeliveryWrite(r.contact_id, "sending", error=exc.message)
         except ConsentRevoked as exc:
             await asyncio.to_thread(
                 store.suppress,
@@ -588,13 +583,13 @@ class BroadcastActivities:
                 "consent_revoked",
                 r.contact_id,
             )
-            write = replace(p.before, status="blocked", error=exc.message)
+            write = store.DeliveryWrite(r.contact_id, "blocked", error=exc.message)
             return store.Settled(r.contact_id, "held", "consent_revoked"), write
         except PermanentDeliveryError as exc:
             if exc.code in REFUSALS:
                 # Not this recipient's fault: leave them pending for the resume.
                 reason = f"{exc.code}: {exc.message}"[:256]
-                write = replace(p.before, error=exc.message)
+                write = store.DeliveryWrite(r.contact_id, "sending", error=exc.message)
                 return store.Settled(r.contact_id, "refused", reason), write
             if exc.code == "hard_bounce":
                 await asyncio.to_thread(
@@ -605,13 +600,13 @@ class BroadcastActivities:
                     "hard_bounce",
                     r.contact_id,
                 )
-            write = replace(p.before, status="failed", error=exc.message)
+            write = store.DeliveryWrite(r.contact_id, "failed", error=exc.message)
             return store.Settled(r.contact_id, "failed", (exc.code or "permanent")[:256]), write
         done = store.Settled(r.contact_id, "sent", sent_at=now, variant=r.variant)
         if committed:
             return done, None
-        return done, replace(
-            p.before, status="sent", provider_message_id=sent.provider_message_id, sent_at=now
+        return done, store.DeliveryWrite(
+            r.contact_id, "sent", provider_message_id=sent.provider_message_id, sent_at=now
         )
 
     def _retry(
@@ -659,13 +654,8 @@ class _SentRecorder:
     :data:`SENT_RECORD_PATIENCE` seconds: past the send, a failed batch would be retried
     and would send again."""
 
-    def __init__(
-        self, db: Engine, broadcast: Broadcast, version: str, channel: str, *, upsert: bool
-    ) -> None:
+    def __init__(self, db: Engine, broadcast: Broadcast, version: str, channel: str) -> None:
         self._db, self._broadcast, self._version, self._channel = db, broadcast, version, channel
-        # Rows not written before the send (a connector with a point of no return) are
-        # inserted, or updated where an earlier attempt left one; else only updated.
-        self._write = store.write_deliveries if upsert else store.update_deliveries
         self._pending: list[store.DeliveryWrite] = []
         self._waiting: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -719,7 +709,7 @@ class _SentRecorder:
         while True:
             try:
                 await asyncio.to_thread(
-                    self._write,
+                    store.update_deliveries,
                     self._db,
                     self._broadcast,
                     self._version,
