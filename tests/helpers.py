@@ -179,3 +179,39 @@ def bundled_checkout(monkeypatch: Any, journeys: Mapping[str, Journey]) -> None:
 
     monkeypatch.setitem(BUNDLED, "default", replace(SEVEN_STAGE, journeys=dict(journeys)))
     forget_loaded()
+
+
+def build_wheel(root: Path, out: Path) -> Path:
+    """``pip wheel`` of the checkout at ``root`` into ``out``, one build at a time per
+    checkout: setuptools builds in the source tree (``build/``, the egg-info), so two
+    xdist workers building at once can break each other's build."""
+    import fcntl
+    import hashlib
+    import subprocess
+    import sys
+
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"stagecoach-wheel-{digest}.lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-deps",
+                    "-w",
+                    str(out),
+                    str(root),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    (built,) = out.glob("stagecoach-*.whl")
+    return built

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from stagecoach.engine.domain.errors import BinaryNotFound
+from tests.helpers import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -110,12 +111,7 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
 
 
 def test_wheel_ships_the_migrations_the_image_runs(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("stagecoach-*.whl")
+    wheel = build_wheel(ROOT, tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "stagecoach/engine/services/storage/migrations/env.py" in names
     versions = "stagecoach/engine/services/storage/migrations/versions/"

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, build_wheel, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (built,) = out.glob("stagecoach-*.whl")
+    built = build_wheel(ROOT, out)
     return built
 
 
