@@ -1,11 +1,15 @@
 """Small helpers shared by tests (fixtures live in conftest.py)."""
 
 import atexit
+import fcntl
+import hashlib
 import os
 import random
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -185,10 +189,6 @@ def build_wheel(root: Path, out: Path) -> Path:
     """``pip wheel`` of the checkout at ``root`` into ``out``, one build at a time per
     checkout: setuptools builds in the source tree (``build/``, the egg-info), so two
     xdist workers building at once can break each other's build."""
-    import fcntl
-    import hashlib
-    import subprocess
-    import sys
 
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
     lock = Path(tempfile.gettempdir()) / f"stagecoach-wheel-{digest}.lock"
