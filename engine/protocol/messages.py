@@ -188,6 +188,10 @@ class ContactInput:
     waits_for_channel: bool = False
     """A send with no usable channel does what its journey declares (``NoChannel``:
     wait for one, skip, or exit) instead of failing the step. Gated the same way."""
+    opens_in_order: bool = False
+    """In a new contact's opening batch, a journey enrolled by one event starts on the
+    events up to that one and then hears those behind it, as if they had come one at a
+    time (so ``wait_for(..., since="enrolment")`` counts them). Gated the same way."""
 
     @classmethod
     def current(cls, contact_id: str, **fields: Any) -> ContactInput:
@@ -199,6 +203,7 @@ class ContactInput:
             score_as_shown=True,
             applies_opening_first=True,
             waits_for_channel=True,
+            opens_in_order=True,
             **fields,
         )
 

@@ -9,6 +9,7 @@ paying customer a week later, and ``contact why`` and the timeline say what was 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from stagecoach.engine.domain.journeys import (
     send,
     wait_for,
 )
+from stagecoach.engine.protocol import CONTACT_WORKFLOW, EVENTS_SIGNAL, contact_workflow_id
+from stagecoach.engine.protocol.messages import ContactInput, EventBatch, EventMessage
 from stagecoach.engine.services.publishing import definitions_context, publish
 from stagecoach.engine.temporal.timeline import contact_timeline
 from stagecoach.engine.temporal.why import SENT, contact_why
@@ -172,3 +175,71 @@ async def test_events_sent_during_quiet_hours_count_with_since_enrolment(
     for line in lines:
         before = story[story.index(line) - 1]
         assert before.at <= line.at
+
+
+async def test_events_behind_the_entry_event_in_a_new_contacts_first_batch_count(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
+) -> None:
+    """A new contact's opening events can arrive in one batch (the outbox forwarder's
+    backlog, or events sent while the workflow opened the contact). The journey the
+    first of them enrols hears the ones behind it, and ``since="enrolment"`` counts
+    them, exactly as when each event arrives on its own."""
+    async with open_runtime(
+        env,
+        task_queue,
+        tmp_path,
+        content_library,
+        quiet_hours_start="21:00",
+        quiet_hours_end="08:00",
+    ) as runtime:
+        ctx = definitions_context(runtime.settings, content=content_library)
+        publish(
+            runtime.engine,
+            compile_journey(purchase("early_batched", "enrolment"), ctx),
+            source="test",
+        )
+        now = await runtime.now()
+        traits = {"email": "zhou@example.cn", "locale": "en", "timezone": night_zone(now)}
+
+        def message(n: int, type: str, properties: dict[str, object]) -> EventMessage:
+            return EventMessage(
+                message_id=f"batched-{n}",
+                type=type,
+                occurred_at=now + timedelta(seconds=n),
+                properties=properties,
+                traits=traits if n == 0 else {},
+                source="test",
+            )
+
+        batch = EventBatch(
+            events=[
+                message(0, "webinar.attended", {"webinar": "early_batched"}),
+                message(1, "trial.started", {}),
+                message(2, "order.paid", {"amount": 9800}),
+            ]
+        )
+        await runtime.client.start_workflow(
+            CONTACT_WORKFLOW,
+            ContactInput.current(
+                "early-batched", max_events_per_run=runtime.settings.max_events_per_run
+            ),
+            id=contact_workflow_id("early-batched"),
+            task_queue=runtime.settings.temporal_task_queue,
+            start_signal=EVENTS_SIGNAL,
+            start_signal_args=[batch],
+        )
+        runtime.touched.add("early-batched")
+        await asyncio.sleep(0.5)  # let the signal's task finish before time skips
+        await env.sleep(timedelta(hours=7))
+        await env.sleep(8 * DAY)
+
+        async def invited() -> bool:
+            return "trial-invitation" in contents(runtime, "early-batched")
+
+        await eventually(invited)
+        why = await contact_why(runtime.client, "early-batched", "early_batched", "await-order")
+        await record_history(runtime, "early-batched", "opening_batch_in_order")
+
+    assert contents(runtime, "early-batched") == ["trial-invitation"]
+    assert why.answer.startswith("reached: wait_for_event step await-order at ")
+    assert "(matched order.paid sent at " in why.answer

@@ -134,6 +134,16 @@ class ContactWorkflowThatOpensFirstUngated(ContactWorkflow):
         await super().run(inp)
 
 
+@workflow.defn(name="Contact")
+class ContactWorkflowThatOpensInOrderUngated(ContactWorkflow):
+    """A careless edit: every new contact's opening batch enrols in order."""
+
+    @workflow.run
+    async def run(self, inp: ContactInput) -> None:
+        self._opens_in_order = True
+        await super().run(inp)
+
+
 @pytest.mark.parametrize(
     ("edit", "stem"),
     [
@@ -143,8 +153,11 @@ class ContactWorkflowThatOpensFirstUngated(ContactWorkflow):
         # This run enrolled before its creating download moved the stage; applying the
         # download first records the stage move before the send.
         (ContactWorkflowThatOpensFirstUngated, "created_by_a_download"),
+        # This run's opening batch (webinar, trial, order) enrolled its journey on the
+        # whole batch; in order, the journey hears the trial and waits for no offer.
+        (ContactWorkflowThatOpensInOrderUngated, "opening_batch_before_in_order"),
     ],
-    ids=["waits_for_channel", "applies_opening_first"],
+    ids=["waits_for_channel", "applies_opening_first", "opening_in_order"],
 )
 async def test_the_reachability_changes_replay_only_behind_their_gates(
     edit: type[ContactWorkflow], stem: str
@@ -159,6 +172,7 @@ def test_histories_of_the_reachability_changes_are_recorded() -> None:
         "no_address_waits_for_a_channel",
         "qr_follower_whitepaper_by_wechat",
         "anonymous_visitor_identified_later",
+        "opening_batch_in_order",
     } <= stems
 
 

@@ -46,6 +46,7 @@ class ContactCore:
     _records_enrolments: bool
     _records_in_background: bool
     _applies_opening_first: bool
+    _opens_in_order: bool
     _waits_for_channel: bool
     _recording: list[workflow.ActivityHandle[None]]
     _inbox: deque[EventMessage]

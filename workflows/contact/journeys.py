@@ -121,8 +121,11 @@ class JourneyDriver(ContactCore):
             await self._try_enrol(name, scale)
 
     async def _try_enrol(
-        self, name: str, time_scale: float, *, reload_definitions: bool = True
+        self, name: str, time_scale: float, *, reload_definitions: bool = True, unseen: int = 0
     ) -> EnrolResult:
+        """Enrol in journey ``name`` now, if its re-entry policy allows. ``unseen``: how
+        many of the newest events came after the one that enrolled it (a new contact's
+        opening batch); the journey starts without them and hears them afterwards."""
         state = self._require_state()
         now = workflow.now()
         # An enrolment at start uses the starter's definitions as given: the starter
@@ -155,11 +158,14 @@ class JourneyDriver(ContactCore):
         )
         aj = ActiveJourney(spec=raw, cursor={}, time_scale=time_scale, origin=now)
         self._active[name] = aj
+        facts = self._facts(now, aj)
+        if unseen:
+            facts = replace(facts, events=facts.events[: max(0, len(facts.events) - unseen)])
         await self._drive(
             name,
             Start(
                 now=now,
-                facts=self._facts(now, aj),
+                facts=facts,
                 contact_id=self._contact_id,
                 enrolment=enrolment,
             ),

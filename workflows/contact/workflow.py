@@ -89,6 +89,7 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
         self._records_enrolments = inp.records_enrolments
         self._records_in_background = inp.records_in_background
         self._applies_opening_first = inp.applies_opening_first
+        self._opens_in_order = inp.opens_in_order
         self._waits_for_channel = inp.waits_for_channel
         self._recording = []
         self._inbox = deque(inp.pending)
@@ -264,10 +265,17 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
         async with self._lock:
             due = [name for name, _ in self._enrol_queue]
             opening: list[EventRecord] = []
+            # How many opening events each queued enrolment had seen when it was queued.
+            seen: dict[str, int] = dict.fromkeys(due, 0)
             while self._inbox and not self._run_full(inp):
                 record = await self._on_event(self._inbox.popleft(), opening=True)
                 if record is not None:
                     opening.append(record)
+                for name, _ in self._enrol_queue:
+                    seen.setdefault(name, len(opening))
+            if self._opens_in_order:
+                behind = {n: c for n, c in seen.items() if n not in due and c < len(opening)}
+                await self._enrol_opened(opening, behind)
             await self._drain_enrolments()
             now = workflow.now()
             for record in opening:
@@ -284,6 +292,35 @@ class ContactWorkflow(JourneyDriver, SalesHandoff, ReferralRewards, SegmentMembe
                         )
             await self._drain_enrolments()
             self._sync_search_attributes()
+
+    async def _enrol_opened(self, opening: list[EventRecord], seen: dict[str, int]) -> None:
+        """Enrol what the opening events queued, each journey as if its events had come
+        one at a time: it starts on the events up to the one that enrolled it (so
+        ``since="enrolment"`` counts from there), then hears the ones behind it."""
+        while self._enrol_queue:
+            name, scale = self._enrol_queue.popleft()
+            first = seen.get(name)
+            if first is None:
+                await self._try_enrol(name, scale)
+                continue
+            result = await self._try_enrol(name, scale, unseen=len(opening) - first)
+            aj = self._active.get(name)
+            if not result.accepted or aj is None:
+                continue
+            for n in range(first, len(opening)):
+                if name not in self._active:
+                    break
+                now = workflow.now()
+                facts = self._facts(now, aj)
+                kept = max(0, len(facts.events) - (len(opening) - n - 1))
+                await self._drive(
+                    name,
+                    EventReceived(
+                        now=self._journey_now(aj, now),
+                        facts=replace(facts, events=facts.events[:kept]),
+                        event=self._journey_event(aj, opening[n]),
+                    ),
+                )
 
     async def _on_event(
         self, message: EventMessage, *, opening: bool = False
