@@ -79,4 +79,6 @@ async def test_thirty_day_sleep_finishes_in_seconds_on_the_time_skipping_server(
             SleepThirtyDays.run, id=f"sleep-{uuid.uuid4()}", task_queue=task_queue
         )
     assert float(elapsed) >= timedelta(days=30).total_seconds()
-    assert time.monotonic() - started < 10
+    # Thirty days went by in far less than a day: skipped, not slept (a generous bound,
+    # as the machine may be loaded).
+    assert time.monotonic() - started < 120

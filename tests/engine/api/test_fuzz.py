@@ -5,11 +5,12 @@ write key, with the admin token, and with neither. Nothing may answer 500."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
 import hypothesis.errors
+import pytest
 import schemathesis
 from pydantic import SecretStr
 from schemathesis import GenerationMode
@@ -22,7 +23,14 @@ from tests.helpers import migrated_engine
 EXAMPLES_PER_MODE = 20
 
 
-def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> None:
+SHARDS = 6
+"""The operations are fuzzed in this many tests, so the suite's workers share them."""
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The app's schema and a valid write key's header, built once per worker."""
+    tmp_path = tmp_path_factory.mktemp("fuzz")
     settings = Settings(
         data_dir=tmp_path,
         database_url=f"sqlite:///{tmp_path}/fuzz.db",
@@ -34,12 +42,21 @@ def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> 
     key = create_write_key(engine, "fuzz", source="fuzz")
     app = create_app(settings, db=engine)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    yield schemathesis.openapi.from_asgi("/openapi.json", app), auth
+    engine.dispose()
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_no_request_anywhere_in_the_spec_gets_a_server_error(
+    spec: tuple[Any, dict[str, str]], shard: int
+) -> None:
+    schema, auth = spec
     admin = {"Authorization": "Bearer admin-secret"}  # the admin routes: contacts, reports
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
+    operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 10  # events, touchpoints, ops: the spec is really walked
+    operations.sort(key=lambda o: (o.path, o.method))
     failures: list[Any] = []
-    for operation in operations:
+    for operation in operations[shard::SHARDS]:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
@@ -64,5 +81,4 @@ def test_no_request_anywhere_in_the_spec_gets_a_server_error(tmp_path: Path) -> 
                 probe()
             except hypothesis.errors.Unsatisfiable:
                 continue  # nothing to break: an operation without parameters or body
-    engine.dispose()
     assert failures == [], failures[:5]
