@@ -80,6 +80,18 @@ class Settings(BaseSettings):
         limit bounds broadcast sends across all workers (``broadcast_rate``)."""
         return f"{self.temporal_task_queue}-broadcasts"
 
+    def send_queues(self) -> dict[str, tuple[str, float]]:
+        """Channel (``email``, ``wechat``, ``crm``) -> its own task queue and rate, for
+        each channel with a rate set: journeys' sends (and hand-offs) on that channel run
+        there, under the server-enforced activity rate of the whole queue, across every
+        worker polling it. Channels without a rate send from the main queue."""
+        rates = {"email": self.email_rate, "wechat": self.wechat_rate, "crm": self.crm_rate}
+        return {
+            channel: (f"{self.temporal_task_queue}-send-{channel}", rate)
+            for channel, rate in rates.items()
+            if rate
+        }
+
     temporal_tls: bool = False
     temporal_tls_cert_path: Path | None = None
     temporal_tls_key_path: Path | None = None
@@ -300,7 +312,10 @@ class Settings(BaseSettings):
     email_connector: Literal["sink", "smtp", "http", "postmark"] = "sink"
     email_from: str = "Stagecoach <news@example.com>"
     email_rate: float | None = Field(
-        default=None, gt=0, description="Emails per second per worker (unset: unlimited)."
+        default=None,
+        gt=0,
+        description="Journey emails per second across every worker (the email send queue's "
+        "rate); each worker's connector holds to it as well (unset: unlimited).",
     )
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=25, ge=1, le=65535)

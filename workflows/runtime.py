@@ -59,6 +59,7 @@ def definitions_loader(db: Engine, settings: Settings) -> Any:
     pipeline = active_pipeline_of(settings)
     project_journeys = load_project(settings).definitions.journeys_by_name
     policy = send_policy(settings)
+    queues = {channel: queue for channel, (queue, _) in settings.send_queues().items()}
 
     def load() -> Definitions:
         journeys: dict[str, dict[str, Any]] = {}
@@ -74,6 +75,7 @@ def definitions_loader(db: Engine, settings: Settings) -> Any:
             policy=policy.to_dict(),
             loaded_at=datetime.now(UTC),
             segments={name: spec.to_dict() for name, spec in latest_segments(db).items()},
+            send_queues=queues,
         )
 
     return load

@@ -69,7 +69,7 @@ from stagecoach.engine.temporal.timeline import Entry, entries_from_records
 from stagecoach.workflows.client import with_settings
 from stagecoach.workflows.runtime import contact_activities, definitions_loader
 from stagecoach.workflows.system import SystemActivities
-from stagecoach.workflows.worker import build_worker
+from stagecoach.workflows.worker import build_send_workers, build_worker
 
 TEST_SERVER_ENV = "STAGECOACH_TEST_SERVER_PATH"
 """The Temporal Java test server to run; unset, the Temporal SDK downloads one."""
@@ -451,6 +451,13 @@ class JourneyTest:
                 activities=[*SystemActivities(db).all(), *activities.all()],
             )
             await stack.enter_async_context(worker)
+            for sends in build_send_workers(
+                self._client,
+                self._settings.send_queues(),
+                deliver=activities.deliver,
+                hand_off=activities.hand_off,
+            ):
+                await stack.enter_async_context(sends)
             stack.push_async_callback(self._terminate_contacts)
         except BaseException:
             await stack.aclose()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
@@ -102,6 +102,31 @@ def build_broadcast_worker(
         max_concurrent_activities=4,
         max_task_queue_activities_per_second=(rate / batch_size) if rate else None,
     )
+
+
+def build_send_workers(
+    client: Client,
+    queues: Mapping[str, tuple[str, float]],
+    *,
+    deliver: Callable[..., object],
+    hand_off: Callable[..., object],
+    max_concurrent_activities: int = 100,
+) -> list[Worker]:
+    """One worker per rate-limited channel (``Settings.send_queues``): the channel's
+    journey sends (``crm``: hand-offs) run on its queue, at the queue's server-enforced
+    activity rate across every worker polling it. Every worker process runs these
+    beside its main worker, so the rate holds however many there are."""
+    return [
+        Worker(
+            client,
+            task_queue=queue,
+            activities=[hand_off if channel == "crm" else deliver],
+            interceptors=[ActivityMetrics()],
+            max_concurrent_activities=max_concurrent_activities,
+            max_task_queue_activities_per_second=rate,
+        )
+        for channel, (queue, rate) in sorted(queues.items())
+    ]
 
 
 async def run_until_signalled(*workers: Worker) -> None:

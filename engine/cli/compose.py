@@ -229,6 +229,7 @@ def run_worker(settings: Settings) -> None:
     from stagecoach.workflows.system import SystemActivities
     from stagecoach.workflows.worker import (
         build_broadcast_worker,
+        build_send_workers,
         build_worker,
         run_until_signalled,
     )
@@ -285,8 +286,11 @@ def run_worker(settings: Settings) -> None:
             batch_size=settings.broadcast_batch_size,
             rate=settings.broadcast_rate,
         )
+        sends = build_send_workers(
+            client, settings.send_queues(), deliver=contact.deliver, hand_off=contact.hand_off
+        )
         freeze_startup_heap()
-        await run_until_signalled(built, batches)
+        await run_until_signalled(built, batches, *sends)
 
     asyncio.run(serve())
 

@@ -128,6 +128,10 @@ class Definitions:
     segments: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Segment name -> published spec (``SegmentSpec.to_dict()``, with its version):
     each segment's newest published version, which the workflow decides membership by."""
+    send_queues: dict[str, str] = field(default_factory=dict)
+    """Channel (``email``, ``wechat``; ``crm`` for hand-offs) -> the task queue its
+    journey sends run on, for channels whose rate is enforced across every worker
+    (``Settings.send_queues``). A channel not here sends from the contact's queue."""
 
 
 @dataclass

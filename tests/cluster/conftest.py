@@ -33,6 +33,9 @@ from tests.peers.http_email import HttpEmailPeer
 ROOT = Path(__file__).resolve().parents[2]
 BROADCAST_RATE = 20.0
 BROADCAST_BATCH = 10
+EMAIL_RATE = 50.0
+"""``STAGECOACH_EMAIL_RATE``: journeys' emails run on the email send queue, which each
+worker process polls under this queue-wide rate (high enough not to pace the scenarios)."""
 ADMIN = "cluster-admin-token-for-the-rate-test"
 LEASE = 2.0
 """``STAGECOACH_LEASE_SECONDS`` of the topology's API replicas (10 s by default): a
@@ -96,6 +99,7 @@ async def topology(
             email_http_token=peer.generic_token,
             broadcast_rate=str(BROADCAST_RATE),
             broadcast_batch_size=str(BROADCAST_BATCH),
+            email_rate=str(EMAIL_RATE),
             admin_token=ADMIN,
             lease_seconds=str(LEASE),
         )

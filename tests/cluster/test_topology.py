@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from stagecoach.engine.protocol import DELIVER_ACTIVITY
 from stagecoach.engine.protocol.messages import contact_workflow_id
 from stagecoach.engine.services.ingest._forwarder import BUCKET_LEASE
 from stagecoach.engine.services.storage.models import (
@@ -118,6 +119,7 @@ async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
     # Both workers ran the contacts' workflows: the identities (pid@host) that completed
     # their workflow tasks and started their activities.
     identities: set[str] = set()
+    send_queues: set[str] = set()
     for contact_id in contacts:
         handle = topology.stack.client.get_workflow_handle(contact_workflow_id(contact_id))
         async for event in handle.fetch_history_events():
@@ -125,6 +127,15 @@ async def test_a_journey_runs_through_two_api_replicas_and_two_workers(
                 identities.add(event.workflow_task_completed_event_attributes.identity)
             if event.HasField("activity_task_started_event_attributes"):
                 identities.add(event.activity_task_started_event_attributes.identity)
+            scheduled = event.activity_task_scheduled_event_attributes
+            if event.HasField("activity_task_scheduled_event_attributes") and (
+                scheduled.activity_type.name == DELIVER_ACTIVITY
+            ):
+                send_queues.add(scheduled.task_queue.name)
+    # With STAGECOACH_EMAIL_RATE set, every email went through the email send queue,
+    # which the worker processes poll under its queue-wide rate.
+    queue = topology.stack.settings.temporal_task_queue
+    assert send_queues == {f"{queue}-send-email"}, send_queues
     pids = {i.split("@", 1)[0] for i in identities}
     assert len(pids & _worker_pids(topology)) == 2, identities
 

@@ -32,7 +32,7 @@ from stagecoach.engine.temporal.gateway import send_event
 from stagecoach.workflows.client import with_settings
 from stagecoach.workflows.runtime import ContactOpener
 from stagecoach.workflows.system import SystemActivities
-from stagecoach.workflows.worker import build_broadcast_worker, build_worker
+from stagecoach.workflows.worker import build_broadcast_worker, build_send_workers, build_worker
 from tests.helpers import migrated_engine, runtime_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,8 +193,14 @@ async def open_runtime(
         batch_size=settings.broadcast_batch_size,
         rate=settings.broadcast_rate,
     )
+    # And the rate-limited channels' send queues, as `stagecoach worker` runs them.
+    sends = build_send_workers(
+        client, settings.send_queues(), deliver=contact.deliver, hand_off=contact.hand_off
+    )
     runtime = Runtime(client=client, settings=settings, engine=engine, env=env)
-    async with worker, batches:
+    async with contextlib.AsyncExitStack() as running:
+        for each in (worker, batches, *sends):
+            await running.enter_async_context(each)
         yield runtime
         # Contact workflows live forever; left running on a shared server with no worker
         # for their queue, their timers would hold up later tests' time skipping.

@@ -131,6 +131,14 @@ class ContactCore:
 
     # --- bookkeeping -------------------------------------------------------------------
 
+    def _send_queue(self, channel: str) -> str | None:
+        """The task queue a send (or, for ``crm``, a hand-off) on ``channel`` runs on:
+        the channel's own, under its cluster-wide rate, or None for the contact's queue.
+        A rehearsal's sends go to its sink and are never held to a provider's rate."""
+        if self._rehearsal or self._definitions is None:
+            return None
+        return self._definitions.send_queues.get(channel)
+
     def _published(self) -> dict[str, dict[str, Any]]:
         return self._definitions.journeys if self._definitions else {}
 

@@ -368,6 +368,7 @@ class JourneyDriver(ContactCore):
                 schedule_to_close_timeout=timedelta(days=1),
                 retry_policy=DELIVERY_RETRY,
                 summary=f"{name}/{command.step_id} via {channel}",
+                task_queue=self._send_queue(channel),
             )
         except ActivityError as exc:
             cause = exc.cause

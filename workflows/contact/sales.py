@@ -159,6 +159,7 @@ class SalesHandoff(ContactCore):
             schedule_to_close_timeout=timedelta(hours=12),
             retry_policy=HANDOFF_RETRY,
             summary=f"hand-off: {reason}",
+            task_queue=self._send_queue("crm"),
         )
         return outcome
 
