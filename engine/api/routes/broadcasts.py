@@ -152,6 +152,10 @@ ActorQuery = Annotated[
 # --- request models -----------------------------------------------------------------------
 
 
+MAX_SECONDS = 366 * 86400
+"""The longest A/B window or attribution window a broadcast may declare: a year."""
+
+
 class VariantIn(BaseModel):
     name: str = Field(min_length=1, max_length=64, description="The arm's name", examples=["a"])
     content: str | None = Field(
@@ -171,7 +175,10 @@ class ABIn(BaseModel):
         default=0.1, description="The fraction of the audience each arm gets (0.1: 2 x 10%)"
     )
     window_seconds: int = Field(
-        default=4 * 3600, description="Seconds after the sample's sends the metric is read"
+        default=4 * 3600,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Seconds after the sample's sends the metric is read (at most a year)",
     )
     metric: str = Field(default="clicked", description="opened, clicked or event:<type>")
     alpha: float = Field(default=0.05, description="The significance level of the test")
@@ -210,7 +217,9 @@ class BroadcastIn(BaseModel):
     )
     attribution_seconds: int = Field(
         default=7 * 86400,
-        description="How long after its send a recipient's conversion counts",
+        gt=0,
+        le=MAX_SECONDS,
+        description="Seconds after its send a recipient's conversion counts (at most a year)",
     )
     ab: ABIn | None = None
 

@@ -259,6 +259,24 @@ async def test_a_request_that_does_not_parse_is_422_with_the_field(stack: Stack)
     missing = await stack.api.post("/v1/broadcasts", json={"name": "x", "content": CONTENT})
     assert missing.status_code == 422
     assert ["body", "segment"] in [e["loc"] for e in missing.json()["detail"]]
+    # Windows out of range (found by the schema fuzz: a huge one overflowed timedelta).
+    for fields, where in (
+        ({"attribution_seconds": -86399999913601}, ["body", "attribution_seconds"]),
+        ({"attribution_seconds": 10**12}, ["body", "attribution_seconds"]),
+        (
+            {
+                "ab": {
+                    "variants": [{"name": "a"}, {"name": "b"}],
+                    "default": "a",
+                    "window_seconds": 10**15,
+                }
+            },
+            ["body", "ab", "window_seconds"],
+        ),
+    ):
+        refused = await stack.api.post("/v1/broadcasts", json=spec("windows", **fields))
+        assert refused.status_code == 422, refused.text
+        assert [e["loc"] for e in refused.json()["detail"]] == [where]
     assert kept(stack) == []
     nothing_sent(stack)
 
