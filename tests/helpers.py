@@ -215,3 +215,26 @@ def build_wheel(root: Path, out: Path) -> Path:
             fcntl.flock(handle, fcntl.LOCK_UN)
     (built,) = out.glob("stagecoach-*.whl")
     return built
+
+
+def run_cli_here(cwd: Path, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``stagecoach *args`` in this process (``stagecoach.engine.cli.run``, what the
+    console command runs before it exits), with exactly ``env`` as the environment and
+    ``cwd`` as the working folder: the exit code, stdout and stderr the command would
+    give. For the many refused commands of a bad-input test, which would otherwise cost
+    a Python start and the CLI's imports each; a test keeps at least one real process."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    from stagecoach.engine.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, dict(env), clear=True),
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = run(list(args))
+    return subprocess.CompletedProcess(["stagecoach", *args], code, out.getvalue(), err.getvalue())

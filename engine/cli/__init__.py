@@ -211,9 +211,16 @@ def _exit_now(code: int) -> NoReturn:
 
 def main() -> NoReturn:
     """Console entry point."""
+    _exit_now(run())
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run ``stagecoach *argv`` (default: the process's arguments) in this process and
+    return its exit code: 2 with one ``stagecoach: error: ...`` line for a refused
+    command, as the console entry point exits."""
     code = 0
     try:
-        app()
+        app(args=argv, prog_name="stagecoach")
     except SystemExit as exc:
         if isinstance(exc.code, str):
             typer.echo(exc.code, err=True)
@@ -225,4 +232,4 @@ def main() -> NoReturn:
         code = 2
     except KeyboardInterrupt:
         code = 130
-    _exit_now(code)
+    return int(code)

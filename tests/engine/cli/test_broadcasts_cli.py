@@ -49,7 +49,7 @@ from stagecoach.engine.services.storage.models import (
 )
 from stagecoach.engine.services.storage.segments import save_segment_changes
 from tests.engine.cli.conftest import Shell
-from tests.helpers import free_port, migrated_engine
+from tests.helpers import free_port, migrated_engine, run_cli_here
 from tests.peers.smtp import SmtpPeer
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
@@ -389,7 +389,7 @@ def test_every_kind_of_bad_input_is_refused_with_the_field_and_the_fix(tmp_path:
     env = _bare_env(tmp_path)
 
     def create(*extra: str) -> subprocess.CompletedProcess[str]:
-        return _run(
+        return run_cli_here(
             tmp_path,
             env,
             "broadcasts",
@@ -435,6 +435,7 @@ def test_every_kind_of_bad_input_is_refused_with_the_field_and_the_fix(tmp_path:
         refused = _error(create(*args))
         assert refused.startswith("stagecoach: error: "), refused
         assert expected in refused, refused
+    # One refusal through the installed command: the real process exits the same way.
     named = _error(
         _run(tmp_path, env, "broadcasts", "create", "March News", "--segment", "x", "--content=y")
     )
@@ -442,7 +443,7 @@ def test_every_kind_of_bad_input_is_refused_with_the_field_and_the_fix(tmp_path:
     assert store.list_rows(db) == []  # nothing was kept
 
     for command in ("show", "preview", "schedule", "report", "cancel"):
-        unknown = _error(_run(tmp_path, env, "broadcasts", command, "apr-news"))
+        unknown = _error(run_cli_here(tmp_path, env, "broadcasts", command, "apr-news"))
         assert unknown == (
             "stagecoach: error: no broadcast 'apr-news'. Fix: list them with 'stagecoach"
             " broadcasts list'"
@@ -455,7 +456,7 @@ def test_every_kind_of_bad_input_is_refused_with_the_field_and_the_fix(tmp_path:
     assert "not launchable yet: broadcast 'mar-news': content 'newsletter-monthly' has no" in (
         made.stdout
     )
-    looked = _run(tmp_path, env, "broadcasts", "preview", "mar-news")
+    looked = run_cli_here(tmp_path, env, "broadcasts", "preview", "mar-news")
     assert looked.returncode == 1, looked.stdout + looked.stderr
     assert "mar-news (draft): 2 contacts in segment newsletter-readers now" in looked.stdout
     assert re.search(r"^locales  en 1, fr 1$", looked.stdout, re.M), looked.stdout
@@ -463,7 +464,7 @@ def test_every_kind_of_bad_input_is_refused_with_the_field_and_the_fix(tmp_path:
         "problem: broadcast 'mar-news': content 'newsletter-monthly' has no email variant for"
         " fr, which part of the audience reads" in looked.stdout
     )
-    launched = _run(tmp_path, env, "broadcasts", "schedule", "mar-news")
+    launched = run_cli_here(tmp_path, env, "broadcasts", "schedule", "mar-news")
     assert launched.returncode == 1, launched.stdout + launched.stderr
     assert "broadcast mar-news not launched; nothing was sent:" in launched.stderr
     assert "  - broadcast 'mar-news': content 'newsletter-monthly' has no email variant" in (
@@ -473,15 +474,15 @@ def test_every_kind_of_bad_input_is_refused_with_the_field_and_the_fix(tmp_path:
     with Session(db) as session:
         assert session.exec(select(BroadcastRecipient)).all() == []
         assert session.exec(select(Delivery)).all() == []
-    no_seeds = _error(_run(tmp_path, env, "broadcasts", "test-send", "mar-news"))
+    no_seeds = _error(run_cli_here(tmp_path, env, "broadcasts", "test-send", "mar-news"))
     assert "broadcast 'mar-news' has no seed addresses. Fix: pass --to ADDR" in no_seeds
     assert not (tmp_path / ".stagecoach" / "sink").exists()
 
-    wrong = _run(tmp_path, env, "report", "broadcasts", "--format", "xlsx")
+    wrong = run_cli_here(tmp_path, env, "report", "broadcasts", "--format", "xlsx")
     assert wrong.returncode == 2
     assert "--format cannot be 'xlsx'. Fix: use one of: table, json, csv" in wrong.stderr
     nowhere = _bare_env(tmp_path, STAGECOACH_DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}")
-    no_db = _error(_run(tmp_path, nowhere, "broadcasts", "list"))
+    no_db = _error(run_cli_here(tmp_path, nowhere, "broadcasts", "list"))
     assert "no database at sqlite:///" in no_db
     assert not (tmp_path / "none.db").exists()
     db.dispose()

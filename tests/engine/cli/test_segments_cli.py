@@ -31,7 +31,7 @@ from stagecoach.engine.services.ingest import Incoming, Ingestor
 from stagecoach.engine.services.segments.catalog import mark_ready, publish_segments
 from stagecoach.engine.services.storage.models import Event, Outbox
 from stagecoach.engine.services.storage.segments import save_segment_changes
-from tests.helpers import migrated_engine
+from tests.helpers import migrated_engine, run_cli_here
 from tests.workflows.conftest import Runtime, eventually, open_runtime
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -264,44 +264,49 @@ def test_every_kind_of_bad_input_is_refused_with_what_to_do(
     tmp_path: Path, deployment: tuple[Engine, dict[str, str], dict[str, SegmentSpec]]
 ) -> None:
     db, env, _ = deployment
+
+    def here(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli_here(tmp_path, env, *args)
+
+    # One refusal through the installed command; the rest in process (tests.helpers).
     unknown = _error(_run(tmp_path, env, "segments", "show", "vip"))
     assert unknown == (
         "stagecoach: error: segment 'vip' is not published. Fix: use one of: a-grade, vip-list"
     )
-    adding = _error(_run(tmp_path, env, "segments", "add", "vip-lst", "--contact", "a@b.cn"))
+    adding = _error(here("segments", "add", "vip-lst", "--contact", "a@b.cn"))
     assert "segment 'vip-lst' is not published (did you mean 'vip-list'?)" in adding
-    computed = _error(_run(tmp_path, env, "segments", "add", "a-grade", "--contact", "a@b.cn"))
+    computed = _error(here("segments", "add", "a-grade", "--contact", "a@b.cn"))
     assert "segment 'a-grade' is computed from its condition, not a manual list" in computed
     assert "use a manual segment: vip-list" in computed
 
     (tmp_path / "empty.csv").write_text("")
-    empty = _error(_run(tmp_path, env, "segments", "add", "vip-list", "--file", "empty.csv"))
+    empty = _error(here("segments", "add", "vip-list", "--file", "empty.csv"))
     assert "empty.csv is empty. Fix: upload a CSV file with a header row" in empty
     (tmp_path / "phones.csv").write_text("name,phone\nLi,+8613800138000\n")
-    column = _error(_run(tmp_path, env, "segments", "add", "vip-list", "--file", "phones.csv"))
+    column = _error(here("segments", "add", "vip-list", "--file", "phones.csv"))
     assert "phones.csv has no contact_id or email column (its columns: 'name', 'phone')" in column
-    missing = _error(_run(tmp_path, env, "segments", "add", "vip-list", "--file", "nope.csv"))
+    missing = _error(here("segments", "add", "vip-list", "--file", "nope.csv"))
     assert "cannot read nope.csv" in missing
-    neither = _error(_run(tmp_path, env, "segments", "add", "vip-list"))
+    neither = _error(here("segments", "add", "vip-list"))
     assert "segments add needs the contacts. Fix: pass --file LIST.csv or --contact" in neither
-    both = _run(
+    both = run_cli_here(
         tmp_path, env, "segments", "remove", "vip-list", "--file", "x.csv", "--contact", "a@b.cn"
     )
     assert "takes --file or --contact, not both" in _error(both)
 
     (tmp_path / "bad.csv").write_text("email\nhan@\nc_1@\n")
-    all_bad = _run(tmp_path, env, "segments", "add", "vip-list", "--file", "bad.csv")
+    all_bad = here("segments", "add", "vip-list", "--file", "bad.csv")
     assert all_bad.returncode == 1, all_bad.stdout + all_bad.stderr
     assert "line 2, email: 'han@' is not an email address" in all_bad.stdout
     assert "2 rejected" in all_bad.stdout
-    ghost = _run(tmp_path, env, "segments", "add", "vip-list", "--contact", "c_ghost")
+    ghost = here("segments", "add", "vip-list", "--contact", "c_ghost")
     assert ghost.returncode == 1
     assert "contact_id: no contact has the id 'c_ghost'" in ghost.stdout
     with Session(db) as session:
         assert session.exec(select(Event)).all() == []
 
     nowhere = _env(tmp_path, STAGECOACH_DATABASE_URL=f"sqlite:///{tmp_path / 'none.db'}")
-    no_db = _error(_run(tmp_path, nowhere, "segments", "list"))
+    no_db = _error(run_cli_here(tmp_path, nowhere, "segments", "list"))
     assert "no database at sqlite:///" in no_db
     assert "deploy a project with segments first" in no_db
     assert not (tmp_path / "none.db").exists()
