@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import faulthandler
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -152,11 +153,32 @@ def _watchdog() -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Watched by ``_watchdog``. With ``STAGECOACH_TEST_CPU=FILE``, each test's CPU
+    seconds are appended to FILE: its process's (user + system, every thread) and its
+    reaped children's (the CLI commands, the servers it started and stopped), setup and
+    teardown included. The suite is CPU-bound on this machine, so this, not the wall
+    time, says what a test costs (docs/testing.md)."""
     _running[item.nodeid] = time.monotonic()
+    target = os.environ.get("STAGECOACH_TEST_CPU")
+    own, children = _cpu()
     try:
         return (yield)
     finally:
         _running.pop(item.nodeid, None)
+        if target:
+            now_own, now_children = _cpu()
+            own, children = now_own - own, now_children - children
+            with open(target, "a", encoding="utf-8") as out:
+                out.write(f"{own + children:.2f}\t{own:.2f}\t{children:.2f}\t{item.nodeid}\n")
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its reaped children."""
+    me, reaped = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, reaped.ru_utime + reaped.ru_stime
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
