@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
@@ -44,7 +45,7 @@ from stagecoach.engine.cli.local_cluster import LocalCluster
 from stagecoach.engine.services.storage import make_engine
 from tests.bench._support import Actions, bounded, contact_histories, env_int, machine
 from tests.cluster.conftest import postgres_bin, temporal_server_bin  # noqa: F401  (fixtures)
-from tests.faults._harness import Figures, Stack, contact_ids, drive, people
+from tests.faults._harness import Figures, Person, Stack, Workload, contact_ids, drive, people
 from tests.faults.test_faults import _http_books, _settle
 from tests.helpers import free_port, fresh_postgres_database
 from tests.peers.http_email import HttpEmailPeer
@@ -125,6 +126,7 @@ async def _side(
                 seconds=elapsed, settle_seconds=settle,
             )  # fmt: skip
             await _http_books(stack, persons, workload, peer).check(figures)
+            latency = _first_email_latency(persons, workload, peer)
             ids = list(contact_ids(stack.engine, persons).values())
             sample = ids[:SAMPLE]
             runs = await bounded([contact_histories(stack.client, c) for c in sample], 5)
@@ -137,6 +139,9 @@ async def _side(
                 "ingest_events_per_s": round(workload.rate, 1),
                 "contacts_per_s": round(count / elapsed, 2),
                 "settle_after_load_s": round(settle, 1),
+                "first_email_p50_s": round(latency[0], 2),
+                "first_email_p95_s": round(latency[1], 2),
+                "first_email_max_s": round(latency[2], 2),
                 "actions_per_contact": round(actions, 1),
                 "server_cpu_ms_per_action": round(1000 * cpu / (actions * count), 2),
                 "history_bytes_per_contact": round(history),
@@ -148,6 +153,29 @@ async def _side(
             return row
         finally:
             await stack.close(contact_ids(stack.engine, persons).values())
+
+
+def _first_email_latency(
+    persons: list[Person], workload: Workload, peer: HttpEmailPeer
+) -> tuple[float, float, float]:
+    """Reaction latency: from a new contact's identify being accepted (the API answered
+    the batch that carried it) to its first email, the B2B nurture's whitepaper, taken in
+    by the provider. Median, 95th percentile and worst, in seconds."""
+    first: dict[str, float] = {}
+    for request in peer.received():
+        to = str(request.body.get("to"))
+        first[to] = min(first.get(to, request.at), request.at)
+    gaps = sorted(
+        first[p.email] - workload.accepted_at[f"{p.user_id}-identify"]
+        for p in persons
+        if p.email in first
+    )
+    assert len(gaps) == len(persons), f"{len(persons) - len(gaps)} contacts got no email"
+    return (
+        statistics.median(gaps),
+        statistics.quantiles(gaps, n=20)[-1] if len(gaps) > 1 else gaps[0],
+        gaps[-1],
+    )
 
 
 @pytest.mark.bench

@@ -318,6 +318,8 @@ class Workload:
     duplicates_reported: int = 0
     in_flight: int = 0
     """Calls sent and not yet answered, right now (a fault can wait for one)."""
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    """Message id -> when (``time.time()``) the call that carried it was answered 2xx."""
 
     @property
     def rate(self) -> float:
@@ -375,8 +377,10 @@ async def drive(
                         body = response.json()
                         assert body["accepted"] == len(messages), body
                         result.duplicates_reported += int(body.get("duplicates", 0))
+                        answered = time.time()
                         for m in messages:
                             result.accepted.add(m["messageId"])
+                            result.accepted_at.setdefault(m["messageId"], answered)
                             for follow in later_of.pop(m["messageId"], []):
                                 queue.put_nowait(follow)
                         return

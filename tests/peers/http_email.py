@@ -52,6 +52,8 @@ class ReceivedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     message_id: str
+    at: float = field(default_factory=time.time)
+    """When the peer took it in (``time.time()``)."""
 
     @property
     def key_digest(self) -> str | None:
