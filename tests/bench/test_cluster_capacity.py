@@ -52,7 +52,9 @@ from tests.peers.http_email import HttpEmailPeer
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / ".stagecoach" / "bench" / "cluster-capacity.jsonl"
-RATE = 200.0
+RATE = float(os.environ.get("STAGECOACH_BENCH_CLUSTER_RATE", "200"))
+"""Events a second the workload is sent at: 200 saturates this machine (the reaction
+latency is then mostly queueing); 25 stays under what it can do."""
 SAMPLE = 10
 EVENTS = 5
 
