@@ -3,6 +3,7 @@ trail while it sends, finished with status, reason and arms when it ends."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -205,12 +206,31 @@ async def test_a_run_ends_only_after_its_background_records(
     await runtime.event(contact, "email.unsubscribed")
     await _until_recorded(runtime, contact)
     workflow_id = contact_workflow_id(contact)
-    latest = await runtime.client.get_workflow_handle(workflow_id).fetch_history()
-    started = latest.events[0].workflow_execution_started_event_attributes
-    assert started.continued_execution_run_id, "the first run did not continue as new"
-    history = await runtime.client.get_workflow_handle(
-        workflow_id, run_id=started.continued_execution_run_id
-    ).fetch_history()
+
+    async def run_before_latest() -> WorkflowHistory:
+        latest = await runtime.client.get_workflow_handle(workflow_id).fetch_history()
+        started = latest.events[0].workflow_execution_started_event_attributes
+        assert started.continued_execution_run_id, "the first run did not continue as new"
+        return await runtime.client.get_workflow_handle(
+            workflow_id, run_id=started.continued_execution_run_id
+        ).fetch_history()
+
+    def records(history: WorkflowHistory) -> bool:
+        return any(
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            == "contact.record_enrolment"
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        )
+
+    # The record is saved a moment before the run that issued it continues as new: until
+    # then the run before the latest is the first one, which recorded nothing.
+    history = await run_before_latest()
+    for _ in range(60):
+        if records(history):
+            break
+        await asyncio.sleep(0.5)
+        history = await run_before_latest()
     types = [e.event_type for e in history.events]
     assert types[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in types
