@@ -74,15 +74,20 @@ async def _until(
     """The answer once it has the status (and its last link this verdict): the server
     applies signals and runs activities asynchronously."""
 
+    answers: list[Why] = []
+
     async def settled() -> bool:
         try:
             why = await _why(runtime, contact_id, journey, step_id)
         except UnknownJourneyStep:
             return False  # the workflow has not opened the contact (no definitions) yet
+        if any(link.verdict == "unavailable" for link in why.links):
+            return False  # the state query went unanswered (a busy worker): ask again
+        answers.append(why)
         return why.status == status and last_verdict in (None, why.links[-1].verdict)
 
     await eventually(settled, within=30)
-    return await _why(runtime, contact_id, journey, step_id)
+    return answers[-1]
 
 
 def _kinds(why: Why) -> list[str]:
