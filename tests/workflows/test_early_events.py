@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -66,6 +67,17 @@ def purchase(name: str, since: str | None) -> Journey:
     )
 
 
+QUIET_NIGHTS: dict[str, Any] = {"quiet_hours_start": "21:00", "quiet_hours_end": "08:00"}
+"""The runtime's quiet hours: a send due at night waits for 08:00 in the contact's zone."""
+
+
+def publish_purchase(
+    runtime: Runtime, content: ContentLibrary, name: str, since: str | None
+) -> None:
+    ctx = definitions_context(runtime.settings, content=content)
+    publish(runtime.engine, compile_journey(purchase(name, since), ctx), source="test")
+
+
 def night_zone(now: datetime) -> str:
     """An ``Etc/GMT`` zone where it is about 02:00 at ``now`` (signs are POSIX-inverted)."""
     offset = (2 - now.astimezone(UTC).hour) % 24
@@ -85,23 +97,9 @@ def contents(runtime: Runtime, contact_id: str) -> list[str]:
 async def test_events_sent_during_quiet_hours_count_with_since_enrolment(
     env: WorkflowEnvironment, task_queue: str, tmp_path: Path, content_library: ContentLibrary
 ) -> None:
-    async with open_runtime(
-        env,
-        task_queue,
-        tmp_path,
-        content_library,
-        quiet_hours_start="21:00",
-        quiet_hours_end="08:00",
-    ) as runtime:
-        ctx = definitions_context(runtime.settings, content=content_library)
-        publish(
-            runtime.engine,
-            compile_journey(purchase("early_counted", "enrolment"), ctx),
-            source="test",
-        )
-        publish(
-            runtime.engine, compile_journey(purchase("early_ignored", None), ctx), source="test"
-        )
+    async with open_runtime(env, task_queue, tmp_path, content_library, **QUIET_NIGHTS) as runtime:
+        publish_purchase(runtime, content_library, "early_counted", "enrolment")
+        publish_purchase(runtime, content_library, "early_ignored", None)
         zone = night_zone(await runtime.now())
         people = {
             "early-counted": {"email": "qian@example.cn", "locale": "en", "timezone": zone},
@@ -184,20 +182,8 @@ async def test_events_behind_the_entry_event_in_a_new_contacts_first_batch_count
     backlog, or events sent while the workflow opened the contact). The journey the
     first of them enrols hears the ones behind it, and ``since="enrolment"`` counts
     them, exactly as when each event arrives on its own."""
-    async with open_runtime(
-        env,
-        task_queue,
-        tmp_path,
-        content_library,
-        quiet_hours_start="21:00",
-        quiet_hours_end="08:00",
-    ) as runtime:
-        ctx = definitions_context(runtime.settings, content=content_library)
-        publish(
-            runtime.engine,
-            compile_journey(purchase("early_batched", "enrolment"), ctx),
-            source="test",
-        )
+    async with open_runtime(env, task_queue, tmp_path, content_library, **QUIET_NIGHTS) as runtime:
+        publish_purchase(runtime, content_library, "early_batched", "enrolment")
         now = await runtime.now()
         traits = {"email": "zhou@example.cn", "locale": "en", "timezone": night_zone(now)}
 

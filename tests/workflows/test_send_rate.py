@@ -21,27 +21,13 @@ from temporalio.client import Client
 from stagecoach.connectors.filesink import FileSinkConnector
 from stagecoach.engine.cli.compose import build_activities
 from stagecoach.engine.domain.content import ContentLibrary
-from stagecoach.engine.protocol.connector import OutgoingMessage, SendResult
 from stagecoach.engine.services.storage.models import Delivery
 from stagecoach.workflows.worker import build_send_workers
 from tests.workflows.conftest import eventually, open_runtime
+from tests.workflows.test_broadcasts import Counting
 
 RATE = 4.0
 CONTACTS = 24
-
-
-class Counting:
-    """The file sink, counting what this worker sent and when."""
-
-    channel = "email"
-
-    def __init__(self, inner: FileSinkConnector) -> None:
-        self.inner = inner
-        self.times: list[float] = []
-
-    async def send(self, message: OutgoingMessage) -> SendResult:
-        self.times.append(asyncio.get_running_loop().time())
-        return await self.inner.send(message)
 
 
 async def test_the_email_rate_holds_across_two_workers(
